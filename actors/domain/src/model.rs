@@ -1,0 +1,224 @@
+//! Registered content: packs, actions, rules and trigger types, in
+//! StackStorm's shapes.
+//!
+//! These types are both what the pack loader produces from YAML and what is
+//! stored in the `content` bucket. Deserialisation from user YAML goes
+//! through [`crate::loader`], which rejects unknown fields with file and
+//! line; the types themselves tolerate unknown fields so that content stored
+//! by a newer node still reads on an older one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::criteria::Criteria;
+
+/// Version of the stored [`PackBundle`] layout.
+pub const BUNDLE_VERSION: u32 = 1;
+
+/// The pack that owns built-in trigger types and actions.
+pub const SYSTEM_PACK: &str = "core";
+
+/// `pack.yaml`: the manifest of a pack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackMeta {
+    /// Unique reference of the pack (lowercase letters, digits, underscores).
+    #[serde(rename = "ref")]
+    pub pack_ref: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub author: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<String>,
+    /// Every other `pack.yaml` field, kept as written (StackStorm allows
+    /// additional properties in the manifest).
+    #[serde(default, flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// One parameter of an action or runner: a JSON-schema property plus
+/// StackStorm's extras (`required`, `secret`, `immutable`, `position`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secret: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub immutable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    #[serde(rename = "enum", default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<Value>>,
+    /// Other JSON-schema keywords (`items`, `properties`, `pattern`,
+    /// `minimum`...), kept as written.
+    #[serde(default, flatten)]
+    pub schema: BTreeMap<String, Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An action: metadata from `actions/<name>.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionDef {
+    pub name: String,
+    pub pack: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    pub runner_type: String,
+    /// Path relative to `<pack>/actions/`; empty for runners without one.
+    #[serde(default)]
+    pub entry_point: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Value>,
+    /// Path of the metadata file relative to the pack root.
+    #[serde(default)]
+    pub metadata_file: String,
+}
+
+impl ActionDef {
+    /// `pack.name`.
+    pub fn reference(&self) -> String {
+        format!("{}.{}", self.pack, self.name)
+    }
+}
+
+/// `trigger:` of a rule: which trigger type, with which parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleTrigger {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+/// `action:` of a rule: the action to run and its Jinja-templated
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleAction {
+    #[serde(rename = "ref")]
+    pub action_ref: String,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+/// `type:` of a rule (`standard` or `backstop`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleType {
+    #[serde(rename = "ref")]
+    pub kind: String,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+impl Default for RuleType {
+    fn default() -> Self {
+        Self {
+            kind: "standard".into(),
+            parameters: serde_json::Map::new(),
+        }
+    }
+}
+
+/// A rule: trigger + criteria + action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleDef {
+    pub name: String,
+    pub pack: String,
+    #[serde(default)]
+    pub description: String,
+    /// StackStorm's API default is `false`: a rule runs only once enabled.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(rename = "type", default)]
+    pub rule_type: RuleType,
+    pub trigger: RuleTrigger,
+    #[serde(default)]
+    pub criteria: Criteria,
+    pub action: RuleAction,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub context: serde_json::Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Value>,
+    #[serde(default)]
+    pub metadata_file: String,
+}
+
+impl RuleDef {
+    /// `pack.name`.
+    pub fn reference(&self) -> String {
+        format!("{}.{}", self.pack, self.name)
+    }
+}
+
+/// A trigger type: the schema of one kind of event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerTypeDef {
+    pub name: String,
+    pub pack: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Value>,
+    #[serde(default)]
+    pub metadata_file: String,
+}
+
+impl TriggerTypeDef {
+    /// `pack.name`.
+    pub fn reference(&self) -> String {
+        format!("{}.{}", self.pack, self.name)
+    }
+}
+
+/// Everything one pack registers, stored as one value so that a pack
+/// changes atomically: a watcher sees the old pack or the new one, never a
+/// mix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackBundle {
+    #[serde(default)]
+    pub version: u32,
+    pub pack: PackMeta,
+    /// Absolute path of the pack directory on the node that registered it;
+    /// script runners resolve `entry_point` below `<path>/actions/`.
+    pub path: String,
+    #[serde(default)]
+    pub actions: Vec<ActionDef>,
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+    #[serde(default)]
+    pub trigger_types: Vec<TriggerTypeDef>,
+}

@@ -1,0 +1,2 @@
+//! Resolving an execution's parameters from runner and action parameter
+//! specs, caller-provided values and Jinja-templated defaults.

@@ -1,0 +1,1 @@
+//! Jinja rendering (minijinja) with StackStorm's filters and semantics.

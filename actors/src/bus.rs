@@ -1,0 +1,423 @@
+//! The bus: every JetStream stream and KV bucket Squall uses, defined in
+//! code and created idempotently, plus the few publish/read helpers the
+//! actors share.
+//!
+//! | name | kind | subjects / keys |
+//! | --- | --- | --- |
+//! | `TRIGGERS` | limits stream | `squall.trigger.<partition>.<instance id>` |
+//! | `EXECUTIONS` | work-queue stream | `squall.exec.<pool>` |
+//! | `content` | KV | `packs.<pack ref>` → [`PackBundle`](squall_domain::model::PackBundle) |
+//! | `executions` | KV | `<execution id>` → [`ExecutionRecord`] |
+//! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`] |
+//! | `cluster` | KV | `partitions` → the partition count fixed at creation |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use squall_domain::execution::{ExecutionRecord, RuleEnforcement, TriggerInstance};
+use squall_domain::ids;
+
+use crate::error::{bus_err, EngineError};
+
+/// Stream of trigger instances.
+pub const TRIGGERS_STREAM: &str = "TRIGGERS";
+/// Work-queue stream of execution requests.
+pub const EXECUTIONS_STREAM: &str = "EXECUTIONS";
+/// KV bucket of registered content.
+pub const CONTENT_BUCKET: &str = "content";
+/// KV bucket of execution records.
+pub const EXECUTIONS_BUCKET: &str = "executions";
+/// KV bucket of rule enforcements.
+pub const ENFORCEMENTS_BUCKET: &str = "enforcements";
+/// KV bucket of cluster-wide settings.
+pub const CLUSTER_BUCKET: &str = "cluster";
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long trigger instances are kept.
+pub const TRIGGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest value the content bucket accepts (one whole pack).
+pub const MAX_PACK_BYTES: i32 = 8 * 1024 * 1024;
+
+/// Header carrying W3C trace context across the bus.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Subject of one trigger instance.
+pub fn trigger_subject(partition: u32, instance_id: &str) -> String {
+    format!("squall.trigger.{partition}.{instance_id}")
+}
+
+/// Subjects of every trigger instance of one partition.
+pub fn trigger_partition_filter(partition: u32) -> String {
+    format!("squall.trigger.{partition}.>")
+}
+
+/// Subject of execution requests for a runner pool.
+pub fn execution_subject(pool: &str) -> String {
+    format!("squall.exec.{pool}")
+}
+
+/// The streams, as created on a cluster with `replicas` JetStream servers
+/// per stream.
+pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
+    vec![
+        stream::Config {
+            name: TRIGGERS_STREAM.into(),
+            description: Some("Every trigger instance, partitioned by id.".into()),
+            subjects: vec!["squall.trigger.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: TRIGGER_RETENTION,
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_direct: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: EXECUTIONS_STREAM.into(),
+            description: Some("Execution requests, pulled by runner pools.".into()),
+            subjects: vec!["squall.exec.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    ]
+}
+
+/// The KV buckets, as created with `replicas` replicas.
+pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
+    let bucket = |name: &str, description: &str, history: i64| kv::Config {
+        bucket: name.into(),
+        description: description.into(),
+        history,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    vec![
+        kv::Config {
+            max_value_size: MAX_PACK_BYTES,
+            ..bucket(CONTENT_BUCKET, "Registered packs, one value per pack.", 5)
+        },
+        bucket(EXECUTIONS_BUCKET, "Execution records by id.", 1),
+        bucket(ENFORCEMENTS_BUCKET, "Rule enforcements by id.", 1),
+        bucket(CLUSTER_BUCKET, "Cluster-wide settings.", 1),
+    ]
+}
+
+/// A request to run an execution, as carried by the `EXECUTIONS` stream.
+/// The record in the `executions` bucket holds everything else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutionRequest {
+    #[serde(default)]
+    pub v: u32,
+    pub execution_id: String,
+}
+
+/// Handles on every stream and bucket, shared by all actors of a node.
+#[derive(Clone)]
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub content: kv::Store,
+    pub executions: kv::Store,
+    pub enforcements: kv::Store,
+    pub triggers: stream::Stream,
+    /// Number of partitions, fixed when the cluster was created.
+    pub partitions: u32,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Creates (or updates) every stream and bucket, then fixes or reads
+    /// the cluster's partition count. `partitions` is what this node asks
+    /// for; a cluster created with another count is an error.
+    pub async fn open(
+        client: async_nats::Client,
+        replicas: usize,
+        partitions: u32,
+    ) -> Result<Bus, EngineError> {
+        let js = jetstream::new(client.clone());
+        for cfg in stream_configs(replicas) {
+            let name = cfg.name.clone();
+            js.create_or_update_stream(cfg)
+                .await
+                .map_err(|e| bus_err(&format!("create stream {name}"), e))?;
+        }
+        for cfg in kv_configs(replicas) {
+            let name = cfg.bucket.clone();
+            js.create_or_update_key_value(cfg)
+                .await
+                .map_err(|e| bus_err(&format!("create bucket {name}"), e))?;
+        }
+        let kv = |name: &'static str| {
+            let js = js.clone();
+            async move {
+                js.get_key_value(name)
+                    .await
+                    .map_err(|e| bus_err(&format!("open bucket {name}"), e))
+            }
+        };
+        let cluster = kv(CLUSTER_BUCKET).await?;
+        let partitions = fix_partitions(&cluster, partitions).await?;
+        let triggers = js
+            .get_stream(TRIGGERS_STREAM)
+            .await
+            .map_err(|e| bus_err("open stream TRIGGERS", e))?;
+        Ok(Bus {
+            content: kv(CONTENT_BUCKET).await?,
+            executions: kv(EXECUTIONS_BUCKET).await?,
+            enforcements: kv(ENFORCEMENTS_BUCKET).await?,
+            triggers,
+            partitions,
+            js,
+            client,
+        })
+    }
+
+    /// The partition that owns a trigger instance or execution id.
+    pub fn partition_of(&self, id: &str) -> u32 {
+        ids::partition_of(id, self.partitions)
+    }
+
+    /// Publishes a trigger instance to its partition; the instance id is the
+    /// `Nats-Msg-Id`, so publishing the same instance twice stores it once.
+    pub async fn publish_trigger(&self, instance: &TriggerInstance) -> Result<(), EngineError> {
+        let subject = trigger_subject(self.partition_of(&instance.id), &instance.id);
+        let payload = to_bytes(instance)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, traceparent(&instance.id).as_str());
+        publish(&self.js, subject, &instance.id, headers, payload).await
+    }
+
+    /// Reads one stored trigger instance by id, with whether its partition's
+    /// rules consumer has processed it.
+    pub async fn trigger_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<(TriggerInstance, bool)>, EngineError> {
+        if !ids::is_id(id) {
+            return Ok(None);
+        }
+        let partition = self.partition_of(id);
+        let msg = match self
+            .triggers
+            .direct_get_last_for_subject(trigger_subject(partition, id))
+            .await
+        {
+            Ok(msg) => msg,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bus_err("read trigger instance", e)),
+        };
+        let instance = from_bytes(id, &msg.payload)?;
+        let processed = match self
+            .triggers
+            .consumer_info(crate::rules::consumer_name(partition))
+            .await
+        {
+            Ok(info) => info.ack_floor.stream_sequence >= msg.sequence,
+            Err(_) => false,
+        };
+        Ok(Some((instance, processed)))
+    }
+
+    /// Requests a run of an execution whose record is already stored. The
+    /// execution id is the `Nats-Msg-Id`: a repeated request is dropped.
+    pub async fn request_execution(
+        &self,
+        record: &ExecutionRecord,
+        trace_id: &str,
+    ) -> Result<(), EngineError> {
+        let request = ExecutionRequest {
+            v: 1,
+            execution_id: record.id.clone(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, traceparent(trace_id).as_str());
+        publish(
+            &self.js,
+            execution_subject(&record.pool),
+            &record.id,
+            headers,
+            to_bytes(&request)?,
+        )
+        .await
+    }
+
+    /// Reads an execution record and its revision.
+    pub async fn execution(&self, id: &str) -> Result<Option<(ExecutionRecord, u64)>, EngineError> {
+        if id.is_empty() || id.contains(['.', '*', '>', ' ']) {
+            return Ok(None);
+        }
+        match self
+            .executions
+            .entry(id)
+            .await
+            .map_err(|e| bus_err("read execution", e))?
+        {
+            Some(e) if e.operation == kv::Operation::Put => {
+                Ok(Some((from_bytes(id, &e.value)?, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores a new execution record; `false` when one with that id exists.
+    pub async fn create_execution(&self, record: &ExecutionRecord) -> Result<bool, EngineError> {
+        match self.executions.create(&record.id, to_bytes(record)?).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(bus_err("create execution", e)),
+        }
+    }
+
+    /// Replaces an execution record if it is still at `revision`; returns
+    /// the new revision, or `None` when someone else changed it first.
+    pub async fn update_execution(
+        &self,
+        record: &ExecutionRecord,
+        revision: u64,
+    ) -> Result<Option<u64>, EngineError> {
+        match self
+            .executions
+            .update(&record.id, to_bytes(record)?, revision)
+            .await
+        {
+            Ok(rev) => Ok(Some(rev)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(bus_err("update execution", e)),
+        }
+    }
+
+    /// Stores a rule enforcement (idempotent: same id, same content).
+    pub async fn put_enforcement(&self, enforcement: &RuleEnforcement) -> Result<(), EngineError> {
+        self.enforcements
+            .put(&enforcement.id, to_bytes(enforcement)?)
+            .await
+            .map(|_| ())
+            .map_err(|e| bus_err("store enforcement", e))
+    }
+}
+
+/// The W3C `traceparent` for work caused by `cause_id`: the trace id is
+/// derived from the originating trigger instance (or execution) id, so every
+/// hop of one cause shares a trace.
+pub fn traceparent(cause_id: &str) -> String {
+    let trace = format!("{:0>32}", cause_id);
+    let span: String = cause_id.chars().rev().take(16).collect();
+    format!("00-{}-{:0>16}-01", &trace[trace.len() - 32..], span)
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<(), EngineError> {
+    let publish = jetstream::context::Publish::build()
+        .payload(payload)
+        .headers(headers)
+        .message_id(msg_id);
+    js.send_publish(subject, publish)
+        .await
+        .map_err(|e| bus_err("publish", e))?
+        .await
+        .map_err(|e| bus_err("publish ack", e))?;
+    Ok(())
+}
+
+async fn fix_partitions(cluster: &kv::Store, wanted: u32) -> Result<u32, EngineError> {
+    let wanted = wanted.max(1);
+    if let Ok(_rev) = cluster
+        .create("partitions", Bytes::from(wanted.to_string()))
+        .await
+    {
+        return Ok(wanted);
+    }
+    let stored = cluster
+        .get("partitions")
+        .await
+        .map_err(|e| bus_err("read partition count", e))?
+        .ok_or_else(|| EngineError::Bus {
+            op: "read partition count".into(),
+            message: "the cluster bucket has no partition count".into(),
+        })?;
+    let stored: u32 = std::str::from_utf8(&stored)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| EngineError::Corrupt {
+            key: "cluster/partitions".into(),
+            message: "not a number".into(),
+        })?;
+    if stored != wanted {
+        return Err(EngineError::Config(format!(
+            "this cluster was created with {stored} partitions and the count is fixed; \
+             set `partitions: {stored}` in the node config (asked for {wanted})"
+        )));
+    }
+    Ok(stored)
+}
+
+/// Serialises a record for the bus.
+pub fn to_bytes<T: Serialize>(value: &T) -> Result<Bytes, EngineError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| EngineError::Corrupt {
+            key: "serialise".into(),
+            message: e.to_string(),
+        })
+}
+
+/// Parses a record read from the bus; `key` names it in the error.
+pub fn from_bytes<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, EngineError> {
+    serde_json::from_slice(bytes).map_err(|e| EngineError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_defined_with_dedup_and_work_queue() {
+        let streams = stream_configs(3);
+        let exec = streams.iter().find(|s| s.name == EXECUTIONS_STREAM).unwrap();
+        assert_eq!(exec.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(exec.num_replicas, 3);
+        let trig = streams.iter().find(|s| s.name == TRIGGERS_STREAM).unwrap();
+        assert!(trig.allow_direct, "trigger instances are read by id");
+        assert_eq!(trig.duplicate_window, DUPLICATE_WINDOW);
+        assert!(kv_configs(1).iter().any(|b| b.bucket == EXECUTIONS_BUCKET));
+    }
+
+    #[test]
+    fn subjects_carry_partition_and_id() {
+        assert_eq!(trigger_subject(7, "abc"), "squall.trigger.7.abc");
+        assert_eq!(trigger_partition_filter(7), "squall.trigger.7.>");
+        assert_eq!(execution_subject("default"), "squall.exec.default");
+    }
+
+    #[test]
+    fn traceparent_is_w3c_shaped() {
+        let tp = traceparent("6740f0aa0123456789abcdef");
+        let parts: Vec<_> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[1].len(), 32);
+        assert_eq!(parts[2].len(), 16);
+    }
+}

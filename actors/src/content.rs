@@ -1,0 +1,152 @@
+//! Registered content: writing packs into the `content` bucket, and the
+//! [`ContentWatcher`] actor that keeps every node's [`Catalog`] in step with
+//! it, so a registration on any node changes rules everywhere without a
+//! restart.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use squall_domain::loader;
+use squall_domain::model::{PackBundle, BUNDLE_VERSION};
+
+use crate::bus::{from_bytes, to_bytes, Bus};
+use crate::catalog::{Catalog, CatalogHandle};
+use crate::error::{bus_err, EngineError};
+use crate::pump::Pump;
+
+/// Key of a pack in the `content` bucket.
+pub fn pack_key(pack_ref: &str) -> String {
+    format!("packs.{pack_ref}")
+}
+
+/// Loads the pack in `dir`, validates all of it and, only if it is valid,
+/// stores it as one value (replacing the previous version atomically).
+pub async fn register_pack(bus: &Bus, dir: &Path) -> Result<PackBundle, EngineError> {
+    let mut bundle = loader::load_pack(dir)?;
+    bundle.version = BUNDLE_VERSION;
+    store_pack(bus, &bundle).await?;
+    Ok(bundle)
+}
+
+/// Stores an already validated pack.
+pub async fn store_pack(bus: &Bus, bundle: &PackBundle) -> Result<(), EngineError> {
+    bus.content
+        .put(pack_key(&bundle.pack.pack_ref), to_bytes(bundle)?)
+        .await
+        .map_err(|e| bus_err("store pack", e))?;
+    tracing::info!(pack = %bundle.pack.pack_ref, actions = bundle.actions.len(),
+        rules = bundle.rules.len(), "pack registered");
+    Ok(())
+}
+
+/// Reads every registered pack.
+pub async fn load_all(bus: &Bus) -> Result<BTreeMap<String, PackBundle>, EngineError> {
+    let mut packs = BTreeMap::new();
+    let mut keys = bus
+        .content
+        .keys()
+        .await
+        .map_err(|e| bus_err("list content", e))?;
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| bus_err("list content", e))?;
+        if let Some(bytes) = bus
+            .content
+            .get(&key)
+            .await
+            .map_err(|e| bus_err("read content", e))?
+        {
+            let bundle: PackBundle = from_bytes(&key, &bytes)?;
+            packs.insert(bundle.pack.pack_ref.clone(), bundle);
+        }
+    }
+    Ok(packs)
+}
+
+/// Keeps the node's catalog equal to the `content` bucket.
+#[derive(Debug)]
+pub struct ContentWatcher;
+
+/// Messages of [`ContentWatcher`].
+#[derive(Debug)]
+pub enum ContentMsg {
+    Changed(Result<kv::Entry, kv::WatcherError>),
+    WatchEnded,
+}
+
+/// State of [`ContentWatcher`].
+#[derive(Debug)]
+pub struct ContentState {
+    packs: BTreeMap<String, PackBundle>,
+    catalog: CatalogHandle,
+    _pump: Pump,
+}
+
+impl Actor for ContentWatcher {
+    type Msg = ContentMsg;
+    type State = ContentState;
+    type Arguments = (Bus, CatalogHandle);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ContentMsg>,
+        (bus, catalog): (Bus, CatalogHandle),
+    ) -> Result<ContentState, ActorProcessingErr> {
+        // Remember where the bucket is, load everything up to there, then
+        // watch from that point on: nothing between the two is missed.
+        let last = bus
+            .content
+            .status()
+            .await
+            .map_err(|e| bus_err("content status", e))?
+            .info
+            .state
+            .last_sequence;
+        let packs = load_all(&bus).await?;
+        catalog.store(Catalog::build(packs.clone()));
+        let watch = bus
+            .content
+            .watch_all_from_revision(last + 1)
+            .await
+            .map_err(|e| bus_err("watch content", e))?;
+        let pump = Pump::start(watch, myself, ContentMsg::Changed, ContentMsg::WatchEnded);
+        Ok(ContentState {
+            packs,
+            catalog,
+            _pump: pump,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ContentMsg>,
+        msg: ContentMsg,
+        state: &mut ContentState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ContentMsg::Changed(Ok(entry)) => {
+                let Some(pack_ref) = entry.key.strip_prefix("packs.") else {
+                    return Ok(());
+                };
+                match entry.operation {
+                    kv::Operation::Put => {
+                        let bundle: PackBundle = from_bytes(&entry.key, &entry.value)?;
+                        state.packs.insert(pack_ref.to_string(), bundle);
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        state.packs.remove(pack_ref);
+                    }
+                }
+                state.catalog.store(Catalog::build(state.packs.clone()));
+                tracing::debug!(pack = pack_ref, "catalog rebuilt");
+                Ok(())
+            }
+            // Failing hands the problem to the supervisor, which restarts
+            // the watcher from a fresh load of the bucket.
+            ContentMsg::Changed(Err(e)) => Err(Box::new(bus_err("watch content", e))),
+            ContentMsg::WatchEnded => Err(Box::new(bus_err("watch content", "watch ended"))),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Requesting executions: resolving parameters, writing the `requested`
+//! record and putting the request on the runner pool's work queue. The API
+//! (a user's run) and the rules engine (a rule's match) both come here.
+
+use serde_json::{json, Map, Value};
+use squall_domain::execution::{
+    ActionSnapshot, ExecutionRecord, LogEntry, RuleSummary, RunnerSnapshot, Status,
+    TriggerInstanceSummary, DEFAULT_POOL, RECORD_VERSION,
+};
+use squall_domain::template::{KeyValueLookup, Renderer};
+use squall_domain::{ids, params, runner_types, time};
+
+use crate::bus::Bus;
+use crate::catalog::Catalog;
+use crate::error::EngineError;
+
+/// The user executions run as when no one in particular started them
+/// (StackStorm's system user).
+pub const SYSTEM_USER: &str = "stanley";
+
+/// What to run, and why.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionSpec {
+    pub action_ref: String,
+    /// Parameters as given by the caller or rendered by the rule.
+    pub parameters: Map<String, Value>,
+    pub user: Option<String>,
+    /// A deterministic id derived from the cause; a fresh one if `None`.
+    pub id: Option<String>,
+    pub rule: Option<RuleSummary>,
+    pub trigger_instance: Option<TriggerInstanceSummary>,
+    /// Extra context merged into the record's `context`.
+    pub context: Map<String, Value>,
+    pub parent: Option<String>,
+}
+
+/// Builds the `requested` record for `spec`: the action must exist, be
+/// enabled and have a runner this build can run, and the parameters must
+/// resolve.
+pub fn prepare(
+    catalog: &Catalog,
+    renderer: &Renderer,
+    kv: &dyn KeyValueLookup,
+    spec: ExecutionSpec,
+) -> Result<ExecutionRecord, EngineError> {
+    let action = catalog
+        .actions
+        .get(&spec.action_ref)
+        .ok_or_else(|| EngineError::UnknownAction(spec.action_ref.clone()))?;
+    let def = &action.def;
+    if !def.enabled {
+        return Err(EngineError::NotRunnable(format!(
+            "action {} is disabled; enable it before running it",
+            spec.action_ref
+        )));
+    }
+    let runner = runner_types::lookup(&def.runner_type)
+        .filter(|r| r.available)
+        .ok_or_else(|| {
+            EngineError::NotRunnable(format!(
+                "action {} uses runner {:?}, which this version of Squall cannot run yet",
+                spec.action_ref, def.runner_type
+            ))
+        })?;
+    let now = time::now();
+    let id = spec.id.unwrap_or_else(|| ids::fresh(&now));
+    let user = spec.user.unwrap_or_else(|| SYSTEM_USER.to_string());
+    let mut context = spec.context;
+    context.insert("user".into(), json!(user));
+    context.insert("pack".into(), json!(def.pack));
+    if let Some(ti) = &spec.trigger_instance {
+        context.insert("trigger_instance".into(), json!({"id": ti.id, "name": Value::Null}));
+        context
+            .entry("trace_context")
+            .or_insert_with(|| json!({"id_": ti.id, "trace_tag": Value::Null}));
+    }
+    if let Some(r) = &spec.rule {
+        context.insert("rule".into(), json!({"id": r.id, "name": r.name}));
+    }
+    let render_ctx = json!({
+        "action_context": Value::Object(context.clone()),
+        "config_context": {},
+    });
+    let parameters = params::resolve(&runner, def, &spec.parameters, &render_ctx, renderer, kv)?;
+    Ok(ExecutionRecord {
+        v: RECORD_VERSION,
+        id,
+        action: ActionSnapshot {
+            action_ref: def.reference(),
+            name: def.name.clone(),
+            pack: def.pack.clone(),
+            runner_type: def.runner_type.clone(),
+            entry_point: def.entry_point.clone(),
+            description: def.description.clone(),
+            parameters: serde_json::to_value(&def.parameters)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_default(),
+        },
+        runner: RunnerSnapshot {
+            name: runner.name.to_string(),
+        },
+        status: Status::Requested,
+        parameters,
+        result: json!({}),
+        context,
+        start_timestamp: now,
+        end_timestamp: None,
+        log: vec![LogEntry {
+            timestamp: now,
+            status: Status::Requested,
+        }],
+        rule: spec.rule,
+        trigger_instance: spec.trigger_instance,
+        parent: spec.parent,
+        children: vec![],
+        pool: DEFAULT_POOL.to_string(),
+        node: None,
+    })
+}
+
+/// Stores `record` and requests its run. Idempotent: when a record with the
+/// same id exists (a redelivered cause), the stored one is returned and the
+/// request is repeated only if it may have been lost (still `requested`);
+/// the work queue drops a repeat within its duplicate window and runners
+/// skip records that already moved on.
+pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecord, EngineError> {
+    let trace = record
+        .context
+        .get("trace_context")
+        .and_then(|t| t.get("id_"))
+        .and_then(Value::as_str)
+        .unwrap_or(&record.id)
+        .to_string();
+    let stored = if bus.create_execution(&record).await? {
+        record
+    } else {
+        match bus.execution(&record.id).await? {
+            Some((existing, _)) => existing,
+            None => record,
+        }
+    };
+    if stored.status == Status::Requested {
+        bus.request_execution(&stored, &trace).await?;
+    }
+    Ok(stored)
+}

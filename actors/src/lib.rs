@@ -1,0 +1,27 @@
+//! Squall's engine: the node's actors (ractor) wired to NATS JetStream.
+//!
+//! - [`bus`]: every stream and bucket, defined in code, and the shared
+//!   publish/read helpers.
+//! - [`content`]: pack registration and the catalog watcher.
+//! - [`rules`]: rule partitions — trigger in, enforcement and execution
+//!   request out.
+//! - [`executions`]: building and submitting execution requests.
+//! - [`runners`]: runner pools pulling the work queue.
+//! - [`sensors`]: built-in timers.
+//! - [`node`]: the supervisor that starts and restarts all of the above.
+//!
+//! Invariant: nothing is acknowledged on JetStream before its effect is
+//! persisted, and every effect's id derives from its cause.
+
+pub mod bus;
+pub mod catalog;
+pub mod content;
+pub mod error;
+pub mod executions;
+pub mod node;
+pub mod pump;
+pub mod rules;
+pub mod runners;
+pub mod sensors;
+
+pub use error::EngineError;

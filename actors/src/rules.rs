@@ -1,0 +1,277 @@
+//! The rules engine: one [`RulePartition`] actor per owned partition
+//! consumes that partition's trigger instances, matches enabled rules by
+//! trigger and criteria, and enforces each match: a rule enforcement record
+//! and an execution request whose id is derived from trigger instance +
+//! rule, so a redelivered trigger never starts the action twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use serde_json::{json, Value};
+use squall_domain::execution::{
+    EnforcementStatus, RuleEnforcement, RuleSummary, TriggerInstance, TriggerInstanceSummary,
+    RECORD_VERSION,
+};
+use squall_domain::template::{KeyValueLookup, NoKeyValues, Renderer};
+use squall_domain::{criteria, ids, time};
+use tracing::Instrument;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::bus::{from_bytes, trigger_partition_filter, Bus, TRIGGERS_STREAM};
+use crate::catalog::{CatalogHandle, CatalogRule};
+use crate::error::{bus_err, EngineError};
+use crate::executions::{self, ExecutionSpec};
+use crate::pump::Pump;
+
+/// Trigger instances a partition may hold unacknowledged.
+const MAX_IN_FLIGHT: i64 = 512;
+/// Delay before a trigger whose enforcement hit a bus error is retried.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Durable consumer name of a rule partition.
+pub fn consumer_name(partition: u32) -> String {
+    format!("rules-{partition}")
+}
+
+/// Opens (creating if needed) a durable pull consumer and returns its
+/// message stream.
+pub async fn pull_messages(
+    bus: &Bus,
+    stream: &str,
+    name: String,
+    filter: String,
+    max_ack_pending: i64,
+) -> Result<consumer::pull::Stream, EngineError> {
+    let stream = bus
+        .js
+        .get_stream(stream)
+        .await
+        .map_err(|e| bus_err("open stream", e))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: filter,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| bus_err(&format!("open consumer {name}"), e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| bus_err(&format!("consume {name}"), e))
+}
+
+/// Everything a partition needs.
+#[derive(Debug, Clone)]
+pub struct RulesContext {
+    pub bus: Bus,
+    pub catalog: CatalogHandle,
+    pub renderer: Arc<Renderer>,
+}
+
+/// Consumes and enforces one partition of the `TRIGGERS` stream.
+#[derive(Debug)]
+pub struct RulePartition;
+
+/// Messages of [`RulePartition`].
+#[derive(Debug)]
+pub enum RuleMsg {
+    Trigger(Result<jetstream::Message, consumer::pull::MessagesError>),
+    StreamEnded,
+}
+
+/// State of [`RulePartition`].
+#[derive(Debug)]
+pub struct RuleState {
+    ctx: RulesContext,
+    partition: u32,
+    _pump: Pump,
+}
+
+impl Actor for RulePartition {
+    type Msg = RuleMsg;
+    type State = RuleState;
+    type Arguments = (RulesContext, u32);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RuleMsg>,
+        (ctx, partition): (RulesContext, u32),
+    ) -> Result<RuleState, ActorProcessingErr> {
+        let messages = pull_messages(
+            &ctx.bus,
+            TRIGGERS_STREAM,
+            consumer_name(partition),
+            trigger_partition_filter(partition),
+            MAX_IN_FLIGHT,
+        )
+        .await?;
+        let pump = Pump::start(messages, myself, RuleMsg::Trigger, RuleMsg::StreamEnded);
+        Ok(RuleState {
+            ctx,
+            partition,
+            _pump: pump,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RuleMsg>,
+        msg: RuleMsg,
+        state: &mut RuleState,
+    ) -> Result<(), ActorProcessingErr> {
+        let msg = match msg {
+            RuleMsg::Trigger(Ok(m)) => m,
+            RuleMsg::Trigger(Err(e)) => return Err(Box::new(bus_err("consume triggers", e))),
+            RuleMsg::StreamEnded => {
+                return Err(Box::new(bus_err("consume triggers", "stream ended")))
+            }
+        };
+        let instance: TriggerInstance = match from_bytes(&msg.subject, &msg.payload) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(subject = %msg.subject, error = %e, "dropping unreadable trigger instance");
+                msg.ack_with(AckKind::Term)
+                    .await
+                    .map_err(|e| bus_err("term", e))?;
+                return Ok(());
+            }
+        };
+        let span = tracing::info_span!("trigger", trigger_instance = %instance.id,
+            trigger_type = %instance.trigger_type, partition = state.partition);
+        match process(&state.ctx, &instance, &NoKeyValues)
+            .instrument(span)
+            .await
+        {
+            Ok(()) => msg.ack().await.map_err(|e| bus_err("ack", e))?,
+            Err(e) => {
+                tracing::warn!(trigger_instance = %instance.id, error = %e,
+                    "enforcement interrupted; the trigger will be redelivered");
+                msg.ack_with(AckKind::Nak(Some(RETRY_DELAY)))
+                    .await
+                    .map_err(|e| bus_err("nak", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Matches and enforces every rule for one trigger instance. Errors are
+/// only retryable bus failures; problems with content are recorded as
+/// failed enforcements.
+pub async fn process(
+    ctx: &RulesContext,
+    instance: &TriggerInstance,
+    kv: &dyn KeyValueLookup,
+) -> Result<(), EngineError> {
+    let catalog = ctx.catalog.load();
+    for rule in catalog.rules_for(&instance.trigger_type, &instance.trigger_parameters) {
+        let matched = criteria::matches(&rule.def.criteria, &instance.payload, &ctx.renderer, kv);
+        match matched {
+            Ok(false) => continue,
+            Ok(true) => enforce(ctx, &catalog, rule, instance, kv, None).await?,
+            Err(e) => {
+                let reason = format!("criteria of rule {} failed: {e}", rule.def.reference());
+                enforce(ctx, &catalog, rule, instance, kv, Some(reason)).await?
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn enforce(
+    ctx: &RulesContext,
+    catalog: &crate::catalog::Catalog,
+    rule: &CatalogRule,
+    instance: &TriggerInstance,
+    kv: &dyn KeyValueLookup,
+    criteria_failure: Option<String>,
+) -> Result<(), EngineError> {
+    let rule_ref = rule.def.reference();
+    let at = instance.occurrence_time;
+    let summary = RuleSummary {
+        id: rule.id.clone(),
+        rule_ref: rule_ref.clone(),
+        name: rule.def.name.clone(),
+        pack: rule.def.pack.clone(),
+        uid: format!("rule:{}:{}", rule.def.pack, rule.def.name),
+    };
+    let execution_id = ids::derived(&at, &["execution", &instance.id, &rule_ref]);
+    let requested = match criteria_failure {
+        Some(reason) => Err(reason),
+        None => request(ctx, catalog, rule, instance, kv, &summary, execution_id).await?,
+    };
+    let (status, execution_id, failure_reason) = match requested {
+        Ok(id) => (EnforcementStatus::Succeeded, Some(id), None),
+        Err(reason) => {
+            tracing::warn!(rule = %rule_ref, reason = %reason, "rule enforcement failed");
+            (EnforcementStatus::Failed, None, Some(reason))
+        }
+    };
+    ctx.bus
+        .put_enforcement(&RuleEnforcement {
+            v: RECORD_VERSION,
+            id: ids::derived(&at, &["enforcement", &instance.id, &rule_ref]),
+            trigger_instance_id: instance.id.clone(),
+            execution_id,
+            rule: summary,
+            status,
+            failure_reason,
+            enforced_at: time::now(),
+        })
+        .await
+}
+
+/// Renders the rule's action parameters and requests the execution.
+/// `Ok(Err(reason))` is a failed enforcement; `Err` is a bus failure.
+async fn request(
+    ctx: &RulesContext,
+    catalog: &crate::catalog::Catalog,
+    rule: &CatalogRule,
+    instance: &TriggerInstance,
+    kv: &dyn KeyValueLookup,
+    summary: &RuleSummary,
+    execution_id: String,
+) -> Result<Result<String, String>, EngineError> {
+    let render_ctx = json!({
+        "trigger": instance.payload,
+        "rule": {"id": rule.id, "ref": summary.rule_ref, "name": rule.def.name, "pack": rule.def.pack},
+    });
+    let template = Value::Object(rule.def.action.parameters.clone());
+    let parameters = match ctx.renderer.render_value(&template, &render_ctx, kv) {
+        Ok(Value::Object(p)) => p,
+        Ok(_) => return Ok(Err("action parameters did not render to a mapping".into())),
+        Err(e) => return Ok(Err(format!("rendering action parameters failed: {e}"))),
+    };
+    let spec = ExecutionSpec {
+        action_ref: rule.def.action.action_ref.clone(),
+        parameters,
+        id: Some(execution_id),
+        rule: Some(summary.clone()),
+        trigger_instance: Some(TriggerInstanceSummary {
+            id: instance.id.clone(),
+            trigger: instance.trigger.clone(),
+            trigger_type: instance.trigger_type.clone(),
+            occurrence_time: instance.occurrence_time,
+        }),
+        context: rule.def.context.clone(),
+        ..ExecutionSpec::default()
+    };
+    let record = match executions::prepare(catalog, &ctx.renderer, kv, spec) {
+        Ok(r) => r,
+        Err(e) if e.is_retryable() => return Err(e),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let stored = executions::submit(&ctx.bus, record).await?;
+    tracing::info!(rule = %summary.rule_ref, execution = %stored.id, "rule matched; execution requested");
+    Ok(Ok(stored.id))
+}

@@ -1,0 +1,310 @@
+//! Running executions: a [`RunnerPool`] per served pool pulls requests from
+//! the `EXECUTIONS` work queue as a competing consumer and starts one
+//! [`Runner`] child per execution. The runner claims the record
+//! (`requested` → `scheduled`, compare-and-swap), marks it `running`, runs
+//! the action through its `squall-runners` runner, stores the final status
+//! and result, and only then acknowledges the request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::json;
+use squall_domain::execution::{ExecutionRecord, Status};
+use squall_domain::time;
+use squall_runners::{RunRequest, Runner as ActionRunner};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::bus::{execution_subject, from_bytes, Bus, ExecutionRequest, EXECUTIONS_STREAM};
+use crate::catalog::CatalogHandle;
+use crate::error::{bus_err, EngineError};
+use crate::pump::Pump;
+use crate::rules::pull_messages;
+
+/// How often a running execution tells JetStream it is still being worked
+/// on (well inside the consumer's 30 s ack wait).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Durable consumer name of a runner pool.
+pub fn consumer_name(pool: &str) -> String {
+    format!("runners-{pool}")
+}
+
+/// What every runner of a node shares.
+#[derive(Clone)]
+pub struct RunnerContext {
+    pub bus: Bus,
+    pub catalog: CatalogHandle,
+    pub node: String,
+    /// Public URL of the API, given to actions as `ST2_ACTION_API_URL`.
+    pub api_url: String,
+    pub runners: Arc<HashMap<&'static str, Arc<dyn ActionRunner>>>,
+    /// Cancelled when the node shuts down: running actions are stopped and
+    /// recorded as `abandoned`.
+    pub shutdown: CancellationToken,
+    /// Runs in progress; shutdown waits for them to record their end.
+    pub in_flight: TaskTracker,
+}
+
+impl std::fmt::Debug for RunnerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerContext")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pulls one pool's execution requests and supervises their runners.
+#[derive(Debug)]
+pub struct RunnerPool;
+
+/// Messages of [`RunnerPool`].
+#[derive(Debug)]
+pub enum PoolMsg {
+    Request(Result<jetstream::Message, consumer::pull::MessagesError>),
+    StreamEnded,
+}
+
+/// State of [`RunnerPool`].
+#[derive(Debug)]
+pub struct PoolState {
+    ctx: RunnerContext,
+    _pump: Pump,
+}
+
+impl Actor for RunnerPool {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = (RunnerContext, String, i64);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        (ctx, pool, concurrency): (RunnerContext, String, i64),
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let messages = pull_messages(
+            &ctx.bus,
+            EXECUTIONS_STREAM,
+            consumer_name(&pool),
+            execution_subject(&pool),
+            concurrency,
+        )
+        .await?;
+        let pump = Pump::start(messages, myself, PoolMsg::Request, PoolMsg::StreamEnded);
+        Ok(PoolState { ctx, _pump: pump })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        msg: PoolMsg,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PoolMsg::Request(Ok(m)) => {
+                Actor::spawn_linked(None, Runner, (state.ctx.clone(), m), myself.get_cell())
+                    .await?;
+                Ok(())
+            }
+            PoolMsg::Request(Err(e)) => Err(Box::new(bus_err("consume executions", e))),
+            PoolMsg::StreamEnded => Err(Box::new(bus_err("consume executions", "stream ended"))),
+        }
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<PoolMsg>,
+        evt: SupervisionEvent,
+        _state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A runner that failed left its request unacknowledged: JetStream
+        // redelivers it after the ack wait and the next runner finds the
+        // record `running` and marks it abandoned.
+        if let SupervisionEvent::ActorFailed(who, error) = evt {
+            tracing::error!(runner = ?who.get_id(), error = %error, "runner failed");
+        }
+        Ok(())
+    }
+}
+
+/// Runs one execution, then stops.
+#[derive(Debug)]
+pub struct Runner;
+
+impl Actor for Runner {
+    type Msg = ();
+    type State = Option<(RunnerContext, jetstream::Message)>;
+    type Arguments = (RunnerContext, jetstream::Message);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        args: (RunnerContext, jetstream::Message),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(())?;
+        Ok(Some(args))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<()>,
+        _msg: (),
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some((ctx, msg)) = state.take() else {
+            return Ok(());
+        };
+        let _in_flight = ctx.in_flight.token();
+        let acked = match run_request(&ctx, &msg).await {
+            Ok(()) => msg.ack().await,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "execution request will be redelivered");
+                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dropping execution request");
+                msg.ack_with(AckKind::Term).await
+            }
+        };
+        if let Err(e) = acked {
+            tracing::warn!(error = %e, "acknowledging execution request failed");
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<(), EngineError> {
+    let request: ExecutionRequest = from_bytes(&msg.subject, &msg.payload)?;
+    let id = request.execution_id;
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let span = tracing::info_span!("execution", execution = %id, node = %ctx.node);
+    async {
+        let Some((mut record, rev)) = ctx.bus.execution(&id).await? else {
+            return Err(EngineError::Corrupt {
+                key: id.clone(),
+                message: "execution requested but its record does not exist".into(),
+            });
+        };
+        match record.status {
+            Status::Requested | Status::Delayed => {}
+            Status::Scheduled | Status::Running if delivered > 1 => {
+                // The runner that claimed it is gone (its node died): we
+                // cannot know what the action did, so we do not run it again.
+                let reason = format!(
+                    "the runner on node {} stopped before the execution finished",
+                    record.node.as_deref().unwrap_or("?")
+                );
+                finish(ctx, &mut record, rev, Status::Abandoned, json!({"error": reason})).await?;
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+        record.node = Some(ctx.node.clone());
+        record.transition(Status::Scheduled, time::now());
+        let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
+            // Another runner claimed it first.
+            return Ok(());
+        };
+        record.transition(Status::Running, time::now());
+        let rev = put(ctx, &record, rev).await?;
+        let (status, result) = run_action(ctx, &record, msg).await;
+        finish(ctx, &mut record, rev, status, result).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_action(
+    ctx: &RunnerContext,
+    record: &ExecutionRecord,
+    msg: &jetstream::Message,
+) -> (Status, serde_json::Value) {
+    let catalog = ctx.catalog.load();
+    let Some(action) = catalog.actions.get(&record.action.action_ref) else {
+        return (
+            Status::Failed,
+            json!({"error": format!("action {} is no longer registered", record.action.action_ref)}),
+        );
+    };
+    let Some(runner) = ctx.runners.get(record.runner.name.as_str()) else {
+        return (
+            Status::Failed,
+            json!({"error": format!("runner {} is not available on node {}", record.runner.name, ctx.node)}),
+        );
+    };
+    let env = BTreeMap::from([
+        ("ST2_ACTION_API_URL".to_string(), ctx.api_url.clone()),
+        ("ST2_ACTION_EXECUTION_ID".to_string(), record.id.clone()),
+        ("ST2_ACTION_PACK_NAME".to_string(), record.action.pack.clone()),
+    ]);
+    let cancel = ctx.shutdown.child_token();
+    let run = runner.run(RunRequest {
+        execution_id: record.id.clone(),
+        action: action.def.clone(),
+        pack_path: action.pack_path.clone(),
+        parameters: record.parameters.clone(),
+        env,
+        output: None,
+        cancel: cancel.clone(),
+    });
+    let mut run = std::pin::pin!(run);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "progress ack failed");
+                }
+            }
+        }
+    };
+    if ctx.shutdown.is_cancelled() {
+        let mut result = outcome.result;
+        if let Some(obj) = result.as_object_mut() {
+            obj.insert(
+                "error".into(),
+                json!(format!("node {} shut down while the action ran", ctx.node)),
+            );
+        }
+        return (Status::Abandoned, result);
+    }
+    (outcome.status, outcome.result)
+}
+
+/// Writes `record` over revision `rev`, re-reading and retrying when the
+/// record changed underneath (only this runner changes a claimed record's
+/// status, so a conflict means a concurrent annotation, not a status).
+async fn put(ctx: &RunnerContext, record: &ExecutionRecord, rev: u64) -> Result<u64, EngineError> {
+    let mut rev = rev;
+    for _ in 0..5 {
+        if let Some(new) = ctx.bus.update_execution(record, rev).await? {
+            return Ok(new);
+        }
+        rev = match ctx.bus.execution(&record.id).await? {
+            Some((_, r)) => r,
+            None => 0,
+        };
+    }
+    Err(bus_err("update execution", "too many concurrent changes"))
+}
+
+async fn finish(
+    ctx: &RunnerContext,
+    record: &mut ExecutionRecord,
+    rev: u64,
+    status: Status,
+    result: serde_json::Value,
+) -> Result<(), EngineError> {
+    record.result = result;
+    record.transition(status, time::now());
+    put(ctx, record, rev).await?;
+    tracing::info!(execution = %record.id, action = %record.action.action_ref, status = %status, "execution finished");
+    Ok(())
+}

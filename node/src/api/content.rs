@@ -1,0 +1,197 @@
+//! Registered content: actions, rules, packs, trigger types.
+
+use std::path::PathBuf;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use squall_actors::catalog::{content_id, CatalogRule};
+use squall_actors::content;
+use squall_domain::model::{ActionDef, PackBundle, TriggerTypeDef};
+
+use super::error::{ApiError, ApiJson};
+use super::ApiState;
+
+fn action_view(a: &ActionDef) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(content_id("action", &a.reference())));
+        o.insert("ref".into(), json!(a.reference()));
+        o.insert("uid".into(), json!(format!("action:{}:{}", a.pack, a.name)));
+    }
+    v
+}
+
+fn rule_view(r: &CatalogRule) -> Value {
+    let mut v = serde_json::to_value(&r.def).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(r.id));
+        o.insert("ref".into(), json!(r.def.reference()));
+        o.insert("uid".into(), json!(format!("rule:{}:{}", r.def.pack, r.def.name)));
+        if let Some(Value::Object(t)) = o.get_mut("trigger") {
+            t.insert("ref".into(), json!(r.trigger_ref));
+        }
+    }
+    v
+}
+
+fn pack_view(b: &PackBundle) -> Value {
+    let mut v = serde_json::to_value(&b.pack).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(content_id("pack", &b.pack.pack_ref)));
+        o.insert("uid".into(), json!(format!("pack:{}", b.pack.pack_ref)));
+        o.insert("path".into(), json!(b.path));
+    }
+    v
+}
+
+fn trigger_type_view(t: &TriggerTypeDef) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(content_id("trigger_type", &t.reference())));
+        o.insert("ref".into(), json!(t.reference()));
+        o.insert("uid".into(), json!(format!("trigger_type:{}:{}", t.pack, t.name)));
+    }
+    v
+}
+
+/// `GET /actions`.
+pub async fn list_actions(State(st): State<ApiState>) -> Json<Vec<Value>> {
+    let catalog = st.catalog.load();
+    Json(catalog.actions.values().map(|a| action_view(&a.def)).collect())
+}
+
+/// `GET /actions/{ref_or_id}`.
+pub async fn get_action(
+    State(st): State<ApiState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = st.catalog.load();
+    catalog
+        .actions
+        .values()
+        .find(|a| {
+            a.def.reference() == reference || content_id("action", &a.def.reference()) == reference
+        })
+        .map(|a| Json(action_view(&a.def)))
+        .ok_or_else(|| ApiError::NotFound(format!("action {reference} not found")))
+}
+
+/// `GET /rules`.
+pub async fn list_rules(State(st): State<ApiState>) -> Json<Vec<Value>> {
+    let catalog = st.catalog.load();
+    Json(catalog.rules.values().map(|r| rule_view(r)).collect())
+}
+
+/// `GET /rules/{ref_or_id}`.
+pub async fn get_rule(
+    State(st): State<ApiState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = st.catalog.load();
+    catalog
+        .rules
+        .values()
+        .find(|r| r.def.reference() == reference || r.id == reference)
+        .map(|r| Json(rule_view(r)))
+        .ok_or_else(|| ApiError::NotFound(format!("rule {reference} not found")))
+}
+
+/// `GET /packs`.
+pub async fn list_packs(State(st): State<ApiState>) -> Json<Vec<Value>> {
+    let catalog = st.catalog.load();
+    Json(catalog.packs.values().map(pack_view).collect())
+}
+
+/// `GET /triggertypes`.
+pub async fn list_trigger_types(State(st): State<ApiState>) -> Json<Vec<Value>> {
+    let catalog = st.catalog.load();
+    Json(catalog.trigger_types.values().map(trigger_type_view).collect())
+}
+
+/// Body of `POST /packs/register`.
+/// StackStorm's `types` and `fail_on_failure` are accepted and ignored:
+/// Squall registers all of a pack, and never a broken one.
+#[derive(Debug, Default, Deserialize)]
+pub struct RegisterBody {
+    /// Pack names to register from the node's pack directories (all when
+    /// empty).
+    #[serde(default)]
+    packs: Vec<String>,
+}
+
+/// `POST /packs/register`: (re)registers packs from the node's pack
+/// directories. Each pack is validated whole; a broken pack is rejected
+/// with every error and changes nothing.
+pub async fn register_packs(
+    State(st): State<ApiState>,
+    body: Option<ApiJson<RegisterBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
+    let dirs = pack_dirs(&st.pack_dirs, &body.packs)?;
+    let mut bundles = Vec::new();
+    let mut errors = Vec::new();
+    for dir in &dirs {
+        match squall_domain::loader::load_pack(dir) {
+            Ok(b) => bundles.push(b),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest(errors.join("\n")));
+    }
+    let (mut actions, mut rules, mut trigger_types) = (0, 0, 0);
+    for b in &bundles {
+        content::store_pack(&st.bus, b).await?;
+        actions += b.actions.len();
+        rules += b.rules.len();
+        trigger_types += b.trigger_types.len();
+    }
+    Ok(Json(json!({
+        "packs": bundles.len(),
+        "actions": actions,
+        "rules": rules,
+        "triggers": trigger_types,
+    })))
+}
+
+/// The pack directories to register: the named packs, or every pack in the
+/// configured directories.
+pub fn pack_dirs(roots: &[PathBuf], names: &[String]) -> Result<Vec<PathBuf>, ApiError> {
+    let mut found = Vec::new();
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.join("pack.yaml").is_file())
+            .collect();
+        dirs.sort();
+        found.extend(dirs);
+    }
+    if names.is_empty() {
+        return Ok(found);
+    }
+    names
+        .iter()
+        .map(|n| {
+            found
+                .iter()
+                .find(|d| d.file_name().is_some_and(|f| f == n.as_str()))
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "pack {n:?} is not in the pack directories ({})",
+                        roots
+                            .iter()
+                            .map(|r| r.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,80 @@
+//! The API's one error type and its JSON body.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use squall_actors::EngineError;
+
+/// Everything a handler can answer besides success; each variant maps to
+/// one status code and a `{"faultstring": ...}` body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(json!({"faultstring": self.to_string()}))).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::UnknownAction(_) => ApiError::NotFound(e.to_string()),
+            EngineError::NotRunnable(_) | EngineError::Params(_) | EngineError::Pack(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            EngineError::Bus { .. } => ApiError::Unavailable(format!(
+                "the message bus is unavailable, try again shortly ({e})"
+            )),
+            EngineError::Corrupt { .. } | EngineError::Config(_) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
+                "request body is larger than the {} byte limit",
+                super::MAX_BODY_BYTES
+            )),
+            _ => ApiError::BadRequest(format!("invalid JSON body: {}", r.body_text())),
+        }
+    }
+}
+
+/// `Json` whose rejections answer in the API's error format.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);

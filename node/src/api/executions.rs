@@ -1,0 +1,175 @@
+//! `/executions`: run an action, list and read executions.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::Json;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use squall_actors::executions::{self, ExecutionSpec};
+use squall_domain::execution::{ExecutionRecord, Status};
+use squall_domain::template::NoKeyValues;
+use squall_domain::{runner_types, time};
+
+use super::error::{ApiError, ApiJson};
+use super::ApiState;
+
+/// What secret values are replaced with in API output.
+pub const MASK: &str = "********";
+
+/// Body of `POST /executions`.
+#[derive(Debug, Deserialize)]
+pub struct RunBody {
+    action: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    context: Map<String, Value>,
+}
+
+/// Runs an action: 201 with the `requested` execution.
+pub async fn create(
+    State(st): State<ApiState>,
+    ApiJson(body): ApiJson<RunBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if body.action.trim().is_empty() {
+        return Err(ApiError::BadRequest("action: a pack.action reference is required".into()));
+    }
+    let catalog = st.catalog.load();
+    let spec = ExecutionSpec {
+        action_ref: body.action,
+        parameters: body.parameters,
+        user: body.user,
+        context: body.context,
+        ..ExecutionSpec::default()
+    };
+    let record = executions::prepare(&catalog, &st.renderer, &NoKeyValues, spec)?;
+    let stored = executions::submit(&st.bus, record).await?;
+    Ok((StatusCode::CREATED, Json(view(&stored))))
+}
+
+/// Query of `GET /executions`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    offset: Option<usize>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+}
+
+/// Default page size, as StackStorm's.
+const DEFAULT_LIMIT: usize = 100;
+
+/// Lists executions, newest first, with `X-Total-Count`.
+pub async fn list(
+    State(st): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<(HeaderMap, Json<Vec<Value>>), ApiError> {
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(-1) => usize::MAX,
+        Some(n) if n > 0 => n as usize,
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be a positive number or -1 for all, got {n}"
+            )))
+        }
+    };
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!("status: {s:?} is not an execution status"))
+        })?),
+    };
+    let mut keys = st
+        .bus
+        .executions
+        .keys()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("listing executions failed: {e}")))?;
+    let mut ids = Vec::new();
+    while let Some(k) = keys.next().await {
+        ids.push(k.map_err(|e| ApiError::Unavailable(format!("listing executions failed: {e}")))?);
+    }
+    // Ids begin with their creation second: sorting them sorts by time.
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let filtered = q.status.is_some() || q.action.is_some();
+    let mut total = ids.len();
+    let mut page = Vec::new();
+    let mut matched = 0usize;
+    let offset = q.offset.unwrap_or(0);
+    for id in &ids {
+        if !filtered && (matched < offset || page.len() >= limit) {
+            matched += 1;
+            continue;
+        }
+        let Some((rec, _)) = st.bus.execution(id).await? else {
+            continue;
+        };
+        if status.is_some_and(|s| rec.status != s)
+            || q.action.as_deref().is_some_and(|a| rec.action.action_ref != a)
+        {
+            continue;
+        }
+        if matched >= offset && page.len() < limit {
+            page.push(view(&rec));
+        }
+        matched += 1;
+    }
+    if filtered {
+        total = matched;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("X-Total-Count", HeaderValue::from(total));
+    if limit != usize::MAX {
+        headers.insert("X-Limit", HeaderValue::from(limit));
+    }
+    Ok((headers, Json(page)))
+}
+
+/// Reads one execution.
+pub async fn get_one(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match st.bus.execution(&id).await? {
+        Some((rec, _)) => Ok(Json(view(&rec))),
+        None => Err(ApiError::NotFound(format!("execution {id} not found"))),
+    }
+}
+
+/// The API view of an execution: the record, `elapsed_seconds`, and secret
+/// parameters masked.
+pub fn view(rec: &ExecutionRecord) -> Value {
+    let mut v = serde_json::to_value(rec).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("elapsed_seconds".into(), json!(rec.elapsed_seconds(time::now())));
+        obj.insert("liveaction".into(), json!({"id": rec.id}));
+        if let Some(Value::Object(params)) = obj.get_mut("parameters") {
+            let runner_secrets = runner_types::lookup(&rec.runner.name)
+                .map(|r| r.runner_parameters)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, spec)| spec.secret)
+                .map(|(name, _)| name);
+            let action_secrets = rec
+                .action
+                .parameters
+                .iter()
+                .filter(|(_, spec)| spec.get("secret").and_then(Value::as_bool) == Some(true))
+                .map(|(name, _)| name.clone());
+            for name in runner_secrets.chain(action_secrets) {
+                if let Some(p) = params.get_mut(&name) {
+                    *p = json!(MASK);
+                }
+            }
+        }
+    }
+    v
+}

@@ -1,0 +1,78 @@
+//! The REST API: StackStorm's v1 paths and JSON shapes.
+//!
+//! Every route is mounted under `/api/v1` (one port for everything) and
+//! under `/v1` (StackStorm's per-service layout behind a proxy that strips
+//! `/api`). Errors are `{"faultstring": "..."}` with a status code that says
+//! whose fault it is.
+
+mod content;
+pub use content::pack_dirs;
+mod error;
+mod executions;
+mod triggers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use squall_actors::bus::Bus;
+use squall_actors::catalog::CatalogHandle;
+use squall_domain::template::Renderer;
+
+pub use error::ApiError;
+
+/// Largest request body accepted (bigger ones get 413).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub bus: Bus,
+    pub catalog: CatalogHandle,
+    pub renderer: Arc<Renderer>,
+    /// Directories `POST /packs/register` looks in.
+    pub pack_dirs: Vec<PathBuf>,
+}
+
+/// The whole API as a router.
+pub fn app(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/", get(version))
+        .route(
+            "/executions",
+            get(executions::list).post(executions::create),
+        )
+        .route("/executions/{id}", get(executions::get_one))
+        .route("/actions", get(content::list_actions))
+        .route("/actions/{reference}", get(content::get_action))
+        .route("/rules", get(content::list_rules))
+        .route("/rules/{reference}", get(content::get_rule))
+        .route("/packs", get(content::list_packs))
+        .route("/packs/register", post(content::register_packs))
+        .route("/triggertypes", get(content::list_trigger_types))
+        .route("/triggerinstances/{id}", get(triggers::get_instance))
+        .route("/webhooks", get(triggers::list_webhooks))
+        .route("/webhooks/{*url}", post(triggers::fire_webhook))
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", v1.clone())
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "docs_url": "https://docs.stackstorm.com/",
+        "product": "squall",
+    }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}

@@ -1,0 +1,306 @@
+//! Client subcommands: talk to a node's REST API, print tables for people
+//! and JSON (`--json`) for scripts.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+
+/// Failures of a client command.
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error("cannot reach Squall at {url}: {message}. Is `squall up` running? (set SQUALL_URL or --url)")]
+    Unreachable { url: String, message: String },
+    #[error("{0}")]
+    Api(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A REST client for one node.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the API at `url` (e.g. `http://127.0.0.1:9101`).
+    pub fn new(url: &str) -> Client {
+        Client {
+            base: url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(Value, Option<u64>), CliError> {
+        let resp = req.send().await.map_err(|e| CliError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status();
+        let total = resp
+            .headers()
+            .get("X-Total-Count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body
+                .get("faultstring")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
+            return Err(CliError::Api(format!("{status}: {msg}")));
+        }
+        Ok((body, total))
+    }
+
+    /// `GET /api/v1/<path>`.
+    pub async fn get(&self, path: &str) -> Result<(Value, Option<u64>), CliError> {
+        self.send(self.http.get(format!("{}/api/v1/{path}", self.base)))
+            .await
+    }
+
+    /// `POST /api/v1/<path>` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.send(self.http.post(format!("{}/api/v1/{path}", self.base)).json(body))
+            .await
+            .map(|(v, _)| v)
+    }
+}
+
+/// Parses `key=value` pairs. Values stay strings unless they are JSON
+/// objects or arrays; the server casts them to the action's declared types.
+pub fn parse_params(pairs: &[String]) -> Result<Map<String, Value>, CliError> {
+    let mut out = Map::new();
+    for pair in pairs {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            CliError::Usage(format!("parameter {pair:?} is not key=value"))
+        })?;
+        let value = match serde_json::from_str::<Value>(v) {
+            Ok(j @ (Value::Object(_) | Value::Array(_))) => j,
+            _ => Value::String(v.to_string()),
+        };
+        out.insert(k.to_string(), value);
+    }
+    Ok(out)
+}
+
+/// `squall run`: starts an action; unless `detach`, waits for it to finish
+/// (with a spinner on a terminal) and prints the result.
+pub async fn run(
+    client: &Client,
+    action: &str,
+    params: &[String],
+    detach: bool,
+    as_json: bool,
+) -> Result<bool, CliError> {
+    let body = json!({"action": action, "parameters": parse_params(params)?});
+    let created = client.post("executions", &body).await?;
+    let id = created
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if detach {
+        if as_json {
+            println!("{}", pretty(&created));
+        } else {
+            println!("execution {id} requested\nTo get the results, execute:\n squall execution get {id}");
+        }
+        return Ok(true);
+    }
+    let spinner = std::io::stderr().is_terminal() && !as_json;
+    let frames = ['|', '/', '-', '\\'];
+    let mut n = 0usize;
+    let done = loop {
+        let (exec, _) = client.get(&format!("executions/{id}")).await?;
+        let status = exec.get("status").and_then(Value::as_str).unwrap_or("");
+        if is_completed(status) {
+            break exec;
+        }
+        if spinner {
+            eprint!("\r{} {action} {status}   ", frames[n % frames.len()]);
+            let _ = std::io::stderr().flush();
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+    if spinner {
+        eprint!("\r{:width$}\r", "", width = action.len() + 20);
+    }
+    print_execution(&done, as_json);
+    Ok(done.get("status").and_then(Value::as_str) == Some("succeeded"))
+}
+
+fn is_completed(status: &str) -> bool {
+    matches!(
+        status,
+        "succeeded" | "failed" | "timeout" | "abandoned" | "canceled"
+    )
+}
+
+/// `squall execution get`.
+pub async fn execution_get(client: &Client, id: &str, as_json: bool) -> Result<(), CliError> {
+    let (exec, _) = client.get(&format!("executions/{id}")).await?;
+    print_execution(&exec, as_json);
+    Ok(())
+}
+
+/// `squall execution list`.
+pub async fn execution_list(
+    client: &Client,
+    limit: u32,
+    action: Option<&str>,
+    status: Option<&str>,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let mut path = format!("executions?limit={limit}");
+    if let Some(a) = action {
+        path.push_str(&format!("&action={a}"));
+    }
+    if let Some(s) = status {
+        path.push_str(&format!("&status={s}"));
+    }
+    let (list, total) = client.get(&path).await?;
+    if as_json {
+        println!("{}", pretty(&list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            vec![
+                field(e, "/id"),
+                field(e, "/action/ref"),
+                field(e, "/context/user"),
+                status_with_elapsed(e),
+                field(e, "/start_timestamp"),
+                field(e, "/end_timestamp"),
+            ]
+        })
+        .collect();
+    print_table(
+        &["id", "action.ref", "context.user", "status", "start_timestamp", "end_timestamp"],
+        &rows,
+    );
+    if let Some(t) = total {
+        if t as usize > rows.len() {
+            println!("Note: only the first {} of {t} executions are shown; use --limit.", rows.len());
+        }
+    }
+    Ok(())
+}
+
+/// `squall pack register`.
+pub async fn pack_register(client: &Client, packs: &[String], as_json: bool) -> Result<(), CliError> {
+    let counts = client.post("packs/register", &json!({"packs": packs})).await?;
+    if as_json {
+        println!("{}", pretty(&counts));
+    } else {
+        let rows: Vec<Vec<String>> = counts
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        print_table(&["content", "registered"], &rows);
+    }
+    Ok(())
+}
+
+fn field(v: &Value, pointer: &str) -> String {
+    match v.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn status_with_elapsed(e: &Value) -> String {
+    let status = field(e, "/status");
+    match e.get("elapsed_seconds").and_then(Value::as_f64) {
+        Some(s) => format!("{status} ({s:.0}s elapsed)"),
+        None => status,
+    }
+}
+
+fn print_execution(exec: &Value, as_json: bool) {
+    if as_json {
+        println!("{}", pretty(exec));
+        return;
+    }
+    println!("id: {}", field(exec, "/id"));
+    println!("action.ref: {}", field(exec, "/action/ref"));
+    let params = exec.get("parameters").cloned().unwrap_or(json!({}));
+    if params.as_object().is_some_and(|p| !p.is_empty()) {
+        println!("parameters:");
+        print_yaml(&params, 2);
+    } else {
+        println!("parameters: None");
+    }
+    println!("status: {}", status_with_elapsed(exec));
+    println!("start_timestamp: {}", field(exec, "/start_timestamp"));
+    println!("end_timestamp: {}", field(exec, "/end_timestamp"));
+    println!("result:");
+    print_yaml(exec.get("result").unwrap_or(&Value::Null), 2);
+}
+
+fn print_yaml(v: &Value, indent: usize) {
+    let text = serde_yaml::to_string(v).unwrap_or_default();
+    for line in text.lines() {
+        println!("{:indent$}{line}", "");
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Prints rows under headers, columns padded to their widest cell.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
+    for row in rows {
+        println!("{}", line(row.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_strings_unless_structured() {
+        let p = parse_params(&[
+            "cmd=echo a=b".into(),
+            "n=5".into(),
+            "env={\"A\":\"1\"}".into(),
+        ])
+        .unwrap();
+        assert_eq!(p["cmd"], json!("echo a=b"));
+        assert_eq!(p["n"], json!("5"));
+        assert_eq!(p["env"], json!({"A": "1"}));
+        assert!(parse_params(&["novalue".into()]).is_err());
+    }
+}

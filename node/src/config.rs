@@ -1,0 +1,250 @@
+//! Node configuration: a YAML file for `squall node --config FILE`, built
+//! from flags for `squall up`. Unknown fields are rejected with their line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Problems with a configuration file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Everything a node needs to run. Every field has a default suited to a
+/// single node on this machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name of this node, unique in the cluster (default: the host name).
+    pub name: String,
+    pub nats: NatsConfig,
+    pub cluster: ClusterConfig,
+    pub api: ApiConfig,
+    pub packs: PacksConfig,
+    pub runners: RunnersConfig,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated (default `nats://127.0.0.1:4222`).
+    pub url: String,
+    /// A `.creds` file (JWT + NKey), if the server wants one.
+    pub credentials: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// Replicas of every stream and bucket (1, or 3 on a 3-server cluster).
+    pub replicas: usize,
+}
+
+/// Cluster-wide settings, fixed when the cluster is first created.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Number of partitions (default 64). Immutable once the cluster exists.
+    pub partitions: u32,
+}
+
+/// The REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on (default `127.0.0.1:9101`).
+    pub listen: SocketAddr,
+    /// URL clients and actions use to reach the API (default: from `listen`).
+    pub public_url: Option<String>,
+    /// Whether this node serves the API at all.
+    pub enabled: bool,
+}
+
+/// Pack directories.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacksConfig {
+    /// Directories holding packs (each subdirectory with a `pack.yaml`).
+    pub dirs: Vec<PathBuf>,
+    /// Register every pack found in `dirs` when the node starts.
+    pub register_on_start: bool,
+}
+
+/// Runner pools served by this node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnersConfig {
+    /// Pools to pull executions from (default `[default]`; empty: none).
+    pub pools: Vec<String>,
+    /// Executions run at once per pool (default 64).
+    pub concurrency: i64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: default_node_name(),
+            nats: NatsConfig::default(),
+            cluster: ClusterConfig::default(),
+            api: ApiConfig::default(),
+            packs: PacksConfig::default(),
+            runners: RunnersConfig::default(),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials: None,
+            user: None,
+            password: None,
+            token: None,
+            replicas: 1,
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { partitions: 64 }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            public_url: None,
+            enabled: true,
+        }
+    }
+}
+
+impl Default for PacksConfig {
+    fn default() -> Self {
+        PacksConfig {
+            dirs: vec![PathBuf::from("packs")],
+            register_on_start: true,
+        }
+    }
+}
+
+impl Default for RunnersConfig {
+    fn default() -> Self {
+        RunnersConfig {
+            pools: vec![squall_domain::execution::DEFAULT_POOL.to_string()],
+            concurrency: 64,
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "squall".into())
+}
+
+impl NodeConfig {
+    /// Reads and validates a YAML config file.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and validates YAML; `path` names the source in errors.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let cfg: NodeConfig = if text.trim().is_empty() {
+            NodeConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let at = e
+                    .location()
+                    .map(|l| format!("line {}: ", l.line()))
+                    .unwrap_or_default();
+                invalid(format!("{at}{e}"))
+            })?
+        };
+        if cfg.cluster.partitions == 0 || cfg.cluster.partitions > 4096 {
+            return Err(invalid(format!(
+                "cluster.partitions must be between 1 and 4096, got {}",
+                cfg.cluster.partitions
+            )));
+        }
+        if cfg.runners.concurrency < 1 {
+            return Err(invalid("runners.concurrency must be at least 1".into()));
+        }
+        if cfg.nats.replicas == 0 || cfg.nats.replicas > 5 {
+            return Err(invalid("nats.replicas must be between 1 and 5".into()));
+        }
+        for pool in &cfg.runners.pools {
+            if pool.is_empty() || !pool.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!(
+                    "runners.pools: {pool:?} is not a valid pool name (letters, digits, - and _)"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The URL clients and actions use to reach the API.
+    pub fn public_url(&self) -> String {
+        self.api
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.api.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = NodeConfig::from_yaml("", Path::new("x.yaml")).unwrap();
+        assert_eq!(cfg.cluster.partitions, 64);
+        assert_eq!(cfg.api.listen.port(), 9101);
+        assert_eq!(cfg.runners.pools, vec!["default"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_line() {
+        let err = NodeConfig::from_yaml("nats:\n  url: nats://x:1\n  urll: y\n", Path::new("n.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n.yaml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for bad in [
+            "cluster:\n  partitions: 0\n",
+            "runners:\n  concurrency: 0\n",
+            "runners:\n  pools: ['a.b']\n",
+            "nats:\n  replicas: 0\n",
+        ] {
+            assert!(NodeConfig::from_yaml(bad, Path::new("c.yaml")).is_err(), "{bad}");
+        }
+    }
+}

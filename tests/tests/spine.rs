@@ -1,0 +1,233 @@
+//! The spine end to end: webhook → rule → execution → runner, each step
+//! persisted in JetStream, against a real nats-server.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use squall_tests::{poll, write_pack, TestNode};
+
+const PACK: &str = "
+ref: ops
+name: ops
+description: Test pack
+version: 0.1.0
+author: tests
+";
+
+fn rule(name: &str, url: &str, criteria: &str, cmd: &str) -> String {
+    format!(
+        "name: {name}
+pack: ops
+enabled: true
+trigger:
+  type: core.st2.webhook
+  parameters:
+    url: {url}
+criteria:
+{criteria}
+action:
+  ref: core.local
+  parameters:
+    cmd: {cmd}
+"
+    )
+}
+
+async fn node_with(rules: &[(&str, String)]) -> Result<(TestNode, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let mut files: Vec<(String, String)> = vec![("pack.yaml".into(), PACK.into())];
+    for (name, body) in rules {
+        files.push((format!("rules/{name}.yaml"), body.clone()));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    write_pack(dir.path(), "ops", &refs)?;
+    let node = TestNode::start(vec![dir.path().to_path_buf()]).await?;
+    Ok((node, dir))
+}
+
+async fn only_execution(node: &TestNode) -> Result<Value> {
+    let id = poll(Duration::from_secs(20), || async {
+        let list = node.executions().await?;
+        Ok(list.first().and_then(|e| e["id"].as_str().map(str::to_string)))
+    })
+    .await?;
+    node.finished(&id).await
+}
+
+#[tokio::test]
+async fn webhook_rule_with_criteria_runs_local_command() -> Result<()> {
+    let (node, _dir) = node_with(&[(
+        "greet",
+        rule(
+            "greet",
+            "hello",
+            "  trigger.body.name:\n    type: equals\n    pattern: squall",
+            "'echo hello {{ trigger.body.name }}'",
+        ),
+    )])
+    .await?;
+    let (status, body) = node.post("webhooks/hello", &json!({"name": "squall"})).await?;
+    assert_eq!(status, 202);
+    assert_eq!(body, json!({"name": "squall"}), "StackStorm echoes the body");
+
+    let exec = only_execution(&node).await?;
+    assert_eq!(exec["status"], "succeeded", "{exec}");
+    assert_eq!(exec["result"]["stdout"], "hello squall");
+    assert_eq!(exec["result"]["return_code"], 0);
+    assert_eq!(exec["action"]["ref"], "core.local");
+    assert_eq!(exec["rule"]["ref"], "ops.greet");
+    let statuses: Vec<&str> = exec["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["requested", "scheduled", "running", "succeeded"]);
+
+    // The trigger instance is stored and readable by id.
+    let ti = exec["trigger_instance"]["id"].as_str().unwrap();
+    let (status, instance) = node.get(&format!("triggerinstances/{ti}")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(instance["payload"]["body"]["name"], "squall");
+    assert_eq!(instance["trigger_type"], "core.st2.webhook");
+    Ok(())
+}
+
+#[tokio::test]
+async fn criteria_that_do_not_match_start_nothing() -> Result<()> {
+    let (node, _dir) = node_with(&[(
+        "critical_only",
+        rule(
+            "critical_only",
+            "alerts",
+            "  trigger.body.severity:\n    type: iequals\n    pattern: critical",
+            "'echo ran'",
+        ),
+    )])
+    .await?;
+    for severity in ["warning", "info", "minor"] {
+        let (status, _) = node.post("webhooks/alerts", &json!({"severity": severity})).await?;
+        assert_eq!(status, 202);
+    }
+    node.rules_idle().await?;
+    assert!(node.executions().await?.is_empty());
+
+    // The same rule does fire for a match, so the silence above is real.
+    node.post("webhooks/alerts", &json!({"severity": "CRITICAL"})).await?;
+    let exec = only_execution(&node).await?;
+    assert_eq!(exec["status"], "succeeded");
+    assert_eq!(node.executions().await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn non_zero_exit_fails_the_execution() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let (status, created) = node
+        .post("executions", &json!({"action": "core.local", "parameters": {"cmd": "echo oops >&2; exit 3"}}))
+        .await?;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "requested", "never finished at creation");
+    let exec = node.finished(created["id"].as_str().unwrap()).await?;
+    assert_eq!(exec["status"], "failed");
+    assert_eq!(exec["result"]["return_code"], 3);
+    assert_eq!(exec["result"]["stderr"], "oops");
+    assert_eq!(exec["result"]["succeeded"], false);
+    Ok(())
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let pids = tempfile::tempdir()?;
+    let pidfile = pids.path().join("child.pid");
+    let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let (_, created) = node
+        .post("executions", &json!({"action": "core.local", "parameters": {"cmd": cmd, "timeout": 1}}))
+        .await?;
+    let exec = node.finished(created["id"].as_str().unwrap()).await?;
+    assert_eq!(exec["status"], "timeout", "{exec}");
+    assert_eq!(exec["result"]["return_code"], -9);
+    let pid: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    poll(Duration::from_secs(10), || async move {
+        Ok((!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redelivered_trigger_does_not_double_the_action() -> Result<()> {
+    let out = tempfile::tempdir()?;
+    let marker = out.path().join("runs.txt");
+    let (node, _dir) = node_with(&[(
+        "once",
+        rule(
+            "once",
+            "once",
+            "  trigger.body.go:\n    type: exists",
+            &format!("'echo run >> {}'", marker.display()),
+        ),
+    )])
+    .await?;
+    node.post("webhooks/once", &json!({"go": 1})).await?;
+    let first = only_execution(&node).await?;
+    assert_eq!(first["status"], "succeeded");
+
+    // Deliver the very same trigger instance again, as JetStream does after
+    // a lost ack: publish it raw, without the Nats-Msg-Id that would let
+    // the stream drop it, so the rules engine really sees it twice.
+    let bus = node.node.as_ref().unwrap().bus.clone();
+    let ti = first["trigger_instance"]["id"].as_str().unwrap().to_string();
+    let (instance, _) = bus.trigger_instance(&ti).await?.expect("stored instance");
+    let subject = squall_actors::bus::trigger_subject(bus.partition_of(&ti), &ti);
+    bus.js
+        .publish(subject, serde_json::to_vec(&instance)?.into())
+        .await?
+        .await?;
+    node.rules_idle().await?;
+
+    let execs = node.executions().await?;
+    assert_eq!(execs.len(), 1, "one execution for one trigger instance and rule");
+    let runs = std::fs::read_to_string(&marker)?;
+    assert_eq!(runs.lines().count(), 1, "the action ran once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_broken_pack_reports_every_error_and_registers_nothing() -> Result<()> {
+    let (node, dir) = node_with(&[(
+        "good",
+        rule("good", "good", "  trigger.body.x:\n    type: exists", "'true'"),
+    )])
+    .await?;
+    let (_, before) = node.get("rules/ops.good").await?;
+    assert_eq!(before["ref"], "ops.good");
+
+    // Break the pack three ways in three files.
+    write_pack(
+        dir.path(),
+        "ops",
+        &[
+            ("rules/good.yaml", "name: good\npack: ops\nenabled: true\ntrigger: [unclosed\n"),
+            ("rules/bad_op.yaml", &rule("bad_op", "x", "  trigger.body.x:\n    type: roughly", "'true'")),
+            ("actions/bad.yaml", "name: bad\nrunner_type: teleport\n"),
+        ],
+    )?;
+    let (status, err) = node.post("packs/register", &json!({"packs": ["ops"]})).await?;
+    assert_eq!(status, 400, "{err}");
+    let msg = err["faultstring"].as_str().unwrap_or_default();
+    for needle in ["rules/good.yaml", "rules/bad_op.yaml", "roughly", "actions/bad.yaml", "teleport"] {
+        assert!(msg.contains(needle), "missing {needle:?} in: {msg}");
+    }
+
+    // Nothing changed: the old rule is still there and nothing new appeared.
+    let (_, after) = node.get("rules/ops.good").await?;
+    assert_eq!(after, before);
+    let (status, _) = node.get("rules/ops.bad_op").await?;
+    assert_eq!(status, 404);
+    let (status, _) = node.get("actions/ops.bad").await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
