@@ -327,7 +327,7 @@ async fn publish(
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<(), EngineError> {
-    let publish = jetstream::context::Publish::build()
+    let publish = jetstream::message::PublishMessage::build()
         .payload(payload)
         .headers(headers)
         .message_id(msg_id);

@@ -231,3 +231,40 @@ async fn a_broken_pack_reports_every_error_and_registers_nothing() -> Result<()>
     assert_eq!(status, 404);
     Ok(())
 }
+
+#[tokio::test]
+async fn interval_timer_fires_its_rule_once_per_tick() -> Result<()> {
+    let timer_rule = "name: tick
+pack: ops
+enabled: true
+trigger:
+  type: core.st2.IntervalTimer
+  parameters:
+    unit: seconds
+    delta: 1
+action:
+  ref: core.noop
+";
+    let (node, _dir) = node_with(&[("tick", timer_rule.to_string())]).await?;
+    let execs = poll(Duration::from_secs(20), || async {
+        let list = node.executions().await?;
+        Ok((list.len() >= 3).then_some(list))
+    })
+    .await?;
+    let mut ticks: Vec<String> = execs
+        .iter()
+        .map(|e| e["trigger_instance"]["occurrence_time"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let n = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "one execution per tick");
+    for t in &ticks {
+        assert!(t.contains(".000000Z"), "ticks fall on whole seconds: {t}");
+    }
+    let ti = execs[0]["trigger_instance"]["id"].as_str().unwrap();
+    let (_, instance) = node.get(&format!("triggerinstances/{ti}")).await?;
+    assert_eq!(instance["trigger_type"], "core.st2.IntervalTimer");
+    assert!(instance["payload"]["executed_at"].is_string());
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! REST API shapes and rejections: every bad input gets a JSON error a
+//! person can act on, and nothing stored changes.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use squall_tests::TestNode;
+
+fn fault(body: &Value) -> &str {
+    body["faultstring"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn rejections_are_json_with_actionable_messages() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+
+    // Malformed JSON.
+    let r = node
+        .http
+        .post(format!("{}/executions", node.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await?;
+    assert!(fault(&body).contains("invalid JSON"), "{body}");
+
+    // Wrong type for a field.
+    let (status, body) = node.post("executions", &json!({"action": 5})).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("action"), "{body}");
+
+    // Unknown action.
+    let (status, body) = node.post("executions", &json!({"action": "nope.nothing"})).await?;
+    assert_eq!(status, 404);
+    assert!(fault(&body).contains("nope.nothing"), "{body}");
+
+    // Missing required parameter, named.
+    let (status, body) = node.post("executions", &json!({"action": "core.local"})).await?;
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("cmd"), "{body}");
+
+    // Overriding an immutable parameter.
+    let (status, body) = node
+        .post("executions", &json!({"action": "core.echo", "parameters": {"message": "hi", "cmd": "rm -rf /"}}))
+        .await?;
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("cmd"), "{body}");
+
+    // Unknown parameter.
+    let (status, body) = node
+        .post("executions", &json!({"action": "core.noop", "parameters": {"bogus": 1}}))
+        .await?;
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("bogus"), "{body}");
+
+    // A webhook nobody listens to.
+    let (status, body) = node.post("webhooks/nobody-home", &json!({})).await?;
+    assert_eq!(status, 404);
+    assert!(fault(&body).contains("nobody-home"), "{body}");
+
+    // The generic webhook without a trigger.
+    let (status, body) = node.post("webhooks/st2", &json!({"payload": {}})).await?;
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("trigger"), "{body}");
+
+    // A body over the limit.
+    let big = "x".repeat(squall::api::MAX_BODY_BYTES + 1);
+    let (status, body) = node.post("webhooks/st2", &json!({"trigger": "a.b", "payload": {"x": big}})).await?;
+    assert_eq!(status, 413, "{body}");
+
+    // Bad query values.
+    let (status, body) = node.get("executions?limit=0").await?;
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("limit"), "{body}");
+    let (status, body) = node.get("executions?status=sleepy").await?;
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("sleepy"), "{body}");
+
+    // Unknown things.
+    for path in ["executions/0123456789abcdef01234567", "actions/core.nope", "rules/x.y", "triggerinstances/abc", "no/such/route"] {
+        let (status, body) = node.get(path).await?;
+        assert_eq!(status, 404, "{path}");
+        assert!(!fault(&body).is_empty(), "{path}: {body}");
+    }
+
+    // None of that stored anything.
+    assert!(node.executions().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn listing_is_newest_first_with_total_count_and_paging() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, e) = node.post("executions", &json!({"action": "core.noop"})).await?;
+        assert_eq!(status, 201);
+        ids.push(e["id"].as_str().unwrap().to_string());
+        node.finished(ids.last().unwrap()).await?;
+    }
+    let r = node
+        .http
+        .get(format!("{}/executions?limit=2", node.base))
+        .send()
+        .await?;
+    assert_eq!(r.headers()["X-Total-Count"], "3");
+    let page: Vec<Value> = r.json().await?;
+    assert_eq!(page.len(), 2);
+    let (_, rest) = node.get("executions?limit=2&offset=2").await?;
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+    let mut all: Vec<String> = page.iter().chain(rest.as_array().unwrap()).map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    let listed = all.clone();
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(listed, all, "newest first");
+    let noop = &page[0];
+    assert_eq!(noop["status"], "succeeded");
+    assert_eq!(noop["result"], json!({"failed": false, "succeeded": true, "return_code": 0}));
+    assert!(noop["start_timestamp"].as_str().unwrap().ends_with('Z'));
+
+    // The same routes answer under StackStorm's per-service prefix.
+    let addr = node.base.trim_end_matches("/api/v1");
+    let r = node.http.get(format!("{addr}/v1/executions/{}", ids[0])).send().await?;
+    assert_eq!(r.status().as_u16(), 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn secret_parameters_are_masked_in_api_output() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let (status, e) = node
+        .post("executions", &json!({"action": "core.local", "parameters": {"cmd": "true", "sudo_password": "hunter2"}}))
+        .await?;
+    // core.local makes sudo immutable but leaves sudo_password settable.
+    assert_eq!(status, 201, "{e}");
+    assert_eq!(e["parameters"]["sudo_password"], "********");
+    let done = node.finished(e["id"].as_str().unwrap()).await?;
+    assert!(!done.to_string().contains("hunter2"));
+    Ok(())
+}
