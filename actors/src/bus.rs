@@ -199,7 +199,9 @@ impl Bus {
         let payload = to_bytes(instance)?;
         let mut headers = HeaderMap::new();
         headers.insert(TRACEPARENT, traceparent(&instance.id).as_str());
-        publish(&self.js, subject, &instance.id, headers, payload).await
+        publish(&self.js, subject, &instance.id, headers, payload).await?;
+        crate::metrics::trigger_published();
+        Ok(())
     }
 
     /// Reads one stored trigger instance by id, with whether its partition's

@@ -142,6 +142,7 @@ pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecor
     };
     if stored.status == Status::Requested {
         bus.request_execution(&stored, &trace).await?;
+        crate::metrics::execution_requested();
     }
     Ok(stored)
 }

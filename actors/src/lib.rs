@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod content;
 pub mod error;
 pub mod executions;
+pub mod metrics;
 pub mod node;
 pub mod pump;
 pub mod rules;

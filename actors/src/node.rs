@@ -50,7 +50,7 @@ pub struct NodeSettings {
 
 /// One child of the supervisor, as it can be (re)started.
 #[derive(Debug, Clone)]
-enum Child {
+pub enum Child {
     Content,
     Rules(u32),
     Runners(String),

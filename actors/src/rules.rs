@@ -85,7 +85,7 @@ pub struct RulePartition;
 /// Messages of [`RulePartition`].
 #[derive(Debug)]
 pub enum RuleMsg {
-    Trigger(Result<jetstream::Message, consumer::pull::MessagesError>),
+    Trigger(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
     StreamEnded,
 }
 
@@ -115,7 +115,12 @@ impl Actor for RulePartition {
             MAX_IN_FLIGHT,
         )
         .await?;
-        let pump = Pump::start(messages, myself, RuleMsg::Trigger, RuleMsg::StreamEnded);
+        let pump = Pump::start(
+            messages,
+            myself,
+            |m| RuleMsg::Trigger(Box::new(m)),
+            RuleMsg::StreamEnded,
+        );
         Ok(RuleState {
             ctx,
             partition,
@@ -130,8 +135,10 @@ impl Actor for RulePartition {
         state: &mut RuleState,
     ) -> Result<(), ActorProcessingErr> {
         let msg = match msg {
-            RuleMsg::Trigger(Ok(m)) => m,
-            RuleMsg::Trigger(Err(e)) => return Err(Box::new(bus_err("consume triggers", e))),
+            RuleMsg::Trigger(m) => match *m {
+                Ok(m) => m,
+                Err(e) => return Err(Box::new(bus_err("consume triggers", e))),
+            },
             RuleMsg::StreamEnded => {
                 return Err(Box::new(bus_err("consume triggers", "stream ended")))
             }
@@ -152,7 +159,10 @@ impl Actor for RulePartition {
             .instrument(span)
             .await
         {
-            Ok(()) => msg.ack().await.map_err(|e| bus_err("ack", e))?,
+            Ok(()) => {
+                msg.ack().await.map_err(|e| bus_err("ack", e))?;
+                crate::metrics::trigger_processed();
+            }
             Err(e) => {
                 tracing::warn!(trigger_instance = %instance.id, error = %e,
                     "enforcement interrupted; the trigger will be redelivered");
@@ -217,6 +227,7 @@ async fn enforce(
             (EnforcementStatus::Failed, None, Some(reason))
         }
     };
+    crate::metrics::enforcement(status);
     ctx.bus
         .put_enforcement(&RuleEnforcement {
             v: RECORD_VERSION,

@@ -65,7 +65,7 @@ pub struct RunnerPool;
 /// Messages of [`RunnerPool`].
 #[derive(Debug)]
 pub enum PoolMsg {
-    Request(Result<jetstream::Message, consumer::pull::MessagesError>),
+    Request(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
     StreamEnded,
 }
 
@@ -94,7 +94,12 @@ impl Actor for RunnerPool {
             concurrency,
         )
         .await?;
-        let pump = Pump::start(messages, myself, PoolMsg::Request, PoolMsg::StreamEnded);
+        let pump = Pump::start(
+            messages,
+            myself,
+            |m| PoolMsg::Request(Box::new(m)),
+            PoolMsg::StreamEnded,
+        );
         Ok(PoolState { ctx, _pump: pump })
     }
 
@@ -105,12 +110,14 @@ impl Actor for RunnerPool {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PoolMsg::Request(Ok(m)) => {
-                Actor::spawn_linked(None, Runner, (state.ctx.clone(), m), myself.get_cell())
-                    .await?;
-                Ok(())
-            }
-            PoolMsg::Request(Err(e)) => Err(Box::new(bus_err("consume executions", e))),
+            PoolMsg::Request(m) => match *m {
+                Ok(m) => {
+                    Actor::spawn_linked(None, Runner, (state.ctx.clone(), m), myself.get_cell())
+                        .await?;
+                    Ok(())
+                }
+                Err(e) => Err(Box::new(bus_err("consume executions", e))),
+            },
             PoolMsg::StreamEnded => Err(Box::new(bus_err("consume executions", "stream ended"))),
         }
     }
@@ -212,7 +219,9 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
         };
         record.transition(Status::Running, time::now());
         let rev = put(ctx, &record, rev).await?;
+        crate::metrics::execution_started();
         let (status, result) = run_action(ctx, &record, msg).await;
+        crate::metrics::execution_finished(status);
         finish(ctx, &mut record, rev, status, result).await
     }
     .instrument(span)

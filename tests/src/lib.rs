@@ -127,8 +127,10 @@ pub struct TestNode {
 
 /// A node config for tests: API on an OS-chosen port, few partitions.
 pub fn test_config(nats_url: &str, pack_dirs: Vec<PathBuf>) -> NodeConfig {
-    let mut cfg = NodeConfig::default();
-    cfg.name = "test-node".into();
+    let mut cfg = NodeConfig {
+        name: "test-node".into(),
+        ..NodeConfig::default()
+    };
     cfg.nats.url = nats_url.to_string();
     cfg.api.listen = "127.0.0.1:0".parse().expect("valid address");
     cfg.cluster.partitions = 4;

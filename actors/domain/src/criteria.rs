@@ -1,10 +1,27 @@
 //! Rule criteria: StackStorm's operators evaluated against a trigger
 //! payload.
+//!
+//! Semantics follow `st2reactor/rules/filter.py` and
+//! `st2common/operators.py`: every criterion must match (AND, in key
+//! order), a rule with criteria never matches an empty payload, the key is a
+//! [`JsonPath`] into `{"trigger": payload}` (anything after `#` dropped, a
+//! missing value reads as `null`), and a string pattern is Jinja-rendered
+//! first, keeping the native type of a single `{{ expr }}`. Operators compare
+//! the way Python does: `1 == 1.0 == True`, `contains` means `in` (substring,
+//! list membership or dict key), `lt`/`gt` order numbers or strings, and
+//! where Python would raise a `TypeError` the criterion simply does not
+//! match. All operators live in one table, `OPERATORS`.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::template::{
+    python_regex, JsonPath, KeyValueLookup, PathError, RegexFlags, Renderer, TemplateError,
+};
 
 /// The `criteria:` map of a rule: a jsonpath-like key (`trigger.body.name`,
 /// optionally with a `#suffix`) to the test applied to the value it selects.
@@ -21,4 +38,1102 @@ pub struct Criterion {
     /// Only for `search`: `any`, `all`, `any2any` or `all2any`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
+}
+
+/// Why criteria could not be evaluated (as opposed to not matching). Each
+/// names the criterion's key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CriteriaError {
+    #[error("criterion {key:?}: unknown operator {operator:?}")]
+    UnknownOperator { key: String, operator: String },
+    #[error(
+        "criterion {key:?}: search condition {} is not one of any, all, any2any, all2any",
+        .condition.as_deref().map_or_else(|| "(missing)".to_string(), |c| format!("{c:?}"))
+    )]
+    UnknownCondition {
+        key: String,
+        condition: Option<String>,
+    },
+    #[error("criterion {key:?}: a search pattern must map item keys to criteria: {reason}")]
+    InvalidSearchPattern { key: String, reason: String },
+    /// The pattern is not a valid regular expression, or matching it
+    /// exceeded the backtracking limit.
+    #[error("criterion {key:?}: regular expression {pattern:?}: {message}")]
+    InvalidRegex {
+        key: String,
+        pattern: String,
+        message: String,
+    },
+    #[error("criterion {key:?}: {source}")]
+    InvalidKey {
+        key: String,
+        #[source]
+        source: PathError,
+    },
+    #[error("criterion {key:?}: failed to render pattern: {source}")]
+    Render {
+        key: String,
+        #[source]
+        source: TemplateError,
+    },
+}
+
+/// Whether `name` is a criteria operator or alias, in any case.
+pub fn is_known_operator(name: &str) -> bool {
+    operator(name).is_some()
+}
+
+/// Whether `payload` satisfies every criterion. Patterns render with
+/// `renderer`, reading `st2kv.system` through `kv`.
+pub fn matches(
+    criteria: &Criteria,
+    payload: &Value,
+    renderer: &Renderer,
+    kv: &dyn KeyValueLookup,
+) -> Result<bool, CriteriaError> {
+    if criteria.is_empty() {
+        return Ok(true);
+    }
+    if !python_truthy(payload) {
+        return Ok(false);
+    }
+    let matcher = Matcher { renderer, kv };
+    let context = json!({ "trigger": payload });
+    all_or_any(
+        true,
+        criteria
+            .iter()
+            .map(|(key, criterion)| matcher.check(key, criterion, &context)),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Operators
+// ---------------------------------------------------------------------------
+
+/// One criteria operator.
+struct Operator {
+    /// Name and aliases, lower case.
+    names: &'static [&'static str],
+    /// StackStorm's `if criteria_pattern is None: return False`: with this
+    /// set, a `null` pattern never matches and `test` is not called.
+    needs_pattern: bool,
+    test: fn(&Operands<'_>) -> Result<bool, CriteriaError>,
+}
+
+/// What an operator tests: the payload `value` against the rendered
+/// `pattern`.
+struct Operands<'a> {
+    key: &'a str,
+    value: &'a Value,
+    pattern: &'a Value,
+    condition: Option<&'a str>,
+    matcher: &'a Matcher<'a>,
+}
+
+impl Operands<'_> {
+    /// Both sides as strings, or `None` (Python would raise on `.lower()`,
+    /// `.startswith()`, `re.search()`...).
+    fn strings(&self) -> Option<(&str, &str)> {
+        Some((self.value.as_str()?, self.pattern.as_str()?))
+    }
+
+    /// Both sides as lower-case strings.
+    fn lower(&self) -> Option<(String, String)> {
+        self.strings()
+            .map(|(v, p)| (v.to_lowercase(), p.to_lowercase()))
+    }
+
+    fn regex(&self, flags: RegexFlags) -> Result<bool, CriteriaError> {
+        let Some((text, pattern)) = self.strings() else {
+            return Ok(false);
+        };
+        let invalid = |e: fancy_regex::Error| CriteriaError::InvalidRegex {
+            key: self.key.to_string(),
+            pattern: pattern.to_string(),
+            message: e.to_string(),
+        };
+        python_regex(pattern, flags)
+            .map_err(invalid)?
+            .is_match(text)
+            .map_err(invalid)
+    }
+}
+
+/// Every operator StackStorm defines, with its aliases.
+static OPERATORS: &[Operator] = &[
+    Operator {
+        names: &["equals", "eq"],
+        needs_pattern: true,
+        test: |o| Ok(py_eq(o.value, o.pattern)),
+    },
+    Operator {
+        names: &["nequals", "neq"],
+        needs_pattern: false,
+        test: |o| Ok(!py_eq(o.value, o.pattern)),
+    },
+    Operator {
+        names: &["iequals", "ieq"],
+        needs_pattern: true,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| v == p)),
+    },
+    Operator {
+        names: &["contains"],
+        needs_pattern: true,
+        test: |o| Ok(py_in(o.pattern, o.value) == Some(true)),
+    },
+    Operator {
+        names: &["icontains"],
+        needs_pattern: true,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.contains(&p))),
+    },
+    Operator {
+        names: &["ncontains"],
+        needs_pattern: true,
+        test: |o| Ok(py_in(o.pattern, o.value) == Some(false)),
+    },
+    Operator {
+        names: &["incontains"],
+        needs_pattern: true,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| !v.contains(&p))),
+    },
+    Operator {
+        names: &["startswith"],
+        needs_pattern: true,
+        test: |o| Ok(o.strings().is_some_and(|(v, p)| v.starts_with(p))),
+    },
+    Operator {
+        names: &["istartswith"],
+        needs_pattern: true,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.starts_with(&p))),
+    },
+    Operator {
+        names: &["endswith"],
+        needs_pattern: true,
+        test: |o| Ok(o.strings().is_some_and(|(v, p)| v.ends_with(p))),
+    },
+    Operator {
+        names: &["iendswith"],
+        needs_pattern: true,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.ends_with(&p))),
+    },
+    Operator {
+        names: &["lessthan", "lt"],
+        needs_pattern: true,
+        test: |o| Ok(py_cmp(o.value, o.pattern) == Some(Ordering::Less)),
+    },
+    Operator {
+        names: &["greaterthan", "gt"],
+        needs_pattern: true,
+        test: |o| Ok(py_cmp(o.value, o.pattern) == Some(Ordering::Greater)),
+    },
+    Operator {
+        names: &["matchwildcard"],
+        needs_pattern: true,
+        test: |o| Ok(o.strings().is_some_and(|(v, p)| fnmatch(v, p))),
+    },
+    Operator {
+        // Deprecated in StackStorm: `re.match` (anchored at the start) with
+        // DOTALL.
+        names: &["matchregex"],
+        needs_pattern: true,
+        test: |o| {
+            o.regex(RegexFlags {
+                anchored: true,
+                dot_all: true,
+                ..RegexFlags::default()
+            })
+        },
+    },
+    Operator {
+        names: &["regex"],
+        needs_pattern: true,
+        test: |o| o.regex(RegexFlags::default()),
+    },
+    Operator {
+        names: &["iregex"],
+        needs_pattern: true,
+        test: |o| {
+            o.regex(RegexFlags {
+                ignore_case: true,
+                ..RegexFlags::default()
+            })
+        },
+    },
+    Operator {
+        names: &["timediff_lt", "td_lt"],
+        needs_pattern: true,
+        test: |o| Ok(seconds_since(o.value, o.pattern) == Some(Ordering::Less)),
+    },
+    Operator {
+        names: &["timediff_gt", "td_gt"],
+        needs_pattern: true,
+        test: |o| Ok(seconds_since(o.value, o.pattern) == Some(Ordering::Greater)),
+    },
+    Operator {
+        names: &["exists"],
+        needs_pattern: false,
+        test: |o| Ok(!o.value.is_null()),
+    },
+    Operator {
+        names: &["nexists"],
+        needs_pattern: false,
+        test: |o| Ok(o.value.is_null()),
+    },
+    Operator {
+        names: &["inside", "in"],
+        needs_pattern: true,
+        test: |o| Ok(py_in(o.value, o.pattern) == Some(true)),
+    },
+    Operator {
+        names: &["ninside", "nin"],
+        needs_pattern: true,
+        test: |o| Ok(py_in(o.value, o.pattern) == Some(false)),
+    },
+    Operator {
+        names: &["search"],
+        needs_pattern: false,
+        test: search,
+    },
+];
+
+fn operator(name: &str) -> Option<&'static Operator> {
+    OPERATORS
+        .iter()
+        .find(|op| op.names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+}
+
+/// `search`: the pattern maps `item.<path>` keys to child criteria, tested
+/// against each element of the value (a dict counts as a one-element list).
+/// `any`: some item matches every child; `all`: every item matches every
+/// child; `any2any`: some item matches some child; `all2any`: every item
+/// matches some child.
+fn search(o: &Operands<'_>) -> Result<bool, CriteriaError> {
+    let (every_item, every_child) = match o.condition {
+        Some("any") => (false, true),
+        Some("all") => (true, true),
+        Some("any2any") => (false, false),
+        Some("all2any") => (true, false),
+        other => {
+            return Err(CriteriaError::UnknownCondition {
+                key: o.key.to_string(),
+                condition: other.map(str::to_string),
+            })
+        }
+    };
+    let children: Criteria = serde_json::from_value(o.pattern.clone()).map_err(|e| {
+        CriteriaError::InvalidSearchPattern {
+            key: o.key.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    let items = match o.value {
+        Value::Array(items) => items.as_slice(),
+        Value::Object(_) => std::slice::from_ref(o.value),
+        _ => return Ok(false),
+    };
+    all_or_any(
+        every_item,
+        items.iter().map(|item| {
+            let context = json!({ "item": item });
+            all_or_any(
+                every_child,
+                children
+                    .iter()
+                    .map(|(key, child)| o.matcher.check(key, child, &context)),
+            )
+        }),
+    )
+}
+
+/// Python's `all()` (`every`) or `any()` over fallible tests, stopping at
+/// the first result that decides it.
+fn all_or_any<E>(
+    every: bool,
+    results: impl IntoIterator<Item = Result<bool, E>>,
+) -> Result<bool, E> {
+    for result in results {
+        if result? != every {
+            return Ok(!every);
+        }
+    }
+    Ok(every)
+}
+
+// ---------------------------------------------------------------------------
+// Evaluation
+// ---------------------------------------------------------------------------
+
+struct Matcher<'a> {
+    renderer: &'a Renderer,
+    kv: &'a dyn KeyValueLookup,
+}
+
+impl Matcher<'_> {
+    /// One criterion against `context` (`{"trigger": ...}` or, inside
+    /// `search`, `{"item": ...}`).
+    fn check(
+        &self,
+        key: &str,
+        criterion: &Criterion,
+        context: &Value,
+    ) -> Result<bool, CriteriaError> {
+        let op = operator(&criterion.operator).ok_or_else(|| CriteriaError::UnknownOperator {
+            key: key.to_string(),
+            operator: criterion.operator.clone(),
+        })?;
+        let path = key.split_once('#').map_or(key, |(path, _)| path);
+        let path = JsonPath::parse(path).map_err(|source| CriteriaError::InvalidKey {
+            key: key.to_string(),
+            source,
+        })?;
+        let value = path.find(context).first().copied().unwrap_or(&Value::Null);
+        let pattern = match &criterion.pattern {
+            Some(pattern @ Value::String(_)) => self
+                .renderer
+                .render_value(pattern, context, self.kv)
+                .map_err(|source| CriteriaError::Render {
+                    key: key.to_string(),
+                    source,
+                })?,
+            Some(pattern) => pattern.clone(),
+            None => Value::Null,
+        };
+        if op.needs_pattern && pattern.is_null() {
+            return Ok(false);
+        }
+        (op.test)(&Operands {
+            key,
+            value,
+            pattern: &pattern,
+            condition: criterion.condition.as_deref(),
+            matcher: self,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Python semantics on JSON values
+// ---------------------------------------------------------------------------
+
+/// Python's `bool(value)`.
+fn python_truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
+    }
+}
+
+/// A number as Python compares it: `bool` is an int, ints compare exactly.
+#[derive(Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+fn number(value: &Value) -> Option<Num> {
+    match value {
+        Value::Bool(b) => Some(Num::Int(i128::from(*b))),
+        Value::Number(n) => n
+            .as_i64()
+            .map(|i| Num::Int(i128::from(i)))
+            .or_else(|| n.as_u64().map(|u| Num::Int(i128::from(u))))
+            .or_else(|| n.as_f64().map(Num::Float)),
+        _ => None,
+    }
+}
+
+fn compare_numbers(a: Num, b: Num) -> Option<Ordering> {
+    let float = |n| match n {
+        Num::Int(i) => i as f64,
+        Num::Float(f) => f,
+    };
+    match (a, b) {
+        (Num::Int(x), Num::Int(y)) => Some(x.cmp(&y)),
+        _ => float(a).partial_cmp(&float(b)),
+    }
+}
+
+/// Python's `a == b`.
+fn py_eq(a: &Value, b: &Value) -> bool {
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        return compare_numbers(x, y) == Some(Ordering::Equal);
+    }
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| py_eq(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| py_eq(v, w)))
+        }
+        _ => false,
+    }
+}
+
+/// Python's ordering of `a` and `b`; `None` where Python raises a
+/// `TypeError` (mixed types, `None`, dicts).
+fn py_cmp(a: &Value, b: &Value) -> Option<Ordering> {
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        return compare_numbers(x, y);
+    }
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Array(x), Value::Array(y)) => match x.iter().zip(y).find(|(x, y)| !py_eq(x, y)) {
+            Some((x, y)) => py_cmp(x, y),
+            None => Some(x.len().cmp(&y.len())),
+        },
+        _ => None,
+    }
+}
+
+/// Python's `needle in haystack`; `None` where Python raises a `TypeError`
+/// (a non-string in a string, an unhashable dict key, a haystack that is
+/// not a container).
+fn py_in(needle: &Value, haystack: &Value) -> Option<bool> {
+    match haystack {
+        Value::String(s) => needle.as_str().map(|n| s.contains(n)),
+        Value::Array(items) => Some(items.iter().any(|item| py_eq(needle, item))),
+        Value::Object(map) => match needle {
+            Value::String(k) => Some(map.contains_key(k)),
+            Value::Array(_) | Value::Object(_) => None,
+            _ => Some(false),
+        },
+        _ => None,
+    }
+}
+
+/// Python's `float(value)`.
+fn python_float(value: &Value) -> Option<f64> {
+    match value {
+        Value::String(s) => s.trim().parse().ok(),
+        other => number(other).map(|n| match n {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }),
+    }
+}
+
+/// How the seconds elapsed since the timestamp `value` compare with
+/// `float(pattern)`.
+fn seconds_since(value: &Value, pattern: &Value) -> Option<Ordering> {
+    let then = parse_timestamp(value.as_str()?)?;
+    let limit = python_float(pattern)?;
+    let elapsed = Utc::now().signed_duration_since(then);
+    let seconds = elapsed
+        .num_microseconds()
+        .map_or(elapsed.num_seconds() as f64, |us| us as f64 / 1e6);
+    seconds.partial_cmp(&limit)
+}
+
+/// The common forms `dateutil.parser.parse` reads: ISO 8601 with `T` or a
+/// space, with or without fraction and offset, RFC 2822, or a bare date. A
+/// time without an offset is UTC.
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    let with_offset = ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"];
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ];
+    DateTime::parse_from_rfc3339(text)
+        .or_else(|_| DateTime::parse_from_rfc2822(text))
+        .ok()
+        .or_else(|| {
+            with_offset
+                .iter()
+                .find_map(|f| DateTime::parse_from_str(text, f).ok())
+        })
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|| {
+            naive
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+                .or_else(|| {
+                    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                })
+                .map(|t| t.and_utc())
+        })
+}
+
+/// Python's `fnmatch.fnmatch` on POSIX (case-sensitive): `*`, `?`,
+/// `[seq]`, `[!seq]`; `*` also matches `/`.
+fn fnmatch(name: &str, pattern: &str) -> bool {
+    regex::Regex::new(&fnmatch_regex(pattern)).is_ok_and(|re| re.is_match(name))
+}
+
+/// Python's `fnmatch.translate`, for the `regex` crate.
+fn fnmatch_regex(pattern: &str) -> String {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::from(r"\A(?s:");
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        match c {
+            '*' => {
+                out.push_str(".*");
+                while chars.get(i) == Some(&'*') {
+                    i += 1;
+                }
+            }
+            '?' => out.push('.'),
+            '[' => {
+                let mut j = i;
+                if chars.get(j) == Some(&'!') {
+                    j += 1;
+                }
+                if chars.get(j) == Some(&']') {
+                    j += 1;
+                }
+                while j < chars.len() && chars[j] != ']' {
+                    j += 1;
+                }
+                if j >= chars.len() {
+                    out.push_str(r"\[");
+                    continue;
+                }
+                let mut body = &chars[i..j];
+                i = j + 1;
+                out.push('[');
+                if let Some(rest) = body.strip_prefix(&['!']) {
+                    out.push('^');
+                    body = rest;
+                }
+                for &ch in body {
+                    if matches!(ch, '\\' | '[' | ']' | '^' | '&' | '~' | '|') {
+                        out.push('\\');
+                    }
+                    out.push(ch);
+                }
+                out.push(']');
+            }
+            c => out.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    out.push_str(r")\z");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::{KvScope, NoKeyValues};
+    use proptest::prelude::*;
+
+    fn criteria(spec: Value) -> Criteria {
+        serde_json::from_value(spec).expect("criteria")
+    }
+
+    fn eval(spec: Value, payload: Value) -> Result<bool, CriteriaError> {
+        matches(&criteria(spec), &payload, &Renderer::new(), &NoKeyValues)
+    }
+
+    /// `trigger.v <op> pattern` with `value` as `v`.
+    fn op(name: &str, value: Value, pattern: Value) -> bool {
+        eval(
+            json!({"trigger.v": {"type": name, "pattern": pattern}}),
+            json!({"v": value, "other": 1}),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn every_operator_name_and_alias_is_known_in_any_case() {
+        for name in [
+            "equals",
+            "eq",
+            "nequals",
+            "neq",
+            "iequals",
+            "ieq",
+            "contains",
+            "icontains",
+            "ncontains",
+            "incontains",
+            "startswith",
+            "istartswith",
+            "endswith",
+            "iendswith",
+            "lessthan",
+            "lt",
+            "greaterthan",
+            "gt",
+            "matchwildcard",
+            "matchregex",
+            "regex",
+            "iregex",
+            "timediff_lt",
+            "td_lt",
+            "timediff_gt",
+            "td_gt",
+            "exists",
+            "nexists",
+            "inside",
+            "in",
+            "ninside",
+            "nin",
+            "search",
+        ] {
+            assert!(is_known_operator(name), "{name}");
+            assert!(is_known_operator(&name.to_uppercase()), "{name}");
+        }
+        assert!(!is_known_operator("like"));
+        assert!(!is_known_operator(""));
+    }
+
+    #[test]
+    fn unknown_operator_is_an_error_naming_the_key() {
+        let err = eval(
+            json!({"trigger.v": {"type": "like", "pattern": 1}}),
+            json!({"v": 1}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            CriteriaError::UnknownOperator {
+                key: "trigger.v".into(),
+                operator: "like".into()
+            }
+        );
+        assert!(err.to_string().contains("trigger.v"));
+    }
+
+    #[test]
+    fn operators_are_case_insensitive() {
+        assert!(op("EQUALS", json!("a"), json!("a")));
+        assert!(op("Eq", json!("a"), json!("a")));
+        assert!(op("MatchWildcard", json!("abc"), json!("a*")));
+    }
+
+    #[test]
+    fn equals_and_aliases() {
+        assert!(op("equals", json!("st2"), json!("st2")));
+        assert!(op("eq", json!(5), json!(5.0)));
+        assert!(op("eq", json!(1), json!(true)), "Python: 1 == True");
+        assert!(op("eq", json!({"a": [1, 2]}), json!({"a": [1.0, 2]})));
+        assert!(!op("equals", json!("5"), json!(5)));
+        assert!(!op("equals", json!("st2"), json!("ST2")));
+        assert!(!op("equals", json!(null), json!(null)), "None pattern");
+    }
+
+    #[test]
+    fn nequals_and_alias() {
+        assert!(op("nequals", json!("a"), json!("b")));
+        assert!(!op("neq", json!("a"), json!("a")));
+        assert!(op("neq", json!("a"), json!(null)));
+        assert!(!op("neq", json!(null), json!(null)));
+    }
+
+    #[test]
+    fn iequals_and_alias() {
+        assert!(op("iequals", json!("StackStorm"), json!("stackstorm")));
+        assert!(op("ieq", json!("ÄB"), json!("äb")));
+        assert!(!op("ieq", json!("a"), json!("b")));
+        assert!(!op("ieq", json!(1), json!(1)), "not strings");
+    }
+
+    #[test]
+    fn contains_family() {
+        assert!(op("contains", json!("hello world"), json!("lo w")));
+        assert!(op("contains", json!(["a", 2]), json!(2.0)));
+        assert!(op("contains", json!({"k": 1}), json!("k")));
+        assert!(!op("contains", json!({"k": 1}), json!("v")));
+        assert!(!op("contains", json!("abc"), json!(1)), "TypeError");
+        assert!(!op("contains", json!(null), json!("a")), "TypeError");
+        assert!(op("icontains", json!("Hello"), json!("ELL")));
+        assert!(!op("icontains", json!(["A"]), json!("a")));
+        assert!(op("ncontains", json!("abc"), json!("x")));
+        assert!(!op("ncontains", json!("abc"), json!("b")));
+        assert!(op("ncontains", json!([1, 2]), json!(3)));
+        assert!(
+            !op("ncontains", json!(null), json!("x")),
+            "TypeError: no match"
+        );
+        assert!(op("incontains", json!("ABC"), json!("x")));
+        assert!(!op("incontains", json!("ABC"), json!("b")));
+    }
+
+    #[test]
+    fn prefix_and_suffix() {
+        assert!(op("startswith", json!("st2.webhook"), json!("st2.")));
+        assert!(!op("startswith", json!("st2.webhook"), json!("ST2")));
+        assert!(op("istartswith", json!("st2.webhook"), json!("ST2")));
+        assert!(op("endswith", json!("file.txt"), json!(".txt")));
+        assert!(!op("endswith", json!("file.txt"), json!(".TXT")));
+        assert!(op("iendswith", json!("file.txt"), json!(".TXT")));
+        assert!(!op("startswith", json!(["a"]), json!("a")));
+    }
+
+    #[test]
+    fn ordering() {
+        assert!(op("lessthan", json!(3), json!(5)));
+        assert!(op("lt", json!(3.5), json!(4)));
+        assert!(!op("lt", json!(5), json!(5)));
+        assert!(op("greaterthan", json!(10), json!(5)));
+        assert!(
+            op("gt", json!("b"), json!("a")),
+            "strings order lexicographically"
+        );
+        assert!(op("gt", json!([1, 3]), json!([1, 2])));
+        assert!(!op("gt", json!("10"), json!(5)), "TypeError");
+        assert!(!op("lt", json!(null), json!(5)), "TypeError");
+    }
+
+    #[test]
+    fn matchwildcard_is_fnmatch() {
+        assert!(op(
+            "matchwildcard",
+            json!("webhook/sample"),
+            json!("webhook*")
+        ));
+        assert!(op("matchwildcard", json!("a/b/c"), json!("a*c")));
+        assert!(op("matchwildcard", json!("file1.log"), json!("file?.log")));
+        assert!(op("matchwildcard", json!("b"), json!("[abc]")));
+        assert!(!op("matchwildcard", json!("d"), json!("[abc]")));
+        assert!(op("matchwildcard", json!("d"), json!("[!abc]")));
+        assert!(
+            op("matchwildcard", json!("a[b"), json!("a[b")),
+            "unclosed [ is literal"
+        );
+        assert!(op("matchwildcard", json!("a.b"), json!("a.b")));
+        assert!(!op("matchwildcard", json!("axb"), json!("a.b")));
+        assert!(
+            !op("matchwildcard", json!("ABC"), json!("abc")),
+            "case-sensitive"
+        );
+        assert!(
+            !op("matchwildcard", json!("abc\nx"), json!("abc")),
+            "whole string"
+        );
+    }
+
+    #[test]
+    fn regex_operators() {
+        assert!(
+            op("matchregex", json!("foo\nbar"), json!("foo.bar")),
+            "DOTALL"
+        );
+        assert!(!op("matchregex", json!("xfoo"), json!("foo")), "anchored");
+        assert!(op("regex", json!("xfoo"), json!("fo+")), "search");
+        assert!(!op("regex", json!("FOO"), json!("foo")));
+        assert!(op("iregex", json!("FOO"), json!("foo")));
+        assert!(
+            op("regex", json!("prod-1"), json!("^(?!test).*-\\d$")),
+            "look-ahead"
+        );
+        assert!(!op("regex", json!(12), json!("1")), "not a string");
+        let err = eval(
+            json!({"trigger.v": {"type": "regex", "pattern": "(unclosed"}}),
+            json!({"v": "x"}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, CriteriaError::InvalidRegex { key, .. } if key == "trigger.v"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn timediff() {
+        let ago = |s: i64| (Utc::now() - chrono::Duration::seconds(s)).to_rfc3339();
+        assert!(op("timediff_lt", json!(ago(10)), json!(60)));
+        assert!(op("td_lt", json!(ago(10)), json!("60")));
+        assert!(!op("td_lt", json!(ago(120)), json!(60)));
+        assert!(op("timediff_gt", json!(ago(120)), json!(60)));
+        assert!(op("td_gt", json!(ago(120)), json!(60.5)));
+        assert!(!op("td_gt", json!(ago(10)), json!(60)));
+        assert!(
+            op("td_gt", json!("2020-01-01 10:00:00"), json!(60)),
+            "naive is UTC"
+        );
+        assert!(op("td_gt", json!("2020-01-01"), json!(60)));
+        assert!(op("td_gt", json!("2020-01-01T10:00:00.5+0200"), json!(60)));
+        assert!(!op("td_gt", json!("not a date"), json!(60)));
+        assert!(!op("td_gt", json!(ago(120)), json!("x")));
+        assert!(parse_timestamp("Wed, 01 Jan 2020 10:00:00 +0000").is_some());
+        assert_eq!(
+            parse_timestamp("2020-01-01T10:00:00.5+02:00"),
+            parse_timestamp("2020-01-01 08:00:00.5")
+        );
+    }
+
+    #[test]
+    fn exists_and_nexists() {
+        assert!(op("exists", json!(0), json!(null)));
+        assert!(!op("exists", json!(null), json!(null)));
+        assert!(op("nexists", json!(null), json!("ignored")));
+        assert!(eval(
+            json!({"trigger.missing": {"type": "nexists"}}),
+            json!({"v": 1})
+        )
+        .unwrap());
+        assert!(!eval(
+            json!({"trigger.missing": {"type": "exists"}}),
+            json!({"v": 1})
+        )
+        .unwrap());
+    }
+
+    #[test]
+    fn inside_family() {
+        assert!(op("inside", json!("b"), json!(["a", "b"])));
+        assert!(op("in", json!("ell"), json!("hello")));
+        assert!(op("in", json!("k"), json!({"k": 1})));
+        assert!(!op("in", json!("x"), json!(["a"])));
+        assert!(op("ninside", json!("x"), json!(["a"])));
+        assert!(op("nin", json!(3), json!([1, 2])));
+        assert!(!op("nin", json!("a"), json!(["a"])));
+        assert!(!op("nin", json!(1), json!("abc")), "TypeError: no match");
+        assert!(!op("in", json!("a"), json!(null)), "None pattern");
+    }
+
+    fn search_payload() -> Value {
+        json!({"issue_fields": [
+            {"field_name": "Status", "to_value": "Approved"},
+            {"field_name": "Assignee", "to_value": "Stanley"}
+        ]})
+    }
+
+    fn search(condition: &str, children: Value) -> bool {
+        eval(
+            json!({"trigger.issue_fields": {"type": "search", "condition": condition,
+                                             "pattern": children}}),
+            search_payload(),
+        )
+        .unwrap_or_else(|e| panic!("{condition}: {e}"))
+    }
+
+    #[test]
+    fn search_conditions() {
+        let both_on_one = json!({
+            "item.field_name": {"type": "equals", "pattern": "Status"},
+            "item.to_value": {"type": "equals", "pattern": "Approved"}
+        });
+        let one_each = json!({
+            "item.field_name": {"type": "equals", "pattern": "Status"},
+            "item.field_name#2": {"type": "equals", "pattern": "Assignee"}
+        });
+        let all_have_a_value = json!({
+            "item.to_value": {"type": "exists"},
+            "item.field_name": {"type": "startswith", "pattern": "Nope"}
+        });
+        assert!(search("any", both_on_one.clone()));
+        assert!(!search("all", both_on_one.clone()));
+        assert!(!search("any", one_each.clone()));
+        assert!(search("any2any", one_each.clone()));
+        assert!(search("all2any", one_each.clone()));
+        assert!(!search("all", all_have_a_value.clone()));
+        assert!(search("all2any", all_have_a_value));
+        assert!(!search(
+            "any2any",
+            json!({"item.field_name": {"type": "equals", "pattern": "Priority"}})
+        ));
+        assert!(search(
+            "all",
+            json!({"item.to_value": {"type": "exists"}, "item.field_name": {"type": "exists"}})
+        ));
+    }
+
+    #[test]
+    fn search_treats_a_dict_as_one_item_and_rejects_bad_conditions() {
+        let spec = json!({"trigger.obj": {"type": "search", "condition": "all",
+            "pattern": {"item.k": {"type": "eq", "pattern": 1}}}});
+        assert!(eval(spec.clone(), json!({"obj": {"k": 1}})).unwrap());
+        assert!(!eval(spec.clone(), json!({"obj": "k"})).unwrap());
+        let err = eval(
+            json!({"trigger.obj": {"type": "search", "condition": "most", "pattern": {}}}),
+            json!({"obj": []}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, CriteriaError::UnknownCondition { key, condition }
+                if key == "trigger.obj" && condition.as_deref() == Some("most")),
+            "{err}"
+        );
+        let err = eval(
+            json!({"trigger.obj": {"type": "search", "pattern": {}}}),
+            json!({"obj": []}),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            CriteriaError::UnknownCondition {
+                condition: None,
+                ..
+            }
+        ));
+        let err = eval(
+            json!({"trigger.obj": {"type": "search", "condition": "any", "pattern": "x"}}),
+            json!({"obj": []}),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CriteriaError::InvalidSearchPattern { .. }));
+        // `all` over no items holds, as Python's all([]) does.
+        assert!(eval(spec, json!({"obj": []})).unwrap());
+    }
+
+    #[test]
+    fn all_criteria_must_match() {
+        let spec = json!({
+            "trigger.body.name": {"type": "equals", "pattern": "st2"},
+            "trigger.body.count#1": {"type": "gt", "pattern": 1},
+            "trigger.body.count#2": {"type": "lt", "pattern": 10}
+        });
+        assert!(eval(spec.clone(), json!({"body": {"name": "st2", "count": 5}})).unwrap());
+        assert!(!eval(spec.clone(), json!({"body": {"name": "st2", "count": 50}})).unwrap());
+        assert!(!eval(spec, json!({"body": {"name": "x", "count": 5}})).unwrap());
+    }
+
+    #[test]
+    fn empty_payload_and_empty_criteria() {
+        let spec = json!({"trigger.x": {"type": "nexists"}});
+        assert!(!eval(spec.clone(), json!({})).unwrap());
+        assert!(!eval(spec, json!(null)).unwrap());
+        assert!(eval(json!({}), json!({})).unwrap());
+    }
+
+    #[test]
+    fn keys_are_json_paths() {
+        let payload = json!({"items": [{"x": 1}, {"x": 2}], "weird key": "w",
+                             "headers": {"X-GitHub-Event": "push"}});
+        let eq = |key: &str, pattern: Value| {
+            eval(
+                json!({ key: {"type": "eq", "pattern": pattern} }),
+                payload.clone(),
+            )
+            .unwrap()
+        };
+        assert!(eq("trigger.items[1].x", json!(2)));
+        assert!(eq("trigger['weird key']", json!("w")));
+        assert!(eq("trigger.headers.X-GitHub-Event", json!("push")));
+        assert!(eq("trigger.items[*].x", json!(1)), "first match is used");
+        let err = eval(json!({"trigger[": {"type": "exists"}}), payload).unwrap_err();
+        assert!(matches!(err, CriteriaError::InvalidKey { .. }));
+    }
+
+    #[test]
+    fn patterns_are_rendered_keeping_their_type() {
+        let payload = json!({"limit": 5, "count": 7, "name": "st2", "allowed": ["st2", "x"]});
+        let check = |name: &str, pattern: &str| {
+            eval(
+                json!({"trigger.count": {"type": name, "pattern": pattern}}),
+                payload.clone(),
+            )
+            .unwrap()
+        };
+        assert!(check("gt", "{{ trigger.limit }}"), "5 stays a number");
+        assert!(check("eq", "{{ trigger.limit + 2 }}"));
+        assert!(!check("eq", "{{ trigger.limit }}"));
+        let name_in = eval(
+            json!({"trigger.name": {"type": "in", "pattern": "{{ trigger.allowed }}"}}),
+            payload.clone(),
+        )
+        .unwrap();
+        assert!(name_in, "list pattern");
+        let text = eval(
+            json!({"trigger.name": {"type": "eq", "pattern": "s{{ 't' }}2"}}),
+            payload.clone(),
+        )
+        .unwrap();
+        assert!(text);
+        let err = eval(
+            json!({"trigger.name": {"type": "eq", "pattern": "{{ trigger.nope }}"}}),
+            payload,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, CriteriaError::Render { key, .. } if key == "trigger.name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn patterns_read_the_datastore() {
+        struct Kv;
+        impl KeyValueLookup for Kv {
+            fn get(&self, scope: KvScope, name: &str) -> Option<String> {
+                (scope == KvScope::System && name == "env").then(|| "prod".to_string())
+            }
+        }
+        let spec = criteria(json!({"trigger.env": {"type": "eq",
+                                    "pattern": "{{ st2kv.system.env }}"}}));
+        let renderer = Renderer::new();
+        assert!(matches(&spec, &json!({"env": "prod"}), &renderer, &Kv).unwrap());
+        assert!(!matches(&spec, &json!({"env": "dev"}), &renderer, &Kv).unwrap());
+    }
+
+    #[test]
+    fn search_children_render_against_the_item() {
+        let spec = json!({"trigger.items": {"type": "search", "condition": "any", "pattern": {
+            "item.a": {"type": "eq", "pattern": "{{ item.b }}"}
+        }}});
+        assert!(eval(
+            spec.clone(),
+            json!({"items": [{"a": 1, "b": 2}, {"a": 3, "b": 3}]})
+        )
+        .unwrap());
+        assert!(!eval(spec, json!({"items": [{"a": 1, "b": 2}]})).unwrap());
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e6..1e6f64).prop_map(Value::from),
+            "[a-z ]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn equals_and_nequals_are_complementary(value in json_value(), pattern in json_value()) {
+            prop_assume!(!pattern.is_null());
+            prop_assert_ne!(
+                op("equals", value.clone(), pattern.clone()),
+                op("nequals", value, pattern)
+            );
+        }
+
+        #[test]
+        fn equals_is_reflexive(value in json_value()) {
+            prop_assume!(!value.is_null());
+            prop_assert!(op("eq", value.clone(), value));
+        }
+
+        #[test]
+        fn contains_on_strings_is_substring(haystack in "[^{]{0,12}", needle in "[^{]{0,4}") {
+            prop_assert_eq!(
+                op("contains", json!(haystack), json!(needle)),
+                haystack.contains(&needle)
+            );
+            prop_assert_eq!(
+                op("ncontains", json!(haystack), json!(needle)),
+                !haystack.contains(&needle)
+            );
+        }
+
+        #[test]
+        fn lt_and_gt_agree_with_number_order(a in any::<i32>(), b in any::<i32>()) {
+            prop_assert_eq!(op("lt", json!(a), json!(b)), a < b);
+            prop_assert_eq!(op("gt", json!(a), json!(f64::from(b))), a > b);
+        }
+    }
 }

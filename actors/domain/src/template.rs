@@ -25,7 +25,7 @@ use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use minijinja::value::{Kwargs, Object, ObjectRepr, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 
 // ---------------------------------------------------------------------------
@@ -87,7 +87,7 @@ impl TemplateError {
             write!(message, ": {detail}").ok();
         }
         if err.kind() == ErrorKind::UndefinedError {
-            if let Some(expr) = err.range().and_then(|r| source.get(r)) {
+            if let Some(expr) = err.range().and_then(|r| failing_expression(source, r)) {
                 write!(message, ": `{expr}` is undefined").ok();
             }
         }
@@ -97,6 +97,19 @@ impl TemplateError {
             line: err.line(),
         }
     }
+}
+
+/// The expression at `range` of `source`, widened to the left over the
+/// variable the attribute lookup starts from: minijinja's span of
+/// `trigger.body.nmae` starts at `.body`.
+fn failing_expression(source: &str, range: std::ops::Range<usize>) -> Option<&str> {
+    let head = source.get(..range.start)?;
+    let start = head
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_alphanumeric() || "_.[]'\"".contains(*c)))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    source.get(start..range.end)
 }
 
 // ---------------------------------------------------------------------------
@@ -237,6 +250,13 @@ impl Renderer {
             .map_err(|e| TemplateError::new(text, expr, &e))?;
         let value = with_datastore(ctx, kv, |root| compiled.eval(root))
             .map_err(|e| TemplateError::new(text, expr, &e))?;
+        if value.is_undefined() {
+            return Err(TemplateError {
+                template: text.to_string(),
+                message: format!("undefined value: `{}` is undefined", expr.trim()),
+                line: None,
+            });
+        }
         let json = to_json(&value).map_err(|e| TemplateError::new(text, expr, &e))?;
         Ok(match json {
             Json::String(s) if s == NONE_MAGIC_VALUE => Json::Null,
@@ -423,7 +443,7 @@ impl Object for KvNode {
 
 /// `str(value)` as Python writes it: strings as themselves, `None`,
 /// `True`/`False`, Python float repr, lists and dicts as Python literals.
-pub(crate) fn python_str(value: &Value) -> String {
+fn python_str(value: &Value) -> String {
     match value.kind() {
         ValueKind::Undefined => String::new(),
         ValueKind::String => value.as_str().unwrap_or_default().to_string(),
@@ -445,9 +465,10 @@ fn write_python_repr(out: &mut String, value: &Value) {
             _ => write!(out, "{value}").unwrap_or_default(),
         },
         ValueKind::String => python_quote(out, value.as_str().unwrap_or_default()),
-        ValueKind::Bytes => {
-            python_quote(out, &String::from_utf8_lossy(value.as_bytes().unwrap_or_default()))
-        }
+        ValueKind::Bytes => python_quote(
+            out,
+            &String::from_utf8_lossy(value.as_bytes().unwrap_or_default()),
+        ),
         ValueKind::Seq | ValueKind::Iterable => {
             out.push('[');
             for (i, item) in value.try_iter().into_iter().flatten().enumerate() {
@@ -534,9 +555,9 @@ fn to_json(value: &Value) -> Result<Json, Error> {
         ValueKind::Bool => Json::Bool(value.is_true()),
         ValueKind::Number => number_to_json(value)?,
         ValueKind::String => Json::String(value.as_str().unwrap_or_default().to_string()),
-        ValueKind::Bytes => Json::String(
-            String::from_utf8_lossy(value.as_bytes().unwrap_or_default()).into_owned(),
-        ),
+        ValueKind::Bytes => {
+            Json::String(String::from_utf8_lossy(value.as_bytes().unwrap_or_default()).into_owned())
+        }
         ValueKind::Seq | ValueKind::Iterable => Json::Array(
             value
                 .try_iter()?
@@ -561,12 +582,15 @@ fn to_json(value: &Value) -> Result<Json, Error> {
     })
 }
 
+/// An integer stays an integer and a float a float (`5.0` is not `5`).
 fn number_to_json(value: &Value) -> Result<Json, Error> {
-    if let Ok(i) = i64::try_from(value.clone()) {
-        return Ok(Json::from(i));
-    }
-    if let Ok(u) = u64::try_from(value.clone()) {
-        return Ok(Json::from(u));
+    if value.is_integer() {
+        if let Ok(i) = i64::try_from(value.clone()) {
+            return Ok(Json::from(i));
+        }
+        if let Ok(u) = u64::try_from(value.clone()) {
+            return Ok(Json::from(u));
+        }
     }
     f64::try_from(value.clone())
         .ok()
@@ -658,7 +682,11 @@ mod filters {
     }
 
     /// An optional argument given by position or by keyword.
-    fn arg<'a, T>(positional: Option<T>, kwargs: &'a Kwargs, name: &'a str) -> Result<Option<T>, Error>
+    fn arg<'a, T>(
+        positional: Option<T>,
+        kwargs: &'a Kwargs,
+        name: &'a str,
+    ) -> Result<Option<T>, Error>
     where
         T: minijinja::value::ArgType<'a, Output = T>,
     {
@@ -668,8 +696,9 @@ mod filters {
         }
     }
 
-    /// Values arrive decrypted: the [`KeyValueLookup`] returns plain text,
-    /// so this only reports a key that does not exist, as StackStorm does.
+    /// Values arrive decrypted: the datastore's [`KeyValueLookup`] decrypts
+    /// secrets before a template sees them, so this passes a value through
+    /// and only reports a key that does not exist, as StackStorm does.
     fn decrypt_kv(value: Value) -> Result<Value, Error> {
         match value.downcast_object_ref::<KvNode>() {
             Some(node) => Err(invalid(format!(
@@ -696,7 +725,7 @@ mod filters {
     /// separators=(",", ": "))`, StackStorm's defaults.
     fn to_json_string(
         value: Value,
-        indent: Option<usize>,
+        indent: Option<u8>,
         sort_keys: Option<bool>,
         kwargs: Kwargs,
     ) -> Result<String, Error> {
@@ -817,7 +846,7 @@ mod filters {
         };
         kwargs.assert_all_used()?;
         let regex = compile(pattern, flags)?;
-        let pieces = parse_replacement(replacement)?;
+        let pieces = parse_replacement(replacement, &regex)?;
         let text = python_str(&value);
         let mut out = String::new();
         let mut last = 0;
@@ -828,16 +857,7 @@ mod filters {
             for piece in &pieces {
                 match piece {
                     Piece::Literal(s) => out.push_str(s),
-                    Piece::Group(group) => {
-                        let found = match group {
-                            GroupRef::Index(i) if *i < regex.captures_len() => caps.get(*i),
-                            GroupRef::Name(name) if regex.capture_names().any(|n| n == Some(name)) => {
-                                caps.name(name)
-                            }
-                            _ => return Err(invalid(format!("invalid group reference {group}"))),
-                        };
-                        out.push_str(found.map_or("", |m| m.as_str()));
-                    }
+                    Piece::Group(i) => out.push_str(caps.get(*i).map_or("", |m| m.as_str())),
                 }
             }
             last = whole.end();
@@ -849,28 +869,19 @@ mod filters {
     #[derive(Debug)]
     enum Piece {
         Literal(String),
-        Group(GroupRef),
+        /// A capture group by index; one that did not take part in the
+        /// match inserts nothing.
+        Group(usize),
     }
 
-    #[derive(Debug)]
-    enum GroupRef {
-        Index(usize),
-        Name(String),
-    }
-
-    impl fmt::Display for GroupRef {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            match self {
-                GroupRef::Index(i) => write!(f, "{i}"),
-                GroupRef::Name(n) => f.write_str(n),
-            }
-        }
-    }
-
-    /// Parses a Python `re.sub` replacement: `\1`..`\99`, `\g<1>`,
-    /// `\g<name>`, and the escapes `\n \t \r \f \v \a \\`; any other
-    /// backslash stays as written.
-    fn parse_replacement(replacement: &str) -> Result<Vec<Piece>, Error> {
+    /// Parses a Python `re.sub` replacement for `regex`: `\1`..`\99`,
+    /// `\g<1>`, `\g<name>`, and the escapes `\n \t \r \f \v \a \\`; any
+    /// other backslash stays as written. Like Python, a reference to a group
+    /// the pattern doesn't have is an error even when nothing matches.
+    fn parse_replacement(
+        replacement: &str,
+        regex: &fancy_regex::Regex,
+    ) -> Result<Vec<Piece>, Error> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut chars = replacement.chars().peekable();
@@ -886,17 +897,13 @@ mod filters {
                         digits.push(d2);
                         chars.next();
                     }
-                    GroupRef::Index(digits.parse().unwrap_or_default())
+                    digits
                 }
                 Some('g') => {
                     if chars.next() != Some('<') {
                         return Err(invalid("regex_replace: missing < after \\g"));
                     }
-                    let name: String = chars.by_ref().take_while(|&c| c != '>').collect();
-                    match name.parse::<usize>() {
-                        Ok(i) => GroupRef::Index(i),
-                        Err(_) => GroupRef::Name(name),
-                    }
+                    chars.by_ref().take_while(|&c| c != '>').collect()
                 }
                 Some(e) => {
                     match e {
@@ -919,10 +926,17 @@ mod filters {
                     continue;
                 }
             };
+            let index = match group.parse::<usize>() {
+                Ok(i) => Some(i).filter(|i| *i < regex.captures_len()),
+                Err(_) => regex
+                    .capture_names()
+                    .position(|n| n == Some(group.as_str())),
+            }
+            .ok_or_else(|| invalid(format!("regex_replace: invalid group reference {group}")))?;
             if !literal.is_empty() {
                 pieces.push(Piece::Literal(std::mem::take(&mut literal)));
             }
-            pieces.push(Piece::Group(group));
+            pieces.push(Piece::Group(index));
         }
         if !literal.is_empty() {
             pieces.push(Piece::Literal(literal));
@@ -1034,7 +1048,10 @@ mod filters {
         let (op, other) = ["==", "!=", ">=", "<=", ">", "<"]
             .iter()
             .find_map(|op| expr.strip_prefix(op).map(|rest| (*op, rest)))
-            .or_else(|| expr.starts_with(|c: char| c.is_ascii_digit()).then_some(("==", expr)))
+            .or_else(|| {
+                expr.starts_with(|c: char| c.is_ascii_digit())
+                    .then_some(("==", expr))
+            })
             .ok_or_else(|| invalid(format!("version_match: invalid match expression {expr:?}")))?;
         let cmp = version_compare(value, other.trim())?;
         Ok(match op {
@@ -1047,19 +1064,24 @@ mod filters {
         })
     }
 
+    fn bump(n: u64) -> Result<u64, Error> {
+        n.checked_add(1)
+            .ok_or_else(|| invalid("version number too large to bump"))
+    }
+
     fn version_bump_major(value: &str) -> Result<String, Error> {
         let v = version(value)?;
-        Ok(semver::Version::new(v.major + 1, 0, 0).to_string())
+        Ok(semver::Version::new(bump(v.major)?, 0, 0).to_string())
     }
 
     fn version_bump_minor(value: &str) -> Result<String, Error> {
         let v = version(value)?;
-        Ok(semver::Version::new(v.major, v.minor + 1, 0).to_string())
+        Ok(semver::Version::new(v.major, bump(v.minor)?, 0).to_string())
     }
 
     fn version_bump_patch(value: &str) -> Result<String, Error> {
         let v = version(value)?;
-        Ok(semver::Version::new(v.major, v.minor, v.patch + 1).to_string())
+        Ok(semver::Version::new(v.major, v.minor, bump(v.patch)?).to_string())
     }
 
     fn version_strip_patch(value: &str) -> Result<String, Error> {
@@ -1069,7 +1091,9 @@ mod filters {
 
     /// Python's `os.path.basename`: everything after the last `/`.
     fn basename(path: &str) -> String {
-        path.rsplit_once('/').map_or(path, |(_, tail)| tail).to_string()
+        path.rsplit_once('/')
+            .map_or(path, |(_, tail)| tail)
+            .to_string()
     }
 
     /// Python's `os.path.dirname`: everything before the last `/`, without
@@ -1096,7 +1120,7 @@ fn python_index<T>(items: &[T], index: i64) -> Option<&T> {
 
 /// Python's `json.dumps` output.
 struct JsonStyle {
-    indent: Option<usize>,
+    indent: Option<u8>,
     sort_keys: bool,
     item_separator: &'static str,
 }
@@ -1160,7 +1184,7 @@ impl JsonStyle {
         let newline = |out: &mut String, depth: usize| {
             if let Some(indent) = self.indent {
                 out.push('\n');
-                out.push_str(&" ".repeat(indent * depth));
+                out.push_str(&" ".repeat(usize::from(indent) * depth));
             }
         };
         for (i, item) in items.enumerate() {
@@ -1262,7 +1286,10 @@ impl JsonPath {
             first = false;
             let (selector, r) = if let Some(r) = rest.strip_prefix('[') {
                 let (inner, r) = r.split_once(']').ok_or_else(|| fail("unclosed `[`"))?;
-                (parse_bracket(inner.trim()).ok_or_else(|| fail("bad `[...]`"))?, r)
+                (
+                    parse_bracket(inner.trim()).ok_or_else(|| fail("bad `[...]`"))?,
+                    r,
+                )
             } else {
                 parse_dotted(rest).ok_or_else(|| fail("expected a field name"))?
             };
@@ -1388,7 +1415,11 @@ mod tests {
     #[test]
     fn strict_undefined_names_the_expression() {
         let err = Renderer::new()
-            .render_str("a\n{{ trigger.body.nmae }}", &json!({"trigger": {"body": {}}}), &NoKeyValues)
+            .render_str(
+                "a\n{{ trigger.body.nmae }}",
+                &json!({"trigger": {"body": {}}}),
+                &NoKeyValues,
+            )
             .unwrap_err();
         assert!(err.message.contains("undefined"), "{err}");
         assert!(err.message.contains("trigger.body.nmae"), "{err}");
@@ -1440,10 +1471,15 @@ mod tests {
         assert_eq!(value("{{ trigger.n + 1 }}", ctx.clone()), json!(6));
         assert_eq!(value("{{ trigger.s }}", ctx.clone()), json!("x"));
         assert_eq!(value("{{ none }}", ctx.clone()), json!(null));
+        assert!(value("{{ 5.0 }}", ctx.clone()).is_f64());
+        assert_eq!(value("{{ 2 ** 70 }}", ctx.clone()), json!(2f64.powi(70)));
         // Anything else renders to text; a list in text stays text.
         assert_eq!(value("n={{ trigger.n }}", ctx.clone()), json!("n=5"));
         assert_eq!(value(" {{ trigger.n }}", ctx.clone()), json!(" 5"));
-        assert_eq!(value("{{ trigger.n }}{{ trigger.n }}", ctx.clone()), json!("55"));
+        assert_eq!(
+            value("{{ trigger.n }}{{ trigger.n }}", ctx.clone()),
+            json!("55")
+        );
         assert_eq!(value("{{ trigger.l }} ", ctx.clone()), json!("[1, 2] "));
         assert_eq!(value("plain", ctx.clone()), json!("plain"));
     }
@@ -1478,14 +1514,20 @@ mod tests {
             .unwrap();
         assert_eq!(out, "hi nested [] s3cr3t hi");
         assert_eq!(
-            r.render_value(&json!("{{ st2kv.system.missing }}"), &ctx, &kv).unwrap(),
+            r.render_value(&json!("{{ st2kv.system.missing }}"), &ctx, &kv)
+                .unwrap(),
             json!("")
         );
         // api_user wins over user.
         let ctx = json!({"action_context": {"user": "bob", "api_user": "alice"}});
-        assert_eq!(r.render_str("{{ st2kv.user.token }}", &ctx, &kv).unwrap(), "s3cr3t");
+        assert_eq!(
+            r.render_str("{{ st2kv.user.token }}", &ctx, &kv).unwrap(),
+            "s3cr3t"
+        );
         // Without a user, st2kv.user is undefined.
-        assert!(r.render_str("{{ st2kv.user.token }}", &json!({}), &kv).is_err());
+        assert!(r
+            .render_str("{{ st2kv.user.token }}", &json!({}), &kv)
+            .is_err());
         // decrypt_kv on a missing key names it.
         let err = r
             .render_str("{{ st2kv.system.nope | decrypt_kv }}", &ctx, &kv)
@@ -1503,9 +1545,16 @@ mod tests {
 
     #[test]
     fn json_and_yaml_filters() {
-        let ctx = json!({"d": {"b": [1, 2.5], "a": "é\"x"}, "s": "{\"k\": [1]}", "y": "k: [1, two]"});
-        assert_eq!(render("{{ (s | from_json_string).k[0] }}", ctx.clone()), "1");
-        assert_eq!(render("{{ (y | from_yaml_string).k[1] }}", ctx.clone()), "two");
+        let ctx =
+            json!({"d": {"b": [1, 2.5], "a": "é\"x"}, "s": "{\"k\": [1]}", "y": "k: [1, two]"});
+        assert_eq!(
+            render("{{ (s | from_json_string).k[0] }}", ctx.clone()),
+            "1"
+        );
+        assert_eq!(
+            render("{{ (y | from_yaml_string).k[1] }}", ctx.clone()),
+            "two"
+        );
         assert_eq!(
             render("{{ d | to_json_string(sort_keys=True) }}", ctx.clone()),
             r#"{"a": "\u00e9\"x","b": [1,2.5]}"#
@@ -1515,8 +1564,14 @@ mod tests {
             "[\n  1,\n  2.5\n]"
         );
         assert_eq!(render("{{ d.b | to_complex }}", ctx.clone()), "[1, 2.5]");
-        assert_eq!(render("{{ d.a | json_escape }}", ctx.clone()), r#"\u00e9\"x"#);
-        assert_eq!(render("{{ d.b | to_yaml_string }}", ctx.clone()), "- 1\n- 2.5\n");
+        assert_eq!(
+            render("{{ d.a | json_escape }}", ctx.clone()),
+            r#"\u00e9\"x"#
+        );
+        assert_eq!(
+            render("{{ d.b | to_yaml_string }}", ctx.clone()),
+            "- 1\n- 2.5\n"
+        );
         assert_eq!(
             render("{{ d | to_yaml_string(indent=4) }}", ctx.clone()),
             "a: é\"x\nb:\n- 1\n- 2.5\n"
@@ -1529,8 +1584,14 @@ mod tests {
     #[test]
     fn jsonpath_query_filter() {
         let ctx = json!({"d": {"hosts": [{"name": "a"}, {"name": "b"}]}});
-        assert_eq!(value("{{ d | jsonpath_query('hosts[*].name') }}", ctx.clone()), json!(["a", "b"]));
-        assert_eq!(value("{{ d | jsonpath_query('$.hosts[1].name') }}", ctx.clone()), json!(["b"]));
+        assert_eq!(
+            value("{{ d | jsonpath_query('hosts[*].name') }}", ctx.clone()),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            value("{{ d | jsonpath_query('$.hosts[1].name') }}", ctx.clone()),
+            json!(["b"])
+        );
         assert_eq!(value("{{ d | jsonpath_query('nope') }}", ctx), json!(null));
     }
 
@@ -1547,29 +1608,50 @@ mod tests {
         let ctx = json!({"s": "v1.2.3-rc", "n": 42});
         assert_eq!(render("{{ s | regex_match('v\\d') }}", ctx.clone()), "True");
         assert_eq!(render("{{ s | regex_match('\\d') }}", ctx.clone()), "False");
-        assert_eq!(render("{{ s | regex_match('V1', ignorecase=True) }}", ctx.clone()), "True");
-        assert_eq!(render("{{ s | regex_search('\\d\\.\\d') }}", ctx.clone()), "True");
+        assert_eq!(
+            render("{{ s | regex_match('V1', ignorecase=True) }}", ctx.clone()),
+            "True"
+        );
+        assert_eq!(
+            render("{{ s | regex_search('\\d\\.\\d') }}", ctx.clone()),
+            "True"
+        );
         assert_eq!(render("{{ n | regex_search('^4') }}", ctx.clone()), "True");
         assert_eq!(
-            render("{{ s | regex_replace('(\\d)\\.', '\\1_') }}", ctx.clone()),
+            render(r"{{ s | regex_replace('(\d)\.', '\\1_') }}", ctx.clone()),
             "v1_2_3-rc"
         );
         assert_eq!(
-            render("{{ s | regex_replace('(?P<x>rc)', '[\\g<x>]') }}", ctx.clone()),
+            render(
+                r"{{ s | regex_replace('(?P<x>rc)', '[\\g<x>]') }}",
+                ctx.clone()
+            ),
             "v1.2.3-[rc]"
         );
         assert_eq!(render("{{ s | regex_substring('\\d') }}", ctx.clone()), "1");
-        assert_eq!(render("{{ s | regex_substring('\\d', -1) }}", ctx.clone()), "3");
-        assert_eq!(render("{{ s | regex_substring('(\\d)\\.(\\d)') }}", ctx.clone()), "['1', '2']");
+        assert_eq!(
+            render("{{ s | regex_substring('\\d', -1) }}", ctx.clone()),
+            "3"
+        );
+        assert_eq!(
+            render("{{ s | regex_substring('(\\d)\\.(\\d)') }}", ctx.clone()),
+            "['1', '2']"
+        );
         assert_eq!(
             render("{{ s | regex_substring('(?<=-)\\w+') }}", ctx.clone()),
             "rc",
             "look-behind, as Python supports"
         );
         let r = Renderer::new();
-        assert!(r.render_str("{{ s | regex_substring('x') }}", &ctx, &NoKeyValues).is_err());
-        assert!(r.render_str("{{ s | regex_search('(') }}", &ctx, &NoKeyValues).is_err());
-        assert!(r.render_str("{{ s | regex_replace('x', '\\2') }}", &ctx, &NoKeyValues).is_err());
+        assert!(r
+            .render_str("{{ s | regex_substring('x') }}", &ctx, &NoKeyValues)
+            .is_err());
+        assert!(r
+            .render_str("{{ s | regex_search('(') }}", &ctx, &NoKeyValues)
+            .is_err());
+        assert!(r
+            .render_str(r"{{ s | regex_replace('x', '\\2') }}", &ctx, &NoKeyValues)
+            .is_err());
     }
 
     #[test]
@@ -1585,34 +1667,90 @@ mod tests {
             ("59.6", "1m0s"),
         ] {
             assert_eq!(
-                render(&format!("{{{{ {input} | to_human_time_from_seconds }}}}"), json!({})),
+                render(
+                    &format!("{{{{ {input} | to_human_time_from_seconds }}}}"),
+                    json!({})
+                ),
                 expected
             );
         }
         assert!(Renderer::new()
-            .render_str("{{ 'x' | to_human_time_from_seconds }}", &json!({}), &NoKeyValues)
+            .render_str(
+                "{{ 'x' | to_human_time_from_seconds }}",
+                &json!({}),
+                &NoKeyValues
+            )
             .is_err());
     }
 
     #[test]
     fn version_filters() {
         let ctx = json!({});
-        assert_eq!(render("{{ '1.2.3' | version_compare('1.10.0') }}", ctx.clone()), "-1");
-        assert_eq!(render("{{ '1.2.3' | version_compare('1.2.3+build') }}", ctx.clone()), "0");
-        assert_eq!(render("{{ '2.0.0' | version_more_than('1.9.9') }}", ctx.clone()), "True");
-        assert_eq!(render("{{ '1.0.0-rc.1' | version_less_than('1.0.0') }}", ctx.clone()), "True");
-        assert_eq!(render("{{ '1.0.0' | version_equal('1.0.0') }}", ctx.clone()), "True");
-        assert_eq!(render("{{ '1.5.0' | version_match('>=1.2.0') }}", ctx.clone()), "True");
-        assert_eq!(render("{{ '1.5.0' | version_match('<1.2.0') }}", ctx.clone()), "False");
-        assert_eq!(render("{{ '1.5.0' | version_match('1.5.0') }}", ctx.clone()), "True");
-        assert_eq!(render("{{ '1.5.0' | version_match('!=1.5.0') }}", ctx.clone()), "False");
-        assert_eq!(render("{{ '1.2.3' | version_bump_major }}", ctx.clone()), "2.0.0");
-        assert_eq!(render("{{ '1.2.3' | version_bump_minor }}", ctx.clone()), "1.3.0");
-        assert_eq!(render("{{ '1.2.3-rc' | version_bump_patch }}", ctx.clone()), "1.2.4");
-        assert_eq!(render("{{ '1.2.3' | version_strip_patch }}", ctx.clone()), "1.2");
+        assert_eq!(
+            render("{{ '1.2.3' | version_compare('1.10.0') }}", ctx.clone()),
+            "-1"
+        );
+        assert_eq!(
+            render(
+                "{{ '1.2.3' | version_compare('1.2.3+build') }}",
+                ctx.clone()
+            ),
+            "0"
+        );
+        assert_eq!(
+            render("{{ '2.0.0' | version_more_than('1.9.9') }}", ctx.clone()),
+            "True"
+        );
+        assert_eq!(
+            render(
+                "{{ '1.0.0-rc.1' | version_less_than('1.0.0') }}",
+                ctx.clone()
+            ),
+            "True"
+        );
+        assert_eq!(
+            render("{{ '1.0.0' | version_equal('1.0.0') }}", ctx.clone()),
+            "True"
+        );
+        assert_eq!(
+            render("{{ '1.5.0' | version_match('>=1.2.0') }}", ctx.clone()),
+            "True"
+        );
+        assert_eq!(
+            render("{{ '1.5.0' | version_match('<1.2.0') }}", ctx.clone()),
+            "False"
+        );
+        assert_eq!(
+            render("{{ '1.5.0' | version_match('1.5.0') }}", ctx.clone()),
+            "True"
+        );
+        assert_eq!(
+            render("{{ '1.5.0' | version_match('!=1.5.0') }}", ctx.clone()),
+            "False"
+        );
+        assert_eq!(
+            render("{{ '1.2.3' | version_bump_major }}", ctx.clone()),
+            "2.0.0"
+        );
+        assert_eq!(
+            render("{{ '1.2.3' | version_bump_minor }}", ctx.clone()),
+            "1.3.0"
+        );
+        assert_eq!(
+            render("{{ '1.2.3-rc' | version_bump_patch }}", ctx.clone()),
+            "1.2.4"
+        );
+        assert_eq!(
+            render("{{ '1.2.3' | version_strip_patch }}", ctx.clone()),
+            "1.2"
+        );
         let r = Renderer::new();
-        assert!(r.render_str("{{ '1.2' | version_bump_major }}", &ctx, &NoKeyValues).is_err());
-        assert!(r.render_str("{{ '1.2.0' | version_match('~1') }}", &ctx, &NoKeyValues).is_err());
+        assert!(r
+            .render_str("{{ '1.2' | version_bump_major }}", &ctx, &NoKeyValues)
+            .is_err());
+        assert!(r
+            .render_str("{{ '1.2.0' | version_match('~1') }}", &ctx, &NoKeyValues)
+            .is_err());
     }
 
     #[test]
@@ -1633,8 +1771,17 @@ mod tests {
     #[test]
     fn python_methods_and_in_test() {
         let ctx = json!({"s": " a,b ", "d": {"k": 1}});
-        assert_eq!(render("{{ s.strip().split(',') }}", ctx.clone()), "['a', 'b']");
-        assert_eq!(render("{% for k, v in d.items() %}{{k}}={{v}}{% endfor %}", ctx.clone()), "k=1");
+        assert_eq!(
+            render("{{ s.strip().split(',') }}", ctx.clone()),
+            "['a', 'b']"
+        );
+        assert_eq!(
+            render(
+                "{% for k, v in d.items() %}{{k}}={{v}}{% endfor %}",
+                ctx.clone()
+            ),
+            "k=1"
+        );
         assert_eq!(render("{{ d.get('x', 'dflt') }}", ctx.clone()), "dflt");
         assert_eq!(render("{{ 'a' is in ['a', 'b'] }}", ctx), "True");
     }

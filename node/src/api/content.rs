@@ -10,7 +10,7 @@ use squall_actors::catalog::{content_id, CatalogRule};
 use squall_actors::content;
 use squall_domain::model::{ActionDef, PackBundle, TriggerTypeDef};
 
-use super::error::{ApiError, ApiJson};
+use super::error::ApiError;
 use super::ApiState;
 
 fn action_view(a: &ActionDef) -> Value {
@@ -126,9 +126,15 @@ pub struct RegisterBody {
 /// with every error and changes nothing.
 pub async fn register_packs(
     State(st): State<ApiState>,
-    body: Option<ApiJson<RegisterBody>>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
+    // StackStorm's CLI may send no body at all: that means every pack.
+    let body: RegisterBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        RegisterBody::default()
+    } else {
+        serde_json::from_slice(&raw)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
     let dirs = pack_dirs(&st.pack_dirs, &body.packs)?;
     let mut bundles = Vec::new();
     let mut errors = Vec::new();

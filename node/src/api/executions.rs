@@ -9,13 +9,11 @@ use serde_json::{json, Map, Value};
 use squall_actors::executions::{self, ExecutionSpec};
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::template::NoKeyValues;
+use squall_domain::params::MASK;
 use squall_domain::{runner_types, time};
 
 use super::error::{ApiError, ApiJson};
 use super::ApiState;
-
-/// What secret values are replaced with in API output.
-pub const MASK: &str = "********";
 
 /// Body of `POST /executions`.
 #[derive(Debug, Deserialize)]

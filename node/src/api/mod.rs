@@ -60,6 +60,7 @@ pub fn app(state: ApiState) -> Router {
     Router::new()
         .nest("/api/v1", v1.clone())
         .nest("/v1", v1)
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -71,6 +72,10 @@ async fn version() -> Json<Value> {
         "docs_url": "https://docs.stackstorm.com/",
         "product": "squall",
     }))
+}
+
+async fn metrics() -> String {
+    squall_actors::metrics::render()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

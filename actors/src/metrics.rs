@@ -1,0 +1,109 @@
+//! Prometheus metrics: a fixed set of counters, named as constants and
+//! labelled only by bounded values (statuses), rendered in the text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use squall_domain::execution::{EnforcementStatus, Status};
+
+/// Trigger instances published by this node.
+pub const TRIGGERS_PUBLISHED: &str = "squall_trigger_instances_published_total";
+/// Trigger instances processed by this node's rule partitions.
+pub const TRIGGERS_PROCESSED: &str = "squall_trigger_instances_processed_total";
+/// Rule enforcements written, by status.
+pub const ENFORCEMENTS: &str = "squall_rule_enforcements_total";
+/// Executions requested through this node.
+pub const EXECUTIONS_REQUESTED: &str = "squall_executions_requested_total";
+/// Executions finished by this node's runners, by status.
+pub const EXECUTIONS_FINISHED: &str = "squall_executions_finished_total";
+/// Executions running on this node now.
+pub const EXECUTIONS_RUNNING: &str = "squall_executions_running";
+
+static TRIGGERS_PUBLISHED_N: AtomicU64 = AtomicU64::new(0);
+static TRIGGERS_PROCESSED_N: AtomicU64 = AtomicU64::new(0);
+static ENFORCEMENTS_N: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static REQUESTED_N: AtomicU64 = AtomicU64::new(0);
+static FINISHED_N: [AtomicU64; Status::ALL.len()] = [const { AtomicU64::new(0) }; Status::ALL.len()];
+static RUNNING_N: AtomicU64 = AtomicU64::new(0);
+
+/// A trigger instance was published.
+pub fn trigger_published() {
+    TRIGGERS_PUBLISHED_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A trigger instance was fully processed by the rules engine.
+pub fn trigger_processed() {
+    TRIGGERS_PROCESSED_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A rule enforcement was written.
+pub fn enforcement(status: EnforcementStatus) {
+    let i = match status {
+        EnforcementStatus::Succeeded => 0,
+        EnforcementStatus::Failed => 1,
+    };
+    ENFORCEMENTS_N[i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// An execution was requested.
+pub fn execution_requested() {
+    REQUESTED_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// An execution started running here.
+pub fn execution_started() {
+    RUNNING_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// An execution that ran here ended with `status`.
+pub fn execution_finished(status: Status) {
+    RUNNING_N.fetch_sub(1, Ordering::Relaxed);
+    if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
+        FINISHED_N[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every metric in Prometheus' text exposition format.
+pub fn render() -> String {
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, samples: Vec<(String, u64)>, kind: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    counter(TRIGGERS_PUBLISHED, "Trigger instances published by this node.",
+        vec![(String::new(), load(&TRIGGERS_PUBLISHED_N))], "counter");
+    counter(TRIGGERS_PROCESSED, "Trigger instances processed by this node's rule partitions.",
+        vec![(String::new(), load(&TRIGGERS_PROCESSED_N))], "counter");
+    counter(ENFORCEMENTS, "Rule enforcements written, by status.", vec![
+        ("{status=\"succeeded\"}".into(), load(&ENFORCEMENTS_N[0])),
+        ("{status=\"failed\"}".into(), load(&ENFORCEMENTS_N[1])),
+    ], "counter");
+    counter(EXECUTIONS_REQUESTED, "Executions requested through this node.",
+        vec![(String::new(), load(&REQUESTED_N))], "counter");
+    counter(EXECUTIONS_FINISHED, "Executions finished by this node's runners, by status.",
+        Status::ALL.iter().zip(FINISHED_N.iter())
+            .filter(|(s, _)| s.is_completed())
+            .map(|(s, n)| (format!("{{status=\"{s}\"}}"), load(n)))
+            .collect(), "counter");
+    counter(EXECUTIONS_RUNNING, "Executions running on this node.",
+        vec![(String::new(), load(&RUNNING_N))], "gauge");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_names_every_metric_with_type() {
+        execution_requested();
+        let text = render();
+        for name in [TRIGGERS_PUBLISHED, TRIGGERS_PROCESSED, ENFORCEMENTS, EXECUTIONS_REQUESTED, EXECUTIONS_FINISHED, EXECUTIONS_RUNNING] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        }
+        assert!(text.contains("squall_executions_finished_total{status=\"timeout\"}"));
+    }
+}
