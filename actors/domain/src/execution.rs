@@ -282,7 +282,10 @@ mod tests {
 
     #[test]
     fn completed_group_matches_stackstorm() {
-        let done: Vec<_> = Status::ALL.into_iter().filter(|s| s.is_completed()).collect();
+        let done: Vec<_> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_completed())
+            .collect();
         assert_eq!(
             done,
             vec![

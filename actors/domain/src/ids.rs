@@ -35,7 +35,9 @@ pub fn seconds_of(id: &str) -> Option<u32> {
 
 /// Whether `s` has the shape of an id (24 lowercase hex characters).
 pub fn is_id(s: &str) -> bool {
-    s.len() == 24 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 24
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The partition (0..`partitions`) that owns `key`. Stable across nodes and

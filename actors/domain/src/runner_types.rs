@@ -126,7 +126,13 @@ pub fn all() -> Vec<RunnerType> {
         output_key,
     };
     vec![
-        rt("noop", "A runner that does nothing.", true, params(vec![]), None),
+        rt(
+            "noop",
+            "A runner that does nothing.",
+            true,
+            params(vec![]),
+            None,
+        ),
         rt(
             "local-shell-cmd",
             "A runner to execute local shell commands.",
@@ -253,7 +259,11 @@ pub fn all() -> Vec<RunnerType> {
 
 /// Looks a runner type up by name; `orchestra` is an alias of `orquesta`.
 pub fn lookup(name: &str) -> Option<RunnerType> {
-    let name = if name == "orchestra" { "orquesta" } else { name };
+    let name = if name == "orchestra" {
+        "orquesta"
+    } else {
+        name
+    };
     all().into_iter().find(|r| r.name == name)
 }
 

@@ -18,7 +18,12 @@ pub const DATE_TIMER: &str = "core.st2.DateTimer";
 /// `core.st2.CronTimer`.
 pub const CRON_TIMER: &str = "core.st2.CronTimer";
 
-fn tt(name: &str, description: &str, parameters: Option<Value>, payload: Option<Value>) -> TriggerTypeDef {
+fn tt(
+    name: &str,
+    description: &str,
+    parameters: Option<Value>,
+    payload: Option<Value>,
+) -> TriggerTypeDef {
     TriggerTypeDef {
         name: name.into(),
         pack: SYSTEM_PACK.into(),
@@ -122,8 +127,8 @@ pub fn trigger_ref(trigger_type: &str, parameters: &Map<String, Value>) -> Strin
     if parameters.is_empty() {
         return trigger_type.to_string();
     }
-    let canonical = serde_json::to_string(&sorted(&Value::Object(parameters.clone())))
-        .unwrap_or_default();
+    let canonical =
+        serde_json::to_string(&sorted(&Value::Object(parameters.clone()))).unwrap_or_default();
     let digest = Sha256::digest(canonical.as_bytes());
     format!("{trigger_type}.{}", &crate::hex_prefix(&digest, 6))
 }
@@ -133,7 +138,11 @@ fn sorted(v: &Value) -> Value {
         Value::Object(m) => {
             let mut keys: Vec<_> = m.keys().collect();
             keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&m[k])))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
         other => other.clone(),
@@ -147,7 +156,13 @@ mod tests {
     #[test]
     fn builtin_types_have_stackstorm_refs() {
         let refs: Vec<_> = builtin().iter().map(|t| t.reference()).collect();
-        for r in [WEBHOOK, INTERVAL_TIMER, DATE_TIMER, CRON_TIMER, "core.st2.key_value_pair.create"] {
+        for r in [
+            WEBHOOK,
+            INTERVAL_TIMER,
+            DATE_TIMER,
+            CRON_TIMER,
+            "core.st2.key_value_pair.create",
+        ] {
             assert!(refs.contains(&r.to_string()), "{r}");
         }
     }
