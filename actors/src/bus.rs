@@ -398,7 +398,10 @@ mod tests {
     #[test]
     fn streams_are_defined_with_dedup_and_work_queue() {
         let streams = stream_configs(3);
-        let exec = streams.iter().find(|s| s.name == EXECUTIONS_STREAM).unwrap();
+        let exec = streams
+            .iter()
+            .find(|s| s.name == EXECUTIONS_STREAM)
+            .unwrap();
         assert_eq!(exec.retention, stream::RetentionPolicy::WorkQueue);
         assert_eq!(exec.num_replicas, 3);
         let trig = streams.iter().find(|s| s.name == TRIGGERS_STREAM).unwrap();

@@ -69,7 +69,10 @@ pub fn prepare(
     context.insert("user".into(), json!(user));
     context.insert("pack".into(), json!(def.pack));
     if let Some(ti) = &spec.trigger_instance {
-        context.insert("trigger_instance".into(), json!({"id": ti.id, "name": Value::Null}));
+        context.insert(
+            "trigger_instance".into(),
+            json!({"id": ti.id, "name": Value::Null}),
+        );
         context
             .entry("trace_context")
             .or_insert_with(|| json!({"id_": ti.id, "trace_tag": Value::Null}));

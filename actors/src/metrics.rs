@@ -23,7 +23,8 @@ static TRIGGERS_PUBLISHED_N: AtomicU64 = AtomicU64::new(0);
 static TRIGGERS_PROCESSED_N: AtomicU64 = AtomicU64::new(0);
 static ENFORCEMENTS_N: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static REQUESTED_N: AtomicU64 = AtomicU64::new(0);
-static FINISHED_N: [AtomicU64; Status::ALL.len()] = [const { AtomicU64::new(0) }; Status::ALL.len()];
+static FINISHED_N: [AtomicU64; Status::ALL.len()] =
+    [const { AtomicU64::new(0) }; Status::ALL.len()];
 static RUNNING_N: AtomicU64 = AtomicU64::new(0);
 
 /// A trigger instance was published.
@@ -73,23 +74,50 @@ pub fn render() -> String {
         }
     };
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    counter(TRIGGERS_PUBLISHED, "Trigger instances published by this node.",
-        vec![(String::new(), load(&TRIGGERS_PUBLISHED_N))], "counter");
-    counter(TRIGGERS_PROCESSED, "Trigger instances processed by this node's rule partitions.",
-        vec![(String::new(), load(&TRIGGERS_PROCESSED_N))], "counter");
-    counter(ENFORCEMENTS, "Rule enforcements written, by status.", vec![
-        ("{status=\"succeeded\"}".into(), load(&ENFORCEMENTS_N[0])),
-        ("{status=\"failed\"}".into(), load(&ENFORCEMENTS_N[1])),
-    ], "counter");
-    counter(EXECUTIONS_REQUESTED, "Executions requested through this node.",
-        vec![(String::new(), load(&REQUESTED_N))], "counter");
-    counter(EXECUTIONS_FINISHED, "Executions finished by this node's runners, by status.",
-        Status::ALL.iter().zip(FINISHED_N.iter())
+    counter(
+        TRIGGERS_PUBLISHED,
+        "Trigger instances published by this node.",
+        vec![(String::new(), load(&TRIGGERS_PUBLISHED_N))],
+        "counter",
+    );
+    counter(
+        TRIGGERS_PROCESSED,
+        "Trigger instances processed by this node's rule partitions.",
+        vec![(String::new(), load(&TRIGGERS_PROCESSED_N))],
+        "counter",
+    );
+    counter(
+        ENFORCEMENTS,
+        "Rule enforcements written, by status.",
+        vec![
+            ("{status=\"succeeded\"}".into(), load(&ENFORCEMENTS_N[0])),
+            ("{status=\"failed\"}".into(), load(&ENFORCEMENTS_N[1])),
+        ],
+        "counter",
+    );
+    counter(
+        EXECUTIONS_REQUESTED,
+        "Executions requested through this node.",
+        vec![(String::new(), load(&REQUESTED_N))],
+        "counter",
+    );
+    counter(
+        EXECUTIONS_FINISHED,
+        "Executions finished by this node's runners, by status.",
+        Status::ALL
+            .iter()
+            .zip(FINISHED_N.iter())
             .filter(|(s, _)| s.is_completed())
             .map(|(s, n)| (format!("{{status=\"{s}\"}}"), load(n)))
-            .collect(), "counter");
-    counter(EXECUTIONS_RUNNING, "Executions running on this node.",
-        vec![(String::new(), load(&RUNNING_N))], "gauge");
+            .collect(),
+        "counter",
+    );
+    counter(
+        EXECUTIONS_RUNNING,
+        "Executions running on this node.",
+        vec![(String::new(), load(&RUNNING_N))],
+        "gauge",
+    );
     out
 }
 
@@ -101,7 +129,14 @@ mod tests {
     fn rendering_names_every_metric_with_type() {
         execution_requested();
         let text = render();
-        for name in [TRIGGERS_PUBLISHED, TRIGGERS_PROCESSED, ENFORCEMENTS, EXECUTIONS_REQUESTED, EXECUTIONS_FINISHED, EXECUTIONS_RUNNING] {
+        for name in [
+            TRIGGERS_PUBLISHED,
+            TRIGGERS_PROCESSED,
+            ENFORCEMENTS,
+            EXECUTIONS_REQUESTED,
+            EXECUTIONS_FINISHED,
+            EXECUTIONS_RUNNING,
+        ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
         assert!(text.contains("squall_executions_finished_total{status=\"timeout\"}"));

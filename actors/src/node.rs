@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use squall_domain::template::Renderer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -65,6 +65,9 @@ pub struct NodeSupervisor;
 #[derive(Debug)]
 pub enum NodeMsg {
     Restart(Child),
+    /// Answered once every child has started (messages are handled only
+    /// after `post_start`).
+    Ready(RpcReplyPort<()>),
 }
 
 /// Everything the node's actors share.
@@ -90,27 +93,30 @@ async fn spawn_child(
     supervisor: ActorCell,
 ) -> Result<ActorCell, ActorProcessingErr> {
     let cell = match &child {
-        Child::Content => {
-            Actor::spawn_linked(
-                None,
-                ContentWatcher,
-                (shared.bus.clone(), shared.catalog.clone()),
-                supervisor,
-            )
-            .await?
-            .0
-            .get_cell()
-        }
+        Child::Content => Box::pin(Actor::spawn_linked(
+            None,
+            ContentWatcher,
+            (shared.bus.clone(), shared.catalog.clone()),
+            supervisor,
+        ))
+        .await?
+        .0
+        .get_cell(),
         Child::Rules(p) => {
             let ctx = RulesContext {
                 bus: shared.bus.clone(),
                 catalog: shared.catalog.clone(),
                 renderer: shared.renderer.clone(),
             };
-            Actor::spawn_linked(None, RulePartition, (ctx, *p), supervisor)
-                .await?
-                .0
-                .get_cell()
+            Box::pin(Actor::spawn_linked(
+                None,
+                RulePartition,
+                (ctx, *p),
+                supervisor,
+            ))
+            .await?
+            .0
+            .get_cell()
         }
         Child::Runners(pool) => {
             let args = (
@@ -118,22 +124,20 @@ async fn spawn_child(
                 pool.clone(),
                 shared.settings.runner_concurrency,
             );
-            Actor::spawn_linked(None, RunnerPool, args, supervisor)
+            Box::pin(Actor::spawn_linked(None, RunnerPool, args, supervisor))
                 .await?
                 .0
                 .get_cell()
         }
-        Child::Timers => {
-            Actor::spawn_linked(
-                None,
-                IntervalTimers,
-                (shared.bus.clone(), shared.catalog.clone()),
-                supervisor,
-            )
-            .await?
-            .0
-            .get_cell()
-        }
+        Child::Timers => Box::pin(Actor::spawn_linked(
+            None,
+            IntervalTimers,
+            (shared.bus.clone(), shared.catalog.clone()),
+            supervisor,
+        ))
+        .await?
+        .0
+        .get_cell(),
     };
     Ok(cell)
 }
@@ -145,31 +149,57 @@ impl Actor for NodeSupervisor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<NodeMsg>,
+        _myself: ActorRef<NodeMsg>,
         shared: Shared,
     ) -> Result<NodeState, ActorProcessingErr> {
-        let mut state = NodeState {
+        Ok(NodeState {
             shared,
             children: HashMap::new(),
-        };
+        })
+    }
+
+    /// Children start here rather than in `pre_start`: this runs in the
+    /// supervisor's own task, so each child's start is not nested inside the
+    /// caller's future (which, unoptimised, overflows a 2 MiB stack).
+    async fn post_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
         // Content first: rules need the catalog.
         let mut plan = vec![Child::Content];
         plan.extend((0..state.shared.bus.partitions).map(Child::Rules));
-        plan.extend(state.shared.settings.pools.iter().cloned().map(Child::Runners));
+        plan.extend(
+            state
+                .shared
+                .settings
+                .pools
+                .iter()
+                .cloned()
+                .map(Child::Runners),
+        );
         plan.push(Child::Timers);
         for child in plan {
             let cell = spawn_child(&state.shared, child.clone(), myself.get_cell()).await?;
             state.children.insert(cell.get_id(), child);
         }
-        Ok(state)
+        Ok(())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<NodeMsg>,
-        NodeMsg::Restart(child): NodeMsg,
+        msg: NodeMsg,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
+        let child = match msg {
+            NodeMsg::Ready(reply) => {
+                // The caller may have given up waiting; nothing to do then.
+                let _ = reply.send(());
+                return Ok(());
+            }
+            NodeMsg::Restart(child) => child,
+        };
         match spawn_child(&state.shared, child.clone(), myself.get_cell()).await {
             Ok(cell) => {
                 tracing::info!(child = ?child, "actor restarted");
@@ -252,9 +282,15 @@ impl Engine {
             settings,
             runners,
         };
-        let (supervisor, join) = Actor::spawn(None, NodeSupervisor, shared.clone())
+        let (supervisor, join) = Box::pin(Actor::spawn(None, NodeSupervisor, shared.clone()))
             .await
             .map_err(|e| EngineError::Config(format!("the node's actors failed to start: {e}")))?;
+        if let Err(e) = ractor::call!(supervisor, NodeMsg::Ready) {
+            let _ = join.await;
+            return Err(EngineError::Config(format!(
+                "the node's actors failed to start: {e}"
+            )));
+        }
         Ok(Engine {
             shared,
             supervisor,

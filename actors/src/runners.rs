@@ -112,8 +112,8 @@ impl Actor for RunnerPool {
         match msg {
             PoolMsg::Request(m) => match *m {
                 Ok(m) => {
-                    Actor::spawn_linked(None, Runner, (state.ctx.clone(), m), myself.get_cell())
-                        .await?;
+                    let args = (state.ctx.clone(), m);
+                    Box::pin(Actor::spawn_linked(None, Runner, args, myself.get_cell())).await?;
                     Ok(())
                 }
                 Err(e) => Err(Box::new(bus_err("consume executions", e))),
@@ -170,7 +170,8 @@ impl Actor for Runner {
             Ok(()) => msg.ack().await,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "execution request will be redelivered");
-                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
             }
             Err(e) => {
                 tracing::error!(error = %e, "dropping execution request");
@@ -206,7 +207,14 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
                     "the runner on node {} stopped before the execution finished",
                     record.node.as_deref().unwrap_or("?")
                 );
-                finish(ctx, &mut record, rev, Status::Abandoned, json!({"error": reason})).await?;
+                finish(
+                    ctx,
+                    &mut record,
+                    rev,
+                    Status::Abandoned,
+                    json!({"error": reason}),
+                )
+                .await?;
                 return Ok(());
             }
             _ => return Ok(()),
@@ -249,7 +257,10 @@ async fn run_action(
     let env = BTreeMap::from([
         ("ST2_ACTION_API_URL".to_string(), ctx.api_url.clone()),
         ("ST2_ACTION_EXECUTION_ID".to_string(), record.id.clone()),
-        ("ST2_ACTION_PACK_NAME".to_string(), record.action.pack.clone()),
+        (
+            "ST2_ACTION_PACK_NAME".to_string(),
+            record.action.pack.clone(),
+        ),
     ]);
     let cancel = ctx.shutdown.child_token();
     let run = runner.run(RunRequest {

@@ -95,7 +95,12 @@ impl Actor for IntervalTimers {
             bus,
             catalog,
             running: HashMap::new(),
-            _pump: Pump::start(changes, myself, |_| TimerMsg::CatalogChanged, TimerMsg::CatalogChanged),
+            _pump: Pump::start(
+                changes,
+                myself,
+                |_| TimerMsg::CatalogChanged,
+                TimerMsg::CatalogChanged,
+            ),
         })
     }
 
@@ -177,8 +182,14 @@ mod tests {
             interval_of(&params(json!({"unit": "minutes", "delta": 2}))),
             Some(Duration::from_secs(120))
         );
-        assert_eq!(interval_of(&params(json!({"unit": "fortnights", "delta": 1}))), None);
-        assert_eq!(interval_of(&params(json!({"unit": "seconds", "delta": 0}))), None);
+        assert_eq!(
+            interval_of(&params(json!({"unit": "fortnights", "delta": 1}))),
+            None
+        );
+        assert_eq!(
+            interval_of(&params(json!({"unit": "seconds", "delta": 0}))),
+            None
+        );
     }
 
     #[test]
