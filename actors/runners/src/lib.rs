@@ -5,6 +5,13 @@
 //!
 //! Adding a runner means one module here and one line in [`registry`].
 
+mod local;
+mod noop;
+mod process;
+
+pub use local::{LocalShellCmd, LocalShellScript};
+pub use noop::Noop;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,5 +75,10 @@ pub trait Runner: Send + Sync {
 
 /// Every runner this build can execute, by runner type name.
 pub fn registry() -> HashMap<&'static str, Arc<dyn Runner>> {
-    HashMap::new()
+    let runners: [Arc<dyn Runner>; 3] = [
+        Arc::new(Noop),
+        Arc::new(LocalShellCmd),
+        Arc::new(LocalShellScript),
+    ];
+    runners.into_iter().map(|r| (r.name(), r)).collect()
 }

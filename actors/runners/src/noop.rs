@@ -1,0 +1,71 @@
+//! `noop`: succeeds at once with StackStorm's noop result.
+
+use futures::future::BoxFuture;
+use serde_json::json;
+use squall_domain::execution::Status;
+
+use crate::{RunOutcome, RunRequest, Runner};
+
+/// The runner that does nothing.
+#[derive(Debug, Default)]
+pub struct Noop;
+
+impl Runner for Noop {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+
+    fn run(&self, _req: RunRequest) -> BoxFuture<'static, RunOutcome> {
+        Box::pin(async {
+            RunOutcome {
+                status: Status::Succeeded,
+                result: json!({"failed": false, "succeeded": true, "return_code": 0}),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn noop_succeeds_with_stackstorms_result() {
+        let runners = crate::registry();
+        let req = crate::RunRequest {
+            execution_id: "e".into(),
+            action: squall_domain::model::ActionDef {
+                name: "noop".into(),
+                pack: "core".into(),
+                description: String::new(),
+                enabled: true,
+                runner_type: "noop".into(),
+                entry_point: String::new(),
+                parameters: Default::default(),
+                output_schema: None,
+                tags: vec![],
+                notify: None,
+                metadata_file: String::new(),
+            },
+            pack_path: Default::default(),
+            parameters: Default::default(),
+            env: Default::default(),
+            output: None,
+            cancel: Default::default(),
+        };
+        let out = runners["noop"].run(req).await;
+        assert_eq!(out.status, Status::Succeeded);
+        assert_eq!(
+            out.result,
+            json!({"failed": false, "succeeded": true, "return_code": 0})
+        );
+    }
+
+    #[test]
+    fn the_registry_holds_every_available_runner() {
+        let runners = crate::registry();
+        for rt in squall_domain::runner_types::all() {
+            assert_eq!(runners.contains_key(rt.name), rt.available, "{}", rt.name);
+        }
+    }
+}

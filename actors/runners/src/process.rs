@@ -1,0 +1,211 @@
+//! Running one local process the way StackStorm's local runner does: in its
+//! own process group, output streamed and collected, bounded by a timeout
+//! and a cancel token, and turned into the local runner's result shape.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use squall_domain::execution::Status;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{OutputChunk, OutputStream, RunOutcome};
+
+/// How long output is still read after the process group was killed, in
+/// case a process outside the group holds the pipes open.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run and under which limits.
+#[derive(Debug)]
+pub struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    /// `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// Written to stdin (a sudo password), then stdin closes.
+    pub stdin: Option<String>,
+}
+
+/// How the process ended.
+enum End {
+    Exited(std::process::ExitStatus),
+    TimedOut(u64),
+    Canceled,
+}
+
+/// Runs `spec` to its end and reports it in the local runner's shape.
+pub async fn run(
+    spec: Spec,
+    output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    cancel: CancellationToken,
+) -> RunOutcome {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .envs(&spec.env)
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let where_ = spec
+                .cwd
+                .as_ref()
+                .map(|c| format!(" in {}", c.display()))
+                .unwrap_or_default();
+            return failure(format!(
+                "could not start {}{where_}: {e}",
+                spec.program.display()
+            ));
+        }
+    };
+    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    if let (Some(input), Some(mut stdin)) = (spec.stdin, child.stdin.take()) {
+        // A process that never reads stdin must not block us: ignore errors.
+        let _ = stdin.write_all(format!("{input}\n").as_bytes()).await;
+    }
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(collect(s, OutputStream::Stdout, output.clone())));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(collect(s, OutputStream::Stderr, output)));
+
+    let limit = async {
+        match spec.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => End::Exited(s),
+            Err(e) => return failure(format!("could not wait for the process: {e}")),
+        },
+        () = limit => End::TimedOut(spec.timeout.map_or(0, |t| t.as_secs())),
+        () = cancel.cancelled() => End::Canceled,
+    };
+    if !matches!(end, End::Exited(_)) {
+        if let Some(pgid) = pgid {
+            // The group may already be gone; that is what we want anyway.
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+    }
+    let stdout = drain(stdout).await;
+    let stderr = drain(stderr).await;
+    outcome(end, stdout, stderr)
+}
+
+/// Reads a pipe to its end, forwarding each chunk.
+async fn collect(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: OutputStream,
+    output: Option<mpsc::UnboundedSender<OutputChunk>>,
+) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(tx) = &output {
+                    // Nobody listening any more is fine.
+                    let _ = tx.send(OutputChunk {
+                        stream,
+                        data: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    });
+                }
+                all.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    all
+}
+
+async fn drain(task: Option<tokio::task::JoinHandle<Vec<u8>>>) -> String {
+    let Some(mut task) = task else {
+        return String::new();
+    };
+    match tokio::time::timeout(DRAIN_GRACE, &mut task).await {
+        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => {
+            task.abort();
+            String::new()
+        }
+    }
+}
+
+fn outcome(end: End, stdout: String, stderr: String) -> RunOutcome {
+    let (status, code, error) = match end {
+        End::Exited(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+            (Some(0), _) => (Status::Succeeded, 0, None),
+            (Some(c), _) => (Status::Failed, i64::from(c), None),
+            (None, Some(sig)) => (
+                Status::Failed,
+                -i64::from(sig),
+                Some(format!("the process was killed by signal {sig}")),
+            ),
+            (None, None) => (Status::Failed, -1, None),
+        },
+        End::TimedOut(secs) => (
+            Status::Timeout,
+            -9,
+            Some(format!("Action failed to complete in {secs} seconds")),
+        ),
+        End::Canceled => (Status::Canceled, -9, Some("Action was canceled".into())),
+    };
+    let mut result = json!({
+        "failed": status != Status::Succeeded,
+        "succeeded": status == Status::Succeeded,
+        "return_code": code,
+        "stdout": shell_output(&stdout),
+        "stderr": shell_output(&stderr),
+    });
+    if let Some(error) = error {
+        result["error"] = json!(error);
+    }
+    RunOutcome { status, result }
+}
+
+/// Output as StackStorm stores it: trailing newlines stripped, and parsed
+/// when it is JSON (`jsonify.json_loads`).
+fn shell_output(text: &str) -> Value {
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(trimmed.to_string()))
+}
+
+/// A run that never started: `failed` with the reason.
+pub fn failure(error: String) -> RunOutcome {
+    RunOutcome {
+        status: Status::Failed,
+        result: json!({
+            "failed": true,
+            "succeeded": false,
+            "return_code": -1,
+            "stdout": "",
+            "stderr": "",
+            "error": error,
+        }),
+    }
+}
