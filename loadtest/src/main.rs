@@ -75,7 +75,10 @@ async fn main() -> Result<()> {
             break all;
         }
         if Instant::now() > deadline {
-            bail!("only {done} of {expected} executions finished within {} s", args.timeout_s);
+            bail!(
+                "only {done} of {expected} executions finished within {} s",
+                args.timeout_s
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
@@ -138,7 +141,10 @@ fn report(args: &Args, records: &[&Value], errors: usize, send_secs: f64) -> Res
         if e["status"] != "succeeded" {
             failed += 1;
         }
-        let (Some(occurred), Some(end)) = (ts(&e["trigger_instance"]["occurrence_time"]), ts(&e["end_timestamp"])) else {
+        let (Some(occurred), Some(end)) = (
+            ts(&e["trigger_instance"]["occurrence_time"]),
+            ts(&e["end_timestamp"]),
+        ) else {
             continue;
         };
         to_end.push((end - occurred).num_microseconds().unwrap_or(0) as f64 / 1000.0);
@@ -154,7 +160,11 @@ fn report(args: &Args, records: &[&Value], errors: usize, send_secs: f64) -> Res
         (Some(f), Some(l)) => (l - f).num_microseconds().unwrap_or(1) as f64 / 1e6,
         _ => 0.0,
     };
-    let per_s = if span > 0.0 { records.len() as f64 / span } else { 0.0 };
+    let per_s = if span > 0.0 {
+        records.len() as f64 / span
+    } else {
+        0.0
+    };
     println!(
         "scenario={} executions={} errors={} failed={} executions_per_s={:.0} webhooks_per_s={:.0} \
          p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1} start_p50_ms={:.1} start_p99_ms={:.1}",

@@ -65,9 +65,13 @@ impl Client {
 
     /// `POST /api/v1/<path>` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.send(self.http.post(format!("{}/api/v1/{path}", self.base)).json(body))
-            .await
-            .map(|(v, _)| v)
+        self.send(
+            self.http
+                .post(format!("{}/api/v1/{path}", self.base))
+                .json(body),
+        )
+        .await
+        .map(|(v, _)| v)
     }
 }
 
@@ -76,9 +80,9 @@ impl Client {
 pub fn parse_params(pairs: &[String]) -> Result<Map<String, Value>, CliError> {
     let mut out = Map::new();
     for pair in pairs {
-        let (k, v) = pair.split_once('=').ok_or_else(|| {
-            CliError::Usage(format!("parameter {pair:?} is not key=value"))
-        })?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("parameter {pair:?} is not key=value")))?;
         let value = match serde_json::from_str::<Value>(v) {
             Ok(j @ (Value::Object(_) | Value::Array(_))) => j,
             _ => Value::String(v.to_string()),
@@ -185,20 +189,36 @@ pub async fn execution_list(
         })
         .collect();
     print_table(
-        &["id", "action.ref", "context.user", "status", "start_timestamp", "end_timestamp"],
+        &[
+            "id",
+            "action.ref",
+            "context.user",
+            "status",
+            "start_timestamp",
+            "end_timestamp",
+        ],
         &rows,
     );
     if let Some(t) = total {
         if t as usize > rows.len() {
-            println!("Note: only the first {} of {t} executions are shown; use --limit.", rows.len());
+            println!(
+                "Note: only the first {} of {t} executions are shown; use --limit.",
+                rows.len()
+            );
         }
     }
     Ok(())
 }
 
 /// `squall pack register`.
-pub async fn pack_register(client: &Client, packs: &[String], as_json: bool) -> Result<(), CliError> {
-    let counts = client.post("packs/register", &json!({"packs": packs})).await?;
+pub async fn pack_register(
+    client: &Client,
+    packs: &[String],
+    as_json: bool,
+) -> Result<(), CliError> {
+    let counts = client
+        .post("packs/register", &json!({"packs": packs}))
+        .await?;
     if as_json {
         println!("{}", pretty(&counts));
     } else {

@@ -196,7 +196,11 @@ impl NodeConfig {
             return Err(invalid("nats.replicas must be between 1 and 5".into()));
         }
         for pool in &cfg.runners.pools {
-            if pool.is_empty() || !pool.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if pool.is_empty()
+                || !pool
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(invalid(format!(
                     "runners.pools: {pool:?} is not a valid pool name (letters, digits, - and _)"
                 )));
@@ -228,9 +232,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_with_line() {
-        let err = NodeConfig::from_yaml("nats:\n  url: nats://x:1\n  urll: y\n", Path::new("n.yaml"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            NodeConfig::from_yaml("nats:\n  url: nats://x:1\n  urll: y\n", Path::new("n.yaml"))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("n.yaml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("urll"), "{err}");
@@ -244,7 +249,10 @@ mod tests {
             "runners:\n  pools: ['a.b']\n",
             "nats:\n  replicas: 0\n",
         ] {
-            assert!(NodeConfig::from_yaml(bad, Path::new("c.yaml")).is_err(), "{bad}");
+            assert!(
+                NodeConfig::from_yaml(bad, Path::new("c.yaml")).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -14,10 +14,19 @@ use squall::managed_nats::{self, ManagedNats};
 use squall::node::Node;
 
 #[derive(Debug, Parser)]
-#[command(name = "squall", version, about = "Event-driven automation for operations")]
+#[command(
+    name = "squall",
+    version,
+    about = "Event-driven automation for operations"
+)]
 struct Args {
     /// API URL for client commands.
-    #[arg(long, global = true, env = "SQUALL_URL", default_value = "http://127.0.0.1:9101")]
+    #[arg(
+        long,
+        global = true,
+        env = "SQUALL_URL",
+        default_value = "http://127.0.0.1:9101"
+    )]
     url: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]

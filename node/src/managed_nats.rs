@@ -136,7 +136,12 @@ impl ManagedNats {
     }
 }
 
-fn spawn_server(binary: &Path, port: u16, store: &Path, log: &Path) -> Result<Child, ManagedNatsError> {
+fn spawn_server(
+    binary: &Path,
+    port: u16,
+    store: &Path,
+    log: &Path,
+) -> Result<Child, ManagedNatsError> {
     Command::new(binary)
         .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
         .arg(port.to_string())

@@ -159,7 +159,11 @@ impl TestNode {
 
     /// `GET <base>/<path>` → (status, JSON body).
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        let r = self.http.get(format!("{}/{path}", self.base)).send().await?;
+        let r = self
+            .http
+            .get(format!("{}/{path}", self.base))
+            .send()
+            .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }

@@ -31,25 +31,35 @@ async fn rejections_are_json_with_actionable_messages() -> Result<()> {
     assert!(fault(&body).contains("action"), "{body}");
 
     // Unknown action.
-    let (status, body) = node.post("executions", &json!({"action": "nope.nothing"})).await?;
+    let (status, body) = node
+        .post("executions", &json!({"action": "nope.nothing"}))
+        .await?;
     assert_eq!(status, 404);
     assert!(fault(&body).contains("nope.nothing"), "{body}");
 
     // Missing required parameter, named.
-    let (status, body) = node.post("executions", &json!({"action": "core.local"})).await?;
+    let (status, body) = node
+        .post("executions", &json!({"action": "core.local"}))
+        .await?;
     assert_eq!(status, 400);
     assert!(fault(&body).contains("cmd"), "{body}");
 
     // Overriding an immutable parameter.
     let (status, body) = node
-        .post("executions", &json!({"action": "core.echo", "parameters": {"message": "hi", "cmd": "rm -rf /"}}))
+        .post(
+            "executions",
+            &json!({"action": "core.echo", "parameters": {"message": "hi", "cmd": "rm -rf /"}}),
+        )
         .await?;
     assert_eq!(status, 400);
     assert!(fault(&body).contains("cmd"), "{body}");
 
     // Unknown parameter.
     let (status, body) = node
-        .post("executions", &json!({"action": "core.noop", "parameters": {"bogus": 1}}))
+        .post(
+            "executions",
+            &json!({"action": "core.noop", "parameters": {"bogus": 1}}),
+        )
         .await?;
     assert_eq!(status, 400);
     assert!(fault(&body).contains("bogus"), "{body}");
@@ -66,7 +76,12 @@ async fn rejections_are_json_with_actionable_messages() -> Result<()> {
 
     // A body over the limit.
     let big = "x".repeat(squall::api::MAX_BODY_BYTES + 1);
-    let (status, body) = node.post("webhooks/st2", &json!({"trigger": "a.b", "payload": {"x": big}})).await?;
+    let (status, body) = node
+        .post(
+            "webhooks/st2",
+            &json!({"trigger": "a.b", "payload": {"x": big}}),
+        )
+        .await?;
     assert_eq!(status, 413, "{body}");
 
     // Bad query values.
@@ -78,7 +93,13 @@ async fn rejections_are_json_with_actionable_messages() -> Result<()> {
     assert!(fault(&body).contains("sleepy"), "{body}");
 
     // Unknown things.
-    for path in ["executions/0123456789abcdef01234567", "actions/core.nope", "rules/x.y", "triggerinstances/abc", "no/such/route"] {
+    for path in [
+        "executions/0123456789abcdef01234567",
+        "actions/core.nope",
+        "rules/x.y",
+        "triggerinstances/abc",
+        "no/such/route",
+    ] {
         let (status, body) = node.get(path).await?;
         assert_eq!(status, 404, "{path}");
         assert!(!fault(&body).is_empty(), "{path}: {body}");
@@ -94,7 +115,9 @@ async fn listing_is_newest_first_with_total_count_and_paging() -> Result<()> {
     let node = TestNode::start(vec![]).await?;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (status, e) = node.post("executions", &json!({"action": "core.noop"})).await?;
+        let (status, e) = node
+            .post("executions", &json!({"action": "core.noop"}))
+            .await?;
         assert_eq!(status, 201);
         ids.push(e["id"].as_str().unwrap().to_string());
         node.finished(ids.last().unwrap()).await?;
@@ -109,18 +132,29 @@ async fn listing_is_newest_first_with_total_count_and_paging() -> Result<()> {
     assert_eq!(page.len(), 2);
     let (_, rest) = node.get("executions?limit=2&offset=2").await?;
     assert_eq!(rest.as_array().unwrap().len(), 1);
-    let mut all: Vec<String> = page.iter().chain(rest.as_array().unwrap()).map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    let mut all: Vec<String> = page
+        .iter()
+        .chain(rest.as_array().unwrap())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
     let listed = all.clone();
     all.sort_unstable_by(|a, b| b.cmp(a));
     assert_eq!(listed, all, "newest first");
     let noop = &page[0];
     assert_eq!(noop["status"], "succeeded");
-    assert_eq!(noop["result"], json!({"failed": false, "succeeded": true, "return_code": 0}));
+    assert_eq!(
+        noop["result"],
+        json!({"failed": false, "succeeded": true, "return_code": 0})
+    );
     assert!(noop["start_timestamp"].as_str().unwrap().ends_with('Z'));
 
     // The same routes answer under StackStorm's per-service prefix.
     let addr = node.base.trim_end_matches("/api/v1");
-    let r = node.http.get(format!("{addr}/v1/executions/{}", ids[0])).send().await?;
+    let r = node
+        .http
+        .get(format!("{addr}/v1/executions/{}", ids[0]))
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 200);
     Ok(())
 }

@@ -40,7 +40,10 @@ async fn node_with(rules: &[(&str, String)]) -> Result<(TestNode, tempfile::Temp
     for (name, body) in rules {
         files.push((format!("rules/{name}.yaml"), body.clone()));
     }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     write_pack(dir.path(), "ops", &refs)?;
     let node = TestNode::start(vec![dir.path().to_path_buf()]).await?;
     Ok((node, dir))
@@ -49,7 +52,9 @@ async fn node_with(rules: &[(&str, String)]) -> Result<(TestNode, tempfile::Temp
 async fn only_execution(node: &TestNode) -> Result<Value> {
     let id = poll(Duration::from_secs(20), || async {
         let list = node.executions().await?;
-        Ok(list.first().and_then(|e| e["id"].as_str().map(str::to_string)))
+        Ok(list
+            .first()
+            .and_then(|e| e["id"].as_str().map(str::to_string)))
     })
     .await?;
     node.finished(&id).await
@@ -67,9 +72,15 @@ async fn webhook_rule_with_criteria_runs_local_command() -> Result<()> {
         ),
     )])
     .await?;
-    let (status, body) = node.post("webhooks/hello", &json!({"name": "squall"})).await?;
+    let (status, body) = node
+        .post("webhooks/hello", &json!({"name": "squall"}))
+        .await?;
     assert_eq!(status, 202);
-    assert_eq!(body, json!({"name": "squall"}), "StackStorm echoes the body");
+    assert_eq!(
+        body,
+        json!({"name": "squall"}),
+        "StackStorm echoes the body"
+    );
 
     let exec = only_execution(&node).await?;
     assert_eq!(exec["status"], "succeeded", "{exec}");
@@ -107,14 +118,17 @@ async fn criteria_that_do_not_match_start_nothing() -> Result<()> {
     )])
     .await?;
     for severity in ["warning", "info", "minor"] {
-        let (status, _) = node.post("webhooks/alerts", &json!({"severity": severity})).await?;
+        let (status, _) = node
+            .post("webhooks/alerts", &json!({"severity": severity}))
+            .await?;
         assert_eq!(status, 202);
     }
     node.rules_idle().await?;
     assert!(node.executions().await?.is_empty());
 
     // The same rule does fire for a match, so the silence above is real.
-    node.post("webhooks/alerts", &json!({"severity": "CRITICAL"})).await?;
+    node.post("webhooks/alerts", &json!({"severity": "CRITICAL"}))
+        .await?;
     let exec = only_execution(&node).await?;
     assert_eq!(exec["status"], "succeeded");
     assert_eq!(node.executions().await?.len(), 1);
@@ -125,7 +139,10 @@ async fn criteria_that_do_not_match_start_nothing() -> Result<()> {
 async fn non_zero_exit_fails_the_execution() -> Result<()> {
     let node = TestNode::start(vec![]).await?;
     let (status, created) = node
-        .post("executions", &json!({"action": "core.local", "parameters": {"cmd": "echo oops >&2; exit 3"}}))
+        .post(
+            "executions",
+            &json!({"action": "core.local", "parameters": {"cmd": "echo oops >&2; exit 3"}}),
+        )
         .await?;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "requested", "never finished at creation");
@@ -144,7 +161,10 @@ async fn timeout_kills_the_whole_process_group() -> Result<()> {
     let pidfile = pids.path().join("child.pid");
     let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
     let (_, created) = node
-        .post("executions", &json!({"action": "core.local", "parameters": {"cmd": cmd, "timeout": 1}}))
+        .post(
+            "executions",
+            &json!({"action": "core.local", "parameters": {"cmd": cmd, "timeout": 1}}),
+        )
         .await?;
     let exec = node.finished(created["id"].as_str().unwrap()).await?;
     assert_eq!(exec["status"], "timeout", "{exec}");
@@ -179,7 +199,10 @@ async fn a_redelivered_trigger_does_not_double_the_action() -> Result<()> {
     // a lost ack: publish it raw, without the Nats-Msg-Id that would let
     // the stream drop it, so the rules engine really sees it twice.
     let bus = node.node.as_ref().unwrap().bus.clone();
-    let ti = first["trigger_instance"]["id"].as_str().unwrap().to_string();
+    let ti = first["trigger_instance"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (instance, _) = bus.trigger_instance(&ti).await?.expect("stored instance");
     let subject = squall_actors::bus::trigger_subject(bus.partition_of(&ti), &ti);
     bus.js
@@ -189,7 +212,11 @@ async fn a_redelivered_trigger_does_not_double_the_action() -> Result<()> {
     node.rules_idle().await?;
 
     let execs = node.executions().await?;
-    assert_eq!(execs.len(), 1, "one execution for one trigger instance and rule");
+    assert_eq!(
+        execs.len(),
+        1,
+        "one execution for one trigger instance and rule"
+    );
     let runs = std::fs::read_to_string(&marker)?;
     assert_eq!(runs.lines().count(), 1, "the action ran once");
     Ok(())
@@ -199,7 +226,12 @@ async fn a_redelivered_trigger_does_not_double_the_action() -> Result<()> {
 async fn a_broken_pack_reports_every_error_and_registers_nothing() -> Result<()> {
     let (node, dir) = node_with(&[(
         "good",
-        rule("good", "good", "  trigger.body.x:\n    type: exists", "'true'"),
+        rule(
+            "good",
+            "good",
+            "  trigger.body.x:\n    type: exists",
+            "'true'",
+        ),
     )])
     .await?;
     let (_, before) = node.get("rules/ops.good").await?;
@@ -210,15 +242,34 @@ async fn a_broken_pack_reports_every_error_and_registers_nothing() -> Result<()>
         dir.path(),
         "ops",
         &[
-            ("rules/good.yaml", "name: good\npack: ops\nenabled: true\ntrigger: [unclosed\n"),
-            ("rules/bad_op.yaml", &rule("bad_op", "x", "  trigger.body.x:\n    type: roughly", "'true'")),
+            (
+                "rules/good.yaml",
+                "name: good\npack: ops\nenabled: true\ntrigger: [unclosed\n",
+            ),
+            (
+                "rules/bad_op.yaml",
+                &rule(
+                    "bad_op",
+                    "x",
+                    "  trigger.body.x:\n    type: roughly",
+                    "'true'",
+                ),
+            ),
             ("actions/bad.yaml", "name: bad\nrunner_type: teleport\n"),
         ],
     )?;
-    let (status, err) = node.post("packs/register", &json!({"packs": ["ops"]})).await?;
+    let (status, err) = node
+        .post("packs/register", &json!({"packs": ["ops"]}))
+        .await?;
     assert_eq!(status, 400, "{err}");
     let msg = err["faultstring"].as_str().unwrap_or_default();
-    for needle in ["rules/good.yaml", "rules/bad_op.yaml", "roughly", "actions/bad.yaml", "teleport"] {
+    for needle in [
+        "rules/good.yaml",
+        "rules/bad_op.yaml",
+        "roughly",
+        "actions/bad.yaml",
+        "teleport",
+    ] {
         assert!(msg.contains(needle), "missing {needle:?} in: {msg}");
     }
 
@@ -253,7 +304,12 @@ action:
     .await?;
     let mut ticks: Vec<String> = execs
         .iter()
-        .map(|e| e["trigger_instance"]["occurrence_time"].as_str().unwrap_or_default().to_string())
+        .map(|e| {
+            e["trigger_instance"]["occurrence_time"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     let n = ticks.len();
     ticks.sort();

@@ -13,14 +13,23 @@ use squall_tests::{nats_server_binary, poll, repo_root};
 fn squall_binary() -> Result<PathBuf> {
     // target/<profile>/deps/<test> → target/<profile>/squall
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|d| d.parent()).context("target dir")?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("target dir")?;
     let bin = dir.join("squall");
-    anyhow::ensure!(bin.is_file(), "{} not built (cargo test --workspace builds it)", bin.display());
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} not built: run ops/test, which builds it before the tests",
+        bin.display()
+    );
     Ok(bin)
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[tokio::test]
@@ -44,7 +53,10 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
     let result = async {
         // Ready once the examples pack's rule is visible.
         poll(Duration::from_secs(60), || async {
-            let r = http.get(format!("{base}/rules/examples.alert_diagnose")).send().await;
+            let r = http
+                .get(format!("{base}/rules/examples.alert_diagnose"))
+                .send()
+                .await;
             Ok(r.ok().filter(|r| r.status().is_success()).map(|_| ()))
         })
         .await?;
@@ -55,7 +67,12 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
             .await?;
         assert_eq!(r.status().as_u16(), 202);
         let exec: Value = poll(Duration::from_secs(30), || async {
-            let list: Value = http.get(format!("{base}/executions")).send().await?.json().await?;
+            let list: Value = http
+                .get(format!("{base}/executions"))
+                .send()
+                .await?
+                .json()
+                .await?;
             Ok(list
                 .as_array()
                 .and_then(|l| l.first().cloned())
@@ -64,7 +81,10 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
         .await?;
         assert_eq!(exec["status"], "succeeded", "{exec}");
         assert_eq!(exec["action"]["ref"], "examples.diagnose");
-        assert_eq!(exec["result"]["stdout"]["host"], "web-3", "diagnostics JSON is parsed");
+        assert_eq!(
+            exec["result"]["stdout"]["host"], "web-3",
+            "diagnostics JSON is parsed"
+        );
         anyhow::Ok(())
     }
     .await;
@@ -82,7 +102,9 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
     assert!(status.success(), "squall up exited with {status}");
     // Its nats-server is gone too: the port is free again.
     poll(Duration::from_secs(10), || async move {
-        Ok(std::net::TcpListener::bind(("127.0.0.1", nats_port)).ok().map(|_| ()))
+        Ok(std::net::TcpListener::bind(("127.0.0.1", nats_port))
+            .ok()
+            .map(|_| ()))
     })
     .await?;
     Ok(())

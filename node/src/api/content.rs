@@ -28,7 +28,10 @@ fn rule_view(r: &CatalogRule) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.insert("id".into(), json!(r.id));
         o.insert("ref".into(), json!(r.def.reference()));
-        o.insert("uid".into(), json!(format!("rule:{}:{}", r.def.pack, r.def.name)));
+        o.insert(
+            "uid".into(),
+            json!(format!("rule:{}:{}", r.def.pack, r.def.name)),
+        );
         if let Some(Value::Object(t)) = o.get_mut("trigger") {
             t.insert("ref".into(), json!(r.trigger_ref));
         }
@@ -49,9 +52,15 @@ fn pack_view(b: &PackBundle) -> Value {
 fn trigger_type_view(t: &TriggerTypeDef) -> Value {
     let mut v = serde_json::to_value(t).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
-        o.insert("id".into(), json!(content_id("trigger_type", &t.reference())));
+        o.insert(
+            "id".into(),
+            json!(content_id("trigger_type", &t.reference())),
+        );
         o.insert("ref".into(), json!(t.reference()));
-        o.insert("uid".into(), json!(format!("trigger_type:{}:{}", t.pack, t.name)));
+        o.insert(
+            "uid".into(),
+            json!(format!("trigger_type:{}:{}", t.pack, t.name)),
+        );
     }
     v
 }
@@ -59,7 +68,13 @@ fn trigger_type_view(t: &TriggerTypeDef) -> Value {
 /// `GET /actions`.
 pub async fn list_actions(State(st): State<ApiState>) -> Json<Vec<Value>> {
     let catalog = st.catalog.load();
-    Json(catalog.actions.values().map(|a| action_view(&a.def)).collect())
+    Json(
+        catalog
+            .actions
+            .values()
+            .map(|a| action_view(&a.def))
+            .collect(),
+    )
 }
 
 /// `GET /actions/{ref_or_id}`.
@@ -107,7 +122,13 @@ pub async fn list_packs(State(st): State<ApiState>) -> Json<Vec<Value>> {
 /// `GET /triggertypes`.
 pub async fn list_trigger_types(State(st): State<ApiState>) -> Json<Vec<Value>> {
     let catalog = st.catalog.load();
-    Json(catalog.trigger_types.values().map(trigger_type_view).collect())
+    Json(
+        catalog
+            .trigger_types
+            .values()
+            .map(trigger_type_view)
+            .collect(),
+    )
 }
 
 /// Body of `POST /packs/register`.

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use squall_actors::executions::{self, ExecutionSpec};
 use squall_domain::execution::{ExecutionRecord, Status};
-use squall_domain::template::NoKeyValues;
 use squall_domain::params::MASK;
+use squall_domain::template::NoKeyValues;
 use squall_domain::{runner_types, time};
 
 use super::error::{ApiError, ApiJson};
@@ -33,7 +33,9 @@ pub async fn create(
     ApiJson(body): ApiJson<RunBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if body.action.trim().is_empty() {
-        return Err(ApiError::BadRequest("action: a pack.action reference is required".into()));
+        return Err(ApiError::BadRequest(
+            "action: a pack.action reference is required".into(),
+        ));
     }
     let catalog = st.catalog.load();
     let spec = ExecutionSpec {
@@ -111,7 +113,9 @@ pub async fn list(
             continue;
         };
         if status.is_some_and(|s| rec.status != s)
-            || q.action.as_deref().is_some_and(|a| rec.action.action_ref != a)
+            || q.action
+                .as_deref()
+                .is_some_and(|a| rec.action.action_ref != a)
         {
             continue;
         }
@@ -147,7 +151,10 @@ pub async fn get_one(
 pub fn view(rec: &ExecutionRecord) -> Value {
     let mut v = serde_json::to_value(rec).unwrap_or_else(|_| json!({}));
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("elapsed_seconds".into(), json!(rec.elapsed_seconds(time::now())));
+        obj.insert(
+            "elapsed_seconds".into(),
+            json!(rec.elapsed_seconds(time::now())),
+        );
         obj.insert("liveaction".into(), json!({"id": rec.id}));
         if let Some(Value::Object(params)) = obj.get_mut("parameters") {
             let runner_secrets = runner_types::lookup(&rec.runner.name)

@@ -20,7 +20,9 @@ pub async fn list_webhooks(State(st): State<ApiState>) -> Json<Vec<Value>> {
         catalog
             .triggers_of_type(triggers::WEBHOOK)
             .into_iter()
-            .map(|t| json!({"ref": t.reference, "type": t.trigger_type, "parameters": t.parameters}))
+            .map(
+                |t| json!({"ref": t.reference, "type": t.trigger_type, "parameters": t.parameters}),
+            )
             .collect(),
     )
 }
@@ -46,7 +48,13 @@ pub async fn fire_webhook(
         let matching: Vec<_> = catalog
             .triggers_of_type(triggers::WEBHOOK)
             .into_iter()
-            .filter(|t| t.parameters.get("url").and_then(Value::as_str).map(|u| u.trim_matches('/')) == Some(url.as_str()))
+            .filter(|t| {
+                t.parameters
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .map(|u| u.trim_matches('/'))
+                    == Some(url.as_str())
+            })
             .collect();
         if matching.is_empty() {
             return Err(ApiError::NotFound(format!(
