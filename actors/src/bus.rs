@@ -10,6 +10,7 @@
 //! | `executions` | KV | `<execution id>` → [`ExecutionRecord`] |
 //! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`] |
 //! | `cluster` | KV | `partitions` → the partition count fixed at creation |
+//! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use squall_domain::execution::{ExecutionRecord, RuleEnforcement, TriggerInstance};
 use squall_domain::ids;
 
+use crate::auth;
 use crate::error::{bus_err, EngineError};
 
 /// Stream of trigger instances.
@@ -107,6 +109,19 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
         bucket(EXECUTIONS_BUCKET, "Execution records by id.", 1),
         bucket(ENFORCEMENTS_BUCKET, "Rule enforcements by id.", 1),
         bucket(CLUSTER_BUCKET, "Cluster-wide settings.", 1),
+        bucket(
+            auth::AUTH_BUCKET,
+            "Users (hashed passwords) and API keys (hashed).",
+            1,
+        ),
+        kv::Config {
+            max_age: auth::MAX_TOKEN_TTL,
+            ..bucket(
+                auth::TOKENS_BUCKET,
+                "Access tokens by hash; entries expire.",
+                1,
+            )
+        },
     ]
 }
 

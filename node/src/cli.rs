@@ -18,23 +18,66 @@ pub enum CliError {
     Usage(String),
 }
 
+/// How the client proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Token(String),
+    ApiKey(String),
+    None,
+}
+
+impl Credentials {
+    /// From flags/env first, else the token `squall login` saved.
+    pub fn resolve(token: Option<String>, api_key: Option<String>) -> Credentials {
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            return Credentials::Token(t);
+        }
+        if let Some(k) = api_key.filter(|k| !k.is_empty()) {
+            return Credentials::ApiKey(k);
+        }
+        saved_token_file()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .map_or(Credentials::None, Credentials::Token)
+    }
+}
+
+/// Where `squall login` keeps the token: `$XDG_CONFIG_HOME/squall/token`
+/// or `~/.config/squall/token`.
+pub fn saved_token_file() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config"))
+        })?;
+    Some(base.join("squall").join("token"))
+}
+
 /// A REST client for one node.
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    credentials: Credentials,
 }
 
 impl Client {
     /// A client for the API at `url` (e.g. `http://127.0.0.1:9101`).
-    pub fn new(url: &str) -> Client {
+    pub fn new(url: &str, credentials: Credentials) -> Client {
         Client {
             base: url.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            credentials,
         }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<(Value, Option<u64>), CliError> {
+        let req = match &self.credentials {
+            Credentials::Token(t) => req.header("X-Auth-Token", t),
+            Credentials::ApiKey(k) => req.header("St2-Api-Key", k),
+            Credentials::None => req,
+        };
         let resp = req.send().await.map_err(|e| CliError::Unreachable {
             url: self.base.clone(),
             message: e.to_string(),
@@ -52,6 +95,11 @@ impl Client {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| body.to_string());
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(CliError::Api(format!(
+                    "{status}: {msg}\nLog in with `squall login --user NAME` (squall up writes the admin's password to .squall/admin-password), or set SQUALL_AUTH_TOKEN or SQUALL_API_KEY"
+                )));
+            }
             return Err(CliError::Api(format!("{status}: {msg}")));
         }
         Ok((body, total))
@@ -73,6 +121,63 @@ impl Client {
         .await
         .map(|(v, _)| v)
     }
+}
+
+/// `squall login`: trades a user name and password for a token and saves
+/// it (mode 0600) for the next commands.
+pub async fn login(
+    client: &Client,
+    user: &str,
+    password: &str,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let resp = client
+        .http
+        .post(format!("{}/auth/v1/tokens", client.base))
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .map_err(|e| CliError::Unreachable {
+            url: client.base.clone(),
+            message: e.to_string(),
+        })?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = body["faultstring"].as_str().unwrap_or("login failed");
+        return Err(CliError::Api(format!("{status}: {msg}")));
+    }
+    let token = body["token"].as_str().unwrap_or_default();
+    let file = saved_token_file().ok_or_else(|| {
+        CliError::Usage("cannot tell where to save the token: set HOME or XDG_CONFIG_HOME".into())
+    })?;
+    save_secret(&file, token).map_err(|e| {
+        CliError::Usage(format!("cannot save the token to {}: {e}", file.display()))
+    })?;
+    if as_json {
+        println!("{}", pretty(&body));
+    } else {
+        println!(
+            "Logged in as {user} until {}; token saved to {}",
+            body["expiry"].as_str().unwrap_or("?"),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+fn save_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// Parses `key=value` pairs. Values stay strings unless they are JSON

@@ -31,6 +31,29 @@ pub struct NodeConfig {
     pub api: ApiConfig,
     pub packs: PacksConfig,
     pub runners: RunnersConfig,
+    pub auth: AuthConfig,
+}
+
+/// Authentication. It is always on; these only tune it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Life of a token, in seconds, when the login names none (default
+    /// 86400; at most 604800).
+    pub token_ttl: u64,
+    /// Where the password of the first admin is written (mode 0600) when a
+    /// node finds the cluster without users (default `admin-password`;
+    /// `squall up` uses `<data dir>/admin-password`).
+    pub admin_password_file: PathBuf,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl: 86_400,
+            admin_password_file: PathBuf::from("admin-password"),
+        }
+    }
 }
 
 /// How to reach NATS.
@@ -97,6 +120,7 @@ impl Default for NodeConfig {
             api: ApiConfig::default(),
             packs: PacksConfig::default(),
             runners: RunnersConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -191,6 +215,13 @@ impl NodeConfig {
         }
         if cfg.runners.concurrency < 1 {
             return Err(invalid("runners.concurrency must be at least 1".into()));
+        }
+        let max_ttl = squall_actors::auth::MAX_TOKEN_TTL.as_secs();
+        if cfg.auth.token_ttl == 0 || cfg.auth.token_ttl > max_ttl {
+            return Err(invalid(format!(
+                "auth.token_ttl must be between 1 and {max_ttl} seconds, got {}",
+                cfg.auth.token_ttl
+            )));
         }
         if cfg.nats.replicas == 0 || cfg.nats.replicas > 5 {
             return Err(invalid("nats.replicas must be between 1 and 5".into()));

@@ -31,6 +31,12 @@ struct Args {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Access token (default: the one `squall login` saved).
+    #[arg(long, global = true, env = "SQUALL_AUTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// API key, instead of a token.
+    #[arg(long, global = true, env = "SQUALL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +80,15 @@ enum Command {
         /// Return the execution id at once instead of waiting.
         #[arg(long = "async")]
         detach: bool,
+    },
+    /// Log in: get a token for the next commands.
+    Login {
+        #[arg(short, long, default_value = "admin")]
+        user: String,
+        /// Read the password from this file (e.g. .squall/admin-password);
+        /// otherwise from SQUALL_PASSWORD or standard input.
+        #[arg(long)]
+        password_file: Option<std::path::PathBuf>,
     },
     /// Executions.
     Execution {
@@ -130,7 +145,10 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(args: Args) -> anyhow::Result<bool> {
-    let client = Client::new(&args.url);
+    let client = Client::new(
+        &args.url,
+        cli::Credentials::resolve(args.token.clone(), args.api_key.clone()),
+    );
     match args.command {
         Command::Up {
             data_dir,
@@ -146,6 +164,7 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                 None => NodeConfig::default(),
             };
             cfg.api.listen = listen;
+            cfg.auth.admin_password_file = data_dir.join("admin-password");
             if !packs_dirs.is_empty() {
                 cfg.packs.dirs = packs_dirs;
             }
@@ -174,6 +193,14 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             let node = Node::start(&cfg).await?;
             wait_for_signal().await?;
             node.shutdown().await;
+            Ok(true)
+        }
+        Command::Login {
+            user,
+            password_file,
+        } => {
+            let password = read_password(password_file.as_deref())?;
+            cli::login(&client, &user, &password, args.json).await?;
             Ok(true)
         }
         Command::Run {
@@ -208,6 +235,23 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the password from {}", file.display()))?;
+        return Ok(text.trim_end_matches(['\n', '\r']).to_string());
+    }
+    if let Ok(p) = std::env::var("SQUALL_PASSWORD") {
+        return Ok(p);
+    }
+    eprint!("password: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 fn init_logging() {

@@ -2,8 +2,11 @@
 //! register packs, start the actors, serve the API; and stop it all.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use squall_actors::auth::{self, AuthStore, Role, ADMIN_USER};
 use squall_actors::bus::Bus;
 use squall_actors::content;
 use squall_actors::node::{Engine, NodeSettings};
@@ -29,6 +32,13 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Engine(#[from] squall_actors::EngineError),
+    #[error("cannot write the first admin's password to {path}: {source}. Set auth.admin_password_file (or --data-dir) to a writable place")]
+    AdminPassword {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the first admin: {0}")]
+    Bootstrap(#[from] squall_actors::auth::AuthError),
 }
 
 /// A running node.
@@ -95,6 +105,8 @@ impl Node {
     pub async fn start(cfg: &NodeConfig) -> Result<Node, NodeError> {
         let client = connect(cfg).await?;
         let bus = Bus::open(client, cfg.nats.replicas, cfg.cluster.partitions).await?;
+        let auth = AuthStore::open(&bus).await?;
+        bootstrap_admin(&auth, &cfg.auth.admin_password_file).await?;
         if cfg.packs.register_on_start {
             register_dirs(&bus, cfg).await;
         }
@@ -122,6 +134,8 @@ impl Node {
                 catalog: engine.shared.catalog.clone(),
                 renderer: Arc::new(Renderer::new()),
                 pack_dirs: cfg.packs.dirs.clone(),
+                auth: auth.clone(),
+                token_ttl: Duration::from_secs(cfg.auth.token_ttl),
             });
             let stop = stop_api.clone();
             let task = tokio::spawn(async move {
@@ -173,4 +187,46 @@ async fn register_dirs(bus: &Bus, cfg: &NodeConfig) {
             tracing::error!(pack = %dir.display(), error = %e, "pack not registered");
         }
     }
+}
+
+/// On a cluster without users, creates `admin` with a random password. The
+/// password goes to `file` (mode 0600) before the user exists, so it is
+/// never lost; a node that loses the race to another removes its file.
+async fn bootstrap_admin(auth: &AuthStore, file: &Path) -> Result<(), NodeError> {
+    if !auth.users().await?.is_empty() {
+        return Ok(());
+    }
+    let password = auth::random_secret()[..24].to_string();
+    write_secret_file(file, &password).map_err(|source| NodeError::AdminPassword {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    match auth.create_user(ADMIN_USER, &password, Role::Admin).await {
+        Ok(_) => {
+            tracing::warn!(user = ADMIN_USER, password_file = %file.display(),
+                "created the first admin; its password is in the file (readable by this user only)");
+            Ok(())
+        }
+        Err(auth::AuthError::UserExists(_)) => {
+            let _ = std::fs::remove_file(file);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(format!("{text}\n").as_bytes())
 }

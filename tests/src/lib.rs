@@ -120,9 +120,17 @@ fn read_port(dir: &Path) -> Option<u16> {
 pub struct TestNode {
     pub nats: NatsServer,
     pub node: Option<Node>,
+    /// `http://127.0.0.1:<port>`.
+    pub root: String,
+    /// `<root>/api/v1`.
     pub base: String,
+    /// Sends the admin's token with every request.
     pub http: reqwest::Client,
     pub config: NodeConfig,
+    /// The first admin's password, as the node wrote it.
+    pub admin_password: String,
+    /// Holds the admin password file.
+    pub dir: tempfile::TempDir,
 }
 
 /// A node config for tests: API on an OS-chosen port, few partitions.
@@ -145,16 +153,57 @@ impl TestNode {
         let nats = NatsServer::start()?;
         let mut dirs = vec![repo_root().join("packs")];
         dirs.extend(extra_pack_dirs);
-        let config = test_config(&nats.url(), dirs);
+        let dir = tempfile::tempdir()?;
+        let mut config = test_config(&nats.url(), dirs);
+        config.auth.admin_password_file = dir.path().join("admin-password");
         let node = Node::start(&config).await?;
         let addr = node.api_addr.context("API address")?;
+        let root = format!("http://{addr}");
+        let admin_password = std::fs::read_to_string(&config.auth.admin_password_file)
+            .context("the node wrote no admin password file")?
+            .trim()
+            .to_string();
+        let token = login(&root, "admin", &admin_password).await?;
         Ok(TestNode {
             nats,
             node: Some(node),
-            base: format!("http://{addr}/api/v1"),
-            http: reqwest::Client::new(),
+            base: format!("{root}/api/v1"),
+            http: client_with_token(&token)?,
+            root,
             config,
+            admin_password,
+            dir,
         })
+    }
+
+    /// `method <base>/<path>` with `client` → (status, JSON body).
+    pub async fn call(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = client.request(method, format!("{}/{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Creates a user with `role` and returns a client logged in as them.
+    pub async fn user(&self, name: &str, role: &str) -> Result<reqwest::Client> {
+        let password = format!("{name}-password");
+        let (status, body) = self
+            .post(
+                "users",
+                &serde_json::json!({"name": name, "password": password, "role": role}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "creating user {name}: {status} {body}");
+        client_with_token(&login(&self.root, name, &password).await?)
     }
 
     /// `GET <base>/<path>` → (status, JSON body).
@@ -227,6 +276,31 @@ impl TestNode {
             n.shutdown().await;
         }
     }
+}
+
+/// Logs in at `root` and returns the token.
+pub async fn login(root: &str, user: &str, password: &str) -> Result<String> {
+    let r = reqwest::Client::new()
+        .post(format!("{root}/auth/v1/tokens"))
+        .basic_auth(user, Some(password))
+        .send()
+        .await?;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.as_u16() == 201, "login as {user}: {status} {body}");
+    body["token"]
+        .as_str()
+        .map(str::to_string)
+        .context("no token in the login answer")
+}
+
+/// A client that sends `token` with every request.
+pub fn client_with_token(token: &str) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("X-Auth-Token", token.parse()?);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Calls `check` until it returns `Some`, or fails after `timeout`.

@@ -2,13 +2,14 @@
 //! nats-server, loads the shipped packs, serves the API, runs a webhook's
 //! rule, and stops cleanly on SIGTERM.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use squall_tests::{nats_server_binary, poll, repo_root};
+use squall_tests::{client_with_token, login, nats_server_binary, poll, repo_root};
 
 fn squall_binary() -> Result<PathBuf> {
     // target/<profile>/deps/<test> → target/<profile>/squall
@@ -26,6 +27,35 @@ fn squall_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+fn terminate(child: &Child) -> Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    Ok(())
+}
+
+/// Stops `squall up` (and so its nats-server) if the test fails midway.
+struct StopOnDrop(Option<Child>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        if terminate(&child).is_ok() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = child.kill();
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -36,7 +66,7 @@ fn free_port() -> Result<u16> {
 async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
     let data = tempfile::tempdir()?;
     let (nats_port, api_port) = (free_port()?, free_port()?);
-    let mut child = Command::new(squall_binary()?)
+    let child = Command::new(squall_binary()?)
         .current_dir(repo_root())
         .args(["up", "--nats-port", &nats_port.to_string()])
         .args(["--listen", &format!("127.0.0.1:{api_port}")])
@@ -47,10 +77,28 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let base = format!("http://127.0.0.1:{api_port}/api/v1");
-    let http = reqwest::Client::new();
+    let mut child = StopOnDrop(Some(child));
+    let root = format!("http://127.0.0.1:{api_port}");
+    let base = format!("{root}/api/v1");
+    let password_file = data.path().join("admin-password");
 
     let result = async {
+        // The first admin's password is in the data dir, readable by us only.
+        let token = poll(Duration::from_secs(60), || async {
+            let Ok(password) = std::fs::read_to_string(&password_file) else {
+                return Ok(None);
+            };
+            Ok(login(&root, "admin", password.trim()).await.ok())
+        })
+        .await?;
+        let mode = std::fs::metadata(&password_file)?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let anonymous = reqwest::Client::new()
+            .get(format!("{base}/executions"))
+            .send()
+            .await?;
+        assert_eq!(anonymous.status().as_u16(), 401, "auth is on by default");
+        let http = client_with_token(&token)?;
         // Ready once the examples pack's rule is visible.
         poll(Duration::from_secs(60), || async {
             let r = http
@@ -85,14 +133,51 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
             exec["result"]["stdout"]["host"], "web-3",
             "diagnostics JSON is parsed"
         );
+
+        // The README's CLI flow: log in with the password file, then list.
+        let config_home = tempfile::tempdir()?;
+        let cli = |args: &[&str]| {
+            Command::new(squall_binary()?)
+                .args(args)
+                .env("SQUALL_URL", &root)
+                .env("XDG_CONFIG_HOME", config_home.path())
+                .env_remove("SQUALL_AUTH_TOKEN")
+                .env_remove("SQUALL_API_KEY")
+                .output()
+                .map_err(anyhow::Error::from)
+        };
+        let denied = cli(&["execution", "list"])?;
+        assert!(!denied.status.success());
+        assert!(String::from_utf8_lossy(&denied.stderr).contains("squall login"));
+        let login_out = cli(&[
+            "login",
+            "--password-file",
+            password_file.to_str().unwrap_or_default(),
+        ])?;
+        assert!(
+            login_out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&login_out.stderr)
+        );
+        let saved = config_home.path().join("squall/token");
+        assert_eq!(
+            std::fs::metadata(&saved)?.permissions().mode() & 0o777,
+            0o600
+        );
+        let listed = cli(&["execution", "list", "--json"])?;
+        assert!(
+            listed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        let listed: Value = serde_json::from_slice(&listed.stdout)?;
+        assert_eq!(listed[0]["id"], exec["id"]);
         anyhow::Ok(())
     }
     .await;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
+    let mut child = child.0.take().context("child")?;
+    terminate(&child)?;
     let status = poll(Duration::from_secs(30), || {
         let s = child.try_wait();
         async move { Ok(s?) }

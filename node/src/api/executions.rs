@@ -2,10 +2,11 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use squall_actors::auth::{Principal, Role};
 use squall_actors::executions::{self, ExecutionSpec};
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::params::MASK;
@@ -30,8 +31,16 @@ pub struct RunBody {
 /// Runs an action: 201 with the `requested` execution.
 pub async fn create(
     State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
     ApiJson(body): ApiJson<RunBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if let Some(user) = body.user.as_ref().filter(|u| **u != me.user) {
+        if me.role < Role::Admin {
+            return Err(ApiError::Forbidden(format!(
+                "user: only an admin may run an action as another user ({user:?})"
+            )));
+        }
+    }
     if body.action.trim().is_empty() {
         return Err(ApiError::BadRequest(
             "action: a pack.action reference is required".into(),
@@ -41,7 +50,7 @@ pub async fn create(
     let spec = ExecutionSpec {
         action_ref: body.action,
         parameters: body.parameters,
-        user: body.user,
+        user: Some(body.user.unwrap_or(me.user)),
         context: body.context,
         ..ExecutionSpec::default()
     };

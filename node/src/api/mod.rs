@@ -5,6 +5,7 @@
 //! `/api`). Errors are `{"faultstring": "..."}` with a status code that says
 //! whose fault it is.
 
+pub mod auth;
 mod content;
 pub use content::pack_dirs;
 mod error;
@@ -13,11 +14,13 @@ mod triggers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use squall_actors::auth::AuthStore;
 use squall_actors::bus::Bus;
 use squall_actors::catalog::CatalogHandle;
 use squall_domain::template::Renderer;
@@ -35,6 +38,9 @@ pub struct ApiState {
     pub renderer: Arc<Renderer>,
     /// Directories `POST /packs/register` looks in.
     pub pack_dirs: Vec<PathBuf>,
+    pub auth: AuthStore,
+    /// Life of a token when the login names none.
+    pub token_ttl: Duration,
 }
 
 /// The whole API as a router.
@@ -56,10 +62,23 @@ pub fn app(state: ApiState) -> Router {
         .route("/triggerinstances/{id}", get(triggers::get_instance))
         .route("/webhooks", get(triggers::list_webhooks))
         .route("/webhooks/{*url}", post(triggers::fire_webhook))
-        .fallback(not_found);
+        .route(
+            "/apikeys",
+            get(auth::list_api_keys).post(auth::create_api_key),
+        )
+        .route("/apikeys/{id}", delete(auth::delete_api_key))
+        .route("/users", get(auth::list_users).post(auth::create_user))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ));
     Router::new()
         .nest("/api/v1", v1.clone())
         .nest("/v1", v1)
+        .route("/api/v1/", get(version))
+        .route("/v1/", get(version))
+        .route("/auth/v1/tokens", post(auth::create_token))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1,0 +1,452 @@
+//! Who may use the API: users with hashed passwords and roles, access
+//! tokens with a time to live, and API keys.
+//!
+//! Nothing secret is stored in the clear: passwords are Argon2id hashes
+//! (PHC strings), and tokens and API keys are stored under the SHA-256 of
+//! their value, so a copy of the buckets does not let anyone in. Tokens and
+//! keys are 256-bit random values, for which a fast hash is enough.
+//!
+//! | bucket | key | value |
+//! | --- | --- | --- |
+//! | `auth` | `users.<hex name>` | [`User`] |
+//! | `auth` | `apikeys.<sha256 of key>` | [`ApiKey`] |
+//! | `tokens` | `<sha256 of token>` | [`Token`] (the bucket forgets after [`MAX_TOKEN_TTL`]) |
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use squall_domain::ids;
+use squall_domain::time::{self, Timestamp};
+
+use crate::bus::{from_bytes, to_bytes, Bus};
+use crate::error::{bus_err, EngineError};
+
+/// KV bucket of users and API keys.
+pub const AUTH_BUCKET: &str = "auth";
+/// KV bucket of access tokens.
+pub const TOKENS_BUCKET: &str = "tokens";
+/// Longest life a token may be given; the bucket drops older entries.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Life of a token when the request names none (StackStorm's default).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Name of the user `squall up` creates on a new cluster.
+pub const ADMIN_USER: &str = "admin";
+
+/// StackStorm's system roles, from most to least powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything and changes nothing; never sees secrets.
+    Observer,
+    /// Also runs actions, fires webhooks, manages rules, keys and inquiries.
+    Operator,
+    /// Everything, including users, packs and other users' secrets.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Observer => "observer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "observer" => Ok(Role::Observer),
+            "operator" | "power_user" | "power-user" => Ok(Role::Operator),
+            "admin" | "system_admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: use admin, operator or observer"
+            )),
+        }
+    }
+}
+
+/// A user account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub role: Role,
+    #[serde(with = "squall_domain::time::serde_ts")]
+    pub created_at: Timestamp,
+}
+
+/// An access token, as stored (the token itself is not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub user: String,
+    #[serde(with = "squall_domain::time::serde_ts")]
+    pub expiry: Timestamp,
+}
+
+/// An API key, as stored (the key itself is not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub user: String,
+    /// SHA-256 of the key, hex; also the storage key.
+    pub key_hash: String,
+    #[serde(with = "squall_domain::time::serde_ts")]
+    pub created_at: Timestamp,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Who is calling, once a token or key has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub role: Role,
+}
+
+/// Why a user could not be created or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error(
+        "user name {0:?} is not allowed: use 1-128 characters, no spaces or control characters"
+    )]
+    BadUserName(String),
+    #[error("password too short: use at least {MIN_PASSWORD_LEN} characters")]
+    WeakPassword,
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+fn user_key(name: &str) -> String {
+    format!("users.{}", hex::encode(name))
+}
+
+fn apikey_key(hash: &str) -> String {
+    format!("apikeys.{hash}")
+}
+
+/// SHA-256 of a secret value, hex.
+pub fn digest(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh 256-bit secret, hex.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn hash_password(password: &str) -> Result<String, AuthError> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+fn password_matches(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// The users, tokens and API keys of a cluster.
+#[derive(Clone)]
+pub struct AuthStore {
+    users: kv::Store,
+    tokens: kv::Store,
+}
+
+impl fmt::Debug for AuthStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthStore")
+    }
+}
+
+impl AuthStore {
+    /// Opens the buckets (created by [`Bus::open`]).
+    pub async fn open(bus: &Bus) -> Result<AuthStore, EngineError> {
+        let open = |name: &'static str| async move {
+            bus.js
+                .get_key_value(name)
+                .await
+                .map_err(|e| bus_err(&format!("open bucket {name}"), e))
+        };
+        Ok(AuthStore {
+            users: open(AUTH_BUCKET).await?,
+            tokens: open(TOKENS_BUCKET).await?,
+        })
+    }
+
+    async fn get<T: for<'de> Deserialize<'de>>(
+        store: &kv::Store,
+        key: &str,
+    ) -> Result<Option<T>, EngineError> {
+        match store.get(key).await.map_err(|e| bus_err("read auth", e))? {
+            Some(bytes) => Ok(Some(from_bytes(key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The user called `name`.
+    pub async fn user(&self, name: &str) -> Result<Option<User>, EngineError> {
+        Self::get(&self.users, &user_key(name)).await
+    }
+
+    /// Every user, sorted by name.
+    pub async fn users(&self) -> Result<Vec<User>, EngineError> {
+        let mut out: Vec<User> = self.scan("users.").await?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn scan<T: for<'de> Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, EngineError> {
+        let mut keys = self
+            .users
+            .keys()
+            .await
+            .map_err(|e| bus_err("list auth", e))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| bus_err("list auth", e))?;
+            if key.starts_with(prefix) {
+                if let Some(v) = Self::get(&self.users, &key).await? {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a user; fails if the name is taken.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<User, AuthError> {
+        if name.is_empty()
+            || name.len() > 128
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(AuthError::BadUserName(name.to_string()));
+        }
+        if password.chars().count() < MIN_PASSWORD_LEN {
+            return Err(AuthError::WeakPassword);
+        }
+        let user = User {
+            name: name.to_string(),
+            password_hash: hash_password(password)?,
+            role,
+            created_at: time::now(),
+        };
+        match self.users.create(user_key(name), to_bytes(&user)?).await {
+            Ok(_) => Ok(user),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(AuthError::UserExists(name.to_string()))
+            }
+            Err(e) => Err(bus_err("create user", e).into()),
+        }
+    }
+
+    /// Creates the first admin with a random password when the cluster has
+    /// no users yet. Returns the password when it created the user.
+    pub async fn bootstrap_admin(&self) -> Result<Option<String>, AuthError> {
+        if !self.users().await?.is_empty() {
+            return Ok(None);
+        }
+        let password = random_secret()[..24].to_string();
+        match self.create_user(ADMIN_USER, &password, Role::Admin).await {
+            Ok(_) => Ok(Some(password)),
+            // Another node created it first.
+            Err(AuthError::UserExists(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The user if `password` is theirs.
+    pub async fn check_password(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<User>, EngineError> {
+        let Some(user) = self.user(name).await? else {
+            // Spend the same effort as for a real user, so that timing does
+            // not tell which names exist.
+            let _ = hash_password(password);
+            return Ok(None);
+        };
+        let phc = user.password_hash.clone();
+        let pw = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || password_matches(&pw, &phc))
+            .await
+            .unwrap_or(false);
+        Ok(ok.then_some(user))
+    }
+
+    /// Issues a token for `user`, valid for `ttl`. Returns the token value
+    /// (shown once) and its record.
+    pub async fn issue_token(
+        &self,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<(String, Token), EngineError> {
+        let value = random_secret();
+        let now = time::now();
+        let token = Token {
+            id: ids::fresh(&now),
+            user: user.to_string(),
+            expiry: now + chrono::Duration::from_std(ttl).unwrap_or_default(),
+        };
+        self.tokens
+            .put(digest(&value), to_bytes(&token)?)
+            .await
+            .map_err(|e| bus_err("store token", e))?;
+        Ok((value, token))
+    }
+
+    /// Who a token belongs to, if it is valid and unexpired.
+    pub async fn resolve_token(&self, value: &str) -> Result<Option<Principal>, EngineError> {
+        let Some(token) = Self::get::<Token>(&self.tokens, &digest(value)).await? else {
+            return Ok(None);
+        };
+        if token.expiry <= time::now() {
+            return Ok(None);
+        }
+        self.principal(&token.user).await
+    }
+
+    /// Who an API key belongs to, if it exists and is enabled.
+    pub async fn resolve_api_key(&self, value: &str) -> Result<Option<Principal>, EngineError> {
+        match Self::get::<ApiKey>(&self.users, &apikey_key(&digest(value))).await? {
+            Some(key) if key.enabled => self.principal(&key.user).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn principal(&self, name: &str) -> Result<Option<Principal>, EngineError> {
+        Ok(self.user(name).await?.map(|u| Principal {
+            user: u.name,
+            role: u.role,
+        }))
+    }
+
+    /// Creates an API key for `user`. Returns the key (shown once) and its
+    /// record.
+    pub async fn create_api_key(
+        &self,
+        user: &str,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(String, ApiKey), EngineError> {
+        let value = random_secret();
+        let now = time::now();
+        let key = ApiKey {
+            id: ids::fresh(&now),
+            user: user.to_string(),
+            key_hash: digest(&value),
+            created_at: now,
+            enabled: true,
+            metadata,
+        };
+        self.users
+            .put(apikey_key(&key.key_hash), to_bytes(&key)?)
+            .await
+            .map_err(|e| bus_err("store API key", e))?;
+        Ok((value, key))
+    }
+
+    /// Every API key, oldest first.
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, EngineError> {
+        let mut keys: Vec<ApiKey> = self.scan("apikeys.").await?;
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(keys)
+    }
+
+    /// Deletes the API key with this id; false if there is none.
+    pub async fn delete_api_key(&self, id: &str) -> Result<bool, EngineError> {
+        let Some(key) = self.api_keys().await?.into_iter().find(|k| k.id == id) else {
+            return Ok(false);
+        };
+        self.users
+            .purge(apikey_key(&key.key_hash))
+            .await
+            .map_err(|e| bus_err("delete API key", e))?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hashed_with_a_salt() {
+        let a = hash_password("correct horse").unwrap();
+        let b = hash_password("correct horse").unwrap();
+        assert_ne!(a, b, "salted");
+        assert!(a.starts_with("$argon2id$"), "{a}");
+        assert!(!a.contains("correct horse"));
+        assert!(password_matches("correct horse", &a));
+        assert!(!password_matches("correct horsE", &a));
+        assert!(!password_matches("x", "not a hash"));
+    }
+
+    #[test]
+    fn roles_parse_with_stackstorm_names() {
+        assert_eq!("system_admin".parse::<Role>().unwrap(), Role::Admin);
+        assert_eq!("power_user".parse::<Role>().unwrap(), Role::Operator);
+        assert_eq!("observer".parse::<Role>().unwrap(), Role::Observer);
+        assert!("root"
+            .parse::<Role>()
+            .unwrap_err()
+            .contains("admin, operator or observer"));
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Observer);
+    }
+
+    #[test]
+    fn secrets_are_random_and_digests_stable() {
+        assert_ne!(random_secret(), random_secret());
+        assert_eq!(random_secret().len(), 64);
+        assert_eq!(digest("k"), digest("k"));
+        assert_ne!(digest("k"), digest("K"));
+    }
+}
