@@ -35,6 +35,12 @@ struct Args {
     /// Give up waiting for executions after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+    /// File holding the admin's password (`squall up` writes it).
+    #[arg(long, default_value = ".squall/admin-password")]
+    password_file: std::path::PathBuf,
+    /// User to log in as.
+    #[arg(long, default_value = "admin")]
+    user: String,
 }
 
 #[tokio::main]
@@ -46,7 +52,7 @@ async fn main() -> Result<()> {
         other => bail!("unknown scenario {other:?}: use noop or shell"),
     };
     let api = format!("{}/api/v1", args.url.trim_end_matches('/'));
-    let http = reqwest::Client::new();
+    let http = logged_in(&args).await?;
     let before = executions_of(&http, &api, rule).await?.len();
 
     let sent_at = Instant::now();
@@ -84,6 +90,25 @@ async fn main() -> Result<()> {
     };
     let fresh: Vec<&Value> = records.iter().take(records.len() - before).collect();
     report(&args, &fresh, errors, send_secs)
+}
+
+/// A client carrying a token for `args.user`.
+async fn logged_in(args: &Args) -> Result<reqwest::Client> {
+    let password = std::fs::read_to_string(&args.password_file)
+        .with_context(|| format!("reading the password from {}", args.password_file.display()))?;
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/auth/v1/tokens", args.url.trim_end_matches('/')))
+        .basic_auth(&args.user, Some(password.trim()))
+        .send()
+        .await?
+        .error_for_status()
+        .context("logging in")?
+        .json()
+        .await?;
+    let token = answer["token"].as_str().context("no token in the login answer")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("X-Auth-Token", token.parse()?);
+    Ok(reqwest::Client::builder().default_headers(headers).build()?)
 }
 
 async fn executions_of(http: &reqwest::Client, api: &str, rule: &str) -> Result<Vec<Value>> {
