@@ -11,6 +11,7 @@
 //! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`] |
 //! | `cluster` | KV | `partitions` → the partition count fixed at creation |
 //! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
+//! | `keys` | KV | the datastore: see [`crate::keys`] |
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use squall_domain::ids;
 
 use crate::auth;
 use crate::error::{bus_err, EngineError};
+use crate::keys;
 
 /// Stream of trigger instances.
 pub const TRIGGERS_STREAM: &str = "TRIGGERS";
@@ -109,6 +111,7 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
         bucket(EXECUTIONS_BUCKET, "Execution records by id.", 1),
         bucket(ENFORCEMENTS_BUCKET, "Rule enforcements by id.", 1),
         bucket(CLUSTER_BUCKET, "Cluster-wide settings.", 1),
+        bucket(keys::KEYS_BUCKET, "The datastore; secret values sealed.", 1),
         bucket(
             auth::AUTH_BUCKET,
             "Users (hashed passwords) and API keys (hashed).",

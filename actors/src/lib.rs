@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod content;
 pub mod error;
 pub mod executions;
+pub mod keys;
 pub mod metrics;
 pub mod node;
 pub mod pump;

@@ -105,10 +105,14 @@ async fn logged_in(args: &Args) -> Result<reqwest::Client> {
         .context("logging in")?
         .json()
         .await?;
-    let token = answer["token"].as_str().context("no token in the login answer")?;
+    let token = answer["token"]
+        .as_str()
+        .context("no token in the login answer")?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("X-Auth-Token", token.parse()?);
-    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 async fn executions_of(http: &reqwest::Client, api: &str, rule: &str) -> Result<Vec<Value>> {

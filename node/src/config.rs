@@ -32,6 +32,26 @@ pub struct NodeConfig {
     pub packs: PacksConfig,
     pub runners: RunnersConfig,
     pub auth: AuthConfig,
+    pub datastore: DatastoreConfig,
+}
+
+/// The datastore.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatastoreConfig {
+    /// The AES-256 key sealing secret values, as 64 hex characters; created
+    /// (mode 0600) when missing. Every node of a cluster needs the same
+    /// file. Default `datastore.key`; `squall up` uses
+    /// `<data dir>/datastore.key`.
+    pub key_file: PathBuf,
+}
+
+impl Default for DatastoreConfig {
+    fn default() -> Self {
+        DatastoreConfig {
+            key_file: PathBuf::from("datastore.key"),
+        }
+    }
 }
 
 /// Authentication. It is always on; these only tune it.
@@ -121,6 +141,7 @@ impl Default for NodeConfig {
             packs: PacksConfig::default(),
             runners: RunnersConfig::default(),
             auth: AuthConfig::default(),
+            datastore: DatastoreConfig::default(),
         }
     }
 }

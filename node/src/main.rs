@@ -165,6 +165,7 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             };
             cfg.api.listen = listen;
             cfg.auth.admin_password_file = data_dir.join("admin-password");
+            cfg.datastore.key_file = data_dir.join("datastore.key");
             if !packs_dirs.is_empty() {
                 cfg.packs.dirs = packs_dirs;
             }

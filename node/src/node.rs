@@ -9,7 +9,9 @@ use std::time::Duration;
 use squall_actors::auth::{self, AuthStore, Role, ADMIN_USER};
 use squall_actors::bus::Bus;
 use squall_actors::content;
+use squall_actors::keys::KeyStore;
 use squall_actors::node::{Engine, NodeSettings};
+use squall_domain::secrets::Cipher;
 use squall_domain::template::Renderer;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,8 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("datastore key file {path}: {message}")]
+    DatastoreKey { path: PathBuf, message: String },
     #[error("cannot create the first admin: {0}")]
     Bootstrap(#[from] squall_actors::auth::AuthError),
 }
@@ -107,6 +111,8 @@ impl Node {
         let bus = Bus::open(client, cfg.nats.replicas, cfg.cluster.partitions).await?;
         let auth = AuthStore::open(&bus).await?;
         bootstrap_admin(&auth, &cfg.auth.admin_password_file).await?;
+        let cipher = datastore_cipher(&cfg.datastore.key_file)?;
+        let keys = KeyStore::open(&bus, cipher).await?;
         if cfg.packs.register_on_start {
             register_dirs(&bus, cfg).await;
         }
@@ -135,6 +141,7 @@ impl Node {
                 renderer: Arc::new(Renderer::new()),
                 pack_dirs: cfg.packs.dirs.clone(),
                 auth: auth.clone(),
+                keys: keys.clone(),
                 token_ttl: Duration::from_secs(cfg.auth.token_ttl),
             });
             let stop = stop_api.clone();
@@ -212,6 +219,26 @@ async fn bootstrap_admin(auth: &AuthStore, file: &Path) -> Result<(), NodeError>
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The datastore cipher from `file`, creating the file with a new random
+/// key (mode 0600) when it does not exist.
+fn datastore_cipher(file: &Path) -> Result<Cipher, NodeError> {
+    let err = |message: String| NodeError::DatastoreKey {
+        path: file.to_path_buf(),
+        message,
+    };
+    match std::fs::read_to_string(file) {
+        Ok(text) => Cipher::from_hex(&text).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Cipher::generate_hex();
+            write_secret_file(file, &key).map_err(|e| err(format!("cannot create it: {e}")))?;
+            tracing::warn!(key_file = %file.display(),
+                "created the datastore key; back it up, and give every node of the cluster the same file");
+            Cipher::from_hex(&key).map_err(|e| err(e.to_string()))
+        }
+        Err(e) => Err(err(format!("cannot read it: {e}"))),
     }
 }
 

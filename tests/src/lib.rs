@@ -156,6 +156,7 @@ impl TestNode {
         let dir = tempfile::tempdir()?;
         let mut config = test_config(&nats.url(), dirs);
         config.auth.admin_password_file = dir.path().join("admin-password");
+        config.datastore.key_file = dir.path().join("datastore.key");
         let node = Node::start(&config).await?;
         let addr = node.api_addr.context("API address")?;
         let root = format!("http://{addr}");

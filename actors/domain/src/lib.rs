@@ -13,6 +13,7 @@ pub mod loader;
 pub mod model;
 pub mod params;
 pub mod runner_types;
+pub mod secrets;
 pub mod template;
 pub mod time;
 pub mod triggers;

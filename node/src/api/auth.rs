@@ -29,17 +29,20 @@ const NO_CREDENTIALS: &str = "Unauthorized - One of Token or API key required.";
 /// The least role that may make this request. `path` is inside the v1
 /// prefix (`/executions`), `query` the raw query string.
 pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
-    let asks_for_secrets = query.split('&').any(|kv| {
-        matches!(
-            kv,
-            "show_secrets=true" | "show_secrets=True" | "show_secrets=1"
-        )
-    });
+    let flag = |name: &str| {
+        query.split('&').any(|kv| {
+            kv.split_once('=')
+                .is_some_and(|(k, v)| k == name && matches!(v, "true" | "True" | "1"))
+        })
+    };
+    let asks_for_secrets = flag("show_secrets");
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let reading = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     match first {
         "users" => Role::Admin,
         _ if asks_for_secrets => Role::Admin,
+        // Whose secrets may be opened is checked by the datastore handlers.
+        _ if flag("decrypt") => Role::Operator,
         "packs" if !reading => Role::Admin,
         // Everyone may manage their own API keys; the handlers check whose.
         "apikeys" => Role::Operator,
@@ -332,6 +335,9 @@ mod tests {
             (Method::POST, "/users", "", Role::Admin),
             (Method::GET, "/apikeys", "", Role::Operator),
             (Method::PUT, "/rules/a.b", "", Role::Operator),
+            (Method::GET, "/keys", "prefix=a", Role::Observer),
+            (Method::GET, "/keys/x", "decrypt=true", Role::Operator),
+            (Method::PUT, "/keys/x", "", Role::Operator),
         ];
         for (method, path, query, role) in cases {
             assert_eq!(

@@ -10,6 +10,7 @@ mod content;
 pub use content::pack_dirs;
 mod error;
 mod executions;
+mod keys;
 mod triggers;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 use squall_actors::auth::AuthStore;
 use squall_actors::bus::Bus;
 use squall_actors::catalog::CatalogHandle;
+use squall_actors::keys::KeyStore;
 use squall_domain::template::Renderer;
 
 pub use error::ApiError;
@@ -39,6 +41,7 @@ pub struct ApiState {
     /// Directories `POST /packs/register` looks in.
     pub pack_dirs: Vec<PathBuf>,
     pub auth: AuthStore,
+    pub keys: KeyStore,
     /// Life of a token when the login names none.
     pub token_ttl: Duration,
 }
@@ -68,6 +71,11 @@ pub fn app(state: ApiState) -> Router {
         )
         .route("/apikeys/{id}", delete(auth::delete_api_key))
         .route("/users", get(auth::list_users).post(auth::create_user))
+        .route("/keys", get(keys::list))
+        .route(
+            "/keys/{*name}",
+            get(keys::get_one).put(keys::set).delete(keys::delete),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
