@@ -13,12 +13,16 @@
 //! Names are hex-encoded because StackStorm allows characters (`:`, `/`,
 //! spaces) that NATS keys do not.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use squall_domain::secrets::Cipher;
+use squall_domain::template::{KeyValueLookup, KvScope};
 use squall_domain::time::{self, Timestamp};
 
 use crate::bus::{from_bytes, to_bytes, Bus};
@@ -55,6 +59,16 @@ impl Scope {
 
     fn key(&self, name: &str) -> String {
         format!("{}{}", self.prefix(), hex::encode(name))
+    }
+
+    /// The scope and name a bucket key stands for.
+    fn parse_key(key: &str) -> Option<(Scope, String)> {
+        let text = |h: &str| hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok());
+        match key.split('.').collect::<Vec<_>>().as_slice() {
+            ["system", name] => Some((Scope::System, text(name)?)),
+            ["user", user, name] => Some((Scope::User(text(user)?), text(name)?)),
+            _ => None,
+        }
     }
 }
 
@@ -259,5 +273,139 @@ impl KeyStore {
         if let Err(e) = self.kv.purge(key).await {
             tracing::warn!(key, error = %e, "could not purge an expired datastore key");
         }
+    }
+}
+
+/// Back-off before the cache watches the bucket again after losing it.
+const REWATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// A node's live copy of the datastore, for templates (`st2kv.system.x`):
+/// rendering is synchronous, so it reads memory kept equal to the `keys`
+/// bucket by a watch. A change reaches it milliseconds after the write.
+#[derive(Clone)]
+pub struct KeyCache {
+    entries: Arc<RwLock<HashMap<(Scope, String), KeyRecord>>>,
+    _watch: Arc<AbortOnDrop>,
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyCache")
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type Entries = Arc<RwLock<HashMap<(Scope, String), KeyRecord>>>;
+
+impl KeyCache {
+    /// Starts watching `store`'s bucket; returns once the current contents
+    /// are loaded.
+    pub async fn start(store: &KeyStore) -> Result<KeyCache, EngineError> {
+        let entries: Entries = Arc::default();
+        let mut watch = store
+            .kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| bus_err("watch keys", e))?;
+        // Load what is there now before answering any template.
+        let pending = store
+            .kv
+            .status()
+            .await
+            .map_err(|e| bus_err("keys status", e))?
+            .values();
+        let mut loaded = 0;
+        while loaded < pending {
+            match watch.next().await {
+                Some(Ok(entry)) => {
+                    apply(&entries, &entry);
+                    loaded += 1;
+                    if entry.delta == 0 {
+                        break;
+                    }
+                }
+                Some(Err(e)) => return Err(bus_err("watch keys", e)),
+                None => break,
+            }
+        }
+        let kv = store.kv.clone();
+        let live = Arc::clone(&entries);
+        let task = tokio::spawn(async move {
+            loop {
+                while let Some(entry) = watch.next().await {
+                    match entry {
+                        Ok(entry) => apply(&live, &entry),
+                        Err(e) => tracing::warn!(error = %e, "datastore watch error"),
+                    }
+                }
+                tokio::time::sleep(REWATCH_DELAY).await;
+                match kv.watch_with_history(">").await {
+                    Ok(w) => watch = w,
+                    Err(e) => tracing::warn!(error = %e, "cannot watch the datastore; retrying"),
+                }
+            }
+        });
+        Ok(KeyCache {
+            entries,
+            _watch: Arc::new(AbortOnDrop(task)),
+        })
+    }
+}
+
+fn apply(entries: &Entries, entry: &kv::Entry) {
+    let Some(key) = Scope::parse_key(&entry.key) else {
+        return;
+    };
+    let mut map = entries.write().unwrap_or_else(PoisonError::into_inner);
+    match entry.operation {
+        kv::Operation::Put => match from_bytes::<KeyRecord>(&entry.key, &entry.value) {
+            Ok(record) => {
+                map.insert(key, record);
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable datastore entry"),
+        },
+        kv::Operation::Delete | kv::Operation::Purge => {
+            map.remove(&key);
+        }
+    }
+}
+
+impl KeyValueLookup for KeyCache {
+    fn get(&self, scope: KvScope, name: &str) -> Option<String> {
+        let scope = match scope {
+            KvScope::System => Scope::System,
+            KvScope::User(u) => Scope::User(u),
+        };
+        let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&(scope, name.to_string()))
+            .filter(|r| !r.expired(&time::now()))
+            .map(|r| r.value.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_keys_round_trip_any_name() {
+        for (scope, name) in [
+            (Scope::System, "a.b:c/d e"),
+            (Scope::User("alice@example.com".into()), "token"),
+        ] {
+            assert_eq!(
+                Scope::parse_key(&scope.key(name)),
+                Some((scope.clone(), name.to_string()))
+            );
+        }
+        assert_eq!(Scope::parse_key("nonsense"), None);
+        assert_eq!(Scope::parse_key("system.zz"), None);
     }
 }

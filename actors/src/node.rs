@@ -26,6 +26,7 @@ use crate::bus::Bus;
 use crate::catalog::CatalogHandle;
 use crate::content::ContentWatcher;
 use crate::error::EngineError;
+use crate::keys::{KeyCache, KeyStore};
 use crate::rules::{RulePartition, RulesContext};
 use crate::runners::{RunnerContext, RunnerPool};
 use crate::sensors::IntervalTimers;
@@ -76,6 +77,8 @@ pub struct Shared {
     pub bus: Bus,
     pub catalog: CatalogHandle,
     pub renderer: Arc<Renderer>,
+    /// The datastore as templates read it.
+    pub kv: KeyCache,
     pub settings: NodeSettings,
     pub runners: RunnerContext,
 }
@@ -107,6 +110,7 @@ async fn spawn_child(
                 bus: shared.bus.clone(),
                 catalog: shared.catalog.clone(),
                 renderer: shared.renderer.clone(),
+                kv: shared.kv.clone(),
             };
             Box::pin(Actor::spawn_linked(
                 None,
@@ -262,7 +266,12 @@ pub struct Engine {
 impl Engine {
     /// Starts the actor tree on an opened bus. Returns once every actor has
     /// started and the catalog holds all registered content.
-    pub async fn start(bus: Bus, settings: NodeSettings) -> Result<Engine, EngineError> {
+    pub async fn start(
+        bus: Bus,
+        settings: NodeSettings,
+        keys: &KeyStore,
+    ) -> Result<Engine, EngineError> {
+        let kv = KeyCache::start(keys).await?;
         let catalog = CatalogHandle::default();
         let shutdown = CancellationToken::new();
         let in_flight = TaskTracker::new();
@@ -278,7 +287,8 @@ impl Engine {
         let shared = Shared {
             bus,
             catalog,
-            renderer: Arc::new(Renderer::new()),
+            renderer: Arc::new(Renderer::with_cipher(keys.cipher().clone())),
+            kv,
             settings,
             runners,
         };

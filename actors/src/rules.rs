@@ -13,7 +13,7 @@ use squall_domain::execution::{
     EnforcementStatus, RuleEnforcement, RuleSummary, TriggerInstance, TriggerInstanceSummary,
     RECORD_VERSION,
 };
-use squall_domain::template::{KeyValueLookup, NoKeyValues, Renderer};
+use squall_domain::template::{KeyValueLookup, Renderer};
 use squall_domain::{criteria, ids, time};
 use tracing::Instrument;
 
@@ -23,6 +23,7 @@ use crate::bus::{from_bytes, trigger_partition_filter, Bus, TRIGGERS_STREAM};
 use crate::catalog::{CatalogHandle, CatalogRule};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
+use crate::keys::KeyCache;
 use crate::pump::Pump;
 
 /// Trigger instances a partition may hold unacknowledged.
@@ -76,6 +77,8 @@ pub struct RulesContext {
     pub bus: Bus,
     pub catalog: CatalogHandle,
     pub renderer: Arc<Renderer>,
+    /// The datastore, for `st2kv` in criteria and parameters.
+    pub kv: KeyCache,
 }
 
 /// Consumes and enforces one partition of the `TRIGGERS` stream.
@@ -155,7 +158,7 @@ impl Actor for RulePartition {
         };
         let span = tracing::info_span!("trigger", trigger_instance = %instance.id,
             trigger_type = %instance.trigger_type, partition = state.partition);
-        match process(&state.ctx, &instance, &NoKeyValues)
+        match process(&state.ctx, &instance, &state.ctx.kv)
             .instrument(span)
             .await
         {

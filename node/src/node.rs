@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use squall_actors::auth::{self, AuthStore, Role, ADMIN_USER};
@@ -12,7 +11,6 @@ use squall_actors::content;
 use squall_actors::keys::KeyStore;
 use squall_actors::node::{Engine, NodeSettings};
 use squall_domain::secrets::Cipher;
-use squall_domain::template::Renderer;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -124,6 +122,7 @@ impl Node {
                 pools: cfg.runners.pools.clone(),
                 runner_concurrency: cfg.runners.concurrency,
             },
+            &keys,
         )
         .await?;
         let stop_api = CancellationToken::new();
@@ -138,7 +137,8 @@ impl Node {
             let app = api::app(ApiState {
                 bus: bus.clone(),
                 catalog: engine.shared.catalog.clone(),
-                renderer: Arc::new(Renderer::new()),
+                renderer: engine.shared.renderer.clone(),
+                kv: engine.shared.kv.clone(),
                 pack_dirs: cfg.packs.dirs.clone(),
                 auth: auth.clone(),
                 keys: keys.clone(),

@@ -309,3 +309,55 @@ async fn changes_fire_key_value_pair_triggers() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn rules_read_the_datastore_with_secrets_opened_only_by_decrypt_kv() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rule = "name: greet\npack: kvread\nenabled: true\ntrigger:\n  type: core.st2.webhook\n  parameters:\n    url: greet\n\
+                criteria:\n  trigger.body.env:\n    type: equals\n    pattern: \"{{ st2kv.system.env }}\"\n\
+                action:\n  ref: core.local\n  parameters:\n    cmd: \"echo {{ st2kv.system.greeting }} {{ st2kv.system.pw }} {{ st2kv.system.pw | decrypt_kv }}\"\n";
+    write_pack(
+        dir.path(),
+        "kvread",
+        &[
+            ("pack.yaml", "name: kvread\nversion: 0.1.0\n"),
+            ("rules/greet.yaml", rule),
+        ],
+    )?;
+    let node = TestNode::start(vec![dir.path().to_path_buf()]).await?;
+    put(&node, &node.http, "env", json!({"value": "prod"})).await?;
+    put(&node, &node.http, "greeting", json!({"value": "hello"})).await?;
+    let (_, pw) = put(
+        &node,
+        &node.http,
+        "pw",
+        json!({"value": "opensesame", "secret": true}),
+    )
+    .await?;
+    let sealed = pw["value"].as_str().unwrap_or_default().to_string();
+
+    // The node's template view catches up with the writes within moments.
+    let exec = poll(Duration::from_secs(30), || async {
+        node.post("webhooks/greet", &json!({"env": "prod"})).await?;
+        node.rules_idle().await?;
+        let all = node.executions().await?;
+        Ok(all.into_iter().find(|e| {
+            e["status"] == "succeeded"
+                && e["result"]["stdout"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("hello "))
+        }))
+    })
+    .await?;
+    assert_eq!(
+        exec["result"]["stdout"],
+        format!("hello {sealed} opensesame")
+    );
+
+    // Criteria read it too: another environment starts nothing.
+    let before = node.executions().await?.len();
+    node.post("webhooks/greet", &json!({"env": "dev"})).await?;
+    node.rules_idle().await?;
+    assert_eq!(node.executions().await?.len(), before);
+    Ok(())
+}

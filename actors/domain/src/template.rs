@@ -28,6 +28,8 @@ use minijinja::value::{Kwargs, Object, ObjectRepr, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 
+use crate::secrets::Cipher;
+
 // ---------------------------------------------------------------------------
 // Datastore lookups
 // ---------------------------------------------------------------------------
@@ -43,8 +45,9 @@ pub enum KvScope {
 
 /// Read access to the datastore for templates.
 pub trait KeyValueLookup: Send + Sync {
-    /// The value of `name` in `scope`, already decrypted; `None` when the
-    /// key does not exist.
+    /// The value of `name` in `scope` as stored (a secret stays sealed;
+    /// `| decrypt_kv` with [`Renderer::with_cipher`] opens it); `None` when
+    /// the key does not exist.
     fn get(&self, scope: KvScope, name: &str) -> Option<String>;
 }
 
@@ -146,6 +149,27 @@ impl Renderer {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         filters::register(&mut env);
         Self { env }
+    }
+
+    /// A renderer whose `decrypt_kv` opens secret datastore values sealed
+    /// with `cipher`. The datastore hands templates secrets sealed, as
+    /// StackStorm does, so a secret reaches a rendered value only through
+    /// an explicit `| decrypt_kv`.
+    pub fn with_cipher(cipher: Cipher) -> Self {
+        let mut renderer = Self::new();
+        renderer
+            .env
+            .add_filter("decrypt_kv", move |value: Value| -> Result<Value, Error> {
+                filters::missing_kv(&value)?;
+                let sealed = python_str(&value);
+                cipher.decrypt(&sealed).map(Value::from).map_err(|e| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("decrypt_kv: {e}; is the datastore item marked secret?"),
+                    )
+                })
+            });
+        renderer
     }
 
     /// Renders `template` to text with `ctx` (a JSON object whose keys are
@@ -696,16 +720,22 @@ mod filters {
         }
     }
 
-    /// Values arrive decrypted: the datastore's [`KeyValueLookup`] decrypts
-    /// secrets before a template sees them, so this passes a value through
-    /// and only reports a key that does not exist, as StackStorm does.
+    /// Without a cipher (see [`Renderer::with_cipher`]) there is nothing to
+    /// open: passes a value through and reports a key that does not exist,
+    /// as StackStorm does.
     fn decrypt_kv(value: Value) -> Result<Value, Error> {
+        missing_kv(&value)?;
+        Ok(value)
+    }
+
+    /// StackStorm's error for `decrypt_kv` on a key that does not exist.
+    pub(super) fn missing_kv(value: &Value) -> Result<(), Error> {
         match value.downcast_object_ref::<KvNode>() {
             Some(node) => Err(invalid(format!(
                 "Referenced datastore item \"{}\" doesn't exist or it contains an empty string",
                 node.key.as_deref().unwrap_or_default()
             ))),
-            None => Ok(value),
+            None => Ok(()),
         }
     }
 
@@ -1814,5 +1844,36 @@ mod tests {
         for bad in ["trigger.", "trigger[0", "trigger[x]", "a b"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn decrypt_kv_opens_sealed_secrets_only_when_asked() {
+        let cipher = Cipher::from_hex(&Cipher::generate_hex()).unwrap();
+        let sealed = cipher.encrypt("s3cr3t");
+        let kv = MapKv(BTreeMap::from([(
+            (KvScope::System, "pw".to_string()),
+            sealed.clone(),
+        )]));
+        let r = Renderer::with_cipher(cipher);
+        let ctx = json!({});
+        assert_eq!(
+            r.render_str("{{ st2kv.system.pw }}", &ctx, &kv).unwrap(),
+            sealed
+        );
+        assert_eq!(
+            r.render_str("{{ st2kv.system.pw | decrypt_kv }}", &ctx, &kv)
+                .unwrap(),
+            "s3cr3t"
+        );
+        let missing = r.render_str("{{ st2kv.system.nope | decrypt_kv }}", &ctx, &kv);
+        assert!(missing.unwrap_err().to_string().contains("doesn't exist"));
+        let plain = MapKv(BTreeMap::from([(
+            (KvScope::System, "pw".to_string()),
+            "open".to_string(),
+        )]));
+        let err = r
+            .render_str("{{ st2kv.system.pw | decrypt_kv }}", &ctx, &plain)
+            .unwrap_err();
+        assert!(err.to_string().contains("marked secret"), "{err}");
     }
 }

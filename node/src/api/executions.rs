@@ -10,7 +10,6 @@ use squall_actors::auth::{Principal, Role};
 use squall_actors::executions::{self, ExecutionSpec};
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::params::MASK;
-use squall_domain::template::NoKeyValues;
 use squall_domain::{runner_types, time};
 
 use super::error::{ApiError, ApiJson};
@@ -54,7 +53,7 @@ pub async fn create(
         context: body.context,
         ..ExecutionSpec::default()
     };
-    let record = executions::prepare(&catalog, &st.renderer, &NoKeyValues, spec)?;
+    let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;
     let stored = executions::submit(&st.bus, record).await?;
     Ok((StatusCode::CREATED, Json(view(&stored))))
 }

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use squall_actors::auth::AuthStore;
 use squall_actors::bus::Bus;
 use squall_actors::catalog::CatalogHandle;
-use squall_actors::keys::KeyStore;
+use squall_actors::keys::{KeyCache, KeyStore};
 use squall_domain::template::Renderer;
 
 pub use error::ApiError;
@@ -38,6 +38,8 @@ pub struct ApiState {
     pub bus: Bus,
     pub catalog: CatalogHandle,
     pub renderer: Arc<Renderer>,
+    /// The datastore as templates read it.
+    pub kv: KeyCache,
     /// Directories `POST /packs/register` looks in.
     pub pack_dirs: Vec<PathBuf>,
     pub auth: AuthStore,
