@@ -20,6 +20,22 @@ ensure_nats_server() {
   export SQUALL_NATS_SERVER="$VENV/bin/nats-server"
 }
 
+ST2CLIENT_VERSION=3.9.0     # PyPI st2client: the official `st2` CLI, tested against Squall
+
+# The official StackStorm CLI, for the compatibility tests.
+ensure_st2client() {
+  local have=""
+  if [ -x "$VENV/bin/st2" ]; then
+    have=$("$VENV/bin/pip" show st2client 2>/dev/null | sed -n 's/^Version: //p')
+  fi
+  if [ "$have" != "$ST2CLIENT_VERSION" ]; then
+    echo "==> installing st2client $ST2CLIENT_VERSION into $VENV (PyPI)"
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "st2client==$ST2CLIENT_VERSION"
+  fi
+  export SQUALL_ST2_CLI="$VENV/bin/st2"
+}
+
 ensure_cargo() {
   command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; return 1; }
 }

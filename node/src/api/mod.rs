@@ -64,6 +64,8 @@ pub fn app(state: ApiState) -> Router {
         .route("/packs", get(content::list_packs))
         .route("/packs/register", post(content::register_packs))
         .route("/triggertypes", get(content::list_trigger_types))
+        .route("/runnertypes", get(content::list_runner_types))
+        .route("/runnertypes/{name}", get(content::get_runner_type))
         .route("/triggerinstances/{id}", get(triggers::get_instance))
         .route("/webhooks", get(triggers::list_webhooks))
         .route("/webhooks/{*url}", post(triggers::fire_webhook))
@@ -86,13 +88,22 @@ pub fn app(state: ApiState) -> Router {
     Router::new()
         .nest("/api/v1", v1.clone())
         .nest("/v1", v1)
-        .route("/api/v1/", get(version))
-        .route("/v1/", get(version))
         .route("/auth/v1/tokens", post(auth::create_token))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The router as served: a trailing slash is ignored (`/rules/` is
+/// `/rules`), as StackStorm's API and clients expect.
+pub fn into_service(
+    app: Router,
+) -> axum::routing::IntoMakeService<tower_http::normalize_path::NormalizePath<Router>> {
+    use tower::Layer;
+    axum::ServiceExt::<axum::extract::Request>::into_make_service(
+        tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(app),
+    )
 }
 
 async fn version() -> Json<Value> {

@@ -1,0 +1,119 @@
+//! The official StackStorm CLI (`st2` from PyPI st2client 3.9) against a
+//! Squall node: a migrating team's muscle memory keeps working.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use squall_tests::{st2_cli_binary, TestNode};
+
+/// Runs `st2 args...` as a user whose home is `home`; (success, stdout,
+/// stderr). Asynchronously: the node answers on this test's runtime.
+async fn st2(node: &TestNode, home: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(st2_cli_binary()?)
+        .args(args)
+        .env("HOME", home)
+        .env("ST2_API_URL", &node.base)
+        .env("ST2_AUTH_URL", format!("{}/auth/v1", node.root))
+        .env("ST2_STREAM_URL", format!("{}/stream/v1", node.root))
+        .env_remove("ST2_AUTH_TOKEN")
+        .env_remove("ST2_API_KEY")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("running st2")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `st2 ... -j` parsed.
+async fn st2_json(node: &TestNode, home: &Path, args: &[&str]) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.push("-j");
+    let (ok, out, err) = st2(node, home, &all).await?;
+    anyhow::ensure!(ok, "st2 {args:?} failed: {out}{err}");
+    serde_json::from_str(&out).with_context(|| format!("st2 {args:?} printed non-JSON: {out}"))
+}
+
+#[tokio::test]
+async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let home = tempfile::tempdir()?;
+    let home = home.path();
+
+    // Not logged in: refused, with the reason.
+    let (ok, out, err) = st2(&node, home, &["action", "list"]).await?;
+    assert!(
+        format!("{out}{err}").contains("Unauthorized"),
+        "{ok} {out}{err}"
+    );
+
+    let (ok, out, err) = st2(&node, home, &["login", "admin", "-p", &node.admin_password]).await?;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Logged in as admin"), "{out}");
+
+    let actions = st2_json(&node, home, &["action", "list"]).await?;
+    let refs: Vec<&str> = actions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["ref"].as_str())
+        .collect();
+    assert!(
+        refs.contains(&"core.local") && refs.contains(&"examples.diagnose"),
+        "{refs:?}"
+    );
+    let runners = st2_json(&node, home, &["runner", "list"]).await?;
+    assert!(runners.to_string().contains("local-shell-script"));
+    let rules = st2_json(&node, home, &["rule", "list"]).await?;
+    assert!(
+        rules.to_string().contains("examples.alert_diagnose"),
+        "{rules}"
+    );
+
+    // `st2 run` waits for the result and shows StackStorm's shape.
+    let run = st2_json(&node, home, &["run", "core.local", "cmd=echo compat"]).await?;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"]["stdout"], "compat");
+    assert_eq!(run["context"]["user"], "admin");
+    let id = run["id"].as_str().context("execution id")?.to_string();
+    let got = st2_json(&node, home, &["execution", "get", &id]).await?;
+    assert_eq!(got["id"], id.as_str());
+    let listed = st2_json(&node, home, &["execution", "list"]).await?;
+    assert!(listed.to_string().contains(&id), "{listed}");
+    // st2 exits non-zero when the action failed; its JSON is still printed.
+    let (_, out, _) = st2(&node, home, &["run", "core.local", "cmd=exit 4", "-j"]).await?;
+    let failed: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["result"]["return_code"], 4);
+
+    // The datastore, plain and encrypted.
+    let (ok, out, err) = st2(&node, home, &["key", "set", "region", "eu-west-1"]).await?;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        st2_json(&node, home, &["key", "get", "region"]).await?["value"],
+        "eu-west-1"
+    );
+    let (ok, out, err) = st2(
+        &node,
+        home,
+        &["key", "set", "api_token", "t0ps3cret", "--encrypt"],
+    )
+    .await?;
+    assert!(ok, "{out}{err}");
+    let sealed = st2_json(&node, home, &["key", "get", "api_token"]).await?;
+    assert_eq!(sealed["encrypted"], true);
+    assert_ne!(sealed["value"], "t0ps3cret");
+    let opened = st2_json(&node, home, &["key", "get", "api_token", "--decrypt"]).await?;
+    assert_eq!(opened["value"], "t0ps3cret");
+    let keys = st2_json(&node, home, &["key", "list"]).await?;
+    assert_eq!(keys.as_array().map(Vec::len), Some(2), "{keys}");
+    let (ok, out, err) = st2(&node, home, &["key", "delete", "region"]).await?;
+    assert!(ok, "{out}{err}");
+    let (_, after) = node.get("keys/region").await?;
+    assert!(after["faultstring"].as_str().is_some(), "deleted: {after}");
+    Ok(())
+}
