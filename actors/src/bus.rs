@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use squall_domain::execution::{ExecutionRecord, RuleEnforcement, TriggerInstance};
 use squall_domain::ids;
@@ -251,6 +252,87 @@ impl Bus {
             Err(_) => false,
         };
         Ok(Some((instance, processed)))
+    }
+
+    /// The newest trigger instances, newest first, skipping `offset`, with
+    /// whether each has been processed; and how many the stream holds.
+    pub async fn recent_trigger_instances(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<(TriggerInstance, bool)>, u64), EngineError> {
+        let mut stream = self.triggers.clone();
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| bus_err("trigger stream info", e))?
+            .state
+            .clone();
+        let mut floors = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        let mut seq = state.last_sequence;
+        while seq >= state.first_sequence.max(1) && out.len() < limit {
+            let msg = match self.triggers.direct_get(seq).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+                    seq -= 1;
+                    continue;
+                }
+                Err(e) => return Err(bus_err("read trigger instance", e)),
+            };
+            seq -= 1;
+            if skipped < offset {
+                skipped += 1;
+                continue;
+            }
+            let instance: TriggerInstance = from_bytes(&msg.subject, &msg.payload)?;
+            let partition = self.partition_of(&instance.id);
+            let floor = match floors.get(&partition) {
+                Some(f) => *f,
+                None => {
+                    let f = self
+                        .triggers
+                        .consumer_info(crate::rules::consumer_name(partition))
+                        .await
+                        .map(|i| i.ack_floor.stream_sequence)
+                        .unwrap_or(0);
+                    floors.insert(partition, f);
+                    f
+                }
+            };
+            out.push((instance, floor >= msg.sequence));
+        }
+        Ok((out, state.messages))
+    }
+
+    /// Every rule enforcement id, newest first (ids begin with their
+    /// second).
+    pub async fn enforcement_ids(&self) -> Result<Vec<String>, EngineError> {
+        let mut keys = self
+            .enforcements
+            .keys()
+            .await
+            .map_err(|e| bus_err("list enforcements", e))?;
+        let mut ids = Vec::new();
+        while let Some(k) = keys.next().await {
+            ids.push(k.map_err(|e| bus_err("list enforcements", e))?);
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(ids)
+    }
+
+    /// One rule enforcement.
+    pub async fn enforcement(&self, id: &str) -> Result<Option<RuleEnforcement>, EngineError> {
+        match self
+            .enforcements
+            .get(id)
+            .await
+            .map_err(|e| bus_err("read enforcement", e))?
+        {
+            Some(bytes) => Ok(Some(from_bytes(id, &bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Requests a run of an execution whose record is already stored. The

@@ -172,3 +172,100 @@ async fn secret_parameters_are_masked_in_api_output() -> Result<()> {
     assert!(!done.to_string().contains("hunter2"));
     Ok(())
 }
+
+#[tokio::test]
+async fn trigger_instances_enforcements_and_re_runs_are_queryable() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    // The examples pack's rule: critical alerts run examples.diagnose.
+    let (status, _) = node
+        .post(
+            "webhooks/alerts",
+            &json!({"severity": "critical", "host": "db-1", "check": "load"}),
+        )
+        .await?;
+    assert_eq!(status, 202);
+    node.rules_idle().await?;
+
+    let (status, instances) = node.get("triggerinstances?limit=5").await?;
+    assert_eq!(status, 200);
+    let instance = &instances[0];
+    assert_eq!(instance["trigger_type"], "core.st2.webhook");
+    assert_eq!(instance["payload"]["body"]["host"], "db-1");
+    assert_eq!(instance["status"], "processed");
+    let (status, body) = node.get("triggerinstances?limit=0").await?;
+    assert_eq!(status, 400, "{body}");
+
+    let (_, enforcements) = node
+        .get("ruleenforcements?rule_ref=examples.alert_diagnose")
+        .await?;
+    assert_eq!(
+        enforcements.as_array().map(Vec::len),
+        Some(1),
+        "{enforcements}"
+    );
+    let enforcement = &enforcements[0];
+    assert_eq!(enforcement["trigger_instance_id"], instance["id"]);
+    let exec_id = enforcement["execution_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (status, one) = node
+        .get(&format!(
+            "ruleenforcements/{}",
+            enforcement["id"].as_str().unwrap_or_default()
+        ))
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(one, *enforcement);
+    let (_, none) = node.get("ruleenforcements?rule_ref=examples.nope").await?;
+    assert_eq!(none, json!([]));
+    let (status, _) = node
+        .get("ruleenforcements/0123456789abcdef01234567")
+        .await?;
+    assert_eq!(status, 404);
+
+    // Re-run with one parameter changed; the rest are the original's.
+    let original = node.finished(&exec_id).await?;
+    let (status, rerun) = node
+        .post(
+            &format!("executions/{exec_id}/re_run"),
+            &json!({"parameters": {"check": "disk"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{rerun}");
+    assert_eq!(rerun["context"]["re_run"]["ref"], exec_id.as_str());
+    assert_eq!(rerun["parameters"]["host"], original["parameters"]["host"]);
+    assert_eq!(rerun["parameters"]["check"], "disk");
+    let done = node
+        .finished(rerun["id"].as_str().unwrap_or_default())
+        .await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["stdout"]["check"], "disk");
+
+    // An action with an immutable parameter re-runs too.
+    let (_, echo) = node
+        .post(
+            "executions",
+            &json!({"action": "core.echo", "parameters": {"message": "again"}}),
+        )
+        .await?;
+    let echo_id = echo["id"].as_str().unwrap_or_default().to_string();
+    node.finished(&echo_id).await?;
+    let (status, body) = node
+        .post(&format!("executions/{echo_id}/re_run"), &json!({}))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = node
+        .post("executions/0123456789abcdef01234567/re_run", &json!({}))
+        .await?;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = node
+        .post(
+            &format!("executions/{echo_id}/re_run"),
+            &json!({"parameters": {"cmd": "rm -rf /"}}),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("cmd"), "{body}");
+    Ok(())
+}

@@ -90,6 +90,16 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["result"]["return_code"], 4);
 
+    let rerun = st2_json(&node, home, &["execution", "re-run", &id]).await?;
+    let rerun_id = rerun["id"].as_str().context("re-run id")?;
+    assert_ne!(rerun_id, id);
+    let (_, record) = node.get(&format!("executions/{rerun_id}")).await?;
+    assert_eq!(record["context"]["re_run"]["ref"], id.as_str(), "{record}");
+    let (ok, out, err) = st2(&node, home, &["trigger-instance", "list"]).await?;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = st2(&node, home, &["rule-enforcement", "list"]).await?;
+    assert!(ok, "{out}{err}");
+
     // The datastore, plain and encrypted.
     let (ok, out, err) = st2(&node, home, &["key", "set", "region", "eu-west-1"]).await?;
     assert!(ok, "{out}{err}");

@@ -71,24 +71,12 @@ pub struct ListQuery {
     action: Option<String>,
 }
 
-/// Default page size, as StackStorm's.
-const DEFAULT_LIMIT: usize = 100;
-
 /// Lists executions, newest first, with `X-Total-Count`.
 pub async fn list(
     State(st): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<(HeaderMap, Json<Vec<Value>>), ApiError> {
-    let limit = match q.limit {
-        None => DEFAULT_LIMIT,
-        Some(-1) => usize::MAX,
-        Some(n) if n > 0 => n as usize,
-        Some(n) => {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be a positive number or -1 for all, got {n}"
-            )))
-        }
-    };
+    let limit = super::page_limit(q.limit)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -141,6 +129,66 @@ pub async fn list(
         headers.insert("X-Limit", HeaderValue::from(limit));
     }
     Ok((headers, Json(page)))
+}
+
+/// Body of `POST /executions/{id}/re_run`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReRunBody {
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    /// Workflow tasks to re-run from; workflows are not runnable yet.
+    #[serde(default)]
+    tasks: Vec<String>,
+}
+
+/// `POST /executions/{id}/re_run`: a new execution of the same action with
+/// the original parameters, `parameters` overriding them; 201.
+pub async fn re_run(
+    State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ReRunBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !body.tasks.is_empty() {
+        return Err(ApiError::BadRequest(
+            "tasks: re-running from workflow tasks needs a workflow execution".into(),
+        ));
+    }
+    let Some((original, _)) = st.bus.execution(&id).await? else {
+        return Err(ApiError::NotFound(format!("execution {id} not found")));
+    };
+    let catalog = st.catalog.load();
+    let action = catalog
+        .actions
+        .get(&original.action.action_ref)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "action {:?} is no longer registered",
+                original.action.action_ref
+            ))
+        })?;
+    // The stored parameters are resolved: leave out what the caller could
+    // not have given (immutable ones), then lay the overrides on top.
+    let specs = runner_types::lookup(&action.def.runner_type)
+        .map(|rt| squall_domain::params::merged_specs(&rt, &action.def))
+        .unwrap_or_default();
+    let mut parameters: Map<String, Value> = original
+        .parameters
+        .iter()
+        .filter(|(name, _)| !specs.get(*name).is_some_and(|s| s.immutable))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    parameters.extend(body.parameters);
+    let spec = ExecutionSpec {
+        action_ref: original.action.action_ref.clone(),
+        parameters,
+        user: Some(me.user),
+        context: Map::from_iter([("re_run".to_string(), json!({"ref": id}))]),
+        ..ExecutionSpec::default()
+    };
+    let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;
+    let stored = executions::submit(&st.bus, record).await?;
+    Ok((StatusCode::CREATED, Json(view(&stored))))
 }
 
 /// Reads one execution.

@@ -8,6 +8,7 @@
 pub mod auth;
 mod content;
 pub use content::pack_dirs;
+mod enforcements;
 mod error;
 mod executions;
 mod keys;
@@ -57,6 +58,10 @@ pub fn app(state: ApiState) -> Router {
             get(executions::list).post(executions::create),
         )
         .route("/executions/{id}", get(executions::get_one))
+        .route("/executions/{id}/re_run", post(executions::re_run))
+        .route("/ruleenforcements", get(enforcements::list))
+        .route("/ruleenforcements/{id}", get(enforcements::get_one))
+        .route("/triggerinstances", get(triggers::list_instances))
         .route("/actions", get(content::list_actions))
         .route("/actions/{reference}", get(content::get_action))
         .route("/rules", get(content::list_rules))
@@ -93,6 +98,21 @@ pub fn app(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Default page size, as StackStorm's.
+const DEFAULT_LIMIT: usize = 100;
+
+/// The page size a `limit` query asks for: default 100, `-1` for all.
+fn page_limit(limit: Option<i64>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(-1) => Ok(usize::MAX),
+        Some(n) if n > 0 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "limit must be a positive number or -1 for all, got {n}"
+        ))),
+    }
 }
 
 /// The router as served: a trailing slash is ignored (`/rules/` is

@@ -140,6 +140,47 @@ fn title_case(name: &str) -> String {
 }
 
 /// `GET /triggerinstances/{id}`.
+/// Query of `GET /triggerinstances`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct InstancesQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    offset: Option<usize>,
+}
+
+/// `GET /triggerinstances`: newest first, with `X-Total-Count`.
+pub async fn list_instances(
+    State(st): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<InstancesQuery>,
+) -> Result<(HeaderMap, Json<Vec<Value>>), ApiError> {
+    let limit = super::page_limit(q.limit)?;
+    let (found, total) = st
+        .bus
+        .recent_trigger_instances(q.offset.unwrap_or(0), limit)
+        .await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("X-Total-Count", axum::http::HeaderValue::from(total));
+    Ok((
+        headers,
+        Json(
+            found
+                .iter()
+                .map(|(i, done)| instance_view(i, *done))
+                .collect(),
+        ),
+    ))
+}
+
+fn instance_view(instance: &TriggerInstance, processed: bool) -> Value {
+    let mut v = serde_json::to_value(instance).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        let status = if processed { "processed" } else { "pending" };
+        o.insert("status".into(), json!(status));
+    }
+    v
+}
+
 pub async fn get_instance(
     State(st): State<ApiState>,
     Path(id): Path<String>,
@@ -149,12 +190,7 @@ pub async fn get_instance(
         .trigger_instance(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("trigger instance {id} not found")))?;
-    let mut v = serde_json::to_value(&instance).unwrap_or_else(|_| json!({}));
-    if let Some(o) = v.as_object_mut() {
-        let status = if processed { "processed" } else { "pending" };
-        o.insert("status".into(), json!(status));
-    }
-    Ok(Json(v))
+    Ok(Json(instance_view(&instance, processed)))
 }
 
 #[cfg(test)]
