@@ -60,6 +60,11 @@ pub fn trigger_partition_filter(partition: u32) -> String {
     format!("squall.trigger.{partition}.>")
 }
 
+/// Core NATS subject asking the node running an execution to cancel it.
+pub fn cancel_subject(execution_id: &str) -> String {
+    format!("squall.cancel.{execution_id}")
+}
+
 /// Subject of execution requests for a runner pool.
 pub fn execution_subject(pool: &str) -> String {
     format!("squall.exec.{pool}")
@@ -333,6 +338,19 @@ impl Bus {
             Some(bytes) => Ok(Some(from_bytes(id, &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// Asks whichever node runs `execution_id` to stop it (core NATS: a
+    /// node that is gone misses it, and its executions end `abandoned`).
+    pub async fn request_cancel(&self, execution_id: &str) -> Result<(), EngineError> {
+        self.client
+            .publish(cancel_subject(execution_id), Bytes::new())
+            .await
+            .map_err(|e| bus_err("publish cancel", e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| bus_err("publish cancel", e))
     }
 
     /// Requests a run of an execution whose record is already stored. The

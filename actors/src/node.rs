@@ -28,7 +28,7 @@ use crate::content::ContentWatcher;
 use crate::error::EngineError;
 use crate::keys::{KeyCache, KeyStore};
 use crate::rules::{RulePartition, RulesContext};
-use crate::runners::{RunnerContext, RunnerPool};
+use crate::runners::{CancelRegistry, RunnerContext, RunnerPool};
 use crate::sensors::IntervalTimers;
 
 /// Back-off before a failed child is restarted.
@@ -253,6 +253,28 @@ impl Actor for NodeSupervisor {
     }
 }
 
+/// Cancels the executions this node runs when `squall.cancel.<id>`
+/// arrives.
+async fn listen_for_cancels(
+    bus: &Bus,
+    cancels: CancelRegistry,
+) -> Result<tokio::task::JoinHandle<()>, EngineError> {
+    let mut sub = bus
+        .client
+        .subscribe(crate::bus::cancel_subject("*"))
+        .await
+        .map_err(|e| crate::error::bus_err("subscribe to cancels", e))?;
+    Ok(tokio::spawn(async move {
+        while let Some(msg) = futures::StreamExt::next(&mut sub).await {
+            if let Some(id) = msg.subject.as_str().strip_prefix("squall.cancel.") {
+                if cancels.cancel(id) {
+                    tracing::info!(execution = %id, "cancel requested; stopping the action");
+                }
+            }
+        }
+    }))
+}
+
 /// A running node's engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -261,6 +283,7 @@ pub struct Engine {
     join: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     in_flight: TaskTracker,
+    cancel_listener: tokio::task::JoinHandle<()>,
 }
 
 impl Engine {
@@ -271,7 +294,7 @@ impl Engine {
         settings: NodeSettings,
         keys: &KeyStore,
     ) -> Result<Engine, EngineError> {
-        let kv = KeyCache::start(keys).await?;
+        let kv = Box::pin(KeyCache::start(keys)).await?;
         let catalog = CatalogHandle::default();
         let shutdown = CancellationToken::new();
         let in_flight = TaskTracker::new();
@@ -283,7 +306,9 @@ impl Engine {
             runners: Arc::new(squall_runners::registry()),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
+            cancels: CancelRegistry::default(),
         };
+        let cancel_listener = Box::pin(listen_for_cancels(&bus, runners.cancels.clone())).await?;
         let shared = Shared {
             bus,
             catalog,
@@ -307,12 +332,14 @@ impl Engine {
             join,
             shutdown,
             in_flight,
+            cancel_listener,
         })
     }
 
     /// Stops running actions (they end `abandoned`), waits for their records,
     /// then stops every actor.
     pub async fn shutdown(self) {
+        self.cancel_listener.abort();
         self.shutdown.cancel();
         self.in_flight.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.in_flight.wait())

@@ -48,6 +48,52 @@ pub struct RunnerContext {
     pub shutdown: CancellationToken,
     /// Runs in progress; shutdown waits for them to record their end.
     pub in_flight: TaskTracker,
+    /// Cancel tokens of the executions this node is running, by id.
+    pub cancels: CancelRegistry,
+}
+
+/// The cancel tokens of the executions a node runs, so that a cancel
+/// request (`squall.cancel.<id>`) reaches the right process.
+#[derive(Debug, Clone, Default)]
+pub struct CancelRegistry(Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>);
+
+impl CancelRegistry {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers `id`; the token is removed when the guard drops.
+    fn register(&self, id: &str, token: CancellationToken) -> CancelGuard {
+        self.map().insert(id.to_string(), token);
+        CancelGuard {
+            registry: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Cancels execution `id` if it runs here; whether it did.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.map().get(id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct CancelGuard {
+    registry: CancelRegistry,
+    id: String,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.registry.map().remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for RunnerContext {
@@ -219,16 +265,24 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
             }
             _ => return Ok(()),
         }
+        // Registered before the claim, so a cancel sent once the record
+        // says `running` always finds the token.
+        let cancel = ctx.shutdown.child_token();
+        let _registered = ctx.cancels.register(&id, cancel.clone());
         record.node = Some(ctx.node.clone());
         record.transition(Status::Scheduled, time::now());
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
-            // Another runner claimed it first.
+            // Another runner claimed it first, or it was canceled.
             return Ok(());
         };
         record.transition(Status::Running, time::now());
-        let rev = put(ctx, &record, rev).await?;
+        let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
+            // Only a cancel changes a scheduled record under its runner.
+            tracing::info!(execution = %id, "canceled before it started");
+            return Ok(());
+        };
         crate::metrics::execution_started();
-        let (status, result) = run_action(ctx, &record, msg).await;
+        let (status, result) = run_action(ctx, &record, msg, cancel).await;
         crate::metrics::execution_finished(status);
         finish(ctx, &mut record, rev, status, result).await
     }
@@ -240,6 +294,7 @@ async fn run_action(
     ctx: &RunnerContext,
     record: &ExecutionRecord,
     msg: &jetstream::Message,
+    cancel: CancellationToken,
 ) -> (Status, serde_json::Value) {
     let catalog = ctx.catalog.load();
     let Some(action) = catalog.actions.get(&record.action.action_ref) else {
@@ -262,7 +317,6 @@ async fn run_action(
             record.action.pack.clone(),
         ),
     ]);
-    let cancel = ctx.shutdown.child_token();
     let run = runner.run(RunRequest {
         execution_id: record.id.clone(),
         action: action.def.clone(),
@@ -299,16 +353,32 @@ async fn run_action(
 }
 
 /// Writes `record` over revision `rev`, re-reading and retrying when the
-/// record changed underneath (only this runner changes a claimed record's
-/// status, so a conflict means a concurrent annotation, not a status).
-async fn put(ctx: &RunnerContext, record: &ExecutionRecord, rev: u64) -> Result<u64, EngineError> {
+/// record changed underneath. Only this runner changes a claimed record's
+/// status, except a cancel request (`canceling`): its log entries are kept,
+/// so the record tells the whole story.
+async fn put(
+    ctx: &RunnerContext,
+    record: &mut ExecutionRecord,
+    rev: u64,
+) -> Result<u64, EngineError> {
     let mut rev = rev;
     for _ in 0..5 {
         if let Some(new) = ctx.bus.update_execution(record, rev).await? {
             return Ok(new);
         }
         rev = match ctx.bus.execution(&record.id).await? {
-            Some((_, r)) => r,
+            Some((stored, r)) => {
+                // Entries written by others have statuses this runner never
+                // wrote (stored timestamps are rounded to microseconds, so
+                // compare statuses, not whole entries).
+                for entry in stored.log {
+                    if !record.log.iter().any(|e| e.status == entry.status) {
+                        record.log.push(entry);
+                    }
+                }
+                record.log.sort_by_key(|e| e.timestamp);
+                r
+            }
             None => 0,
         };
     }

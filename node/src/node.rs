@@ -105,26 +105,24 @@ pub async fn connect(cfg: &NodeConfig) -> Result<async_nats::Client, NodeError> 
 impl Node {
     /// Starts a node: streams and buckets, packs, actors, API.
     pub async fn start(cfg: &NodeConfig) -> Result<Node, NodeError> {
-        let client = connect(cfg).await?;
-        let bus = Bus::open(client, cfg.nats.replicas, cfg.cluster.partitions).await?;
-        let auth = AuthStore::open(&bus).await?;
-        bootstrap_admin(&auth, &cfg.auth.admin_password_file).await?;
+        // Each step is boxed: unoptimised builds lay nested futures out on
+        // the stack, and the whole start would not fit in a 2 MiB thread.
+        let client = Box::pin(connect(cfg)).await?;
+        let bus = Box::pin(Bus::open(client, cfg.nats.replicas, cfg.cluster.partitions)).await?;
+        let auth = Box::pin(AuthStore::open(&bus)).await?;
+        Box::pin(bootstrap_admin(&auth, &cfg.auth.admin_password_file)).await?;
         let cipher = datastore_cipher(&cfg.datastore.key_file)?;
-        let keys = KeyStore::open(&bus, cipher).await?;
+        let keys = Box::pin(KeyStore::open(&bus, cipher)).await?;
         if cfg.packs.register_on_start {
-            register_dirs(&bus, cfg).await;
+            Box::pin(register_dirs(&bus, cfg)).await;
         }
-        let engine = Engine::start(
-            bus.clone(),
-            NodeSettings {
-                name: cfg.name.clone(),
-                api_url: format!("{}/api", cfg.public_url()),
-                pools: cfg.runners.pools.clone(),
-                runner_concurrency: cfg.runners.concurrency,
-            },
-            &keys,
-        )
-        .await?;
+        let settings = NodeSettings {
+            name: cfg.name.clone(),
+            api_url: format!("{}/api", cfg.public_url()),
+            pools: cfg.runners.pools.clone(),
+            runner_concurrency: cfg.runners.concurrency,
+        };
+        let engine = Box::pin(Engine::start(bus.clone(), settings, &keys)).await?;
         let stop_api = CancellationToken::new();
         let (api_addr, api_task) = if cfg.api.enabled {
             let listener = tokio::net::TcpListener::bind(cfg.api.listen)

@@ -171,7 +171,7 @@ impl TestNode {
         let mut config = test_config(&nats.url(), dirs);
         config.auth.admin_password_file = dir.path().join("admin-password");
         config.datastore.key_file = dir.path().join("datastore.key");
-        let node = Node::start(&config).await?;
+        let node = Box::pin(Node::start(&config)).await?;
         let addr = node.api_addr.context("API address")?;
         let root = format!("http://{addr}");
         let admin_password = std::fs::read_to_string(&config.auth.admin_password_file)

@@ -178,6 +178,82 @@ async fn timeout_kills_the_whole_process_group() -> Result<()> {
 }
 
 #[tokio::test]
+async fn cancel_stops_a_running_action_and_its_children() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let pids = tempfile::tempdir()?;
+    let pidfile = pids.path().join("child.pid");
+    let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let (_, created) = node
+        .post(
+            "executions",
+            &json!({"action": "core.local", "parameters": {"cmd": cmd}}),
+        )
+        .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    poll(Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{id}")).await?;
+        Ok((e["status"] == "running" && pidfile.exists()).then_some(()))
+    })
+    .await?;
+    let (status, canceling) = node
+        .call(
+            &node.http,
+            reqwest::Method::DELETE,
+            &format!("executions/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{canceling}");
+    assert_eq!(canceling["status"], "canceling");
+    let exec = node.finished(&id).await?;
+    assert_eq!(exec["status"], "canceled", "{exec}");
+    assert_eq!(exec["result"]["error"], "Action was canceled");
+    let statuses: Vec<&str> = exec["log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["requested", "scheduled", "running", "canceling", "canceled"]
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    poll(Duration::from_secs(10), || async move {
+        Ok((!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(()))
+    })
+    .await?;
+
+    // Finished executions cannot be canceled; unknown ones are not found.
+    let (status, body) = node
+        .call(
+            &node.http,
+            reqwest::Method::DELETE,
+            &format!("executions/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["faultstring"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already canceled"),
+        "{body}"
+    );
+    let (status, _) = node
+        .call(
+            &node.http,
+            reqwest::Method::DELETE,
+            "executions/0123456789abcdef01234567",
+            None,
+        )
+        .await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_redelivered_trigger_does_not_double_the_action() -> Result<()> {
     let out = tempfile::tempdir()?;
     let marker = out.path().join("runs.txt");

@@ -100,6 +100,27 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     let (ok, out, err) = st2(&node, home, &["rule-enforcement", "list"]).await?;
     assert!(ok, "{out}{err}");
 
+    // `st2 execution cancel` stops a running action.
+    let (_, out, _) = st2(
+        &node,
+        home,
+        &["run", "core.local", "cmd=sleep 300", "--async"],
+    )
+    .await?;
+    let sleeper = out
+        .split_once("st2 execution get ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("no execution id in: {out}"))?
+        .to_string();
+    squall_tests::poll(std::time::Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{sleeper}")).await?;
+        Ok((e["status"] == "running").then_some(()))
+    })
+    .await?;
+    let (ok, out, err) = st2(&node, home, &["execution", "cancel", &sleeper]).await?;
+    assert!(ok, "{out}{err}");
+    assert_eq!(node.finished(&sleeper).await?["status"], "canceled");
+
     // The datastore, plain and encrypted.
     let (ok, out, err) = st2(&node, home, &["key", "set", "region", "eu-west-1"]).await?;
     assert!(ok, "{out}{err}");

@@ -191,6 +191,48 @@ pub async fn re_run(
     Ok((StatusCode::CREATED, Json(view(&stored))))
 }
 
+/// `DELETE /executions/{id}`: cancels. An execution that has not started
+/// is `canceled` at once; a running one becomes `canceling` and its node
+/// kills the action (its whole process group), then records `canceled`.
+pub async fn cancel(
+    State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    for _ in 0..5 {
+        let Some((mut rec, rev)) = st.bus.execution(&id).await? else {
+            return Err(ApiError::NotFound(format!("execution {id} not found")));
+        };
+        let now = time::now();
+        match rec.status {
+            s if s.is_completed() => {
+                return Err(ApiError::Conflict(format!(
+                    "execution {id} is already {s}; only unfinished executions can be canceled"
+                )))
+            }
+            Status::Requested | Status::Scheduled | Status::Delayed | Status::Pending => {
+                rec.result = json!({"error": format!("canceled by {} before it started", me.user)});
+                rec.transition(Status::Canceled, now);
+            }
+            Status::Canceling => {
+                st.bus.request_cancel(&id).await?;
+                return Ok(Json(view(&rec)));
+            }
+            _ => rec.transition(Status::Canceling, now),
+        }
+        if st.bus.update_execution(&rec, rev).await?.is_some() {
+            if rec.status == Status::Canceling {
+                st.bus.request_cancel(&id).await?;
+            }
+            tracing::info!(execution = %id, user = %me.user, status = %rec.status, "cancel requested");
+            return Ok(Json(view(&rec)));
+        }
+    }
+    Err(ApiError::Unavailable(format!(
+        "execution {id} kept changing while being canceled; try again"
+    )))
+}
+
 /// Reads one execution.
 pub async fn get_one(
     State(st): State<ApiState>,

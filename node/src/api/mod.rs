@@ -57,7 +57,10 @@ pub fn app(state: ApiState) -> Router {
             "/executions",
             get(executions::list).post(executions::create),
         )
-        .route("/executions/{id}", get(executions::get_one))
+        .route(
+            "/executions/{id}",
+            get(executions::get_one).delete(executions::cancel),
+        )
         .route("/executions/{id}/re_run", post(executions::re_run))
         .route("/ruleenforcements", get(enforcements::list))
         .route("/ruleenforcements/{id}", get(enforcements::get_one))
