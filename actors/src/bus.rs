@@ -65,6 +65,11 @@ pub fn cancel_subject(execution_id: &str) -> String {
     format!("squall.cancel.{execution_id}")
 }
 
+/// Core NATS subject of an execution's live output chunks.
+pub fn output_subject(execution_id: &str) -> String {
+    format!("squall.output.{execution_id}")
+}
+
 /// Subject of execution requests for a runner pool.
 pub fn execution_subject(pool: &str) -> String {
     format!("squall.exec.{pool}")

@@ -317,13 +317,14 @@ async fn run_action(
             record.action.pack.clone(),
         ),
     ]);
+    let (output, forwarder) = forward_output(ctx, record);
     let run = runner.run(RunRequest {
         execution_id: record.id.clone(),
         action: action.def.clone(),
         pack_path: action.pack_path.clone(),
         parameters: record.parameters.clone(),
         env,
-        output: None,
+        output: Some(output),
         cancel: cancel.clone(),
     });
     let mut run = std::pin::pin!(run);
@@ -339,6 +340,9 @@ async fn run_action(
             }
         }
     };
+    // The runner has dropped its sender: every chunk is out before the
+    // final record is written.
+    let _ = forwarder.await;
     if ctx.shutdown.is_cancelled() {
         let mut result = outcome.result;
         if let Some(obj) = result.as_object_mut() {
@@ -350,6 +354,49 @@ async fn run_action(
         return (Status::Abandoned, result);
     }
     (outcome.status, outcome.result)
+}
+
+/// Publishes an execution's output chunks, as they come, on
+/// `squall.output.<id>` for live viewers (`/stream`). Live only: the
+/// result keeps the whole output.
+fn forward_output(
+    ctx: &RunnerContext,
+    record: &ExecutionRecord,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<squall_runners::OutputChunk>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<squall_runners::OutputChunk>();
+    let client = ctx.bus.client.clone();
+    let subject = crate::bus::output_subject(&record.id);
+    let (id, action_ref, runner_ref) = (
+        record.id.clone(),
+        record.action.action_ref.clone(),
+        record.runner.name.clone(),
+    );
+    let task = tokio::spawn(async move {
+        while let Some(chunk) = rx.recv().await {
+            let output_type = match chunk.stream {
+                squall_runners::OutputStream::Stdout => "stdout",
+                squall_runners::OutputStream::Stderr => "stderr",
+            };
+            let body = json!({
+                "execution_id": id,
+                "action_ref": action_ref,
+                "runner_ref": runner_ref,
+                "output_type": output_type,
+                "data": chunk.data,
+                "timestamp": time::format(&time::now()),
+            });
+            if let Err(e) = client
+                .publish(subject.clone(), body.to_string().into())
+                .await
+            {
+                tracing::debug!(error = %e, "live output not published");
+            }
+        }
+    });
+    (tx, task)
 }
 
 /// Writes `record` over revision `rev`, re-reading and retrying when the

@@ -100,6 +100,23 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     let (ok, out, err) = st2(&node, home, &["rule-enforcement", "list"]).await?;
     assert!(ok, "{out}{err}");
 
+    // `st2 execution tail` follows live output over the event stream.
+    let (_, out, _) = st2(
+        &node,
+        home,
+        &["run", "core.local", "cmd=sleep 1; echo tailed", "--async"],
+    )
+    .await?;
+    let tailed = out
+        .split_once("st2 execution get ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("no execution id in: {out}"))?
+        .to_string();
+    let (ok, out, err) = st2(&node, home, &["execution", "tail", &tailed]).await?;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("tailed"), "{out}");
+    assert!(out.contains("status=succeeded"), "{out}");
+
     // `st2 execution cancel` stops a running action.
     let (_, out, _) = st2(
         &node,

@@ -12,6 +12,7 @@ mod enforcements;
 mod error;
 mod executions;
 mod keys;
+mod stream;
 mod triggers;
 
 use std::path::PathBuf;
@@ -93,7 +94,11 @@ pub fn app(state: ApiState) -> Router {
             state.clone(),
             auth::guard,
         ));
+    let stream_v1 = Router::new().route("/stream", get(stream::stream)).layer(
+        axum::middleware::from_fn_with_state(state.clone(), auth::guard),
+    );
     Router::new()
+        .nest("/stream/v1", stream_v1)
         .nest("/api/v1", v1.clone())
         .nest("/v1", v1)
         .route("/auth/v1/tokens", post(auth::create_token))

@@ -1,0 +1,167 @@
+//! `GET /stream/v1/stream`: StackStorm's live event stream as Server-Sent
+//! Events. Execution changes come from a watch on the `executions` bucket
+//! (`st2.execution__create`, `st2.execution__update`), live output from the
+//! runners' `squall.output.*` subjects (`st2.execution.output__create`).
+//! Filters: `events`, `action_refs`, `execution_ids`, and
+//! `end_execution_id` (the stream ends once that execution has finished).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use squall_domain::execution::ExecutionRecord;
+
+use super::error::ApiError;
+use super::executions::view;
+use super::ApiState;
+
+const CREATE: &str = "st2.execution__create";
+const UPDATE: &str = "st2.execution__update";
+const OUTPUT: &str = "st2.execution.output__create";
+
+/// How often an idle stream sends a heartbeat comment.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Query of `GET /stream`: comma-separated lists.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    events: Option<String>,
+    #[serde(default)]
+    action_refs: Option<String>,
+    #[serde(default)]
+    execution_ids: Option<String>,
+    #[serde(default)]
+    end_execution_id: Option<String>,
+}
+
+fn list(text: Option<&str>) -> Option<Vec<String>> {
+    text.map(|t| {
+        t.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+struct Filter {
+    events: Option<Vec<String>>,
+    action_refs: Option<Vec<String>>,
+    execution_ids: Option<Vec<String>>,
+}
+
+impl Filter {
+    fn keeps(&self, event: &str, execution_id: &str, action_ref: &str) -> bool {
+        let has = |list: &Option<Vec<String>>, v: &str| {
+            list.as_ref().is_none_or(|l| l.iter().any(|x| x == v))
+        };
+        has(&self.events, event)
+            && has(&self.execution_ids, execution_id)
+            && has(&self.action_refs, action_ref)
+    }
+}
+
+/// One thing that happened, before filtering.
+struct Happened {
+    event: &'static str,
+    execution_id: String,
+    action_ref: String,
+    data: Value,
+    /// The execution reached a final status.
+    finished: bool,
+}
+
+fn from_record(record: &ExecutionRecord) -> Happened {
+    let event = if record.log.len() <= 1 {
+        CREATE
+    } else {
+        UPDATE
+    };
+    Happened {
+        event,
+        execution_id: record.id.clone(),
+        action_ref: record.action.action_ref.clone(),
+        data: view(record),
+        finished: record.status.is_completed(),
+    }
+}
+
+/// `GET /stream/v1/stream`.
+pub async fn stream(
+    State(st): State<ApiState>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let filter = Filter {
+        events: list(q.events.as_deref()),
+        action_refs: list(q.action_refs.as_deref()),
+        execution_ids: list(q.execution_ids.as_deref()),
+    };
+    let end = q.end_execution_id;
+    let records = st
+        .bus
+        .executions
+        .watch_all()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot watch executions: {e}")))?
+        .filter_map(|entry| async move {
+            let entry = entry.ok()?;
+            let record: ExecutionRecord = serde_json::from_slice(&entry.value).ok()?;
+            Some(from_record(&record))
+        });
+    let output = st
+        .bus
+        .client
+        .subscribe(squall_actors::bus::output_subject("*"))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot follow output: {e}")))?
+        .filter_map(|msg| async move {
+            let data: Value = serde_json::from_slice(&msg.payload).ok()?;
+            Some(Happened {
+                event: OUTPUT,
+                execution_id: data["execution_id"].as_str()?.to_string(),
+                action_ref: data["action_ref"].as_str().unwrap_or_default().to_string(),
+                data,
+                finished: false,
+            })
+        });
+    // An end execution that has already finished: its last state, then
+    // the end.
+    let already = match end.as_deref() {
+        Some(id) => st
+            .bus
+            .execution(id)
+            .await?
+            .filter(|(r, _)| r.status.is_completed())
+            .map(|(r, _)| from_record(&r)),
+        None => None,
+    };
+    let merged = stream::select(records, output).boxed();
+    let merged = match already {
+        Some(last) => stream::iter([last]).boxed(),
+        None => merged,
+    };
+    // Ends right after the end execution's final event.
+    let events = stream::unfold((merged, false), move |(mut source, over)| {
+        let end = end.clone();
+        async move {
+            if over {
+                return None;
+            }
+            let h = source.next().await?;
+            let last = end.as_deref() == Some(h.execution_id.as_str()) && h.finished;
+            Some((h, (source, last)))
+        }
+    })
+    .filter(move |h| futures::future::ready(filter.keeps(h.event, &h.execution_id, &h.action_ref)))
+    .map(|h| {
+        Ok(Event::default()
+            .event(h.event)
+            .data(json!(h.data).to_string()))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
+}
