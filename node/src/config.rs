@@ -109,6 +109,12 @@ pub struct ApiConfig {
     pub public_url: Option<String>,
     /// Whether this node serves the API at all.
     pub enabled: bool,
+    /// Also serve on StackStorm's auth port (default `127.0.0.1:9100`,
+    /// where its clients `POST /tokens`); `null` to not.
+    pub auth_listen: Option<SocketAddr>,
+    /// Also serve on StackStorm's stream port (default `127.0.0.1:9102`,
+    /// `GET /v1/stream`); `null` to not.
+    pub stream_listen: Option<SocketAddr>,
 }
 
 /// Pack directories.
@@ -171,6 +177,8 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             public_url: None,
             enabled: true,
+            auth_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            stream_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
         }
     }
 }

@@ -57,6 +57,12 @@ enum Command {
         /// Address of the REST API.
         #[arg(long, default_value = "127.0.0.1:9101")]
         listen: SocketAddr,
+        /// The same API on StackStorm's auth port (`POST /tokens`).
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        auth_listen: SocketAddr,
+        /// The same API on StackStorm's stream port (`GET /v1/stream`).
+        #[arg(long, default_value = "127.0.0.1:9102")]
+        stream_listen: SocketAddr,
         /// Pack directories (repeatable; default: ./packs).
         #[arg(long = "packs-dir")]
         packs_dirs: Vec<PathBuf>,
@@ -161,6 +167,8 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             nats_port,
             nats_server,
             listen,
+            auth_listen,
+            stream_listen,
             packs_dirs,
             config,
         } => {
@@ -170,6 +178,8 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                 None => NodeConfig::default(),
             };
             cfg.api.listen = listen;
+            cfg.api.auth_listen = Some(auth_listen);
+            cfg.api.stream_listen = Some(stream_listen);
             cfg.auth.admin_password_file = data_dir.join("admin-password");
             cfg.datastore.key_file = data_dir.join("datastore.key");
             if !packs_dirs.is_empty() {

@@ -48,10 +48,14 @@ pub enum NodeError {
 pub struct Node {
     /// Where the API listens (the real port when configured with port 0).
     pub api_addr: Option<SocketAddr>,
+    /// StackStorm's auth port (`POST /tokens`), when configured.
+    pub auth_addr: Option<SocketAddr>,
+    /// StackStorm's stream port (`GET /v1/stream`), when configured.
+    pub stream_addr: Option<SocketAddr>,
     pub bus: Bus,
     engine: Engine,
     stop_api: CancellationToken,
-    api_task: Option<tokio::task::JoinHandle<()>>,
+    api_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Connects to the NATS servers of `cfg`.
@@ -124,14 +128,9 @@ impl Node {
         };
         let engine = Box::pin(Engine::start(bus.clone(), settings, &keys)).await?;
         let stop_api = CancellationToken::new();
-        let (api_addr, api_task) = if cfg.api.enabled {
-            let listener = tokio::net::TcpListener::bind(cfg.api.listen)
-                .await
-                .map_err(|source| NodeError::Listen {
-                    addr: cfg.api.listen,
-                    source,
-                })?;
-            let addr = listener.local_addr().ok();
+        let mut addrs = [None, None, None];
+        let mut api_tasks = Vec::new();
+        if cfg.api.enabled {
             let app = api::app(ApiState {
                 bus: bus.clone(),
                 catalog: engine.shared.catalog.clone(),
@@ -142,26 +141,42 @@ impl Node {
                 keys: keys.clone(),
                 token_ttl: Duration::from_secs(cfg.auth.token_ttl),
             });
-            let stop = stop_api.clone();
-            let task = tokio::spawn(async move {
-                let served = axum::serve(listener, api::into_service(app))
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "API server failed");
-                }
-            });
-            (addr, Some(task))
-        } else {
-            (None, None)
-        };
-        tracing::info!(node = %cfg.name, api = ?api_addr, partitions = bus.partitions, "node ready");
+            // One API, also on StackStorm's auth and stream ports so that
+            // clients configured for StackStorm's layout find it.
+            let wanted = [
+                Some(cfg.api.listen),
+                cfg.api.auth_listen,
+                cfg.api.stream_listen,
+            ];
+            for (slot, addr) in addrs.iter_mut().zip(wanted) {
+                let Some(addr) = addr else { continue };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Listen { addr, source })?;
+                *slot = listener.local_addr().ok();
+                let stop = stop_api.clone();
+                let app = app.clone();
+                api_tasks.push(tokio::spawn(async move {
+                    let served = axum::serve(listener, api::into_service(app))
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "API server failed");
+                    }
+                }));
+            }
+        }
+        let [api_addr, auth_addr, stream_addr] = addrs;
+        tracing::info!(node = %cfg.name, api = ?api_addr, auth = ?auth_addr, stream = ?stream_addr,
+            partitions = bus.partitions, "node ready");
         Ok(Node {
             api_addr,
+            auth_addr,
+            stream_addr,
             bus,
             engine,
             stop_api,
-            api_task,
+            api_tasks,
         })
     }
 
@@ -169,7 +184,7 @@ impl Node {
     /// stops every actor.
     pub async fn shutdown(self) {
         self.stop_api.cancel();
-        if let Some(task) = self.api_task {
+        for task in self.api_tasks {
             let _ = task.await;
         }
         self.engine.shutdown().await;

@@ -155,6 +155,8 @@ pub fn test_config(nats_url: &str, pack_dirs: Vec<PathBuf>) -> NodeConfig {
     };
     cfg.nats.url = nats_url.to_string();
     cfg.api.listen = "127.0.0.1:0".parse().expect("valid address");
+    cfg.api.auth_listen = Some("127.0.0.1:0".parse().expect("valid address"));
+    cfg.api.stream_listen = Some("127.0.0.1:0".parse().expect("valid address"));
     cfg.cluster.partitions = 4;
     cfg.packs.dirs = pack_dirs;
     cfg
@@ -189,6 +191,24 @@ impl TestNode {
             admin_password,
             dir,
         })
+    }
+
+    /// `http://<StackStorm's auth port>`.
+    pub fn auth_root(&self) -> Result<String> {
+        let node = self.node.as_ref().context("node stopped")?;
+        Ok(format!(
+            "http://{}",
+            node.auth_addr.context("no auth port")?
+        ))
+    }
+
+    /// `http://<StackStorm's stream port>`.
+    pub fn stream_root(&self) -> Result<String> {
+        let node = self.node.as_ref().context("node stopped")?;
+        Ok(format!(
+            "http://{}",
+            node.stream_addr.context("no stream port")?
+        ))
     }
 
     /// `method <base>/<path>` with `client` → (status, JSON body).

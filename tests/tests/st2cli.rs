@@ -13,9 +13,11 @@ async fn st2(node: &TestNode, home: &Path, args: &[&str]) -> Result<(bool, Strin
     let out = tokio::process::Command::new(st2_cli_binary()?)
         .args(args)
         .env("HOME", home)
-        .env("ST2_API_URL", &node.base)
-        .env("ST2_AUTH_URL", format!("{}/auth/v1", node.root))
-        .env("ST2_STREAM_URL", format!("{}/stream/v1", node.root))
+        // StackStorm's per-service layout: api `/v1`, auth on its own port
+        // at `/tokens`, stream on its own port at `/v1/stream`.
+        .env("ST2_API_URL", format!("{}/v1", node.root))
+        .env("ST2_AUTH_URL", node.auth_root()?)
+        .env("ST2_STREAM_URL", format!("{}/v1", node.stream_root()?))
         .env_remove("ST2_AUTH_TOKEN")
         .env_remove("ST2_API_KEY")
         .stdin(std::process::Stdio::null())

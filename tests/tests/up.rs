@@ -70,6 +70,8 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
         .current_dir(repo_root())
         .args(["up", "--nats-port", &nats_port.to_string()])
         .args(["--listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--auth-listen", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--stream-listen", &format!("127.0.0.1:{}", free_port()?)])
         .arg("--data-dir")
         .arg(data.path())
         .arg("--nats-server")

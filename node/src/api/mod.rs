@@ -84,6 +84,7 @@ pub fn app(state: ApiState) -> Router {
         )
         .route("/apikeys/{id}", delete(auth::delete_api_key))
         .route("/users", get(auth::list_users).post(auth::create_user))
+        .route("/stream", get(stream::stream))
         .route("/keys", get(keys::list))
         .route(
             "/keys/{*name}",
@@ -102,6 +103,7 @@ pub fn app(state: ApiState) -> Router {
         .nest("/api/v1", v1.clone())
         .nest("/v1", v1)
         .route("/auth/v1/tokens", post(auth::create_token))
+        .route("/tokens", post(auth::create_token))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
