@@ -113,14 +113,116 @@ impl Client {
 
     /// `POST /api/v1/<path>` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.send(
-            self.http
-                .post(format!("{}/api/v1/{path}", self.base))
-                .json(body),
-        )
-        .await
-        .map(|(v, _)| v)
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
+
+    /// `<method> /api/v1/<path>`, with a JSON body if given.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1/{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.send(req).await.map(|(v, _)| v)
+    }
+}
+
+/// One column of a listing: its header and where its value is.
+pub type Column = (&'static str, &'static str);
+
+/// `GET <path>` printed as a table of `columns`, or as JSON.
+pub async fn list_table(
+    client: &Client,
+    path: &str,
+    columns: &[Column],
+    as_json: bool,
+) -> Result<(), CliError> {
+    let (list, _) = client.get(path).await?;
+    if as_json {
+        println!("{}", pretty(&list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| columns.iter().map(|(_, p)| field(item, p)).collect())
+        .collect();
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    print_table(&headers, &rows);
+    Ok(())
+}
+
+/// Prints one object: YAML for people, JSON for scripts.
+pub fn show(value: &Value, as_json: bool) {
+    if as_json {
+        println!("{}", pretty(value));
+    } else {
+        print_yaml(value, 0);
+    }
+}
+
+/// `squall execution tail`: prints an execution's live output from the
+/// event stream until it finishes; false if it did not succeed.
+pub async fn execution_tail(client: &Client, id: &str) -> Result<bool, CliError> {
+    let (exec, _) = client.get(&format!("executions/{id}")).await?;
+    if is_completed(exec["status"].as_str().unwrap_or_default()) {
+        print_yaml(&exec["result"], 0);
+        return Ok(exec["status"] == "succeeded");
+    }
+    let url = format!(
+        "{}/stream/v1/stream?execution_ids={id}&end_execution_id={id}&events=st2.execution__update,st2.execution.output__create",
+        client.base
+    );
+    let req = match &client.credentials {
+        Credentials::Token(t) => client.http.get(url).header("X-Auth-Token", t),
+        Credentials::ApiKey(k) => client.http.get(url).header("St2-Api-Key", k),
+        Credentials::None => client.http.get(url),
+    };
+    let mut resp = req.send().await.map_err(|e| CliError::Unreachable {
+        url: client.base.clone(),
+        message: e.to_string(),
+    })?;
+    if !resp.status().is_success() {
+        return Err(CliError::Api(format!(
+            "{}: cannot follow the stream",
+            resp.status()
+        )));
+    }
+    let mut buf = String::new();
+    let mut last_status = String::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| CliError::Api(e.to_string()))?
+    {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            let Ok(event) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            if let Some(text) = event.get("data").and_then(Value::as_str) {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            } else if let Some(status) = event.get("status").and_then(Value::as_str) {
+                last_status = status.to_string();
+            }
+        }
+    }
+    println!("\nExecution {id} has completed (status={last_status}).");
+    Ok(last_status == "succeeded")
 }
 
 /// `squall login`: trades a user name and password for a token and saves

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use reqwest::Method;
+use serde_json::json;
 use squall::cli::{self, Client};
 use squall::config::NodeConfig;
 use squall::managed_nats::{self, ManagedNats};
@@ -106,6 +108,113 @@ enum Command {
         #[command(subcommand)]
         command: PackCommand,
     },
+    /// The datastore.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Rules.
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
+    /// Trigger instances.
+    #[command(name = "trigger-instance")]
+    TriggerInstance {
+        #[command(subcommand)]
+        command: TriggerInstanceCommand,
+    },
+    /// Webhooks that rules listen on.
+    Webhook {
+        #[command(subcommand)]
+        command: ListOnly,
+    },
+    /// API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// List pairs.
+    List {
+        #[arg(long)]
+        prefix: Option<String>,
+        /// system (default), user or all.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Show secrets opened (if your role allows).
+        #[arg(long)]
+        decrypt: bool,
+    },
+    /// Show one pair.
+    Get {
+        name: String,
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long)]
+        decrypt: bool,
+    },
+    /// Set a pair.
+    Set {
+        name: String,
+        value: String,
+        /// Store the value sealed (secret).
+        #[arg(long)]
+        encrypt: bool,
+        /// Seconds until the pair vanishes.
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Delete a pair.
+    Delete {
+        name: String,
+        #[arg(long)]
+        scope: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RuleCommand {
+    /// List rules.
+    List,
+    /// Show one rule.
+    Get { reference: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggerInstanceCommand {
+    /// List trigger instances, newest first.
+    List {
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one trigger instance.
+    Get { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ListOnly {
+    /// List them.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeyCommand {
+    /// Create a key (shown once).
+    Create {
+        /// For another user (admins only).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Delete a key by id.
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,12 +232,25 @@ enum ExecutionCommand {
     },
     /// Show one execution.
     Get { id: String },
+    /// Cancel an unfinished execution.
+    Cancel { id: String },
+    /// Run an execution again, parameters overriding the original's.
+    #[command(name = "re-run")]
+    ReRun {
+        id: String,
+        /// key=value overrides.
+        params: Vec<String>,
+    },
+    /// Follow an execution's live output until it ends.
+    Tail { id: String },
 }
 
 #[derive(Debug, Subcommand)]
 enum PackCommand {
     /// Register packs from the node's pack directories (all, or the named).
     Register { packs: Vec<String> },
+    /// List registered packs.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -242,6 +364,22 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                     .await?
                 }
                 ExecutionCommand::Get { id } => cli::execution_get(&client, &id, args.json).await?,
+                ExecutionCommand::Cancel { id } => {
+                    let v = client
+                        .call(Method::DELETE, &format!("executions/{id}"), None)
+                        .await?;
+                    cli::show(&v, args.json);
+                }
+                ExecutionCommand::ReRun { id, params } => {
+                    let body = json!({"parameters": cli::parse_params(&params)?});
+                    let v = client
+                        .post(&format!("executions/{id}/re_run"), &body)
+                        .await?;
+                    cli::show(&v, args.json);
+                }
+                ExecutionCommand::Tail { id } => {
+                    return Ok(cli::execution_tail(&client, &id).await?)
+                }
             }
             Ok(true)
         }
@@ -251,7 +389,182 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             cli::pack_register(&client, &packs, args.json).await?;
             Ok(true)
         }
+        Command::Pack {
+            command: PackCommand::List,
+        } => {
+            let cols = [
+                ("ref", "/ref"),
+                ("version", "/version"),
+                ("description", "/description"),
+            ];
+            cli::list_table(&client, "packs", &cols, args.json).await?;
+            Ok(true)
+        }
+        Command::Key { command } => {
+            key_command(&client, command, args.json).await?;
+            Ok(true)
+        }
+        Command::Rule { command } => {
+            match command {
+                RuleCommand::List => {
+                    let cols = [
+                        ("ref", "/ref"),
+                        ("enabled", "/enabled"),
+                        ("trigger", "/trigger/type"),
+                        ("action", "/action/ref"),
+                    ];
+                    cli::list_table(&client, "rules", &cols, args.json).await?;
+                }
+                RuleCommand::Get { reference } => {
+                    let (v, _) = client.get(&format!("rules/{reference}")).await?;
+                    cli::show(&v, args.json);
+                }
+            }
+            Ok(true)
+        }
+        Command::TriggerInstance { command } => {
+            match command {
+                TriggerInstanceCommand::List { limit } => {
+                    let cols = [
+                        ("id", "/id"),
+                        ("trigger", "/trigger"),
+                        ("occurrence_time", "/occurrence_time"),
+                        ("status", "/status"),
+                    ];
+                    cli::list_table(
+                        &client,
+                        &format!("triggerinstances?limit={limit}"),
+                        &cols,
+                        args.json,
+                    )
+                    .await?;
+                }
+                TriggerInstanceCommand::Get { id } => {
+                    let (v, _) = client.get(&format!("triggerinstances/{id}")).await?;
+                    cli::show(&v, args.json);
+                }
+            }
+            Ok(true)
+        }
+        Command::Webhook {
+            command: ListOnly::List,
+        } => {
+            let cols = [
+                ("url", "/parameters/url"),
+                ("type", "/type"),
+                ("rule", "/rule"),
+            ];
+            cli::list_table(&client, "webhooks", &cols, args.json).await?;
+            Ok(true)
+        }
+        Command::Apikey { command } => {
+            match command {
+                ApikeyCommand::Create { user } => {
+                    let mut body = json!({});
+                    if let Some(u) = user {
+                        body["user"] = json!(u);
+                    }
+                    let v = client.post("apikeys", &body).await?;
+                    cli::show(&v, args.json);
+                }
+                ApikeyCommand::List => {
+                    let cols = [
+                        ("id", "/id"),
+                        ("user", "/user"),
+                        ("created_at", "/created_at"),
+                        ("enabled", "/enabled"),
+                    ];
+                    cli::list_table(&client, "apikeys", &cols, args.json).await?;
+                }
+                ApikeyCommand::Delete { id } => {
+                    client
+                        .call(Method::DELETE, &format!("apikeys/{id}"), None)
+                        .await?;
+                    println!("API key {id} deleted");
+                }
+            }
+            Ok(true)
+        }
     }
+}
+
+async fn key_command(client: &Client, command: KeyCommand, as_json: bool) -> anyhow::Result<()> {
+    let scope_query = |scope: &Option<String>, decrypt: bool| {
+        let mut q = Vec::new();
+        if let Some(s) = scope {
+            q.push(format!("scope={s}"));
+        }
+        if decrypt {
+            q.push("decrypt=true".to_string());
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    };
+    match command {
+        KeyCommand::List {
+            prefix,
+            scope,
+            decrypt,
+        } => {
+            let mut path = format!("keys{}", scope_query(&scope, decrypt));
+            if let Some(p) = prefix {
+                path.push_str(if path.contains('?') { "&" } else { "?" });
+                path.push_str(&format!("prefix={p}"));
+            }
+            let cols = [
+                ("name", "/name"),
+                ("value", "/value"),
+                ("secret", "/secret"),
+                ("scope", "/scope"),
+                ("user", "/user"),
+                ("expire_timestamp", "/expire_timestamp"),
+            ];
+            cli::list_table(client, &path, &cols, as_json).await?;
+        }
+        KeyCommand::Get {
+            name,
+            scope,
+            decrypt,
+        } => {
+            let (v, _) = client
+                .get(&format!("keys/{name}{}", scope_query(&scope, decrypt)))
+                .await?;
+            cli::show(&v, as_json);
+        }
+        KeyCommand::Set {
+            name,
+            value,
+            encrypt,
+            ttl,
+            scope,
+        } => {
+            let mut body = json!({"name": name, "value": value, "secret": encrypt});
+            if let Some(t) = ttl {
+                body["ttl"] = json!(t);
+            }
+            if let Some(s) = scope {
+                body["scope"] = json!(s);
+            }
+            let v = client
+                .call(Method::PUT, &format!("keys/{name}"), Some(&body))
+                .await?;
+            cli::show(&v, as_json);
+        }
+        KeyCommand::Delete { name, scope } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("keys/{name}{}", scope_query(&scope, false)),
+                    None,
+                )
+                .await?;
+            println!("key {name} deleted");
+        }
+    }
+    Ok(())
 }
 
 fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {

@@ -174,6 +174,94 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
         );
         let listed: Value = serde_json::from_slice(&listed.stdout)?;
         assert_eq!(listed[0]["id"], exec["id"]);
+
+        // The rest of the CLI, each against the real node.
+        let json_of = |args: &[&str]| -> Result<Value> {
+            let mut all = args.to_vec();
+            all.push("--json");
+            let out = cli(&all)?;
+            anyhow::ensure!(
+                out.status.success(),
+                "squall {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(serde_json::from_slice(&out.stdout)?)
+        };
+        json_of(&["key", "set", "greeting", "hi"])?;
+        assert_eq!(json_of(&["key", "get", "greeting"])?["value"], "hi");
+        let sealed = json_of(&["key", "set", "pw", "s3cr3t", "--encrypt", "--ttl", "600"])?;
+        assert_eq!(sealed["encrypted"], true);
+        assert_eq!(
+            json_of(&["key", "get", "pw", "--decrypt"])?["value"],
+            "s3cr3t"
+        );
+        assert_eq!(
+            json_of(&["key", "list", "--prefix", "gr"])?
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        assert!(cli(&["key", "delete", "greeting"])?.status.success());
+        let rules = json_of(&["rule", "list"])?;
+        assert!(rules.to_string().contains("examples.alert_diagnose"));
+        assert_eq!(
+            json_of(&["rule", "get", "examples.alert_diagnose"])?["enabled"],
+            true
+        );
+        let instances = json_of(&["trigger-instance", "list"])?;
+        let instance_id = instances[0]["id"].as_str().unwrap_or_default().to_string();
+        assert_eq!(
+            json_of(&["trigger-instance", "get", &instance_id])?["status"],
+            "processed"
+        );
+        assert!(json_of(&["webhook", "list"])?
+            .to_string()
+            .contains("alerts"));
+        assert!(json_of(&["pack", "list"])?.to_string().contains("examples"));
+        let key = json_of(&["apikey", "create"])?;
+        assert_eq!(key["key"].as_str().map(str::len), Some(64));
+        let rerun = json_of(&[
+            "execution",
+            "re-run",
+            exec["id"].as_str().unwrap_or_default(),
+            "check=memory",
+        ])?;
+        assert_eq!(rerun["parameters"]["check"], "memory");
+
+        let started = json_of(&["run", "core.local", "cmd=sleep 1; echo tailed", "--async"])?;
+        let tail = cli(&[
+            "execution",
+            "tail",
+            started["id"].as_str().unwrap_or_default(),
+        ])?;
+        let tail_out = String::from_utf8_lossy(&tail.stdout);
+        assert!(
+            tail.status.success() && tail_out.contains("tailed"),
+            "{tail_out}"
+        );
+        let sleeper = json_of(&["run", "core.local", "cmd=sleep 300", "--async"])?;
+        let sleeper_id = sleeper["id"].as_str().unwrap_or_default().to_string();
+        poll(Duration::from_secs(30), || async {
+            let e: Value = http
+                .get(format!("{base}/executions/{sleeper_id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok((e["status"] == "running").then_some(()))
+        })
+        .await?;
+        json_of(&["execution", "cancel", &sleeper_id])?;
+        poll(Duration::from_secs(30), || async {
+            let e: Value = http
+                .get(format!("{base}/executions/{sleeper_id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok((e["status"] == "canceled").then_some(()))
+        })
+        .await?;
         anyhow::Ok(())
     }
     .await;
