@@ -10,7 +10,7 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use squall_domain::loader;
-use squall_domain::model::{PackBundle, BUNDLE_VERSION};
+use squall_domain::model::{PackBundle, PackMeta, BUNDLE_VERSION};
 
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::catalog::{Catalog, CatalogHandle};
@@ -40,6 +40,78 @@ pub async fn store_pack(bus: &Bus, bundle: &PackBundle) -> Result<(), EngineErro
     tracing::info!(pack = %bundle.pack.pack_ref, actions = bundle.actions.len(),
         rules = bundle.rules.len(), "pack registered");
     Ok(())
+}
+
+/// Changes one registered pack with `change`, atomically: the bundle is
+/// re-read and `change` re-applied if another writer got there first. A
+/// pack that is not registered starts empty (StackStorm's `default` pack
+/// holds API-made content that names no pack).
+pub async fn modify_pack<T, E>(
+    bus: &Bus,
+    pack_ref: &str,
+    mut change: impl FnMut(&mut PackBundle) -> Result<T, E>,
+) -> Result<Result<T, E>, EngineError> {
+    let key = pack_key(pack_ref);
+    for _ in 0..10 {
+        let entry = bus
+            .content
+            .entry(&key)
+            .await
+            .map_err(|e| bus_err("read pack", e))?;
+        let (mut bundle, revision) = match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                (from_bytes::<PackBundle>(&key, &e.value)?, e.revision)
+            }
+            Some(e) => (empty_pack(pack_ref), e.revision),
+            None => (empty_pack(pack_ref), 0),
+        };
+        let out = match change(&mut bundle) {
+            Ok(out) => out,
+            Err(e) => return Ok(Err(e)),
+        };
+        let bytes = to_bytes(&bundle)?;
+        let written = if revision == 0 {
+            bus.content
+                .create(&key, bytes)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            bus.content
+                .update(&key, bytes, revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        match written {
+            Ok(()) => return Ok(Ok(out)),
+            Err(e) => {
+                tracing::debug!(pack = pack_ref, error = %e, "pack changed underneath; retrying")
+            }
+        }
+    }
+    Err(bus_err("update pack", "too many concurrent changes"))
+}
+
+fn empty_pack(pack_ref: &str) -> PackBundle {
+    PackBundle {
+        version: BUNDLE_VERSION,
+        pack: PackMeta {
+            pack_ref: pack_ref.to_string(),
+            name: pack_ref.to_string(),
+            description: "Content created through the API.".into(),
+            version: "0.0.0".into(),
+            author: String::new(),
+            email: None,
+            keywords: vec![],
+            dependencies: vec![],
+            extra: BTreeMap::new(),
+        },
+        path: String::new(),
+        actions: vec![],
+        rules: vec![],
+        trigger_types: vec![],
+    }
 }
 
 /// Reads every registered pack.

@@ -1,9 +1,11 @@
 //! REST API shapes and rejections: every bad input gets a JSON error a
 //! person can act on, and nothing stored changes.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use serde_json::{json, Value};
-use squall_tests::TestNode;
+use squall_tests::{poll, TestNode};
 
 fn fault(body: &Value) -> &str {
     body["faultstring"].as_str().unwrap_or_default()
@@ -267,5 +269,128 @@ async fn trigger_instances_enforcements_and_re_runs_are_queryable() -> Result<()
         .await?;
     assert_eq!(status, 400, "{body}");
     assert!(fault(&body).contains("cmd"), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn rules_are_created_changed_disabled_and_deleted_through_the_api() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let rule = json!({
+        "name": "on_deploy", "pack": "examples", "enabled": true,
+        "trigger": {"type": "core.st2.webhook", "parameters": {"url": "deploy"}},
+        "criteria": {"trigger.body.env": {"type": "equals", "pattern": "prod"}},
+        "action": {"ref": "core.local", "parameters": {"cmd": "echo deploying {{ trigger.body.version }}"}}
+    });
+    let (status, created) = node.post("rules", &rule).await?;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["ref"], "examples.on_deploy");
+    let (status, body) = node.post("rules", &rule).await?;
+    assert_eq!(status, 409, "{body}");
+
+    // Every node's catalog picks it up: the webhook now starts the action.
+    let exec = poll(Duration::from_secs(30), || async {
+        let (status, _) = node
+            .post("webhooks/deploy", &json!({"env": "prod", "version": "1.2"}))
+            .await?;
+        if status != 202 {
+            return Ok(None);
+        }
+        node.rules_idle().await?;
+        Ok(node.executions().await?.into_iter().next())
+    })
+    .await?;
+    let done = node
+        .finished(exec["id"].as_str().unwrap_or_default())
+        .await?;
+    assert_eq!(done["result"]["stdout"], "deploying 1.2");
+
+    // Disable it the way StackStorm's CLI does: GET, change, PUT.
+    let (_, mut current) = node.get("rules/examples.on_deploy").await?;
+    current["enabled"] = json!(false);
+    let (status, updated) = node
+        .call(
+            &node.http,
+            reqwest::Method::PUT,
+            "rules/examples.on_deploy",
+            Some(&current),
+        )
+        .await?;
+    assert_eq!(status, 200, "{updated}");
+    poll(Duration::from_secs(10), || async {
+        let (_, r) = node.get("rules/examples.on_deploy").await?;
+        Ok((r["enabled"] == false).then_some(()))
+    })
+    .await?;
+    let before = node.executions().await?.len();
+    node.post("webhooks/deploy", &json!({"env": "prod", "version": "1.3"}))
+        .await?;
+    node.rules_idle().await?;
+    assert_eq!(
+        node.executions().await?.len(),
+        before,
+        "a disabled rule starts nothing"
+    );
+
+    // Bad rules are refused with the field named; nothing changes.
+    for (bad, needle) in [
+        (
+            json!({"name": "x", "pack": "examples", "trigger": {"type": "core.st2.webhook", "parameters": {"url": "x"}},
+                "criteria": {"trigger.a": {"type": "roughly"}}, "action": {"ref": "core.noop"}}),
+            "roughly",
+        ),
+        (
+            json!({"name": "x", "pack": "examples", "trigger": {"type": "core.st2.webhook"}, "action": {"ref": "core.noop"}}),
+            "url",
+        ),
+        (
+            json!({"name": "x", "pack": "examples", "trigger": {"type": "core.st2.webhook", "parameters": {"url": "x"}}}),
+            "action",
+        ),
+        (
+            json!({"name": "x", "colour": "red", "trigger": {"type": "a.b"}, "action": {"ref": "core.noop"}}),
+            "colour",
+        ),
+        (json!(["not", "an", "object"]), "object"),
+    ] {
+        let (status, body) = node.post("rules", &bad).await?;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(fault(&body).contains(needle), "{bad}: {body}");
+    }
+    let (status, _) = node
+        .call(
+            &node.http,
+            reqwest::Method::PUT,
+            "rules/examples.nope",
+            Some(&current),
+        )
+        .await?;
+    assert_eq!(status, 400, "name mismatch");
+
+    let (status, _) = node
+        .call(
+            &node.http,
+            reqwest::Method::DELETE,
+            "rules/examples.on_deploy",
+            None,
+        )
+        .await?;
+    assert_eq!(status, 204);
+    poll(Duration::from_secs(10), || async {
+        let (status, _) = node.get("rules/examples.on_deploy").await?;
+        Ok((status == 404).then_some(()))
+    })
+    .await?;
+    let (status, _) = node
+        .call(
+            &node.http,
+            reqwest::Method::DELETE,
+            "rules/examples.on_deploy",
+            None,
+        )
+        .await?;
+    assert_eq!(status, 404);
+    // The pack's own rules are untouched.
+    let (status, _) = node.get("rules/examples.alert_diagnose").await?;
+    assert_eq!(status, 200);
     Ok(())
 }

@@ -102,6 +102,17 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     let (ok, out, err) = st2(&node, home, &["rule-enforcement", "list"]).await?;
     assert!(ok, "{out}{err}");
 
+    // `st2 rule disable` / `enable` go through GET + PUT.
+    let (ok, out, err) = st2(&node, home, &["rule", "disable", "examples.alert_diagnose"]).await?;
+    assert!(ok, "{out}{err}");
+    squall_tests::poll(std::time::Duration::from_secs(10), || async {
+        let (_, r) = node.get("rules/examples.alert_diagnose").await?;
+        Ok((r["enabled"] == false).then_some(()))
+    })
+    .await?;
+    let (ok, out, err) = st2(&node, home, &["rule", "enable", "examples.alert_diagnose"]).await?;
+    assert!(ok, "{out}{err}");
+
     // `st2 execution tail` follows live output over the event stream.
     let (_, out, _) = st2(
         &node,

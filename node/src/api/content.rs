@@ -23,7 +23,7 @@ fn action_view(a: &ActionDef) -> Value {
     v
 }
 
-fn rule_view(r: &CatalogRule) -> Value {
+pub fn rule_view(r: &CatalogRule) -> Value {
     let mut v = serde_json::to_value(&r.def).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
         o.insert("id".into(), json!(r.id));

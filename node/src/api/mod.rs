@@ -12,6 +12,7 @@ mod enforcements;
 mod error;
 mod executions;
 mod keys;
+mod rules;
 mod stream;
 mod triggers;
 
@@ -68,8 +69,13 @@ pub fn app(state: ApiState) -> Router {
         .route("/triggerinstances", get(triggers::list_instances))
         .route("/actions", get(content::list_actions))
         .route("/actions/{reference}", get(content::get_action))
-        .route("/rules", get(content::list_rules))
-        .route("/rules/{reference}", get(content::get_rule))
+        .route("/rules", get(content::list_rules).post(rules::create))
+        .route(
+            "/rules/{reference}",
+            get(content::get_rule)
+                .put(rules::update)
+                .delete(rules::delete),
+        )
         .route("/packs", get(content::list_packs))
         .route("/packs/register", post(content::register_packs))
         .route("/triggertypes", get(content::list_trigger_types))
