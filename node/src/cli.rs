@@ -72,12 +72,17 @@ impl Client {
         }
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(Value, Option<u64>), CliError> {
-        let req = match &self.credentials {
+    /// Adds this client's credentials to a request.
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
             Credentials::Token(t) => req.header("X-Auth-Token", t),
             Credentials::ApiKey(k) => req.header("St2-Api-Key", k),
             Credentials::None => req,
-        };
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(Value, Option<u64>), CliError> {
+        let req = self.authorize(req);
         let resp = req.send().await.map_err(|e| CliError::Unreachable {
             url: self.base.clone(),
             message: e.to_string(),
@@ -171,24 +176,20 @@ pub fn show(value: &Value, as_json: bool) {
 /// `squall execution tail`: prints an execution's live output from the
 /// event stream until it finishes; false if it did not succeed.
 pub async fn execution_tail(client: &Client, id: &str) -> Result<bool, CliError> {
-    let (exec, _) = client.get(&format!("executions/{id}")).await?;
-    if is_completed(exec["status"].as_str().unwrap_or_default()) {
-        print_yaml(&exec["result"], 0);
-        return Ok(exec["status"] == "succeeded");
-    }
+    // The stream ends by itself after the execution's final state, even if
+    // that came before we connected.
     let url = format!(
         "{}/stream/v1/stream?execution_ids={id}&end_execution_id={id}&events=st2.execution__update,st2.execution.output__create",
         client.base
     );
-    let req = match &client.credentials {
-        Credentials::Token(t) => client.http.get(url).header("X-Auth-Token", t),
-        Credentials::ApiKey(k) => client.http.get(url).header("St2-Api-Key", k),
-        Credentials::None => client.http.get(url),
-    };
-    let mut resp = req.send().await.map_err(|e| CliError::Unreachable {
-        url: client.base.clone(),
-        message: e.to_string(),
-    })?;
+    let mut resp = client
+        .authorize(client.http.get(url))
+        .send()
+        .await
+        .map_err(|e| CliError::Unreachable {
+            url: client.base.clone(),
+            message: e.to_string(),
+        })?;
     if !resp.status().is_success() {
         return Err(CliError::Api(format!(
             "{}: cannot follow the stream",
@@ -197,6 +198,7 @@ pub async fn execution_tail(client: &Client, id: &str) -> Result<bool, CliError>
     }
     let mut buf = String::new();
     let mut last_status = String::new();
+    let mut seen_output = false;
     while let Some(chunk) = resp
         .chunk()
         .await
@@ -214,10 +216,23 @@ pub async fn execution_tail(client: &Client, id: &str) -> Result<bool, CliError>
                 continue;
             };
             if let Some(text) = event.get("data").and_then(Value::as_str) {
+                seen_output = true;
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             } else if let Some(status) = event.get("status").and_then(Value::as_str) {
                 last_status = status.to_string();
+            }
+        }
+    }
+    if !seen_output {
+        // It printed before we connected (live output is not kept): show
+        // what the result holds.
+        let (exec, _) = client.get(&format!("executions/{id}")).await?;
+        for stream in ["stdout", "stderr"] {
+            match &exec["result"][stream] {
+                Value::String(s) if !s.is_empty() => println!("{s}"),
+                Value::Null | Value::String(_) => {}
+                other => println!("{}", pretty(other)),
             }
         }
     }
@@ -253,7 +268,7 @@ pub async fn login(
     let file = saved_token_file().ok_or_else(|| {
         CliError::Usage("cannot tell where to save the token: set HOME or XDG_CONFIG_HOME".into())
     })?;
-    save_secret(&file, token).map_err(|e| {
+    crate::node::write_secret_file(&file, token).map_err(|e| {
         CliError::Usage(format!("cannot save the token to {}: {e}", file.display()))
     })?;
     if as_json {
@@ -266,20 +281,6 @@ pub async fn login(
         );
     }
     Ok(())
-}
-
-fn save_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
 }
 
 /// Parses `key=value` pairs. Values stay strings unless they are JSON

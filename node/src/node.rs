@@ -255,8 +255,9 @@ fn datastore_cipher(file: &Path) -> Result<Cipher, NodeError> {
     }
 }
 
-/// Writes `text` to a new file only its owner can read.
-fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` to a file only its owner can read (created, or
+/// truncated), creating its directory.
+pub fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -268,5 +269,7 @@ fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // An existing file keeps its mode on open: tighten it.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(format!("{text}\n").as_bytes())
 }

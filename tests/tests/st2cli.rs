@@ -117,7 +117,8 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     let (_, out, _) = st2(
         &node,
         home,
-        &["run", "core.local", "cmd=sleep 1; echo tailed", "--async"],
+        // Live output is not replayed: leave the CLI ample time to connect.
+        &["run", "core.local", "cmd=sleep 4; echo tailed", "--async"],
     )
     .await?;
     let tailed = out
