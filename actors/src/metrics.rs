@@ -18,6 +18,8 @@ pub const EXECUTIONS_REQUESTED: &str = "squall_executions_requested_total";
 pub const EXECUTIONS_FINISHED: &str = "squall_executions_finished_total";
 /// Executions running on this node now.
 pub const EXECUTIONS_RUNNING: &str = "squall_executions_running";
+/// Gauge: clients connected to the event stream.
+pub const STREAM_CLIENTS: &str = "squall_stream_clients";
 
 static TRIGGERS_PUBLISHED_N: AtomicU64 = AtomicU64::new(0);
 static TRIGGERS_PROCESSED_N: AtomicU64 = AtomicU64::new(0);
@@ -26,6 +28,23 @@ static REQUESTED_N: AtomicU64 = AtomicU64::new(0);
 static FINISHED_N: [AtomicU64; Status::ALL.len()] =
     [const { AtomicU64::new(0) }; Status::ALL.len()];
 static RUNNING_N: AtomicU64 = AtomicU64::new(0);
+static STREAM_CLIENTS_N: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one event-stream client for as long as it lives.
+#[derive(Debug)]
+pub struct StreamClient(());
+
+impl Drop for StreamClient {
+    fn drop(&mut self) {
+        STREAM_CLIENTS_N.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A client connected to the event stream; dropped when it leaves.
+pub fn stream_client() -> StreamClient {
+    STREAM_CLIENTS_N.fetch_add(1, Ordering::Relaxed);
+    StreamClient(())
+}
 
 /// A trigger instance was published.
 pub fn trigger_published() {
@@ -116,6 +135,12 @@ pub fn render() -> String {
         EXECUTIONS_RUNNING,
         "Executions running on this node.",
         vec![(String::new(), load(&RUNNING_N))],
+        "gauge",
+    );
+    counter(
+        STREAM_CLIENTS,
+        "Clients connected to this node's event stream.",
+        vec![(String::new(), load(&STREAM_CLIENTS_N))],
         "gauge",
     );
     out

@@ -113,20 +113,45 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     let (ok, out, err) = st2(&node, home, &["rule", "enable", "examples.alert_diagnose"]).await?;
     assert!(ok, "{out}{err}");
 
-    // `st2 execution tail` follows live output over the event stream.
-    let (_, out, _) = st2(
-        &node,
-        home,
-        // Live output is not replayed: leave the CLI ample time to connect.
-        &["run", "core.local", "cmd=sleep 4; echo tailed", "--async"],
-    )
-    .await?;
+    // `st2 execution tail` follows live output over the event stream. The
+    // action prints only once the CLI is connected (live output is not
+    // replayed): it waits for a file the test creates then.
+    let go = home.join("go");
+    let cmd = format!(
+        "cmd=while [ ! -f {} ]; do sleep 0.05; done; echo tailed",
+        go.display()
+    );
+    let (_, out, _) = st2(&node, home, &["run", "core.local", &cmd, "--async"]).await?;
     let tailed = out
         .split_once("st2 execution get ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .with_context(|| format!("no execution id in: {out}"))?
         .to_string();
-    let (ok, out, err) = st2(&node, home, &["execution", "tail", &tailed]).await?;
+    squall_tests::poll(std::time::Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{tailed}")).await?;
+        Ok((e["status"] == "running").then_some(()))
+    })
+    .await?;
+    let tail = {
+        let (node, home, tailed) = (&node, home, tailed.clone());
+        async move { st2(node, home, &["execution", "tail", &tailed]).await }
+    };
+    let connected = async {
+        squall_tests::poll(std::time::Duration::from_secs(30), || async {
+            let text = reqwest::get(format!("{}/metrics", node.root))
+                .await?
+                .text()
+                .await?;
+            Ok(text
+                .lines()
+                .any(|l| l.starts_with("squall_stream_clients ") && !l.ends_with(" 0"))
+                .then_some(()))
+        })
+        .await?;
+        std::fs::write(&go, "")?;
+        anyhow::Ok(())
+    };
+    let ((ok, out, err), ()) = tokio::try_join!(tail, connected)?;
     assert!(ok, "{out}{err}");
     assert!(out.contains("tailed"), "{out}");
     assert!(out.contains("status=succeeded"), "{out}");

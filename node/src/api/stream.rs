@@ -145,18 +145,23 @@ pub async fn stream(
         Some(last) => stream::iter([last]).boxed(),
         None => merged,
     };
-    // Ends right after the end execution's final event.
-    let events = stream::unfold((merged, false), move |(mut source, over)| {
-        let end = end.clone();
-        async move {
-            if over {
-                return None;
+    // Ends right after the end execution's final event. The client is
+    // counted (`squall_stream_clients`) while the stream lives.
+    let client = squall_actors::metrics::stream_client();
+    let events = stream::unfold(
+        (merged, false, client),
+        move |(mut source, over, client)| {
+            let end = end.clone();
+            async move {
+                if over {
+                    return None;
+                }
+                let h = source.next().await?;
+                let last = end.as_deref() == Some(h.execution_id.as_str()) && h.finished;
+                Some((h, (source, last, client)))
             }
-            let h = source.next().await?;
-            let last = end.as_deref() == Some(h.execution_id.as_str()) && h.finished;
-            Some((h, (source, last)))
-        }
-    })
+        },
+    )
     .filter(move |h| futures::future::ready(filter.keeps(h.event, &h.execution_id, &h.action_ref)))
     .map(|h| {
         Ok(Event::default()
