@@ -140,7 +140,11 @@ pub async fn stream(
             .map(|(r, _)| from_record(&r)),
         None => None,
     };
-    let merged = stream::select(records, output).boxed();
+    // Output first whenever both have something: a runner sends an
+    // execution's output before its final record, and a client that stops
+    // at the final update must not lose the last lines to a coin toss.
+    let merged =
+        stream::select_with_strategy(output, records, |_: &mut ()| stream::PollNext::Left).boxed();
     let merged = match already {
         Some(last) => stream::iter([last]).boxed(),
         None => merged,
