@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | `TRIGGERS` | limits stream | `squall.trigger.<partition>.<instance id>` |
 //! | `EXECUTIONS` | work-queue stream | `squall.exec.<pool>` |
+//! | `OUTPUT` | limits stream | `squall.output.<execution id>`: stdout/stderr chunks |
 //! | `content` | KV | `packs.<pack ref>` → [`PackBundle`](squall_domain::model::PackBundle) |
 //! | `executions` | KV | `<execution id>` → [`ExecutionRecord`] |
 //! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`] |
@@ -31,6 +32,12 @@ use crate::keys;
 pub const TRIGGERS_STREAM: &str = "TRIGGERS";
 /// Work-queue stream of execution requests.
 pub const EXECUTIONS_STREAM: &str = "EXECUTIONS";
+/// Stream of executions' output chunks, as runners produce them.
+pub const OUTPUT_STREAM: &str = "OUTPUT";
+/// How long output chunks are kept (the final result keeps all output).
+pub const OUTPUT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most bytes of output chunks kept; the oldest go first.
+pub const OUTPUT_MAX_BYTES: i64 = 1 << 30;
 /// KV bucket of registered content.
 pub const CONTENT_BUCKET: &str = "content";
 /// KV bucket of execution records.
@@ -101,6 +108,18 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             num_replicas: replicas,
             ..Default::default()
         },
+        stream::Config {
+            name: OUTPUT_STREAM.into(),
+            description: Some("Executions' stdout/stderr chunks, by execution id.".into()),
+            subjects: vec!["squall.output.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: OUTPUT_RETENTION,
+            max_bytes: OUTPUT_MAX_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
     ]
 }
 
@@ -157,6 +176,7 @@ pub struct Bus {
     pub executions: kv::Store,
     pub enforcements: kv::Store,
     pub triggers: stream::Stream,
+    pub output: stream::Stream,
     /// Number of partitions, fixed when the cluster was created.
     pub partitions: u32,
 }
@@ -205,7 +225,12 @@ impl Bus {
             .get_stream(TRIGGERS_STREAM)
             .await
             .map_err(|e| bus_err("open stream TRIGGERS", e))?;
+        let output = js
+            .get_stream(OUTPUT_STREAM)
+            .await
+            .map_err(|e| bus_err("open stream OUTPUT", e))?;
         Ok(Bus {
+            output,
             content: kv(CONTENT_BUCKET).await?,
             executions: kv(EXECUTIONS_BUCKET).await?,
             enforcements: kv(ENFORCEMENTS_BUCKET).await?,
@@ -231,6 +256,59 @@ impl Bus {
         publish(&self.js, subject, &instance.id, headers, payload).await?;
         crate::metrics::trigger_published();
         Ok(())
+    }
+
+    /// An execution's output chunks (the JSON bodies runners publish) with
+    /// their stream sequence, from the first one on and then live as they
+    /// come; with how many were stored when the read began.
+    pub async fn output_chunks(
+        &self,
+        execution_id: &str,
+    ) -> Result<(u64, futures::stream::BoxStream<'static, (u64, Bytes)>), EngineError> {
+        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+        if !ids::is_id(execution_id) {
+            return Ok((0, futures::stream::empty().boxed()));
+        }
+        let consumer = self
+            .output
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: output_subject(execution_id),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| bus_err("read output", e))?;
+        let stored = consumer.cached_info().num_pending;
+        let chunks = consumer
+            .messages()
+            .await
+            .map_err(|e| bus_err("read output", e))?
+            .filter_map(|m| async move {
+                let m = m.ok()?;
+                let seq = m.info().ok()?.stream_sequence;
+                Some((seq, m.message.payload))
+            })
+            .boxed();
+        Ok((stored, chunks))
+    }
+
+    /// Stream sequence of an execution's last stored output chunk, if any.
+    pub async fn last_output_sequence(
+        &self,
+        execution_id: &str,
+    ) -> Result<Option<u64>, EngineError> {
+        if !ids::is_id(execution_id) {
+            return Ok(None);
+        }
+        match self
+            .output
+            .get_last_raw_message_by_subject(&output_subject(execution_id))
+            .await
+        {
+            Ok(msg) => Ok(Some(msg.sequence)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(bus_err("read output", e)),
+        }
     }
 
     /// Reads one stored trigger instance by id, with whether its partition's

@@ -108,6 +108,14 @@ impl Catalog {
             .filter(move |r| &r.def.trigger.parameters == parameters)
     }
 
+    /// Every distinct trigger some enabled rule listens to, of any type.
+    pub fn triggers(&self) -> Vec<Trigger> {
+        self.rules_by_type
+            .keys()
+            .flat_map(|t| self.triggers_of_type(t))
+            .collect()
+    }
+
     /// Every distinct trigger some enabled rule listens to, of one type.
     pub fn triggers_of_type(&self, trigger_type: &str) -> Vec<Trigger> {
         let mut out: Vec<Trigger> = Vec::new();

@@ -38,7 +38,11 @@ pub async fn store_pack(bus: &Bus, bundle: &PackBundle) -> Result<(), EngineErro
         .await
         .map_err(|e| bus_err("store pack", e))?;
     tracing::info!(pack = %bundle.pack.pack_ref, actions = bundle.actions.len(),
-        rules = bundle.rules.len(), "pack registered");
+        rules = bundle.rules.len(), policies = bundle.policies.len(), "pack registered");
+    for policy in &bundle.policies {
+        tracing::warn!(policy = %policy.reference(), policy_type = %policy.policy_type,
+            "policy registered and listed, but policies are not enforced yet");
+    }
     Ok(())
 }
 
@@ -111,6 +115,7 @@ fn empty_pack(pack_ref: &str) -> PackBundle {
         actions: vec![],
         rules: vec![],
         trigger_types: vec![],
+        policies: vec![],
     }
 }
 

@@ -15,8 +15,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
@@ -27,6 +25,7 @@ use squall_domain::time::{self, Timestamp};
 
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
+use crate::mirror::{Mirror, Mirrored};
 
 /// KV bucket of the datastore.
 pub const KEYS_BUCKET: &str = "keys";
@@ -276,17 +275,11 @@ impl KeyStore {
     }
 }
 
-/// Back-off before the cache watches the bucket again after losing it.
-const REWATCH_DELAY: Duration = Duration::from_secs(1);
-
 /// A node's live copy of the datastore, for templates (`st2kv.system.x`):
-/// rendering is synchronous, so it reads memory kept equal to the `keys`
-/// bucket by a watch. A change reaches it milliseconds after the write.
+/// rendering is synchronous, so it reads a [`Mirrored`] copy of the `keys`
+/// bucket. A change reaches it milliseconds after the write.
 #[derive(Clone)]
-pub struct KeyCache {
-    entries: Arc<RwLock<HashMap<(Scope, String), KeyRecord>>>,
-    _watch: Arc<AbortOnDrop>,
-}
+pub struct KeyCache(Mirrored<KeyEntries>);
 
 impl fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -294,86 +287,34 @@ impl fmt::Debug for KeyCache {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Every stored pair by scope and name.
+#[derive(Default)]
+pub struct KeyEntries(HashMap<(Scope, String), KeyRecord>);
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Mirror for KeyEntries {
+    fn apply(&mut self, entry: &kv::Entry) {
+        let Some(key) = Scope::parse_key(&entry.key) else {
+            return;
+        };
+        match entry.operation {
+            kv::Operation::Put => match from_bytes::<KeyRecord>(&entry.key, &entry.value) {
+                Ok(record) => {
+                    self.0.insert(key, record);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable datastore entry"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.0.remove(&key);
+            }
+        }
     }
 }
-
-type Entries = Arc<RwLock<HashMap<(Scope, String), KeyRecord>>>;
 
 impl KeyCache {
-    /// Starts watching `store`'s bucket; returns once the current contents
+    /// Starts mirroring `store`'s bucket; returns once the current contents
     /// are loaded.
     pub async fn start(store: &KeyStore) -> Result<KeyCache, EngineError> {
-        let entries: Entries = Arc::default();
-        let mut watch = store
-            .kv
-            .watch_with_history(">")
-            .await
-            .map_err(|e| bus_err("watch keys", e))?;
-        // Load what is there now before answering any template.
-        let pending = store
-            .kv
-            .status()
-            .await
-            .map_err(|e| bus_err("keys status", e))?
-            .values();
-        let mut loaded = 0;
-        while loaded < pending {
-            match watch.next().await {
-                Some(Ok(entry)) => {
-                    apply(&entries, &entry);
-                    loaded += 1;
-                    if entry.delta == 0 {
-                        break;
-                    }
-                }
-                Some(Err(e)) => return Err(bus_err("watch keys", e)),
-                None => break,
-            }
-        }
-        let kv = store.kv.clone();
-        let live = Arc::clone(&entries);
-        let task = tokio::spawn(async move {
-            loop {
-                while let Some(entry) = watch.next().await {
-                    match entry {
-                        Ok(entry) => apply(&live, &entry),
-                        Err(e) => tracing::warn!(error = %e, "datastore watch error"),
-                    }
-                }
-                tokio::time::sleep(REWATCH_DELAY).await;
-                match kv.watch_with_history(">").await {
-                    Ok(w) => watch = w,
-                    Err(e) => tracing::warn!(error = %e, "cannot watch the datastore; retrying"),
-                }
-            }
-        });
-        Ok(KeyCache {
-            entries,
-            _watch: Arc::new(AbortOnDrop(task)),
-        })
-    }
-}
-
-fn apply(entries: &Entries, entry: &kv::Entry) {
-    let Some(key) = Scope::parse_key(&entry.key) else {
-        return;
-    };
-    let mut map = entries.write().unwrap_or_else(PoisonError::into_inner);
-    match entry.operation {
-        kv::Operation::Put => match from_bytes::<KeyRecord>(&entry.key, &entry.value) {
-            Ok(record) => {
-                map.insert(key, record);
-            }
-            Err(e) => tracing::warn!(error = %e, "unreadable datastore entry"),
-        },
-        kv::Operation::Delete | kv::Operation::Purge => {
-            map.remove(&key);
-        }
+        Ok(KeyCache(Mirrored::start(&store.kv, "keys").await?))
     }
 }
 
@@ -383,8 +324,10 @@ impl KeyValueLookup for KeyCache {
             KvScope::System => Scope::System,
             KvScope::User(u) => Scope::User(u),
         };
-        let map = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        map.get(&(scope, name.to_string()))
+        self.0
+            .read()
+            .0
+            .get(&(scope, name.to_string()))
             .filter(|r| !r.expired(&time::now()))
             .map(|r| r.value.clone())
     }

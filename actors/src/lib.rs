@@ -6,6 +6,8 @@
 //! - [`rules`]: rule partitions — trigger in, enforcement and execution
 //!   request out.
 //! - [`executions`]: building and submitting execution requests.
+//! - [`history`]: the in-memory index behind execution lists.
+//! - [`mirror`]: a bucket kept in memory by a watch.
 //! - [`runners`]: runner pools pulling the work queue.
 //! - [`sensors`]: built-in timers.
 //! - [`node`]: the supervisor that starts and restarts all of the above.
@@ -19,8 +21,10 @@ pub mod catalog;
 pub mod content;
 pub mod error;
 pub mod executions;
+pub mod history;
 pub mod keys;
 pub mod metrics;
+pub mod mirror;
 pub mod node;
 pub mod pump;
 pub mod rules;

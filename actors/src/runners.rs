@@ -357,8 +357,9 @@ async fn run_action(
 }
 
 /// Publishes an execution's output chunks, as they come, on
-/// `squall.output.<id>` for live viewers (`/stream`). Live only: the
-/// result keeps the whole output.
+/// `squall.output.<id>`: live viewers (`/stream`) follow the subject, and
+/// the `OUTPUT` stream keeps the chunks for `/executions/{id}/output`. The
+/// result keeps the whole output too.
 fn forward_output(
     ctx: &RunnerContext,
     record: &ExecutionRecord,
@@ -367,7 +368,7 @@ fn forward_output(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<squall_runners::OutputChunk>();
-    let client = ctx.bus.client.clone();
+    let js = ctx.bus.js.clone();
     let subject = crate::bus::output_subject(&record.id);
     let (id, action_ref, runner_ref) = (
         record.id.clone(),
@@ -375,6 +376,9 @@ fn forward_output(
         record.runner.name.clone(),
     );
     let task = tokio::spawn(async move {
+        // Acks are awaited once the output ends, so chunks flow without a
+        // round trip each, yet all are stored before the final record.
+        let mut acks = Vec::new();
         while let Some(chunk) = rx.recv().await {
             let output_type = match chunk.stream {
                 squall_runners::OutputStream::Stdout => "stdout",
@@ -388,11 +392,14 @@ fn forward_output(
                 "data": chunk.data,
                 "timestamp": time::format(&time::now()),
             });
-            if let Err(e) = client
-                .publish(subject.clone(), body.to_string().into())
-                .await
-            {
-                tracing::debug!(error = %e, "live output not published");
+            match js.publish(subject.clone(), body.to_string().into()).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => tracing::warn!(error = %e, "output chunk not published"),
+            }
+        }
+        for ack in acks {
+            if let Err(e) = ack.await {
+                tracing::warn!(error = %e, "output chunk not stored");
             }
         }
     });

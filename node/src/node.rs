@@ -131,7 +131,9 @@ impl Node {
         let mut addrs = [None, None, None];
         let mut api_tasks = Vec::new();
         if cfg.api.enabled {
+            let history = Box::pin(squall_actors::history::start(&bus)).await?;
             let app = api::app(ApiState {
+                history,
                 bus: bus.clone(),
                 catalog: engine.shared.catalog.clone(),
                 renderer: engine.shared.renderer.clone(),

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod loader;
 pub mod model;
 pub mod params;
+pub mod policies;
 pub mod runner_types;
 pub mod secrets;
 pub mod template;

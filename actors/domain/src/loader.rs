@@ -2,11 +2,12 @@
 //! with file, line and field.
 //!
 //! A pack is read whole: `pack.yaml`, `actions/*.yaml`, `rules/*.yaml`,
-//! `triggers/*.yaml` and the trigger types declared in `sensors/*.yaml`.
+//! `triggers/*.yaml`, `policies/*.yaml` and the trigger types declared in
+//! `sensors/*.yaml`.
 //! Every file is checked and every problem collected, so a user fixes a
 //! broken pack in one pass instead of one error at a time; a pack with any
 //! error yields no [`PackBundle`] at all. Other StackStorm content (aliases,
-//! policies, `config.schema.yaml`) is not read yet and does not stop a pack
+//! `config.schema.yaml`) is not read yet and does not stop a pack
 //! from loading.
 //!
 //! User YAML is strict: unknown fields are errors (StackStorm's schemas
@@ -24,7 +25,9 @@ use serde_json::Value;
 use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::criteria;
-use crate::model::{ActionDef, PackBundle, PackMeta, RuleDef, TriggerTypeDef, BUNDLE_VERSION};
+use crate::model::{
+    ActionDef, PackBundle, PackMeta, PolicyDef, RuleDef, TriggerTypeDef, BUNDLE_VERSION,
+};
 use crate::runner_types;
 use crate::template::Renderer;
 use crate::triggers;
@@ -172,6 +175,20 @@ const TRIGGER_TYPE_FIELDS: &[&str] = &[
     "uid",
 ];
 
+const POLICY_FIELDS: &[&str] = &[
+    "name",
+    "pack",
+    "description",
+    "enabled",
+    "resource_ref",
+    "policy_type",
+    "parameters",
+    "metadata_file",
+    "id",
+    "ref",
+    "uid",
+];
+
 const SENSOR_FIELDS: &[&str] = &[
     "name",
     "pack",
@@ -254,7 +271,25 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
         }
     }
 
+    let mut policies = Vec::new();
+    for file in yaml_files(&path.join("policies"), &mut errs) {
+        if let Some(p) = read_file(&file, &mut errs, |doc| {
+            check_policy(pack_ref.as_deref(), doc)
+        }) {
+            policies.push(PolicyDef {
+                metadata_file: metadata_file(&path, &file),
+                ..p
+            });
+        }
+    }
+
     let pack_root = &path;
+    check_unique(
+        &mut errs,
+        pack_root,
+        policies.iter().map(|p| (&p.name, &p.metadata_file)),
+        "policy",
+    );
     check_unique(
         &mut errs,
         pack_root,
@@ -282,6 +317,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             actions,
             rules,
             trigger_types,
+            policies,
         }),
         _ => Err(errs.finish()),
     }
@@ -1162,6 +1198,70 @@ fn check_trigger_type(
                 doc.problem(&join(at, schema), "must be a JSON schema (a mapping)");
             }
         }
+    }
+    doc.into_model()
+}
+
+fn check_policy(pack: Option<&str>, mut doc: Doc<'_>) -> Result<PolicyDef, Vec<Problem>> {
+    let top = doc.map.clone();
+    doc.unknown_fields("", &top, POLICY_FIELDS);
+    check_name(&mut doc);
+    claim_pack(&mut doc, pack);
+    for derived in ["id", "ref", "uid"] {
+        doc.map.remove(derived);
+    }
+    match doc.get("resource_ref").and_then(Yaml::as_str) {
+        Some(r)
+            if r.split_once('.')
+                .is_some_and(|(p, n)| !p.is_empty() && !n.is_empty()) => {}
+        Some(r) => {
+            let r = r.to_string();
+            doc.problem(
+                "resource_ref",
+                format!("{r:?} is not an action ref of the form pack.name"),
+            )
+        }
+        None => doc.problem(
+            "resource_ref",
+            "missing: the action (pack.name) the policy applies to",
+        ),
+    }
+    let params: serde_json::Map<String, Value> = match doc.get("parameters") {
+        None | Some(Yaml::Null) => serde_json::Map::new(),
+        Some(p) => match serde_json::to_value(p) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                doc.problem(
+                    "parameters",
+                    "must be a mapping of parameter names to values",
+                );
+                serde_json::Map::new()
+            }
+        },
+    };
+    match doc
+        .get("policy_type")
+        .and_then(Yaml::as_str)
+        .map(str::to_string)
+    {
+        Some(t) => match crate::policies::lookup(&t) {
+            Some(policy_type) => {
+                for (name, message) in crate::policies::check_parameters(&policy_type, &params) {
+                    doc.problem(&format!("parameters.{name}"), message);
+                }
+            }
+            None => {
+                let known: Vec<_> = crate::policies::all().iter().map(|t| t.reference).collect();
+                doc.problem(
+                    "policy_type",
+                    format!("{t:?} is not a policy type ({})", known.join(", ")),
+                )
+            }
+        },
+        None => doc.problem(
+            "policy_type",
+            "missing: one of action.concurrency, action.concurrency.attr, action.retry",
+        ),
     }
     doc.into_model()
 }

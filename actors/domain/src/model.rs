@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::criteria::Criteria;
 
@@ -204,6 +204,32 @@ impl TriggerTypeDef {
     }
 }
 
+/// A policy: a rule about how an action's executions run (concurrency,
+/// retry). See [`crate::policies`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDef {
+    pub name: String,
+    pub pack: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The action it applies to, `pack.name`.
+    pub resource_ref: String,
+    pub policy_type: String,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    #[serde(default)]
+    pub metadata_file: String,
+}
+
+impl PolicyDef {
+    /// `pack.name`.
+    pub fn reference(&self) -> String {
+        format!("{}.{}", self.pack, self.name)
+    }
+}
+
 /// Everything one pack registers, stored as one value so that a pack
 /// changes atomically: a watcher sees the old pack or the new one, never a
 /// mix.
@@ -221,4 +247,6 @@ pub struct PackBundle {
     pub rules: Vec<RuleDef>,
     #[serde(default)]
     pub trigger_types: Vec<TriggerTypeDef>,
+    #[serde(default)]
+    pub policies: Vec<PolicyDef>,
 }

@@ -15,6 +15,18 @@ pub fn format(ts: &Timestamp) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Reads an ISO 8601 / RFC 3339 timestamp; one without a zone is UTC.
+pub fn parse(text: &str) -> Option<Timestamp> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+}
+
 /// Serde adapter writing [`format`] and reading any RFC 3339 timestamp.
 pub mod serde_ts {
     use super::*;
@@ -26,9 +38,7 @@ pub mod serde_ts {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = String::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+        parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a timestamp")))
     }
 }
 
@@ -47,9 +57,7 @@ pub mod serde_opt_ts {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
         s.map(|s| {
-            DateTime::parse_from_rfc3339(&s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(serde::de::Error::custom)
+            parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a timestamp")))
         })
         .transpose()
     }
@@ -65,5 +73,13 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(format(&t), "2026-11-22T10:44:05.500000Z");
+    }
+
+    #[test]
+    fn parses_zoned_and_naive_as_utc() {
+        let zoned = parse("2026-11-22T12:00:00+01:00").unwrap();
+        assert_eq!(parse("2026-11-22T11:00:00").unwrap(), zoned);
+        assert_eq!(parse("2026-11-22T11:00:00.000Z").unwrap(), zoned);
+        assert_eq!(parse("yesterday"), None);
     }
 }

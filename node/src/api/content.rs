@@ -8,12 +8,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use squall_actors::catalog::{content_id, CatalogRule};
 use squall_actors::content;
-use squall_domain::model::{ActionDef, PackBundle, TriggerTypeDef};
+use squall_domain::model::{ActionDef, PackBundle, PolicyDef, TriggerTypeDef};
+use squall_domain::policies;
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiQuery};
+use super::listing::{ListParams, Listed};
 use super::ApiState;
 
-fn action_view(a: &ActionDef) -> Value {
+pub fn action_view(a: &ActionDef) -> Value {
     let mut v = serde_json::to_value(a).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
         o.insert("id".into(), json!(content_id("action", &a.reference())));
@@ -65,13 +67,34 @@ fn trigger_type_view(t: &TriggerTypeDef) -> Value {
     v
 }
 
-/// `GET /actions`.
-pub async fn list_actions(State(st): State<ApiState>) -> Json<Vec<Value>> {
+/// Filters the content lists share.
+#[derive(Debug, Default, Deserialize)]
+pub struct ContentFilter {
+    #[serde(default)]
+    pack: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl ContentFilter {
+    fn keeps(&self, pack: &str, name: &str) -> bool {
+        self.pack.as_deref().is_none_or(|p| p == pack)
+            && self.name.as_deref().is_none_or(|n| n == name)
+    }
+}
+
+/// `GET /actions` (`pack`, `name` filter).
+pub async fn list_actions(
+    State(st): State<ApiState>,
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(f): ApiQuery<ContentFilter>,
+) -> Result<Listed, ApiError> {
     let catalog = st.catalog.load();
-    Json(
+    list.respond(
         catalog
             .actions
             .values()
+            .filter(|a| f.keeps(&a.def.pack, &a.def.name))
             .map(|a| action_view(&a.def))
             .collect(),
     )
@@ -93,10 +116,21 @@ pub async fn get_action(
         .ok_or_else(|| ApiError::NotFound(format!("action {reference} not found")))
 }
 
-/// `GET /rules`.
-pub async fn list_rules(State(st): State<ApiState>) -> Json<Vec<Value>> {
+/// `GET /rules` (`pack`, `name` filter).
+pub async fn list_rules(
+    State(st): State<ApiState>,
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(f): ApiQuery<ContentFilter>,
+) -> Result<Listed, ApiError> {
     let catalog = st.catalog.load();
-    Json(catalog.rules.values().map(|r| rule_view(r)).collect())
+    list.respond(
+        catalog
+            .rules
+            .values()
+            .filter(|r| f.keeps(&r.def.pack, &r.def.name))
+            .map(|r| rule_view(r))
+            .collect(),
+    )
 }
 
 /// `GET /rules/{ref_or_id}`.
@@ -114,21 +148,156 @@ pub async fn get_rule(
 }
 
 /// `GET /packs`.
-pub async fn list_packs(State(st): State<ApiState>) -> Json<Vec<Value>> {
+pub async fn list_packs(
+    State(st): State<ApiState>,
+    ApiQuery(list): ApiQuery<ListParams>,
+) -> Result<Listed, ApiError> {
     let catalog = st.catalog.load();
-    Json(catalog.packs.values().map(pack_view).collect())
+    list.respond(catalog.packs.values().map(pack_view).collect())
 }
 
-/// `GET /triggertypes`.
-pub async fn list_trigger_types(State(st): State<ApiState>) -> Json<Vec<Value>> {
+/// `GET /packs/{ref or id}`.
+pub async fn get_pack(
+    State(st): State<ApiState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
-    Json(
+    catalog
+        .packs
+        .values()
+        .find(|b| b.pack.pack_ref == reference || content_id("pack", &b.pack.pack_ref) == reference)
+        .map(|b| Json(pack_view(b)))
+        .ok_or_else(|| ApiError::NotFound(format!("pack {reference} not found")))
+}
+
+fn policy_view(p: &PolicyDef) -> Value {
+    let mut v = serde_json::to_value(p).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(content_id("policy", &p.reference())));
+        o.insert("ref".into(), json!(p.reference()));
+        o.insert("uid".into(), json!(format!("policy:{}:{}", p.pack, p.name)));
+    }
+    v
+}
+
+/// Filters of `GET /policies`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PolicyFilter {
+    #[serde(default)]
+    pack: Option<String>,
+    #[serde(default)]
+    resource_ref: Option<String>,
+    #[serde(default)]
+    policy_type: Option<String>,
+}
+
+/// `GET /policies` (`pack`, `resource_ref`, `policy_type` filter).
+pub async fn list_policies(
+    State(st): State<ApiState>,
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(f): ApiQuery<PolicyFilter>,
+) -> Result<Listed, ApiError> {
+    let catalog = st.catalog.load();
+    list.respond(
+        catalog
+            .packs
+            .values()
+            .flat_map(|b| b.policies.iter())
+            .filter(|p| {
+                f.pack.as_deref().is_none_or(|x| x == p.pack)
+                    && f.resource_ref
+                        .as_deref()
+                        .is_none_or(|x| x == p.resource_ref)
+                    && f.policy_type.as_deref().is_none_or(|x| x == p.policy_type)
+            })
+            .map(policy_view)
+            .collect(),
+    )
+}
+
+/// `GET /policies/{ref or id}`.
+pub async fn get_policy(
+    State(st): State<ApiState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = st.catalog.load();
+    catalog
+        .packs
+        .values()
+        .flat_map(|b| b.policies.iter())
+        .find(|p| p.reference() == reference || content_id("policy", &p.reference()) == reference)
+        .map(|p| Json(policy_view(p)))
+        .ok_or_else(|| ApiError::NotFound(format!("policy {reference} not found")))
+}
+
+fn policy_type_view(t: &policies::PolicyType) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(content_id("policy_type", t.reference)));
+        o.insert("uid".into(), json!(format!("policy_type:{}", t.reference)));
+        o.insert("enabled".into(), json!(true));
+        // StackStorm's shape: parameters as a JSON-schema-like mapping.
+        let params: serde_json::Map<String, Value> = t
+            .parameters
+            .iter()
+            .map(|p| {
+                let mut spec = serde_json::to_value(p).unwrap_or_default();
+                if let Some(s) = spec.as_object_mut() {
+                    s.remove("name");
+                }
+                (p.name.to_string(), spec)
+            })
+            .collect();
+        o.insert("parameters".into(), Value::Object(params));
+    }
+    v
+}
+
+/// `GET /policytypes`.
+pub async fn list_policy_types(ApiQuery(list): ApiQuery<ListParams>) -> Result<Listed, ApiError> {
+    list.respond(policies::all().iter().map(policy_type_view).collect())
+}
+
+/// `GET /policytypes/{ref or id}`.
+pub async fn get_policy_type(Path(reference): Path<String>) -> Result<Json<Value>, ApiError> {
+    policies::all()
+        .iter()
+        .find(|t| t.reference == reference || content_id("policy_type", t.reference) == reference)
+        .map(|t| Json(policy_type_view(t)))
+        .ok_or_else(|| ApiError::NotFound(format!("policy type {reference} not found")))
+}
+
+/// `GET /triggertypes` (`pack`, `name` filter).
+pub async fn list_trigger_types(
+    State(st): State<ApiState>,
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(f): ApiQuery<ContentFilter>,
+) -> Result<Listed, ApiError> {
+    let catalog = st.catalog.load();
+    list.respond(
         catalog
             .trigger_types
             .values()
+            .filter(|t| f.keeps(&t.pack, &t.name))
             .map(trigger_type_view)
             .collect(),
     )
+}
+
+/// `GET /triggertypes/{ref or id}`.
+pub async fn get_trigger_type(
+    State(st): State<ApiState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = st.catalog.load();
+    catalog
+        .trigger_types
+        .values()
+        .find(|t| {
+            t.reference() == reference || content_id("trigger_type", &t.reference()) == reference
+        })
+        .map(|t| Json(trigger_type_view(t)))
+        .ok_or_else(|| ApiError::NotFound(format!("trigger type {reference} not found")))
 }
 
 /// Query of `GET /runnertypes`.
@@ -149,9 +318,10 @@ fn runner_type_view(rt: &squall_domain::runner_types::RunnerType) -> Value {
 /// `GET /runnertypes` (`name` filters), as StackStorm's CLI reads them to
 /// type `st2 run` parameters.
 pub async fn list_runner_types(
-    axum::extract::Query(q): axum::extract::Query<RunnerTypeQuery>,
-) -> Json<Vec<Value>> {
-    Json(
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(q): ApiQuery<RunnerTypeQuery>,
+) -> Result<Listed, ApiError> {
+    list.respond(
         squall_domain::runner_types::all()
             .iter()
             .filter(|rt| q.name.as_deref().is_none_or(|n| n == rt.name))

@@ -1,22 +1,18 @@
 //! `/ruleenforcements`: what each rule did with each trigger instance.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 use squall_domain::execution::RuleEnforcement;
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiQuery};
+use super::listing::{ListParams, Listed};
 use super::ApiState;
 
 /// Query of `GET /ruleenforcements`.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
-    #[serde(default)]
-    limit: Option<i64>,
-    #[serde(default)]
-    offset: Option<usize>,
     /// Only this rule's (`pack.name`).
     #[serde(default)]
     rule_ref: Option<String>,
@@ -39,27 +35,22 @@ fn keep(q: &ListQuery, e: &RuleEnforcement) -> bool {
 /// `GET /ruleenforcements`: newest first, with `X-Total-Count`.
 pub async fn list(
     State(st): State<ApiState>,
-    Query(q): Query<ListQuery>,
-) -> Result<(HeaderMap, Json<Vec<Value>>), ApiError> {
-    let limit = super::page_limit(q.limit)?;
-    let offset = q.offset.unwrap_or(0);
-    let mut matched = 0usize;
-    let mut page = Vec::new();
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Listed, ApiError> {
+    let mut matched = Vec::new();
     for id in st.bus.enforcement_ids().await? {
-        let Some(e) = st.bus.enforcement(&id).await? else {
-            continue;
-        };
-        if !keep(&q, &e) {
-            continue;
+        if let Some(e) = st.bus.enforcement(&id).await?.filter(|e| keep(&q, e)) {
+            matched.push(e);
         }
-        if matched >= offset && page.len() < limit {
-            page.push(serde_json::to_value(&e).unwrap_or_default());
-        }
-        matched += 1;
     }
-    let mut headers = HeaderMap::new();
-    headers.insert("X-Total-Count", HeaderValue::from(matched));
-    Ok((headers, Json(page)))
+    matched.sort_by(|a, b| b.enforced_at.cmp(&a.enforced_at));
+    list.respond(
+        matched
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap_or_default())
+            .collect(),
+    )
 }
 
 /// `GET /ruleenforcements/{id}`.

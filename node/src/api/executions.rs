@@ -1,18 +1,20 @@
 //! `/executions`: run an action, list and read executions.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use squall_actors::auth::{Principal, Role};
 use squall_actors::executions::{self, ExecutionSpec};
+use squall_actors::history::Filter;
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::params::MASK;
 use squall_domain::{runner_types, time};
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::listing::{ListParams, Listed};
 use super::ApiState;
 
 /// Body of `POST /executions`.
@@ -55,80 +57,333 @@ pub async fn create(
     };
     let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;
     let stored = executions::submit(&st.bus, record).await?;
-    Ok((StatusCode::CREATED, Json(view(&stored))))
+    Ok((StatusCode::CREATED, Json(view(&stored, false))))
 }
 
-/// Query of `GET /executions`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    #[serde(default)]
-    limit: Option<i64>,
-    #[serde(default)]
-    offset: Option<usize>,
+/// Filters of `GET /executions`, as StackStorm names them.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListFilters {
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
     action: Option<String>,
+    #[serde(default)]
+    runner: Option<String>,
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    trigger_instance: Option<String>,
+    #[serde(default)]
+    trigger: Option<String>,
+    #[serde(default)]
+    trigger_type: Option<String>,
+    /// An execution id, or `null` for top-level executions only.
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    liveaction: Option<String>,
+    #[serde(default)]
+    timestamp_gt: Option<String>,
+    #[serde(default)]
+    timestamp_lt: Option<String>,
+    #[serde(default)]
+    sort_asc: Option<String>,
+    #[serde(default)]
+    sort_desc: Option<String>,
 }
 
-/// Lists executions, newest first, with `X-Total-Count`.
+/// `show_secrets`, honoured for admins only.
+#[derive(Debug, Default, Deserialize)]
+pub struct Secrets {
+    #[serde(default)]
+    show_secrets: Option<String>,
+}
+
+impl Secrets {
+    fn shown(&self, me: &Principal) -> bool {
+        me.role >= Role::Admin && self.show_secrets.as_deref().is_some_and(truthy)
+    }
+}
+
+/// A query flag's value as StackStorm's clients send it (`True`, `true`, `1`).
+pub fn truthy(v: &str) -> bool {
+    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+}
+
+fn timestamp(field: &str, text: &Option<String>) -> Result<Option<time::Timestamp>, ApiError> {
+    text.as_deref()
+        .map(|t| {
+            time::parse(t).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{field}: {t:?} is not an ISO 8601 timestamp (e.g. 2026-01-31T12:00:00Z)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+impl ListFilters {
+    fn filter(&self) -> Result<Filter, ApiError> {
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(s) => Some(Status::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!("status: {s:?} is not an execution status"))
+            })?),
+        };
+        Ok(Filter {
+            id: self.liveaction.clone(),
+            status,
+            action: self.action.clone(),
+            runner: self.runner.clone(),
+            rule: self.rule.clone(),
+            trigger_instance: self.trigger_instance.clone(),
+            trigger: self.trigger.clone(),
+            trigger_type: self.trigger_type.clone(),
+            parent: self.parent.as_deref().map(|p| match p {
+                "null" | "None" | "" => None,
+                id => Some(id.to_string()),
+            }),
+            user: self.user.clone(),
+            after: timestamp("timestamp_gt", &self.timestamp_gt)?,
+            before: timestamp("timestamp_lt", &self.timestamp_lt)?,
+        })
+    }
+
+    /// Oldest first only when asked (`sort_asc` or `sort=start_timestamp`).
+    fn ascending(&self, list: &ListParams) -> Result<bool, ApiError> {
+        if self.sort_asc.as_deref().is_some_and(truthy) {
+            return Ok(true);
+        }
+        if self.sort_desc.as_deref().is_some_and(truthy) {
+            return Ok(false);
+        }
+        match list.sort.as_deref() {
+            None | Some("") | Some("-start_timestamp") => Ok(false),
+            Some("start_timestamp") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "sort: executions sort by start_timestamp or -start_timestamp, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Lists executions, newest first, from the node's history index; reads
+/// only the records on the page.
 pub async fn list(
     State(st): State<ApiState>,
-    Query(q): Query<ListQuery>,
-) -> Result<(HeaderMap, Json<Vec<Value>>), ApiError> {
-    let limit = super::page_limit(q.limit)?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(format!("status: {s:?} is not an execution status"))
-        })?),
+    Extension(me): Extension<Principal>,
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(q): ApiQuery<ListFilters>,
+    ApiQuery(secrets): ApiQuery<Secrets>,
+) -> Result<Listed, ApiError> {
+    let limit = list.limit()?;
+    let projection = list.projection()?;
+    let filter = q.filter()?;
+    let page = st
+        .history
+        .read()
+        .page(&filter, q.ascending(&list)?, list.offset(), limit);
+    let show = secrets.shown(&me);
+    let records = read_records(&st, page.ids).await?;
+    let items = records
+        .iter()
+        .map(|rec| projection.apply(view(rec, show)))
+        .collect();
+    Ok(Listed::new(items, page.total, limit))
+}
+
+/// How many records a page reads from the bucket at once.
+const READ_AHEAD: usize = 16;
+
+/// The records of `ids`, in order; ones deleted meanwhile are left out.
+async fn read_records(st: &ApiState, ids: Vec<String>) -> Result<Vec<ExecutionRecord>, ApiError> {
+    let reads = futures::stream::iter(ids)
+        .map(|id| {
+            let bus = st.bus.clone();
+            async move { bus.execution(&id).await }
+        })
+        .buffered(READ_AHEAD)
+        .collect::<Vec<_>>()
+        .await;
+    let mut out = Vec::with_capacity(reads.len());
+    for read in reads {
+        if let Some((rec, _)) = read? {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+/// Query of `GET /executions/{id}/children`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChildrenQuery {
+    /// Levels down; `-1` (the default) for all.
+    #[serde(default)]
+    depth: Option<i64>,
+}
+
+/// `GET /executions/{id}/children`: the descendants, parents first.
+pub async fn children(
+    State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ChildrenQuery>,
+    ApiQuery(secrets): ApiQuery<Secrets>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let depth = match q.depth {
+        None | Some(-1) => None,
+        Some(d) if d >= 0 => Some(d as usize),
+        Some(d) => {
+            return Err(ApiError::BadRequest(format!(
+                "depth must be -1 (all levels) or a level count, got {d}"
+            )))
+        }
     };
-    let mut keys = st
-        .bus
-        .executions
-        .keys()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("listing executions failed: {e}")))?;
-    let mut ids = Vec::new();
-    while let Some(k) = keys.next().await {
-        ids.push(k.map_err(|e| ApiError::Unavailable(format!("listing executions failed: {e}")))?);
+    let (known, ids) = {
+        let history = st.history.read();
+        (history.get(&id).is_some(), history.descendants(&id, depth))
+    };
+    if !known && st.bus.execution(&id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("execution {id} not found")));
     }
-    // Ids begin with their creation second: sorting them sorts by time.
-    ids.sort_unstable_by(|a, b| b.cmp(a));
-    let filtered = q.status.is_some() || q.action.is_some();
-    let mut total = ids.len();
-    let mut page = Vec::new();
-    let mut matched = 0usize;
-    let offset = q.offset.unwrap_or(0);
-    for id in &ids {
-        if !filtered && (matched < offset || page.len() >= limit) {
-            matched += 1;
-            continue;
+    let show = secrets.shown(&me);
+    let records = read_records(&st, ids).await?;
+    Ok(Json(records.iter().map(|r| view(r, show)).collect()))
+}
+
+/// Query of `GET /executions/{id}/output`.
+#[derive(Debug, Default, Deserialize)]
+pub struct OutputQuery {
+    /// `all` (default), `stdout` or `stderr`.
+    #[serde(default)]
+    pub output_type: Option<String>,
+}
+
+impl OutputQuery {
+    /// The stream asked for, `None` for both.
+    pub fn wanted(&self) -> Result<Option<&str>, ApiError> {
+        match self.output_type.as_deref() {
+            None | Some("all") | Some("") => Ok(None),
+            Some(t @ ("stdout" | "stderr")) => Ok(Some(t)),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "output_type must be all, stdout or stderr, not {other:?}"
+            ))),
         }
-        let Some((rec, _)) = st.bus.execution(id).await? else {
-            continue;
+    }
+}
+
+/// `GET /executions/{id}/output`: the output so far as plain text, in the
+/// order it was produced.
+pub async fn output(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<OutputQuery>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    let wanted = q.wanted()?;
+    let Some((rec, _)) = st.bus.execution(&id).await? else {
+        return Err(ApiError::NotFound(format!("execution {id} not found")));
+    };
+    let (stored, chunks) = st.bus.output_chunks(&id).await?;
+    let mut text = String::new();
+    if stored > 0 {
+        let chunks: Vec<_> = chunks.take(stored as usize).collect().await;
+        for (_, chunk) in chunks {
+            let Ok(chunk) = serde_json::from_slice::<Value>(&chunk) else {
+                continue;
+            };
+            if wanted.is_none_or(|w| chunk["output_type"] == w) {
+                text.push_str(chunk["data"].as_str().unwrap_or_default());
+            }
+        }
+    } else {
+        // Output kept only in the result (older than the output stream's
+        // retention, or produced by a runner that does not stream).
+        for name in ["stdout", "stderr"] {
+            if wanted.is_none_or(|w| w == name) {
+                if let Some(part) = rec.result.get(name).and_then(Value::as_str) {
+                    text.push_str(part);
+                }
+            }
+        }
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
+/// Body of `PUT /executions/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct UpdateBody {
+    status: String,
+    #[serde(default)]
+    result: Option<Value>,
+}
+
+/// `PUT /executions/{id}`: `canceling`/`canceled` cancel; `pausing`,
+/// `paused` and `resuming` pause and resume workflows; a final status with
+/// a `result` completes an execution waiting on something outside (a
+/// `pending` one).
+pub async fn update(
+    st: State<ApiState>,
+    me: Extension<Principal>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let status = Status::parse(&body.status).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "status: {:?} is not an execution status",
+            body.status
+        ))
+    })?;
+    match status {
+        Status::Canceling | Status::Canceled => return cancel(st, me, Path(id)).await,
+        Status::Pausing | Status::Paused | Status::Resuming => {
+            let Some((rec, _)) = st.bus.execution(&id).await? else {
+                return Err(ApiError::NotFound(format!("execution {id} not found")));
+            };
+            return Err(ApiError::BadRequest(format!(
+                "status: execution {id} runs on runner {:?}, which cannot pause or resume; \
+                 only workflow executions can",
+                rec.runner.name
+            )));
+        }
+        s if !s.is_completed() => {
+            return Err(ApiError::BadRequest(format!(
+                "status: an execution can be set only to a final status \
+                 (succeeded, failed, timeout, canceled, abandoned), not {s}"
+            )))
+        }
+        _ => {}
+    }
+    for _ in 0..5 {
+        let Some((mut rec, rev)) = st.bus.execution(&id).await? else {
+            return Err(ApiError::NotFound(format!("execution {id} not found")));
         };
-        if status.is_some_and(|s| rec.status != s)
-            || q.action
-                .as_deref()
-                .is_some_and(|a| rec.action.action_ref != a)
-        {
-            continue;
+        if rec.status != Status::Pending {
+            return Err(ApiError::Conflict(format!(
+                "execution {id} is {}; only a pending execution (waiting on something \
+                 outside Squall) takes a status and result from the API",
+                rec.status
+            )));
         }
-        if matched >= offset && page.len() < limit {
-            page.push(view(&rec));
+        if let Some(result) = body.result.clone() {
+            rec.result = result;
         }
-        matched += 1;
+        rec.transition(status, time::now());
+        if st.bus.update_execution(&rec, rev).await?.is_some() {
+            tracing::info!(execution = %id, user = %me.user, status = %status, "status set through the API");
+            return Ok(Json(view(&rec, false)));
+        }
     }
-    if filtered {
-        total = matched;
-    }
-    let mut headers = HeaderMap::new();
-    headers.insert("X-Total-Count", HeaderValue::from(total));
-    if limit != usize::MAX {
-        headers.insert("X-Limit", HeaderValue::from(limit));
-    }
-    Ok((headers, Json(page)))
+    Err(ApiError::Unavailable(format!(
+        "execution {id} kept changing while being updated; try again"
+    )))
 }
 
 /// Body of `POST /executions/{id}/re_run`.
@@ -188,7 +443,7 @@ pub async fn re_run(
     };
     let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;
     let stored = executions::submit(&st.bus, record).await?;
-    Ok((StatusCode::CREATED, Json(view(&stored))))
+    Ok((StatusCode::CREATED, Json(view(&stored, false))))
 }
 
 /// `DELETE /executions/{id}`: cancels. An execution that has not started
@@ -216,7 +471,7 @@ pub async fn cancel(
             }
             Status::Canceling => {
                 st.bus.request_cancel(&id).await?;
-                return Ok(Json(view(&rec)));
+                return Ok(Json(view(&rec, false)));
             }
             _ => rec.transition(Status::Canceling, now),
         }
@@ -225,7 +480,7 @@ pub async fn cancel(
                 st.bus.request_cancel(&id).await?;
             }
             tracing::info!(execution = %id, user = %me.user, status = %rec.status, "cancel requested");
-            return Ok(Json(view(&rec)));
+            return Ok(Json(view(&rec, false)));
         }
     }
     Err(ApiError::Unavailable(format!(
@@ -236,17 +491,21 @@ pub async fn cancel(
 /// Reads one execution.
 pub async fn get_one(
     State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
     Path(id): Path<String>,
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(secrets): ApiQuery<Secrets>,
 ) -> Result<Json<Value>, ApiError> {
+    let projection = list.projection()?;
     match st.bus.execution(&id).await? {
-        Some((rec, _)) => Ok(Json(view(&rec))),
+        Some((rec, _)) => Ok(Json(projection.apply(view(&rec, secrets.shown(&me))))),
         None => Err(ApiError::NotFound(format!("execution {id} not found"))),
     }
 }
 
 /// The API view of an execution: the record, `elapsed_seconds`, and secret
-/// parameters masked.
-pub fn view(rec: &ExecutionRecord) -> Value {
+/// parameters masked unless `show_secrets`.
+pub fn view(rec: &ExecutionRecord, show_secrets: bool) -> Value {
     let mut v = serde_json::to_value(rec).unwrap_or_else(|_| json!({}));
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
@@ -254,7 +513,7 @@ pub fn view(rec: &ExecutionRecord) -> Value {
             json!(rec.elapsed_seconds(time::now())),
         );
         obj.insert("liveaction".into(), json!({"id": rec.id}));
-        if let Some(Value::Object(params)) = obj.get_mut("parameters") {
+        if let Some(Value::Object(params)) = obj.get_mut("parameters").filter(|_| !show_secrets) {
             let runner_secrets = runner_types::lookup(&rec.runner.name)
                 .map(|r| r.runner_parameters)
                 .unwrap_or_default()

@@ -8,11 +8,12 @@
 pub mod auth;
 mod content;
 pub use content::pack_dirs;
+mod edit;
 mod enforcements;
 mod error;
 mod executions;
 mod keys;
-mod rules;
+mod listing;
 mod stream;
 mod triggers;
 
@@ -27,7 +28,9 @@ use serde_json::{json, Value};
 use squall_actors::auth::AuthStore;
 use squall_actors::bus::Bus;
 use squall_actors::catalog::CatalogHandle;
+use squall_actors::history::HistoryHandle;
 use squall_actors::keys::{KeyCache, KeyStore};
+use squall_domain::model::{ActionDef, RuleDef};
 use squall_domain::template::Renderer;
 
 pub use error::ApiError;
@@ -43,6 +46,8 @@ pub struct ApiState {
     pub renderer: Arc<Renderer>,
     /// The datastore as templates read it.
     pub kv: KeyCache,
+    /// Every execution, summarised, for lists.
+    pub history: HistoryHandle,
     /// Directories `POST /packs/register` looks in.
     pub pack_dirs: Vec<PathBuf>,
     pub auth: AuthStore,
@@ -61,22 +66,46 @@ pub fn app(state: ApiState) -> Router {
         )
         .route(
             "/executions/{id}",
-            get(executions::get_one).delete(executions::cancel),
+            get(executions::get_one)
+                .put(executions::update)
+                .delete(executions::cancel),
         )
+        .route("/executions/{id}/children", get(executions::children))
+        .route("/executions/{id}/output", get(executions::output))
         .route("/executions/{id}/re_run", post(executions::re_run))
         .route("/ruleenforcements", get(enforcements::list))
         .route("/ruleenforcements/{id}", get(enforcements::get_one))
         .route("/triggerinstances", get(triggers::list_instances))
-        .route("/actions", get(content::list_actions))
-        .route("/actions/{reference}", get(content::get_action))
-        .route("/rules", get(content::list_rules).post(rules::create))
+        .route(
+            "/actions",
+            get(content::list_actions).post(edit::create::<ActionDef>),
+        )
+        .route(
+            "/actions/{reference}",
+            get(content::get_action)
+                .put(edit::update::<ActionDef>)
+                .delete(edit::delete::<ActionDef>),
+        )
+        .route(
+            "/rules",
+            get(content::list_rules).post(edit::create::<RuleDef>),
+        )
         .route(
             "/rules/{reference}",
             get(content::get_rule)
-                .put(rules::update)
-                .delete(rules::delete),
+                .put(edit::update::<RuleDef>)
+                .delete(edit::delete::<RuleDef>),
         )
         .route("/packs", get(content::list_packs))
+        .route("/packs/{reference}", get(content::get_pack))
+        .route("/policies", get(content::list_policies))
+        .route("/policies/{reference}", get(content::get_policy))
+        .route("/policytypes", get(content::list_policy_types))
+        .route("/policytypes/{reference}", get(content::get_policy_type))
+        .route("/triggers", get(triggers::list_triggers))
+        .route("/triggers/{reference}", get(triggers::get_trigger))
+        .route("/triggerinstances/{id}/re_emit", post(triggers::re_emit))
+        .route("/triggertypes/{reference}", get(content::get_trigger_type))
         .route("/packs/register", post(content::register_packs))
         .route("/triggertypes", get(content::list_trigger_types))
         .route("/runnertypes", get(content::list_runner_types))
@@ -101,9 +130,13 @@ pub fn app(state: ApiState) -> Router {
             state.clone(),
             auth::guard,
         ));
-    let stream_v1 = Router::new().route("/stream", get(stream::stream)).layer(
-        axum::middleware::from_fn_with_state(state.clone(), auth::guard),
-    );
+    let stream_v1 = Router::new()
+        .route("/stream", get(stream::stream))
+        .route("/executions/{id}/output", get(stream::output))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ));
     Router::new()
         .nest("/stream/v1", stream_v1)
         .nest("/api/v1", v1.clone())
@@ -114,21 +147,6 @@ pub fn app(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-/// Default page size, as StackStorm's.
-const DEFAULT_LIMIT: usize = 100;
-
-/// The page size a `limit` query asks for: default 100, `-1` for all.
-fn page_limit(limit: Option<i64>) -> Result<usize, ApiError> {
-    match limit {
-        None => Ok(DEFAULT_LIMIT),
-        Some(-1) => Ok(usize::MAX),
-        Some(n) if n > 0 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
-        Some(n) => Err(ApiError::BadRequest(format!(
-            "limit must be a positive number or -1 for all, got {n}"
-        ))),
-    }
 }
 
 /// The router as served: a trailing slash is ignored (`/rules/` is

@@ -4,19 +4,24 @@
 //! runners' `squall.output.*` subjects (`st2.execution.output__create`).
 //! Filters: `events`, `action_refs`, `execution_ids`, and
 //! `end_execution_id` (the stream ends once that execution has finished).
+//! `GET /stream/v1/executions/{id}/output` follows one execution's output
+//! from the `OUTPUT` stream until it has finished.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::stream::{self, Stream, StreamExt};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use squall_domain::execution::ExecutionRecord;
 
-use super::error::ApiError;
-use super::executions::view;
+use squall_actors::bus::Bus;
+
+use super::error::{ApiError, ApiQuery};
+use super::executions::{view, OutputQuery};
 use super::ApiState;
 
 const CREATE: &str = "st2.execution__create";
@@ -86,7 +91,7 @@ fn from_record(record: &ExecutionRecord) -> Happened {
         event,
         execution_id: record.id.clone(),
         action_ref: record.action.action_ref.clone(),
-        data: view(record),
+        data: view(record, false),
         finished: record.status.is_completed(),
     }
 }
@@ -94,7 +99,7 @@ fn from_record(record: &ExecutionRecord) -> Happened {
 /// `GET /stream/v1/stream`.
 pub async fn stream(
     State(st): State<ApiState>,
-    Query(q): Query<StreamQuery>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter = Filter {
         events: list(q.events.as_deref()),
@@ -171,6 +176,126 @@ pub async fn stream(
         Ok(Event::default()
             .event(h.event)
             .data(json!(h.data).to_string()))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
+}
+
+/// Where `GET /stream/v1/executions/{id}/output` is.
+enum Phase {
+    /// The execution runs: chunks as they come, and its record's changes.
+    Running,
+    /// It has finished: chunks up to the last one stored, then `EOF`.
+    Draining(Option<u64>),
+    Done,
+}
+
+struct OutputFollow {
+    chunks: BoxStream<'static, (u64, Bytes)>,
+    watch: BoxStream<'static, bool>,
+    phase: Phase,
+    seen: u64,
+    bus: Bus,
+    id: String,
+    wanted: Option<String>,
+}
+
+impl OutputFollow {
+    /// The next event, or `None` once `EOF` has been sent.
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Draining(last) if last.is_none_or(|l| self.seen >= l) => {
+                    self.phase = Phase::Done;
+                    return Some(Event::default().event("EOF").data(""));
+                }
+                Phase::Draining(_) => {
+                    let (seq, chunk) = self.chunks.next().await?;
+                    if let Some(event) = self.chunk_event(seq, &chunk) {
+                        return Some(event);
+                    }
+                }
+                Phase::Running => {
+                    tokio::select! {
+                        biased;
+                        chunk = self.chunks.next() => {
+                            let (seq, chunk) = chunk?;
+                            if let Some(event) = self.chunk_event(seq, &chunk) {
+                                return Some(event);
+                            }
+                        }
+                        finished = self.watch.next() => {
+                            if finished? {
+                                let last = self.bus.last_output_sequence(&self.id).await.ok()?;
+                                self.phase = Phase::Draining(last);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn chunk_event(&mut self, seq: u64, chunk: &[u8]) -> Option<Event> {
+        self.seen = seq;
+        let data: Value = serde_json::from_slice(chunk).ok()?;
+        if self
+            .wanted
+            .as_deref()
+            .is_some_and(|w| data["output_type"] != w)
+        {
+            return None;
+        }
+        Some(Event::default().event(OUTPUT).data(data.to_string()))
+    }
+}
+
+/// `GET /stream/v1/executions/{id}/output`: the execution's output so far,
+/// then live, as `st2.execution.output__create` events; `EOF` once the
+/// execution has finished and every chunk is out. `output_type` picks
+/// `stdout` or `stderr`.
+pub async fn output(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<OutputQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let wanted = q.wanted()?.map(str::to_string);
+    // Watch first, then read: a finish between the two is still seen.
+    let watch = st
+        .bus
+        .executions
+        .watch(id.as_str())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot watch execution {id}: {e}")))?
+        .map(|entry| {
+            entry
+                .ok()
+                .and_then(|e| serde_json::from_slice::<ExecutionRecord>(&e.value).ok())
+                .is_some_and(|r| r.status.is_completed())
+        })
+        .boxed();
+    let Some((record, _)) = st.bus.execution(&id).await? else {
+        return Err(ApiError::NotFound(format!("execution {id} not found")));
+    };
+    let (_, chunks) = st.bus.output_chunks(&id).await?;
+    let phase = if record.status.is_completed() {
+        Phase::Draining(st.bus.last_output_sequence(&id).await?)
+    } else {
+        Phase::Running
+    };
+    let follow = OutputFollow {
+        chunks,
+        watch,
+        phase,
+        seen: 0,
+        bus: st.bus.clone(),
+        id,
+        wanted,
+    };
+    let client = squall_actors::metrics::stream_client();
+    let events = stream::unfold((follow, client), |(mut follow, client)| async move {
+        let event = follow.next_event().await?;
+        Some((Ok(event), (follow, client)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT)))
 }

@@ -4,10 +4,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Map, Value};
+use squall_actors::catalog::{content_id, Trigger};
 use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
 use squall_domain::{ids, time, triggers};
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::listing::{ListParams, Listed};
 use super::ApiState;
 
 /// Header that sets the trace tag of the trigger instances a webhook fires.
@@ -25,6 +27,75 @@ pub async fn list_webhooks(State(st): State<ApiState>) -> Json<Vec<Value>> {
             )
             .collect(),
     )
+}
+
+fn trigger_view(t: &Trigger) -> Value {
+    let (pack, name) = t.reference.split_once('.').unwrap_or(("", &t.reference));
+    json!({
+        "id": content_id("trigger", &t.reference),
+        "ref": t.reference,
+        "uid": format!("trigger:{pack}:{name}"),
+        "pack": pack,
+        "name": name,
+        "type": t.trigger_type,
+        "parameters": t.parameters,
+    })
+}
+
+/// `GET /triggers`: the triggers enabled rules listen to (a trigger is a
+/// trigger type with parameters, e.g. a webhook's `url`).
+pub async fn list_triggers(
+    State(st): State<ApiState>,
+    ApiQuery(list): ApiQuery<ListParams>,
+) -> Result<Listed, ApiError> {
+    let catalog = st.catalog.load();
+    list.respond(catalog.triggers().iter().map(trigger_view).collect())
+}
+
+/// `GET /triggers/{ref or id}`.
+pub async fn get_trigger(
+    State(st): State<ApiState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = st.catalog.load();
+    catalog
+        .triggers()
+        .iter()
+        .find(|t| t.reference == reference || content_id("trigger", &t.reference) == reference)
+        .map(|t| Json(trigger_view(t)))
+        .ok_or_else(|| ApiError::NotFound(format!("trigger {reference} not found")))
+}
+
+/// `POST /triggerinstances/{id}/re_emit`: sends the instance's trigger and
+/// payload again as a new instance, its payload's `__context.original_id`
+/// naming the first, as StackStorm does. 200 with the payload sent.
+pub async fn re_emit(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (original, _) = st
+        .bus
+        .trigger_instance(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("trigger instance {id} not found")))?;
+    let mut payload = original.payload.clone();
+    if let Some(obj) = payload.as_object_mut() {
+        obj.insert("__context".into(), json!({"original_id": original.id}));
+    }
+    let now = time::now();
+    let instance = TriggerInstance {
+        id: ids::fresh(&now),
+        payload: payload.clone(),
+        occurrence_time: now,
+        ..original
+    };
+    st.bus.publish_trigger(&instance).await?;
+    tracing::info!(trigger_instance = %instance.id, original = %id, "trigger instance re-emitted");
+    Ok(Json(json!({
+        "message": format!("Trigger instance {id} successfully re-sent."),
+        "id": instance.id,
+        "payload": payload,
+    })))
 }
 
 /// `POST /webhooks/{url}`: fires the webhook trigger registered at `url`
@@ -139,36 +210,25 @@ fn title_case(name: &str) -> String {
         .join("-")
 }
 
-/// `GET /triggerinstances/{id}`.
-/// Query of `GET /triggerinstances`.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct InstancesQuery {
-    #[serde(default)]
-    limit: Option<i64>,
-    #[serde(default)]
-    offset: Option<usize>,
-}
-
 /// `GET /triggerinstances`: newest first, with `X-Total-Count`.
 pub async fn list_instances(
     State(st): State<ApiState>,
-    axum::extract::Query(q): axum::extract::Query<InstancesQuery>,
-) -> Result<(HeaderMap, Json<Vec<Value>>), ApiError> {
-    let limit = super::page_limit(q.limit)?;
+    ApiQuery(list): ApiQuery<ListParams>,
+) -> Result<Listed, ApiError> {
+    let limit = list.limit()?;
+    let projection = list.projection()?;
     let (found, total) = st
         .bus
-        .recent_trigger_instances(q.offset.unwrap_or(0), limit)
+        .recent_trigger_instances(list.offset(), limit)
         .await?;
-    let mut headers = HeaderMap::new();
-    headers.insert("X-Total-Count", axum::http::HeaderValue::from(total));
-    Ok((
-        headers,
-        Json(
-            found
-                .iter()
-                .map(|(i, done)| instance_view(i, *done))
-                .collect(),
-        ),
+    let items = found
+        .iter()
+        .map(|(i, done)| projection.apply(instance_view(i, *done)))
+        .collect();
+    Ok(Listed::new(
+        items,
+        usize::try_from(total).unwrap_or(usize::MAX),
+        limit,
     ))
 }
 
@@ -181,6 +241,7 @@ fn instance_view(instance: &TriggerInstance, processed: bool) -> Value {
     v
 }
 
+/// `GET /triggerinstances/{id}`.
 pub async fn get_instance(
     State(st): State<ApiState>,
     Path(id): Path<String>,
