@@ -54,6 +54,19 @@ pub const TRIGGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Largest value the content bucket accepts (one whole pack).
 pub const MAX_PACK_BYTES: i32 = 8 * 1024 * 1024;
 
+/// A bucket's current stream state. (`kv::Store::status` answers from the
+/// info cached when the bucket was opened, which may predate every entry.)
+pub async fn bucket_state(store: &kv::Store) -> Result<stream::State, EngineError> {
+    Ok(store
+        .stream
+        .clone()
+        .info()
+        .await
+        .map_err(|e| bus_err(&format!("{} status", store.name), e))?
+        .state
+        .clone())
+}
+
 /// Header carrying W3C trace context across the bus.
 pub const TRACEPARENT: &str = "traceparent";
 

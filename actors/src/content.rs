@@ -173,14 +173,7 @@ impl Actor for ContentWatcher {
     ) -> Result<ContentState, ActorProcessingErr> {
         // Remember where the bucket is, load everything up to there, then
         // watch from that point on: nothing between the two is missed.
-        let last = bus
-            .content
-            .status()
-            .await
-            .map_err(|e| bus_err("content status", e))?
-            .info
-            .state
-            .last_sequence;
+        let last = crate::bus::bucket_state(&bus.content).await?.last_sequence;
         let packs = load_all(&bus).await?;
         catalog.store(Catalog::build(packs.clone()));
         let watch = bus

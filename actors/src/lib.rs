@@ -7,6 +7,7 @@
 //!   request out.
 //! - [`executions`]: building and submitting execution requests.
 //! - [`history`]: the in-memory index behind execution lists.
+//! - [`inquiries`]: executions waiting on a person, and their expiry.
 //! - [`mirror`]: a bucket kept in memory by a watch.
 //! - [`runners`]: runner pools pulling the work queue.
 //! - [`sensors`]: built-in timers.
@@ -22,6 +23,7 @@ pub mod content;
 pub mod error;
 pub mod executions;
 pub mod history;
+pub mod inquiries;
 pub mod keys;
 pub mod metrics;
 pub mod mirror;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 
+use crate::bus::bucket_state;
 use crate::error::{bus_err, EngineError};
 
 /// Back-off before watching the bucket again after losing the watch.
@@ -54,11 +55,7 @@ impl<M: Mirror> Mirrored<M> {
             .watch_with_history(">")
             .await
             .map_err(|e| bus_err(&format!("watch {what}"), e))?;
-        let present = store
-            .status()
-            .await
-            .map_err(|e| bus_err(&format!("{what} status"), e))?
-            .values();
+        let present = bucket_state(store).await?.messages;
         let mut last_revision = 0;
         let mut loaded = 0;
         while loaded < present {

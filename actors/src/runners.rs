@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, AckKind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
-use squall_domain::execution::{ExecutionRecord, Status};
-use squall_domain::time;
+use squall_domain::execution::{ExecutionRecord, Status, TriggerInstance, RECORD_VERSION};
+use squall_domain::{ids, time, triggers};
 use squall_runners::{RunRequest, Runner as ActionRunner};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -284,7 +284,11 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
         crate::metrics::execution_started();
         let (status, result) = run_action(ctx, &record, msg, cancel).await;
         crate::metrics::execution_finished(status);
-        finish(ctx, &mut record, rev, status, result).await
+        finish(ctx, &mut record, rev, status, result).await?;
+        if status == Status::Pending {
+            announce_inquiry(ctx, &record).await?;
+        }
+        Ok(())
     }
     .instrument(span)
     .await
@@ -437,6 +441,27 @@ async fn put(
         };
     }
     Err(bus_err("update execution", "too many concurrent changes"))
+}
+
+/// Fires `core.st2.generic.inquiry` for an execution now waiting on a
+/// response; its instance id derives from the execution's, so a repeat is
+/// stored once.
+async fn announce_inquiry(
+    ctx: &RunnerContext,
+    record: &ExecutionRecord,
+) -> Result<(), EngineError> {
+    let at = time::now();
+    let instance = TriggerInstance {
+        v: RECORD_VERSION,
+        id: ids::derived(&record.start_timestamp, &[&record.id, "inquiry"]),
+        trigger: triggers::INQUIRY.into(),
+        trigger_type: triggers::INQUIRY.into(),
+        trigger_parameters: serde_json::Map::new(),
+        payload: json!({"id": record.id, "route": record.result["route"]}),
+        occurrence_time: at,
+        trace_tag: None,
+    };
+    ctx.bus.publish_trigger(&instance).await
 }
 
 async fn finish(

@@ -132,7 +132,12 @@ impl Node {
         let mut api_tasks = Vec::new();
         if cfg.api.enabled {
             let history = Box::pin(squall_actors::history::start(&bus)).await?;
-            let app = api::app(ApiState {
+            api_tasks.push(tokio::spawn(squall_actors::inquiries::sweep_until(
+                bus.clone(),
+                history.clone(),
+                stop_api.clone(),
+            )));
+            let state = ApiState {
                 history,
                 bus: bus.clone(),
                 catalog: engine.shared.catalog.clone(),
@@ -142,22 +147,23 @@ impl Node {
                 auth: auth.clone(),
                 keys: keys.clone(),
                 token_ttl: Duration::from_secs(cfg.auth.token_ttl),
-            });
-            // One API, also on StackStorm's auth and stream ports so that
-            // clients configured for StackStorm's layout find it.
+            };
+            // One API, also on StackStorm's auth port so that clients
+            // configured for StackStorm's layout find it; its stream port
+            // serves the stream alone (paths there mean the stream's).
+            let app = api::app(state.clone());
             let wanted = [
-                Some(cfg.api.listen),
-                cfg.api.auth_listen,
-                cfg.api.stream_listen,
+                (Some(cfg.api.listen), app.clone()),
+                (cfg.api.auth_listen, app),
+                (cfg.api.stream_listen, api::stream_app(state)),
             ];
-            for (slot, addr) in addrs.iter_mut().zip(wanted) {
+            for (slot, (addr, app)) in addrs.iter_mut().zip(wanted) {
                 let Some(addr) = addr else { continue };
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| NodeError::Listen { addr, source })?;
                 *slot = listener.local_addr().ok();
                 let stop = stop_api.clone();
-                let app = app.clone();
                 api_tasks.push(tokio::spawn(async move {
                     let served = axum::serve(listener, api::into_service(app))
                         .with_graceful_shutdown(stop.cancelled_owned())

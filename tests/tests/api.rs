@@ -134,14 +134,13 @@ async fn listing_is_newest_first_with_total_count_and_paging() -> Result<()> {
     assert_eq!(page.len(), 2);
     let (_, rest) = node.get("executions?limit=2&offset=2").await?;
     assert_eq!(rest.as_array().unwrap().len(), 1);
-    let mut all: Vec<String> = page
+    let listed: Vec<String> = page
         .iter()
         .chain(rest.as_array().unwrap())
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
-    let listed = all.clone();
-    all.sort_unstable_by(|a, b| b.cmp(a));
-    assert_eq!(listed, all, "newest first");
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
     let noop = &page[0];
     assert_eq!(noop["status"], "succeeded");
     assert_eq!(
@@ -170,8 +169,38 @@ async fn secret_parameters_are_masked_in_api_output() -> Result<()> {
     // core.local makes sudo immutable but leaves sudo_password settable.
     assert_eq!(status, 201, "{e}");
     assert_eq!(e["parameters"]["sudo_password"], "********");
-    let done = node.finished(e["id"].as_str().unwrap()).await?;
+    let id = e["id"].as_str().unwrap();
+    let done = node.finished(id).await?;
     assert!(!done.to_string().contains("hunter2"));
+    let (_, listed) = node.get("executions?limit=1").await?;
+    assert_eq!(listed[0]["parameters"]["sudo_password"], "********");
+
+    // Admins may ask to see them; anyone else asking is refused.
+    let (status, shown) = node
+        .get(&format!("executions/{id}?show_secrets=true"))
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(shown["parameters"]["sudo_password"], "hunter2");
+    let operator = node.user("olga", "operator").await?;
+    let (status, body) = node
+        .call(
+            &operator,
+            reqwest::Method::GET,
+            &format!("executions/{id}?show_secrets=true"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(fault(&body).contains("admin"), "{body}");
+    let (_, masked) = node
+        .call(
+            &operator,
+            reqwest::Method::GET,
+            &format!("executions/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(masked["parameters"]["sudo_password"], "********");
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod model;
 pub mod params;
 pub mod policies;
 pub mod runner_types;
+pub mod schema;
 pub mod secrets;
 pub mod template;
 pub mod time;

@@ -746,9 +746,14 @@ fn claim_pack(doc: &mut Doc<'_>, pack: Option<&str>) {
 }
 
 fn check_name(doc: &mut Doc<'_>) {
+    check_name_with(doc, false);
+}
+
+/// Policies' names may hold dots (StackStorm's own `http.retry`).
+fn check_name_with(doc: &mut Doc<'_>, dots_allowed: bool) {
     match doc.get("name") {
         Some(Yaml::String(n)) if n.trim().is_empty() => doc.problem("name", "must not be empty"),
-        Some(Yaml::String(n)) if n.contains('.') => {
+        Some(Yaml::String(n)) if n.contains('.') && !dots_allowed => {
             let n = n.clone();
             doc.problem("name", format!("{n:?} must not contain dots"));
         }
@@ -1205,7 +1210,7 @@ fn check_trigger_type(
 fn check_policy(pack: Option<&str>, mut doc: Doc<'_>) -> Result<PolicyDef, Vec<Problem>> {
     let top = doc.map.clone();
     doc.unknown_fields("", &top, POLICY_FIELDS);
-    check_name(&mut doc);
+    check_name_with(&mut doc, true);
     claim_pack(&mut doc, pack);
     for derived in ["id", "ref", "uid"] {
         doc.map.remove(derived);

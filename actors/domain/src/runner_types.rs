@@ -30,6 +30,21 @@ fn p(kind: &str, default: Option<Value>) -> ParamSpec {
     }
 }
 
+/// The response schema of an inquiry that names none (StackStorm's).
+pub fn default_inquiry_schema() -> Value {
+    json!({
+        "title": "response_data",
+        "type": "object",
+        "properties": {
+            "continue": {
+                "type": "boolean",
+                "description": "Would you like to continue the workflow?",
+                "required": true
+            }
+        }
+    })
+}
+
 fn secret(kind: &str) -> ParamSpec {
     ParamSpec {
         secret: true,
@@ -213,9 +228,9 @@ pub fn all() -> Vec<RunnerType> {
         rt(
             "inquirer",
             "A runner that pauses a workflow until a response is given.",
-            false,
+            true,
             params(vec![
-                ("schema", p("object", None)),
+                ("schema", p("object", Some(default_inquiry_schema()))),
                 ("route", p("string", Some(json!("")))),
                 ("roles", p("array", Some(json!([])))),
                 ("users", p("array", Some(json!([])))),

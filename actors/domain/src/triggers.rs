@@ -17,6 +17,8 @@ pub const INTERVAL_TIMER: &str = "core.st2.IntervalTimer";
 pub const DATE_TIMER: &str = "core.st2.DateTimer";
 /// `core.st2.CronTimer`.
 pub const CRON_TIMER: &str = "core.st2.CronTimer";
+/// Fired when an inquiry starts waiting for a response.
+pub const INQUIRY: &str = "core.st2.generic.inquiry";
 
 fn tt(
     name: &str,

@@ -5,10 +5,12 @@
 //!
 //! Adding a runner means one module here and one line in [`registry`].
 
+mod inquirer;
 mod local;
 mod noop;
 mod process;
 
+pub use inquirer::Inquirer;
 pub use local::{LocalShellCmd, LocalShellScript};
 pub use noop::Noop;
 
@@ -75,8 +77,9 @@ pub trait Runner: Send + Sync {
 
 /// Every runner this build can execute, by runner type name.
 pub fn registry() -> HashMap<&'static str, Arc<dyn Runner>> {
-    let runners: [Arc<dyn Runner>; 3] = [
+    let runners: [Arc<dyn Runner>; 4] = [
         Arc::new(Noop),
+        Arc::new(Inquirer),
         Arc::new(LocalShellCmd),
         Arc::new(LocalShellScript),
     ];

@@ -47,12 +47,31 @@ pub async fn create(
             "action: a pack.action reference is required".into(),
         ));
     }
+    // A child names its parent in its context, as StackStorm's workflow
+    // runners do (`context.parent.execution_id`).
+    let parent = match body.context.get("parent").map(|p| &p["execution_id"]) {
+        None => None,
+        Some(Value::String(id)) => match st.bus.execution(id).await? {
+            Some(_) => Some(id.clone()),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "context.parent.execution_id: execution {id} not found"
+                )))
+            }
+        },
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "context.parent.execution_id: must be an execution id, got {other}"
+            )))
+        }
+    };
     let catalog = st.catalog.load();
     let spec = ExecutionSpec {
         action_ref: body.action,
         parameters: body.parameters,
         user: Some(body.user.unwrap_or(me.user)),
         context: body.context,
+        parent,
         ..ExecutionSpec::default()
     };
     let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;

@@ -12,6 +12,7 @@ mod edit;
 mod enforcements;
 mod error;
 mod executions;
+mod inquiries;
 mod keys;
 mod listing;
 mod stream;
@@ -73,6 +74,11 @@ pub fn app(state: ApiState) -> Router {
         .route("/executions/{id}/children", get(executions::children))
         .route("/executions/{id}/output", get(executions::output))
         .route("/executions/{id}/re_run", post(executions::re_run))
+        .route("/inquiries", get(inquiries::list))
+        .route(
+            "/inquiries/{id}",
+            get(inquiries::get_one).put(inquiries::respond),
+        )
         .route("/ruleenforcements", get(enforcements::list))
         .route("/ruleenforcements/{id}", get(enforcements::get_one))
         .route("/triggerinstances", get(triggers::list_instances))
@@ -130,20 +136,36 @@ pub fn app(state: ApiState) -> Router {
             state.clone(),
             auth::guard,
         ));
-    let stream_v1 = Router::new()
-        .route("/stream", get(stream::stream))
-        .route("/executions/{id}/output", get(stream::output))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ));
     Router::new()
-        .nest("/stream/v1", stream_v1)
+        .nest("/stream/v1", stream_routes(&state))
         .nest("/api/v1", v1.clone())
         .nest("/v1", v1)
         .route("/auth/v1/tokens", post(auth::create_token))
         .route("/tokens", post(auth::create_token))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The event stream's routes (`/stream`, `/executions/{id}/output`).
+fn stream_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
+        .route("/stream", get(stream::stream))
+        .route("/executions/{id}/output", get(stream::output))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+}
+
+/// What StackStorm's stream port (9102) serves: the stream under `/v1`
+/// (and `/stream/v1`), where `/v1/executions/{id}/output` is the live
+/// event stream rather than the API's plain text.
+pub fn stream_app(state: ApiState) -> Router {
+    Router::new()
+        .nest("/v1", stream_routes(&state))
+        .nest("/stream/v1", stream_routes(&state))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
