@@ -26,9 +26,81 @@ pub enum Credentials {
     None,
 }
 
+/// Where the client talks to when nothing says otherwise.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:9101";
+
+/// The client's settings file (YAML): `$SQUALL_CONFIG`, else
+/// `$XDG_CONFIG_HOME/squall/config.yaml` (`~/.config/squall/config.yaml`).
+/// Flags and environment variables win over it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliConfig {
+    /// API URL, e.g. `https://squall.example.com:9101`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// An access token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// An API key (`squall apikey create`).
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+impl CliConfig {
+    /// Where the settings file is looked for.
+    pub fn path() -> Option<std::path::PathBuf> {
+        if let Some(p) = std::env::var_os("SQUALL_CONFIG") {
+            return Some(p.into());
+        }
+        config_dir().map(|d| d.join("config.yaml"))
+    }
+
+    /// The settings file's contents; none when it does not exist (unless
+    /// `SQUALL_CONFIG` names it). A broken file is an error naming it.
+    pub fn load() -> Result<CliConfig, CliError> {
+        let Some(path) = CliConfig::path() else {
+            return Ok(CliConfig::default());
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::env::var_os("SQUALL_CONFIG").is_none() =>
+            {
+                return Ok(CliConfig::default())
+            }
+            Err(e) => {
+                return Err(CliError::Usage(format!(
+                    "cannot read the client settings {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        CliConfig::parse(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses a settings file's text; errors carry line and field.
+    pub fn parse(text: &str) -> Result<CliConfig, String> {
+        if text.trim().is_empty() {
+            return Ok(CliConfig::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| match e.location() {
+            Some(at) => format!("line {}: {e}", at.line()),
+            None => e.to_string(),
+        })
+    }
+}
+
 impl Credentials {
-    /// From flags/env first, else the token `squall login` saved.
-    pub fn resolve(token: Option<String>, api_key: Option<String>) -> Credentials {
+    /// From flags/env first, then the settings file, else the token
+    /// `squall login` saved.
+    pub fn resolve(
+        token: Option<String>,
+        api_key: Option<String>,
+        config: &CliConfig,
+    ) -> Credentials {
+        let token = token.or_else(|| config.token.clone());
+        let api_key = api_key.or_else(|| config.api_key.clone());
         if let Some(t) = token.filter(|t| !t.is_empty()) {
             return Credentials::Token(t);
         }
@@ -43,15 +115,20 @@ impl Credentials {
     }
 }
 
-/// Where `squall login` keeps the token: `$XDG_CONFIG_HOME/squall/token`
-/// or `~/.config/squall/token`.
-pub fn saved_token_file() -> Option<std::path::PathBuf> {
+/// `$XDG_CONFIG_HOME/squall` or `~/.config/squall`.
+fn config_dir() -> Option<std::path::PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config"))
         })?;
-    Some(base.join("squall").join("token"))
+    Some(base.join("squall"))
+}
+
+/// Where `squall login` keeps the token: `$XDG_CONFIG_HOME/squall/token`
+/// or `~/.config/squall/token`.
+pub fn saved_token_file() -> Option<std::path::PathBuf> {
+    config_dir().map(|d| d.join("token"))
 }
 
 /// A REST client for one node.
@@ -173,15 +250,12 @@ pub fn show(value: &Value, as_json: bool) {
     }
 }
 
-/// `squall execution tail`: prints an execution's live output from the
-/// event stream until it finishes; false if it did not succeed.
+/// `squall execution tail`: prints an execution's output, from its start
+/// and then live, until it has finished; false if it did not succeed.
 pub async fn execution_tail(client: &Client, id: &str) -> Result<bool, CliError> {
-    // The stream ends by itself after the execution's final state, even if
-    // that came before we connected.
-    let url = format!(
-        "{}/stream/v1/stream?execution_ids={id}&end_execution_id={id}&events=st2.execution__update,st2.execution.output__create",
-        client.base
-    );
+    // The output stream replays what is stored, follows the rest, and ends
+    // with `EOF` once the execution has finished.
+    let url = format!("{}/stream/v1/executions/{id}/output", client.base);
     let mut resp = client
         .authorize(client.http.get(url))
         .send()
@@ -191,15 +265,15 @@ pub async fn execution_tail(client: &Client, id: &str) -> Result<bool, CliError>
             message: e.to_string(),
         })?;
     if !resp.status().is_success() {
-        return Err(CliError::Api(format!(
-            "{}: cannot follow the stream",
-            resp.status()
-        )));
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let msg = body["faultstring"]
+            .as_str()
+            .unwrap_or("cannot follow the output");
+        return Err(CliError::Api(format!("{status}: {msg}")));
     }
     let mut buf = String::new();
-    let mut last_status = String::new();
-    let mut seen_output = false;
-    while let Some(chunk) = resp
+    'stream: while let Some(chunk) = resp
         .chunk()
         .await
         .map_err(|e| CliError::Api(e.to_string()))?
@@ -207,37 +281,26 @@ pub async fn execution_tail(client: &Client, id: &str) -> Result<bool, CliError>
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();
+            if block.lines().any(|l| l == "event: EOF") {
+                break 'stream;
+            }
             let data: String = block
                 .lines()
                 .filter_map(|l| l.strip_prefix("data:"))
                 .map(str::trim_start)
                 .collect();
-            let Ok(event) = serde_json::from_str::<Value>(&data) else {
-                continue;
-            };
-            if let Some(text) = event.get("data").and_then(Value::as_str) {
-                seen_output = true;
-                print!("{text}");
-                let _ = std::io::stdout().flush();
-            } else if let Some(status) = event.get("status").and_then(Value::as_str) {
-                last_status = status.to_string();
+            if let Ok(event) = serde_json::from_str::<Value>(&data) {
+                if let Some(text) = event.get("data").and_then(Value::as_str) {
+                    print!("{text}");
+                    let _ = std::io::stdout().flush();
+                }
             }
         }
     }
-    if !seen_output {
-        // It printed before we connected (live output is not kept): show
-        // what the result holds.
-        let (exec, _) = client.get(&format!("executions/{id}")).await?;
-        for stream in ["stdout", "stderr"] {
-            match &exec["result"][stream] {
-                Value::String(s) if !s.is_empty() => println!("{s}"),
-                Value::Null | Value::String(_) => {}
-                other => println!("{}", pretty(other)),
-            }
-        }
-    }
-    println!("\nExecution {id} has completed (status={last_status}).");
-    Ok(last_status == "succeeded")
+    let (exec, _) = client.get(&format!("executions/{id}")).await?;
+    let status = exec["status"].as_str().unwrap_or_default();
+    println!("\nExecution {id} has completed (status={status}).");
+    Ok(status == "succeeded")
 }
 
 /// `squall login`: trades a user name and password for a token and saves
@@ -300,13 +363,24 @@ pub fn parse_params(pairs: &[String]) -> Result<Map<String, Value>, CliError> {
     Ok(out)
 }
 
+/// How `squall run` waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Until the execution has finished, then print it.
+    Wait,
+    /// Not at all: print the id.
+    Detach,
+    /// Printing its output live until it has finished.
+    Tail,
+}
+
 /// `squall run`: starts an action; unless `detach`, waits for it to finish
 /// (with a spinner on a terminal) and prints the result.
 pub async fn run(
     client: &Client,
     action: &str,
     params: &[String],
-    detach: bool,
+    mode: RunMode,
     as_json: bool,
 ) -> Result<bool, CliError> {
     let body = json!({"action": action, "parameters": parse_params(params)?});
@@ -316,7 +390,10 @@ pub async fn run(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    if detach {
+    if mode == RunMode::Tail {
+        return execution_tail(client, &id).await;
+    }
+    if mode == RunMode::Detach {
         if as_json {
             println!("{}", pretty(&created));
         } else {
@@ -361,33 +438,114 @@ pub async fn execution_get(client: &Client, id: &str, as_json: bool) -> Result<(
     Ok(())
 }
 
+/// Filters of `squall execution list`, as the API names them.
+#[derive(Debug, Default, Clone)]
+pub struct ExecutionFilters {
+    pub action: Option<String>,
+    pub status: Option<String>,
+    pub rule: Option<String>,
+    pub trigger_instance: Option<String>,
+    pub parent: Option<String>,
+    pub user: Option<String>,
+    pub timestamp_gt: Option<String>,
+    pub timestamp_lt: Option<String>,
+}
+
+/// `path?k=v&...` with the given pairs URL-encoded, `None`s left out.
+pub fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+    let present: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+        .collect();
+    if present.is_empty() {
+        return path.to_string();
+    }
+    let query = serde_urlencoded::to_string(&present).unwrap_or_default();
+    format!("{path}?{query}")
+}
+
 /// `squall execution list`.
 pub async fn execution_list(
     client: &Client,
     limit: u32,
-    action: Option<&str>,
-    status: Option<&str>,
+    filters: &ExecutionFilters,
     as_json: bool,
 ) -> Result<(), CliError> {
-    let mut path = format!("executions?limit={limit}");
-    if let Some(a) = action {
-        path.push_str(&format!("&action={a}"));
-    }
-    if let Some(s) = status {
-        path.push_str(&format!("&status={s}"));
-    }
+    let f = filters.clone();
+    let path = with_query(
+        "executions",
+        &[
+            ("limit", Some(limit.to_string())),
+            ("action", f.action),
+            ("status", f.status),
+            ("rule", f.rule),
+            ("trigger_instance", f.trigger_instance),
+            ("parent", f.parent),
+            ("user", f.user),
+            ("timestamp_gt", f.timestamp_gt),
+            ("timestamp_lt", f.timestamp_lt),
+        ],
+    );
     let (list, total) = client.get(&path).await?;
     if as_json {
         println!("{}", pretty(&list));
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
+    let shown = print_executions(&list, None);
+    if let Some(t) = total {
+        if t as usize > shown {
+            println!("Note: only the first {shown} of {t} executions are shown; use --limit.");
+        }
+    }
+    Ok(())
+}
+
+/// `squall execution children`: the tree under an execution.
+pub async fn execution_children(
+    client: &Client,
+    id: &str,
+    depth: Option<i64>,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let path = with_query(
+        &format!("executions/{id}/children"),
+        &[("depth", depth.map(|d| d.to_string()))],
+    );
+    let (list, _) = client.get(&path).await?;
+    if as_json {
+        println!("{}", pretty(&list));
+    } else {
+        print_executions(&list, Some(id));
+    }
+    Ok(())
+}
+
+/// Prints executions as a table; under `root`, ids are indented by depth
+/// as StackStorm's CLI shows a workflow's tasks. Returns how many.
+fn print_executions(list: &Value, root: Option<&str>) -> usize {
+    let items: Vec<&Value> = list.as_array().into_iter().flatten().collect();
+    let depth_of = |e: &Value| {
+        let mut depth = 0;
+        let mut parent = e["parent"].as_str();
+        while let Some(p) = parent.filter(|p| Some(*p) != root) {
+            depth += 1;
+            parent = items
+                .iter()
+                .find(|x| x["id"].as_str() == Some(p))
+                .and_then(|x| x["parent"].as_str());
+        }
+        depth
+    };
+    let rows: Vec<Vec<String>> = items
+        .iter()
         .map(|e| {
+            let indent = if root.is_some() {
+                "  ".repeat(depth_of(e))
+            } else {
+                String::new()
+            };
             vec![
-                field(e, "/id"),
+                format!("{indent}{}", field(e, "/id")),
                 field(e, "/action/ref"),
                 field(e, "/context/user"),
                 status_with_elapsed(e),
@@ -407,14 +565,83 @@ pub async fn execution_list(
         ],
         &rows,
     );
-    if let Some(t) = total {
-        if t as usize > rows.len() {
-            println!(
-                "Note: only the first {} of {t} executions are shown; use --limit.",
-                rows.len()
-            );
+    rows.len()
+}
+
+/// `squall rule create FILE`: a rule from a YAML or JSON file, validated
+/// by the server as a pack's rule file would be.
+pub async fn rule_create(
+    client: &Client,
+    file: &std::path::Path,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let body: Value = serde_yaml::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: not YAML or JSON: {e}", file.display())))?;
+    let created = client.post("rules", &body).await?;
+    show(&created, as_json);
+    Ok(())
+}
+
+/// `squall rule enable|disable REF`.
+pub async fn rule_set_enabled(
+    client: &Client,
+    reference: &str,
+    enabled: bool,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let (mut rule, _) = client.get(&format!("rules/{reference}")).await?;
+    rule["enabled"] = json!(enabled);
+    let updated = client
+        .call(
+            reqwest::Method::PUT,
+            &format!("rules/{reference}"),
+            Some(&rule),
+        )
+        .await?;
+    show(&updated, as_json);
+    Ok(())
+}
+
+/// `squall inquiry respond ID key=value...` (or `--response JSON`).
+pub async fn inquiry_respond(
+    client: &Client,
+    id: &str,
+    pairs: &[String],
+    response: Option<&str>,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let response = match response {
+        Some(text) => serde_json::from_str::<Value>(text)
+            .map_err(|e| CliError::Usage(format!("--response is not JSON: {e}")))?,
+        None if pairs.is_empty() => {
+            return Err(CliError::Usage(
+                "give the response as key=value pairs or --response '{...}'".into(),
+            ))
         }
-    }
+        // Values are JSON when they parse (`approve=true` is a boolean).
+        None => Value::Object(
+            parse_params(pairs)?
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(text) => (
+                        k,
+                        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    ),
+                    other => (k, other),
+                })
+                .collect(),
+        ),
+    };
+    let answered = client
+        .call(
+            reqwest::Method::PUT,
+            &format!("inquiries/{id}"),
+            Some(&json!({"id": id, "response": response})),
+        )
+        .await?;
+    show(&answered, as_json);
     Ok(())
 }
 

@@ -22,14 +22,10 @@ use squall::node::Node;
     about = "Event-driven automation for operations"
 )]
 struct Args {
-    /// API URL for client commands.
-    #[arg(
-        long,
-        global = true,
-        env = "SQUALL_URL",
-        default_value = "http://127.0.0.1:9101"
-    )]
-    url: String,
+    /// API URL for client commands (default: the settings file's `url`,
+    /// else http://127.0.0.1:9101).
+    #[arg(long, global = true, env = "SQUALL_URL")]
+    url: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -86,8 +82,11 @@ enum Command {
         /// Parameters as key=value.
         params: Vec<String>,
         /// Return the execution id at once instead of waiting.
-        #[arg(long = "async")]
+        #[arg(long = "async", conflicts_with = "tail")]
         detach: bool,
+        /// Print the output live while it runs.
+        #[arg(long)]
+        tail: bool,
     },
     /// Log in: get a token for the next commands.
     Login {
@@ -117,6 +116,16 @@ enum Command {
     Rule {
         #[command(subcommand)]
         command: RuleCommand,
+    },
+    /// Triggers that rules listen to.
+    Trigger {
+        #[command(subcommand)]
+        command: ListOnly,
+    },
+    /// Inquiries: questions actions ask people.
+    Inquiry {
+        #[command(subcommand)]
+        command: InquiryCommand,
     },
     /// Trigger instances.
     #[command(name = "trigger-instance")]
@@ -181,9 +190,38 @@ enum KeyCommand {
 #[derive(Debug, Subcommand)]
 enum RuleCommand {
     /// List rules.
-    List,
+    List {
+        /// Only this pack's.
+        #[arg(short, long)]
+        pack: Option<String>,
+    },
     /// Show one rule.
     Get { reference: String },
+    /// Create a rule from a YAML or JSON file (a pack's rule file).
+    Create { file: PathBuf },
+    /// Enable a rule.
+    Enable { reference: String },
+    /// Disable a rule.
+    Disable { reference: String },
+    /// Delete a rule.
+    Delete { reference: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum InquiryCommand {
+    /// Inquiries waiting for a response.
+    List,
+    /// Show one inquiry and its schema.
+    Get { id: String },
+    /// Answer: `squall inquiry respond ID approve=true reason="looks fine"`.
+    Respond {
+        id: String,
+        /// Response fields as key=value (values are JSON when they parse).
+        pairs: Vec<String>,
+        /// The whole response as a JSON object instead.
+        #[arg(long, conflicts_with = "pairs")]
+        response: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +267,31 @@ enum ExecutionCommand {
         /// Only executions with this status.
         #[arg(short = 's', long)]
         status: Option<String>,
+        /// Only those a rule (ref or id) started.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only those this trigger instance caused.
+        #[arg(long)]
+        trigger_instance: Option<String>,
+        /// Only children of this execution (`null`: top-level only).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only those requested after this time (ISO 8601).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those requested before this time (ISO 8601).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// The executions under one (a workflow's tasks), as a tree.
+    Children {
+        id: String,
+        /// Levels down (default: all).
+        #[arg(long)]
+        depth: Option<i64>,
     },
     /// Show one execution.
     Get { id: String },
@@ -279,10 +342,23 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(args: Args) -> anyhow::Result<bool> {
-    let client = Client::new(
-        &args.url,
-        cli::Credentials::resolve(args.token.clone(), args.api_key.clone()),
-    );
+    let client = match &args.command {
+        // A node does not read the client's settings.
+        Command::Up { .. } | Command::Node { .. } => {
+            Client::new(cli::DEFAULT_URL, cli::Credentials::None)
+        }
+        _ => {
+            let settings = cli::CliConfig::load()?;
+            let url = args
+                .url
+                .clone()
+                .or_else(|| settings.url.clone())
+                .unwrap_or_else(|| cli::DEFAULT_URL.to_string());
+            let credentials =
+                cli::Credentials::resolve(args.token.clone(), args.api_key.clone(), &settings);
+            Client::new(&url, credentials)
+        }
+    };
     match args.command {
         Command::Up {
             data_dir,
@@ -346,22 +422,42 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             action,
             params,
             detach,
-        } => Ok(cli::run(&client, &action, &params, detach, args.json).await?),
+            tail,
+        } => {
+            let mode = match (detach, tail) {
+                (true, _) => cli::RunMode::Detach,
+                (_, true) => cli::RunMode::Tail,
+                _ => cli::RunMode::Wait,
+            };
+            Ok(cli::run(&client, &action, &params, mode, args.json).await?)
+        }
         Command::Execution { command } => {
             match command {
                 ExecutionCommand::List {
                     limit,
                     action,
                     status,
+                    rule,
+                    trigger_instance,
+                    parent,
+                    user,
+                    since,
+                    until,
                 } => {
-                    cli::execution_list(
-                        &client,
-                        limit,
-                        action.as_deref(),
-                        status.as_deref(),
-                        args.json,
-                    )
-                    .await?
+                    let filters = cli::ExecutionFilters {
+                        action,
+                        status,
+                        rule,
+                        trigger_instance,
+                        parent,
+                        user,
+                        timestamp_gt: since,
+                        timestamp_lt: until,
+                    };
+                    cli::execution_list(&client, limit, &filters, args.json).await?
+                }
+                ExecutionCommand::Children { id, depth } => {
+                    cli::execution_children(&client, &id, depth, args.json).await?
                 }
                 ExecutionCommand::Get { id } => cli::execution_get(&client, &id, args.json).await?,
                 ExecutionCommand::Cancel { id } => {
@@ -406,18 +502,71 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
         }
         Command::Rule { command } => {
             match command {
-                RuleCommand::List => {
+                RuleCommand::List { pack } => {
                     let cols = [
                         ("ref", "/ref"),
                         ("enabled", "/enabled"),
                         ("trigger", "/trigger/type"),
                         ("action", "/action/ref"),
                     ];
-                    cli::list_table(&client, "rules", &cols, args.json).await?;
+                    let path = cli::with_query("rules", &[("pack", pack)]);
+                    cli::list_table(&client, &path, &cols, args.json).await?;
                 }
                 RuleCommand::Get { reference } => {
                     let (v, _) = client.get(&format!("rules/{reference}")).await?;
                     cli::show(&v, args.json);
+                }
+                RuleCommand::Create { file } => cli::rule_create(&client, &file, args.json).await?,
+                RuleCommand::Enable { reference } => {
+                    cli::rule_set_enabled(&client, &reference, true, args.json).await?
+                }
+                RuleCommand::Disable { reference } => {
+                    cli::rule_set_enabled(&client, &reference, false, args.json).await?
+                }
+                RuleCommand::Delete { reference } => {
+                    client
+                        .call(Method::DELETE, &format!("rules/{reference}"), None)
+                        .await?;
+                    println!("rule {reference} deleted");
+                }
+            }
+            Ok(true)
+        }
+        Command::Trigger {
+            command: ListOnly::List,
+        } => {
+            let cols = [
+                ("ref", "/ref"),
+                ("type", "/type"),
+                ("parameters", "/parameters"),
+            ];
+            cli::list_table(&client, "triggers", &cols, args.json).await?;
+            Ok(true)
+        }
+        Command::Inquiry { command } => {
+            match command {
+                InquiryCommand::List => {
+                    let cols = [
+                        ("id", "/id"),
+                        ("route", "/route"),
+                        ("ttl", "/ttl"),
+                        ("users", "/users"),
+                        ("roles", "/roles"),
+                        ("asked", "/start_timestamp"),
+                    ];
+                    cli::list_table(&client, "inquiries", &cols, args.json).await?;
+                }
+                InquiryCommand::Get { id } => {
+                    let (v, _) = client.get(&format!("inquiries/{id}")).await?;
+                    cli::show(&v, args.json);
+                }
+                InquiryCommand::Respond {
+                    id,
+                    pairs,
+                    response,
+                } => {
+                    cli::inquiry_respond(&client, &id, &pairs, response.as_deref(), args.json)
+                        .await?
                 }
             }
             Ok(true)

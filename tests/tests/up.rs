@@ -262,6 +262,89 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
             Ok((e["status"] == "canceled").then_some(()))
         })
         .await?;
+
+        // `run --tail` prints the output as it comes, then the outcome.
+        let tailed = cli(&["run", "core.local", "cmd=echo live; sleep 1; echo done", "--tail"])?;
+        let tailed_out = String::from_utf8_lossy(&tailed.stdout);
+        assert!(tailed.status.success(), "{tailed_out}");
+        assert!(
+            tailed_out.contains("live\ndone\n") && tailed_out.contains("status=succeeded"),
+            "{tailed_out}"
+        );
+
+        // Rules from a file, switched off and on, then gone.
+        let rule_file = config_home.path().join("rule.yaml");
+        std::fs::write(
+            &rule_file,
+            "name: cli_rule\npack: default\ntrigger:\n  type: core.st2.webhook\n  parameters: {url: cli}\naction:\n  ref: core.noop\n",
+        )?;
+        let created = json_of(&["rule", "create", rule_file.to_str().unwrap_or_default()])?;
+        assert_eq!(created["ref"], "default.cli_rule");
+        assert_eq!(json_of(&["rule", "disable", "default.cli_rule"])?["enabled"], false);
+        assert_eq!(json_of(&["rule", "enable", "default.cli_rule"])?["enabled"], true);
+        assert!(json_of(&["trigger", "list"])?.to_string().contains("\"url\":\"cli\""));
+        assert!(cli(&["rule", "delete", "default.cli_rule"])?.status.success());
+        poll(Duration::from_secs(10), || async {
+            Ok((!cli(&["rule", "get", "default.cli_rule"])?.status.success()).then_some(()))
+        })
+        .await?;
+
+        // An inquiry, answered from the CLI.
+        let asked = json_of(&["run", "core.ask", "--async"])?;
+        let asked_id = asked["id"].as_str().unwrap_or_default().to_string();
+        poll(Duration::from_secs(30), || async {
+            let open = json_of(&["inquiry", "list"])?;
+            Ok(open.to_string().contains(&asked_id).then_some(()))
+        })
+        .await?;
+        let answered = json_of(&["inquiry", "respond", &asked_id, "continue=true"])?;
+        assert_eq!(answered["response"]["continue"], true);
+        let refused = cli(&["inquiry", "respond", &asked_id, "continue=true"])?;
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("409"));
+
+        // Children, as a tree, and the list's filters.
+        let parent_id = exec["id"].as_str().unwrap_or_default().to_string();
+        let child: Value = http
+            .post(format!("{base}/executions"))
+            .json(&json!({"action": "core.noop", "context": {"parent": {"execution_id": parent_id}}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let child_id = child["id"].as_str().unwrap_or_default().to_string();
+        let kids = json_of(&["execution", "children", &parent_id])?;
+        assert_eq!(kids[0]["id"], child_id.as_str());
+        let tree = cli(&["execution", "children", &parent_id])?;
+        assert!(String::from_utf8_lossy(&tree.stdout).contains(&child_id));
+        let asks = json_of(&["execution", "list", "--action", "core.ask", "--parent", "null"])?;
+        assert_eq!(asks.as_array().map(Vec::len), Some(1), "{asks}");
+
+        // A settings file instead of flags: URL and API key.
+        let settings = config_home.path().join("settings.yaml");
+        std::fs::write(
+            &settings,
+            format!("url: {root}\napi_key: {}\n", key["key"].as_str().unwrap_or_default()),
+        )?;
+        let elsewhere = tempfile::tempdir()?;
+        let with_settings = |file: &std::path::Path| {
+            Command::new(squall_binary()?)
+                .args(["execution", "list", "--json", "-n", "1"])
+                .env("SQUALL_CONFIG", file)
+                .env("XDG_CONFIG_HOME", elsewhere.path())
+                .env_remove("SQUALL_URL")
+                .env_remove("SQUALL_AUTH_TOKEN")
+                .env_remove("SQUALL_API_KEY")
+                .output()
+                .map_err(anyhow::Error::from)
+        };
+        let out = with_settings(&settings)?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&settings, format!("url: {root}\napikey: nope\n"))?;
+        let out = with_settings(&settings)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("settings.yaml") && err.contains("apikey"), "{err}");
         anyhow::Ok(())
     }
     .await;
