@@ -113,6 +113,66 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     let (ok, out, err) = st2(&node, home, &["rule", "enable", "examples.alert_diagnose"]).await?;
     assert!(ok, "{out}{err}");
 
+    // Content from files, as `st2 action create` / `st2 rule create` send it.
+    let action_file = home.join("hello.yaml");
+    std::fs::write(
+        &action_file,
+        "name: hello\npack: default\nrunner_type: local-shell-cmd\nparameters:\n  cmd:\n    default: echo hello from st2\n",
+    )?;
+    let created = st2_json(
+        &node,
+        home,
+        &["action", "create", action_file.to_str().unwrap()],
+    )
+    .await?;
+    assert_eq!(created["ref"], "default.hello", "{created}");
+    let rule_file = home.join("rule.yaml");
+    std::fs::write(
+        &rule_file,
+        "name: st2_rule\npack: default\ntrigger:\n  type: core.st2.webhook\n  parameters:\n    url: st2hook\naction:\n  ref: default.hello\n",
+    )?;
+    let created = st2_json(
+        &node,
+        home,
+        &["rule", "create", rule_file.to_str().unwrap()],
+    )
+    .await?;
+    assert_eq!(created["ref"], "default.st2_rule", "{created}");
+    let rules = st2_json(&node, home, &["rule", "list", "-p", "default"]).await?;
+    assert_eq!(rules[0]["ref"], "default.st2_rule", "{rules}");
+    let triggers = st2_json(&node, home, &["trigger", "list"]).await?;
+    assert!(
+        triggers.to_string().contains("core.st2.webhook"),
+        "{triggers}"
+    );
+    let (ok, out, err) = st2(&node, home, &["policy-type", "list"]).await?;
+    assert!(ok && out.contains("concurrency.attr"), "{out}{err}");
+    let (ok, out, err) = st2(&node, home, &["policy", "list"]).await?;
+    assert!(ok, "{out}{err}");
+
+    // An inquiry answered with `st2 inquiry respond -r`.
+    let (_, out, _) = st2(&node, home, &["run", "core.ask", "--async"]).await?;
+    let asked = out
+        .split_once("st2 execution get ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("no execution id in: {out}"))?
+        .to_string();
+    squall_tests::poll(std::time::Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{asked}")).await?;
+        Ok((e["status"] == "pending").then_some(()))
+    })
+    .await?;
+    let (ok, out, err) = st2(&node, home, &["inquiry", "list"]).await?;
+    assert!(ok && out.contains(&asked), "{out}{err}");
+    let (ok, out, err) = st2(
+        &node,
+        home,
+        &["inquiry", "respond", "-r", r#"{"continue": true}"#, &asked],
+    )
+    .await?;
+    assert!(ok, "{out}{err}");
+    assert_eq!(node.finished(&asked).await?["status"], "succeeded");
+
     // `st2 execution tail` follows live output over the event stream. The
     // action prints only once the CLI is connected (live output is not
     // replayed): it waits for a file the test creates then.
