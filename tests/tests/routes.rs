@@ -602,3 +602,53 @@ async fn execution_status_updates_through_put() -> Result<()> {
     assert_eq!(status, 404);
     Ok(())
 }
+
+#[tokio::test]
+async fn every_documented_route_is_served() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    // The document itself needs no credentials.
+    let r = reqwest::get(format!("{}/api/v1/openapi.json", node.root)).await?;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await?;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        // Path parameters get values no route treats specially.
+        let concrete: String = path
+            .split('/')
+            .map(|part| {
+                if part.starts_with('{') {
+                    "00000000ffffffffffffffff"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let method = Method::from_bytes(method.to_uppercase().as_bytes())?;
+            let mut req = node
+                .http
+                .request(method.clone(), format!("{}{concrete}", node.root));
+            if method == Method::POST || method == Method::PUT {
+                req = req.json(&json!({}));
+            }
+            // Headers are enough (event streams never end by themselves).
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            assert_ne!(status, 405, "{method} {path}");
+            if status == 404 {
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                assert!(
+                    !fault(&body).starts_with("no route"),
+                    "{method} {path}: {body}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "checked only {checked} operations");
+    Ok(())
+}

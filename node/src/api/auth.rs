@@ -58,8 +58,9 @@ pub async fn guard(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    // The version document is public, for load balancers' health checks.
-    if matches!(req.uri().path(), "" | "/") && req.method() == Method::GET {
+    // The version document is public, for load balancers' health checks,
+    // and so is the API's description.
+    if matches!(req.uri().path(), "" | "/" | "/openapi.json") && req.method() == Method::GET {
         return Ok(next.run(req).await);
     }
     let principal = authenticate(&st, req.headers(), req.uri().query().unwrap_or("")).await?;

@@ -61,6 +61,7 @@ pub struct ApiState {
 pub fn app(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/", get(version))
+        .route("/openapi.json", get(openapi_json))
         .route(
             "/executions",
             get(executions::list).post(executions::create),
@@ -190,10 +191,110 @@ async fn version() -> Json<Value> {
     }))
 }
 
+/// The OpenAPI document of every route (`openapi.yaml`, checked against
+/// this file's routes by a test).
+pub fn openapi() -> &'static Value {
+    static DOC: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+        serde_yaml::from_str(include_str!("openapi.yaml"))
+            .expect("openapi.yaml is valid YAML (a unit test parses it)")
+    });
+    &DOC
+}
+
+async fn openapi_json() -> Json<Value> {
+    Json(openapi().clone())
+}
+
 async fn metrics() -> String {
     squall_actors::metrics::render()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// `(method, path)` of every `.route(...)` in `source`, under `prefix`;
+    /// `{*rest}` is written `{rest}` as OpenAPI does.
+    fn routes_in(source: &str, prefix: &str) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for call in source.split(".route(").skip(1) {
+            let Some(path) = call.split('"').nth(1) else {
+                continue;
+            };
+            // The handlers: up to the call's closing parenthesis.
+            let mut depth = 1;
+            let end = call
+                .char_indices()
+                .find(|(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(call.len(), |(i, _)| i);
+            let path = format!("{prefix}{}", path.replace("{*", "{"));
+            for method in ["get", "post", "put", "delete"] {
+                if call[..end].contains(&format!("{method}(")) {
+                    out.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_served_routes() {
+        let source = include_str!("mod.rs");
+        let section = |from: &str, to: &str| {
+            let start = source.find(from).expect("section start");
+            let end = start + source[start..].find(to).expect("section end");
+            &source[start..end]
+        };
+        let mut served = routes_in(
+            section("let v1 = Router::new()", ".fallback(not_found)"),
+            "/api/v1",
+        );
+        served.extend(routes_in(
+            section("fn stream_routes", ".layer("),
+            "/stream/v1",
+        ));
+        served.extend(routes_in(
+            section(".nest(\"/v1\", v1)", ".fallback(not_found)"),
+            "",
+        ));
+        // `/tokens` is the auth port's name for `/auth/v1/tokens`.
+        served.remove(&("post".to_string(), "/tokens".to_string()));
+        // The version document is `/api/v1/` (the router's `/`).
+        served.remove(&("get".to_string(), "/api/v1/".to_string()));
+        served.insert(("get".to_string(), "/api/v1/".to_string()));
+
+        let doc = openapi();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in ["get", "post", "put", "delete"] {
+                if item.get(method).is_some() {
+                    documented.insert((method.to_string(), path.clone()));
+                }
+            }
+        }
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from openapi.yaml: {undocumented:?}"
+        );
+        assert!(
+            unserved.is_empty(),
+            "documented but not served: {unserved:?}"
+        );
+        assert!(served.len() > 50, "found only {} routes", served.len());
+    }
 }
