@@ -44,7 +44,7 @@ pub async fn list(
             matched.push(e);
         }
     }
-    matched.sort_by(|a, b| b.enforced_at.cmp(&a.enforced_at));
+    matched.sort_by_key(|e| std::cmp::Reverse(e.enforced_at));
     list.respond(
         matched
             .iter()

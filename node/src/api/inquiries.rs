@@ -93,7 +93,7 @@ fn may_answer(me: &Principal, result: &Value) -> bool {
     if users.is_empty() && roles.is_empty() {
         return true;
     }
-    users.iter().any(|u| *u == me.user)
+    users.contains(&me.user)
         || roles
             .iter()
             .filter_map(|r| r.parse::<Role>().ok())
