@@ -604,12 +604,14 @@ async fn execution_status_updates_through_put() -> Result<()> {
 }
 
 #[tokio::test]
-async fn every_documented_route_is_served() -> Result<()> {
+async fn every_documented_route_is_served_and_guarded() -> Result<()> {
     let node = TestNode::start(vec![]).await?;
     // The document itself needs no credentials.
     let r = reqwest::get(format!("{}/api/v1/openapi.json", node.root)).await?;
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await?;
+    let anonymous = reqwest::Client::new();
+    let observer = node.user("olive", "observer").await?;
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         // Path parameters get values no route treats specially.
@@ -625,13 +627,26 @@ async fn every_documented_route_is_served() -> Result<()> {
             .collect::<Vec<_>>()
             .join("/");
         for method in ["get", "post", "put", "delete"] {
-            if item.get(method).is_none() {
+            let Some(operation) = item.get(method) else {
                 continue;
-            }
+            };
+            let public = operation["security"] == json!([]);
             let method = Method::from_bytes(method.to_uppercase().as_bytes())?;
-            let mut req = node
-                .http
-                .request(method.clone(), format!("{}{concrete}", node.root));
+            let url = format!("{}{concrete}", node.root);
+            // Credentials first: none is a 401; an observer may only read.
+            if !public {
+                let r = anonymous.request(method.clone(), &url).send().await?;
+                assert_eq!(r.status(), 401, "anonymous {method} {path}");
+            }
+            if !public && method != Method::GET && path != "/auth/v1/tokens" {
+                let r = observer
+                    .request(method.clone(), &url)
+                    .json(&json!({}))
+                    .send()
+                    .await?;
+                assert_eq!(r.status(), 403, "observer {method} {path}");
+            }
+            let mut req = node.http.request(method.clone(), &url);
             if method == Method::POST || method == Method::PUT {
                 req = req.json(&json!({}));
             }
