@@ -363,6 +363,13 @@ async fn triggers_policies_and_re_emitted_instances() -> Result<()> {
         .cloned()
         .unwrap_or_else(|| panic!("no webhook trigger in {triggers}"));
     assert_eq!(hook["parameters"]["url"], "alerts");
+    let (status, webhook) = node.get("webhooks/alerts").await?;
+    assert_eq!(
+        (status, &webhook["type"]),
+        (200, &json!("core.st2.webhook"))
+    );
+    let (status, body) = node.get("webhooks/nowhere").await?;
+    assert_eq!(status, 404, "{body}");
     let (status, one) = node
         .get(&format!("triggers/{}", hook["id"].as_str().unwrap()))
         .await?;

@@ -119,7 +119,10 @@ pub fn app(state: ApiState) -> Router {
         .route("/runnertypes/{name}", get(content::get_runner_type))
         .route("/triggerinstances/{id}", get(triggers::get_instance))
         .route("/webhooks", get(triggers::list_webhooks))
-        .route("/webhooks/{*url}", post(triggers::fire_webhook))
+        .route(
+            "/webhooks/{*url}",
+            get(triggers::get_webhook).post(triggers::fire_webhook),
+        )
         .route(
             "/apikeys",
             get(auth::list_api_keys).post(auth::create_api_key),

@@ -15,18 +15,43 @@ use super::ApiState;
 /// Header that sets the trace tag of the trigger instances a webhook fires.
 const TRACE_TAG_HEADER: &str = "st2-trace-tag";
 
+fn webhook_view(t: &Trigger) -> Value {
+    json!({"ref": t.reference, "type": t.trigger_type, "parameters": t.parameters})
+}
+
 /// `GET /webhooks`: the webhook triggers rules listen to.
 pub async fn list_webhooks(State(st): State<ApiState>) -> Json<Vec<Value>> {
     let catalog = st.catalog.load();
     Json(
         catalog
             .triggers_of_type(triggers::WEBHOOK)
-            .into_iter()
-            .map(
-                |t| json!({"ref": t.reference, "type": t.trigger_type, "parameters": t.parameters}),
-            )
+            .iter()
+            .map(webhook_view)
             .collect(),
     )
+}
+
+/// The `url` parameter of a webhook trigger, without surrounding slashes.
+fn webhook_url(t: &Trigger) -> Option<&str> {
+    t.parameters
+        .get("url")
+        .and_then(Value::as_str)
+        .map(|u| u.trim_matches('/'))
+}
+
+/// `GET /webhooks/{url}`: the webhook registered at `url`.
+pub async fn get_webhook(
+    State(st): State<ApiState>,
+    Path(url): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let url = url.trim_matches('/');
+    let catalog = st.catalog.load();
+    catalog
+        .triggers_of_type(triggers::WEBHOOK)
+        .iter()
+        .find(|t| webhook_url(t) == Some(url))
+        .map(|t| Json(webhook_view(t)))
+        .ok_or_else(|| ApiError::NotFound(format!("no webhook is registered at {url:?}")))
 }
 
 fn trigger_view(t: &Trigger) -> Value {
@@ -119,13 +144,7 @@ pub async fn fire_webhook(
         let matching: Vec<_> = catalog
             .triggers_of_type(triggers::WEBHOOK)
             .into_iter()
-            .filter(|t| {
-                t.parameters
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .map(|u| u.trim_matches('/'))
-                    == Some(url.as_str())
-            })
+            .filter(|t| webhook_url(t) == Some(url.as_str()))
             .collect();
         if matching.is_empty() {
             return Err(ApiError::NotFound(format!(
