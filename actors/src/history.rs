@@ -1,12 +1,15 @@
 //! Execution history: every execution record summarised in memory, ordered
 //! by request time, so `GET /executions` pages and filters (status, action,
 //! rule, trigger instance, parent, user, time range) without reading the
-//! bucket. The records stay in the `executions` bucket; a page reads only
-//! the records it shows. Kept current by a [`Mirrored`] watch.
+//! bucket. The newest [`CACHED_RECORDS`] records are also kept whole (as
+//! stored bytes), so the pages people look at most cost no bus round trip;
+//! older pages read their records from the `executions` bucket. Kept
+//! current by a [`Mirrored`] watch.
 
 use std::collections::{BTreeSet, HashMap};
 
 use async_nats::jetstream::kv;
+use bytes::Bytes;
 use serde::Deserialize;
 use squall_domain::execution::Status;
 use squall_domain::time::{serde_ts, Timestamp};
@@ -129,21 +132,6 @@ impl Filter {
             && self.after.is_none_or(|t| s.start_timestamp > t)
             && self.before.is_none_or(|t| s.start_timestamp < t)
     }
-
-    fn is_empty(&self) -> bool {
-        self.id.is_none()
-            && self.status.is_none()
-            && self.action.is_none()
-            && self.runner.is_none()
-            && self.rule.is_none()
-            && self.trigger_instance.is_none()
-            && self.trigger.is_none()
-            && self.trigger_type.is_none()
-            && self.parent.is_none()
-            && self.user.is_none()
-            && self.after.is_none()
-            && self.before.is_none()
-    }
 }
 
 /// One page of a list: the ids shown, in order, and how many match.
@@ -155,15 +143,107 @@ pub struct Page {
 
 type Ordered = BTreeSet<(Timestamp, String)>;
 
-/// Every execution, summarised.
-#[derive(Default)]
+/// How many of the newest records a node keeps whole (about 1.5 KB each
+/// for a shell action's record).
+pub const CACHED_RECORDS: usize = 20_000;
+
+/// The fields lists filter on by equality, each with an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Field {
+    Status,
+    Action,
+    Runner,
+    /// Indexed under both the rule's ref and its id.
+    Rule,
+    TriggerInstance,
+    /// `""` for top-level executions.
+    Parent,
+    User,
+}
+
+/// The index entries of one execution.
+fn index_terms(s: &Summary) -> Vec<(Field, String)> {
+    let mut terms = vec![
+        (Field::Status, s.status.as_str().to_string()),
+        (Field::Action, s.action.action_ref.clone()),
+        (Field::Runner, s.runner.name.clone()),
+        (Field::Parent, s.parent.clone().unwrap_or_default()),
+    ];
+    if let Some(rule) = &s.rule {
+        terms.push((Field::Rule, rule.reference.clone()));
+        terms.push((Field::Rule, rule.id.clone()));
+    }
+    if let Some(t) = &s.trigger_instance {
+        terms.push((Field::TriggerInstance, t.id.clone()));
+    }
+    if let Some(user) = s.user() {
+        terms.push((Field::User, user.to_string()));
+    }
+    terms
+}
+
+impl Filter {
+    /// The indexed equality constraints, and whether they are all of it.
+    fn index_terms(&self) -> (Vec<(Field, String)>, bool) {
+        let mut terms = Vec::new();
+        let mut push = |field, value: &Option<String>| {
+            if let Some(v) = value {
+                terms.push((field, v.clone()));
+            }
+        };
+        push(Field::Status, &self.status.map(|s| s.as_str().to_string()));
+        push(Field::Action, &self.action);
+        push(Field::Runner, &self.runner);
+        push(Field::Rule, &self.rule);
+        push(Field::TriggerInstance, &self.trigger_instance);
+        push(
+            Field::Parent,
+            &self.parent.as_ref().map(|p| p.clone().unwrap_or_default()),
+        );
+        push(Field::User, &self.user);
+        let unindexed = self.id.is_some()
+            || self.trigger.is_some()
+            || self.trigger_type.is_some()
+            || self.after.is_some()
+            || self.before.is_some();
+        (terms, !unindexed)
+    }
+}
+
+/// Every execution, summarised and indexed; the newest also whole.
 pub struct History {
     by_id: HashMap<String, Summary>,
     order: Ordered,
-    children: HashMap<String, Ordered>,
+    indices: HashMap<(Field, String), Ordered>,
+    cached: HashMap<String, Bytes>,
+    cached_order: Ordered,
+    cache_limit: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History::with_cache(CACHED_RECORDS)
+    }
 }
 
 impl History {
+    /// An empty history keeping at most `cache_limit` records whole.
+    pub fn with_cache(cache_limit: usize) -> History {
+        History {
+            by_id: HashMap::new(),
+            order: Ordered::new(),
+            indices: HashMap::new(),
+            cached: HashMap::new(),
+            cached_order: Ordered::new(),
+            cache_limit,
+        }
+    }
+
+    /// The stored bytes of a record, when it is among the newest.
+    pub fn record_bytes(&self, id: &str) -> Option<Bytes> {
+        self.cached.get(id).cloned()
+    }
+
     /// Number of executions recorded.
     pub fn len(&self) -> usize {
         self.by_id.len()
@@ -175,14 +255,24 @@ impl History {
     }
 
     /// The executions `filter` keeps, newest first unless `ascending`,
-    /// skipping `offset` and showing at most `limit`.
+    /// skipping `offset` and showing at most `limit`. Walks the smallest
+    /// index among the filter's equality constraints (everything when it
+    /// has none); a filter that is one indexed constraint costs only the
+    /// page.
     pub fn page(&self, filter: &Filter, ascending: bool, offset: usize, limit: usize) -> Page {
+        static EMPTY: Ordered = Ordered::new();
+        let (terms, all_indexed) = filter.index_terms();
+        let candidates = terms
+            .iter()
+            .map(|t| self.indices.get(t).unwrap_or(&EMPTY))
+            .min_by_key(|set| set.len())
+            .unwrap_or(&self.order);
         let ordered: Box<dyn Iterator<Item = &(Timestamp, String)>> = if ascending {
-            Box::new(self.order.iter())
+            Box::new(candidates.iter())
         } else {
-            Box::new(self.order.iter().rev())
+            Box::new(candidates.iter().rev())
         };
-        if filter.is_empty() {
+        if all_indexed && terms.len() <= 1 {
             let ids = ordered
                 .skip(offset)
                 .take(limit)
@@ -190,7 +280,7 @@ impl History {
                 .collect();
             return Page {
                 ids,
-                total: self.by_id.len(),
+                total: candidates.len(),
             };
         }
         let mut ids = Vec::new();
@@ -216,10 +306,11 @@ impl History {
     }
 
     fn collect_children(&self, id: &str, depth: Option<usize>, out: &mut Vec<String>) {
-        if depth == Some(0) {
+        if depth == Some(0) || id.is_empty() {
             return;
         }
-        for (_, child) in self.children.get(id).into_iter().flatten() {
+        let key = (Field::Parent, id.to_string());
+        for (_, child) in self.indices.get(&key).into_iter().flatten() {
             out.push(child.clone());
             self.collect_children(child, depth.map(|d| d - 1), out);
         }
@@ -231,26 +322,37 @@ impl History {
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some(old) = self.by_id.remove(id) {
-            let key = (old.start_timestamp, old.id);
-            self.order.remove(&key);
-            if let Some(parent) = old.parent {
-                if let Some(siblings) = self.children.get_mut(&parent) {
-                    siblings.remove(&key);
-                    if siblings.is_empty() {
-                        self.children.remove(&parent);
-                    }
+        let Some(old) = self.by_id.remove(id) else {
+            return;
+        };
+        let key = (old.start_timestamp, old.id.clone());
+        self.order.remove(&key);
+        if self.cached.remove(id).is_some() {
+            self.cached_order.remove(&key);
+        }
+        for term in index_terms(&old) {
+            if let Some(set) = self.indices.get_mut(&term) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.indices.remove(&term);
                 }
             }
         }
     }
 
-    fn insert(&mut self, summary: Summary) {
+    fn insert(&mut self, summary: Summary, bytes: Bytes) {
         self.remove(&summary.id);
         let key = (summary.start_timestamp, summary.id.clone());
         self.order.insert(key.clone());
-        if let Some(parent) = &summary.parent {
-            self.children.entry(parent.clone()).or_default().insert(key);
+        for term in index_terms(&summary) {
+            self.indices.entry(term).or_default().insert(key.clone());
+        }
+        self.cached.insert(summary.id.clone(), bytes);
+        self.cached_order.insert(key);
+        while self.cached_order.len() > self.cache_limit {
+            if let Some((_, oldest)) = self.cached_order.pop_first() {
+                self.cached.remove(&oldest);
+            }
         }
         self.by_id.insert(summary.id.clone(), summary);
     }
@@ -260,7 +362,7 @@ impl Mirror for History {
     fn apply(&mut self, entry: &kv::Entry) {
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<Summary>(&entry.value) {
-                Ok(summary) => self.insert(summary),
+                Ok(summary) => self.insert(summary, entry.value.clone()),
                 Err(e) => {
                     tracing::warn!(key = %entry.key, error = %e, "unreadable execution record")
                 }
@@ -283,8 +385,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn summary(id: &str, second: u32, status: &str, parent: Option<&str>) -> Summary {
-        serde_json::from_value(json!({
+    fn record(id: &str, second: u32, status: &str, parent: Option<&str>) -> (Summary, Bytes) {
+        let value = json!({
             "id": id,
             "start_timestamp": format!("2026-01-01T00:00:{second:02}.000000Z"),
             "status": status,
@@ -293,16 +395,21 @@ mod tests {
             "parent": parent,
             "context": {"user": "alice"},
             "result": {"stdout": "large and skipped"},
-        }))
-        .unwrap()
+        });
+        let bytes = Bytes::from(value.to_string());
+        (serde_json::from_value(value).unwrap(), bytes)
+    }
+
+    fn put(h: &mut History, (summary, bytes): (Summary, Bytes)) {
+        h.insert(summary, bytes);
     }
 
     fn history() -> History {
-        let mut h = History::default();
-        h.insert(summary("a", 1, "succeeded", None));
-        h.insert(summary("b", 2, "failed", None));
-        h.insert(summary("c", 3, "succeeded", Some("a")));
-        h.insert(summary("d", 4, "running", Some("c")));
+        let mut h = History::with_cache(2);
+        put(&mut h, record("a", 1, "succeeded", None));
+        put(&mut h, record("b", 2, "failed", None));
+        put(&mut h, record("c", 3, "succeeded", Some("a")));
+        put(&mut h, record("d", 4, "running", Some("c")));
         h
     }
 
@@ -360,11 +467,115 @@ mod tests {
         let mut h = history();
         assert_eq!(h.descendants("a", None), vec!["c", "d"]);
         assert_eq!(h.descendants("a", Some(1)), vec!["c"]);
-        h.insert(summary("d", 4, "succeeded", Some("c")));
+        put(&mut h, record("d", 4, "succeeded", Some("c")));
         assert_eq!(h.len(), 4);
         assert_eq!(h.get("d").unwrap().status, Status::Succeeded);
         h.remove("c");
         assert_eq!(h.descendants("a", None), Vec::<String>::new());
         assert_eq!(h.page(&Filter::default(), true, 0, 10).total, 3);
+    }
+
+    #[test]
+    fn indexed_pages_equal_a_full_scan() {
+        let statuses = ["succeeded", "failed", "running"];
+        let actions = ["core.noop", "core.local", "x.y"];
+        let mut h = History::with_cache(10);
+        for i in 0..300u32 {
+            let parent = (i % 7 == 0 && i > 0).then(|| format!("{:024}", i - 1));
+            let value = json!({
+                "id": format!("{i:024}"),
+                "start_timestamp": format!("2026-01-01T00:{:02}:{:02}.000000Z", i / 60, i % 60),
+                "status": statuses[(i % 3) as usize],
+                "action": {"ref": actions[(i / 3 % 3) as usize]},
+                "runner": {"name": "noop"},
+                "parent": parent,
+                "rule": (i % 2 == 0).then(|| json!({"id": "r1", "ref": "p.r"})),
+                "context": {"user": if i % 5 == 0 { "bob" } else { "alice" }},
+            });
+            put(
+                &mut h,
+                (
+                    serde_json::from_value(value.clone()).unwrap(),
+                    Bytes::from(value.to_string()),
+                ),
+            );
+        }
+        let filters = [
+            Filter {
+                action: Some("core.local".into()),
+                ..Filter::default()
+            },
+            Filter {
+                status: Some(Status::Failed),
+                user: Some("bob".into()),
+                ..Filter::default()
+            },
+            Filter {
+                rule: Some("r1".into()),
+                ..Filter::default()
+            },
+            Filter {
+                rule: Some("p.r".into()),
+                action: Some("x.y".into()),
+                ..Filter::default()
+            },
+            Filter {
+                parent: Some(None),
+                status: Some(Status::Running),
+                ..Filter::default()
+            },
+            Filter {
+                parent: Some(Some(format!("{:024}", 6))),
+                ..Filter::default()
+            },
+            Filter {
+                user: Some("nobody".into()),
+                ..Filter::default()
+            },
+            Filter {
+                after: h.get(&format!("{:024}", 100)).map(|s| s.start_timestamp),
+                action: Some("core.noop".into()),
+                ..Filter::default()
+            },
+        ];
+        for filter in &filters {
+            for (ascending, offset, limit) in [(false, 0, 5), (true, 3, 7), (false, 40, 100)] {
+                let mut all: Vec<&Summary> = h.by_id.values().filter(|s| filter.keeps(s)).collect();
+                all.sort_by_key(|s| (s.start_timestamp, s.id.clone()));
+                if !ascending {
+                    all.reverse();
+                }
+                let expected = Page {
+                    ids: all
+                        .iter()
+                        .skip(offset)
+                        .take(limit)
+                        .map(|s| s.id.clone())
+                        .collect(),
+                    total: all.len(),
+                };
+                assert_eq!(
+                    h.page(filter, ascending, offset, limit),
+                    expected,
+                    "{filter:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_newest_records_are_kept_whole() {
+        let mut h = history();
+        assert!(h.record_bytes("a").is_none() && h.record_bytes("b").is_none());
+        let d = h.record_bytes("d").expect("newest is cached");
+        assert!(String::from_utf8_lossy(&d).contains("\"running\""));
+        // An update replaces the cached bytes; a newer record pushes out the oldest.
+        put(&mut h, record("d", 4, "succeeded", Some("c")));
+        assert!(String::from_utf8_lossy(&h.record_bytes("d").unwrap()).contains("\"succeeded\""));
+        put(&mut h, record("e", 5, "succeeded", None));
+        assert!(h.record_bytes("c").is_none());
+        assert!(h.record_bytes("d").is_some() && h.record_bytes("e").is_some());
+        h.remove("e");
+        assert!(h.record_bytes("e").is_none());
     }
 }

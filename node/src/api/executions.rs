@@ -216,19 +216,36 @@ pub async fn list(
 /// How many records a page reads from the bucket at once.
 const READ_AHEAD: usize = 16;
 
-/// The records of `ids`, in order; ones deleted meanwhile are left out.
+/// The records of `ids`, in order: the newest from the history's copies,
+/// older ones from the bucket; ones deleted meanwhile are left out.
 async fn read_records(st: &ApiState, ids: Vec<String>) -> Result<Vec<ExecutionRecord>, ApiError> {
-    let reads = futures::stream::iter(ids)
-        .map(|id| {
+    let cached: Vec<(String, Option<bytes::Bytes>)> = {
+        let history = st.history.read();
+        ids.into_iter()
+            .map(|id| {
+                let bytes = history.record_bytes(&id);
+                (id, bytes)
+            })
+            .collect()
+    };
+    let reads = futures::stream::iter(cached)
+        .map(|(id, bytes)| {
             let bus = st.bus.clone();
-            async move { bus.execution(&id).await }
+            async move {
+                if let Some(record) =
+                    bytes.and_then(|b| serde_json::from_slice::<ExecutionRecord>(&b).ok())
+                {
+                    return Ok(Some(record));
+                }
+                bus.execution(&id).await.map(|r| r.map(|(rec, _)| rec))
+            }
         })
         .buffered(READ_AHEAD)
         .collect::<Vec<_>>()
         .await;
     let mut out = Vec::with_capacity(reads.len());
     for read in reads {
-        if let Some((rec, _)) = read? {
+        if let Some(rec) = read? {
             out.push(rec);
         }
     }
