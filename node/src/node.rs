@@ -128,52 +128,11 @@ impl Node {
         };
         let engine = Box::pin(Engine::start(bus.clone(), settings, &keys)).await?;
         let stop_api = CancellationToken::new();
-        let mut addrs = [None, None, None];
-        let mut api_tasks = Vec::new();
-        if cfg.api.enabled {
-            let history = Box::pin(squall_actors::history::start(&bus)).await?;
-            api_tasks.push(tokio::spawn(squall_actors::inquiries::sweep_until(
-                bus.clone(),
-                history.clone(),
-                stop_api.clone(),
-            )));
-            let state = ApiState {
-                history,
-                bus: bus.clone(),
-                catalog: engine.shared.catalog.clone(),
-                renderer: engine.shared.renderer.clone(),
-                kv: engine.shared.kv.clone(),
-                pack_dirs: cfg.packs.dirs.clone(),
-                auth: auth.clone(),
-                keys: keys.clone(),
-                token_ttl: Duration::from_secs(cfg.auth.token_ttl),
-            };
-            // One API, also on StackStorm's auth port so that clients
-            // configured for StackStorm's layout find it; its stream port
-            // serves the stream alone (paths there mean the stream's).
-            let app = api::app(state.clone());
-            let wanted = [
-                (Some(cfg.api.listen), app.clone()),
-                (cfg.api.auth_listen, app),
-                (cfg.api.stream_listen, api::stream_app(state)),
-            ];
-            for (slot, (addr, app)) in addrs.iter_mut().zip(wanted) {
-                let Some(addr) = addr else { continue };
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| NodeError::Listen { addr, source })?;
-                *slot = listener.local_addr().ok();
-                let stop = stop_api.clone();
-                api_tasks.push(tokio::spawn(async move {
-                    let served = axum::serve(listener, api::into_service(app))
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "API server failed");
-                    }
-                }));
-            }
-        }
+        let (addrs, api_tasks) = if cfg.api.enabled {
+            Box::pin(serve_api(cfg, &bus, &engine, auth, keys, &stop_api)).await?
+        } else {
+            ([None, None, None], Vec::new())
+        };
         let [api_addr, auth_addr, stream_addr] = addrs;
         tracing::info!(node = %cfg.name, api = ?api_addr, auth = ?auth_addr, stream = ?stream_addr,
             partitions = bus.partitions, "node ready");
@@ -280,4 +239,63 @@ pub fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
     // An existing file keeps its mode on open: tighten it.
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(format!("{text}\n").as_bytes())
+}
+
+/// The API's listening addresses (api, auth, stream) and serving tasks.
+type ApiServers = ([Option<SocketAddr>; 3], Vec<tokio::task::JoinHandle<()>>);
+
+/// Serves the API on the configured ports until `stop_api`.
+async fn serve_api(
+    cfg: &NodeConfig,
+    bus: &Bus,
+    engine: &Engine,
+    auth: AuthStore,
+    keys: KeyStore,
+    stop_api: &CancellationToken,
+) -> Result<ApiServers, NodeError> {
+    let mut addrs = [None, None, None];
+    let mut api_tasks = Vec::new();
+    let history = Box::pin(squall_actors::history::start(bus)).await?;
+    api_tasks.push(tokio::spawn(squall_actors::inquiries::sweep_until(
+        bus.clone(),
+        history.clone(),
+        stop_api.clone(),
+    )));
+    let state = ApiState {
+        history,
+        bus: bus.clone(),
+        catalog: engine.shared.catalog.clone(),
+        renderer: engine.shared.renderer.clone(),
+        kv: engine.shared.kv.clone(),
+        pack_dirs: cfg.packs.dirs.clone(),
+        auth,
+        keys,
+        token_ttl: Duration::from_secs(cfg.auth.token_ttl),
+    };
+    // One API, also on StackStorm's auth port so that clients
+    // configured for StackStorm's layout find it; its stream port
+    // serves the stream alone (paths there mean the stream's).
+    let app = api::app(state.clone());
+    let wanted = [
+        (Some(cfg.api.listen), app.clone()),
+        (cfg.api.auth_listen, app),
+        (cfg.api.stream_listen, api::stream_app(state)),
+    ];
+    for (slot, (addr, app)) in addrs.iter_mut().zip(wanted) {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Listen { addr, source })?;
+        *slot = listener.local_addr().ok();
+        let stop = stop_api.clone();
+        api_tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, api::into_service(app))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "API server failed");
+            }
+        }));
+    }
+    Ok((addrs, api_tasks))
 }

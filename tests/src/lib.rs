@@ -162,6 +162,14 @@ pub fn test_config(nats_url: &str, pack_dirs: Vec<PathBuf>) -> NodeConfig {
     cfg
 }
 
+/// Starts a node on its own task: polled from the runtime's loop rather than
+/// beneath the test's futures, its unoptimised start fits the test thread's
+/// 2 MiB stack.
+pub async fn start_node(config: &NodeConfig) -> Result<Node> {
+    let config = config.clone();
+    Ok(tokio::spawn(async move { Node::start(&config).await }).await??)
+}
+
 impl TestNode {
     /// Starts a nats-server and a node with the repository's `core` pack
     /// plus `extra_pack_dirs`.
@@ -173,7 +181,7 @@ impl TestNode {
         let mut config = test_config(&nats.url(), dirs);
         config.auth.admin_password_file = dir.path().join("admin-password");
         config.datastore.key_file = dir.path().join("datastore.key");
-        let node = Box::pin(Node::start(&config)).await?;
+        let node = start_node(&config).await?;
         let addr = node.api_addr.context("API address")?;
         let root = format!("http://{addr}");
         let admin_password = std::fs::read_to_string(&config.auth.admin_password_file)

@@ -83,6 +83,26 @@ impl ContentFilter {
     }
 }
 
+/// The item whose `pack.name` ref (or content id) is `reference`, viewed;
+/// a 404 naming the `kind` otherwise.
+pub fn find_by_ref<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    kind: &str,
+    reference: &str,
+    ref_of: impl Fn(&T) -> String,
+    view: impl Fn(&T) -> Value,
+) -> Result<Json<Value>, ApiError> {
+    let id_kind = kind.replace(' ', "_");
+    items
+        .into_iter()
+        .find(|item| {
+            let r = ref_of(item);
+            r == reference || content_id(&id_kind, &r) == reference
+        })
+        .map(|item| Json(view(item)))
+        .ok_or_else(|| ApiError::NotFound(format!("{kind} {reference} not found")))
+}
+
 /// `GET /actions` (`pack`, `name` filter).
 pub async fn list_actions(
     State(st): State<ApiState>,
@@ -106,14 +126,13 @@ pub async fn get_action(
     Path(reference): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
-    catalog
-        .actions
-        .values()
-        .find(|a| {
-            a.def.reference() == reference || content_id("action", &a.def.reference()) == reference
-        })
-        .map(|a| Json(action_view(&a.def)))
-        .ok_or_else(|| ApiError::NotFound(format!("action {reference} not found")))
+    find_by_ref(
+        catalog.actions.values(),
+        "action",
+        &reference,
+        |a| a.def.reference(),
+        |a| action_view(&a.def),
+    )
 }
 
 /// `GET /rules` (`pack`, `name` filter).
@@ -139,12 +158,14 @@ pub async fn get_rule(
     Path(reference): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
-    catalog
-        .rules
-        .values()
-        .find(|r| r.def.reference() == reference || r.id == reference)
-        .map(|r| Json(rule_view(r)))
-        .ok_or_else(|| ApiError::NotFound(format!("rule {reference} not found")))
+    // A rule's id is derived like every content id.
+    find_by_ref(
+        catalog.rules.values(),
+        "rule",
+        &reference,
+        |r| r.def.reference(),
+        |r| rule_view(r),
+    )
 }
 
 /// `GET /packs`.
@@ -162,12 +183,13 @@ pub async fn get_pack(
     Path(reference): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
-    catalog
-        .packs
-        .values()
-        .find(|b| b.pack.pack_ref == reference || content_id("pack", &b.pack.pack_ref) == reference)
-        .map(|b| Json(pack_view(b)))
-        .ok_or_else(|| ApiError::NotFound(format!("pack {reference} not found")))
+    find_by_ref(
+        catalog.packs.values(),
+        "pack",
+        &reference,
+        |b| b.pack.pack_ref.clone(),
+        pack_view,
+    )
 }
 
 fn policy_view(p: &PolicyDef) -> Value {
@@ -221,13 +243,13 @@ pub async fn get_policy(
     Path(reference): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
-    catalog
-        .packs
-        .values()
-        .flat_map(|b| b.policies.iter())
-        .find(|p| p.reference() == reference || content_id("policy", &p.reference()) == reference)
-        .map(|p| Json(policy_view(p)))
-        .ok_or_else(|| ApiError::NotFound(format!("policy {reference} not found")))
+    find_by_ref(
+        catalog.packs.values().flat_map(|b| b.policies.iter()),
+        "policy",
+        &reference,
+        PolicyDef::reference,
+        policy_view,
+    )
 }
 
 fn policy_type_view(t: &policies::PolicyType) -> Value {
@@ -260,11 +282,13 @@ pub async fn list_policy_types(ApiQuery(list): ApiQuery<ListParams>) -> Result<L
 
 /// `GET /policytypes/{ref or id}`.
 pub async fn get_policy_type(Path(reference): Path<String>) -> Result<Json<Value>, ApiError> {
-    policies::all()
-        .iter()
-        .find(|t| t.reference == reference || content_id("policy_type", t.reference) == reference)
-        .map(|t| Json(policy_type_view(t)))
-        .ok_or_else(|| ApiError::NotFound(format!("policy type {reference} not found")))
+    find_by_ref(
+        policies::all().iter(),
+        "policy type",
+        &reference,
+        |t| t.reference.to_string(),
+        policy_type_view,
+    )
 }
 
 /// `GET /triggertypes` (`pack`, `name` filter).
@@ -290,14 +314,13 @@ pub async fn get_trigger_type(
     Path(reference): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
-    catalog
-        .trigger_types
-        .values()
-        .find(|t| {
-            t.reference() == reference || content_id("trigger_type", &t.reference()) == reference
-        })
-        .map(|t| Json(trigger_type_view(t)))
-        .ok_or_else(|| ApiError::NotFound(format!("trigger type {reference} not found")))
+    find_by_ref(
+        catalog.trigger_types.values(),
+        "trigger type",
+        &reference,
+        TriggerTypeDef::reference,
+        trigger_type_view,
+    )
 }
 
 /// Query of `GET /runnertypes`.

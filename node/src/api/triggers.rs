@@ -8,6 +8,7 @@ use squall_actors::catalog::{content_id, Trigger};
 use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
 use squall_domain::{ids, time, triggers};
 
+use super::content::find_by_ref;
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::listing::{ListParams, Listed};
 use super::ApiState;
@@ -83,12 +84,13 @@ pub async fn get_trigger(
     Path(reference): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
-    catalog
-        .triggers()
-        .iter()
-        .find(|t| t.reference == reference || content_id("trigger", &t.reference) == reference)
-        .map(|t| Json(trigger_view(t)))
-        .ok_or_else(|| ApiError::NotFound(format!("trigger {reference} not found")))
+    find_by_ref(
+        catalog.triggers().iter(),
+        "trigger",
+        &reference,
+        |t| t.reference.clone(),
+        trigger_view,
+    )
 }
 
 /// `POST /triggerinstances/{id}/re_emit`: sends the instance's trigger and
