@@ -29,6 +29,8 @@ pub struct ExecutionSpec {
     pub id: Option<String>,
     pub rule: Option<RuleSummary>,
     pub trigger_instance: Option<TriggerInstanceSummary>,
+    /// The trace tag of the cause (a webhook's `St2-Trace-Tag`).
+    pub trace_tag: Option<String>,
     /// Extra context merged into the record's `context`.
     pub context: Map<String, Value>,
     pub parent: Option<String>,
@@ -75,7 +77,7 @@ pub fn prepare(
         );
         context
             .entry("trace_context")
-            .or_insert_with(|| json!({"id_": ti.id, "trace_tag": Value::Null}));
+            .or_insert_with(|| json!({"id_": ti.id, "trace_tag": spec.trace_tag}));
     }
     if let Some(r) = &spec.rule {
         context.insert("rule".into(), json!({"id": r.id, "name": r.name}));

@@ -277,6 +277,7 @@ async fn request(
             trigger_type: instance.trigger_type.clone(),
             occurrence_time: instance.occurrence_time,
         }),
+        trace_tag: instance.trace_tag.clone(),
         context: rule.def.context.clone(),
         ..ExecutionSpec::default()
     };

@@ -411,13 +411,14 @@ async fn triggers_policies_and_re_emitted_instances() -> Result<()> {
     );
 
     // Re-emit: the same trigger and payload again, as a new instance.
-    let (status, _) = node
-        .post(
-            "webhooks/alerts",
-            &json!({"severity": "critical", "host": "db-2"}),
-        )
+    let fired = node
+        .http
+        .post(format!("{}/webhooks/alerts", node.base))
+        .header("St2-Trace-Tag", "ticket-42")
+        .json(&json!({"severity": "critical", "host": "db-2"}))
+        .send()
         .await?;
-    assert_eq!(status, 202);
+    assert_eq!(fired.status(), 202);
     node.rules_idle().await?;
     let (_, instances) = node.get("triggerinstances?limit=1").await?;
     let original = instances[0]["id"].as_str().unwrap().to_string();
@@ -440,6 +441,11 @@ async fn triggers_policies_and_re_emitted_instances() -> Result<()> {
         .get(&format!("executions?trigger_instance={again}"))
         .await?;
     assert_eq!(by_instance.as_array().map(Vec::len), Some(1));
+    // The trace tag travels from the webhook into the execution's context.
+    assert_eq!(
+        by_instance[0]["context"]["trace_context"]["trace_tag"],
+        "ticket-42"
+    );
     let (status, _) = node
         .post(
             "triggerinstances/00000000ffffffffffffffff/re_emit",
