@@ -46,6 +46,9 @@ pub async fn store_pack(bus: &Bus, bundle: &PackBundle) -> Result<(), EngineErro
     Ok(())
 }
 
+/// How often a pack change is retried when others changed it first.
+const CAS_ATTEMPTS: u32 = 50;
+
 /// Changes one registered pack with `change`, atomically: the bundle is
 /// re-read and `change` re-applied if another writer got there first. A
 /// pack that is not registered starts empty (StackStorm's `default` pack
@@ -56,7 +59,13 @@ pub async fn modify_pack<T, E>(
     mut change: impl FnMut(&mut PackBundle) -> Result<T, E>,
 ) -> Result<Result<T, E>, EngineError> {
     let key = pack_key(pack_ref);
-    for _ in 0..10 {
+    for attempt in 0..CAS_ATTEMPTS {
+        if attempt > 0 {
+            // Writers racing on one pack take turns: a short random pause
+            // spreads them out instead of colliding again at once.
+            let pause = rand::random_range(1..=(2 * attempt).min(20) as u64);
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
         let entry = bus
             .content
             .entry(&key)

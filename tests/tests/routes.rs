@@ -680,3 +680,23 @@ async fn every_documented_route_is_served_and_guarded() -> Result<()> {
     assert!(checked > 50, "checked only {checked} operations");
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_changes_to_one_pack_all_land() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let creates = (0..24).map(|i| {
+        let rule = json!({
+            "name": format!("r{i}"), "pack": "busy",
+            "trigger": {"type": "core.st2.webhook", "parameters": {"url": format!("busy{i}")}},
+            "action": {"ref": "core.noop"},
+        });
+        let node = &node;
+        async move { node.post("rules", &rule).await }
+    });
+    for (status, body) in futures::future::try_join_all(creates).await? {
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, rules) = node.get("rules?pack=busy&limit=-1").await?;
+    assert_eq!(rules.as_array().map(Vec::len), Some(24));
+    Ok(())
+}

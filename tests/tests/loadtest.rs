@@ -1,0 +1,131 @@
+//! The load generator against a real node: it counts what Squall recorded,
+//! writes its reports, and its ceiling run counts every message. Small
+//! numbers: this checks the tool, not speed.
+
+use anyhow::Result;
+use serde_json::json;
+use squall_loadtest::report::Report;
+use squall_loadtest::scenario::{GeneratedRules, Load, Scenario};
+use squall_loadtest::target::Target;
+use squall_loadtest::RunOptions;
+use squall_tests::{repo_root, TestNode};
+
+async fn target(node: &TestNode) -> Result<Target> {
+    Ok(Target::connect(
+        &node.root,
+        "admin",
+        &node.admin_password,
+        Some(node.nats.url()),
+        Some(std::process::id()),
+    )
+    .await?)
+}
+
+#[tokio::test]
+async fn a_smoke_run_counts_executions_and_writes_its_report() -> Result<()> {
+    let node = TestNode::start(vec![repo_root().join("loadtest/packs")]).await?;
+    let target = target(&node).await?;
+    let mut scenario = Scenario::load("webhook-noop")?;
+    if let Load::Webhook(w) = &mut scenario.load {
+        w.count = 25;
+        w.concurrency = 4;
+    }
+    let report = squall_loadtest::run(
+        &target,
+        &scenario,
+        &RunOptions {
+            ceiling_messages: 300,
+        },
+    )
+    .await?;
+    let o = &report.outcome;
+    assert_eq!(
+        (o.completions, o.expected, o.errors, o.failed),
+        (25, 25, 0, 0),
+        "{}",
+        report.summary()
+    );
+    assert!(!o.timed_out);
+    assert_eq!(o.histogram.iter().map(|b| b.count).sum::<usize>(), 25);
+    assert_eq!(o.throughput_per_s.iter().sum::<usize>(), 25);
+    assert!(o.latency_ms.p50 > 0.0 && o.latency_ms.p50 <= o.latency_ms.max);
+    // Squall itself agrees: 25 executions of the rule.
+    let (_, list) = node
+        .get("executions?rule=loadtest.webhook_noop&limit=-1")
+        .await?;
+    assert_eq!(list.as_array().map(Vec::len), Some(25));
+    let ceiling = report.ceiling.as_ref().expect("a ceiling run");
+    assert_eq!(ceiling.messages, 300);
+    assert!(ceiling.squall_fraction > 0.0);
+    assert!(
+        report
+            .streams
+            .iter()
+            .any(|s| s.name == "TRIGGERS" && s.messages == 25),
+        "{:?}",
+        report.streams
+    );
+    assert!(!report.resources.is_empty() || o.per_s > 0.0);
+
+    let dir = tempfile::tempdir()?;
+    let (json_path, html_path) = report.write(dir.path())?;
+    let back = Report::read(&json_path)?;
+    assert_eq!(back, report);
+    let html = std::fs::read_to_string(html_path)?;
+    assert!(html.contains("<svg") && html.contains("webhook-noop"));
+    let line = report.summary();
+    assert!(
+        line.starts_with("scenario=webhook-noop executions=25 expected=25"),
+        "{line}"
+    );
+    assert!(squall_loadtest::report::compare(&report, &back).contains("1.00"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn generated_rules_and_open_loop_are_counted_per_match() -> Result<()> {
+    let node = TestNode::start(vec![repo_root().join("loadtest/packs")]).await?;
+    let target = target(&node).await?;
+    let mut scenario = Scenario::load("criteria-heavy")?;
+    if let Load::Webhook(w) = &mut scenario.load {
+        w.count = 6;
+        w.concurrency = 2;
+        w.rate = Some(20.0);
+        w.generated_rules = Some(GeneratedRules {
+            count: 40,
+            matching_percent: 10.0,
+        });
+    }
+    let report = squall_loadtest::run(&target, &scenario, &RunOptions::default()).await?;
+    let o = &report.outcome;
+    // 4 of 40 rules match each of the 6 payloads.
+    assert_eq!(
+        (o.completions, o.expected, o.errors),
+        (24, 24, 0),
+        "{}",
+        report.summary()
+    );
+    assert!(o.open_loop);
+    // The generated rules are gone again.
+    let (_, rules) = node.get("rules?pack=loadtest_generated").await?;
+    assert_eq!(rules, json!([]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_list_measures_requests_over_seeded_history() -> Result<()> {
+    let node = TestNode::start(vec![repo_root().join("loadtest/packs")]).await?;
+    let target = target(&node).await?;
+    let mut scenario = Scenario::load("api-list")?;
+    if let Load::ApiList(a) = &mut scenario.load {
+        a.seed = 10;
+        a.duration_s = 1;
+        a.concurrency = 2;
+    }
+    let report = squall_loadtest::run(&target, &scenario, &RunOptions::default()).await?;
+    let o = &report.outcome;
+    assert_eq!(o.stored_executions, Some(10));
+    assert!(o.completions > 0 && o.errors == 0, "{}", report.summary());
+    assert!(report.summary().contains("requests_per_s="));
+    Ok(())
+}
