@@ -152,6 +152,12 @@ async fn main() -> Result<()> {
             .await?;
             let (json, html) = report.write(&out)?;
             println!("{}", report.summary());
+            for hop in &report.outcome.hops {
+                eprintln!(
+                    "  {}: p50 {:.1} ms, p99 {:.1} ms",
+                    hop.name, hop.latency_ms.p50, hop.latency_ms.p99
+                );
+            }
             eprintln!("report: {} ({})", html.display(), json.display());
             anyhow::ensure!(
                 !report.outcome.timed_out,

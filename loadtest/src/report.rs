@@ -100,6 +100,13 @@ fn per_second(finished_at_s: &[f64]) -> Vec<usize> {
     out
 }
 
+/// One hop of an execution's path, from the timestamps Squall recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hop {
+    pub name: String,
+    pub latency_ms: Percentiles,
+}
+
 /// What the scenario achieved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -119,6 +126,9 @@ pub struct Outcome {
     /// Origin → execution running (webhook).
     pub start_latency_ms: Option<Percentiles>,
     pub histogram: Vec<Bucket>,
+    /// Where the time went, hop by hop (webhook).
+    #[serde(default)]
+    pub hops: Vec<Hop>,
     pub throughput_per_s: Vec<usize>,
     /// Latencies count from when each webhook was due (open loop).
     pub open_loop: bool,
@@ -148,6 +158,25 @@ impl Outcome {
             .collect();
         let ends: Vec<f64> = run.records.iter().map(|r| since(r.ended)).collect();
         let span = ends.iter().fold(0f64, |a, b| a.max(*b));
+        type Stamp = fn(&crate::webhook::Recorded) -> Option<chrono::DateTime<chrono::Utc>>;
+        let origin = if open_loop { "due" } else { "accepted" };
+        let steps: [(String, Stamp, Stamp); 4] = [
+            (format!("{origin} → requested (ingest, rule match, records written)"), |r| Some(r.origin), |r| r.requested),
+            ("requested → scheduled (work queue, runner claim)".into(), |r| r.requested, |r| r.scheduled),
+            ("scheduled → running".into(), |r| r.scheduled, |r| r.running),
+            ("running → finished (action, final record)".into(), |r| r.running, |r| Some(r.ended)),
+        ];
+        let hops = steps
+            .into_iter()
+            .map(|(name, from, to)| {
+                let spans: Vec<f64> = run
+                    .records
+                    .iter()
+                    .filter_map(|r| Some(ms(from(r)?, to(r)?)))
+                    .collect();
+                Hop { name, latency_ms: Percentiles::of(&spans) }
+            })
+            .collect();
         Outcome {
             completions: run.records.len(),
             expected: run.expected,
@@ -166,6 +195,7 @@ impl Outcome {
             latency_ms: Percentiles::of(&to_end),
             start_latency_ms: Some(Percentiles::of(&to_start)),
             histogram: histogram(&to_end),
+            hops,
             throughput_per_s: per_second(&ends),
             open_loop,
             timed_out: run.timed_out,
@@ -191,6 +221,7 @@ impl Outcome {
             latency_ms: Percentiles::of(&latencies),
             start_latency_ms: None,
             histogram: histogram(&latencies),
+            hops: Vec::new(),
             throughput_per_s: per_second(&ends),
             open_loop: false,
             timed_out: false,
@@ -351,6 +382,13 @@ impl Report {
             let _ = write!(h, "<tr><td>bare JetStream</td>{}</tr>", lat(&c.latency_ms));
         }
         h.push_str("</table>");
+        if !o.hops.is_empty() {
+            h.push_str("<h2>Where the time goes</h2><table><tr><th>hop</th><th>p50</th><th>p90</th><th>p99</th><th>max</th></tr>");
+            for hop in &o.hops {
+                let _ = write!(h, "<tr><td>{}</td>{}</tr>", esc(&hop.name), lat(&hop.latency_ms));
+            }
+            h.push_str("</table>");
+        }
         h.push_str("<h2>Latency histogram</h2>");
         h.push_str(&bars(&o.histogram));
         h.push_str("<h2>Completions per second</h2>");

@@ -16,6 +16,9 @@ use crate::scenario::{GeneratedRules, WebhookLoad};
 use crate::target::Target;
 use crate::LoadError;
 
+/// How long the wait goes on with no execution finishing.
+const STALL: Duration = Duration::from_secs(30);
+
 /// Pack of the rules a run generates.
 const GENERATED_PACK: &str = "loadtest_generated";
 
@@ -81,6 +84,10 @@ pub struct Recorded {
     pub succeeded: bool,
     /// When its webhook was due (open loop) or its trigger was accepted.
     pub origin: DateTime<Utc>,
+    /// When its record was written (`requested`), claimed by a runner
+    /// (`scheduled`) and started (`running`), from its status log.
+    pub requested: Option<DateTime<Utc>>,
+    pub scheduled: Option<DateTime<Utc>>,
     pub running: Option<DateTime<Utc>>,
     pub ended: DateTime<Utc>,
 }
@@ -112,7 +119,7 @@ pub async fn run(
             let created = create_rules(target, g, &load.url).await?;
             (created, matching_rules(g), criteria_payload())
         }
-        None => (0, 1, json!({"run": run_id})),
+        None => (0, 1, json!({"run": run_id, "n": 0})),
     };
     let began = Utc::now();
     let sent_at = Instant::now();
@@ -209,6 +216,10 @@ async fn send(
     let fire = |n: usize| {
         let (http, url, body) = (target.http.clone(), url.clone(), body.clone());
         let tag = format!("{run_id}-{n}");
+        let mut body = body;
+        if body.get("n").is_some() && body.get("run").is_some() {
+            body["n"] = json!(n);
+        }
         async move {
             let r = http
                 .post(url)
@@ -289,6 +300,7 @@ async fn collect(
     );
     let prefix = format!("{run_id}-");
     let deadline = Instant::now() + timeout;
+    let (mut last_done, mut last_progress) = (0, Instant::now());
     loop {
         let list: Value = target
             .http
@@ -309,7 +321,12 @@ async fn collect(
             })
             .collect();
         let done = ours.iter().filter(|e| is_completed(e)).count();
-        let timed_out = Instant::now() > deadline;
+        if done > last_done {
+            (last_done, last_progress) = (done, Instant::now());
+        }
+        // No execution finished for a while: the rest are not coming (a
+        // failed enforcement, a broken rule); report what there is.
+        let timed_out = Instant::now() > deadline || last_progress.elapsed() > STALL;
         if done >= expected || timed_out {
             let records = ours
                 .iter()
@@ -321,15 +338,19 @@ async fn collect(
                         Some(_) => due.get(n).copied().flatten()?,
                         None => ts(&e["trigger_instance"]["occurrence_time"])?,
                     };
-                    let running = e["log"].as_array().and_then(|log| {
-                        log.iter()
-                            .find(|l| l["status"] == "running")
-                            .and_then(|l| ts(&l["timestamp"]))
-                    });
+                    let logged = |status: &str| {
+                        e["log"].as_array().and_then(|log| {
+                            log.iter()
+                                .find(|l| l["status"] == status)
+                                .and_then(|l| ts(&l["timestamp"]))
+                        })
+                    };
                     Some(Recorded {
                         succeeded: e["status"] == "succeeded",
                         origin,
-                        running,
+                        requested: logged("requested"),
+                        scheduled: logged("scheduled"),
+                        running: logged("running"),
                         ended: ts(&e["end_timestamp"])?,
                     })
                 })

@@ -222,6 +222,13 @@ async fn trigger_instances_enforcements_and_re_runs_are_queryable() -> Result<()
     let instance = &instances[0];
     assert_eq!(instance["trigger_type"], "core.st2.webhook");
     assert_eq!(instance["payload"]["body"]["host"], "db-1");
+    // The caller's credentials stay out of what rules and readers see.
+    let headers = &instance["payload"]["headers_lower"];
+    assert!(headers.get("content-type").is_some(), "{headers}");
+    for secret in ["x-auth-token", "st2-api-key", "cookie", "authorization"] {
+        assert!(headers.get(secret).is_none(), "{secret} in {headers}");
+    }
+    assert!(!instance.to_string().contains("X-Auth-Token"), "{instance}");
     assert_eq!(instance["status"], "processed");
     let (status, body) = node.get("triggerinstances?limit=0").await?;
     assert_eq!(status, 400, "{body}");

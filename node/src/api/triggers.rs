@@ -205,10 +205,18 @@ fn generic_instance(
     })
 }
 
+/// Headers that carry the caller's credentials: never copied into a
+/// trigger instance (rules, logs and the API would show them), as
+/// StackStorm filters them too.
+const CREDENTIAL_HEADERS: [&str; 4] = ["x-auth-token", "st2-api-key", "cookie", "authorization"];
+
 fn header_maps(headers: &HeaderMap) -> (Map<String, Value>, Map<String, Value>) {
     let mut as_sent = Map::new();
     let mut lower = Map::new();
     for (name, value) in headers {
+        if CREDENTIAL_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
         let v = json!(String::from_utf8_lossy(value.as_bytes()));
         // HeaderMap names are lowercase already; StackStorm shows them as the
         // client sent them, which HTTP/1 clients title-case by convention.
