@@ -161,10 +161,22 @@ impl Outcome {
         type Stamp = fn(&crate::webhook::Recorded) -> Option<chrono::DateTime<chrono::Utc>>;
         let origin = if open_loop { "due" } else { "accepted" };
         let steps: [(String, Stamp, Stamp); 4] = [
-            (format!("{origin} → requested (ingest, rule match, records written)"), |r| Some(r.origin), |r| r.requested),
-            ("requested → scheduled (work queue, runner claim)".into(), |r| r.requested, |r| r.scheduled),
+            (
+                format!("{origin} → requested (ingest, rule match, records written)"),
+                |r| Some(r.origin),
+                |r| r.requested,
+            ),
+            (
+                "requested → scheduled (work queue, runner claim)".into(),
+                |r| r.requested,
+                |r| r.scheduled,
+            ),
             ("scheduled → running".into(), |r| r.scheduled, |r| r.running),
-            ("running → finished (action, final record)".into(), |r| r.running, |r| Some(r.ended)),
+            (
+                "running → finished (action, final record)".into(),
+                |r| r.running,
+                |r| Some(r.ended),
+            ),
         ];
         let hops = steps
             .into_iter()
@@ -174,7 +186,10 @@ impl Outcome {
                     .iter()
                     .filter_map(|r| Some(ms(from(r)?, to(r)?)))
                     .collect();
-                Hop { name, latency_ms: Percentiles::of(&spans) }
+                Hop {
+                    name,
+                    latency_ms: Percentiles::of(&spans),
+                }
             })
             .collect();
         Outcome {
@@ -385,7 +400,12 @@ impl Report {
         if !o.hops.is_empty() {
             h.push_str("<h2>Where the time goes</h2><table><tr><th>hop</th><th>p50</th><th>p90</th><th>p99</th><th>max</th></tr>");
             for hop in &o.hops {
-                let _ = write!(h, "<tr><td>{}</td>{}</tr>", esc(&hop.name), lat(&hop.latency_ms));
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td>{}</tr>",
+                    esc(&hop.name),
+                    lat(&hop.latency_ms)
+                );
             }
             h.push_str("</table>");
         }

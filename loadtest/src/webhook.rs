@@ -121,6 +121,7 @@ pub async fn run(
         }
         None => (0, 1, json!({"run": run_id, "n": 0})),
     };
+    let baseline = finished(target).await?;
     let began = Utc::now();
     let sent_at = Instant::now();
     let due = send(target, load, &run_id, &body, began).await;
@@ -128,8 +129,8 @@ pub async fn run(
     let errors = due.iter().filter(|d| d.is_none()).count();
     let sent = due.len();
     let expected = (sent - errors) * per_webhook;
-    let (records, timed_out) =
-        collect(target, &run_id, &due, began, expected, load, timeout).await?;
+    let timed_out = wait(target, baseline + expected, timeout).await?;
+    let records = collect(target, &run_id, &due, began, load).await?;
     if let Some(g) = &load.generated_rules {
         delete_rules(target, g.count).await;
     }
@@ -281,17 +282,48 @@ fn is_completed(e: &Value) -> bool {
     )
 }
 
-/// The run's executions (by trace tag), once `expected` have completed or
-/// the timeout passed.
+/// Executions with a final status on the node, from the status index
+/// (one cheap count per status, so waiting does not load the node).
+async fn finished(target: &Target) -> Result<usize, LoadError> {
+    let mut total = 0;
+    for status in FINAL {
+        total += target
+            .count(&format!("executions?limit=1&status={status}"))
+            .await?;
+    }
+    Ok(total)
+}
+
+const FINAL: [&str; 5] = ["succeeded", "failed", "timeout", "abandoned", "canceled"];
+
+/// Waits until `target_count` executions have finished; true when it gave
+/// up (timeout, or nothing finished for [`STALL`]).
+async fn wait(target: &Target, target_count: usize, timeout: Duration) -> Result<bool, LoadError> {
+    let deadline = Instant::now() + timeout;
+    let (mut last, mut last_progress) = (0, Instant::now());
+    loop {
+        let done = finished(target).await?;
+        if done >= target_count {
+            return Ok(false);
+        }
+        if done > last {
+            (last, last_progress) = (done, Instant::now());
+        }
+        if Instant::now() > deadline || last_progress.elapsed() > STALL {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The run's finished executions, matched to their webhooks by trace tag.
 async fn collect(
     target: &Target,
     run_id: &str,
     due: &[Option<DateTime<Utc>>],
     began: DateTime<Utc>,
-    expected: usize,
     load: &WebhookLoad,
-    timeout: Duration,
-) -> Result<(Vec<Recorded>, bool), LoadError> {
+) -> Result<Vec<Recorded>, LoadError> {
     let since =
         (began - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let path = format!(
@@ -299,64 +331,42 @@ async fn collect(
         since.replace('+', "%2B")
     );
     let prefix = format!("{run_id}-");
-    let deadline = Instant::now() + timeout;
-    let (mut last_done, mut last_progress) = (0, Instant::now());
-    loop {
-        let list: Value = target
-            .http
-            .get(target.api(&path))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let ours: Vec<&Value> = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| {
-                e["context"]["trace_context"]["trace_tag"]
-                    .as_str()
-                    .is_some_and(|t| t.starts_with(&prefix))
-            })
-            .collect();
-        let done = ours.iter().filter(|e| is_completed(e)).count();
-        if done > last_done {
-            (last_done, last_progress) = (done, Instant::now());
-        }
-        // No execution finished for a while: the rest are not coming (a
-        // failed enforcement, a broken rule); report what there is.
-        let timed_out = Instant::now() > deadline || last_progress.elapsed() > STALL;
-        if done >= expected || timed_out {
-            let records = ours
-                .iter()
-                .filter(|e| is_completed(e))
-                .filter_map(|e| {
-                    let tag = e["context"]["trace_context"]["trace_tag"].as_str()?;
-                    let n: usize = tag.strip_prefix(&prefix)?.parse().ok()?;
-                    let origin = match load.rate {
-                        Some(_) => due.get(n).copied().flatten()?,
-                        None => ts(&e["trigger_instance"]["occurrence_time"])?,
-                    };
-                    let logged = |status: &str| {
-                        e["log"].as_array().and_then(|log| {
-                            log.iter()
-                                .find(|l| l["status"] == status)
-                                .and_then(|l| ts(&l["timestamp"]))
-                        })
-                    };
-                    Some(Recorded {
-                        succeeded: e["status"] == "succeeded",
-                        origin,
-                        requested: logged("requested"),
-                        scheduled: logged("scheduled"),
-                        running: logged("running"),
-                        ended: ts(&e["end_timestamp"])?,
-                    })
+    let list: Value = target
+        .http
+        .get(target.api(&path))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let records = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| is_completed(e))
+        .filter_map(|e| {
+            let tag = e["context"]["trace_context"]["trace_tag"].as_str()?;
+            let n: usize = tag.strip_prefix(&prefix)?.parse().ok()?;
+            let origin = match load.rate {
+                Some(_) => due.get(n).copied().flatten()?,
+                None => ts(&e["trigger_instance"]["occurrence_time"])?,
+            };
+            let logged = |status: &str| {
+                e["log"].as_array().and_then(|log| {
+                    log.iter()
+                        .find(|l| l["status"] == status)
+                        .and_then(|l| ts(&l["timestamp"]))
                 })
-                .collect();
-            return Ok((records, timed_out && done < expected));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+            };
+            Some(Recorded {
+                succeeded: e["status"] == "succeeded",
+                origin,
+                requested: logged("requested"),
+                scheduled: logged("scheduled"),
+                running: logged("running"),
+                ended: ts(&e["end_timestamp"])?,
+            })
+        })
+        .collect();
+    Ok(records)
 }

@@ -536,7 +536,7 @@ mod tests {
     }
 
     fn runner(name: &str) -> RunnerType {
-        runner_types::lookup(name).expect("runner")
+        runner_types::lookup(name).expect("runner").clone()
     }
 
     /// `core.echo` as shipped with StackStorm.

@@ -123,8 +123,13 @@ fn winrm_common(with_cmd: bool) -> Vec<(&'static str, ParamSpec)> {
     v
 }
 
-/// Every runner type Squall knows, available or not.
-pub fn all() -> Vec<RunnerType> {
+/// Every runner type Squall knows, available or not (built once).
+pub fn all() -> &'static [RunnerType] {
+    static ALL: std::sync::LazyLock<Vec<RunnerType>> = std::sync::LazyLock::new(build);
+    &ALL
+}
+
+fn build() -> Vec<RunnerType> {
     let mut local_cmd = local_common();
     local_cmd.push(("cmd", p("string", None)));
     let mut local_script = local_common();
@@ -273,13 +278,13 @@ pub fn all() -> Vec<RunnerType> {
 }
 
 /// Looks a runner type up by name; `orchestra` is an alias of `orquesta`.
-pub fn lookup(name: &str) -> Option<RunnerType> {
+pub fn lookup(name: &str) -> Option<&'static RunnerType> {
     let name = if name == "orchestra" {
         "orquesta"
     } else {
         name
     };
-    all().into_iter().find(|r| r.name == name)
+    all().iter().find(|r| r.name == name)
 }
 
 #[cfg(test)]

@@ -191,9 +191,10 @@ fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Result<Spec, S
 /// named `true` is a bare flag, and named `false`, null or empty values are
 /// left out.
 fn script_args(action: &ActionDef, params: &Map<String, Value>) -> Vec<String> {
-    let runner_params = runner_types::lookup(&action.runner_type)
-        .map(|r| r.runner_parameters)
-        .unwrap_or_default();
+    let is_runner_param = |name: &str| {
+        runner_types::lookup(&action.runner_type)
+            .is_some_and(|r| r.runner_parameters.contains_key(name))
+    };
     let kwarg_op = params
         .get("kwarg_op")
         .and_then(Value::as_str)
@@ -201,7 +202,7 @@ fn script_args(action: &ActionDef, params: &Map<String, Value>) -> Vec<String> {
     let mut positional: BTreeMap<u32, String> = BTreeMap::new();
     let mut named = Vec::new();
     for (name, value) in params {
-        if runner_params.contains_key(name) {
+        if is_runner_param(name) {
             continue;
         }
         match action.parameters.get(name).and_then(|s| s.position) {

@@ -551,9 +551,8 @@ pub fn view(rec: &ExecutionRecord, show_secrets: bool) -> Value {
         obj.insert("liveaction".into(), json!({"id": rec.id}));
         if let Some(Value::Object(params)) = obj.get_mut("parameters").filter(|_| !show_secrets) {
             let runner_secrets = runner_types::lookup(&rec.runner.name)
-                .map(|r| r.runner_parameters)
-                .unwrap_or_default()
                 .into_iter()
+                .flat_map(|r| r.runner_parameters.iter())
                 .filter(|(_, spec)| spec.secret)
                 .map(|(name, _)| name);
             let action_secrets = rec
@@ -561,9 +560,9 @@ pub fn view(rec: &ExecutionRecord, show_secrets: bool) -> Value {
                 .parameters
                 .iter()
                 .filter(|(_, spec)| spec.get("secret").and_then(Value::as_bool) == Some(true))
-                .map(|(name, _)| name.clone());
+                .map(|(name, _)| name);
             for name in runner_secrets.chain(action_secrets) {
-                if let Some(p) = params.get_mut(&name) {
+                if let Some(p) = params.get_mut(name) {
                     *p = json!(MASK);
                 }
             }
