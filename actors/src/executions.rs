@@ -86,7 +86,7 @@ pub fn prepare(
         "action_context": Value::Object(context.clone()),
         "config_context": {},
     });
-    let parameters = params::resolve(&runner, def, &spec.parameters, &render_ctx, renderer, kv)?;
+    let parameters = params::resolve(runner, def, &spec.parameters, &render_ctx, renderer, kv)?;
     Ok(ExecutionRecord {
         v: RECORD_VERSION,
         id,

@@ -356,7 +356,7 @@ pub async fn list_runner_types(
 /// `GET /runnertypes/{name}`.
 pub async fn get_runner_type(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     squall_domain::runner_types::lookup(&name)
-        .map(|rt| Json(runner_type_view(&rt)))
+        .map(|rt| Json(runner_type_view(rt)))
         .ok_or_else(|| ApiError::NotFound(format!("no runner type {name:?}")))
 }
 

@@ -461,7 +461,7 @@ pub async fn re_run(
     // The stored parameters are resolved: leave out what the caller could
     // not have given (immutable ones), then lay the overrides on top.
     let specs = runner_types::lookup(&action.def.runner_type)
-        .map(|rt| squall_domain::params::merged_specs(&rt, &action.def))
+        .map(|rt| squall_domain::params::merged_specs(rt, &action.def))
         .unwrap_or_default();
     let mut parameters: Map<String, Value> = original
         .parameters
