@@ -14,6 +14,7 @@
 //! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
 //! | `keys` | KV | the datastore: see [`crate::keys`] |
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -181,8 +182,21 @@ pub struct ExecutionRequest {
 }
 
 /// Handles on every stream and bucket, shared by all actors of a node.
+/// Cheap to clone (one reference count): actors and request handlers each
+/// hold one, and the handles inside carry whole stream descriptions.
 #[derive(Clone)]
-pub struct Bus {
+pub struct Bus(Arc<BusHandles>);
+
+impl std::ops::Deref for Bus {
+    type Target = BusHandles;
+
+    fn deref(&self) -> &BusHandles {
+        &self.0
+    }
+}
+
+/// What a [`Bus`] holds.
+pub struct BusHandles {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub content: kv::Store,
@@ -242,7 +256,7 @@ impl Bus {
             .get_stream(OUTPUT_STREAM)
             .await
             .map_err(|e| bus_err("open stream OUTPUT", e))?;
-        Ok(Bus {
+        Ok(Bus(Arc::new(BusHandles {
             output,
             content: kv(CONTENT_BUCKET).await?,
             executions: kv(EXECUTIONS_BUCKET).await?,
@@ -251,7 +265,7 @@ impl Bus {
             partitions,
             js,
             client,
-        })
+        })))
     }
 
     /// The partition that owns a trigger instance or execution id.

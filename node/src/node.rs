@@ -14,7 +14,7 @@ use squall_domain::secrets::Cipher;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiContext, ApiState};
 use crate::config::NodeConfig;
 use crate::managed_nats::{version_supported, MIN_NATS_VERSION};
 
@@ -261,7 +261,7 @@ async fn serve_api(
         history.clone(),
         stop_api.clone(),
     )));
-    let state = ApiState {
+    let state = ApiState::new(ApiContext {
         history,
         bus: bus.clone(),
         catalog: engine.shared.catalog.clone(),
@@ -271,7 +271,7 @@ async fn serve_api(
         auth,
         keys,
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),
-    };
+    });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port
     // serves the stream alone (paths there mean the stream's).

@@ -39,9 +39,28 @@ pub use error::ApiError;
 /// Largest request body accepted (bigger ones get 413).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// What every handler can reach.
+/// What every handler can reach. Axum clones the state for every request:
+/// this is one reference count.
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiContext>);
+
+impl ApiState {
+    /// Shares `context` between handlers.
+    pub fn new(context: ApiContext) -> ApiState {
+        ApiState(Arc::new(context))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiContext;
+
+    fn deref(&self) -> &ApiContext {
+        &self.0
+    }
+}
+
+/// What an [`ApiState`] holds.
+pub struct ApiContext {
     pub bus: Bus,
     pub catalog: CatalogHandle,
     pub renderer: Arc<Renderer>,
