@@ -394,7 +394,11 @@ impl Report {
             let _ = write!(h, "<tr><td>{origin} → running</td>{}</tr>", lat(s));
         }
         if let Some(c) = &self.ceiling {
-            let _ = write!(h, "<tr><td>bare JetStream</td>{}</tr>", lat(&c.latency_ms));
+            let _ = write!(
+                h,
+                "<tr><td>bare JetStream, saturated (its latency is queueing)</td>{}</tr>",
+                lat(&c.latency_ms)
+            );
         }
         h.push_str("</table>");
         if !o.hops.is_empty() {
