@@ -307,7 +307,11 @@ impl Report {
             o.latency_ms.p50, o.latency_ms.p90, o.latency_ms.p99, o.latency_ms.max
         );
         if let Some(s) = &o.start_latency_ms {
-            let _ = write!(line, " start_p50_ms={:.1} start_p99_ms={:.1}", s.p50, s.p99);
+            let _ = write!(
+                line,
+                " triggers_per_s={:.0} start_p50_ms={:.1} start_p99_ms={:.1}",
+                o.triggers_per_s, s.p50, s.p99
+            );
         }
         if let Some(c) = &self.ceiling {
             let _ = write!(
