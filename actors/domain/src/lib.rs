@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod template;
 pub mod time;
 pub mod triggers;
+pub mod yaql;
 
 /// Lowercase hex of the first `n` bytes of `bytes`.
 fn hex_prefix(bytes: &[u8], n: usize) -> String {
