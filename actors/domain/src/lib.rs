@@ -11,6 +11,7 @@ pub mod execution;
 pub mod ids;
 pub mod loader;
 pub mod model;
+pub mod orquesta;
 pub mod params;
 pub mod policies;
 pub mod runner_types;

@@ -583,7 +583,7 @@ fn yaml_files(dir: &Path, errs: &mut Errors) -> Vec<PathBuf> {
 /// segment is searched as a key indented deeper than its parent. Falls back
 /// to the deepest segment found. Keys containing dots (criteria keys such as
 /// `trigger.body.x`) are matched greedily.
-fn line_of(text: &str, field: &str) -> Option<usize> {
+pub(crate) fn line_of(text: &str, field: &str) -> Option<usize> {
     if field.is_empty() {
         return None;
     }
@@ -603,10 +603,18 @@ fn line_of(text: &str, field: &str) -> Option<usize> {
                 break;
             }
         }
+        // A list index: the N-th `- ` item of the block; its keys may sit
+        // on the item's own line.
+        if hit.is_none() {
+            if let Ok(index) = segments[i].parse::<usize>() {
+                hit = find_item(&lines, start, min_indent, index).map(|(n, indent)| (n, indent, i + 1));
+            }
+        }
         match hit {
             Some((n, indent, end)) => {
                 found = Some(n + 1);
-                start = n + 1;
+                // Keys of a list item may start on the item's own line.
+                start = if segments[i].parse::<usize>().is_ok() { n } else { n + 1 };
                 min_indent = indent + 1;
                 i = end;
             }
@@ -614,6 +622,37 @@ fn line_of(text: &str, field: &str) -> Option<usize> {
         }
     }
     found
+}
+
+/// The line of the `index`-th list item (`- `) from `start`, in the block
+/// indented at least `min_indent`; with the indent of its dash.
+fn find_item(lines: &[&str], start: usize, min_indent: usize, index: usize) -> Option<(usize, usize)> {
+    let mut seen = 0;
+    let mut item_indent = None;
+    for (n, line) in lines.iter().enumerate().skip(start) {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        if indent < min_indent.saturating_sub(1) && n > start {
+            return None;
+        }
+        if body.starts_with("- ") || body == "-" {
+            match item_indent {
+                None => item_indent = Some(indent),
+                Some(i) if i != indent => continue,
+                Some(_) => {}
+            }
+            if seen == index {
+                return Some((n, indent));
+            }
+            seen += 1;
+        } else if item_indent.is_some_and(|i| indent <= i) {
+            return None;
+        }
+    }
+    None
 }
 
 fn find_key(lines: &[&str], start: usize, min_indent: usize, key: &str) -> Option<(usize, usize)> {

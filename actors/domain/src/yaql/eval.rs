@@ -3,24 +3,11 @@
 use serde_json::{Map, Number, Value};
 
 use super::parse::{Arg, BinOp, Expr, UnOp};
-use super::{truthy, Host, YaqlError};
+use super::{truthy, Host, YaqlError, LAMBDA_FUNCTIONS};
 
 pub(super) struct Evaluator<'a> {
     pub host: &'a dyn Host,
 }
-
-/// Functions whose arguments after the first are lambdas: evaluated per
-/// element with `$` bound to it.
-const LAMBDA_FUNCTIONS: [&str; 8] = [
-    "select",
-    "where",
-    "filter",
-    "any",
-    "all",
-    "orderBy",
-    "sortBy",
-    "selectMany",
-];
 
 fn num(f: f64) -> Value {
     if f.fract() == 0.0 && f.abs() < 9.0e15 {

@@ -15,6 +15,19 @@ use serde_json::Value;
 
 pub use parse::Expr;
 
+/// Functions whose arguments after the collection are lambdas: evaluated
+/// per element with `$` bound to it.
+pub const LAMBDA_FUNCTIONS: [&str; 8] = [
+    "select",
+    "where",
+    "filter",
+    "any",
+    "all",
+    "orderBy",
+    "sortBy",
+    "selectMany",
+];
+
 /// A parse or evaluation failure, at a character offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct YaqlError {

@@ -1,0 +1,520 @@
+//! The Orquesta workflow definition (version 1.0): the model, and reading
+//! it from YAML with every shape Orquesta accepts (`input` items as names
+//! or one-key dicts, `do` as a name, a comma list or a list, inline
+//! `action` parameters and `publish` strings, `with` as a string or a
+//! dict, `join: all` or a count). Problems are collected, not thrown.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use serde_yaml::Value as Yaml;
+
+use super::{Issue, IssueKind};
+
+/// A whole workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowSpec {
+    pub version: String,
+    pub description: String,
+    /// Names and defaults (`None`: required).
+    pub input: Vec<(String, Option<Value>)>,
+    pub vars: Vec<(String, Value)>,
+    pub output: Vec<(String, Value)>,
+    pub tasks: BTreeMap<String, TaskSpec>,
+}
+
+/// One task.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskSpec {
+    /// An action ref or an expression; `None` for a routing-only task.
+    pub action: Option<String>,
+    /// A dict of parameters, or one expression for all of them.
+    pub input: Value,
+    pub next: Vec<Transition>,
+    pub join: Option<Join>,
+    pub with: Option<WithItems>,
+    pub retry: Option<Retry>,
+    /// Seconds, or an expression.
+    pub delay: Option<Value>,
+}
+
+/// `join: all` or `join: N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    All,
+    Count(u32),
+}
+
+/// `with: x in <% ... %>` or `{items, concurrency}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WithItems {
+    /// Names bound per item (`x`, or `x, y` over zipped lists); empty for
+    /// the bare form, where `item()` is the whole item.
+    pub vars: Vec<String>,
+    /// The expression giving the items.
+    pub items: String,
+    pub concurrency: Option<Value>,
+}
+
+/// `retry: {when, count, delay}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub when: Option<String>,
+    pub count: Value,
+    pub delay: Option<Value>,
+}
+
+/// One entry of `next`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transition {
+    pub when: Option<String>,
+    pub publish: Vec<(String, Value)>,
+    /// Task names and engine commands; `["continue"]` when none given.
+    pub next: Vec<String>,
+}
+
+/// Task names the engine reserves as commands.
+pub const ENGINE_COMMANDS: [&str; 4] = ["continue", "fail", "noop", "retry"];
+
+const TOP_KEYS: [&str; 6] = ["version", "description", "input", "vars", "output", "tasks"];
+const TASK_KEYS: [&str; 7] = ["action", "input", "next", "join", "with", "retry", "delay"];
+const NEXT_KEYS: [&str; 3] = ["when", "publish", "do"];
+
+fn to_json(y: &Yaml) -> Value {
+    serde_json::to_value(y).unwrap_or(Value::Null)
+}
+
+struct Reader {
+    issues: Vec<Issue>,
+}
+
+impl Reader {
+    fn syntax(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues
+            .push(Issue::new(IssueKind::Syntax, path, message));
+    }
+
+    fn unknown_keys(&mut self, at: &str, map: &serde_yaml::Mapping, allowed: &[&str]) {
+        for k in map.keys() {
+            let name = k.as_str().unwrap_or_default();
+            if !allowed.contains(&name) {
+                self.syntax(
+                    join(at, name),
+                    format!("unknown key {name:?} (allowed: {})", allowed.join(", ")),
+                );
+            }
+        }
+    }
+
+    /// A list of one-key dicts (`vars`, `output`, `publish`).
+    fn pairs(&mut self, at: &str, v: &Yaml) -> Vec<(String, Value)> {
+        let Yaml::Sequence(items) = v else {
+            self.syntax(at, "must be a list of one-key dicts (- name: value)");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Yaml::Mapping(m) if m.len() == 1 => {
+                    let (k, v) = m.iter().next().expect("one entry");
+                    out.push((k.as_str().unwrap_or_default().to_string(), to_json(v)));
+                }
+                _ => self.syntax(format!("{at}.{i}"), "must be a dict with exactly one key"),
+            }
+        }
+        out
+    }
+}
+
+fn join(at: &str, key: &str) -> String {
+    if at.is_empty() {
+        key.to_string()
+    } else {
+        format!("{at}.{key}")
+    }
+}
+
+/// Splits `a=1 b="two words", c=<% ctx(x) %>` into ordered pairs; values are
+/// YAML scalars (so `1` is a number), quotes removed.
+pub fn inline_params(text: &str) -> Result<Vec<(String, Value)>, String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        while i < chars.len() && (chars[i].is_whitespace() || chars[i] == ',' || chars[i] == ';') {
+            i += 1;
+        }
+        if i >= chars.len() {
+            break;
+        }
+        let key_start = i;
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[key_start..i].iter().collect();
+        if chars.get(i) != Some(&'=') || key.is_empty() {
+            return Err(format!("{key:?} is not key=value"));
+        }
+        i += 1;
+        let mut value = String::new();
+        let quoted = matches!(chars.get(i), Some('"' | '\''));
+        if quoted {
+            let q = chars[i];
+            i += 1;
+            while i < chars.len() && chars[i] != q {
+                value.push(chars[i]);
+                i += 1;
+            }
+            i += 1;
+            out.push((key, Value::String(value)));
+            continue;
+        }
+        // Unquoted: up to the next separator outside `<% %>` / `{{ }}`.
+        let mut depth = 0;
+        while i < chars.len() {
+            let two: String = chars[i..chars.len().min(i + 2)].iter().collect();
+            if two == "<%" || two == "{{" {
+                depth += 1;
+            } else if two == "%>" || two == "}}" {
+                depth -= 1;
+            }
+            if depth == 0 && (chars[i].is_whitespace() || chars[i] == ',' || chars[i] == ';') {
+                break;
+            }
+            value.push(chars[i]);
+            i += 1;
+        }
+        let parsed = if value.contains("<%") || value.contains("{{") {
+            Value::String(value)
+        } else {
+            serde_yaml::from_str::<Yaml>(&value)
+                .map(|y| to_json(&y))
+                .unwrap_or(Value::String(value))
+        };
+        out.push((key, parsed));
+    }
+    Ok(out)
+}
+
+/// Reads a workflow definition; the spec (as far as it could be read) and
+/// every syntax problem found.
+pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
+    let mut r = Reader { issues: Vec::new() };
+    let doc: Yaml = match serde_yaml::from_str(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut issue = Issue::new(IssueKind::Syntax, "", format!("not valid YAML: {e}"));
+            issue.line = e.location().map(|l| l.line());
+            return (None, vec![issue]);
+        }
+    };
+    let Yaml::Mapping(top) = doc else {
+        r.syntax("", "a workflow must be a dict with `version` and `tasks`");
+        return (None, r.issues);
+    };
+    r.unknown_keys("", &top, &TOP_KEYS);
+    let get = |k: &str| top.get(Yaml::String(k.into()));
+    let version = match get("version") {
+        Some(Yaml::Number(n)) if n.as_f64() == Some(1.0) => "1.0".to_string(),
+        Some(Yaml::String(s)) if s == "1.0" => s.clone(),
+        Some(other) => {
+            r.syntax("version", format!("must be 1.0, not {}", to_json(other)));
+            String::new()
+        }
+        None => {
+            r.syntax("version", "is required (version: 1.0)");
+            String::new()
+        }
+    };
+    let description = get("description")
+        .and_then(Yaml::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut input = Vec::new();
+    if let Some(v) = get("input") {
+        match v {
+            Yaml::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Yaml::String(name) => input.push((name.clone(), None)),
+                        Yaml::Mapping(m) if m.len() == 1 => {
+                            let (k, v) = m.iter().next().expect("one entry");
+                            input.push((
+                                k.as_str().unwrap_or_default().to_string(),
+                                Some(to_json(v)),
+                            ));
+                        }
+                        _ => r.syntax(
+                            format!("input.{i}"),
+                            "must be a name or a one-key dict (name: default)",
+                        ),
+                    }
+                }
+            }
+            _ => r.syntax("input", "must be a list of names or one-key dicts"),
+        }
+    }
+    let vars = get("vars").map(|v| r.pairs("vars", v)).unwrap_or_default();
+    let output = get("output")
+        .map(|v| r.pairs("output", v))
+        .unwrap_or_default();
+    let mut tasks = BTreeMap::new();
+    match get("tasks") {
+        Some(Yaml::Mapping(m)) if !m.is_empty() => {
+            for (name, body) in m {
+                let name = name.as_str().unwrap_or_default().to_string();
+                let at = format!("tasks.{name}");
+                if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                    r.syntax(
+                        &at,
+                        format!("task name {name:?} must be letters, digits and _"),
+                    );
+                }
+                if ENGINE_COMMANDS.contains(&name.as_str()) {
+                    r.syntax(
+                        &at,
+                        format!("{name:?} is an engine command and cannot name a task"),
+                    );
+                }
+                tasks.insert(name, read_task(&mut r, &at, body));
+            }
+        }
+        Some(_) => r.syntax("tasks", "must be a dict of at least one task"),
+        None => r.syntax("tasks", "is required"),
+    }
+    let spec = WorkflowSpec {
+        version,
+        description,
+        input,
+        vars,
+        output,
+        tasks,
+    };
+    (Some(spec), r.issues)
+}
+
+fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
+    let mut task = TaskSpec {
+        input: Value::Object(Map::new()),
+        ..TaskSpec::default()
+    };
+    let m = match body {
+        Yaml::Mapping(m) => m,
+        Yaml::Null => return task,
+        _ => {
+            r.syntax(at, "a task must be a dict");
+            return task;
+        }
+    };
+    r.unknown_keys(at, m, &TASK_KEYS);
+    let get = |k: &str| m.get(Yaml::String(k.into()));
+    if let Some(action) = get("action") {
+        match action.as_str() {
+            Some(text) => {
+                let text = text.trim();
+                match text.split_once(char::is_whitespace) {
+                    // Inline parameters: `action: core.echo message=hi`.
+                    Some((reference, params))
+                        if !text.starts_with("<%") && !text.starts_with("{{") =>
+                    {
+                        task.action = Some(reference.to_string());
+                        match inline_params(params) {
+                            Ok(pairs) => task.input = Value::Object(pairs.into_iter().collect()),
+                            Err(e) => {
+                                r.syntax(join(at, "action"), format!("inline parameters: {e}"))
+                            }
+                        }
+                    }
+                    _ => task.action = Some(text.to_string()),
+                }
+            }
+            None => r.syntax(
+                join(at, "action"),
+                "must be an action ref (pack.name) or an expression",
+            ),
+        }
+    }
+    if let Some(input) = get("input") {
+        match input {
+            Yaml::Mapping(_) => task.input = to_json(input),
+            Yaml::String(s) => match inline_params(s) {
+                Ok(pairs)
+                    if !s.trim_start().starts_with("<%") && !s.trim_start().starts_with("{{") =>
+                {
+                    task.input = Value::Object(pairs.into_iter().collect())
+                }
+                _ => task.input = Value::String(s.clone()),
+            },
+            Yaml::Null => {}
+            _ => r.syntax(
+                join(at, "input"),
+                "must be a dict of parameters or an expression",
+            ),
+        }
+    }
+    if let Some(next) = get("next") {
+        match next {
+            Yaml::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    task.next
+                        .push(read_transition(r, &format!("{at}.next.{i}"), item));
+                }
+            }
+            _ => r.syntax(
+                join(at, "next"),
+                "must be a list of transitions ({when, publish, do})",
+            ),
+        }
+    }
+    task.join = match get("join") {
+        None => None,
+        Some(Yaml::String(s)) if s == "all" => Some(Join::All),
+        Some(Yaml::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => Some(Join::Count(
+            u32::try_from(n.as_u64().unwrap_or(1)).unwrap_or(u32::MAX),
+        )),
+        Some(other) => {
+            r.syntax(
+                join(at, "join"),
+                format!("must be `all` or a positive count, not {}", to_json(other)),
+            );
+            None
+        }
+    };
+    task.with = match get("with") {
+        None => None,
+        Some(Yaml::String(s)) => read_items(r, &join(at, "with"), s, None),
+        Some(Yaml::Mapping(w)) => {
+            r.unknown_keys(&join(at, "with"), w, &["items", "concurrency"]);
+            match w.get(Yaml::String("items".into())).and_then(Yaml::as_str) {
+                Some(items) => read_items(
+                    r,
+                    &join(at, "with.items"),
+                    items,
+                    w.get(Yaml::String("concurrency".into())).map(to_json),
+                ),
+                None => {
+                    r.syntax(
+                        join(at, "with.items"),
+                        "is required (e.g. x in <% ctx(list) %>)",
+                    );
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            r.syntax(
+                join(at, "with"),
+                "must be `x in <% ... %>` or {items, concurrency}",
+            );
+            None
+        }
+    };
+    task.retry = match get("retry") {
+        None => None,
+        Some(Yaml::Mapping(rm)) => {
+            r.unknown_keys(&join(at, "retry"), rm, &["when", "count", "delay"]);
+            let g = |k: &str| rm.get(Yaml::String(k.into()));
+            match g("count") {
+                Some(count) => Some(Retry {
+                    when: g("when").and_then(Yaml::as_str).map(str::to_string),
+                    count: to_json(count),
+                    delay: g("delay").map(to_json),
+                }),
+                None => {
+                    r.syntax(join(at, "retry.count"), "is required");
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            r.syntax(join(at, "retry"), "must be a dict {when, count, delay}");
+            None
+        }
+    };
+    task.delay = get("delay").map(to_json);
+    task
+}
+
+fn read_items(
+    r: &mut Reader,
+    at: &str,
+    text: &str,
+    concurrency: Option<Value>,
+) -> Option<WithItems> {
+    let text = text.trim();
+    // `x in <% ... %>`, `x, y in <% zip(...) %>`, or the bare expression.
+    let (vars, items) = match text.split_once(" in ") {
+        Some((names, expr)) if !names.contains("<%") && !names.contains("{{") => (
+            names
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .collect::<Vec<_>>(),
+            expr.trim().to_string(),
+        ),
+        _ => (Vec::new(), text.to_string()),
+    };
+    if vars
+        .iter()
+        .any(|v| v.is_empty() || !v.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    {
+        r.syntax(
+            at,
+            format!("{text:?}: item names must be words, as in `x in <% ... %>`"),
+        );
+        return None;
+    }
+    Some(WithItems {
+        vars,
+        items,
+        concurrency,
+    })
+}
+
+fn read_transition(r: &mut Reader, at: &str, v: &Yaml) -> Transition {
+    let Yaml::Mapping(m) = v else {
+        r.syntax(at, "a transition must be a dict {when, publish, do}");
+        return Transition::default();
+    };
+    r.unknown_keys(at, m, &NEXT_KEYS);
+    let g = |k: &str| m.get(Yaml::String(k.into()));
+    let when = match g("when") {
+        None => None,
+        Some(Yaml::String(s)) => Some(s.clone()),
+        Some(other) => Some(to_json(other).to_string()),
+    };
+    let publish = match g("publish") {
+        None => Vec::new(),
+        Some(Yaml::String(s)) => match inline_params(s) {
+            Ok(p) => p,
+            Err(e) => {
+                r.syntax(join(at, "publish"), e);
+                Vec::new()
+            }
+        },
+        Some(p) => r.pairs(&join(at, "publish"), p),
+    };
+    let next = match g("do") {
+        None => vec!["continue".to_string()],
+        Some(Yaml::String(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        Some(Yaml::Sequence(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => {
+            r.syntax(
+                join(at, "do"),
+                "must be a task name, a comma list or a list of names",
+            );
+            Vec::new()
+        }
+    };
+    Transition {
+        when,
+        publish,
+        next,
+    }
+}
