@@ -700,3 +700,41 @@ async fn concurrent_changes_to_one_pack_all_land() -> Result<()> {
     assert_eq!(rules.as_array().map(Vec::len), Some(24));
     Ok(())
 }
+
+#[tokio::test]
+async fn workflows_are_inspected_through_the_api() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let inspect = |body: &'static str| {
+        let http = node.http.clone();
+        let url = format!("{}/workflows/inspect", node.base);
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", "text/plain")
+                .body(body)
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            Ok::<_, anyhow::Error>((status, r.json::<Value>().await?))
+        }
+    };
+    let (status, found) = inspect("version: 1.0\ntasks:\n  a:\n    action: core.noop\n").await?;
+    assert_eq!((status, found), (200, json!([])));
+    let (status, found) = inspect(
+        "version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - when: <% ctx(x) %>\n        do: b\n",
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, vec!["semantic", "context"], "{found}");
+    assert_eq!(found[0]["spec_path"], "tasks.a.next.0.do");
+    assert_eq!(found[0]["line"], 7);
+    let (status, body) = inspect("").await?;
+    assert_eq!(status, 400, "{body}");
+    Ok(())
+}

@@ -239,6 +239,9 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             });
         }
     }
+    for action in actions.iter().filter(|a| a.runner_type == "orquesta") {
+        inspect_workflow(&path.join("actions").join(&action.entry_point), &mut errs);
+    }
     let mut rules = Vec::new();
     for file in yaml_files(&path.join("rules"), &mut errs) {
         if let Some(r) = read_file(&file, &mut errs, |doc| check_rule(pack_ref.as_deref(), doc)) {
@@ -521,6 +524,18 @@ fn parse_doc<T>(
     }
 }
 
+/// Inspects an Orquesta workflow file; its problems are filed under it.
+fn inspect_workflow(file: &Path, errs: &mut Errors) {
+    // A missing file is already reported against the action's entry_point.
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    for issue in crate::orquesta::inspect(&text).1 {
+        let field = (!issue.spec_path.is_empty()).then(|| issue.spec_path.clone());
+        errs.push(file, issue.line, field, issue.message);
+    }
+}
+
 /// Drops serde_yaml's " at line L column C" (the line is reported apart).
 fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
@@ -607,14 +622,19 @@ pub(crate) fn line_of(text: &str, field: &str) -> Option<usize> {
         // on the item's own line.
         if hit.is_none() {
             if let Ok(index) = segments[i].parse::<usize>() {
-                hit = find_item(&lines, start, min_indent, index).map(|(n, indent)| (n, indent, i + 1));
+                hit = find_item(&lines, start, min_indent, index)
+                    .map(|(n, indent)| (n, indent, i + 1));
             }
         }
         match hit {
             Some((n, indent, end)) => {
                 found = Some(n + 1);
                 // Keys of a list item may start on the item's own line.
-                start = if segments[i].parse::<usize>().is_ok() { n } else { n + 1 };
+                start = if segments[i].parse::<usize>().is_ok() {
+                    n
+                } else {
+                    n + 1
+                };
                 min_indent = indent + 1;
                 i = end;
             }
@@ -626,7 +646,12 @@ pub(crate) fn line_of(text: &str, field: &str) -> Option<usize> {
 
 /// The line of the `index`-th list item (`- `) from `start`, in the block
 /// indented at least `min_indent`; with the indent of its dash.
-fn find_item(lines: &[&str], start: usize, min_indent: usize, index: usize) -> Option<(usize, usize)> {
+fn find_item(
+    lines: &[&str],
+    start: usize,
+    min_indent: usize,
+    index: usize,
+) -> Option<(usize, usize)> {
     let mut seen = 0;
     let mut item_indent = None;
     for (n, line) in lines.iter().enumerate().skip(start) {
@@ -1461,6 +1486,26 @@ mod tests {
             .collect();
         assert_eq!(names, ["event", "watched"]);
         assert_eq!(bundle.trigger_types[1].metadata_file, "sensors/watch.yaml");
+    }
+
+    #[test]
+    fn workflows_are_inspected_at_registration() {
+        let errs = errors(&[
+            ("pack.yaml", PACK),
+            (
+                "actions/flow.yaml",
+                "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\n",
+            ),
+            (
+                "actions/workflows/flow.yaml",
+                "version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: b\n",
+            ),
+        ]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].file, Path::new("ops/actions/workflows/flow.yaml"));
+        assert_eq!(errs[0].line, Some(6));
+        assert_eq!(errs[0].field.as_deref(), Some("tasks.a.next.0.do"));
+        assert!(errs[0].message.contains("\"b\" is not defined"), "{errs:?}");
     }
 
     #[test]

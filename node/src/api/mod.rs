@@ -17,6 +17,7 @@ mod keys;
 mod listing;
 mod stream;
 mod triggers;
+mod workflows;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -99,6 +100,7 @@ pub fn app(state: ApiState) -> Router {
             "/inquiries/{id}",
             get(inquiries::get_one).put(inquiries::respond),
         )
+        .route("/workflows/inspect", post(workflows::inspect))
         .route("/ruleenforcements", get(enforcements::list))
         .route("/ruleenforcements/{id}", get(enforcements::get_one))
         .route("/triggerinstances", get(triggers::list_instances))
