@@ -4,6 +4,7 @@
 //! and Jinja that do not parse), context (variables used but never set)
 //! and semantics (transitions to unknown tasks, tasks nothing reaches).
 
+pub mod conductor;
 pub mod spec;
 
 use std::collections::{BTreeSet, VecDeque};

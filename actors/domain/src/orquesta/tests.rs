@@ -177,3 +177,253 @@ fn inline_parameters() {
     );
     assert!(spec::inline_params("novalue").is_err());
 }
+
+mod conducting {
+    use serde_json::{json, Map, Value};
+
+    use super::super::conductor::{self, Command, FlowState, FlowStatus};
+    use super::super::spec::WorkflowSpec;
+
+    fn spec(text: &str) -> WorkflowSpec {
+        let (spec, issues) = super::super::inspect(text);
+        assert!(issues.is_empty(), "{issues:#?}");
+        spec.unwrap()
+    }
+
+    /// Runs a workflow to its end: `outcome(action, input, attempt)` says
+    /// how each action run ends. Returns the order actions ran in, the
+    /// final state and the finish command.
+    fn drive(
+        spec: &WorkflowSpec,
+        input: Value,
+        outcome: impl Fn(&str, &Value, u32) -> (bool, Value),
+    ) -> (Vec<String>, FlowState, Command) {
+        let Value::Object(input) = input else {
+            panic!()
+        };
+        let (mut state, mut pending) = conductor::start(spec, &input, Map::new());
+        let mut ran = Vec::new();
+        loop {
+            if let Some(done) = pending.iter().find(|c| matches!(c, Command::Finish { .. })) {
+                return (ran, state, done.clone());
+            }
+            let Some(Command::Run {
+                run_id,
+                task,
+                action,
+                input,
+                attempt,
+                ..
+            }) = pending.first().cloned()
+            else {
+                panic!("stuck: no command and no finish; state {state:#?}");
+            };
+            pending.remove(0);
+            ran.push(task.clone());
+            let (ok, result) = outcome(&action, &input, attempt);
+            pending.extend(conductor::task_finished(
+                spec, &mut state, &run_id, ok, result,
+            ));
+        }
+    }
+
+    fn ok(_: &str, input: &Value, _: u32) -> (bool, Value) {
+        (
+            true,
+            json!({"stdout": input.get("cmd").cloned().unwrap_or(Value::Null)}),
+        )
+    }
+
+    #[test]
+    fn sequential_with_publish_and_output() {
+        let s = spec("version: 1.0\ninput: [who]\nvars:\n  - greeting: hello\noutput:\n  - said: <% ctx(said) %>\ntasks:\n  one:\n    action: core.local cmd=\"<% ctx(greeting) %> <% ctx(who) %>\"\n    next:\n      - when: <% succeeded() %>\n        publish: said=<% result().stdout %>\n        do: two\n  two:\n    action: core.noop\n");
+        let (ran, state, done) = drive(&s, json!({"who": "ops"}), ok);
+        assert_eq!(ran, vec!["one", "two"]);
+        assert_eq!(state.status, FlowStatus::Succeeded);
+        assert_eq!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                result: json!({"output": {"said": "hello ops"}})
+            }
+        );
+    }
+
+    #[test]
+    fn branches_on_failure_and_the_fail_command() {
+        let s = spec("version: 1.0\ntasks:\n  check:\n    action: core.local cmd=false\n    next:\n      - when: <% succeeded() %>\n        do: happy\n      - when: <% failed() %>\n        publish: why=<% result().stderr %>\n        do: [cleanup, fail]\n  happy:\n    action: core.noop\n  cleanup:\n    action: core.noop\noutput:\n  - why: <% ctx(why) %>\n");
+        let (ran, _, done) = drive(&s, json!({}), |action, _, _| {
+            if action == "core.local" {
+                (false, json!({"stderr": "boom"}))
+            } else {
+                (true, json!({}))
+            }
+        });
+        // `fail` fails the workflow; cleanup (scheduled in the same step)
+        // does not start.
+        assert_eq!(ran, vec!["check"]);
+        let Command::Finish { status, result } = done else {
+            panic!()
+        };
+        assert_eq!(status, FlowStatus::Failed);
+        assert_eq!(result["output"], json!({"why": "boom"}));
+        assert_eq!(result["errors"][0]["task_id"], "check");
+        assert_eq!(result["errors"][0]["route"], 1);
+    }
+
+    #[test]
+    fn an_unhandled_failure_fails_the_workflow_with_its_result() {
+        let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.local cmd=false\n    next:\n      - when: <% succeeded() %>\n        do: b\n  b:\n    action: core.noop\n");
+        let (ran, _, done) = drive(&s, json!({}), |_, _, _| (false, json!({"return_code": 1})));
+        assert_eq!(ran, vec!["a"]);
+        assert_eq!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Failed,
+                result: json!({"errors": [{"type": "error", "message": "Execution failed. See result for details.", "task_id": "a", "result": {"return_code": 1}}], "output": {}})
+            }
+        );
+    }
+
+    #[test]
+    fn noop_remediates_and_continue_does_not() {
+        let text = |cmd: &str| {
+            format!("version: 1.0\ntasks:\n  a:\n    action: core.local cmd=false\n    next:\n      - when: <% failed() %>\n        do: {cmd}\n")
+        };
+        let (_, _, done) = drive(&spec(&text("noop")), json!({}), |_, _, _| {
+            (false, json!({}))
+        });
+        assert!(matches!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            }
+        ));
+        let (_, _, done) = drive(&spec(&text("continue")), json!({}), |_, _, _| {
+            (false, json!({}))
+        });
+        assert!(matches!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Failed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn join_waits_for_every_branch() {
+        let s = spec("version: 1.0\ntasks:\n  start:\n    action: core.noop\n    next:\n      - do: [left, right]\n  left:\n    action: core.noop\n    next:\n      - do: merge\n  right:\n    action: core.noop\n    next:\n      - do: merge\n  merge:\n    join: all\n    action: core.noop\n");
+        let (ran, state, done) = drive(&s, json!({}), ok);
+        assert_eq!(ran, vec!["start", "left", "right", "merge"]);
+        assert_eq!(state.runs.iter().filter(|r| r.task == "merge").count(), 1);
+        assert!(matches!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            }
+        ));
+        // Without a join, each inbound transition runs the task again.
+        let s = spec("version: 1.0\ntasks:\n  start:\n    action: core.noop\n    next:\n      - do: [left, right]\n  left:\n    action: core.noop\n    next:\n      - do: merge\n  right:\n    action: core.noop\n    next:\n      - do: merge\n  merge:\n    action: core.noop\n");
+        let (ran, _, _) = drive(&s, json!({}), ok);
+        assert_eq!(ran.iter().filter(|t| *t == "merge").count(), 2);
+    }
+
+    #[test]
+    fn retry_reruns_until_success_or_count() {
+        let s = spec("version: 1.0\ntasks:\n  flaky:\n    action: core.local cmd=try\n    retry:\n      when: <% failed() %>\n      count: 3\n      delay: 2\n");
+        let (ran, state, done) = drive(&s, json!({}), |_, _, attempt| {
+            (attempt == 2, json!({"attempt": attempt}))
+        });
+        assert_eq!(ran.len(), 3);
+        assert_eq!(
+            state.runs.iter().map(|r| r.attempt).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(matches!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            }
+        ));
+        let (ran, _, done) = drive(&s, json!({}), |_, _, _| (false, json!({})));
+        assert_eq!(ran.len(), 4, "the first run and 3 retries");
+        assert!(matches!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Failed,
+                ..
+            }
+        ));
+        // The retry's delay reaches the command.
+        let (mut state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let Command::Run { run_id, .. } = &commands[0] else {
+            panic!()
+        };
+        let next = conductor::task_finished(&s, &mut state, run_id, false, json!({}));
+        assert!(
+            matches!(&next[0], Command::Run { delay: Some(d), attempt: 1, .. } if *d == 2.0),
+            "{next:?}"
+        );
+    }
+
+    #[test]
+    fn a_replayed_event_changes_nothing() {
+        let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: b\n  b:\n    action: core.noop\n");
+        let (mut state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let Command::Run { run_id, .. } = &commands[0] else {
+            panic!()
+        };
+        let first = conductor::task_finished(&s, &mut state, run_id, true, json!({}));
+        assert_eq!(first.len(), 1);
+        let snapshot = state.clone();
+        assert!(conductor::task_finished(&s, &mut state, run_id, true, json!({})).is_empty());
+        assert_eq!(state, snapshot);
+    }
+
+    #[test]
+    fn input_problems_fail_at_the_start() {
+        let s = spec("version: 1.0\ninput: [needed]\ntasks:\n  a:\n    action: core.noop\n");
+        let (state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        assert_eq!(state.status, FlowStatus::Failed);
+        let Command::Finish { result, .. } = &commands[0] else {
+            panic!("{commands:?}")
+        };
+        assert!(result["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"needed\" is required"));
+        // An expression error fails its task with the message, not the engine.
+        let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.local cmd=<% 1 / 0 %>\n");
+        let (_, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let Command::Finish { status, result } = &commands[0] else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(*status, FlowStatus::Failed);
+        assert!(
+            result["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("division by zero"),
+            "{result}"
+        );
+        assert_eq!(result["errors"][0]["task_id"], "a");
+    }
+
+    #[test]
+    fn task_status_and_routing_tasks() {
+        let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: route\n  route:\n    next:\n      - when: <% task_status(a) = 'succeeded' %>\n        do: b\n  b:\n    action: core.noop\n");
+        let (ran, _, done) = drive(&s, json!({}), ok);
+        assert_eq!(ran, vec!["a", "b"], "a task without an action only routes");
+        assert!(matches!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            }
+        ));
+    }
+}
