@@ -7,6 +7,8 @@
 //! | `TRIGGERS` | limits stream | `squall.trigger.<partition>.<instance id>` |
 //! | `EXECUTIONS` | work-queue stream | `squall.exec.<pool>` |
 //! | `OUTPUT` | limits stream | `squall.output.<execution id>`: stdout/stderr chunks |
+//! | `WORKFLOWS` | work-queue stream | `squall.wf.<partition>.<workflow id>`: workflow events |
+//! | `workflows` | KV | `<workflow execution id>` → workflow state: see [`crate::workflows`] |
 //! | `content` | KV | `packs.<pack ref>` → [`PackBundle`](squall_domain::model::PackBundle) |
 //! | `executions` | KV | `<execution id>` → [`ExecutionRecord`] |
 //! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`] |
@@ -39,6 +41,10 @@ pub const OUTPUT_STREAM: &str = "OUTPUT";
 pub const OUTPUT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most bytes of output chunks kept; the oldest go first.
 pub const OUTPUT_MAX_BYTES: i64 = 1 << 30;
+/// Work-queue stream of workflow events, partitioned by workflow id.
+pub const WORKFLOWS_STREAM: &str = "WORKFLOWS";
+/// KV bucket of workflow states.
+pub const WORKFLOWS_BUCKET: &str = "workflows";
 /// KV bucket of registered content.
 pub const CONTENT_BUCKET: &str = "content";
 /// KV bucket of execution records.
@@ -123,6 +129,16 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             ..Default::default()
         },
         stream::Config {
+            name: WORKFLOWS_STREAM.into(),
+            description: Some("Workflow events (start, task done), by partition.".into()),
+            subjects: vec!["squall.wf.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
             name: OUTPUT_STREAM.into(),
             description: Some("Executions' stdout/stderr chunks, by execution id.".into()),
             subjects: vec!["squall.output.>".into()],
@@ -154,6 +170,14 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
         },
         bucket(EXECUTIONS_BUCKET, "Execution records by id.", 1),
         bucket(ENFORCEMENTS_BUCKET, "Rule enforcements by id.", 1),
+        kv::Config {
+            max_value_size: MAX_PACK_BYTES,
+            ..bucket(
+                WORKFLOWS_BUCKET,
+                "Workflow states by workflow execution id.",
+                1,
+            )
+        },
         bucket(CLUSTER_BUCKET, "Cluster-wide settings.", 1),
         bucket(keys::KEYS_BUCKET, "The datastore; secret values sealed.", 1),
         bucket(
@@ -202,6 +226,7 @@ pub struct BusHandles {
     pub content: kv::Store,
     pub executions: kv::Store,
     pub enforcements: kv::Store,
+    pub workflows: kv::Store,
     pub triggers: stream::Stream,
     pub output: stream::Stream,
     /// Number of partitions, fixed when the cluster was created.
@@ -261,6 +286,7 @@ impl Bus {
             content: kv(CONTENT_BUCKET).await?,
             executions: kv(EXECUTIONS_BUCKET).await?,
             enforcements: kv(ENFORCEMENTS_BUCKET).await?,
+            workflows: kv(WORKFLOWS_BUCKET).await?,
             triggers,
             partitions,
             js,
@@ -514,7 +540,9 @@ impl Bus {
     }
 
     /// Replaces an execution record if it is still at `revision`; returns
-    /// the new revision, or `None` when someone else changed it first.
+    /// the new revision, or `None` when someone else changed it first. A
+    /// workflow task's final record also tells its workflow (every final
+    /// write passes here: runners, cancels, inquiry answers, expiry).
     pub async fn update_execution(
         &self,
         record: &ExecutionRecord,
@@ -525,7 +553,13 @@ impl Bus {
             .update(&record.id, to_bytes(record)?, revision)
             .await
         {
-            Ok(rev) => Ok(Some(rev)),
+            Ok(rev) => {
+                // A task of a workflow that has ended tells its workflow.
+                if record.status.is_completed() {
+                    crate::workflows::notify_parent(self, record).await?;
+                }
+                Ok(Some(rev))
+            }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(bus_err("update execution", e)),
         }
@@ -550,7 +584,7 @@ pub fn traceparent(cause_id: &str) -> String {
     format!("00-{}-{:0>16}-01", &trace[trace.len() - 32..], span)
 }
 
-async fn publish(
+pub(crate) async fn publish(
     js: &jetstream::Context,
     subject: String,
     msg_id: &str,

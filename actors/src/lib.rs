@@ -11,6 +11,8 @@
 //! - [`mirror`]: a bucket kept in memory by a watch.
 //! - [`runners`]: runner pools pulling the work queue.
 //! - [`sensors`]: built-in timers.
+//! - [`workflows`]: the Orquesta workflow engine, one partition actor per
+//!   partition.
 //! - [`node`]: the supervisor that starts and restarts all of the above.
 //!
 //! Invariant: nothing is acknowledged on JetStream before its effect is
@@ -32,5 +34,6 @@ pub mod pump;
 pub mod rules;
 pub mod runners;
 pub mod sensors;
+pub mod workflows;
 
 pub use error::EngineError;

@@ -54,6 +54,7 @@ pub struct NodeSettings {
 pub enum Child {
     Content,
     Rules(u32),
+    Workflows(u32),
     Runners(String),
     Timers,
 }
@@ -122,6 +123,24 @@ async fn spawn_child(
             .0
             .get_cell()
         }
+        Child::Workflows(p) => {
+            let ctx = crate::workflows::WorkflowContext {
+                bus: shared.bus.clone(),
+                catalog: shared.catalog.clone(),
+                renderer: shared.renderer.clone(),
+                kv: shared.kv.clone(),
+                api_url: shared.settings.api_url.clone(),
+            };
+            Box::pin(Actor::spawn_linked(
+                None,
+                crate::workflows::WorkflowPartition,
+                (ctx, *p),
+                supervisor,
+            ))
+            .await?
+            .0
+            .get_cell()
+        }
         Child::Runners(pool) => {
             let args = (
                 shared.runners.clone(),
@@ -173,6 +192,7 @@ impl Actor for NodeSupervisor {
         // Content first: rules need the catalog.
         let mut plan = vec![Child::Content];
         plan.extend((0..state.shared.bus.partitions).map(Child::Rules));
+        plan.extend((0..state.shared.bus.partitions).map(Child::Workflows));
         plan.extend(
             state
                 .shared

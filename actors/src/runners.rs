@@ -263,6 +263,11 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
                 .await?;
                 return Ok(());
             }
+            // Already finished: its workflow may not have heard (the node
+            // died between the two), so tell it again; repeats are dropped.
+            s if s.is_completed() => {
+                return crate::workflows::notify_parent(&ctx.bus, &record).await
+            }
             _ => return Ok(()),
         }
         // Registered before the claim, so a cancel sent once the record
@@ -281,6 +286,11 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
             tracing::info!(execution = %id, "canceled before it started");
             return Ok(());
         };
+        if record.runner.name == crate::workflows::RUNNER {
+            // The workflow engine runs it from here and records its end.
+            let definition = workflow_definition(ctx, &record);
+            return crate::workflows::start(&ctx.bus, &record, definition).await;
+        }
         crate::metrics::execution_started();
         let (status, result) = run_action(ctx, &record, msg, cancel).await;
         crate::metrics::execution_finished(status);
@@ -292,6 +302,30 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
     }
     .instrument(span)
     .await
+}
+
+/// The text of a workflow action's definition (its `entry_point`).
+fn workflow_definition(ctx: &RunnerContext, record: &ExecutionRecord) -> Result<String, String> {
+    let catalog = ctx.catalog.load();
+    let action = catalog
+        .actions
+        .get(&record.action.action_ref)
+        .ok_or_else(|| {
+            format!(
+                "action {} is no longer registered",
+                record.action.action_ref
+            )
+        })?;
+    let path = action
+        .pack_path
+        .join("actions")
+        .join(&action.def.entry_point);
+    std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read the workflow definition {}: {e}",
+            path.display()
+        )
+    })
 }
 
 async fn run_action(
@@ -321,6 +355,19 @@ async fn run_action(
             record.action.pack.clone(),
         ),
     ]);
+    // A workflow task with `delay` waits first (cancel still stops it).
+    if let Some(delay) = record
+        .context
+        .get("orquesta")
+        .and_then(|o| o["delay"].as_f64())
+    {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(delay.max(0.0))) => {}
+            _ = cancel.cancelled() => {
+                return (Status::Canceled, json!({"error": "canceled while waiting for its delay"}));
+            }
+        }
+    }
     let (output, forwarder) = forward_output(ctx, record);
     let run = runner.run(RunRequest {
         execution_id: record.id.clone(),

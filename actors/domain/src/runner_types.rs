@@ -123,6 +123,10 @@ fn winrm_common(with_cmd: bool) -> Vec<(&'static str, ParamSpec)> {
     v
 }
 
+/// Runner types the engine runs itself (not a process runner in
+/// `squall-runners`): workflows.
+pub const ENGINE_RUNNERS: [&str; 1] = ["orquesta"];
+
 /// Every runner type Squall knows, available or not (built once).
 pub fn all() -> &'static [RunnerType] {
     static ALL: std::sync::LazyLock<Vec<RunnerType>> = std::sync::LazyLock::new(build);
@@ -216,7 +220,7 @@ fn build() -> Vec<RunnerType> {
         rt(
             "orquesta",
             "A runner for executing orquesta workflows.",
-            false,
+            true,
             params(vec![("notify", p("array", Some(json!([]))))]),
             Some("output"),
         ),

@@ -286,6 +286,22 @@ mod conducting {
     }
 
     #[test]
+    fn a_transition_without_when_handles_a_failure() {
+        let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.local cmd=false\n    next:\n      - do: b\n  b:\n    action: core.noop\n");
+        let (ran, _, done) = drive(&s, json!({}), |action, _, _| {
+            (action != "core.local", json!({}))
+        });
+        assert_eq!(ran, vec!["a", "b"]);
+        assert!(matches!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn noop_remediates_and_continue_does_not() {
         let text = |cmd: &str| {
             format!("version: 1.0\ntasks:\n  a:\n    action: core.local cmd=false\n    next:\n      - when: <% failed() %>\n        do: {cmd}\n")

@@ -1,0 +1,137 @@
+//! Orquesta workflows run through the API on a real node: data passing,
+//! error handling, children, and a definition that cannot run.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use squall_tests::{poll, write_pack, TestNode};
+
+/// The children of `id` once there are `n` (the list index follows the
+/// records by milliseconds).
+async fn children(node: &TestNode, id: &str, n: usize) -> Result<Vec<Value>> {
+    poll(Duration::from_secs(10), || async {
+        let (_, list) = node.get(&format!("executions/{id}/children")).await?;
+        let list = list.as_array().cloned().unwrap_or_default();
+        Ok((list.len() == n).then_some(list))
+    })
+    .await
+}
+
+async fn run(node: &TestNode, action: &str, parameters: Value) -> Result<(Value, Value)> {
+    let (status, created) = node
+        .post(
+            "executions",
+            &json!({"action": action, "parameters": parameters}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {created}");
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    let done = poll(Duration::from_secs(60), || async {
+        let (_, e) = node.get(&format!("executions/{id}")).await?;
+        let finished = matches!(
+            e["status"].as_str(),
+            Some("succeeded" | "failed" | "canceled" | "timeout")
+        );
+        Ok(finished.then_some(e))
+    })
+    .await?;
+    Ok((created, done))
+}
+
+#[tokio::test]
+async fn a_sequential_workflow_passes_data_between_tasks() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let (created, done) = run(
+        &node,
+        "examples.orquesta-sequential",
+        json!({"name": "Squall"}),
+    )
+    .await?;
+    // Created through the API, a workflow is never finished at creation.
+    assert_eq!(created["status"], "requested");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"],
+        json!({"output": {"greeting": "Squall, All your base are belong to us!"}})
+    );
+    let id = done["id"].as_str().unwrap();
+    let children = children(&node, id, 3).await?;
+    let tasks: Vec<&str> = children
+        .iter()
+        .map(|c| {
+            c["context"]["orquesta"]["task_name"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(tasks, vec!["task1", "task2", "task3"]);
+    for child in &children {
+        assert_eq!(child["status"], "succeeded");
+        assert_eq!(child["parent"], id);
+        assert_eq!(child["action"]["ref"], "core.echo");
+    }
+    assert_eq!(children[0]["parameters"]["message"], "Squall");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_task_publishes_stderr_remediates_and_fails() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let (_, done) = run(
+        &node,
+        "examples.orquesta-remediate",
+        json!({"host": "db-3"}),
+    )
+    .await?;
+    assert_eq!(done["status"], "failed", "{done}");
+    let result = &done["result"];
+    assert_eq!(result["output"], json!({"problem": "checking db-3"}));
+    assert_eq!(result["errors"][0]["task_id"], "cleanup", "{result}");
+    let id = done["id"].as_str().unwrap();
+    let children = children(&node, id, 2).await?;
+    let seen: Vec<(&str, &str)> = children
+        .iter()
+        .map(|c| {
+            (
+                c["context"]["orquesta"]["task_name"]
+                    .as_str()
+                    .unwrap_or_default(),
+                c["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, vec![("verify", "failed"), ("cleanup", "succeeded")]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_that_cannot_run_fails_its_workflow_with_the_reason() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    write_pack(
+        packs.path(),
+        "flows",
+        &[
+            ("pack.yaml", "name: flows\nversion: 0.1.0\n"),
+            (
+                "actions/broken.yaml",
+                "name: broken\nrunner_type: orquesta\nentry_point: workflows/broken.yaml\n",
+            ),
+            (
+                "actions/workflows/broken.yaml",
+                "version: 1.0\ntasks:\n  first:\n    action: nowhere.nothing\n    next:\n      - when: <% succeeded() %>\n        do: second\n  second:\n    action: core.noop\n",
+            ),
+        ],
+    )?;
+    let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let (_, done) = run(&node, "flows.broken", json!({})).await?;
+    assert_eq!(done["status"], "failed", "{done}");
+    let message = done["result"]["errors"][0]["result"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("nowhere.nothing"), "{done}");
+    let id = done["id"].as_str().unwrap();
+    let (_, none) = node.get(&format!("executions/{id}/children")).await?;
+    assert_eq!(none, json!([]), "nothing ran");
+    Ok(())
+}
