@@ -135,3 +135,36 @@ async fn a_task_that_cannot_run_fails_its_workflow_with_the_reason() -> Result<(
     assert_eq!(none, json!([]), "nothing ran");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_workflow_runs_another_as_a_task() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    write_pack(
+        packs.path(),
+        "nest",
+        &[
+            ("pack.yaml", "name: nest\nversion: 0.1.0\n"),
+            (
+                "actions/outer.yaml",
+                "name: outer\nrunner_type: orquesta\nentry_point: workflows/outer.yaml\n",
+            ),
+            (
+                "actions/workflows/outer.yaml",
+                "version: 1.0\ntasks:\n  inner:\n    action: examples.orquesta-sequential\n    input:\n      name: nested\n    next:\n      - when: <% succeeded() %>\n        publish: said=<% result().output.greeting %>\noutput:\n  - said: <% ctx(said) %>\n",
+            ),
+        ],
+    )?;
+    let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let (_, done) = run(&node, "nest.outer", json!({})).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["output"]["said"],
+        "nested, All your base are belong to us!"
+    );
+    // The tree: outer → inner workflow → its three tasks.
+    let id = done["id"].as_str().unwrap();
+    let all = children(&node, id, 4).await?;
+    assert_eq!(all[0]["action"]["ref"], "examples.orquesta-sequential");
+    assert!(all[1..].iter().all(|c| c["parent"] == all[0]["id"]));
+    Ok(())
+}
