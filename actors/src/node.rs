@@ -129,7 +129,8 @@ async fn spawn_child(
                 catalog: shared.catalog.clone(),
                 renderer: shared.renderer.clone(),
                 kv: shared.kv.clone(),
-                api_url: shared.settings.api_url.clone(),
+                // `ctx().st2.api_url`: the v1 API root, so `.../executions/<id>` works.
+                api_url: format!("{}/v1", shared.settings.api_url),
             };
             Box::pin(Actor::spawn_linked(
                 None,

@@ -353,6 +353,7 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
             ..
         } = &event.event
         {
+            let before = record.state.clone();
             let commands = conductor::task_finished(
                 &spec,
                 &mut record.state,
@@ -360,7 +361,9 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
                 *succeeded,
                 result.clone(),
             );
-            if !commands.is_empty() {
+            // Any change is stored, with or without commands: an item's
+            // result alone is progress.
+            if record.state != before || !commands.is_empty() {
                 record.outbox.extend(commands);
                 if !store(&ctx.bus, &record, revision).await? {
                     continue;

@@ -168,3 +168,32 @@ async fn a_workflow_runs_another_as_a_task() -> Result<()> {
     assert!(all[1..].iter().all(|c| c["parent"] == all[0]["id"]));
     Ok(())
 }
+
+#[tokio::test]
+async fn with_items_runs_each_item_and_keeps_their_order() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let members = json!(["a", "b", "c", "d", "e"]);
+    let (_, done) = run(
+        &node,
+        "examples.orquesta-with-items",
+        json!({"members": members}),
+    )
+    .await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["output"]["greetings"],
+        json!([
+            "a, resistance is futile!",
+            "b, resistance is futile!",
+            "c, resistance is futile!",
+            "d, resistance is futile!",
+            "e, resistance is futile!"
+        ])
+    );
+    let id = done["id"].as_str().unwrap();
+    let kids = children(&node, id, 5).await?;
+    assert!(kids
+        .iter()
+        .all(|k| k["context"]["orquesta"]["task_name"] == "greet"));
+    Ok(())
+}

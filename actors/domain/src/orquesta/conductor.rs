@@ -44,6 +44,32 @@ pub struct TaskRun {
     pub result: Value,
     /// 0 for the first run, then one more per retry.
     pub attempt: u32,
+    /// A `with` task's items and their progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Items>,
+}
+
+/// The items of one run of a `with` task. Item `i` runs as
+/// `<run id>.<i>`; at most `concurrency` at once; the task's result is the
+/// list of the items' results, in item order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Items {
+    /// What `item()` is for each item.
+    pub values: Vec<Value>,
+    pub results: Vec<Option<(bool, Value)>>,
+    /// Items started so far (they start in order).
+    pub started: usize,
+    pub concurrency: usize,
+}
+
+impl Items {
+    fn running(&self) -> usize {
+        self.started - self.results.iter().filter(|r| r.is_some()).count()
+    }
+
+    fn failed(&self) -> bool {
+        self.results.iter().any(|r| matches!(r, Some((false, _))))
+    }
 }
 
 /// A workflow's whole state, as the engine stores it.
@@ -88,6 +114,8 @@ struct Scope<'a> {
     state: &'a FlowState,
     /// The current task run's status and result, inside `next`.
     current: Option<(&'a TaskStatus, &'a Value)>,
+    /// The current item, in a `with` task's input.
+    item: Option<&'a Value>,
 }
 
 impl Host for Scope<'_> {
@@ -110,6 +138,18 @@ impl Host for Scope<'_> {
                 Some(other) => return Some(Err(format!("ctx() takes a name, not {other}"))),
             },
             "result" => self.current.map_or(Value::Null, |(_, r)| r.clone()),
+            "item" => match (self.item, args.first()) {
+                (None, _) => return Some(Err("item() is only defined in a `with` task".into())),
+                (Some(item), None) => item.clone(),
+                // `x, y in ...` items are dicts of the names; with one name
+                // (`x in ...`), `item(x)` is the element itself.
+                (Some(item), Some(Value::String(name))) => {
+                    item.get(name).cloned().unwrap_or_else(|| item.clone())
+                }
+                (Some(_), Some(other)) => {
+                    return Some(Err(format!("item() takes a name, not {other}")))
+                }
+            },
             "succeeded" => json!(status == Some(TaskStatus::Succeeded)),
             "failed" => json!(status == Some(TaskStatus::Failed)),
             "completed" => json!(matches!(
@@ -181,6 +221,7 @@ pub fn start(
                 &Scope {
                     state: &state,
                     current: None,
+                    item: None,
                 },
             ),
             (None, None) => Err(format!("input {name:?} is required")),
@@ -198,6 +239,7 @@ pub fn start(
             &Scope {
                 state: &state,
                 current: None,
+                item: None,
             },
         ) {
             Ok(v) => {
@@ -226,6 +268,77 @@ pub fn start(
     (state, commands)
 }
 
+/// The action, input and delay of one run of `def` (or of one item).
+fn prepare(
+    def: &TaskSpec,
+    scope: &Scope<'_>,
+) -> Result<(Option<String>, Value, Option<f64>), String> {
+    let action = match &def.action {
+        Some(a) => Some(match render(&json!(a), scope)? {
+            Value::String(s) => s,
+            other => return Err(format!("action must be a ref, got {other}")),
+        }),
+        None => None,
+    };
+    let input = render(&def.input, scope)?;
+    let delay = match &def.delay {
+        Some(d) => Some(
+            render(d, scope)?
+                .as_f64()
+                .ok_or("delay must be a number of seconds")?,
+        ),
+        None => None,
+    };
+    Ok((action, input, delay))
+}
+
+/// The items of a `with` task and how many may run at once.
+fn items_of(def: &TaskSpec, state: &FlowState) -> Result<Option<Items>, String> {
+    let Some(with) = &def.with else {
+        return Ok(None);
+    };
+    let scope = Scope {
+        state,
+        current: None,
+        item: None,
+    };
+    let values = match render(&json!(with.items), &scope)? {
+        Value::Array(items) => items,
+        other => return Err(format!("with items must be a list, got {other}")),
+    };
+    // `x, y in <% zip(a, b) %>`: each item is a dict of the names.
+    let values: Vec<Value> = if with.vars.len() > 1 {
+        values
+            .into_iter()
+            .map(|v| match v {
+                Value::Array(parts) => Value::Object(
+                    with.vars
+                        .iter()
+                        .cloned()
+                        .zip(parts.into_iter().chain(std::iter::repeat(Value::Null)))
+                        .collect(),
+                ),
+                other => Value::Object(Map::from_iter([(with.vars[0].clone(), other)])),
+            })
+            .collect()
+    } else {
+        values
+    };
+    let concurrency = match &with.concurrency {
+        None => values.len().max(1),
+        Some(c) => render(c, &scope)?
+            .as_u64()
+            .filter(|c| *c > 0)
+            .ok_or("with concurrency must be a positive number")? as usize,
+    };
+    Ok(Some(Items {
+        results: vec![None; values.len()],
+        values,
+        started: 0,
+        concurrency,
+    }))
+}
+
 /// Runs `task` (or, without an action, passes straight through it).
 fn schedule(
     spec: &WorkflowSpec,
@@ -240,38 +353,30 @@ fn schedule(
     let n = state.counts.entry(task.to_string()).or_insert(0);
     let run_id = format!("{task}.{n}");
     *n += 1;
-    let scope = Scope {
-        state,
-        current: None,
+    let items = items_of(def, state);
+    let prepared = match &items {
+        Ok(None) => prepare(
+            def,
+            &Scope {
+                state,
+                current: None,
+                item: None,
+            },
+        ),
+        Ok(Some(_)) => Ok((None, Value::Null, None)),
+        Err(e) => Err(e.clone()),
     };
-    let prepared = (|| -> Result<(Option<String>, Value, Option<f64>), String> {
-        let action = match &def.action {
-            Some(a) => Some(match render(&json!(a), &scope)? {
-                Value::String(s) => s,
-                other => return Err(format!("action must be a ref, got {other}")),
-            }),
-            None => None,
-        };
-        let input = render(&def.input, &scope)?;
-        let delay = match &def.delay {
-            Some(d) => Some(
-                render(d, &scope)?
-                    .as_f64()
-                    .ok_or("delay must be a number of seconds")?,
-            ),
-            None => None,
-        };
-        Ok((action, input, delay))
-    })();
     state.runs.push(TaskRun {
         id: run_id.clone(),
         task: task.to_string(),
         status: TaskStatus::Running,
         result: Value::Null,
         attempt,
+        items: items.clone().ok().flatten(),
     });
-    match prepared {
-        Ok((Some(action), input, delay)) => commands.push(Command::Run {
+    match (items, prepared) {
+        (Ok(Some(_)), _) => start_items(spec, state, &run_id, commands),
+        (_, Ok((Some(action), input, delay))) => commands.push(Command::Run {
             run_id,
             task: task.to_string(),
             action,
@@ -280,7 +385,7 @@ fn schedule(
             delay,
         }),
         // A task without an action only routes: it succeeds at once.
-        Ok((None, _, _)) => finish_run(
+        (_, Ok((None, _, _))) => finish_run(
             spec,
             state,
             &run_id,
@@ -288,7 +393,7 @@ fn schedule(
             Value::Null,
             commands,
         ),
-        Err(e) => {
+        (_, Err(e)) => {
             state.errors.push(expression_error(e, Some(task)));
             finish_run(
                 spec,
@@ -302,6 +407,103 @@ fn schedule(
     }
 }
 
+/// Starts items of `run_id` up to its concurrency; ends the task when every
+/// item has ended (or, after a failure, when the running ones have).
+fn start_items(
+    spec: &WorkflowSpec,
+    state: &mut FlowState,
+    run_id: &str,
+    commands: &mut Vec<Command>,
+) {
+    let Some(i) = state.runs.iter().position(|r| r.id == run_id) else {
+        return;
+    };
+    let (task, attempt) = (state.runs[i].task.clone(), state.runs[i].attempt);
+    let Some(def) = spec.tasks.get(&task) else {
+        return;
+    };
+    loop {
+        let Some(items) = &state.runs[i].items else {
+            return;
+        };
+        let done =
+            items.results.iter().all(Option::is_some) || (items.failed() && items.running() == 0);
+        if done {
+            let failed = items.failed();
+            let result = Value::Array(
+                items
+                    .results
+                    .iter()
+                    .map(|r| r.as_ref().map_or(Value::Null, |(_, v)| v.clone()))
+                    .collect(),
+            );
+            let status = if failed {
+                TaskStatus::Failed
+            } else {
+                TaskStatus::Succeeded
+            };
+            finish_run(spec, state, run_id, status, result, commands);
+            return;
+        }
+        if items.failed()
+            || items.started >= items.values.len()
+            || items.running() >= items.concurrency
+        {
+            return;
+        }
+        let index = items.started;
+        let value = items.values[index].clone();
+        let prepared = prepare(
+            def,
+            &Scope {
+                state,
+                current: None,
+                item: Some(&value),
+            },
+        );
+        let item_run = format!("{run_id}.{index}");
+        if let Some(items) = state.runs[i].items.as_mut() {
+            items.started += 1;
+        }
+        match prepared {
+            Ok((Some(action), input, delay)) => commands.push(Command::Run {
+                run_id: item_run,
+                task: task.clone(),
+                action,
+                input,
+                attempt,
+                delay,
+            }),
+            Ok((None, _, _)) => record_item(state, i, index, true, Value::Null),
+            Err(e) => {
+                state.errors.push(expression_error(e, Some(&task)));
+                record_item(state, i, index, false, Value::Null);
+            }
+        }
+    }
+}
+
+fn record_item(state: &mut FlowState, run: usize, index: usize, succeeded: bool, result: Value) {
+    if let Some(slot) = state.runs[run]
+        .items
+        .as_mut()
+        .and_then(|items| items.results.get_mut(index))
+    {
+        *slot = Some((succeeded, result));
+    }
+}
+
+/// The run and item index of an item run id (`<task>.<n>.<i>`).
+fn item_of(state: &FlowState, run_id: &str) -> Option<(usize, usize)> {
+    let (parent, index) = run_id.rsplit_once('.')?;
+    let index: usize = index.parse().ok()?;
+    let run = state
+        .runs
+        .iter()
+        .position(|r| r.id == parent && r.items.is_some())?;
+    Some((run, index))
+}
+
 /// A task run has finished: retries, then transitions, then maybe the end.
 pub fn task_finished(
     spec: &WorkflowSpec,
@@ -311,11 +513,28 @@ pub fn task_finished(
     result: Value,
 ) -> Vec<Command> {
     let mut commands = Vec::new();
+    if state.status != FlowStatus::Running {
+        return commands;
+    }
+    // One item of a `with` task.
+    if let Some((run, index)) = item_of(state, run_id) {
+        let pending = state.runs[run].status == TaskStatus::Running
+            && state.runs[run].items.as_ref().is_some_and(|items| {
+                index < items.started && items.results.get(index).is_some_and(Option::is_none)
+            });
+        if pending {
+            record_item(state, run, index, succeeded, result);
+            let parent = state.runs[run].id.clone();
+            start_items(spec, state, &parent, &mut commands);
+            settle(spec, state, &mut commands);
+        }
+        return commands;
+    }
     let still_running = state
         .runs
         .iter()
         .any(|r| r.id == run_id && r.status == TaskStatus::Running);
-    if state.status != FlowStatus::Running || !still_running {
+    if !still_running {
         // A replayed or late event: already applied.
         return commands;
     }
@@ -349,6 +568,7 @@ fn finish_run(
         let scope = Scope {
             state,
             current: Some((&status, &result)),
+            item: None,
         };
         let wanted = match &retry.when {
             Some(w) => render(&json!(w), &scope).map(|v| yaql::truthy(&v)),
@@ -376,6 +596,7 @@ fn finish_run(
         let scope = Scope {
             state,
             current: Some((&status, &result)),
+            item: None,
         };
         let when = match &t.when {
             Some(w) => render(&json!(w), &scope).map(|v| yaql::truthy(&v)),
@@ -393,6 +614,7 @@ fn finish_run(
             let scope = Scope {
                 state,
                 current: Some((&status, &result)),
+                item: None,
             };
             match render(v, &scope) {
                 Ok(v) => {
@@ -506,6 +728,7 @@ fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command
             &Scope {
                 state,
                 current: None,
+                item: None,
             },
         ) {
             Ok(v) => {

@@ -443,3 +443,118 @@ mod conducting {
         ));
     }
 }
+
+mod items {
+    use serde_json::{json, Map, Value};
+
+    use super::super::conductor::{self, Command, FlowStatus};
+
+    fn spec(text: &str) -> super::super::spec::WorkflowSpec {
+        let (spec, issues) = super::super::inspect(text);
+        assert!(issues.is_empty(), "{issues:#?}");
+        spec.unwrap()
+    }
+
+    /// Runs with every action finishing in the order started; records the
+    /// largest number running at once.
+    fn drive_all(
+        spec: &super::super::spec::WorkflowSpec,
+        fail_on: Option<&str>,
+    ) -> (Vec<Value>, usize, Command) {
+        let (mut state, mut pending) = conductor::start(spec, &Map::new(), Map::new());
+        let mut inputs = Vec::new();
+        let mut peak = 0;
+        loop {
+            if let Some(done) = pending.iter().find(|c| matches!(c, Command::Finish { .. })) {
+                return (inputs, peak, done.clone());
+            }
+            let running = pending
+                .iter()
+                .filter(|c| matches!(c, Command::Run { .. }))
+                .count();
+            peak = peak.max(running);
+            let Some(Command::Run { run_id, input, .. }) = pending.first().cloned() else {
+                panic!("stuck: {state:#?}");
+            };
+            pending.remove(0);
+            inputs.push(input.clone());
+            let ok = fail_on.is_none_or(|f| input["message"] != f);
+            pending.extend(conductor::task_finished(
+                spec,
+                &mut state,
+                &run_id,
+                ok,
+                json!({"stdout": input["message"]}),
+            ));
+        }
+    }
+
+    #[test]
+    fn items_run_with_their_values_and_results_keep_item_order() {
+        let s = spec("version: 1.0\nvars:\n  - hosts: [a, b, c, d, e]\ntasks:\n  ping:\n    with:\n      items: host in <% ctx(hosts) %>\n      concurrency: 2\n    action: core.echo message=<% item(host) %>\n    next:\n      - when: <% succeeded() %>\n        publish: said=<% result().select($.stdout) %>\noutput:\n  - said: <% ctx(said) %>\n");
+        let (inputs, peak, done) = drive_all(&s, None);
+        assert_eq!(inputs.len(), 5);
+        assert_eq!(peak, 2, "concurrency 2");
+        assert_eq!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                result: json!({"output": {"said": ["a", "b", "c", "d", "e"]}})
+            }
+        );
+    }
+
+    #[test]
+    fn zipped_items_bind_each_name() {
+        let s = spec("version: 1.0\ntasks:\n  pair:\n    with: x, y in <% zip([1, 2], ['one', 'two']) %>\n    action: core.echo\n    input:\n      message: <% str(item(x)) + '=' + item(y) %>\n    next:\n      - publish: seen=<% result().select($.stdout) %>\noutput:\n  - seen: <% ctx(seen) %>\n");
+        let (_, _, done) = drive_all(&s, None);
+        let Command::Finish { result, .. } = done else {
+            panic!()
+        };
+        assert_eq!(result["output"]["seen"], json!(["1=one", "2=two"]));
+    }
+
+    #[test]
+    fn a_failed_item_fails_the_task_and_starts_no_more_items() {
+        let s = spec("version: 1.0\ntasks:\n  each:\n    with:\n      items: <% [a, b, c, d] %>\n      concurrency: 1\n    action: core.echo message=<% item() %>\n");
+        let (inputs, _, done) = drive_all(&s, Some("b"));
+        assert_eq!(inputs.len(), 2, "c and d never start");
+        let Command::Finish { status, result } = done else {
+            panic!()
+        };
+        assert_eq!(status, FlowStatus::Failed);
+        assert_eq!(result["errors"][0]["task_id"], "each");
+        assert_eq!(
+            result["errors"][0]["result"],
+            json!([{"stdout": "a"}, {"stdout": "b"}, null, null])
+        );
+    }
+
+    #[test]
+    fn no_items_succeeds_at_once_and_replays_change_nothing() {
+        let s = spec("version: 1.0\ntasks:\n  none:\n    with: <% [] %>\n    action: core.noop\n");
+        let (_, commands) = conductor::start(&s, &Map::new(), Map::new());
+        assert!(
+            matches!(
+                commands.as_slice(),
+                [Command::Finish {
+                    status: FlowStatus::Succeeded,
+                    ..
+                }]
+            ),
+            "{commands:?}"
+        );
+        let s =
+            spec("version: 1.0\ntasks:\n  two:\n    with: <% [1, 2] %>\n    action: core.noop\n");
+        let (mut state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        assert_eq!(commands.len(), 2);
+        let Command::Run { run_id, .. } = &commands[0] else {
+            panic!()
+        };
+        assert_eq!(run_id, "two.0.0");
+        assert!(conductor::task_finished(&s, &mut state, run_id, true, json!(1)).is_empty());
+        let snapshot = state.clone();
+        assert!(conductor::task_finished(&s, &mut state, run_id, true, json!(1)).is_empty());
+        assert_eq!(state, snapshot);
+    }
+}
