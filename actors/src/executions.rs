@@ -151,3 +151,59 @@ pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecor
     }
     Ok(stored)
 }
+
+/// What a cancel request found.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// Canceled (not started yet) or canceling (running): the record now.
+    Requested(ExecutionRecord),
+    /// It had already ended with this status.
+    AlreadyFinished(Status),
+    NotFound,
+}
+
+/// Cancels an execution on behalf of `by`: one that has not started is
+/// `canceled` at once; a running one becomes `canceling` and the node
+/// running it kills its process group (a workflow cancels its running
+/// tasks first), then records `canceled`.
+pub async fn cancel(bus: &Bus, id: &str, by: &str) -> Result<CancelOutcome, EngineError> {
+    for _ in 0..5 {
+        let Some((mut rec, rev)) = bus.execution(id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let now = time::now();
+        match rec.status {
+            s if s.is_completed() => return Ok(CancelOutcome::AlreadyFinished(s)),
+            Status::Requested | Status::Scheduled | Status::Delayed | Status::Pending => {
+                rec.result = json!({"error": format!("canceled by {by} before it started")});
+                rec.transition(Status::Canceled, now);
+            }
+            Status::Canceling => {
+                ask_to_stop(bus, &rec).await?;
+                return Ok(CancelOutcome::Requested(rec));
+            }
+            _ => rec.transition(Status::Canceling, now),
+        }
+        if bus.update_execution(&rec, rev).await?.is_some() {
+            if rec.status == Status::Canceling {
+                ask_to_stop(bus, &rec).await?;
+            }
+            tracing::info!(execution = %id, user = %by, status = %rec.status, "cancel requested");
+            return Ok(CancelOutcome::Requested(rec));
+        }
+    }
+    Err(crate::error::bus_err(
+        "cancel execution",
+        "the execution kept changing while being canceled",
+    ))
+}
+
+/// Tells whoever runs `rec` to stop: its runner's node, or its workflow.
+async fn ask_to_stop(bus: &Bus, rec: &ExecutionRecord) -> Result<(), EngineError> {
+    if rec.runner.name == crate::workflows::RUNNER {
+        let event = crate::workflows::FlowEvent::Cancel;
+        return crate::workflows::publish(bus, &rec.id, &format!("wfcancel-{}", rec.id), event)
+            .await;
+    }
+    bus.request_cancel(&rec.id).await
+}

@@ -60,6 +60,8 @@ pub enum FlowEvent {
         definition: String,
         input: Map<String, Value>,
     },
+    /// Someone asked to cancel it.
+    Cancel,
     /// One of its task runs ended.
     TaskDone {
         run_id: String,
@@ -338,6 +340,11 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
                 let revision = load(&ctx.bus, id).await?.map_or(0, |(_, r)| r);
                 (record, revision)
             }
+            (None, FlowEvent::Cancel) => {
+                // Canceled before it started: nothing ran.
+                return finish_execution(&ctx.bus, id, FlowStatus::Canceled, json!({"output": {}}))
+                    .await;
+            }
             (None, FlowEvent::TaskDone { .. }) => {
                 tracing::warn!(workflow = %id, "task done for a workflow with no record; dropped");
                 return Ok(());
@@ -346,6 +353,15 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
         let Ok(spec) = spec_of(&record.definition) else {
             return Ok(());
         };
+        if let FlowEvent::Cancel = &event.event {
+            let commands = conductor::cancel(&spec, &mut record.state);
+            if !commands.is_empty() {
+                record.outbox.extend(commands);
+                if !store(&ctx.bus, &record, revision).await? {
+                    continue;
+                }
+            }
+        }
         if let FlowEvent::TaskDone {
             run_id,
             succeeded,
@@ -435,6 +451,10 @@ async fn carry_out(
                     record.outbox.extend(more);
                 }
             }
+            Command::Cancel { run_id } => {
+                let child = ids::derived(&execution.start_timestamp, &[&execution.id, &run_id]);
+                executions::cancel(&ctx.bus, &child, "the workflow's cancel").await?;
+            }
             Command::Finish { status, result } => {
                 finish_execution(&ctx.bus, &record.id, status, result).await?
             }
@@ -519,7 +539,8 @@ async fn finish_execution(
     let status = match status {
         FlowStatus::Succeeded => Status::Succeeded,
         FlowStatus::Failed => Status::Failed,
-        FlowStatus::Running => return Ok(()),
+        FlowStatus::Canceled => Status::Canceled,
+        FlowStatus::Running | FlowStatus::Canceling => return Ok(()),
     };
     for _ in 0..10 {
         let Some((mut rec, rev)) = bus.execution(id).await? else {

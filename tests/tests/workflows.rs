@@ -197,3 +197,57 @@ async fn with_items_runs_each_item_and_keeps_their_order() -> Result<()> {
         .all(|k| k["context"]["orquesta"]["task_name"] == "greet"));
     Ok(())
 }
+
+#[tokio::test]
+async fn canceling_a_workflow_stops_its_running_task_and_starts_nothing_more() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    write_pack(
+        packs.path(),
+        "long",
+        &[
+            ("pack.yaml", "name: long\nversion: 0.1.0\n"),
+            (
+                "actions/wait.yaml",
+                "name: wait\nrunner_type: orquesta\nentry_point: workflows/wait.yaml\n",
+            ),
+            (
+                "actions/workflows/wait.yaml",
+                "version: 1.0\ntasks:\n  sleep:\n    action: core.local cmd=\"sleep 120\" timeout=300\n    next:\n      - do: after\n  after:\n    action: core.noop\n",
+            ),
+        ],
+    )?;
+    let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let (status, created) = node
+        .post("executions", &json!({"action": "long.wait"}))
+        .await?;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_string();
+    let task = poll(Duration::from_secs(30), || async {
+        let (_, kids) = node.get(&format!("executions/{id}/children")).await?;
+        Ok(kids
+            .as_array()
+            .and_then(|k| k.first().cloned())
+            .filter(|k| k["status"] == "running"))
+    })
+    .await?;
+    let r = node
+        .http
+        .delete(format!("{}/executions/{id}", node.base))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await?;
+    assert_eq!(answer["status"], "canceling");
+    let done = node.finished(&id).await?;
+    assert_eq!(done["status"], "canceled", "{done}");
+    let task_id = task["id"].as_str().unwrap();
+    let (_, stopped) = node.get(&format!("executions/{task_id}")).await?;
+    assert_eq!(stopped["status"], "canceled", "{stopped}");
+    let (_, kids) = node.get(&format!("executions/{id}/children")).await?;
+    assert_eq!(
+        kids.as_array().map(Vec::len),
+        Some(1),
+        "`after` never started"
+    );
+    Ok(())
+}

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use squall_actors::auth::{Principal, Role};
-use squall_actors::executions::{self, ExecutionSpec};
+use squall_actors::executions::{self, CancelOutcome, ExecutionSpec};
 use squall_actors::history::Filter;
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::params::MASK;
@@ -490,38 +490,13 @@ pub async fn cancel(
     Extension(me): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    for _ in 0..5 {
-        let Some((mut rec, rev)) = st.bus.execution(&id).await? else {
-            return Err(ApiError::NotFound(format!("execution {id} not found")));
-        };
-        let now = time::now();
-        match rec.status {
-            s if s.is_completed() => {
-                return Err(ApiError::Conflict(format!(
-                    "execution {id} is already {s}; only unfinished executions can be canceled"
-                )))
-            }
-            Status::Requested | Status::Scheduled | Status::Delayed | Status::Pending => {
-                rec.result = json!({"error": format!("canceled by {} before it started", me.user)});
-                rec.transition(Status::Canceled, now);
-            }
-            Status::Canceling => {
-                st.bus.request_cancel(&id).await?;
-                return Ok(Json(view(&rec, false)));
-            }
-            _ => rec.transition(Status::Canceling, now),
-        }
-        if st.bus.update_execution(&rec, rev).await?.is_some() {
-            if rec.status == Status::Canceling {
-                st.bus.request_cancel(&id).await?;
-            }
-            tracing::info!(execution = %id, user = %me.user, status = %rec.status, "cancel requested");
-            return Ok(Json(view(&rec, false)));
-        }
+    match executions::cancel(&st.bus, &id, &me.user).await? {
+        CancelOutcome::Requested(rec) => Ok(Json(view(&rec, false))),
+        CancelOutcome::AlreadyFinished(s) => Err(ApiError::Conflict(format!(
+            "execution {id} is already {s}; only unfinished executions can be canceled"
+        ))),
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("execution {id} not found"))),
     }
-    Err(ApiError::Unavailable(format!(
-        "execution {id} kept changing while being canceled; try again"
-    )))
 }
 
 /// Reads one execution.

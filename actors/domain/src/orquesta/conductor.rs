@@ -21,6 +21,10 @@ pub enum FlowStatus {
     Running,
     Succeeded,
     Failed,
+    /// Cancel asked: no new task starts; ends `canceled` once the running
+    /// ones have ended.
+    Canceling,
+    Canceled,
 }
 
 /// Where one task run is.
@@ -101,6 +105,8 @@ pub enum Command {
         /// Seconds to wait first.
         delay: Option<f64>,
     },
+    /// Stop task run `run_id` (the workflow is being canceled).
+    Cancel { run_id: String },
     /// The workflow is over; `result` is its execution result
     /// (`{output}` or `{errors, output}`).
     Finish { status: FlowStatus, result: Value },
@@ -504,6 +510,38 @@ fn item_of(state: &FlowState, run_id: &str) -> Option<(usize, usize)> {
     Some((run, index))
 }
 
+/// Cancels the workflow: every running task run is told to stop, nothing
+/// new starts, and it ends `canceled` when the last run has ended.
+pub fn cancel(spec: &WorkflowSpec, state: &mut FlowState) -> Vec<Command> {
+    let mut commands = Vec::new();
+    if state.status != FlowStatus::Running {
+        return commands;
+    }
+    state.status = FlowStatus::Canceling;
+    for run in state
+        .runs
+        .iter()
+        .filter(|r| r.status == TaskStatus::Running)
+    {
+        match &run.items {
+            Some(items) => {
+                for (i, result) in items.results.iter().enumerate().take(items.started) {
+                    if result.is_none() {
+                        commands.push(Command::Cancel {
+                            run_id: format!("{}.{i}", run.id),
+                        });
+                    }
+                }
+            }
+            None => commands.push(Command::Cancel {
+                run_id: run.id.clone(),
+            }),
+        }
+    }
+    settle(spec, state, &mut commands);
+    commands
+}
+
 /// A task run has finished: retries, then transitions, then maybe the end.
 pub fn task_finished(
     spec: &WorkflowSpec,
@@ -513,6 +551,33 @@ pub fn task_finished(
     result: Value,
 ) -> Vec<Command> {
     let mut commands = Vec::new();
+    if state.status == FlowStatus::Canceling {
+        // Record the end; no transition runs while canceling.
+        let run = item_of(state, run_id)
+            .map(|(run, _)| run)
+            .or_else(|| state.runs.iter().position(|r| r.id == run_id));
+        if let Some(run) = run {
+            match item_of(state, run_id) {
+                Some((_, index)) => {
+                    record_item(state, run, index, succeeded, result);
+                    let items = state.runs[run].items.as_ref();
+                    if items.is_some_and(|i| i.running() == 0) {
+                        state.runs[run].status = TaskStatus::Failed;
+                    }
+                }
+                None => {
+                    state.runs[run].status = if succeeded {
+                        TaskStatus::Succeeded
+                    } else {
+                        TaskStatus::Failed
+                    };
+                    state.runs[run].result = result;
+                }
+            }
+        }
+        settle(spec, state, &mut commands);
+        return commands;
+    }
     if state.status != FlowStatus::Running {
         return commands;
     }
@@ -703,6 +768,16 @@ fn arrive(spec: &WorkflowSpec, state: &mut FlowState, task: &str, commands: &mut
 /// recorded the workflow fails fast: runs this step would have started are
 /// dropped, and the end waits only for runs already under way.
 fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command>) {
+    if state.status == FlowStatus::Canceling {
+        if !state.runs.iter().any(|r| r.status == TaskStatus::Running) {
+            state.status = FlowStatus::Canceled;
+            commands.push(Command::Finish {
+                status: FlowStatus::Canceled,
+                result: json!({"output": {}}),
+            });
+        }
+        return;
+    }
     if state.status != FlowStatus::Running {
         return;
     }
@@ -711,11 +786,27 @@ fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command
             .iter()
             .filter_map(|c| match c {
                 Command::Run { run_id, .. } => Some(run_id.clone()),
-                Command::Finish { .. } => None,
+                _ => None,
             })
             .collect();
         commands.retain(|c| !matches!(c, Command::Run { .. }));
+        for id in &dropped {
+            // An item that will not start after all.
+            if let Some((run, _)) = item_of(state, id) {
+                if let Some(items) = state.runs[run].items.as_mut() {
+                    items.started -= 1;
+                }
+            }
+        }
         state.runs.retain(|r| !dropped.contains(&r.id));
+        // A `with` task with nothing left running will start nothing more.
+        for run in &mut state.runs {
+            if run.status == TaskStatus::Running
+                && run.items.as_ref().is_some_and(|i| i.running() == 0)
+            {
+                run.status = TaskStatus::Failed;
+            }
+        }
     }
     if state.runs.iter().any(|r| r.status == TaskStatus::Running) {
         return;

@@ -558,3 +558,48 @@ mod items {
         assert_eq!(state, snapshot);
     }
 }
+
+mod canceling {
+    use serde_json::{json, Map};
+
+    use super::super::conductor::{self, Command, FlowStatus};
+
+    #[test]
+    fn cancel_stops_running_runs_and_starts_nothing_more() {
+        let (spec, _) = super::super::inspect("version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: b\n  each:\n    with: <% [1, 2, 3] %>\n    action: core.noop\n  b:\n    action: core.noop\n");
+        let spec = spec.unwrap();
+        let (mut state, started) = conductor::start(&spec, &Map::new(), Map::new());
+        assert_eq!(started.len(), 4, "a and three items");
+        let Command::Run {
+            run_id: first_item, ..
+        } = &started[1]
+        else {
+            panic!()
+        };
+        conductor::task_finished(&spec, &mut state, first_item, true, json!({}));
+        let commands = conductor::cancel(&spec, &mut state);
+        let stops: Vec<String> = commands
+            .iter()
+            .map(|c| match c {
+                Command::Cancel { run_id } => run_id.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(stops, vec!["a.0", "each.0.1", "each.0.2"]);
+        assert_eq!(state.status, FlowStatus::Canceling);
+        // `a` ends: its transition to `b` does not run.
+        assert!(conductor::task_finished(&spec, &mut state, "a.0", true, json!({})).is_empty());
+        assert!(
+            conductor::task_finished(&spec, &mut state, "each.0.1", false, json!({})).is_empty()
+        );
+        let last = conductor::task_finished(&spec, &mut state, "each.0.2", false, json!({}));
+        assert_eq!(
+            last,
+            vec![Command::Finish {
+                status: FlowStatus::Canceled,
+                result: json!({"output": {}})
+            }]
+        );
+        assert!(conductor::cancel(&spec, &mut state).is_empty(), "once");
+    }
+}
