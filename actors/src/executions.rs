@@ -156,7 +156,7 @@ pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecor
 #[derive(Debug, Clone)]
 pub enum CancelOutcome {
     /// Canceled (not started yet) or canceling (running): the record now.
-    Requested(ExecutionRecord),
+    Requested(Box<ExecutionRecord>),
     /// It had already ended with this status.
     AlreadyFinished(Status),
     NotFound,
@@ -180,7 +180,7 @@ pub async fn cancel(bus: &Bus, id: &str, by: &str) -> Result<CancelOutcome, Engi
             }
             Status::Canceling => {
                 ask_to_stop(bus, &rec).await?;
-                return Ok(CancelOutcome::Requested(rec));
+                return Ok(CancelOutcome::Requested(Box::new(rec)));
             }
             _ => rec.transition(Status::Canceling, now),
         }
@@ -189,7 +189,7 @@ pub async fn cancel(bus: &Bus, id: &str, by: &str) -> Result<CancelOutcome, Engi
                 ask_to_stop(bus, &rec).await?;
             }
             tracing::info!(execution = %id, user = %by, status = %rec.status, "cancel requested");
-            return Ok(CancelOutcome::Requested(rec));
+            return Ok(CancelOutcome::Requested(Box::new(rec)));
         }
     }
     Err(crate::error::bus_err(
