@@ -180,11 +180,21 @@ impl Renderer {
         ctx: &Json,
         kv: &dyn KeyValueLookup,
     ) -> Result<String, TemplateError> {
+        self.render_str_with(template, ctx, &Extras::new(), kv)
+    }
+
+    fn render_str_with(
+        &self,
+        template: &str,
+        ctx: &Json,
+        extra: &Extras,
+        kv: &dyn KeyValueLookup,
+    ) -> Result<String, TemplateError> {
         let compiled = self
             .env
             .template_from_str(template)
             .map_err(|e| TemplateError::new(template, template, &e))?;
-        with_datastore(ctx, kv, |root| compiled.render(root))
+        with_datastore(ctx, extra, kv, |root| compiled.render(root))
             .map_err(|e| TemplateError::new(template, template, &e))
     }
 
@@ -200,19 +210,31 @@ impl Renderer {
         ctx: &Json,
         kv: &dyn KeyValueLookup,
     ) -> Result<Json, TemplateError> {
+        self.render_value_with(value, ctx, &Extras::new(), kv)
+    }
+
+    /// [`Renderer::render_value`] with `extra` names in scope besides
+    /// `ctx`'s (callables such as Orquesta's `ctx()` and `result()`).
+    pub fn render_value_with(
+        &self,
+        value: &Json,
+        ctx: &Json,
+        extra: &Extras,
+        kv: &dyn KeyValueLookup,
+    ) -> Result<Json, TemplateError> {
         match value {
-            Json::String(s) => self.render_string_value(s, ctx, kv),
+            Json::String(s) => self.render_string_value(s, ctx, extra, kv),
             Json::Array(items) => items
                 .iter()
-                .map(|item| self.render_value(item, ctx, kv))
+                .map(|item| self.render_value_with(item, ctx, extra, kv))
                 .collect::<Result<_, _>>()
                 .map(Json::Array),
             Json::Object(map) => map
                 .iter()
                 .map(|(k, v)| {
                     Ok((
-                        self.render_text(k, ctx, kv)?,
-                        self.render_value(v, ctx, kv)?,
+                        self.render_text(k, ctx, extra, kv)?,
+                        self.render_value_with(v, ctx, extra, kv)?,
                     ))
                 })
                 .collect::<Result<_, _>>()
@@ -245,10 +267,11 @@ impl Renderer {
         &self,
         text: &str,
         ctx: &Json,
+        extra: &Extras,
         kv: &dyn KeyValueLookup,
     ) -> Result<String, TemplateError> {
         if is_template(text) {
-            self.render_str(text, ctx, kv)
+            self.render_str_with(text, ctx, extra, kv)
         } else {
             Ok(text.to_string())
         }
@@ -258,10 +281,11 @@ impl Renderer {
         &self,
         text: &str,
         ctx: &Json,
+        extra: &Extras,
         kv: &dyn KeyValueLookup,
     ) -> Result<Json, TemplateError> {
         let Some(expr) = single_expression(text) else {
-            let rendered = self.render_text(text, ctx, kv)?;
+            let rendered = self.render_text(text, ctx, extra, kv)?;
             return Ok(if rendered == NONE_MAGIC_VALUE {
                 Json::Null
             } else {
@@ -272,7 +296,7 @@ impl Renderer {
             .env
             .compile_expression(expr)
             .map_err(|e| TemplateError::new(text, expr, &e))?;
-        let value = with_datastore(ctx, kv, |root| compiled.eval(root))
+        let value = with_datastore(ctx, extra, kv, |root| compiled.eval(root))
             .map_err(|e| TemplateError::new(text, expr, &e))?;
         if value.is_undefined() {
             return Err(TemplateError {
@@ -318,13 +342,17 @@ fn single_expression(text: &str) -> Option<&str> {
 /// after the round those keys are looked up and the template rendered
 /// again. A round that reads nothing new is the result. Templates that don't
 /// use `st2kv` render once; each round only adds keys, so this ends.
+/// Names besides the context's that a render sees (e.g. callables).
+pub type Extras = BTreeMap<String, Value>;
+
 fn with_datastore<T>(
     ctx: &Json,
+    extra: &Extras,
     kv: &dyn KeyValueLookup,
     render: impl Fn(&Value) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let reads = Arc::new(KvReads::default());
-    let root = root_context(ctx, &reads);
+    let root = root_context(ctx, extra, &reads);
     loop {
         let result = render(&root);
         let wanted = reads.take_wanted();
@@ -335,7 +363,7 @@ fn with_datastore<T>(
     }
 }
 
-fn root_context(ctx: &Json, reads: &Arc<KvReads>) -> Value {
+fn root_context(ctx: &Json, extra: &Extras, reads: &Arc<KvReads>) -> Value {
     let mut vars: BTreeMap<String, Value> = match ctx {
         Json::Object(map) => map
             .iter()
@@ -355,6 +383,7 @@ fn root_context(ctx: &Json, reads: &Arc<KvReads>) -> Value {
             user,
         }),
     );
+    vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     Value::from(vars)
 }
 

@@ -176,23 +176,131 @@ impl Host for Scope<'_> {
     }
 }
 
-/// Evaluates the expressions in `v` (YAQL `<% %>`).
+/// Evaluates the expressions in `v`: YAQL (`<% %>`) or Jinja (`{{ }}`),
+/// one language per string, with Orquesta's functions.
 fn render(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
-    if let Some(s) = first_jinja(v) {
-        return Err(format!(
-            "Jinja expressions in workflows are not evaluated yet (found {s:?}); write it in YAQL (<% %>)"
-        ));
+    match v {
+        Value::String(s) if s.contains("<%") => {
+            yaql::render(v, &Value::Object(scope.state.ctx.clone()), scope)
+                .map_err(|e| e.to_string())
+        }
+        Value::String(s) if crate::template::is_template(s) => render_jinja(v, scope),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| render(i, scope))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, item) in m {
+                let key = match render(&Value::String(k.clone()), scope)? {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                out.insert(key, render(item, scope)?);
+            }
+            Ok(Value::Object(out))
+        }
+        other => Ok(other.clone()),
     }
-    yaql::render(v, &Value::Object(scope.state.ctx.clone()), scope).map_err(|e| e.to_string())
 }
 
-fn first_jinja(v: &Value) -> Option<&str> {
-    match v {
-        Value::String(s) if s.contains("{{") || s.contains("{%") => Some(s),
-        Value::Array(items) => items.iter().find_map(first_jinja),
-        Value::Object(m) => m.values().find_map(first_jinja),
-        _ => None,
+/// One Jinja string, with `ctx()`, `result()`, `succeeded()`, `failed()`,
+/// `completed()`, `item()` and `task_status()` as Orquesta defines them.
+fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
+    use minijinja::value::Value as J;
+    use minijinja::{Error, ErrorKind};
+    static RENDERER: std::sync::LazyLock<crate::template::Renderer> =
+        std::sync::LazyLock::new(crate::template::Renderer::new);
+    let visible: Map<String, Value> = scope
+        .state
+        .ctx
+        .iter()
+        .filter(|(k, _)| !k.starts_with("__"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let status = scope.current.map(|(s, _)| *s);
+    let result = scope.current.map_or(Value::Null, |(_, r)| r.clone());
+    let item = scope.item.cloned();
+    let statuses: BTreeMap<String, String> = scope
+        .state
+        .runs
+        .iter()
+        .map(|r| {
+            (
+                r.task.clone(),
+                json!(r.status).as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut extra = crate::template::Extras::new();
+    let ctx_map = visible.clone();
+    extra.insert(
+        "ctx".into(),
+        J::from_function(move |name: Option<String>| -> Result<J, Error> {
+            match name {
+                None => Ok(J::from_serialize(&ctx_map)),
+                Some(n) => ctx_map.get(&n).map(J::from_serialize).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::UndefinedError,
+                        format!("variable {n:?} is not in the context"),
+                    )
+                }),
+            }
+        }),
+    );
+    extra.insert(
+        "result".into(),
+        J::from_function(move || J::from_serialize(&result)),
+    );
+    for (name, want) in [
+        ("succeeded", Some(TaskStatus::Succeeded)),
+        ("failed", Some(TaskStatus::Failed)),
+    ] {
+        extra.insert(
+            name.into(),
+            J::from_function(move || status.is_some() && status == want),
+        );
     }
+    extra.insert(
+        "completed".into(),
+        J::from_function(move || {
+            matches!(status, Some(TaskStatus::Succeeded | TaskStatus::Failed))
+        }),
+    );
+    extra.insert(
+        "item".into(),
+        J::from_function(move |name: Option<String>| -> Result<J, Error> {
+            let Some(item) = &item else {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "item() is only defined in a `with` task",
+                ));
+            };
+            Ok(J::from_serialize(
+                name.and_then(|n| item.get(&n).cloned())
+                    .as_ref()
+                    .unwrap_or(item),
+            ))
+        }),
+    );
+    extra.insert(
+        "task_status".into(),
+        J::from_function(move |task: String| {
+            statuses
+                .get(&task)
+                .cloned()
+                .unwrap_or_else(|| "null".into())
+        }),
+    );
+    RENDERER
+        .render_value_with(
+            v,
+            &Value::Object(visible),
+            &extra,
+            &crate::template::NoKeyValues,
+        )
+        .map_err(|e| e.to_string())
 }
 
 fn expression_error(message: String, task_id: Option<&str>) -> Value {

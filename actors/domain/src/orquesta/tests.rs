@@ -286,6 +286,20 @@ mod conducting {
     }
 
     #[test]
+    fn jinja_expressions_see_orquesta_functions() {
+        let s = spec("version: 1.0\ninput: [who]\ntasks:\n  greet:\n    action: core.echo\n    input:\n      cmd: \"hi {{ ctx('who') }}\"\n    next:\n      - when: \"{{ succeeded() and result().stdout != '' }}\"\n        publish:\n          - said: \"{{ result().stdout }}\"\n          - count: \"{{ ctx().who | length }}\"\n        do: each\n  each:\n    with: \"{{ [1, 2] }}\"\n    action: core.echo\n    input:\n      cmd: \"n={{ item() }} {{ task_status('greet') }}\"\n    next:\n      - publish: items=\"{{ result() | map(attribute='stdout') | list }}\"\noutput:\n  - said: \"{{ ctx('said') }}\"\n  - count: \"{{ ctx('count') }}\"\n  - items: \"{{ ctx('items') }}\"\n");
+        let (ran, _, done) = drive(&s, json!({"who": "ops"}), ok);
+        assert_eq!(ran, vec!["greet", "each", "each"]);
+        assert_eq!(
+            done,
+            Command::Finish {
+                status: FlowStatus::Succeeded,
+                result: json!({"output": {"said": "hi ops", "count": 3, "items": ["n=1 succeeded", "n=2 succeeded"]}})
+            }
+        );
+    }
+
+    #[test]
     fn a_transition_without_when_handles_a_failure() {
         let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.local cmd=false\n    next:\n      - do: b\n  b:\n    action: core.noop\n");
         let (ran, _, done) = drive(&s, json!({}), |action, _, _| {
