@@ -6,7 +6,7 @@
 //!
 //! - [`scenario`]: the scenario files.
 //! - [`target`]: the node under test, started by the tool or given by URL.
-//! - [`webhook`], [`api_list`]: the two kinds of load.
+//! - [`webhook`], [`api_list`], [`workflow`]: the kinds of load.
 //! - [`ceiling`]: publish + consume + KV put with no Squall logic.
 //! - [`resources`]: CPU, RSS and stream sizes over a run.
 //! - [`report`]: statistics, the JSON result, the HTML report, comparison.
@@ -18,6 +18,7 @@ pub mod resources;
 pub mod scenario;
 pub mod target;
 pub mod webhook;
+pub mod workflow;
 
 /// Everything that can stop a run.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,7 @@ pub async fn run(
             Outcome::of_webhooks(&webhook::run(target, w, timeout).await?, w.rate.is_some())
         }
         Load::ApiList(a) => Outcome::of_api_list(&api_list::run(target, a, timeout).await?),
+        Load::Workflow(w) => Outcome::of_workflows(&workflow::run(target, w, timeout).await?),
     };
     let resources = match sampler {
         Some(s) => s.finish().await,

@@ -120,6 +120,10 @@ async fn main() -> Result<()> {
                     a.concurrency = concurrency.unwrap_or(a.concurrency);
                     a.duration_s = duration_s.unwrap_or(a.duration_s);
                 }
+                Load::Workflow(w) => {
+                    w.count = count.unwrap_or(w.count);
+                    w.concurrency = concurrency.unwrap_or(w.concurrency);
+                }
             }
             let managed;
             let target = match url {

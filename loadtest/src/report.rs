@@ -218,6 +218,45 @@ impl Outcome {
         }
     }
 
+    /// From a workflow run: latency is each workflow's requested → finished.
+    pub fn of_workflows(run: &crate::workflow::WorkflowRun) -> Outcome {
+        let first = run.finished.iter().map(|(_, s, _)| *s).min();
+        let secs = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+            (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6
+        };
+        let latencies: Vec<f64> = run
+            .finished
+            .iter()
+            .map(|(_, s, e)| secs(*s, *e) * 1e3)
+            .collect();
+        let ends: Vec<f64> = run
+            .finished
+            .iter()
+            .map(|(_, _, e)| first.map_or(0.0, |f| secs(f, *e)))
+            .collect();
+        let span = ends.iter().fold(0f64, |a, b| a.max(*b));
+        Outcome {
+            completions: run.finished.len(),
+            expected: run.started,
+            errors: run.errors,
+            failed: run.finished.iter().filter(|(ok, _, _)| !ok).count(),
+            per_s: if span > 0.0 {
+                run.finished.len() as f64 / span
+            } else {
+                0.0
+            },
+            triggers_per_s: 0.0,
+            latency_ms: Percentiles::of(&latencies),
+            start_latency_ms: None,
+            histogram: histogram(&latencies),
+            hops: Vec::new(),
+            throughput_per_s: per_second(&ends),
+            open_loop: false,
+            timed_out: run.timed_out,
+            stored_executions: None,
+        }
+    }
+
     /// From an API-list run.
     pub fn of_api_list(run: &ApiListRun) -> Outcome {
         let latencies: Vec<f64> = run.latencies.iter().map(|(_, l)| *l).collect();
@@ -296,10 +335,10 @@ impl Report {
     /// The one-line summary printed at the end of a run.
     pub fn summary(&self) -> String {
         let o = &self.outcome;
-        let unit = if o.start_latency_ms.is_some() {
-            "executions"
-        } else {
-            "requests"
+        let unit = match self.load.get("kind").and_then(|k| k.as_str()) {
+            Some("api_list") => "requests",
+            Some("workflow") => "workflows",
+            _ => "executions",
         };
         let mut line = format!(
             "scenario={} {unit}={} expected={} errors={} failed={} {unit}_per_s={:.0} p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} max_ms={:.1}",

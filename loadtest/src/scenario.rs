@@ -30,6 +30,21 @@ fn default_timeout() -> u64 {
 pub enum Load {
     Webhook(WebhookLoad),
     ApiList(ApiListLoad),
+    Workflow(WorkflowLoad),
+}
+
+/// Runs of a workflow action through `POST /api/v1/executions`; latency
+/// is each workflow execution's own (requested → finished).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowLoad {
+    /// The workflow action (`pack.name`).
+    pub action: String,
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    pub count: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
 }
 
 /// Webhooks fired at a node; executions counted from its records.
@@ -141,6 +156,12 @@ impl Scenario {
                     _ => Ok(()),
                 }
             }
+            Load::Workflow(w) => {
+                if w.count == 0 || w.concurrency == 0 {
+                    return Err("load.workflow: count and concurrency must be at least 1".into());
+                }
+                Ok(())
+            }
             Load::ApiList(a) => {
                 if a.concurrency == 0 || a.duration_s == 0 {
                     return Err(
@@ -177,7 +198,7 @@ mod tests {
     #[test]
     fn every_shipped_scenario_parses() {
         let names = shipped();
-        assert!(names.len() >= 5, "{names:?}");
+        assert!(names.len() >= 8, "{names:?}");
         for name in names {
             Scenario::load(&name).unwrap_or_else(|e| panic!("{e}"));
         }

@@ -131,3 +131,33 @@ async fn api_list_measures_requests_over_seeded_history() -> Result<()> {
     assert!(report.summary().contains("requests_per_s="));
     Ok(())
 }
+
+#[tokio::test]
+async fn workflow_runs_are_timed_from_their_own_records() -> Result<()> {
+    let node = TestNode::start(vec![repo_root().join("loadtest/packs")]).await?;
+    let target = target(&node).await?;
+    let mut scenario = Scenario::load("workflow-3step")?;
+    if let Load::Workflow(w) = &mut scenario.load {
+        w.count = 6;
+        w.concurrency = 3;
+    }
+    let report = squall_loadtest::run(&target, &scenario, &RunOptions::default()).await?;
+    let o = &report.outcome;
+    assert_eq!(
+        (o.completions, o.expected, o.errors, o.failed),
+        (6, 6, 0, 0),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report
+            .summary()
+            .starts_with("scenario=workflow-3step workflows=6"),
+        "{}",
+        report.summary()
+    );
+    // Each workflow ran its three tasks.
+    let (_, tasks) = node.get("executions?action=core.noop&limit=-1").await?;
+    assert_eq!(tasks.as_array().map(Vec::len), Some(18));
+    Ok(())
+}
