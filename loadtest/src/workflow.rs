@@ -12,13 +12,16 @@ use crate::scenario::WorkflowLoad;
 use crate::target::Target;
 use crate::LoadError;
 
+/// One finished workflow: succeeded, requested at, finished at.
+pub type Finished = (bool, DateTime<Utc>, DateTime<Utc>);
+
 /// What a workflow run produced.
 #[derive(Debug, Clone)]
 pub struct WorkflowRun {
     pub started: usize,
     pub errors: usize,
     /// `(succeeded, requested, finished)` of each finished workflow.
-    pub finished: Vec<(bool, DateTime<Utc>, DateTime<Utc>)>,
+    pub finished: Vec<Finished>,
     pub timed_out: bool,
 }
 
@@ -38,55 +41,52 @@ pub async fn run(
     let body = json!({"action": load.action, "parameters": load.parameters});
     // Each worker starts a workflow and waits for its end before the next,
     // so at most `concurrency` run at once.
-    let outcomes: Vec<Result<Option<(bool, DateTime<Utc>, DateTime<Utc>)>, LoadError>> =
-        stream::iter(0..load.count)
-            .map(|_| {
-                let body = body.clone();
-                async move {
-                    let r = target
-                        .http
-                        .post(target.api("executions"))
-                        .json(&body)
-                        .send()
-                        .await?;
-                    if r.status().as_u16() != 201 {
-                        return Ok(None);
-                    }
-                    let created: Value = r.json().await?;
-                    let id = created["id"].as_str().unwrap_or_default().to_string();
-                    let mut pause = Duration::from_millis(5);
-                    loop {
-                        let e: Value = target
-                            .http
-                            .get(target.api(&format!("executions/{id}")))
-                            .send()
-                            .await?
-                            .json()
-                            .await?;
-                        if matches!(
-                            e["status"].as_str(),
-                            Some("succeeded" | "failed" | "canceled" | "timeout" | "abandoned")
-                        ) {
-                            let (Some(start), Some(end)) =
-                                (ts(&e["start_timestamp"]), ts(&e["end_timestamp"]))
-                            else {
-                                return Ok(None);
-                            };
-                            return Ok(Some((e["status"] == "succeeded", start, end)));
-                        }
-                        if Instant::now() > deadline {
-                            return Err(LoadError::Timeout(format!(
-                                "workflow {id} did not finish"
-                            )));
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(200));
-                    }
+    let outcomes: Vec<Result<Option<Finished>, LoadError>> = stream::iter(0..load.count)
+        .map(|_| {
+            let body = body.clone();
+            async move {
+                let r = target
+                    .http
+                    .post(target.api("executions"))
+                    .json(&body)
+                    .send()
+                    .await?;
+                if r.status().as_u16() != 201 {
+                    return Ok(None);
                 }
-            })
-            .buffer_unordered(load.concurrency)
-            .collect()
-            .await;
+                let created: Value = r.json().await?;
+                let id = created["id"].as_str().unwrap_or_default().to_string();
+                let mut pause = Duration::from_millis(5);
+                loop {
+                    let e: Value = target
+                        .http
+                        .get(target.api(&format!("executions/{id}")))
+                        .send()
+                        .await?
+                        .json()
+                        .await?;
+                    if matches!(
+                        e["status"].as_str(),
+                        Some("succeeded" | "failed" | "canceled" | "timeout" | "abandoned")
+                    ) {
+                        let (Some(start), Some(end)) =
+                            (ts(&e["start_timestamp"]), ts(&e["end_timestamp"]))
+                        else {
+                            return Ok(None);
+                        };
+                        return Ok(Some((e["status"] == "succeeded", start, end)));
+                    }
+                    if Instant::now() > deadline {
+                        return Err(LoadError::Timeout(format!("workflow {id} did not finish")));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+            }
+        })
+        .buffer_unordered(load.concurrency)
+        .collect()
+        .await;
     let mut run = WorkflowRun {
         started: load.count,
         errors: 0,
