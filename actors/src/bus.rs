@@ -105,6 +105,18 @@ pub fn execution_subject(pool: &str) -> String {
 /// The streams, as created on a cluster with `replicas` JetStream servers
 /// per stream.
 pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
+    // A message is removed once acknowledged; repeats within the window
+    // are dropped by their `Nats-Msg-Id`.
+    let work_queue = |name: &str, description: &str, subjects: &str| stream::Config {
+        name: name.into(),
+        description: Some(description.into()),
+        subjects: vec![subjects.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        duplicate_window: DUPLICATE_WINDOW,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
     vec![
         stream::Config {
             name: TRIGGERS_STREAM.into(),
@@ -118,26 +130,16 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
             allow_direct: true,
             ..Default::default()
         },
-        stream::Config {
-            name: EXECUTIONS_STREAM.into(),
-            description: Some("Execution requests, pulled by runner pools.".into()),
-            subjects: vec!["squall.exec.>".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            duplicate_window: DUPLICATE_WINDOW,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        },
-        stream::Config {
-            name: WORKFLOWS_STREAM.into(),
-            description: Some("Workflow events (start, task done), by partition.".into()),
-            subjects: vec!["squall.wf.>".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            duplicate_window: DUPLICATE_WINDOW,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        },
+        work_queue(
+            EXECUTIONS_STREAM,
+            "Execution requests, pulled by runner pools.",
+            "squall.exec.>",
+        ),
+        work_queue(
+            WORKFLOWS_STREAM,
+            "Workflow events (start, task done, cancel), by partition.",
+            "squall.wf.>",
+        ),
         stream::Config {
             name: OUTPUT_STREAM.into(),
             description: Some("Executions' stdout/stderr chunks, by execution id.".into()),

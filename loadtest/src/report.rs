@@ -224,50 +224,40 @@ impl Outcome {
         let secs = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
             (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6
         };
-        let latencies: Vec<f64> = run
+        let timed: Vec<(f64, f64)> = run
             .finished
             .iter()
-            .map(|(_, s, e)| secs(*s, *e) * 1e3)
+            .map(|(_, s, e)| (first.map_or(0.0, |f| secs(f, *e)), secs(*s, *e) * 1e3))
             .collect();
-        let ends: Vec<f64> = run
-            .finished
-            .iter()
-            .map(|(_, _, e)| first.map_or(0.0, |f| secs(f, *e)))
-            .collect();
-        let span = ends.iter().fold(0f64, |a, b| a.max(*b));
+        let span = timed.iter().fold(0f64, |a, (t, _)| a.max(*t));
         Outcome {
-            completions: run.finished.len(),
             expected: run.started,
-            errors: run.errors,
             failed: run.finished.iter().filter(|(ok, _, _)| !ok).count(),
-            per_s: if span > 0.0 {
-                run.finished.len() as f64 / span
-            } else {
-                0.0
-            },
-            triggers_per_s: 0.0,
-            latency_ms: Percentiles::of(&latencies),
-            start_latency_ms: None,
-            histogram: histogram(&latencies),
-            hops: Vec::new(),
-            throughput_per_s: per_second(&ends),
-            open_loop: false,
             timed_out: run.timed_out,
-            stored_executions: None,
+            ..Outcome::timed(&timed, run.errors, span)
         }
     }
 
     /// From an API-list run.
     pub fn of_api_list(run: &ApiListRun) -> Outcome {
-        let latencies: Vec<f64> = run.latencies.iter().map(|(_, l)| *l).collect();
-        let ends: Vec<f64> = run.latencies.iter().map(|(t, _)| *t).collect();
+        Outcome {
+            stored_executions: Some(run.stored),
+            ..Outcome::timed(&run.latencies, run.errors, run.secs)
+        }
+    }
+
+    /// From `(finished at s, latency ms)` pairs over `secs`: completions,
+    /// rate, percentiles, histogram and throughput.
+    fn timed(timed: &[(f64, f64)], errors: usize, secs: f64) -> Outcome {
+        let latencies: Vec<f64> = timed.iter().map(|(_, l)| *l).collect();
+        let ends: Vec<f64> = timed.iter().map(|(t, _)| *t).collect();
         Outcome {
             completions: latencies.len(),
-            expected: latencies.len() + run.errors,
-            errors: run.errors,
+            expected: latencies.len() + errors,
+            errors,
             failed: 0,
-            per_s: if run.secs > 0.0 {
-                latencies.len() as f64 / run.secs
+            per_s: if secs > 0.0 {
+                latencies.len() as f64 / secs
             } else {
                 0.0
             },
@@ -279,7 +269,7 @@ impl Outcome {
             throughput_per_s: per_second(&ends),
             open_loop: false,
             timed_out: false,
-            stored_executions: Some(run.stored),
+            stored_executions: None,
         }
     }
 }
