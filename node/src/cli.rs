@@ -432,9 +432,17 @@ fn is_completed(status: &str) -> bool {
 }
 
 /// `squall execution get`.
+/// For a workflow, its task tree follows, as StackStorm's CLI shows it.
 pub async fn execution_get(client: &Client, id: &str, as_json: bool) -> Result<(), CliError> {
     let (exec, _) = client.get(&format!("executions/{id}")).await?;
     print_execution(&exec, as_json);
+    if !as_json && exec["runner"]["name"] == "orquesta" {
+        let (children, _) = client.get(&format!("executions/{id}/children")).await?;
+        if children.as_array().is_some_and(|c| !c.is_empty()) {
+            println!("+ tasks:");
+            print_executions(&children, Some(id));
+        }
+    }
     Ok(())
 }
 
@@ -544,27 +552,32 @@ fn print_executions(list: &Value, root: Option<&str>) -> usize {
             } else {
                 String::new()
             };
-            vec![
+            let mut row = vec![
                 format!("{indent}{}", field(e, "/id")),
                 field(e, "/action/ref"),
                 field(e, "/context/user"),
                 status_with_elapsed(e),
                 field(e, "/start_timestamp"),
                 field(e, "/end_timestamp"),
-            ]
+            ];
+            if root.is_some() {
+                row.insert(1, field(e, "/context/orquesta/task_name"));
+            }
+            row
         })
         .collect();
-    print_table(
-        &[
-            "id",
-            "action.ref",
-            "context.user",
-            "status",
-            "start_timestamp",
-            "end_timestamp",
-        ],
-        &rows,
-    );
+    let mut headers = vec![
+        "id",
+        "action.ref",
+        "context.user",
+        "status",
+        "start_timestamp",
+        "end_timestamp",
+    ];
+    if root.is_some() {
+        headers.insert(1, "task");
+    }
+    print_table(&headers, &rows);
     rows.len()
 }
 

@@ -320,6 +320,18 @@ async fn squall_up_serves_the_examples_and_stops_on_sigterm() -> Result<()> {
         let asks = json_of(&["execution", "list", "--action", "core.ask", "--parent", "null"])?;
         assert_eq!(asks.as_array().map(Vec::len), Some(1), "{asks}");
 
+        // A workflow, then its task tree under `execution get`.
+        let flow = json_of(&["run", "examples.orquesta-sequential", "name=cli"])?;
+        assert_eq!(flow["status"], "succeeded", "{flow}");
+        let flow_id = flow["id"].as_str().unwrap_or_default().to_string();
+        poll(Duration::from_secs(10), || async {
+            let shown = cli(&["execution", "get", &flow_id])?;
+            let text = String::from_utf8_lossy(&shown.stdout).to_string();
+            Ok((text.contains("+ tasks:") && ["task1", "task2", "task3"].iter().all(|t| text.contains(t)))
+                .then_some(()))
+        })
+        .await?;
+
         // A settings file instead of flags: URL and API key.
         let settings = config_home.path().join("settings.yaml");
         std::fs::write(
