@@ -272,21 +272,25 @@ async fn load(bus: &Bus, id: &str) -> Result<Option<(WorkflowRecord, u64)>, Engi
     }
 }
 
-/// Stores `record` over `revision` (0: create); false when someone else
-/// wrote first.
-async fn store(bus: &Bus, record: &WorkflowRecord, revision: u64) -> Result<bool, EngineError> {
+/// Stores `record` over `revision` (0: create); its new revision, or
+/// `None` when someone else wrote first.
+async fn store(
+    bus: &Bus,
+    record: &WorkflowRecord,
+    revision: u64,
+) -> Result<Option<u64>, EngineError> {
     use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
     let bytes = to_bytes(record)?;
     if revision == 0 {
         return match bus.workflows.create(&record.id, bytes).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(bus_err("store workflow", e)),
         };
     }
     match bus.workflows.update(&record.id, bytes, revision).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
         Err(e) => Err(bus_err("store workflow", e)),
     }
 }
@@ -306,7 +310,7 @@ fn spec_of(definition: &str) -> Result<WorkflowSpec, Vec<Value>> {
 async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(), EngineError> {
     let id = &event.workflow_id;
     for _ in 0..10 {
-        let (mut record, revision) = match (load(&ctx.bus, id).await?, &event.event) {
+        let (mut record, mut revision) = match (load(&ctx.bus, id).await?, &event.event) {
             (Some(found), _) => found,
             (None, FlowEvent::Start { definition, input }) => {
                 let Some((execution, _)) = ctx.bus.execution(id).await? else {
@@ -334,10 +338,9 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
                     state,
                     outbox,
                 };
-                if !store(&ctx.bus, &record, 0).await? {
+                let Some(revision) = store(&ctx.bus, &record, 0).await? else {
                     continue;
-                }
-                let revision = load(&ctx.bus, id).await?.map_or(0, |(_, r)| r);
+                };
                 (record, revision)
             }
             (None, FlowEvent::Cancel) => {
@@ -357,8 +360,9 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
             let commands = conductor::cancel(&spec, &mut record.state);
             if !commands.is_empty() {
                 record.outbox.extend(commands);
-                if !store(&ctx.bus, &record, revision).await? {
-                    continue;
+                match store(&ctx.bus, &record, revision).await? {
+                    Some(r) => revision = r,
+                    None => continue,
                 }
             }
         }
@@ -381,12 +385,13 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
             // result alone is progress.
             if record.state != before || !commands.is_empty() {
                 record.outbox.extend(commands);
-                if !store(&ctx.bus, &record, revision).await? {
-                    continue;
+                match store(&ctx.bus, &record, revision).await? {
+                    Some(r) => revision = r,
+                    None => continue,
                 }
             }
         }
-        return carry_out(ctx, &spec, record).await;
+        return carry_out(ctx, &spec, record, revision).await;
     }
     Err(bus_err("update workflow", "too many concurrent changes"))
 }
@@ -418,6 +423,7 @@ async fn carry_out(
     ctx: &WorkflowContext,
     spec: &WorkflowSpec,
     mut record: WorkflowRecord,
+    revision: u64,
 ) -> Result<(), EngineError> {
     if record.outbox.is_empty() {
         return Ok(());
@@ -462,11 +468,16 @@ async fn carry_out(
         i += 1;
     }
     record.outbox.clear();
+    // Usually nobody wrote since this event's own write; otherwise the
+    // latest revision is read (this partition is the record's only writer).
+    if store(&ctx.bus, &record, revision).await?.is_some() {
+        return Ok(());
+    }
     for _ in 0..10 {
-        let Some((_, revision)) = load(&ctx.bus, &record.id).await? else {
+        let Some((_, latest)) = load(&ctx.bus, &record.id).await? else {
             return Ok(());
         };
-        if store(&ctx.bus, &record, revision).await? {
+        if store(&ctx.bus, &record, latest).await?.is_some() {
             return Ok(());
         }
     }
