@@ -115,11 +115,11 @@ pub async fn publish(
 /// When `record` is a workflow's task run that has ended, tells the
 /// workflow (idempotent: the message id is the execution's).
 pub async fn notify_parent(bus: &Bus, record: &ExecutionRecord) -> Result<(), EngineError> {
-    let orquesta = &record.context.get("orquesta").cloned().unwrap_or_default();
-    let (Some(workflow_id), Some(run_id)) = (
-        orquesta["workflow_execution_id"].as_str(),
-        orquesta["task_id"].as_str(),
-    ) else {
+    // Every final write passes here: read, do not copy, the context.
+    let orquesta = record.context.get("orquesta");
+    let field = |name: &str| orquesta.and_then(|o| o.get(name)).and_then(Value::as_str);
+    let (Some(workflow_id), Some(run_id)) = (field("workflow_execution_id"), field("task_id"))
+    else {
         return Ok(());
     };
     if !record.status.is_completed() {

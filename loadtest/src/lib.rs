@@ -20,6 +20,13 @@ pub mod target;
 pub mod webhook;
 pub mod workflow;
 
+/// A timestamp as Squall's records write it (RFC 3339).
+pub(crate) fn timestamp(v: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 /// Everything that can stop a run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

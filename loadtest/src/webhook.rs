@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::scenario::{GeneratedRules, WebhookLoad};
 use crate::target::Target;
-use crate::LoadError;
+use crate::{timestamp as ts, LoadError};
 
 /// How long the wait goes on with no execution finishing.
 const STALL: Duration = Duration::from_secs(30);
@@ -267,12 +267,6 @@ async fn send(
             out
         }
     }
-}
-
-fn ts(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn is_completed(e: &Value) -> bool {

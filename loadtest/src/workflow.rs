@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::scenario::WorkflowLoad;
 use crate::target::Target;
-use crate::LoadError;
+use crate::{timestamp as ts, LoadError};
 
 /// One finished workflow: succeeded, requested at, finished at.
 pub type Finished = (bool, DateTime<Utc>, DateTime<Utc>);
@@ -23,12 +23,6 @@ pub struct WorkflowRun {
     /// `(succeeded, requested, finished)` of each finished workflow.
     pub finished: Vec<Finished>,
     pub timed_out: bool,
-}
-
-fn ts(v: &Value) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.as_str()?)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Runs `load` against `target`.
