@@ -243,6 +243,26 @@ impl Renderer {
         }
     }
 
+    /// Applies filter `name` to `args[0]` with the other `args` as its
+    /// arguments: Orquesta offers StackStorm's filters (see
+    /// [`ORQUESTA_FUNCTIONS`]) as functions too, in YAQL and in Jinja
+    /// (`from_json_string(x)` is `x | from_json_string`). The result is
+    /// kept as it is (`use_none` gives its marker string, as in Orquesta).
+    pub fn call_filter(&self, name: &str, args: &[Json]) -> Result<Json, String> {
+        let names: Vec<String> = (0..args.len()).map(|i| format!("a{i}")).collect();
+        let expr = match names.split_first() {
+            Some((first, rest)) => format!("{first} | {name}({})", rest.join(", ")),
+            None => return Err(format!("{name}() needs a value")),
+        };
+        let vars: BTreeMap<&str, &Json> = names.iter().map(String::as_str).zip(args).collect();
+        let value = self
+            .env
+            .compile_expression(&expr)
+            .and_then(|e| e.eval(Value::from_serialize(&vars)))
+            .map_err(|e| format!("{name}(): {e}"))?;
+        to_json(&value).map_err(|e| format!("{name}(): {e}"))
+    }
+
     /// Checks that `template` parses.
     pub fn check_syntax(&self, template: &str) -> Result<(), TemplateError> {
         self.env
@@ -312,6 +332,34 @@ impl Renderer {
         })
     }
 }
+
+/// StackStorm's filters that Orquesta workflows also call as functions.
+pub const ORQUESTA_FUNCTIONS: &[&str] = &[
+    "from_json_string",
+    "from_yaml_string",
+    "to_json_string",
+    "to_yaml_string",
+    "json_escape",
+    "jsonpath_query",
+    "to_complex",
+    "use_none",
+    "regex_match",
+    "regex_replace",
+    "regex_search",
+    "regex_substring",
+    "to_human_time_from_seconds",
+    "version_compare",
+    "version_more_than",
+    "version_less_than",
+    "version_equal",
+    "version_match",
+    "version_bump_major",
+    "version_bump_minor",
+    "version_bump_patch",
+    "version_strip_patch",
+    "basename",
+    "dirname",
+];
 
 /// Whether `text` holds Jinja markup (`{{`, `{%` or `{#`).
 pub fn is_template(text: &str) -> bool {

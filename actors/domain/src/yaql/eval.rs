@@ -690,6 +690,16 @@ fn builtin(name: &str, a: &[Value], default: Option<Value>) -> Result<Value, Str
         "to_json_string" | "json_dump" => {
             Value::String(arg(0).map(Value::to_string).unwrap_or_default())
         }
+        // YAQL's `random()` (a float in [0, 1)) and `random(from, to)`
+        // (an integer, both ends included).
+        "random" => match (arg(0), arg(1)) {
+            (None, None) => Value::from(rand::random::<f64>()),
+            (Some(lo), Some(hi)) => match (lo.as_i64(), hi.as_i64()) {
+                (Some(lo), Some(hi)) if lo <= hi => Value::from(rand::random_range(lo..=hi)),
+                _ => return Err("random(from, to) takes two integers, from <= to".into()),
+            },
+            _ => return Err("random() takes no arguments or two".into()),
+        },
         "zip" => {
             let lists: Vec<&Vec<Value>> = a
                 .iter()
