@@ -299,9 +299,18 @@ fn spec_of(definition: &str) -> Result<WorkflowSpec, Vec<Value>> {
     let (spec, issues) = orquesta::inspect(definition);
     match spec {
         Some(spec) if issues.is_empty() => Ok(spec),
+        // Orquesta's inspection errors: type, message, spec_path, and the
+        // expression with its language.
         _ => Err(issues
             .into_iter()
-            .map(|i| json!({"type": "error", "message": format!("{} ({}{})", i.message, i.spec_path, i.line.map(|l| format!(", line {l}")).unwrap_or_default())}))
+            .map(|i| {
+                let mut e = json!({"type": i.kind, "message": i.message, "spec_path": i.spec_path});
+                if let Some(x) = i.expression {
+                    e["language"] = json!(if x.contains("<%") { "yaql" } else { "jinja" });
+                    e["expression"] = json!(x);
+                }
+                e
+            })
             .collect()),
     }
 }
@@ -324,7 +333,7 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
                             &ctx.bus,
                             id,
                             FlowStatus::Failed,
-                            json!({"errors": errors, "output": {}}),
+                            json!({"errors": errors, "output": null}),
                         )
                         .await;
                     }
@@ -345,7 +354,7 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
             }
             (None, FlowEvent::Cancel) => {
                 // Canceled before it started: nothing ran.
-                return finish_execution(&ctx.bus, id, FlowStatus::Canceled, json!({"output": {}}))
+                return finish_execution(&ctx.bus, id, FlowStatus::Canceled, json!({"output": null}))
                     .await;
             }
             (None, FlowEvent::TaskDone { .. }) => {
