@@ -90,6 +90,23 @@ pub struct FlowState {
     /// Runs per task name so far, for run ids.
     #[serde(default)]
     pub counts: BTreeMap<String, u32>,
+    /// How many entries of `errors` are failed runs that a transition or a
+    /// retry took on. Orquesta logs every failed run; these fail nothing,
+    /// and the log is shown only if something else fails the workflow.
+    #[serde(default)]
+    pub remediated: usize,
+    /// Runs started next to a `fail` command: they run although the
+    /// workflow is failing (Orquesta's `run_on_fail`), so a task can
+    /// remediate and fail in one transition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_on_fail: Vec<String>,
+}
+
+impl FlowState {
+    /// Whether an error fails the workflow: nothing new starts.
+    pub fn failing(&self) -> bool {
+        self.errors.len() > self.remediated
+    }
 }
 
 /// Something the engine must do.
@@ -115,9 +132,31 @@ pub enum Command {
 /// How many times `retry` (the engine command) re-runs a task.
 const ENGINE_RETRIES: u32 = 3;
 
+static RENDERER: std::sync::LazyLock<crate::template::Renderer> =
+    std::sync::LazyLock::new(crate::template::Renderer::new);
+
+/// The StackStorm filter a workflow function name calls, if it is one
+/// (Orquesta's `json_parse`, `json_dump`, `yaml_parse` and `yaml_dump`
+/// are other names for the JSON and YAML ones).
+fn filter_function(name: &str) -> Option<&'static str> {
+    let alias = match name {
+        "json_parse" => "from_json_string",
+        "json_dump" => "to_json_string",
+        "yaml_parse" => "from_yaml_string",
+        "yaml_dump" => "to_yaml_string",
+        other => other,
+    };
+    crate::template::ORQUESTA_FUNCTIONS
+        .iter()
+        .copied()
+        .find(|f| *f == alias)
+}
+
 /// Functions Orquesta adds to expressions, for one evaluation.
 struct Scope<'a> {
     state: &'a FlowState,
+    /// The task being run or routed, for `task()` without a name.
+    task: Option<&'a str>,
     /// The current task run's status and result, inside `next`.
     current: Option<(&'a TaskStatus, &'a Value)>,
     /// The current item, in a `with` task's input.
@@ -162,6 +201,20 @@ impl Host for Scope<'_> {
                 status,
                 Some(TaskStatus::Succeeded | TaskStatus::Failed)
             )),
+            "task" => {
+                let name = match (args.first(), self.task) {
+                    (Some(Value::String(name)), _) => name.as_str(),
+                    (None, Some(current)) => current,
+                    (None, None) => return Some(Err("task() needs a task name here".into())),
+                    (Some(other), _) => {
+                        return Some(Err(format!("task() takes a task name, not {other}")))
+                    }
+                };
+                match task_record(self.state, name) {
+                    Some(record) => record,
+                    None => return Some(Err(no_task_execution(name))),
+                }
+            }
             "task_status" => {
                 let task = args.first().and_then(Value::as_str).unwrap_or_default();
                 self.state
@@ -171,9 +224,44 @@ impl Host for Scope<'_> {
                     .find(|r| r.task == task)
                     .map_or(json!("null"), |r| json!(r.status))
             }
-            _ => return None,
+            other => return filter_function(other).map(|f| RENDERER.call_filter(f, args)),
         }))
     }
+}
+
+/// What `task(name)` gives, as st2's Orquesta runner builds it from the
+/// task's latest run: a `with` task's result is `{"items": [{status,
+/// result}, ...]}`.
+fn task_record(state: &FlowState, name: &str) -> Option<Value> {
+    let run = state.runs.iter().rev().find(|r| r.task == name)?;
+    let result = match &run.items {
+        Some(items) => json!({"items": items.results.iter().map(|r| match r {
+            Some((ok, result)) => json!({
+                "status": if *ok { "succeeded" } else { "failed" },
+                "result": result,
+            }),
+            None => Value::Null,
+        }).collect::<Vec<_>>()}),
+        None => run.result.clone(),
+    };
+    let workflow = state
+        .ctx
+        .get("st2")
+        .and_then(|st2| st2.get("action_execution_id"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    Some(json!({
+        "workflow_execution_id": workflow,
+        "task_name": name,
+        "task_id": name,
+        "route": 0,
+        "result": result,
+        "status": run.status,
+    }))
+}
+
+fn no_task_execution(name: &str) -> String {
+    format!("Unable to find task execution for \"{name}\".")
 }
 
 /// Evaluates the expressions in `v`: YAQL (`<% %>`) or Jinja (`{{ }}`),
@@ -210,8 +298,6 @@ fn render(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
 fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
     use minijinja::value::Value as J;
     use minijinja::{Error, ErrorKind};
-    static RENDERER: std::sync::LazyLock<crate::template::Renderer> =
-        std::sync::LazyLock::new(crate::template::Renderer::new);
     let visible: Map<String, Value> = scope
         .state
         .ctx
@@ -284,6 +370,50 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
             ))
         }),
     );
+    // Built only when asked for: a `with` task's record holds every item.
+    let mut records: BTreeMap<String, Value> = BTreeMap::new();
+    if v.as_str().is_some_and(|s| s.contains("task(")) {
+        for run in &scope.state.runs {
+            if !records.contains_key(&run.task) {
+                if let Some(record) = task_record(scope.state, &run.task) {
+                    records.insert(run.task.clone(), record);
+                }
+            }
+        }
+    }
+    let current = scope.task.map(str::to_string);
+    extra.insert(
+        "task".into(),
+        J::from_function(move |name: Option<String>| -> Result<J, Error> {
+            let name = name.or_else(|| current.clone()).unwrap_or_default();
+            records
+                .get(&name)
+                .map(J::from_serialize)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, no_task_execution(&name)))
+        }),
+    );
+    for name in ["json_parse", "json_dump", "yaml_parse", "yaml_dump"]
+        .into_iter()
+        .chain(crate::template::ORQUESTA_FUNCTIONS.iter().copied())
+    {
+        let Some(filter) = filter_function(name) else {
+            continue;
+        };
+        extra.insert(
+            name.into(),
+            J::from_function(move |args: minijinja::value::Rest<J>| -> Result<J, Error> {
+                let args: Vec<Value> = args
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+                RENDERER
+                    .call_filter(filter, &args)
+                    .map(|v| J::from_serialize(&v))
+                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
+            }),
+        );
+    }
     extra.insert(
         "task_status".into(),
         J::from_function(move |task: String| {
@@ -325,6 +455,8 @@ pub fn start(
         joins: BTreeMap::new(),
         errors: Vec::new(),
         counts: BTreeMap::new(),
+        remediated: 0,
+        run_on_fail: Vec::new(),
     };
     let mut commands = Vec::new();
     for (name, default) in &spec.input {
@@ -334,6 +466,7 @@ pub fn start(
                 d,
                 &Scope {
                     state: &state,
+                    task: None,
                     current: None,
                     item: None,
                 },
@@ -352,6 +485,7 @@ pub fn start(
             v,
             &Scope {
                 state: &state,
+                task: None,
                 current: None,
                 item: None,
             },
@@ -362,7 +496,7 @@ pub fn start(
             Err(e) => state.errors.push(expression_error(e, None)),
         }
     }
-    if state.errors.is_empty() {
+    if !state.failing() {
         let targets: Vec<&String> = spec
             .tasks
             .values()
@@ -413,6 +547,7 @@ fn items_of(def: &TaskSpec, state: &FlowState) -> Result<Option<Items>, String> 
     };
     let scope = Scope {
         state,
+        task: None,
         current: None,
         item: None,
     };
@@ -473,6 +608,7 @@ fn schedule(
             def,
             &Scope {
                 state,
+                task: Some(task),
                 current: None,
                 item: None,
             },
@@ -571,6 +707,7 @@ fn start_items(
             def,
             &Scope {
                 state,
+                task: Some(&task),
                 current: None,
                 item: Some(&value),
             },
@@ -736,10 +873,20 @@ fn finish_run(
     state.runs[i].result = result.clone();
     let (task, attempt) = (state.runs[i].task.clone(), state.runs[i].attempt);
     let def: TaskSpec = spec.tasks.get(&task).cloned().unwrap_or_default();
+    let failed = status == TaskStatus::Failed;
+    if failed {
+        state.errors.push(json!({
+            "type": "error",
+            "message": "Execution failed. See result for details.",
+            "task_id": task,
+            "result": result,
+        }));
+    }
     // `retry`: run the same task again while `when` holds.
     if let Some(retry) = &def.retry {
         let scope = Scope {
             state,
+            task: Some(&task),
             current: Some((&status, &result)),
             item: None,
         };
@@ -750,6 +897,7 @@ fn finish_run(
         let count = render(&retry.count, &scope).map(|c| c.as_u64().unwrap_or(0) as u32);
         match (wanted, count) {
             (Ok(true), Ok(count)) if attempt < count => {
+                state.remediated += usize::from(failed);
                 schedule_retry(
                     spec,
                     state,
@@ -764,10 +912,13 @@ fn finish_run(
             _ => {}
         }
     }
-    let mut remediated = status == TaskStatus::Succeeded;
+    let mut remediated = !failed;
+    let mut manual_fail = false;
+    let first_new = commands.len();
     for (route, t) in def.next.iter().enumerate() {
         let scope = Scope {
             state,
+            task: Some(&task),
             current: Some((&status, &result)),
             item: None,
         };
@@ -786,6 +937,7 @@ fn finish_run(
         for (name, v) in &t.publish {
             let scope = Scope {
                 state,
+                task: Some(&task),
                 current: Some((&status, &result)),
                 item: None,
             };
@@ -802,14 +954,10 @@ fn finish_run(
                 "continue" => {}
                 "fail" => {
                     remediated = true;
-                    state.errors.push(json!({
-                        "type": "error",
-                        "message": format!("Execution failed: task {task} ran the fail command."),
-                        "task_id": task,
-                        "route": route,
-                    }));
+                    manual_fail = true;
                 }
                 "retry" if attempt < ENGINE_RETRIES => {
+                    state.remediated += usize::from(failed);
                     schedule_retry(spec, state, &task, attempt + 1, None, commands);
                     return;
                 }
@@ -821,13 +969,21 @@ fn finish_run(
             }
         }
     }
-    if !remediated {
+    if failed && remediated {
+        state.remediated += 1;
+    }
+    if manual_fail {
+        // Orquesta logs the command as a failed task named `fail`.
         state.errors.push(json!({
             "type": "error",
             "message": "Execution failed. See result for details.",
-            "task_id": task,
-            "result": result,
+            "task_id": "fail",
         }));
+        for c in &commands[first_new..] {
+            if let Command::Run { run_id, .. } = c {
+                state.run_on_fail.push(run_id.clone());
+            }
+        }
     }
 }
 
@@ -881,7 +1037,7 @@ fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command
             state.status = FlowStatus::Canceled;
             commands.push(Command::Finish {
                 status: FlowStatus::Canceled,
-                result: json!({"output": {}}),
+                result: json!({"output": null}),
             });
         }
         return;
@@ -889,15 +1045,17 @@ fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command
     if state.status != FlowStatus::Running {
         return;
     }
-    if !state.errors.is_empty() {
+    if state.failing() {
         let dropped: Vec<String> = commands
             .iter()
             .filter_map(|c| match c {
-                Command::Run { run_id, .. } => Some(run_id.clone()),
+                Command::Run { run_id, .. } if !state.run_on_fail.contains(run_id) => {
+                    Some(run_id.clone())
+                }
                 _ => None,
             })
             .collect();
-        commands.retain(|c| !matches!(c, Command::Run { .. }));
+        commands.retain(|c| !matches!(c, Command::Run { run_id, .. } if dropped.contains(run_id)));
         for id in &dropped {
             // An item that will not start after all.
             if let Some((run, _)) = item_of(state, id) {
@@ -919,25 +1077,33 @@ fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command
     if state.runs.iter().any(|r| r.status == TaskStatus::Running) {
         return;
     }
+    // Each output sees the ones before it (Orquesta renders them in order
+    // into a rolling context), and no output at all is `null`.
     let mut output = Map::new();
-    let mut output_errors = Vec::new();
+    let mut rolling = state.clone();
     for (name, v) in &spec.output {
         match render(
             v,
             &Scope {
-                state,
+                state: &rolling,
+                task: None,
                 current: None,
                 item: None,
             },
         ) {
             Ok(v) => {
+                rolling.ctx.insert(name.clone(), v.clone());
                 output.insert(name.clone(), v);
             }
-            Err(e) => output_errors.push(expression_error(e, None)),
+            Err(e) => state.errors.push(expression_error(e, None)),
         }
     }
-    state.errors.extend(output_errors);
-    let (status, result) = if state.errors.is_empty() {
+    let output = if output.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(output)
+    };
+    let (status, result) = if !state.failing() {
         (FlowStatus::Succeeded, json!({"output": output}))
     } else {
         (

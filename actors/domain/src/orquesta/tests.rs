@@ -259,16 +259,22 @@ mod conducting {
                 (true, json!({}))
             }
         });
-        // `fail` fails the workflow; cleanup (scheduled in the same step)
-        // does not start.
-        assert_eq!(ran, vec!["check"]);
+        // `fail` fails the workflow; cleanup, named next to it, still runs
+        // (Orquesta's `run_on_fail`). Orquesta logs the failed run, then
+        // the command as a failed task named `fail`.
+        assert_eq!(ran, vec!["check", "cleanup"]);
         let Command::Finish { status, result } = done else {
             panic!()
         };
         assert_eq!(status, FlowStatus::Failed);
         assert_eq!(result["output"], json!({"why": "boom"}));
-        assert_eq!(result["errors"][0]["task_id"], "check");
-        assert_eq!(result["errors"][0]["route"], 1);
+        assert_eq!(
+            result["errors"],
+            json!([
+                {"type": "error", "message": "Execution failed. See result for details.", "task_id": "check", "result": {"stderr": "boom"}},
+                {"type": "error", "message": "Execution failed. See result for details.", "task_id": "fail"}
+            ])
+        );
     }
 
     #[test]
@@ -280,7 +286,7 @@ mod conducting {
             done,
             Command::Finish {
                 status: FlowStatus::Failed,
-                result: json!({"errors": [{"type": "error", "message": "Execution failed. See result for details.", "task_id": "a", "result": {"return_code": 1}}], "output": {}})
+                result: json!({"errors": [{"type": "error", "message": "Execution failed. See result for details.", "task_id": "a", "result": {"return_code": 1}}], "output": null})
             }
         );
     }
@@ -611,7 +617,7 @@ mod canceling {
             last,
             vec![Command::Finish {
                 status: FlowStatus::Canceled,
-                result: json!({"output": {}})
+                result: json!({"output": null})
             }]
         );
         assert!(conductor::cancel(&spec, &mut state).is_empty(), "once");
