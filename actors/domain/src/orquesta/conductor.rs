@@ -915,6 +915,9 @@ fn finish_run(
     let mut remediated = !failed;
     let mut manual_fail = false;
     let first_new = commands.len();
+    // A task named by several taken transitions is staged once: one run
+    // (or one arrival at its join) per event, as in Orquesta.
+    let mut staged: Vec<&str> = Vec::new();
     for (route, t) in def.next.iter().enumerate() {
         let scope = Scope {
             state,
@@ -963,7 +966,10 @@ fn finish_run(
                 }
                 next if !ENGINE_COMMANDS.contains(&next) => {
                     remediated |= status == TaskStatus::Failed;
-                    arrive(spec, state, next, commands);
+                    if !staged.contains(&next) {
+                        staged.push(next);
+                        arrive(spec, state, next, commands);
+                    }
                 }
                 _ => {}
             }
