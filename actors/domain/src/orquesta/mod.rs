@@ -295,6 +295,9 @@ fn check_expressions(spec: &WorkflowSpec, issues: &mut Vec<Issue>) {
     let mut defined: BTreeSet<String> = RUNTIME_NAMES.iter().map(|s| s.to_string()).collect();
     defined.extend(spec.input.iter().map(|(n, _)| n.clone()));
     defined.extend(spec.vars.iter().map(|(n, _)| n.clone()));
+    // An output may use the outputs rendered before it (Orquesta renders
+    // them in order into a rolling context).
+    defined.extend(spec.output.iter().map(|(n, _)| n.clone()));
     for task in spec.tasks.values() {
         for t in &task.next {
             defined.extend(t.publish.iter().map(|(n, _)| n.clone()));
