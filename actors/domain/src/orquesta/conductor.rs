@@ -433,12 +433,32 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
+/// An error entry; one about a task names it and its route (always 0:
+/// Squall does not number routes).
 fn expression_error(message: String, task_id: Option<&str>) -> Value {
     let mut e = json!({"type": "error", "message": message});
     if let Some(t) = task_id {
         e["task_id"] = json!(t);
+        e["route"] = json!(0);
     }
     e
+}
+
+/// The errors of transition `index` of `task`: Orquesta evaluates a
+/// transition once per task it names (`continue` when it names none), so
+/// it logs one entry per target, each with its `<target>__t<index>`.
+fn transition_errors(state: &mut FlowState, task: &str, index: usize, targets: &[String], e: &str) {
+    let continue_ = ["continue".to_string()];
+    let targets = if targets.is_empty() {
+        &continue_[..]
+    } else {
+        targets
+    };
+    for target in targets {
+        let mut entry = expression_error(e.to_string(), Some(task));
+        entry["task_transition_id"] = json!(format!("{target}__t{index}"));
+        state.errors.push(entry);
+    }
 }
 
 /// Starts a workflow: input (given values over defaults), vars, then the
@@ -471,7 +491,8 @@ pub fn start(
                     item: None,
                 },
             ),
-            (None, None) => Err(format!("input {name:?} is required")),
+            // Orquesta: an input with no value and no default is null.
+            (None, None) => Ok(Value::Null),
         };
         match value {
             Ok(v) => {
@@ -575,10 +596,14 @@ fn items_of(def: &TaskSpec, state: &FlowState) -> Result<Option<Items>, String> 
     };
     let concurrency = match &with.concurrency {
         None => values.len().max(1),
-        Some(c) => render(c, &scope)?
-            .as_u64()
-            .filter(|c| *c > 0)
-            .ok_or("with concurrency must be a positive number")? as usize,
+        // As Orquesta: none is no limit, and below 1 is 1.
+        Some(c) => match render(c, &scope)? {
+            Value::Null => values.len().max(1),
+            v => v
+                .as_f64()
+                .ok_or("with concurrency must be a number")?
+                .max(1.0) as usize,
+        },
     };
     Ok(Some(Items {
         results: vec![None; values.len()],
@@ -643,16 +668,13 @@ fn schedule(
             Value::Null,
             commands,
         ),
+        // As in Orquesta, a task that cannot be rendered fails with the
+        // error alone: no transition is taken.
         (_, Err(e)) => {
             state.errors.push(expression_error(e, Some(task)));
-            finish_run(
-                spec,
-                state,
-                &run_id,
-                TaskStatus::Failed,
-                Value::Null,
-                commands,
-            );
+            if let Some(run) = state.runs.iter_mut().find(|r| r.id == run_id) {
+                run.status = TaskStatus::Failed;
+            }
         }
     }
 }
@@ -933,7 +955,7 @@ fn finish_run(
             Ok(false) => continue,
             Ok(true) => {}
             Err(e) => {
-                state.errors.push(expression_error(e, Some(&task)));
+                transition_errors(state, &task, route, &t.next, &e);
                 continue;
             }
         }
@@ -948,7 +970,7 @@ fn finish_run(
                 Ok(v) => {
                     state.ctx.insert(name.clone(), v);
                 }
-                Err(e) => state.errors.push(expression_error(e, Some(&task))),
+                Err(e) => transition_errors(state, &task, route, &t.next, &e),
             }
         }
         for target in &t.next {
