@@ -128,6 +128,9 @@ pub const NONE_MAGIC_VALUE: &str = "%*****__%NONE%__*****%";
 #[derive(Debug, Clone)]
 pub struct Renderer {
     env: Environment<'static>,
+    /// Whether a value rendering to [`NONE_MAGIC_VALUE`] becomes `null`
+    /// (StackStorm's parameter rendering); Orquesta keeps the marker.
+    none_marker_is_null: bool,
 }
 
 impl Default for Renderer {
@@ -148,7 +151,19 @@ impl Renderer {
         });
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         filters::register(&mut env);
-        Self { env }
+        Self {
+            env,
+            none_marker_is_null: true,
+        }
+    }
+
+    /// A renderer for Orquesta workflow expressions: as [`Renderer::new`],
+    /// but `use_none`'s marker stays a string, as Orquesta leaves it.
+    pub fn orquesta() -> Self {
+        Self {
+            none_marker_is_null: false,
+            ..Self::new()
+        }
     }
 
     /// A renderer whose `decrypt_kv` opens secret datastore values sealed
@@ -306,11 +321,13 @@ impl Renderer {
     ) -> Result<Json, TemplateError> {
         let Some(expr) = single_expression(text) else {
             let rendered = self.render_text(text, ctx, extra, kv)?;
-            return Ok(if rendered == NONE_MAGIC_VALUE {
-                Json::Null
-            } else {
-                Json::String(rendered)
-            });
+            return Ok(
+                if self.none_marker_is_null && rendered == NONE_MAGIC_VALUE {
+                    Json::Null
+                } else {
+                    Json::String(rendered)
+                },
+            );
         };
         let compiled = self
             .env
@@ -327,7 +344,7 @@ impl Renderer {
         }
         let json = to_json(&value).map_err(|e| TemplateError::new(text, expr, &e))?;
         Ok(match json {
-            Json::String(s) if s == NONE_MAGIC_VALUE => Json::Null,
+            Json::String(s) if self.none_marker_is_null && s == NONE_MAGIC_VALUE => Json::Null,
             other => other,
         })
     }

@@ -133,7 +133,7 @@ pub enum Command {
 const ENGINE_RETRIES: u32 = 3;
 
 static RENDERER: std::sync::LazyLock<crate::template::Renderer> =
-    std::sync::LazyLock::new(crate::template::Renderer::new);
+    std::sync::LazyLock::new(crate::template::Renderer::orquesta);
 
 /// The StackStorm filter a workflow function name calls, if it is one
 /// (Orquesta's `json_parse`, `json_dump`, `yaml_parse` and `yaml_dump`
