@@ -517,21 +517,28 @@ pub fn start(
             Err(e) => state.errors.push(expression_error(e, None)),
         }
     }
-    if !state.failing() {
-        let targets: Vec<&String> = spec
-            .tasks
-            .values()
-            .flat_map(|t| t.next.iter().flat_map(|n| n.next.iter()))
-            .collect();
-        let starts: Vec<String> = spec
-            .tasks
-            .keys()
-            .filter(|t| !targets.contains(t))
-            .cloned()
-            .collect();
-        for task in starts {
-            schedule(spec, &mut state, &task, 0, &mut commands);
-        }
+    if state.failing() {
+        // Orquesta fails such a workflow before it starts: no output.
+        state.status = FlowStatus::Failed;
+        commands.push(Command::Finish {
+            status: FlowStatus::Failed,
+            result: json!({"errors": state.errors, "output": null}),
+        });
+        return (state, commands);
+    }
+    let targets: Vec<&String> = spec
+        .tasks
+        .values()
+        .flat_map(|t| t.next.iter().flat_map(|n| n.next.iter()))
+        .collect();
+    let starts: Vec<String> = spec
+        .tasks
+        .keys()
+        .filter(|t| !targets.contains(t))
+        .cloned()
+        .collect();
+    for task in starts {
+        schedule(spec, &mut state, &task, 0, &mut commands);
     }
     settle(spec, &mut state, &mut commands);
     (state, commands)
