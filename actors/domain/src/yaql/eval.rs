@@ -90,7 +90,9 @@ impl Evaluator<'_> {
                 }
                 Ok(Value::Object(m))
             }
-            Expr::Member(target, name, _) => Ok(member(&self.eval(target, data)?, name)),
+            Expr::Member(target, name, safe) => {
+                member(&self.eval(target, data)?, name, *safe).map_err(|m| YaqlError::new(0, m))
+            }
             Expr::Index(target, index) => {
                 let t = self.eval(target, data)?;
                 let i = self.eval(index, data)?;
@@ -371,12 +373,24 @@ impl Evaluator<'_> {
     }
 }
 
-fn member(target: &Value, name: &str) -> Value {
+/// `a.b`. As YAQL under Orquesta: a key the dict lacks is an error
+/// (Orquesta's "Unable to resolve key"), and so is a member of anything
+/// but a dict; `a?.b` gives null instead.
+fn member(target: &Value, name: &str, safe: bool) -> Result<Value, String> {
     match target {
-        Value::Object(m) => m.get(name).cloned().unwrap_or(Value::Null),
+        Value::Object(m) => match m.get(name) {
+            Some(v) => Ok(v.clone()),
+            None if safe => Ok(Value::Null),
+            None => Err(format!("Unable to resolve key '{name}'")),
+        },
         // On a list, the member of each element (YAQL maps over lists).
-        Value::Array(items) => Value::Array(items.iter().map(|i| member(i, name)).collect()),
-        _ => Value::Null,
+        Value::Array(items) => items
+            .iter()
+            .map(|i| member(i, name, safe))
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+        _ if safe => Ok(Value::Null),
+        _ => Err(format!("Unknown function \"#property#{name}\"")),
     }
 }
 

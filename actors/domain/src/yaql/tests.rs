@@ -42,8 +42,11 @@ fn context_and_members() {
     assert_eq!(ev("$.n"), json!(3));
     assert_eq!(ev("$n"), json!(3));
     assert_eq!(ev("$.cfg.region"), json!("eu"));
-    assert_eq!(ev("$.missing"), Value::Null);
-    assert_eq!(ev("$.missing.deeper"), Value::Null);
+    // A key the dict lacks is an error (YAQL's `d[key]`), a member of a
+    // non-dict is an unknown `#property#` function; `?.` gives null.
+    assert!(err("$.missing").message.contains("Unable to resolve key 'missing'"));
+    assert!(err("$.cfg.missing.deeper").message.contains("'missing'"));
+    assert!(err("$.name.x").message.contains("#property#x"));
     assert_eq!(ev("$.nothing?.x"), Value::Null);
     assert_eq!(ev("$.hosts.name"), json!(["a", "b"]));
     assert_eq!(ev("$"), data());
@@ -90,7 +93,7 @@ fn comparisons_and_logic() {
     assert_eq!(ev("$.name =~ '^web-\\d$'"), json!(true));
     assert_eq!(ev("$.name !~ '^db'"), json!(true));
     // `and`/`or` return an operand, as in Python.
-    assert_eq!(ev("$.missing or 'fallback'"), json!("fallback"));
+    assert_eq!(ev("$.nothing or 'fallback'"), json!("fallback"));
     assert_eq!(ev("$.n and $.name"), json!("web-1"));
     assert_eq!(ev("not $.empty"), json!(true));
     assert!(err("'a' < 1").message.contains("cannot compare"));
