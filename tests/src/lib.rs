@@ -174,11 +174,21 @@ impl TestNode {
     /// Starts a nats-server and a node with the repository's `core` pack
     /// plus `extra_pack_dirs`.
     pub async fn start(extra_pack_dirs: Vec<PathBuf>) -> Result<TestNode> {
-        let nats = NatsServer::start()?;
         let mut dirs = vec![repo_root().join("packs")];
         dirs.extend(extra_pack_dirs);
+        TestNode::start_with(dirs, |_| {}).await
+    }
+
+    /// Starts a nats-server and a node with exactly `pack_dirs`, after
+    /// `configure` has adjusted the test config.
+    pub async fn start_with(
+        pack_dirs: Vec<PathBuf>,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<TestNode> {
+        let nats = NatsServer::start()?;
         let dir = tempfile::tempdir()?;
-        let mut config = test_config(&nats.url(), dirs);
+        let mut config = test_config(&nats.url(), pack_dirs);
+        configure(&mut config);
         config.auth.admin_password_file = dir.path().join("admin-password");
         config.datastore.key_file = dir.path().join("datastore.key");
         let node = start_node(&config).await?;
