@@ -87,7 +87,9 @@ async fn a_failed_task_publishes_stderr_remediates_and_fails() -> Result<()> {
     assert_eq!(done["status"], "failed", "{done}");
     let result = &done["result"];
     assert_eq!(result["output"], json!({"problem": "checking db-3"}));
-    assert_eq!(result["errors"][0]["task_id"], "cleanup", "{result}");
+    // Orquesta logs the failed run, then `fail` as a failed task of its own.
+    assert_eq!(result["errors"][0]["task_id"], "verify", "{result}");
+    assert_eq!(result["errors"][1]["task_id"], "fail", "{result}");
     let id = done["id"].as_str().unwrap();
     let children = children(&node, id, 2).await?;
     let seen: Vec<(&str, &str)> = children
