@@ -21,12 +21,21 @@
 //!   `orquesta-st2kv-default`;
 //! - need a `core.ask` task to pause its workflow: `orquesta-ask-basic`,
 //!   `-consecutive`, `-nested`, `-parallel`, `-multiple-parameters`;
-//! - need pause/resume, re-run or cancel requests mid-run:
-//!   `orquesta-test-pause*`, `orquesta-test-rerun*`, `orquesta-test-cancel*`,
-//!   `orquesta-test-with-items` (it waits for files the test deletes);
+//! - need pause/resume or re-run: `orquesta-test-pause*`,
+//!   `orquesta-test-rerun*`;
 //! - need Orquesta's routes (a task reached on two branches runs on two
 //!   numbered routes, and `task(name, route=>n)` reads one):
-//!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`.
+//!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`;
+//! - `orquesta-test-cancel*`, `orquesta-test-with-items` cancellations: on
+//!   cancel StackStorm lets running tasks finish, Squall stops them;
+//! - differ, known: `orquesta-fail-inspection` (Squall finds the syntax,
+//!   context and expression problems but not StackStorm's "action is not
+//!   registered" content check, and spells `spec_path` its own way without
+//!   `schema_path`), `orquesta-fail-inspection-task-contents` (StackStorm
+//!   checks action refs and inputs before the run; Squall fails the task
+//!   when it runs), `orquesta-fail-start-task` (Orquesta renders the output
+//!   from the terminal tasks' contexts, empty when no task ran, so it adds
+//!   an output error; Squall renders it from the one workflow context).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -124,7 +133,8 @@ fn cases() -> Vec<Case> {
     let mut jinja_data_functions = data_functions.clone();
     jinja_data_functions["data_pipe_str_1"] = json!(json_str);
     jinja_data_functions["data_list_str"] = json!("- a: 1\n  b: 2\n- x: 3\n  y: 4\n");
-    let regex = json!({"match": true, "replace": "wxyz", "search": true, "substring": "668 Infinite Dr"});
+    let regex =
+        json!({"match": true, "replace": "wxyz", "search": true, "substring": "668 Infinite Dr"});
     let version = json!({
         "compare_equal": 0,
         "compare_more_than": -1,
@@ -471,14 +481,15 @@ async fn stackstorms_examples_pack_registers_unchanged() -> Result<()> {
     let (status, actions) = node.get("actions?pack=examples&limit=-1").await?;
     assert_eq!(status, 200, "{actions}");
     let registered = actions.as_array().map(Vec::len).unwrap_or_default();
-    let files = std::fs::read_dir(repo_root().join("tests/fixtures/st2-examples/examples/actions"))?
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.ends_with(".yaml") || name.ends_with(".yml")
-        })
-        .count();
+    let files =
+        std::fs::read_dir(repo_root().join("tests/fixtures/st2-examples/examples/actions"))?
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".yaml") || name.ends_with(".yml")
+            })
+            .count();
     assert_eq!(registered, files, "one action per metadata file");
     let (_, rules) = node.get("rules?pack=examples").await?;
     assert_eq!(rules.as_array().map(Vec::len), Some(6), "{rules}");
@@ -503,7 +514,10 @@ async fn stackstorms_example_workflows_give_orquestas_results() -> Result<()> {
         let mut want = json!({"status": c.status, "result": c.result.clone()});
         for (ours, theirs) in expression_messages(&mut got, &mut want) {
             if ours.is_empty() {
-                differences.push(format!("{}: an expression error without a message (Orquesta: {theirs})", c.action));
+                differences.push(format!(
+                    "{}: an expression error without a message (Orquesta: {theirs})",
+                    c.action
+                ));
             }
         }
         if got != want {
@@ -521,7 +535,10 @@ async fn stackstorms_example_workflows_give_orquestas_results() -> Result<()> {
 async fn the_st2_runtime_context_names_the_execution_and_the_public_api() -> Result<()> {
     let (node, _packs) = start().await?;
     let (id, first) = create(&node, "examples.orquesta-st2-ctx", &json!({})).await?;
-    assert!(matches!(first.as_str(), "requested" | "scheduled"), "{first}");
+    assert!(
+        matches!(first.as_str(), "requested" | "scheduled"),
+        "{first}"
+    );
     let done = finished(&node, &id).await?;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
@@ -539,9 +556,15 @@ async fn stackstorms_example_workflows_run_their_tasks_as_orquesta_does() -> Res
     let (sub, _) = create(&node, "examples.orquesta-subworkflow", &json!({})).await?;
     // test_wiring_task_retry.py.
     let (retry, _) = create(&node, "examples.orquesta-task-retry", &json!({})).await?;
-    let (exhausted, _) = create(&node, "examples.orquesta-task-retry-exhausted", &json!({})).await?;
+    let (exhausted, _) =
+        create(&node, "examples.orquesta-task-retry-exhausted", &json!({})).await?;
     // test_wiring_with_items.py test_with_items_failure.
-    let (items, _) = create(&node, "examples.orquesta-test-with-items-failure", &json!({})).await?;
+    let (items, _) = create(
+        &node,
+        "examples.orquesta-test-with-items-failure",
+        &json!({}),
+    )
+    .await?;
 
     let done = finished(&node, &sub).await?;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -577,5 +600,50 @@ async fn stackstorms_example_workflows_run_their_tasks_as_orquesta_does() -> Res
     let done = finished(&node, &items).await?;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(task_runs(&node, &items, "task1").await?.len(), 10);
+    Ok(())
+}
+
+/// test_wiring_with_items.py test_with_items_concurrency: each item waits
+/// for its file to go; with concurrency 2, deleting files lets the next
+/// items start, two at a time.
+#[tokio::test]
+async fn with_items_concurrency_starts_items_as_others_end() -> Result<()> {
+    let (node, _packs) = start().await?;
+    let dir = tempfile::tempdir()?;
+    let files: Vec<PathBuf> = (0..5).map(|i| dir.path().join(format!("f{i}"))).collect();
+    for f in &files {
+        std::fs::write(f, "")?;
+    }
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-test-with-items",
+        &json!({"tempfiles": files, "concurrency": 2}),
+    )
+    .await?;
+    let started = |n: usize| {
+        let node = &node;
+        let id = id.clone();
+        poll(Duration::from_secs(30), move || {
+            let id = id.clone();
+            async move {
+                let runs = task_runs(node, &id, "task1").await?.len();
+                anyhow::ensure!(runs <= n, "{runs} items started, at most {n} expected");
+                Ok((runs == n).then_some(()))
+            }
+        })
+    };
+    started(2).await?;
+    for f in &files[..2] {
+        std::fs::remove_file(f)?;
+    }
+    started(4).await?;
+    for f in &files[2..4] {
+        std::fs::remove_file(f)?;
+    }
+    started(5).await?;
+    std::fs::remove_file(&files[4])?;
+    let done = finished(&node, &id).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"], json!({"output": null}));
     Ok(())
 }
