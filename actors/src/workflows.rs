@@ -354,8 +354,13 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
             }
             (None, FlowEvent::Cancel) => {
                 // Canceled before it started: nothing ran.
-                return finish_execution(&ctx.bus, id, FlowStatus::Canceled, json!({"output": null}))
-                    .await;
+                return finish_execution(
+                    &ctx.bus,
+                    id,
+                    FlowStatus::Canceled,
+                    json!({"output": null}),
+                )
+                .await;
             }
             (None, FlowEvent::TaskDone { .. }) => {
                 tracing::warn!(workflow = %id, "task done for a workflow with no record; dropped");

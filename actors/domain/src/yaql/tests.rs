@@ -44,7 +44,9 @@ fn context_and_members() {
     assert_eq!(ev("$.cfg.region"), json!("eu"));
     // A key the dict lacks is an error (YAQL's `d[key]`), a member of a
     // non-dict is an unknown `#property#` function; `?.` gives null.
-    assert!(err("$.missing").message.contains("Unable to resolve key 'missing'"));
+    assert!(err("$.missing")
+        .message
+        .contains("Unable to resolve key 'missing'"));
     assert!(err("$.cfg.missing.deeper").message.contains("'missing'"));
     assert!(err("$.name.x").message.contains("#property#x"));
     assert_eq!(ev("$.nothing?.x"), Value::Null);
