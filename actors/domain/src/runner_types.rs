@@ -188,7 +188,7 @@ fn build() -> Vec<RunnerType> {
         rt(
             "python-script",
             "A runner for launching python actions.",
-            false,
+            true,
             params(vec![
                 ("debug", p("boolean", Some(json!(false)))),
                 ("content_version", p("string", None)),

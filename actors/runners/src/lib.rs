@@ -9,10 +9,12 @@ mod inquirer;
 mod local;
 mod noop;
 mod process;
+mod python;
 
 pub use inquirer::Inquirer;
 pub use local::{LocalShellCmd, LocalShellScript};
 pub use noop::Noop;
+pub use python::PythonScript;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -77,11 +79,12 @@ pub trait Runner: Send + Sync {
 
 /// Every runner this build can execute, by runner type name.
 pub fn registry() -> HashMap<&'static str, Arc<dyn Runner>> {
-    let runners: [Arc<dyn Runner>; 4] = [
+    let runners: [Arc<dyn Runner>; 5] = [
         Arc::new(Noop),
         Arc::new(Inquirer),
         Arc::new(LocalShellCmd),
         Arc::new(LocalShellScript),
+        Arc::new(PythonScript),
     ];
     runners.into_iter().map(|r| (r.name(), r)).collect()
 }

@@ -121,9 +121,10 @@ fn make_executable(script: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Builds the process spec shared by both runners: sudo wrapping, cwd,
+/// Builds the process spec of a local process (both local runners and
+/// `python-script`): sudo wrapping, cwd,
 /// environment and timeout.
-fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Result<Spec, String> {
+pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Result<Spec, String> {
     let p = &req.parameters;
     let timeout = match p.get("timeout") {
         None | Some(Value::Null) => Some(DEFAULT_TIMEOUT_SECS),

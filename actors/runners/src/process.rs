@@ -36,10 +36,17 @@ pub struct Spec {
 }
 
 /// How the process ended.
-enum End {
+pub enum End {
     Exited(std::process::ExitStatus),
     TimedOut(u64),
     Canceled,
+}
+
+/// A process that ran: how it ended and everything it printed.
+pub struct Finished {
+    pub end: End,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `spec` to its end and reports it in the local runner's shape.
@@ -48,6 +55,18 @@ pub async fn run(
     output: Option<mpsc::UnboundedSender<OutputChunk>>,
     cancel: CancellationToken,
 ) -> RunOutcome {
+    match execute(spec, output, cancel).await {
+        Ok(f) => outcome(f.end, f.stdout, f.stderr),
+        Err(e) => failure(e),
+    }
+}
+
+/// Runs `spec` to its end; `Err` when it could not even start.
+pub async fn execute(
+    spec: Spec,
+    output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    cancel: CancellationToken,
+) -> Result<Finished, String> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .envs(&spec.env)
@@ -71,7 +90,7 @@ pub async fn run(
                 .as_ref()
                 .map(|c| format!(" in {}", c.display()))
                 .unwrap_or_default();
-            return failure(format!(
+            return Err(format!(
                 "could not start {}{where_}: {e}",
                 spec.program.display()
             ));
@@ -100,7 +119,7 @@ pub async fn run(
     let end = tokio::select! {
         status = child.wait() => match status {
             Ok(s) => End::Exited(s),
-            Err(e) => return failure(format!("could not wait for the process: {e}")),
+            Err(e) => return Err(format!("could not wait for the process: {e}")),
         },
         () = limit => End::TimedOut(spec.timeout.map_or(0, |t| t.as_secs())),
         () = cancel.cancelled() => End::Canceled,
@@ -112,9 +131,11 @@ pub async fn run(
         }
         let _ = child.wait().await;
     }
-    let stdout = drain(stdout).await;
-    let stderr = drain(stderr).await;
-    outcome(end, stdout, stderr)
+    Ok(Finished {
+        end,
+        stdout: drain(stdout).await,
+        stderr: drain(stderr).await,
+    })
 }
 
 /// Reads a pipe to its end, forwarding each chunk.
