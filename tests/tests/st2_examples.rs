@@ -9,10 +9,12 @@
 //! that text alone is not compared (see `expression_messages`).
 //!
 //! Not run here, and why:
-//! - need the `python-script` runner: `orquesta-data-flow-large-data`
-//!   (`examples.load_and_print_fixture`), `orquesta-mock-create-vm`
-//!   (`examples.python-mock-create-vm`), `orquesta-test-field-escaping`
-//!   (`examples.python-mock-core-remote`);
+//! - need what the system `python3` lacks: `orquesta-mock-create-vm`
+//!   (`examples.python-mock-create-vm` imports `eventlet`, which StackStorm
+//!   installs in its virtualenv);
+//! - `orquesta-data-flow-large-data` names `examples.load_and_print_fixture`,
+//!   which the pack does not define (its action is
+//!   `python_runner_load_and_print_fixture`);
 //! - needs the `python-script`, `remote-shell-cmd` and
 //!   `remote-shell-script` runners: `orquesta-streaming-demo`;
 //! - needs the `fixtures` pack of StackStorm's test suite:
@@ -185,6 +187,18 @@ fn cases() -> Vec<Case> {
             json!({}),
             "failed",
             json!({"errors": [failed_task("task2", exit_1())], "output": {"progress": 25}}),
+        ),
+        case(
+            "examples.orquesta-test-field-escaping",
+            json!({}),
+            "succeeded",
+            json!({"output": {
+                "wf.hostname.with.periods": {
+                    "hostname.domain.tld": "vars.value.with.periods",
+                    "hostname2.domain.tld": {"stdout": "vars.nested.value.with.periods"},
+                },
+                "wf.output.with.periods": "vars.nested.value.with.periods",
+            }}),
         ),
         // test_wiring_data_flow.py
         case(
@@ -645,5 +659,24 @@ async fn with_items_concurrency_starts_items_as_others_end() -> Result<()> {
     let done = finished(&node, &id).await?;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"], json!({"output": null}));
+    Ok(())
+}
+
+/// The `python-script` runner runs the pack's Python actions: `isprime`
+/// imports from the pack's `lib/` and returns a bare value.
+#[tokio::test]
+async fn a_python_action_of_the_pack_runs() -> Result<()> {
+    let (node, _packs) = start().await?;
+    for (value, prime) in [(7, true), (9, false)] {
+        let (id, first) = create(&node, "examples.isprime", &json!({"value": value})).await?;
+        assert!(
+            matches!(first.as_str(), "requested" | "scheduled"),
+            "{first}"
+        );
+        let done = finished(&node, &id).await?;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["result"]["result"], json!(prime), "{done}");
+        assert_eq!(done["result"]["exit_code"], 0);
+    }
     Ok(())
 }
