@@ -452,6 +452,13 @@ fn builtin(name: &str, a: &[Value], default: Option<Value>) -> Result<Value, Str
             None => return Err("len() needs a value".into()),
         }),
         "str" | "string" => Value::String(arg(0).map(to_text).unwrap_or_default()),
+        "abs" => match arg(0) {
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Value::from(i.abs()),
+                None => Value::from(n.as_f64().unwrap_or(0.0).abs()),
+            },
+            _ => return Err("abs() needs a number".into()),
+        },
         "int" => match arg(0) {
             Some(Value::Number(n)) => Value::from(n.as_f64().unwrap_or(0.0).trunc() as i64),
             Some(Value::String(s)) => Value::from(
@@ -734,6 +741,7 @@ fn builtin(name: &str, a: &[Value], default: Option<Value>) -> Result<Value, Str
                     .collect(),
             )
         }
-        _ => return Err(format!("unknown function {name}()")),
+        // YAQL's NoFunctionRegisteredException text.
+        _ => return Err(format!("Unknown function \"{name}\"")),
     })
 }
