@@ -261,7 +261,7 @@ fn task_record(state: &FlowState, name: &str) -> Option<Value> {
 }
 
 fn no_task_execution(name: &str) -> String {
-    format!("Unable to find task execution for \"{name}\".")
+    format!("ExpressionEvaluationException: Unable to find task execution for \"{name}\".")
 }
 
 /// Evaluates the expressions in `v`: YAQL (`<% %>`) or Jinja (`{{ }}`),
@@ -270,7 +270,7 @@ fn render(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
     match v {
         Value::String(s) if s.contains("<%") => {
             yaql::render(v, &Value::Object(scope.state.ctx.clone()), scope)
-                .map_err(|e| e.to_string())
+                .map_err(|e| yaql_message(s, &e))
         }
         Value::String(s) if crate::template::is_template(s) => render_jinja(v, scope),
         Value::Array(items) => items
@@ -430,7 +430,64 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
             &extra,
             &crate::template::NoKeyValues,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| jinja_message(&e))
+}
+
+/// A YAQL error as Orquesta words it (its `YaqlEvaluationException`,
+/// quoting the failing expression), so that clients comparing results
+/// see the same text.
+fn yaql_message(source: &str, e: &yaql::YaqlError) -> String {
+    let expr = expression_at(source, e.position);
+    let missing_key = e
+        .message
+        .strip_prefix("Unable to resolve key '")
+        .and_then(|k| k.strip_suffix('\''));
+    match missing_key {
+        Some(key) => format!(
+            "YaqlEvaluationException: Unable to resolve key '{key}' in expression '{expr}' from context."
+        ),
+        None => {
+            let class = if e.message.starts_with("Unknown function") {
+                "NoFunctionRegisteredException: "
+            } else {
+                ""
+            };
+            format!(
+                "YaqlEvaluationException: Unable to evaluate expression '{expr}'. {class}{}",
+                e.message
+            )
+        }
+    }
+}
+
+/// The `<% %>` expression of `source` around `position` (the first one
+/// when none is).
+fn expression_at(source: &str, position: usize) -> &str {
+    let mut first = None;
+    let mut from = 0;
+    while let Some(start) = source[from..].find("<%").map(|i| i + from) {
+        let end = source[start..]
+            .find("%>")
+            .map_or(source.len(), |i| start + i + 2);
+        if (start..end).contains(&position) {
+            return &source[start..end];
+        }
+        first.get_or_insert(&source[start..end]);
+        from = end;
+    }
+    first.unwrap_or(source)
+}
+
+/// A Jinja error as Orquesta words it (its `JinjaEvaluationException`).
+fn jinja_message(e: &crate::template::TemplateError) -> String {
+    let detail = e
+        .message
+        .strip_prefix("invalid operation: ")
+        .unwrap_or(&e.message);
+    format!(
+        "JinjaEvaluationException: Unable to evaluate expression '{}'. {detail}",
+        e.template
+    )
 }
 
 /// An error entry; one about a task names it and its route (always 0:
