@@ -11,9 +11,13 @@
 //!   many taken transitions name it;
 //! - a join task runs once a transition from every task that leads to it
 //!   has been taken;
-//! - a failed run is remediated when a taken transition leads to a task;
-//!   otherwise the workflow fails: nothing more starts, the runs already
-//!   under way finish, and the workflow ends `failed`;
+//! - a failed run is remediated when a taken transition leads to a task
+//!   or to `noop`; otherwise the workflow fails: nothing more starts, the
+//!   runs already under way finish, and the workflow ends `failed`;
+//! - `fail` fails the workflow, but the tasks staged by the same event
+//!   still run (`run_on_fail`); `continue` does nothing; a failing
+//!   workflow still stages tasks (a join counts what arrives) but runs
+//!   none otherwise;
 //! - with no failure left unremediated it ends `succeeded` when nothing
 //!   runs any more.
 //!
@@ -46,10 +50,29 @@ impl When {
     }
 }
 
+/// Orquesta's engine commands a transition may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Noop,
+    Continue,
+    Fail,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Noop => "noop",
+            Engine::Continue => "continue",
+            Engine::Fail => "fail",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Transition {
     when: When,
     targets: Vec<usize>,
+    engine: Option<Engine>,
     publish: bool,
 }
 
@@ -129,8 +152,9 @@ impl Graph {
                         published_name(i, route)
                     ));
                 }
-                if !t.targets.is_empty() {
-                    let targets: Vec<String> = t.targets.iter().map(|x| name(*x)).collect();
+                let mut targets: Vec<String> = t.targets.iter().map(|x| name(*x)).collect();
+                targets.extend(t.engine.map(|e| e.name().to_string()));
+                if !targets.is_empty() {
                     lines.push(format!("do: {}", targets.join(", ")));
                 }
                 if lines.is_empty() {
@@ -188,6 +212,8 @@ impl Model {
         self.running.remove(at);
         *self.finished.entry(task).or_default() += 1;
         let mut staged = BTreeSet::new();
+        let mut remediated = succeeded;
+        let mut manual_fail = false;
         for (route, t) in graph.tasks[task].next.iter().enumerate() {
             if !t.when.holds(succeeded) {
                 continue;
@@ -197,21 +223,32 @@ impl Model {
                     .insert(published_name(task, route), json!(route));
             }
             staged.extend(t.targets.iter().copied());
+            remediated |= !t.targets.is_empty();
+            match t.engine {
+                Some(Engine::Noop) => remediated = true,
+                Some(Engine::Fail) => {
+                    remediated = true;
+                    manual_fail = true;
+                }
+                Some(Engine::Continue) | None => {}
+            }
         }
-        if !succeeded && staged.is_empty() {
+        if !remediated {
             self.failed = true;
         }
-        if self.failed {
-            return succeeded;
-        }
+        // A failing workflow still stages (a join still counts what
+        // arrives) but runs only what a `fail` of this event names.
+        let runs = !self.failed || manual_fail;
+        self.failed |= manual_fail;
         for next in staged {
-            if graph.tasks[next].join {
+            let ready = if graph.tasks[next].join {
                 let arrived = self.arrived.entry(next).or_default();
                 arrived.insert(task);
-                if *arrived == graph.sources(next) {
-                    self.launch(next);
-                }
+                *arrived == graph.sources(next)
             } else {
+                true
+            };
+            if ready && runs {
                 self.launch(next);
             }
         }
@@ -238,9 +275,15 @@ fn graph_strategy() -> impl Strategy<Value = Graph> {
                         Just(When::Always)
                     ],
                     proptest::collection::vec(any::<bool>(), n - i - 1),
+                    prop_oneof![
+                        4 => Just(None),
+                        1 => Just(Some(Engine::Noop)),
+                        1 => Just(Some(Engine::Continue)),
+                        1 => Just(Some(Engine::Fail)),
+                    ],
                     any::<bool>(),
                 )
-                    .prop_map(move |(when, mask, publish)| Transition {
+                    .prop_map(move |(when, mask, engine, publish)| Transition {
                         when,
                         targets: mask
                             .iter()
@@ -248,6 +291,7 @@ fn graph_strategy() -> impl Strategy<Value = Graph> {
                             .filter(|(_, on)| **on)
                             .map(|(k, _)| i + 1 + k)
                             .collect(),
+                        engine,
                         publish,
                     });
                 (
@@ -348,7 +392,7 @@ fn check(graph: &Graph, choices: &[usize]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn the_conductor_agrees_with_the_reference_model(
