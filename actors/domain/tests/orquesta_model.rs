@@ -3,9 +3,12 @@
 //!
 //! The model is deliberately small and plain: tasks whose action succeeds
 //! or fails per a script, `next` transitions (`when` succeeded, failed or
-//! none; `do` lists; constant `publish`), `join: all`, and fail-fast. It
+//! none; `do` lists with tasks and engine commands; constant `publish`),
+//! `join: all`, `retry` on failure, and fail-fast. It
 //! follows Orquesta (`orquesta/conducting.py`, `orquesta/machines.py`):
 //! - the start tasks are those no transition leads to;
+//! - a failed run of a task with `retry` left runs the task again (while
+//!   the workflow is not failing) and takes no transition;
 //! - when a run ends, every transition whose `when` holds publishes, and
 //!   the tasks it names are staged: one run per task per event, however
 //!   many taken transitions name it;
@@ -79,6 +82,8 @@ struct Transition {
 #[derive(Debug, Clone)]
 struct Task {
     join: bool,
+    /// `retry: {when: <% failed() %>, count: n}`.
+    retry: Option<u32>,
     next: Vec<Transition>,
     /// The outcome of the task's 1st, 2nd, ... finished run (cycling).
     script: Vec<bool>,
@@ -132,6 +137,11 @@ impl Graph {
             if task.join {
                 y.push_str("    join: all\n");
             }
+            if let Some(count) = task.retry {
+                y.push_str(&format!(
+                    "    retry:\n      when: <% failed() %>\n      count: {count}\n"
+                ));
+            }
             if task.next.is_empty() {
                 continue;
             }
@@ -170,8 +180,8 @@ impl Graph {
 /// The reference model's run of one workflow.
 #[derive(Debug, Default)]
 struct Model {
-    /// Tasks with a run under way, in start order.
-    running: Vec<usize>,
+    /// (task, attempt) of each run under way, in start order.
+    running: Vec<(usize, u32)>,
     runs: BTreeMap<usize, usize>,
     finished: BTreeMap<usize, usize>,
     arrived: BTreeMap<usize, BTreeSet<usize>>,
@@ -184,14 +194,14 @@ impl Model {
         let mut m = Model::default();
         for t in 0..graph.tasks.len() {
             if graph.sources(t).is_empty() {
-                m.launch(t);
+                m.launch(t, 0);
             }
         }
         m
     }
 
-    fn launch(&mut self, task: usize) {
-        self.running.push(task);
+    fn launch(&mut self, task: usize, attempt: u32) {
+        self.running.push((task, attempt));
         *self.runs.entry(task).or_default() += 1;
     }
 
@@ -201,16 +211,20 @@ impl Model {
         script[self.finished.get(&task).copied().unwrap_or(0) % script.len()]
     }
 
-    /// Finishes the oldest run of `task` under way; returns its outcome.
-    fn finish(&mut self, graph: &Graph, task: usize) -> bool {
+    /// Finishes run `at` of those under way; returns its outcome.
+    fn finish(&mut self, graph: &Graph, at: usize) -> bool {
+        let (task, attempt) = self.running.remove(at);
         let succeeded = self.outcome(graph, task);
-        let at = self
-            .running
-            .iter()
-            .position(|t| *t == task)
-            .expect("running");
-        self.running.remove(at);
         *self.finished.entry(task).or_default() += 1;
+        // A retried failure takes no transition (and fails nothing).
+        if let Some(count) = graph.tasks[task].retry {
+            if !succeeded && attempt < count {
+                if !self.failed {
+                    self.launch(task, attempt + 1);
+                }
+                return succeeded;
+            }
+        }
         let mut staged = BTreeSet::new();
         let mut remediated = succeeded;
         let mut manual_fail = false;
@@ -249,7 +263,7 @@ impl Model {
                 true
             };
             if ready && runs {
-                self.launch(next);
+                self.launch(next, 0);
             }
         }
         succeeded
@@ -296,27 +310,39 @@ fn graph_strategy() -> impl Strategy<Value = Graph> {
                     });
                 (
                     any::<bool>(),
+                    prop_oneof![3 => Just(None), 1 => (1u32..=2).prop_map(Some)],
                     proptest::collection::vec(transition, 0..=2),
                     proptest::collection::vec(prop::bool::weighted(0.75), 1..=3),
                 )
-                    .prop_map(|(join, next, script)| Task { join, next, script })
+                    .prop_map(|(join, retry, next, script)| Task {
+                        join,
+                        retry,
+                        next,
+                        script,
+                    })
             };
             (0..n).map(task).collect::<Vec<_>>()
         })
         .prop_map(|tasks| Graph { tasks }.normalise())
 }
 
-/// The task of each `Run` command, and the `Finish`, if any.
+/// The run id, task and attempt of each `Run` command, and the `Finish`,
+/// if any.
 fn collect(
     commands: Vec<Command>,
-    running: &mut Vec<(String, usize)>,
+    running: &mut Vec<(String, (usize, u32))>,
     finish: &mut Vec<FlowStatus>,
 ) {
     for c in commands {
         match c {
-            Command::Run { run_id, task, .. } => {
+            Command::Run {
+                run_id,
+                task,
+                attempt,
+                ..
+            } => {
                 let index = task[1..].parse().expect("task name t<i>");
-                running.push((run_id, index));
+                running.push((run_id, (index, attempt)));
             }
             Command::Finish { status, .. } => finish.push(status),
             Command::Cancel { .. } => panic!("nothing cancels here"),
@@ -324,7 +350,7 @@ fn collect(
     }
 }
 
-fn multiset(tasks: impl Iterator<Item = usize>) -> BTreeMap<usize, usize> {
+fn multiset<T: Ord>(tasks: impl Iterator<Item = T>) -> BTreeMap<T, usize> {
     let mut m = BTreeMap::new();
     for t in tasks {
         *m.entry(t).or_default() += 1;
@@ -354,13 +380,14 @@ fn check(graph: &Graph, choices: &[usize]) -> Result<(), TestCaseError> {
             yaml
         );
         prop_assert!(finish.is_empty(), "finished early\n{}", yaml);
-        let task = model.running[choices[step % choices.len()] % model.running.len()];
+        let chosen = choices[step % choices.len()] % model.running.len();
+        let run = model.running[chosen];
         let at = running
             .iter()
-            .position(|(_, t)| *t == task)
+            .position(|(_, r)| *r == run)
             .expect("the conductor runs it too");
         let (run_id, _) = running.remove(at);
-        let succeeded = model.finish(graph, task);
+        let succeeded = model.finish(graph, chosen);
         let commands = conductor::task_finished(&spec, &mut state, &run_id, succeeded, Value::Null);
         collect(commands, &mut running, &mut finish);
         step += 1;
