@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::orquesta::conductor::{self, Command, FlowState, FlowStatus};
 use squall_domain::orquesta::{self, WorkflowSpec};
-use squall_domain::{ids, time};
+use squall_domain::{ids, runner_types, time};
 
 use crate::bus::{from_bytes, to_bytes, Bus, WORKFLOWS_STREAM};
 use crate::error::{bus_err, EngineError};
@@ -338,6 +338,26 @@ async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(),
                         .await;
                     }
                 };
+                // StackStorm checks the tasks' actions and inputs before
+                // the workflow starts.
+                let catalog = ctx.catalog.load();
+                let contents = orquesta::check_contents(&spec, |reference| {
+                    let action = &catalog.actions.get(reference)?.def;
+                    let mut params = runner_types::lookup(&action.runner_type)
+                        .map(|r| r.runner_parameters.clone())
+                        .unwrap_or_default();
+                    params.extend(action.parameters.clone());
+                    Some(params)
+                });
+                if !contents.is_empty() {
+                    return finish_execution(
+                        &ctx.bus,
+                        id,
+                        FlowStatus::Failed,
+                        json!({"errors": contents, "output": null}),
+                    )
+                    .await;
+                }
                 let (state, outbox) =
                     conductor::start(&spec, input, runtime_context(ctx, &execution));
                 let record = WorkflowRecord {

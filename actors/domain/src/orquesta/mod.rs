@@ -5,6 +5,7 @@
 //! and semantics (transitions to unknown tasks, tasks nothing reaches).
 
 pub mod conductor;
+mod contents;
 pub mod spec;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -14,6 +15,7 @@ use serde_json::Value;
 
 use crate::template::Renderer;
 use crate::yaql::{self, Expr};
+pub use contents::check_contents;
 pub use spec::{Join, Retry, TaskSpec, Transition, WithItems, WorkflowSpec, ENGINE_COMMANDS};
 
 /// What kind of problem an [`Issue`] is, with Orquesta's names.
