@@ -31,10 +31,9 @@
 //!   cancel StackStorm lets running tasks finish, Squall stops them;
 //! - differ, known: `orquesta-fail-inspection` (Squall finds the syntax,
 //!   context and expression problems but not StackStorm's "action is not
-//!   registered" content check, and spells `spec_path` its own way without
-//!   `schema_path`), `orquesta-fail-inspection-task-contents` (StackStorm
-//!   checks action refs and inputs before the run; Squall fails the task
-//!   when it runs), `orquesta-fail-start-task` (Orquesta renders the output
+//!   registered" content check when the definition has other problems,
+//!   and spells `spec_path` its own way without `schema_path`),
+//!   `orquesta-fail-start-task` (Orquesta renders the output
 //!   from the terminal tasks' contexts, empty when no task ran, so it adds
 //!   an output error; Squall renders it from the one workflow context).
 
@@ -369,6 +368,37 @@ fn cases() -> Vec<Case> {
                 "task_id": "task1",
                 "route": 0,
             }], "output": {"greeting": null}}),
+        ),
+        case(
+            "examples.orquesta-fail-inspection-task-contents",
+            json!({"name": "Thanos"}),
+            "failed",
+            json!({"errors": [
+                {
+                    "type": "content",
+                    "message": "The action reference \"echo\" is not formatted correctly.",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.action",
+                    "spec_path": "tasks.task1.action",
+                },
+                {
+                    "type": "content",
+                    "message": "The action \"core.echoz\" is not registered in the database.",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.action",
+                    "spec_path": "tasks.task2.action",
+                },
+                {
+                    "type": "content",
+                    "message": "Action \"core.echo\" is missing required input \"message\".",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.input",
+                    "spec_path": "tasks.task3.input",
+                },
+                {
+                    "type": "content",
+                    "message": "Action \"core.echo\" has unexpected input \"messages\".",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.input.patternProperties.^\\w+$",
+                    "spec_path": "tasks.task3.input.messages",
+                },
+            ], "output": null}),
         ),
         // test_wiring_functions_task.py
         case(
