@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use squall_domain::secrets::Cipher;
 use squall_domain::template::Renderer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,6 +81,8 @@ pub struct Shared {
     pub renderer: Arc<Renderer>,
     /// The datastore as templates read it.
     pub kv: KeyCache,
+    /// Opens secret datastore values (`st2kv(key, decrypt=true)`).
+    pub cipher: Cipher,
     pub settings: NodeSettings,
     pub runners: RunnerContext,
 }
@@ -129,6 +132,7 @@ async fn spawn_child(
                 catalog: shared.catalog.clone(),
                 renderer: shared.renderer.clone(),
                 kv: shared.kv.clone(),
+                cipher: shared.cipher.clone(),
                 // `ctx().st2.api_url`: the v1 API root, so `.../executions/<id>` works.
                 api_url: format!("{}/v1", shared.settings.api_url),
             };
@@ -335,6 +339,7 @@ impl Engine {
             catalog,
             renderer: Arc::new(Renderer::with_cipher(keys.cipher().clone())),
             kv,
+            cipher: keys.cipher().clone(),
             settings,
             runners,
         };
