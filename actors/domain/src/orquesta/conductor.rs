@@ -576,8 +576,16 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
     extra.insert(
         "st2kv".into(),
         J::from_function(
-            move |key: String, decrypt: Option<bool>| -> Result<J, Error> {
-                let args = [json!(key), json!(decrypt.unwrap_or(false))];
+            move |key: String,
+                  decrypt: Option<bool>,
+                  kwargs: minijinja::value::Kwargs|
+                  -> Result<J, Error> {
+                let decrypt = match decrypt {
+                    Some(d) => d,
+                    None => kwargs.get::<Option<bool>>("decrypt")?.unwrap_or(false),
+                };
+                kwargs.assert_all_used()?;
+                let args = [json!(key), json!(decrypt)];
                 st2kv(kv.as_ref(), cipher.as_ref(), &user, &args)
                     .map(|v| J::from_serialize(&v))
                     .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
