@@ -14,7 +14,7 @@
 //! task twice. A task's final record publishes a `task done` event to its
 //! workflow (from [`Bus::update_execution`]); nothing polls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -245,6 +245,16 @@ pub struct WorkflowPartition;
 pub enum WorkflowMsg {
     Event(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
     StreamEnded,
+    /// Time to reconcile the running workflows with their tasks' records.
+    Sweep,
+}
+
+/// How often a partition reconciles its running workflows.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Key of the ids of a partition's running workflows.
+fn active_key(partition: u32) -> String {
+    format!("active.{partition}")
 }
 
 /// Workflow records as this partition last stored them, with their
@@ -278,8 +288,25 @@ impl RecordCache {
 #[derive(Debug)]
 pub struct WorkflowPartitionState {
     ctx: WorkflowContext,
+    partition: u32,
     cache: RecordCache,
+    /// The running workflows of this partition, stored under
+    /// [`active_key`] whenever one starts (finished ones leave at the next
+    /// sweep), so the sweep finds them after a restart or a takeover.
+    active: BTreeSet<String>,
     _pump: Pump,
+}
+
+impl WorkflowPartitionState {
+    async fn store_active(&self) -> Result<(), EngineError> {
+        self.ctx
+            .bus
+            .workflows
+            .put(active_key(self.partition), to_bytes(&self.active)?)
+            .await
+            .map_err(|e| bus_err("store running workflows", e))?;
+        Ok(())
+    }
 }
 
 impl Actor for WorkflowPartition {
@@ -300,6 +327,14 @@ impl Actor for WorkflowPartition {
             MAX_IN_FLIGHT,
         )
         .await?;
+        let active = read_entry::<BTreeSet<String>>(&ctx.bus, &active_key(partition))
+            .await?
+            .map(|(ids, _)| ids)
+            .unwrap_or_default();
+        // Reconcile first (a predecessor may have died mid-way), then
+        // every SWEEP_EVERY.
+        myself.send_message(WorkflowMsg::Sweep)?;
+        myself.send_interval(SWEEP_EVERY, || WorkflowMsg::Sweep);
         let pump = Pump::start(
             messages,
             myself,
@@ -308,7 +343,9 @@ impl Actor for WorkflowPartition {
         );
         Ok(WorkflowPartitionState {
             ctx,
+            partition,
             cache: RecordCache::default(),
+            active,
             _pump: pump,
         })
     }
@@ -327,6 +364,12 @@ impl Actor for WorkflowPartition {
             WorkflowMsg::StreamEnded => {
                 return Err(Box::new(bus_err("consume workflow events", "stream ended")))
             }
+            WorkflowMsg::Sweep => {
+                if let Err(e) = sweep(state).await {
+                    tracing::warn!(partition = state.partition, error = %e, "workflow sweep failed; next one retries");
+                }
+                return Ok(());
+            }
         };
         let event: FlowEventMsg = match from_bytes(&msg.subject, &msg.payload) {
             Ok(e) => e,
@@ -344,6 +387,22 @@ impl Actor for WorkflowPartition {
             span,
         )
         .await;
+        let handled = match handled {
+            // A workflow that starts is recorded as running before its
+            // start is acknowledged.
+            Ok(status) if matches!(event.event, FlowEvent::Start { .. }) => match status {
+                Some(s) if !s.is_finished() => {
+                    if state.active.insert(event.workflow_id.clone()) {
+                        state.store_active().await
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => Ok(()),
+            },
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
         match handled {
             Ok(()) => msg.ack().await.map_err(|e| bus_err("ack", e))?,
             Err(e) => {
@@ -355,6 +414,73 @@ impl Actor for WorkflowPartition {
         }
         Ok(())
     }
+}
+
+/// Reconciles the partition's running workflows with their tasks'
+/// records: a task whose record says it ended (or paused) without its
+/// workflow having heard — its writer died between the write and the
+/// publish — is reported again (same message ids: a report that was not
+/// lost changes nothing). Finished workflows leave the running set.
+async fn sweep(state: &mut WorkflowPartitionState) -> Result<(), EngineError> {
+    let bus = &state.ctx.bus;
+    let before = state.active.len();
+    let mut finished = Vec::new();
+    for id in &state.active {
+        let record = match state.cache.0.get(id) {
+            Some((record, _)) => Some(record.state.clone()),
+            None => read_entry::<WorkflowRecord>(bus, id)
+                .await?
+                .map(|(r, _)| r.state),
+        };
+        let Some(flow) = record.filter(|f| !f.status.is_finished()) else {
+            finished.push(id.clone());
+            continue;
+        };
+        let Some((workflow, _)) = bus.execution(id).await? else {
+            finished.push(id.clone());
+            continue;
+        };
+        for (run_id, waiting) in outstanding_runs(&flow) {
+            let child = ids::derived(&workflow.start_timestamp, &[&workflow.id, &run_id]);
+            let Some((record, _)) = bus.execution(&child).await? else {
+                continue;
+            };
+            // Ended, or paused while its workflow thinks it runs.
+            let unheard = record.status.is_completed()
+                || (waiting == TaskStatus::Running
+                    && matches!(record.status, Status::Paused | Status::Pending));
+            if unheard {
+                notify_parent(bus, &record).await?;
+            }
+        }
+    }
+    for id in finished {
+        state.active.remove(&id);
+    }
+    if state.active.len() != before {
+        state.store_active().await?;
+    }
+    Ok(())
+}
+
+/// Task runs (items included) a workflow still waits on, with what it
+/// believes of each (items count as paused: only their end is reported).
+fn outstanding_runs(flow: &FlowState) -> Vec<(String, TaskStatus)> {
+    let mut runs = Vec::new();
+    for run in &flow.runs {
+        if !matches!(run.status, TaskStatus::Running | TaskStatus::Paused) {
+            continue;
+        }
+        match &run.items {
+            Some(items) => runs.extend(
+                items
+                    .in_flight_indexes()
+                    .map(|i| (format!("{}.{i}", run.id), TaskStatus::Paused)),
+            ),
+            None => runs.push((run.id.clone(), run.status)),
+        }
+    }
+    runs
 }
 
 /// Key of the values of with-items run `run_id` of workflow `id`, beside
@@ -527,11 +653,12 @@ pub async fn check_rerun(
 }
 
 /// Applies one event and carries out what it decides.
+/// Returns the workflow's status afterwards (`None`: it has no record).
 async fn handle_event(
     ctx: &WorkflowContext,
     cache: &mut RecordCache,
     event: &FlowEventMsg,
-) -> Result<(), EngineError> {
+) -> Result<Option<FlowStatus>, EngineError> {
     let id = &event.workflow_id;
     for attempt in 0..10 {
         let cached = if attempt == 0 { cache.take(id) } else { None };
@@ -544,19 +671,20 @@ async fn handle_event(
             (None, FlowEvent::Start { definition, input }) => {
                 let Some((execution, _)) = ctx.bus.execution(id).await? else {
                     tracing::warn!(workflow = %id, "start of a workflow whose execution does not exist");
-                    return Ok(());
+                    return Ok(None);
                 };
                 let (definition, state, outbox) =
                     match begin(ctx, &execution, definition, input).await? {
                         Ok(begun) => begun,
                         Err(errors) => {
-                            return finish_execution(
+                            finish_execution(
                                 &ctx.bus,
                                 id,
                                 FlowStatus::Failed,
                                 json!({"errors": errors, "output": {}}),
                             )
-                            .await;
+                            .await?;
+                            return Ok(Some(FlowStatus::Failed));
                         }
                     };
                 let mut record = WorkflowRecord {
@@ -573,16 +701,16 @@ async fn handle_event(
             }
             (None, FlowEvent::Cancel) => {
                 // Canceled before it started: nothing ran.
-                return finish_execution(&ctx.bus, id, FlowStatus::Canceled, json!({"output": {}}))
-                    .await;
+                finish_execution(&ctx.bus, id, FlowStatus::Canceled, json!({"output": {}})).await?;
+                return Ok(Some(FlowStatus::Canceled));
             }
             (None, _) => {
                 tracing::warn!(workflow = %id, "event for a workflow with no record; dropped");
-                return Ok(());
+                return Ok(None);
             }
         };
         let Ok(spec) = spec_of(&record.definition) else {
-            return Ok(());
+            return Ok(Some(record.state.status));
         };
         let flow = ctx.flow(&spec);
         let state = &mut record.state;
@@ -626,8 +754,9 @@ async fn handle_event(
             }
         }
         let revision = carry_out(ctx, &flow, &mut record, revision).await?;
+        let status = record.state.status;
         cache.keep(record, revision);
-        return Ok(());
+        return Ok(Some(status));
     }
     Err(bus_err("update workflow", "too many concurrent changes"))
 }

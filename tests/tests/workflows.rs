@@ -646,3 +646,44 @@ async fn workflow_expressions_read_the_datastore() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_task_end_whose_report_was_lost_is_found_by_the_sweep_after_a_restart() -> Result<()> {
+    let mut node = TestNode::start(vec![]).await?;
+    let (_, created) = node
+        .post(
+            "executions",
+            &json!({"action": "examples.orquesta-ask", "parameters": {"host": "db-2"}}),
+        )
+        .await?;
+    let id = created["id"].as_str().unwrap().to_string();
+    reaches(&node, &id, "paused").await?;
+    let (_, open) = node.get("inquiries").await?;
+    let inquiry = open[0]["id"].as_str().unwrap().to_string();
+    node.stop().await;
+    // The inquiry's answer is stored, but its writer dies before telling
+    // the workflow: the record is written without `Bus::update_execution`.
+    let config = node.config.clone();
+    let client = async_nats::connect(node.nats.url()).await?;
+    let bus = squall_actors::bus::Bus::open(client, 1, config.cluster.partitions).await?;
+    let (mut answered, _) = bus.execution(&inquiry).await?.expect("the inquiry");
+    answered.result = json!({"response": {"approved": true}});
+    answered.transition(
+        squall_domain::execution::Status::Succeeded,
+        squall_domain::time::now(),
+    );
+    bus.executions
+        .put(&inquiry, serde_json::to_vec(&answered)?.into())
+        .await?;
+    // A restarted node's workflow partition reconciles on start.
+    let restarted = squall_tests::start_node(&config).await?;
+    let done = poll(Duration::from_secs(30), || async {
+        let (rec, _) = restarted.bus.execution(&id).await?.expect("the workflow");
+        Ok(rec.status.is_completed().then_some(rec))
+    })
+    .await?;
+    assert_eq!(done.status, squall_domain::execution::Status::Succeeded);
+    assert_eq!(done.result["output"]["outcome"], "draining db-2");
+    restarted.shutdown().await;
+    Ok(())
+}

@@ -199,6 +199,11 @@ impl Items {
         self.failed_count > 0
     }
 
+    /// Items started and not ended, by index.
+    pub fn in_flight_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.started).filter(|i| !self.ended.contains(*i))
+    }
+
     /// Whether item `index` has started and not ended.
     fn is_in_flight(&self, index: usize) -> bool {
         index < self.started && !self.ended.contains(index)
