@@ -462,30 +462,6 @@ fn builtin(name: &str, a: &[Value], default: Option<Value>) -> Result<Value, Str
             _ => return Err("float() needs a number or string".into()),
         },
         "bool" => Value::Bool(arg(0).is_some_and(truthy)),
-        // `range(stop)`, `range(start, stop)`, `range(start, stop, step)`.
-        "range" => {
-            let n = |i: usize| -> Result<i64, String> {
-                arg(i)
-                    .and_then(Value::as_i64)
-                    .ok_or_else(|| "range() takes integers".to_string())
-            };
-            let (start, stop, step) = match a.len() {
-                1 => (0, n(0)?, 1),
-                2 => (n(0)?, n(1)?, 1),
-                3 => (n(0)?, n(1)?, n(2)?),
-                _ => return Err("range() takes one to three integers".into()),
-            };
-            if step == 0 {
-                return Err("range() step must not be zero".into());
-            }
-            let mut out = Vec::new();
-            let mut i = start;
-            while (step > 0 && i < stop) || (step < 0 && i > stop) {
-                out.push(Value::from(i));
-                i += step;
-            }
-            Value::Array(out)
-        }
         "list" => match a {
             [Value::Array(x)] => Value::Array(x.clone()),
             _ => Value::Array(a.to_vec()),
