@@ -687,3 +687,36 @@ async fn a_task_end_whose_report_was_lost_is_found_by_the_sweep_after_a_restart(
     restarted.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_task_past_its_timeout_is_stopped_and_its_workflow_handles_it() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    write_pack(
+        packs.path(),
+        "slow",
+        &[
+            ("pack.yaml", "name: slow\nversion: 0.1.0\n"),
+            (
+                "actions/flow.yaml",
+                "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\n",
+            ),
+            (
+                "actions/workflows/flow.yaml",
+                "version: 1.0\ntasks:\n  hang:\n    action: core.local cmd=\"sleep 60\" timeout=1\n    next:\n      - when: <% failed() %>\n        publish: why=<% result().error %>\n        do: page\n  page:\n    action: core.echo\n    input:\n      message: \"paging - <% ctx(why) %>\"\n    next:\n      - publish: paged=<% result().stdout %>\noutput:\n  - paged: <% ctx(paged) %>\n",
+            ),
+        ],
+    )?;
+    let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let (_, done) = run(&node, "slow.flow", json!({})).await?;
+    assert_eq!(done["status"], "succeeded", "remediated: {done}");
+    assert_eq!(
+        done["result"]["output"]["paged"],
+        "paging - Action failed to complete in 1 seconds"
+    );
+    let id = done["id"].as_str().unwrap();
+    assert_eq!(
+        tasks_of(&node, id).await?,
+        owned(&[("hang", "timeout"), ("page", "succeeded")])
+    );
+    Ok(())
+}
