@@ -209,6 +209,20 @@ impl Items {
         index < self.started && !self.ended.contains(index)
     }
 
+    /// Marks in-flight item `index` paused; false if it was already.
+    fn pause(&mut self, index: usize) -> bool {
+        let fresh = self.is_in_flight(index) && self.paused.insert(index);
+        self.paused_count += usize::from(fresh);
+        fresh
+    }
+
+    /// Marks item `index` running again; false if it was not paused.
+    fn unpause(&mut self, index: usize) -> bool {
+        let had = self.paused.remove(index);
+        self.paused_count -= usize::from(had);
+        had
+    }
+
     fn end(&mut self, index: usize, succeeded: bool) {
         if self.ended.insert(index) {
             self.ended_count += 1;
@@ -1105,26 +1119,8 @@ pub fn resume(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
 /// A task run's execution paused (a child workflow paused, or an inquiry
 /// waits for its answer): the workflow pauses too, as Orquesta's does.
 pub fn task_paused(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<Command> {
-    match item_of(state, run_id) {
-        Some((run, index)) => {
-            let Some(items) = state.runs[run].items.as_mut() else {
-                return Vec::new();
-            };
-            if !items.is_in_flight(index) || !items.paused.insert(index) {
-                return Vec::new();
-            }
-            items.paused_count += 1;
-        }
-        None => {
-            let Some(run) = state
-                .runs
-                .iter_mut()
-                .find(|r| r.id == run_id && r.status == TaskStatus::Running)
-            else {
-                return Vec::new();
-            };
-            run.status = TaskStatus::Paused;
-        }
+    if !mark_paused(state, run_id, true) {
+        return Vec::new();
     }
     if state.status == FlowStatus::Running {
         return pause(flow, state);
@@ -1136,28 +1132,40 @@ pub fn task_paused(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<
 
 /// A paused task run's execution runs again: so does its workflow.
 pub fn task_resumed(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<Command> {
-    match item_of(state, run_id) {
-        Some((run, index)) => {
-            let Some(items) = state.runs[run].items.as_mut() else {
-                return Vec::new();
-            };
-            if !items.paused.remove(index) {
-                return Vec::new();
-            }
-            items.paused_count -= 1;
-        }
-        None => {
-            let Some(run) = state
-                .runs
-                .iter_mut()
-                .find(|r| r.id == run_id && r.status == TaskStatus::Paused)
-            else {
-                return Vec::new();
-            };
-            run.status = TaskStatus::Running;
-        }
+    if !mark_paused(state, run_id, false) {
+        return Vec::new();
     }
     resume(flow, state)
+}
+
+/// Marks task run (or item) `run_id` paused or running again; false when
+/// it already was (a replay) or is not under way.
+fn mark_paused(state: &mut FlowState, run_id: &str, paused: bool) -> bool {
+    if let Some((run, index)) = item_of(state, run_id) {
+        return state.runs[run].items.as_mut().is_some_and(|items| {
+            if paused {
+                items.pause(index)
+            } else {
+                items.unpause(index)
+            }
+        });
+    }
+    let (from, to) = if paused {
+        (TaskStatus::Running, TaskStatus::Paused)
+    } else {
+        (TaskStatus::Paused, TaskStatus::Running)
+    };
+    match state
+        .runs
+        .iter_mut()
+        .find(|r| r.id == run_id && r.status == from)
+    {
+        Some(run) => {
+            run.status = to;
+            true
+        }
+        None => false,
+    }
 }
 
 /// A task run has finished: retries, then transitions, then maybe the end.
