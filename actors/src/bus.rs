@@ -543,8 +543,8 @@ impl Bus {
 
     /// Replaces an execution record if it is still at `revision`; returns
     /// the new revision, or `None` when someone else changed it first. A
-    /// workflow task's final record also tells its workflow (every final
-    /// write passes here: runners, cancels, inquiry answers, expiry).
+    /// workflow task's end, pause and resume also tell its workflow (every
+    /// such write passes here: runners, cancels, inquiries, expiry).
     pub async fn update_execution(
         &self,
         record: &ExecutionRecord,
@@ -556,10 +556,9 @@ impl Bus {
             .await
         {
             Ok(rev) => {
-                // A task of a workflow that has ended tells its workflow.
-                if record.status.is_completed() {
-                    crate::workflows::notify_parent(self, record).await?;
-                }
+                // A workflow's task that ended, paused or resumed tells
+                // its workflow.
+                crate::workflows::notify_parent(self, record).await?;
                 Ok(Some(rev))
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),

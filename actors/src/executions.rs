@@ -198,6 +198,72 @@ pub async fn cancel(bus: &Bus, id: &str, by: &str) -> Result<CancelOutcome, Engi
     ))
 }
 
+/// What a pause or resume request found.
+#[derive(Debug, Clone)]
+pub enum PauseOutcome {
+    /// Asked (or already under way): the record now.
+    Requested(Box<ExecutionRecord>),
+    /// Only workflows pause; this execution runs on this runner.
+    NotAWorkflow(String),
+    /// It cannot pause or resume from this status.
+    Not(Status),
+    NotFound,
+}
+
+/// Pauses a running workflow execution on behalf of `by`: it becomes
+/// `pausing`, and `paused` once its running tasks have ended or paused
+/// (child workflows pause too; actions run to their end).
+pub async fn pause(bus: &Bus, id: &str, by: &str) -> Result<PauseOutcome, EngineError> {
+    change_pause(bus, id, by, Status::Pausing).await
+}
+
+/// Resumes a paused (or pausing) workflow execution on behalf of `by`: it
+/// becomes `resuming`, then `running` once its workflow has resumed.
+pub async fn resume(bus: &Bus, id: &str, by: &str) -> Result<PauseOutcome, EngineError> {
+    change_pause(bus, id, by, Status::Resuming).await
+}
+
+async fn change_pause(
+    bus: &Bus,
+    id: &str,
+    by: &str,
+    to: Status,
+) -> Result<PauseOutcome, EngineError> {
+    let (from, already): (&[Status], &[Status]) = match to {
+        Status::Pausing => (&[Status::Running], &[Status::Pausing, Status::Paused]),
+        _ => (&[Status::Paused, Status::Pausing], &[Status::Resuming]),
+    };
+    for _ in 0..5 {
+        let Some((mut rec, rev)) = bus.execution(id).await? else {
+            return Ok(PauseOutcome::NotFound);
+        };
+        if rec.runner.name != crate::workflows::RUNNER {
+            return Ok(PauseOutcome::NotAWorkflow(rec.runner.name));
+        }
+        if already.contains(&rec.status) {
+            return Ok(PauseOutcome::Requested(Box::new(rec)));
+        }
+        if !from.contains(&rec.status) {
+            return Ok(PauseOutcome::Not(rec.status));
+        }
+        rec.transition(to, time::now());
+        if bus.update_execution(&rec, rev).await?.is_some() {
+            let (event, name) = match to {
+                Status::Pausing => (crate::workflows::FlowEvent::Pause, "pause"),
+                _ => (crate::workflows::FlowEvent::Resume, "resume"),
+            };
+            let msg_id = format!("wf{name}-{}-{}", rec.id, rec.log.len());
+            crate::workflows::publish(bus, &rec.id, &msg_id, event).await?;
+            tracing::info!(execution = %id, user = %by, status = %to, "{name} requested");
+            return Ok(PauseOutcome::Requested(Box::new(rec)));
+        }
+    }
+    Err(crate::error::bus_err(
+        "pause or resume execution",
+        "the execution kept changing",
+    ))
+}
+
 /// Tells whoever runs `rec` to stop: its runner's node, or its workflow.
 async fn ask_to_stop(bus: &Bus, rec: &ExecutionRecord) -> Result<(), EngineError> {
     if rec.runner.name == crate::workflows::RUNNER {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use squall_domain::secrets::Cipher;
 use squall_domain::template::Renderer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,6 +81,8 @@ pub struct Shared {
     pub renderer: Arc<Renderer>,
     /// The datastore as templates read it.
     pub kv: KeyCache,
+    /// Opens secret datastore values (`st2kv(key, decrypt=true)`).
+    pub cipher: Cipher,
     pub settings: NodeSettings,
     pub runners: RunnerContext,
 }
@@ -128,7 +131,11 @@ async fn spawn_child(
                 bus: shared.bus.clone(),
                 catalog: shared.catalog.clone(),
                 renderer: shared.renderer.clone(),
+                expressions: Arc::new(
+                    Renderer::with_cipher(shared.cipher.clone()).keeping_none_marker(),
+                ),
                 kv: shared.kv.clone(),
+                cipher: shared.cipher.clone(),
                 // `ctx().st2.api_url`: the v1 API root, so `.../executions/<id>` works.
                 api_url: format!("{}/v1", shared.settings.api_url),
             };
@@ -335,6 +342,7 @@ impl Engine {
             catalog,
             renderer: Arc::new(Renderer::with_cipher(keys.cipher().clone())),
             kv,
+            cipher: keys.cipher().clone(),
             settings,
             runners,
         };

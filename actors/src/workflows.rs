@@ -14,6 +14,8 @@
 //! task twice. A task's final record publishes a `task done` event to its
 //! workflow (from [`Bus::update_execution`]); nothing polls.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
@@ -22,8 +24,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use squall_domain::execution::{ExecutionRecord, Status};
-use squall_domain::orquesta::conductor::{self, Command, FlowState, FlowStatus};
+use squall_domain::orquesta::conductor::{
+    self, Command, Flow, FlowState, FlowStatus, ItemResult, TaskStatus,
+};
 use squall_domain::orquesta::{self, WorkflowSpec};
+use squall_domain::secrets::Cipher;
 use squall_domain::{ids, runner_types, time};
 
 use crate::bus::{from_bytes, to_bytes, Bus, WORKFLOWS_STREAM};
@@ -62,6 +67,21 @@ pub enum FlowEvent {
     },
     /// Someone asked to cancel it.
     Cancel,
+    /// Someone (or its parent) asked to pause it.
+    Pause,
+    /// Someone (or its parent) asked to resume it.
+    Resume,
+    /// One of its task runs paused (a child workflow paused, or an
+    /// inquiry waits for its answer).
+    TaskPaused {
+        run_id: String,
+        execution_id: String,
+    },
+    /// One of its paused task runs runs again.
+    TaskResumed {
+        run_id: String,
+        execution_id: String,
+    },
     /// One of its task runs ended.
     TaskDone {
         run_id: String,
@@ -112,26 +132,56 @@ pub async fn publish(
     crate::bus::publish(&bus.js, subject, msg_id, HeaderMap::new(), to_bytes(&msg)?).await
 }
 
-/// When `record` is a workflow's task run that has ended, tells the
-/// workflow (idempotent: the message id is the execution's).
+/// When `record` is a workflow's task run that has ended, paused (or gone
+/// `pending`) or runs again after a pause, tells the workflow. Idempotent:
+/// the message id is the execution's, with its status log's length for
+/// the changes that can happen more than once.
 pub async fn notify_parent(bus: &Bus, record: &ExecutionRecord) -> Result<(), EngineError> {
-    // Every final write passes here: read, do not copy, the context.
+    // Every write passes here: read, do not copy, the context.
     let orquesta = record.context.get("orquesta");
     let field = |name: &str| orquesta.and_then(|o| o.get(name)).and_then(Value::as_str);
     let (Some(workflow_id), Some(run_id)) = (field("workflow_execution_id"), field("task_id"))
     else {
         return Ok(());
     };
-    if !record.status.is_completed() {
-        return Ok(());
-    }
-    let event = FlowEvent::TaskDone {
-        run_id: run_id.to_string(),
-        execution_id: record.id.clone(),
-        succeeded: record.status == Status::Succeeded,
-        result: record.result.clone(),
+    let (run_id, execution_id, n) = (run_id.to_string(), record.id.clone(), record.log.len());
+    let (event, msg_id) = match record.status {
+        s if s.is_completed() => (
+            FlowEvent::TaskDone {
+                run_id,
+                execution_id,
+                succeeded: s == Status::Succeeded,
+                result: record.result.clone(),
+            },
+            format!("wfdone-{}", record.id),
+        ),
+        Status::Paused | Status::Pending => (
+            FlowEvent::TaskPaused {
+                run_id,
+                execution_id,
+            },
+            format!("wfpaused-{}-{n}", record.id),
+        ),
+        Status::Running if resumed(record) => (
+            FlowEvent::TaskResumed {
+                run_id,
+                execution_id,
+            },
+            format!("wfresumed-{}-{n}", record.id),
+        ),
+        _ => return Ok(()),
     };
-    publish(bus, workflow_id, &format!("wfdone-{}", record.id), event).await
+    publish(bus, workflow_id, &msg_id, event).await
+}
+
+/// Whether `record` just went back to `running` after a pause.
+fn resumed(record: &ExecutionRecord) -> bool {
+    let mut statuses = record.log.iter().rev().map(|e| e.status);
+    statuses.next() == Some(Status::Running)
+        && matches!(
+            statuses.next(),
+            Some(Status::Paused | Status::Pausing | Status::Resuming)
+        )
 }
 
 /// Called by the runner that claimed a workflow execution: reads its
@@ -167,10 +217,27 @@ pub async fn start(
 pub struct WorkflowContext {
     pub bus: Bus,
     pub catalog: crate::catalog::CatalogHandle,
+    /// Renders task actions' parameters.
     pub renderer: std::sync::Arc<squall_domain::template::Renderer>,
+    /// Renders the workflows' own Jinja (`use_none`'s marker kept, as
+    /// Orquesta keeps it).
+    pub expressions: std::sync::Arc<squall_domain::template::Renderer>,
     pub kv: KeyCache,
+    /// Opens secrets for `st2kv(key, decrypt=true)`.
+    pub cipher: Cipher,
     /// The public API URL, for `ctx().st2.api_url`.
     pub api_url: String,
+}
+
+impl WorkflowContext {
+    /// `spec` with this node's datastore for `st2kv()`.
+    fn flow<'a>(&'a self, spec: &'a WorkflowSpec) -> Flow<'a> {
+        Flow::new(spec).with_datastore(
+            &self.expressions,
+            Arc::new(self.kv.clone()),
+            Some(self.cipher.clone()),
+        )
+    }
 }
 
 /// Consumes one partition of the `WORKFLOWS` stream.
@@ -182,13 +249,68 @@ pub struct WorkflowPartition;
 pub enum WorkflowMsg {
     Event(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
     StreamEnded,
+    /// Time to reconcile the running workflows with their tasks' records.
+    Sweep,
+}
+
+/// How often a partition reconciles its running workflows.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Key of the ids of a partition's running workflows.
+fn active_key(partition: u32) -> String {
+    format!("active.{partition}")
+}
+
+/// Workflow records as this partition last stored them, with their
+/// revisions: an event on a workflow in progress neither reads its record
+/// nor its items' values back. A record someone else changed since fails
+/// its compare-and-swap and is read afresh.
+#[derive(Debug, Default)]
+struct RecordCache(HashMap<String, (WorkflowRecord, u64)>);
+
+/// Workflows a partition keeps in memory at most (in-flight ones; finished
+/// ones leave at once).
+const CACHED_RECORDS: usize = 4096;
+
+impl RecordCache {
+    fn take(&mut self, id: &str) -> Option<(WorkflowRecord, u64)> {
+        self.0.remove(id)
+    }
+
+    fn keep(&mut self, record: WorkflowRecord, revision: u64) {
+        if record.state.status.is_finished() {
+            return;
+        }
+        if self.0.len() >= CACHED_RECORDS {
+            self.0.clear();
+        }
+        self.0.insert(record.id.clone(), (record, revision));
+    }
 }
 
 /// State of [`WorkflowPartition`].
 #[derive(Debug)]
 pub struct WorkflowPartitionState {
     ctx: WorkflowContext,
+    partition: u32,
+    cache: RecordCache,
+    /// The running workflows of this partition, stored under
+    /// [`active_key`] whenever one starts (finished ones leave at the next
+    /// sweep), so the sweep finds them after a restart or a takeover.
+    active: BTreeSet<String>,
     _pump: Pump,
+}
+
+impl WorkflowPartitionState {
+    async fn store_active(&self) -> Result<(), EngineError> {
+        self.ctx
+            .bus
+            .workflows
+            .put(active_key(self.partition), to_bytes(&self.active)?)
+            .await
+            .map_err(|e| bus_err("store running workflows", e))?;
+        Ok(())
+    }
 }
 
 impl Actor for WorkflowPartition {
@@ -209,13 +331,27 @@ impl Actor for WorkflowPartition {
             MAX_IN_FLIGHT,
         )
         .await?;
+        let active = read_entry::<BTreeSet<String>>(&ctx.bus, &active_key(partition))
+            .await?
+            .map(|(ids, _)| ids)
+            .unwrap_or_default();
+        // Reconcile first (a predecessor may have died mid-way), then
+        // every SWEEP_EVERY.
+        myself.send_message(WorkflowMsg::Sweep)?;
+        myself.send_interval(SWEEP_EVERY, || WorkflowMsg::Sweep);
         let pump = Pump::start(
             messages,
             myself,
             |m| WorkflowMsg::Event(Box::new(m)),
             WorkflowMsg::StreamEnded,
         );
-        Ok(WorkflowPartitionState { ctx, _pump: pump })
+        Ok(WorkflowPartitionState {
+            ctx,
+            partition,
+            cache: RecordCache::default(),
+            active,
+            _pump: pump,
+        })
     }
 
     async fn handle(
@@ -232,6 +368,12 @@ impl Actor for WorkflowPartition {
             WorkflowMsg::StreamEnded => {
                 return Err(Box::new(bus_err("consume workflow events", "stream ended")))
             }
+            WorkflowMsg::Sweep => {
+                if let Err(e) = sweep(state).await {
+                    tracing::warn!(partition = state.partition, error = %e, "workflow sweep failed; next one retries");
+                }
+                return Ok(());
+            }
         };
         let event: FlowEventMsg = match from_bytes(&msg.subject, &msg.payload) {
             Ok(e) => e,
@@ -244,7 +386,27 @@ impl Actor for WorkflowPartition {
             }
         };
         let span = tracing::info_span!("workflow", workflow = %event.workflow_id);
-        let handled = tracing::Instrument::instrument(handle_event(&state.ctx, &event), span).await;
+        let handled = tracing::Instrument::instrument(
+            handle_event(&state.ctx, &mut state.cache, &event),
+            span,
+        )
+        .await;
+        let handled = match handled {
+            // A workflow that starts is recorded as running before its
+            // start is acknowledged.
+            Ok(status) if matches!(event.event, FlowEvent::Start { .. }) => match status {
+                Some(s) if !s.is_finished() => {
+                    if state.active.insert(event.workflow_id.clone()) {
+                        state.store_active().await
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => Ok(()),
+            },
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
         match handled {
             Ok(()) => msg.ack().await.map_err(|e| bus_err("ack", e))?,
             Err(e) => {
@@ -258,29 +420,140 @@ impl Actor for WorkflowPartition {
     }
 }
 
+/// Reconciles the partition's running workflows with their tasks'
+/// records: a task whose record says it ended (or paused) without its
+/// workflow having heard — its writer died between the write and the
+/// publish — is reported again (same message ids: a report that was not
+/// lost changes nothing). Finished workflows leave the running set.
+async fn sweep(state: &mut WorkflowPartitionState) -> Result<(), EngineError> {
+    let bus = &state.ctx.bus;
+    let before = state.active.len();
+    let mut finished = Vec::new();
+    for id in &state.active {
+        let record = match state.cache.0.get(id) {
+            Some((record, _)) => Some(record.state.clone()),
+            None => read_entry::<WorkflowRecord>(bus, id)
+                .await?
+                .map(|(r, _)| r.state),
+        };
+        let Some(flow) = record.filter(|f| !f.status.is_finished()) else {
+            finished.push(id.clone());
+            continue;
+        };
+        let Some((workflow, _)) = bus.execution(id).await? else {
+            finished.push(id.clone());
+            continue;
+        };
+        for (run_id, waiting) in outstanding_runs(&flow) {
+            let child = ids::derived(&workflow.start_timestamp, &[&workflow.id, &run_id]);
+            let Some((record, _)) = bus.execution(&child).await? else {
+                continue;
+            };
+            // Ended, or paused while its workflow thinks it runs.
+            let unheard = record.status.is_completed()
+                || (waiting == TaskStatus::Running
+                    && matches!(record.status, Status::Paused | Status::Pending));
+            if unheard {
+                notify_parent(bus, &record).await?;
+            }
+        }
+    }
+    for id in finished {
+        state.active.remove(&id);
+    }
+    if state.active.len() != before {
+        state.store_active().await?;
+    }
+    Ok(())
+}
+
+/// Task runs (items included) a workflow still waits on, with what it
+/// believes of each (items count as paused: only their end is reported).
+fn outstanding_runs(flow: &FlowState) -> Vec<(String, TaskStatus)> {
+    let mut runs = Vec::new();
+    for run in &flow.runs {
+        if !matches!(run.status, TaskStatus::Running | TaskStatus::Paused) {
+            continue;
+        }
+        match &run.items {
+            Some(items) => runs.extend(
+                items
+                    .in_flight_indexes()
+                    .map(|i| (format!("{}.{i}", run.id), TaskStatus::Paused)),
+            ),
+            None => runs.push((run.id.clone(), run.status)),
+        }
+    }
+    runs
+}
+
+/// Key of the values of with-items run `run_id` of workflow `id`, beside
+/// the workflow's record.
+fn items_key(id: &str, run_id: &str) -> String {
+    format!("{id}.items.{run_id}")
+}
+
+/// Reads a workflow's record and the item values of its `with` runs.
 async fn load(bus: &Bus, id: &str) -> Result<Option<(WorkflowRecord, u64)>, EngineError> {
+    let Some((mut record, revision)) = read_entry::<WorkflowRecord>(bus, id).await? else {
+        return Ok(None);
+    };
+    for run in &mut record.state.runs {
+        let Some(items) = run.items.as_mut() else {
+            continue;
+        };
+        if items.values.len() == items.count || run.status != TaskStatus::Running {
+            continue;
+        }
+        match read_entry::<Vec<Value>>(bus, &items_key(id, &run.id)).await? {
+            Some((values, _)) => items.values = values,
+            None => {
+                return Err(bus_err(
+                    "read workflow items",
+                    format!("the items of {} in workflow {id} are missing", run.id),
+                ))
+            }
+        }
+    }
+    Ok(Some((record, revision)))
+}
+
+async fn read_entry<T: serde::de::DeserializeOwned>(
+    bus: &Bus,
+    key: &str,
+) -> Result<Option<(T, u64)>, EngineError> {
     match bus
         .workflows
-        .entry(id)
+        .entry(key)
         .await
         .map_err(|e| bus_err("read workflow", e))?
     {
         Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
-            Ok(Some((from_bytes(id, &e.value)?, e.revision)))
+            Ok(Some((from_bytes(key, &e.value)?, e.revision)))
         }
         _ => Ok(None),
     }
 }
 
 /// Stores `record` over `revision` (0: create); its new revision, or
-/// `None` when someone else wrote first.
+/// `None` when someone else wrote first. Item values of `with` runs that
+/// started since the last write are stored first, beside the record, once.
 async fn store(
     bus: &Bus,
-    record: &WorkflowRecord,
+    record: &mut WorkflowRecord,
     revision: u64,
 ) -> Result<Option<u64>, EngineError> {
     use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
-    let bytes = to_bytes(record)?;
+    for run in &mut record.state.runs {
+        if let Some(items) = run.items.as_mut().filter(|i| !i.values_stored) {
+            bus.workflows
+                .put(items_key(&record.id, &run.id), to_bytes(&items.values)?)
+                .await
+                .map_err(|e| bus_err("store workflow items", e))?;
+            items.values_stored = true;
+        }
+    }
+    let bytes = to_bytes(&*record)?;
     if revision == 0 {
         return match bus.workflows.create(&record.id, bytes).await {
             Ok(r) => Ok(Some(r)),
@@ -315,117 +588,203 @@ fn spec_of(definition: &str) -> Result<WorkflowSpec, Vec<Value>> {
     }
 }
 
+/// What a re-run from tasks asks for (`context.re_run` of its execution).
+#[derive(Debug, Deserialize)]
+struct ReRun {
+    #[serde(rename = "ref")]
+    original: String,
+    #[serde(default)]
+    tasks: Vec<String>,
+}
+
+/// The state a workflow starts in, and what to do first: from its input,
+/// or, for a re-run from tasks, from the failed workflow it re-runs.
+async fn begin(
+    ctx: &WorkflowContext,
+    execution: &ExecutionRecord,
+    definition: &str,
+    input: &Map<String, Value>,
+) -> Result<Result<(String, FlowState, Vec<Command>), Vec<Value>>, EngineError> {
+    let error = |message: String| Ok(Err(vec![json!({"type": "error", "message": message})]));
+    let rerun: Option<ReRun> = execution
+        .context
+        .get("re_run")
+        .and_then(|r| serde_json::from_value(r.clone()).ok())
+        .filter(|r: &ReRun| !r.tasks.is_empty());
+    let Some(rerun) = rerun else {
+        let spec = match spec_of(definition) {
+            Ok(s) => s,
+            Err(errors) => return Ok(Err(errors)),
+        };
+        // StackStorm checks the tasks' actions and inputs before the
+        // workflow starts.
+        let catalog = ctx.catalog.load();
+        let contents = orquesta::check_contents(&spec, |reference| {
+            let action = &catalog.actions.get(reference)?.def;
+            let mut params = runner_types::lookup(&action.runner_type)
+                .map(|r| r.runner_parameters.clone())
+                .unwrap_or_default();
+            params.extend(action.parameters.clone());
+            Some(params)
+        });
+        if !contents.is_empty() {
+            return Ok(Err(contents));
+        }
+        let (state, commands) =
+            conductor::start(&ctx.flow(&spec), input, runtime_context(ctx, execution));
+        return Ok(Ok((definition.to_string(), state, commands)));
+    };
+    // The re-run continues the original: its definition and its state.
+    let Some((original, _)) = load(&ctx.bus, &rerun.original).await? else {
+        return error(format!(
+            "workflow execution {} has no stored state to re-run from",
+            rerun.original
+        ));
+    };
+    let spec = match spec_of(&original.definition) {
+        Ok(s) => s,
+        Err(errors) => return Ok(Err(errors)),
+    };
+    match conductor::rerun(
+        &ctx.flow(&spec),
+        &original.state,
+        &rerun.tasks,
+        runtime_context(ctx, execution),
+    ) {
+        Ok((state, commands)) => Ok(Ok((original.definition, state, commands))),
+        Err(message) => error(message),
+    }
+}
+
+/// Whether workflow execution `id` can be re-run from `tasks`: `Err(why)`
+/// when it cannot (it has not failed, a task is unknown or did not fail).
+pub async fn check_rerun(
+    bus: &Bus,
+    id: &str,
+    tasks: &[String],
+) -> Result<Result<(), String>, EngineError> {
+    let Some((record, _)) = read_entry::<WorkflowRecord>(bus, id).await? else {
+        return Ok(Err(format!(
+            "workflow execution {id} never started, so it has no tasks to re-run"
+        )));
+    };
+    let spec = match spec_of(&record.definition) {
+        Ok(spec) => spec,
+        Err(_) => {
+            return Ok(Err(format!(
+                "workflow execution {id}'s definition is invalid"
+            )))
+        }
+    };
+    Ok(conductor::rerun(&Flow::new(&spec), &record.state, tasks, Map::new()).map(|_| ()))
+}
+
 /// Applies one event and carries out what it decides.
-async fn handle_event(ctx: &WorkflowContext, event: &FlowEventMsg) -> Result<(), EngineError> {
+/// Returns the workflow's status afterwards (`None`: it has no record).
+async fn handle_event(
+    ctx: &WorkflowContext,
+    cache: &mut RecordCache,
+    event: &FlowEventMsg,
+) -> Result<Option<FlowStatus>, EngineError> {
     let id = &event.workflow_id;
-    for _ in 0..10 {
-        let (mut record, mut revision) = match (load(&ctx.bus, id).await?, &event.event) {
+    for attempt in 0..10 {
+        let cached = if attempt == 0 { cache.take(id) } else { None };
+        let found = match cached {
+            Some(found) => Some(found),
+            None => load(&ctx.bus, id).await?,
+        };
+        let (mut record, mut revision) = match (found, &event.event) {
             (Some(found), _) => found,
             (None, FlowEvent::Start { definition, input }) => {
                 let Some((execution, _)) = ctx.bus.execution(id).await? else {
                     tracing::warn!(workflow = %id, "start of a workflow whose execution does not exist");
-                    return Ok(());
+                    return Ok(None);
                 };
-                let spec = match spec_of(definition) {
-                    Ok(s) => s,
-                    Err(errors) => {
-                        return finish_execution(
-                            &ctx.bus,
-                            id,
-                            FlowStatus::Failed,
-                            json!({"errors": errors, "output": null}),
-                        )
-                        .await;
-                    }
-                };
-                // StackStorm checks the tasks' actions and inputs before
-                // the workflow starts.
-                let catalog = ctx.catalog.load();
-                let contents = orquesta::check_contents(&spec, |reference| {
-                    let action = &catalog.actions.get(reference)?.def;
-                    let mut params = runner_types::lookup(&action.runner_type)
-                        .map(|r| r.runner_parameters.clone())
-                        .unwrap_or_default();
-                    params.extend(action.parameters.clone());
-                    Some(params)
-                });
-                if !contents.is_empty() {
-                    return finish_execution(
-                        &ctx.bus,
-                        id,
-                        FlowStatus::Failed,
-                        json!({"errors": contents, "output": null}),
-                    )
-                    .await;
-                }
-                let (state, outbox) =
-                    conductor::start(&spec, input, runtime_context(ctx, &execution));
-                let record = WorkflowRecord {
+                let (definition, state, outbox) =
+                    match begin(ctx, &execution, definition, input).await? {
+                        Ok(begun) => begun,
+                        Err(errors) => {
+                            finish_execution(
+                                &ctx.bus,
+                                id,
+                                FlowStatus::Failed,
+                                json!({"errors": errors, "output": null}),
+                            )
+                            .await?;
+                            return Ok(Some(FlowStatus::Failed));
+                        }
+                    };
+                let mut record = WorkflowRecord {
                     v: 1,
                     id: id.clone(),
-                    definition: definition.clone(),
+                    definition,
                     state,
                     outbox,
                 };
-                let Some(revision) = store(&ctx.bus, &record, 0).await? else {
+                let Some(revision) = store(&ctx.bus, &mut record, 0).await? else {
                     continue;
                 };
                 (record, revision)
             }
             (None, FlowEvent::Cancel) => {
                 // Canceled before it started: nothing ran.
-                return finish_execution(
-                    &ctx.bus,
-                    id,
-                    FlowStatus::Canceled,
-                    json!({"output": null}),
-                )
-                .await;
+                finish_execution(&ctx.bus, id, FlowStatus::Canceled, json!({"output": null}))
+                    .await?;
+                return Ok(Some(FlowStatus::Canceled));
             }
-            (None, FlowEvent::TaskDone { .. }) => {
-                tracing::warn!(workflow = %id, "task done for a workflow with no record; dropped");
-                return Ok(());
+            (None, _) => {
+                tracing::warn!(workflow = %id, "event for a workflow with no record; dropped");
+                return Ok(None);
             }
         };
         let Ok(spec) = spec_of(&record.definition) else {
-            return Ok(());
+            return Ok(Some(record.state.status));
         };
-        if let FlowEvent::Cancel = &event.event {
-            let commands = conductor::cancel(&spec, &mut record.state);
-            if !commands.is_empty() {
-                record.outbox.extend(commands);
-                match store(&ctx.bus, &record, revision).await? {
-                    Some(r) => revision = r,
-                    None => continue,
+        let flow = ctx.flow(&spec);
+        let state = &mut record.state;
+        let commands = match &event.event {
+            FlowEvent::Start { .. } => Vec::new(),
+            FlowEvent::Cancel => conductor::cancel(&flow, state),
+            FlowEvent::Pause => {
+                let mut commands = conductor::pause(&flow, state);
+                if commands.is_empty() && state.status.is_paused() {
+                    // Already pausing or paused: make sure the execution says so.
+                    commands.push(Command::Status {
+                        status: state.status,
+                    });
                 }
+                commands
             }
-        }
-        if let FlowEvent::TaskDone {
-            run_id,
-            succeeded,
-            result,
-            ..
-        } = &event.event
-        {
-            let before = record.state.clone();
-            let commands = conductor::task_finished(
-                &spec,
-                &mut record.state,
+            FlowEvent::Resume => {
+                let mut commands = conductor::resume(&flow, state);
+                if commands.is_empty() && state.status == FlowStatus::Running {
+                    commands.push(Command::Status {
+                        status: FlowStatus::Running,
+                    });
+                }
+                commands
+            }
+            FlowEvent::TaskPaused { run_id, .. } => conductor::task_paused(&flow, state, run_id),
+            FlowEvent::TaskResumed { run_id, .. } => conductor::task_resumed(&flow, state, run_id),
+            FlowEvent::TaskDone {
                 run_id,
-                *succeeded,
-                result.clone(),
-            );
-            // Any change is stored, with or without commands: an item's
-            // result alone is progress.
-            if record.state != before || !commands.is_empty() {
-                record.outbox.extend(commands);
-                match store(&ctx.bus, &record, revision).await? {
-                    Some(r) => revision = r,
-                    None => continue,
-                }
+                succeeded,
+                result,
+                ..
+            } => conductor::task_finished(&flow, state, run_id, *succeeded, result.clone()),
+        };
+        // Stored even without commands: an item's end alone is progress.
+        if !matches!(event.event, FlowEvent::Start { .. }) {
+            record.outbox.extend(commands);
+            match store(&ctx.bus, &mut record, revision).await? {
+                Some(r) => revision = r,
+                None => continue,
             }
         }
-        return carry_out(ctx, &spec, record, revision).await;
+        let revision = carry_out(ctx, &flow, &mut record, revision).await?;
+        let status = record.state.status;
+        cache.keep(record, revision);
+        return Ok(Some(status));
     }
     Err(bus_err("update workflow", "too many concurrent changes"))
 }
@@ -452,19 +811,22 @@ fn runtime_context(ctx: &WorkflowContext, execution: &ExecutionRecord) -> Map<St
 
 /// Carries out the outbox until it is empty (a task whose execution cannot
 /// even be requested — an unknown action, bad parameters — fails at once,
-/// which may decide more), then stores the emptied outbox.
+/// and gathered item results end their task, either of which may decide
+/// more), then stores the emptied outbox; returns the record's revision.
 async fn carry_out(
     ctx: &WorkflowContext,
-    spec: &WorkflowSpec,
-    mut record: WorkflowRecord,
+    flow: &Flow<'_>,
+    record: &mut WorkflowRecord,
     revision: u64,
-) -> Result<(), EngineError> {
+) -> Result<u64, EngineError> {
     if record.outbox.is_empty() {
-        return Ok(());
+        return Ok(revision);
     }
     let Some((execution, _)) = ctx.bus.execution(&record.id).await? else {
-        return Ok(());
+        return Ok(revision);
     };
+    let child_id =
+        |run_id: &str| ids::derived(&execution.start_timestamp, &[&execution.id, run_id]);
     let mut i = 0;
     while i < record.outbox.len() {
         match record.outbox[i].clone() {
@@ -481,20 +843,30 @@ async fn carry_out(
                 )
                 .await?
                 {
-                    let more = conductor::task_finished(
-                        spec,
+                    let more = conductor::run_failed_to_start(
+                        flow,
                         &mut record.state,
                         &run_id,
-                        false,
                         json!({"error": message}),
                     );
                     record.outbox.extend(more);
                 }
             }
             Command::Cancel { run_id } => {
-                let child = ids::derived(&execution.start_timestamp, &[&execution.id, &run_id]);
-                executions::cancel(&ctx.bus, &child, "the workflow's cancel").await?;
+                executions::cancel(&ctx.bus, &child_id(&run_id), "the workflow's cancel").await?;
             }
+            Command::Pause { run_id } => {
+                executions::pause(&ctx.bus, &child_id(&run_id), "the workflow's pause").await?;
+            }
+            Command::Resume { run_id } => {
+                executions::resume(&ctx.bus, &child_id(&run_id), "the workflow's resume").await?;
+            }
+            Command::Gather { run_id } => {
+                let results = gather(ctx, &execution, &record.state, &run_id).await?;
+                let more = conductor::items_gathered(flow, &mut record.state, &run_id, results);
+                record.outbox.extend(more);
+            }
+            Command::Status { status } => set_status(&ctx.bus, &record.id, status).await?,
             Command::Finish { status, result } => {
                 finish_execution(&ctx.bus, &record.id, status, result).await?
             }
@@ -504,18 +876,66 @@ async fn carry_out(
     record.outbox.clear();
     // Usually nobody wrote since this event's own write; otherwise the
     // latest revision is read (this partition is the record's only writer).
-    if store(&ctx.bus, &record, revision).await?.is_some() {
-        return Ok(());
+    if let Some(r) = store(&ctx.bus, record, revision).await? {
+        return Ok(r);
     }
     for _ in 0..10 {
-        let Some((_, latest)) = load(&ctx.bus, &record.id).await? else {
-            return Ok(());
+        let Some((_, latest)) = read_entry::<Value>(&ctx.bus, &record.id).await? else {
+            return Ok(revision);
         };
-        if store(&ctx.bus, &record, latest).await?.is_some() {
-            return Ok(());
+        if let Some(r) = store(&ctx.bus, record, latest).await? {
+            return Ok(r);
         }
     }
     Err(bus_err("update workflow", "too many concurrent changes"))
+}
+
+/// Item executions read at once while gathering a `with` task's results.
+const GATHER_CONCURRENCY: usize = 64;
+
+/// The results of a `with` task run's items, in item order, read from the
+/// items' executions (their ids derive from the workflow and the item).
+async fn gather(
+    ctx: &WorkflowContext,
+    workflow: &ExecutionRecord,
+    state: &FlowState,
+    run_id: &str,
+) -> Result<Vec<Value>, EngineError> {
+    use futures::{StreamExt, TryStreamExt};
+    let Some(items) = state
+        .runs
+        .iter()
+        .find(|r| r.id == run_id)
+        .and_then(|r| r.items.as_ref())
+    else {
+        return Ok(Vec::new());
+    };
+    // Known results, or the id of the execution holding one.
+    let slots: Vec<Result<Value, String>> = items
+        .results(run_id)
+        .map(|slot| match slot {
+            ItemResult::Local(v) => Ok(v.clone()),
+            ItemResult::NotStarted => Ok(Value::Null),
+            ItemResult::Execution(item_run) => Err(ids::derived(
+                &workflow.start_timestamp,
+                &[&workflow.id, &item_run],
+            )),
+        })
+        .collect();
+    futures::stream::iter(slots)
+        .map(|slot| async move {
+            match slot {
+                Ok(v) => Ok::<_, EngineError>(v),
+                Err(id) => Ok(ctx
+                    .bus
+                    .execution(&id)
+                    .await?
+                    .map_or(Value::Null, |(rec, _)| rec.result)),
+            }
+        })
+        .buffered(GATHER_CONCURRENCY)
+        .try_collect()
+        .await
 }
 
 /// Requests one task run's execution; `Ok(Err(why))` when it cannot run.
@@ -585,7 +1005,7 @@ async fn finish_execution(
         FlowStatus::Succeeded => Status::Succeeded,
         FlowStatus::Failed => Status::Failed,
         FlowStatus::Canceled => Status::Canceled,
-        FlowStatus::Running | FlowStatus::Canceling => return Ok(()),
+        _ => return Ok(()),
     };
     for _ in 0..10 {
         let Some((mut rec, rev)) = bus.execution(id).await? else {
@@ -602,4 +1022,36 @@ async fn finish_execution(
         }
     }
     Err(bus_err("finish workflow", "too many concurrent changes"))
+}
+
+/// Writes a workflow execution's pause or resume: `pausing`, `paused`, or
+/// `running` again. An execution that has ended or is being canceled, or
+/// already says so, is left alone.
+async fn set_status(bus: &Bus, id: &str, status: FlowStatus) -> Result<(), EngineError> {
+    let (to, from): (Status, &[Status]) = match status {
+        FlowStatus::Pausing => (Status::Pausing, &[Status::Running]),
+        FlowStatus::Paused => (Status::Paused, &[Status::Running, Status::Pausing]),
+        FlowStatus::Running => (
+            Status::Running,
+            &[Status::Pausing, Status::Paused, Status::Resuming],
+        ),
+        _ => return Ok(()),
+    };
+    for _ in 0..10 {
+        let Some((mut rec, rev)) = bus.execution(id).await? else {
+            return Ok(());
+        };
+        if !from.contains(&rec.status) {
+            return Ok(());
+        }
+        rec.transition(to, time::now());
+        if bus.update_execution(&rec, rev).await?.is_some() {
+            tracing::info!(workflow = %id, status = %to, "workflow status");
+            return Ok(());
+        }
+    }
+    Err(bus_err(
+        "set workflow status",
+        "too many concurrent changes",
+    ))
 }

@@ -297,12 +297,20 @@ enum ExecutionCommand {
     Get { id: String },
     /// Cancel an unfinished execution.
     Cancel { id: String },
+    /// Pause a running workflow (its child workflows pause too).
+    Pause { id: String },
+    /// Resume a paused workflow.
+    Resume { id: String },
     /// Run an execution again, parameters overriding the original's.
     #[command(name = "re-run")]
     ReRun {
         id: String,
         /// key=value overrides.
         params: Vec<String>,
+        /// A failed workflow: re-run from these tasks (comma-separated),
+        /// keeping the original's context and finished tasks.
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
     },
     /// Follow an execution's live output until it ends.
     Tail { id: String },
@@ -466,8 +474,22 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                         .await?;
                     cli::show(&v, args.json);
                 }
-                ExecutionCommand::ReRun { id, params } => {
-                    let body = json!({"parameters": cli::parse_params(&params)?});
+                ExecutionCommand::Pause { id } => {
+                    let body = json!({"status": "pausing"});
+                    let v = client
+                        .call(Method::PUT, &format!("executions/{id}"), Some(&body))
+                        .await?;
+                    cli::show(&v, args.json);
+                }
+                ExecutionCommand::Resume { id } => {
+                    let body = json!({"status": "resuming"});
+                    let v = client
+                        .call(Method::PUT, &format!("executions/{id}"), Some(&body))
+                        .await?;
+                    cli::show(&v, args.json);
+                }
+                ExecutionCommand::ReRun { id, params, tasks } => {
+                    let body = json!({"parameters": cli::parse_params(&params)?, "tasks": tasks});
                     let v = client
                         .post(&format!("executions/{id}/re_run"), &body)
                         .await?;

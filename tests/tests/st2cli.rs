@@ -32,6 +32,14 @@ async fn st2(node: &TestNode, home: &Path, args: &[&str]) -> Result<(bool, Strin
 }
 
 /// `st2 ... -j` parsed.
+/// The execution id `st2 run --async` prints.
+fn async_id(out: &str) -> Result<String> {
+    out.split_once("st2 execution get ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(str::to_string)
+        .with_context(|| format!("no execution id in: {out}"))
+}
+
 async fn st2_json(node: &TestNode, home: &Path, args: &[&str]) -> Result<Value> {
     let mut all = args.to_vec();
     all.push("-j");
@@ -152,11 +160,7 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
 
     // An inquiry answered with `st2 inquiry respond -r`.
     let (_, out, _) = st2(&node, home, &["run", "core.ask", "--async"]).await?;
-    let asked = out
-        .split_once("st2 execution get ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .with_context(|| format!("no execution id in: {out}"))?
-        .to_string();
+    let asked = async_id(&out)?;
     squall_tests::poll(std::time::Duration::from_secs(30), || async {
         let (_, e) = node.get(&format!("executions/{asked}")).await?;
         Ok((e["status"] == "pending").then_some(()))
@@ -173,6 +177,43 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
     assert!(ok, "{out}{err}");
     assert_eq!(node.finished(&asked).await?["status"], "succeeded");
 
+    // A workflow waiting on a person is paused; `st2 execution pause` and
+    // `resume` drive it; the answer finishes it.
+    let (_, out, _) = st2(&node, home, &["run", "examples.orquesta-ask", "--async"]).await?;
+    let flow = async_id(&out)?;
+    squall_tests::poll(std::time::Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{flow}")).await?;
+        Ok((e["status"] == "paused").then_some(()))
+    })
+    .await?;
+    let (ok, out, err) = st2(&node, home, &["execution", "pause", &flow]).await?;
+    assert!(ok && out.contains("paused"), "{out}{err}");
+    let (ok, out, err) = st2(&node, home, &["execution", "resume", &flow]).await?;
+    assert!(ok && out.contains("resuming"), "{out}{err}");
+    let (_, open) = node.get("inquiries").await?;
+    let inquiry = open[0]["id"]
+        .as_str()
+        .context("the workflow's inquiry")?
+        .to_string();
+    let (ok, out, err) = st2(
+        &node,
+        home,
+        &[
+            "inquiry",
+            "respond",
+            "-r",
+            r#"{"approved": false}"#,
+            &inquiry,
+        ],
+    )
+    .await?;
+    assert!(ok, "{out}{err}");
+    let done = node.finished(&flow).await?;
+    assert_eq!(
+        done["result"]["output"]["outcome"], "left web-1 alone",
+        "{done}"
+    );
+
     // `st2 execution tail` follows live output over the event stream. The
     // action prints only once the CLI is connected (live output is not
     // replayed): it waits for a file the test creates then.
@@ -182,11 +223,7 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
         go.display()
     );
     let (_, out, _) = st2(&node, home, &["run", "core.local", &cmd, "--async"]).await?;
-    let tailed = out
-        .split_once("st2 execution get ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .with_context(|| format!("no execution id in: {out}"))?
-        .to_string();
+    let tailed = async_id(&out)?;
     squall_tests::poll(std::time::Duration::from_secs(30), || async {
         let (_, e) = node.get(&format!("executions/{tailed}")).await?;
         Ok((e["status"] == "running").then_some(()))
@@ -223,11 +260,7 @@ async fn the_st2_cli_logs_in_runs_actions_and_uses_the_datastore() -> Result<()>
         &["run", "core.local", "cmd=sleep 300", "--async"],
     )
     .await?;
-    let sleeper = out
-        .split_once("st2 execution get ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .with_context(|| format!("no execution id in: {out}"))?
-        .to_string();
+    let sleeper = async_id(&out)?;
     squall_tests::poll(std::time::Duration::from_secs(30), || async {
         let (_, e) = node.get(&format!("executions/{sleeper}")).await?;
         Ok((e["status"] == "running").then_some(()))

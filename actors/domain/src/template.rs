@@ -157,12 +157,12 @@ impl Renderer {
         }
     }
 
-    /// A renderer for Orquesta workflow expressions: as [`Renderer::new`],
-    /// but `use_none`'s marker stays a string, as Orquesta leaves it.
-    pub fn orquesta() -> Self {
+    /// This renderer for Orquesta workflow expressions: `use_none`'s
+    /// marker stays a string, as Orquesta leaves it.
+    pub fn keeping_none_marker(self) -> Self {
         Self {
             none_marker_is_null: false,
-            ..Self::new()
+            ..self
         }
     }
 

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use squall_domain::orquesta::conductor::{self, Command, FlowStatus};
+use squall_domain::orquesta::conductor::{self, Command, Flow, FlowStatus};
 use squall_domain::orquesta::{inspect, WorkflowSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,7 +345,7 @@ fn collect(
                 running.push((run_id, (index, attempt)));
             }
             Command::Finish { status, .. } => finish.push(status),
-            Command::Cancel { .. } => panic!("nothing cancels here"),
+            other => panic!("nothing cancels, pauses or iterates here: {other:?}"),
         }
     }
 }
@@ -365,7 +365,8 @@ fn check(graph: &Graph, choices: &[usize]) -> Result<(), TestCaseError> {
     let spec: WorkflowSpec = spec.expect("a spec");
 
     let mut model = Model::start(graph);
-    let (mut state, commands) = conductor::start(&spec, &Map::new(), Map::new());
+    let flow = Flow::new(&spec);
+    let (mut state, commands) = conductor::start(&flow, &Map::new(), Map::new());
     let mut running = Vec::new();
     let mut finish = Vec::new();
     collect(commands, &mut running, &mut finish);
@@ -388,7 +389,7 @@ fn check(graph: &Graph, choices: &[usize]) -> Result<(), TestCaseError> {
             .expect("the conductor runs it too");
         let (run_id, _) = running.remove(at);
         let succeeded = model.finish(graph, chosen);
-        let commands = conductor::task_finished(&spec, &mut state, &run_id, succeeded, Value::Null);
+        let commands = conductor::task_finished(&flow, &mut state, &run_id, succeeded, Value::Null);
         collect(commands, &mut running, &mut finish);
         step += 1;
     }
@@ -439,9 +440,10 @@ fn a_task_named_by_two_taken_transitions_runs_once() {
     );
     assert!(issues.is_empty(), "{issues:?}");
     let spec = spec.expect("a spec");
-    let (mut state, started) = conductor::start(&spec, &Map::new(), Map::new());
+    let flow = Flow::new(&spec);
+    let (mut state, started) = conductor::start(&flow, &Map::new(), Map::new());
     assert_eq!(started.len(), 1);
-    let next = conductor::task_finished(&spec, &mut state, "a.0", true, Value::Null);
+    let next = conductor::task_finished(&flow, &mut state, "a.0", true, Value::Null);
     let runs: Vec<&str> = next
         .iter()
         .filter_map(|c| match c {

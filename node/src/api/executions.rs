@@ -7,8 +7,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use squall_actors::auth::{Principal, Role};
-use squall_actors::executions::{self, CancelOutcome, ExecutionSpec};
+use squall_actors::executions::{self, CancelOutcome, ExecutionSpec, PauseOutcome};
 use squall_actors::history::Filter;
+use squall_actors::workflows;
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::params::MASK;
 use squall_domain::{runner_types, time};
@@ -379,15 +380,13 @@ pub async fn update(
     })?;
     match status {
         Status::Canceling | Status::Canceled => return cancel(st, me, Path(id)).await,
-        Status::Pausing | Status::Paused | Status::Resuming => {
-            let Some((rec, _)) = st.bus.execution(&id).await? else {
-                return Err(ApiError::NotFound(format!("execution {id} not found")));
-            };
-            return Err(ApiError::BadRequest(format!(
-                "status: execution {id} runs on runner {:?}, which cannot pause or resume; \
-                 only workflow executions can",
-                rec.runner.name
-            )));
+        Status::Pausing | Status::Paused => {
+            let outcome = executions::pause(&st.bus, &id, &me.user).await?;
+            return pause_response(&id, outcome, "pause");
+        }
+        Status::Resuming | Status::Running => {
+            let outcome = executions::resume(&st.bus, &id, &me.user).await?;
+            return pause_response(&id, outcome, "resume");
         }
         s if !s.is_completed() => {
             return Err(ApiError::BadRequest(format!(
@@ -422,14 +421,35 @@ pub async fn update(
     )))
 }
 
+/// The answer to a pause or resume request.
+fn pause_response(id: &str, outcome: PauseOutcome, what: &str) -> Result<Json<Value>, ApiError> {
+    match outcome {
+        PauseOutcome::Requested(rec) => Ok(Json(view(&rec, false))),
+        PauseOutcome::NotAWorkflow(runner) => Err(ApiError::BadRequest(format!(
+            "status: execution {id} runs on runner {runner:?}, which cannot {what}; \
+             only workflow executions can"
+        ))),
+        PauseOutcome::Not(status) => Err(ApiError::Conflict(format!(
+            "execution {id} is {status}; only a running workflow can pause and only a \
+             paused or pausing one can resume"
+        ))),
+        PauseOutcome::NotFound => Err(ApiError::NotFound(format!("execution {id} not found"))),
+    }
+}
+
 /// Body of `POST /executions/{id}/re_run`.
 #[derive(Debug, Default, Deserialize)]
 pub struct ReRunBody {
     #[serde(default)]
     parameters: Map<String, Value>,
-    /// Workflow tasks to re-run from; workflows are not runnable yet.
+    /// Workflow tasks to re-run from (they must have failed); the new
+    /// workflow starts with the original's context and finished tasks.
     #[serde(default)]
     tasks: Vec<String>,
+    /// With-items tasks whose items all run again; Squall always re-runs
+    /// every item of a re-run task, so this is accepted and checked only.
+    #[serde(default)]
+    reset: Vec<String>,
 }
 
 /// `POST /executions/{id}/re_run`: a new execution of the same action with
@@ -440,14 +460,26 @@ pub async fn re_run(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ReRunBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if !body.tasks.is_empty() {
-        return Err(ApiError::BadRequest(
-            "tasks: re-running from workflow tasks needs a workflow execution".into(),
-        ));
-    }
     let Some((original, _)) = st.bus.execution(&id).await? else {
         return Err(ApiError::NotFound(format!("execution {id} not found")));
     };
+    if let Some(task) = body.reset.iter().find(|t| !body.tasks.contains(t)) {
+        return Err(ApiError::BadRequest(format!(
+            "reset: task {task:?} is not one of the tasks to re-run"
+        )));
+    }
+    if !body.tasks.is_empty() {
+        if original.runner.name != workflows::RUNNER {
+            return Err(ApiError::BadRequest(format!(
+                "tasks: execution {id} runs on runner {:?}; only workflow executions re-run \
+                 from tasks",
+                original.runner.name
+            )));
+        }
+        workflows::check_rerun(&st.bus, &id, &body.tasks)
+            .await?
+            .map_err(|why| ApiError::BadRequest(format!("tasks: {why}")))?;
+    }
     let catalog = st.catalog.load();
     let action = catalog
         .actions
@@ -474,7 +506,10 @@ pub async fn re_run(
         action_ref: original.action.action_ref.clone(),
         parameters,
         user: Some(me.user),
-        context: Map::from_iter([("re_run".to_string(), json!({"ref": id}))]),
+        context: Map::from_iter([(
+            "re_run".to_string(),
+            json!({"ref": id, "tasks": body.tasks, "reset": body.reset}),
+        )]),
         ..ExecutionSpec::default()
     };
     let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;

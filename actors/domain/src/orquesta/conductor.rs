@@ -7,11 +7,14 @@
 //! after a crash cannot run anything twice.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::spec::{Join, TaskSpec, WorkflowSpec, ENGINE_COMMANDS};
+use crate::secrets::Cipher;
+use crate::template::{KeyValueLookup, KvScope, NoKeyValues, Renderer};
 use crate::yaql::{self, Host};
 
 /// Where a workflow is.
@@ -19,6 +22,10 @@ use crate::yaql::{self, Host};
 #[serde(rename_all = "lowercase")]
 pub enum FlowStatus {
     Running,
+    /// Pause asked: nothing new starts; ends `paused` once no task is
+    /// active (paused child workflows and pending inquiries do not count).
+    Pausing,
+    Paused,
     Succeeded,
     Failed,
     /// Cancel asked: no new task starts; ends `canceled` once the running
@@ -27,11 +34,28 @@ pub enum FlowStatus {
     Canceled,
 }
 
+impl FlowStatus {
+    /// Succeeded, failed or canceled: nothing more happens.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            FlowStatus::Succeeded | FlowStatus::Failed | FlowStatus::Canceled
+        )
+    }
+
+    /// Pausing or paused.
+    pub fn is_paused(self) -> bool {
+        matches!(self, FlowStatus::Pausing | FlowStatus::Paused)
+    }
+}
+
 /// Where one task run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Running,
+    /// Its execution is a paused workflow or a pending inquiry.
+    Paused,
     Succeeded,
     Failed,
 }
@@ -53,26 +77,172 @@ pub struct TaskRun {
     pub items: Option<Items>,
 }
 
+/// A set of item indexes, one bit each: 10,000 items take 1,250 bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Marks(Vec<u64>);
+
+impl Marks {
+    pub fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Adds `i`; false when it was there already.
+    fn insert(&mut self, i: usize) -> bool {
+        if self.0.len() <= i / 64 {
+            self.0.resize(i / 64 + 1, 0);
+        }
+        let (word, bit) = (&mut self.0[i / 64], 1 << (i % 64));
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+
+    fn remove(&mut self, i: usize) -> bool {
+        let Some(word) = self.0.get_mut(i / 64) else {
+            return false;
+        };
+        let bit = 1 << (i % 64);
+        let had = *word & bit != 0;
+        *word &= !bit;
+        had
+    }
+}
+
 /// The items of one run of a `with` task. Item `i` runs as
 /// `<run id>.<i>`; at most `concurrency` at once; the task's result is the
 /// list of the items' results, in item order.
+///
+/// The state keeps no item results: each item's end only sets a mark, so
+/// the record written per item stays small however many items there are.
+/// When the last item ends the conductor asks for the results
+/// ([`Command::Gather`]); whoever drives it reads them (the engine, from
+/// the items' executions) and hands them to [`items_gathered`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Items {
-    /// What `item()` is for each item.
+    /// What `item()` is for each item. Never serialized: they never change
+    /// after the task starts, so the engine stores them once, beside the
+    /// workflow's record (see `values_stored`), instead of in every write.
+    #[serde(skip)]
     pub values: Vec<Value>,
-    pub results: Vec<Option<(bool, Value)>>,
+    /// How many items there are.
+    pub count: usize,
+    /// Whether the engine has stored `values`.
+    #[serde(default)]
+    pub values_stored: bool,
     /// Items started so far (they start in order).
     pub started: usize,
     pub concurrency: usize,
+    #[serde(default)]
+    ended: Marks,
+    #[serde(default)]
+    failed: Marks,
+    /// Items whose execution is paused (a child workflow, an inquiry).
+    #[serde(default)]
+    paused: Marks,
+    #[serde(default)]
+    ended_count: usize,
+    #[serde(default)]
+    failed_count: usize,
+    #[serde(default)]
+    paused_count: usize,
+    /// Results of items that ran no execution (no action, or the item
+    /// could not start), by index.
+    #[serde(default)]
+    pub local: BTreeMap<usize, Value>,
+    /// The results have been asked for.
+    #[serde(default)]
+    gathering: bool,
+}
+
+/// Where one item's result is, for [`Command::Gather`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemResult<'a> {
+    /// In the execution of task run `<run id>.<index>`.
+    Execution(String),
+    /// Known already (the item ran no execution).
+    Local(&'a Value),
+    /// The item never started.
+    NotStarted,
 }
 
 impl Items {
-    fn running(&self) -> usize {
-        self.started - self.results.iter().filter(|r| r.is_some()).count()
+    fn new(values: Vec<Value>, concurrency: usize) -> Items {
+        Items {
+            count: values.len(),
+            values,
+            values_stored: false,
+            started: 0,
+            concurrency,
+            ended: Marks::default(),
+            failed: Marks::default(),
+            paused: Marks::default(),
+            ended_count: 0,
+            failed_count: 0,
+            paused_count: 0,
+            local: BTreeMap::new(),
+            gathering: false,
+        }
+    }
+
+    /// Items started and not ended.
+    fn in_flight(&self) -> usize {
+        self.started - self.ended_count
+    }
+
+    /// Items started, not ended and not paused.
+    fn active(&self) -> usize {
+        self.in_flight() - self.paused_count
     }
 
     fn failed(&self) -> bool {
-        self.results.iter().any(|r| matches!(r, Some((false, _))))
+        self.failed_count > 0
+    }
+
+    /// Items started and not ended, by index.
+    pub fn in_flight_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.started).filter(|i| !self.ended.contains(*i))
+    }
+
+    /// Whether item `index` has started and not ended.
+    fn is_in_flight(&self, index: usize) -> bool {
+        index < self.started && !self.ended.contains(index)
+    }
+
+    /// Marks in-flight item `index` paused; false if it was already.
+    fn pause(&mut self, index: usize) -> bool {
+        let fresh = self.is_in_flight(index) && self.paused.insert(index);
+        self.paused_count += usize::from(fresh);
+        fresh
+    }
+
+    /// Marks item `index` running again; false if it was not paused.
+    fn unpause(&mut self, index: usize) -> bool {
+        let had = self.paused.remove(index);
+        self.paused_count -= usize::from(had);
+        had
+    }
+
+    fn end(&mut self, index: usize, succeeded: bool) {
+        if self.ended.insert(index) {
+            self.ended_count += 1;
+            if !succeeded && self.failed.insert(index) {
+                self.failed_count += 1;
+            }
+            if self.paused.remove(index) {
+                self.paused_count -= 1;
+            }
+        }
+    }
+
+    /// Where each item's result is, in item order (`run_id` is the task
+    /// run's id).
+    pub fn results<'a>(&'a self, run_id: &'a str) -> impl Iterator<Item = ItemResult<'a>> + 'a {
+        (0..self.count).map(move |i| match self.local.get(&i) {
+            Some(v) => ItemResult::Local(v),
+            None if i < self.started => ItemResult::Execution(format!("{run_id}.{i}")),
+            None => ItemResult::NotStarted,
+        })
     }
 }
 
@@ -90,6 +260,9 @@ pub struct FlowState {
     /// Runs per task name so far, for run ids.
     #[serde(default)]
     pub counts: BTreeMap<String, u32>,
+    /// Task runs decided while pausing or paused: they start on resume.
+    #[serde(default)]
+    pub staged: Vec<Command>,
     /// How many entries of `errors` are failed runs that a transition or a
     /// retry took on. Orquesta logs every failed run; these fail nothing,
     /// and the log is shown only if something else fails the workflow.
@@ -124,16 +297,100 @@ pub enum Command {
     },
     /// Stop task run `run_id` (the workflow is being canceled).
     Cancel { run_id: String },
+    /// Pause task run `run_id` if it is a workflow (others run on).
+    Pause { run_id: String },
+    /// Resume task run `run_id` if it is a paused workflow.
+    Resume { run_id: String },
+    /// The items of `with` task run `run_id` have all ended: read their
+    /// results ([`Items::results`]) and hand them to [`items_gathered`].
+    Gather { run_id: String },
+    /// The workflow is now `status` (pausing, paused, or running again).
+    Status { status: FlowStatus },
     /// The workflow is over; `result` is its execution result
     /// (`{output}` or `{errors, output}`).
     Finish { status: FlowStatus, result: Value },
 }
 
-/// How many times `retry` (the engine command) re-runs a task.
-const ENGINE_RETRIES: u32 = 3;
+/// A workflow definition and what its expressions may read besides the
+/// workflow's own state: the datastore for `st2kv()`.
+pub struct Flow<'a> {
+    pub spec: &'a WorkflowSpec,
+    renderer: &'a Renderer,
+    kv: Arc<dyn KeyValueLookup>,
+    cipher: Option<Cipher>,
+}
 
-static RENDERER: std::sync::LazyLock<crate::template::Renderer> =
-    std::sync::LazyLock::new(crate::template::Renderer::orquesta);
+static PLAIN: std::sync::LazyLock<Renderer> = std::sync::LazyLock::new(Renderer::new);
+
+impl<'a> Flow<'a> {
+    /// `spec` with an empty datastore.
+    pub fn new(spec: &'a WorkflowSpec) -> Flow<'a> {
+        Flow {
+            spec,
+            renderer: &PLAIN,
+            kv: Arc::new(NoKeyValues),
+            cipher: None,
+        }
+    }
+
+    /// Expressions read the datastore `kv` (`st2kv()`); `cipher` opens
+    /// secrets for `st2kv(key, decrypt=true)`; Jinja renders with
+    /// `renderer`.
+    pub fn with_datastore(
+        self,
+        renderer: &'a Renderer,
+        kv: Arc<dyn KeyValueLookup>,
+        cipher: Option<Cipher>,
+    ) -> Flow<'a> {
+        Flow {
+            renderer,
+            kv,
+            cipher,
+            ..self
+        }
+    }
+}
+
+/// Orquesta's `st2kv(key, decrypt=false)`: `system.<key>` is a system key,
+/// anything else a key of the workflow's user. A key that does not exist
+/// is an error, as in StackStorm.
+fn st2kv(
+    kv: &dyn KeyValueLookup,
+    cipher: Option<&Cipher>,
+    user: &str,
+    args: &[Value],
+) -> Result<Value, String> {
+    let Some(Value::String(key)) = args.first() else {
+        return Err("st2kv() takes a key name".into());
+    };
+    let decrypt = args.get(1).is_some_and(yaql::truthy);
+    let (scope, name) = match key.strip_prefix("system.") {
+        Some(name) => (KvScope::System, name),
+        None => (KvScope::User(user.to_string()), key.as_str()),
+    };
+    let value = kv
+        .get(scope, name)
+        .ok_or_else(|| format!("The key \"{key}\" does not exist in the StackStorm datastore."))?;
+    if !decrypt {
+        return Ok(Value::String(value));
+    }
+    let cipher =
+        cipher.ok_or("st2kv(decrypt=true) needs the datastore's key, which is not configured")?;
+    cipher
+        .decrypt(&value)
+        .map(Value::String)
+        .map_err(|e| format!("st2kv(\"{key}\", decrypt=true): {e}; is the item secret?"))
+}
+
+/// The workflow's user (`ctx().st2.user`), whose keys `st2kv()` reads.
+fn user_of(state: &FlowState) -> &str {
+    state
+        .ctx
+        .get("st2")
+        .and_then(|s| s.get("user"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
 
 /// The StackStorm filter a workflow function name calls, if it is one
 /// (Orquesta's `json_parse`, `json_dump`, `yaml_parse` and `yaml_dump`
@@ -152,8 +409,12 @@ fn filter_function(name: &str) -> Option<&'static str> {
         .find(|f| *f == alias)
 }
 
+/// How many times `retry` (the engine command) re-runs a task.
+const ENGINE_RETRIES: u32 = 3;
+
 /// Functions Orquesta adds to expressions, for one evaluation.
 struct Scope<'a> {
+    flow: &'a Flow<'a>,
     state: &'a FlowState,
     /// The task being run or routed, for `task()` without a name.
     task: Option<&'a str>,
@@ -161,6 +422,39 @@ struct Scope<'a> {
     current: Option<(&'a TaskStatus, &'a Value)>,
     /// The current item, in a `with` task's input.
     item: Option<&'a Value>,
+}
+
+impl<'a> Scope<'a> {
+    fn plain(flow: &'a Flow<'a>, state: &'a FlowState) -> Scope<'a> {
+        Scope {
+            flow,
+            state,
+            task: None,
+            current: None,
+            item: None,
+        }
+    }
+
+    /// Inside task `task` (its input, its `next`).
+    fn in_task(self, task: &'a str) -> Scope<'a> {
+        Scope {
+            task: Some(task),
+            ..self
+        }
+    }
+
+    /// Inside a task's `next`, `retry`: its status and result are known.
+    fn after(
+        flow: &'a Flow<'a>,
+        state: &'a FlowState,
+        status: &'a TaskStatus,
+        result: &'a Value,
+    ) -> Scope<'a> {
+        Scope {
+            current: Some((status, result)),
+            ..Scope::plain(flow, state)
+        }
+    }
 }
 
 impl Host for Scope<'_> {
@@ -182,6 +476,14 @@ impl Host for Scope<'_> {
                 },
                 Some(other) => return Some(Err(format!("ctx() takes a name, not {other}"))),
             },
+            "st2kv" => {
+                return Some(st2kv(
+                    self.flow.kv.as_ref(),
+                    self.flow.cipher.as_ref(),
+                    user_of(self.state),
+                    args,
+                ))
+            }
             "result" => self.current.map_or(Value::Null, |(_, r)| r.clone()),
             "item" => match (self.item, args.first()) {
                 (None, _) => return Some(Err("item() is only defined in a `with` task".into())),
@@ -224,7 +526,7 @@ impl Host for Scope<'_> {
                     .find(|r| r.task == task)
                     .map_or(json!("null"), |r| json!(r.status))
             }
-            other => return filter_function(other).map(|f| RENDERER.call_filter(f, args)),
+            other => return filter_function(other).map(|f| PLAIN.call_filter(f, args)),
         }))
     }
 }
@@ -235,13 +537,20 @@ impl Host for Scope<'_> {
 fn task_record(state: &FlowState, name: &str) -> Option<Value> {
     let run = state.runs.iter().rev().find(|r| r.task == name)?;
     let result = match &run.items {
-        Some(items) => json!({"items": items.results.iter().map(|r| match r {
-            Some((ok, result)) => json!({
-                "status": if *ok { "succeeded" } else { "failed" },
-                "result": result,
-            }),
-            None => Value::Null,
-        }).collect::<Vec<_>>()}),
+        // The items' results are the run's once gathered.
+        Some(items) => {
+            let results = run.result.as_array();
+            let each = (0..items.count).map(|i| {
+                if !items.ended.contains(i) {
+                    return Value::Null;
+                }
+                json!({
+                    "status": if items.failed.contains(i) { "failed" } else { "succeeded" },
+                    "result": results.and_then(|r| r.get(i)).cloned().unwrap_or(Value::Null),
+                })
+            });
+            json!({ "items": each.collect::<Vec<_>>() })
+        }
         None => run.result.clone(),
     };
     let workflow = state
@@ -407,7 +716,7 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
                     .map(serde_json::to_value)
                     .collect::<Result<_, _>>()
                     .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-                RENDERER
+                PLAIN
                     .call_filter(filter, &args)
                     .map(|v| J::from_serialize(&v))
                     .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
@@ -423,13 +732,34 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
                 .unwrap_or_else(|| "null".into())
         }),
     );
-    RENDERER
-        .render_value_with(
-            v,
-            &Value::Object(visible),
-            &extra,
-            &crate::template::NoKeyValues,
-        )
+    let (kv, cipher, user) = (
+        Arc::clone(&scope.flow.kv),
+        scope.flow.cipher.clone(),
+        user_of(scope.state).to_string(),
+    );
+    extra.insert(
+        "st2kv".into(),
+        J::from_function(
+            move |key: String,
+                  decrypt: Option<bool>,
+                  kwargs: minijinja::value::Kwargs|
+                  -> Result<J, Error> {
+                let decrypt = match decrypt {
+                    Some(d) => d,
+                    None => kwargs.get::<Option<bool>>("decrypt")?.unwrap_or(false),
+                };
+                kwargs.assert_all_used()?;
+                let args = [json!(key), json!(decrypt)];
+                st2kv(kv.as_ref(), cipher.as_ref(), &user, &args)
+                    .map(|v| J::from_serialize(&v))
+                    .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
+            },
+        ),
+    );
+    scope
+        .flow
+        .renderer
+        .render_value_with(v, &Value::Object(visible), &extra, scope.flow.kv.as_ref())
         .map_err(|e| jinja_message(&e))
 }
 
@@ -521,7 +851,7 @@ fn transition_errors(state: &mut FlowState, task: &str, index: usize, targets: &
 /// Starts a workflow: input (given values over defaults), vars, then the
 /// tasks no transition leads to.
 pub fn start(
-    spec: &WorkflowSpec,
+    flow: &Flow<'_>,
     given: &Map<String, Value>,
     runtime: Map<String, Value>,
 ) -> (FlowState, Vec<Command>) {
@@ -532,22 +862,15 @@ pub fn start(
         joins: BTreeMap::new(),
         errors: Vec::new(),
         counts: BTreeMap::new(),
+        staged: Vec::new(),
         remediated: 0,
         run_on_fail: Vec::new(),
     };
     let mut commands = Vec::new();
-    for (name, default) in &spec.input {
+    for (name, default) in &flow.spec.input {
         let value = match (given.get(name), default) {
             (Some(v), _) => Ok(v.clone()),
-            (None, Some(d)) => render(
-                d,
-                &Scope {
-                    state: &state,
-                    task: None,
-                    current: None,
-                    item: None,
-                },
-            ),
+            (None, Some(d)) => render(d, &Scope::plain(flow, &state)),
             // Orquesta: an input with no value and no default is null.
             (None, None) => Ok(Value::Null),
         };
@@ -558,16 +881,8 @@ pub fn start(
             Err(e) => state.errors.push(expression_error(e, None)),
         }
     }
-    for (name, v) in &spec.vars {
-        match render(
-            v,
-            &Scope {
-                state: &state,
-                task: None,
-                current: None,
-                item: None,
-            },
-        ) {
+    for (name, v) in &flow.spec.vars {
+        match render(v, &Scope::plain(flow, &state)) {
             Ok(v) => {
                 state.ctx.insert(name.clone(), v);
             }
@@ -583,22 +898,68 @@ pub fn start(
         });
         return (state, commands);
     }
-    let targets: Vec<&String> = spec
+    let targets: Vec<&String> = flow
+        .spec
         .tasks
         .values()
         .flat_map(|t| t.next.iter().flat_map(|n| n.next.iter()))
         .collect();
-    let starts: Vec<String> = spec
+    let starts: Vec<String> = flow
+        .spec
         .tasks
         .keys()
         .filter(|t| !targets.contains(t))
         .cloned()
         .collect();
     for task in starts {
-        schedule(spec, &mut state, &task, 0, &mut commands);
+        schedule(flow, &mut state, &task, 0, None, &mut commands);
     }
-    settle(spec, &mut state, &mut commands);
+    settle(flow, &mut state, &mut commands);
     (state, commands)
+}
+
+/// Re-runs a failed workflow from `tasks` (StackStorm's `re_run` with
+/// `tasks`): the new workflow starts with the old one's context and
+/// finished runs, and runs the named tasks again; what they lead to runs
+/// as usual. `runtime` replaces the old run's `st2` context.
+pub fn rerun(
+    flow: &Flow<'_>,
+    previous: &FlowState,
+    tasks: &[String],
+    runtime: Map<String, Value>,
+) -> Result<(FlowState, Vec<Command>), String> {
+    if previous.status != FlowStatus::Failed {
+        return Err(format!(
+            "only a failed workflow can be re-run from tasks; this one is {}",
+            json!(previous.status).as_str().unwrap_or_default()
+        ));
+    }
+    for task in tasks {
+        if !flow.spec.tasks.contains_key(task) {
+            return Err(format!("task {task:?} is not in the workflow"));
+        }
+        let last = previous.runs.iter().rev().find(|r| &r.task == task);
+        if last.is_none_or(|r| r.status != TaskStatus::Failed) {
+            return Err(format!(
+                "task {task:?} did not fail in the workflow being re-run; only failed tasks can be re-run"
+            ));
+        }
+    }
+    let mut state = FlowState {
+        status: FlowStatus::Running,
+        errors: Vec::new(),
+        staged: Vec::new(),
+        remediated: 0,
+        run_on_fail: Vec::new(),
+        ..previous.clone()
+    };
+    state.ctx.extend(runtime);
+    let mut commands = Vec::new();
+    for task in tasks {
+        schedule(flow, &mut state, task, 0, None, &mut commands);
+    }
+    settle(flow, &mut state, &mut commands);
+    Ok((state, commands))
 }
 
 /// The action, input and delay of one run of `def` (or of one item).
@@ -626,16 +987,11 @@ fn prepare(
 }
 
 /// The items of a `with` task and how many may run at once.
-fn items_of(def: &TaskSpec, state: &FlowState) -> Result<Option<Items>, String> {
+fn items_of(flow: &Flow<'_>, def: &TaskSpec, state: &FlowState) -> Result<Option<Items>, String> {
     let Some(with) = &def.with else {
         return Ok(None);
     };
-    let scope = Scope {
-        state,
-        task: None,
-        current: None,
-        item: None,
-    };
+    let scope = Scope::plain(flow, state);
     let values = match render(&json!(with.items), &scope)? {
         Value::Array(items) => items,
         other => return Err(format!("with items must be a list, got {other}")),
@@ -669,63 +1025,67 @@ fn items_of(def: &TaskSpec, state: &FlowState) -> Result<Option<Items>, String> 
                 .max(1.0) as usize,
         },
     };
-    Ok(Some(Items {
-        results: vec![None; values.len()],
-        values,
-        started: 0,
-        concurrency,
-    }))
+    Ok(Some(Items::new(values, concurrency)))
 }
 
-/// Runs `task` (or, without an action, passes straight through it).
+/// Hands a task run to the engine, or keeps it for the resume while the
+/// workflow is pausing or paused.
+fn emit_run(state: &mut FlowState, commands: &mut Vec<Command>, run: Command) {
+    if matches!(state.status, FlowStatus::Pausing | FlowStatus::Paused) {
+        state.staged.push(run);
+    } else {
+        commands.push(run);
+    }
+}
+
+/// Runs `task` (or, without an action, passes straight through it);
+/// `retry_delay` overrides the task's own `delay`.
 fn schedule(
-    spec: &WorkflowSpec,
+    flow: &Flow<'_>,
     state: &mut FlowState,
     task: &str,
     attempt: u32,
+    retry_delay: Option<f64>,
     commands: &mut Vec<Command>,
 ) {
-    let Some(def) = spec.tasks.get(task) else {
+    let Some(def) = flow.spec.tasks.get(task) else {
         return;
     };
     let n = state.counts.entry(task.to_string()).or_insert(0);
     let run_id = format!("{task}.{n}");
     *n += 1;
-    let items = items_of(def, state);
+    let items = items_of(flow, def, state);
     let prepared = match &items {
-        Ok(None) => prepare(
-            def,
-            &Scope {
-                state,
-                task: Some(task),
-                current: None,
-                item: None,
-            },
-        ),
+        Ok(None) => prepare(def, &Scope::plain(flow, state).in_task(task)),
         Ok(Some(_)) => Ok((None, Value::Null, None)),
         Err(e) => Err(e.clone()),
     };
+    let is_items = matches!(items, Ok(Some(_)));
     state.runs.push(TaskRun {
         id: run_id.clone(),
         task: task.to_string(),
         status: TaskStatus::Running,
         result: Value::Null,
         attempt,
-        items: items.clone().ok().flatten(),
+        items: items.ok().flatten(),
     });
-    match (items, prepared) {
-        (Ok(Some(_)), _) => start_items(spec, state, &run_id, commands),
-        (_, Ok((Some(action), input, delay))) => commands.push(Command::Run {
-            run_id,
-            task: task.to_string(),
-            action,
-            input,
-            attempt,
-            delay,
-        }),
+    match prepared {
+        _ if is_items => start_items(flow, state, &run_id, commands),
+        Ok((Some(action), input, delay)) => emit_run(
+            state,
+            commands,
+            Command::Run {
+                run_id,
+                task: task.to_string(),
+                action,
+                input,
+                attempt,
+                delay: retry_delay.or(delay),
+            },
+        ),
         // A task without an action only routes: it succeeds at once.
-        (_, Ok((None, _, _))) => finish_run(
-            spec,
+        Ok((None, _, _)) => finish_run(
+            flow,
             state,
             &run_id,
             TaskStatus::Succeeded,
@@ -734,7 +1094,7 @@ fn schedule(
         ),
         // As in Orquesta, a task that cannot be rendered fails with the
         // error alone: no transition is taken.
-        (_, Err(e)) => {
+        Err(e) => {
             state.errors.push(expression_error(e, Some(task)));
             if let Some(run) = state.runs.iter_mut().find(|r| r.id == run_id) {
                 run.status = TaskStatus::Failed;
@@ -743,61 +1103,72 @@ fn schedule(
     }
 }
 
-/// Starts items of `run_id` up to its concurrency; ends the task when every
-/// item has ended (or, after a failure, when the running ones have).
-fn start_items(
-    spec: &WorkflowSpec,
-    state: &mut FlowState,
-    run_id: &str,
-    commands: &mut Vec<Command>,
-) {
+/// Starts items of `run_id` up to its concurrency (only while the workflow
+/// runs); asks for the results when every item has ended (or, after a
+/// failure, when the running ones have).
+fn start_items(flow: &Flow<'_>, state: &mut FlowState, run_id: &str, commands: &mut Vec<Command>) {
     let Some(i) = state.runs.iter().position(|r| r.id == run_id) else {
         return;
     };
     let (task, attempt) = (state.runs[i].task.clone(), state.runs[i].attempt);
-    let Some(def) = spec.tasks.get(&task) else {
+    let Some(def) = flow.spec.tasks.get(&task) else {
         return;
     };
     loop {
         let Some(items) = &state.runs[i].items else {
             return;
         };
-        let done =
-            items.results.iter().all(Option::is_some) || (items.failed() && items.running() == 0);
-        if done {
-            let failed = items.failed();
-            let result = Value::Array(
-                items
-                    .results
-                    .iter()
-                    .map(|r| r.as_ref().map_or(Value::Null, |(_, v)| v.clone()))
-                    .collect(),
-            );
-            let status = if failed {
-                TaskStatus::Failed
-            } else {
-                TaskStatus::Succeeded
-            };
-            finish_run(spec, state, run_id, status, result, commands);
+        if items.gathering {
             return;
         }
-        if items.failed()
-            || items.started >= items.values.len()
-            || items.running() >= items.concurrency
+        if items.ended_count == items.count || (items.failed() && items.in_flight() == 0) {
+            if items.local.len() == items.started {
+                // No item ran an execution: the results are all here.
+                let results = items
+                    .results(run_id)
+                    .map(|r| match r {
+                        ItemResult::Local(v) => v.clone(),
+                        _ => Value::Null,
+                    })
+                    .collect();
+                let status = if items.failed() {
+                    TaskStatus::Failed
+                } else {
+                    TaskStatus::Succeeded
+                };
+                finish_run(flow, state, run_id, status, Value::Array(results), commands);
+                return;
+            }
+            if let Some(items) = state.runs[i].items.as_mut() {
+                items.gathering = true;
+            }
+            commands.push(Command::Gather {
+                run_id: run_id.to_string(),
+            });
+            return;
+        }
+        if state.status != FlowStatus::Running
+            || items.failed()
+            || items.started >= items.count
+            || items.in_flight() >= items.concurrency
         {
             return;
         }
         let index = items.started;
-        let value = items.values[index].clone();
-        let prepared = prepare(
-            def,
-            &Scope {
-                state,
-                task: Some(&task),
-                current: None,
-                item: Some(&value),
-            },
-        );
+        let value = items.values.get(index).cloned();
+        let prepared = match &value {
+            Some(value) => prepare(
+                def,
+                &Scope {
+                    flow,
+                    state,
+                    task: Some(&task),
+                    current: None,
+                    item: Some(value),
+                },
+            ),
+            None => Err(format!("the value of item {index} was not loaded")),
+        };
         let item_run = format!("{run_id}.{index}");
         if let Some(items) = state.runs[i].items.as_mut() {
             items.started += 1;
@@ -811,22 +1182,29 @@ fn start_items(
                 attempt,
                 delay,
             }),
-            Ok((None, _, _)) => record_item(state, i, index, true, Value::Null),
+            Ok((None, _, _)) => end_item(state, i, index, true, Some(Value::Null)),
             Err(e) => {
                 state.errors.push(expression_error(e, Some(&task)));
-                record_item(state, i, index, false, Value::Null);
+                end_item(state, i, index, false, Some(Value::Null));
             }
         }
     }
 }
 
-fn record_item(state: &mut FlowState, run: usize, index: usize, succeeded: bool, result: Value) {
-    if let Some(slot) = state.runs[run]
-        .items
-        .as_mut()
-        .and_then(|items| items.results.get_mut(index))
-    {
-        *slot = Some((succeeded, result));
+/// Item `index` of run `run` has ended; `local` is its result when no
+/// execution holds it.
+fn end_item(
+    state: &mut FlowState,
+    run: usize,
+    index: usize,
+    succeeded: bool,
+    local: Option<Value>,
+) {
+    if let Some(items) = state.runs[run].items.as_mut() {
+        items.end(index, succeeded);
+        if let Some(v) = local {
+            items.local.insert(index, v);
+        }
     }
 }
 
@@ -841,111 +1219,342 @@ fn item_of(state: &FlowState, run_id: &str) -> Option<(usize, usize)> {
     Some((run, index))
 }
 
-/// Cancels the workflow: every running task run is told to stop, nothing
-/// new starts, and it ends `canceled` when the last run has ended.
-pub fn cancel(spec: &WorkflowSpec, state: &mut FlowState) -> Vec<Command> {
-    let mut commands = Vec::new();
-    if state.status != FlowStatus::Running {
-        return commands;
-    }
-    state.status = FlowStatus::Canceling;
+/// Every run id (items included) that is executing and not paused.
+fn active_run_ids(state: &FlowState) -> Vec<String> {
+    let mut ids = Vec::new();
     for run in state
         .runs
         .iter()
         .filter(|r| r.status == TaskStatus::Running)
     {
         match &run.items {
-            Some(items) => {
-                for (i, result) in items.results.iter().enumerate().take(items.started) {
-                    if result.is_none() {
-                        commands.push(Command::Cancel {
-                            run_id: format!("{}.{i}", run.id),
-                        });
-                    }
-                }
-            }
+            Some(items) => ids.extend(
+                (0..items.started)
+                    .filter(|i| items.is_in_flight(*i) && !items.paused.contains(*i))
+                    .map(|i| format!("{}.{i}", run.id)),
+            ),
+            None => ids.push(run.id.clone()),
+        }
+    }
+    ids
+}
+
+/// Cancels the workflow: every running task run is told to stop, nothing
+/// new starts, and it ends `canceled` when the last run has ended.
+pub fn cancel(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
+    let mut commands = Vec::new();
+    if !matches!(
+        state.status,
+        FlowStatus::Running | FlowStatus::Pausing | FlowStatus::Paused
+    ) {
+        return commands;
+    }
+    state.status = FlowStatus::Canceling;
+    // Runs kept for the resume never started.
+    let staged: Vec<String> = state.staged.drain(..).filter_map(run_id_of).collect();
+    state.runs.retain(|r| !staged.contains(&r.id));
+    for run in state
+        .runs
+        .iter()
+        .filter(|r| matches!(r.status, TaskStatus::Running | TaskStatus::Paused))
+    {
+        match &run.items {
+            Some(items) => commands.extend(
+                (0..items.started)
+                    .filter(|i| items.is_in_flight(*i))
+                    .map(|i| Command::Cancel {
+                        run_id: format!("{}.{i}", run.id),
+                    }),
+            ),
             None => commands.push(Command::Cancel {
                 run_id: run.id.clone(),
             }),
         }
     }
-    settle(spec, state, &mut commands);
+    // A `with` task with nothing in flight will hear of nothing more.
+    for run in &mut state.runs {
+        if run.status == TaskStatus::Running
+            && run
+                .items
+                .as_ref()
+                .is_some_and(|i| i.in_flight() == 0 && !i.gathering)
+        {
+            run.status = TaskStatus::Failed;
+        }
+    }
+    settle(flow, state, &mut commands);
     commands
 }
 
+fn run_id_of(command: Command) -> Option<String> {
+    match command {
+        Command::Run { run_id, .. } => Some(run_id),
+        _ => None,
+    }
+}
+
+/// Pauses the workflow: nothing new starts, child workflows are asked to
+/// pause, actions under way run to their end; it is `paused` once nothing
+/// is active.
+pub fn pause(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
+    let mut commands = Vec::new();
+    if state.status != FlowStatus::Running {
+        return commands;
+    }
+    state.status = FlowStatus::Pausing;
+    commands.push(Command::Status {
+        status: FlowStatus::Pausing,
+    });
+    commands.extend(
+        active_run_ids(state)
+            .into_iter()
+            .map(|run_id| Command::Pause { run_id }),
+    );
+    settle(flow, state, &mut commands);
+    commands
+}
+
+/// Resumes a pausing or paused workflow: paused child workflows are asked
+/// to resume and the runs decided meanwhile start.
+pub fn resume(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
+    let mut commands = Vec::new();
+    if !matches!(state.status, FlowStatus::Pausing | FlowStatus::Paused) {
+        return commands;
+    }
+    state.status = FlowStatus::Running;
+    commands.push(Command::Status {
+        status: FlowStatus::Running,
+    });
+    let mut with_items = Vec::new();
+    for run in &state.runs {
+        match (&run.items, run.status) {
+            (None, TaskStatus::Paused) => commands.push(Command::Resume {
+                run_id: run.id.clone(),
+            }),
+            (Some(items), TaskStatus::Running) => {
+                commands.extend(
+                    (0..items.started)
+                        .filter(|i| items.paused.contains(*i))
+                        .map(|i| Command::Resume {
+                            run_id: format!("{}.{i}", run.id),
+                        }),
+                );
+                with_items.push(run.id.clone());
+            }
+            _ => {}
+        }
+    }
+    commands.append(&mut state.staged);
+    for run_id in with_items {
+        start_items(flow, state, &run_id, &mut commands);
+    }
+    settle(flow, state, &mut commands);
+    commands
+}
+
+/// A task run's execution paused (a child workflow paused, or an inquiry
+/// waits for its answer): the workflow pauses too, as Orquesta's does.
+pub fn task_paused(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<Command> {
+    if !mark_paused(state, run_id, true) {
+        return Vec::new();
+    }
+    if state.status == FlowStatus::Running {
+        return pause(flow, state);
+    }
+    let mut commands = Vec::new();
+    settle(flow, state, &mut commands);
+    commands
+}
+
+/// A paused task run's execution runs again: so does its workflow.
+pub fn task_resumed(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<Command> {
+    if !mark_paused(state, run_id, false) {
+        return Vec::new();
+    }
+    resume(flow, state)
+}
+
+/// Marks task run (or item) `run_id` paused or running again; false when
+/// it already was (a replay) or is not under way.
+fn mark_paused(state: &mut FlowState, run_id: &str, paused: bool) -> bool {
+    if let Some((run, index)) = item_of(state, run_id) {
+        return state.runs[run].items.as_mut().is_some_and(|items| {
+            if paused {
+                items.pause(index)
+            } else {
+                items.unpause(index)
+            }
+        });
+    }
+    let (from, to) = if paused {
+        (TaskStatus::Running, TaskStatus::Paused)
+    } else {
+        (TaskStatus::Paused, TaskStatus::Running)
+    };
+    match state
+        .runs
+        .iter_mut()
+        .find(|r| r.id == run_id && r.status == from)
+    {
+        Some(run) => {
+            run.status = to;
+            true
+        }
+        None => false,
+    }
+}
+
 /// A task run has finished: retries, then transitions, then maybe the end.
+/// For an item of a `with` task `result` is not kept (the engine reads it
+/// back from the item's execution, see [`Command::Gather`]).
 pub fn task_finished(
-    spec: &WorkflowSpec,
+    flow: &Flow<'_>,
     state: &mut FlowState,
     run_id: &str,
     succeeded: bool,
     result: Value,
 ) -> Vec<Command> {
+    ended(flow, state, run_id, succeeded, result, false)
+}
+
+/// A task run could not even start (its execution could not be created):
+/// it fails with `error` as its result.
+pub fn run_failed_to_start(
+    flow: &Flow<'_>,
+    state: &mut FlowState,
+    run_id: &str,
+    error: Value,
+) -> Vec<Command> {
+    ended(flow, state, run_id, false, error, true)
+}
+
+fn ended(
+    flow: &Flow<'_>,
+    state: &mut FlowState,
+    run_id: &str,
+    succeeded: bool,
+    result: Value,
+    keep_item_result: bool,
+) -> Vec<Command> {
     let mut commands = Vec::new();
-    if state.status == FlowStatus::Canceling {
-        // Record the end; no transition runs while canceling.
-        let run = item_of(state, run_id)
-            .map(|(run, _)| run)
-            .or_else(|| state.runs.iter().position(|r| r.id == run_id));
-        if let Some(run) = run {
-            match item_of(state, run_id) {
-                Some((_, index)) => {
-                    record_item(state, run, index, succeeded, result);
-                    let items = state.runs[run].items.as_ref();
-                    if items.is_some_and(|i| i.running() == 0) {
-                        state.runs[run].status = TaskStatus::Failed;
-                    }
-                }
-                None => {
-                    state.runs[run].status = if succeeded {
-                        TaskStatus::Succeeded
-                    } else {
-                        TaskStatus::Failed
-                    };
-                    state.runs[run].result = result;
-                }
-            }
-        }
-        settle(spec, state, &mut commands);
-        return commands;
-    }
-    if state.status != FlowStatus::Running {
-        return commands;
-    }
-    // One item of a `with` task.
-    if let Some((run, index)) = item_of(state, run_id) {
-        let pending = state.runs[run].status == TaskStatus::Running
-            && state.runs[run].items.as_ref().is_some_and(|items| {
-                index < items.started && items.results.get(index).is_some_and(Option::is_none)
-            });
-        if pending {
-            record_item(state, run, index, succeeded, result);
-            let parent = state.runs[run].id.clone();
-            start_items(spec, state, &parent, &mut commands);
-            settle(spec, state, &mut commands);
-        }
-        return commands;
-    }
-    let still_running = state
-        .runs
-        .iter()
-        .any(|r| r.id == run_id && r.status == TaskStatus::Running);
-    if !still_running {
-        // A replayed or late event: already applied.
-        return commands;
-    }
     let status = if succeeded {
         TaskStatus::Succeeded
     } else {
         TaskStatus::Failed
     };
-    finish_run(spec, state, run_id, status, result, &mut commands);
-    settle(spec, state, &mut commands);
+    let local = keep_item_result.then(|| result.clone());
+    if state.status == FlowStatus::Canceling {
+        // Record the end; no transition runs while canceling.
+        match item_of(state, run_id) {
+            Some((run, index)) => {
+                let Some(items) = state.runs[run].items.as_ref() else {
+                    return commands;
+                };
+                if items.is_in_flight(index) {
+                    end_item(state, run, index, succeeded, local);
+                    if state.runs[run]
+                        .items
+                        .as_ref()
+                        .is_some_and(|i| i.in_flight() == 0 && !i.gathering)
+                    {
+                        state.runs[run].status = TaskStatus::Failed;
+                    }
+                }
+            }
+            None => {
+                if let Some(run) = state.runs.iter_mut().find(|r| {
+                    r.id == run_id && matches!(r.status, TaskStatus::Running | TaskStatus::Paused)
+                }) {
+                    run.status = status;
+                    run.result = result;
+                }
+            }
+        }
+        settle(flow, state, &mut commands);
+        return commands;
+    }
+    if !matches!(
+        state.status,
+        FlowStatus::Running | FlowStatus::Pausing | FlowStatus::Paused
+    ) {
+        return commands;
+    }
+    // One item of a `with` task.
+    if let Some((run, index)) = item_of(state, run_id) {
+        let Some(items) = state.runs[run].items.as_ref() else {
+            return commands;
+        };
+        if state.runs[run].status == TaskStatus::Running && items.is_in_flight(index) {
+            let was_paused = items.paused.contains(index);
+            end_item(state, run, index, succeeded, local);
+            let parent = state.runs[run].id.clone();
+            start_items(flow, state, &parent, &mut commands);
+            if was_paused {
+                commands.extend(resume(flow, state));
+            }
+            settle(flow, state, &mut commands);
+        }
+        return commands;
+    }
+    let Some(was_paused) = state
+        .runs
+        .iter()
+        .find(|r| r.id == run_id && matches!(r.status, TaskStatus::Running | TaskStatus::Paused))
+        .map(|r| r.status == TaskStatus::Paused)
+    else {
+        // A replayed or late event: already applied.
+        return commands;
+    };
+    finish_run(flow, state, run_id, status, result, &mut commands);
+    // An answered inquiry (or a child workflow that ended while paused)
+    // resumes its workflow, as StackStorm's inquiry response does.
+    if was_paused {
+        commands.extend(resume(flow, state));
+    }
+    settle(flow, state, &mut commands);
+    commands
+}
+
+/// The results of a `with` task run's items, in item order, as asked for
+/// by [`Command::Gather`]: the task ends with them as its result.
+pub fn items_gathered(
+    flow: &Flow<'_>,
+    state: &mut FlowState,
+    run_id: &str,
+    results: Vec<Value>,
+) -> Vec<Command> {
+    let mut commands = Vec::new();
+    let Some(run) = state.runs.iter().position(|r| {
+        r.id == run_id
+            && r.status == TaskStatus::Running
+            && r.items.as_ref().is_some_and(|i| i.gathering)
+    }) else {
+        return commands;
+    };
+    let status = if state.runs[run].items.as_ref().is_some_and(Items::failed) {
+        TaskStatus::Failed
+    } else {
+        TaskStatus::Succeeded
+    };
+    if state.status == FlowStatus::Canceling {
+        state.runs[run].status = status;
+        state.runs[run].result = Value::Array(results);
+    } else {
+        finish_run(
+            flow,
+            state,
+            run_id,
+            status,
+            Value::Array(results),
+            &mut commands,
+        );
+    }
+    settle(flow, state, &mut commands);
     commands
 }
 
 fn finish_run(
-    spec: &WorkflowSpec,
+    flow: &Flow<'_>,
     state: &mut FlowState,
     run_id: &str,
     status: TaskStatus,
@@ -958,7 +1567,7 @@ fn finish_run(
     state.runs[i].status = status;
     state.runs[i].result = result.clone();
     let (task, attempt) = (state.runs[i].task.clone(), state.runs[i].attempt);
-    let def: TaskSpec = spec.tasks.get(&task).cloned().unwrap_or_default();
+    let def: TaskSpec = flow.spec.tasks.get(&task).cloned().unwrap_or_default();
     let failed = status == TaskStatus::Failed;
     if failed {
         state.errors.push(json!({
@@ -970,12 +1579,7 @@ fn finish_run(
     }
     // `retry`: run the same task again while `when` holds.
     if let Some(retry) = &def.retry {
-        let scope = Scope {
-            state,
-            task: Some(&task),
-            current: Some((&status, &result)),
-            item: None,
-        };
+        let scope = Scope::after(flow, state, &status, &result).in_task(&task);
         let wanted = match &retry.when {
             Some(w) => render(&json!(w), &scope).map(|v| yaql::truthy(&v)),
             None => Ok(status == TaskStatus::Failed),
@@ -984,14 +1588,8 @@ fn finish_run(
         match (wanted, count) {
             (Ok(true), Ok(count)) if attempt < count => {
                 state.remediated += usize::from(failed);
-                schedule_retry(
-                    spec,
-                    state,
-                    &task,
-                    attempt + 1,
-                    retry.delay.as_ref(),
-                    commands,
-                );
+                let delay = retry.delay.as_ref().and_then(Value::as_f64);
+                schedule(flow, state, &task, attempt + 1, delay, commands);
                 return;
             }
             (Err(e), _) | (_, Err(e)) => state.errors.push(expression_error(e, Some(&task))),
@@ -1005,14 +1603,12 @@ fn finish_run(
     // (or one arrival at its join) per event, as in Orquesta.
     let mut staged: Vec<&str> = Vec::new();
     for (route, t) in def.next.iter().enumerate() {
-        let scope = Scope {
-            state,
-            task: Some(&task),
-            current: Some((&status, &result)),
-            item: None,
-        };
         let when = match &t.when {
-            Some(w) => render(&json!(w), &scope).map(|v| yaql::truthy(&v)),
+            Some(w) => render(
+                &json!(w),
+                &Scope::after(flow, state, &status, &result).in_task(&task),
+            )
+            .map(|v| yaql::truthy(&v)),
             None => Ok(true),
         };
         match when {
@@ -1024,13 +1620,10 @@ fn finish_run(
             }
         }
         for (name, v) in &t.publish {
-            let scope = Scope {
-                state,
-                task: Some(&task),
-                current: Some((&status, &result)),
-                item: None,
-            };
-            match render(v, &scope) {
+            match render(
+                v,
+                &Scope::after(flow, state, &status, &result).in_task(&task),
+            ) {
                 Ok(v) => {
                     state.ctx.insert(name.clone(), v);
                 }
@@ -1047,14 +1640,14 @@ fn finish_run(
                 }
                 "retry" if attempt < ENGINE_RETRIES => {
                     state.remediated += usize::from(failed);
-                    schedule_retry(spec, state, &task, attempt + 1, None, commands);
+                    schedule(flow, state, &task, attempt + 1, None, commands);
                     return;
                 }
                 next if !ENGINE_COMMANDS.contains(&next) => {
-                    remediated |= status == TaskStatus::Failed;
+                    remediated |= failed;
                     if !staged.contains(&next) {
                         staged.push(next);
-                        arrive(spec, state, next, commands);
+                        arrive(flow, state, next, commands);
                     }
                 }
                 _ => {}
@@ -1079,30 +1672,16 @@ fn finish_run(
     }
 }
 
-fn schedule_retry(
-    spec: &WorkflowSpec,
-    state: &mut FlowState,
-    task: &str,
-    attempt: u32,
-    delay: Option<&Value>,
-    commands: &mut Vec<Command>,
-) {
-    let before = commands.len();
-    schedule(spec, state, task, attempt, commands);
-    if let (Some(d), Some(Command::Run { delay: slot, .. })) = (delay, commands.get_mut(before)) {
-        *slot = d.as_f64();
-    }
-}
-
 /// A transition arrives at `task`: run it, or count it toward its join.
-fn arrive(spec: &WorkflowSpec, state: &mut FlowState, task: &str, commands: &mut Vec<Command>) {
-    let Some(def) = spec.tasks.get(task) else {
+fn arrive(flow: &Flow<'_>, state: &mut FlowState, task: &str, commands: &mut Vec<Command>) {
+    let Some(def) = flow.spec.tasks.get(task) else {
         return;
     };
     match def.join {
-        None => schedule(spec, state, task, 0, commands),
+        None => schedule(flow, state, task, 0, None, commands),
         Some(join) => {
-            let inbound = spec
+            let inbound = flow
+                .spec
                 .tasks
                 .values()
                 .filter(|t| t.next.iter().any(|n| n.next.iter().any(|x| x == task)))
@@ -1114,18 +1693,24 @@ fn arrive(spec: &WorkflowSpec, state: &mut FlowState, task: &str, commands: &mut
             let arrived = state.joins.entry(task.to_string()).or_insert(0);
             *arrived += 1;
             if *arrived == needed {
-                schedule(spec, state, task, 0, commands);
+                schedule(flow, state, task, 0, None, commands);
             }
         }
     }
 }
 
-/// Ends the workflow when nothing runs any more. Once an error is
-/// recorded the workflow fails fast: runs this step would have started are
-/// dropped, and the end waits only for runs already under way.
-fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command>) {
+/// Moves the workflow on when nothing it waits for is left: `paused` once
+/// a pausing workflow has nothing active, the end once nothing is
+/// unfinished. Once an error is recorded the workflow fails fast: runs
+/// this step (or the pause) would have started are dropped, and the end
+/// waits only for runs already under way.
+fn settle(flow: &Flow<'_>, state: &mut FlowState, commands: &mut Vec<Command>) {
     if state.status == FlowStatus::Canceling {
-        if !state.runs.iter().any(|r| r.status == TaskStatus::Running) {
+        if !state
+            .runs
+            .iter()
+            .any(|r| matches!(r.status, TaskStatus::Running | TaskStatus::Paused))
+        {
             state.status = FlowStatus::Canceled;
             commands.push(Command::Finish {
                 status: FlowStatus::Canceled,
@@ -1134,20 +1719,23 @@ fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command
         }
         return;
     }
-    if state.status != FlowStatus::Running {
+    if !matches!(
+        state.status,
+        FlowStatus::Running | FlowStatus::Pausing | FlowStatus::Paused
+    ) {
         return;
     }
     if state.failing() {
-        let dropped: Vec<String> = commands
-            .iter()
-            .filter_map(|c| match c {
-                Command::Run { run_id, .. } if !state.run_on_fail.contains(run_id) => {
-                    Some(run_id.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        commands.retain(|c| !matches!(c, Command::Run { run_id, .. } if dropped.contains(run_id)));
+        let mut dropped = Vec::new();
+        let run_on_fail = &state.run_on_fail;
+        commands.retain(|c| match c {
+            Command::Run { run_id, .. } if !run_on_fail.contains(run_id) => {
+                dropped.push(run_id.clone());
+                false
+            }
+            _ => true,
+        });
+        dropped.extend(state.staged.drain(..).filter_map(run_id_of));
         for id in &dropped {
             // An item that will not start after all.
             if let Some((run, _)) = item_of(state, id) {
@@ -1157,32 +1745,57 @@ fn settle(spec: &WorkflowSpec, state: &mut FlowState, commands: &mut Vec<Command
             }
         }
         state.runs.retain(|r| !dropped.contains(&r.id));
-        // A `with` task with nothing left running will start nothing more.
+        // A `with` task with nothing in flight will start nothing more.
         for run in &mut state.runs {
             if run.status == TaskStatus::Running
-                && run.items.as_ref().is_some_and(|i| i.running() == 0)
+                && run
+                    .items
+                    .as_ref()
+                    .is_some_and(|i| i.in_flight() == 0 && !i.gathering)
             {
                 run.status = TaskStatus::Failed;
             }
         }
     }
-    if state.runs.iter().any(|r| r.status == TaskStatus::Running) {
+    let unfinished = state
+        .runs
+        .iter()
+        .any(|r| matches!(r.status, TaskStatus::Running | TaskStatus::Paused));
+    if matches!(state.status, FlowStatus::Pausing | FlowStatus::Paused)
+        && (unfinished || !state.staged.is_empty())
+    {
+        let staged: Vec<&str> = state
+            .staged
+            .iter()
+            .filter_map(|c| match c {
+                Command::Run { run_id, .. } => Some(run_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let active = state.runs.iter().any(|r| {
+            r.status == TaskStatus::Running
+                && !staged.contains(&r.id.as_str())
+                && r.items
+                    .as_ref()
+                    .is_none_or(|i| i.active() > 0 || i.gathering)
+        });
+        if state.status == FlowStatus::Pausing && !active {
+            state.status = FlowStatus::Paused;
+            commands.push(Command::Status {
+                status: FlowStatus::Paused,
+            });
+        }
+        return;
+    }
+    if unfinished {
         return;
     }
     // Each output sees the ones before it (Orquesta renders them in order
     // into a rolling context), and no output at all is `null`.
     let mut output = Map::new();
     let mut rolling = state.clone();
-    for (name, v) in &spec.output {
-        match render(
-            v,
-            &Scope {
-                state: &rolling,
-                task: None,
-                current: None,
-                item: None,
-            },
-        ) {
+    for (name, v) in &flow.spec.output {
+        match render(v, &Scope::plain(flow, &rolling)) {
             Ok(v) => {
                 rolling.ctx.insert(name.clone(), v.clone());
                 output.insert(name.clone(), v);

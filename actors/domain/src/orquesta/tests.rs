@@ -178,10 +178,101 @@ fn inline_parameters() {
     assert!(spec::inline_params("novalue").is_err());
 }
 
+/// Carries out a conductor's commands as the engine does, one at a time in
+/// the order given; `outcome(action, input, attempt)` says how each action
+/// run ends.
+mod driver {
+    use std::collections::HashMap;
+
+    use serde_json::{Map, Value};
+
+    use super::super::conductor::{self, Command, Flow, FlowState, ItemResult};
+    use super::super::spec::WorkflowSpec;
+
+    pub struct Driven {
+        /// Tasks in the order their actions ran.
+        pub ran: Vec<String>,
+        /// The input of each action run, in the same order.
+        pub inputs: Vec<Value>,
+        /// Most action runs outstanding at once.
+        pub peak: usize,
+        pub state: FlowState,
+        pub finish: Command,
+    }
+
+    pub fn drive(
+        spec: &WorkflowSpec,
+        input: &Map<String, Value>,
+        mut outcome: impl FnMut(&str, &Value, u32) -> (bool, Value),
+    ) -> Driven {
+        let flow = Flow::new(spec);
+        let (mut state, mut pending) = conductor::start(&flow, input, Map::new());
+        let (mut ran, mut inputs, mut peak) = (Vec::new(), Vec::new(), 0);
+        let mut results: HashMap<String, Value> = HashMap::new();
+        loop {
+            if let Some(finish) = pending.iter().find(|c| matches!(c, Command::Finish { .. })) {
+                let finish = finish.clone();
+                return Driven {
+                    ran,
+                    inputs,
+                    peak,
+                    state,
+                    finish,
+                };
+            }
+            peak = peak.max(
+                pending
+                    .iter()
+                    .filter(|c| matches!(c, Command::Run { .. }))
+                    .count(),
+            );
+            if pending.is_empty() {
+                panic!("stuck: no command and no finish; state {state:#?}");
+            }
+            match pending.remove(0) {
+                Command::Run {
+                    run_id,
+                    task,
+                    action,
+                    input,
+                    attempt,
+                    ..
+                } => {
+                    ran.push(task);
+                    inputs.push(input.clone());
+                    let (ok, result) = outcome(&action, &input, attempt);
+                    results.insert(run_id.clone(), result.clone());
+                    pending.extend(conductor::task_finished(
+                        &flow, &mut state, &run_id, ok, result,
+                    ));
+                }
+                Command::Gather { run_id } => {
+                    let run = state.runs.iter().find(|r| r.id == run_id).unwrap();
+                    let gathered = run
+                        .items
+                        .as_ref()
+                        .unwrap()
+                        .results(&run_id)
+                        .map(|r| match r {
+                            ItemResult::Execution(id) => results[&id].clone(),
+                            ItemResult::Local(v) => v.clone(),
+                            ItemResult::NotStarted => Value::Null,
+                        })
+                        .collect();
+                    pending.extend(conductor::items_gathered(
+                        &flow, &mut state, &run_id, gathered,
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 mod conducting {
     use serde_json::{json, Map, Value};
 
-    use super::super::conductor::{self, Command, FlowState, FlowStatus};
+    use super::super::conductor::{self, Command, Flow, FlowState, FlowStatus};
     use super::super::spec::WorkflowSpec;
 
     fn spec(text: &str) -> WorkflowSpec {
@@ -190,9 +281,8 @@ mod conducting {
         spec.unwrap()
     }
 
-    /// Runs a workflow to its end: `outcome(action, input, attempt)` says
-    /// how each action run ends. Returns the order actions ran in, the
-    /// final state and the finish command.
+    /// Runs a workflow to its end: the order actions ran in, the final
+    /// state and the finish command.
     fn drive(
         spec: &WorkflowSpec,
         input: Value,
@@ -201,30 +291,8 @@ mod conducting {
         let Value::Object(input) = input else {
             panic!()
         };
-        let (mut state, mut pending) = conductor::start(spec, &input, Map::new());
-        let mut ran = Vec::new();
-        loop {
-            if let Some(done) = pending.iter().find(|c| matches!(c, Command::Finish { .. })) {
-                return (ran, state, done.clone());
-            }
-            let Some(Command::Run {
-                run_id,
-                task,
-                action,
-                input,
-                attempt,
-                ..
-            }) = pending.first().cloned()
-            else {
-                panic!("stuck: no command and no finish; state {state:#?}");
-            };
-            pending.remove(0);
-            ran.push(task.clone());
-            let (ok, result) = outcome(&action, &input, attempt);
-            pending.extend(conductor::task_finished(
-                spec, &mut state, &run_id, ok, result,
-            ));
-        }
+        let d = super::driver::drive(spec, &input, outcome);
+        (d.ran, d.state, d.finish)
     }
 
     fn ok(_: &str, input: &Value, _: u32) -> (bool, Value) {
@@ -395,11 +463,11 @@ mod conducting {
             }
         ));
         // The retry's delay reaches the command.
-        let (mut state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let (mut state, commands) = conductor::start(&Flow::new(&s), &Map::new(), Map::new());
         let Command::Run { run_id, .. } = &commands[0] else {
             panic!()
         };
-        let next = conductor::task_finished(&s, &mut state, run_id, false, json!({}));
+        let next = conductor::task_finished(&Flow::new(&s), &mut state, run_id, false, json!({}));
         assert!(
             matches!(&next[0], Command::Run { delay: Some(d), attempt: 1, .. } if *d == 2.0),
             "{next:?}"
@@ -409,14 +477,17 @@ mod conducting {
     #[test]
     fn a_replayed_event_changes_nothing() {
         let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: b\n  b:\n    action: core.noop\n");
-        let (mut state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let (mut state, commands) = conductor::start(&Flow::new(&s), &Map::new(), Map::new());
         let Command::Run { run_id, .. } = &commands[0] else {
             panic!()
         };
-        let first = conductor::task_finished(&s, &mut state, run_id, true, json!({}));
+        let first = conductor::task_finished(&Flow::new(&s), &mut state, run_id, true, json!({}));
         assert_eq!(first.len(), 1);
         let snapshot = state.clone();
-        assert!(conductor::task_finished(&s, &mut state, run_id, true, json!({})).is_empty());
+        assert!(
+            conductor::task_finished(&Flow::new(&s), &mut state, run_id, true, json!({}))
+                .is_empty()
+        );
         assert_eq!(state, snapshot);
     }
 
@@ -425,13 +496,13 @@ mod conducting {
         // An input given no value and no default is null, as in Orquesta
         // (the action's parameters say what is required).
         let s = spec("version: 1.0\ninput: [needed]\ntasks:\n  a:\n    action: core.noop\n");
-        let (state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let (state, commands) = conductor::start(&Flow::new(&s), &Map::new(), Map::new());
         assert_eq!(state.status, FlowStatus::Running);
         assert_eq!(state.ctx["needed"], Value::Null);
         assert!(matches!(&commands[0], Command::Run { task, .. } if task == "a"));
         // An expression error fails its task with the message, not the engine.
         let s = spec("version: 1.0\ntasks:\n  a:\n    action: core.local cmd=<% 1 / 0 %>\n");
-        let (_, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let (_, commands) = conductor::start(&Flow::new(&s), &Map::new(), Map::new());
         let Command::Finish { status, result } = &commands[0] else {
             panic!("{commands:?}")
         };
@@ -464,7 +535,7 @@ mod conducting {
 mod items {
     use serde_json::{json, Map, Value};
 
-    use super::super::conductor::{self, Command, FlowStatus};
+    use super::super::conductor::{self, Command, Flow, FlowStatus};
 
     fn spec(text: &str) -> super::super::spec::WorkflowSpec {
         let (spec, issues) = super::super::inspect(text);
@@ -472,38 +543,17 @@ mod items {
         spec.unwrap()
     }
 
-    /// Runs with every action finishing in the order started; records the
-    /// largest number running at once.
+    /// Runs with every action finishing in the order started (echoing its
+    /// message; failing on `fail_on`): inputs, peak concurrency, finish.
     fn drive_all(
         spec: &super::super::spec::WorkflowSpec,
         fail_on: Option<&str>,
     ) -> (Vec<Value>, usize, Command) {
-        let (mut state, mut pending) = conductor::start(spec, &Map::new(), Map::new());
-        let mut inputs = Vec::new();
-        let mut peak = 0;
-        loop {
-            if let Some(done) = pending.iter().find(|c| matches!(c, Command::Finish { .. })) {
-                return (inputs, peak, done.clone());
-            }
-            let running = pending
-                .iter()
-                .filter(|c| matches!(c, Command::Run { .. }))
-                .count();
-            peak = peak.max(running);
-            let Some(Command::Run { run_id, input, .. }) = pending.first().cloned() else {
-                panic!("stuck: {state:#?}");
-            };
-            pending.remove(0);
-            inputs.push(input.clone());
+        let d = super::driver::drive(spec, &Map::new(), |_, input, _| {
             let ok = fail_on.is_none_or(|f| input["message"] != f);
-            pending.extend(conductor::task_finished(
-                spec,
-                &mut state,
-                &run_id,
-                ok,
-                json!({"stdout": input["message"]}),
-            ));
-        }
+            (ok, json!({"stdout": input["message"]}))
+        });
+        (d.inputs, d.peak, d.finish)
     }
 
     #[test]
@@ -550,7 +600,7 @@ mod items {
     #[test]
     fn no_items_succeeds_at_once_and_replays_change_nothing() {
         let s = spec("version: 1.0\ntasks:\n  none:\n    with: <% [] %>\n    action: core.noop\n");
-        let (_, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let (_, commands) = conductor::start(&Flow::new(&s), &Map::new(), Map::new());
         assert!(
             matches!(
                 commands.as_slice(),
@@ -563,15 +613,19 @@ mod items {
         );
         let s =
             spec("version: 1.0\ntasks:\n  two:\n    with: <% [1, 2] %>\n    action: core.noop\n");
-        let (mut state, commands) = conductor::start(&s, &Map::new(), Map::new());
+        let (mut state, commands) = conductor::start(&Flow::new(&s), &Map::new(), Map::new());
         assert_eq!(commands.len(), 2);
         let Command::Run { run_id, .. } = &commands[0] else {
             panic!()
         };
         assert_eq!(run_id, "two.0.0");
-        assert!(conductor::task_finished(&s, &mut state, run_id, true, json!(1)).is_empty());
+        assert!(
+            conductor::task_finished(&Flow::new(&s), &mut state, run_id, true, json!(1)).is_empty()
+        );
         let snapshot = state.clone();
-        assert!(conductor::task_finished(&s, &mut state, run_id, true, json!(1)).is_empty());
+        assert!(
+            conductor::task_finished(&Flow::new(&s), &mut state, run_id, true, json!(1)).is_empty()
+        );
         assert_eq!(state, snapshot);
     }
 }
@@ -579,13 +633,13 @@ mod items {
 mod canceling {
     use serde_json::{json, Map};
 
-    use super::super::conductor::{self, Command, FlowStatus};
+    use super::super::conductor::{self, Command, Flow, FlowStatus};
 
     #[test]
     fn cancel_stops_running_runs_and_starts_nothing_more() {
         let (spec, _) = super::super::inspect("version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: b\n  each:\n    with: <% [1, 2, 3] %>\n    action: core.noop\n  b:\n    action: core.noop\n");
         let spec = spec.unwrap();
-        let (mut state, started) = conductor::start(&spec, &Map::new(), Map::new());
+        let (mut state, started) = conductor::start(&Flow::new(&spec), &Map::new(), Map::new());
         assert_eq!(started.len(), 4, "a and three items");
         let Command::Run {
             run_id: first_item, ..
@@ -593,8 +647,8 @@ mod canceling {
         else {
             panic!()
         };
-        conductor::task_finished(&spec, &mut state, first_item, true, json!({}));
-        let commands = conductor::cancel(&spec, &mut state);
+        conductor::task_finished(&Flow::new(&spec), &mut state, first_item, true, json!({}));
+        let commands = conductor::cancel(&Flow::new(&spec), &mut state);
         let stops: Vec<String> = commands
             .iter()
             .map(|c| match c {
@@ -605,11 +659,20 @@ mod canceling {
         assert_eq!(stops, vec!["a.0", "each.0.1", "each.0.2"]);
         assert_eq!(state.status, FlowStatus::Canceling);
         // `a` ends: its transition to `b` does not run.
-        assert!(conductor::task_finished(&spec, &mut state, "a.0", true, json!({})).is_empty());
         assert!(
-            conductor::task_finished(&spec, &mut state, "each.0.1", false, json!({})).is_empty()
+            conductor::task_finished(&Flow::new(&spec), &mut state, "a.0", true, json!({}))
+                .is_empty()
         );
-        let last = conductor::task_finished(&spec, &mut state, "each.0.2", false, json!({}));
+        assert!(conductor::task_finished(
+            &Flow::new(&spec),
+            &mut state,
+            "each.0.1",
+            false,
+            json!({})
+        )
+        .is_empty());
+        let last =
+            conductor::task_finished(&Flow::new(&spec), &mut state, "each.0.2", false, json!({}));
         assert_eq!(
             last,
             vec![Command::Finish {
@@ -617,6 +680,275 @@ mod canceling {
                 result: json!({"output": null})
             }]
         );
-        assert!(conductor::cancel(&spec, &mut state).is_empty(), "once");
+        assert!(
+            conductor::cancel(&Flow::new(&spec), &mut state).is_empty(),
+            "once"
+        );
+    }
+}
+
+mod pausing {
+    use std::sync::Arc;
+
+    use serde_json::{json, Map};
+
+    use super::super::conductor::{self, Command, Flow, FlowStatus, TaskStatus};
+    use crate::template::{KeyValueLookup, KvScope, Renderer};
+
+    fn spec(text: &str) -> super::super::spec::WorkflowSpec {
+        let (spec, issues) = super::super::inspect(text);
+        assert!(issues.is_empty(), "{issues:#?}");
+        spec.unwrap()
+    }
+
+    fn runs(commands: &[Command]) -> Vec<String> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Run { run_id, .. } => Some(run_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const TWO_BRANCHES: &str = "version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: a2\n  a2:\n    action: core.noop\n  child:\n    action: examples.sub\n";
+
+    #[test]
+    fn pause_holds_new_runs_until_resume_and_asks_children_to_pause() {
+        let s = spec(TWO_BRANCHES);
+        let flow = Flow::new(&s);
+        let (mut state, started) = conductor::start(&flow, &Map::new(), Map::new());
+        assert_eq!(runs(&started), vec!["a.0", "child.0"]);
+        let paused = conductor::pause(&flow, &mut state);
+        assert_eq!(
+            paused,
+            vec![
+                Command::Status {
+                    status: FlowStatus::Pausing
+                },
+                Command::Pause {
+                    run_id: "a.0".into()
+                },
+                Command::Pause {
+                    run_id: "child.0".into()
+                },
+            ]
+        );
+        // `a` ends while pausing: `a2` is decided but does not start.
+        let after_a = conductor::task_finished(&flow, &mut state, "a.0", true, json!({}));
+        assert!(runs(&after_a).is_empty(), "{after_a:?}");
+        assert_eq!(state.status, FlowStatus::Pausing, "child still active");
+        // The child workflow pauses: nothing is active any more.
+        let after_child = conductor::task_paused(&flow, &mut state, "child.0");
+        assert_eq!(
+            after_child,
+            vec![Command::Status {
+                status: FlowStatus::Paused
+            }]
+        );
+        assert_eq!(conductor::pause(&flow, &mut state), vec![], "once");
+        // Resume: the child is asked to resume and a2 starts.
+        let resumed = conductor::resume(&flow, &mut state);
+        assert_eq!(state.status, FlowStatus::Running);
+        assert!(resumed.contains(&Command::Resume {
+            run_id: "child.0".into()
+        }));
+        assert_eq!(runs(&resumed), vec!["a2.0"]);
+        assert!(conductor::task_resumed(&flow, &mut state, "child.0").is_empty());
+        conductor::task_finished(&flow, &mut state, "child.0", true, json!({}));
+        let end = conductor::task_finished(&flow, &mut state, "a2.0", true, json!({}));
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_pending_inquiry_pauses_the_workflow_and_its_answer_resumes_it() {
+        let s = spec("version: 1.0\ntasks:\n  ask:\n    action: core.ask\n    next:\n      - when: <% succeeded() %>\n        publish: approved=<% result().response.approved %>\n        do: act\n  act:\n    action: core.noop\noutput:\n  - approved: <% ctx(approved) %>\n");
+        let flow = Flow::new(&s);
+        let (mut state, _) = conductor::start(&flow, &Map::new(), Map::new());
+        let pending = conductor::task_paused(&flow, &mut state, "ask.0");
+        assert_eq!(state.status, FlowStatus::Paused);
+        assert_eq!(
+            pending.last(),
+            Some(&Command::Status {
+                status: FlowStatus::Paused
+            })
+        );
+        assert_eq!(state.runs[0].status, TaskStatus::Paused);
+        let answered = conductor::task_finished(
+            &flow,
+            &mut state,
+            "ask.0",
+            true,
+            json!({"response": {"approved": true}}),
+        );
+        assert_eq!(state.status, FlowStatus::Running);
+        assert!(answered.contains(&Command::Status {
+            status: FlowStatus::Running
+        }));
+        assert_eq!(runs(&answered), vec!["act.0"]);
+        let end = conductor::task_finished(&flow, &mut state, "act.0", true, json!({}));
+        assert_eq!(
+            end,
+            vec![Command::Finish {
+                status: FlowStatus::Succeeded,
+                result: json!({"output": {"approved": true}})
+            }]
+        );
+    }
+
+    #[test]
+    fn items_stop_starting_while_paused_and_continue_on_resume() {
+        let s = spec("version: 1.0\ntasks:\n  each:\n    with:\n      items: <% [1, 2, 3, 4] %>\n      concurrency: 2\n    action: core.noop\n");
+        let flow = Flow::new(&s);
+        let (mut state, started) = conductor::start(&flow, &Map::new(), Map::new());
+        assert_eq!(runs(&started), vec!["each.0.0", "each.0.1"]);
+        conductor::pause(&flow, &mut state);
+        assert!(runs(&conductor::task_finished(
+            &flow,
+            &mut state,
+            "each.0.0",
+            true,
+            json!(0)
+        ))
+        .is_empty());
+        let last = conductor::task_finished(&flow, &mut state, "each.0.1", true, json!(1));
+        assert_eq!(state.status, FlowStatus::Paused, "{last:?}");
+        let resumed = conductor::resume(&flow, &mut state);
+        assert_eq!(runs(&resumed), vec!["each.0.2", "each.0.3"]);
+        conductor::task_finished(&flow, &mut state, "each.0.2", true, json!(2));
+        let gather = conductor::task_finished(&flow, &mut state, "each.0.3", true, json!(3));
+        assert_eq!(
+            gather,
+            vec![Command::Gather {
+                run_id: "each.0".into()
+            }]
+        );
+        let end = conductor::items_gathered(
+            &flow,
+            &mut state,
+            "each.0",
+            vec![json!(0), json!(1), json!(2), json!(3)],
+        );
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            })
+        ));
+        assert_eq!(state.runs[0].result, json!([0, 1, 2, 3]));
+    }
+
+    #[test]
+    fn cancel_while_paused_drops_held_runs_and_cancels_paused_children() {
+        let s = spec(TWO_BRANCHES);
+        let flow = Flow::new(&s);
+        let (mut state, _) = conductor::start(&flow, &Map::new(), Map::new());
+        conductor::pause(&flow, &mut state);
+        conductor::task_finished(&flow, &mut state, "a.0", true, json!({}));
+        conductor::task_paused(&flow, &mut state, "child.0");
+        assert_eq!(state.status, FlowStatus::Paused);
+        let canceled = conductor::cancel(&flow, &mut state);
+        assert_eq!(
+            canceled,
+            vec![Command::Cancel {
+                run_id: "child.0".into()
+            }]
+        );
+        assert!(
+            state.runs.iter().all(|r| r.task != "a2"),
+            "a2 never started"
+        );
+        let end = conductor::task_finished(&flow, &mut state, "child.0", false, json!({}));
+        assert_eq!(
+            end,
+            vec![Command::Finish {
+                status: FlowStatus::Canceled,
+                result: json!({"output": null})
+            }]
+        );
+    }
+
+    #[test]
+    fn rerun_starts_from_the_failed_task_with_the_old_context() {
+        let s = spec("version: 1.0\ntasks:\n  first:\n    action: core.noop\n    next:\n      - publish: got=<% result().v %>\n        do: second\n  second:\n    action: core.local cmd=<% ctx(got) %>\n    next:\n      - when: <% succeeded() %>\n        do: third\n  third:\n    action: core.noop\noutput:\n  - got: <% ctx(got) %>\n");
+        let flow = Flow::new(&s);
+        let (mut state, _) = conductor::start(&flow, &Map::new(), Map::new());
+        conductor::task_finished(&flow, &mut state, "first.0", true, json!({"v": "x"}));
+        let end = conductor::task_finished(&flow, &mut state, "second.0", false, json!({}));
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finish {
+                status: FlowStatus::Failed,
+                ..
+            })
+        ));
+        let err = conductor::rerun(&flow, &state, &["first".into()], Map::new()).unwrap_err();
+        assert!(err.contains("did not fail"), "{err}");
+        let err = conductor::rerun(&flow, &state, &["nope".into()], Map::new()).unwrap_err();
+        assert!(err.contains("not in the workflow"), "{err}");
+        let (mut again, commands) =
+            conductor::rerun(&flow, &state, &["second".into()], Map::new()).unwrap();
+        let Some(Command::Run { run_id, input, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(run_id, "second.1");
+        assert_eq!(input["cmd"], "x", "the old context");
+        conductor::task_finished(&flow, &mut again, "second.1", true, json!({}));
+        let end = conductor::task_finished(&flow, &mut again, "third.0", true, json!({}));
+        assert_eq!(
+            end,
+            vec![Command::Finish {
+                status: FlowStatus::Succeeded,
+                result: json!({"output": {"got": "x"}})
+            }]
+        );
+    }
+
+    struct Keys;
+
+    impl KeyValueLookup for Keys {
+        fn get(&self, scope: KvScope, name: &str) -> Option<String> {
+            match (scope, name) {
+                (KvScope::System, "region") => Some("eu".into()),
+                (KvScope::User(u), "token") if u == "ops" => Some("t-1".into()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn st2kv_reads_system_and_user_keys_in_yaql_and_jinja() {
+        let renderer = Renderer::new();
+        let mut runtime = Map::new();
+        runtime.insert("st2".into(), json!({"user": "ops"}));
+        let s = spec("version: 1.0\ntasks:\n  t:\n    action: core.echo\n    input:\n      a: <% st2kv('system.region') %>\n      b: \"{{ st2kv('token') }}\"\n");
+        let flow = Flow::new(&s).with_datastore(&renderer, Arc::new(Keys), None);
+        let (_, commands) = conductor::start(&flow, &Map::new(), runtime.clone());
+        let Some(Command::Run { input, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(input, &json!({"a": "eu", "b": "t-1"}));
+        let s = spec("version: 1.0\ntasks:\n  missing:\n    action: core.echo message=<% st2kv('system.nope') %>\n");
+        let flow = Flow::new(&s).with_datastore(&renderer, Arc::new(Keys), None);
+        let (_, commands) = conductor::start(&flow, &Map::new(), runtime);
+        let [Command::Finish {
+            status: FlowStatus::Failed,
+            result,
+        }] = &commands[..]
+        else {
+            panic!("{commands:?}")
+        };
+        let message = result["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("The key \"system.nope\" does not exist"),
+            "{message}"
+        );
     }
 }
