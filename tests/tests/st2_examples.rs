@@ -18,8 +18,6 @@
 //!   `remote-shell-script` runners: `orquesta-streaming-demo`;
 //! - needs the `fixtures` pack of StackStorm's test suite:
 //!   `render_config_context`;
-//! - need `st2kv()` in workflow expressions: `orquesta-st2kv`,
-//!   `orquesta-st2kv-default`;
 //! - need a `core.ask` task to pause its workflow: `orquesta-ask-basic`,
 //!   `-consecutive`, `-nested`, `-parallel`, `-multiple-parameters`;
 //! - need pause/resume or re-run: `orquesta-test-pause*`,
@@ -673,5 +671,88 @@ async fn a_python_action_of_the_pack_runs() -> Result<()> {
         assert_eq!(done["result"]["result"], json!(prime), "{done}");
         assert_eq!(done["result"]["exit_code"], 0);
     }
+    Ok(())
+}
+
+/// test_wiring_functions_st2kv.py: `st2kv()` reads system and user keys,
+/// opens secrets with `decrypt`, fails on a missing key, and gives the
+/// `default` instead when one is named.
+#[tokio::test]
+async fn st2kv_reads_the_datastore_as_in_stackstorm() -> Result<()> {
+    let (node, _packs) = start().await?;
+    let put = |name: &'static str, body: Value| {
+        let node = &node;
+        async move {
+            let (status, answer) = node
+                .call(
+                    &node.http,
+                    reqwest::Method::PUT,
+                    &format!("keys/{name}"),
+                    Some(&body),
+                )
+                .await?;
+            anyhow::ensure!(status == 200 || status == 201, "{name}: {status} {answer}");
+            anyhow::Ok(())
+        }
+    };
+    put("lakshmi", json!({"value": "kanahansnasnasdlsajks"})).await?;
+    put("winson", json!({"value": "SoDiamondEng", "scope": "user"})).await?;
+    put("kami", json!({"value": "eggplant", "secret": true})).await?;
+    let cases = [
+        (
+            "examples.orquesta-st2kv",
+            json!({"key_name": "system.lakshmi"}),
+            "succeeded",
+            json!({"output": {"value": "kanahansnasnasdlsajks"}}),
+        ),
+        (
+            "examples.orquesta-st2kv",
+            json!({"key_name": "winson"}),
+            "succeeded",
+            json!({"output": {"value": "SoDiamondEng"}}),
+        ),
+        (
+            "examples.orquesta-st2kv",
+            json!({"key_name": "system.kami", "decrypt": true}),
+            "succeeded",
+            json!({"output": {"value": "eggplant"}}),
+        ),
+        (
+            "examples.orquesta-st2kv-default",
+            json!({"key_name": "system.matt", "decrypt": true, "default": "stone"}),
+            "succeeded",
+            json!({"output": {"value_from_yaql": "stone", "value_from_jinja": "stone"}}),
+        ),
+        (
+            "examples.orquesta-st2kv-default",
+            json!({"key_name": "system.matt", "decrypt": true, "default": ""}),
+            "succeeded",
+            json!({"output": {"value_from_yaql": "", "value_from_jinja": ""}}),
+        ),
+    ];
+    for (action, input, status, result) in cases {
+        let (id, _) = create(&node, action, &input).await?;
+        let done = finished(&node, &id).await?;
+        assert_eq!(
+            json!({"status": done["status"], "result": done["result"]}),
+            json!({"status": status, "result": result}),
+            "{action} {input}"
+        );
+    }
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-st2kv",
+        &json!({"key_name": "system.matt", "decrypt": true}),
+    )
+    .await?;
+    let done = finished(&node, &id).await?;
+    assert_eq!(done["status"], "failed", "{done}");
+    let message = done["result"]["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("The key \"matt\" does not exist in the StackStorm datastore."),
+        "{done}"
+    );
     Ok(())
 }

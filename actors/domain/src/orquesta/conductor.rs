@@ -353,12 +353,13 @@ impl<'a> Flow<'a> {
 
 /// Orquesta's `st2kv(key, decrypt=false)`: `system.<key>` is a system key,
 /// anything else a key of the workflow's user. A key that does not exist
-/// is an error, as in StackStorm.
+/// is an error, as in StackStorm, unless a `default` is given (even null).
 fn st2kv(
     kv: &dyn KeyValueLookup,
     cipher: Option<&Cipher>,
     user: &str,
     args: &[Value],
+    default: Option<&Value>,
 ) -> Result<Value, String> {
     let Some(Value::String(key)) = args.first() else {
         return Err("st2kv() takes a key name".into());
@@ -368,9 +369,11 @@ fn st2kv(
         Some(name) => (KvScope::System, name),
         None => (KvScope::User(user.to_string()), key.as_str()),
     };
-    let value = kv
-        .get(scope, name)
-        .ok_or_else(|| format!("The key \"{key}\" does not exist in the StackStorm datastore."))?;
+    let Some(value) = kv.get(scope, name) else {
+        return default.cloned().ok_or_else(|| {
+            format!("The key \"{name}\" does not exist in the StackStorm datastore.")
+        });
+    };
     if !decrypt {
         return Ok(Value::String(value));
     }
@@ -458,6 +461,29 @@ impl<'a> Scope<'a> {
 }
 
 impl Host for Scope<'_> {
+    /// `st2kv(key, decrypt => bool, default => value)` takes named
+    /// arguments, as in Orquesta.
+    fn call_named(
+        &self,
+        name: &str,
+        args: &[Value],
+        named: &Map<String, Value>,
+    ) -> Option<Result<Value, String>> {
+        if name != "st2kv" || named.is_empty() {
+            return self.call(name, args);
+        }
+        let key = args.first().cloned().unwrap_or(Value::Null);
+        let decrypt = named.get("decrypt").or(args.get(1)).cloned();
+        let args = [key, decrypt.unwrap_or(Value::Bool(false))];
+        Some(st2kv(
+            self.flow.kv.as_ref(),
+            self.flow.cipher.as_ref(),
+            user_of(self.state),
+            &args,
+            named.get("default"),
+        ))
+    }
+
     fn call(&self, name: &str, args: &[Value]) -> Option<Result<Value, String>> {
         let status = self.current.map(|(s, _)| *s);
         Some(Ok(match name {
@@ -482,6 +508,7 @@ impl Host for Scope<'_> {
                     self.flow.cipher.as_ref(),
                     user_of(self.state),
                     args,
+                    None,
                 ))
             }
             "result" => self.current.map_or(Value::Null, |(_, r)| r.clone()),
@@ -748,9 +775,17 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
                     Some(d) => d,
                     None => kwargs.get::<Option<bool>>("decrypt")?.unwrap_or(false),
                 };
+                let default: Option<Value> = if kwargs.has("default") {
+                    Some(
+                        serde_json::to_value(kwargs.get::<J>("default")?)
+                            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?,
+                    )
+                } else {
+                    None
+                };
                 kwargs.assert_all_used()?;
                 let args = [json!(key), json!(decrypt)];
-                st2kv(kv.as_ref(), cipher.as_ref(), &user, &args)
+                st2kv(kv.as_ref(), cipher.as_ref(), &user, &args, default.as_ref())
                     .map(|v| J::from_serialize(&v))
                     .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
             },

@@ -281,7 +281,13 @@ impl Evaluator<'_> {
         for e in rest {
             values.push(eval(e)?);
         }
-        if let Some(result) = self.host.call(name, &values) {
+        let mut named_values = Map::new();
+        for a in args {
+            if let Arg::Named(k, e) = a {
+                named_values.insert(k.clone(), eval(e)?);
+            }
+        }
+        if let Some(result) = self.host.call_named(name, &values, &named_values) {
             return result;
         }
         let default = named("default").map(eval).transpose()?;

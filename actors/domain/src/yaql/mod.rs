@@ -57,6 +57,17 @@ pub trait Host {
     /// Calls `name` with evaluated arguments; `None` when the host has no
     /// such function (then it is an unknown function).
     fn call(&self, name: &str, args: &[Value]) -> Option<Result<Value, String>>;
+
+    /// [`Host::call`] with the call's named arguments too (`f(x, key =>
+    /// value)`); by default they are not the host's business.
+    fn call_named(
+        &self,
+        name: &str,
+        args: &[Value],
+        _named: &serde_json::Map<String, Value>,
+    ) -> Option<Result<Value, String>> {
+        self.call(name, args)
+    }
 }
 
 /// A host with no functions of its own.
