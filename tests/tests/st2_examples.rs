@@ -21,8 +21,10 @@
 //! - `orquesta-ask-multiple-parameters`: no StackStorm test runs it, so
 //!   there is no expectation to compare;
 //! - `orquesta-test-pause-subworkflows` and the other pause cases that
-//!   pause or resume from the children, and `orquesta-test-rerun*`: not
-//!   written here yet (the engine supports them; see tests/workflows.rs);
+//!   pause or resume from the children, and `orquesta-test-rerun-with-items`:
+//!   not written here yet (see tests/workflows.rs for the engine's own);
+//! - test_rerun_task_of_workflow_already_succeeded: StackStorm re-runs a
+//!   task of a workflow that succeeded; Squall re-runs failed tasks only;
 //! - need Orquesta's routes (a task reached on two branches runs on two
 //!   numbered routes, and `task(name, route=>n)` reads one):
 //!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`;
@@ -903,6 +905,36 @@ async fn pause_and_resume_as_stackstorms_wiring_tests_drive_them() -> Result<()>
         }
         let done = reaches(&node, &id, "succeeded").await?;
         assert_eq!(done["result"], json!({"output": null}), "{action}");
+    }
+    Ok(())
+}
+
+/// test_wiring_rerun.py test_rerun_workflow and test_rerun_task: a failed
+/// workflow re-run whole, or from its failed task, succeeds once the cause
+/// is gone.
+#[tokio::test]
+async fn a_failed_example_reruns_whole_or_from_its_failed_task() -> Result<()> {
+    let (node, _packs) = start().await?;
+    let dir = tempfile::tempdir()?;
+    for tasks in [json!([]), json!(["task2"])] {
+        let file = dir.path().join("code");
+        std::fs::write(&file, "1")?;
+        let (id, _) = create(
+            &node,
+            "examples.orquesta-test-rerun",
+            &json!({"tempfile": file}),
+        )
+        .await?;
+        reaches(&node, &id, "failed").await?;
+        std::fs::write(&file, "0")?;
+        let (status, again) = node
+            .post(&format!("executions/{id}/re_run"), &json!({"tasks": tasks}))
+            .await?;
+        assert_eq!(status, 201, "{again}");
+        let again_id = again["id"].as_str().context("id")?;
+        assert_ne!(again_id, id);
+        let done = reaches(&node, again_id, "succeeded").await?;
+        assert_eq!(done["result"], json!({"output": null}), "{tasks}");
     }
     Ok(())
 }
