@@ -21,10 +21,13 @@
 //! - `orquesta-ask-multiple-parameters`: no StackStorm test runs it, so
 //!   there is no expectation to compare;
 //! - `orquesta-test-pause-subworkflows` and the other pause cases that
-//!   pause or resume from the children, and `orquesta-test-rerun-with-items`:
-//!   not written here yet (see tests/workflows.rs for the engine's own);
+//!   pause or resume from the children: not written here yet (see
+//!   tests/workflows.rs for the engine's own);
 //! - test_rerun_task_of_workflow_already_succeeded: StackStorm re-runs a
 //!   task of a workflow that succeeded; Squall re-runs failed tasks only;
+//! - test_rerun_and_resume_with_items_task: without `reset`, StackStorm
+//!   runs only a with-items task's failed items again; Squall runs them
+//!   all (the re-run ignores `reset`);
 //! - need Orquesta's routes (a task reached on two branches runs on two
 //!   numbered routes, and `task(name, route=>n)` reads one):
 //!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`;
@@ -936,5 +939,39 @@ async fn a_failed_example_reruns_whole_or_from_its_failed_task() -> Result<()> {
         let done = reaches(&node, again_id, "succeeded").await?;
         assert_eq!(done["result"], json!({"output": null}), "{tasks}");
     }
+    Ok(())
+}
+
+/// test_wiring_rerun.py test_rerun_and_reset_with_items_task: re-running
+/// a with-items task with `reset` runs every item again.
+#[tokio::test]
+async fn a_with_items_example_reruns_every_item_when_reset() -> Result<()> {
+    let (node, _packs) = start().await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("code");
+    std::fs::write(&file, "1")?;
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-test-rerun-with-items",
+        &json!({"tempfile": file}),
+    )
+    .await?;
+    reaches(&node, &id, "failed").await?;
+    std::fs::write(&file, "0")?;
+    let (status, again) = node
+        .post(
+            &format!("executions/{id}/re_run"),
+            &json!({"tasks": ["task1"], "reset": ["task1"]}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{again}");
+    let again_id = again["id"].as_str().context("id")?.to_string();
+    reaches(&node, &again_id, "succeeded").await?;
+    let runs = poll(Duration::from_secs(10), || async {
+        let runs = task_runs(&node, &again_id, "task1").await?;
+        Ok((runs.len() == 4).then_some(runs))
+    })
+    .await?;
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"));
     Ok(())
 }
