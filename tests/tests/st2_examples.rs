@@ -874,10 +874,10 @@ async fn reaches_any(node: &TestNode, id: &str, statuses: &[&str]) -> Result<Val
     .await
 }
 
-/// test_wiring_pause_and_resume.py test_pause_and_resume and
-/// test_pause_and_resume_cascade_to_subworkflow: a paused workflow lets
-/// its running task finish (a child workflow pauses too), stays paused,
-/// and runs to success once resumed.
+/// test_wiring_pause_and_resume.py test_pause_and_resume,
+/// test_pause_and_resume_cascade_to_subworkflow and _from_subworkflow: a
+/// paused workflow lets its running task finish (a child workflow pauses
+/// too), stays paused, and runs to success once resumed.
 #[tokio::test]
 async fn pause_and_resume_as_stackstorms_wiring_tests_drive_them() -> Result<()> {
     let (node, _packs) = start().await?;
@@ -909,6 +909,29 @@ async fn pause_and_resume_as_stackstorms_wiring_tests_drive_them() -> Result<()>
         let done = reaches(&node, &id, "succeeded").await?;
         assert_eq!(done["result"], json!({"output": null}), "{action}");
     }
+
+    // test_pause_and_resume_cascade_from_subworkflow: pausing the child
+    // leaves the parent running until the child is paused, then the
+    // parent is paused too; resuming the child finishes both.
+    let file = dir.path().join("child");
+    std::fs::write(&file, "")?;
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-test-pause-subworkflow",
+        &json!({"tempfile": file}),
+    )
+    .await?;
+    let task1 = task_reaches(&node, &id, "task1", "running").await?;
+    let task1_id = task1["id"].as_str().context("id")?.to_string();
+    set_status(&node, &task1_id, "pausing").await?;
+    reaches(&node, &id, "running").await?;
+    reaches_any(&node, &task1_id, &["pausing", "paused"]).await?;
+    std::fs::remove_file(&file)?;
+    reaches(&node, &task1_id, "paused").await?;
+    reaches(&node, &id, "paused").await?;
+    set_status(&node, &task1_id, "resuming").await?;
+    reaches(&node, &task1_id, "succeeded").await?;
+    reaches(&node, &id, "succeeded").await?;
     Ok(())
 }
 
