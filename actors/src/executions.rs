@@ -172,6 +172,8 @@ pub async fn cancel(bus: &Bus, id: &str, by: &str) -> Result<CancelOutcome, Engi
             return Ok(CancelOutcome::NotFound);
         };
         let now = time::now();
+        // A delayed task's runner is waiting on it: it must stop waiting.
+        let waiting = rec.status == Status::Delayed;
         match rec.status {
             s if s.is_completed() => return Ok(CancelOutcome::AlreadyFinished(s)),
             Status::Requested | Status::Scheduled | Status::Delayed | Status::Pending => {
@@ -185,7 +187,7 @@ pub async fn cancel(bus: &Bus, id: &str, by: &str) -> Result<CancelOutcome, Engi
             _ => rec.transition(Status::Canceling, now),
         }
         if bus.update_execution(&rec, rev).await?.is_some() {
-            if rec.status == Status::Canceling {
+            if rec.status == Status::Canceling || waiting {
                 ask_to_stop(bus, &rec).await?;
             }
             tracing::info!(execution = %id, user = %by, status = %rec.status, "cancel requested");

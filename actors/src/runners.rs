@@ -275,6 +275,35 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
         let cancel = ctx.shutdown.child_token();
         let _registered = ctx.cancels.register(&id, cancel.clone());
         record.node = Some(ctx.node.clone());
+        let mut rev = rev;
+        // A workflow task with `delay` is `delayed` until its time comes,
+        // as in StackStorm (where the scheduler holds it); the claim is the
+        // write of `delayed`, and nothing has run if its node dies.
+        if let Some(delay) = task_delay(&record) {
+            record.transition(Status::Delayed, time::now());
+            let Some(r) = ctx.bus.update_execution(&record, rev).await? else {
+                return Ok(());
+            };
+            rev = r;
+            if !wait_delay(delay, msg, &cancel).await {
+                if ctx.shutdown.is_cancelled() {
+                    let reason = format!(
+                        "node {} shut down while the task waited for its delay",
+                        ctx.node
+                    );
+                    finish(
+                        ctx,
+                        &mut record,
+                        rev,
+                        Status::Abandoned,
+                        json!({"error": reason}),
+                    )
+                    .await?;
+                }
+                // Otherwise a cancel: it wrote the record's end.
+                return Ok(());
+            }
+        }
         record.transition(Status::Scheduled, time::now());
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
             // Another runner claimed it first, or it was canceled.
@@ -302,6 +331,35 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
     }
     .instrument(span)
     .await
+}
+
+/// The `delay` of a workflow task's execution, in seconds.
+fn task_delay(record: &ExecutionRecord) -> Option<f64> {
+    record
+        .context
+        .get("orquesta")
+        .and_then(|o| o["delay"].as_f64())
+        .filter(|d| *d > 0.0)
+}
+
+/// Waits `delay` seconds, telling JetStream the request is still being
+/// worked on; false when `cancel` ends the wait.
+async fn wait_delay(delay: f64, msg: &jetstream::Message, cancel: &CancellationToken) -> bool {
+    let until = tokio::time::sleep(Duration::from_secs_f64(delay));
+    let mut until = std::pin::pin!(until);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut until => return true,
+            () = cancel.cancelled() => return false,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "progress ack failed");
+                }
+            }
+        }
+    }
 }
 
 /// The text of a workflow action's definition (its `entry_point`).
@@ -355,19 +413,6 @@ async fn run_action(
             record.action.pack.clone(),
         ),
     ]);
-    // A workflow task with `delay` waits first (cancel still stops it).
-    if let Some(delay) = record
-        .context
-        .get("orquesta")
-        .and_then(|o| o["delay"].as_f64())
-    {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs_f64(delay.max(0.0))) => {}
-            _ = cancel.cancelled() => {
-                return (Status::Canceled, json!({"error": "canceled while waiting for its delay"}));
-            }
-        }
-    }
     let (output, forwarder) = forward_output(ctx, record);
     let run = runner.run(RunRequest {
         execution_id: record.id.clone(),
