@@ -87,6 +87,9 @@ pub enum FlowEvent {
         run_id: String,
         execution_id: String,
         succeeded: bool,
+        /// It was canceled: as in Orquesta, that cancels the workflow.
+        #[serde(default)]
+        canceled: bool,
         result: Value,
     },
 }
@@ -151,6 +154,7 @@ pub async fn notify_parent(bus: &Bus, record: &ExecutionRecord) -> Result<(), En
                 run_id,
                 execution_id,
                 succeeded: s == Status::Succeeded,
+                canceled: s == Status::Canceled,
                 result: record.result.clone(),
             },
             format!("wfdone-{}", record.id),
@@ -769,9 +773,26 @@ async fn handle_event(
             FlowEvent::TaskDone {
                 run_id,
                 succeeded,
+                canceled,
                 result,
                 ..
-            } => conductor::task_finished(&flow, state, run_id, *succeeded, result.clone()),
+            } => {
+                // A task canceled on its own cancels its workflow, as in
+                // Orquesta (one canceled with it changes nothing).
+                let mut commands = if *canceled {
+                    conductor::cancel(&flow, state)
+                } else {
+                    Vec::new()
+                };
+                commands.extend(conductor::task_finished(
+                    &flow,
+                    state,
+                    run_id,
+                    *succeeded,
+                    result.clone(),
+                ));
+                commands
+            }
         };
         // Stored even without commands: an item's end alone is progress.
         if !matches!(event.event, FlowEvent::Start { .. }) {
