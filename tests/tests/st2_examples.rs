@@ -998,3 +998,33 @@ async fn a_with_items_example_reruns_every_item_when_reset() -> Result<()> {
     assert!(runs.iter().all(|r| r["status"] == "succeeded"));
     Ok(())
 }
+
+/// test_wiring_delay.py test_task_delay_workflow_cancellation and
+/// test_task_delay_task_cancellation: a task with a delay is `delayed`
+/// while it waits; canceling the workflow, or the task itself, cancels
+/// both.
+#[tokio::test]
+async fn a_delayed_task_waits_delayed_and_cancels() -> Result<()> {
+    let (node, _packs) = start().await?;
+    for cancel_the_task in [false, true] {
+        let (id, _) = create(
+            &node,
+            "examples.orquesta-delay",
+            &json!({"name": "Thanos", "delay": 300}),
+        )
+        .await?;
+        let task1 = task_reaches(&node, &id, "task1", "delayed").await?;
+        let task1_id = task1["id"].as_str().context("id")?.to_string();
+        let target = if cancel_the_task { &task1_id } else { &id };
+        let r = node
+            .http
+            .delete(format!("{}/executions/{target}", node.base))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        reaches(&node, &task1_id, "canceled").await?;
+        let done = reaches(&node, &id, "canceled").await?;
+        assert_eq!(done["result"], json!({"output": null}));
+    }
+    Ok(())
+}
