@@ -36,10 +36,10 @@
 //! - differ, known: `orquesta-fail-inspection` (Squall finds the syntax,
 //!   context and expression problems but not StackStorm's "action is not
 //!   registered" content check when the definition has other problems,
-//!   and spells `spec_path` its own way without `schema_path`),
-//!   `orquesta-fail-start-task` (Orquesta renders the output
-//!   from the terminal tasks' contexts, empty when no task ran, so it adds
-//!   an output error; Squall renders it from the one workflow context).
+//!   and spells `spec_path` its own way without `schema_path`); and
+//!   Squall's one workflow context is not Orquesta's per-branch contexts
+//!   (a publish on one branch is visible on another), which no example
+//!   here shows.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -401,6 +401,23 @@ fn cases() -> Vec<Case> {
                     "message": "Action \"core.echo\" has unexpected input \"messages\".",
                     "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.input.patternProperties.^\\w+$",
                     "spec_path": "tasks.task3.input.messages",
+                },
+            ], "output": null}),
+        ),
+        case(
+            "examples.orquesta-fail-start-task",
+            json!({"name": "Thanos"}),
+            "failed",
+            json!({"errors": [
+                {
+                    "type": "error",
+                    "message": "YaqlEvaluationException: Unable to evaluate expression '<% ctx().name.value %>'. NoFunctionRegisteredException: Unknown function \"#property#value\"",
+                    "task_id": "task1",
+                    "route": 0,
+                },
+                {
+                    "type": "error",
+                    "message": "YaqlEvaluationException: Unable to resolve key 'greeting' in expression '<% ctx().greeting %>' from context.",
                 },
             ], "output": null}),
         ),

@@ -1829,6 +1829,16 @@ fn settle(flow: &Flow<'_>, state: &mut FlowState, commands: &mut Vec<Command>) {
     // into a rolling context), and no output at all is `null`.
     let mut output = Map::new();
     let mut rolling = state.clone();
+    // Orquesta renders outputs in its terminal tasks' context: when no
+    // task ever ran (each one that started failed to render: failed with
+    // no result), that context is empty.
+    if rolling
+        .runs
+        .iter()
+        .all(|r| r.status == TaskStatus::Failed && r.result.is_null())
+    {
+        rolling.ctx.clear();
+    }
     for (name, v) in &flow.spec.output {
         match render(v, &Scope::plain(flow, &rolling)) {
             Ok(v) => {
