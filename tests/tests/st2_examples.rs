@@ -18,8 +18,9 @@
 //!   `remote-shell-script` runners: `orquesta-streaming-demo`;
 //! - needs the `fixtures` pack of StackStorm's test suite:
 //!   `render_config_context`;
-//! - `orquesta-ask-multiple-parameters`: no StackStorm test runs it, so
-//!   there is no expectation to compare;
+//! - `orquesta-ask-multiple-parameters`, `orquesta-test-pause-resume`: no
+//!   StackStorm integration test runs them, so there is no expectation to
+//!   compare;
 //! - `orquesta-test-pause-subworkflows` and the other pause cases that
 //!   pause or resume from the children: not written here yet (see
 //!   tests/workflows.rs for the engine's own);
