@@ -82,7 +82,14 @@ pub async fn connect(cfg: &NodeConfig) -> Result<async_nats::Client, NodeError> 
     }
     let client = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        opts.connect(cfg.nats.url.as_str()),
+        opts.connect(
+            cfg.nats
+                .url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect::<Vec<_>>(),
+        ),
     )
     .await
     .map_err(|_| NodeError::Connect {

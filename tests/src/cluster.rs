@@ -216,7 +216,8 @@ impl Api {
     }
 
     /// Waits until exactly `nodes` own every partition of `roles`, each
-    /// partition once; returns the ownership.
+    /// partition once, in even shares (`partitions / n`, or one more);
+    /// returns the ownership.
     pub async fn settled(
         &self,
         nodes: &[&str],
@@ -240,6 +241,14 @@ impl Api {
                     .collect();
                 all.sort_unstable();
                 if all != (0..partitions).collect::<Vec<_>>() {
+                    return Ok(None);
+                }
+                let share = partitions as usize / nodes.len();
+                let even = own.values().all(|r| {
+                    let n = r.get(*role).map_or(0, Vec::len);
+                    n == share || n == share + 1
+                });
+                if !even {
                     return Ok(None);
                 }
             }
@@ -456,7 +465,8 @@ impl NatsCluster {
             })
             .await?;
         }
-        let client = async_nats::connect(cluster.urls()).await?;
+        let urls: Vec<String> = cluster.urls().split(',').map(str::to_string).collect();
+        let client = async_nats::connect(urls).await?;
         let js = async_nats::jetstream::new(client);
         poll(Duration::from_secs(30), || async {
             Ok(js.query_account().await.ok().map(|_| ()))

@@ -123,23 +123,25 @@ async fn a_joining_node_takes_its_share_under_load_and_nothing_is_doubled() -> R
     let load = Load::start(&api, "join", EVERY);
     load.wait_for(50, Duration::from_secs(30)).await?;
     nodes.push(NodeProcess::start(&spec, "n3", None)?);
-    let own = poll(Duration::from_secs(60), || async {
-        let own = api
-            .settled(
-                &["n1", "n2", "n3"],
-                &ROLES,
-                PARTITIONS,
-                Duration::from_secs(60),
-            )
-            .await?;
-        let balanced = ROLES
-            .iter()
-            .all(|r| counts_per_node(&own, r) == vec![4, 4, 4]);
-        Ok(balanced.then_some(own))
-    })
-    .await?;
+    let after = api
+        .settled(
+            &["n1", "n2", "n3"],
+            &ROLES,
+            PARTITIONS,
+            Duration::from_secs(60),
+        )
+        .await?;
     // Only the newcomer's share moved: each old node kept 4 of its 6.
-    eprintln!("join: ownership after {own:?}");
+    for role in ROLES {
+        for old in ["n1", "n2"] {
+            let before: BTreeSet<u32> = own[old][role].iter().copied().collect();
+            let kept = after[old][role]
+                .iter()
+                .filter(|p| before.contains(p))
+                .count();
+            assert_eq!(kept, 4, "{role} {old}: {own:?} → {after:?}");
+        }
+    }
     load.wait_for(50, Duration::from_secs(30)).await?;
     let report = load.stop().await?;
 
