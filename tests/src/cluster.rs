@@ -63,15 +63,15 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Writes the node's config and starts it; `roles` as for `--roles`.
-    pub fn start(spec: &ClusterSpec, name: &str, roles: Option<&str>) -> Result<NodeProcess> {
+    /// Writes the node's config and starts it; `extra` is appended to the
+    /// config (e.g. `roles: [runners]`).
+    pub fn start(spec: &ClusterSpec, name: &str, extra: &str) -> Result<NodeProcess> {
         let port = free_port()?;
         let config = spec.dir.join(format!("{name}.yaml"));
-        let roles = roles.map(|r| format!("roles: [{r}]\n")).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "name: {name}\n{roles}nats:\n  url: \"{}\"\n  replicas: {}\ncluster:\n  partitions: {}\napi:\n  listen: 127.0.0.1:{port}\n  auth_listen: null\n  stream_listen: null\npacks:\n  dirs: [{}]\nauth:\n  admin_password_file: {}\ndatastore:\n  key_file: {}\n",
+                "name: {name}\nnats:\n  url: \"{}\"\n  replicas: {}\ncluster:\n  partitions: {}\napi:\n  listen: 127.0.0.1:{port}\n  auth_listen: null\n  stream_listen: null\npacks:\n  dirs: [{}]\nauth:\n  admin_password_file: {}\ndatastore:\n  key_file: {}\n",
                 spec.nats_urls,
                 spec.replicas,
                 spec.partitions,
@@ -83,7 +83,7 @@ impl NodeProcess {
                     .join(", "),
                 spec.dir.join("admin-password").display(),
                 spec.dir.join("datastore.key").display(),
-            ),
+            ) + extra,
         )?;
         let mut node = NodeProcess {
             child: None,

@@ -33,10 +33,10 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// datastore key the others share); returns them and an admin client of
 /// the first.
 async fn start_nodes(spec: &ClusterSpec, names: &[&str]) -> Result<(Vec<NodeProcess>, Api)> {
-    let mut nodes = vec![NodeProcess::start(spec, names[0], None)?];
+    let mut nodes = vec![NodeProcess::start(spec, names[0], "")?];
     let api = admin_client(spec, &nodes[0]).await?;
     for name in &names[1..] {
-        let node = NodeProcess::start(spec, name, None)?;
+        let node = NodeProcess::start(spec, name, "")?;
         admin_client(spec, &node).await?;
         nodes.push(node);
     }
@@ -122,7 +122,7 @@ async fn a_joining_node_takes_its_share_under_load_and_nothing_is_doubled() -> R
 
     let load = Load::start(&api, "join", EVERY);
     load.wait_for(50, Duration::from_secs(30)).await?;
-    nodes.push(NodeProcess::start(&spec, "n3", None)?);
+    nodes.push(NodeProcess::start(&spec, "n3", "")?);
     let after = api
         .settled(
             &["n1", "n2", "n3"],
@@ -268,4 +268,118 @@ async fn losing_one_of_three_nats_servers_loses_nothing() -> Result<()> {
     assert_exactly_once(&counts);
     drop(nodes);
     Ok(())
+}
+
+#[tokio::test]
+async fn roles_and_pools_decide_where_work_runs_and_a_dead_runner_s_run_ends_abandoned(
+) -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
+    spec.extra_packs.push(dir.path().join("packs"));
+    write_pack(
+        &dir.path().join("packs"),
+        "slow",
+        &[
+            ("pack.yaml", "name: slow\nversion: 0.1.0\n"),
+            (
+                "actions/sleep.yaml",
+                "name: sleep\nrunner_type: local-shell-cmd\nparameters:\n  cmd:\n    type: string\n    default: sleep 120\ntags:\n  - name: squall.pool\n    value: slow\n",
+            ),
+        ],
+    )?;
+    // n1 does everything but serve pool `slow`; n2 and n3 only run
+    // `slow` actions.
+    let runner_only = "roles: [runners]\nrunners:\n  pools: [slow]\n";
+    let mut nodes = vec![NodeProcess::start(&spec, "n1", "")?];
+    let api = admin_client(&spec, &nodes[0]).await?;
+    nodes.push(NodeProcess::start(&spec, "n2", runner_only)?);
+    nodes.push(NodeProcess::start(&spec, "n3", runner_only)?);
+    let runners = poll(Duration::from_secs(30), || async {
+        let members = api.get("service_registry/groups/runners/members").await?;
+        let list = members["members"].as_array().cloned().unwrap_or_default();
+        Ok((list.len() == 3).then_some(list))
+    })
+    .await?;
+    for m in runners.iter().filter(|m| m["member_id"] != "n1") {
+        let caps = &m["capabilities"];
+        assert_eq!(caps["roles"], serde_json::json!(["runners"]), "{m}");
+        assert_eq!(caps["pools"], serde_json::json!(["slow"]), "{m}");
+        assert_eq!(caps["partitions"], serde_json::json!({}), "{m}");
+    }
+    let rules = api.get("service_registry/groups/rules/members").await?;
+    assert_eq!(
+        rules["members"].as_array().map(Vec::len),
+        Some(1),
+        "{rules}"
+    );
+
+    // `squall node list` shows all three.
+    let token = api_token(&spec, &nodes[0]).await?;
+    let listed = std::process::Command::new(squall_tests::cluster::squall_binary()?)
+        .args(["--url", &nodes[0].root, "--token", &token, "node", "list"])
+        .output()?;
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{table}");
+    for name in ["n1", "n2", "n3"] {
+        assert!(table.contains(name), "{table}");
+    }
+
+    // A default-pool action runs on n1, the only node serving `default`.
+    let noop = start_run(&api, "core.noop").await?;
+    let done = poll(Duration::from_secs(30), || async {
+        let e = api.get(&format!("executions/{noop}")).await?;
+        Ok((e["status"] == "succeeded").then_some(e))
+    })
+    .await?;
+    assert_eq!(done["node"], "n1", "{done}");
+
+    // A `slow` action runs on n2 or n3; kill that node mid-run: the other
+    // gets the request once the dead runner's lease (the ack wait) lapses,
+    // and records the run abandoned.
+    let slow = start_run(&api, "slow.sleep").await?;
+    let running = poll(Duration::from_secs(30), || async {
+        let e = api.get(&format!("executions/{slow}")).await?;
+        Ok((e["status"] == "running").then_some(e))
+    })
+    .await?;
+    let host = running["node"].as_str().unwrap_or_default().to_string();
+    let index = match host.as_str() {
+        "n2" => 1,
+        "n3" => 2,
+        _ => anyhow::bail!("the slow run is not on a slow-pool node: {running}"),
+    };
+    nodes[index].kill()?;
+    let killed = Instant::now();
+    let ended = poll(Duration::from_secs(60), || async {
+        let e = api.get(&format!("executions/{slow}")).await?;
+        Ok((e["status"] != "running").then_some(e))
+    })
+    .await?;
+    assert_eq!(ended["status"], "abandoned", "{ended}");
+    eprintln!("abandoned_after_kill_ms={}", killed.elapsed().as_millis());
+    Ok(())
+}
+
+/// Starts a run of `action` through the API; its execution id.
+async fn start_run(api: &Api, action: &str) -> Result<String> {
+    let created: Value = api
+        .http
+        .post(format!("{}/executions", api.base))
+        .json(&serde_json::json!({"action": action}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    created["id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("{created}"))
+}
+
+/// A token of the first admin, for the CLI.
+async fn api_token(spec: &ClusterSpec, node: &NodeProcess) -> Result<String> {
+    let password = std::fs::read_to_string(spec.dir.join("admin-password"))?;
+    squall_tests::login(&node.root, "admin", password.trim()).await
 }
