@@ -383,3 +383,111 @@ async fn api_token(spec: &ClusterSpec, node: &NodeProcess) -> Result<String> {
     let password = std::fs::read_to_string(spec.dir.join("admin-password"))?;
     squall_tests::login(&node.root, "admin", password.trim()).await
 }
+
+const FLOW: &str = "version: 1.0
+tasks:
+  prepare:
+    action: core.noop
+    next:
+      - when: <% succeeded() %>
+        do: approve
+  approve:
+    action: core.ask
+    next:
+      - when: <% succeeded() %>
+        do: finish
+  finish:
+    action: core.noop
+";
+
+#[tokio::test]
+async fn a_workflow_resumes_on_the_new_owner_of_its_partition() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
+    spec.extra_packs.push(dir.path().join("packs"));
+    write_pack(
+        &dir.path().join("packs"),
+        "flows",
+        &[
+            ("pack.yaml", "name: flows\nversion: 0.1.0\n"),
+            (
+                "actions/approve.yaml",
+                "name: approve\nrunner_type: orquesta\nentry_point: workflows/approve.yaml\n",
+            ),
+            ("actions/workflows/approve.yaml", FLOW),
+        ],
+    )?;
+    let (mut nodes, first) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
+    let own = first
+        .settled(
+            &["n1", "n2", "n3"],
+            &ROLES,
+            PARTITIONS,
+            Duration::from_secs(60),
+        )
+        .await?;
+    let id = start_run(&first, "flows.approve").await?;
+    let partition = ids::partition_of(&id, PARTITIONS);
+    let owner = own
+        .iter()
+        .find(|(_, roles)| {
+            roles
+                .get("workflows")
+                .is_some_and(|p| p.contains(&partition))
+        })
+        .map(|(name, _)| name.clone())
+        .context("nobody owns the workflow's partition")?;
+    let inquiry = poll(Duration::from_secs(30), || async {
+        let open = first.get("inquiries").await?;
+        Ok(open[0]["id"].as_str().map(str::to_string))
+    })
+    .await?;
+
+    // Kill the workflow's owner; talk to a survivor from now on.
+    let index = nodes
+        .iter()
+        .position(|n| n.name == owner)
+        .context("owner process")?;
+    nodes[index].kill()?;
+    let survivor = nodes
+        .iter()
+        .find(|n| n.name != owner)
+        .context("a survivor")?;
+    let api = admin_client(&spec, survivor).await?;
+    let alive: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != owner)
+        .collect();
+    let after = api
+        .settled(&alive, &ROLES, PARTITIONS, Duration::from_secs(30))
+        .await?;
+    let answered = api
+        .http
+        .put(format!("{}/inquiries/{inquiry}", api.base))
+        .json(&serde_json::json!({"response": {"continue": true}}))
+        .send()
+        .await?;
+    assert_eq!(answered.status(), 200, "{}", answered.text().await?);
+    let done = poll(Duration::from_secs(60), || async {
+        let e = api.get(&format!("executions/{id}")).await?;
+        let finished = matches!(e["status"].as_str(), Some("succeeded" | "failed"));
+        Ok(finished.then_some(e))
+    })
+    .await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let new_owner = after
+        .iter()
+        .find(|(_, roles)| {
+            roles
+                .get("workflows")
+                .is_some_and(|p| p.contains(&partition))
+        })
+        .map(|(name, _)| name.clone());
+    assert!(new_owner.is_some_and(|n| n != owner), "{after:?}");
+    // Each task ran once.
+    let children = api.get(&format!("executions/{id}/children")).await?;
+    assert_eq!(children.as_array().map(Vec::len), Some(3), "{children}");
+    Ok(())
+}
