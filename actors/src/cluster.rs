@@ -58,6 +58,12 @@ pub const LEASE_TTL: Duration = Duration::from_secs(5);
 pub const FENCE_MARGIN: Duration = Duration::from_secs(2);
 /// Longest wait for one heartbeat write.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+// A node notices a failed heartbeat at most `HEARTBEAT_TIMEOUT` late and
+// must still stop before the lease can be taken; rounds must fit in a TTL.
+const _: () = assert!(FENCE_MARGIN.as_millis() > HEARTBEAT_TIMEOUT.as_millis());
+const _: () =
+    assert!(LEASE_TTL.as_millis() > FENCE_MARGIN.as_millis() + HEARTBEAT_EVERY.as_millis());
+
 /// How long a silent node's entry stays in the `nodes` bucket.
 pub const NODE_ENTRY_MAX_AGE: Duration = Duration::from_secs(60);
 
@@ -491,7 +497,9 @@ impl Coordinator {
         match tokio::time::timeout(HEARTBEAT_TIMEOUT, self.nodes.put(&self.me.name, bytes)).await {
             Ok(Ok(_)) => self.valid_until = Some(sent + LEASE_TTL - FENCE_MARGIN),
             Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
-            Err(_) => tracing::warn!("heartbeat not acknowledged within 1 s"),
+            Err(_) => {
+                tracing::warn!(timeout = ?HEARTBEAT_TIMEOUT, "heartbeat not acknowledged in time")
+            }
         }
     }
 
@@ -724,6 +732,81 @@ mod tests {
             .sum();
         assert_eq!(moved, quota(&after, "d", 64));
         assert_eq!(moved, 16);
+    }
+
+    fn member(name: &str, incarnation: &str) -> Member {
+        Member {
+            v: 1,
+            name: name.into(),
+            incarnation: incarnation.into(),
+            roles: vec![Role::Rules],
+            pools: vec![],
+            api_url: None,
+            started_at: time::now(),
+            heartbeat_at: time::now(),
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    fn members(entries: &[(&str, &str, u64)]) -> Members {
+        Members(
+            entries
+                .iter()
+                .map(|(n, i, rev)| (n.to_string(), (member(n, i), *rev)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_member_is_dead_once_its_revision_stood_still_for_the_ttl() {
+        let t0 = Instant::now();
+        let mut seen = Sightings::default();
+        let leases = Leases::default();
+        seen.observe(&members(&[("a", "i1", 5)]), &leases, t0);
+        assert!(seen.live("a", t0 + LEASE_TTL - Duration::from_millis(1)));
+        assert!(!seen.live("a", t0 + LEASE_TTL));
+        // A new heartbeat restarts the clock from when it is seen.
+        let t1 = t0 + Duration::from_secs(3);
+        seen.observe(&members(&[("a", "i1", 6)]), &leases, t1);
+        assert!(seen.live("a", t0 + LEASE_TTL));
+        assert!(!seen.live("a", t1 + LEASE_TTL));
+        // The same revision seen again later does not.
+        seen.observe(
+            &members(&[("a", "i1", 6)]),
+            &leases,
+            t1 + Duration::from_secs(4),
+        );
+        assert!(!seen.live("a", t1 + LEASE_TTL));
+    }
+
+    #[test]
+    fn a_deleted_entry_is_dead_at_once_and_a_restart_supersedes() {
+        let t0 = Instant::now();
+        let mut seen = Sightings::default();
+        let leases = Leases::default();
+        seen.observe(&members(&[("a", "i1", 1), ("b", "j1", 2)]), &leases, t0);
+        seen.observe(&members(&[("a", "i2", 3)]), &leases, t0);
+        assert!(!seen.live("b", t0), "b left");
+        assert!(seen.live("a", t0));
+        assert!(seen.superseded.contains("i1"));
+        assert!(!seen.superseded.contains("i2"));
+    }
+
+    #[test]
+    fn an_owner_never_seen_is_dead_only_after_the_ttl() {
+        let t0 = Instant::now();
+        let mut seen = Sightings::default();
+        let mut leases = Leases::default();
+        let lease = Lease {
+            v: 1,
+            owner: Some("ghost".into()),
+            incarnation: Some("g1".into()),
+            epoch: 3,
+        };
+        leases.0.insert((Role::Rules, 0), (lease, 9));
+        seen.observe(&Members::default(), &leases, t0);
+        assert!(seen.live("ghost", t0 + Duration::from_secs(1)));
+        assert!(!seen.live("ghost", t0 + LEASE_TTL));
     }
 
     #[test]
