@@ -255,9 +255,6 @@ impl Actor for NodeSupervisor {
             }
             NodeMsg::Own(child) => {
                 state.owned.insert(child.clone());
-                if state.children.values().any(|(c, _)| *c == child) {
-                    return Ok(());
-                }
                 child
             }
             // A partition given up since it failed stays stopped.
@@ -266,6 +263,10 @@ impl Actor for NodeSupervisor {
             }
             NodeMsg::Restart(child) => child,
         };
+        // Already running (owned again, or restarted, in the meantime).
+        if state.children.values().any(|(c, _)| *c == child) {
+            return Ok(());
+        }
         match spawn_child(&state.shared, child.clone(), myself.get_cell()).await {
             Ok(cell) => {
                 tracing::debug!(child = ?child, "actor started");
