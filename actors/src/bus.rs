@@ -13,6 +13,8 @@
 //! | `executions` | KV | `<execution id>` → [`ExecutionRecord`] |
 //! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`] |
 //! | `cluster` | KV | `partitions` → the partition count fixed at creation |
+//! | `nodes` | KV, entries expire | `<node name>` → heartbeat: see [`crate::cluster`] |
+//! | `partitions` | KV | `<role>.<partition>` → lease: see [`crate::cluster`] |
 //! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
 //! | `keys` | KV | the datastore: see [`crate::keys`] |
 
@@ -28,6 +30,7 @@ use squall_domain::execution::{ExecutionRecord, RuleEnforcement, TriggerInstance
 use squall_domain::ids;
 
 use crate::auth;
+use crate::cluster;
 use crate::error::{bus_err, EngineError};
 use crate::keys;
 
@@ -181,6 +184,19 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
             )
         },
         bucket(CLUSTER_BUCKET, "Cluster-wide settings.", 1),
+        kv::Config {
+            max_age: cluster::NODE_ENTRY_MAX_AGE,
+            ..bucket(
+                cluster::NODES_BUCKET,
+                "Node heartbeats: roles, pools, partitions owned.",
+                1,
+            )
+        },
+        bucket(
+            cluster::LEASES_BUCKET,
+            "Partition leases by role and partition (compare-and-swap only).",
+            1,
+        ),
         bucket(keys::KEYS_BUCKET, "The datastore; secret values sealed.", 1),
         bucket(
             auth::AUTH_BUCKET,

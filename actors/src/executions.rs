@@ -18,6 +18,35 @@ use crate::error::EngineError;
 /// (StackStorm's system user).
 pub const SYSTEM_USER: &str = "stanley";
 
+/// The action tag that sends an action's runs to a runner pool:
+/// `tags: [{name: squall.pool, value: gpu}]` runs it only on nodes serving
+/// pool `gpu`. Without it, runs go to the `default` pool.
+pub const POOL_TAG: &str = "squall.pool";
+
+/// The runner pool an action's tags ask for.
+pub fn pool_of(tags: &[Value]) -> Result<String, EngineError> {
+    let Some(tag) = tags
+        .iter()
+        .find(|t| t.get("name").and_then(Value::as_str) == Some(POOL_TAG))
+    else {
+        return Ok(DEFAULT_POOL.to_string());
+    };
+    match tag.get("value").and_then(Value::as_str) {
+        Some(pool) if is_pool_name(pool) => Ok(pool.to_string()),
+        other => Err(EngineError::NotRunnable(format!(
+            "tag {POOL_TAG}: {other:?} is not a pool name (letters, digits, - and _)"
+        ))),
+    }
+}
+
+/// Whether `name` can name a runner pool (it becomes a subject token).
+pub fn is_pool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// What to run, and why.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionSpec {
@@ -119,7 +148,7 @@ pub fn prepare(
         trigger_instance: spec.trigger_instance,
         parent: spec.parent,
         children: vec![],
-        pool: DEFAULT_POOL.to_string(),
+        pool: pool_of(&def.tags)?,
         node: None,
     })
 }
@@ -274,4 +303,21 @@ async fn ask_to_stop(bus: &Bus, rec: &ExecutionRecord) -> Result<(), EngineError
             .await;
     }
     bus.request_cancel(&rec.id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_tag_picks_the_pool() {
+        assert_eq!(pool_of(&[]).unwrap(), DEFAULT_POOL);
+        let tags = [
+            json!({"name": "other", "value": "x"}),
+            json!({"name": POOL_TAG, "value": "gpu"}),
+        ];
+        assert_eq!(pool_of(&tags).unwrap(), "gpu");
+        assert!(pool_of(&[json!({"name": POOL_TAG, "value": "a.b"})]).is_err());
+        assert!(pool_of(&[json!({"name": POOL_TAG})]).is_err());
+    }
 }

@@ -13,6 +13,7 @@
 //! - [`sensors`]: built-in timers.
 //! - [`workflows`]: the Orquesta workflow engine, one partition actor per
 //!   partition.
+//! - [`cluster`]: membership heartbeats and partition leases.
 //! - [`node`]: the supervisor that starts and restarts all of the above.
 //!
 //! Invariant: nothing is acknowledged on JetStream before its effect is
@@ -21,6 +22,7 @@
 pub mod auth;
 pub mod bus;
 pub mod catalog;
+pub mod cluster;
 pub mod content;
 pub mod error;
 pub mod executions;

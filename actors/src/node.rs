@@ -3,17 +3,19 @@
 //! ```text
 //! NodeSupervisor
 //! ├── ContentWatcher        content bucket → catalog
-//! ├── RulePartition(p)      one per owned partition
-//! ├── RunnerPool(pool)      one per served pool, one Runner child per execution
-//! └── IntervalTimers        timer triggers of enabled rules
+//! ├── RulePartition(p)      one per owned rules partition
+//! ├── WorkflowPartition(p)  one per owned workflows partition
+//! ├── IntervalTimers(p)     one per owned sensors partition
+//! └── RunnerPool(pool)      one per served pool, one Runner child per execution
 //! ```
 //!
 //! Every child rebuilds its state from JetStream in `pre_start`, so the
 //! supervisor restarts a failed child as it was first started, after a short
-//! back-off. A single node owns every partition; see ARCHITECTURE.md for
-//! how ownership moves between nodes.
+//! back-off. Partition actors run only while the node holds their lease:
+//! the [`Coordinator`](crate::cluster::Coordinator) tells the supervisor
+//! which to start (`Own`) and stop (`Disown`); see ARCHITECTURE.md.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::catalog::CatalogHandle;
+use crate::cluster::{ClusterView, Coordinator, Member, Role};
 use crate::content::ContentWatcher;
 use crate::error::EngineError;
 use crate::keys::{KeyCache, KeyStore};
@@ -36,6 +39,8 @@ use crate::sensors::IntervalTimers;
 const RESTART_DELAY: Duration = Duration::from_millis(500);
 /// How long shutdown waits for running actions to record their end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a partition actor may take to stop before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What a node runs.
 #[derive(Debug, Clone)]
@@ -48,16 +53,28 @@ pub struct NodeSettings {
     pub pools: Vec<String>,
     /// Executions one pool runs at once on this node.
     pub runner_concurrency: i64,
+    /// What this node does.
+    pub roles: BTreeSet<Role>,
 }
 
 /// One child of the supervisor, as it can be (re)started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Child {
     Content,
     Rules(u32),
     Workflows(u32),
     Runners(String),
-    Timers,
+    Timers(u32),
+}
+
+impl Child {
+    /// Whether the child runs only while the node holds a lease.
+    fn partitioned(&self) -> bool {
+        matches!(
+            self,
+            Child::Rules(_) | Child::Workflows(_) | Child::Timers(_)
+        )
+    }
 }
 
 /// Supervises the node's actors.
@@ -69,8 +86,13 @@ pub struct NodeSupervisor;
 pub enum NodeMsg {
     Restart(Child),
     /// Answered once every child has started (messages are handled only
-    /// after `post_start`).
+    /// after `post_start`, and in order after any `Own`).
     Ready(RpcReplyPort<()>),
+    /// The node took a partition's lease: start its actor.
+    Own(Child),
+    /// The node gives up these partitions: answered once their actors
+    /// have stopped.
+    Disown(Vec<Child>, RpcReplyPort<()>),
 }
 
 /// Everything the node's actors share.
@@ -91,7 +113,9 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct NodeState {
     shared: Shared,
-    children: HashMap<ractor::ActorId, Child>,
+    children: HashMap<ractor::ActorId, (Child, ActorCell)>,
+    /// Partition actors the node holds leases for.
+    owned: HashSet<Child>,
 }
 
 async fn spawn_child(
@@ -160,10 +184,10 @@ async fn spawn_child(
                 .0
                 .get_cell()
         }
-        Child::Timers => Box::pin(Actor::spawn_linked(
+        Child::Timers(p) => Box::pin(Actor::spawn_linked(
             None,
             IntervalTimers,
-            (shared.bus.clone(), shared.catalog.clone()),
+            (shared.bus.clone(), shared.catalog.clone(), *p),
             supervisor,
         ))
         .await?
@@ -186,6 +210,7 @@ impl Actor for NodeSupervisor {
         Ok(NodeState {
             shared,
             children: HashMap::new(),
+            owned: HashSet::new(),
         })
     }
 
@@ -197,23 +222,23 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<NodeMsg>,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        // Content first: rules need the catalog.
+        // Content first: rules need the catalog. Partition actors come
+        // later, as the coordinator takes their leases.
         let mut plan = vec![Child::Content];
-        plan.extend((0..state.shared.bus.partitions).map(Child::Rules));
-        plan.extend((0..state.shared.bus.partitions).map(Child::Workflows));
-        plan.extend(
-            state
-                .shared
-                .settings
-                .pools
-                .iter()
-                .cloned()
-                .map(Child::Runners),
-        );
-        plan.push(Child::Timers);
+        if state.shared.settings.roles.contains(&Role::Runners) {
+            plan.extend(
+                state
+                    .shared
+                    .settings
+                    .pools
+                    .iter()
+                    .cloned()
+                    .map(Child::Runners),
+            );
+        }
         for child in plan {
             let cell = spawn_child(&state.shared, child.clone(), myself.get_cell()).await?;
-            state.children.insert(cell.get_id(), child);
+            state.children.insert(cell.get_id(), (child, cell));
         }
         Ok(())
     }
@@ -230,12 +255,29 @@ impl Actor for NodeSupervisor {
                 let _ = reply.send(());
                 return Ok(());
             }
+            NodeMsg::Disown(children, reply) => {
+                stop_children(state, &children).await;
+                let _ = reply.send(());
+                return Ok(());
+            }
+            NodeMsg::Own(child) => {
+                state.owned.insert(child.clone());
+                child
+            }
+            // A partition given up since it failed stays stopped.
+            NodeMsg::Restart(child) if child.partitioned() && !state.owned.contains(&child) => {
+                return Ok(())
+            }
             NodeMsg::Restart(child) => child,
         };
+        // Already running (owned again, or restarted, in the meantime).
+        if state.children.values().any(|(c, _)| *c == child) {
+            return Ok(());
+        }
         match spawn_child(&state.shared, child.clone(), myself.get_cell()).await {
             Ok(cell) => {
-                tracing::info!(child = ?child, "actor restarted");
-                state.children.insert(cell.get_id(), child);
+                tracing::debug!(child = ?child, "actor started");
+                state.children.insert(cell.get_id(), (child, cell));
             }
             Err(e) => {
                 tracing::warn!(child = ?child, error = %e, "restart failed; trying again");
@@ -271,7 +313,7 @@ impl Actor for NodeSupervisor {
             }
             _ => return Ok(()),
         };
-        if let Some(child) = state.children.remove(&who) {
+        if let Some((child, _)) = state.children.remove(&who) {
             tracing::warn!(child = ?child, reason = %why, "actor stopped; restarting it");
             ractor::time::send_after(RESTART_DELAY, myself.get_cell(), move || {
                 NodeMsg::Restart(child)
@@ -279,6 +321,32 @@ impl Actor for NodeSupervisor {
         }
         Ok(())
     }
+}
+
+/// Stops the actors of `children` (no restart), waiting for each to end
+/// its current message; one that takes longer than `STOP_TIMEOUT` is
+/// killed.
+async fn stop_children(state: &mut NodeState, children: &[Child]) {
+    for child in children {
+        state.owned.remove(child);
+    }
+    let stopping: Vec<ActorCell> = state
+        .children
+        .iter()
+        .filter(|(_, (c, _))| children.contains(c))
+        .map(|(_, (_, cell))| cell.clone())
+        .collect();
+    for cell in &stopping {
+        state.children.remove(&cell.get_id());
+        cell.stop(Some("partition given up".into()));
+    }
+    let waits = stopping.iter().map(|cell| async move {
+        if cell.wait(Some(STOP_TIMEOUT)).await.is_err() {
+            tracing::warn!(actor = ?cell.get_id(), "partition actor slow to stop; killing it");
+            let _ = cell.kill_and_wait(Some(STOP_TIMEOUT)).await;
+        }
+    });
+    futures::future::join_all(waits).await;
 }
 
 /// Cancels the executions this node runs when `squall.cancel.<id>`
@@ -312,11 +380,17 @@ pub struct Engine {
     shutdown: CancellationToken,
     in_flight: TaskTracker,
     cancel_listener: tokio::task::JoinHandle<()>,
+    /// The cluster as this node sees it.
+    pub cluster: ClusterView,
+    leave: CancellationToken,
+    coordinator: tokio::task::JoinHandle<()>,
 }
 
 impl Engine {
-    /// Starts the actor tree on an opened bus. Returns once every actor has
-    /// started and the catalog holds all registered content.
+    /// Starts the actor tree on an opened bus and joins the cluster.
+    /// Returns once the catalog holds all registered content and the node
+    /// runs the partitions it could take at once (all of them when it is
+    /// alone, or when the previous owner was this node's earlier life).
     pub async fn start(
         bus: Bus,
         settings: NodeSettings,
@@ -355,6 +429,34 @@ impl Engine {
                 "the node's actors failed to start: {e}"
             )));
         }
+        let now = squall_domain::time::now();
+        let settings = &shared.settings;
+        let me = Member {
+            v: 1,
+            name: settings.name.clone(),
+            incarnation: squall_domain::ids::fresh(&now),
+            roles: settings.roles.iter().copied().collect(),
+            pools: if settings.roles.contains(&Role::Runners) {
+                settings.pools.clone()
+            } else {
+                vec![]
+            },
+            api_url: settings
+                .roles
+                .contains(&Role::Api)
+                .then(|| settings.api_url.clone()),
+            started_at: now,
+            heartbeat_at: now,
+            partitions: Default::default(),
+        };
+        let mut coordinator =
+            Box::pin(Coordinator::open(&shared.bus, me, supervisor.clone())).await?;
+        Box::pin(coordinator.round()).await;
+        // Every `Own` of the first round is handled before this answer.
+        let _ = ractor::call!(supervisor, NodeMsg::Ready);
+        let cluster = coordinator.view();
+        let leave = CancellationToken::new();
+        let coordinator = tokio::spawn(coordinator.run(leave.clone()));
         Ok(Engine {
             shared,
             supervisor,
@@ -362,12 +464,18 @@ impl Engine {
             shutdown,
             in_flight,
             cancel_listener,
+            cluster,
+            leave,
+            coordinator,
         })
     }
 
-    /// Stops running actions (they end `abandoned`), waits for their records,
-    /// then stops every actor.
+    /// Gives up every partition (stopped, then released, so other nodes
+    /// take them at once), stops running actions (they end `abandoned`),
+    /// waits for their records, then stops every actor.
     pub async fn shutdown(self) {
+        self.leave.cancel();
+        let _ = self.coordinator.await;
         self.cancel_listener.abort();
         self.shutdown.cancel();
         self.in_flight.close();

@@ -1,6 +1,7 @@
 //! Sensors built into the node. [`IntervalTimers`] fires
 //! `core.st2.IntervalTimer` triggers for every timer some enabled rule
-//! listens to.
+//! listens to, one actor per owned sensor partition: a timer belongs to
+//! the partition of its trigger reference, so exactly one node fires it.
 //!
 //! A tick's trigger instance id is derived from the trigger and the tick
 //! number, and published with that id as `Nats-Msg-Id`: however many nodes
@@ -52,7 +53,8 @@ pub fn tick_instance(trigger: &Trigger, tick: u64, at: DateTime<Utc>) -> Trigger
     }
 }
 
-/// Runs one task per active interval timer, following catalog changes.
+/// Runs one task per active interval timer of one partition, following
+/// catalog changes.
 #[derive(Debug)]
 pub struct IntervalTimers;
 
@@ -67,6 +69,7 @@ pub enum TimerMsg {
 pub struct TimerState {
     bus: Bus,
     catalog: CatalogHandle,
+    partition: u32,
     running: HashMap<String, JoinHandle<()>>,
     _pump: Pump,
 }
@@ -82,18 +85,19 @@ impl Drop for TimerState {
 impl Actor for IntervalTimers {
     type Msg = TimerMsg;
     type State = TimerState;
-    type Arguments = (Bus, CatalogHandle);
+    type Arguments = (Bus, CatalogHandle, u32);
 
     async fn pre_start(
         &self,
         myself: ActorRef<TimerMsg>,
-        (bus, catalog): (Bus, CatalogHandle),
+        (bus, catalog, partition): (Bus, CatalogHandle, u32),
     ) -> Result<TimerState, ActorProcessingErr> {
         let changes = tokio_stream_of(catalog.subscribe());
         myself.cast(TimerMsg::CatalogChanged)?;
         Ok(TimerState {
             bus,
             catalog,
+            partition,
             running: HashMap::new(),
             _pump: Pump::start(
                 changes,
@@ -115,6 +119,7 @@ impl Actor for IntervalTimers {
             .load()
             .triggers_of_type(triggers::INTERVAL_TIMER)
             .into_iter()
+            .filter(|t| state.bus.partition_of(&t.reference) == state.partition)
             .filter_map(|t| interval_of(&t.parameters).map(|i| (t.reference.clone(), (t, i))))
             .collect();
         state.running.retain(|reference, task| {

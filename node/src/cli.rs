@@ -725,6 +725,62 @@ fn print_yaml(v: &Value, indent: usize) {
     }
 }
 
+/// `squall node list`: every live node once, merged from the service
+/// registry's groups (one per role).
+pub async fn node_list(client: &Client, as_json: bool) -> Result<(), CliError> {
+    let (groups, _) = client.get("service_registry/groups").await?;
+    let mut nodes: std::collections::BTreeMap<String, Value> = Default::default();
+    for group in groups["groups"].as_array().into_iter().flatten() {
+        let Some(group) = group.as_str() else {
+            continue;
+        };
+        let (members, _) = client
+            .get(&format!("service_registry/groups/{group}/members"))
+            .await?;
+        for m in members["members"].as_array().into_iter().flatten() {
+            if let Some(id) = m["member_id"].as_str() {
+                nodes.insert(id.to_string(), m["capabilities"].clone());
+            }
+        }
+    }
+    if as_json {
+        println!("{}", pretty(&json!(nodes)));
+        return Ok(());
+    }
+    let join = |v: &Value| {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|(name, c)| {
+            let partitions = c["partitions"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(role, ps)| format!("{role}:{}", ps.as_array().map_or(0, Vec::len)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                name.clone(),
+                join(&c["roles"]),
+                join(&c["pools"]),
+                partitions,
+                field(c, "/last_heartbeat"),
+            ]
+        })
+        .collect();
+    print_table(
+        &["node", "roles", "pools", "partitions", "last heartbeat"],
+        &rows,
+    );
+    Ok(())
+}
+
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }

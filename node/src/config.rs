@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
+use squall_actors::cluster::Role;
 use thiserror::Error;
 
 /// Problems with a configuration file.
@@ -26,6 +29,9 @@ pub enum ConfigError {
 pub struct NodeConfig {
     /// Name of this node, unique in the cluster (default: the host name).
     pub name: String,
+    /// What this node does: any of `api`, `rules`, `workflows`, `runners`,
+    /// `sensors` (or `timers`). Default: all of them.
+    pub roles: BTreeSet<Role>,
     pub nats: NatsConfig,
     pub cluster: ClusterConfig,
     pub api: ApiConfig,
@@ -141,6 +147,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             name: default_node_name(),
+            roles: Role::ALL.into_iter().collect(),
             nats: NatsConfig::default(),
             cluster: ClusterConfig::default(),
             api: ApiConfig::default(),
@@ -242,6 +249,9 @@ impl NodeConfig {
                 cfg.cluster.partitions
             )));
         }
+        if cfg.roles.is_empty() {
+            return Err(invalid("roles: a node needs at least one role".into()));
+        }
         if cfg.runners.concurrency < 1 {
             return Err(invalid("runners.concurrency must be at least 1".into()));
         }
@@ -256,11 +266,7 @@ impl NodeConfig {
             return Err(invalid("nats.replicas must be between 1 and 5".into()));
         }
         for pool in &cfg.runners.pools {
-            if pool.is_empty()
-                || !pool
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if !squall_actors::executions::is_pool_name(pool) {
                 return Err(invalid(format!(
                     "runners.pools: {pool:?} is not a valid pool name (letters, digits, - and _)"
                 )));
@@ -302,12 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn roles_default_to_all_and_accept_timers() {
+        let cfg = NodeConfig::from_yaml("", Path::new("x.yaml")).unwrap();
+        assert_eq!(cfg.roles.len(), Role::ALL.len());
+        let cfg = NodeConfig::from_yaml("roles: [runners, timers]\n", Path::new("x.yaml")).unwrap();
+        assert_eq!(
+            cfg.roles.into_iter().collect::<Vec<_>>(),
+            vec![Role::Runners, Role::Sensors]
+        );
+    }
+
+    #[test]
     fn bad_values_are_rejected() {
         for bad in [
             "cluster:\n  partitions: 0\n",
             "runners:\n  concurrency: 0\n",
             "runners:\n  pools: ['a.b']\n",
             "nats:\n  replicas: 0\n",
+            "roles: [api, cook]\n",
+            "roles: []\n",
         ] {
             assert!(
                 NodeConfig::from_yaml(bad, Path::new("c.yaml")).is_err(),

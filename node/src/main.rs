@@ -14,6 +14,7 @@ use squall::cli::{self, Client};
 use squall::config::NodeConfig;
 use squall::managed_nats::{self, ManagedNats};
 use squall::node::Node;
+use squall_actors::cluster::Role;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,11 +70,19 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run a node against an existing NATS deployment.
+    /// Run a node against an existing NATS deployment (`--config`), or
+    /// list the cluster's nodes (`squall node list`).
+    #[command(args_conflicts_with_subcommands = true)]
     Node {
+        #[command(subcommand)]
+        command: Option<NodeCommand>,
         /// Node config file (YAML).
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required = true)]
+        config: Option<PathBuf>,
+        /// What this node does, comma-separated: api, rules, workflows,
+        /// runners, sensors (or timers). Overrides the config's `roles`.
+        #[arg(long, value_delimiter = ',', value_parser = parse_role)]
+        roles: Vec<Role>,
     },
     /// Run an action: `squall run core.local cmd=date`.
     Run {
@@ -143,6 +152,17 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// The cluster's live nodes: roles, runner pools, partitions owned,
+    /// last heartbeat.
+    List,
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name)
 }
 
 #[derive(Debug, Subcommand)]
@@ -352,7 +372,7 @@ fn main() -> ExitCode {
 async fn dispatch(args: Args) -> anyhow::Result<bool> {
     let client = match &args.command {
         // A node does not read the client's settings.
-        Command::Up { .. } | Command::Node { .. } => {
+        Command::Up { .. } | Command::Node { command: None, .. } => {
             Client::new(cli::DEFAULT_URL, cli::Credentials::None)
         }
         _ => {
@@ -410,9 +430,24 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             nats.stop().await;
             Ok(true)
         }
-        Command::Node { config } => {
+        Command::Node {
+            command: Some(NodeCommand::List),
+            ..
+        } => {
+            cli::node_list(&client, args.json).await?;
+            Ok(true)
+        }
+        Command::Node {
+            command: None,
+            config,
+            roles,
+        } => {
             init_logging();
-            let cfg = NodeConfig::from_file(&config)?;
+            let config = config.context("--config is required to run a node")?;
+            let mut cfg = NodeConfig::from_file(&config)?;
+            if !roles.is_empty() {
+                cfg.roles = roles.into_iter().collect();
+            }
             let node = Node::start(&cfg).await?;
             wait_for_signal().await?;
             node.shutdown().await;

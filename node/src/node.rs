@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use squall_actors::auth::{self, AuthStore, Role, ADMIN_USER};
 use squall_actors::bus::Bus;
+use squall_actors::cluster;
 use squall_actors::content;
 use squall_actors::keys::KeyStore;
 use squall_actors::node::{Engine, NodeSettings};
@@ -81,7 +82,14 @@ pub async fn connect(cfg: &NodeConfig) -> Result<async_nats::Client, NodeError> 
     }
     let client = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        opts.connect(cfg.nats.url.as_str()),
+        opts.connect(
+            cfg.nats
+                .url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect::<Vec<_>>(),
+        ),
     )
     .await
     .map_err(|_| NodeError::Connect {
@@ -125,10 +133,11 @@ impl Node {
             api_url: format!("{}/api", cfg.public_url()),
             pools: cfg.runners.pools.clone(),
             runner_concurrency: cfg.runners.concurrency,
+            roles: cfg.roles.clone(),
         };
         let engine = Box::pin(Engine::start(bus.clone(), settings, &keys)).await?;
         let stop_api = CancellationToken::new();
-        let (addrs, api_tasks) = if cfg.api.enabled {
+        let (addrs, api_tasks) = if cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api) {
             Box::pin(serve_api(cfg, &bus, &engine, auth, keys, &stop_api)).await?
         } else {
             ([None, None, None], Vec::new())
@@ -271,6 +280,7 @@ async fn serve_api(
         auth,
         keys,
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),
+        cluster: engine.cluster.clone(),
     });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port

@@ -2,6 +2,8 @@
 //! (port chosen by the OS, temporary store, killed on drop), nodes started
 //! in-process against it, and polling helpers with deadlines.
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -39,7 +39,8 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let reading = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     match first {
-        "users" => Role::Admin,
+        // As in StackStorm: the service registry is for admins.
+        "users" | "service_registry" => Role::Admin,
         _ if asks_for_secrets => Role::Admin,
         // Whose secrets may be opened is checked by the datastore handlers.
         _ if flag("decrypt") => Role::Operator,

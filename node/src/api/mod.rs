@@ -15,6 +15,7 @@ mod executions;
 mod inquiries;
 mod keys;
 mod listing;
+mod service_registry;
 mod stream;
 mod triggers;
 mod workflows;
@@ -30,6 +31,7 @@ use serde_json::{json, Value};
 use squall_actors::auth::AuthStore;
 use squall_actors::bus::Bus;
 use squall_actors::catalog::CatalogHandle;
+use squall_actors::cluster::ClusterView;
 use squall_actors::history::HistoryHandle;
 use squall_actors::keys::{KeyCache, KeyStore};
 use squall_domain::model::{ActionDef, RuleDef};
@@ -75,6 +77,8 @@ pub struct ApiContext {
     pub keys: KeyStore,
     /// Life of a token when the login names none.
     pub token_ttl: Duration,
+    /// The cluster's nodes as this node sees them.
+    pub cluster: ClusterView,
 }
 
 /// The whole API as a router.
@@ -151,6 +155,11 @@ pub fn app(state: ApiState) -> Router {
         .route("/apikeys/{id}", delete(auth::delete_api_key))
         .route("/users", get(auth::list_users).post(auth::create_user))
         .route("/stream", get(stream::stream))
+        .route("/service_registry/groups", get(service_registry::groups))
+        .route(
+            "/service_registry/groups/{group_id}/members",
+            get(service_registry::members),
+        )
         .route("/keys", get(keys::list))
         .route(
             "/keys/{*name}",
