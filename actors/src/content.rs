@@ -27,8 +27,23 @@ pub fn pack_key(pack_ref: &str) -> String {
 pub async fn register_pack(bus: &Bus, dir: &Path) -> Result<PackBundle, EngineError> {
     let mut bundle = loader::load_pack(dir)?;
     bundle.version = BUNDLE_VERSION;
+    warn_of_workflow_problems(dir, &bundle);
     store_pack(bus, &bundle).await?;
     Ok(bundle)
+}
+
+/// Logs the problems of a pack's workflows (they register anyway, as in
+/// StackStorm, and fail when run); returns them as `file:line: field:
+/// message` lines.
+pub fn warn_of_workflow_problems(dir: &Path, bundle: &PackBundle) -> Vec<String> {
+    loader::inspect_workflows(dir, bundle)
+        .iter()
+        .map(|w| {
+            tracing::warn!(pack = %bundle.pack.pack_ref, problem = %w,
+                "workflow registered with a problem; it fails when run");
+            w.to_string()
+        })
+        .collect()
 }
 
 /// Stores an already validated pack.

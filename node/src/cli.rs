@@ -674,9 +674,13 @@ pub async fn pack_register(
             .as_object()
             .into_iter()
             .flatten()
+            .filter(|(k, _)| *k != "warnings")
             .map(|(k, v)| vec![k.clone(), v.to_string()])
             .collect();
         print_table(&["content", "registered"], &rows);
+        for warning in counts["warnings"].as_array().into_iter().flatten() {
+            println!("warning: {}", warning.as_str().unwrap_or_default());
+        }
     }
     Ok(())
 }

@@ -410,6 +410,37 @@ async fn triggers_policies_and_re_emitted_instances() -> Result<()> {
         "{body}"
     );
 
+    // A workflow with problems registers (as in StackStorm); the answer
+    // lists its problems with file, line and field.
+    write_pack(
+        packs.path(),
+        "shaky",
+        &[
+            ("pack.yaml", "name: shaky\nversion: 0.1.0\n"),
+            (
+                "actions/flow.yaml",
+                "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\n",
+            ),
+            (
+                "actions/workflows/flow.yaml",
+                "version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: nowhere\n",
+            ),
+        ],
+    )?;
+    let (status, body) = node
+        .post("packs/register", &json!({"packs": ["shaky"]}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["actions"], 1);
+    let warnings = body["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{body}");
+    let warning = warnings[0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("shaky/actions/workflows/flow.yaml:6: tasks.a.next.0.do:")
+            && warning.contains("nowhere"),
+        "{warning}"
+    );
+
     // Re-emit: the same trigger and payload again, as a new instance.
     let fired = node
         .http

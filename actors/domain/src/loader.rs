@@ -215,6 +215,32 @@ const FILE_RUNNERS: &[&str] = &[
     "winrm-ps-script",
 ];
 
+/// Inspects the Orquesta workflows of a loaded pack: every problem of every
+/// workflow, filed under its file and line. They are warnings, not errors:
+/// as in StackStorm, a workflow with problems still registers (StackStorm's
+/// own examples ship deliberately broken ones) and its execution fails with
+/// them when it runs; registration reports them so nobody finds out at 2 a.m.
+pub fn inspect_workflows(dir: &Path, bundle: &PackBundle) -> Vec<LoadError> {
+    let mut errs = Errors::new(dir);
+    let actions = dir.join("actions");
+    for action in bundle
+        .actions
+        .iter()
+        .filter(|a| a.runner_type == "orquesta")
+    {
+        let file = actions.join(&action.entry_point);
+        // A missing file is already an error against the action's entry_point.
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for issue in crate::orquesta::inspect(&text).1 {
+            let field = (!issue.spec_path.is_empty()).then(|| issue.spec_path.clone());
+            errs.push(&file, issue.line, field, issue.message);
+        }
+    }
+    errs.list
+}
+
 /// Loads and validates the pack in `dir`.
 pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
     let mut errs = Errors::new(dir);
@@ -521,7 +547,6 @@ fn parse_doc<T>(
     }
 }
 
-/// Inspects an Orquesta workflow file; its problems are filed under it.
 /// Drops serde_yaml's " at line L column C" (the line is reported apart).
 fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
@@ -1475,9 +1500,9 @@ mod tests {
     }
 
     #[test]
-    fn a_workflow_with_inspection_errors_still_registers() {
-        // StackStorm inspects a workflow when it runs (the execution fails
-        // with the inspection errors), not when its pack registers.
+    fn a_workflow_with_inspection_errors_registers_and_its_problems_are_reported() {
+        // As in StackStorm the workflow registers (its execution fails with
+        // the problems when it runs); registration reports them as warnings.
         let root = pack(&[
             ("pack.yaml", PACK),
             (
@@ -1489,8 +1514,21 @@ mod tests {
                 "version: 1.0\ntasks:\n  a:\n    action: core.noop\n    next:\n      - do: b\n",
             ),
         ]);
-        let bundle = load_pack(&root.path().join("ops")).unwrap_or_else(|e| panic!("{e}"));
+        let dir = root.path().join("ops");
+        let bundle = load_pack(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(bundle.actions[0].name, "flow");
+        let warnings = inspect_workflows(&dir, &bundle);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(
+            warnings[0].file,
+            Path::new("ops/actions/workflows/flow.yaml")
+        );
+        assert_eq!(warnings[0].line, Some(6));
+        assert_eq!(warnings[0].field.as_deref(), Some("tasks.a.next.0.do"));
+        assert!(
+            warnings[0].message.contains("\"b\" is not defined"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -373,7 +373,8 @@ pub struct RegisterBody {
 
 /// `POST /packs/register`: (re)registers packs from the node's pack
 /// directories. Each pack is validated whole; a broken pack is rejected
-/// with every error and changes nothing.
+/// with every error and changes nothing. Workflows with problems register
+/// (as in StackStorm) and their problems come back as `warnings`.
 pub async fn register_packs(
     State(st): State<ApiState>,
     raw: axum::body::Bytes,
@@ -398,7 +399,9 @@ pub async fn register_packs(
         return Err(ApiError::BadRequest(errors.join("\n")));
     }
     let (mut actions, mut rules, mut trigger_types) = (0, 0, 0);
-    for b in &bundles {
+    let mut warnings = Vec::new();
+    for (dir, b) in dirs.iter().zip(&bundles) {
+        warnings.extend(content::warn_of_workflow_problems(dir, b));
         content::store_pack(&st.bus, b).await?;
         actions += b.actions.len();
         rules += b.rules.len();
@@ -409,6 +412,7 @@ pub async fn register_packs(
         "actions": actions,
         "rules": rules,
         "triggers": trigger_types,
+        "warnings": warnings,
     })))
 }
 
