@@ -141,20 +141,38 @@ impl Actor for IntervalTimers {
     }
 }
 
+/// How far back a late timer still fires the ticks it missed.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
 /// Fires `trigger` at every multiple of `every` since the Unix epoch, so all
-/// nodes agree on tick numbers.
+/// nodes agree on tick numbers. Every tick from the first fires exactly
+/// once: a loop woken late (a busy node) fires the ticks it missed at once,
+/// with their own times, and a tick whose publish fails is retried; only
+/// ticks older than [`CATCH_UP`] are given up, with a warning.
 async fn fire_every(bus: Bus, trigger: Trigger, every: Duration) {
     let period = every.as_millis().max(1) as i64;
+    let mut tick = Utc::now().timestamp_millis() / period + 1;
     loop {
         let now = Utc::now().timestamp_millis();
-        let tick = now / period + 1;
+        let oldest = (now - CATCH_UP.as_millis() as i64) / period + 1;
+        if tick < oldest {
+            tracing::warn!(trigger = %trigger.reference, skipped = oldest - tick,
+                "timer ticks older than the catch-up window were not fired");
+            tick = oldest;
+        }
         let wait = (tick * period - now).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let at = DateTime::from_timestamp_millis(tick * period).unwrap_or_else(Utc::now);
         let instance = tick_instance(&trigger, tick as u64, at);
         match bus.publish_trigger(&instance).await {
-            Ok(()) => tracing::debug!(trigger = %trigger.reference, tick, "timer fired"),
-            Err(e) => tracing::warn!(trigger = %trigger.reference, error = %e, "timer tick lost"),
+            Ok(()) => {
+                tracing::debug!(trigger = %trigger.reference, tick, "timer fired");
+                tick += 1;
+            }
+            Err(e) => {
+                tracing::warn!(trigger = %trigger.reference, tick, error = %e, "timer tick not published; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }
