@@ -77,6 +77,9 @@ pub async fn bucket_state(store: &kv::Store) -> Result<stream::State, EngineErro
         .clone())
 }
 
+/// How long listing a bucket's keys may take before it is given up.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Header carrying W3C trace context across the bus.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -467,16 +470,24 @@ impl Bus {
 
     /// Every rule enforcement id, newest first (ids begin with their
     /// second).
+    /// A listing that does not finish within [`LIST_TIMEOUT`] (its consumer
+    /// stalled: a server went away) is an error to retry, not a hang.
     pub async fn enforcement_ids(&self) -> Result<Vec<String>, EngineError> {
-        let mut keys = self
-            .enforcements
-            .keys()
+        let list = async {
+            let mut keys = self
+                .enforcements
+                .keys()
+                .await
+                .map_err(|e| bus_err("list enforcements", e))?;
+            let mut ids = Vec::new();
+            while let Some(k) = keys.next().await {
+                ids.push(k.map_err(|e| bus_err("list enforcements", e))?);
+            }
+            Ok::<_, EngineError>(ids)
+        };
+        let mut ids = tokio::time::timeout(LIST_TIMEOUT, list)
             .await
-            .map_err(|e| bus_err("list enforcements", e))?;
-        let mut ids = Vec::new();
-        while let Some(k) = keys.next().await {
-            ids.push(k.map_err(|e| bus_err("list enforcements", e))?);
-        }
+            .map_err(|_| bus_err("list enforcements", "no answer in time; try again"))??;
         ids.sort_unstable_by(|a, b| b.cmp(a));
         Ok(ids)
     }

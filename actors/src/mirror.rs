@@ -16,6 +16,12 @@ use crate::error::{bus_err, EngineError};
 /// Back-off before watching the bucket again after losing the watch.
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
 
+/// How often a watch is checked against the bucket. A watch can stall
+/// without an error when the server holding its consumer goes away (one of
+/// a cluster's servers dies): one that has not moved for a whole period
+/// while the bucket holds newer entries is replaced.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+
 /// State built from a bucket's entries, one entry at a time, in revision
 /// order. Applying an entry twice must leave the same state.
 pub trait Mirror: Default + Send + Sync + 'static {
@@ -75,17 +81,43 @@ impl<M: Mirror> Mirrored<M> {
         let kv = store.clone();
         let live = Arc::clone(&state);
         let task = tokio::spawn(async move {
+            let mut check =
+                tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The revision seen at the previous check: no progress since
+            // while the bucket has newer entries means a stalled watch.
+            let mut at_last_check = last_revision;
             loop {
-                while let Some(entry) = watch.next().await {
-                    match entry {
-                        Ok(entry) => {
-                            last_revision = entry.revision;
-                            write(&live).apply(&entry);
+                let stalled = loop {
+                    tokio::select! {
+                        entry = watch.next() => match entry {
+                            Some(Ok(entry)) => {
+                                last_revision = entry.revision;
+                                write(&live).apply(&entry);
+                            }
+                            Some(Err(e)) => tracing::warn!(bucket = what, error = %e, "watch error"),
+                            None => break false,
+                        },
+                        _ = check.tick() => {
+                            let behind = bucket_state(&kv)
+                                .await
+                                .is_ok_and(|s| s.last_sequence > last_revision);
+                            if behind && last_revision == at_last_check {
+                                break true;
+                            }
+                            at_last_check = last_revision;
                         }
-                        Err(e) => tracing::warn!(bucket = what, error = %e, "watch error"),
                     }
+                };
+                if stalled {
+                    tracing::warn!(
+                        bucket = what,
+                        revision = last_revision,
+                        "watch stalled behind the bucket (a server went away?); watching again"
+                    );
+                } else {
+                    tokio::time::sleep(REWATCH_DELAY).await;
                 }
-                tokio::time::sleep(REWATCH_DELAY).await;
                 match kv.watch_all_from_revision(last_revision + 1).await {
                     Ok(w) => watch = w,
                     Err(e) => tracing::warn!(bucket = what, error = %e, "cannot watch; retrying"),

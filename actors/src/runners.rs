@@ -232,6 +232,10 @@ impl Actor for Runner {
     }
 }
 
+/// Deliveries of a request whose record cannot be read before the request
+/// is dropped as broken (one second apart).
+const MISSING_RECORD_DELIVERIES: i64 = 30;
+
 async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<(), EngineError> {
     let request: ExecutionRequest = from_bytes(&msg.subject, &msg.payload)?;
     let id = request.execution_id;
@@ -239,6 +243,16 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
     let span = tracing::info_span!("execution", execution = %id, node = %ctx.node);
     async {
         let Some((mut record, rev)) = ctx.bus.execution(&id).await? else {
+            // A request is published only after its record is stored, so a
+            // record not found was read from a server that has not caught
+            // up yet (a replica, just after another server died): ask
+            // again, for a while, before calling the request broken.
+            if delivered < MISSING_RECORD_DELIVERIES {
+                return Err(crate::error::bus_err(
+                    "read execution",
+                    format!("the record of {id} is not visible yet"),
+                ));
+            }
             return Err(EngineError::Corrupt {
                 key: id.clone(),
                 message: "execution requested but its record does not exist".into(),

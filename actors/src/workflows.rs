@@ -700,9 +700,10 @@ async fn handle_event(
         let (mut record, mut revision) = match (found, &event.event) {
             (Some(found), _) => found,
             (None, FlowEvent::Start { definition, input }) => {
+                // A start is published only for a stored execution: one not
+                // found was read from a server not caught up yet; retry.
                 let Some((execution, _)) = ctx.bus.execution(id).await? else {
-                    tracing::warn!(workflow = %id, "start of a workflow whose execution does not exist");
-                    return Ok(None);
+                    return Err(bus_err("read workflow execution", "not visible yet"));
                 };
                 let (definition, state, outbox) =
                     match begin(ctx, &execution, definition, input).await? {
@@ -844,7 +845,7 @@ async fn carry_out(
         return Ok(revision);
     }
     let Some((execution, _)) = ctx.bus.execution(&record.id).await? else {
-        return Ok(revision);
+        return Err(bus_err("read workflow execution", "not visible yet"));
     };
     let child_id =
         |run_id: &str| ids::derived(&execution.start_timestamp, &[&execution.id, run_id]);

@@ -105,7 +105,7 @@ impl NodeProcess {
             .args(["node", "--config"])
             .arg(&self.config)
             .env("SQUALL_LOG", "warn,squall_actors::cluster=info")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
         self.child = Some(child);
@@ -291,6 +291,8 @@ pub struct Counts {
     pub accepted_not_run_once: usize,
     /// Trace tags with more than one execution.
     pub doubled: usize,
+    /// `id: status` of each execution not finished, to show in a failure.
+    pub unfinished: Vec<String>,
 }
 
 /// Waits until every stored trigger of the load has run to the end (or
@@ -298,7 +300,16 @@ pub struct Counts {
 pub async fn settle_counts(api: &Api, load: &LoadReport, timeout: Duration) -> Result<Counts> {
     let deadline = Instant::now() + timeout;
     loop {
-        let counts = count(api, load).await?;
+        // While a server is gone a listing may fail: ask again.
+        let counts = match count(api, load).await {
+            Ok(counts) => counts,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("settling, will ask again: {e:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let done = counts.executions == counts.enforcements
             && counts.finished == counts.executions
             && counts.accepted_not_run_once == 0;
@@ -315,6 +326,7 @@ async fn count(api: &Api, load: &LoadReport) -> Result<Counts> {
     let mut per_tag: HashMap<String, usize> = HashMap::new();
     let mut finished = 0;
     let mut abandoned = 0;
+    let mut unfinished = Vec::new();
     for e in &executions {
         if let Some(tag) = e["context"]["trace_context"]["trace_tag"].as_str() {
             *per_tag.entry(tag.to_string()).or_default() += 1;
@@ -325,7 +337,11 @@ async fn count(api: &Api, load: &LoadReport) -> Result<Counts> {
                 finished += 1;
                 abandoned += 1;
             }
-            _ => {}
+            status => unfinished.push(format!(
+                "{}: {}",
+                e["id"].as_str().unwrap_or_default(),
+                status.unwrap_or_default()
+            )),
         }
     }
     let accepted_not_run_once = load
@@ -342,6 +358,7 @@ async fn count(api: &Api, load: &LoadReport) -> Result<Counts> {
         abandoned,
         accepted_not_run_once,
         doubled: per_tag.values().filter(|n| **n > 1).count(),
+        unfinished,
     })
 }
 
