@@ -56,6 +56,8 @@ pub const EXECUTIONS_BUCKET: &str = "executions";
 pub const ENFORCEMENTS_BUCKET: &str = "enforcements";
 /// KV bucket of cluster-wide settings.
 pub const CLUSTER_BUCKET: &str = "cluster";
+/// KV bucket: the last tick each interval timer fired.
+pub const TIMERS_BUCKET: &str = "timers";
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -187,6 +189,11 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
             )
         },
         bucket(CLUSTER_BUCKET, "Cluster-wide settings.", 1),
+        bucket(
+            TIMERS_BUCKET,
+            "The last tick each interval timer fired, for its next owner.",
+            1,
+        ),
         kv::Config {
             max_age: cluster::NODE_ENTRY_MAX_AGE,
             ..bucket(

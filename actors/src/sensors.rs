@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{json, Map, Value};
@@ -17,8 +18,9 @@ use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
 use squall_domain::{ids, triggers};
 use tokio::task::JoinHandle;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, TIMERS_BUCKET};
 use crate::catalog::{CatalogHandle, Trigger};
+use crate::error::bus_err;
 use crate::pump::Pump;
 
 /// Seconds between ticks of an IntervalTimer trigger, from its parameters.
@@ -68,6 +70,8 @@ pub enum TimerMsg {
 #[derive(Debug)]
 pub struct TimerState {
     bus: Bus,
+    /// The `timers` bucket: the last tick each timer fired.
+    fired: kv::Store,
     catalog: CatalogHandle,
     partition: u32,
     running: HashMap<String, JoinHandle<()>>,
@@ -93,9 +97,15 @@ impl Actor for IntervalTimers {
         (bus, catalog, partition): (Bus, CatalogHandle, u32),
     ) -> Result<TimerState, ActorProcessingErr> {
         let changes = tokio_stream_of(catalog.subscribe());
+        let fired = bus
+            .js
+            .get_key_value(TIMERS_BUCKET)
+            .await
+            .map_err(|e| bus_err("open bucket timers", e))?;
         myself.cast(TimerMsg::CatalogChanged)?;
         Ok(TimerState {
             bus,
+            fired,
             catalog,
             partition,
             running: HashMap::new(),
@@ -132,26 +142,63 @@ impl Actor for IntervalTimers {
         for (reference, (trigger, every)) in wanted {
             if !state.running.contains_key(&reference) {
                 let bus = state.bus.clone();
-                state
-                    .running
-                    .insert(reference, tokio::spawn(fire_every(bus, trigger, every)));
+                state.running.insert(
+                    reference,
+                    tokio::spawn(fire_every(bus, state.fired.clone(), trigger, every)),
+                );
             }
         }
         Ok(())
     }
 }
 
-/// How far back a late timer still fires the ticks it missed.
+/// How far back a late timer (or a timer's new owner) still fires the
+/// ticks it missed.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
+/// How far back a timer's new owner fires the ticks its previous owner did
+/// not (a takeover takes seconds).
+const RESUME_WINDOW: Duration = Duration::from_secs(20);
+
+/// Key of a timer's last fired tick in the `timers` bucket.
+fn fired_key(reference: &str) -> String {
+    reference
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_=.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Fires `trigger` at every multiple of `every` since the Unix epoch, so all
-/// nodes agree on tick numbers. Every tick from the first fires exactly
-/// once: a loop woken late (a busy node) fires the ticks it missed at once,
-/// with their own times, and a tick whose publish fails is retried; only
-/// ticks older than [`CATCH_UP`] are given up, with a warning.
-async fn fire_every(bus: Bus, trigger: Trigger, every: Duration) {
+/// nodes agree on tick numbers. Every tick fires exactly once:
+/// - a timer whose partition moved continues after the last tick its
+///   previous owner recorded (a tick fired but not recorded is fired again
+///   with the same instance id, which JetStream and the rules drop);
+/// - a loop woken late (a busy node) fires the ticks it missed at once,
+///   with their own times, and a tick whose publish fails is retried;
+/// - only ticks older than [`CATCH_UP`] are given up, with a warning.
+async fn fire_every(bus: Bus, fired: kv::Store, trigger: Trigger, every: Duration) {
     let period = every.as_millis().max(1) as i64;
-    let mut tick = Utc::now().timestamp_millis() / period + 1;
+    let key = fired_key(&trigger.reference);
+    let last: Option<i64> = match fired.get(&key).await {
+        Ok(v) => v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()),
+        Err(e) => {
+            tracing::warn!(trigger = %trigger.reference, error = %e, "last tick unknown; starting from now");
+            None
+        }
+    };
+    let now = Utc::now().timestamp_millis();
+    let mut tick = match last {
+        // A takeover's gap is seconds; after a longer stop (the whole
+        // cluster down) the missed ticks are not fired in a burst.
+        Some(last) => (last + 1).max((now - RESUME_WINDOW.as_millis() as i64) / period + 1),
+        None => now / period + 1,
+    };
     loop {
         let now = Utc::now().timestamp_millis();
         let oldest = (now - CATCH_UP.as_millis() as i64) / period + 1;
@@ -167,6 +214,9 @@ async fn fire_every(bus: Bus, trigger: Trigger, every: Duration) {
         match bus.publish_trigger(&instance).await {
             Ok(()) => {
                 tracing::debug!(trigger = %trigger.reference, tick, "timer fired");
+                if let Err(e) = fired.put(&key, tick.to_string().into()).await {
+                    tracing::warn!(trigger = %trigger.reference, tick, error = %e, "fired tick not recorded");
+                }
                 tick += 1;
             }
             Err(e) => {
