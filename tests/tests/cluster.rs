@@ -52,6 +52,20 @@ fn counts_per_node(own: &HashMap<String, HashMap<String, Vec<u32>>>, role: &str)
     n
 }
 
+/// One nats-server, and a spec whose nodes also load pack `name` made of
+/// `files`.
+fn one_server_with_pack(
+    name: &str,
+    files: &[(&str, &str)],
+) -> Result<(NatsServer, tempfile::TempDir, ClusterSpec)> {
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
+    spec.extra_packs.push(dir.path().join("packs"));
+    write_pack(&dir.path().join("packs"), name, files)?;
+    Ok((nats, dir, spec))
+}
+
 #[tokio::test]
 async fn a_killed_node_s_partitions_are_taken_over_and_nothing_is_doubled() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -157,21 +171,13 @@ async fn a_joining_node_takes_its_share_under_load_and_nothing_is_doubled() -> R
 #[tokio::test]
 async fn a_timer_fires_once_per_interval_across_three_nodes() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let nats = NatsServer::start()?;
-    let dir = tempfile::tempdir()?;
-    let mut spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
-    spec.extra_packs.push(dir.path().join("packs"));
-    write_pack(
-        &dir.path().join("packs"),
-        "ticks",
-        &[
+    let (_nats, _dir, spec) = one_server_with_pack("ticks", &[
             ("pack.yaml", "name: ticks\nversion: 0.1.0\n"),
             (
                 "rules/every_second.yaml",
                 "name: every_second\npack: ticks\nenabled: true\ntrigger:\n  type: core.st2.IntervalTimer\n  parameters:\n    unit: seconds\n    delta: 1\naction:\n  ref: core.noop\n",
             ),
-        ],
-    )?;
+        ])?;
     let (nodes, api) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
     api.settled(
         &["n1", "n2", "n3"],
@@ -274,21 +280,13 @@ async fn losing_one_of_three_nats_servers_loses_nothing() -> Result<()> {
 async fn roles_and_pools_decide_where_work_runs_and_a_dead_runner_s_run_ends_abandoned(
 ) -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let nats = NatsServer::start()?;
-    let dir = tempfile::tempdir()?;
-    let mut spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
-    spec.extra_packs.push(dir.path().join("packs"));
-    write_pack(
-        &dir.path().join("packs"),
-        "slow",
-        &[
+    let (_nats, _dir, spec) = one_server_with_pack("slow", &[
             ("pack.yaml", "name: slow\nversion: 0.1.0\n"),
             (
                 "actions/sleep.yaml",
                 "name: sleep\nrunner_type: local-shell-cmd\nparameters:\n  cmd:\n    type: string\n    default: sleep 120\ntags:\n  - name: squall.pool\n    value: slow\n",
             ),
-        ],
-    )?;
+        ])?;
     // n1 does everything but serve pool `slow`; n2 and n3 only run
     // `slow` actions.
     let runner_only = "roles: [runners]\nrunners:\n  pools: [slow]\n";
@@ -403,12 +401,7 @@ tasks:
 #[tokio::test]
 async fn a_workflow_resumes_on_the_new_owner_of_its_partition() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let nats = NatsServer::start()?;
-    let dir = tempfile::tempdir()?;
-    let mut spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
-    spec.extra_packs.push(dir.path().join("packs"));
-    write_pack(
-        &dir.path().join("packs"),
+    let (_nats, _dir, spec) = one_server_with_pack(
         "flows",
         &[
             ("pack.yaml", "name: flows\nversion: 0.1.0\n"),
