@@ -12,24 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::{client_with_token, login, nats_server_binary, poll, repo_root};
+use crate::{client_with_token, login, nats_server_binary, poll, repo_root, squall_binary};
 
 /// The webhook the load posts to: the loadtest pack's rule runs
 /// `core.noop` for each.
 pub const WEBHOOK: &str = "loadtest/noop";
-
-/// The `squall` binary next to the test executable (`cargo build --bin
-/// squall` first).
-pub fn squall_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .context("target dir")?
-        .join("squall");
-    anyhow::ensure!(bin.is_file(), "{} not built: run ops/test", bin.display());
-    Ok(bin)
-}
 
 /// A port the OS says is free now.
 pub fn free_port() -> Result<u16> {
@@ -295,26 +282,27 @@ pub struct Counts {
     pub unfinished: Vec<String>,
 }
 
+impl Counts {
+    /// Every stored trigger enforced, run once and finished.
+    fn settled(&self) -> bool {
+        self.executions == self.enforcements
+            && self.finished == self.executions
+            && self.accepted_not_run_once == 0
+    }
+}
+
 /// Waits until every stored trigger of the load has run to the end (or
 /// `timeout`), then counts.
 pub async fn settle_counts(api: &Api, load: &LoadReport, timeout: Duration) -> Result<Counts> {
     let deadline = Instant::now() + timeout;
     loop {
-        // While a server is gone a listing may fail: ask again.
-        let counts = match count(api, load).await {
-            Ok(counts) => counts,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("settling, will ask again: {e:#}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let done = counts.executions == counts.enforcements
-            && counts.finished == counts.executions
-            && counts.accepted_not_run_once == 0;
-        if done || Instant::now() > deadline {
-            return Ok(counts);
+        let late = Instant::now() > deadline;
+        match count(api, load).await {
+            Ok(c) if late || c.settled() => return Ok(c),
+            Err(e) if late => return Err(e),
+            // While a server is gone a listing may fail: ask again.
+            Err(e) => eprintln!("settling, will ask again: {e:#}"),
+            Ok(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -22,6 +22,19 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The `squall` binary next to the test executable (`cargo build --bin
+/// squall` first).
+pub fn squall_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("target dir")?
+        .join("squall");
+    anyhow::ensure!(bin.is_file(), "{} not built: run ops/test", bin.display());
+    Ok(bin)
+}
+
 /// The nats-server binary: `$SQUALL_NATS_SERVER`, `.venv/bin/nats-server`,
 /// or `PATH`.
 pub fn nats_server_binary() -> Result<PathBuf> {

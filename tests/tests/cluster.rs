@@ -30,9 +30,13 @@ const EVERY: Duration = Duration::from_millis(40);
 const SETTLE: Duration = Duration::from_secs(60);
 
 /// Starts nodes one after the other (the first creates the admin and the
-/// datastore key the others share); returns them and an admin client of
-/// the first.
-async fn start_nodes(spec: &ClusterSpec, names: &[&str]) -> Result<(Vec<NodeProcess>, Api)> {
+/// datastore key the others share) and waits until they own every
+/// partition between them; returns them, an admin client of the first,
+/// and who owns what.
+async fn start_nodes(
+    spec: &ClusterSpec,
+    names: &[&str],
+) -> Result<(Vec<NodeProcess>, Api, Owners)> {
     let mut nodes = vec![NodeProcess::start(spec, names[0], "")?];
     let api = admin_client(spec, &nodes[0]).await?;
     for name in &names[1..] {
@@ -40,10 +44,16 @@ async fn start_nodes(spec: &ClusterSpec, names: &[&str]) -> Result<(Vec<NodeProc
         admin_client(spec, &node).await?;
         nodes.push(node);
     }
-    Ok((nodes, api))
+    let own = api
+        .settled(names, &ROLES, PARTITIONS, Duration::from_secs(60))
+        .await?;
+    Ok((nodes, api, own))
 }
 
-fn counts_per_node(own: &HashMap<String, HashMap<String, Vec<u32>>>, role: &str) -> Vec<usize> {
+/// Partitions owned, by node and role.
+type Owners = HashMap<String, HashMap<String, Vec<u32>>>;
+
+fn counts_per_node(own: &Owners, role: &str) -> Vec<usize> {
     let mut n: Vec<usize> = own
         .values()
         .map(|r| r.get(role).map_or(0, Vec::len))
@@ -72,16 +82,7 @@ async fn a_killed_node_s_partitions_are_taken_over_and_nothing_is_doubled() -> R
     let nats = NatsServer::start()?;
     let dir = tempfile::tempdir()?;
     let spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
-    let (mut nodes, api) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
-
-    let own = api
-        .settled(
-            &["n1", "n2", "n3"],
-            &ROLES,
-            PARTITIONS,
-            Duration::from_secs(60),
-        )
-        .await?;
+    let (mut nodes, api, own) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
     for role in ROLES {
         assert_eq!(counts_per_node(&own, role), vec![4, 4, 4], "{own:?}");
     }
@@ -128,10 +129,7 @@ async fn a_joining_node_takes_its_share_under_load_and_nothing_is_doubled() -> R
     let nats = NatsServer::start()?;
     let dir = tempfile::tempdir()?;
     let spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
-    let (mut nodes, api) = start_nodes(&spec, &["n1", "n2"]).await?;
-    let own = api
-        .settled(&["n1", "n2"], &ROLES, PARTITIONS, Duration::from_secs(60))
-        .await?;
+    let (mut nodes, api, own) = start_nodes(&spec, &["n1", "n2"]).await?;
     assert_eq!(counts_per_node(&own, "rules"), vec![6, 6], "{own:?}");
 
     let load = Load::start(&api, "join", EVERY);
@@ -178,14 +176,7 @@ async fn a_timer_fires_once_per_interval_across_three_nodes() -> Result<()> {
                 "name: every_second\npack: ticks\nenabled: true\ntrigger:\n  type: core.st2.IntervalTimer\n  parameters:\n    unit: seconds\n    delta: 1\naction:\n  ref: core.noop\n",
             ),
         ])?;
-    let (nodes, api) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
-    api.settled(
-        &["n1", "n2", "n3"],
-        &ROLES,
-        PARTITIONS,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let (nodes, api, _) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
     // Eight ticks after the first one seen.
     let ticks: Vec<Value> = poll(Duration::from_secs(30), || async {
         let list = api
@@ -227,9 +218,7 @@ async fn nodes_reconnect_and_continue_after_a_whole_nats_restart() -> Result<()>
     let mut nats = NatsServer::start()?;
     let dir = tempfile::tempdir()?;
     let spec = spec_in(dir.path(), nats.url(), 1, PARTITIONS);
-    let (nodes, api) = start_nodes(&spec, &["n1", "n2"]).await?;
-    api.settled(&["n1", "n2"], &ROLES, PARTITIONS, Duration::from_secs(60))
-        .await?;
+    let (nodes, api, _) = start_nodes(&spec, &["n1", "n2"]).await?;
 
     let load = Load::start(&api, "restart", EVERY);
     load.wait_for(50, Duration::from_secs(30)).await?;
@@ -254,14 +243,7 @@ async fn losing_one_of_three_nats_servers_loses_nothing() -> Result<()> {
     let mut nats = NatsCluster::start(3).await?;
     let dir = tempfile::tempdir()?;
     let spec = spec_in(dir.path(), nats.urls(), 3, PARTITIONS);
-    let (nodes, api) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
-    api.settled(
-        &["n1", "n2", "n3"],
-        &ROLES,
-        PARTITIONS,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let (nodes, api, _) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
 
     let load = Load::start(&api, "nats-kill", EVERY);
     load.wait_for(50, Duration::from_secs(30)).await?;
@@ -315,7 +297,7 @@ async fn roles_and_pools_decide_where_work_runs_and_a_dead_runner_s_run_ends_aba
 
     // `squall node list` shows all three.
     let token = api_token(&spec, &nodes[0]).await?;
-    let listed = std::process::Command::new(squall_tests::cluster::squall_binary()?)
+    let listed = std::process::Command::new(squall_tests::squall_binary()?)
         .args(["--url", &nodes[0].root, "--token", &token, "node", "list"])
         .output()?;
     let table = String::from_utf8_lossy(&listed.stdout);
@@ -412,15 +394,7 @@ async fn a_workflow_resumes_on_the_new_owner_of_its_partition() -> Result<()> {
             ("actions/workflows/approve.yaml", FLOW),
         ],
     )?;
-    let (mut nodes, first) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
-    let own = first
-        .settled(
-            &["n1", "n2", "n3"],
-            &ROLES,
-            PARTITIONS,
-            Duration::from_secs(60),
-        )
-        .await?;
+    let (mut nodes, first, own) = start_nodes(&spec, &["n1", "n2", "n3"]).await?;
     let id = start_run(&first, "flows.approve").await?;
     let partition = ids::partition_of(&id, PARTITIONS);
     let owner = own

@@ -3,29 +3,12 @@
 //! rule, and stops cleanly on SIGTERM.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use squall_tests::{client_with_token, login, nats_server_binary, poll, repo_root};
-
-fn squall_binary() -> Result<PathBuf> {
-    // target/<profile>/deps/<test> → target/<profile>/squall
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .context("target dir")?;
-    let bin = dir.join("squall");
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} not built: run ops/test, which builds it before the tests",
-        bin.display()
-    );
-    Ok(bin)
-}
+use squall_tests::{client_with_token, login, nats_server_binary, poll, repo_root, squall_binary};
 
 fn terminate(child: &Child) -> Result<()> {
     nix::sys::signal::kill(

@@ -9,18 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use squall_tests::{client_with_token, login, poll, repo_root, write_pack, NatsServer};
-
-fn squall_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .context("target dir")?
-        .join("squall");
-    anyhow::ensure!(bin.is_file(), "{} not built: run ops/test", bin.display());
-    Ok(bin)
-}
+use squall_tests::{
+    client_with_token, login, poll, repo_root, squall_binary, write_pack, NatsServer,
+};
 
 /// A `squall node` process; killed when dropped.
 struct NodeProcess(Child);
