@@ -100,6 +100,15 @@ pub fn cancel_subject(execution_id: &str) -> String {
     format!("squall.cancel.{execution_id}")
 }
 
+/// Core NATS subject asking node `node` whether it still runs an
+/// execution; it answers [`STILL_RUNNING`] or anything else for "no".
+pub fn running_subject(execution_id: &str, node: &str) -> String {
+    format!("squall.running.{execution_id}.{node}")
+}
+
+/// The answer of a node that runs the execution it was asked about.
+pub const STILL_RUNNING: &[u8] = b"running";
+
 /// Core NATS subject of an execution's live output chunks.
 pub fn output_subject(execution_id: &str) -> String {
     format!("squall.output.{execution_id}")
@@ -525,23 +534,31 @@ impl Bus {
             .map_err(|e| bus_err("publish cancel", e))
     }
 
-    /// Requests a run of an execution whose record is already stored. The
-    /// execution id is the `Nats-Msg-Id`: a repeated request is dropped.
+    /// Requests a run of an execution whose record is already stored, with
+    /// `msg_id` as its `Nats-Msg-Id` (the execution id for the first
+    /// request): a repeat within the duplicate window is dropped. Its trace
+    /// is the record's (`context.trace_context`).
     pub async fn request_execution(
         &self,
         record: &ExecutionRecord,
-        trace_id: &str,
+        msg_id: &str,
     ) -> Result<(), EngineError> {
         let request = ExecutionRequest {
             v: 1,
             execution_id: record.id.clone(),
         };
+        let trace_id = record
+            .context
+            .get("trace_context")
+            .and_then(|t| t.get("id_"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(&record.id);
         let mut headers = HeaderMap::new();
         headers.insert(TRACEPARENT, traceparent(trace_id).as_str());
         publish(
             &self.js,
             execution_subject(&record.pool),
-            &record.id,
+            msg_id,
             headers,
             to_bytes(&request)?,
         )

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 use squall_domain::execution::{
-    ActionSnapshot, ExecutionRecord, LogEntry, RuleSummary, RunnerSnapshot, Status,
+    ActionSnapshot, ExecutionRecord, LogEntry, RuleSummary, RunnerLoss, RunnerSnapshot, Status,
     TriggerInstanceSummary, DEFAULT_POOL, RECORD_VERSION,
 };
 use squall_domain::template::{KeyValueLookup, Renderer};
@@ -25,18 +25,39 @@ pub const POOL_TAG: &str = "squall.pool";
 
 /// The runner pool an action's tags ask for.
 pub fn pool_of(tags: &[Value]) -> Result<String, EngineError> {
-    let Some(tag) = tags
-        .iter()
-        .find(|t| t.get("name").and_then(Value::as_str) == Some(POOL_TAG))
-    else {
-        return Ok(DEFAULT_POOL.to_string());
-    };
-    match tag.get("value").and_then(Value::as_str) {
-        Some(pool) if is_pool_name(pool) => Ok(pool.to_string()),
-        other => Err(EngineError::NotRunnable(format!(
+    match tag_value(tags, POOL_TAG) {
+        None => Ok(DEFAULT_POOL.to_string()),
+        Some(Some(pool)) if is_pool_name(pool) => Ok(pool.to_string()),
+        Some(other) => Err(EngineError::NotRunnable(format!(
             "tag {POOL_TAG}: {other:?} is not a pool name (letters, digits, - and _)"
         ))),
     }
+}
+
+/// The action tag that says what happens when a run's runner is lost:
+/// `tags: [{name: squall.runner_loss, value: rerun}]` runs an idempotent
+/// action again on another runner; `abandon` (the default) ends the run
+/// `abandoned`.
+pub const RUNNER_LOSS_TAG: &str = "squall.runner_loss";
+
+/// What an action's tags ask for when its runner is lost.
+pub fn runner_loss_of(tags: &[Value]) -> Result<RunnerLoss, EngineError> {
+    match tag_value(tags, RUNNER_LOSS_TAG) {
+        None => Ok(RunnerLoss::default()),
+        Some(value) => value.and_then(RunnerLoss::parse).ok_or_else(|| {
+            EngineError::NotRunnable(format!(
+                "tag {RUNNER_LOSS_TAG}: {value:?} is neither \"abandon\" nor \"rerun\""
+            ))
+        }),
+    }
+}
+
+/// The value of tag `name`: `None` without the tag, `Some(None)` when its
+/// value is not a string.
+fn tag_value<'a>(tags: &'a [Value], name: &str) -> Option<Option<&'a str>> {
+    tags.iter()
+        .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+        .map(|t| t.get("value").and_then(Value::as_str))
 }
 
 /// Whether `name` can name a runner pool (it becomes a subject token).
@@ -150,6 +171,7 @@ pub fn prepare(
         children: vec![],
         pool: pool_of(&def.tags)?,
         node: None,
+        runner_loss: runner_loss_of(&def.tags)?,
     })
 }
 
@@ -159,13 +181,6 @@ pub fn prepare(
 /// the work queue drops a repeat within its duplicate window and runners
 /// skip records that already moved on.
 pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecord, EngineError> {
-    let trace = record
-        .context
-        .get("trace_context")
-        .and_then(|t| t.get("id_"))
-        .and_then(Value::as_str)
-        .unwrap_or(&record.id)
-        .to_string();
     let stored = if bus.create_execution(&record).await? {
         record
     } else {
@@ -175,7 +190,7 @@ pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecor
         }
     };
     if stored.status == Status::Requested {
-        bus.request_execution(&stored, &trace).await?;
+        bus.request_execution(&stored, &stored.id).await?;
         crate::metrics::execution_requested();
     }
     Ok(stored)
@@ -319,5 +334,27 @@ mod tests {
         assert_eq!(pool_of(&tags).unwrap(), "gpu");
         assert!(pool_of(&[json!({"name": POOL_TAG, "value": "a.b"})]).is_err());
         assert!(pool_of(&[json!({"name": POOL_TAG})]).is_err());
+    }
+
+    #[test]
+    fn the_runner_loss_tag_picks_abandon_or_rerun() {
+        assert_eq!(runner_loss_of(&[]).unwrap(), RunnerLoss::Abandon);
+        let tag = |v: Value| [json!({"name": RUNNER_LOSS_TAG, "value": v})];
+        assert_eq!(
+            runner_loss_of(&tag(json!("rerun"))).unwrap(),
+            RunnerLoss::Rerun
+        );
+        assert_eq!(
+            runner_loss_of(&tag(json!("abandon"))).unwrap(),
+            RunnerLoss::Abandon
+        );
+        let err = runner_loss_of(&tag(json!("retry")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("squall.runner_loss") && err.contains("retry"),
+            "{err}"
+        );
+        assert!(runner_loss_of(&tag(json!(1))).is_err());
     }
 }

@@ -10,6 +10,8 @@
 //! - [`inquiries`]: executions waiting on a person, and their expiry.
 //! - [`mirror`]: a bucket kept in memory by a watch.
 //! - [`runners`]: runner pools pulling the work queue.
+//! - [`orphans`]: the sweep that requests again executions no runner
+//!   works on any more.
 //! - [`sensors`]: built-in timers.
 //! - [`workflows`]: the Orquesta workflow engine, one partition actor per
 //!   partition.
@@ -32,6 +34,7 @@ pub mod keys;
 pub mod metrics;
 pub mod mirror;
 pub mod node;
+pub mod orphans;
 pub mod pump;
 pub mod rules;
 pub mod runners;

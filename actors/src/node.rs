@@ -349,23 +349,43 @@ async fn stop_children(state: &mut NodeState, children: &[Child]) {
     futures::future::join_all(waits).await;
 }
 
-/// Cancels the executions this node runs when `squall.cancel.<id>`
-/// arrives.
-async fn listen_for_cancels(
+/// Answers for the executions this node runs: cancels one when
+/// `squall.cancel.<id>` arrives, and says whether it runs one when asked on
+/// `squall.running.<id>.<node>` (other nodes' runners ask before they call
+/// a run lost).
+async fn serve_runs(
     bus: &Bus,
-    cancels: CancelRegistry,
+    node: &str,
+    runs: CancelRegistry,
 ) -> Result<tokio::task::JoinHandle<()>, EngineError> {
-    let mut sub = bus
-        .client
-        .subscribe(crate::bus::cancel_subject("*"))
-        .await
-        .map_err(|e| crate::error::bus_err("subscribe to cancels", e))?;
+    let subscribe = |subject: String| async move {
+        bus.client
+            .subscribe(subject)
+            .await
+            .map_err(|e| crate::error::bus_err("subscribe to run requests", e))
+    };
+    let cancels = subscribe(crate::bus::cancel_subject("*")).await?;
+    let questions = subscribe(crate::bus::running_subject("*", node)).await?;
+    let client = bus.client.clone();
+    let mut both = futures::stream::select(cancels, questions);
     Ok(tokio::spawn(async move {
-        while let Some(msg) = futures::StreamExt::next(&mut sub).await {
-            if let Some(id) = msg.subject.as_str().strip_prefix("squall.cancel.") {
-                if cancels.cancel(id) {
+        while let Some(msg) = futures::StreamExt::next(&mut both).await {
+            let mut tokens = msg.subject.as_str().splitn(4, '.').skip(1);
+            match (tokens.next(), tokens.next(), msg.reply) {
+                (Some("cancel"), Some(id), _) if runs.cancel(id) => {
                     tracing::info!(execution = %id, "cancel requested; stopping the action");
                 }
+                (Some("running"), Some(id), Some(reply)) => {
+                    let answer: &'static [u8] = if runs.runs(id) {
+                        crate::bus::STILL_RUNNING
+                    } else {
+                        b"no"
+                    };
+                    if let Err(e) = client.publish(reply, answer.into()).await {
+                        tracing::warn!(execution = %id, error = %e, "could not answer for a run");
+                    }
+                }
+                _ => {}
             }
         }
     }))
@@ -379,7 +399,7 @@ pub struct Engine {
     join: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
     in_flight: TaskTracker,
-    cancel_listener: tokio::task::JoinHandle<()>,
+    run_server: tokio::task::JoinHandle<()>,
     /// The cluster as this node sees it.
     pub cluster: ClusterView,
     leave: CancellationToken,
@@ -410,7 +430,8 @@ impl Engine {
             in_flight: in_flight.clone(),
             cancels: CancelRegistry::default(),
         };
-        let cancel_listener = Box::pin(listen_for_cancels(&bus, runners.cancels.clone())).await?;
+        let run_server =
+            Box::pin(serve_runs(&bus, &settings.name, runners.cancels.clone())).await?;
         let shared = Shared {
             bus,
             catalog,
@@ -463,7 +484,7 @@ impl Engine {
             join,
             shutdown,
             in_flight,
-            cancel_listener,
+            run_server,
             cluster,
             leave,
             coordinator,
@@ -476,7 +497,6 @@ impl Engine {
     pub async fn shutdown(self) {
         self.leave.cancel();
         let _ = self.coordinator.await;
-        self.cancel_listener.abort();
         self.shutdown.cancel();
         self.in_flight.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.in_flight.wait())
@@ -485,6 +505,9 @@ impl Engine {
         {
             tracing::warn!("running actions did not finish recording in time");
         }
+        // Until its runs have recorded their end, this node still answers
+        // for them.
+        self.run_server.abort();
         self.supervisor.stop(Some("node shutting down".into()));
         let _ = self.join.await;
     }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, AckKind};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
-use squall_domain::execution::{ExecutionRecord, Status, TriggerInstance, RECORD_VERSION};
+use squall_domain::execution::{
+    ExecutionRecord, RunnerLoss, Status, TriggerInstance, RECORD_VERSION,
+};
 use squall_domain::{ids, time, triggers};
 use squall_runners::{RunRequest, Runner as ActionRunner};
 use tokio_util::sync::CancellationToken;
@@ -53,12 +55,20 @@ pub struct RunnerContext {
 }
 
 /// The cancel tokens of the executions a node runs, so that a cancel
-/// request (`squall.cancel.<id>`) reaches the right process.
+/// request (`squall.cancel.<id>`) reaches the right process and a question
+/// about a run (`squall.running.<id>`) gets its answer.
 #[derive(Debug, Clone, Default)]
-pub struct CancelRegistry(Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>);
+pub struct CancelRegistry(Arc<std::sync::Mutex<Registrations>>);
+
+#[derive(Debug, Default)]
+struct Registrations {
+    /// Numbers the registrations, so that a guard only removes its own.
+    last: u64,
+    tokens: HashMap<String, (u64, CancellationToken)>,
+}
 
 impl CancelRegistry {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registrations> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -66,17 +76,26 @@ impl CancelRegistry {
 
     /// Registers `id`; the token is removed when the guard drops.
     fn register(&self, id: &str, token: CancellationToken) -> CancelGuard {
-        self.map().insert(id.to_string(), token);
+        let mut reg = self.lock();
+        reg.last += 1;
+        let serial = reg.last;
+        reg.tokens.insert(id.to_string(), (serial, token));
         CancelGuard {
             registry: self.clone(),
             id: id.to_string(),
+            serial,
         }
+    }
+
+    /// Whether execution `id` runs here (or waits for its delay).
+    pub fn runs(&self, id: &str) -> bool {
+        self.lock().tokens.contains_key(id)
     }
 
     /// Cancels execution `id` if it runs here; whether it did.
     pub fn cancel(&self, id: &str) -> bool {
-        match self.map().get(id) {
-            Some(token) => {
+        match self.lock().tokens.get(id) {
+            Some((_, token)) => {
                 token.cancel();
                 true
             }
@@ -88,11 +107,15 @@ impl CancelRegistry {
 struct CancelGuard {
     registry: CancelRegistry,
     id: String,
+    serial: u64,
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        self.registry.map().remove(&self.id);
+        let mut reg = self.registry.lock();
+        if reg.tokens.get(&self.id).map(|(s, _)| *s) == Some(self.serial) {
+            reg.tokens.remove(&self.id);
+        }
     }
 }
 
@@ -213,7 +236,8 @@ impl Actor for Runner {
         };
         let _in_flight = ctx.in_flight.token();
         let acked = match run_request(&ctx, &msg).await {
-            Ok(()) => msg.ack().await,
+            Ok(Delivery::Done) => msg.ack().await,
+            Ok(Delivery::Later(after)) => msg.ack_with(AckKind::Nak(Some(after))).await,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "execution request will be redelivered");
                 msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
@@ -236,7 +260,45 @@ impl Actor for Runner {
 /// is dropped as broken (one second apart).
 const MISSING_RECORD_DELIVERIES: i64 = 30;
 
-async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<(), EngineError> {
+/// How long the node running a claimed execution has to say so.
+const CLAIM_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a request whose execution another runner still runs is looked at
+/// again: the request stays on the work queue as that run's watchdog.
+const CHECK_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+/// What to do with a request once handled.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Handled: acknowledge it.
+    Done,
+    /// Deliver it again after this long. It stays on the work queue while
+    /// someone else runs its execution, as that run's watchdog: whoever
+    /// finishes the run acknowledges it.
+    Later(Duration),
+}
+
+impl Delivery {
+    /// The record changed under this runner (another claimed it, or a
+    /// cancel came): look again shortly.
+    const LOOK_AGAIN: Delivery = Delivery::Later(Duration::from_secs(1));
+}
+
+/// What a request found claimed by a runner comes to.
+#[derive(Debug)]
+enum Claim {
+    /// The runner is alive.
+    Alive,
+    /// Its runner is gone and the record now says how it ended.
+    Ended,
+    /// Its runner is gone and nothing of it runs: run it here.
+    RunHere,
+}
+
+async fn run_request(
+    ctx: &RunnerContext,
+    msg: &jetstream::Message,
+) -> Result<Delivery, EngineError> {
     let request: ExecutionRequest = from_bytes(&msg.subject, &msg.payload)?;
     let id = request.execution_id;
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
@@ -259,30 +321,35 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
             });
         };
         match record.status {
-            Status::Requested | Status::Delayed => {}
-            Status::Scheduled | Status::Running if delivered > 1 => {
-                // The runner that claimed it is gone (its node died): we
-                // cannot know what the action did, so we do not run it again.
-                let reason = format!(
-                    "the runner on node {} stopped before the execution finished",
-                    record.node.as_deref().unwrap_or("?")
-                );
-                finish(
-                    ctx,
-                    &mut record,
-                    rev,
-                    Status::Abandoned,
-                    json!({"error": reason}),
-                )
-                .await?;
-                return Ok(());
-            }
+            Status::Requested => {}
             // Already finished: its workflow may not have heard (the node
             // died between the two), so tell it again; repeats are dropped.
             s if s.is_completed() => {
-                return crate::workflows::notify_parent(&ctx.bus, &record).await
+                crate::workflows::notify_parent(&ctx.bus, &record).await?;
+                return Ok(Delivery::Done);
             }
-            _ => return Ok(()),
+            // A workflow that started belongs to the workflow engine; its
+            // start is repeated in case it was lost (a repeat changes
+            // nothing).
+            Status::Running | Status::Canceling
+                if record.runner.name == crate::workflows::RUNNER =>
+            {
+                if record.status == Status::Running {
+                    let definition = workflow_definition(ctx, &record);
+                    crate::workflows::start(&ctx.bus, &record, definition).await?;
+                }
+                return Ok(Delivery::Done);
+            }
+            // Claimed by a runner, yet delivered again: the delivery count
+            // cannot tell why (a NATS restart may forget it), so ask.
+            Status::Delayed | Status::Scheduled | Status::Running | Status::Canceling => {
+                match reclaim(ctx, &mut record, rev).await? {
+                    Claim::Alive => return Ok(Delivery::Later(CHECK_AGAIN_AFTER)),
+                    Claim::Ended => return Ok(Delivery::Done),
+                    Claim::RunHere => {}
+                }
+            }
+            _ => return Ok(Delivery::Done),
         }
         // Registered before the claim, so a cancel sent once the record
         // says `running` always finds the token.
@@ -296,7 +363,7 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
         if let Some(delay) = task_delay(&record) {
             record.transition(Status::Delayed, time::now());
             let Some(r) = ctx.bus.update_execution(&record, rev).await? else {
-                return Ok(());
+                return Ok(Delivery::LOOK_AGAIN);
             };
             rev = r;
             if !wait_delay(delay, msg, &cancel).await {
@@ -315,24 +382,25 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
                     .await?;
                 }
                 // Otherwise a cancel: it wrote the record's end.
-                return Ok(());
+                return Ok(Delivery::Done);
             }
         }
         record.transition(Status::Scheduled, time::now());
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
             // Another runner claimed it first, or it was canceled.
-            return Ok(());
+            return Ok(Delivery::LOOK_AGAIN);
         };
         record.transition(Status::Running, time::now());
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
             // Only a cancel changes a scheduled record under its runner.
             tracing::info!(execution = %id, "canceled before it started");
-            return Ok(());
+            return Ok(Delivery::LOOK_AGAIN);
         };
         if record.runner.name == crate::workflows::RUNNER {
             // The workflow engine runs it from here and records its end.
             let definition = workflow_definition(ctx, &record);
-            return crate::workflows::start(&ctx.bus, &record, definition).await;
+            crate::workflows::start(&ctx.bus, &record, definition).await?;
+            return Ok(Delivery::Done);
         }
         crate::metrics::execution_started();
         let (status, result) = run_action(ctx, &record, msg, cancel).await;
@@ -341,10 +409,99 @@ async fn run_request(ctx: &RunnerContext, msg: &jetstream::Message) -> Result<()
         if status == Status::Pending {
             announce_inquiry(ctx, &record).await?;
         }
-        Ok(())
+        Ok(Delivery::Done)
     }
     .instrument(span)
     .await
+}
+
+/// Settles a request whose record a runner claimed: asks whether that
+/// runner still runs it and, when nobody does, ends or re-runs it as the
+/// claim's status and the action's [`RunnerLoss`] say.
+async fn reclaim(
+    ctx: &RunnerContext,
+    record: &mut ExecutionRecord,
+    rev: u64,
+) -> Result<Claim, EngineError> {
+    if claim_is_alive(ctx, record).await? {
+        return Ok(Claim::Alive);
+    }
+    let node = record.node.clone().unwrap_or_else(|| "?".into());
+    let (status, reason) = match record.status {
+        // Claimed but not started: nothing ran, so it runs here.
+        Status::Delayed | Status::Scheduled => return Ok(Claim::RunHere),
+        Status::Canceling => (
+            Status::Canceled,
+            format!("the runner on node {node} stopped while the execution was being canceled"),
+        ),
+        _ => {
+            let losses = record
+                .context
+                .entry("runner_losses")
+                .or_insert_with(|| json!([]));
+            let earlier = losses.as_array().map_or(0, Vec::len);
+            if record.runner_loss == RunnerLoss::Rerun && earlier < RunnerLoss::MAX_RERUNS {
+                if let Some(list) = losses.as_array_mut() {
+                    list.push(json!(node));
+                }
+                tracing::warn!(execution = %record.id, node = %node, "runner lost; running the action again");
+                return Ok(Claim::RunHere);
+            }
+            let reason = if earlier > 0 {
+                format!("the runner on node {node} stopped before the execution finished, after {earlier} reruns on lost runners")
+            } else {
+                format!("the runner on node {node} stopped before the execution finished")
+            };
+            (Status::Abandoned, reason)
+        }
+    };
+    // No merge with concurrent writes here: a record that changed since it
+    // was read is looked at again.
+    record.result = json!({"error": reason});
+    record.transition(status, time::now());
+    match ctx.bus.update_execution(record, rev).await? {
+        Some(_) => {
+            tracing::warn!(execution = %record.id, status = %status, "{reason}");
+            Ok(Claim::Ended)
+        }
+        None => Err(bus_err(
+            "end an execution whose runner was lost",
+            "the record changed meanwhile",
+        )),
+    }
+}
+
+/// Whether the node that claimed `record` still runs it: this node looks
+/// in its registry, another is asked on [`crate::bus::running_subject`]
+/// (a dead node does not answer). An answer that cannot be had because this
+/// node is cut off from NATS is an error, never a "no".
+pub async fn claim_is_alive(
+    ctx: &RunnerContext,
+    record: &ExecutionRecord,
+) -> Result<bool, EngineError> {
+    let node = match record.node.as_deref() {
+        None => return Ok(false),
+        Some(node) if node == ctx.node => return Ok(ctx.cancels.runs(&record.id)),
+        Some(node) => node,
+    };
+    let ask = ctx.bus.client.request(
+        crate::bus::running_subject(&record.id, node),
+        bytes::Bytes::new(),
+    );
+    let answer = tokio::time::timeout(CLAIM_CHECK_TIMEOUT, ask).await;
+    let connected = ctx.bus.client.connection_state() == async_nats::connection::State::Connected;
+    match answer {
+        Ok(Ok(reply)) => Ok(reply.payload.as_ref() == crate::bus::STILL_RUNNING),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders && connected => {
+            Ok(false)
+        }
+        Err(_) if connected => Ok(false),
+        Ok(Err(e)) => Err(bus_err("ask which node runs an execution", e)),
+        Err(_) => Err(bus_err(
+            "ask which node runs an execution",
+            "disconnected from NATS",
+        )),
+    }
 }
 
 /// The `delay` of a workflow task's execution, in seconds.

@@ -156,6 +156,11 @@ impl Node {
         })
     }
 
+    /// The node's engine (its actors, runners and view of the cluster).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Stops accepting requests, lets running actions record their end, and
     /// stops every actor.
     pub async fn shutdown(self) {
@@ -267,6 +272,11 @@ async fn serve_api(
     let history = Box::pin(squall_actors::history::start(bus)).await?;
     api_tasks.push(tokio::spawn(squall_actors::inquiries::sweep_until(
         bus.clone(),
+        history.clone(),
+        stop_api.clone(),
+    )));
+    api_tasks.push(tokio::spawn(squall_actors::orphans::sweep_until(
+        engine.shared.runners.clone(),
         history.clone(),
         stop_api.clone(),
     )));

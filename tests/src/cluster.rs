@@ -247,7 +247,7 @@ impl Api {
     /// Every execution of the load's rule, with its trace tag.
     pub async fn load_executions(&self) -> Result<Vec<Value>> {
         let list = self
-            .get("executions?limit=-1&rule=loadtest.webhook_noop&include_attributes=id,status,start_timestamp,trigger_instance,context.trace_context")
+            .get("executions?limit=-1&rule=loadtest.webhook_noop&include_attributes=id,status,node,log,start_timestamp,trigger_instance,context.trace_context")
             .await?;
         Ok(list.as_array().cloned().unwrap_or_default())
     }
@@ -326,9 +326,11 @@ async fn count(api: &Api, load: &LoadReport) -> Result<Counts> {
                 abandoned += 1;
             }
             status => unfinished.push(format!(
-                "{}: {}",
+                "{}: {} on {} ({})",
                 e["id"].as_str().unwrap_or_default(),
-                status.unwrap_or_default()
+                status.unwrap_or_default(),
+                e["node"].as_str().unwrap_or("?"),
+                e["log"]
             )),
         }
     }

@@ -400,3 +400,284 @@ action:
     assert!(instance["payload"]["executed_at"].is_string());
     Ok(())
 }
+
+/// Rewrites execution `id` as claimed by node `ghost` (which runs nothing)
+/// with `status`, then delivers its request again as a first delivery, as
+/// JetStream does when a server restart forgot the earlier one.
+async fn claim_by_a_lost_runner(node: &TestNode, id: &str, status: &str) -> Result<()> {
+    let bus = node.node.as_ref().unwrap().bus.clone();
+    let (mut record, rev) = bus.execution(id).await?.expect("stored execution");
+    record.transition(
+        serde_json::from_value(json!(status))?,
+        squall_domain::time::now(),
+    );
+    record.end_timestamp = None;
+    record.result = json!({});
+    record.node = Some("ghost".into());
+    bus.update_execution(&record, rev)
+        .await?
+        .expect("no concurrent change");
+    let request = squall_actors::bus::ExecutionRequest {
+        v: 1,
+        execution_id: id.to_string(),
+    };
+    bus.js
+        .publish(
+            squall_actors::bus::execution_subject("default"),
+            serde_json::to_vec(&request)?.into(),
+        )
+        .await?
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_whose_runner_is_lost_ends_or_runs_again_as_its_action_says() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("runs");
+    let action = |name: &str, tags: &str| {
+        format!(
+            "name: {name}\nrunner_type: local-shell-cmd\nparameters:\n  cmd:\n    type: string\n    default: 'echo {name} >> {}'\n{tags}",
+            marker.display()
+        )
+    };
+    let once = action("once", "");
+    let again = action(
+        "again",
+        "tags:\n  - name: squall.runner_loss\n    value: rerun\n",
+    );
+    write_pack(
+        dir.path(),
+        "ops",
+        &[
+            ("pack.yaml", PACK),
+            ("actions/once.yaml", &once),
+            ("actions/again.yaml", &again),
+        ],
+    )?;
+    let node = TestNode::start(vec![dir.path().to_path_buf()]).await?;
+    let run = |action: &'static str| {
+        let node = &node;
+        async move {
+            let (status, e) = node.post("executions", &json!({"action": action})).await?;
+            anyhow::ensure!(status == 201, "{status} {e}");
+            let id = e["id"].as_str().unwrap().to_string();
+            anyhow::ensure!(node.finished(&id).await?["status"] == "succeeded");
+            anyhow::Ok(id)
+        }
+    };
+    let runs = |name: &str| {
+        std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == name)
+            .count()
+    };
+    let settled = |id: String, status: &'static str| {
+        let node = &node;
+        async move {
+            poll(Duration::from_secs(30), || async {
+                let (_, e) = node.get(&format!("executions/{id}")).await?;
+                Ok((e["status"] == status).then_some(e))
+            })
+            .await
+        }
+    };
+
+    // Running on a lost runner, by default: abandoned, not run again.
+    let id = run("ops.once").await?;
+    claim_by_a_lost_runner(&node, &id, "running").await?;
+    let e = settled(id, "abandoned").await?;
+    let error = e["result"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("node ghost"), "{e}");
+    assert_eq!(runs("once"), 1);
+
+    // Tagged `rerun`: it runs again, and the record names the lost runner.
+    let id = run("ops.again").await?;
+    claim_by_a_lost_runner(&node, &id, "running").await?;
+    let e = settled(id, "succeeded").await?;
+    assert_eq!(e["context"]["runner_losses"], json!(["ghost"]), "{e}");
+    assert_eq!(e["node"], "test-node", "{e}");
+    assert_eq!(runs("again"), 2);
+
+    // Claimed but not started on a lost runner: nothing ran, so it runs.
+    let id = run("ops.once").await?;
+    claim_by_a_lost_runner(&node, &id, "scheduled").await?;
+    settled(id, "succeeded").await?;
+    assert_eq!(runs("once"), 3);
+
+    // Being canceled when its runner was lost: canceled.
+    let id = run("ops.once").await?;
+    claim_by_a_lost_runner(&node, &id, "canceling").await?;
+    let e = settled(id, "canceled").await?;
+    assert!(
+        e["result"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("node ghost"),
+        "{e}"
+    );
+    assert_eq!(runs("once"), 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_repeated_request_leaves_a_live_run_alone() -> Result<()> {
+    let (node, _dir) = node_with(&[]).await?;
+    let (status, e) = node
+        .post(
+            "executions",
+            &json!({"action": "core.local", "parameters": {"cmd": "sleep 2; echo done"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    poll(Duration::from_secs(20), || async {
+        let (_, e) = node.get(&format!("executions/{id}")).await?;
+        Ok((e["status"] == "running").then_some(()))
+    })
+    .await?;
+    // The node answers for the runs it has; others ask before they call
+    // a run lost.
+    let bus = node.node.as_ref().unwrap().bus.clone();
+    let ask = |id: String| {
+        let client = bus.client.clone();
+        async move {
+            let subject = squall_actors::bus::running_subject(&id, "test-node");
+            let answer = client.request(subject, "".into()).await?;
+            anyhow::Ok(answer.payload.as_ref() == squall_actors::bus::STILL_RUNNING)
+        }
+    };
+    assert!(ask(id.clone()).await?, "the node says it runs {id}");
+    assert!(!ask("not-a-run".into()).await?);
+    // The same request again while it runs, as after a NATS restart.
+    let request = squall_actors::bus::ExecutionRequest {
+        v: 1,
+        execution_id: id.clone(),
+    };
+    bus.js
+        .publish(
+            squall_actors::bus::execution_subject("default"),
+            serde_json::to_vec(&request)?.into(),
+        )
+        .await?
+        .await?;
+    let e = node.finished(&id).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["stdout"], "done", "{e}");
+    assert!(!ask(id.clone()).await?, "a finished run is nobody's");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sweep_requests_again_what_no_runner_works_on() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("runs");
+    let action = format!(
+        "name: once\nrunner_type: local-shell-cmd\nparameters:\n  cmd:\n    type: string\n    default: 'echo once >> {}'\n",
+        marker.display()
+    );
+    write_pack(
+        dir.path(),
+        "ops",
+        &[("pack.yaml", PACK), ("actions/once.yaml", &action)],
+    )?;
+    let node = TestNode::start(vec![dir.path().to_path_buf()]).await?;
+    let engine = node.node.as_ref().unwrap().engine();
+    let (bus, runners) = (engine.shared.bus.clone(), engine.shared.runners.clone());
+    let history = squall_actors::history::start(&bus).await?;
+    let runs = || {
+        std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let run = |action: &'static str, cmd: Option<&'static str>| {
+        let node = &node;
+        async move {
+            let mut body = json!({"action": action});
+            if let Some(cmd) = cmd {
+                body["parameters"] = json!({"cmd": cmd});
+            }
+            let (status, e) = node.post("executions", &body).await?;
+            anyhow::ensure!(status == 201, "{status} {e}");
+            anyhow::Ok(e["id"].as_str().unwrap().to_string())
+        }
+    };
+    // Rewrites a finished record as waiting in `status`, claimed by
+    // `ghost` (which runs nothing), with no request left on the queue.
+    let orphan = |id: String, status: &'static str| {
+        let bus = bus.clone();
+        async move {
+            let (mut record, rev) = bus.execution(&id).await?.expect("stored execution");
+            record.transition(
+                serde_json::from_value(json!(status))?,
+                squall_domain::time::now(),
+            );
+            record.end_timestamp = None;
+            record.node = Some("ghost".into());
+            bus.update_execution(&record, rev)
+                .await?
+                .expect("no concurrent change");
+            anyhow::Ok(())
+        }
+    };
+    let indexed = |id: String, status: &'static str| {
+        let history = history.clone();
+        poll(Duration::from_secs(10), move || {
+            let history = history.clone();
+            let id = id.clone();
+            async move {
+                let filter = squall_actors::history::Filter {
+                    id: Some(id),
+                    status: Some(serde_json::from_value(json!(status))?),
+                    ..Default::default()
+                };
+                Ok((history.read().page(&filter, true, 0, 1).total == 1).then_some(()))
+            }
+        })
+    };
+    let later = squall_domain::time::now() + chrono::Duration::minutes(3);
+
+    let lost = run("ops.once", None).await?;
+    node.finished(&lost).await?;
+    orphan(lost.clone(), "running").await?;
+    let forgotten = run("ops.once", None).await?;
+    node.finished(&forgotten).await?;
+    orphan(forgotten.clone(), "requested").await?;
+    indexed(lost.clone(), "running").await?;
+    indexed(forgotten.clone(), "requested").await?;
+    assert_eq!(runs(), 2);
+
+    // Recently changed records are left to the work queue.
+    let now = squall_domain::time::now();
+    assert_eq!(
+        squall_actors::orphans::sweep(&runners, &history, now).await?,
+        0
+    );
+    // Quiet for long: both are requested again and settled.
+    assert_eq!(
+        squall_actors::orphans::sweep(&runners, &history, later).await?,
+        2
+    );
+    let e = node.finished(&lost).await?;
+    assert_eq!(e["status"], "abandoned", "{e}");
+    let e = node.finished(&forgotten).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(runs(), 3, "the forgotten request ran, the lost run did not");
+
+    // A long run on a live runner is left alone, however quiet.
+    let long = run("core.local", Some("sleep 3")).await?;
+    poll(Duration::from_secs(20), || async {
+        let (_, e) = node.get(&format!("executions/{long}")).await?;
+        Ok((e["status"] == "running").then_some(()))
+    })
+    .await?;
+    indexed(long.clone(), "running").await?;
+    assert_eq!(
+        squall_actors::orphans::sweep(&runners, &history, later).await?,
+        0
+    );
+    assert_eq!(node.finished(&long).await?["status"], "succeeded");
+    Ok(())
+}

@@ -237,6 +237,40 @@ pub struct ExecutionRecord {
     /// Node that ran (or runs) the execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// What happens when its runner is lost mid-action.
+    #[serde(default, skip_serializing_if = "RunnerLoss::is_default")]
+    pub runner_loss: RunnerLoss,
+}
+
+/// What becomes of a run whose runner was lost (its node died) while the
+/// action ran: nobody can know what the action did by then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerLoss {
+    /// It ends `abandoned` and is not run again (StackStorm's behaviour).
+    #[default]
+    Abandon,
+    /// It runs again from the start on another runner, at most
+    /// [`RunnerLoss::MAX_RERUNS`] times: for idempotent actions.
+    Rerun,
+}
+
+impl RunnerLoss {
+    /// Reruns of one execution after lost runners before it is abandoned.
+    pub const MAX_RERUNS: usize = 3;
+
+    fn is_default(&self) -> bool {
+        *self == RunnerLoss::Abandon
+    }
+
+    /// Parses a tag's value.
+    pub fn parse(value: &str) -> Option<RunnerLoss> {
+        match value {
+            "abandon" => Some(RunnerLoss::Abandon),
+            "rerun" => Some(RunnerLoss::Rerun),
+            _ => None,
+        }
+    }
 }
 
 /// The pool every runner node serves unless configured otherwise.
