@@ -20,6 +20,40 @@ pub const EXECUTIONS_FINISHED: &str = "squall_executions_finished_total";
 pub const EXECUTIONS_RUNNING: &str = "squall_executions_running";
 /// Gauge: clients connected to the event stream.
 pub const STREAM_CLIENTS: &str = "squall_stream_clients";
+/// Runs whose runner was lost, settled by this node, by what became of
+/// them.
+pub const RUNNER_LOSSES: &str = "squall_runner_losses_total";
+/// Executions this node's sweep found orphaned and requested again.
+pub const ORPHANS_REQUESTED: &str = "squall_orphaned_executions_requested_total";
+
+/// What became of a run whose runner was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostRun {
+    /// Claimed but not started: run here.
+    Started,
+    /// Run again (`squall.runner_loss: rerun`).
+    Rerun,
+    Abandoned,
+    Canceled,
+}
+
+impl LostRun {
+    const ALL: [LostRun; 4] = [
+        LostRun::Started,
+        LostRun::Rerun,
+        LostRun::Abandoned,
+        LostRun::Canceled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            LostRun::Started => "started",
+            LostRun::Rerun => "rerun",
+            LostRun::Abandoned => "abandoned",
+            LostRun::Canceled => "canceled",
+        }
+    }
+}
 
 static TRIGGERS_PUBLISHED_N: AtomicU64 = AtomicU64::new(0);
 static TRIGGERS_PROCESSED_N: AtomicU64 = AtomicU64::new(0);
@@ -29,6 +63,8 @@ static FINISHED_N: [AtomicU64; Status::ALL.len()] =
     [const { AtomicU64::new(0) }; Status::ALL.len()];
 static RUNNING_N: AtomicU64 = AtomicU64::new(0);
 static STREAM_CLIENTS_N: AtomicU64 = AtomicU64::new(0);
+static LOST_N: [AtomicU64; LostRun::ALL.len()] = [const { AtomicU64::new(0) }; LostRun::ALL.len()];
+static ORPHANS_N: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one event-stream client for as long as it lives.
 #[derive(Debug)]
@@ -81,6 +117,16 @@ pub fn execution_finished(status: Status) {
     if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
         FINISHED_N[i].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A run whose runner was lost was settled as `outcome`.
+pub fn runner_lost(outcome: LostRun) {
+    LOST_N[outcome as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The sweep requested an orphaned execution again.
+pub fn orphan_requested() {
+    ORPHANS_N.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Every metric in Prometheus' text exposition format.
@@ -143,6 +189,26 @@ pub fn render() -> String {
         vec![(String::new(), load(&STREAM_CLIENTS_N))],
         "gauge",
     );
+    counter(
+        RUNNER_LOSSES,
+        "Runs whose runner was lost, settled by this node, by outcome.",
+        LostRun::ALL
+            .iter()
+            .map(|o| {
+                (
+                    format!("{{outcome=\"{}\"}}", o.label()),
+                    load(&LOST_N[*o as usize]),
+                )
+            })
+            .collect(),
+        "counter",
+    );
+    counter(
+        ORPHANS_REQUESTED,
+        "Executions this node's sweep found orphaned and requested again.",
+        vec![(String::new(), load(&ORPHANS_N))],
+        "counter",
+    );
     out
 }
 
@@ -161,9 +227,13 @@ mod tests {
             EXECUTIONS_REQUESTED,
             EXECUTIONS_FINISHED,
             EXECUTIONS_RUNNING,
+            RUNNER_LOSSES,
+            ORPHANS_REQUESTED,
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
         assert!(text.contains("squall_executions_finished_total{status=\"timeout\"}"));
+        runner_lost(LostRun::Rerun);
+        assert!(render().contains("squall_runner_losses_total{outcome=\"rerun\"} 1"));
     }
 }

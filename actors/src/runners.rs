@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::bus::{execution_subject, from_bytes, Bus, ExecutionRequest, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
 use crate::error::{bus_err, EngineError};
+use crate::metrics::LostRun;
 use crate::pump::Pump;
 use crate::rules::pull_messages;
 
@@ -429,7 +430,10 @@ async fn reclaim(
     let node = record.node.clone().unwrap_or_else(|| "?".into());
     let (status, reason) = match record.status {
         // Claimed but not started: nothing ran, so it runs here.
-        Status::Delayed | Status::Scheduled => return Ok(Claim::RunHere),
+        Status::Delayed | Status::Scheduled => {
+            crate::metrics::runner_lost(LostRun::Started);
+            return Ok(Claim::RunHere);
+        }
         Status::Canceling => (
             Status::Canceled,
             format!("the runner on node {node} stopped while the execution was being canceled"),
@@ -445,6 +449,7 @@ async fn reclaim(
                     list.push(json!(node));
                 }
                 tracing::warn!(execution = %record.id, node = %node, "runner lost; running the action again");
+                crate::metrics::runner_lost(LostRun::Rerun);
                 return Ok(Claim::RunHere);
             }
             let reason = if earlier > 0 {
@@ -462,6 +467,11 @@ async fn reclaim(
     match ctx.bus.update_execution(record, rev).await? {
         Some(_) => {
             tracing::warn!(execution = %record.id, status = %status, "{reason}");
+            crate::metrics::runner_lost(if status == Status::Canceled {
+                LostRun::Canceled
+            } else {
+                LostRun::Abandoned
+            });
             Ok(Claim::Ended)
         }
         None => Err(bus_err(
