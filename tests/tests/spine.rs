@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{json, Value};
+use squall_actors::bus::Bus;
 use squall_tests::{poll, write_pack, TestNode};
 
 const PACK: &str = "
@@ -401,11 +402,9 @@ action:
     Ok(())
 }
 
-/// Rewrites execution `id` as claimed by node `ghost` (which runs nothing)
-/// with `status`, then delivers its request again as a first delivery, as
-/// JetStream does when a server restart forgot the earlier one.
-async fn claim_by_a_lost_runner(node: &TestNode, id: &str, status: &str) -> Result<()> {
-    let bus = node.node.as_ref().unwrap().bus.clone();
+/// Rewrites execution `id` as waiting in `status`, claimed by node `ghost`
+/// (which runs nothing).
+async fn claim_for_ghost(bus: &Bus, id: &str, status: &str) -> Result<()> {
     let (mut record, rev) = bus.execution(id).await?.expect("stored execution");
     record.transition(
         serde_json::from_value(json!(status))?,
@@ -417,6 +416,13 @@ async fn claim_by_a_lost_runner(node: &TestNode, id: &str, status: &str) -> Resu
     bus.update_execution(&record, rev)
         .await?
         .expect("no concurrent change");
+    Ok(())
+}
+
+/// Delivers the request of execution `id` again as a first delivery, as
+/// JetStream does when a server restart forgot the earlier one (without the
+/// `Nats-Msg-Id` that would let the stream drop it).
+async fn request_again(bus: &Bus, id: &str) -> Result<()> {
     let request = squall_actors::bus::ExecutionRequest {
         v: 1,
         execution_id: id.to_string(),
@@ -429,6 +435,13 @@ async fn claim_by_a_lost_runner(node: &TestNode, id: &str, status: &str) -> Resu
         .await?
         .await?;
     Ok(())
+}
+
+/// Execution `id` claimed by a runner that is gone, and its request again.
+async fn claim_by_a_lost_runner(node: &TestNode, id: &str, status: &str) -> Result<()> {
+    let bus = &node.node.as_ref().unwrap().bus;
+    claim_for_ghost(bus, id, status).await?;
+    request_again(bus, id).await
 }
 
 #[tokio::test]
@@ -551,17 +564,7 @@ async fn a_repeated_request_leaves_a_live_run_alone() -> Result<()> {
     assert!(ask(id.clone()).await?, "the node says it runs {id}");
     assert!(!ask("not-a-run".into()).await?);
     // The same request again while it runs, as after a NATS restart.
-    let request = squall_actors::bus::ExecutionRequest {
-        v: 1,
-        execution_id: id.clone(),
-    };
-    bus.js
-        .publish(
-            squall_actors::bus::execution_subject("default"),
-            serde_json::to_vec(&request)?.into(),
-        )
-        .await?
-        .await?;
+    request_again(&bus, &id).await?;
     let e = node.finished(&id).await?;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(e["result"]["stdout"], "done", "{e}");
@@ -604,24 +607,6 @@ async fn the_sweep_requests_again_what_no_runner_works_on() -> Result<()> {
             anyhow::Ok(e["id"].as_str().unwrap().to_string())
         }
     };
-    // Rewrites a finished record as waiting in `status`, claimed by
-    // `ghost` (which runs nothing), with no request left on the queue.
-    let orphan = |id: String, status: &'static str| {
-        let bus = bus.clone();
-        async move {
-            let (mut record, rev) = bus.execution(&id).await?.expect("stored execution");
-            record.transition(
-                serde_json::from_value(json!(status))?,
-                squall_domain::time::now(),
-            );
-            record.end_timestamp = None;
-            record.node = Some("ghost".into());
-            bus.update_execution(&record, rev)
-                .await?
-                .expect("no concurrent change");
-            anyhow::Ok(())
-        }
-    };
     let indexed = |id: String, status: &'static str| {
         let history = history.clone();
         poll(Duration::from_secs(10), move || {
@@ -639,12 +624,14 @@ async fn the_sweep_requests_again_what_no_runner_works_on() -> Result<()> {
     };
     let later = squall_domain::time::now() + chrono::Duration::minutes(3);
 
+    // Finished records rewritten as waiting, with no request left on the
+    // queue: a lost final write, a lost request.
     let lost = run("ops.once", None).await?;
     node.finished(&lost).await?;
-    orphan(lost.clone(), "running").await?;
+    claim_for_ghost(&bus, &lost, "running").await?;
     let forgotten = run("ops.once", None).await?;
     node.finished(&forgotten).await?;
-    orphan(forgotten.clone(), "requested").await?;
+    claim_for_ghost(&bus, &forgotten, "requested").await?;
     indexed(lost.clone(), "running").await?;
     indexed(forgotten.clone(), "requested").await?;
     assert_eq!(runs(), 2);
