@@ -5,7 +5,7 @@
 //! ├── ContentWatcher        content bucket → catalog
 //! ├── RulePartition(p)      one per owned rules partition
 //! ├── WorkflowPartition(p)  one per owned workflows partition
-//! ├── IntervalTimers(p)     one per owned sensors partition
+//! ├── Timers(p)             one per owned sensors partition
 //! └── RunnerPool(pool)      one per served pool, one Runner child per execution
 //! ```
 //!
@@ -33,7 +33,7 @@ use crate::error::EngineError;
 use crate::keys::{KeyCache, KeyStore};
 use crate::rules::{RulePartition, RulesContext};
 use crate::runners::{CancelRegistry, RunnerContext, RunnerPool};
-use crate::sensors::IntervalTimers;
+use crate::sensors::Timers;
 
 /// Back-off before a failed child is restarted.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
@@ -186,7 +186,7 @@ async fn spawn_child(
         }
         Child::Timers(p) => Box::pin(Actor::spawn_linked(
             None,
-            IntervalTimers,
+            Timers,
             (shared.bus.clone(), shared.catalog.clone(), *p),
             supervisor,
         ))

@@ -1,10 +1,11 @@
-//! Sensors built into the node. [`IntervalTimers`] fires
-//! `core.st2.IntervalTimer` triggers for every timer some enabled rule
-//! listens to, one actor per owned sensor partition: a timer belongs to
-//! the partition of its trigger reference, so exactly one node fires it.
+//! Sensors built into the node. [`Timers`] fires StackStorm's timer
+//! triggers (`core.st2.IntervalTimer`, `DateTimer`, `CronTimer`, scheduled
+//! by [`Schedule`]) for every timer some enabled rule listens to, one
+//! actor per owned sensor partition: a timer belongs to the partition of
+//! its trigger reference, so exactly one node fires it.
 //!
-//! A tick's trigger instance id is derived from the trigger and the tick
-//! number, and published with that id as `Nats-Msg-Id`: however many nodes
+//! A tick's trigger instance id is derived from the trigger and the tick's
+//! time, and published with that id as `Nats-Msg-Id`: however many nodes
 //! fire the same tick, JetStream stores it once.
 
 use std::collections::HashMap;
@@ -13,8 +14,9 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
+use squall_domain::schedule::Schedule;
 use squall_domain::{ids, triggers};
 use tokio::task::JoinHandle;
 
@@ -23,25 +25,30 @@ use crate::catalog::{CatalogHandle, Trigger};
 use crate::error::bus_err;
 use crate::pump::Pump;
 
-/// Seconds between ticks of an IntervalTimer trigger, from its parameters.
-pub fn interval_of(parameters: &Map<String, Value>) -> Option<Duration> {
-    let delta = parameters.get("delta")?.as_u64().filter(|d| *d > 0)?;
-    let unit = match parameters.get("unit")?.as_str()? {
-        "seconds" => 1,
-        "minutes" => 60,
-        "hours" => 3600,
-        "days" => 86_400,
-        "weeks" => 604_800,
-        _ => return None,
-    };
-    Some(Duration::from_secs(delta.checked_mul(unit)?))
-}
+/// The timer trigger types, and the names StackStorm tags their traces
+/// with.
+const TIMER_TYPES: [(&str, &str); 3] = [
+    (triggers::INTERVAL_TIMER, "IntervalTimer"),
+    (triggers::DATE_TIMER, "DateTimer"),
+    (triggers::CRON_TIMER, "CronTimer"),
+];
 
-/// The trigger instance of tick number `tick` of a timer.
-pub fn tick_instance(trigger: &Trigger, tick: u64, at: DateTime<Utc>) -> TriggerInstance {
+/// The trigger instance of a timer's tick due at `at`.
+pub fn tick_instance(trigger: &Trigger, at: DateTime<Utc>) -> TriggerInstance {
+    let kind = TIMER_TYPES
+        .iter()
+        .find(|(t, _)| *t == trigger.trigger_type)
+        .map_or("Timer", |(_, name)| name);
     TriggerInstance {
         v: RECORD_VERSION,
-        id: ids::derived(&at, &["timer", &trigger.reference, &tick.to_string()]),
+        id: ids::derived(
+            &at,
+            &[
+                "timer",
+                &trigger.reference,
+                &at.timestamp_millis().to_string(),
+            ],
+        ),
         trigger: trigger.reference.clone(),
         trigger_type: trigger.trigger_type.clone(),
         trigger_parameters: trigger.parameters.clone(),
@@ -51,22 +58,22 @@ pub fn tick_instance(trigger: &Trigger, tick: u64, at: DateTime<Utc>) -> Trigger
             "schedule": Value::Null,
         }),
         occurrence_time: at,
-        trace_tag: Some(format!("IntervalTimer-{}", trigger.reference)),
+        trace_tag: Some(format!("{kind}-{}", trigger.reference)),
     }
 }
 
-/// Runs one task per active interval timer of one partition, following
-/// catalog changes.
+/// Runs one task per active timer of one partition, following catalog
+/// changes.
 #[derive(Debug)]
-pub struct IntervalTimers;
+pub struct Timers;
 
-/// Messages of [`IntervalTimers`].
+/// Messages of [`Timers`].
 #[derive(Debug)]
 pub enum TimerMsg {
     CatalogChanged,
 }
 
-/// State of [`IntervalTimers`].
+/// State of [`Timers`].
 #[derive(Debug)]
 pub struct TimerState {
     bus: Bus,
@@ -86,7 +93,7 @@ impl Drop for TimerState {
     }
 }
 
-impl Actor for IntervalTimers {
+impl Actor for Timers {
     type Msg = TimerMsg;
     type State = TimerState;
     type Arguments = (Bus, CatalogHandle, u32);
@@ -124,13 +131,20 @@ impl Actor for IntervalTimers {
         TimerMsg::CatalogChanged: TimerMsg,
         state: &mut TimerState,
     ) -> Result<(), ActorProcessingErr> {
-        let wanted: HashMap<String, (Trigger, Duration)> = state
-            .catalog
-            .load()
-            .triggers_of_type(triggers::INTERVAL_TIMER)
-            .into_iter()
+        let catalog = state.catalog.load();
+        let wanted: HashMap<String, (Trigger, Schedule)> = TIMER_TYPES
+            .iter()
+            .flat_map(|(kind, _)| catalog.triggers_of_type(kind))
             .filter(|t| state.bus.partition_of(&t.reference) == state.partition)
-            .filter_map(|t| interval_of(&t.parameters).map(|i| (t.reference.clone(), (t, i))))
+            .filter_map(|t| match Schedule::of(&t.trigger_type, &t.parameters)? {
+                Ok(schedule) => Some((t.reference.clone(), (t, schedule))),
+                // Registration rejects these; an older node's content may
+                // still hold one.
+                Err(problems) => {
+                    tracing::warn!(trigger = %t.reference, ?problems, "timer not scheduled");
+                    None
+                }
+            })
             .collect();
         state.running.retain(|reference, task| {
             let keep = wanted.contains_key(reference);
@@ -139,12 +153,12 @@ impl Actor for IntervalTimers {
             }
             keep
         });
-        for (reference, (trigger, every)) in wanted {
+        for (reference, (trigger, schedule)) in wanted {
             if !state.running.contains_key(&reference) {
                 let bus = state.bus.clone();
                 state.running.insert(
                     reference,
-                    tokio::spawn(fire_every(bus, state.fired.clone(), trigger, every)),
+                    tokio::spawn(fire(bus, state.fired.clone(), trigger, schedule)),
                 );
             }
         }
@@ -154,11 +168,11 @@ impl Actor for IntervalTimers {
 
 /// How far back a late timer (or a timer's new owner) still fires the
 /// ticks it missed.
-const CATCH_UP: Duration = Duration::from_secs(60);
+const CATCH_UP: chrono::Duration = chrono::Duration::seconds(60);
 
 /// How far back a timer's new owner fires the ticks its previous owner did
 /// not (a takeover takes seconds).
-const RESUME_WINDOW: Duration = Duration::from_secs(20);
+const RESUME_WINDOW: chrono::Duration = chrono::Duration::seconds(20);
 
 /// Key of a timer's last fired tick in the `timers` bucket.
 fn fired_key(reference: &str) -> String {
@@ -174,53 +188,59 @@ fn fired_key(reference: &str) -> String {
         .collect()
 }
 
-/// Fires `trigger` at every multiple of `every` since the Unix epoch, so all
-/// nodes agree on tick numbers. Every tick fires exactly once:
+/// Fires `trigger` at every time of its schedule; all nodes agree on the
+/// times (intervals are counted from the Unix epoch). Every tick fires
+/// exactly once:
 /// - a timer whose partition moved continues after the last tick its
 ///   previous owner recorded (a tick fired but not recorded is fired again
 ///   with the same instance id, which JetStream and the rules drop);
 /// - a loop woken late (a busy node) fires the ticks it missed at once,
 ///   with their own times, and a tick whose publish fails is retried;
 /// - only ticks older than [`CATCH_UP`] are given up, with a warning.
-async fn fire_every(bus: Bus, fired: kv::Store, trigger: Trigger, every: Duration) {
-    let period = every.as_millis().max(1) as i64;
+///
+/// A `DateTimer` ends after its one tick.
+async fn fire(bus: Bus, fired: kv::Store, trigger: Trigger, schedule: Schedule) {
     let key = fired_key(&trigger.reference);
-    let last: Option<i64> = match fired.get(&key).await {
-        Ok(v) => v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()),
+    let last = match fired.get(&key).await {
+        Ok(v) => v
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+            .and_then(DateTime::<Utc>::from_timestamp_millis),
         Err(e) => {
             tracing::warn!(trigger = %trigger.reference, error = %e, "last tick unknown; starting from now");
             None
         }
     };
-    let now = Utc::now().timestamp_millis();
-    let mut tick = match last {
-        // A takeover's gap is seconds; after a longer stop (the whole
-        // cluster down) the missed ticks are not fired in a burst.
-        Some(last) => (last + 1).max((now - RESUME_WINDOW.as_millis() as i64) / period + 1),
-        None => now / period + 1,
-    };
-    loop {
-        let now = Utc::now().timestamp_millis();
-        let oldest = (now - CATCH_UP.as_millis() as i64) / period + 1;
-        if tick < oldest {
-            tracing::warn!(trigger = %trigger.reference, skipped = oldest - tick,
+    let now = Utc::now();
+    // A takeover's gap is seconds; after a longer stop (the whole cluster
+    // down) the missed ticks are not fired in a burst.
+    let resume_from = now - RESUME_WINDOW;
+    let from = last.map_or(now, |last| last.max(resume_from));
+    let mut due = schedule.next_after(from);
+    while let Some(at) = due {
+        let now = Utc::now();
+        let oldest = now - CATCH_UP;
+        if at <= oldest {
+            let next = schedule.next_after(oldest);
+            tracing::warn!(trigger = %trigger.reference, missed = %at,
                 "timer ticks older than the catch-up window were not fired");
-            tick = oldest;
+            due = next;
+            continue;
         }
-        let wait = (tick * period - now).max(0) as u64;
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        let at = DateTime::from_timestamp_millis(tick * period).unwrap_or_else(Utc::now);
-        let instance = tick_instance(&trigger, tick as u64, at);
+        if let Ok(wait) = (at - now).to_std() {
+            tokio::time::sleep(wait).await;
+        }
+        let instance = tick_instance(&trigger, at);
         match bus.publish_trigger(&instance).await {
             Ok(()) => {
-                tracing::debug!(trigger = %trigger.reference, tick, "timer fired");
-                if let Err(e) = fired.put(&key, tick.to_string().into()).await {
-                    tracing::warn!(trigger = %trigger.reference, tick, error = %e, "fired tick not recorded");
+                tracing::debug!(trigger = %trigger.reference, %at, "timer fired");
+                let stamp = at.timestamp_millis().to_string();
+                if let Err(e) = fired.put(&key, stamp.into()).await {
+                    tracing::warn!(trigger = %trigger.reference, %at, error = %e, "fired tick not recorded");
                 }
-                tick += 1;
+                due = schedule.next_after(at);
             }
             Err(e) => {
-                tracing::warn!(trigger = %trigger.reference, tick, error = %e, "timer tick not published; retrying");
+                tracing::warn!(trigger = %trigger.reference, %at, error = %e, "timer tick not published; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -241,39 +261,23 @@ fn tokio_stream_of<T: Send + Sync + 'static>(
 mod tests {
     use super::*;
 
-    fn params(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
-    }
-
-    #[test]
-    fn intervals_follow_unit_and_delta() {
-        assert_eq!(
-            interval_of(&params(json!({"unit": "seconds", "delta": 5}))),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            interval_of(&params(json!({"unit": "minutes", "delta": 2}))),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            interval_of(&params(json!({"unit": "fortnights", "delta": 1}))),
-            None
-        );
-        assert_eq!(
-            interval_of(&params(json!({"unit": "seconds", "delta": 0}))),
-            None
-        );
-    }
-
     #[test]
     fn a_tick_has_one_id_whoever_fires_it() {
         let t = Trigger {
-            reference: "core.st2.IntervalTimer.abc".into(),
-            trigger_type: triggers::INTERVAL_TIMER.into(),
-            parameters: params(json!({"unit": "seconds", "delta": 5})),
+            reference: "core.st2.CronTimer.abc".into(),
+            trigger_type: triggers::CRON_TIMER.into(),
+            parameters: json!({"minute": "*/5"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
         };
         let at = Utc::now();
-        assert_eq!(tick_instance(&t, 7, at).id, tick_instance(&t, 7, at).id);
-        assert_ne!(tick_instance(&t, 7, at).id, tick_instance(&t, 8, at).id);
+        let later = at + chrono::Duration::minutes(5);
+        assert_eq!(tick_instance(&t, at).id, tick_instance(&t, at).id);
+        assert_ne!(tick_instance(&t, at).id, tick_instance(&t, later).id);
+        assert_eq!(
+            tick_instance(&t, at).trace_tag.as_deref(),
+            Some("CronTimer-core.st2.CronTimer.abc")
+        );
     }
 }

@@ -402,6 +402,80 @@ action:
     Ok(())
 }
 
+#[tokio::test]
+async fn cron_and_date_timers_fire_on_their_schedule() -> Result<()> {
+    let cron_rule = "name: cron
+pack: ops
+enabled: true
+trigger:
+  type: core.st2.CronTimer
+  parameters:
+    second: '*/2'
+    timezone: Europe/Paris
+action:
+  ref: core.noop
+";
+    let date = (chrono::Utc::now() + chrono::Duration::seconds(8)).format("%Y-%m-%d %H:%M:%S");
+    let date_rule = format!(
+        "name: once
+pack: ops
+enabled: true
+trigger:
+  type: core.st2.DateTimer
+  parameters:
+    date: '{date}'
+action:
+  ref: core.noop
+"
+    );
+    let (node, _dir) = node_with(&[("cron", cron_rule.to_string()), ("once", date_rule)]).await?;
+    let times = |rule: &'static str| {
+        let node = &node;
+        async move {
+            let (_, list) = node
+                .get(&format!("executions?limit=-1&rule=ops.{rule}"))
+                .await?;
+            let mut times: Vec<chrono::DateTime<chrono::Utc>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    squall_domain::time::parse(e["trigger_instance"]["occurrence_time"].as_str()?)
+                })
+                .collect();
+            times.sort();
+            anyhow::Ok(times)
+        }
+    };
+    let fired_at = poll(Duration::from_secs(30), || async {
+        Ok(times("once").await?.first().copied())
+    })
+    .await?;
+    assert_eq!(
+        fired_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        date.to_string()
+    );
+    // Two more cron ticks after the date: it fired once and is done.
+    let cron = poll(Duration::from_secs(20), || async {
+        let cron = times("cron").await?;
+        Ok((cron.iter().filter(|t| **t > fired_at).count() >= 2).then_some(cron))
+    })
+    .await?;
+    assert_eq!(times("once").await?.len(), 1, "a DateTimer fires once");
+    for pair in cron.windows(2) {
+        assert_eq!((pair[1] - pair[0]).num_milliseconds(), 2000, "{cron:?}");
+    }
+    for t in &cron {
+        assert_eq!(t.timestamp_subsec_millis(), 0, "{t}");
+        assert_eq!(t.timestamp() % 2, 0, "even seconds: {t}");
+    }
+    let (_, e) = node.get("executions?limit=1&rule=ops.cron").await?;
+    let ti = e[0]["trigger_instance"]["id"].as_str().unwrap_or_default();
+    let (_, instance) = node.get(&format!("triggerinstances/{ti}")).await?;
+    assert_eq!(instance["trigger_type"], "core.st2.CronTimer", "{instance}");
+    Ok(())
+}
+
 /// Rewrites execution `id` as waiting in `status`, claimed by node `ghost`
 /// (which runs nothing).
 async fn claim_for_ghost(bus: &Bus, id: &str, status: &str) -> Result<()> {

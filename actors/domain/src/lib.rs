@@ -15,6 +15,7 @@ pub mod orquesta;
 pub mod params;
 pub mod policies;
 pub mod runner_types;
+pub mod schedule;
 pub mod schema;
 pub mod secrets;
 pub mod template;

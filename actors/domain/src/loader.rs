@@ -1157,11 +1157,15 @@ fn check_trigger_parameters(kind: &str, schema: &Value, params: &Value) -> Vec<(
             ));
         }
     }
-    if kind == triggers::INTERVAL_TIMER {
-        if let Some(delta) = given.get("delta").and_then(Value::as_i64) {
-            if delta <= 0 {
-                out.push((".delta".into(), "must be a positive number of units".into()));
-            }
+    // A timer whose parameters have the right shape must also make a
+    // schedule (a cron field in range, a date that parses...).
+    if out.is_empty() {
+        if let Some(Err(problems)) = crate::schedule::Schedule::of(kind, &given) {
+            out.extend(
+                problems
+                    .into_iter()
+                    .map(|(field, m)| (format!(".{field}"), m)),
+            );
         }
     }
     out
@@ -1640,6 +1644,10 @@ mod tests {
             (rule_with("  type: core.st2.IntervalTimer\n  parameters:\n    unit: fortnights\n    delta: 1", "  {}"), "trigger.parameters.unit", "not one of"),
             (rule_with("  type: core.st2.IntervalTimer\n  parameters:\n    unit: seconds\n    delta: 0", "  {}"), "trigger.parameters.delta", "positive"),
             (rule_with("  type: core.st2.IntervalTimer\n  parameters:\n    unit: seconds\n    delta: soon", "  {}"), "trigger.parameters.delta", "integer"),
+            (rule_with("  type: core.st2.CronTimer\n  parameters:\n    hour: 25", "  {}"), "trigger.parameters.hour", "out of range 0-23"),
+            (rule_with("  type: core.st2.CronTimer\n  parameters:\n    day_of_week: funday", "  {}"), "trigger.parameters.day_of_week", "funday"),
+            (rule_with("  type: core.st2.DateTimer\n  parameters:\n    date: tomorrow", "  {}"), "trigger.parameters.date", "not a date"),
+            (rule_with("  type: core.st2.CronTimer\n  parameters:\n    hour: 1\n    timezone: Mars/Olympus", "  {}"), "trigger.parameters.timezone", "time zone"),
             (rule_with("  type: core.st2.webhook\n  parameters:\n    url: x\n    port: 1", "  {}"), "trigger.parameters.port", "no parameter"),
             (rule_with("  type: webhook", "  {}"), "trigger.type", "pack.name"),
             ("name: r\ntrigger:\n  type: a.b\naction:\n  ref: nodot\n".into(), "action.ref", "pack.action"),
