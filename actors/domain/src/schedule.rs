@@ -436,11 +436,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn cron(v: Value) -> Schedule {
+    fn schedule(kind: &str, v: Value) -> Schedule {
         let params = v.as_object().cloned().unwrap_or_default();
-        Schedule::of(triggers::CRON_TIMER, &params)
+        Schedule::of(kind, &params)
             .expect("a timer")
             .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn cron(v: Value) -> Schedule {
+        schedule(triggers::CRON_TIMER, v)
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -568,34 +572,24 @@ mod tests {
 
     #[test]
     fn date_timers_fire_once() {
-        let params = |v: Value| v.as_object().cloned().unwrap_or_default();
-        let once = Schedule::of(
-            triggers::DATE_TIMER,
-            &params(json!({"date": "2026-12-24 18:00:00"})),
-        )
-        .unwrap()
-        .unwrap();
+        let once = schedule(triggers::DATE_TIMER, json!({"date": "2026-12-24 18:00:00"}));
         assert_eq!(
             next(&once, "2026-12-02T00:00:00Z"),
             "2026-12-24T18:00:00+00:00"
         );
         assert_eq!(next(&once, "2026-12-24T18:00:00Z"), "");
-        let zoned = Schedule::of(
+        let zoned = schedule(
             triggers::DATE_TIMER,
-            &params(json!({"date": "2026-12-24T18:00:00", "timezone": "America/New_York"})),
-        )
-        .unwrap()
-        .unwrap();
+            json!({"date": "2026-12-24T18:00:00", "timezone": "America/New_York"}),
+        );
         assert_eq!(
             next(&zoned, "2026-12-02T00:00:00Z"),
             "2026-12-24T23:00:00+00:00"
         );
-        let offset = Schedule::of(
+        let offset = schedule(
             triggers::DATE_TIMER,
-            &params(json!({"date": "2026-12-24T18:00:00+02:00"})),
-        )
-        .unwrap()
-        .unwrap();
+            json!({"date": "2026-12-24T18:00:00+02:00"}),
+        );
         assert_eq!(
             next(&offset, "2026-12-02T00:00:00Z"),
             "2026-12-24T16:00:00+00:00"
@@ -604,10 +598,10 @@ mod tests {
 
     #[test]
     fn intervals_are_aligned_to_the_epoch() {
-        let params = json!({"unit": "minutes", "delta": 2});
-        let every = Schedule::of(triggers::INTERVAL_TIMER, params.as_object().unwrap())
-            .unwrap()
-            .unwrap();
+        let every = schedule(
+            triggers::INTERVAL_TIMER,
+            json!({"unit": "minutes", "delta": 2}),
+        );
         assert_eq!(every, Schedule::Every(Duration::from_secs(120)));
         assert_eq!(
             next(&every, "2026-12-02T01:03:00Z"),
