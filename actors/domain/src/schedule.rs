@@ -464,110 +464,126 @@ mod tests {
         Schedule::of(kind, &params).expect("a timer").unwrap_err()
     }
 
+    /// Each cron schedule, a time, and the next time it fires after it
+    /// ("" for never).
+    fn check(cases: &[(Value, &str, &str)]) {
+        for (params, from, want) in cases {
+            assert_eq!(
+                next(&cron(params.clone()), from),
+                *want,
+                "{params} after {from}"
+            );
+        }
+    }
+
     #[test]
     fn left_out_fields_follow_apscheduler() {
-        // Less significant than `hour`: their minimum; more: every value.
-        let daily = cron(json!({"hour": 3}));
-        assert_eq!(
-            next(&daily, "2026-12-02T01:00:00Z"),
-            "2026-12-02T03:00:00+00:00"
-        );
-        assert_eq!(
-            next(&daily, "2026-12-02T03:00:00Z"),
-            "2026-12-03T03:00:00+00:00"
-        );
-        let every_five = cron(json!({"minute": "*/5"}));
-        assert_eq!(
-            next(&every_five, "2026-12-02T01:02:03Z"),
-            "2026-12-02T01:05:00+00:00"
-        );
-        // `second` alone: every minute at that second.
-        assert_eq!(
-            next(&cron(json!({"second": 30})), "2026-12-02T01:02:40Z"),
-            "2026-12-02T01:03:30+00:00"
-        );
-        // Nothing given: every second.
-        assert_eq!(
-            next(&cron(json!({})), "2026-12-02T01:02:03.5Z"),
-            "2026-12-02T01:02:04+00:00"
-        );
+        check(&[
+            // Less significant than `hour`: their minimum; more: every value.
+            (
+                json!({"hour": 3}),
+                "2026-12-02T01:00:00Z",
+                "2026-12-02T03:00:00+00:00",
+            ),
+            (
+                json!({"hour": 3}),
+                "2026-12-02T03:00:00Z",
+                "2026-12-03T03:00:00+00:00",
+            ),
+            (
+                json!({"minute": "*/5"}),
+                "2026-12-02T01:02:03Z",
+                "2026-12-02T01:05:00+00:00",
+            ),
+            // `second` alone: every minute at that second.
+            (
+                json!({"second": 30}),
+                "2026-12-02T01:02:40Z",
+                "2026-12-02T01:03:30+00:00",
+            ),
+            // Nothing given: every second.
+            (
+                json!({}),
+                "2026-12-02T01:02:03.5Z",
+                "2026-12-02T01:02:04+00:00",
+            ),
+        ]);
     }
 
     #[test]
     fn weekdays_months_and_month_days() {
         // 2026-12-02 is a Wednesday.
-        let weekdays = cron(json!({"day_of_week": "mon-fri", "hour": 9}));
-        assert_eq!(
-            next(&weekdays, "2026-12-04T10:00:00Z"),
-            "2026-12-07T09:00:00+00:00"
-        );
-        let numeric = cron(json!({"day_of_week": 0, "hour": 9}));
-        assert_eq!(
-            next(&numeric, "2026-12-02T10:00:00Z"),
-            "2026-12-07T09:00:00+00:00"
-        );
-        let last = cron(json!({"day": "last", "hour": 23, "minute": 59}));
-        assert_eq!(
-            next(&last, "2027-02-01T00:00:00Z"),
-            "2027-02-28T23:59:00+00:00"
-        );
-        let second_tuesday = cron(json!({"day": "2nd tue"}));
-        assert_eq!(
-            next(&second_tuesday, "2026-12-02T00:00:00Z"),
-            "2026-12-08T00:00:00+00:00"
-        );
-        let last_friday = cron(json!({"day": "last fri"}));
-        assert_eq!(
-            next(&last_friday, "2026-12-02T00:00:00Z"),
-            "2026-12-25T00:00:00+00:00"
-        );
-        let quarterly = cron(json!({"month": "jan,apr,jul,oct", "day": 1}));
-        assert_eq!(
-            next(&quarterly, "2026-12-02T00:00:00Z"),
-            "2027-01-01T00:00:00+00:00"
-        );
-        let stepped = cron(json!({"hour": "8-18/4", "minute": 15}));
-        assert_eq!(
-            next(&stepped, "2026-12-02T12:20:00Z"),
-            "2026-12-02T16:15:00+00:00"
-        );
-        assert_eq!(
-            next(&stepped, "2026-12-02T16:20:00Z"),
-            "2026-12-03T08:15:00+00:00"
-        );
-        let leap = cron(json!({"month": 2, "day": 29}));
-        assert_eq!(
-            next(&leap, "2026-12-02T00:00:00Z"),
-            "2028-02-29T00:00:00+00:00"
-        );
-        assert_eq!(
-            next(&cron(json!({"year": 2020})), "2026-12-02T00:00:00Z"),
-            ""
-        );
+        let stepped = json!({"hour": "8-18/4", "minute": 15});
+        check(&[
+            (
+                json!({"day_of_week": "mon-fri", "hour": 9}),
+                "2026-12-04T10:00:00Z",
+                "2026-12-07T09:00:00+00:00",
+            ),
+            (
+                json!({"day_of_week": 0, "hour": 9}),
+                "2026-12-02T10:00:00Z",
+                "2026-12-07T09:00:00+00:00",
+            ),
+            (
+                json!({"day": "last", "hour": 23, "minute": 59}),
+                "2027-02-01T00:00:00Z",
+                "2027-02-28T23:59:00+00:00",
+            ),
+            (
+                json!({"day": "2nd tue"}),
+                "2026-12-02T00:00:00Z",
+                "2026-12-08T00:00:00+00:00",
+            ),
+            (
+                json!({"day": "last fri"}),
+                "2026-12-02T00:00:00Z",
+                "2026-12-25T00:00:00+00:00",
+            ),
+            (
+                json!({"month": "jan,apr,jul,oct", "day": 1}),
+                "2026-12-02T00:00:00Z",
+                "2027-01-01T00:00:00+00:00",
+            ),
+            (
+                stepped.clone(),
+                "2026-12-02T12:20:00Z",
+                "2026-12-02T16:15:00+00:00",
+            ),
+            (stepped, "2026-12-02T16:20:00Z", "2026-12-03T08:15:00+00:00"),
+            (
+                json!({"month": 2, "day": 29}),
+                "2026-12-02T00:00:00Z",
+                "2028-02-29T00:00:00+00:00",
+            ),
+            (json!({"year": 2020}), "2026-12-02T00:00:00Z", ""),
+        ]);
     }
 
     #[test]
     fn time_zones_and_daylight_saving() {
-        let paris = cron(json!({"hour": 2, "minute": 30, "timezone": "Europe/Paris"}));
-        // Winter: UTC+1.
-        assert_eq!(
-            next(&paris, "2026-12-02T00:00:00Z"),
-            "2026-12-02T01:30:00+00:00"
-        );
-        // 2027-03-28 02:30 does not exist in Paris: that day does not fire.
-        assert_eq!(
-            next(&paris, "2027-03-27T02:00:00Z"),
-            "2027-03-29T00:30:00+00:00"
-        );
-        // 2026-10-25 02:30 happens twice: it fires the first time.
-        assert_eq!(
-            next(&paris, "2026-10-24T12:00:00Z"),
-            "2026-10-25T00:30:00+00:00"
-        );
-        assert_eq!(
-            next(&paris, "2026-10-25T00:30:00Z"),
-            "2026-10-26T01:30:00+00:00"
-        );
+        let paris = json!({"hour": 2, "minute": 30, "timezone": "Europe/Paris"});
+        check(&[
+            // Winter: UTC+1.
+            (
+                paris.clone(),
+                "2026-12-02T00:00:00Z",
+                "2026-12-02T01:30:00+00:00",
+            ),
+            // 2027-03-28 02:30 does not exist in Paris: that day does not fire.
+            (
+                paris.clone(),
+                "2027-03-27T02:00:00Z",
+                "2027-03-29T00:30:00+00:00",
+            ),
+            // 2026-10-25 02:30 happens twice: it fires the first time.
+            (
+                paris.clone(),
+                "2026-10-24T12:00:00Z",
+                "2026-10-25T00:30:00+00:00",
+            ),
+            (paris, "2026-10-25T00:30:00Z", "2026-10-26T01:30:00+00:00"),
+        ]);
     }
 
     #[test]
