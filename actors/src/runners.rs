@@ -57,7 +57,7 @@ pub struct RunnerContext {
 
 /// The cancel tokens of the executions a node runs, so that a cancel
 /// request (`squall.cancel.<id>`) reaches the right process and a question
-/// about a run (`squall.running.<id>`) gets its answer.
+/// about a run (`squall.running.<id>.<node>`) gets its answer.
 #[derive(Debug, Clone, Default)]
 pub struct CancelRegistry(Arc<std::sync::Mutex<Registrations>>);
 
@@ -199,8 +199,8 @@ impl Actor for RunnerPool {
         _state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         // A runner that failed left its request unacknowledged: JetStream
-        // redelivers it after the ack wait and the next runner finds the
-        // record `running` and marks it abandoned.
+        // redelivers it after the ack wait, and the next runner finds the
+        // record claimed by a run this node no longer has and settles it.
         if let SupervisionEvent::ActorFailed(who, error) = evt {
             tracing::error!(runner = ?who.get_id(), error = %error, "runner failed");
         }
