@@ -375,6 +375,30 @@ impl Mirror for History {
 /// The node's live execution history.
 pub type HistoryHandle = Mirrored<History>;
 
+/// Runs `sweep` with the current time every `period` until `stop`: the
+/// sweeps API nodes make over the history (inquiry expiry, orphaned
+/// executions). A failed sweep is logged as `what` and tried next period.
+pub async fn sweep_every<F, Fut>(
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    what: &str,
+    mut sweep: F,
+) where
+    F: FnMut(Timestamp) -> Fut,
+    Fut: std::future::Future<Output = Result<usize, EngineError>>,
+{
+    let mut every = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = sweep(squall_domain::time::now()).await {
+            tracing::warn!(error = %e, "{what} failed");
+        }
+    }
+}
+
 /// Loads the history from the `executions` bucket and follows it.
 pub async fn start(bus: &Bus) -> Result<HistoryHandle, EngineError> {
     Mirrored::start(&bus.executions, "executions").await

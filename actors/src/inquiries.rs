@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use squall_domain::execution::{ExecutionRecord, Status};
-use squall_domain::time::{self, Timestamp};
+use squall_domain::time::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
@@ -81,14 +81,8 @@ pub async fn expire_due(
 
 /// Expires due inquiries every [`EXPIRY_SWEEP`] until `stop`.
 pub async fn sweep_until(bus: Bus, history: HistoryHandle, stop: CancellationToken) {
-    let mut every = tokio::time::interval(EXPIRY_SWEEP);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        if let Err(e) = expire_due(&bus, &history, time::now()).await {
-            tracing::warn!(error = %e, "inquiry expiry sweep failed");
-        }
-    }
+    crate::history::sweep_every(EXPIRY_SWEEP, stop, "inquiry expiry sweep", |now| {
+        expire_due(&bus, &history, now)
+    })
+    .await;
 }

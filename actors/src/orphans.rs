@@ -19,8 +19,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use squall_domain::execution::{ExecutionRecord, Status};
-use squall_domain::time::{self, Timestamp};
+use squall_domain::execution::Status;
+use squall_domain::time::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::EXECUTIONS_STREAM;
@@ -34,7 +34,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How long a record must have stayed unchanged before the sweep looks at
 /// it: well past the ack wait (30 s) and the question to its node (5 s),
 /// after which a redelivered request would have settled it.
-pub const QUIET_FOR: Duration = Duration::from_secs(120);
+pub const QUIET_FOR: chrono::Duration = chrono::Duration::seconds(120);
 
 /// Records read per sweep at most (the rest wait for the next sweep).
 const READS_PER_SWEEP: usize = 1000;
@@ -55,13 +55,12 @@ pub async fn sweep(
     history: &HistoryHandle,
     now: Timestamp,
 ) -> Result<usize, EngineError> {
-    let quiet = chrono::Duration::from_std(QUIET_FOR).unwrap_or_default();
     let ids: Vec<String> = WAITING
         .iter()
         .flat_map(|status| {
             let filter = Filter {
                 status: Some(*status),
-                before: Some(now - quiet),
+                before: Some(now - QUIET_FOR),
                 ..Filter::default()
             };
             history.read().page(&filter, true, 0, READS_PER_SWEEP).ids
@@ -78,7 +77,7 @@ pub async fn sweep(
             .log
             .last()
             .map_or(record.start_timestamp, |e| e.timestamp);
-        if changed > now - quiet || !is_orphan_candidate(&record) {
+        if changed > now - QUIET_FOR || !crate::runners::settled_by_runners(&record) {
             continue;
         }
         let orphaned = if record.status == Status::Requested {
@@ -102,13 +101,6 @@ pub async fn sweep(
         }
     }
     Ok(requested)
-}
-
-/// Whether a runner, rather than the workflow engine, settles `record`
-/// when it waits: a workflow that started is the engine's.
-fn is_orphan_candidate(record: &ExecutionRecord) -> bool {
-    record.runner.name != crate::workflows::RUNNER
-        || !matches!(record.status, Status::Running | Status::Canceling)
 }
 
 /// Whether the queue of `pool` holds no request, waiting or in flight. A
@@ -135,14 +127,8 @@ async fn pool_is_idle(ctx: &RunnerContext, pool: &str) -> Result<bool, EngineErr
 
 /// Sweeps every [`SWEEP_EVERY`] until `stop`.
 pub async fn sweep_until(ctx: RunnerContext, history: HistoryHandle, stop: CancellationToken) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        if let Err(e) = sweep(&ctx, &history, time::now()).await {
-            tracing::warn!(error = %e, "orphaned execution sweep failed");
-        }
-    }
+    crate::history::sweep_every(SWEEP_EVERY, stop, "orphaned execution sweep", |now| {
+        sweep(&ctx, &history, now)
+    })
+    .await;
 }

@@ -332,9 +332,7 @@ async fn run_request(
             // A workflow that started belongs to the workflow engine; its
             // start is repeated in case it was lost (a repeat changes
             // nothing).
-            Status::Running | Status::Canceling
-                if record.runner.name == crate::workflows::RUNNER =>
-            {
+            _ if !settled_by_runners(&record) => {
                 if record.status == Status::Running {
                     let definition = workflow_definition(ctx, &record);
                     crate::workflows::start(&ctx.bus, &record, definition).await?;
@@ -414,6 +412,14 @@ async fn run_request(
     }
     .instrument(span)
     .await
+}
+
+/// Whether runners, rather than the workflow engine, settle `record` while
+/// it waits: a workflow that started (`running`, `canceling`) is the
+/// engine's.
+pub fn settled_by_runners(record: &ExecutionRecord) -> bool {
+    record.runner.name != crate::workflows::RUNNER
+        || !matches!(record.status, Status::Running | Status::Canceling)
 }
 
 /// Settles a request whose record a runner claimed: asks whether that

@@ -106,22 +106,19 @@ impl NodeProcess {
 
     /// SIGKILL, and reap.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
-                nix::sys::signal::Signal::SIGKILL,
-            )?;
-            child.wait()?;
-        }
-        Ok(())
+        self.signal(nix::sys::signal::Signal::SIGKILL)
     }
 
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(&mut self) -> Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    fn signal(&mut self, signal: nix::sys::signal::Signal) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
-                nix::sys::signal::Signal::SIGTERM,
+                signal,
             )?;
             child.wait()?;
         }

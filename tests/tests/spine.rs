@@ -533,6 +533,10 @@ async fn a_run_whose_runner_is_lost_ends_or_runs_again_as_its_action_says() -> R
         "again",
         "tags:\n  - name: squall.runner_loss\n    value: rerun\n",
     );
+    let unsure = action(
+        "unsure",
+        "tags:\n  - name: squall.runner_loss\n    value: retry\n",
+    );
     write_pack(
         dir.path(),
         "ops",
@@ -540,6 +544,7 @@ async fn a_run_whose_runner_is_lost_ends_or_runs_again_as_its_action_says() -> R
             ("pack.yaml", PACK),
             ("actions/once.yaml", &once),
             ("actions/again.yaml", &again),
+            ("actions/unsure.yaml", &unsure),
         ],
     )?;
     let node = TestNode::start(vec![dir.path().to_path_buf()]).await?;
@@ -570,6 +575,17 @@ async fn a_run_whose_runner_is_lost_ends_or_runs_again_as_its_action_says() -> R
             .await
         }
     };
+
+    // A policy Squall does not know is refused, naming the tag and value.
+    let (status, e) = node
+        .post("executions", &json!({"action": "ops.unsure"}))
+        .await?;
+    assert_eq!(status, 400, "{e}");
+    let message = e["faultstring"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("squall.runner_loss") && message.contains("retry"),
+        "{e}"
+    );
 
     // Running on a lost runner, by default: abandoned, not run again.
     let id = run("ops.once").await?;
