@@ -79,8 +79,9 @@ pub enum Role {
     Workflows,
     /// Runs executions from its runner pools.
     Runners,
-    /// Owns sensor partitions: the interval timers (Squall's built-in
-    /// sensors), each timer in the partition of its trigger reference.
+    /// Owns sensor partitions: the interval, date and cron timers
+    /// (Squall's built-in sensors), each timer in the partition of its
+    /// trigger reference.
     #[serde(alias = "timers")]
     Sensors,
 }
@@ -179,6 +180,18 @@ pub struct Lease {
     /// Bumped by every change of owner.
     #[serde(default)]
     pub epoch: u64,
+}
+
+/// Whether `name` can name a node: it is a key in the `nodes` bucket and
+/// the last tokens of the subject other nodes ask it about its runs on, so
+/// letters, digits, `-` and `_`, in dot-separated parts (host names fit).
+pub fn is_node_name(name: &str) -> bool {
+    name.split('.').all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
 }
 
 /// The lease key of partition `p` of `role`.

@@ -212,7 +212,7 @@ fn default_node_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+        .filter(|s| squall_actors::cluster::is_node_name(s))
         .unwrap_or_else(|| "squall".into())
 }
 
@@ -243,6 +243,12 @@ impl NodeConfig {
                 invalid(format!("{at}{e}"))
             })?
         };
+        if !squall_actors::cluster::is_node_name(&cfg.name) {
+            return Err(invalid(format!(
+                "name: {:?} is not a valid node name (letters, digits, - and _, in dot-separated parts)",
+                cfg.name
+            )));
+        }
         if cfg.cluster.partitions == 0 || cfg.cluster.partitions > 4096 {
             return Err(invalid(format!(
                 "cluster.partitions must be between 1 and 4096, got {}",
@@ -333,5 +339,21 @@ mod tests {
                 "{bad}"
             );
         }
+        for bad in [
+            "name: 'node 1'\n",
+            "name: 'n.*'\n",
+            "name: 'n..1'\n",
+            "name: ''\n",
+        ] {
+            let err = NodeConfig::from_yaml(bad, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("c.yaml") && err.contains("not a valid node name"),
+                "{bad}: {err}"
+            );
+        }
+        let host = NodeConfig::from_yaml("name: ip-10-0-0-1.ec2.internal\n", Path::new("c.yaml"));
+        assert!(host.is_ok(), "{host:?}");
     }
 }
