@@ -188,6 +188,13 @@ pub async fn process(
 ) -> Result<(), EngineError> {
     let catalog = ctx.catalog.load();
     for rule in catalog.rules_for(&instance.trigger_type, &instance.trigger_parameters) {
+        // An event from before the rule was enabled (a timer's tick fired
+        // late, a backlog) is not the rule's to act on.
+        if !rule.def.listened_at(instance.occurrence_time) {
+            tracing::debug!(rule = %rule.def.reference(), instance = %instance.id,
+                "trigger instance occurred before the rule was enabled; not enforced");
+            continue;
+        }
         let matched = criteria::matches(&rule.def.criteria, &instance.payload, &ctx.renderer, kv);
         match matched {
             Ok(false) => continue,

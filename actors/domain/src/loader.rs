@@ -344,6 +344,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             rules,
             trigger_types,
             policies,
+            registered: BTreeMap::new(),
         }),
         _ => Err(errs.finish()),
     }
