@@ -28,12 +28,14 @@ use tokio_util::task::TaskTracker;
 use crate::bus::Bus;
 use crate::catalog::CatalogHandle;
 use crate::cluster::{ClusterView, Coordinator, Member, Role};
+use crate::consumer::{Consumer, LeaseValidity};
 use crate::content::ContentWatcher;
 use crate::error::EngineError;
 use crate::keys::{KeyCache, KeyStore};
-use crate::rules::{RulePartition, RulesContext};
+use crate::rules::{self, RulePartition, RulesContext};
 use crate::runners::{CancelRegistry, RunnerContext, RunnerPool};
 use crate::sensors::Timers;
+use crate::workflows::WorkflowPartition;
 
 /// Back-off before a failed child is restarted.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
@@ -107,6 +109,9 @@ pub struct Shared {
     pub cipher: Cipher,
     pub settings: NodeSettings,
     pub runners: RunnerContext,
+    /// Until when this node's partition leases hold (the coordinator's
+    /// heartbeats extend it; partition consumers check it before acking).
+    pub lease: LeaseValidity,
 }
 
 /// State of [`NodeSupervisor`].
@@ -134,16 +139,25 @@ async fn spawn_child(
         .0
         .get_cell(),
         Child::Rules(p) => {
-            let ctx = RulesContext {
-                bus: shared.bus.clone(),
-                catalog: shared.catalog.clone(),
-                renderer: shared.renderer.clone(),
-                kv: shared.kv.clone(),
-            };
+            let handler = Arc::new(RulePartition {
+                ctx: RulesContext {
+                    bus: shared.bus.clone(),
+                    catalog: shared.catalog.clone(),
+                    renderer: shared.renderer.clone(),
+                    kv: shared.kv.clone(),
+                },
+                partition: *p,
+            });
+            let args = (
+                shared.bus.clone(),
+                rules::consumer_spec(*p),
+                handler,
+                shared.lease.clone(),
+            );
             Box::pin(Actor::spawn_linked(
                 None,
-                RulePartition,
-                (ctx, *p),
+                Consumer::<RulePartition>::default(),
+                args,
                 supervisor,
             ))
             .await?
@@ -163,10 +177,17 @@ async fn spawn_child(
                 // `ctx().st2.api_url`: the v1 API root, so `.../executions/<id>` works.
                 api_url: format!("{}/v1", shared.settings.api_url),
             };
+            let handler = Arc::new(Box::pin(WorkflowPartition::open(ctx, *p)).await?);
+            let args = (
+                shared.bus.clone(),
+                WorkflowPartition::consumer_spec(*p),
+                handler,
+                shared.lease.clone(),
+            );
             Box::pin(Actor::spawn_linked(
                 None,
-                crate::workflows::WorkflowPartition,
-                (ctx, *p),
+                Consumer::<WorkflowPartition>::default(),
+                args,
                 supervisor,
             ))
             .await?
@@ -440,6 +461,7 @@ impl Engine {
             cipher: keys.cipher().clone(),
             settings,
             runners,
+            lease: LeaseValidity::default(),
         };
         let (supervisor, join) = Box::pin(Actor::spawn(None, NodeSupervisor, shared.clone()))
             .await
@@ -470,8 +492,13 @@ impl Engine {
             heartbeat_at: now,
             partitions: Default::default(),
         };
-        let mut coordinator =
-            Box::pin(Coordinator::open(&shared.bus, me, supervisor.clone())).await?;
+        let mut coordinator = Box::pin(Coordinator::open(
+            &shared.bus,
+            me,
+            supervisor.clone(),
+            shared.lease.clone(),
+        ))
+        .await?;
         Box::pin(coordinator.round()).await;
         // Every `Own` of the first round is handled before this answer.
         let _ = ractor::call!(supervisor, NodeMsg::Ready);

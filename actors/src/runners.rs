@@ -23,14 +23,10 @@ use tracing::Instrument;
 
 use crate::bus::{execution_subject, from_bytes, Bus, ExecutionRequest, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
+use crate::consumer::{pull_messages, ConsumerSpec, ACK_WAIT, PROGRESS_EVERY};
 use crate::error::{bus_err, EngineError};
 use crate::metrics::LostRun;
 use crate::pump::Pump;
-use crate::rules::pull_messages;
-
-/// How often a running execution tells JetStream it is still being worked
-/// on (well inside the consumer's 30 s ack wait).
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Durable consumer name of a runner pool.
 pub fn consumer_name(pool: &str) -> String {
@@ -156,14 +152,15 @@ impl Actor for RunnerPool {
         myself: ActorRef<PoolMsg>,
         (ctx, pool, concurrency): (RunnerContext, String, i64),
     ) -> Result<PoolState, ActorProcessingErr> {
-        let messages = pull_messages(
-            &ctx.bus,
-            EXECUTIONS_STREAM,
-            consumer_name(&pool),
-            execution_subject(&pool),
-            concurrency,
-        )
-        .await?;
+        let spec = ConsumerSpec {
+            stream: EXECUTIONS_STREAM,
+            name: consumer_name(&pool),
+            filter: execution_subject(&pool),
+            max_ack_pending: concurrency,
+            concurrency: usize::try_from(concurrency).unwrap_or(1),
+            ack_wait: ACK_WAIT,
+        };
+        let messages = pull_messages(&ctx.bus, &spec).await?;
         let pump = Pump::start(
             messages,
             myself,
@@ -266,7 +263,7 @@ const CLAIM_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When a request whose execution another runner still runs is looked at
 /// again: the request stays on the work queue as that run's watchdog.
-const CHECK_AGAIN_AFTER: Duration = Duration::from_secs(30);
+const CHECK_AGAIN_AFTER: Duration = ACK_WAIT;
 
 /// What to do with a request once handled.
 #[derive(Debug, PartialEq, Eq)]
