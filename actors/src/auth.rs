@@ -344,18 +344,27 @@ impl AuthStore {
         Ok((value, token))
     }
 
-    /// Who a token belongs to, if it is valid and unexpired.
-    pub async fn resolve_token(&self, value: &str) -> Result<Option<Principal>, EngineError> {
+    /// Who a token belongs to and when it expires, if it is valid and
+    /// unexpired.
+    pub async fn resolve_token(
+        &self,
+        value: &str,
+    ) -> Result<Option<(Principal, Timestamp)>, EngineError> {
         let Some(token) = Self::get::<Token>(&self.tokens, &digest(value)).await? else {
             return Ok(None);
         };
         if token.expiry <= time::now() {
             return Ok(None);
         }
-        self.principal(&token.user).await
+        Ok(self
+            .principal(&token.user)
+            .await?
+            .map(|p| (p, token.expiry)))
     }
 
-    /// Who an API key belongs to, if it exists and is enabled.
+    /// Who an API key belongs to, if it exists and is enabled. Read from
+    /// the bucket on every call (nothing is cached), so disabling or
+    /// deleting a key takes effect on every node with the next request.
     pub async fn resolve_api_key(&self, value: &str) -> Result<Option<Principal>, EngineError> {
         match Self::get::<ApiKey>(&self.users, &apikey_key(&digest(value))).await? {
             Some(key) if key.enabled => self.principal(&key.user).await,
@@ -399,6 +408,55 @@ impl AuthStore {
         let mut keys: Vec<ApiKey> = self.scan("apikeys.").await?;
         keys.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(keys)
+    }
+
+    /// The API key named by its id or by the key itself (as StackStorm's
+    /// `get_by_key_or_id`), with the revision of its record.
+    pub async fn api_key(&self, id_or_key: &str) -> Result<Option<(ApiKey, u64)>, EngineError> {
+        if let Some(found) = self.api_key_entry(&apikey_key(&digest(id_or_key))).await? {
+            return Ok(Some(found));
+        }
+        if !ids::is_id(id_or_key) {
+            return Ok(None);
+        }
+        let Some(key) = self
+            .api_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.id == id_or_key)
+        else {
+            return Ok(None);
+        };
+        self.api_key_entry(&apikey_key(&key.key_hash)).await
+    }
+
+    async fn api_key_entry(&self, storage_key: &str) -> Result<Option<(ApiKey, u64)>, EngineError> {
+        match self
+            .users
+            .entry(storage_key)
+            .await
+            .map_err(|e| bus_err("read API key", e))?
+        {
+            Some(entry) if entry.operation == kv::Operation::Put => Ok(Some((
+                from_bytes(storage_key, &entry.value)?,
+                entry.revision,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores a changed API key (same hash) if its record is still at
+    /// `revision`; false if it changed or was deleted meanwhile.
+    pub async fn update_api_key(&self, key: &ApiKey, revision: u64) -> Result<bool, EngineError> {
+        match self
+            .users
+            .update(apikey_key(&key.key_hash), to_bytes(key)?, revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(bus_err("update API key", e)),
+        }
     }
 
     /// Deletes the API key with this id; false if there is none.

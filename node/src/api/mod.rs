@@ -15,6 +15,7 @@ mod executions;
 mod inquiries;
 mod keys;
 mod listing;
+mod query;
 mod service_registry;
 mod stream;
 mod triggers;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use squall_actors::auth::AuthStore;
@@ -108,6 +109,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/ruleenforcements", get(enforcements::list))
         .route("/ruleenforcements/{id}", get(enforcements::get_one))
         .route("/triggerinstances", get(triggers::list_instances))
+        .route("/timers", get(triggers::list_timers))
+        .route("/timers/{reference}", get(triggers::get_timer))
+        .route("/user", get(auth::whoami))
         .route(
             "/actions",
             get(content::list_actions).post(edit::create::<ActionDef>),
@@ -152,7 +156,12 @@ pub fn app(state: ApiState) -> Router {
             "/apikeys",
             get(auth::list_api_keys).post(auth::create_api_key),
         )
-        .route("/apikeys/{id}", delete(auth::delete_api_key))
+        .route(
+            "/apikeys/{id}",
+            get(auth::get_api_key)
+                .put(auth::update_api_key)
+                .delete(auth::delete_api_key),
+        )
         .route("/users", get(auth::list_users).post(auth::create_user))
         .route("/stream", get(stream::stream))
         .route("/service_registry/groups", get(service_registry::groups))
@@ -179,6 +188,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(query::json_errors))
         .with_state(state)
 }
 
@@ -202,6 +212,7 @@ pub fn stream_app(state: ApiState) -> Router {
         .nest("/stream/v1", stream_routes(&state))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(query::json_errors))
         .with_state(state)
 }
 
