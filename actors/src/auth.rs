@@ -12,6 +12,7 @@
 //! | `auth` | `apikeys.<sha256 of key>` | [`ApiKey`] |
 //! | `tokens` | `<sha256 of token>` | [`Token`] (the bucket forgets after [`MAX_TOKEN_TTL`]) |
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use async_nats::jetstream::kv;
+use bytes::Bytes;
 use futures::StreamExt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,7 @@ use squall_domain::time::{self, Timestamp};
 
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
+use crate::mirror::{Mirror, Mirrored};
 
 /// KV bucket of users and API keys.
 pub const AUTH_BUCKET: &str = "auth";
@@ -186,11 +189,36 @@ fn password_matches(password: &str, phc: &str) -> bool {
     })
 }
 
+/// A bucket's entries as they are stored, kept current by a watch.
+#[derive(Debug, Default)]
+struct Entries(HashMap<String, Bytes>);
+
+impl Mirror for Entries {
+    fn apply(&mut self, entry: &kv::Entry) {
+        match entry.operation {
+            kv::Operation::Put => {
+                self.0.insert(entry.key.clone(), entry.value.clone());
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.0.remove(&entry.key);
+            }
+        }
+    }
+}
+
 /// The users, tokens and API keys of a cluster.
+///
+/// Requests are authenticated from in-memory mirrors of the two buckets,
+/// without a bus round trip: a token or key revoked, disabled or deleted
+/// anywhere stops working here as soon as the watch delivers the change
+/// (milliseconds). What the mirror does not hold yet (a token issued on
+/// another node a moment ago) is read from the bucket.
 #[derive(Clone)]
 pub struct AuthStore {
     users: kv::Store,
     tokens: kv::Store,
+    mirrored_users: Mirrored<Entries>,
+    mirrored_tokens: Mirrored<Entries>,
 }
 
 impl fmt::Debug for AuthStore {
@@ -208,10 +236,27 @@ impl AuthStore {
                 .await
                 .map_err(|e| bus_err(&format!("open bucket {name}"), e))
         };
+        let users = open(AUTH_BUCKET).await?;
+        let tokens = open(TOKENS_BUCKET).await?;
         Ok(AuthStore {
-            users: open(AUTH_BUCKET).await?,
-            tokens: open(TOKENS_BUCKET).await?,
+            mirrored_users: Mirrored::start(&users, AUTH_BUCKET).await?,
+            mirrored_tokens: Mirrored::start(&tokens, TOKENS_BUCKET).await?,
+            users,
+            tokens,
         })
+    }
+
+    /// The value at `key`, from the mirror, else from the bucket.
+    async fn cached<T: for<'de> Deserialize<'de>>(
+        mirror: &Mirrored<Entries>,
+        store: &kv::Store,
+        key: &str,
+    ) -> Result<Option<T>, EngineError> {
+        let mirrored = mirror.read().0.get(key).cloned();
+        match mirrored {
+            Some(bytes) => Ok(Some(from_bytes(key, &bytes)?)),
+            None => Self::get(store, key).await,
+        }
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(
@@ -350,7 +395,9 @@ impl AuthStore {
         &self,
         value: &str,
     ) -> Result<Option<(Principal, Timestamp)>, EngineError> {
-        let Some(token) = Self::get::<Token>(&self.tokens, &digest(value)).await? else {
+        let key = digest(value);
+        let Some(token) = Self::cached::<Token>(&self.mirrored_tokens, &self.tokens, &key).await?
+        else {
             return Ok(None);
         };
         if token.expiry <= time::now() {
@@ -362,18 +409,19 @@ impl AuthStore {
             .map(|p| (p, token.expiry)))
     }
 
-    /// Who an API key belongs to, if it exists and is enabled. Read from
-    /// the bucket on every call (nothing is cached), so disabling or
-    /// deleting a key takes effect on every node with the next request.
+    /// Who an API key belongs to, if it exists and is enabled. Disabling or
+    /// deleting a key reaches every node's mirror within milliseconds.
     pub async fn resolve_api_key(&self, value: &str) -> Result<Option<Principal>, EngineError> {
-        match Self::get::<ApiKey>(&self.users, &apikey_key(&digest(value))).await? {
+        let key = apikey_key(&digest(value));
+        match Self::cached::<ApiKey>(&self.mirrored_users, &self.users, &key).await? {
             Some(key) if key.enabled => self.principal(&key.user).await,
             _ => Ok(None),
         }
     }
 
     async fn principal(&self, name: &str) -> Result<Option<Principal>, EngineError> {
-        Ok(self.user(name).await?.map(|u| Principal {
+        let user = Self::cached::<User>(&self.mirrored_users, &self.users, &user_key(name)).await?;
+        Ok(user.map(|u| Principal {
             user: u.name,
             role: u.role,
         }))

@@ -235,12 +235,25 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
 }
 
 /// A request to run an execution, as carried by the `EXECUTIONS` stream.
-/// The record in the `executions` bucket holds everything else.
+/// The record in the `executions` bucket is the source of truth.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecutionRequest {
     #[serde(default)]
     pub v: u32,
     pub execution_id: String,
+    /// The record as its creation stored it, with that revision, on the
+    /// first request only: a runner claims it with one compare-and-swap
+    /// without reading it first (a record changed since fails the swap and
+    /// is read afresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Box<CreatedRecord>>,
+}
+
+/// An execution record and the revision its creation returned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedRecord {
+    pub revision: u64,
+    pub record: ExecutionRecord,
 }
 
 /// Handles on every stream and bucket, shared by all actors of a node.
@@ -612,14 +625,23 @@ impl Bus {
     /// `msg_id` as its `Nats-Msg-Id` (the execution id for the first
     /// request): a repeat within the duplicate window is dropped. Its trace
     /// is the record's (`context.trace_context`).
+    /// `created_revision` is the revision the record's creation returned,
+    /// for the first request.
     pub async fn request_execution(
         &self,
         record: &ExecutionRecord,
         msg_id: &str,
+        created_revision: Option<u64>,
     ) -> Result<(), EngineError> {
         let request = ExecutionRequest {
             v: 1,
             execution_id: record.id.clone(),
+            created: created_revision.map(|revision| {
+                Box::new(CreatedRecord {
+                    revision,
+                    record: record.clone(),
+                })
+            }),
         };
         let trace_id = record
             .context
@@ -657,11 +679,15 @@ impl Bus {
         }
     }
 
-    /// Stores a new execution record; `false` when one with that id exists.
-    pub async fn create_execution(&self, record: &ExecutionRecord) -> Result<bool, EngineError> {
+    /// Stores a new execution record and returns its revision; `None` when
+    /// one with that id exists.
+    pub async fn create_execution(
+        &self,
+        record: &ExecutionRecord,
+    ) -> Result<Option<u64>, EngineError> {
         match self.executions.create(&record.id, to_bytes(record)?).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(bus_err("create execution", e)),
         }
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use squall_domain::execution::{
-    EnforcementStatus, RuleEnforcement, RuleSummary, TriggerInstance, TriggerInstanceSummary,
-    RECORD_VERSION,
+    EnforcementStatus, ExecutionRecord, RuleEnforcement, RuleSummary, TriggerInstance,
+    TriggerInstanceSummary, RECORD_VERSION,
 };
 use squall_domain::template::{KeyValueLookup, Renderer};
 use squall_domain::{criteria, ids, time};
@@ -138,35 +138,47 @@ async fn enforce(
         uid: format!("rule:{}:{}", rule.def.pack, rule.def.name),
     };
     let execution_id = ids::derived(&at, &["execution", &instance.id, &rule_ref]);
-    let requested = match criteria_failure {
+    let prepared = match criteria_failure {
         Some(reason) => Err(reason),
-        None => request(ctx, catalog, rule, instance, kv, &summary, execution_id).await?,
+        None => prepare(ctx, catalog, rule, instance, kv, &summary, execution_id)?,
     };
-    let (status, execution_id, failure_reason) = match requested {
-        Ok(id) => (EnforcementStatus::Succeeded, Some(id), None),
+    let (status, record, failure_reason) = match prepared {
+        Ok(record) => (EnforcementStatus::Succeeded, Some(record), None),
         Err(reason) => {
             tracing::warn!(rule = %rule_ref, reason = %reason, "rule enforcement failed");
             (EnforcementStatus::Failed, None, Some(reason))
         }
     };
     crate::metrics::enforcement(status);
-    ctx.bus
-        .put_enforcement(&RuleEnforcement {
-            v: RECORD_VERSION,
-            id: ids::derived(&at, &["enforcement", &instance.id, &rule_ref]),
-            trigger_instance_id: instance.id.clone(),
-            execution_id,
-            rule: summary,
-            status,
-            failure_reason,
-            enforced_at: time::now(),
-        })
-        .await
+    let enforcement = RuleEnforcement {
+        v: RECORD_VERSION,
+        id: ids::derived(&at, &["enforcement", &instance.id, &rule_ref]),
+        trigger_instance_id: instance.id.clone(),
+        execution_id: record.as_ref().map(|r| r.id.clone()),
+        rule: summary,
+        status,
+        failure_reason,
+        enforced_at: time::now(),
+    };
+    let Some(record) = record else {
+        return ctx.bus.put_enforcement(&enforcement).await;
+    };
+    // Independent writes, at once: each is idempotent by its derived id,
+    // and a failure of either sends the trigger round again.
+    let (submitted, stored) = tokio::join!(
+        executions::submit(&ctx.bus, record),
+        ctx.bus.put_enforcement(&enforcement)
+    );
+    let submitted = submitted?;
+    stored?;
+    tracing::info!(rule = %rule_ref, execution = %submitted.id, "rule matched; execution requested");
+    Ok(())
 }
 
-/// Renders the rule's action parameters and requests the execution.
-/// `Ok(Err(reason))` is a failed enforcement; `Err` is a bus failure.
-async fn request(
+/// Renders the rule's action parameters and prepares the execution's
+/// record. `Ok(Err(reason))` is a failed enforcement; `Err` is a bus
+/// failure.
+fn prepare(
     ctx: &RulesContext,
     catalog: &crate::catalog::Catalog,
     rule: &CatalogRule,
@@ -174,7 +186,7 @@ async fn request(
     kv: &dyn KeyValueLookup,
     summary: &RuleSummary,
     execution_id: String,
-) -> Result<Result<String, String>, EngineError> {
+) -> Result<Result<ExecutionRecord, String>, EngineError> {
     let render_ctx = json!({
         "trigger": instance.payload,
         "rule": {"id": rule.id, "ref": summary.rule_ref, "name": rule.def.name, "pack": rule.def.pack},
@@ -200,12 +212,9 @@ async fn request(
         context: rule.def.context.clone(),
         ..ExecutionSpec::default()
     };
-    let record = match executions::prepare(catalog, &ctx.renderer, kv, spec) {
-        Ok(r) => r,
-        Err(e) if e.is_retryable() => return Err(e),
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let stored = executions::submit(&ctx.bus, record).await?;
-    tracing::info!(rule = %summary.rule_ref, execution = %stored.id, "rule matched; execution requested");
-    Ok(Ok(stored.id))
+    match executions::prepare(catalog, &ctx.renderer, kv, spec) {
+        Ok(record) => Ok(Ok(record)),
+        Err(e) if e.is_retryable() => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
+    }
 }

@@ -302,7 +302,16 @@ async fn run_request(
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let span = tracing::info_span!("execution", execution = %id, node = %ctx.node);
     async {
-        let Some((mut record, rev)) = ctx.bus.execution(&id).await? else {
+        // A first delivery carries the record as created: no read needed.
+        let created = request
+            .created
+            .filter(|c| delivered == 1 && c.record.id == id)
+            .map(|c| (c.record, c.revision));
+        let read = match created {
+            Some(record) => Some(record),
+            None => ctx.bus.execution(&id).await?,
+        };
+        let Some((mut record, rev)) = read else {
             // A request is published only after its record is stored, so a
             // record not found was read from a server that has not caught
             // up yet (a replica, just after another server died): ask
@@ -381,15 +390,14 @@ async fn run_request(
                 return Ok(Delivery::Done);
             }
         }
-        record.transition(Status::Scheduled, time::now());
+        // The claim: scheduled and running in one compare-and-swap (the
+        // log keeps both steps, as StackStorm's statuses do).
+        let now = time::now();
+        record.transition(Status::Scheduled, now);
+        record.transition(Status::Running, now);
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
-            // Another runner claimed it first, or it was canceled.
-            return Ok(Delivery::LOOK_AGAIN);
-        };
-        record.transition(Status::Running, time::now());
-        let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
-            // Only a cancel changes a scheduled record under its runner.
-            tracing::info!(execution = %id, "canceled before it started");
+            // Another runner claimed it first, it was canceled, or the
+            // record carried by the request is no longer the stored one.
             return Ok(Delivery::LOOK_AGAIN);
         };
         if record.runner.name == crate::workflows::RUNNER {
