@@ -31,6 +31,7 @@ use squall_domain::time::{self, Timestamp};
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
+use crate::timing::{MIRROR_CATCH_UP, MIRROR_POLL};
 
 /// KV bucket of users and API keys.
 pub const AUTH_BUCKET: &str = "auth";
@@ -189,15 +190,17 @@ fn password_matches(password: &str, phc: &str) -> bool {
     })
 }
 
-/// A bucket's entries as they are stored, kept current by a watch.
+/// A bucket's entries as they are stored, with their revisions, kept
+/// current by a watch.
 #[derive(Debug, Default)]
-struct Entries(HashMap<String, Bytes>);
+struct Entries(HashMap<String, (u64, Bytes)>);
 
 impl Mirror for Entries {
     fn apply(&mut self, entry: &kv::Entry) {
         match entry.operation {
             kv::Operation::Put => {
-                self.0.insert(entry.key.clone(), entry.value.clone());
+                self.0
+                    .insert(entry.key.clone(), (entry.revision, entry.value.clone()));
             }
             kv::Operation::Delete | kv::Operation::Purge => {
                 self.0.remove(&entry.key);
@@ -252,10 +255,32 @@ impl AuthStore {
         store: &kv::Store,
         key: &str,
     ) -> Result<Option<T>, EngineError> {
-        let mirrored = mirror.read().0.get(key).cloned();
+        let mirrored = mirror.read().0.get(key).map(|(_, bytes)| bytes.clone());
         match mirrored {
             Some(bytes) => Ok(Some(from_bytes(key, &bytes)?)),
             None => Self::get(store, key).await,
+        }
+    }
+
+    /// Waits until this node's mirror of the `auth` bucket holds `key` at
+    /// `revision` or later (`None`: holds it no more), so that a change
+    /// made here holds for this node's very next request.
+    async fn mirrored(&self, key: &str, revision: Option<u64>) {
+        let caught_up = || {
+            let mirror = self.mirrored_users.read();
+            match (mirror.0.get(key), revision) {
+                (Some((seen, _)), Some(wanted)) => *seen >= wanted,
+                (None, None) => true,
+                _ => false,
+            }
+        };
+        let wait = async {
+            while !caught_up() {
+                tokio::time::sleep(MIRROR_POLL).await;
+            }
+        };
+        if tokio::time::timeout(MIRROR_CATCH_UP, wait).await.is_err() {
+            tracing::warn!(key, "an auth change was slow to reach this node's mirror");
         }
     }
 
@@ -496,12 +521,16 @@ impl AuthStore {
     /// Stores a changed API key (same hash) if its record is still at
     /// `revision`; false if it changed or was deleted meanwhile.
     pub async fn update_api_key(&self, key: &ApiKey, revision: u64) -> Result<bool, EngineError> {
+        let storage_key = apikey_key(&key.key_hash);
         match self
             .users
-            .update(apikey_key(&key.key_hash), to_bytes(key)?, revision)
+            .update(&storage_key, to_bytes(key)?, revision)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                self.mirrored(&storage_key, Some(written)).await;
+                Ok(true)
+            }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
             Err(e) => Err(bus_err("update API key", e)),
         }
@@ -512,10 +541,12 @@ impl AuthStore {
         let Some(key) = self.api_keys().await?.into_iter().find(|k| k.id == id) else {
             return Ok(false);
         };
+        let storage_key = apikey_key(&key.key_hash);
         self.users
-            .purge(apikey_key(&key.key_hash))
+            .purge(&storage_key)
             .await
             .map_err(|e| bus_err("delete API key", e))?;
+        self.mirrored(&storage_key, None).await;
         Ok(true)
     }
 }

@@ -34,6 +34,7 @@ use crate::auth;
 use crate::cluster;
 use crate::error::{bus_err, EngineError};
 use crate::keys;
+use crate::timing::DUPLICATE_WINDOW;
 
 /// Stream of trigger instances.
 pub const TRIGGERS_STREAM: &str = "TRIGGERS";
@@ -60,8 +61,6 @@ pub const CLUSTER_BUCKET: &str = "cluster";
 /// KV bucket: the last tick each interval timer fired.
 pub const TIMERS_BUCKET: &str = "timers";
 
-/// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long trigger instances are kept.
 pub const TRIGGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Largest value the content bucket accepts (one whole pack).
@@ -205,7 +204,7 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
             1,
         ),
         kv::Config {
-            max_age: cluster::NODE_ENTRY_MAX_AGE,
+            max_age: crate::timing::NODE_ENTRY_MAX_AGE,
             ..bucket(
                 cluster::NODES_BUCKET,
                 "Node heartbeats: roles, pools, partitions owned.",

@@ -49,6 +49,8 @@ pub struct Catalog {
     pub trigger_types: BTreeMap<String, TriggerTypeDef>,
     /// Enabled rules by trigger type reference.
     rules_by_type: HashMap<String, Vec<Arc<CatalogRule>>>,
+    /// The `content` bucket revision this snapshot reflects.
+    pub revision: u64,
 }
 
 /// Stable id of a piece of content, derived from its kind and reference.
@@ -166,5 +168,15 @@ impl CatalogHandle {
     /// A receiver that sees every future swap.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Catalog>> {
         self.0.subscribe()
+    }
+
+    /// Waits (at most `timeout`) until the snapshot reflects the `content`
+    /// bucket at `revision` or later: a change made through this node is
+    /// visible to its next request. False when it took longer.
+    pub async fn wait_for(&self, revision: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| c.revision >= revision))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
     }
 }

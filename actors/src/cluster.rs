@@ -30,7 +30,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use ractor::ActorRef;
@@ -45,28 +44,12 @@ use crate::consumer::LeaseValidity;
 use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
 use crate::node::{Child, NodeMsg};
+use crate::timing::{CALL_TIMEOUT, FENCE_MARGIN, HEARTBEAT_EVERY, HEARTBEAT_TIMEOUT, LEASE_TTL};
 
 /// KV bucket of node heartbeats.
 pub const NODES_BUCKET: &str = "nodes";
 /// KV bucket of partition leases.
 pub const LEASES_BUCKET: &str = "partitions";
-/// How often a node heartbeats and reconsiders its partitions.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// How long a heartbeat keeps its node's leases alive.
-pub const LEASE_TTL: Duration = Duration::from_secs(5);
-/// How long before others may take its leases a node stops its partitions
-/// when it cannot heartbeat.
-pub const FENCE_MARGIN: Duration = Duration::from_secs(2);
-/// Longest wait for one heartbeat write.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
-// A node notices a failed heartbeat at most `HEARTBEAT_TIMEOUT` late and
-// must still stop before the lease can be taken; rounds must fit in a TTL.
-const _: () = assert!(FENCE_MARGIN.as_millis() > HEARTBEAT_TIMEOUT.as_millis());
-const _: () =
-    assert!(LEASE_TTL.as_millis() > FENCE_MARGIN.as_millis() + HEARTBEAT_EVERY.as_millis());
-
-/// How long a silent node's entry stays in the `nodes` bucket.
-pub const NODE_ENTRY_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// What a node does. Every node keeps the catalog; the rest is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -458,6 +441,18 @@ impl Coordinator {
         self.view.clone()
     }
 
+    /// This node, as it heartbeats.
+    pub fn member(&self) -> Member {
+        self.me.clone()
+    }
+
+    /// Keeps `view` (the one the API already reads) current, instead of a
+    /// new one: for a coordinator that replaces a failed one.
+    pub fn sharing_view(mut self, view: ClusterView) -> Coordinator {
+        self.view = view;
+        self
+    }
+
     /// Heartbeats and rebalances every `HEARTBEAT_EVERY` until `stop`,
     /// then stops and releases every partition and leaves.
     pub async fn run(mut self, stop: CancellationToken) {
@@ -673,7 +668,8 @@ impl Coordinator {
     /// Stops the actors of `keys` and waits until they have stopped.
     async fn stop(&self, keys: &[(Role, u32)]) {
         let children: Vec<Child> = keys.iter().filter_map(|(r, p)| r.child(*p)).collect();
-        if let Err(e) = ractor::call!(self.supervisor, NodeMsg::Disown, children) {
+        let disown = |reply| NodeMsg::Disown(children, reply);
+        if let Err(e) = crate::node::call_within(&self.supervisor, CALL_TIMEOUT, disown).await {
             tracing::warn!(error = %e, "stopping partitions failed");
         }
     }
@@ -694,6 +690,7 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn names(n: &[&str]) -> BTreeSet<String> {
         n.iter().map(|s| s.to_string()).collect()

@@ -12,7 +12,7 @@
 //!   ([`LeaseValidity`]): a fenced node's late answer must not consume a
 //!   message its partition's next owner is about to handle;
 //! - the durable consumer is opened with the engine's one ack wait
-//!   ([`ACK_WAIT`]).
+//!   ([`ACK_WAIT`](crate::timing::ACK_WAIT)).
 //!
 //! The actor owns its handler tasks: stopping it (a partition disowned,
 //! the node shutting down) gives them [`STOP_GRACE`] to finish, then aborts
@@ -32,16 +32,7 @@ use tokio::time::Instant;
 use crate::bus::{from_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::pump::Pump;
-
-/// How long a delivered message stays with its consumer before JetStream
-/// delivers it again, unless the consumer reports progress: how long the
-/// work of a dead node waits before another takes it.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
-/// How often a handler still at work reports progress on its message: a
-/// third of the ack wait, so one lost report costs nothing.
-pub const PROGRESS_EVERY: Duration = ACK_WAIT.checked_div(3).expect("nonzero");
-/// How long a stopping consumer waits for its handlers before aborting them.
-pub const STOP_GRACE: Duration = Duration::from_millis(400);
+use crate::timing::STOP_GRACE;
 
 /// Until when the node's partition leases hold, as its coordinator last
 /// confirmed: shared by the coordinator (which extends it with every
@@ -114,9 +105,14 @@ pub trait Handler: Send + Sync + 'static {
     /// What the messages are, for logs (`trigger instances`).
     const WHAT: &'static str;
 
-    /// Handles one message. Runs concurrently with others of the same
-    /// consumer, up to its concurrency.
-    fn handle(self: Arc<Self>, event: Self::Event) -> impl Future<Output = Settle> + Send;
+    /// Handles one message, delivered for the `delivered`th time. Runs
+    /// concurrently with others of the same consumer, up to its
+    /// concurrency.
+    fn handle(
+        self: Arc<Self>,
+        event: Self::Event,
+        delivered: i64,
+    ) -> impl Future<Output = Settle> + Send;
 
     /// Every this often, and once at start, [`Handler::tick`] runs. It
     /// takes a handler slot like a message: with a concurrency of one it
@@ -142,7 +138,7 @@ pub struct ConsumerSpec {
     pub max_ack_pending: i64,
     /// Messages handled at once.
     pub concurrency: usize,
-    /// [`ACK_WAIT`], but for tests.
+    /// [`ACK_WAIT`](crate::timing::ACK_WAIT), but for tests.
     pub ack_wait: Duration,
 }
 
@@ -283,11 +279,13 @@ impl<H: Handler> Actor for Consumer<H> {
             ConsumerMsg::Finished { tick } => {
                 state.ticking &= !tick;
                 while let Some(ended) = state.running.try_join_next() {
-                    if ended.is_err_and(|e| e.is_panic()) {
-                        return Err(Box::new(bus_err(
-                            &format!("handle {}", H::WHAT),
-                            "a handler panicked",
-                        )));
+                    // Its message stays unsettled: JetStream delivers it
+                    // again after the ack wait; the others go on.
+                    if let Err(e) = ended.map_err(|e| e.try_into_panic()) {
+                        if let Ok(panic) = e {
+                            tracing::error!(consumer = %state.spec.name, panic = ?panic_text(panic),
+                                "a handler panicked; its message comes back after the ack wait");
+                        }
                     }
                 }
             }
@@ -317,6 +315,14 @@ impl<H: Handler> Actor for Consumer<H> {
     }
 }
 
+/// What a panic said, when it said it as text.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}
+
 /// Starts waiting work while slots are free.
 fn start_waiting<H: Handler>(myself: &ActorRef<ConsumerMsg>, state: &mut ConsumerState<H>) {
     while state.running.len() < state.spec.concurrency {
@@ -340,7 +346,10 @@ fn start_waiting<H: Handler>(myself: &ActorRef<ConsumerMsg>, state: &mut Consume
         let progress = state.spec.ack_wait / 3;
         state.running.spawn(async move {
             let settle = match from_bytes::<H::Event>(&msg.subject, &msg.payload) {
-                Ok(event) => keep_while(&msg, progress, handler.handle(event)).await,
+                Ok(event) => {
+                    let delivered = msg.info().map_or(1, |i| i.delivered);
+                    keep_while(&msg, progress, handler.handle(event, delivered)).await
+                }
                 Err(e) => Settle::Drop(format!("unreadable {}: {e}", H::WHAT)),
             };
             settle_message(&name, &lease, &msg, settle).await;

@@ -44,7 +44,7 @@ pub struct Registered {
 pub async fn register_pack(bus: &Bus, dir: &Path, mode: Mode) -> Result<Registered, EngineError> {
     let bundle = loader::load_pack(dir)?;
     let warnings = warn_of_workflow_problems(dir, &bundle);
-    let (bundle, changes) = store_pack(bus, bundle, mode).await?;
+    let (bundle, changes, _) = store_pack(bus, bundle, mode).await?;
     Ok(Registered {
         bundle,
         changes,
@@ -73,10 +73,10 @@ pub async fn store_pack(
     bus: &Bus,
     disk: PackBundle,
     mode: Mode,
-) -> Result<(PackBundle, Vec<Change>), EngineError> {
+) -> Result<(PackBundle, Vec<Change>, u64), EngineError> {
     let now = time::now();
     let pack_ref = disk.pack.pack_ref.clone();
-    let Ok((bundle, changes)) = modify_pack(bus, &pack_ref, |stored| {
+    let Ok(((bundle, changes), revision)) = modify_pack(bus, &pack_ref, |stored| {
         let (merged, changes) = registration::merge(stored, disk.clone(), mode, now);
         *stored = merged.clone();
         Ok::<_, Infallible>((merged, changes))
@@ -92,7 +92,7 @@ pub async fn store_pack(
         tracing::warn!(policy = %policy.reference(), policy_type = %policy.policy_type,
             "policy registered and listed, but policies are not enforced yet");
     }
-    Ok((bundle, changes))
+    Ok((bundle, changes, revision))
 }
 
 /// How often a pack change is retried when others changed it first.
@@ -101,12 +101,14 @@ const CAS_ATTEMPTS: u32 = 50;
 /// Changes one registered pack with `change`, atomically: the bundle is
 /// re-read and `change` re-applied if another writer got there first. A
 /// pack that is not registered starts empty (StackStorm's `default` pack
-/// holds API-made content that names no pack).
+/// holds API-made content that names no pack). Returns `change`'s answer
+/// and the bucket revision that holds the result (for
+/// [`CatalogHandle::wait_for`](crate::catalog::CatalogHandle::wait_for)).
 pub async fn modify_pack<T, E>(
     bus: &Bus,
     pack_ref: &str,
     mut change: impl FnMut(&mut PackBundle) -> Result<T, E>,
-) -> Result<Result<T, E>, EngineError> {
+) -> Result<Result<(T, u64), E>, EngineError> {
     let key = pack_key(pack_ref);
     for attempt in 0..CAS_ATTEMPTS {
         if attempt > 0 {
@@ -133,24 +135,22 @@ pub async fn modify_pack<T, E>(
             Err(e) => return Ok(Err(e)),
         };
         if revision != 0 && bundle == before {
-            return Ok(Ok(out));
+            return Ok(Ok((out, revision)));
         }
         let bytes = to_bytes(&bundle)?;
         let written = if revision == 0 {
             bus.content
                 .create(&key, bytes)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string())
         } else {
             bus.content
                 .update(&key, bytes, revision)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string())
         };
         match written {
-            Ok(()) => return Ok(Ok(out)),
+            Ok(revision) => return Ok(Ok((out, revision))),
             Err(e) => {
                 tracing::debug!(pack = pack_ref, error = %e, "pack changed underneath; retrying")
             }
@@ -238,7 +238,9 @@ impl Actor for ContentWatcher {
         // watch from that point on: nothing between the two is missed.
         let last = crate::bus::bucket_state(&bus.content).await?.last_sequence;
         let packs = load_all(&bus).await?;
-        catalog.store(Catalog::build(packs.clone()));
+        let mut snapshot = Catalog::build(packs.clone());
+        snapshot.revision = last;
+        catalog.store(snapshot);
         let watch = bus
             .content
             .watch_all_from_revision(last + 1)
@@ -272,7 +274,9 @@ impl Actor for ContentWatcher {
                         state.packs.remove(pack_ref);
                     }
                 }
-                state.catalog.store(Catalog::build(state.packs.clone()));
+                let mut snapshot = Catalog::build(state.packs.clone());
+                snapshot.revision = entry.revision;
+                state.catalog.store(snapshot);
                 tracing::debug!(pack = pack_ref, "catalog rebuilt");
                 Ok(())
             }

@@ -3,8 +3,6 @@
 //! the execution record by compare-and-swap, so of two racing nodes (or a
 //! response racing the expiry) exactly one wins.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::time::Timestamp;
@@ -13,12 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Bus;
 use crate::error::EngineError;
 use crate::history::{Filter, HistoryHandle};
+use crate::timing::EXPIRY_SWEEP;
 
 /// The runner whose executions are inquiries.
 pub const RUNNER: &str = "inquirer";
-
-/// How often a node looks for inquiries past their `ttl`.
-pub const EXPIRY_SWEEP: Duration = Duration::from_secs(30);
 
 /// Whether `record` is an inquiry still waiting for its response.
 pub fn is_open(record: &ExecutionRecord) -> bool {

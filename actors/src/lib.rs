@@ -40,6 +40,7 @@ pub mod pump;
 pub mod rules;
 pub mod runners;
 pub mod sensors;
+pub mod timing;
 pub mod workflows;
 
 pub use error::EngineError;

@@ -5,22 +5,13 @@
 //! bucket; a write reaches the mirror milliseconds after it is stored.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 
 use crate::bus::bucket_state;
 use crate::error::{bus_err, EngineError};
-
-/// Back-off before watching the bucket again after losing the watch.
-const REWATCH_DELAY: Duration = Duration::from_secs(1);
-
-/// How often a watch is checked against the bucket. A watch can stall
-/// without an error when the server holding its consumer goes away (one of
-/// a cluster's servers dies): one that has not moved for a whole period
-/// while the bucket holds newer entries is replaced.
-const STALL_CHECK: Duration = Duration::from_secs(3);
+use crate::timing::{REWATCH_DELAY, STALL_CHECK};
 
 /// State built from a bucket's entries, one entry at a time, in revision
 /// order. Applying an entry twice must leave the same state.

@@ -6,7 +6,7 @@
 //! ├── RulePartition(p)      one per owned rules partition
 //! ├── WorkflowPartition(p)  one per owned workflows partition
 //! ├── Timers(p)             one per owned sensors partition
-//! └── RunnerPool(pool)      one per served pool, one Runner child per execution
+//! └── RunnerPool(pool)      one per served pool, one task per run
 //! ```
 //!
 //! Every child rebuilds its state from JetStream in `pre_start`, so the
@@ -35,14 +35,8 @@ use crate::keys::{KeyCache, KeyStore};
 use crate::rules::{self, RulePartition, RulesContext};
 use crate::runners::{CancelRegistry, RunnerContext, RunnerPool};
 use crate::sensors::Timers;
+use crate::timing::{CALL_TIMEOUT, DRAIN_TIMEOUT, RESTART_DELAY, START_TIMEOUT, STOP_TIMEOUT};
 use crate::workflows::WorkflowPartition;
-
-/// Back-off before a failed child is restarted.
-const RESTART_DELAY: Duration = Duration::from_millis(500);
-/// How long shutdown waits for running actions to record their end.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a partition actor may take to stop before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What a node runs.
 #[derive(Debug, Clone)]
@@ -95,6 +89,9 @@ pub enum NodeMsg {
     /// The node gives up these partitions: answered once their actors
     /// have stopped.
     Disown(Vec<Child>, RpcReplyPort<()>),
+    /// The node can no longer vouch for its leases (its coordinator
+    /// failed): every partition actor stops; answered once they have.
+    Fence(RpcReplyPort<()>),
 }
 
 /// Everything the node's actors share.
@@ -195,15 +192,26 @@ async fn spawn_child(
             .get_cell()
         }
         Child::Runners(pool) => {
+            let handler = Arc::new(RunnerPool {
+                ctx: shared.runners.clone(),
+            });
+            let spec = RunnerPool::consumer_spec(pool, shared.settings.runner_concurrency);
+            // Runs are not partitioned: no lease guards them.
             let args = (
-                shared.runners.clone(),
-                pool.clone(),
-                shared.settings.runner_concurrency,
+                shared.bus.clone(),
+                spec,
+                handler,
+                LeaseValidity::unbounded(),
             );
-            Box::pin(Actor::spawn_linked(None, RunnerPool, args, supervisor))
-                .await?
-                .0
-                .get_cell()
+            Box::pin(Actor::spawn_linked(
+                None,
+                Consumer::<RunnerPool>::default(),
+                args,
+                supervisor,
+            ))
+            .await?
+            .0
+            .get_cell()
         }
         Child::Timers(p) => Box::pin(Actor::spawn_linked(
             None,
@@ -278,6 +286,17 @@ impl Actor for NodeSupervisor {
             }
             NodeMsg::Disown(children, reply) => {
                 stop_children(state, &children).await;
+                let _ = reply.send(());
+                return Ok(());
+            }
+            NodeMsg::Fence(reply) => {
+                let all: Vec<Child> = state
+                    .children
+                    .values()
+                    .map(|(c, _)| c.clone())
+                    .filter(Child::partitioned)
+                    .collect();
+                stop_children(state, &all).await;
                 let _ = reply.send(());
                 return Ok(());
             }
@@ -373,12 +392,38 @@ async fn stop_children(state: &mut NodeState, children: &[Child]) {
 /// Answers for the executions this node runs: cancels one when
 /// `squall.cancel.<id>` arrives, and says whether it runs one when asked on
 /// `squall.running.<id>.<node>` (other nodes' runners ask before they call
-/// a run lost).
+/// a run lost). Silence would tell them this node runs nothing, so the
+/// responder never just stops: subscriptions that end are made again
+/// after [`RESTART_DELAY`], until the node has recorded every run's end.
 async fn serve_runs(
     bus: &Bus,
     node: &str,
     runs: CancelRegistry,
 ) -> Result<tokio::task::JoinHandle<()>, EngineError> {
+    let first = subscribe_runs(bus, node).await?;
+    let (bus, node) = (bus.clone(), node.to_string());
+    Ok(tokio::spawn(async move {
+        let mut requests = first;
+        loop {
+            answer_runs(&bus, &runs, requests).await;
+            tracing::error!(node = %node, "the run responder's subscriptions ended; subscribing again");
+            loop {
+                tokio::time::sleep(RESTART_DELAY).await;
+                match subscribe_runs(&bus, &node).await {
+                    Ok(again) => {
+                        requests = again;
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "the run responder cannot subscribe"),
+                }
+            }
+        }
+    }))
+}
+
+type RunRequests = futures::stream::Select<async_nats::Subscriber, async_nats::Subscriber>;
+
+async fn subscribe_runs(bus: &Bus, node: &str) -> Result<RunRequests, EngineError> {
     let subscribe = |subject: String| async move {
         bus.client
             .subscribe(subject)
@@ -387,29 +432,91 @@ async fn serve_runs(
     };
     let cancels = subscribe(crate::bus::cancel_subject("*")).await?;
     let questions = subscribe(crate::bus::running_subject("*", node)).await?;
-    let client = bus.client.clone();
-    let mut both = futures::stream::select(cancels, questions);
-    Ok(tokio::spawn(async move {
-        while let Some(msg) = futures::StreamExt::next(&mut both).await {
-            let mut tokens = msg.subject.as_str().splitn(4, '.').skip(1);
-            match (tokens.next(), tokens.next(), msg.reply) {
-                (Some("cancel"), Some(id), _) if runs.cancel(id) => {
-                    tracing::info!(execution = %id, "cancel requested; stopping the action");
+    Ok(futures::stream::select(cancels, questions))
+}
+
+/// Answers until the subscriptions end.
+async fn answer_runs(bus: &Bus, runs: &CancelRegistry, mut requests: RunRequests) {
+    while let Some(msg) = futures::StreamExt::next(&mut requests).await {
+        let mut tokens = msg.subject.as_str().splitn(4, '.').skip(1);
+        match (tokens.next(), tokens.next(), msg.reply) {
+            (Some("cancel"), Some(id), _) if runs.cancel(id) => {
+                tracing::info!(execution = %id, "cancel requested; stopping the action");
+            }
+            (Some("running"), Some(id), Some(reply)) => {
+                let answer: &'static [u8] = if runs.runs(id) {
+                    crate::bus::STILL_RUNNING
+                } else {
+                    b"no"
+                };
+                if let Err(e) = bus.client.publish(reply, answer.into()).await {
+                    tracing::warn!(execution = %id, error = %e, "could not answer for a run");
                 }
-                (Some("running"), Some(id), Some(reply)) => {
-                    let answer: &'static [u8] = if runs.runs(id) {
-                        crate::bus::STILL_RUNNING
-                    } else {
-                        b"no"
-                    };
-                    if let Err(e) = client.publish(reply, answer.into()).await {
-                        tracing::warn!(execution = %id, error = %e, "could not answer for a run");
-                    }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Calls the supervisor, giving up after `timeout`.
+pub async fn call_within<T: Send + 'static>(
+    supervisor: &ActorRef<NodeMsg>,
+    timeout: Duration,
+    msg: impl FnOnce(RpcReplyPort<T>) -> NodeMsg,
+) -> Result<T, EngineError> {
+    match supervisor.call(msg, Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+        Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::Config(format!(
+            "the node's supervisor did not answer within {timeout:?}"
+        ))),
+        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+            Err(EngineError::Config("the node's supervisor is gone".into()))
+        }
+    }
+}
+
+/// Keeps the cluster coordinator running for the node's life. The
+/// coordinator is what fences the node, so it never just stops: one that
+/// fails fences the node at once (leases lapsed, every partition actor
+/// stopped) and a new one starts after [`RESTART_DELAY`], taking the
+/// node's partitions back as any start does.
+async fn supervise_coordinator(
+    mut coordinator: Coordinator,
+    shared: Shared,
+    supervisor: ActorRef<NodeMsg>,
+    leave: CancellationToken,
+) {
+    let me = coordinator.member();
+    let view = coordinator.view();
+    loop {
+        match tokio::spawn(coordinator.run(leave.clone())).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "the cluster coordinator failed; fencing the node");
+                shared.lease.lapse();
+                if let Err(e) = call_within(&supervisor, CALL_TIMEOUT, NodeMsg::Fence).await {
+                    tracing::error!(error = %e, "fencing the node's partitions failed");
                 }
-                _ => {}
             }
         }
-    }))
+        coordinator = loop {
+            tokio::select! {
+                () = leave.cancelled() => return,
+                () = tokio::time::sleep(RESTART_DELAY) => {}
+            }
+            let again = Coordinator::open(
+                &shared.bus,
+                me.clone(),
+                supervisor.clone(),
+                shared.lease.clone(),
+            )
+            .await;
+            match again {
+                Ok(c) => break c.sharing_view(view.clone()),
+                Err(e) => tracing::error!(error = %e, "the cluster coordinator cannot restart"),
+            }
+        };
+    }
 }
 
 /// A running node's engine.
@@ -466,7 +573,7 @@ impl Engine {
         let (supervisor, join) = Box::pin(Actor::spawn(None, NodeSupervisor, shared.clone()))
             .await
             .map_err(|e| EngineError::Config(format!("the node's actors failed to start: {e}")))?;
-        if let Err(e) = ractor::call!(supervisor, NodeMsg::Ready) {
+        if let Err(e) = call_within(&supervisor, START_TIMEOUT, NodeMsg::Ready).await {
             let _ = join.await;
             return Err(EngineError::Config(format!(
                 "the node's actors failed to start: {e}"
@@ -501,10 +608,17 @@ impl Engine {
         .await?;
         Box::pin(coordinator.round()).await;
         // Every `Own` of the first round is handled before this answer.
-        let _ = ractor::call!(supervisor, NodeMsg::Ready);
+        if let Err(e) = call_within(&supervisor, START_TIMEOUT, NodeMsg::Ready).await {
+            tracing::warn!(error = %e, "the first partitions were slow to start");
+        }
         let cluster = coordinator.view();
         let leave = CancellationToken::new();
-        let coordinator = tokio::spawn(coordinator.run(leave.clone()));
+        let coordinator = tokio::spawn(supervise_coordinator(
+            coordinator,
+            shared.clone(),
+            supervisor.clone(),
+            leave.clone(),
+        ));
         Ok(Engine {
             shared,
             supervisor,

@@ -5,7 +5,7 @@
 //! though: a lone NATS server killed before it wrote its state may forget
 //! a request, or keep an acknowledgement whose final record it lost. Such
 //! a record would wait forever. Every API node therefore looks, every
-//! [`SWEEP_EVERY`], for records unchanged for [`QUIET_FOR`] that:
+//! [`ORPHAN_SWEEP_EVERY`], for records unchanged for [`QUIET_FOR`] that:
 //!
 //! - are `requested` while their pool's queue is empty and idle (nothing
 //!   waits, nothing runs), so no message will ever bring them to a runner;
@@ -17,7 +17,6 @@
 //! runner that gets it settles the record exactly as for a redelivery.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use squall_domain::execution::Status;
 use squall_domain::time::Timestamp;
@@ -27,9 +26,7 @@ use crate::bus::EXECUTIONS_STREAM;
 use crate::error::{bus_err, EngineError};
 use crate::history::{Filter, HistoryHandle};
 use crate::runners::{claim_is_alive, consumer_name, RunnerContext};
-
-/// How often each API node sweeps.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+use crate::timing::ORPHAN_SWEEP_EVERY;
 
 /// How long a record must have stayed unchanged before the sweep looks at
 /// it: well past the ack wait (30 s) and the question to its node (5 s),
@@ -125,10 +122,13 @@ async fn pool_is_idle(ctx: &RunnerContext, pool: &str) -> Result<bool, EngineErr
     Ok(info.num_pending == 0 && info.num_ack_pending == 0)
 }
 
-/// Sweeps every [`SWEEP_EVERY`] until `stop`.
+/// Sweeps every [`ORPHAN_SWEEP_EVERY`] until `stop`.
 pub async fn sweep_until(ctx: RunnerContext, history: HistoryHandle, stop: CancellationToken) {
-    crate::history::sweep_every(SWEEP_EVERY, stop, "orphaned execution sweep", |now| {
-        sweep(&ctx, &history, now)
-    })
+    crate::history::sweep_every(
+        ORPHAN_SWEEP_EVERY,
+        stop,
+        "orphaned execution sweep",
+        |now| sweep(&ctx, &history, now),
+    )
     .await;
 }

@@ -5,7 +5,6 @@
 //! rule, so a redelivered trigger never starts the action twice.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use squall_domain::execution::{
@@ -18,18 +17,17 @@ use tracing::Instrument;
 
 use crate::bus::{trigger_partition_filter, Bus, TRIGGERS_STREAM};
 use crate::catalog::{CatalogHandle, CatalogRule};
-use crate::consumer::{ConsumerSpec, Handler, Settle, ACK_WAIT};
+use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::EngineError;
 use crate::executions::{self, ExecutionSpec};
 use crate::keys::KeyCache;
+use crate::timing::{ACK_WAIT, RETRY_DELAY};
 
 /// Trigger instances a partition may hold unacknowledged.
 const MAX_IN_FLIGHT: i64 = 512;
 /// Trigger instances a partition enforces at once. Every effect's id
 /// derives from the instance and the rule, so order does not matter.
 const CONCURRENCY: usize = 32;
-/// Delay before a trigger whose enforcement hit a bus error is retried.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Durable consumer name of a rule partition.
 pub fn consumer_name(partition: u32) -> String {
@@ -70,7 +68,7 @@ impl Handler for RulePartition {
     type Event = TriggerInstance;
     const WHAT: &'static str = "trigger instances";
 
-    async fn handle(self: Arc<Self>, instance: TriggerInstance) -> Settle {
+    async fn handle(self: Arc<Self>, instance: TriggerInstance, _delivered: i64) -> Settle {
         let span = tracing::info_span!("trigger", trigger_instance = %instance.id,
             trigger_type = %instance.trigger_type, partition = self.partition);
         match process(&self.ctx, &instance, &self.ctx.kv)

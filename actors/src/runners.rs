@@ -1,16 +1,13 @@
-//! Running executions: a [`RunnerPool`] per served pool pulls requests from
-//! the `EXECUTIONS` work queue as a competing consumer and starts one
-//! [`Runner`] child per execution. The runner claims the record
-//! (`requested` → `scheduled`, compare-and-swap), marks it `running`, runs
-//! the action through its `squall-runners` runner, stores the final status
-//! and result, and only then acknowledges the request.
+//! Running executions: a [`RunnerPool`] per served pool handles requests
+//! from the `EXECUTIONS` work queue as a competing consumer. Each run claims
+//! the record (`requested` → `scheduled` → `running`, one compare-and-swap),
+//! runs the action through its `squall-runners` runner, stores the final
+//! status and result, and only then is the request acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, AckKind};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
 use squall_domain::execution::{
     ExecutionRecord, RunnerLoss, Status, TriggerInstance, RECORD_VERSION,
@@ -21,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::bus::{execution_subject, from_bytes, Bus, ExecutionRequest, EXECUTIONS_STREAM};
+use crate::bus::{execution_subject, Bus, ExecutionRequest, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
-use crate::consumer::{pull_messages, ConsumerSpec, ACK_WAIT, PROGRESS_EVERY};
+use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::{bus_err, EngineError};
 use crate::metrics::LostRun;
-use crate::pump::Pump;
+use crate::timing::{ACK_WAIT, CHECK_AGAIN_AFTER, CLAIM_CHECK_TIMEOUT};
 
 /// Durable consumer name of a runner pool.
 pub fn consumer_name(pool: &str) -> String {
@@ -124,146 +121,49 @@ impl std::fmt::Debug for RunnerContext {
     }
 }
 
-/// Pulls one pool's execution requests and supervises their runners.
+/// Runs one pool's execution requests, as the handler of a
+/// [`Consumer`](crate::consumer::Consumer) whose concurrency is the node's
+/// `runners.concurrency`: runs are tasks of that consumer, no actor each.
 #[derive(Debug)]
-pub struct RunnerPool;
-
-/// Messages of [`RunnerPool`].
-#[derive(Debug)]
-pub enum PoolMsg {
-    Request(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
-    StreamEnded,
+pub struct RunnerPool {
+    pub ctx: RunnerContext,
 }
 
-/// State of [`RunnerPool`].
-#[derive(Debug)]
-pub struct PoolState {
-    ctx: RunnerContext,
-    _pump: Pump,
-}
-
-impl Actor for RunnerPool {
-    type Msg = PoolMsg;
-    type State = PoolState;
-    type Arguments = (RunnerContext, String, i64);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<PoolMsg>,
-        (ctx, pool, concurrency): (RunnerContext, String, i64),
-    ) -> Result<PoolState, ActorProcessingErr> {
-        let spec = ConsumerSpec {
+impl RunnerPool {
+    /// Where the runners of `pool` read, `concurrency` runs at a time.
+    pub fn consumer_spec(pool: &str, concurrency: i64) -> ConsumerSpec {
+        ConsumerSpec {
             stream: EXECUTIONS_STREAM,
-            name: consumer_name(&pool),
-            filter: execution_subject(&pool),
+            name: consumer_name(pool),
+            filter: execution_subject(pool),
             max_ack_pending: concurrency,
             concurrency: usize::try_from(concurrency).unwrap_or(1),
             ack_wait: ACK_WAIT,
-        };
-        let messages = pull_messages(&ctx.bus, &spec).await?;
-        let pump = Pump::start(
-            messages,
-            myself,
-            |m| PoolMsg::Request(Box::new(m)),
-            PoolMsg::StreamEnded,
-        );
-        Ok(PoolState { ctx, _pump: pump })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<PoolMsg>,
-        msg: PoolMsg,
-        state: &mut PoolState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            PoolMsg::Request(m) => match *m {
-                Ok(m) => {
-                    let args = (state.ctx.clone(), m);
-                    Box::pin(Actor::spawn_linked(None, Runner, args, myself.get_cell())).await?;
-                    Ok(())
-                }
-                Err(e) => Err(Box::new(bus_err("consume executions", e))),
-            },
-            PoolMsg::StreamEnded => Err(Box::new(bus_err("consume executions", "stream ended"))),
         }
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<PoolMsg>,
-        evt: SupervisionEvent,
-        _state: &mut PoolState,
-    ) -> Result<(), ActorProcessingErr> {
-        // A runner that failed left its request unacknowledged: JetStream
-        // redelivers it after the ack wait, and the next runner finds the
-        // record claimed by a run this node no longer has and settles it.
-        if let SupervisionEvent::ActorFailed(who, error) = evt {
-            tracing::error!(runner = ?who.get_id(), error = %error, "runner failed");
-        }
-        Ok(())
     }
 }
 
-/// Runs one execution, then stops.
-#[derive(Debug)]
-pub struct Runner;
+impl Handler for RunnerPool {
+    type Event = ExecutionRequest;
+    const WHAT: &'static str = "execution requests";
 
-impl Actor for Runner {
-    type Msg = ();
-    type State = Option<(RunnerContext, jetstream::Message)>;
-    type Arguments = (RunnerContext, jetstream::Message);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<()>,
-        args: (RunnerContext, jetstream::Message),
-    ) -> Result<Self::State, ActorProcessingErr> {
-        myself.cast(())?;
-        Ok(Some(args))
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<()>,
-        _msg: (),
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some((ctx, msg)) = state.take() else {
-            return Ok(());
-        };
-        let _in_flight = ctx.in_flight.token();
-        let acked = match run_request(&ctx, &msg).await {
-            Ok(Delivery::Done) => msg.ack().await,
-            Ok(Delivery::Later(after)) => msg.ack_with(AckKind::Nak(Some(after))).await,
+    async fn handle(self: Arc<Self>, request: ExecutionRequest, delivered: i64) -> Settle {
+        let _in_flight = self.ctx.in_flight.token();
+        match run_request(&self.ctx, request, delivered).await {
+            Ok(Delivery::Done) => Settle::Done,
+            Ok(Delivery::Later(after)) => Settle::Later(after),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "execution request will be redelivered");
-                msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await
+                Settle::Later(Duration::from_secs(1))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "dropping execution request");
-                msg.ack_with(AckKind::Term).await
-            }
-        };
-        if let Err(e) = acked {
-            tracing::warn!(error = %e, "acknowledging execution request failed");
+            Err(e) => Settle::Drop(e.to_string()),
         }
-        myself.stop(None);
-        Ok(())
     }
 }
 
 /// Deliveries of a request whose record cannot be read before the request
 /// is dropped as broken (one second apart).
 const MISSING_RECORD_DELIVERIES: i64 = 30;
-
-/// How long the node running a claimed execution has to say so.
-const CLAIM_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// When a request whose execution another runner still runs is looked at
-/// again: the request stays on the work queue as that run's watchdog.
-const CHECK_AGAIN_AFTER: Duration = ACK_WAIT;
 
 /// What to do with a request once handled.
 #[derive(Debug, PartialEq, Eq)]
@@ -295,11 +195,10 @@ enum Claim {
 
 async fn run_request(
     ctx: &RunnerContext,
-    msg: &jetstream::Message,
+    request: ExecutionRequest,
+    delivered: i64,
 ) -> Result<Delivery, EngineError> {
-    let request: ExecutionRequest = from_bytes(&msg.subject, &msg.payload)?;
     let id = request.execution_id;
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let span = tracing::info_span!("execution", execution = %id, node = %ctx.node);
     async {
         // A first delivery carries the record as created: no read needed.
@@ -371,7 +270,7 @@ async fn run_request(
                 return Ok(Delivery::LOOK_AGAIN);
             };
             rev = r;
-            if !wait_delay(delay, msg, &cancel).await {
+            if !wait_delay(delay, &cancel).await {
                 if ctx.shutdown.is_cancelled() {
                     let reason = format!(
                         "node {} shut down while the task waited for its delay",
@@ -407,7 +306,7 @@ async fn run_request(
             return Ok(Delivery::Done);
         }
         crate::metrics::execution_started();
-        let (status, result) = run_action(ctx, &record, msg, cancel).await;
+        let (status, result) = run_action(ctx, &record, cancel).await;
         crate::metrics::execution_finished(status);
         finish(ctx, &mut record, rev, status, result).await?;
         if status == Status::Pending {
@@ -536,21 +435,10 @@ fn task_delay(record: &ExecutionRecord) -> Option<f64> {
 
 /// Waits `delay` seconds, telling JetStream the request is still being
 /// worked on; false when `cancel` ends the wait.
-async fn wait_delay(delay: f64, msg: &jetstream::Message, cancel: &CancellationToken) -> bool {
-    let until = tokio::time::sleep(Duration::from_secs_f64(delay));
-    let mut until = std::pin::pin!(until);
-    let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    progress.tick().await;
-    loop {
-        tokio::select! {
-            () = &mut until => return true,
-            () = cancel.cancelled() => return false,
-            _ = progress.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "progress ack failed");
-                }
-            }
-        }
+async fn wait_delay(delay: f64, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs_f64(delay)) => true,
+        () = cancel.cancelled() => false,
     }
 }
 
@@ -581,7 +469,6 @@ fn workflow_definition(ctx: &RunnerContext, record: &ExecutionRecord) -> Result<
 async fn run_action(
     ctx: &RunnerContext,
     record: &ExecutionRecord,
-    msg: &jetstream::Message,
     cancel: CancellationToken,
 ) -> (Status, serde_json::Value) {
     let catalog = ctx.catalog.load();
@@ -615,19 +502,8 @@ async fn run_action(
         output: Some(output),
         cancel: cancel.clone(),
     });
-    let mut run = std::pin::pin!(run);
-    let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    progress.tick().await;
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut run => break outcome,
-            _ = progress.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "progress ack failed");
-                }
-            }
-        }
-    };
+    // The consumer reports progress on the request while the run lasts.
+    let outcome = run.await;
     // The runner has dropped its sender: every chunk is out before the
     // final record is written.
     let _ = forwarder.await;

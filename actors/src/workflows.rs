@@ -30,18 +30,17 @@ use squall_domain::secrets::Cipher;
 use squall_domain::{ids, runner_types, time};
 
 use crate::bus::{from_bytes, to_bytes, Bus, WORKFLOWS_STREAM};
-use crate::consumer::{ConsumerSpec, Handler, Settle, ACK_WAIT};
+use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
 use crate::keys::KeyCache;
+use crate::timing::{ACK_WAIT, RETRY_DELAY, WORKFLOW_SWEEP_EVERY};
 
 /// The runner type whose executions are workflows.
 pub const RUNNER: &str = "orquesta";
 
 /// Events a partition may hold unacknowledged.
 const MAX_IN_FLIGHT: i64 = 256;
-/// Delay before an event whose handling hit a bus error is retried.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Subject of a workflow's events.
 pub fn subject(partition: u32, workflow_id: &str) -> String {
@@ -241,9 +240,6 @@ impl WorkflowContext {
     }
 }
 
-/// How often a partition reconciles its running workflows.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
-
 /// Key of the ids of a partition's running workflows.
 fn active_key(partition: u32) -> String {
     format!("active.{partition}")
@@ -340,7 +336,7 @@ impl Handler for WorkflowPartition {
     type Event = FlowEventMsg;
     const WHAT: &'static str = "workflow events";
 
-    async fn handle(self: Arc<Self>, event: FlowEventMsg) -> Settle {
+    async fn handle(self: Arc<Self>, event: FlowEventMsg, _delivered: i64) -> Settle {
         let mut memory = self.memory.lock().await;
         let memory = &mut *memory;
         let span = tracing::info_span!("workflow", workflow = %event.workflow_id);
@@ -372,11 +368,11 @@ impl Handler for WorkflowPartition {
     }
 
     fn tick_every(&self) -> Option<Duration> {
-        Some(SWEEP_EVERY)
+        Some(WORKFLOW_SWEEP_EVERY)
     }
 
     /// Reconciles first (a predecessor may have died mid-way), then every
-    /// [`SWEEP_EVERY`].
+    /// [`WORKFLOW_SWEEP_EVERY`].
     async fn tick(self: Arc<Self>) {
         let mut memory = self.memory.lock().await;
         if let Err(e) = sweep(&self, &mut memory).await {

@@ -52,7 +52,7 @@ impl Handler for Recorder {
     type Event = Value;
     const WHAT: &'static str = "test events";
 
-    async fn handle(self: Arc<Self>, event: Value) -> Settle {
+    async fn handle(self: Arc<Self>, event: Value, _delivered: i64) -> Settle {
         let n = event["n"].as_u64().unwrap_or(0);
         {
             let mut now = self.now.lock().unwrap();

@@ -406,15 +406,17 @@ pub async fn register_packs(
     }
     let packs = bundles.len();
     let (mut actions, mut rules, mut trigger_types) = (0, 0, 0);
-    let (mut warnings, mut changes) = (Vec::new(), Vec::new());
+    let (mut warnings, mut changes, mut revision) = (Vec::new(), Vec::new(), 0);
     for (dir, b) in dirs.iter().zip(bundles) {
         warnings.extend(content::warn_of_workflow_problems(dir, &b));
-        let (stored, changed) = content::store_pack(&st.bus, b, Mode::Explicit).await?;
+        let (stored, changed, written) = content::store_pack(&st.bus, b, Mode::Explicit).await?;
+        revision = revision.max(written);
         actions += stored.actions.len();
         rules += stored.rules.len();
         trigger_types += stored.trigger_types.len();
         changes.extend(changed);
     }
+    super::edit::visible(&st, revision).await;
     Ok(Json(json!({
         "packs": packs,
         "actions": actions,

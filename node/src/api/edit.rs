@@ -139,7 +139,7 @@ pub async fn create<T: Editable>(
     let pack = body["pack"].as_str().unwrap_or(DEFAULT_PACK).to_string();
     let mut item: T = parse(&st, &body, &pack)?;
     item.carry_state(None, time::now());
-    content::modify_pack(&st.bus, &pack, |bundle| {
+    let ((), revision) = content::modify_pack(&st.bus, &pack, |bundle| {
         if T::items(bundle).iter().any(|r| r.name() == item.name()) {
             return Err(ApiError::Conflict(format!(
                 "{} {} already exists; PUT /{}s/{} changes it",
@@ -153,7 +153,24 @@ pub async fn create<T: Editable>(
         Ok(())
     })
     .await??;
+    visible(&st, revision).await;
     Ok((StatusCode::CREATED, Json(item.view())))
+}
+
+/// How long a content change may take to reach this node's catalog before
+/// the API answers anyway (the change is stored either way).
+const VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until this node's catalog holds a change stored at `revision`, so
+/// that the caller's next request (run the new action, fire the new rule)
+/// sees it.
+pub async fn visible(st: &ApiState, revision: u64) {
+    if !st.catalog.wait_for(revision, VISIBLE_WITHIN).await {
+        tracing::warn!(
+            revision,
+            "a content change was slow to reach this node's catalog"
+        );
+    }
 }
 
 /// `pack.name`, or an id as StackStorm's CLI sends it, as a reference.
@@ -194,7 +211,7 @@ pub async fn update<T: Editable>(
             T::KIND
         )));
     }
-    let stored = content::modify_pack(&st.bus, pack, |bundle| {
+    let (stored, revision) = content::modify_pack(&st.bus, pack, |bundle| {
         match T::items(bundle).iter_mut().find(|r| r.name() == name) {
             Some(existing) => {
                 let mut new = item.clone();
@@ -210,6 +227,7 @@ pub async fn update<T: Editable>(
         }
     })
     .await??;
+    visible(&st, revision).await;
     Ok(Json(stored.view()))
 }
 
@@ -220,7 +238,7 @@ pub async fn delete<T: Editable>(
 ) -> Result<StatusCode, ApiError> {
     let reference = resolve::<T>(&st, reference);
     let (pack, name) = split_ref::<T>(&reference)?;
-    content::modify_pack(&st.bus, pack, |bundle| {
+    let ((), revision) = content::modify_pack(&st.bus, pack, |bundle| {
         let items = T::items(bundle);
         let before = items.len();
         items.retain(|r| r.name() != name);
@@ -233,5 +251,6 @@ pub async fn delete<T: Editable>(
         Ok(())
     })
     .await??;
+    visible(&st, revision).await;
     Ok(StatusCode::NO_CONTENT)
 }
