@@ -25,6 +25,7 @@ use squall_domain::template::Renderer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::AuthStore;
 use crate::bus::Bus;
 use crate::catalog::CatalogHandle;
 use crate::cluster::{ClusterView, Coordinator, Member, Role};
@@ -47,7 +48,8 @@ const STOP_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct NodeSettings {
     /// Unique name of the node in the cluster.
     pub name: String,
-    /// Public URL of the REST API (given to actions).
+    /// Public URL of the REST API, without the version (`.../api`); actions
+    /// and workflows get `<api_url>/v1`.
     pub api_url: String,
     /// Runner pools this node serves.
     pub pools: Vec<String>,
@@ -424,7 +426,9 @@ impl Engine {
             bus: bus.clone(),
             catalog: catalog.clone(),
             node: settings.name.clone(),
-            api_url: settings.api_url.clone(),
+            // StackStorm's `get_full_public_api_url`: the v1 API root.
+            api_url: format!("{}/v1", settings.api_url),
+            auth: Box::pin(AuthStore::open(&bus)).await?,
             runners: Arc::new(squall_runners::registry()),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
