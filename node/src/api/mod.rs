@@ -15,6 +15,7 @@ mod executions;
 mod inquiries;
 mod keys;
 mod listing;
+mod rule_test;
 mod service_registry;
 mod stream;
 mod triggers;
@@ -122,6 +123,7 @@ pub fn app(state: ApiState) -> Router {
             "/rules",
             get(content::list_rules).post(edit::create::<RuleDef>),
         )
+        .route("/rules/test", post(rule_test::test))
         .route(
             "/rules/{reference}",
             get(content::get_rule)
