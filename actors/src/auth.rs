@@ -12,6 +12,7 @@
 //! | `auth` | `apikeys.<sha256 of key>` | [`ApiKey`] |
 //! | `tokens` | `<sha256 of token>` | [`Token`] (the bucket forgets after [`MAX_TOKEN_TTL`]) |
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use async_nats::jetstream::kv;
+use bytes::Bytes;
 use futures::StreamExt;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,7 @@ use squall_domain::time::{self, Timestamp};
 
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
+use crate::mirror::{Mirror, Mirrored};
 
 /// KV bucket of users and API keys.
 pub const AUTH_BUCKET: &str = "auth";
@@ -195,11 +198,36 @@ fn password_matches(password: &str, phc: &str) -> bool {
     })
 }
 
+/// A bucket's entries as they are stored, kept current by a watch.
+#[derive(Debug, Default)]
+struct Entries(HashMap<String, Bytes>);
+
+impl Mirror for Entries {
+    fn apply(&mut self, entry: &kv::Entry) {
+        match entry.operation {
+            kv::Operation::Put => {
+                self.0.insert(entry.key.clone(), entry.value.clone());
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.0.remove(&entry.key);
+            }
+        }
+    }
+}
+
 /// The users, tokens and API keys of a cluster.
+///
+/// Requests are authenticated from in-memory mirrors of the two buckets,
+/// without a bus round trip: a token or key revoked, disabled or deleted
+/// anywhere stops working here as soon as the watch delivers the change
+/// (milliseconds). What the mirror does not hold yet (a token issued on
+/// another node a moment ago) is read from the bucket.
 #[derive(Clone)]
 pub struct AuthStore {
     users: kv::Store,
     tokens: kv::Store,
+    mirrored_users: Mirrored<Entries>,
+    mirrored_tokens: Mirrored<Entries>,
 }
 
 impl fmt::Debug for AuthStore {
@@ -217,10 +245,27 @@ impl AuthStore {
                 .await
                 .map_err(|e| bus_err(&format!("open bucket {name}"), e))
         };
+        let users = open(AUTH_BUCKET).await?;
+        let tokens = open(TOKENS_BUCKET).await?;
         Ok(AuthStore {
-            users: open(AUTH_BUCKET).await?,
-            tokens: open(TOKENS_BUCKET).await?,
+            mirrored_users: Mirrored::start(&users, AUTH_BUCKET).await?,
+            mirrored_tokens: Mirrored::start(&tokens, TOKENS_BUCKET).await?,
+            users,
+            tokens,
         })
+    }
+
+    /// The value at `key`, from the mirror, else from the bucket.
+    async fn cached<T: for<'de> Deserialize<'de>>(
+        mirror: &Mirrored<Entries>,
+        store: &kv::Store,
+        key: &str,
+    ) -> Result<Option<T>, EngineError> {
+        let mirrored = mirror.read().0.get(key).cloned();
+        match mirrored {
+            Some(bytes) => Ok(Some(from_bytes(key, &bytes)?)),
+            None => Self::get(store, key).await,
+        }
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(
@@ -380,7 +425,8 @@ impl AuthStore {
         Ok((value, token))
     }
 
-    /// Deletes a token: it is refused from now on.
+    /// Deletes a token: it is refused from now on (every node's mirror
+    /// hears of it within milliseconds).
     pub async fn revoke_token(&self, value: &str) -> Result<(), EngineError> {
         self.tokens
             .purge(digest(value))
@@ -388,33 +434,43 @@ impl AuthStore {
             .map_err(|e| bus_err("revoke token", e))
     }
 
-    /// Who a token belongs to, if it is valid and unexpired.
-    pub async fn resolve_token(&self, value: &str) -> Result<Option<Principal>, EngineError> {
-        let Some(token) = Self::get::<Token>(&self.tokens, &digest(value)).await? else {
+    /// Who a token belongs to and when it expires, if it is valid and
+    /// unexpired.
+    pub async fn resolve_token(
+        &self,
+        value: &str,
+    ) -> Result<Option<(Principal, Timestamp)>, EngineError> {
+        let key = digest(value);
+        let Some(token) = Self::cached::<Token>(&self.mirrored_tokens, &self.tokens, &key).await?
+        else {
             return Ok(None);
         };
         if token.expiry <= time::now() {
             return Ok(None);
         }
-        Ok(match self.principal(&token.user).await? {
+        let principal = match self.principal(&token.user).await? {
             Some(principal) => Some(principal),
             None => token.role.map(|role| Principal {
-                user: token.user,
+                user: token.user.clone(),
                 role,
             }),
-        })
+        };
+        Ok(principal.map(|p| (p, token.expiry)))
     }
 
-    /// Who an API key belongs to, if it exists and is enabled.
+    /// Who an API key belongs to, if it exists and is enabled. Disabling or
+    /// deleting a key reaches every node's mirror within milliseconds.
     pub async fn resolve_api_key(&self, value: &str) -> Result<Option<Principal>, EngineError> {
-        match Self::get::<ApiKey>(&self.users, &apikey_key(&digest(value))).await? {
+        let key = apikey_key(&digest(value));
+        match Self::cached::<ApiKey>(&self.mirrored_users, &self.users, &key).await? {
             Some(key) if key.enabled => self.principal(&key.user).await,
             _ => Ok(None),
         }
     }
 
     async fn principal(&self, name: &str) -> Result<Option<Principal>, EngineError> {
-        Ok(self.user(name).await?.map(|u| Principal {
+        let user = Self::cached::<User>(&self.mirrored_users, &self.users, &user_key(name)).await?;
+        Ok(user.map(|u| Principal {
             user: u.name,
             role: u.role,
         }))
@@ -449,6 +505,55 @@ impl AuthStore {
         let mut keys: Vec<ApiKey> = self.scan("apikeys.").await?;
         keys.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(keys)
+    }
+
+    /// The API key named by its id or by the key itself (as StackStorm's
+    /// `get_by_key_or_id`), with the revision of its record.
+    pub async fn api_key(&self, id_or_key: &str) -> Result<Option<(ApiKey, u64)>, EngineError> {
+        if let Some(found) = self.api_key_entry(&apikey_key(&digest(id_or_key))).await? {
+            return Ok(Some(found));
+        }
+        if !ids::is_id(id_or_key) {
+            return Ok(None);
+        }
+        let Some(key) = self
+            .api_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.id == id_or_key)
+        else {
+            return Ok(None);
+        };
+        self.api_key_entry(&apikey_key(&key.key_hash)).await
+    }
+
+    async fn api_key_entry(&self, storage_key: &str) -> Result<Option<(ApiKey, u64)>, EngineError> {
+        match self
+            .users
+            .entry(storage_key)
+            .await
+            .map_err(|e| bus_err("read API key", e))?
+        {
+            Some(entry) if entry.operation == kv::Operation::Put => Ok(Some((
+                from_bytes(storage_key, &entry.value)?,
+                entry.revision,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores a changed API key (same hash) if its record is still at
+    /// `revision`; false if it changed or was deleted meanwhile.
+    pub async fn update_api_key(&self, key: &ApiKey, revision: u64) -> Result<bool, EngineError> {
+        match self
+            .users
+            .update(apikey_key(&key.key_hash), to_bytes(key)?, revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(bus_err("update API key", e)),
+        }
     }
 
     /// Deletes the API key with this id; false if there is none.

@@ -28,6 +28,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use squall_domain::execution::{ExecutionRecord, RuleEnforcement, TriggerInstance};
 use squall_domain::ids;
+use squall_domain::time::Timestamp;
 
 use crate::auth;
 use crate::cluster;
@@ -234,12 +235,25 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
 }
 
 /// A request to run an execution, as carried by the `EXECUTIONS` stream.
-/// The record in the `executions` bucket holds everything else.
+/// The record in the `executions` bucket is the source of truth.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecutionRequest {
     #[serde(default)]
     pub v: u32,
     pub execution_id: String,
+    /// The record as its creation stored it, with that revision, on the
+    /// first request only: a runner claims it with one compare-and-swap
+    /// without reading it first (a record changed since fails the swap and
+    /// is read afresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Box<CreatedRecord>>,
+}
+
+/// An execution record and the revision its creation returned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedRecord {
+    pub revision: u64,
+    pub record: ExecutionRecord,
 }
 
 /// Handles on every stream and bucket, shared by all actors of a node.
@@ -484,6 +498,79 @@ impl Bus {
         Ok((out, state.messages))
     }
 
+    /// The trigger instances `filter` keeps, newest first, skipping
+    /// `offset`, with whether each has been processed; and how many match.
+    /// One forward pass over the stream with an ordered consumer (batched
+    /// reads), keeping only the newest `offset + limit` matches in memory.
+    pub async fn find_trigger_instances(
+        &self,
+        filter: &TriggerInstanceFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<(TriggerInstance, bool)>, u64), EngineError> {
+        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+        let consumer = self
+            .triggers
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| bus_err("read trigger instances", e))?;
+        let stored = consumer.cached_info().num_pending;
+        let keep = offset.saturating_add(limit);
+        let mut newest = std::collections::VecDeque::new();
+        let mut total = 0u64;
+        if stored == 0 || keep == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| bus_err("read trigger instances", e))?;
+        let mut floors = std::collections::HashMap::new();
+        for _ in 0..stored {
+            let next = tokio::time::timeout(LIST_TIMEOUT, messages.next())
+                .await
+                .map_err(|_| bus_err("read trigger instances", "no answer in time; try again"))?;
+            let Some(msg) = next else { break };
+            let msg = msg.map_err(|e| bus_err("read trigger instances", e))?;
+            let seq = msg
+                .info()
+                .map_err(|e| bus_err("read trigger instances", e))?
+                .stream_sequence;
+            let instance: TriggerInstance = from_bytes(&msg.subject, &msg.payload)?;
+            if !filter.keeps(&instance) {
+                continue;
+            }
+            let partition = self.partition_of(&instance.id);
+            let floor = match floors.get(&partition) {
+                Some(f) => *f,
+                None => {
+                    let f = self
+                        .triggers
+                        .consumer_info(crate::rules::consumer_name(partition))
+                        .await
+                        .map(|i| i.ack_floor.stream_sequence)
+                        .unwrap_or(0);
+                    floors.insert(partition, f);
+                    f
+                }
+            };
+            let processed = floor >= seq;
+            if filter.processed.is_some_and(|p| p != processed) {
+                continue;
+            }
+            total += 1;
+            newest.push_back((instance, processed));
+            if newest.len() > keep {
+                newest.pop_front();
+            }
+        }
+        let page = newest.into_iter().rev().skip(offset).take(limit).collect();
+        Ok((page, total))
+    }
+
     /// Every rule enforcement id, newest first (ids begin with their
     /// second).
     /// A listing that does not finish within [`LIST_TIMEOUT`] (its consumer
@@ -538,14 +625,23 @@ impl Bus {
     /// `msg_id` as its `Nats-Msg-Id` (the execution id for the first
     /// request): a repeat within the duplicate window is dropped. Its trace
     /// is the record's (`context.trace_context`).
+    /// `created_revision` is the revision the record's creation returned,
+    /// for the first request.
     pub async fn request_execution(
         &self,
         record: &ExecutionRecord,
         msg_id: &str,
+        created_revision: Option<u64>,
     ) -> Result<(), EngineError> {
         let request = ExecutionRequest {
             v: 1,
             execution_id: record.id.clone(),
+            created: created_revision.map(|revision| {
+                Box::new(CreatedRecord {
+                    revision,
+                    record: record.clone(),
+                })
+            }),
         };
         let trace_id = record
             .context
@@ -583,11 +679,15 @@ impl Bus {
         }
     }
 
-    /// Stores a new execution record; `false` when one with that id exists.
-    pub async fn create_execution(&self, record: &ExecutionRecord) -> Result<bool, EngineError> {
+    /// Stores a new execution record and returns its revision; `None` when
+    /// one with that id exists.
+    pub async fn create_execution(
+        &self,
+        record: &ExecutionRecord,
+    ) -> Result<Option<u64>, EngineError> {
         match self.executions.create(&record.id, to_bytes(record)?).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(bus_err("create execution", e)),
         }
     }
@@ -705,6 +805,37 @@ pub fn from_bytes<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Resu
     })
 }
 
+/// What a trigger-instance list may be narrowed to (StackStorm's
+/// `trigger`, `timestamp_gt`, `timestamp_lt` and `status` filters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TriggerInstanceFilter {
+    /// The trigger's reference.
+    pub trigger: Option<String>,
+    /// Occurred strictly after this.
+    pub after: Option<Timestamp>,
+    /// Occurred strictly before this.
+    pub before: Option<Timestamp>,
+    /// Processed by its rules partition (`true`) or still pending.
+    pub processed: Option<bool>,
+}
+
+impl TriggerInstanceFilter {
+    /// Whether nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        *self == TriggerInstanceFilter::default()
+    }
+
+    /// Whether `instance` passes every filter but `processed` (which needs
+    /// the stream's state).
+    pub fn keeps(&self, instance: &TriggerInstance) -> bool {
+        self.trigger
+            .as_deref()
+            .is_none_or(|t| instance.trigger == t)
+            && self.after.is_none_or(|a| instance.occurrence_time > a)
+            && self.before.is_none_or(|b| instance.occurrence_time < b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,6 +853,46 @@ mod tests {
         assert!(trig.allow_direct, "trigger instances are read by id");
         assert_eq!(trig.duplicate_window, DUPLICATE_WINDOW);
         assert!(kv_configs(1).iter().any(|b| b.bucket == EXECUTIONS_BUCKET));
+    }
+
+    #[test]
+    fn trigger_instance_filters_keep_what_they_name() {
+        let at = |s: &str| squall_domain::time::parse(s).unwrap();
+        let instance = TriggerInstance {
+            v: squall_domain::execution::RECORD_VERSION,
+            id: "6740f0aa0123456789abcdef".into(),
+            trigger: "examples.hook".into(),
+            trigger_type: "core.st2.webhook".into(),
+            trigger_parameters: serde_json::Map::new(),
+            payload: serde_json::json!({}),
+            occurrence_time: at("2026-01-01T12:00:00Z"),
+            trace_tag: None,
+        };
+        assert!(TriggerInstanceFilter::default().is_empty());
+        let f = |trigger: Option<&str>, after: Option<&str>, before: Option<&str>| {
+            TriggerInstanceFilter {
+                trigger: trigger.map(str::to_string),
+                after: after.map(at),
+                before: before.map(at),
+                processed: None,
+            }
+        };
+        assert!(f(Some("examples.hook"), None, None).keeps(&instance));
+        assert!(!f(Some("examples.other"), None, None).keeps(&instance));
+        assert!(f(
+            None,
+            Some("2026-01-01T11:59:59Z"),
+            Some("2026-01-01T12:00:01Z")
+        )
+        .keeps(&instance));
+        assert!(
+            !f(None, Some("2026-01-01T12:00:00Z"), None).keeps(&instance),
+            "strictly after"
+        );
+        assert!(
+            !f(None, None, Some("2026-01-01T12:00:00Z")).keeps(&instance),
+            "strictly before"
+        );
     }
 
     #[test]

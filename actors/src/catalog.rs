@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use squall_domain::model::{ActionDef, PackBundle, RuleDef, TriggerTypeDef};
 use squall_domain::{ids, triggers};
+use tokio::sync::watch;
 
 /// An action and the directory of the pack it came from.
 #[derive(Debug, Clone)]
@@ -34,6 +34,10 @@ pub struct Trigger {
     pub reference: String,
     pub trigger_type: String,
     pub parameters: Map<String, Value>,
+    /// Since when some enabled rule has listened to it: the earliest
+    /// `enabled_since` of its rules (`None`: since always, a rule stored
+    /// before Squall recorded it).
+    pub listening_since: Option<DateTime<Utc>>,
 }
 
 /// Indexed registered content.
@@ -120,12 +124,16 @@ impl Catalog {
     pub fn triggers_of_type(&self, trigger_type: &str) -> Vec<Trigger> {
         let mut out: Vec<Trigger> = Vec::new();
         for r in self.rules_by_type.get(trigger_type).into_iter().flatten() {
-            if !out.iter().any(|t| t.reference == r.trigger_ref) {
-                out.push(Trigger {
+            match out.iter_mut().find(|t| t.reference == r.trigger_ref) {
+                Some(t) => {
+                    t.listening_since = t.listening_since.min(r.def.enabled_since);
+                }
+                None => out.push(Trigger {
                     reference: r.trigger_ref.clone(),
                     trigger_type: trigger_type.to_string(),
                     parameters: r.def.trigger.parameters.clone(),
-                });
+                    listening_since: r.def.enabled_since,
+                }),
             }
         }
         out

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{from_bytes, to_bytes, Bus};
+use crate::consumer::LeaseValidity;
 use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
 use crate::node::{Child, NodeMsg};
@@ -405,7 +406,7 @@ pub struct Coordinator {
     /// Leases this node holds, with the revision of its write.
     held: BTreeMap<(Role, u32), u64>,
     /// Until when the last acknowledged heartbeat keeps the leases.
-    valid_until: Option<Instant>,
+    lease: LeaseValidity,
     supervisor: ActorRef<NodeMsg>,
     view: ClusterView,
 }
@@ -425,6 +426,7 @@ impl Coordinator {
         bus: &Bus,
         me: Member,
         supervisor: ActorRef<NodeMsg>,
+        lease: LeaseValidity,
     ) -> Result<Coordinator, EngineError> {
         let open = |name: &'static str| {
             let js = bus.js.clone();
@@ -445,7 +447,7 @@ impl Coordinator {
             me,
             sightings: Sightings::default(),
             held: BTreeMap::new(),
-            valid_until: None,
+            lease,
             supervisor,
             view: ClusterView::default(),
         })
@@ -493,7 +495,7 @@ impl Coordinator {
     }
 
     fn valid(&self, now: Instant) -> bool {
-        self.valid_until.is_some_and(|v| now < v)
+        self.lease.valid_at(now)
     }
 
     async fn heartbeat(&mut self) {
@@ -508,7 +510,7 @@ impl Coordinator {
         };
         let sent = Instant::now();
         match tokio::time::timeout(HEARTBEAT_TIMEOUT, self.nodes.put(&self.me.name, bytes)).await {
-            Ok(Ok(_)) => self.valid_until = Some(sent + LEASE_TTL - FENCE_MARGIN),
+            Ok(Ok(_)) => self.lease.hold_until(sent + LEASE_TTL - FENCE_MARGIN),
             Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
             Err(_) => {
                 tracing::warn!(timeout = ?HEARTBEAT_TIMEOUT, "heartbeat not acknowledged in time")

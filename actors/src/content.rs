@@ -9,8 +9,12 @@ use std::path::Path;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::convert::Infallible;
+
 use squall_domain::loader;
 use squall_domain::model::{PackBundle, PackMeta, BUNDLE_VERSION};
+use squall_domain::registration::{self, Change, Mode};
+use squall_domain::time;
 
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::catalog::{Catalog, CatalogHandle};
@@ -22,14 +26,30 @@ pub fn pack_key(pack_ref: &str) -> String {
     format!("packs.{pack_ref}")
 }
 
+/// What registering one pack did.
+#[derive(Debug)]
+pub struct Registered {
+    /// The pack as stored now.
+    pub bundle: PackBundle,
+    /// What registration changed or removed, one line each.
+    pub changes: Vec<Change>,
+    /// Problems of the pack's workflows (they register anyway).
+    pub warnings: Vec<String>,
+}
+
 /// Loads the pack in `dir`, validates all of it and, only if it is valid,
-/// stores it as one value (replacing the previous version atomically).
-pub async fn register_pack(bus: &Bus, dir: &Path) -> Result<PackBundle, EngineError> {
-    let mut bundle = loader::load_pack(dir)?;
-    bundle.version = BUNDLE_VERSION;
-    warn_of_workflow_problems(dir, &bundle);
-    store_pack(bus, &bundle).await?;
-    Ok(bundle)
+/// merges it into the stored pack as `mode` says
+/// ([`squall_domain::registration`]): content created through the API is
+/// never lost.
+pub async fn register_pack(bus: &Bus, dir: &Path, mode: Mode) -> Result<Registered, EngineError> {
+    let bundle = loader::load_pack(dir)?;
+    let warnings = warn_of_workflow_problems(dir, &bundle);
+    let (bundle, changes) = store_pack(bus, bundle, mode).await?;
+    Ok(Registered {
+        bundle,
+        changes,
+        warnings,
+    })
 }
 
 /// Logs the problems of a pack's workflows (they register anyway, as in
@@ -46,19 +66,33 @@ pub fn warn_of_workflow_problems(dir: &Path, bundle: &PackBundle) -> Vec<String>
         .collect()
 }
 
-/// Stores an already validated pack.
-pub async fn store_pack(bus: &Bus, bundle: &PackBundle) -> Result<(), EngineError> {
-    bus.content
-        .put(pack_key(&bundle.pack.pack_ref), to_bytes(bundle)?)
-        .await
-        .map_err(|e| bus_err("store pack", e))?;
-    tracing::info!(pack = %bundle.pack.pack_ref, actions = bundle.actions.len(),
-        rules = bundle.rules.len(), policies = bundle.policies.len(), "pack registered");
+/// Merges an already validated pack read from disk into the stored one,
+/// atomically (a concurrent API edit is re-read, never overwritten), and
+/// logs every change.
+pub async fn store_pack(
+    bus: &Bus,
+    disk: PackBundle,
+    mode: Mode,
+) -> Result<(PackBundle, Vec<Change>), EngineError> {
+    let now = time::now();
+    let pack_ref = disk.pack.pack_ref.clone();
+    let Ok((bundle, changes)) = modify_pack(bus, &pack_ref, |stored| {
+        let (merged, changes) = registration::merge(stored, disk.clone(), mode, now);
+        *stored = merged.clone();
+        Ok::<_, Infallible>((merged, changes))
+    })
+    .await?;
+    for change in &changes {
+        tracing::info!(pack = %pack_ref, %change, "registration changed content");
+    }
+    tracing::info!(pack = %pack_ref, actions = bundle.actions.len(),
+        rules = bundle.rules.len(), policies = bundle.policies.len(),
+        changes = changes.len(), "pack registered");
     for policy in &bundle.policies {
         tracing::warn!(policy = %policy.reference(), policy_type = %policy.policy_type,
             "policy registered and listed, but policies are not enforced yet");
     }
-    Ok(())
+    Ok((bundle, changes))
 }
 
 /// How often a pack change is retried when others changed it first.
@@ -93,10 +127,14 @@ pub async fn modify_pack<T, E>(
             Some(e) => (empty_pack(pack_ref), e.revision),
             None => (empty_pack(pack_ref), 0),
         };
+        let before = bundle.clone();
         let out = match change(&mut bundle) {
             Ok(out) => out,
             Err(e) => return Ok(Err(e)),
         };
+        if revision != 0 && bundle == before {
+            return Ok(Ok(out));
+        }
         let bytes = to_bytes(&bundle)?;
         let written = if revision == 0 {
             bus.content
@@ -140,6 +178,7 @@ fn empty_pack(pack_ref: &str) -> PackBundle {
         rules: vec![],
         trigger_types: vec![],
         policies: vec![],
+        registered: BTreeMap::new(),
     }
 }
 

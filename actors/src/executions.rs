@@ -181,16 +181,15 @@ pub fn prepare(
 /// the work queue drops a repeat within its duplicate window and runners
 /// skip records that already moved on.
 pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecord, EngineError> {
-    let stored = if bus.create_execution(&record).await? {
-        record
-    } else {
-        match bus.execution(&record.id).await? {
-            Some((existing, _)) => existing,
-            None => record,
-        }
+    let (stored, created) = match bus.create_execution(&record).await? {
+        Some(revision) => (record, Some(revision)),
+        None => match bus.execution(&record.id).await? {
+            Some((existing, _)) => (existing, None),
+            None => (record, None),
+        },
     };
     if stored.status == Status::Requested {
-        bus.request_execution(&stored, &stored.id).await?;
+        bus.request_execution(&stored, &stored.id, created).await?;
         crate::metrics::execution_requested();
     }
     Ok(stored)

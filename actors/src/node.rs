@@ -29,12 +29,14 @@ use crate::auth::AuthStore;
 use crate::bus::Bus;
 use crate::catalog::CatalogHandle;
 use crate::cluster::{ClusterView, Coordinator, Member, Role};
+use crate::consumer::{Consumer, LeaseValidity};
 use crate::content::ContentWatcher;
 use crate::error::EngineError;
 use crate::keys::{KeyCache, KeyStore};
-use crate::rules::{RulePartition, RulesContext};
+use crate::rules::{self, RulePartition, RulesContext};
 use crate::runners::{CancelRegistry, RunnerContext, RunnerPool};
 use crate::sensors::Timers;
+use crate::workflows::WorkflowPartition;
 
 /// Back-off before a failed child is restarted.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
@@ -109,6 +111,9 @@ pub struct Shared {
     pub cipher: Cipher,
     pub settings: NodeSettings,
     pub runners: RunnerContext,
+    /// Until when this node's partition leases hold (the coordinator's
+    /// heartbeats extend it; partition consumers check it before acking).
+    pub lease: LeaseValidity,
 }
 
 /// State of [`NodeSupervisor`].
@@ -136,16 +141,25 @@ async fn spawn_child(
         .0
         .get_cell(),
         Child::Rules(p) => {
-            let ctx = RulesContext {
-                bus: shared.bus.clone(),
-                catalog: shared.catalog.clone(),
-                renderer: shared.renderer.clone(),
-                kv: shared.kv.clone(),
-            };
+            let handler = Arc::new(RulePartition {
+                ctx: RulesContext {
+                    bus: shared.bus.clone(),
+                    catalog: shared.catalog.clone(),
+                    renderer: shared.renderer.clone(),
+                    kv: shared.kv.clone(),
+                },
+                partition: *p,
+            });
+            let args = (
+                shared.bus.clone(),
+                rules::consumer_spec(*p),
+                handler,
+                shared.lease.clone(),
+            );
             Box::pin(Actor::spawn_linked(
                 None,
-                RulePartition,
-                (ctx, *p),
+                Consumer::<RulePartition>::default(),
+                args,
                 supervisor,
             ))
             .await?
@@ -165,10 +179,17 @@ async fn spawn_child(
                 // `ctx().st2.api_url`: the v1 API root, so `.../executions/<id>` works.
                 api_url: format!("{}/v1", shared.settings.api_url),
             };
+            let handler = Arc::new(Box::pin(WorkflowPartition::open(ctx, *p)).await?);
+            let args = (
+                shared.bus.clone(),
+                WorkflowPartition::consumer_spec(*p),
+                handler,
+                shared.lease.clone(),
+            );
             Box::pin(Actor::spawn_linked(
                 None,
-                crate::workflows::WorkflowPartition,
-                (ctx, *p),
+                Consumer::<WorkflowPartition>::default(),
+                args,
                 supervisor,
             ))
             .await?
@@ -413,10 +434,12 @@ impl Engine {
     /// Returns once the catalog holds all registered content and the node
     /// runs the partitions it could take at once (all of them when it is
     /// alone, or when the previous owner was this node's earlier life).
+    /// `auth` issues and revokes the actions' API tokens.
     pub async fn start(
         bus: Bus,
         settings: NodeSettings,
         keys: &KeyStore,
+        auth: AuthStore,
     ) -> Result<Engine, EngineError> {
         let kv = Box::pin(KeyCache::start(keys)).await?;
         let catalog = CatalogHandle::default();
@@ -428,7 +451,7 @@ impl Engine {
             node: settings.name.clone(),
             // StackStorm's `get_full_public_api_url`: the v1 API root.
             api_url: format!("{}/v1", settings.api_url),
-            auth: Box::pin(AuthStore::open(&bus)).await?,
+            auth,
             runners: Arc::new(squall_runners::registry()),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
@@ -444,6 +467,7 @@ impl Engine {
             cipher: keys.cipher().clone(),
             settings,
             runners,
+            lease: LeaseValidity::default(),
         };
         let (supervisor, join) = Box::pin(Actor::spawn(None, NodeSupervisor, shared.clone()))
             .await
@@ -474,8 +498,13 @@ impl Engine {
             heartbeat_at: now,
             partitions: Default::default(),
         };
-        let mut coordinator =
-            Box::pin(Coordinator::open(&shared.bus, me, supervisor.clone())).await?;
+        let mut coordinator = Box::pin(Coordinator::open(
+            &shared.bus,
+            me,
+            supervisor.clone(),
+            shared.lease.clone(),
+        ))
+        .await?;
         Box::pin(coordinator.round()).await;
         // Every `Own` of the first round is handled before this answer.
         let _ = ractor::call!(supervisor, NodeMsg::Ready);

@@ -95,7 +95,7 @@ pub async fn sweep(
         if orphaned {
             tracing::warn!(execution = %id, status = %record.status, "no runner works on this execution; requesting it again");
             let msg_id = format!("{id}.orphan.{}", record.log.len());
-            ctx.bus.request_execution(&record, &msg_id).await?;
+            ctx.bus.request_execution(&record, &msg_id, None).await?;
             crate::metrics::orphan_requested();
             requested += 1;
         }

@@ -7,29 +7,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, AckKind};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use squall_domain::execution::{
-    EnforcementStatus, RuleEnforcement, RuleSummary, TriggerInstance, TriggerInstanceSummary,
-    RECORD_VERSION,
+    EnforcementStatus, ExecutionRecord, RuleEnforcement, RuleSummary, TriggerInstance,
+    TriggerInstanceSummary, RECORD_VERSION,
 };
 use squall_domain::model::RuleDef;
 use squall_domain::template::{KeyValueLookup, Renderer};
 use squall_domain::{criteria, ids, time, triggers};
 use tracing::Instrument;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-
-use crate::bus::{from_bytes, trigger_partition_filter, Bus, TRIGGERS_STREAM};
+use crate::bus::{trigger_partition_filter, Bus, TRIGGERS_STREAM};
 use crate::catalog::{CatalogHandle, CatalogRule};
-use crate::error::{bus_err, EngineError};
+use crate::consumer::{ConsumerSpec, Handler, Settle, ACK_WAIT};
+use crate::error::EngineError;
 use crate::executions::{self, ExecutionSpec};
 use crate::keys::KeyCache;
-use crate::pump::Pump;
 
 /// Trigger instances a partition may hold unacknowledged.
 const MAX_IN_FLIGHT: i64 = 512;
+/// Trigger instances a partition enforces at once. Every effect's id
+/// derives from the instance and the rule, so order does not matter.
+const CONCURRENCY: usize = 32;
 /// Delay before a trigger whose enforcement hit a bus error is retried.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -38,39 +38,16 @@ pub fn consumer_name(partition: u32) -> String {
     format!("rules-{partition}")
 }
 
-/// Opens (creating if needed) a durable pull consumer and returns its
-/// message stream.
-pub async fn pull_messages(
-    bus: &Bus,
-    stream: &str,
-    name: String,
-    filter: String,
-    max_ack_pending: i64,
-) -> Result<consumer::pull::Stream, EngineError> {
-    let stream = bus
-        .js
-        .get_stream(stream)
-        .await
-        .map_err(|e| bus_err("open stream", e))?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: filter,
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| bus_err(&format!("open consumer {name}"), e))?;
-    consumer
-        .messages()
-        .await
-        .map_err(|e| bus_err(&format!("consume {name}"), e))
+/// Where the rule partition `partition` reads.
+pub fn consumer_spec(partition: u32) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: TRIGGERS_STREAM,
+        name: consumer_name(partition),
+        filter: trigger_partition_filter(partition),
+        max_ack_pending: MAX_IN_FLIGHT,
+        concurrency: CONCURRENCY,
+        ack_wait: ACK_WAIT,
+    }
 }
 
 /// Everything a partition needs.
@@ -83,100 +60,35 @@ pub struct RulesContext {
     pub kv: KeyCache,
 }
 
-/// Consumes and enforces one partition of the `TRIGGERS` stream.
+/// Enforces one partition of the `TRIGGERS` stream, as the handler of a
+/// [`Consumer`](crate::consumer::Consumer).
 #[derive(Debug)]
-pub struct RulePartition;
-
-/// Messages of [`RulePartition`].
-#[derive(Debug)]
-pub enum RuleMsg {
-    Trigger(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
-    StreamEnded,
+pub struct RulePartition {
+    pub ctx: RulesContext,
+    pub partition: u32,
 }
 
-/// State of [`RulePartition`].
-#[derive(Debug)]
-pub struct RuleState {
-    ctx: RulesContext,
-    partition: u32,
-    _pump: Pump,
-}
+impl Handler for RulePartition {
+    type Event = TriggerInstance;
+    const WHAT: &'static str = "trigger instances";
 
-impl Actor for RulePartition {
-    type Msg = RuleMsg;
-    type State = RuleState;
-    type Arguments = (RulesContext, u32);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<RuleMsg>,
-        (ctx, partition): (RulesContext, u32),
-    ) -> Result<RuleState, ActorProcessingErr> {
-        let messages = pull_messages(
-            &ctx.bus,
-            TRIGGERS_STREAM,
-            consumer_name(partition),
-            trigger_partition_filter(partition),
-            MAX_IN_FLIGHT,
-        )
-        .await?;
-        let pump = Pump::start(
-            messages,
-            myself,
-            |m| RuleMsg::Trigger(Box::new(m)),
-            RuleMsg::StreamEnded,
-        );
-        Ok(RuleState {
-            ctx,
-            partition,
-            _pump: pump,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<RuleMsg>,
-        msg: RuleMsg,
-        state: &mut RuleState,
-    ) -> Result<(), ActorProcessingErr> {
-        let msg = match msg {
-            RuleMsg::Trigger(m) => match *m {
-                Ok(m) => m,
-                Err(e) => return Err(Box::new(bus_err("consume triggers", e))),
-            },
-            RuleMsg::StreamEnded => {
-                return Err(Box::new(bus_err("consume triggers", "stream ended")))
-            }
-        };
-        let instance: TriggerInstance = match from_bytes(&msg.subject, &msg.payload) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::error!(subject = %msg.subject, error = %e, "dropping unreadable trigger instance");
-                msg.ack_with(AckKind::Term)
-                    .await
-                    .map_err(|e| bus_err("term", e))?;
-                return Ok(());
-            }
-        };
+    async fn handle(self: Arc<Self>, instance: TriggerInstance) -> Settle {
         let span = tracing::info_span!("trigger", trigger_instance = %instance.id,
-            trigger_type = %instance.trigger_type, partition = state.partition);
-        match process(&state.ctx, &instance, &state.ctx.kv)
+            trigger_type = %instance.trigger_type, partition = self.partition);
+        match process(&self.ctx, &instance, &self.ctx.kv)
             .instrument(span)
             .await
         {
             Ok(()) => {
-                msg.ack().await.map_err(|e| bus_err("ack", e))?;
                 crate::metrics::trigger_processed();
+                Settle::Done
             }
             Err(e) => {
                 tracing::warn!(trigger_instance = %instance.id, error = %e,
                     "enforcement interrupted; the trigger will be redelivered");
-                msg.ack_with(AckKind::Nak(Some(RETRY_DELAY)))
-                    .await
-                    .map_err(|e| bus_err("nak", e))?;
+                Settle::Later(RETRY_DELAY)
             }
         }
-        Ok(())
     }
 }
 
@@ -190,6 +102,13 @@ pub async fn process(
 ) -> Result<(), EngineError> {
     let catalog = ctx.catalog.load();
     for rule in catalog.rules_for(&instance.trigger_type, &instance.trigger_parameters) {
+        // An event from before the rule was enabled (a timer's tick fired
+        // late, a backlog) is not the rule's to act on.
+        if !rule.def.listened_at(instance.occurrence_time) {
+            tracing::debug!(rule = %rule.def.reference(), instance = %instance.id,
+                "trigger instance occurred before the rule was enabled; not enforced");
+            continue;
+        }
         let matched = criteria::matches(&rule.def.criteria, &instance.payload, &ctx.renderer, kv);
         match matched {
             Ok(false) => continue,
@@ -215,35 +134,47 @@ async fn enforce(
     let at = instance.occurrence_time;
     let summary = rule_summary(&rule.def, &rule.id);
     let execution_id = ids::derived(&at, &["execution", &instance.id, &rule_ref]);
-    let requested = match criteria_failure {
+    let prepared = match criteria_failure {
         Some(reason) => Err(reason),
-        None => request(ctx, catalog, rule, instance, kv, &summary, execution_id).await?,
+        None => prepare(ctx, catalog, rule, instance, kv, &summary, execution_id)?,
     };
-    let (status, execution_id, failure_reason) = match requested {
-        Ok(id) => (EnforcementStatus::Succeeded, Some(id), None),
+    let (status, record, failure_reason) = match prepared {
+        Ok(record) => (EnforcementStatus::Succeeded, Some(record), None),
         Err(reason) => {
             tracing::warn!(rule = %rule_ref, reason = %reason, "rule enforcement failed");
             (EnforcementStatus::Failed, None, Some(reason))
         }
     };
     crate::metrics::enforcement(status);
-    ctx.bus
-        .put_enforcement(&RuleEnforcement {
-            v: RECORD_VERSION,
-            id: ids::derived(&at, &["enforcement", &instance.id, &rule_ref]),
-            trigger_instance_id: instance.id.clone(),
-            execution_id,
-            rule: summary,
-            status,
-            failure_reason,
-            enforced_at: time::now(),
-        })
-        .await
+    let enforcement = RuleEnforcement {
+        v: RECORD_VERSION,
+        id: ids::derived(&at, &["enforcement", &instance.id, &rule_ref]),
+        trigger_instance_id: instance.id.clone(),
+        execution_id: record.as_ref().map(|r| r.id.clone()),
+        rule: summary,
+        status,
+        failure_reason,
+        enforced_at: time::now(),
+    };
+    let Some(record) = record else {
+        return ctx.bus.put_enforcement(&enforcement).await;
+    };
+    // Independent writes, at once: each is idempotent by its derived id,
+    // and a failure of either sends the trigger round again.
+    let (submitted, stored) = tokio::join!(
+        executions::submit(&ctx.bus, record),
+        ctx.bus.put_enforcement(&enforcement)
+    );
+    let submitted = submitted?;
+    stored?;
+    tracing::info!(rule = %rule_ref, execution = %submitted.id, "rule matched; execution requested");
+    Ok(())
 }
 
-/// Renders the rule's action parameters and requests the execution.
-/// `Ok(Err(reason))` is a failed enforcement; `Err` is a bus failure.
-async fn request(
+/// Renders the rule's action parameters and prepares the execution's
+/// record. `Ok(Err(reason))` is a failed enforcement; `Err` is a bus
+/// failure.
+fn prepare(
     ctx: &RulesContext,
     catalog: &crate::catalog::Catalog,
     rule: &CatalogRule,
@@ -251,7 +182,7 @@ async fn request(
     kv: &dyn KeyValueLookup,
     summary: &RuleSummary,
     execution_id: String,
-) -> Result<Result<String, String>, EngineError> {
+) -> Result<Result<ExecutionRecord, String>, EngineError> {
     let spec = match execution_spec(&ctx.renderer, &rule.def, instance, kv, summary) {
         Ok(spec) => ExecutionSpec {
             id: Some(execution_id),
@@ -259,14 +190,11 @@ async fn request(
         },
         Err(reason) => return Ok(Err(reason)),
     };
-    let record = match executions::prepare(catalog, &ctx.renderer, kv, spec) {
-        Ok(r) => r,
-        Err(e) if e.is_retryable() => return Err(e),
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let stored = executions::submit(&ctx.bus, record).await?;
-    tracing::info!(rule = %summary.rule_ref, execution = %stored.id, "rule matched; execution requested");
-    Ok(Ok(stored.id))
+    match executions::prepare(catalog, &ctx.renderer, kv, spec) {
+        Ok(record) => Ok(Ok(record)),
+        Err(e) if e.is_retryable() => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
+    }
 }
 
 /// The execution a matching rule asks for: its action parameters rendered

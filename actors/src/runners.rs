@@ -24,14 +24,10 @@ use tracing::Instrument;
 use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
 use crate::bus::{execution_subject, from_bytes, Bus, ExecutionRequest, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
+use crate::consumer::{pull_messages, ConsumerSpec, ACK_WAIT, PROGRESS_EVERY};
 use crate::error::{bus_err, EngineError};
 use crate::metrics::LostRun;
 use crate::pump::Pump;
-use crate::rules::pull_messages;
-
-/// How often a running execution tells JetStream it is still being worked
-/// on (well inside the consumer's 30 s ack wait).
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// How much longer than the action's timeout its API token lives: the
 /// token outlasts every run the timeout allows, and is revoked when the
@@ -165,14 +161,15 @@ impl Actor for RunnerPool {
         myself: ActorRef<PoolMsg>,
         (ctx, pool, concurrency): (RunnerContext, String, i64),
     ) -> Result<PoolState, ActorProcessingErr> {
-        let messages = pull_messages(
-            &ctx.bus,
-            EXECUTIONS_STREAM,
-            consumer_name(&pool),
-            execution_subject(&pool),
-            concurrency,
-        )
-        .await?;
+        let spec = ConsumerSpec {
+            stream: EXECUTIONS_STREAM,
+            name: consumer_name(&pool),
+            filter: execution_subject(&pool),
+            max_ack_pending: concurrency,
+            concurrency: usize::try_from(concurrency).unwrap_or(1),
+            ack_wait: ACK_WAIT,
+        };
+        let messages = pull_messages(&ctx.bus, &spec).await?;
         let pump = Pump::start(
             messages,
             myself,
@@ -275,7 +272,7 @@ const CLAIM_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When a request whose execution another runner still runs is looked at
 /// again: the request stays on the work queue as that run's watchdog.
-const CHECK_AGAIN_AFTER: Duration = Duration::from_secs(30);
+const CHECK_AGAIN_AFTER: Duration = ACK_WAIT;
 
 /// What to do with a request once handled.
 #[derive(Debug, PartialEq, Eq)]
@@ -314,7 +311,16 @@ async fn run_request(
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let span = tracing::info_span!("execution", execution = %id, node = %ctx.node);
     async {
-        let Some((mut record, rev)) = ctx.bus.execution(&id).await? else {
+        // A first delivery carries the record as created: no read needed.
+        let created = request
+            .created
+            .filter(|c| delivered == 1 && c.record.id == id)
+            .map(|c| (c.record, c.revision));
+        let read = match created {
+            Some(record) => Some(record),
+            None => ctx.bus.execution(&id).await?,
+        };
+        let Some((mut record, rev)) = read else {
             // A request is published only after its record is stored, so a
             // record not found was read from a server that has not caught
             // up yet (a replica, just after another server died): ask
@@ -393,15 +399,14 @@ async fn run_request(
                 return Ok(Delivery::Done);
             }
         }
-        record.transition(Status::Scheduled, time::now());
+        // The claim: scheduled and running in one compare-and-swap (the
+        // log keeps both steps, as StackStorm's statuses do).
+        let now = time::now();
+        record.transition(Status::Scheduled, now);
+        record.transition(Status::Running, now);
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
-            // Another runner claimed it first, or it was canceled.
-            return Ok(Delivery::LOOK_AGAIN);
-        };
-        record.transition(Status::Running, time::now());
-        let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
-            // Only a cancel changes a scheduled record under its runner.
-            tracing::info!(execution = %id, "canceled before it started");
+            // Another runner claimed it first, it was canceled, or the
+            // record carried by the request is no longer the stored one.
             return Ok(Delivery::LOOK_AGAIN);
         };
         if record.runner.name == crate::workflows::RUNNER {

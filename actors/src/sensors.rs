@@ -189,8 +189,8 @@ fn fired_key(reference: &str) -> String {
 }
 
 /// Fires `trigger` at every time of its schedule; all nodes agree on the
-/// times (intervals are counted from the Unix epoch). Every tick fires
-/// exactly once:
+/// times (intervals are counted from the Unix epoch). Every tick due while
+/// some rule listened fires exactly once:
 /// - a timer whose partition moved continues after the last tick its
 ///   previous owner recorded (a tick fired but not recorded is fired again
 ///   with the same instance id, which JetStream and the rules drop);
@@ -215,6 +215,11 @@ async fn fire(bus: Bus, fired: kv::Store, trigger: Trigger, schedule: Schedule) 
     // down) the missed ticks are not fired in a burst.
     let resume_from = now - RESUME_WINDOW;
     let from = last.map_or(now, |last| last.max(resume_from));
+    // Nor are ticks from before any rule listened (a rule just created or
+    // enabled again starts a fresh schedule, as in StackStorm): only a
+    // takeover, with rules listening all along, fires what the previous
+    // owner missed.
+    let from = from.max(trigger.listening_since.unwrap_or(from));
     let mut due = schedule.next_after(from);
     while let Some(at) = due {
         let now = Utc::now();
@@ -270,6 +275,7 @@ mod tests {
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
+            listening_since: None,
         };
         let at = Utc::now();
         let later = at + chrono::Duration::minutes(5);

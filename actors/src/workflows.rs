@@ -18,9 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, AckKind};
 use async_nats::HeaderMap;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use squall_domain::execution::{ExecutionRecord, Status};
@@ -32,11 +30,10 @@ use squall_domain::secrets::Cipher;
 use squall_domain::{ids, runner_types, time};
 
 use crate::bus::{from_bytes, to_bytes, Bus, WORKFLOWS_STREAM};
+use crate::consumer::{ConsumerSpec, Handler, Settle, ACK_WAIT};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
 use crate::keys::KeyCache;
-use crate::pump::Pump;
-use crate::rules::pull_messages;
 
 /// The runner type whose executions are workflows.
 pub const RUNNER: &str = "orquesta";
@@ -244,19 +241,6 @@ impl WorkflowContext {
     }
 }
 
-/// Consumes one partition of the `WORKFLOWS` stream.
-#[derive(Debug)]
-pub struct WorkflowPartition;
-
-/// Messages of [`WorkflowPartition`].
-#[derive(Debug)]
-pub enum WorkflowMsg {
-    Event(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
-    StreamEnded,
-    /// Time to reconcile the running workflows with their tasks' records.
-    Sweep,
-}
-
 /// How often a partition reconciles its running workflows.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
@@ -292,135 +276,112 @@ impl RecordCache {
     }
 }
 
-/// State of [`WorkflowPartition`].
+/// Drives one partition of the `WORKFLOWS` stream, as the handler of a
+/// [`Consumer`](crate::consumer::Consumer) that handles one event at a
+/// time (a workflow's events change one record, in order).
 #[derive(Debug)]
-pub struct WorkflowPartitionState {
+pub struct WorkflowPartition {
     ctx: WorkflowContext,
     partition: u32,
+    memory: tokio::sync::Mutex<PartitionMemory>,
+}
+
+/// What a partition keeps between events.
+#[derive(Debug)]
+struct PartitionMemory {
     cache: RecordCache,
     /// The running workflows of this partition, stored under
     /// [`active_key`] whenever one starts (finished ones leave at the next
     /// sweep), so the sweep finds them after a restart or a takeover.
     active: BTreeSet<String>,
-    _pump: Pump,
 }
 
-impl WorkflowPartitionState {
-    async fn store_active(&self) -> Result<(), EngineError> {
+impl WorkflowPartition {
+    /// Reads the partition's running workflows.
+    pub async fn open(ctx: WorkflowContext, partition: u32) -> Result<Self, EngineError> {
+        let active = read_entry::<BTreeSet<String>>(&ctx.bus, &active_key(partition))
+            .await?
+            .map(|(ids, _)| ids)
+            .unwrap_or_default();
+        Ok(WorkflowPartition {
+            ctx,
+            partition,
+            memory: tokio::sync::Mutex::new(PartitionMemory {
+                cache: RecordCache::default(),
+                active,
+            }),
+        })
+    }
+
+    /// Where the partition reads: one event at a time.
+    pub fn consumer_spec(partition: u32) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: WORKFLOWS_STREAM,
+            name: consumer_name(partition),
+            filter: format!("squall.wf.{partition}.>"),
+            max_ack_pending: MAX_IN_FLIGHT,
+            concurrency: 1,
+            ack_wait: ACK_WAIT,
+        }
+    }
+
+    async fn store_active(&self, active: &BTreeSet<String>) -> Result<(), EngineError> {
         self.ctx
             .bus
             .workflows
-            .put(active_key(self.partition), to_bytes(&self.active)?)
+            .put(active_key(self.partition), to_bytes(active)?)
             .await
             .map_err(|e| bus_err("store running workflows", e))?;
         Ok(())
     }
 }
 
-impl Actor for WorkflowPartition {
-    type Msg = WorkflowMsg;
-    type State = WorkflowPartitionState;
-    type Arguments = (WorkflowContext, u32);
+impl Handler for WorkflowPartition {
+    type Event = FlowEventMsg;
+    const WHAT: &'static str = "workflow events";
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<WorkflowMsg>,
-        (ctx, partition): (WorkflowContext, u32),
-    ) -> Result<WorkflowPartitionState, ActorProcessingErr> {
-        let messages = pull_messages(
-            &ctx.bus,
-            WORKFLOWS_STREAM,
-            consumer_name(partition),
-            format!("squall.wf.{partition}.>"),
-            MAX_IN_FLIGHT,
-        )
-        .await?;
-        let active = read_entry::<BTreeSet<String>>(&ctx.bus, &active_key(partition))
-            .await?
-            .map(|(ids, _)| ids)
-            .unwrap_or_default();
-        // Reconcile first (a predecessor may have died mid-way), then
-        // every SWEEP_EVERY.
-        myself.send_message(WorkflowMsg::Sweep)?;
-        myself.send_interval(SWEEP_EVERY, || WorkflowMsg::Sweep);
-        let pump = Pump::start(
-            messages,
-            myself,
-            |m| WorkflowMsg::Event(Box::new(m)),
-            WorkflowMsg::StreamEnded,
-        );
-        Ok(WorkflowPartitionState {
-            ctx,
-            partition,
-            cache: RecordCache::default(),
-            active,
-            _pump: pump,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<WorkflowMsg>,
-        msg: WorkflowMsg,
-        state: &mut WorkflowPartitionState,
-    ) -> Result<(), ActorProcessingErr> {
-        let msg = match msg {
-            WorkflowMsg::Event(m) => match *m {
-                Ok(m) => m,
-                Err(e) => return Err(Box::new(bus_err("consume workflow events", e))),
-            },
-            WorkflowMsg::StreamEnded => {
-                return Err(Box::new(bus_err("consume workflow events", "stream ended")))
-            }
-            WorkflowMsg::Sweep => {
-                if let Err(e) = sweep(state).await {
-                    tracing::warn!(partition = state.partition, error = %e, "workflow sweep failed; next one retries");
-                }
-                return Ok(());
-            }
-        };
-        let event: FlowEventMsg = match from_bytes(&msg.subject, &msg.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(subject = %msg.subject, error = %e, "dropping unreadable workflow event");
-                msg.ack_with(AckKind::Term)
-                    .await
-                    .map_err(|e| bus_err("term", e))?;
-                return Ok(());
-            }
-        };
+    async fn handle(self: Arc<Self>, event: FlowEventMsg) -> Settle {
+        let mut memory = self.memory.lock().await;
+        let memory = &mut *memory;
         let span = tracing::info_span!("workflow", workflow = %event.workflow_id);
         let handled = tracing::Instrument::instrument(
-            handle_event(&state.ctx, &mut state.cache, &event),
+            handle_event(&self.ctx, &mut memory.cache, &event),
             span,
         )
         .await;
         let handled = match handled {
             // A workflow that starts is recorded as running before its
             // start is acknowledged.
-            Ok(status) if matches!(event.event, FlowEvent::Start { .. }) => match status {
-                Some(s) if !s.is_finished() => {
-                    if state.active.insert(event.workflow_id.clone()) {
-                        state.store_active().await
-                    } else {
-                        Ok(())
-                    }
-                }
-                _ => Ok(()),
-            },
+            Ok(Some(s))
+                if matches!(event.event, FlowEvent::Start { .. })
+                    && !s.is_finished()
+                    && memory.active.insert(event.workflow_id.clone()) =>
+            {
+                self.store_active(&memory.active).await
+            }
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
         match handled {
-            Ok(()) => msg.ack().await.map_err(|e| bus_err("ack", e))?,
+            Ok(()) => Settle::Done,
             Err(e) => {
                 tracing::warn!(workflow = %event.workflow_id, error = %e, "workflow event will be redelivered");
-                msg.ack_with(AckKind::Nak(Some(RETRY_DELAY)))
-                    .await
-                    .map_err(|e| bus_err("nak", e))?;
+                Settle::Later(RETRY_DELAY)
             }
         }
-        Ok(())
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(SWEEP_EVERY)
+    }
+
+    /// Reconciles first (a predecessor may have died mid-way), then every
+    /// [`SWEEP_EVERY`].
+    async fn tick(self: Arc<Self>) {
+        let mut memory = self.memory.lock().await;
+        if let Err(e) = sweep(&self, &mut memory).await {
+            tracing::warn!(partition = self.partition, error = %e, "workflow sweep failed; next one retries");
+        }
     }
 }
 
@@ -429,12 +390,15 @@ impl Actor for WorkflowPartition {
 /// workflow having heard — its writer died between the write and the
 /// publish — is reported again (same message ids: a report that was not
 /// lost changes nothing). Finished workflows leave the running set.
-async fn sweep(state: &mut WorkflowPartitionState) -> Result<(), EngineError> {
-    let bus = &state.ctx.bus;
-    let before = state.active.len();
+async fn sweep(
+    partition: &WorkflowPartition,
+    memory: &mut PartitionMemory,
+) -> Result<(), EngineError> {
+    let bus = &partition.ctx.bus;
+    let before = memory.active.len();
     let mut finished = Vec::new();
-    for id in &state.active {
-        let record = match state.cache.0.get(id) {
+    for id in &memory.active {
+        let record = match memory.cache.0.get(id) {
             Some((record, _)) => Some(record.state.clone()),
             None => read_entry::<WorkflowRecord>(bus, id)
                 .await?
@@ -463,10 +427,10 @@ async fn sweep(state: &mut WorkflowPartitionState) -> Result<(), EngineError> {
         }
     }
     for id in finished {
-        state.active.remove(&id);
+        memory.active.remove(&id);
     }
-    if state.active.len() != before {
-        state.store_active().await?;
+    if memory.active.len() != before {
+        partition.store_active(&memory.active).await?;
     }
     Ok(())
 }

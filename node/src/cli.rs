@@ -950,12 +950,14 @@ pub async fn pack_register(
             .as_object()
             .into_iter()
             .flatten()
-            .filter(|(k, _)| *k != "warnings")
+            .filter(|(_, v)| v.is_number())
             .map(|(k, v)| vec![k.clone(), v.to_string()])
             .collect();
         print_table(&["content", "registered"], &rows);
-        for warning in counts["warnings"].as_array().into_iter().flatten() {
-            println!("warning: {}", warning.as_str().unwrap_or_default());
+        for (label, list) in [("changed", "changes"), ("warning", "warnings")] {
+            for line in counts[list].as_array().into_iter().flatten() {
+                println!("{label}: {}", line.as_str().unwrap_or_default());
+            }
         }
     }
     Ok(())

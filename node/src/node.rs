@@ -11,6 +11,7 @@ use squall_actors::cluster;
 use squall_actors::content;
 use squall_actors::keys::KeyStore;
 use squall_actors::node::{Engine, NodeSettings};
+use squall_domain::registration::Mode;
 use squall_domain::secrets::Cipher;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +136,7 @@ impl Node {
             runner_concurrency: cfg.runners.concurrency,
             roles: cfg.roles.clone(),
         };
-        let engine = Box::pin(Engine::start(bus.clone(), settings, &keys)).await?;
+        let engine = Box::pin(Engine::start(bus.clone(), settings, &keys, auth.clone())).await?;
         let stop_api = CancellationToken::new();
         let (addrs, api_tasks) = if cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api) {
             Box::pin(serve_api(cfg, &bus, &engine, auth, keys, &stop_api)).await?
@@ -173,8 +174,10 @@ impl Node {
     }
 }
 
-/// Registers every pack found in the configured directories; a broken pack
-/// is reported and skipped, the others still register.
+/// Registers every pack found in the configured directories, as a start
+/// does: what the API changed stays, files changed since the last
+/// registration are taken. A broken pack is reported and skipped, the
+/// others still register.
 async fn register_dirs(bus: &Bus, cfg: &NodeConfig) {
     let dirs = match api::pack_dirs(&cfg.packs.dirs, &[]) {
         Ok(d) => d,
@@ -184,7 +187,7 @@ async fn register_dirs(bus: &Bus, cfg: &NodeConfig) {
         }
     };
     for dir in dirs {
-        if let Err(e) = content::register_pack(bus, &dir).await {
+        if let Err(e) = content::register_pack(bus, &dir, Mode::Start).await {
             tracing::error!(pack = %dir.display(), error = %e, "pack not registered");
         }
     }

@@ -338,12 +338,58 @@ impl TestNode {
         .await
     }
 
+    /// Stops the node cleanly and starts it again with the same config and
+    /// nats-server (the API moves to a new port; the client logs in again).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await;
+        let node = start_node(&self.config).await?;
+        let addr = node.api_addr.context("API address")?;
+        self.root = format!("http://{addr}");
+        self.base = format!("{}/api/v1", self.root);
+        self.http = client_with_token(&login(&self.root, "admin", &self.admin_password).await?)?;
+        self.node = Some(node);
+        Ok(())
+    }
+
     /// Stops the node (the nats-server stays up until drop).
     pub async fn stop(&mut self) {
         if let Some(n) = self.node.take() {
             n.shutdown().await;
         }
     }
+}
+
+/// Runs `st2 args...` as a user whose home is `home`; (success, stdout,
+/// stderr). Asynchronously: the node answers on this test's runtime.
+pub async fn st2(node: &TestNode, home: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = tokio::process::Command::new(st2_cli_binary()?)
+        .args(args)
+        .env("HOME", home)
+        // StackStorm's per-service layout: api `/v1`, auth on its own port
+        // at `/tokens`, stream on its own port at `/v1/stream`.
+        .env("ST2_API_URL", format!("{}/v1", node.root))
+        .env("ST2_AUTH_URL", node.auth_root()?)
+        .env("ST2_STREAM_URL", format!("{}/v1", node.stream_root()?))
+        .env_remove("ST2_AUTH_TOKEN")
+        .env_remove("ST2_API_KEY")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("running st2")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `st2 ... -j` parsed.
+pub async fn st2_json(node: &TestNode, home: &Path, args: &[&str]) -> Result<Value> {
+    let mut all = args.to_vec();
+    all.push("-j");
+    let (ok, out, err) = st2(node, home, &all).await?;
+    anyhow::ensure!(ok, "st2 {args:?} failed: {out}{err}");
+    serde_json::from_str(&out).with_context(|| format!("st2 {args:?} printed non-JSON: {out}"))
 }
 
 /// Logs in at `root` and returns the token.

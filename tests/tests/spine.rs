@@ -500,6 +500,7 @@ async fn request_again(bus: &Bus, id: &str) -> Result<()> {
     let request = squall_actors::bus::ExecutionRequest {
         v: 1,
         execution_id: id.to_string(),
+        created: None,
     };
     bus.js
         .publish(

@@ -1,51 +1,16 @@
 //! The official StackStorm CLI (`st2` from PyPI st2client 3.9) against a
 //! Squall node: a migrating team's muscle memory keeps working.
 
-use std::path::Path;
-
 use anyhow::{Context, Result};
 use serde_json::Value;
-use squall_tests::{st2_cli_binary, TestNode};
+use squall_tests::{st2, st2_json, TestNode};
 
-/// Runs `st2 args...` as a user whose home is `home`; (success, stdout,
-/// stderr). Asynchronously: the node answers on this test's runtime.
-async fn st2(node: &TestNode, home: &Path, args: &[&str]) -> Result<(bool, String, String)> {
-    let out = tokio::process::Command::new(st2_cli_binary()?)
-        .args(args)
-        .env("HOME", home)
-        // StackStorm's per-service layout: api `/v1`, auth on its own port
-        // at `/tokens`, stream on its own port at `/v1/stream`.
-        .env("ST2_API_URL", format!("{}/v1", node.root))
-        .env("ST2_AUTH_URL", node.auth_root()?)
-        .env("ST2_STREAM_URL", format!("{}/v1", node.stream_root()?))
-        .env_remove("ST2_AUTH_TOKEN")
-        .env_remove("ST2_API_KEY")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .context("running st2")?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-/// `st2 ... -j` parsed.
 /// The execution id `st2 run --async` prints.
 fn async_id(out: &str) -> Result<String> {
     out.split_once("st2 execution get ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .map(str::to_string)
         .with_context(|| format!("no execution id in: {out}"))
-}
-
-async fn st2_json(node: &TestNode, home: &Path, args: &[&str]) -> Result<Value> {
-    let mut all = args.to_vec();
-    all.push("-j");
-    let (ok, out, err) = st2(node, home, &all).await?;
-    anyhow::ensure!(ok, "st2 {args:?} failed: {out}{err}");
-    serde_json::from_str(&out).with_context(|| format!("st2 {args:?} printed non-JSON: {out}"))
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod model;
 pub mod orquesta;
 pub mod params;
 pub mod policies;
+pub mod registration;
 pub mod runner_types;
 pub mod schedule;
 pub mod schema;

@@ -344,6 +344,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             rules,
             trigger_types,
             policies,
+            registered: BTreeMap::new(),
         }),
         _ => Err(errs.finish()),
     }
@@ -762,7 +763,12 @@ fn check_manifest(mut doc: Doc<'_>) -> Result<PackMeta, Vec<Problem>> {
             doc.map.insert("ref".into(), Yaml::String(name.clone()));
         }
     }
-    if let Some(v) = doc.get("version").cloned() {
+    match doc.get("version").cloned() {
+        None => doc.problem(
+            "version",
+            "missing required field `version`: StackStorm requires a semantic version such as 1.0.0",
+        ),
+        Some(v) => {
         let text = match &v {
             Yaml::String(s) => s.clone(),
             Yaml::Number(n) => n.to_string(),
@@ -776,6 +782,7 @@ fn check_manifest(mut doc: Doc<'_>) -> Result<PackMeta, Vec<Problem>> {
                 "version",
                 format!("{text:?} is not a semantic version such as 1.0.0"),
             ),
+        }
         }
     }
     if let Some(Yaml::String(r)) = doc.get("ref") {
@@ -1676,11 +1683,20 @@ mod tests {
     #[test]
     fn manifest_checks() {
         let cases = [
-            ("name: My Pack\n", "name", "add `ref:`"),
-            ("name: x\nref: Bad-Ref\n", "ref", "lowercase"),
+            ("name: My Pack\nversion: 1.0.0\n", "name", "add `ref:`"),
+            (
+                "name: x\nref: Bad-Ref\nversion: 1.0.0\n",
+                "ref",
+                "lowercase",
+            ),
             ("name: x\nversion: one\n", "version", "semantic version"),
-            ("description: no name\n", "", "`name`"),
-            ("name: packs\n", "ref", "reserved"),
+            (
+                "name: x\ndescription: d\n",
+                "version",
+                "missing required field `version`",
+            ),
+            ("description: no name\nversion: 1.0.0\n", "", "`name`"),
+            ("name: packs\nversion: 1.0.0\n", "ref", "reserved"),
         ];
         for (text, field, needle) in cases {
             let e = only_error(&[("pack.yaml", text)]);

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -171,12 +172,26 @@ pub struct RuleDef {
     pub tags: Vec<Value>,
     #[serde(default)]
     pub metadata_file: String,
+    /// When the rule last became enabled (created enabled, enabled, or
+    /// registered enabled); `None` while disabled, and for rules stored
+    /// before Squall recorded it (listening since always). A rule enforces
+    /// only trigger instances that occurred since, so a timer never feeds
+    /// it ticks from before it listened. Kept by Squall, never read from a
+    /// pack file or an API body, and not shown by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_since: Option<DateTime<Utc>>,
 }
 
 impl RuleDef {
     /// `pack.name`.
     pub fn reference(&self) -> String {
         format!("{}.{}", self.pack, self.name)
+    }
+
+    /// Whether the rule was listening when an event occurred at `at`: it
+    /// is enabled, and was already when the event occurred.
+    pub fn listened_at(&self, at: DateTime<Utc>) -> bool {
+        self.enabled && self.enabled_since.is_none_or(|since| since <= at)
     }
 }
 
@@ -249,4 +264,10 @@ pub struct PackBundle {
     pub trigger_types: Vec<TriggerTypeDef>,
     #[serde(default)]
     pub policies: Vec<PolicyDef>,
+    /// What the pack's files defined when it was last registered from
+    /// disk: `actions/<name>` or `rules/<name>` → digest of the definition.
+    /// A node start updates only what changed on disk since
+    /// ([`crate::registration`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registered: BTreeMap<String, String>,
 }

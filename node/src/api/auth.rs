@@ -15,12 +15,15 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::{Extension, Json};
 use base64::Engine as _;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use squall_actors::auth::{ApiKey, AuthError, Principal, Role, Token, User, MAX_TOKEN_TTL};
-use squall_domain::time;
+use squall_domain::{ids, time};
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::listing::{ListParams, Listed};
+use super::query::{flag, parse_flag};
 use super::ApiState;
 
 /// StackStorm's answer when no credentials came with a request.
@@ -32,7 +35,7 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
     let flag = |name: &str| {
         query.split('&').any(|kv| {
             kv.split_once('=')
-                .is_some_and(|(k, v)| k == name && matches!(v, "true" | "True" | "1"))
+                .is_some_and(|(k, v)| k == name && parse_flag(v) == Some(true))
         })
     };
     let asks_for_secrets = flag("show_secrets");
@@ -50,6 +53,7 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
         // Testing a rule writes and runs nothing (secrets stay sealed for
         // all but admins).
         "rules" if path == "/rules/test" => Role::Observer,
+        // Who am I, and the timers rules use: anyone signed in may read.
         _ if reading => Role::Observer,
         _ => Role::Operator,
     }
@@ -67,7 +71,8 @@ pub async fn guard(
     if matches!(req.uri().path(), "" | "/" | "/openapi.json") && req.method() == Method::GET {
         return Ok(next.run(req).await);
     }
-    let principal = authenticate(&st, req.headers(), req.uri().query().unwrap_or("")).await?;
+    let (principal, how) =
+        authenticate(&st, req.headers(), req.uri().query().unwrap_or("")).await?;
     let needed = required_role(
         req.method(),
         req.uri().path(),
@@ -83,14 +88,26 @@ pub async fn guard(
         )));
     }
     req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(how);
     Ok(next.run(req).await)
+}
+
+/// How a request proved who it is, as `GET /user` reports it.
+#[derive(Debug, Clone)]
+pub struct AuthInfo {
+    /// `authentication token` or `API key` (StackStorm's words).
+    pub method: &'static str,
+    /// `header`, `query` or `cookie`.
+    pub location: &'static str,
+    /// When the token expires (tokens only).
+    pub token_expire: Option<time::Timestamp>,
 }
 
 async fn authenticate(
     st: &ApiState,
     headers: &HeaderMap,
     query: &str,
-) -> Result<Principal, ApiError> {
+) -> Result<(Principal, AuthInfo), ApiError> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -111,18 +128,34 @@ async fn authenticate(
             .flat_map(|v| v.split(';'))
             .find_map(|c| c.trim().strip_prefix("auth-token=").map(str::to_string))
     };
-    if let Some(token) = header("x-auth-token")
-        .or_else(|| query_param("x-auth-token"))
-        .or_else(cookie)
-    {
-        return st.auth.resolve_token(&token).await?.ok_or_else(|| {
+    let token = header("x-auth-token")
+        .map(|t| (t, "header"))
+        .or_else(|| query_param("x-auth-token").map(|t| (t, "query")))
+        .or_else(|| cookie().map(|t| (t, "cookie")));
+    if let Some((token, location)) = token {
+        let (principal, expiry) = st.auth.resolve_token(&token).await?.ok_or_else(|| {
             ApiError::Unauthorized("Unauthorized - Token has expired or is invalid.".into())
-        });
+        })?;
+        let how = AuthInfo {
+            method: "authentication token",
+            location,
+            token_expire: Some(expiry),
+        };
+        return Ok((principal, how));
     }
-    if let Some(key) = header("st2-api-key").or_else(|| query_param("st2-api-key")) {
-        return st.auth.resolve_api_key(&key).await?.ok_or_else(|| {
+    let key = header("st2-api-key")
+        .map(|k| (k, "header"))
+        .or_else(|| query_param("st2-api-key").map(|k| (k, "query")));
+    if let Some((key, location)) = key {
+        let principal = st.auth.resolve_api_key(&key).await?.ok_or_else(|| {
             ApiError::Unauthorized("Unauthorized - API key is disabled or invalid.".into())
-        });
+        })?;
+        let how = AuthInfo {
+            method: "API key",
+            location,
+            token_expire: None,
+        };
+        return Ok((principal, how));
     }
     Err(ApiError::Unauthorized(NO_CREDENTIALS.into()))
 }
@@ -197,20 +230,40 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-fn key_view(key: &ApiKey, value: Option<&str>) -> Value {
-    let mut v = json!({
+/// What StackStorm shows in place of a secret attribute.
+const MASKED: &str = "********";
+
+/// An API key as StackStorm shows it: the hash (and the uid, which holds
+/// it) masked unless an admin asked for secrets.
+fn key_view(key: &ApiKey, show_hash: bool) -> Value {
+    let (uid, hash) = if show_hash {
+        (format!("api_key:{}", key.key_hash), key.key_hash.clone())
+    } else {
+        (MASKED.to_string(), MASKED.to_string())
+    };
+    json!({
         "id": key.id,
-        "uid": format!("api_key:{}", key.key_hash),
+        "uid": uid,
         "user": key.user,
-        "key_hash": key.key_hash,
+        "key_hash": hash,
         "created_at": time::format(&key.created_at),
         "enabled": key.enabled,
         "metadata": key.metadata,
-    });
-    if let Some(value) = value {
-        v["key"] = json!(value);
+    })
+}
+
+/// `show_secrets`, honoured for admins only (as StackStorm's
+/// `_get_mask_secrets`).
+#[derive(Debug, Default, Deserialize)]
+pub struct ShowSecrets {
+    #[serde(default, deserialize_with = "flag")]
+    show_secrets: Option<bool>,
+}
+
+impl ShowSecrets {
+    fn shown(&self, me: &Principal) -> bool {
+        me.role >= Role::Admin && self.show_secrets == Some(true)
     }
-    v
 }
 
 /// Body of `POST /apikeys`.
@@ -239,40 +292,183 @@ pub async fn create_api_key(
         return Err(ApiError::BadRequest(format!("user: no user {user:?}")));
     }
     let (value, key) = st.auth.create_api_key(&user, body.metadata).await?;
-    Ok((StatusCode::CREATED, Json(key_view(&key, Some(&value)))))
+    // The creator sees the key this once, and its hash, as StackStorm's
+    // create response shows it.
+    let mut view = key_view(&key, true);
+    view["key"] = json!(value);
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// `GET /apikeys`: an admin sees every key, others their own.
+/// Filter of `GET /apikeys`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ApiKeyFilter {
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// `GET /apikeys` (`user` filters): an admin sees every key, others their
+/// own; hashes masked unless an admin asks with `show_secrets`.
 pub async fn list_api_keys(
     State(st): State<ApiState>,
     Extension(me): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(filter): ApiQuery<ApiKeyFilter>,
+    ApiQuery(secrets): ApiQuery<ShowSecrets>,
+) -> Result<Listed, ApiError> {
     let keys = st.auth.api_keys().await?;
-    Ok(Json(Value::Array(
+    let show = secrets.shown(&me);
+    list.respond(
         keys.iter()
             .filter(|k| me.role == Role::Admin || k.user == me.user)
-            .map(|k| key_view(k, None))
+            .filter(|k| filter.user.as_deref().is_none_or(|u| k.user == u))
+            .map(|k| key_view(k, show))
             .collect(),
-    )))
+    )
 }
 
-/// `DELETE /apikeys/{id}`: 204.
+/// How a key named in a path is shown in messages: its id, never a key.
+fn key_name(id_or_key: &str) -> String {
+    if ids::is_id(id_or_key) {
+        format!("{id_or_key:?}")
+    } else {
+        "(the key given)".into()
+    }
+}
+
+/// The API key a path names (its id or the key itself, as StackStorm's
+/// `get_by_key_or_id`) with its revision, if `me` may see it.
+async fn owned_key(
+    st: &ApiState,
+    me: &Principal,
+    id_or_key: &str,
+) -> Result<(ApiKey, u64), ApiError> {
+    let Some((key, revision)) = st.auth.api_key(id_or_key).await? else {
+        return Err(ApiError::NotFound(format!(
+            "no API key has the id or key {}",
+            key_name(id_or_key)
+        )));
+    };
+    if key.user != me.user && me.role < Role::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "API key {} belongs to another user",
+            key_name(id_or_key)
+        )));
+    }
+    Ok((key, revision))
+}
+
+/// `GET /apikeys/{id or key}`.
+pub async fn get_api_key(
+    State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiQuery(secrets): ApiQuery<ShowSecrets>,
+) -> Result<Json<Value>, ApiError> {
+    let (key, _) = owned_key(&st, &me, &id).await?;
+    Ok(Json(key_view(&key, secrets.shown(&me))))
+}
+
+/// Body of `PUT /apikeys/{id}`: the key as `GET` shows it, changed. The
+/// hash cannot change (masked or absent means unchanged), and, as in
+/// StackStorm, a body without `enabled` enables the key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyUpdate {
+    #[serde(default)]
+    id: Option<String>,
+    /// Shown by `GET` and sent back by clients; derived, never changed.
+    #[serde(default, rename = "uid")]
+    _uid: Option<IgnoredAny>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    key_hash: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    /// Sent back by clients; the creation time never changes.
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<IgnoredAny>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// `PUT /apikeys/{id or key}`: 200 with the key. `enabled: false` revokes
+/// it at once on every node (each request reads the key's record).
+pub async fn update_api_key(
+    State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ApiKeyUpdate>,
+) -> Result<Json<Value>, ApiError> {
+    let (mut key, revision) = owned_key(&st, &me, &id).await?;
+    if let Some(given) = body.id.as_deref().filter(|i| *i != key.id) {
+        return Err(ApiError::BadRequest(format!(
+            "id: the body names API key {given:?} but the URL names {:?}",
+            key.id
+        )));
+    }
+    if body
+        .key_hash
+        .as_deref()
+        .is_some_and(|h| !h.is_empty() && h != MASKED && h != key.key_hash)
+    {
+        return Err(ApiError::BadRequest(
+            "key_hash: update of key_hash is not allowed; create a new key instead".into(),
+        ));
+    }
+    if let Some(user) = body.user.filter(|u| !u.is_empty() && *u != key.user) {
+        if me.role < Role::Admin {
+            return Err(ApiError::Forbidden(format!(
+                "only an admin may give an API key to another user ({user:?})"
+            )));
+        }
+        if st.auth.user(&user).await?.is_none() {
+            return Err(ApiError::BadRequest(format!("user: no user {user:?}")));
+        }
+        key.user = user;
+    }
+    key.enabled = body.enabled.unwrap_or(true);
+    key.metadata = body.metadata.unwrap_or_default();
+    if !st.auth.update_api_key(&key, revision).await? {
+        return Err(ApiError::Conflict(format!(
+            "API key {} changed or was deleted meanwhile; read it again and retry",
+            key_name(&id)
+        )));
+    }
+    tracing::info!(api_key = %key.id, user = %key.user, enabled = key.enabled, by = %me.user, "API key updated");
+    Ok(Json(key_view(&key, false)))
+}
+
+/// `DELETE /apikeys/{id or key}`: 204.
 pub async fn delete_api_key(
     State(st): State<ApiState>,
     Extension(me): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let keys = st.auth.api_keys().await?;
-    let Some(key) = keys.iter().find(|k| k.id == id || k.key_hash == id) else {
-        return Err(ApiError::NotFound(format!("no API key {id:?}")));
-    };
-    if key.user != me.user && me.role < Role::Admin {
-        return Err(ApiError::Forbidden(format!(
-            "API key {id:?} belongs to another user"
-        )));
-    }
+    let (key, _) = owned_key(&st, &me, &id).await?;
     st.auth.delete_api_key(&key.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /user`: who the caller is and how they signed in, in StackStorm's
+/// shape (`st2 whoami`). Roles are always enforced here, so RBAC is on.
+pub async fn whoami(
+    Extension(me): Extension<Principal>,
+    Extension(how): Extension<AuthInfo>,
+) -> Json<Value> {
+    let mut authentication = json!({"method": how.method, "location": how.location});
+    if let Some(expiry) = &how.token_expire {
+        authentication["token_expire"] = json!(expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+    }
+    Json(json!({
+        "username": me.user,
+        "authentication": authentication,
+        "rbac": {
+            "enabled": true,
+            "roles": [me.role.as_str()],
+            "is_admin": me.role >= Role::Admin,
+        },
+    }))
 }
 
 fn user_view(user: &User) -> Value {
@@ -339,6 +535,24 @@ mod tests {
             (Method::GET, "/users", "", Role::Admin),
             (Method::POST, "/users", "", Role::Admin),
             (Method::GET, "/apikeys", "", Role::Operator),
+            (Method::GET, "/apikeys/abc", "", Role::Operator),
+            (Method::PUT, "/apikeys/abc", "", Role::Operator),
+            (Method::GET, "/user", "", Role::Observer),
+            (
+                Method::GET,
+                "/timers",
+                "timer_type=core.st2.CronTimer",
+                Role::Observer,
+            ),
+            (Method::GET, "/timers/core.x", "", Role::Observer),
+            (Method::GET, "/keys/x", "decrypt=True", Role::Operator),
+            (Method::GET, "/executions", "show_secrets=TRUE", Role::Admin),
+            (
+                Method::GET,
+                "/executions",
+                "show_secrets=False",
+                Role::Observer,
+            ),
             (Method::PUT, "/rules/a.b", "", Role::Operator),
             (Method::POST, "/rules", "", Role::Operator),
             (Method::POST, "/rules/test", "", Role::Observer),

@@ -10,6 +10,7 @@ use squall_actors::catalog::{content_id, CatalogRule};
 use squall_actors::content;
 use squall_domain::model::{ActionDef, PackBundle, PolicyDef, TriggerTypeDef};
 use squall_domain::policies;
+use squall_domain::registration::Mode;
 
 use super::error::{ApiError, ApiQuery};
 use super::listing::{ListParams, Listed};
@@ -28,6 +29,9 @@ pub fn action_view(a: &ActionDef) -> Value {
 pub fn rule_view(r: &CatalogRule) -> Value {
     let mut v = serde_json::to_value(&r.def).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
+        // Squall's own bookkeeping: StackStorm's rule has no such field, and
+        // a client sending the rule back would have it refused.
+        o.remove("enabled_since");
         o.insert("id".into(), json!(r.id));
         o.insert("ref".into(), json!(r.def.reference()));
         o.insert(
@@ -373,7 +377,9 @@ pub struct RegisterBody {
 
 /// `POST /packs/register`: (re)registers packs from the node's pack
 /// directories. Each pack is validated whole; a broken pack is rejected
-/// with every error and changes nothing. Workflows with problems register
+/// with every error and changes nothing. What the files define is written
+/// over the stored definitions, content created through the API stays, and
+/// `changes` lists what was added, changed or removed. Workflows with problems register
 /// (as in StackStorm) and their problems come back as `warnings`.
 pub async fn register_packs(
     State(st): State<ApiState>,
@@ -398,20 +404,23 @@ pub async fn register_packs(
     if !errors.is_empty() {
         return Err(ApiError::BadRequest(errors.join("\n")));
     }
+    let packs = bundles.len();
     let (mut actions, mut rules, mut trigger_types) = (0, 0, 0);
-    let mut warnings = Vec::new();
-    for (dir, b) in dirs.iter().zip(&bundles) {
-        warnings.extend(content::warn_of_workflow_problems(dir, b));
-        content::store_pack(&st.bus, b).await?;
-        actions += b.actions.len();
-        rules += b.rules.len();
-        trigger_types += b.trigger_types.len();
+    let (mut warnings, mut changes) = (Vec::new(), Vec::new());
+    for (dir, b) in dirs.iter().zip(bundles) {
+        warnings.extend(content::warn_of_workflow_problems(dir, &b));
+        let (stored, changed) = content::store_pack(&st.bus, b, Mode::Explicit).await?;
+        actions += stored.actions.len();
+        rules += stored.rules.len();
+        trigger_types += stored.trigger_types.len();
+        changes.extend(changed);
     }
     Ok(Json(json!({
-        "packs": bundles.len(),
+        "packs": packs,
         "actions": actions,
         "rules": rules,
         "triggers": trigger_types,
+        "changes": changes,
         "warnings": warnings,
     })))
 }

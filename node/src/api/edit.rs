@@ -4,8 +4,9 @@
 //!
 //! Each body is validated exactly as the pack loader validates the pack's
 //! YAML files (JSON is YAML), then stored in its pack's bundle, so every
-//! node's catalog picks it up from the `content` bucket. Registering the
-//! pack from disk again replaces what was changed here, as in StackStorm.
+//! node's catalog picks it up from the `content` bucket. Content created
+//! here has no file: registering its pack from disk leaves it alone, and a
+//! node restart undoes no edit (`squall_domain::registration`).
 
 use std::path::Path as FsPath;
 
@@ -16,7 +17,9 @@ use serde_json::Value;
 use squall_actors::catalog::{content_id, Catalog, CatalogRule};
 use squall_actors::content;
 use squall_domain::loader::{self, Problem};
-use squall_domain::model::{ActionDef, PackBundle, RuleDef};
+use squall_domain::model::{ActionDef, RuleDef};
+use squall_domain::registration::Registrable;
+use squall_domain::time;
 use squall_domain::triggers;
 
 use super::content::{action_view, rule_view};
@@ -27,19 +30,13 @@ use super::ApiState;
 const DEFAULT_PACK: &str = "default";
 
 /// A kind of pack content the API edits.
-pub trait Editable: Clone + Sized {
-    /// `rule` or `action`, as messages and ids say it.
-    const KIND: &'static str;
+pub trait Editable: Registrable {
     /// Fields StackStorm's API adds to what it returns, which a client
     /// sends back; `(outer, inner fields)`.
     const DERIVED: &'static [(&'static str, &'static [&'static str])];
 
     /// Validates a body as the loader validates the pack's file.
     fn parse(pack_dir: &FsPath, pack: &str, text: &str) -> Result<Self, Vec<Problem>>;
-    fn name(&self) -> &str;
-    fn reference(&self) -> String;
-    /// The pack's items of this kind.
-    fn items(bundle: &mut PackBundle) -> &mut Vec<Self>;
     /// Keeps what the stored item has that a body never carries.
     fn keep_stored(&mut self, stored: &Self);
     fn view(&self) -> Value;
@@ -48,21 +45,11 @@ pub trait Editable: Clone + Sized {
 }
 
 impl Editable for RuleDef {
-    const KIND: &'static str = "rule";
     const DERIVED: &'static [(&'static str, &'static [&'static str])] =
         &[("trigger", &["ref", "description", "uid"])];
 
     fn parse(_: &FsPath, pack: &str, text: &str) -> Result<Self, Vec<Problem>> {
         loader::parse_rule(Some(pack), text)
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn reference(&self) -> String {
-        RuleDef::reference(self)
-    }
-    fn items(bundle: &mut PackBundle) -> &mut Vec<Self> {
-        &mut bundle.rules
     }
     fn keep_stored(&mut self, stored: &Self) {
         self.metadata_file = stored.metadata_file.clone();
@@ -84,20 +71,10 @@ impl Editable for RuleDef {
 }
 
 impl Editable for ActionDef {
-    const KIND: &'static str = "action";
     const DERIVED: &'static [(&'static str, &'static [&'static str])] = &[];
 
     fn parse(pack_dir: &FsPath, pack: &str, text: &str) -> Result<Self, Vec<Problem>> {
         loader::parse_action(pack_dir, pack, text)
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn reference(&self) -> String {
-        ActionDef::reference(self)
-    }
-    fn items(bundle: &mut PackBundle) -> &mut Vec<Self> {
-        &mut bundle.actions
     }
     fn keep_stored(&mut self, stored: &Self) {
         self.metadata_file = stored.metadata_file.clone();
@@ -160,7 +137,8 @@ pub async fn create<T: Editable>(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let pack = body["pack"].as_str().unwrap_or(DEFAULT_PACK).to_string();
-    let item: T = parse(&st, &body, &pack)?;
+    let mut item: T = parse(&st, &body, &pack)?;
+    item.carry_state(None, time::now());
     content::modify_pack(&st.bus, &pack, |bundle| {
         if T::items(bundle).iter().any(|r| r.name() == item.name()) {
             return Err(ApiError::Conflict(format!(
@@ -221,6 +199,7 @@ pub async fn update<T: Editable>(
             Some(existing) => {
                 let mut new = item.clone();
                 new.keep_stored(existing);
+                new.carry_state(Some(existing), time::now());
                 *existing = new.clone();
                 Ok(new)
             }

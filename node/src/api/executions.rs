@@ -16,6 +16,7 @@ use squall_domain::{runner_types, time};
 
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::listing::{ListParams, Listed};
+use super::query::flag;
 use super::ApiState;
 
 /// Body of `POST /executions`.
@@ -108,28 +109,23 @@ pub struct ListFilters {
     timestamp_gt: Option<String>,
     #[serde(default)]
     timestamp_lt: Option<String>,
-    #[serde(default)]
-    sort_asc: Option<String>,
-    #[serde(default)]
-    sort_desc: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    sort_asc: Option<bool>,
+    #[serde(default, deserialize_with = "flag")]
+    sort_desc: Option<bool>,
 }
 
 /// `show_secrets`, honoured for admins only.
 #[derive(Debug, Default, Deserialize)]
 pub struct Secrets {
-    #[serde(default)]
-    show_secrets: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    show_secrets: Option<bool>,
 }
 
 impl Secrets {
     fn shown(&self, me: &Principal) -> bool {
-        me.role >= Role::Admin && self.show_secrets.as_deref().is_some_and(truthy)
+        me.role >= Role::Admin && self.show_secrets == Some(true)
     }
-}
-
-/// A query flag's value as StackStorm's clients send it (`True`, `true`, `1`).
-pub fn truthy(v: &str) -> bool {
-    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
 }
 
 fn timestamp(field: &str, text: &Option<String>) -> Result<Option<time::Timestamp>, ApiError> {
@@ -173,10 +169,10 @@ impl ListFilters {
 
     /// Oldest first only when asked (`sort_asc` or `sort=start_timestamp`).
     fn ascending(&self, list: &ListParams) -> Result<bool, ApiError> {
-        if self.sort_asc.as_deref().is_some_and(truthy) {
+        if self.sort_asc == Some(true) {
             return Ok(true);
         }
-        if self.sort_desc.as_deref().is_some_and(truthy) {
+        if self.sort_desc == Some(true) {
             return Ok(false);
         }
         match list.sort.as_deref() {

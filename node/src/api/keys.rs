@@ -2,7 +2,7 @@
 //! and shown sealed unless `decrypt=true` by a user allowed to read them;
 //! every change fires a `core.st2.key_value_pair.*` trigger.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -12,7 +12,8 @@ use squall_actors::keys::{Change, KeyRecord, Scope};
 use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
 use squall_domain::{ids, time};
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::query::flag;
 use super::ApiState;
 
 /// Longest key name accepted.
@@ -27,7 +28,7 @@ pub struct KeyQuery {
     user: Option<String>,
     #[serde(default)]
     prefix: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     decrypt: Option<bool>,
 }
 
@@ -113,7 +114,7 @@ fn check_decrypt(me: &Principal, scope: &Scope, decrypt: bool) -> Result<(), Api
 pub async fn list(
     State(st): State<ApiState>,
     Extension(me): Extension<Principal>,
-    Query(q): Query<KeyQuery>,
+    ApiQuery(q): ApiQuery<KeyQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let decrypt = q.decrypt.unwrap_or(false);
     let prefix = q.prefix.as_deref().unwrap_or("");
@@ -154,7 +155,7 @@ pub async fn get_one(
     State(st): State<ApiState>,
     Extension(me): Extension<Principal>,
     Path(name): Path<String>,
-    Query(q): Query<KeyQuery>,
+    ApiQuery(q): ApiQuery<KeyQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = one_scope(&q, &me)?;
     let decrypt = q.decrypt.unwrap_or(false);
@@ -262,7 +263,7 @@ pub async fn delete(
     State(st): State<ApiState>,
     Extension(me): Extension<Principal>,
     Path(name): Path<String>,
-    Query(q): Query<KeyQuery>,
+    ApiQuery(q): ApiQuery<KeyQuery>,
 ) -> Result<StatusCode, ApiError> {
     let scope = one_scope(&q, &me)?;
     match st.keys.delete(&scope, &name).await? {

@@ -15,6 +15,7 @@ mod executions;
 mod inquiries;
 mod keys;
 mod listing;
+mod query;
 mod rule_test;
 mod service_registry;
 mod stream;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use squall_actors::auth::AuthStore;
@@ -109,6 +110,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/ruleenforcements", get(enforcements::list))
         .route("/ruleenforcements/{id}", get(enforcements::get_one))
         .route("/triggerinstances", get(triggers::list_instances))
+        .route("/timers", get(triggers::list_timers))
+        .route("/timers/{reference}", get(triggers::get_timer))
+        .route("/user", get(auth::whoami))
         .route(
             "/actions",
             get(content::list_actions).post(edit::create::<ActionDef>),
@@ -154,7 +158,12 @@ pub fn app(state: ApiState) -> Router {
             "/apikeys",
             get(auth::list_api_keys).post(auth::create_api_key),
         )
-        .route("/apikeys/{id}", delete(auth::delete_api_key))
+        .route(
+            "/apikeys/{id}",
+            get(auth::get_api_key)
+                .put(auth::update_api_key)
+                .delete(auth::delete_api_key),
+        )
         .route("/users", get(auth::list_users).post(auth::create_user))
         .route("/stream", get(stream::stream))
         .route("/service_registry/groups", get(service_registry::groups))
@@ -181,6 +190,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(query::json_errors))
         .with_state(state)
 }
 
@@ -204,6 +214,7 @@ pub fn stream_app(state: ApiState) -> Router {
         .nest("/stream/v1", stream_routes(&state))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(query::json_errors))
         .with_state(state)
 }
 

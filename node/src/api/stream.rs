@@ -96,6 +96,30 @@ fn from_record(record: &ExecutionRecord) -> Happened {
     }
 }
 
+/// The events of one stored change. A runner claims an execution
+/// `scheduled` and `running` in one write (both log entries carry its
+/// time); StackStorm's stream shows each status, so each step written at
+/// once gets its own update, in order.
+fn from_change(record: &ExecutionRecord) -> Vec<Happened> {
+    let last = record.log.last().map(|l| l.timestamp);
+    let steps = record
+        .log
+        .iter()
+        .rev()
+        .take_while(|l| Some(l.timestamp) == last)
+        .count();
+    let mut events = Vec::with_capacity(steps);
+    if record.log.len() > steps {
+        for entry in &record.log[record.log.len() - steps..record.log.len() - 1] {
+            let mut step = record.clone();
+            step.status = entry.status;
+            events.push(from_record(&step));
+        }
+    }
+    events.push(from_record(record));
+    events
+}
+
 /// `GET /stream/v1/stream`.
 pub async fn stream(
     State(st): State<ApiState>,
@@ -116,8 +140,9 @@ pub async fn stream(
         .filter_map(|entry| async move {
             let entry = entry.ok()?;
             let record: ExecutionRecord = serde_json::from_slice(&entry.value).ok()?;
-            Some(from_record(&record))
-        });
+            Some(stream::iter(from_change(&record)))
+        })
+        .flatten();
     let output = st
         .bus
         .client

@@ -1,15 +1,19 @@
 //! Webhooks and trigger instances.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use squall_actors::bus::TriggerInstanceFilter;
 use squall_actors::catalog::{content_id, Trigger};
 use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
 use squall_domain::{ids, time, triggers};
 
 use super::content::find_by_ref;
-use super::error::{ApiError, ApiJson, ApiQuery};
+use super::error::{ApiError, ApiQuery};
 use super::listing::{ListParams, Listed};
 use super::ApiState;
 
@@ -125,14 +129,77 @@ pub async fn re_emit(
     })))
 }
 
+/// The body of a webhook as StackStorm's router reads it, by
+/// `Content-Type`: JSON (the default; an empty body is `{}`), a form
+/// (`application/x-www-form-urlencoded`: each field a list of its values,
+/// blank values left out, as Python's `parse_qs`), or `text/plain` holding
+/// JSON. The result must be an object or an array.
+pub fn webhook_body(content_type: Option<&str>, raw: &[u8]) -> Result<Value, ApiError> {
+    let media = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "application/json".into());
+    let failed = |why: String| ApiError::BadRequest(format!("Failed to parse request body: {why}"));
+    let body = match media.as_str() {
+        "application/json" | "text/plain" if raw.iter().all(u8::is_ascii_whitespace) => {
+            json!({})
+        }
+        "application/json" => serde_json::from_slice(raw).map_err(|e| failed(e.to_string()))?,
+        "text/plain" => serde_json::from_slice(raw).map_err(|e| {
+            failed(format!(
+                "a text/plain webhook body must hold JSON ({e}); send fields as application/x-www-form-urlencoded"
+            ))
+        })?,
+        "application/x-www-form-urlencoded" => {
+            let pairs: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(raw).map_err(|e| failed(e.to_string()))?;
+            let mut fields = Map::new();
+            for (name, value) in pairs.into_iter().filter(|(_, v)| !v.is_empty()) {
+                if let Value::Array(values) = fields.entry(name).or_insert_with(|| json!([])) {
+                    values.push(Value::String(value));
+                }
+            }
+            Value::Object(fields)
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Failed to parse request body: Unsupported Content-Type: {other:?}; send application/json, application/x-www-form-urlencoded or text/plain (JSON)"
+            )))
+        }
+    };
+    match body {
+        Value::Object(_) | Value::Array(_) => Ok(body),
+        other => Err(ApiError::BadRequest(format!(
+            "Webhook body needs to be an object or an array, got: {}",
+            json_type(&other)
+        ))),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 /// `POST /webhooks/{url}`: fires the webhook trigger registered at `url`
 /// (202, body echoed), or for `st2`, any trigger named in the body.
 pub async fn fire_webhook(
     State(st): State<ApiState>,
     Path(url): Path<String>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let body = webhook_body(content_type, &raw?)?;
     let url = url.trim_matches('/').to_string();
     let trace_tag = headers
         .get(TRACE_TAG_HEADER)
@@ -180,6 +247,12 @@ fn generic_instance(
     now: time::Timestamp,
     trace_tag: Option<String>,
 ) -> Result<TriggerInstance, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::BadRequest(format!(
+            "Webhook body needs to be an object, got: {}",
+            json_type(body)
+        )));
+    }
     let trigger = body
         .get("trigger")
         .and_then(Value::as_str)
@@ -239,17 +312,83 @@ fn title_case(name: &str) -> String {
         .join("-")
 }
 
-/// `GET /triggerinstances`: newest first, with `X-Total-Count`.
+/// Filters of `GET /triggerinstances`, as StackStorm's controller takes
+/// them.
+#[derive(Debug, Default, Deserialize)]
+pub struct InstanceFilters {
+    #[serde(default)]
+    trigger: Option<String>,
+    #[serde(default)]
+    timestamp_gt: Option<String>,
+    #[serde(default)]
+    timestamp_lt: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// A trigger instance's statuses in StackStorm; Squall's are `pending`
+/// (its rules partition has not acknowledged it) and `processed`.
+const INSTANCE_STATUSES: [&str; 4] = ["pending", "processing", "processed", "processing_failed"];
+
+impl InstanceFilters {
+    /// The filter, or `None` when the status asked for is one no instance
+    /// has here (`processing`, `processing_failed`).
+    fn filter(&self) -> Result<Option<TriggerInstanceFilter>, ApiError> {
+        let processed = match self.status.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some("pending") => Some(false),
+            Some("processed") => Some(true),
+            Some(s) if INSTANCE_STATUSES.contains(&s) => return Ok(None),
+            Some(s) => {
+                return Err(ApiError::BadRequest(format!(
+                    "status: {s:?} is not a trigger instance status: use one of {}",
+                    INSTANCE_STATUSES.join(", ")
+                )))
+            }
+        };
+        Ok(Some(TriggerInstanceFilter {
+            trigger: self.trigger.clone().filter(|t| !t.is_empty()),
+            after: timestamp("timestamp_gt", self.timestamp_gt.as_deref())?,
+            before: timestamp("timestamp_lt", self.timestamp_lt.as_deref())?,
+            processed,
+        }))
+    }
+}
+
+fn timestamp(field: &str, text: Option<&str>) -> Result<Option<time::Timestamp>, ApiError> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| {
+            time::parse(t).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{field}: {t:?} is not an ISO 8601 timestamp (e.g. 2026-01-31T12:00:00Z)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// `GET /triggerinstances` (`trigger`, `timestamp_gt`, `timestamp_lt`,
+/// `status` filter): newest first, with `X-Total-Count`.
 pub async fn list_instances(
     State(st): State<ApiState>,
     ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(filters): ApiQuery<InstanceFilters>,
 ) -> Result<Listed, ApiError> {
     let limit = list.limit()?;
     let projection = list.projection()?;
-    let (found, total) = st
-        .bus
-        .recent_trigger_instances(list.offset(), limit)
-        .await?;
+    let (found, total) = match filters.filter()? {
+        None => (Vec::new(), 0),
+        Some(f) if f.is_empty() => {
+            st.bus
+                .recent_trigger_instances(list.offset(), limit)
+                .await?
+        }
+        Some(f) => {
+            st.bus
+                .find_trigger_instances(&f, list.offset(), limit)
+                .await?
+        }
+    };
     let items = found
         .iter()
         .map(|(i, done)| projection.apply(instance_view(i, *done)))
@@ -270,6 +409,66 @@ fn instance_view(instance: &TriggerInstance, processed: bool) -> Value {
     v
 }
 
+/// The timer trigger types (`?timer_type=` takes one of them).
+const TIMER_TYPES: [&str; 3] = [
+    triggers::INTERVAL_TIMER,
+    triggers::DATE_TIMER,
+    triggers::CRON_TIMER,
+];
+
+/// Query of `GET /timers`.
+#[derive(Debug, Default, Deserialize)]
+pub struct TimerQuery {
+    #[serde(default)]
+    timer_type: Option<String>,
+}
+
+fn timers(st: &ApiState) -> Vec<Trigger> {
+    let catalog = st.catalog.load();
+    TIMER_TYPES
+        .iter()
+        .flat_map(|t| catalog.triggers_of_type(t))
+        .collect()
+}
+
+/// `GET /timers`: the timer triggers enabled rules use, with their
+/// parameters (`timer_type` filters).
+pub async fn list_timers(
+    State(st): State<ApiState>,
+    ApiQuery(list): ApiQuery<ListParams>,
+    ApiQuery(q): ApiQuery<TimerQuery>,
+) -> Result<Listed, ApiError> {
+    let timer_type = q.timer_type.as_deref().filter(|t| !t.is_empty());
+    if let Some(t) = timer_type.filter(|t| !TIMER_TYPES.contains(t)) {
+        return Err(ApiError::BadRequest(format!(
+            "timer_type: {t:?} is not a timer type: use one of {}",
+            TIMER_TYPES.join(", ")
+        )));
+    }
+    let items = timers(&st)
+        .iter()
+        .filter(|t| timer_type.is_none_or(|k| t.trigger_type == k))
+        .map(trigger_view)
+        .collect();
+    list.respond(items)
+}
+
+/// `GET /timers/{ref or id}`: one timer trigger.
+pub async fn get_timer(
+    State(st): State<ApiState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    timers(&st)
+        .iter()
+        .find(|t| t.reference == reference || content_id("trigger", &t.reference) == reference)
+        .map(|t| Json(trigger_view(t)))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no timer {reference:?}: no enabled rule uses a timer trigger with that ref or id"
+            ))
+        })
+}
+
 /// `GET /triggerinstances/{id}`.
 pub async fn get_instance(
     State(st): State<ApiState>,
@@ -286,6 +485,34 @@ pub async fn get_instance(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_bodies_are_read_by_content_type() {
+        let form = webhook_body(
+            Some("application/x-www-form-urlencoded; charset=UTF-8"),
+            b"name=st2&tag=a&tag=b+c&blank=",
+        )
+        .unwrap();
+        assert_eq!(form, json!({"name": ["st2"], "tag": ["a", "b c"]}));
+        assert_eq!(webhook_body(None, b"").unwrap(), json!({}));
+        assert_eq!(webhook_body(None, b"[1]").unwrap(), json!([1]));
+        assert_eq!(
+            webhook_body(Some("text/plain"), br#"{"a": 1}"#).unwrap(),
+            json!({"a": 1})
+        );
+        assert!(matches!(
+            webhook_body(Some("text/plain"), b"hi"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            webhook_body(Some("application/json"), b"12"),
+            Err(ApiError::BadRequest(m)) if m.contains("got: number")
+        ));
+        assert!(matches!(
+            webhook_body(Some("foo/invalid"), b"{}"),
+            Err(ApiError::UnsupportedMediaType(m)) if m.contains("\"foo/invalid\"")
+        ));
+    }
 
     #[test]
     fn header_names_are_title_cased() {

@@ -1,0 +1,395 @@
+//! The engine's one consumer loop: [`Consumer`], an actor that reads a
+//! durable JetStream pull consumer, decodes each message, hands it to a
+//! [`Handler`] with bounded concurrency, and settles it as the handler says
+//! (acknowledge, deliver again after a delay, or drop).
+//!
+//! Rule partitions and workflow partitions are consumers with different
+//! handlers. What they share lives here, once:
+//! - an unreadable message is dropped (`Term`) with an error, never retried;
+//! - a handler that runs long keeps its message (`Progress` every third
+//!   of the ack wait);
+//! - nothing is acknowledged once the node's leases have lapsed
+//!   ([`LeaseValidity`]): a fenced node's late answer must not consume a
+//!   message its partition's next owner is about to handle;
+//! - the durable consumer is opened with the engine's one ack wait
+//!   ([`ACK_WAIT`]).
+//!
+//! The actor owns its handler tasks: stopping it (a partition disowned,
+//! the node shutting down) gives them [`STOP_GRACE`] to finish, then aborts
+//! them; their messages, unacknowledged, come back after the ack wait.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::bus::{from_bytes, Bus};
+use crate::error::{bus_err, EngineError};
+use crate::pump::Pump;
+
+/// How long a delivered message stays with its consumer before JetStream
+/// delivers it again, unless the consumer reports progress: how long the
+/// work of a dead node waits before another takes it.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How often a handler still at work reports progress on its message: a
+/// third of the ack wait, so one lost report costs nothing.
+pub const PROGRESS_EVERY: Duration = ACK_WAIT.checked_div(3).expect("nonzero");
+/// How long a stopping consumer waits for its handlers before aborting them.
+pub const STOP_GRACE: Duration = Duration::from_millis(400);
+
+/// Until when the node's partition leases hold, as its coordinator last
+/// confirmed: shared by the coordinator (which extends it with every
+/// acknowledged heartbeat) and every partition consumer (which checks it
+/// before acknowledging anything).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseValidity(Arc<Mutex<Option<Instant>>>);
+
+impl LeaseValidity {
+    /// Leases that never lapse: for consumers no lease guards (a single
+    /// node's tests, runner pools).
+    pub fn unbounded() -> LeaseValidity {
+        LeaseValidity(Arc::new(Mutex::new(Some(Instant::now() + UNBOUNDED))))
+    }
+
+    /// The leases hold until `until`.
+    pub fn hold_until(&self, until: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    }
+
+    /// The leases are given up now.
+    pub fn lapse(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Whether the leases hold at `now`.
+    pub fn valid_at(&self, now: Instant) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| now < until)
+    }
+
+    /// Whether the leases hold now.
+    pub fn valid(&self) -> bool {
+        self.valid_at(Instant::now())
+    }
+}
+
+/// A hundred years: "never", as an `Instant` can hold it.
+const UNBOUNDED: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// What becomes of a handled message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Its effects are stored: acknowledge it.
+    Done,
+    /// Not now (a bus error, a record not readable yet): deliver it again
+    /// after this delay.
+    Later(Duration),
+    /// It can never be handled: drop it, logging why.
+    Drop(String),
+}
+
+impl Settle {
+    /// `Later(delay)` for a retryable error, `Drop` for any other.
+    pub fn from_error(e: &EngineError, delay: Duration) -> Settle {
+        if e.is_retryable() {
+            Settle::Later(delay)
+        } else {
+            Settle::Drop(e.to_string())
+        }
+    }
+}
+
+/// What a consumer does with each message.
+pub trait Handler: Send + Sync + 'static {
+    /// The message, as JSON.
+    type Event: DeserializeOwned + Send + 'static;
+    /// What the messages are, for logs (`trigger instances`).
+    const WHAT: &'static str;
+
+    /// Handles one message. Runs concurrently with others of the same
+    /// consumer, up to its concurrency.
+    fn handle(self: Arc<Self>, event: Self::Event) -> impl Future<Output = Settle> + Send;
+
+    /// Every this often, and once at start, [`Handler::tick`] runs. It
+    /// takes a handler slot like a message: with a concurrency of one it
+    /// never overlaps a message.
+    fn tick_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic work (sweeps).
+    fn tick(self: Arc<Self>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Where a consumer reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: &'static str,
+    /// The durable consumer's name.
+    pub name: String,
+    pub filter: String,
+    /// Messages JetStream hands out before one is settled.
+    pub max_ack_pending: i64,
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// [`ACK_WAIT`], but for tests.
+    pub ack_wait: Duration,
+}
+
+/// Opens (creating if needed) a durable pull consumer and returns its
+/// message stream.
+pub async fn pull_messages(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+) -> Result<consumer::pull::Stream, EngineError> {
+    let name = &spec.name;
+    let stream = bus
+        .js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| bus_err("open stream", e))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: spec.filter.clone(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_ack_pending: spec.max_ack_pending,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| bus_err(&format!("open consumer {name}"), e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| bus_err(&format!("consume {name}"), e))
+}
+
+/// The consumer actor; one per partition (or pool) it serves.
+#[derive(Debug)]
+pub struct Consumer<H>(std::marker::PhantomData<H>);
+
+impl<H> Default for Consumer<H> {
+    fn default() -> Self {
+        Consumer(std::marker::PhantomData)
+    }
+}
+
+/// Messages of [`Consumer`].
+#[derive(Debug)]
+pub enum ConsumerMsg {
+    Delivered(Box<Result<jetstream::Message, consumer::pull::MessagesError>>),
+    StreamEnded,
+    /// A handler task ended (a tick's, or a message's); another may start.
+    Finished {
+        tick: bool,
+    },
+    Tick,
+}
+
+/// Work waiting for a handler slot.
+enum Work {
+    Message(jetstream::Message),
+    Tick,
+}
+
+/// State of [`Consumer`].
+pub struct ConsumerState<H> {
+    handler: Arc<H>,
+    spec: ConsumerSpec,
+    lease: LeaseValidity,
+    /// Waiting for a free slot: at most `max_ack_pending` messages and one
+    /// tick.
+    waiting: VecDeque<Work>,
+    running: JoinSet<()>,
+    /// A tick is waiting or running.
+    ticking: bool,
+    _pump: Pump,
+}
+
+impl<H> std::fmt::Debug for ConsumerState<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerState")
+            .field("consumer", &self.spec.name)
+            .field("running", &self.running.len())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> Actor for Consumer<H> {
+    type Msg = ConsumerMsg;
+    type State = ConsumerState<H>;
+    type Arguments = (Bus, ConsumerSpec, Arc<H>, LeaseValidity);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConsumerMsg>,
+        (bus, spec, handler, lease): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let messages = pull_messages(&bus, &spec).await?;
+        if let Some(every) = handler.tick_every() {
+            myself.send_message(ConsumerMsg::Tick)?;
+            myself.send_interval(every, || ConsumerMsg::Tick);
+        }
+        let pump = Pump::start(
+            messages,
+            myself,
+            |m| ConsumerMsg::Delivered(Box::new(m)),
+            ConsumerMsg::StreamEnded,
+        );
+        Ok(ConsumerState {
+            handler,
+            spec,
+            lease,
+            waiting: VecDeque::new(),
+            running: JoinSet::new(),
+            ticking: false,
+            _pump: pump,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConsumerMsg>,
+        msg: ConsumerMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConsumerMsg::Delivered(m) => {
+                let m = (*m).map_err(|e| bus_err(&format!("consume {}", H::WHAT), e))?;
+                state.waiting.push_back(Work::Message(m));
+            }
+            ConsumerMsg::StreamEnded => {
+                return Err(Box::new(bus_err(
+                    &format!("consume {}", H::WHAT),
+                    "stream ended",
+                )))
+            }
+            ConsumerMsg::Finished { tick } => {
+                state.ticking &= !tick;
+                while let Some(ended) = state.running.try_join_next() {
+                    if ended.is_err_and(|e| e.is_panic()) {
+                        return Err(Box::new(bus_err(
+                            &format!("handle {}", H::WHAT),
+                            "a handler panicked",
+                        )));
+                    }
+                }
+            }
+            // Skipped while the previous tick still waits or runs.
+            ConsumerMsg::Tick if !state.ticking => {
+                state.ticking = true;
+                state.waiting.push_back(Work::Tick);
+            }
+            ConsumerMsg::Tick => {}
+        }
+        start_waiting(&myself, state);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConsumerMsg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let all_ended = async { while state.running.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, all_ended).await.is_err() {
+            tracing::debug!(consumer = %state.spec.name, running = state.running.len(),
+                "handlers aborted at stop; their messages come back after the ack wait");
+            state.running.abort_all();
+        }
+        Ok(())
+    }
+}
+
+/// Starts waiting work while slots are free.
+fn start_waiting<H: Handler>(myself: &ActorRef<ConsumerMsg>, state: &mut ConsumerState<H>) {
+    while state.running.len() < state.spec.concurrency {
+        let Some(work) = state.waiting.pop_front() else {
+            return;
+        };
+        let handler = state.handler.clone();
+        let me = myself.clone();
+        let msg = match work {
+            Work::Tick => {
+                state.running.spawn(async move {
+                    handler.tick().await;
+                    let _ = me.cast(ConsumerMsg::Finished { tick: true });
+                });
+                continue;
+            }
+            Work::Message(msg) => msg,
+        };
+        let lease = state.lease.clone();
+        let name = state.spec.name.clone();
+        let progress = state.spec.ack_wait / 3;
+        state.running.spawn(async move {
+            let settle = match from_bytes::<H::Event>(&msg.subject, &msg.payload) {
+                Ok(event) => keep_while(&msg, progress, handler.handle(event)).await,
+                Err(e) => Settle::Drop(format!("unreadable {}: {e}", H::WHAT)),
+            };
+            settle_message(&name, &lease, &msg, settle).await;
+            let _ = me.cast(ConsumerMsg::Finished { tick: false });
+        });
+    }
+}
+
+/// Runs `work`, reporting progress on `msg` every `progress` while it lasts.
+async fn keep_while(
+    msg: &jetstream::Message,
+    progress: Duration,
+    work: impl Future<Output = Settle>,
+) -> Settle {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            settle = &mut work => return settle,
+            () = tokio::time::sleep(progress) => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(subject = %msg.subject, error = %e, "progress not reported");
+                }
+            }
+        }
+    }
+}
+
+/// Settles `msg` as the handler said, unless the leases lapsed meanwhile.
+async fn settle_message(
+    consumer: &str,
+    lease: &LeaseValidity,
+    msg: &jetstream::Message,
+    settle: Settle,
+) {
+    if !lease.valid() {
+        tracing::warn!(consumer, subject = %msg.subject,
+            "leases lapsed while handling; the message is left to the partition's next owner");
+        return;
+    }
+    let acked = match &settle {
+        Settle::Done => msg.ack().await,
+        Settle::Later(delay) => msg.ack_with(AckKind::Nak(Some(*delay))).await,
+        Settle::Drop(reason) => {
+            tracing::error!(consumer, subject = %msg.subject, reason = %reason, "message dropped");
+            msg.ack_with(AckKind::Term).await
+        }
+    };
+    if let Err(e) = acked {
+        tracing::warn!(consumer, subject = %msg.subject, error = %e,
+            "settling a message failed; JetStream delivers it again");
+    }
+}

@@ -1,0 +1,210 @@
+//! The engine's one consumer loop against a real nats-server: bounded
+//! concurrency, settling as the handler says, unreadable messages dropped,
+//! and nothing acknowledged once the node's leases lapsed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use ractor::Actor;
+use serde_json::Value;
+use squall_actors::bus::{Bus, TRIGGERS_STREAM};
+use squall_actors::consumer::{Consumer, ConsumerSpec, Handler, LeaseValidity, Settle};
+use squall_tests::{poll, NatsServer};
+use tokio::sync::Semaphore;
+
+/// Records what it handles; each message waits for a permit of `gate`
+/// and is settled as `settle` says for its `n`.
+#[derive(Debug)]
+struct Recorder {
+    seen: Mutex<HashMap<u64, usize>>,
+    now: Mutex<(usize, usize)>,
+    gate: Semaphore,
+    settle: fn(u64, usize) -> Settle,
+}
+
+impl Recorder {
+    fn new(open: bool, settle: fn(u64, usize) -> Settle) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen: Mutex::new(HashMap::new()),
+            now: Mutex::new((0, 0)),
+            gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
+            settle,
+        })
+    }
+
+    fn times(&self, n: u64) -> usize {
+        self.seen.lock().unwrap().get(&n).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        self.seen.lock().unwrap().values().sum()
+    }
+
+    /// (handling now, most ever at once).
+    fn concurrency(&self) -> (usize, usize) {
+        *self.now.lock().unwrap()
+    }
+}
+
+impl Handler for Recorder {
+    type Event = Value;
+    const WHAT: &'static str = "test events";
+
+    async fn handle(self: Arc<Self>, event: Value) -> Settle {
+        let n = event["n"].as_u64().unwrap_or(0);
+        {
+            let mut now = self.now.lock().unwrap();
+            now.0 += 1;
+            now.1 = now.1.max(now.0);
+        }
+        let permit = self.gate.acquire().await;
+        drop(permit);
+        self.now.lock().unwrap().0 -= 1;
+        let times = {
+            let mut seen = self.seen.lock().unwrap();
+            let times = seen.entry(n).or_default();
+            *times += 1;
+            *times
+        };
+        (self.settle)(n, times)
+    }
+}
+
+async fn bus(nats: &NatsServer) -> Result<Bus> {
+    let client = async_nats::connect(nats.url()).await?;
+    Ok(Bus::open(client, 1, 4).await?)
+}
+
+fn spec(concurrency: usize, ack_wait: Duration) -> ConsumerSpec {
+    ConsumerSpec {
+        stream: TRIGGERS_STREAM,
+        name: "test".into(),
+        filter: "squall.trigger.0.>".into(),
+        max_ack_pending: 64,
+        concurrency,
+        ack_wait,
+    }
+}
+
+async fn publish(bus: &Bus, from: u64, to: u64) -> Result<()> {
+    for n in from..to {
+        bus.js
+            .publish(
+                format!("squall.trigger.0.m{n}"),
+                serde_json::json!({ "n": n }).to_string().into(),
+            )
+            .await?
+            .await?;
+    }
+    Ok(())
+}
+
+/// (delivered but not settled, not yet delivered).
+async fn pending(bus: &Bus) -> Result<(usize, u64)> {
+    let info = bus.triggers.consumer_info("test").await?;
+    Ok((info.num_ack_pending, info.num_pending))
+}
+
+async fn settled(bus: &Bus) -> Result<()> {
+    poll(Duration::from_secs(10), || async {
+        Ok((pending(bus).await? == (0, 0)).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_consumer_handles_at_most_its_concurrency_at_once() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let handler = Recorder::new(false, |_, _| Settle::Done);
+    let lease = LeaseValidity::unbounded();
+    let args = (
+        bus.clone(),
+        spec(3, Duration::from_secs(30)),
+        handler.clone(),
+        lease,
+    );
+    let (actor, _) = Actor::spawn(None, Consumer::<Recorder>::default(), args).await?;
+    publish(&bus, 0, 10).await?;
+    poll(Duration::from_secs(10), || async {
+        Ok((handler.concurrency().0 == 3).then_some(()))
+    })
+    .await?;
+    handler.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    settled(&bus).await?;
+    assert_eq!(handler.total(), 10);
+    assert_eq!(handler.concurrency(), (0, 3));
+    actor.stop(None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_settles_as_its_handler_says() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    // 1 is not possible on its first try; 2 can never be handled.
+    let handler = Recorder::new(true, |n, times| match (n, times) {
+        (1, 1) => Settle::Later(Duration::from_millis(200)),
+        (2, _) => Settle::Drop("never".into()),
+        _ => Settle::Done,
+    });
+    let args = (
+        bus.clone(),
+        spec(4, Duration::from_secs(30)),
+        handler.clone(),
+        LeaseValidity::unbounded(),
+    );
+    let (actor, _) = Actor::spawn(None, Consumer::<Recorder>::default(), args).await?;
+    publish(&bus, 0, 3).await?;
+    // An unreadable message is dropped without reaching the handler.
+    bus.js
+        .publish("squall.trigger.0.junk", "not json".into())
+        .await?
+        .await?;
+    settled(&bus).await?;
+    assert_eq!(
+        (handler.times(0), handler.times(1), handler.times(2)),
+        (1, 2, 1)
+    );
+    assert_eq!(handler.total(), 4);
+    actor.stop(None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_whose_lease_lapsed_acknowledges_nothing_more() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let handler = Recorder::new(true, |_, _| Settle::Done);
+    let lease = LeaseValidity::default();
+    lease.hold_until(tokio::time::Instant::now() + Duration::from_secs(3600));
+    let args = (
+        bus.clone(),
+        spec(4, Duration::from_secs(1)),
+        handler.clone(),
+        lease.clone(),
+    );
+    let (actor, _) = Actor::spawn(None, Consumer::<Recorder>::default(), args).await?;
+    publish(&bus, 0, 3).await?;
+    settled(&bus).await?;
+    assert_eq!(handler.total(), 3);
+
+    // Fenced: what it handles now stays unacknowledged, so JetStream hands
+    // it out again after the ack wait (to the partition's next owner).
+    lease.lapse();
+    publish(&bus, 3, 5).await?;
+    poll(Duration::from_secs(10), || async {
+        Ok((handler.times(3) >= 2 && handler.times(4) >= 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(pending(&bus).await?.0, 2, "a fenced consumer acknowledged");
+    assert_eq!(handler.times(0), 1, "an acknowledged message came back");
+
+    // Leases back: the next delivery is acknowledged, and that is the end.
+    lease.hold_until(tokio::time::Instant::now() + Duration::from_secs(3600));
+    settled(&bus).await?;
+    actor.stop(None);
+    Ok(())
+}
