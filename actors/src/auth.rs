@@ -41,6 +41,10 @@ pub const TOKENS_BUCKET: &str = "tokens";
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Life of a token when the request names none (StackStorm's default).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Role of an action's token when its execution's user has no account:
+/// the system user, as whom rules run actions. Whoever may write rules may
+/// run actions, and no more.
+pub const SYSTEM_USER_ROLE: Role = Role::Operator;
 /// Name of the user `squall up` creates on a new cluster.
 pub const ADMIN_USER: &str = "admin";
 
@@ -104,6 +108,11 @@ pub struct Token {
     pub user: String,
     #[serde(with = "squall_domain::time::serde_ts")]
     pub expiry: Timestamp,
+    /// The role of an action's token whose user has no account (the
+    /// system user rules run as); `None` for every other token, whose role
+    /// is its user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// An API key, as stored (the key itself is not).
@@ -400,18 +409,54 @@ impl AuthStore {
         user: &str,
         ttl: Duration,
     ) -> Result<(String, Token), EngineError> {
+        self.store_token(user, ttl, None).await
+    }
+
+    /// Issues the token an execution's action calls the API back with
+    /// (`ST2_ACTION_AUTH_TOKEN`): its user's, or, for a user without an
+    /// account (the system user rules run as), one with
+    /// [`SYSTEM_USER_ROLE`]. Revoke it with [`AuthStore::revoke_token`]
+    /// when the execution ends.
+    pub async fn issue_action_token(
+        &self,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<(String, Token), EngineError> {
+        let role = match self.user(user).await? {
+            Some(_) => None,
+            None => Some(SYSTEM_USER_ROLE),
+        };
+        self.store_token(user, ttl, role).await
+    }
+
+    async fn store_token(
+        &self,
+        user: &str,
+        ttl: Duration,
+        role: Option<Role>,
+    ) -> Result<(String, Token), EngineError> {
         let value = random_secret();
         let now = time::now();
         let token = Token {
             id: ids::fresh(&now),
             user: user.to_string(),
             expiry: now + chrono::Duration::from_std(ttl).unwrap_or_default(),
+            role,
         };
         self.tokens
             .put(digest(&value), to_bytes(&token)?)
             .await
             .map_err(|e| bus_err("store token", e))?;
         Ok((value, token))
+    }
+
+    /// Deletes a token: it is refused from now on (every node's mirror
+    /// hears of it within milliseconds).
+    pub async fn revoke_token(&self, value: &str) -> Result<(), EngineError> {
+        self.tokens
+            .purge(digest(value))
+            .await
+            .map_err(|e| bus_err("revoke token", e))
     }
 
     /// Who a token belongs to and when it expires, if it is valid and
@@ -428,10 +473,14 @@ impl AuthStore {
         if token.expiry <= time::now() {
             return Ok(None);
         }
-        Ok(self
-            .principal(&token.user)
-            .await?
-            .map(|p| (p, token.expiry)))
+        let principal = match self.principal(&token.user).await? {
+            Some(principal) => Some(principal),
+            None => token.role.map(|role| Principal {
+                user: token.user.clone(),
+                role,
+            }),
+        };
+        Ok(principal.map(|p| (p, token.expiry)))
     }
 
     /// Who an API key belongs to, if it exists and is enabled. Disabling or

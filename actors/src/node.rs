@@ -25,6 +25,7 @@ use squall_domain::template::Renderer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::AuthStore;
 use crate::bus::Bus;
 use crate::catalog::CatalogHandle;
 use crate::cluster::{ClusterView, Coordinator, Member, Role};
@@ -43,7 +44,8 @@ use crate::workflows::WorkflowPartition;
 pub struct NodeSettings {
     /// Unique name of the node in the cluster.
     pub name: String,
-    /// Public URL of the REST API (given to actions).
+    /// Public URL of the REST API, without the version (`.../api`); actions
+    /// and workflows get `<api_url>/v1`.
     pub api_url: String,
     /// Runner pools this node serves.
     pub pools: Vec<String>,
@@ -539,10 +541,12 @@ impl Engine {
     /// Returns once the catalog holds all registered content and the node
     /// runs the partitions it could take at once (all of them when it is
     /// alone, or when the previous owner was this node's earlier life).
+    /// `auth` issues and revokes the actions' API tokens.
     pub async fn start(
         bus: Bus,
         settings: NodeSettings,
         keys: &KeyStore,
+        auth: AuthStore,
     ) -> Result<Engine, EngineError> {
         let kv = Box::pin(KeyCache::start(keys)).await?;
         let catalog = CatalogHandle::default();
@@ -552,7 +556,9 @@ impl Engine {
             bus: bus.clone(),
             catalog: catalog.clone(),
             node: settings.name.clone(),
-            api_url: settings.api_url.clone(),
+            // StackStorm's `get_full_public_api_url`: the v1 API root.
+            api_url: format!("{}/v1", settings.api_url),
+            auth,
             runners: Arc::new(squall_runners::registry()),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),

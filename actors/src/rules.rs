@@ -6,13 +6,15 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
 use squall_domain::execution::{
     EnforcementStatus, ExecutionRecord, RuleEnforcement, RuleSummary, TriggerInstance,
     TriggerInstanceSummary, RECORD_VERSION,
 };
+use squall_domain::model::RuleDef;
 use squall_domain::template::{KeyValueLookup, Renderer};
-use squall_domain::{criteria, ids, time};
+use squall_domain::{criteria, ids, time, triggers};
 use tracing::Instrument;
 
 use crate::bus::{trigger_partition_filter, Bus, TRIGGERS_STREAM};
@@ -128,13 +130,7 @@ async fn enforce(
 ) -> Result<(), EngineError> {
     let rule_ref = rule.def.reference();
     let at = instance.occurrence_time;
-    let summary = RuleSummary {
-        id: rule.id.clone(),
-        rule_ref: rule_ref.clone(),
-        name: rule.def.name.clone(),
-        pack: rule.def.pack.clone(),
-        uid: format!("rule:{}:{}", rule.def.pack, rule.def.name),
-    };
+    let summary = rule_summary(&rule.def, &rule.id);
     let execution_id = ids::derived(&at, &["execution", &instance.id, &rule_ref]);
     let prepared = match criteria_failure {
         Some(reason) => Err(reason),
@@ -185,20 +181,42 @@ fn prepare(
     summary: &RuleSummary,
     execution_id: String,
 ) -> Result<Result<ExecutionRecord, String>, EngineError> {
+    let spec = match execution_spec(&ctx.renderer, &rule.def, instance, kv, summary) {
+        Ok(spec) => ExecutionSpec {
+            id: Some(execution_id),
+            ..spec
+        },
+        Err(reason) => return Ok(Err(reason)),
+    };
+    match executions::prepare(catalog, &ctx.renderer, kv, spec) {
+        Ok(record) => Ok(Ok(record)),
+        Err(e) if e.is_retryable() => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// The execution a matching rule asks for: its action parameters rendered
+/// against the trigger instance. `Err` is why the enforcement fails.
+fn execution_spec(
+    renderer: &Renderer,
+    rule: &RuleDef,
+    instance: &TriggerInstance,
+    kv: &dyn KeyValueLookup,
+    summary: &RuleSummary,
+) -> Result<ExecutionSpec, String> {
     let render_ctx = json!({
         "trigger": instance.payload,
-        "rule": {"id": rule.id, "ref": summary.rule_ref, "name": rule.def.name, "pack": rule.def.pack},
+        "rule": {"id": summary.id, "ref": summary.rule_ref, "name": rule.name, "pack": rule.pack},
     });
-    let template = Value::Object(rule.def.action.parameters.clone());
-    let parameters = match ctx.renderer.render_value(&template, &render_ctx, kv) {
+    let template = Value::Object(rule.action.parameters.clone());
+    let parameters = match renderer.render_value(&template, &render_ctx, kv) {
         Ok(Value::Object(p)) => p,
-        Ok(_) => return Ok(Err("action parameters did not render to a mapping".into())),
-        Err(e) => return Ok(Err(format!("rendering action parameters failed: {e}"))),
+        Ok(_) => return Err("action parameters did not render to a mapping".into()),
+        Err(e) => return Err(format!("rendering action parameters failed: {e}")),
     };
-    let spec = ExecutionSpec {
-        action_ref: rule.def.action.action_ref.clone(),
+    Ok(ExecutionSpec {
+        action_ref: rule.action.action_ref.clone(),
         parameters,
-        id: Some(execution_id),
         rule: Some(summary.clone()),
         trigger_instance: Some(TriggerInstanceSummary {
             id: instance.id.clone(),
@@ -207,12 +225,129 @@ fn prepare(
             occurrence_time: instance.occurrence_time,
         }),
         trace_tag: instance.trace_tag.clone(),
-        context: rule.def.context.clone(),
+        context: rule.context.clone(),
         ..ExecutionSpec::default()
+    })
+}
+
+fn rule_summary(rule: &RuleDef, id: &str) -> RuleSummary {
+    RuleSummary {
+        id: id.to_string(),
+        rule_ref: rule.reference(),
+        name: rule.name.clone(),
+        pack: rule.pack.clone(),
+        uid: format!("rule:{}:{}", rule.pack, rule.name),
+    }
+}
+
+/// What a rule is tested against.
+#[derive(Debug, Clone)]
+pub enum TestEvent {
+    /// A stored trigger instance: its trigger must be the rule's.
+    Instance(TriggerInstance),
+    /// A payload, taken as an instance of the rule's own trigger.
+    Payload(Value),
+}
+
+/// What a rule would do with an event, worked out by the same code the
+/// rules engine runs, without writing or running anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleTest {
+    /// The rule's reference.
+    pub rule: String,
+    /// Whether the rule would enforce: its trigger is the event's and its
+    /// criteria match.
+    pub matched: bool,
+    pub trigger: TriggerCheck,
+    pub criteria: criteria::Explanation,
+    /// What the enforcement would request; only when the rule matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionPreview>,
+}
+
+/// Whether the event's trigger is the one the rule listens to.
+#[derive(Debug, Clone, Serialize)]
+pub struct TriggerCheck {
+    /// The rule's trigger type.
+    pub expected: String,
+    pub expected_parameters: Map<String, Value>,
+    /// The event's trigger type (the rule's for a bare payload).
+    pub actual: String,
+    pub actual_parameters: Map<String, Value>,
+    pub matched: bool,
+}
+
+/// The execution a matching rule would request.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionPreview {
+    #[serde(rename = "ref")]
+    pub action_ref: String,
+    /// The parameters the execution would get: rendered by the rule, then
+    /// resolved against the action (defaults, casts); `None` on error.
+    pub parameters: Option<Map<String, Value>>,
+    /// Why the enforcement would fail instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Tests `rule` (whose id is `rule_id`) against `event`, as
+/// `st2-rule-tester` does: the trigger, every criterion explained, and
+/// for a match the action parameters resolved as an enforcement would.
+/// Patterns and parameters render with `renderer` and `kv`.
+pub fn test_rule(
+    catalog: &crate::catalog::Catalog,
+    renderer: &Renderer,
+    kv: &dyn KeyValueLookup,
+    rule: &RuleDef,
+    rule_id: &str,
+    event: TestEvent,
+) -> RuleTest {
+    let instance = match event {
+        TestEvent::Instance(instance) => instance,
+        TestEvent::Payload(payload) => {
+            let now = time::now();
+            TriggerInstance {
+                v: RECORD_VERSION,
+                id: ids::fresh(&now),
+                trigger: triggers::trigger_ref(&rule.trigger.kind, &rule.trigger.parameters),
+                trigger_type: rule.trigger.kind.clone(),
+                trigger_parameters: rule.trigger.parameters.clone(),
+                payload,
+                occurrence_time: now,
+                trace_tag: None,
+            }
+        }
     };
-    match executions::prepare(catalog, &ctx.renderer, kv, spec) {
-        Ok(record) => Ok(Ok(record)),
-        Err(e) if e.is_retryable() => Err(e),
-        Err(e) => Ok(Err(e.to_string())),
+    let trigger = TriggerCheck {
+        matched: instance.trigger_type == rule.trigger.kind
+            && instance.trigger_parameters == rule.trigger.parameters,
+        expected: rule.trigger.kind.clone(),
+        expected_parameters: rule.trigger.parameters.clone(),
+        actual: instance.trigger_type.clone(),
+        actual_parameters: instance.trigger_parameters.clone(),
+    };
+    let criteria = criteria::explain(&rule.criteria, &instance.payload, renderer, kv);
+    let matched = trigger.matched && criteria.matched;
+    let action = matched.then(|| {
+        let summary = rule_summary(rule, rule_id);
+        let prepared = execution_spec(renderer, rule, &instance, kv, &summary).and_then(|spec| {
+            executions::prepare(catalog, renderer, kv, spec).map_err(|e| e.to_string())
+        });
+        let (parameters, error) = match prepared {
+            Ok(record) => (Some(record.parameters), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        ActionPreview {
+            action_ref: rule.action.action_ref.clone(),
+            parameters,
+            error,
+        }
+    });
+    RuleTest {
+        rule: rule.reference(),
+        matched,
+        trigger,
+        criteria,
+        action,
     }
 }

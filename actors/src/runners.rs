@@ -4,7 +4,7 @@
 //! runs the action through its `squall-runners` runner, stores the final
 //! status and result, and only then is the request acknowledged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +13,23 @@ use squall_domain::execution::{
     ExecutionRecord, RunnerLoss, Status, TriggerInstance, RECORD_VERSION,
 };
 use squall_domain::{ids, time, triggers};
-use squall_runners::{RunRequest, Runner as ActionRunner};
+use squall_runners::{ActionEnv, RunRequest, Runner as ActionRunner};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
 use crate::bus::{execution_subject, Bus, ExecutionRequest, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
 use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::{bus_err, EngineError};
 use crate::metrics::LostRun;
 use crate::timing::{ACK_WAIT, CHECK_AGAIN_AFTER, CLAIM_CHECK_TIMEOUT};
+
+/// How much longer than the action's timeout its API token lives: the
+/// token outlasts every run the timeout allows, and is revoked when the
+/// run ends anyway.
+const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 
 /// Durable consumer name of a runner pool.
 pub fn consumer_name(pool: &str) -> String {
@@ -36,8 +42,11 @@ pub struct RunnerContext {
     pub bus: Bus,
     pub catalog: CatalogHandle,
     pub node: String,
-    /// Public URL of the API, given to actions as `ST2_ACTION_API_URL`.
+    /// Public URL of the v1 API (ending in `/v1`), given to actions as
+    /// `ST2_ACTION_API_URL`.
     pub api_url: String,
+    /// Where actions' tokens (`ST2_ACTION_AUTH_TOKEN`) are issued and revoked.
+    pub auth: AuthStore,
     pub runners: Arc<HashMap<&'static str, Arc<dyn ActionRunner>>>,
     /// Cancelled when the node shuts down: running actions are stopped and
     /// recorded as `abandoned`.
@@ -484,14 +493,25 @@ async fn run_action(
             json!({"error": format!("runner {} is not available on node {}", record.runner.name, ctx.node)}),
         );
     };
-    let env = BTreeMap::from([
-        ("ST2_ACTION_API_URL".to_string(), ctx.api_url.clone()),
-        ("ST2_ACTION_EXECUTION_ID".to_string(), record.id.clone()),
-        (
-            "ST2_ACTION_PACK_NAME".to_string(),
-            record.action.pack.clone(),
-        ),
-    ]);
+    let token = if runner.calls_api() {
+        match issue_action_token(ctx, record).await {
+            Ok(token) => Some(token),
+            Err(e) => {
+                return (
+                    Status::Failed,
+                    json!({"error": format!("could not issue the action's API token: {e}")}),
+                )
+            }
+        }
+    } else {
+        None
+    };
+    let env = ActionEnv {
+        pack: record.action.pack.clone(),
+        execution_id: record.id.clone(),
+        api_url: ctx.api_url.clone(),
+        auth_token: token.clone(),
+    };
     let (output, forwarder) = forward_output(ctx, record);
     let run = runner.run(RunRequest {
         execution_id: record.id.clone(),
@@ -504,6 +524,11 @@ async fn run_action(
     });
     // The consumer reports progress on the request while the run lasts.
     let outcome = run.await;
+    if let Some(token) = token {
+        if let Err(e) = ctx.auth.revoke_token(&token).await {
+            tracing::warn!(error = %e, "the action's API token could not be revoked; it expires on its own");
+        }
+    }
     // The runner has dropped its sender: every chunk is out before the
     // final record is written.
     let _ = forwarder.await;
@@ -518,6 +543,28 @@ async fn run_action(
         return (Status::Abandoned, result);
     }
     (outcome.status, outcome.result)
+}
+
+/// A token for the action to call the API back with, as the execution's
+/// user, living as long as the action may run plus [`TOKEN_MARGIN`]
+/// (StackStorm's service token TTL when it has no timeout).
+async fn issue_action_token(
+    ctx: &RunnerContext,
+    record: &ExecutionRecord,
+) -> Result<String, EngineError> {
+    let user = record
+        .context
+        .get("user")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(crate::executions::SYSTEM_USER);
+    let ttl = record
+        .parameters
+        .get("timeout")
+        .and_then(serde_json::Value::as_u64)
+        .filter(|t| *t > 0)
+        .map_or(DEFAULT_TOKEN_TTL, |t| Duration::from_secs(t) + TOKEN_MARGIN);
+    let (token, _) = ctx.auth.issue_action_token(user, ttl).await?;
+    Ok(token)
 }
 
 /// Publishes an execution's output chunks, as they come, on

@@ -383,19 +383,45 @@ pub async fn run(
     mode: RunMode,
     as_json: bool,
 ) -> Result<bool, CliError> {
-    let body = json!({"action": action, "parameters": parse_params(params)?});
+    let body = json!({"action": action, "parameters": run_params(params)?});
     let created = client.post("executions", &body).await?;
+    follow(client, &created, mode, as_json).await
+}
+
+/// `squall run`'s arguments as StackStorm's CLI reads them: `key=value`
+/// pairs until the first word without `=`; that word and every one after
+/// it are joined with spaces into `cmd` (`squall run core.local -- ls -la`).
+pub fn run_params(args: &[String]) -> Result<Map<String, Value>, CliError> {
+    let pairs = args.iter().take_while(|a| a.contains('=')).count();
+    let mut params = parse_params(&args[..pairs])?;
+    if pairs < args.len() {
+        params.insert("cmd".into(), json!(args[pairs..].join(" ")));
+    }
+    Ok(params)
+}
+
+/// Follows an execution just requested (`created`): prints its id
+/// (`Detach`), its output live (`Tail`) or, once it has finished, the
+/// execution (`Wait`, with a spinner on a terminal). False if it did not
+/// succeed.
+pub async fn follow(
+    client: &Client,
+    created: &Value,
+    mode: RunMode,
+    as_json: bool,
+) -> Result<bool, CliError> {
     let id = created
         .get("id")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let action = field(created, "/action/ref");
     if mode == RunMode::Tail {
         return execution_tail(client, &id).await;
     }
     if mode == RunMode::Detach {
         if as_json {
-            println!("{}", pretty(&created));
+            println!("{}", pretty(created));
         } else {
             println!("execution {id} requested\nTo get the results, execute:\n squall execution get {id}");
         }
@@ -422,6 +448,256 @@ pub async fn run(
     }
     print_execution(&done, as_json);
     Ok(done.get("status").and_then(Value::as_str) == Some("succeeded"))
+}
+
+/// `squall execution cancel`: one line saying what became of it.
+pub async fn execution_cancel(client: &Client, id: &str, as_json: bool) -> Result<(), CliError> {
+    let exec = client
+        .call(reqwest::Method::DELETE, &format!("executions/{id}"), None)
+        .await?;
+    if as_json {
+        println!("{}", pretty(&exec));
+    } else if exec["status"] == "canceled" {
+        println!("execution {id} canceled");
+    } else {
+        println!(
+            "execution {id} is {}: cancellation requested",
+            field(&exec, "/status")
+        );
+    }
+    Ok(())
+}
+
+/// `squall action get`: the action, then its parameters as a table
+/// (required ones first).
+pub async fn action_get(client: &Client, reference: &str, as_json: bool) -> Result<(), CliError> {
+    let (action, _) = client.get(&format!("actions/{reference}")).await?;
+    if as_json {
+        println!("{}", pretty(&action));
+        return Ok(());
+    }
+    for (label, pointer) in [
+        ("ref", "/ref"),
+        ("description", "/description"),
+        ("runner_type", "/runner_type"),
+        ("entry_point", "/entry_point"),
+        ("enabled", "/enabled"),
+    ] {
+        println!("{label}: {}", field(&action, pointer));
+    }
+    let mut params: Vec<(&String, &Value)> = action["parameters"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .collect();
+    if params.is_empty() {
+        println!("parameters: None");
+        return Ok(());
+    }
+    params.sort_by_key(|(name, spec)| (spec["required"] != true, *name));
+    let rows: Vec<Vec<String>> = params
+        .iter()
+        .map(|(name, spec)| {
+            vec![
+                (*name).clone(),
+                field(spec, "/type"),
+                (spec["required"] == true).to_string(),
+                field(spec, "/default"),
+                field(spec, "/description"),
+            ]
+        })
+        .collect();
+    println!("parameters:");
+    print_table(
+        &["name", "type", "required", "default", "description"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// The rule `squall rule test` tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleToTest {
+    /// A registered rule's ref or id.
+    Registered(String),
+    /// A rule file (YAML or JSON).
+    File(std::path::PathBuf),
+}
+
+impl RuleToTest {
+    /// From `squall rule test`'s arguments: a ref or `--rule-file`.
+    pub fn from_args(
+        reference: Option<String>,
+        file: Option<std::path::PathBuf>,
+    ) -> Result<RuleToTest, CliError> {
+        match (reference, file) {
+            (Some(reference), None) => Ok(RuleToTest::Registered(reference)),
+            (None, Some(file)) => Ok(RuleToTest::File(file)),
+            (Some(_), Some(_)) => Err(CliError::Usage(
+                "give a rule's ref or --rule-file, not both".into(),
+            )),
+            (None, None) => Err(CliError::Usage(
+                "give the rule to test: its ref, or --rule-file FILE".into(),
+            )),
+        }
+    }
+}
+
+/// What `squall rule test` tests the rule against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestEvent {
+    /// A stored trigger instance's id.
+    TriggerInstance(String),
+    /// A file (YAML or JSON) holding a payload.
+    PayloadFile(std::path::PathBuf),
+}
+
+impl TestEvent {
+    /// From `--trigger-instance` and `--payload`: exactly one of them.
+    pub fn from_args(
+        trigger_instance: Option<String>,
+        payload: Option<std::path::PathBuf>,
+    ) -> Result<TestEvent, CliError> {
+        match (trigger_instance, payload) {
+            (Some(id), None) => Ok(TestEvent::TriggerInstance(id)),
+            (None, Some(file)) => Ok(TestEvent::PayloadFile(file)),
+            (Some(_), Some(_)) => Err(CliError::Usage(
+                "give either --trigger-instance or --payload, not both".into(),
+            )),
+            (None, None) => Err(CliError::Usage(
+                "give --trigger-instance ID or --payload FILE to test the rule against".into(),
+            )),
+        }
+    }
+}
+
+/// A YAML or JSON file's contents.
+fn read_document(file: &std::path::Path) -> Result<Value, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    serde_yaml::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: not YAML or JSON: {e}", file.display())))
+}
+
+/// `squall rule test`: asks the API (`POST /rules/test`) and prints the
+/// verdict, each criterion, and the parameters the action would get. True
+/// when the rule matches.
+pub async fn rule_test(
+    client: &Client,
+    rule: &RuleToTest,
+    event: &TestEvent,
+    as_json: bool,
+) -> Result<bool, CliError> {
+    let mut body = json!({
+        "rule": match rule {
+            RuleToTest::Registered(reference) => json!(reference),
+            RuleToTest::File(file) => read_document(file)?,
+        }
+    });
+    match event {
+        TestEvent::TriggerInstance(id) => body["trigger_instance"] = json!(id),
+        TestEvent::PayloadFile(file) => body["payload"] = read_document(file)?,
+    }
+    let test = client.post("rules/test", &body).await?;
+    let matched = test["matched"] == true;
+    if as_json {
+        println!("{}", pretty(&test));
+        return Ok(matched);
+    }
+    let rule_ref = field(&test, "/rule");
+    println!(
+        "rule {rule_ref} {}",
+        if matched { "MATCHES" } else { "DOES NOT MATCH" }
+    );
+    let trigger = &test["trigger"];
+    if trigger["matched"] == true {
+        println!("trigger: {} (the rule's)", field(trigger, "/actual"));
+    } else {
+        println!(
+            "trigger: {} {} is not the rule's {} {}",
+            field(trigger, "/actual"),
+            field(trigger, "/actual_parameters"),
+            field(trigger, "/expected"),
+            field(trigger, "/expected_parameters"),
+        );
+    }
+    let criteria = &test["criteria"];
+    if criteria["empty_payload"] == true {
+        println!("criteria: not checked: the payload is empty, and a rule with criteria never matches an empty payload");
+    } else if criteria["criteria"].as_array().is_some_and(Vec::is_empty) {
+        println!("criteria: none (every payload matches)");
+    } else {
+        let rows: Vec<Vec<String>> = criteria["criteria"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let verdict = match c["error"].as_str() {
+                    Some(error) => format!("error: {error}"),
+                    None if c["matched"] == true => "matched".to_string(),
+                    None => "FAILED".to_string(),
+                };
+                vec![
+                    field(c, "/key"),
+                    field(c, "/operator"),
+                    shown(&c["pattern"]),
+                    shown(&c["value"]),
+                    verdict,
+                ]
+            })
+            .collect();
+        println!("criteria:");
+        print_table(&["key", "operator", "pattern", "value", "result"], &rows);
+    }
+    if let Some(action) = test.get("action").filter(|a| a.is_object()) {
+        println!("action: {}", field(action, "/ref"));
+        match action["error"].as_str() {
+            Some(error) => println!("the enforcement would fail: {error}"),
+            None => {
+                println!("parameters:");
+                print_yaml(&action["parameters"], 2);
+            }
+        }
+    }
+    Ok(matched)
+}
+
+/// A JSON value in a table cell: strings quoted, so that `"5"` and `5`
+/// and an empty string stay distinguishable.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// What a shell reports for a command killed by `SIGPIPE` (128 + 13).
+const CLOSED_PIPE_EXIT: i32 = 141;
+
+/// Makes a client command end quietly, as Unix tools do, when whoever
+/// reads its output has gone (`squall execution list | head`): printing
+/// to a closed pipe panics in Rust, and this hook turns that panic into
+/// exit status 141 without a message. Other panics are reported as usual.
+pub fn exit_quietly_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if stdout_closed() {
+            std::process::exit(CLOSED_PIPE_EXIT);
+        }
+        report(info);
+    }));
+}
+
+/// Whether standard output is a pipe nobody reads any more.
+fn stdout_closed() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok()
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
 }
 
 fn is_completed(status: &str) -> bool {
@@ -832,5 +1108,33 @@ mod tests {
         assert_eq!(p["n"], json!("5"));
         assert_eq!(p["env"], json!({"A": "1"}));
         assert!(parse_params(&["novalue".into()]).is_err());
+    }
+
+    #[test]
+    fn run_joins_the_words_after_the_pairs_into_cmd() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = run_params(&words(&["timeout=5", "ls", "-la", "a=b"])).unwrap();
+        assert_eq!(p["timeout"], json!("5"));
+        assert_eq!(p["cmd"], json!("ls -la a=b"));
+        let p = run_params(&words(&["cmd=date"])).unwrap();
+        assert_eq!(p["cmd"], json!("date"));
+        assert!(run_params(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rule_test_arguments_need_exactly_one_of_each() {
+        use std::path::PathBuf;
+        assert_eq!(
+            TestEvent::from_args(Some("i".into()), None).unwrap(),
+            TestEvent::TriggerInstance("i".into())
+        );
+        assert!(TestEvent::from_args(Some("i".into()), Some(PathBuf::from("p"))).is_err());
+        assert!(TestEvent::from_args(None, None).is_err());
+        assert_eq!(
+            RuleToTest::from_args(None, Some(PathBuf::from("r.yaml"))).unwrap(),
+            RuleToTest::File("r.yaml".into())
+        );
+        assert!(RuleToTest::from_args(Some("a.b".into()), Some(PathBuf::from("f"))).is_err());
+        assert!(RuleToTest::from_args(None, None).is_err());
     }
 }

@@ -84,11 +84,13 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_parser = parse_role)]
         roles: Vec<Role>,
     },
-    /// Run an action: `squall run core.local cmd=date`.
+    /// Run an action: `squall run core.local cmd=date`, or
+    /// `squall run core.local -- ls -la` (the words from the first one
+    /// without `=` on are joined into `cmd`, as StackStorm's CLI does).
     Run {
         /// Action reference (pack.action).
         action: String,
-        /// Parameters as key=value.
+        /// Parameters as key=value, then the command's words.
         params: Vec<String>,
         /// Return the execution id at once instead of waiting.
         #[arg(long = "async", conflicts_with = "tail")]
@@ -152,6 +154,23 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Actions.
+    Action {
+        #[command(subcommand)]
+        command: ActionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActionCommand {
+    /// List actions.
+    List {
+        /// Only this pack's.
+        #[arg(short, long)]
+        pack: Option<String>,
+    },
+    /// Show one action, its parameters as a table.
+    Get { reference: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +244,23 @@ enum RuleCommand {
     Disable { reference: String },
     /// Delete a rule.
     Delete { reference: String },
+    /// Test a rule against a trigger instance or a payload, as
+    /// st2-rule-tester does: whether it matches, each criterion's verdict,
+    /// the action parameters it would render. Runs and writes nothing.
+    /// Exit status 0 when the rule matches, 2 when it does not.
+    Test {
+        /// A registered rule (ref or id), enabled or not.
+        reference: Option<String>,
+        /// A rule file (YAML or JSON) instead of a registered rule.
+        #[arg(long)]
+        rule_file: Option<PathBuf>,
+        /// The id of a stored trigger instance.
+        #[arg(long)]
+        trigger_instance: Option<String>,
+        /// A file (YAML or JSON) holding a payload for the rule's trigger.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,6 +367,9 @@ enum ExecutionCommand {
         /// keeping the original's context and finished tasks.
         #[arg(long, value_delimiter = ',')]
         tasks: Vec<String>,
+        /// Return the new execution's id at once instead of waiting.
+        #[arg(long = "async")]
+        detach: bool,
     },
     /// Follow an execution's live output until it ends.
     Tail { id: String },
@@ -346,6 +385,12 @@ enum PackCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !matches!(
+        args.command,
+        Command::Up { .. } | Command::Node { command: None, .. }
+    ) {
+        cli::exit_quietly_when_stdout_closes();
+    }
     // Actors start their children from their own tasks; unoptimised builds
     // need more than the default 2 MiB per worker for those futures.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -504,10 +549,7 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                 }
                 ExecutionCommand::Get { id } => cli::execution_get(&client, &id, args.json).await?,
                 ExecutionCommand::Cancel { id } => {
-                    let v = client
-                        .call(Method::DELETE, &format!("executions/{id}"), None)
-                        .await?;
-                    cli::show(&v, args.json);
+                    cli::execution_cancel(&client, &id, args.json).await?
                 }
                 ExecutionCommand::Pause { id } => {
                     let body = json!({"status": "pausing"});
@@ -523,12 +565,22 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                         .await?;
                     cli::show(&v, args.json);
                 }
-                ExecutionCommand::ReRun { id, params, tasks } => {
+                ExecutionCommand::ReRun {
+                    id,
+                    params,
+                    tasks,
+                    detach,
+                } => {
+                    let mode = if detach {
+                        cli::RunMode::Detach
+                    } else {
+                        cli::RunMode::Wait
+                    };
                     let body = json!({"parameters": cli::parse_params(&params)?, "tasks": tasks});
-                    let v = client
+                    let created = client
                         .post(&format!("executions/{id}/re_run"), &body)
                         .await?;
-                    cli::show(&v, args.json);
+                    return Ok(cli::follow(&client, &created, mode, args.json).await?);
                 }
                 ExecutionCommand::Tail { id } => {
                     return Ok(cli::execution_tail(&client, &id).await?)
@@ -585,6 +637,16 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                         .call(Method::DELETE, &format!("rules/{reference}"), None)
                         .await?;
                     println!("rule {reference} deleted");
+                }
+                RuleCommand::Test {
+                    reference,
+                    rule_file,
+                    trigger_instance,
+                    payload,
+                } => {
+                    let rule = cli::RuleToTest::from_args(reference, rule_file)?;
+                    let event = cli::TestEvent::from_args(trigger_instance, payload)?;
+                    return Ok(cli::rule_test(&client, &rule, &event, args.json).await?);
                 }
             }
             Ok(true)
@@ -661,6 +723,23 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                 ("rule", "/rule"),
             ];
             cli::list_table(&client, "webhooks", &cols, args.json).await?;
+            Ok(true)
+        }
+        Command::Action { command } => {
+            match command {
+                ActionCommand::List { pack } => {
+                    let cols = [
+                        ("ref", "/ref"),
+                        ("pack", "/pack"),
+                        ("description", "/description"),
+                    ];
+                    let path = cli::with_query("actions", &[("pack", pack)]);
+                    cli::list_table(&client, &path, &cols, args.json).await?;
+                }
+                ActionCommand::Get { reference } => {
+                    cli::action_get(&client, &reference, args.json).await?
+                }
+            }
             Ok(true)
         }
         Command::Apikey { command } => {

@@ -136,7 +136,7 @@ impl Node {
             runner_concurrency: cfg.runners.concurrency,
             roles: cfg.roles.clone(),
         };
-        let engine = Box::pin(Engine::start(bus.clone(), settings, &keys)).await?;
+        let engine = Box::pin(Engine::start(bus.clone(), settings, &keys, auth.clone())).await?;
         let stop_api = CancellationToken::new();
         let (addrs, api_tasks) = if cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api) {
             Box::pin(serve_api(cfg, &bus, &engine, auth, keys, &stop_api)).await?

@@ -83,6 +83,85 @@ pub fn is_known_operator(name: &str) -> bool {
     operator(name).is_some()
 }
 
+/// How one criterion fared against a payload: what was read, what it was
+/// compared with, and the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CriterionCheck {
+    /// The criterion's key as written (`trigger.body.name#2`).
+    pub key: String,
+    /// The path read: the key without its `#suffix`.
+    pub path: String,
+    /// The operator as written.
+    pub operator: String,
+    /// The pattern after rendering; `None` when evaluation failed before.
+    pub pattern: Option<Value>,
+    /// The value the path selected (`null` when missing); `None` when
+    /// evaluation failed before reading it.
+    pub value: Option<Value>,
+    pub matched: bool,
+    /// Why the criterion could not be evaluated (it does not match then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why criteria match a payload or not, criterion by criterion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    /// What [`matches`] answers: every criterion evaluated and matched.
+    pub matched: bool,
+    /// The payload is empty, and a rule with criteria never matches an
+    /// empty payload: no criterion was evaluated.
+    pub empty_payload: bool,
+    /// Every criterion, in the order they are evaluated (key order).
+    pub criteria: Vec<CriterionCheck>,
+}
+
+impl Explanation {
+    /// The first criterion that did not match, the one that decides.
+    pub fn first_failure(&self) -> Option<&CriterionCheck> {
+        self.criteria.iter().find(|c| !c.matched)
+    }
+}
+
+/// Explains [`matches`]: evaluates every criterion (not only up to the first
+/// that fails) and reports each one's value, rendered pattern and verdict.
+pub fn explain(
+    criteria: &Criteria,
+    payload: &Value,
+    renderer: &Renderer,
+    kv: &dyn KeyValueLookup,
+) -> Explanation {
+    if !criteria.is_empty() && !python_truthy(payload) {
+        return Explanation {
+            matched: false,
+            empty_payload: true,
+            criteria: Vec::new(),
+        };
+    }
+    let matcher = Matcher { renderer, kv };
+    let context = json!({ "trigger": payload });
+    let checks: Vec<CriterionCheck> = criteria
+        .iter()
+        .map(|(key, criterion)| {
+            let evaluation = matcher.evaluate(key, criterion, &context);
+            CriterionCheck {
+                key: key.clone(),
+                path: key_path(key).to_string(),
+                operator: criterion.operator.clone(),
+                pattern: evaluation.pattern,
+                value: evaluation.value.cloned(),
+                matched: evaluation.result == Ok(true),
+                error: evaluation.result.err().map(|e| e.to_string()),
+            }
+        })
+        .collect();
+    Explanation {
+        matched: checks.iter().all(|c| c.matched),
+        empty_payload: false,
+        criteria: checks,
+    }
+}
+
 /// Whether `payload` satisfies every criterion. Patterns render with
 /// `renderer`, reading `st2kv.system` through `kv`.
 pub fn matches(
@@ -378,38 +457,80 @@ impl Matcher<'_> {
         criterion: &Criterion,
         context: &Value,
     ) -> Result<bool, CriteriaError> {
-        let op = operator(&criterion.operator).ok_or_else(|| CriteriaError::UnknownOperator {
-            key: key.to_string(),
-            operator: criterion.operator.clone(),
-        })?;
-        let path = key.split_once('#').map_or(key, |(path, _)| path);
-        let path = JsonPath::parse(path).map_err(|source| CriteriaError::InvalidKey {
-            key: key.to_string(),
-            source,
-        })?;
-        let value = path.find(context).first().copied().unwrap_or(&Value::Null);
-        let pattern = match &criterion.pattern {
-            Some(pattern @ Value::String(_)) => self
-                .renderer
-                .render_value(pattern, context, self.kv)
-                .map_err(|source| CriteriaError::Render {
+        self.evaluate(key, criterion, context).result
+    }
+
+    /// One criterion against `context`, with what it read and compared.
+    fn evaluate<'v>(&self, key: &str, criterion: &Criterion, context: &'v Value) -> Evaluation<'v> {
+        let failed = |error| Evaluation {
+            value: None,
+            pattern: None,
+            result: Err(error),
+        };
+        let Some(op) = operator(&criterion.operator) else {
+            return failed(CriteriaError::UnknownOperator {
+                key: key.to_string(),
+                operator: criterion.operator.clone(),
+            });
+        };
+        let path = match JsonPath::parse(key_path(key)) {
+            Ok(path) => path,
+            Err(source) => {
+                return failed(CriteriaError::InvalidKey {
                     key: key.to_string(),
                     source,
-                })?,
+                })
+            }
+        };
+        let value = path.find(context).first().copied().unwrap_or(&Value::Null);
+        let pattern = match &criterion.pattern {
+            Some(pattern @ Value::String(_)) => {
+                match self.renderer.render_value(pattern, context, self.kv) {
+                    Ok(rendered) => rendered,
+                    Err(source) => {
+                        return Evaluation {
+                            value: Some(value),
+                            pattern: None,
+                            result: Err(CriteriaError::Render {
+                                key: key.to_string(),
+                                source,
+                            }),
+                        }
+                    }
+                }
+            }
             Some(pattern) => pattern.clone(),
             None => Value::Null,
         };
-        if op.needs_pattern && pattern.is_null() {
-            return Ok(false);
+        let result = if op.needs_pattern && pattern.is_null() {
+            Ok(false)
+        } else {
+            (op.test)(&Operands {
+                key,
+                value,
+                pattern: &pattern,
+                condition: criterion.condition.as_deref(),
+                matcher: self,
+            })
+        };
+        Evaluation {
+            value: Some(value),
+            pattern: Some(pattern),
+            result,
         }
-        (op.test)(&Operands {
-            key,
-            value,
-            pattern: &pattern,
-            condition: criterion.condition.as_deref(),
-            matcher: self,
-        })
     }
+}
+
+/// What evaluating one criterion read, compared and decided.
+struct Evaluation<'v> {
+    value: Option<&'v Value>,
+    pattern: Option<Value>,
+    result: Result<bool, CriteriaError>,
+}
+
+/// The path part of a criterion's key: anything after `#` is dropped.
+fn key_path(key: &str) -> &str {
+    key.split_once('#').map_or(key, |(path, _)| path)
 }
 
 // ---------------------------------------------------------------------------
@@ -1102,6 +1223,109 @@ mod tests {
         })
     }
 
+    fn explain_json(spec: Value, payload: Value) -> Explanation {
+        explain(&criteria(spec), &payload, &Renderer::new(), &NoKeyValues)
+    }
+
+    #[test]
+    fn explanation_names_the_failing_criterion_with_both_values() {
+        let e = explain_json(
+            json!({
+                "trigger.body.severity": {"type": "equals", "pattern": "critical"},
+                "trigger.body.host#1": {"type": "startswith", "pattern": "web-"},
+            }),
+            json!({"body": {"severity": "warning", "host": "web-3"}}),
+        );
+        assert!(!e.matched);
+        assert!(!e.empty_payload);
+        assert_eq!(e.criteria.len(), 2, "every criterion is evaluated");
+        let host = &e.criteria[0];
+        assert_eq!(host.key, "trigger.body.host#1");
+        assert_eq!(host.path, "trigger.body.host");
+        assert!(host.matched);
+        let failed = e.first_failure().expect("one failed");
+        assert_eq!(failed.key, "trigger.body.severity");
+        assert_eq!(failed.operator, "equals");
+        assert_eq!(failed.value, Some(json!("warning")));
+        assert_eq!(failed.pattern, Some(json!("critical")));
+        assert_eq!(failed.error, None);
+    }
+
+    #[test]
+    fn explanation_shows_rendered_patterns_and_missing_values() {
+        let e = explain_json(
+            json!({
+                "trigger.limit": {"type": "gt", "pattern": "{{ trigger.floor }}"},
+                "trigger.absent": {"type": "exists"},
+            }),
+            json!({"limit": 7, "floor": 5}),
+        );
+        assert!(!e.matched);
+        let limit = e
+            .criteria
+            .iter()
+            .find(|c| c.key == "trigger.limit")
+            .unwrap();
+        assert!(limit.matched);
+        assert_eq!(limit.pattern, Some(json!(5)), "native type kept");
+        let absent = e.first_failure().unwrap();
+        assert_eq!(absent.key, "trigger.absent");
+        assert_eq!(absent.value, Some(Value::Null));
+        assert_eq!(absent.pattern, Some(Value::Null));
+    }
+
+    #[test]
+    fn explanation_reports_errors_per_criterion() {
+        let e = explain_json(
+            json!({
+                "trigger.a": {"type": "like", "pattern": 1},
+                "trigger.b": {"type": "eq", "pattern": "{{ nope( }}"},
+                "trigger.c": {"type": "eq", "pattern": 1},
+            }),
+            json!({"a": 1, "b": 2, "c": 1}),
+        );
+        assert!(!e.matched);
+        let a = &e.criteria[0];
+        assert!(!a.matched);
+        assert_eq!((a.value.clone(), a.pattern.clone()), (None, None));
+        assert!(
+            a.error.as_deref().unwrap().contains("unknown operator"),
+            "{a:?}"
+        );
+        let b = &e.criteria[1];
+        assert_eq!(b.value, Some(json!(2)), "read before the pattern failed");
+        assert!(
+            b.error.as_deref().unwrap().contains("failed to render"),
+            "{b:?}"
+        );
+        assert!(e.criteria[2].matched);
+    }
+
+    #[test]
+    fn explanation_of_an_empty_payload_and_of_no_criteria() {
+        let e = explain_json(json!({"trigger.a": {"type": "exists"}}), json!({}));
+        assert!(!e.matched && e.empty_payload && e.criteria.is_empty());
+        let e = explain_json(json!({}), json!({}));
+        assert!(e.matched && !e.empty_payload && e.criteria.is_empty());
+    }
+
+    fn operator_name() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "eq",
+            "neq",
+            "contains",
+            "ncontains",
+            "lt",
+            "gt",
+            "exists",
+            "nexists",
+            "in",
+            "nin",
+            "startswith",
+            "iequals",
+        ])
+    }
+
     proptest! {
         #[test]
         fn equals_and_nequals_are_complementary(value in json_value(), pattern in json_value()) {
@@ -1110,6 +1334,26 @@ mod tests {
                 op("equals", value.clone(), pattern.clone()),
                 op("nequals", value, pattern)
             );
+        }
+
+        #[test]
+        fn explanation_agrees_with_matching(
+            first in operator_name(),
+            second in operator_name(),
+            a in json_value(),
+            b in json_value(),
+            pa in json_value(),
+            pb in json_value(),
+        ) {
+            let spec = criteria(json!({
+                "trigger.a": {"type": first, "pattern": pa},
+                "trigger.b": {"type": second, "pattern": pb},
+            }));
+            let payload = json!({"a": a, "b": b});
+            let r = Renderer::new();
+            let e = explain(&spec, &payload, &r, &NoKeyValues);
+            prop_assert_eq!(e.matched, matches(&spec, &payload, &r, &NoKeyValues) == Ok(true));
+            prop_assert_eq!(e.first_failure().is_none(), e.matched);
         }
 
         #[test]

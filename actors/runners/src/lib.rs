@@ -53,12 +53,78 @@ pub struct RunRequest {
     /// Fully resolved parameters: runner parameters (`cmd`, `timeout`,
     /// `cwd`, `env`, `sudo`...) and action parameters, defaults applied.
     pub parameters: Map<String, Value>,
-    /// Extra environment for the process (`ST2_ACTION_*`).
-    pub env: BTreeMap<String, String>,
+    /// What the action's process is told about its run (`ST2_ACTION_*`).
+    pub env: ActionEnv,
     /// Where live output goes, if anyone listens.
     pub output: Option<mpsc::UnboundedSender<OutputChunk>>,
     /// Cancelled when the execution is cancelled or the node shuts down.
     pub cancel: CancellationToken,
+}
+
+/// What StackStorm tells every action process about its run
+/// (`_get_common_action_env_variables`). Built once by the engine for
+/// every runner that starts a process. `Debug` never shows the token.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ActionEnv {
+    /// `ST2_ACTION_PACK_NAME`.
+    pub pack: String,
+    /// `ST2_ACTION_EXECUTION_ID`.
+    pub execution_id: String,
+    /// `ST2_ACTION_API_URL`: the v1 API root, so that
+    /// `$ST2_ACTION_API_URL/executions/$ST2_ACTION_EXECUTION_ID` works.
+    pub api_url: String,
+    /// `ST2_ACTION_AUTH_TOKEN`: a token valid while the execution runs,
+    /// as its user; `None` when the run has none.
+    pub auth_token: Option<String>,
+}
+
+impl ActionEnv {
+    /// StackStorm's `ST2_ACTION_*` variables. They win over the action's
+    /// own `env` parameter, as in StackStorm. `debug` is the runner's
+    /// `debug` parameter (`ST2_ACTION_DEBUG` is Python's `True`/`False`).
+    pub fn vars(&self, debug: bool) -> BTreeMap<String, String> {
+        let mut vars = BTreeMap::from([
+            ("ST2_ACTION_PACK_NAME".to_string(), self.pack.clone()),
+            (
+                "ST2_ACTION_EXECUTION_ID".to_string(),
+                self.execution_id.clone(),
+            ),
+            ("ST2_ACTION_API_URL".to_string(), self.api_url.clone()),
+            (
+                "ST2_ACTION_DEBUG".to_string(),
+                if debug { "True" } else { "False" }.to_string(),
+            ),
+        ]);
+        if let Some(token) = &self.auth_token {
+            vars.insert("ST2_ACTION_AUTH_TOKEN".to_string(), token.clone());
+        }
+        vars
+    }
+
+    /// What the Python runner adds so that `st2client` in the action finds
+    /// the API by itself (`_get_datastore_access_env_vars`): `ST2_API_URL`
+    /// and `ST2_AUTH_TOKEN`.
+    pub fn client_vars(&self) -> BTreeMap<String, String> {
+        let mut vars = BTreeMap::from([("ST2_API_URL".to_string(), self.api_url.clone())]);
+        if let Some(token) = &self.auth_token {
+            vars.insert("ST2_AUTH_TOKEN".to_string(), token.clone());
+        }
+        vars
+    }
+}
+
+impl std::fmt::Debug for ActionEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActionEnv")
+            .field("pack", &self.pack)
+            .field("execution_id", &self.execution_id)
+            .field("api_url", &self.api_url)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// The end of a run: final status and result.
@@ -72,6 +138,11 @@ pub struct RunOutcome {
 pub trait Runner: Send + Sync {
     /// The runner type name, e.g. `local-shell-cmd`.
     fn name(&self) -> &'static str;
+    /// Whether it starts a process that may call the API back, and so gets
+    /// a token for the run in its [`ActionEnv`].
+    fn calls_api(&self) -> bool {
+        false
+    }
     /// Runs the request to completion. Never panics on bad input: problems
     /// become a `failed` outcome whose result carries an `error` message.
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome>;

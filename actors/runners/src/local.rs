@@ -35,6 +35,10 @@ impl Runner for LocalShellCmd {
         "local-shell-cmd"
     }
 
+    fn calls_api(&self) -> bool {
+        true
+    }
+
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome> {
         Box::pin(async move {
             let cmd = match req.parameters.get("cmd") {
@@ -61,6 +65,10 @@ impl Runner for LocalShellCmd {
 impl Runner for LocalShellScript {
     fn name(&self) -> &'static str {
         "local-shell-script"
+    }
+
+    fn calls_api(&self) -> bool {
+        true
     }
 
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome> {
@@ -143,7 +151,7 @@ pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Res
         Some(Value::String(c)) => Some(PathBuf::from(c)),
         Some(other) => return Err(format!("parameter `cwd` must be a string, not {other}")),
     };
-    let mut env = req.env.clone();
+    let mut env = BTreeMap::new();
     match p.get("env") {
         None | Some(Value::Null) => {}
         Some(Value::Object(vars)) => {
@@ -157,6 +165,8 @@ pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Res
         }
         Some(other) => return Err(format!("parameter `env` must be an object, not {other}")),
     }
+    let debug = p.get("debug").and_then(Value::as_bool).unwrap_or(false);
+    env.extend(req.env.vars(debug));
     let sudo = p.get("sudo").and_then(Value::as_bool).unwrap_or(false);
     let password = p
         .get("sudo_password")
@@ -281,7 +291,12 @@ mod tests {
             action,
             pack_path: pack.to_path_buf(),
             parameters: params.as_object().cloned().unwrap_or_default(),
-            env: BTreeMap::from([("ST2_ACTION_EXECUTION_ID".into(), "e1".into())]),
+            env: crate::ActionEnv {
+                pack: "p".into(),
+                execution_id: "e1".into(),
+                api_url: "http://127.0.0.1:9101/api/v1".into(),
+                auth_token: Some("t0k3n".into()),
+            },
             output: None,
             cancel: CancellationToken::new(),
         }
@@ -332,6 +347,31 @@ mod tests {
             out.result["stdout"],
             format!("hi e1 {}", canonical.display())
         );
+    }
+
+    #[tokio::test]
+    async fn stackstorms_action_variables_win_over_the_env_parameter() {
+        let out = cmd(json!({
+            "cmd": "echo $ST2_ACTION_PACK_NAME $ST2_ACTION_EXECUTION_ID $ST2_ACTION_API_URL $ST2_ACTION_AUTH_TOKEN $ST2_ACTION_DEBUG",
+            "env": {"ST2_ACTION_EXECUTION_ID": "forged"},
+        }))
+        .await;
+        assert_eq!(
+            out.result["stdout"],
+            "p e1 http://127.0.0.1:9101/api/v1 t0k3n False"
+        );
+    }
+
+    #[test]
+    fn the_token_is_never_in_debug_output() {
+        let req = request(
+            action("local-shell-cmd", "", &[]),
+            Path::new("/"),
+            json!({}),
+        );
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("t0k3n"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[tokio::test]

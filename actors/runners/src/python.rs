@@ -40,6 +40,10 @@ impl Runner for PythonScript {
         "python-script"
     }
 
+    fn calls_api(&self) -> bool {
+        true
+    }
+
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome> {
         Box::pin(async move {
             let script = req.pack_path.join("actions").join(&req.action.entry_point);
@@ -64,6 +68,7 @@ impl Runner for PythonScript {
                 Err(e) => return failure(e),
             };
             spec.stdin = Some(request.to_string());
+            spec.env.extend(req.env.client_vars());
             match process::execute(spec, req.output, req.cancel).await {
                 Ok(done) => outcome(done.end, &done.stdout, done.stderr),
                 Err(e) => failure(e),
@@ -161,8 +166,6 @@ fn failure(error: String) -> RunOutcome {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use squall_domain::model::ParamSpec;
     use tokio_util::sync::CancellationToken;
 
@@ -204,7 +207,7 @@ mod tests {
                 },
                 pack_path: dir.path().to_path_buf(),
                 parameters,
-                env: BTreeMap::new(),
+                env: crate::ActionEnv::default(),
                 output: None,
                 cancel: CancellationToken::new(),
             })

@@ -50,6 +50,9 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
         "packs" if !reading => Role::Admin,
         // Everyone may manage their own API keys; the handlers check whose.
         "apikeys" => Role::Operator,
+        // Testing a rule writes and runs nothing (secrets stay sealed for
+        // all but admins).
+        "rules" if path == "/rules/test" => Role::Observer,
         // Who am I, and the timers rules use: anyone signed in may read.
         _ if reading => Role::Observer,
         _ => Role::Operator,
@@ -551,6 +554,8 @@ mod tests {
                 Role::Observer,
             ),
             (Method::PUT, "/rules/a.b", "", Role::Operator),
+            (Method::POST, "/rules", "", Role::Operator),
+            (Method::POST, "/rules/test", "", Role::Observer),
             (Method::GET, "/keys", "prefix=a", Role::Observer),
             (Method::GET, "/keys/x", "decrypt=true", Role::Operator),
             (Method::PUT, "/keys/x", "", Role::Operator),

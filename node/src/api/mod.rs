@@ -16,6 +16,7 @@ mod inquiries;
 mod keys;
 mod listing;
 mod query;
+mod rule_test;
 mod service_registry;
 mod stream;
 mod triggers;
@@ -126,6 +127,7 @@ pub fn app(state: ApiState) -> Router {
             "/rules",
             get(content::list_rules).post(edit::create::<RuleDef>),
         )
+        .route("/rules/test", post(rule_test::test))
         .route(
             "/rules/{reference}",
             get(content::get_rule)
