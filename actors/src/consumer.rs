@@ -199,7 +199,7 @@ pub enum ConsumerMsg {
 
 /// Work waiting for a handler slot.
 enum Work {
-    Message(jetstream::Message),
+    Message(Box<jetstream::Message>),
     Tick,
 }
 
@@ -268,7 +268,7 @@ impl<H: Handler> Actor for Consumer<H> {
         match msg {
             ConsumerMsg::Delivered(m) => {
                 let m = (*m).map_err(|e| bus_err(&format!("consume {}", H::WHAT), e))?;
-                state.waiting.push_back(Work::Message(m));
+                state.waiting.push_back(Work::Message(Box::new(m)));
             }
             ConsumerMsg::StreamEnded => {
                 return Err(Box::new(bus_err(
@@ -281,11 +281,9 @@ impl<H: Handler> Actor for Consumer<H> {
                 while let Some(ended) = state.running.try_join_next() {
                     // Its message stays unsettled: JetStream delivers it
                     // again after the ack wait; the others go on.
-                    if let Err(e) = ended.map_err(|e| e.try_into_panic()) {
-                        if let Ok(panic) = e {
-                            tracing::error!(consumer = %state.spec.name, panic = ?panic_text(panic),
-                                "a handler panicked; its message comes back after the ack wait");
-                        }
+                    if let Err(Ok(panic)) = ended.map_err(|e| e.try_into_panic()) {
+                        tracing::error!(consumer = %state.spec.name, panic = ?panic_text(panic),
+                            "a handler panicked; its message comes back after the ack wait");
                     }
                 }
             }
