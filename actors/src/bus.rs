@@ -18,6 +18,7 @@
 //! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
 //! | `keys` | KV | the datastore: see [`crate::keys`] |
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -459,7 +460,7 @@ impl Bus {
             .map_err(|e| bus_err("trigger stream info", e))?
             .state
             .clone();
-        let mut floors = std::collections::HashMap::new();
+        let mut floors = HashMap::new();
         let mut out = Vec::new();
         let mut skipped = 0;
         let mut seq = state.last_sequence;
@@ -479,19 +480,7 @@ impl Bus {
             }
             let instance: TriggerInstance = from_bytes(&msg.subject, &msg.payload)?;
             let partition = self.partition_of(&instance.id);
-            let floor = match floors.get(&partition) {
-                Some(f) => *f,
-                None => {
-                    let f = self
-                        .triggers
-                        .consumer_info(crate::rules::consumer_name(partition))
-                        .await
-                        .map(|i| i.ack_floor.stream_sequence)
-                        .unwrap_or(0);
-                    floors.insert(partition, f);
-                    f
-                }
-            };
+            let floor = self.ack_floor(&mut floors, partition).await;
             out.push((instance, floor >= msg.sequence));
         }
         Ok((out, state.messages))
@@ -527,7 +516,7 @@ impl Bus {
             .messages()
             .await
             .map_err(|e| bus_err("read trigger instances", e))?;
-        let mut floors = std::collections::HashMap::new();
+        let mut floors = HashMap::new();
         for _ in 0..stored {
             let next = tokio::time::timeout(LIST_TIMEOUT, messages.next())
                 .await
@@ -543,19 +532,7 @@ impl Bus {
                 continue;
             }
             let partition = self.partition_of(&instance.id);
-            let floor = match floors.get(&partition) {
-                Some(f) => *f,
-                None => {
-                    let f = self
-                        .triggers
-                        .consumer_info(crate::rules::consumer_name(partition))
-                        .await
-                        .map(|i| i.ack_floor.stream_sequence)
-                        .unwrap_or(0);
-                    floors.insert(partition, f);
-                    f
-                }
-            };
+            let floor = self.ack_floor(&mut floors, partition).await;
             let processed = floor >= seq;
             if filter.processed.is_some_and(|p| p != processed) {
                 continue;
@@ -568,6 +545,22 @@ impl Bus {
         }
         let page = newest.into_iter().rev().skip(offset).take(limit).collect();
         Ok((page, total))
+    }
+
+    /// The stream sequence up to which the rule partition `partition` has
+    /// processed trigger instances, read once per listing into `floors`.
+    async fn ack_floor(&self, floors: &mut HashMap<u32, u64>, partition: u32) -> u64 {
+        if let Some(f) = floors.get(&partition) {
+            return *f;
+        }
+        let f = self
+            .triggers
+            .consumer_info(crate::rules::consumer_name(partition))
+            .await
+            .map(|i| i.ack_floor.stream_sequence)
+            .unwrap_or(0);
+        floors.insert(partition, f);
+        f
     }
 
     /// Every rule enforcement id, newest first (ids begin with their

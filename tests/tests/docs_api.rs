@@ -10,38 +10,7 @@ use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
 use squall_domain::time;
-use squall_tests::{poll, st2_cli_binary, start_node, write_pack, TestNode};
-
-/// Runs `st2 args...` as a user whose home is `home`; (success, stdout,
-/// stderr).
-async fn st2(node: &TestNode, home: &Path, args: &[&str]) -> Result<(bool, String, String)> {
-    let out = tokio::process::Command::new(st2_cli_binary()?)
-        .args(args)
-        .env("HOME", home)
-        .env("ST2_API_URL", format!("{}/v1", node.root))
-        .env("ST2_AUTH_URL", node.auth_root()?)
-        .env("ST2_STREAM_URL", format!("{}/v1", node.stream_root()?))
-        .env_remove("ST2_AUTH_TOKEN")
-        .env_remove("ST2_API_KEY")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .context("running st2")?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
-/// `st2 ... -j` parsed.
-async fn st2_json(node: &TestNode, home: &Path, args: &[&str]) -> Result<Value> {
-    let mut all = args.to_vec();
-    all.push("-j");
-    let (ok, out, err) = st2(node, home, &all).await?;
-    anyhow::ensure!(ok, "st2 {args:?} failed: {out}{err}");
-    serde_json::from_str(&out).with_context(|| format!("st2 {args:?} printed non-JSON: {out}"))
-}
+use squall_tests::{poll, st2, st2_json, start_node, write_pack, TestNode};
 
 async fn st2_login(node: &TestNode, home: &Path) -> Result<()> {
     let (ok, out, err) = st2(node, home, &["login", "admin", "-p", &node.admin_password]).await?;

@@ -370,6 +370,21 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// Problems of a document that has no file of its own (an API body),
+    /// as one line: `field: message; field: message`.
+    pub fn join(problems: &[Problem]) -> String {
+        problems
+            .iter()
+            .map(|p| match &p.field {
+                Some(f) => format!("{f}: {}", p.message),
+                None => p.message.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(line) = self.line {

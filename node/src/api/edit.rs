@@ -117,18 +117,8 @@ fn parse<T: Editable>(st: &ApiState, body: &Value, pack: &str) -> Result<T, ApiE
         .map(|b| b.path.clone())
         .unwrap_or_default();
     let text = serde_json::to_string(&body).unwrap_or_default();
-    T::parse(FsPath::new(&pack_dir), pack, &text).map_err(|problems| {
-        ApiError::BadRequest(
-            problems
-                .iter()
-                .map(|p| match &p.field {
-                    Some(f) => format!("{f}: {}", p.message),
-                    None => p.message.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })
+    T::parse(FsPath::new(&pack_dir), pack, &text)
+        .map_err(|problems| ApiError::BadRequest(Problem::join(&problems)))
 }
 
 /// `POST /{kind}s`: 201 with the item; 409 if it exists.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use squall_actors::auth::{Principal, Role};
 use squall_actors::rules::{self, RuleTest, TestEvent};
-use squall_domain::loader;
+use squall_domain::loader::{self, Problem};
 use squall_domain::model::RuleDef;
 use squall_domain::template::Renderer;
 
@@ -95,17 +95,6 @@ pub async fn test(
 /// is `default`).
 fn parse_rule(body: &Value) -> Result<RuleDef, ApiError> {
     let text = serde_json::to_string(body).unwrap_or_default();
-    loader::parse_rule(None, &text).map_err(|problems| {
-        ApiError::BadRequest(format!(
-            "rule: {}",
-            problems
-                .iter()
-                .map(|p| match &p.field {
-                    Some(f) => format!("{f}: {}", p.message),
-                    None => p.message.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
-    })
+    loader::parse_rule(None, &text)
+        .map_err(|problems| ApiError::BadRequest(format!("rule: {}", Problem::join(&problems))))
 }
