@@ -12,6 +12,7 @@
 //! where Python would raise a `TypeError` the criterion simply does not
 //! match. All operators live in one table, `OPERATORS`.
 
+use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -20,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::template::{
-    python_regex, JsonPath, KeyValueLookup, PathError, RegexFlags, Renderer, TemplateError,
+    is_template, python_regex, CompiledValue, JsonPath, KeyValueLookup, PathError, RegexFlags,
+    Renderer, TemplateError, NONE_MAGIC_VALUE,
 };
 
 /// The `criteria:` map of a rule: a jsonpath-like key (`trigger.body.name`,
@@ -162,8 +164,11 @@ pub fn explain(
     }
 }
 
-/// Whether `payload` satisfies every criterion. Patterns render with
-/// `renderer`, reading `st2kv.system` through `kv`.
+/// Whether `payload` satisfies every criterion: the reference evaluation,
+/// which works out everything about each criterion (operator, key,
+/// pattern, regular expression) for this one evaluation. Patterns render
+/// with `renderer`, reading `st2kv.system` through `kv`. The rules engine
+/// evaluates [`CompiledCriteria`] instead, which must agree with this.
 pub fn matches(
     criteria: &Criteria,
     payload: &Value,
@@ -186,18 +191,286 @@ pub fn matches(
     )
 }
 
+/// Criteria compiled once, when a rule is loaded: operators looked up,
+/// keys parsed, and patterns that are the same for every event prepared
+/// (regular expressions compiled, lower-cased, parsed as numbers or as
+/// child criteria). A pattern with Jinja markup is rendered, then
+/// prepared, per evaluation; its template is parsed once. A criterion that
+/// cannot be compiled reports its error when it is reached, as the
+/// reference evaluation ([`matches`]) does.
+#[derive(Debug, Clone)]
+pub struct CompiledCriteria {
+    criteria: Vec<Result<CompiledCriterion, CriteriaError>>,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledCriterion {
+    key: String,
+    op: &'static Operator,
+    path: JsonPath,
+    pattern: Pattern,
+    condition: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Pattern {
+    /// No pattern, a pattern that is not a string, or a string without
+    /// markup: the same for every event, prepared once.
+    Fixed { value: Value, prepared: Prepared },
+    /// A string with markup (or StackStorm's `None` marker, which renders
+    /// to `null`): rendered per evaluation.
+    Rendered(CompiledValue),
+}
+
+impl CompiledCriteria {
+    pub fn compile(criteria: &Criteria) -> Self {
+        Self {
+            criteria: criteria
+                .iter()
+                .map(|(key, criterion)| CompiledCriterion::compile(key, criterion))
+                .collect(),
+        }
+    }
+
+    /// Whether `payload` satisfies every criterion, as [`matches`] decides.
+    pub fn matches(
+        &self,
+        payload: &Value,
+        renderer: &Renderer,
+        kv: &dyn KeyValueLookup,
+    ) -> Result<bool, CriteriaError> {
+        if self.criteria.is_empty() {
+            return Ok(true);
+        }
+        if !python_truthy(payload) {
+            return Ok(false);
+        }
+        self.check(
+            true,
+            &Scope::new("trigger", payload),
+            &Matcher { renderer, kv },
+        )
+    }
+
+    /// Every criterion (`every`) or some criterion holds in `scope`.
+    fn check(
+        &self,
+        every: bool,
+        scope: &Scope<'_>,
+        matcher: &Matcher<'_>,
+    ) -> Result<bool, CriteriaError> {
+        all_or_any(
+            every,
+            self.criteria.iter().map(|criterion| match criterion {
+                Ok(criterion) => criterion.check(scope, matcher),
+                Err(e) => Err(e.clone()),
+            }),
+        )
+    }
+}
+
+impl CompiledCriterion {
+    fn compile(key: &str, criterion: &Criterion) -> Result<Self, CriteriaError> {
+        let op = lookup(key, &criterion.operator)?;
+        let path = parse_key(key)?;
+        let pattern = match &criterion.pattern {
+            Some(pattern @ Value::String(s)) if is_template(s) || s == NONE_MAGIC_VALUE => {
+                Pattern::Rendered(CompiledValue::new(pattern))
+            }
+            pattern => {
+                let value = pattern.clone().unwrap_or(Value::Null);
+                Pattern::Fixed {
+                    prepared: (op.prepare)(&value),
+                    value,
+                }
+            }
+        };
+        Ok(Self {
+            key: key.to_string(),
+            op,
+            path,
+            pattern,
+            condition: criterion.condition.clone(),
+        })
+    }
+
+    fn check(&self, scope: &Scope<'_>, matcher: &Matcher<'_>) -> Result<bool, CriteriaError> {
+        let value = scope.find(&self.path);
+        let condition = self.condition.as_deref();
+        match &self.pattern {
+            Pattern::Fixed {
+                value: pattern,
+                prepared,
+            } => evaluate(
+                self.op, &self.key, value, pattern, prepared, condition, matcher,
+            ),
+            Pattern::Rendered(template) => {
+                let pattern = matcher
+                    .renderer
+                    .render_compiled(template, scope.context(), matcher.kv)
+                    .map_err(|source| CriteriaError::Render {
+                        key: self.key.clone(),
+                        source,
+                    })?;
+                let prepared = prepare(self.op, &pattern);
+                evaluate(
+                    self.op, &self.key, value, &pattern, &prepared, condition, matcher,
+                )
+            }
+        }
+    }
+}
+
+/// One name bound to a value, the root criteria keys select from and
+/// patterns render with: `trigger` (the payload) or, inside `search`,
+/// `item`.
+struct Scope<'a> {
+    name: &'static str,
+    value: &'a Value,
+    /// `{name: value}`, built the first time a pattern renders.
+    context: OnceCell<Value>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(name: &'static str, value: &'a Value) -> Self {
+        Self {
+            name,
+            value,
+            context: OnceCell::new(),
+        }
+    }
+
+    /// The first value `path` selects, `null` when none.
+    fn find(&self, path: &JsonPath) -> &Value {
+        let found = path
+            .find_in(self.name, self.value)
+            .unwrap_or_else(|| path.find(self.context()));
+        found.first().copied().unwrap_or(&Value::Null)
+    }
+
+    fn context(&self) -> &Value {
+        self.context
+            .get_or_init(|| json!({ self.name: self.value }))
+    }
+}
+
+fn lookup(key: &str, name: &str) -> Result<&'static Operator, CriteriaError> {
+    operator(name).ok_or_else(|| CriteriaError::UnknownOperator {
+        key: key.to_string(),
+        operator: name.to_string(),
+    })
+}
+
+/// The path of a criterion's key.
+fn parse_key(key: &str) -> Result<JsonPath, CriteriaError> {
+    JsonPath::parse(key_path(key)).map_err(|source| CriteriaError::InvalidKey {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// What `op` needs from `pattern`, unless the operator will not look at it.
+fn prepare(op: &Operator, pattern: &Value) -> Prepared {
+    if op.needs_pattern && pattern.is_null() {
+        Prepared::Nothing
+    } else {
+        (op.prepare)(pattern)
+    }
+}
+
+/// `op` applied to the payload's `value` and the rendered `pattern`.
+fn evaluate(
+    op: &Operator,
+    key: &str,
+    value: &Value,
+    pattern: &Value,
+    prepared: &Prepared,
+    condition: Option<&str>,
+    matcher: &Matcher<'_>,
+) -> Result<bool, CriteriaError> {
+    if op.needs_pattern && pattern.is_null() {
+        return Ok(false);
+    }
+    (op.test)(&Operands {
+        key,
+        value,
+        pattern,
+        prepared,
+        condition,
+        matcher,
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Operators
 // ---------------------------------------------------------------------------
 
 /// One criteria operator.
+#[derive(Debug)]
 struct Operator {
     /// Name and aliases, lower case.
     names: &'static [&'static str],
     /// StackStorm's `if criteria_pattern is None: return False`: with this
     /// set, a `null` pattern never matches and `test` is not called.
     needs_pattern: bool,
+    /// What `test` needs from the pattern alone: derived once for a
+    /// pattern that is the same for every event.
+    prepare: fn(&Value) -> Prepared,
     test: fn(&Operands<'_>) -> Result<bool, CriteriaError>,
+}
+
+/// What an operator derives from its pattern alone.
+#[derive(Debug, Clone)]
+enum Prepared {
+    /// The operator reads the pattern as it is.
+    Nothing,
+    /// A string pattern in lower case.
+    Lower(Option<String>),
+    /// A string pattern compiled as a regular expression, or why it is not
+    /// one.
+    Regex(Option<Result<fancy_regex::Regex, String>>),
+    /// `fnmatch`'s regular expression for a string pattern.
+    Wildcard(Option<regex::Regex>),
+    /// `float(pattern)`.
+    Seconds(Option<f64>),
+    /// `search`'s child criteria, or why the pattern is not criteria.
+    Search(Result<CompiledCriteria, String>),
+}
+
+fn nothing(_: &Value) -> Prepared {
+    Prepared::Nothing
+}
+
+fn lower(pattern: &Value) -> Prepared {
+    Prepared::Lower(pattern.as_str().map(str::to_lowercase))
+}
+
+fn regex(pattern: &Value, flags: RegexFlags) -> Prepared {
+    Prepared::Regex(
+        pattern
+            .as_str()
+            .map(|p| python_regex(p, flags).map_err(|e| e.to_string())),
+    )
+}
+
+fn wildcard(pattern: &Value) -> Prepared {
+    Prepared::Wildcard(
+        pattern
+            .as_str()
+            .and_then(|p| regex::Regex::new(&fnmatch_regex(p)).ok()),
+    )
+}
+
+fn seconds(pattern: &Value) -> Prepared {
+    Prepared::Seconds(python_float(pattern))
+}
+
+fn children(pattern: &Value) -> Prepared {
+    Prepared::Search(
+        serde_json::from_value::<Criteria>(pattern.clone())
+            .map(|children| CompiledCriteria::compile(&children))
+            .map_err(|e| e.to_string()),
+    )
 }
 
 /// What an operator tests: the payload `value` against the rendered
@@ -206,6 +479,7 @@ struct Operands<'a> {
     key: &'a str,
     value: &'a Value,
     pattern: &'a Value,
+    prepared: &'a Prepared,
     condition: Option<&'a str>,
     matcher: &'a Matcher<'a>,
 }
@@ -218,24 +492,50 @@ impl Operands<'_> {
     }
 
     /// Both sides as lower-case strings.
-    fn lower(&self) -> Option<(String, String)> {
-        self.strings()
-            .map(|(v, p)| (v.to_lowercase(), p.to_lowercase()))
+    fn lower(&self) -> Option<(String, &str)> {
+        let Prepared::Lower(Some(pattern)) = self.prepared else {
+            return None;
+        };
+        Some((self.value.as_str()?.to_lowercase(), pattern))
     }
 
-    fn regex(&self, flags: RegexFlags) -> Result<bool, CriteriaError> {
+    fn regex(&self) -> Result<bool, CriteriaError> {
         let Some((text, pattern)) = self.strings() else {
             return Ok(false);
         };
-        let invalid = |e: fancy_regex::Error| CriteriaError::InvalidRegex {
+        let invalid = |message: String| CriteriaError::InvalidRegex {
             key: self.key.to_string(),
             pattern: pattern.to_string(),
-            message: e.to_string(),
+            message,
         };
-        python_regex(pattern, flags)
-            .map_err(invalid)?
-            .is_match(text)
-            .map_err(invalid)
+        match self.prepared {
+            Prepared::Regex(Some(Ok(re))) => re.is_match(text).map_err(|e| invalid(e.to_string())),
+            Prepared::Regex(Some(Err(message))) => Err(invalid(message.clone())),
+            _ => Ok(false),
+        }
+    }
+
+    /// Python's `fnmatch.fnmatch(value, pattern)` on POSIX
+    /// (case-sensitive): `*`, `?`, `[seq]`, `[!seq]`; `*` also matches `/`.
+    fn wildcard(&self) -> bool {
+        match (self.value.as_str(), self.prepared) {
+            (Some(name), Prepared::Wildcard(Some(re))) => re.is_match(name),
+            _ => false,
+        }
+    }
+
+    /// How the seconds elapsed since the timestamp `value` compare with
+    /// `float(pattern)`.
+    fn seconds_since(&self) -> Option<Ordering> {
+        let then = parse_timestamp(self.value.as_str()?)?;
+        let Prepared::Seconds(limit) = self.prepared else {
+            return None;
+        };
+        let elapsed = Utc::now().signed_duration_since(then);
+        let seconds = elapsed
+            .num_microseconds()
+            .map_or(elapsed.num_seconds() as f64, |us| us as f64 / 1e6);
+        seconds.partial_cmp(&(*limit)?)
     }
 }
 
@@ -244,134 +544,164 @@ static OPERATORS: &[Operator] = &[
     Operator {
         names: &["equals", "eq"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(py_eq(o.value, o.pattern)),
     },
     Operator {
         names: &["nequals", "neq"],
         needs_pattern: false,
+        prepare: nothing,
         test: |o| Ok(!py_eq(o.value, o.pattern)),
     },
     Operator {
         names: &["iequals", "ieq"],
         needs_pattern: true,
+        prepare: lower,
         test: |o| Ok(o.lower().is_some_and(|(v, p)| v == p)),
     },
     Operator {
         names: &["contains"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(py_in(o.pattern, o.value) == Some(true)),
     },
     Operator {
         names: &["icontains"],
         needs_pattern: true,
-        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.contains(&p))),
+        prepare: lower,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.contains(p))),
     },
     Operator {
         names: &["ncontains"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(py_in(o.pattern, o.value) == Some(false)),
     },
     Operator {
         names: &["incontains"],
         needs_pattern: true,
-        test: |o| Ok(o.lower().is_some_and(|(v, p)| !v.contains(&p))),
+        prepare: lower,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| !v.contains(p))),
     },
     Operator {
         names: &["startswith"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(o.strings().is_some_and(|(v, p)| v.starts_with(p))),
     },
     Operator {
         names: &["istartswith"],
         needs_pattern: true,
-        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.starts_with(&p))),
+        prepare: lower,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.starts_with(p))),
     },
     Operator {
         names: &["endswith"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(o.strings().is_some_and(|(v, p)| v.ends_with(p))),
     },
     Operator {
         names: &["iendswith"],
         needs_pattern: true,
-        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.ends_with(&p))),
+        prepare: lower,
+        test: |o| Ok(o.lower().is_some_and(|(v, p)| v.ends_with(p))),
     },
     Operator {
         names: &["lessthan", "lt"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(py_cmp(o.value, o.pattern) == Some(Ordering::Less)),
     },
     Operator {
         names: &["greaterthan", "gt"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(py_cmp(o.value, o.pattern) == Some(Ordering::Greater)),
     },
     Operator {
         names: &["matchwildcard"],
         needs_pattern: true,
-        test: |o| Ok(o.strings().is_some_and(|(v, p)| fnmatch(v, p))),
+        prepare: wildcard,
+        test: |o| Ok(o.wildcard()),
     },
     Operator {
         // Deprecated in StackStorm: `re.match` (anchored at the start) with
         // DOTALL.
         names: &["matchregex"],
         needs_pattern: true,
-        test: |o| {
-            o.regex(RegexFlags {
-                anchored: true,
-                dot_all: true,
-                ..RegexFlags::default()
-            })
+        prepare: |p| {
+            regex(
+                p,
+                RegexFlags {
+                    anchored: true,
+                    dot_all: true,
+                    ..RegexFlags::default()
+                },
+            )
         },
+        test: |o| o.regex(),
     },
     Operator {
         names: &["regex"],
         needs_pattern: true,
-        test: |o| o.regex(RegexFlags::default()),
+        prepare: |p| regex(p, RegexFlags::default()),
+        test: |o| o.regex(),
     },
     Operator {
         names: &["iregex"],
         needs_pattern: true,
-        test: |o| {
-            o.regex(RegexFlags {
-                ignore_case: true,
-                ..RegexFlags::default()
-            })
+        prepare: |p| {
+            regex(
+                p,
+                RegexFlags {
+                    ignore_case: true,
+                    ..RegexFlags::default()
+                },
+            )
         },
+        test: |o| o.regex(),
     },
     Operator {
         names: &["timediff_lt", "td_lt"],
         needs_pattern: true,
-        test: |o| Ok(seconds_since(o.value, o.pattern) == Some(Ordering::Less)),
+        prepare: seconds,
+        test: |o| Ok(o.seconds_since() == Some(Ordering::Less)),
     },
     Operator {
         names: &["timediff_gt", "td_gt"],
         needs_pattern: true,
-        test: |o| Ok(seconds_since(o.value, o.pattern) == Some(Ordering::Greater)),
+        prepare: seconds,
+        test: |o| Ok(o.seconds_since() == Some(Ordering::Greater)),
     },
     Operator {
         names: &["exists"],
         needs_pattern: false,
+        prepare: nothing,
         test: |o| Ok(!o.value.is_null()),
     },
     Operator {
         names: &["nexists"],
         needs_pattern: false,
+        prepare: nothing,
         test: |o| Ok(o.value.is_null()),
     },
     Operator {
         names: &["inside", "in"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(py_in(o.value, o.pattern) == Some(true)),
     },
     Operator {
         names: &["ninside", "nin"],
         needs_pattern: true,
+        prepare: nothing,
         test: |o| Ok(py_in(o.value, o.pattern) == Some(false)),
     },
     Operator {
         names: &["search"],
         needs_pattern: false,
+        prepare: children,
         test: search,
     },
 ];
@@ -400,12 +730,16 @@ fn search(o: &Operands<'_>) -> Result<bool, CriteriaError> {
             })
         }
     };
-    let children: Criteria = serde_json::from_value(o.pattern.clone()).map_err(|e| {
-        CriteriaError::InvalidSearchPattern {
-            key: o.key.to_string(),
-            reason: e.to_string(),
+    let children = match o.prepared {
+        Prepared::Search(Ok(children)) => children,
+        Prepared::Search(Err(reason)) => {
+            return Err(CriteriaError::InvalidSearchPattern {
+                key: o.key.to_string(),
+                reason: reason.clone(),
+            })
         }
-    })?;
+        _ => return Ok(false),
+    };
     let items = match o.value {
         Value::Array(items) => items.as_slice(),
         Value::Object(_) => std::slice::from_ref(o.value),
@@ -413,15 +747,9 @@ fn search(o: &Operands<'_>) -> Result<bool, CriteriaError> {
     };
     all_or_any(
         every_item,
-        items.iter().map(|item| {
-            let context = json!({ "item": item });
-            all_or_any(
-                every_child,
-                children
-                    .iter()
-                    .map(|(key, child)| o.matcher.check(key, child, &context)),
-            )
-        }),
+        items
+            .iter()
+            .map(|item| children.check(every_child, &Scope::new("item", item), o.matcher)),
     )
 }
 
@@ -449,8 +777,8 @@ struct Matcher<'a> {
 }
 
 impl Matcher<'_> {
-    /// One criterion against `context` (`{"trigger": ...}` or, inside
-    /// `search`, `{"item": ...}`).
+    /// One criterion against `context` (`{"trigger": ...}`), everything
+    /// worked out afresh.
     fn check(
         &self,
         key: &str,
@@ -467,20 +795,13 @@ impl Matcher<'_> {
             pattern: None,
             result: Err(error),
         };
-        let Some(op) = operator(&criterion.operator) else {
-            return failed(CriteriaError::UnknownOperator {
-                key: key.to_string(),
-                operator: criterion.operator.clone(),
-            });
+        let op = match lookup(key, &criterion.operator) {
+            Ok(op) => op,
+            Err(e) => return failed(e),
         };
-        let path = match JsonPath::parse(key_path(key)) {
+        let path = match parse_key(key) {
             Ok(path) => path,
-            Err(source) => {
-                return failed(CriteriaError::InvalidKey {
-                    key: key.to_string(),
-                    source,
-                })
-            }
+            Err(e) => return failed(e),
         };
         let value = path.find(context).first().copied().unwrap_or(&Value::Null);
         let pattern = match &criterion.pattern {
@@ -502,17 +823,9 @@ impl Matcher<'_> {
             Some(pattern) => pattern.clone(),
             None => Value::Null,
         };
-        let result = if op.needs_pattern && pattern.is_null() {
-            Ok(false)
-        } else {
-            (op.test)(&Operands {
-                key,
-                value,
-                pattern: &pattern,
-                condition: criterion.condition.as_deref(),
-                matcher: self,
-            })
-        };
+        let prepared = prepare(op, &pattern);
+        let condition = criterion.condition.as_deref();
+        let result = evaluate(op, key, value, &pattern, &prepared, condition, self);
         Evaluation {
             value: Some(value),
             pattern: Some(pattern),
@@ -640,18 +953,6 @@ fn python_float(value: &Value) -> Option<f64> {
     }
 }
 
-/// How the seconds elapsed since the timestamp `value` compare with
-/// `float(pattern)`.
-fn seconds_since(value: &Value, pattern: &Value) -> Option<Ordering> {
-    let then = parse_timestamp(value.as_str()?)?;
-    let limit = python_float(pattern)?;
-    let elapsed = Utc::now().signed_duration_since(then);
-    let seconds = elapsed
-        .num_microseconds()
-        .map_or(elapsed.num_seconds() as f64, |us| us as f64 / 1e6);
-    seconds.partial_cmp(&limit)
-}
-
 /// The common forms `dateutil.parser.parse` reads: ISO 8601 with `T` or a
 /// space, with or without fraction and offset, RFC 2822, or a bare date. A
 /// time without an offset is UTC.
@@ -684,12 +985,6 @@ fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
                 })
                 .map(|t| t.and_utc())
         })
-}
-
-/// Python's `fnmatch.fnmatch` on POSIX (case-sensitive): `*`, `?`,
-/// `[seq]`, `[!seq]`; `*` also matches `/`.
-fn fnmatch(name: &str, pattern: &str) -> bool {
-    regex::Regex::new(&fnmatch_regex(pattern)).is_ok_and(|re| re.is_match(name))
 }
 
 /// Python's `fnmatch.translate`, for the `regex` crate.
@@ -1378,6 +1673,195 @@ mod tests {
         fn lt_and_gt_agree_with_number_order(a in any::<i32>(), b in any::<i32>()) {
             prop_assert_eq!(op("lt", json!(a), json!(b)), a < b);
             prop_assert_eq!(op("gt", json!(a), json!(f64::from(b))), a > b);
+        }
+    }
+
+    /// Every operator name, as [`OPERATORS`] lists them.
+    fn every_operator_name() -> Vec<&'static str> {
+        OPERATORS
+            .iter()
+            .flat_map(|op| op.names.iter().copied())
+            .collect()
+    }
+
+    /// The compiled criteria decide as the reference evaluation does,
+    /// errors included; the result.
+    fn agree(
+        spec: &Value,
+        payload: &Value,
+        kv: &dyn KeyValueLookup,
+    ) -> Result<bool, CriteriaError> {
+        let spec = criteria(spec.clone());
+        let renderer = Renderer::new();
+        let reference = matches(&spec, payload, &renderer, kv);
+        let compiled = CompiledCriteria::compile(&spec);
+        assert_eq!(
+            compiled.matches(payload, &renderer, kv),
+            reference,
+            "criteria {spec:?} on {payload}"
+        );
+        reference
+    }
+
+    #[test]
+    fn compiled_criteria_agree_with_the_reference_for_every_operator() {
+        struct Kv;
+        impl KeyValueLookup for Kv {
+            fn get(&self, scope: KvScope, name: &str) -> Option<String> {
+                (scope == KvScope::System && name == "env").then(|| "prod".to_string())
+            }
+        }
+        let ago = (Utc::now() - chrono::Duration::seconds(120)).to_rfc3339();
+        let values = [
+            json!(null),
+            json!("prod"),
+            json!("Prod-1"),
+            json!("hello world"),
+            json!(""),
+            json!(5),
+            json!(5.0),
+            json!(true),
+            json!(["a", 2, "prod"]),
+            json!({"k": 1, "prod": 2}),
+            json!(ago),
+            json!("2020-01-01"),
+            json!("foo\nbar"),
+            json!("a/b.txt"),
+            json!([{"k": 1, "n": "x"}, {"k": 2, "n": "prod"}]),
+        ];
+        let patterns = [
+            None,
+            Some(json!(null)),
+            Some(json!("prod")),
+            Some(json!("PROD")),
+            Some(json!("o")),
+            Some(json!(5)),
+            Some(json!(60)),
+            Some(json!("60")),
+            Some(json!(["prod", 5])),
+            Some(json!({"prod": 1})),
+            Some(json!("^p.*\\d$")),
+            Some(json!("(unclosed")),
+            Some(json!("p*")),
+            Some(json!("[!a]*")),
+            Some(json!("foo.bar")),
+            Some(json!(NONE_MAGIC_VALUE)),
+            Some(json!("{{ trigger.other }}")),
+            Some(json!("{{ trigger.list }}")),
+            Some(json!("{{ st2kv.system.env }}")),
+            Some(json!("p{{ 'r' }}od")),
+            Some(json!("{{ trigger.nope }}")),
+            Some(json!("{{ '' | use_none }}")),
+            Some(json!("{{ trigger.other | upper }}.*")),
+            Some(json!({"item.k": {"type": "gt", "pattern": 1}})),
+            Some(json!({"item.n": {"type": "eq", "pattern": "{{ item.n }}"},
+                        "item.k": {"type": "nope"}})),
+            Some(json!({"item.k": "not a criterion"})),
+            Some(json!("{{ {'item.k': {'type': 'eq', 'pattern': 2}} }}")),
+        ];
+        let conditions = [
+            None,
+            Some("any"),
+            Some("all"),
+            Some("any2any"),
+            Some("all2any"),
+            Some("most"),
+        ];
+        let mut checked = 0;
+        for name in every_operator_name() {
+            for pattern in &patterns {
+                for condition in conditions {
+                    if condition.is_some() && name != "search" {
+                        continue;
+                    }
+                    let mut criterion = json!({"type": name});
+                    if let Some(p) = pattern {
+                        criterion["pattern"] = p.clone();
+                    }
+                    if let Some(c) = condition {
+                        criterion["condition"] = json!(c);
+                    }
+                    for value in &values {
+                        let payload = json!({"v": value, "other": "prod", "list": ["prod"]});
+                        agree(&json!({ "trigger.v": criterion }), &payload, &Kv).ok();
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
+    #[test]
+    fn compiled_criteria_report_errors_in_the_reference_order() {
+        let payload = json!({"v": 1, "w": "x"});
+        for spec in [
+            json!({"trigger.v": {"type": "like"}, "trigger.w": {"type": "eq", "pattern": "x"}}),
+            json!({"trigger.v": {"type": "eq", "pattern": 2}, "trigger.w": {"type": "like"}}),
+            json!({"trigger.v": {"type": "eq", "pattern": 1}, "trigger.w": {"type": "like"}}),
+            json!({"trigger[": {"type": "exists"}}),
+            json!({"trigger[": {"type": "like"}}),
+            json!({"trigger.w": {"type": "regex", "pattern": "(x"}}),
+            json!({"trigger.v": {"type": "regex", "pattern": "(x"}}),
+            json!({"trigger.v": {"type": "eq", "pattern": "{{ nope }}"},
+                   "trigger.w": {"type": "like"}}),
+            json!({"#only-a-comment": {"type": "exists"}}),
+            json!({"$": {"type": "eq", "pattern": {"trigger": {"v": 1, "w": "x"}}}}),
+            json!({"..w": {"type": "eq", "pattern": "x"}}),
+            json!({"trigger.v": {"type": "search", "pattern": {}}}),
+            json!({"trigger.v": {"type": "search", "condition": "any", "pattern": 3}}),
+        ] {
+            agree(&spec, &payload, &NoKeyValues).ok();
+        }
+        agree(&json!({}), &json!(null), &NoKeyValues).unwrap();
+        agree(
+            &json!({"trigger.v": {"type": "nexists"}}),
+            &json!({}),
+            &NoKeyValues,
+        )
+        .unwrap();
+    }
+
+    fn criterion() -> impl Strategy<Value = Value> {
+        let names = every_operator_name();
+        let pattern = prop_oneof![
+            json_value(),
+            "[a-z ]{0,4}".prop_map(|s| json!(format!("{{{{ trigger.{s} }}}}"))),
+            Just(json!("{{ trigger.a }}")),
+            Just(json!("x{{ trigger.b }}")),
+        ];
+        (
+            prop::sample::select(names),
+            prop::option::of(pattern),
+            prop::option::of(prop::sample::select(vec![
+                "any", "all", "any2any", "all2any",
+            ])),
+        )
+            .prop_map(|(name, pattern, condition)| {
+                let mut c = json!({"type": name});
+                if let Some(p) = pattern {
+                    c["pattern"] = p;
+                }
+                if let Some(cond) = condition {
+                    c["condition"] = json!(cond);
+                }
+                c
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn compiled_criteria_agree_with_the_reference(
+            criteria in prop::collection::btree_map(
+                prop::sample::select(vec!["trigger.a", "trigger.b", "trigger.a#2", "trigger.c[0]",
+                                          "trigger..a", "trigger.*"]),
+                criterion(),
+                0..4,
+            ),
+            payload in json_value(),
+        ) {
+            let spec = Value::Object(criteria.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+            agree(&spec, &payload, &NoKeyValues).ok();
         }
     }
 }

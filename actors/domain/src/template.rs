@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use minijinja::value::{Kwargs, Object, ObjectRepr, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value};
@@ -150,6 +150,7 @@ impl Renderer {
                 .map_err(|_| Error::from(ErrorKind::WriteFailure))
         });
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_loader(|name| Ok(cached_source(name)));
         filters::register(&mut env);
         Self {
             env,
@@ -255,6 +256,75 @@ impl Renderer {
                 .collect::<Result<_, _>>()
                 .map(Json::Object),
             other => Ok(other.clone()),
+        }
+    }
+
+    /// Renders a [`CompiledValue`]: the same result as
+    /// [`Renderer::render_value`] on its source, but each template is parsed
+    /// once (kept in this renderer's environment, keyed by its source), the
+    /// context is converted once for the whole value, and parts without
+    /// Jinja markup are copied as they are.
+    pub fn render_compiled(
+        &self,
+        value: &CompiledValue,
+        ctx: &Json,
+        kv: &dyn KeyValueLookup,
+    ) -> Result<Json, TemplateError> {
+        if let Node::Literal(literal) = &value.node {
+            return Ok(literal.clone());
+        }
+        let extra = Extras::new();
+        // Any failure renders the source again the reference way, whose
+        // error message is the one to report.
+        with_datastore(ctx, &extra, kv, |root| self.render_node(&value.node, root))
+            .or_else(|_| self.render_value_with(&value.source, ctx, &extra, kv))
+    }
+
+    fn render_node(&self, node: &Node, root: &Value) -> Result<Json, Error> {
+        match node {
+            Node::Literal(literal) => Ok(literal.clone()),
+            Node::Text(name) => {
+                let rendered = self.env.get_template(name)?.render(root)?;
+                Ok(self.none_marker_to_null(rendered))
+            }
+            Node::Expression(name) => {
+                let captured = self.env.get_template(name)?.render_captured(root)?;
+                let value = captured
+                    .state()
+                    .lookup(EXPRESSION_VALUE)
+                    .filter(|v| !v.is_undefined())
+                    .ok_or_else(|| Error::from(ErrorKind::UndefinedError))?;
+                match to_json(&value)? {
+                    Json::String(s) => Ok(self.none_marker_to_null(s)),
+                    other => Ok(other),
+                }
+            }
+            Node::Unparsable => Err(Error::from(ErrorKind::SyntaxError)),
+            Node::Array(items) => items
+                .iter()
+                .map(|item| self.render_node(item, root))
+                .collect::<Result<_, _>>()
+                .map(Json::Array),
+            Node::Object(entries) => entries
+                .iter()
+                .map(|(key, value)| {
+                    let key = match key {
+                        Key::Literal(key) => key.clone(),
+                        Key::Text(name) => self.env.get_template(name)?.render(root)?,
+                    };
+                    Ok((key, self.render_node(value, root)?))
+                })
+                .collect::<Result<_, _>>()
+                .map(Json::Object),
+        }
+    }
+
+    /// A rendered string, or `null` for StackStorm's `None` marker.
+    fn none_marker_to_null(&self, rendered: String) -> Json {
+        if self.none_marker_is_null && rendered == NONE_MAGIC_VALUE {
+            Json::Null
+        } else {
+            Json::String(rendered)
         }
     }
 
@@ -393,6 +463,131 @@ fn single_expression(text: &str) -> Option<&str> {
         .iter()
         .any(|m| inner.contains(m));
     (!has_markup && !inner.trim().is_empty()).then_some(inner)
+}
+
+// ---------------------------------------------------------------------------
+// Values compiled once
+// ---------------------------------------------------------------------------
+
+/// Prefix of the name under which a renderer's environment compiles and
+/// keeps a template given by its source.
+const CACHED_TEMPLATE: &str = "\u{0}squall.template:";
+/// Prefix of the name under which a renderer's environment compiles and
+/// keeps a single expression given by its source, as a template that
+/// assigns it to [`EXPRESSION_VALUE`].
+const CACHED_EXPRESSION: &str = "\u{0}squall.expression:";
+/// The variable a cached expression's template assigns.
+const EXPRESSION_VALUE: &str = "__squall_value";
+/// Parses expressions to check them before they are cached: a cached
+/// expression is parsed inside parentheses, which would accept some that
+/// do not parse on their own (`a) + (b`).
+static EXPRESSION_SYNTAX: LazyLock<Environment<'static>> = LazyLock::new(Environment::empty);
+
+/// The renderer's loader: the source of a cached template or expression,
+/// from its name. Any other name is not found, as without a loader.
+fn cached_source(name: &str) -> Option<String> {
+    if let Some(source) = name.strip_prefix(CACHED_TEMPLATE) {
+        return Some(source.to_string());
+    }
+    name.strip_prefix(CACHED_EXPRESSION)
+        .map(|expr| format!("{{% set {EXPRESSION_VALUE} = ({expr}) %}}"))
+}
+
+/// A JSON value whose strings may be Jinja templates, prepared once for
+/// [`Renderer::render_compiled`]: strings without markup (and subtrees
+/// without any) are kept as they are; the others are named by their
+/// source, which the renderer parses the first time and keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledValue {
+    /// The value as written, rendered the reference way to report an error.
+    source: Json,
+    node: Node,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    /// Renders to itself.
+    Literal(Json),
+    /// A template rendering to a string (the name of the cached template).
+    Text(String),
+    /// Exactly one `{{ expr }}`, keeping the result's type (the name of the
+    /// cached expression).
+    Expression(String),
+    /// `{{ expr }}` whose expression does not parse: left to the
+    /// reference rendering, which reports it.
+    Unparsable,
+    Array(Vec<Node>),
+    Object(Vec<(Key, Node)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Key {
+    Literal(String),
+    /// A key with markup (the name of the cached template).
+    Text(String),
+}
+
+impl CompiledValue {
+    pub fn new(value: &Json) -> Self {
+        Self {
+            source: value.clone(),
+            node: Node::of(value),
+        }
+    }
+
+    /// The value as written.
+    pub fn source(&self) -> &Json {
+        &self.source
+    }
+}
+
+impl Node {
+    fn of(value: &Json) -> Node {
+        match value {
+            // StackStorm's `None` marker has no markup, but renders to
+            // `null` with a renderer that says so.
+            Json::String(s) if !is_template(s) && s != NONE_MAGIC_VALUE => {
+                Node::Literal(value.clone())
+            }
+            Json::String(s) => match single_expression(s) {
+                Some(expr) if EXPRESSION_SYNTAX.compile_expression(expr).is_ok() => {
+                    Node::Expression(format!("{CACHED_EXPRESSION}{expr}"))
+                }
+                Some(_) => Node::Unparsable,
+                None => Node::Text(format!("{CACHED_TEMPLATE}{s}")),
+            },
+            Json::Array(items) => {
+                let nodes: Vec<Node> = items.iter().map(Node::of).collect();
+                if nodes.iter().all(|n| matches!(n, Node::Literal(_))) {
+                    Node::Literal(value.clone())
+                } else {
+                    Node::Array(nodes)
+                }
+            }
+            Json::Object(map) => {
+                let entries: Vec<(Key, Node)> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = if is_template(k) {
+                            Key::Text(format!("{CACHED_TEMPLATE}{k}"))
+                        } else {
+                            Key::Literal(k.clone())
+                        };
+                        (key, Node::of(v))
+                    })
+                    .collect();
+                let literal = entries
+                    .iter()
+                    .all(|(k, v)| matches!((k, v), (Key::Literal(_), Node::Literal(_))));
+                if literal {
+                    Node::Literal(value.clone())
+                } else {
+                    Node::Object(entries)
+                }
+            }
+            other => Node::Literal(other.clone()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1425,24 +1620,52 @@ impl JsonPath {
 
     /// Every value the path selects in `root`, in document order.
     pub fn find<'a>(&self, root: &'a Json) -> Vec<&'a Json> {
-        let mut current = vec![root];
-        for step in &self.steps {
-            let mut next = Vec::new();
-            for node in current {
-                if step.descend {
-                    let mut below = Vec::new();
-                    descendants_or_self(node, &mut below);
-                    for n in below {
-                        step.selector.apply(n, &mut next);
-                    }
-                } else {
-                    step.selector.apply(node, &mut next);
-                }
-            }
-            current = next;
-        }
-        current
+        walk(&self.steps, vec![root])
     }
+
+    /// What [`JsonPath::find`] selects in the object `{name: value}`,
+    /// without building it; `None` for the path that selects that object
+    /// itself (no step).
+    pub fn find_in<'a>(&self, name: &str, value: &'a Json) -> Option<Vec<&'a Json>> {
+        let (first, rest) = self.steps.split_first()?;
+        let mut current = Vec::new();
+        let selects_value = match &first.selector {
+            Selector::Field(field) => field == name,
+            Selector::Wildcard => true,
+            Selector::Index(_) => false,
+        };
+        if selects_value {
+            current.push(value);
+        }
+        if first.descend {
+            let mut below = Vec::new();
+            descendants_or_self(value, &mut below);
+            for node in below {
+                first.selector.apply(node, &mut current);
+            }
+        }
+        Some(walk(rest, current))
+    }
+}
+
+/// Applies `steps` to every node of `current`, in order.
+fn walk<'a>(steps: &[Step], mut current: Vec<&'a Json>) -> Vec<&'a Json> {
+    for step in steps {
+        let mut next = Vec::new();
+        for node in current {
+            if step.descend {
+                let mut below = Vec::new();
+                descendants_or_self(node, &mut below);
+                for n in below {
+                    step.selector.apply(n, &mut next);
+                }
+            } else {
+                step.selector.apply(node, &mut next);
+            }
+        }
+        current = next;
+    }
+    current
 }
 
 impl Selector {
@@ -1969,5 +2192,162 @@ mod tests {
             .render_str("{{ st2kv.system.pw | decrypt_kv }}", &ctx, &plain)
             .unwrap_err();
         assert!(err.to_string().contains("marked secret"), "{err}");
+    }
+
+    /// `render_compiled` of `value` gives what `render_value` gives,
+    /// results and errors alike.
+    fn assert_compiled_agrees(r: &Renderer, value: &Json, ctx: &Json, kv: &dyn KeyValueLookup) {
+        let compiled = CompiledValue::new(value);
+        assert_eq!(compiled.source(), value);
+        let reference = r.render_value(value, ctx, kv);
+        if let Ok(expected) = &reference {
+            // Rendered by the compiled templates, not by the fallback.
+            let direct = with_datastore(ctx, &Extras::new(), kv, |root| {
+                r.render_node(&compiled.node, root)
+            });
+            assert_eq!(direct.as_ref().ok(), Some(expected), "{value}: {direct:?}");
+        }
+        // Twice: the second render reads the templates the first one cached.
+        for _ in 0..2 {
+            assert_eq!(r.render_compiled(&compiled, ctx, kv), reference, "{value}");
+        }
+    }
+
+    #[test]
+    fn compiled_values_render_as_the_reference() {
+        let ctx = json!({
+            "trigger": {"body": {"name": "st2", "count": 3, "tags": ["a", "b"],
+                                 "nested": {"k": [1, {"x": null}]}, "flag": true, "f": 1.5},
+                        "headers": {"X-Event": "push"}},
+            "rule": {"ref": "p.r", "name": "r", "pack": "p"},
+        });
+        let kv = MapKv::default().with(KvScope::System, "env", "prod").with(
+            KvScope::System,
+            "count",
+            "7",
+        );
+        let renderers = [Renderer::new(), Renderer::new().keeping_none_marker()];
+        let cases = [
+            json!("plain text"),
+            json!(""),
+            json!(12),
+            json!(null),
+            json!(true),
+            json!({"a": [1, "x", {"b": null}]}),
+            json!(NONE_MAGIC_VALUE),
+            json!("{{ trigger.body.name }}"),
+            json!("{{trigger.body.count}}"),
+            json!("{{- trigger.body.count -}}"),
+            json!("{{ trigger.body.count + 1 }}"),
+            json!("{{ trigger.body.tags }}"),
+            json!("{{ trigger.body.nested }}"),
+            json!("{{ trigger.body.flag }}"),
+            json!("{{ trigger.body.f }}"),
+            json!("{{ trigger.body.nested.k[1].x }}"),
+            json!("{{ trigger.headers['X-Event'] }}"),
+            json!("{{ trigger.body.name if trigger.body.flag else 'no' }}"),
+            json!("{{ trigger.body.tags | join(',') }}"),
+            json!("{{ trigger.body.tags | length > 1 }}"),
+            json!("{{ '' | use_none }}"),
+            json!("x {{ '' | use_none }}"),
+            json!("{{ st2kv.system.env }}"),
+            json!("{{ st2kv.system.count | int + 1 }}"),
+            json!("{{ st2kv.system.missing }}"),
+            json!("{{ st2kv.system.env }}-{{ st2kv.system.count }}"),
+            json!("{{ trigger.body.name }} has {{ trigger.body.count }} {% if trigger.body.flag %}yes{% endif %}"),
+            json!("{% for t in trigger.body.tags %}{{ t }}{% endfor %}"),
+            json!("{# a comment #}"),
+            json!("{{ [1, 2] }}"),
+            json!("{{ (1, 2) }}"),
+            json!("{{ {'a': trigger.body.count} }}"),
+            json!("{{ rule.ref }}"),
+            json!({"{{ trigger.body.name }}": "{{ trigger.body.count }}", "fixed": "x", "n": 1}),
+            json!(["{{ trigger.body.count }}", "x", 1, ["{{ rule.name }}"]]),
+            json!({"same": "{{ 1 }}", "{{ 'same' }}": 2}),
+            json!({"deep": {"deeper": ["{{ trigger.body.tags[0] }}", {"k": "{{ st2kv.system.env }}"}]}}),
+            // Errors: the same messages as the reference.
+            json!("{{ trigger.body.nope }}"),
+            json!("{{ trigger.nope.deeper }}"),
+            json!("x {{ trigger.body.nope }} y"),
+            json!("{{ nope }}"),
+            json!("{{ trigger.body. }}"),
+            json!("{{ a) + (b }}"),
+            json!("{{ 1, 2 }}"),
+            json!("{{ trigger.body.count | no_such_filter }}"),
+            json!("{% if %}"),
+            json!("{{ trigger.body.name }"),
+            json!({"ok": "{{ trigger.body.count }}", "bad": "{{ trigger.body.nope }}"}),
+            json!(["{{ 1 }}", "{{ missing }}"]),
+        ];
+        for r in &renderers {
+            for case in &cases {
+                assert_compiled_agrees(r, case, &ctx, &kv);
+            }
+        }
+    }
+
+    #[test]
+    fn compiled_values_without_markup_are_literals() {
+        for value in [
+            json!("text"),
+            json!({"a": ["b", 1, null], "c": {"d": true}}),
+            json!([]),
+        ] {
+            assert_eq!(CompiledValue::new(&value).node, Node::Literal(value));
+        }
+        assert!(!matches!(
+            CompiledValue::new(&json!(NONE_MAGIC_VALUE)).node,
+            Node::Literal(_)
+        ));
+        assert!(!matches!(
+            CompiledValue::new(&json!({"{{ k }}": 1})).node,
+            Node::Literal(_)
+        ));
+    }
+
+    #[test]
+    fn the_loader_serves_only_cached_names() {
+        let r = Renderer::new();
+        let err = r
+            .render_str("{% include 'x' %}", &json!({}), &NoKeyValues)
+            .unwrap_err();
+        assert!(err.message.contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn find_in_selects_what_find_selects_in_the_built_object() {
+        let value = json!({"a": {"b": [1, {"c": 2}], "c": 3}, "c": [4], "x-y": 5});
+        let root = json!({"trigger": value});
+        for path in [
+            "",
+            "$",
+            "trigger",
+            "trigger.a",
+            "trigger.a.b[1].c",
+            "trigger.a.b[-1]",
+            "trigger['x-y']",
+            "trigger.x-y",
+            "trigger.*",
+            "*",
+            "*.a",
+            "[0]",
+            "other",
+            "other.a",
+            "..c",
+            "$..c",
+            "trigger..c",
+            "..trigger",
+            "..*",
+            "trigger.a.*",
+            "[*]",
+            "$[*].c",
+            "trigger.nope",
+        ] {
+            let path = JsonPath::parse(path).unwrap();
+            match path.find_in("trigger", &value) {
+                Some(found) => assert_eq!(found, path.find(&root), "{path:?}"),
+                None => assert_eq!(path.find(&root), vec![&root], "{path:?}"),
+            }
+        }
     }
 }
