@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use squall_domain::criteria::CompiledCriteria;
 use squall_domain::model::{ActionDef, PackBundle, RuleDef, TriggerTypeDef};
+use squall_domain::template::CompiledValue;
 use squall_domain::{ids, triggers};
 use tokio::sync::watch;
 
@@ -19,13 +21,30 @@ pub struct CatalogAction {
     pub pack_path: PathBuf,
 }
 
-/// A rule with the ids the API and enforcements use.
+/// A rule with the ids the API and enforcements use, and its criteria and
+/// action parameters compiled for the rule partition.
 #[derive(Debug, Clone)]
 pub struct CatalogRule {
     pub def: RuleDef,
     pub id: String,
     /// Reference of the trigger (type + parameters) the rule listens to.
     pub trigger_ref: String,
+    /// `def.criteria`, compiled.
+    pub criteria: CompiledCriteria,
+    /// `def.action.parameters`, compiled.
+    pub parameters: CompiledValue,
+}
+
+impl CatalogRule {
+    pub fn new(def: RuleDef) -> Self {
+        Self {
+            id: content_id("rule", &def.reference()),
+            trigger_ref: triggers::trigger_ref(&def.trigger.kind, &def.trigger.parameters),
+            criteria: CompiledCriteria::compile(&def.criteria),
+            parameters: CompiledValue::new(&Value::Object(def.action.parameters.clone())),
+            def,
+        }
+    }
 }
 
 /// A trigger: a trigger type with the parameters some rule gave it.
@@ -51,6 +70,9 @@ pub struct Catalog {
     rules_by_type: HashMap<String, Vec<Arc<CatalogRule>>>,
     /// The `content` bucket revision this snapshot reflects.
     pub revision: u64,
+    /// The webhook triggers enabled rules listen to, by URL (the `url`
+    /// parameter without surrounding slashes).
+    webhooks: HashMap<String, Vec<Trigger>>,
 }
 
 /// Stable id of a piece of content, derived from its kind and reference.
@@ -82,11 +104,7 @@ impl Catalog {
                 cat.trigger_types.insert(t.reference(), t.clone());
             }
             for r in &bundle.rules {
-                let rule = Arc::new(CatalogRule {
-                    id: content_id("rule", &r.reference()),
-                    trigger_ref: triggers::trigger_ref(&r.trigger.kind, &r.trigger.parameters),
-                    def: r.clone(),
-                });
+                let rule = Arc::new(CatalogRule::new(r.clone()));
                 if r.enabled {
                     cat.rules_by_type
                         .entry(r.trigger.kind.clone())
@@ -96,8 +114,22 @@ impl Catalog {
                 cat.rules.insert(r.reference(), rule);
             }
         }
+        for webhook in cat.triggers_of_type(triggers::WEBHOOK) {
+            if let Some(url) = webhook_url(&webhook) {
+                cat.webhooks
+                    .entry(url.to_string())
+                    .or_default()
+                    .push(webhook);
+            }
+        }
         cat.packs = packs;
         cat
+    }
+
+    /// The webhook triggers registered at `url` (without surrounding
+    /// slashes).
+    pub fn webhooks_at(&self, url: &str) -> &[Trigger] {
+        self.webhooks.get(url).map_or(&[], Vec::as_slice)
     }
 
     /// Enabled rules listening to `trigger_type` with exactly these trigger
@@ -142,6 +174,14 @@ impl Catalog {
     }
 }
 
+/// The `url` parameter of a webhook trigger, without surrounding slashes.
+fn webhook_url(t: &Trigger) -> Option<&str> {
+    t.parameters
+        .get("url")
+        .and_then(Value::as_str)
+        .map(|u| u.trim_matches('/'))
+}
+
 /// A shared, swappable catalog; subscribers hear of every swap.
 #[derive(Debug, Clone)]
 pub struct CatalogHandle(Arc<watch::Sender<Arc<Catalog>>>);
@@ -178,5 +218,87 @@ impl CatalogHandle {
         tokio::time::timeout(timeout, rx.wait_for(|c| c.revision >= revision))
             .await
             .is_ok_and(|seen| seen.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use squall_domain::template::{NoKeyValues, Renderer};
+
+    fn rule(name: &str, url: &str, enabled: bool) -> Value {
+        json!({
+            "name": name, "pack": "p", "enabled": enabled,
+            "trigger": {"type": triggers::WEBHOOK, "parameters": {"url": url}},
+            "criteria": {"trigger.body.n": {"type": "gt", "pattern": 1}},
+            "action": {"ref": "core.local", "parameters": {"cmd": "echo {{ trigger.body.n }}"}},
+        })
+    }
+
+    fn catalog(rules: Vec<Value>) -> Catalog {
+        let bundle: PackBundle = serde_json::from_value(json!({
+            "pack": {"ref": "p", "name": "p", "version": "1.0.0"},
+            "path": "/packs/p",
+            "rules": rules,
+        }))
+        .expect("bundle");
+        Catalog::build(BTreeMap::from([("p".to_string(), bundle)]))
+    }
+
+    #[test]
+    fn webhooks_are_indexed_by_url_without_slashes() {
+        let cat = catalog(vec![
+            rule("a", "hook", true),
+            rule("b", "/hook/", true),
+            rule("c", "hook", true),
+            rule("d", "other", true),
+            rule("e", "off", false),
+        ]);
+        let at_hook: Vec<_> = cat
+            .webhooks_at("hook")
+            .iter()
+            .map(|t| t.parameters["url"].clone())
+            .collect();
+        assert_eq!(
+            at_hook,
+            [json!("hook"), json!("/hook/")],
+            "one trigger per distinct parameters"
+        );
+        assert_eq!(cat.webhooks_at("other").len(), 1);
+        assert!(
+            cat.webhooks_at("off").is_empty(),
+            "disabled rules listen to nothing"
+        );
+        assert!(cat.webhooks_at("nope").is_empty());
+        let scanned: Vec<_> = cat
+            .triggers_of_type(triggers::WEBHOOK)
+            .into_iter()
+            .filter(|t| webhook_url(t) == Some("hook"))
+            .collect();
+        assert_eq!(cat.webhooks_at("hook"), scanned.as_slice());
+    }
+
+    #[test]
+    fn rules_carry_their_compiled_criteria_and_parameters() {
+        let cat = catalog(vec![rule("a", "hook", true)]);
+        let rule = &cat.rules["p.a"];
+        let renderer = Renderer::new();
+        assert!(rule
+            .criteria
+            .matches(&json!({"body": {"n": 2}}), &renderer, &NoKeyValues)
+            .unwrap());
+        assert!(!rule
+            .criteria
+            .matches(&json!({"body": {"n": 1}}), &renderer, &NoKeyValues)
+            .unwrap());
+        let params = renderer
+            .render_compiled(
+                &rule.parameters,
+                &json!({"trigger": {"body": {"n": 2}}}),
+                &NoKeyValues,
+            )
+            .unwrap();
+        assert_eq!(params, json!({"cmd": "echo 2"}));
     }
 }

@@ -13,7 +13,7 @@ use squall_domain::execution::{
     TriggerInstanceSummary, RECORD_VERSION,
 };
 use squall_domain::model::RuleDef;
-use squall_domain::template::{KeyValueLookup, Renderer};
+use squall_domain::template::{CompiledValue, KeyValueLookup, Renderer};
 use squall_domain::{criteria, ids, time, triggers};
 use tracing::Instrument;
 
@@ -107,7 +107,7 @@ pub async fn process(
                 "trigger instance occurred before the rule was enabled; not enforced");
             continue;
         }
-        let matched = criteria::matches(&rule.def.criteria, &instance.payload, &ctx.renderer, kv);
+        let matched = rule.criteria.matches(&instance.payload, &ctx.renderer, kv);
         match matched {
             Ok(false) => continue,
             Ok(true) => enforce(ctx, &catalog, rule, instance, kv, None).await?,
@@ -181,7 +181,14 @@ fn prepare(
     summary: &RuleSummary,
     execution_id: String,
 ) -> Result<Result<ExecutionRecord, String>, EngineError> {
-    let spec = match execution_spec(&ctx.renderer, &rule.def, instance, kv, summary) {
+    let spec = match execution_spec(
+        &ctx.renderer,
+        &rule.def,
+        &rule.parameters,
+        instance,
+        kv,
+        summary,
+    ) {
         Ok(spec) => ExecutionSpec {
             id: Some(execution_id),
             ..spec
@@ -195,11 +202,13 @@ fn prepare(
     }
 }
 
-/// The execution a matching rule asks for: its action parameters rendered
-/// against the trigger instance. `Err` is why the enforcement fails.
+/// The execution a matching rule asks for: its action parameters
+/// (`parameters`, compiled) rendered against the trigger instance. `Err` is
+/// why the enforcement fails.
 fn execution_spec(
     renderer: &Renderer,
     rule: &RuleDef,
+    parameters: &CompiledValue,
     instance: &TriggerInstance,
     kv: &dyn KeyValueLookup,
     summary: &RuleSummary,
@@ -208,8 +217,7 @@ fn execution_spec(
         "trigger": instance.payload,
         "rule": {"id": summary.id, "ref": summary.rule_ref, "name": rule.name, "pack": rule.pack},
     });
-    let template = Value::Object(rule.action.parameters.clone());
-    let parameters = match renderer.render_value(&template, &render_ctx, kv) {
+    let parameters = match renderer.render_compiled(parameters, &render_ctx, kv) {
         Ok(Value::Object(p)) => p,
         Ok(_) => return Err("action parameters did not render to a mapping".into()),
         Err(e) => return Err(format!("rendering action parameters failed: {e}")),
@@ -330,9 +338,11 @@ pub fn test_rule(
     let matched = trigger.matched && criteria.matched;
     let action = matched.then(|| {
         let summary = rule_summary(rule, rule_id);
-        let prepared = execution_spec(renderer, rule, &instance, kv, &summary).and_then(|spec| {
-            executions::prepare(catalog, renderer, kv, spec).map_err(|e| e.to_string())
-        });
+        let parameters = CompiledValue::new(&Value::Object(rule.action.parameters.clone()));
+        let prepared = execution_spec(renderer, rule, &parameters, &instance, kv, &summary)
+            .and_then(|spec| {
+                executions::prepare(catalog, renderer, kv, spec).map_err(|e| e.to_string())
+            });
         let (parameters, error) = match prepared {
             Ok(record) => (Some(record.parameters), None),
             Err(reason) => (None, Some(reason)),

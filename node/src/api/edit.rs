@@ -20,7 +20,6 @@ use squall_domain::loader::{self, Problem};
 use squall_domain::model::{ActionDef, RuleDef};
 use squall_domain::registration::Registrable;
 use squall_domain::time;
-use squall_domain::triggers;
 
 use super::content::{action_view, rule_view};
 use super::error::{ApiError, ApiJson};
@@ -62,11 +61,7 @@ impl Editable for RuleDef {
             .map(|r| r.def.reference())
     }
     fn view(&self) -> Value {
-        rule_view(&CatalogRule {
-            id: content_id("rule", &self.reference()),
-            trigger_ref: triggers::trigger_ref(&self.trigger.kind, &self.trigger.parameters),
-            def: self.clone(),
-        })
+        rule_view(&CatalogRule::new(self.clone()))
     }
 }
 

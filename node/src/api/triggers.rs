@@ -36,14 +36,6 @@ pub async fn list_webhooks(State(st): State<ApiState>) -> Json<Vec<Value>> {
     )
 }
 
-/// The `url` parameter of a webhook trigger, without surrounding slashes.
-fn webhook_url(t: &Trigger) -> Option<&str> {
-    t.parameters
-        .get("url")
-        .and_then(Value::as_str)
-        .map(|u| u.trim_matches('/'))
-}
-
 /// `GET /webhooks/{url}`: the webhook registered at `url`.
 pub async fn get_webhook(
     State(st): State<ApiState>,
@@ -52,9 +44,8 @@ pub async fn get_webhook(
     let url = url.trim_matches('/');
     let catalog = st.catalog.load();
     catalog
-        .triggers_of_type(triggers::WEBHOOK)
-        .iter()
-        .find(|t| webhook_url(t) == Some(url))
+        .webhooks_at(url)
+        .first()
         .map(|t| Json(webhook_view(t)))
         .ok_or_else(|| ApiError::NotFound(format!("no webhook is registered at {url:?}")))
 }
@@ -210,11 +201,7 @@ pub async fn fire_webhook(
         vec![generic_instance(&body, now, trace_tag)?]
     } else {
         let catalog = st.catalog.load();
-        let matching: Vec<_> = catalog
-            .triggers_of_type(triggers::WEBHOOK)
-            .into_iter()
-            .filter(|t| webhook_url(t) == Some(url.as_str()))
-            .collect();
+        let matching = catalog.webhooks_at(&url);
         if matching.is_empty() {
             return Err(ApiError::NotFound(format!(
                 "no webhook is registered at {url:?}: no enabled rule has trigger core.st2.webhook with url {url:?}"
@@ -222,13 +209,13 @@ pub async fn fire_webhook(
         }
         let (headers_obj, headers_lower) = header_maps(&headers);
         matching
-            .into_iter()
+            .iter()
             .map(|t| TriggerInstance {
                 v: RECORD_VERSION,
                 id: ids::fresh(&now),
-                trigger: t.reference,
-                trigger_type: t.trigger_type,
-                trigger_parameters: t.parameters,
+                trigger: t.reference.clone(),
+                trigger_type: t.trigger_type.clone(),
+                trigger_parameters: t.parameters.clone(),
                 payload: json!({"headers": headers_obj, "headers_lower": headers_lower, "body": body}),
                 occurrence_time: now,
                 trace_tag: trace_tag.clone(),
