@@ -118,8 +118,11 @@ impl Cluster {
     }
 
     /// Waits until execution `id` has ended.
+    /// Waits for the workflow's end. Work cut off by a kill waits out the
+    /// ack wait (30 s) before another run takes it, and on a loaded
+    /// machine some of it a second time: hence the generous deadline.
     async fn finished(&self, http: &reqwest::Client, id: &str) -> Result<Value> {
-        poll(Duration::from_secs(90), || async {
+        poll(Duration::from_secs(150), || async {
             let e = self.get(http, &format!("executions/{id}")).await?;
             let finished = matches!(e["status"].as_str(), Some("succeeded" | "failed"));
             Ok(finished.then_some(e))
