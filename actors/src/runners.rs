@@ -512,14 +512,21 @@ async fn run_action(
         api_url: ctx.api_url.clone(),
         auth_token: token.clone(),
     };
-    let (output, forwarder) = forward_output(ctx, record);
+    // Only runners that start a process write output; in-process ones
+    // (noop, inquirer) get no forwarder.
+    let (output, forwarder) = if runner.calls_api() {
+        let (output, forwarder) = forward_output(ctx, record);
+        (Some(output), Some(forwarder))
+    } else {
+        (None, None)
+    };
     let run = runner.run(RunRequest {
         execution_id: record.id.clone(),
         action: action.def.clone(),
         pack_path: action.pack_path.clone(),
         parameters: record.parameters.clone(),
         env,
-        output: Some(output),
+        output,
         cancel: cancel.clone(),
     });
     // The consumer reports progress on the request while the run lasts.
@@ -531,7 +538,9 @@ async fn run_action(
     }
     // The runner has dropped its sender: every chunk is out before the
     // final record is written.
-    let _ = forwarder.await;
+    if let Some(forwarder) = forwarder {
+        let _ = forwarder.await;
+    }
     if ctx.shutdown.is_cancelled() {
         let mut result = outcome.result;
         if let Some(obj) = result.as_object_mut() {
