@@ -20,10 +20,12 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
+use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
@@ -212,6 +214,10 @@ pub struct ConsumerState<H> {
     /// tick.
     waiting: VecDeque<Work>,
     running: JoinSet<()>,
+    /// Work started and not yet reported `Finished`: the slots in use.
+    /// Counted, not read off `running`, whose tasks may still be winding
+    /// down after reporting.
+    busy: usize,
     /// A tick is waiting or running.
     ticking: bool,
     _pump: Pump,
@@ -254,6 +260,7 @@ impl<H: Handler> Actor for Consumer<H> {
             lease,
             waiting: VecDeque::new(),
             running: JoinSet::new(),
+            busy: 0,
             ticking: false,
             _pump: pump,
         })
@@ -277,15 +284,10 @@ impl<H: Handler> Actor for Consumer<H> {
                 )))
             }
             ConsumerMsg::Finished { tick } => {
+                state.busy -= 1;
                 state.ticking &= !tick;
-                while let Some(ended) = state.running.try_join_next() {
-                    // Its message stays unsettled: JetStream delivers it
-                    // again after the ack wait; the others go on.
-                    if let Err(Ok(panic)) = ended.map_err(|e| e.try_into_panic()) {
-                        tracing::error!(consumer = %state.spec.name, panic = ?panic_text(panic),
-                            "a handler panicked; its message comes back after the ack wait");
-                    }
-                }
+                // Tasks that have ended leave the set.
+                while state.running.try_join_next().is_some() {}
             }
             // Skipped while the previous tick still waits or runs.
             ConsumerMsg::Tick if !state.ticking => {
@@ -323,35 +325,42 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> Option<String> {
 
 /// Starts waiting work while slots are free.
 fn start_waiting<H: Handler>(myself: &ActorRef<ConsumerMsg>, state: &mut ConsumerState<H>) {
-    while state.running.len() < state.spec.concurrency {
+    while state.busy < state.spec.concurrency {
         let Some(work) = state.waiting.pop_front() else {
             return;
         };
         let handler = state.handler.clone();
-        let me = myself.clone();
-        let msg = match work {
-            Work::Tick => {
-                state.running.spawn(async move {
-                    handler.tick().await;
-                    let _ = me.cast(ConsumerMsg::Finished { tick: true });
-                });
-                continue;
+        let tick = matches!(work, Work::Tick);
+        let job: futures::future::BoxFuture<'static, ()> = match work {
+            Work::Tick => Box::pin(handler.tick()),
+            Work::Message(msg) => {
+                let lease = state.lease.clone();
+                let name = state.spec.name.clone();
+                let progress = state.spec.ack_wait / 3;
+                Box::pin(async move {
+                    let settle = match from_bytes::<H::Event>(&msg.subject, &msg.payload) {
+                        Ok(event) => {
+                            let delivered = msg.info().map_or(1, |i| i.delivered);
+                            keep_while(&msg, progress, handler.handle(event, delivered)).await
+                        }
+                        Err(e) => Settle::Drop(format!("unreadable {}: {e}", H::WHAT)),
+                    };
+                    settle_message(&name, &lease, &msg, settle).await;
+                })
             }
-            Work::Message(msg) => msg,
         };
-        let lease = state.lease.clone();
+        let me = myself.clone();
         let name = state.spec.name.clone();
-        let progress = state.spec.ack_wait / 3;
+        state.busy += 1;
         state.running.spawn(async move {
-            let settle = match from_bytes::<H::Event>(&msg.subject, &msg.payload) {
-                Ok(event) => {
-                    let delivered = msg.info().map_or(1, |i| i.delivered);
-                    keep_while(&msg, progress, handler.handle(event, delivered)).await
-                }
-                Err(e) => Settle::Drop(format!("unreadable {}: {e}", H::WHAT)),
-            };
-            settle_message(&name, &lease, &msg, settle).await;
-            let _ = me.cast(ConsumerMsg::Finished { tick: false });
+            // A panic is logged and frees its slot like any end; a message
+            // it was handling stays unsettled and comes back after the ack
+            // wait, and the others go on.
+            if let Err(panic) = AssertUnwindSafe(job).catch_unwind().await {
+                tracing::error!(consumer = %name, panic = ?panic_text(panic),
+                    "a handler panicked; its message comes back after the ack wait");
+            }
+            let _ = me.cast(ConsumerMsg::Finished { tick });
         });
     }
 }

@@ -208,3 +208,30 @@ async fn a_consumer_whose_lease_lapsed_acknowledges_nothing_more() -> Result<()>
     actor.stop(None);
     Ok(())
 }
+
+#[tokio::test]
+async fn one_at_a_time_a_consumer_goes_on_past_every_message_even_a_panicking_one() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    // Message 0 makes its handler panic, every time it comes.
+    let handler = Recorder::new(true, |n, _| {
+        assert_ne!(n, 0, "a handler bug");
+        Settle::Done
+    });
+    let args = (
+        bus.clone(),
+        spec(1, Duration::from_secs(1)),
+        handler.clone(),
+        LeaseValidity::unbounded(),
+    );
+    let (actor, _) = Actor::spawn(None, Consumer::<Recorder>::default(), args).await?;
+    publish(&bus, 0, 200).await?;
+    poll(Duration::from_secs(30), || async {
+        Ok((1..200).all(|n| handler.times(n) == 1).then_some(()))
+    })
+    .await?;
+    assert!(handler.times(0) >= 1);
+    assert_eq!(handler.concurrency().1, 1, "one at a time");
+    actor.stop(None);
+    Ok(())
+}
