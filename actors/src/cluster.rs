@@ -40,8 +40,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{from_bytes, to_bytes, Bus};
-use crate::consumer::LeaseValidity;
 use crate::error::{bus_err, EngineError};
+use crate::lease::LeaseValidity;
 use crate::mirror::{Mirror, Mirrored};
 use crate::node::{Child, NodeMsg};
 use crate::timing::{CALL_TIMEOUT, FENCE_MARGIN, HEARTBEAT_EVERY, HEARTBEAT_TIMEOUT, LEASE_TTL};

@@ -21,7 +21,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
@@ -29,53 +29,12 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use crate::bus::{from_bytes, Bus};
 use crate::error::{bus_err, EngineError};
+use crate::lease::LeaseValidity;
 use crate::pump::Pump;
 use crate::timing::STOP_GRACE;
-
-/// Until when the node's partition leases hold, as its coordinator last
-/// confirmed: shared by the coordinator (which extends it with every
-/// acknowledged heartbeat) and every partition consumer (which checks it
-/// before acknowledging anything).
-#[derive(Debug, Clone, Default)]
-pub struct LeaseValidity(Arc<Mutex<Option<Instant>>>);
-
-impl LeaseValidity {
-    /// Leases that never lapse: for consumers no lease guards (a single
-    /// node's tests, runner pools).
-    pub fn unbounded() -> LeaseValidity {
-        LeaseValidity(Arc::new(Mutex::new(Some(Instant::now() + UNBOUNDED))))
-    }
-
-    /// The leases hold until `until`.
-    pub fn hold_until(&self, until: Instant) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
-    }
-
-    /// The leases are given up now.
-    pub fn lapse(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Whether the leases hold at `now`.
-    pub fn valid_at(&self, now: Instant) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| now < until)
-    }
-
-    /// Whether the leases hold now.
-    pub fn valid(&self) -> bool {
-        self.valid_at(Instant::now())
-    }
-}
-
-/// A hundred years: "never", as an `Instant` can hold it.
-const UNBOUNDED: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What becomes of a handled message.
 #[derive(Debug, Clone, PartialEq, Eq)]

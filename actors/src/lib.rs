@@ -32,6 +32,7 @@ pub mod executions;
 pub mod history;
 pub mod inquiries;
 pub mod keys;
+pub mod lease;
 pub mod metrics;
 pub mod mirror;
 pub mod node;

@@ -10,7 +10,8 @@ use anyhow::Result;
 use ractor::Actor;
 use serde_json::Value;
 use squall_actors::bus::{Bus, TRIGGERS_STREAM};
-use squall_actors::consumer::{Consumer, ConsumerSpec, Handler, LeaseValidity, Settle};
+use squall_actors::consumer::{Consumer, ConsumerSpec, Handler, Settle};
+use squall_actors::lease::LeaseValidity;
 use squall_tests::{poll, NatsServer};
 use tokio::sync::Semaphore;
 
