@@ -124,6 +124,18 @@ async fn api_content_and_edits_survive_registration_and_restarts() -> Result<()>
         rule.get("enabled_since").is_none(),
         "Squall's bookkeeping shown: {rule}"
     );
+    // Nor can a client set it: it is not a field of a rule.
+    let mut forged = disk_rule_body(true, "forged");
+    forged["name"] = json!("forged");
+    forged["enabled_since"] = json!("2020-01-01T00:00:00Z");
+    let (status, body) = node.post("rules", &forged).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["faultstring"]
+            .as_str()
+            .is_some_and(|m| m.contains("enabled_since")),
+        "{body}"
+    );
 
     // `st2 pack register` (all packs) writes what the file says over the
     // edit, says so, and keeps the API's content.
