@@ -16,6 +16,7 @@
 //! which to start (`Own`) and stop (`Disown`); see ARCHITECTURE.md.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ pub struct NodeSettings {
     pub runner_concurrency: i64,
     /// What this node does.
     pub roles: BTreeSet<Role>,
+    /// The node's own working files (pack virtualenvs, Python support
+    /// files); rebuilt from the cluster when lost.
+    pub data_dir: PathBuf,
 }
 
 /// One child of the supervisor, as it can be (re)started.

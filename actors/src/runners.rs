@@ -525,6 +525,7 @@ async fn run_action(
         action: action.def.clone(),
         pack_path: action.pack_path.clone(),
         parameters: record.parameters.clone(),
+        config: serde_json::Map::new(),
         env,
         output,
         cancel: cancel.clone(),

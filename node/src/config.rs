@@ -39,6 +39,11 @@ pub struct NodeConfig {
     pub runners: RunnersConfig,
     pub auth: AuthConfig,
     pub datastore: DatastoreConfig,
+    /// Where the node keeps what it builds for itself: pack virtualenvs,
+    /// the Python support files its runners and sensors load (default
+    /// `data`; `squall up` uses its data directory). Nothing here is the
+    /// only copy of anything: a node rebuilds it from the cluster.
+    pub data_dir: PathBuf,
 }
 
 /// The datastore.
@@ -155,6 +160,7 @@ impl Default for NodeConfig {
             runners: RunnersConfig::default(),
             auth: AuthConfig::default(),
             datastore: DatastoreConfig::default(),
+            data_dir: PathBuf::from("data"),
         }
     }
 }

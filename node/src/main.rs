@@ -453,6 +453,7 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             cfg.api.stream_listen = Some(stream_listen);
             cfg.auth.admin_password_file = data_dir.join("admin-password");
             cfg.datastore.key_file = data_dir.join("datastore.key");
+            cfg.data_dir = data_dir.clone();
             if !packs_dirs.is_empty() {
                 cfg.packs.dirs = packs_dirs;
             }

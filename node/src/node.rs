@@ -135,6 +135,7 @@ impl Node {
             pools: cfg.runners.pools.clone(),
             runner_concurrency: cfg.runners.concurrency,
             roles: cfg.roles.clone(),
+            data_dir: cfg.data_dir.clone(),
         };
         let engine = Box::pin(Engine::start(bus.clone(), settings, &keys, auth.clone())).await?;
         let stop_api = CancellationToken::new();

@@ -58,7 +58,7 @@ impl NodeProcess {
         std::fs::write(
             &config,
             format!(
-                "name: {name}\nnats:\n  url: \"{}\"\n  replicas: {}\ncluster:\n  partitions: {}\napi:\n  listen: 127.0.0.1:{port}\n  auth_listen: null\n  stream_listen: null\npacks:\n  dirs: [{}]\nauth:\n  admin_password_file: {}\ndatastore:\n  key_file: {}\n",
+                "name: {name}\nnats:\n  url: \"{}\"\n  replicas: {}\ncluster:\n  partitions: {}\napi:\n  listen: 127.0.0.1:{port}\n  auth_listen: null\n  stream_listen: null\npacks:\n  dirs: [{}]\nauth:\n  admin_password_file: {}\ndatastore:\n  key_file: {}\ndata_dir: {}\n",
                 spec.nats_urls,
                 spec.replicas,
                 spec.partitions,
@@ -70,6 +70,7 @@ impl NodeProcess {
                     .join(", "),
                 spec.dir.join("admin-password").display(),
                 spec.dir.join("datastore.key").display(),
+                spec.dir.join(format!("{name}-data")).display(),
             ) + extra,
         )?;
         let mut node = NodeProcess {

@@ -206,6 +206,7 @@ impl TestNode {
         configure(&mut config);
         config.auth.admin_password_file = dir.path().join("admin-password");
         config.datastore.key_file = dir.path().join("datastore.key");
+        config.data_dir = dir.path().join("data");
         let node = start_node(&config).await?;
         let addr = node.api_addr.context("API address")?;
         let root = format!("http://{addr}");

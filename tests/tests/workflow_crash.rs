@@ -76,12 +76,13 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "name: crash-test\nnats:\n  url: {}\ncluster:\n  partitions: 4\napi:\n  listen: 127.0.0.1:{port}\n  auth_listen: null\n  stream_listen: null\npacks:\n  dirs: [{}, {}]\nauth:\n  admin_password_file: {}\ndatastore:\n  key_file: {}\n",
+                "name: crash-test\nnats:\n  url: {}\ncluster:\n  partitions: 4\napi:\n  listen: 127.0.0.1:{port}\n  auth_listen: null\n  stream_listen: null\npacks:\n  dirs: [{}, {}]\nauth:\n  admin_password_file: {}\ndatastore:\n  key_file: {}\ndata_dir: {}\n",
                 nats.url(),
                 repo_root().join("packs").display(),
                 packs.display(),
                 dir.path().join("admin-password").display(),
                 dir.path().join("datastore.key").display(),
+                dir.path().join("data").display(),
             ),
         )?;
         let root = format!("http://127.0.0.1:{port}");

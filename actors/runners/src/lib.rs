@@ -53,6 +53,9 @@ pub struct RunRequest {
     /// Fully resolved parameters: runner parameters (`cmd`, `timeout`,
     /// `cwd`, `env`, `sudo`...) and action parameters, defaults applied.
     pub parameters: Map<String, Value>,
+    /// The pack's config (`self.config` of a Python action), resolved for
+    /// this run; an empty object when the pack has none.
+    pub config: Map<String, Value>,
     /// What the action's process is told about its run (`ST2_ACTION_*`).
     pub env: ActionEnv,
     /// Where live output goes, if anyone listens.

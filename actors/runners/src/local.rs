@@ -291,6 +291,7 @@ mod tests {
             action,
             pack_path: pack.to_path_buf(),
             parameters: params.as_object().cloned().unwrap_or_default(),
+            config: Default::default(),
             env: crate::ActionEnv {
                 pack: "p".into(),
                 execution_id: "e1".into(),

@@ -49,6 +49,7 @@ mod tests {
             },
             pack_path: Default::default(),
             parameters: Default::default(),
+            config: Default::default(),
             env: Default::default(),
             output: None,
             cancel: Default::default(),

@@ -207,6 +207,7 @@ mod tests {
                 },
                 pack_path: dir.path().to_path_buf(),
                 parameters,
+                config: Map::new(),
                 env: crate::ActionEnv::default(),
                 output: None,
                 cancel: CancellationToken::new(),
