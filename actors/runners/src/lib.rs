@@ -9,6 +9,7 @@ mod inquirer;
 mod local;
 mod noop;
 mod process;
+pub mod pylib;
 mod python;
 
 pub use inquirer::Inquirer;

@@ -22,7 +22,7 @@ use crate::process::{self, End};
 use crate::{RunOutcome, RunRequest, Runner};
 
 /// The wrapper `python3 -c` runs.
-const WRAPPER: &str = include_str!("python_wrapper.py");
+const WRAPPER: &str = include_str!("../python/python_action_wrapper.py");
 
 /// What the wrapper prints around the action's result.
 const DELIMITER: &str = "%%%%%~=~=~=************=~=~=~%%%%";

@@ -1,0 +1,83 @@
+//! The Python files Squall's Python runner and sensors load: our wrappers
+//! and the small compatibility package that stands in for the StackStorm
+//! modules packs import (`st2common`, `st2reactor`). They are compiled into
+//! the binary and written, once per content, to
+//! `<data dir>/python/<content hash>/`, the directory put first on the
+//! Python path of every action and sensor process. A node never runs files
+//! another build wrote: a different content is a different directory.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Every file, by path relative to the installed directory.
+const FILES: &[(&str, &str)] = &[(
+    "python_action_wrapper.py",
+    include_str!("../python/python_action_wrapper.py"),
+)];
+
+/// The action wrapper's file name in the installed directory.
+pub const ACTION_WRAPPER: &str = "python_action_wrapper.py";
+
+/// Writes the files under `data_dir` unless this content is already there,
+/// and returns the directory. Safe to call from several tasks or processes
+/// at once: the files are written to a temporary directory renamed into
+/// place.
+pub fn install(data_dir: &Path) -> io::Result<PathBuf> {
+    let root = data_dir.join("python");
+    let dir = root.join(content_hash());
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&root)?;
+    let staging = root.join(format!(".staging-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    for (rel, text) in FILES {
+        let path = staging.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    match std::fs::rename(&staging, &dir) {
+        Ok(()) => Ok(dir),
+        // Another process installed the same content first.
+        Err(_) if dir.is_dir() => {
+            std::fs::remove_dir_all(&staging)?;
+            Ok(dir)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A digest of every path and text, so a changed file gets a new directory.
+fn content_hash() -> String {
+    let mut hash = Sha256::new();
+    for (rel, text) in FILES {
+        hash.update(rel.as_bytes());
+        hash.update([0]);
+        hash.update(text.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(&hash.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_once_per_content() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let dir = install(data.path()).expect("installed");
+        assert!(dir.join(ACTION_WRAPPER).is_file());
+        assert_eq!(install(data.path()).expect("installed again"), dir);
+        let entries = std::fs::read_dir(data.path().join("python"))
+            .expect("python dir")
+            .count();
+        assert_eq!(entries, 1, "no staging directory is left behind");
+    }
+}
