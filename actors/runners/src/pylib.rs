@@ -12,10 +12,52 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// Every file, by path relative to the installed directory.
-const FILES: &[(&str, &str)] = &[(
-    "python_action_wrapper.py",
-    include_str!("../python/python_action_wrapper.py"),
-)];
+const FILES: &[(&str, &str)] = &[
+    (
+        "python_action_wrapper.py",
+        include_str!("../python/python_action_wrapper.py"),
+    ),
+    (
+        "st2common/__init__.py",
+        include_str!("../python/st2common/__init__.py"),
+    ),
+    (
+        "st2common/exceptions/__init__.py",
+        include_str!("../python/st2common/exceptions/__init__.py"),
+    ),
+    (
+        "st2common/exceptions/action.py",
+        include_str!("../python/st2common/exceptions/action.py"),
+    ),
+    (
+        "st2common/exceptions/keyvalue.py",
+        include_str!("../python/st2common/exceptions/keyvalue.py"),
+    ),
+    (
+        "st2common/runners/__init__.py",
+        include_str!("../python/st2common/runners/__init__.py"),
+    ),
+    (
+        "st2common/services/__init__.py",
+        include_str!("../python/st2common/services/__init__.py"),
+    ),
+    (
+        "st2common/services/datastore.py",
+        include_str!("../python/st2common/services/datastore.py"),
+    ),
+    (
+        "st2common/util/__init__.py",
+        include_str!("../python/st2common/util/__init__.py"),
+    ),
+    (
+        "st2common/util/date.py",
+        include_str!("../python/st2common/util/date.py"),
+    ),
+    (
+        "st2common/util/isotime.py",
+        include_str!("../python/st2common/util/isotime.py"),
+    ),
+];
 
 /// The action wrapper's file name in the installed directory.
 pub const ACTION_WRAPPER: &str = "python_action_wrapper.py";

@@ -1,0 +1,2 @@
+# st2common.services: the datastore client of action_service and
+# sensor_service (datastore).

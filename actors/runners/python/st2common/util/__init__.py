@@ -1,0 +1,1 @@
+# st2common.util: the time helpers packs import (isotime, date).
