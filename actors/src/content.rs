@@ -178,6 +178,7 @@ fn empty_pack(pack_ref: &str) -> PackBundle {
         rules: vec![],
         trigger_types: vec![],
         policies: vec![],
+        config_schema: None,
         registered: BTreeMap::new(),
     }
 }

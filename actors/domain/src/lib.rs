@@ -12,6 +12,7 @@ pub mod ids;
 pub mod loader;
 pub mod model;
 pub mod orquesta;
+pub mod pack_config;
 pub mod params;
 pub mod policies;
 pub mod registration;

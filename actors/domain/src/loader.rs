@@ -6,8 +6,9 @@
 //! `sensors/*.yaml`.
 //! Every file is checked and every problem collected, so a user fixes a
 //! broken pack in one pass instead of one error at a time; a pack with any
-//! error yields no [`PackBundle`] at all. Other StackStorm content (aliases,
-//! `config.schema.yaml`) is not read yet and does not stop a pack
+//! error yields no [`PackBundle`] at all. `config.schema.yaml` is read and
+//! checked in StackStorm's dialect (see [`crate::pack_config`]); other
+//! StackStorm content (aliases) is not read yet and does not stop a pack
 //! from loading.
 //!
 //! User YAML is strict: unknown fields are errors (StackStorm's schemas
@@ -21,13 +22,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::criteria;
 use crate::model::{
     ActionDef, PackBundle, PackMeta, PolicyDef, RuleDef, TriggerTypeDef, BUNDLE_VERSION,
 };
+use crate::pack_config;
 use crate::runner_types;
 use crate::template::Renderer;
 use crate::triggers;
@@ -253,6 +255,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
     };
     let meta = read_manifest(&path, &mut errs);
     let pack_ref = meta.as_ref().map(|m| m.pack_ref.clone());
+    let config_schema = read_config_schema(&path, &mut errs);
 
     let mut actions = Vec::new();
     for file in yaml_files(&path.join("actions"), &mut errs) {
@@ -344,6 +347,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             rules,
             trigger_types,
             policies,
+            config_schema,
             registered: BTreeMap::new(),
         }),
         _ => Err(errs.finish()),
@@ -942,36 +946,7 @@ fn check_params(doc: &mut Doc<'_>, params: &Mapping) {
             doc.problem(&at, "must be a mapping (type, description, default...)");
             continue;
         };
-        doc.unknown_fields(&at, spec, PARAM_FIELDS);
-        match spec.get("type") {
-            None => {}
-            Some(Yaml::String(t)) if PARAM_TYPES.contains(&t.as_str()) => {}
-            Some(Yaml::Sequence(ts))
-                if ts
-                    .iter()
-                    .all(|t| t.as_str().is_some_and(|t| PARAM_TYPES.contains(&t))) =>
-            {
-                doc.problem(
-                    &format!("{at}.type"),
-                    "a list of types is not supported; use anyOf",
-                );
-            }
-            Some(other) => doc.problem(
-                &format!("{at}.type"),
-                format!(
-                    "{:?} is not one of {}",
-                    yaml_key(other),
-                    PARAM_TYPES.join(", ")
-                ),
-            ),
-        }
-        for flag in ["required", "secret", "immutable"] {
-            if let Some(v) = spec.get(flag) {
-                if !v.is_bool() {
-                    doc.problem(&format!("{at}.{flag}"), "must be true or false");
-                }
-            }
-        }
+        check_param_keywords(doc, &at, spec);
         match spec.get("position") {
             None => {}
             Some(Yaml::Number(n)) if n.as_u64().is_some() => {
@@ -990,6 +965,156 @@ fn check_params(doc: &mut Doc<'_>, params: &Mapping) {
                 doc.problem(&format!("{at}.enum"), "must be a list of allowed values");
             }
         }
+    }
+}
+
+/// The keywords of one parameter schema: only known ones, one simple
+/// `type`, boolean `required` / `secret` / `immutable`.
+fn check_param_keywords(doc: &mut Doc<'_>, at: &str, spec: &Mapping) {
+    doc.unknown_fields(at, spec, PARAM_FIELDS);
+    match spec.get("type") {
+        None => {}
+        Some(Yaml::String(t)) if PARAM_TYPES.contains(&t.as_str()) => {}
+        Some(Yaml::Sequence(ts))
+            if ts
+                .iter()
+                .all(|t| t.as_str().is_some_and(|t| PARAM_TYPES.contains(&t))) =>
+        {
+            doc.problem(
+                &format!("{at}.type"),
+                "a list of types is not supported; use anyOf",
+            );
+        }
+        Some(other) => doc.problem(
+            &format!("{at}.type"),
+            format!(
+                "{:?} is not one of {}",
+                yaml_key(other),
+                PARAM_TYPES.join(", ")
+            ),
+        ),
+    }
+    for flag in ["required", "secret", "immutable"] {
+        if let Some(v) = spec.get(flag) {
+            if !v.is_bool() {
+                doc.problem(&format!("{at}.{flag}"), "must be true or false");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// config.schema.yaml
+// ---------------------------------------------------------------------------
+
+/// Reads the pack's `config.schema.yaml`, if it has one.
+fn read_config_schema(dir: &Path, errs: &mut Errors) -> Option<Map<String, Value>> {
+    let file = dir.join(pack_config::SCHEMA_FILE);
+    if !file.is_file() {
+        return None;
+    }
+    let empty = std::fs::read_to_string(&file)
+        .is_ok_and(|text| serde_yaml::from_str::<Yaml>(&text).is_ok_and(|y| y.is_null()));
+    if empty {
+        errs.push(
+            &file,
+            None,
+            None,
+            "the config schema is empty and invalid (as in StackStorm): define its items, or delete the file".into(),
+        );
+        return None;
+    }
+    read_file(&file, errs, check_config_schema)
+}
+
+/// A config schema: item name (`^\w+$`) → parameter schema in StackStorm's
+/// dialect, nested schemas checked the same way.
+fn check_config_schema(mut doc: Doc<'_>) -> Result<Map<String, Value>, Vec<Problem>> {
+    let top = doc.map.clone();
+    for (key, spec) in &top {
+        let name = yaml_key(key);
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            doc.problem(
+                &name,
+                format!("item name {name:?} may only contain letters, digits and underscores"),
+            );
+        }
+        check_schema_item(&mut doc, &name, spec);
+    }
+    if !doc.problems.is_empty() {
+        return Err(doc.problems);
+    }
+    match serde_json::to_value(Yaml::Mapping(top)) {
+        Ok(Value::Object(schema)) => Ok(schema),
+        Ok(_) => Err(vec![Problem {
+            line: Some(1),
+            field: None,
+            message: "expected a mapping of config items".into(),
+        }]),
+        Err(e) => Err(vec![Problem {
+            line: None,
+            field: None,
+            message: format!("not representable as JSON: {e}"),
+        }]),
+    }
+}
+
+fn check_schema_item(doc: &mut Doc<'_>, at: &str, spec: &Yaml) {
+    let Yaml::Mapping(spec) = spec else {
+        doc.problem(at, "must be a mapping (type, description, default...)");
+        return;
+    };
+    check_param_keywords(doc, at, spec);
+    match spec.get("properties") {
+        None => {}
+        Some(Yaml::Mapping(props)) => {
+            for (k, v) in props {
+                check_schema_item(doc, &format!("{at}.properties.{}", yaml_key(k)), v);
+            }
+        }
+        Some(_) => doc.problem(
+            &format!("{at}.properties"),
+            "must be a mapping of property names to schemas",
+        ),
+    }
+    match spec.get("patternProperties") {
+        None => {}
+        Some(Yaml::Mapping(props)) => {
+            for (k, v) in props {
+                let pattern = yaml_key(k);
+                if let Err(e) = regex::Regex::new(&pattern) {
+                    doc.problem(
+                        &format!("{at}.patternProperties"),
+                        format!("{pattern:?} is not a valid regular expression: {e}"),
+                    );
+                }
+                check_schema_item(doc, &format!("{at}.patternProperties.{pattern}"), v);
+            }
+        }
+        Some(_) => doc.problem(
+            &format!("{at}.patternProperties"),
+            "must be a mapping of patterns to schemas",
+        ),
+    }
+    for key in ["additionalProperties", "additionalItems"] {
+        match spec.get(key) {
+            None | Some(Yaml::Bool(_)) => {}
+            Some(s @ Yaml::Mapping(_)) => check_schema_item(doc, &format!("{at}.{key}"), s),
+            Some(_) => doc.problem(&format!("{at}.{key}"), "must be true, false or a schema"),
+        }
+    }
+    match spec.get("items") {
+        None => {}
+        Some(s @ Yaml::Mapping(_)) => check_schema_item(doc, &format!("{at}.items"), s),
+        Some(Yaml::Sequence(list)) => {
+            for (i, s) in list.iter().enumerate() {
+                check_schema_item(doc, &format!("{at}.items.{i}"), s);
+            }
+        }
+        Some(_) => doc.problem(
+            &format!("{at}.items"),
+            "must be a schema or a list of schemas",
+        ),
     }
 }
 
@@ -1743,6 +1868,56 @@ mod tests {
         ]);
         assert!(e.message.contains("`name`"), "{e}");
         assert_eq!(e.field.as_deref(), Some("trigger_types.0"));
+    }
+
+    #[test]
+    fn config_schemas_load_in_stackstorms_dialect() {
+        let schema = "---\napi_key:\n  type: string\n  secret: true\n  required: true\n\
+                      hosts:\n  type: array\n  items:\n    type: object\n    properties:\n\
+                      \x20     name:\n        type: string\n        required: true\n";
+        let root = pack(&[("pack.yaml", PACK), ("config.schema.yaml", schema)]);
+        let bundle = load_pack(&root.path().join("ops")).unwrap();
+        let loaded = bundle.config_schema.unwrap();
+        assert_eq!(loaded["api_key"]["secret"], true);
+        assert_eq!(
+            loaded["hosts"]["items"]["properties"]["name"]["required"],
+            true
+        );
+        // StackStorm's own examples pack schema loads.
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/st2-examples/examples");
+        let schema = load_pack(&examples).unwrap().config_schema.unwrap();
+        assert_eq!(schema["region"]["default"], "us-east-1");
+    }
+
+    #[test]
+    fn config_schema_errors_come_all_at_once() {
+        let schema = "api_key:\n  type: str\n  secret: yes please\n\
+                      region:\n  type: [string, integer]\n  requried: true\n\
+                      nested:\n  type: object\n  properties:\n    inner:\n      typo: 1\n\
+                      bad-name:\n  type: string\n";
+        let errs = errors(&[("pack.yaml", PACK), ("config.schema.yaml", schema)]);
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "ops/config.schema.yaml:2: api_key.type: \"str\" is not one of array, boolean, integer, null, number, object, string",
+                "ops/config.schema.yaml:3: api_key.secret: must be true or false",
+                "ops/config.schema.yaml:6: region.requried: unknown field \"requried\"; expected one of: type, description, default, required, secret, immutable, position, enum, items, additionalItems, properties, patternProperties, additionalProperties, dependencies, pattern, format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf, minLength, maxLength, minItems, maxItems, uniqueItems, minProperties, maxProperties, anyOf, oneOf, allOf, not, title, $schema, id",
+                "ops/config.schema.yaml:5: region.type: a list of types is not supported; use anyOf",
+                "ops/config.schema.yaml:11: nested.properties.inner.typo: unknown field \"typo\"; expected one of: type, description, default, required, secret, immutable, position, enum, items, additionalItems, properties, patternProperties, additionalProperties, dependencies, pattern, format, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf, minLength, maxLength, minItems, maxItems, uniqueItems, minProperties, maxProperties, anyOf, oneOf, allOf, not, title, $schema, id",
+                "ops/config.schema.yaml:12: bad-name: item name \"bad-name\" may only contain letters, digits and underscores",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_config_schema_is_an_error() {
+        for text in ["", "---\n", "# nothing\n"] {
+            let err = only_error(&[("pack.yaml", PACK), ("config.schema.yaml", text)]);
+            assert_eq!(err.file, Path::new("ops/config.schema.yaml"));
+            assert!(err.message.contains("empty and invalid"), "{err}");
+        }
     }
 
     #[test]

@@ -264,6 +264,10 @@ pub struct PackBundle {
     pub trigger_types: Vec<TriggerTypeDef>,
     #[serde(default)]
     pub policies: Vec<PolicyDef>,
+    /// `config.schema.yaml`: config item name → parameter schema
+    /// ([`crate::pack_config`]); `None` when the pack has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<Map<String, Value>>,
     /// What the pack's files defined when it was last registered from
     /// disk: `actions/<name>` or `rules/<name>` → digest of the definition.
     /// A node start updates only what changed on disk since

@@ -337,6 +337,7 @@ mod tests {
             rules,
             trigger_types: vec![],
             policies: vec![],
+            config_schema: None,
             registered: BTreeMap::new(),
         }
     }
