@@ -17,6 +17,7 @@
 //! | `partitions` | KV | `<role>.<partition>` → lease: see [`crate::cluster`] |
 //! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
 //! | `keys` | KV | the datastore: see [`crate::keys`] |
+//! | `configs` | KV | `<pack>` → pack config values: see [`crate::configs`] |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -219,6 +220,11 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
         ),
         bucket(keys::KEYS_BUCKET, "The datastore; secret values sealed.", 1),
         bucket(
+            crate::configs::CONFIGS_BUCKET,
+            "Pack config values by pack.",
+            1,
+        ),
+        bucket(
             auth::AUTH_BUCKET,
             "Users (hashed passwords) and API keys (hashed).",
             1,
@@ -278,6 +284,7 @@ pub struct BusHandles {
     pub executions: kv::Store,
     pub enforcements: kv::Store,
     pub workflows: kv::Store,
+    pub configs: kv::Store,
     pub triggers: stream::Stream,
     pub output: stream::Stream,
     /// Number of partitions, fixed when the cluster was created.
@@ -338,6 +345,7 @@ impl Bus {
             executions: kv(EXECUTIONS_BUCKET).await?,
             enforcements: kv(ENFORCEMENTS_BUCKET).await?,
             workflows: kv(WORKFLOWS_BUCKET).await?,
+            configs: kv(crate::configs::CONFIGS_BUCKET).await?,
             triggers,
             partitions,
             js,

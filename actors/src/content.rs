@@ -37,14 +37,24 @@ pub struct Registered {
     pub warnings: Vec<String>,
 }
 
-/// Loads the pack in `dir`, validates all of it and, only if it is valid,
-/// merges it into the stored pack as `mode` says
+/// Loads the pack in `dir` and its config file from `configs_dir`
+/// (`<pack>.yaml`), validates all of it and, only if it is valid, merges
+/// it into the stored pack as `mode` says
 /// ([`squall_domain::registration`]): content created through the API is
 /// never lost.
-pub async fn register_pack(bus: &Bus, dir: &Path, mode: Mode) -> Result<Registered, EngineError> {
+pub async fn register_pack(
+    bus: &Bus,
+    dir: &Path,
+    configs_dir: Option<&Path>,
+    mode: Mode,
+) -> Result<Registered, EngineError> {
     let bundle = loader::load_pack(dir)?;
+    let config = crate::configs::read_file(configs_dir, dir, &bundle)?;
     let warnings = warn_of_workflow_problems(dir, &bundle);
     let (bundle, changes, _) = store_pack(bus, bundle, mode).await?;
+    if let Some(config) = config {
+        crate::configs::store_file(bus, config, mode).await?;
+    }
     Ok(Registered {
         bundle,
         changes,

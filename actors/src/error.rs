@@ -26,6 +26,9 @@ pub enum EngineError {
     /// A pack failed validation.
     #[error(transparent)]
     Pack(#[from] squall_domain::loader::LoadErrors),
+    /// A pack's config could not be resolved for a run.
+    #[error(transparent)]
+    PackConfig(#[from] squall_domain::pack_config::ConfigError),
 }
 
 impl EngineError {

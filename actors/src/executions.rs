@@ -8,10 +8,12 @@ use squall_domain::execution::{
     TriggerInstanceSummary, DEFAULT_POOL, RECORD_VERSION,
 };
 use squall_domain::template::{KeyValueLookup, Renderer};
+use squall_domain::model::ActionDef;
 use squall_domain::{ids, params, runner_types, time};
 
 use crate::bus::Bus;
 use crate::catalog::Catalog;
+use crate::configs::ConfigCache;
 use crate::error::EngineError;
 
 /// The user executions run as when no one in particular started them
@@ -88,11 +90,13 @@ pub struct ExecutionSpec {
 
 /// Builds the `requested` record for `spec`: the action must exist, be
 /// enabled and have a runner this build can run, and the parameters must
-/// resolve.
+/// resolve. `config_context` is the pack's config as the execution's user
+/// gets it (from `configs`), resolved only when a parameter mentions it.
 pub fn prepare(
     catalog: &Catalog,
     renderer: &Renderer,
     kv: &dyn KeyValueLookup,
+    configs: &ConfigCache,
     spec: ExecutionSpec,
 ) -> Result<ExecutionRecord, EngineError> {
     let action = catalog
@@ -132,9 +136,16 @@ pub fn prepare(
     if let Some(r) = &spec.rule {
         context.insert("rule".into(), json!({"id": r.id, "name": r.name}));
     }
+    let config_context = if mentions_config_context(def, &spec.parameters) {
+        Value::Object(crate::configs::resolve(
+            configs, catalog, &def.pack, &user, renderer, kv,
+        )?)
+    } else {
+        json!({})
+    };
     let render_ctx = json!({
         "action_context": Value::Object(context.clone()),
-        "config_context": {},
+        "config_context": config_context,
     });
     let parameters = params::resolve(runner, def, &spec.parameters, &render_ctx, renderer, kv)?;
     Ok(ExecutionRecord {
@@ -173,6 +184,25 @@ pub fn prepare(
         node: None,
         runner_loss: runner_loss_of(&def.tags)?,
     })
+}
+
+/// Whether an action's parameter defaults or the given parameters read
+/// `config_context` (resolving a config costs renders and decryptions, so
+/// only executions that use it pay).
+fn mentions_config_context(def: &ActionDef, given: &Map<String, Value>) -> bool {
+    fn mentions(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains("config_context"),
+            Value::Array(items) => items.iter().any(mentions),
+            Value::Object(map) => map.values().any(mentions),
+            _ => false,
+        }
+    }
+    def.parameters
+        .values()
+        .filter_map(|p| p.default.as_ref())
+        .any(mentions)
+        || given.values().any(mentions)
 }
 
 /// Stores `record` and requests its run. Idempotent: when a record with the

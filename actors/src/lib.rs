@@ -25,6 +25,7 @@ pub mod auth;
 pub mod bus;
 pub mod catalog;
 pub mod cluster;
+pub mod configs;
 pub mod consumer;
 pub mod content;
 pub mod error;

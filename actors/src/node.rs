@@ -30,6 +30,7 @@ use crate::auth::AuthStore;
 use crate::bus::Bus;
 use crate::catalog::CatalogHandle;
 use crate::cluster::{ClusterView, Coordinator, Member, Role};
+use crate::configs::ConfigCache;
 use crate::consumer::Consumer;
 use crate::content::ContentWatcher;
 use crate::error::EngineError;
@@ -109,6 +110,8 @@ pub struct Shared {
     pub renderer: Arc<Renderer>,
     /// The datastore as templates read it.
     pub kv: KeyCache,
+    /// Pack configs as runs and `config_context` read them.
+    pub configs: ConfigCache,
     /// Opens secret datastore values (`st2kv(key, decrypt=true)`).
     pub cipher: Cipher,
     pub settings: NodeSettings,
@@ -149,6 +152,7 @@ async fn spawn_child(
                     catalog: shared.catalog.clone(),
                     renderer: shared.renderer.clone(),
                     kv: shared.kv.clone(),
+                    configs: shared.configs.clone(),
                 },
                 partition: *p,
             });
@@ -177,6 +181,7 @@ async fn spawn_child(
                     Renderer::with_cipher(shared.cipher.clone()).keeping_none_marker(),
                 ),
                 kv: shared.kv.clone(),
+                configs: shared.configs.clone(),
                 cipher: shared.cipher.clone(),
                 // `ctx().st2.api_url`: the v1 API root, so `.../executions/<id>` works.
                 api_url: format!("{}/v1", shared.settings.api_url),
@@ -554,6 +559,8 @@ impl Engine {
         auth: AuthStore,
     ) -> Result<Engine, EngineError> {
         let kv = Box::pin(KeyCache::start(keys)).await?;
+        let configs = Box::pin(ConfigCache::start(&bus)).await?;
+        let renderer = Arc::new(Renderer::with_cipher(keys.cipher().clone()));
         let catalog = CatalogHandle::default();
         let shutdown = CancellationToken::new();
         let in_flight = TaskTracker::new();
@@ -568,14 +575,18 @@ impl Engine {
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
             cancels: CancelRegistry::default(),
+            renderer: renderer.clone(),
+            kv: kv.clone(),
+            configs: configs.clone(),
         };
         let run_server =
             Box::pin(serve_runs(&bus, &settings.name, runners.cancels.clone())).await?;
         let shared = Shared {
             bus,
             catalog,
-            renderer: Arc::new(Renderer::with_cipher(keys.cipher().clone())),
+            renderer,
             kv,
+            configs,
             cipher: keys.cipher().clone(),
             settings,
             runners,

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::bus::{trigger_partition_filter, Bus, TRIGGERS_STREAM};
 use crate::catalog::{CatalogHandle, CatalogRule};
+use crate::configs::ConfigCache;
 use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::EngineError;
 use crate::executions::{self, ExecutionSpec};
@@ -56,6 +57,8 @@ pub struct RulesContext {
     pub renderer: Arc<Renderer>,
     /// The datastore, for `st2kv` in criteria and parameters.
     pub kv: KeyCache,
+    /// Pack configs, for `config_context` in parameters.
+    pub configs: ConfigCache,
 }
 
 /// Enforces one partition of the `TRIGGERS` stream, as the handler of a
@@ -195,7 +198,7 @@ fn prepare(
         },
         Err(reason) => return Ok(Err(reason)),
     };
-    match executions::prepare(catalog, &ctx.renderer, kv, spec) {
+    match executions::prepare(catalog, &ctx.renderer, kv, &ctx.configs, spec) {
         Ok(record) => Ok(Ok(record)),
         Err(e) if e.is_retryable() => Err(e),
         Err(e) => Ok(Err(e.to_string())),
@@ -301,11 +304,12 @@ pub struct ActionPreview {
 /// Tests `rule` (whose id is `rule_id`) against `event`, as
 /// `st2-rule-tester` does: the trigger, every criterion explained, and
 /// for a match the action parameters resolved as an enforcement would.
-/// Patterns and parameters render with `renderer` and `kv`.
+/// Patterns and parameters render with `renderer`, `kv` and `configs`.
 pub fn test_rule(
     catalog: &crate::catalog::Catalog,
     renderer: &Renderer,
     kv: &dyn KeyValueLookup,
+    configs: &ConfigCache,
     rule: &RuleDef,
     rule_id: &str,
     event: TestEvent,
@@ -341,7 +345,8 @@ pub fn test_rule(
         let parameters = CompiledValue::new(&Value::Object(rule.action.parameters.clone()));
         let prepared = execution_spec(renderer, rule, &parameters, &instance, kv, &summary)
             .and_then(|spec| {
-                executions::prepare(catalog, renderer, kv, spec).map_err(|e| e.to_string())
+                executions::prepare(catalog, renderer, kv, configs, spec)
+                    .map_err(|e| e.to_string())
             });
         let (parameters, error) = match prepared {
             Ok(record) => (Some(record.parameters), None),

@@ -12,6 +12,7 @@ use serde_json::json;
 use squall_domain::execution::{
     ExecutionRecord, RunnerLoss, Status, TriggerInstance, RECORD_VERSION,
 };
+use squall_domain::template::Renderer;
 use squall_domain::{ids, time, triggers};
 use squall_runners::{ActionEnv, RunRequest, Runner as ActionRunner};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,8 @@ use tracing::Instrument;
 use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
 use crate::bus::{execution_subject, Bus, ExecutionRequest, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
+use crate::configs::ConfigCache;
+use crate::keys::KeyCache;
 use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::{bus_err, EngineError};
 use crate::metrics::LostRun;
@@ -55,6 +58,12 @@ pub struct RunnerContext {
     pub in_flight: TaskTracker,
     /// Cancel tokens of the executions this node is running, by id.
     pub cancels: CancelRegistry,
+    /// Renders pack configs' dynamic values and opens their secrets.
+    pub renderer: Arc<Renderer>,
+    /// The datastore pack configs read (`st2kv.system.x`).
+    pub kv: KeyCache,
+    /// Pack config values, for Python actions' `self.config`.
+    pub configs: ConfigCache,
 }
 
 /// The cancel tokens of the executions a node runs, so that a cancel
@@ -493,6 +502,23 @@ async fn run_action(
             json!({"error": format!("runner {} is not available on node {}", record.runner.name, ctx.node)}),
         );
     };
+    // Only Python actions get their pack's config, as in StackStorm. It is
+    // resolved per run (the datastore may have changed) and stored nowhere.
+    let config = if record.runner.name == "python-script" {
+        match crate::configs::resolve(
+            &ctx.configs,
+            &catalog,
+            &record.action.pack,
+            execution_user(record),
+            &ctx.renderer,
+            &ctx.kv,
+        ) {
+            Ok(config) => config,
+            Err(e) => return (Status::Failed, json!({"error": e.to_string()})),
+        }
+    } else {
+        serde_json::Map::new()
+    };
     let token = if runner.calls_api() {
         match issue_action_token(ctx, record).await {
             Ok(token) => Some(token),
@@ -525,7 +551,7 @@ async fn run_action(
         action: action.def.clone(),
         pack_path: action.pack_path.clone(),
         parameters: record.parameters.clone(),
-        config: serde_json::Map::new(),
+        config,
         env,
         output,
         cancel: cancel.clone(),
@@ -562,11 +588,7 @@ async fn issue_action_token(
     ctx: &RunnerContext,
     record: &ExecutionRecord,
 ) -> Result<String, EngineError> {
-    let user = record
-        .context
-        .get("user")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or(crate::executions::SYSTEM_USER);
+    let user = execution_user(record);
     let ttl = record
         .parameters
         .get("timeout")
@@ -575,6 +597,15 @@ async fn issue_action_token(
         .map_or(DEFAULT_TOKEN_TTL, |t| Duration::from_secs(t) + TOKEN_MARGIN);
     let (token, _) = ctx.auth.issue_action_token(user, ttl).await?;
     Ok(token)
+}
+
+/// The user an execution runs as.
+fn execution_user(record: &ExecutionRecord) -> &str {
+    record
+        .context
+        .get("user")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(crate::executions::SYSTEM_USER)
 }
 
 /// Publishes an execution's output chunks, as they come, on

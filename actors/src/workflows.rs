@@ -223,6 +223,8 @@ pub struct WorkflowContext {
     /// Orquesta keeps it).
     pub expressions: std::sync::Arc<squall_domain::template::Renderer>,
     pub kv: KeyCache,
+    /// Pack configs, for `config_context` in task actions' parameters.
+    pub configs: crate::configs::ConfigCache,
     /// Opens secrets for `st2kv(key, decrypt=true)`.
     pub cipher: Cipher,
     /// The public API URL, for `ctx().st2.api_url`.
@@ -966,7 +968,7 @@ async fn run_task(
         ..ExecutionSpec::default()
     };
     let catalog = ctx.catalog.load();
-    match executions::prepare(&catalog, &ctx.renderer, &ctx.kv, spec) {
+    match executions::prepare(&catalog, &ctx.renderer, &ctx.kv, &ctx.configs, spec) {
         Ok(record) => {
             executions::submit(&ctx.bus, record).await?;
             Ok(Ok(()))

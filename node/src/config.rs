@@ -136,6 +136,11 @@ pub struct PacksConfig {
     pub dirs: Vec<PathBuf>,
     /// Register every pack found in `dirs` when the node starts.
     pub register_on_start: bool,
+    /// Where pack config values are read at registration, as
+    /// `<configs_dir>/<pack>.yaml` (StackStorm's `/opt/stackstorm/configs`),
+    /// and written by `PUT /configs/{pack}`. Default: none (configs come
+    /// from the API only); `squall up` uses `<data dir>/configs`.
+    pub configs_dir: Option<PathBuf>,
 }
 
 /// Runner pools served by this node.
@@ -201,6 +206,7 @@ impl Default for PacksConfig {
         PacksConfig {
             dirs: vec![PathBuf::from("packs")],
             register_on_start: true,
+            configs_dir: None,
         }
     }
 }

@@ -454,6 +454,7 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             cfg.auth.admin_password_file = data_dir.join("admin-password");
             cfg.datastore.key_file = data_dir.join("datastore.key");
             cfg.data_dir = data_dir.clone();
+            cfg.packs.configs_dir = Some(data_dir.join("configs"));
             if !packs_dirs.is_empty() {
                 cfg.packs.dirs = packs_dirs;
             }

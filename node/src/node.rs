@@ -188,7 +188,8 @@ async fn register_dirs(bus: &Bus, cfg: &NodeConfig) {
         }
     };
     for dir in dirs {
-        if let Err(e) = content::register_pack(bus, &dir, Mode::Start).await {
+        let configs = cfg.packs.configs_dir.as_deref();
+        if let Err(e) = content::register_pack(bus, &dir, configs, Mode::Start).await {
             tracing::error!(pack = %dir.display(), error = %e, "pack not registered");
         }
     }
@@ -291,6 +292,8 @@ async fn serve_api(
         renderer: engine.shared.renderer.clone(),
         kv: engine.shared.kv.clone(),
         pack_dirs: cfg.packs.dirs.clone(),
+        configs_dir: cfg.packs.configs_dir.clone(),
+        configs: engine.shared.configs.clone(),
         auth,
         keys,
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use crate::loader::{self, LoadError};
-use crate::secrets::Cipher;
 use crate::template::{KeyValueLookup, Renderer};
 
 /// The schema file in a pack's root.
@@ -233,7 +232,7 @@ fn mask_value(value: &Value, schema: Option<&Value>) -> Value {
 
 /// The config a run gets: `values` (as stored) checked against `schema`,
 /// dynamic values rendered as `user` sees the datastore, secret items
-/// decrypted with `cipher`, defaults filled.
+/// decrypted with the renderer's cipher, defaults filled.
 pub fn resolve(
     pack: &str,
     schema: &Map<String, Value>,
@@ -241,7 +240,6 @@ pub fn resolve(
     user: &str,
     renderer: &Renderer,
     kv: &dyn KeyValueLookup,
-    cipher: &Cipher,
 ) -> Result<Map<String, Value>, ConfigError> {
     if let Err(problems) = validate(values, schema) {
         return Err(ConfigError::Invalid {
@@ -254,7 +252,6 @@ pub fn resolve(
         ctx: json!({ "action_context": { "user": user } }),
         renderer,
         kv,
-        cipher,
     };
     let root = json!({ "properties": schema });
     let mut out = match resolver.walk(&Value::Object(values.clone()), Some(&root), "")? {
@@ -270,7 +267,6 @@ struct Resolver<'a> {
     ctx: Value,
     renderer: &'a Renderer,
     kv: &'a dyn KeyValueLookup,
-    cipher: &'a Cipher,
 }
 
 impl Resolver<'_> {
@@ -328,7 +324,10 @@ impl Resolver<'_> {
         if !secret {
             return Ok(Value::String(text));
         }
-        self.cipher.decrypt(&text).map(Value::String).map_err(|e| {
+        let Some(cipher) = self.renderer.cipher() else {
+            return Err(failed("no datastore key to decrypt secret items with".into()));
+        };
+        cipher.decrypt(&text).map(Value::String).map_err(|e| {
             failed(format!(
                 "{e}; a secret config item must reference a secret (encrypted) datastore key"
             ))
@@ -379,6 +378,11 @@ pub fn parse_values(text: &str) -> Result<Map<String, Value>, (Option<usize>, St
     }
 }
 
+/// The text of a config file holding `values`.
+pub fn file_text(values: &Map<String, Value>) -> Result<String, String> {
+    serde_yaml::to_string(values).map_err(|e| e.to_string())
+}
+
 /// `<dir>/<pack>.yaml`.
 pub fn config_file(dir: &Path, pack: &str) -> PathBuf {
     dir.join(format!("{pack}.yaml"))
@@ -396,6 +400,7 @@ fn error(file: &Path, line: Option<usize>, field: Option<String>, message: Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::Cipher;
     use crate::template::KvScope;
 
     /// StackStorm's `contrib/examples/config.schema.yaml`, plus a nested
@@ -499,7 +504,6 @@ mod tests {
             "alice",
             &renderer,
             &kv,
-            &cipher,
         );
         // A secret item takes no `decrypt_kv`; a non-secret one needs it.
         let Err(ConfigError::Invalid { problems, .. }) = out else {
@@ -515,7 +519,7 @@ mod tests {
             s
         };
         let out = resolve(
-            "examples", &schema, &values, "alice", &renderer, &kv, &cipher,
+            "examples", &schema, &values, "alice", &renderer, &kv,
         )
         .unwrap();
         assert_eq!(
@@ -534,7 +538,7 @@ mod tests {
         let values = map(json!({"api_key": "k", "api_secret": "s",
                                 "region": "{{ st2kv.system.gone | decrypt_kv }}"}));
         let err =
-            resolve("examples", &schema(), &values, "u", &renderer, &kv, &cipher).unwrap_err();
+            resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("key \"region\""), "{text}");
         assert!(text.contains("pack \"examples\""), "{text}");
@@ -545,7 +549,7 @@ mod tests {
         // A secret item whose value is not sealed.
         let values = map(json!({"api_key": "{{ st2kv.system.region }}", "api_secret": "s"}));
         let err =
-            resolve("examples", &schema(), &values, "u", &renderer, &kv, &cipher).unwrap_err();
+            resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Render { field, .. } if field == "api_key"),
             "{err}"
@@ -553,7 +557,7 @@ mod tests {
         // A stored value the schema no longer accepts.
         let values = map(json!({"api_key": "k", "api_secret": "s", "port": "twenty-two"}));
         let err =
-            resolve("examples", &schema(), &values, "u", &renderer, &kv, &cipher).unwrap_err();
+            resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
         assert!(err.to_string().contains("port: must be integer"), "{err}");
     }
 

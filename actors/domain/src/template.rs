@@ -131,6 +131,8 @@ pub struct Renderer {
     /// Whether a value rendering to [`NONE_MAGIC_VALUE`] becomes `null`
     /// (StackStorm's parameter rendering); Orquesta keeps the marker.
     none_marker_is_null: bool,
+    /// What `decrypt_kv` opens secrets with, if anything.
+    cipher: Option<Cipher>,
 }
 
 impl Default for Renderer {
@@ -155,6 +157,7 @@ impl Renderer {
         Self {
             env,
             none_marker_is_null: true,
+            cipher: None,
         }
     }
 
@@ -173,6 +176,7 @@ impl Renderer {
     /// an explicit `| decrypt_kv`.
     pub fn with_cipher(cipher: Cipher) -> Self {
         let mut renderer = Self::new();
+        renderer.cipher = Some(cipher.clone());
         renderer
             .env
             .add_filter("decrypt_kv", move |value: Value| -> Result<Value, Error> {
@@ -186,6 +190,13 @@ impl Renderer {
                 })
             });
         renderer
+    }
+
+    /// The cipher this renderer's `decrypt_kv` opens secrets with
+    /// ([`Renderer::with_cipher`]), for other readers of sealed values
+    /// (a pack config's `secret: true` items).
+    pub fn cipher(&self) -> Option<&Cipher> {
+        self.cipher.as_ref()
     }
 
     /// Renders `template` to text with `ctx` (a JSON object whose keys are

@@ -56,7 +56,7 @@ impl Runner for PythonScript {
             let request = json!({
                 "entry_point": script,
                 "pack_path": req.pack_path,
-                "config": {},
+                "config": req.config,
                 "parameters": action_parameters(&req.action, &req.parameters),
             });
             let mut spec = match crate::local::spec(

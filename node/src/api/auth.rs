@@ -48,6 +48,9 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
         // Whose secrets may be opened is checked by the datastore handlers.
         _ if flag("decrypt") => Role::Operator,
         "packs" if !reading => Role::Admin,
+        // As StackStorm's `pack_config` permission: setting a pack's
+        // config (its secrets included) is for admins.
+        "configs" if !reading => Role::Admin,
         // Everyone may manage their own API keys; the handlers check whose.
         "apikeys" => Role::Operator,
         // Testing a rule writes and runs nothing (secrets stay sealed for
@@ -261,7 +264,7 @@ pub struct ShowSecrets {
 }
 
 impl ShowSecrets {
-    fn shown(&self, me: &Principal) -> bool {
+    pub(super) fn shown(&self, me: &Principal) -> bool {
         me.role >= Role::Admin && self.show_secrets == Some(true)
     }
 }

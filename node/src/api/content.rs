@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use squall_actors::catalog::{content_id, CatalogRule};
-use squall_actors::content;
+use squall_actors::{configs, content};
 use squall_domain::model::{ActionDef, PackBundle, PolicyDef, TriggerTypeDef};
 use squall_domain::policies;
 use squall_domain::registration::Mode;
@@ -396,7 +396,11 @@ pub async fn register_packs(
     let mut bundles = Vec::new();
     let mut errors = Vec::new();
     for dir in &dirs {
-        match squall_domain::loader::load_pack(dir) {
+        let loaded = squall_domain::loader::load_pack(dir).and_then(|b| {
+            let config = configs::read_file(st.configs_dir.as_deref(), dir, &b)?;
+            Ok((b, config))
+        });
+        match loaded {
             Ok(b) => bundles.push(b),
             Err(e) => errors.push(e.to_string()),
         }
@@ -407,9 +411,12 @@ pub async fn register_packs(
     let packs = bundles.len();
     let (mut actions, mut rules, mut trigger_types) = (0, 0, 0);
     let (mut warnings, mut changes, mut revision) = (Vec::new(), Vec::new(), 0);
-    for (dir, b) in dirs.iter().zip(bundles) {
+    for (dir, (b, config)) in dirs.iter().zip(bundles) {
         warnings.extend(content::warn_of_workflow_problems(dir, &b));
         let (stored, changed, written) = content::store_pack(&st.bus, b, Mode::Explicit).await?;
+        if let Some(config) = config {
+            configs::store_file(&st.bus, config, Mode::Explicit).await?;
+        }
         revision = revision.max(written);
         actions += stored.actions.len();
         rules += stored.rules.len();

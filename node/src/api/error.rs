@@ -61,7 +61,10 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::UnknownAction(_) => ApiError::NotFound(e.to_string()),
-            EngineError::NotRunnable(_) | EngineError::Params(_) | EngineError::Pack(_) => {
+            EngineError::NotRunnable(_)
+            | EngineError::Params(_)
+            | EngineError::Pack(_)
+            | EngineError::PackConfig(_) => {
                 ApiError::BadRequest(e.to_string())
             }
             EngineError::Bus { .. } => ApiError::Unavailable(format!(

@@ -76,7 +76,7 @@ pub async fn create(
         parent,
         ..ExecutionSpec::default()
     };
-    let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;
+    let record = executions::prepare(&catalog, &st.renderer, &st.kv, &st.configs, spec)?;
     let stored = executions::submit(&st.bus, record).await?;
     Ok((StatusCode::CREATED, Json(view(&stored, false))))
 }
@@ -508,7 +508,7 @@ pub async fn re_run(
         )]),
         ..ExecutionSpec::default()
     };
-    let record = executions::prepare(&catalog, &st.renderer, &st.kv, spec)?;
+    let record = executions::prepare(&catalog, &st.renderer, &st.kv, &st.configs, spec)?;
     let stored = executions::submit(&st.bus, record).await?;
     Ok((StatusCode::CREATED, Json(view(&stored, false))))
 }

@@ -6,6 +6,7 @@
 //! whose fault it is.
 
 pub mod auth;
+mod configs;
 mod content;
 pub use content::pack_dirs;
 mod edit;
@@ -34,6 +35,7 @@ use squall_actors::auth::AuthStore;
 use squall_actors::bus::Bus;
 use squall_actors::catalog::CatalogHandle;
 use squall_actors::cluster::ClusterView;
+use squall_actors::configs::ConfigCache;
 use squall_actors::history::HistoryHandle;
 use squall_actors::keys::{KeyCache, KeyStore};
 use squall_domain::model::{ActionDef, RuleDef};
@@ -75,6 +77,10 @@ pub struct ApiContext {
     pub history: HistoryHandle,
     /// Directories `POST /packs/register` looks in.
     pub pack_dirs: Vec<PathBuf>,
+    /// Where pack config files are (`<dir>/<pack>.yaml`), if anywhere.
+    pub configs_dir: Option<PathBuf>,
+    /// Pack config values, mirrored.
+    pub configs: ConfigCache,
     pub auth: AuthStore,
     pub keys: KeyStore,
     /// Life of a token when the login names none.
@@ -145,6 +151,10 @@ pub fn app(state: ApiState) -> Router {
         .route("/triggerinstances/{id}/re_emit", post(triggers::re_emit))
         .route("/triggertypes/{reference}", get(content::get_trigger_type))
         .route("/packs/register", post(content::register_packs))
+        .route("/configs", get(configs::list))
+        .route("/configs/{pack}", get(configs::get_one).put(configs::put))
+        .route("/config_schemas", get(configs::list_schemas))
+        .route("/config_schemas/{pack}", get(configs::get_schema))
         .route("/triggertypes", get(content::list_trigger_types))
         .route("/runnertypes", get(content::list_runner_types))
         .route("/runnertypes/{name}", get(content::get_runner_type))

@@ -87,7 +87,13 @@ pub async fn test(
         &*SEALED
     };
     Ok(Json(rules::test_rule(
-        &catalog, renderer, &st.kv, &rule, &rule_id, event,
+        &catalog,
+        renderer,
+        &st.kv,
+        &st.configs,
+        &rule,
+        &rule_id,
+        event,
     )))
 }
 

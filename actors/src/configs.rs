@@ -1,0 +1,224 @@
+//! Pack config values, cluster-wide: the `configs` bucket (`<pack>` →
+//! [`StoredConfig`]), written by registration (from `<configs dir>/<pack>.yaml`,
+//! as `st2ctl reload --register-configs` does) and by `PUT /configs/{pack}`,
+//! and [`ConfigCache`], each node's mirrored copy that runs read
+//! synchronously. [`resolve`] gives a run its config (rendered, secrets
+//! opened, defaults filled); the resolved config is handed to the runner
+//! and stored nowhere.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use squall_domain::loader::LoadErrors;
+use squall_domain::model::PackBundle;
+use squall_domain::pack_config::{self, ConfigError};
+use squall_domain::registration::Mode;
+use squall_domain::template::{KeyValueLookup, Renderer};
+
+use crate::bus::{from_bytes, to_bytes, Bus};
+use crate::catalog::Catalog;
+use crate::error::{bus_err, EngineError};
+use crate::mirror::{Mirror, Mirrored};
+
+/// The bucket of pack config values.
+pub const CONFIGS_BUCKET: &str = "configs";
+
+/// Version of the stored [`StoredConfig`] layout.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// One pack's config values as stored: raw (dynamic values unrendered),
+/// with the schema's defaults filled when they were checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    #[serde(default)]
+    pub v: u32,
+    pub values: Map<String, Value>,
+    /// SHA-256 of the config file these values came from (or that
+    /// `PUT /configs` wrote): a node start takes the file again only when
+    /// it changed since, so values set through the API survive restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_digest: Option<String>,
+}
+
+/// Stores `values` as `pack`'s config; returns the bucket revision.
+pub async fn put(
+    bus: &Bus,
+    pack: &str,
+    values: Map<String, Value>,
+    file_digest: Option<String>,
+) -> Result<u64, EngineError> {
+    let stored = StoredConfig {
+        v: CONFIG_VERSION,
+        values,
+        file_digest,
+    };
+    bus.configs
+        .put(pack, to_bytes(&stored)?)
+        .await
+        .map_err(|e| bus_err("store pack config", e))
+}
+
+/// A pack's config as its file gives it, checked against the pack's schema.
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    pub pack: String,
+    pub values: Map<String, Value>,
+    pub digest: String,
+}
+
+/// Reads `<configs dir>/<pack>.yaml` for the pack in `dir`; `None` when
+/// there is no configs directory or no file. Problems are the pack's
+/// registration errors, each with file, line and field.
+pub fn read_file(
+    configs_dir: Option<&Path>,
+    dir: &Path,
+    bundle: &PackBundle,
+) -> Result<Option<FileConfig>, LoadErrors> {
+    let Some(configs_dir) = configs_dir else {
+        return Ok(None);
+    };
+    let pack = &bundle.pack.pack_ref;
+    let values = pack_config::read_file(configs_dir, pack, bundle.config_schema.as_ref())
+        .map_err(|errors| LoadErrors {
+            pack: dir.to_path_buf(),
+            errors,
+        })?;
+    Ok(values.map(|values| FileConfig {
+        pack: pack.clone(),
+        values,
+        digest: file_digest(&pack_config::config_file(configs_dir, pack)),
+    }))
+}
+
+fn file_digest(file: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(file).unwrap_or_default()))
+}
+
+/// Stores a config read from its file, as registration in `mode` does: an
+/// explicit registration always takes the file; a node start only when the
+/// file changed since it was last taken (or nothing is stored). Returns
+/// whether it was stored.
+pub async fn store_file(bus: &Bus, file: FileConfig, mode: Mode) -> Result<bool, EngineError> {
+    if mode == Mode::Start {
+        if let Some(stored) = get(bus, &file.pack).await? {
+            if stored.file_digest.as_deref() == Some(file.digest.as_str()) {
+                return Ok(false);
+            }
+        }
+    }
+    put(bus, &file.pack, file.values, Some(file.digest)).await?;
+    tracing::info!(pack = %file.pack, "pack config registered from its file");
+    Ok(true)
+}
+
+/// Writes `values` to `<configs dir>/<pack>.yaml` (as StackStorm's
+/// `PUT /configs` does, so a later registration reads what the API set);
+/// returns the file's digest.
+pub fn write_file(
+    configs_dir: &Path,
+    pack: &str,
+    values: &Map<String, Value>,
+) -> Result<String, std::io::Error> {
+    std::fs::create_dir_all(configs_dir)?;
+    let file = pack_config::config_file(configs_dir, pack);
+    let text = pack_config::file_text(values).map_err(std::io::Error::other)?;
+    let tmp = configs_dir.join(format!(".{pack}.yaml.tmp"));
+    std::fs::write(&tmp, &text)?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+/// Reads one pack's stored config from the bucket.
+pub async fn get(bus: &Bus, pack: &str) -> Result<Option<StoredConfig>, EngineError> {
+    match bus
+        .configs
+        .get(pack)
+        .await
+        .map_err(|e| bus_err("read pack config", e))?
+    {
+        Some(bytes) => Ok(Some(from_bytes(pack, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// A node's live copy of the `configs` bucket.
+#[derive(Clone)]
+pub struct ConfigCache(Mirrored<ConfigEntries>);
+
+impl fmt::Debug for ConfigCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigCache")
+    }
+}
+
+/// Every stored config by pack.
+#[derive(Default)]
+pub struct ConfigEntries(BTreeMap<String, StoredConfig>);
+
+impl Mirror for ConfigEntries {
+    fn apply(&mut self, entry: &kv::Entry) {
+        match entry.operation {
+            kv::Operation::Put => match from_bytes::<StoredConfig>(&entry.key, &entry.value) {
+                Ok(config) => {
+                    self.0.insert(entry.key.clone(), config);
+                }
+                Err(e) => tracing::warn!(pack = %entry.key, error = %e, "unreadable pack config"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.0.remove(&entry.key);
+            }
+        }
+    }
+}
+
+impl ConfigCache {
+    /// Starts mirroring the bucket; returns once its contents are loaded.
+    pub async fn start(bus: &Bus) -> Result<ConfigCache, EngineError> {
+        Ok(ConfigCache(
+            Mirrored::start(&bus.configs, CONFIGS_BUCKET).await?,
+        ))
+    }
+
+    /// One pack's stored values.
+    pub fn get(&self, pack: &str) -> Option<Map<String, Value>> {
+        self.0.read().0.get(pack).map(|c| c.values.clone())
+    }
+
+    /// Every stored config, by pack.
+    pub fn all(&self) -> BTreeMap<String, Map<String, Value>> {
+        self.0
+            .read()
+            .0
+            .iter()
+            .map(|(pack, c)| (pack.clone(), c.values.clone()))
+            .collect()
+    }
+}
+
+/// The config of `pack` as a run of `user` gets it (StackStorm's
+/// `ContentPackConfigLoader`): the stored values (none: `{}`) checked
+/// against the pack's current schema, rendered, decrypted, with defaults.
+pub fn resolve(
+    configs: &ConfigCache,
+    catalog: &Catalog,
+    pack: &str,
+    user: &str,
+    renderer: &Renderer,
+    kv: &dyn KeyValueLookup,
+) -> Result<Map<String, Value>, ConfigError> {
+    let schema = catalog
+        .packs
+        .get(pack)
+        .and_then(|b| b.config_schema.clone())
+        .unwrap_or_default();
+    let values = configs.get(pack).unwrap_or_default();
+    if values.is_empty() && schema.is_empty() {
+        return Ok(Map::new());
+    }
+    pack_config::resolve(pack, &schema, &values, user, renderer, kv)
+}
