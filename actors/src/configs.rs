@@ -83,11 +83,12 @@ pub fn read_file(
         return Ok(None);
     };
     let pack = &bundle.pack.pack_ref;
-    let values = pack_config::read_file(configs_dir, pack, bundle.config_schema.as_ref())
-        .map_err(|errors| LoadErrors {
+    let values = pack_config::read_file(configs_dir, pack, bundle.config_schema.as_ref()).map_err(
+        |errors| LoadErrors {
             pack: dir.to_path_buf(),
             errors,
-        })?;
+        },
+    )?;
     Ok(values.map(|values| FileConfig {
         pack: pack.clone(),
         values,

@@ -7,8 +7,8 @@ use squall_domain::execution::{
     ActionSnapshot, ExecutionRecord, LogEntry, RuleSummary, RunnerLoss, RunnerSnapshot, Status,
     TriggerInstanceSummary, DEFAULT_POOL, RECORD_VERSION,
 };
-use squall_domain::template::{KeyValueLookup, Renderer};
 use squall_domain::model::ActionDef;
+use squall_domain::template::{KeyValueLookup, Renderer};
 use squall_domain::{ids, params, runner_types, time};
 
 use crate::bus::Bus;

@@ -345,8 +345,7 @@ pub fn test_rule(
         let parameters = CompiledValue::new(&Value::Object(rule.action.parameters.clone()));
         let prepared = execution_spec(renderer, rule, &parameters, &instance, kv, &summary)
             .and_then(|spec| {
-                executions::prepare(catalog, renderer, kv, configs, spec)
-                    .map_err(|e| e.to_string())
+                executions::prepare(catalog, renderer, kv, configs, spec).map_err(|e| e.to_string())
             });
         let (parameters, error) = match prepared {
             Ok(record) => (Some(record.parameters), None),

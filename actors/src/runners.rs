@@ -23,9 +23,9 @@ use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
 use crate::bus::{execution_subject, Bus, ExecutionRequest, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
 use crate::configs::ConfigCache;
-use crate::keys::KeyCache;
 use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::{bus_err, EngineError};
+use crate::keys::KeyCache;
 use crate::metrics::LostRun;
 use crate::timing::{ACK_WAIT, CHECK_AGAIN_AFTER, CLAIM_CHECK_TIMEOUT};
 

@@ -325,7 +325,9 @@ impl Resolver<'_> {
             return Ok(Value::String(text));
         }
         let Some(cipher) = self.renderer.cipher() else {
-            return Err(failed("no datastore key to decrypt secret items with".into()));
+            return Err(failed(
+                "no datastore key to decrypt secret items with".into(),
+            ));
         };
         cipher.decrypt(&text).map(Value::String).map_err(|e| {
             failed(format!(
@@ -497,14 +499,7 @@ mod tests {
             "private_key_path": "{{ st2kv.system.nothing }}",
             "auth": {"token": "{{ st2kv.system.key }}"}
         }));
-        let out = resolve(
-            "examples",
-            &schema(),
-            &values,
-            "alice",
-            &renderer,
-            &kv,
-        );
+        let out = resolve("examples", &schema(), &values, "alice", &renderer, &kv);
         // A secret item takes no `decrypt_kv`; a non-secret one needs it.
         let Err(ConfigError::Invalid { problems, .. }) = out else {
             panic!("{out:?}")
@@ -518,10 +513,7 @@ mod tests {
             );
             s
         };
-        let out = resolve(
-            "examples", &schema, &values, "alice", &renderer, &kv,
-        )
-        .unwrap();
+        let out = resolve("examples", &schema, &values, "alice", &renderer, &kv).unwrap();
         assert_eq!(
             Value::Object(out),
             json!({"api_key": "opened", "api_secret": "alice's", "region": "eu-west-1",
@@ -537,8 +529,7 @@ mod tests {
         let kv = Kv(cipher.clone());
         let values = map(json!({"api_key": "k", "api_secret": "s",
                                 "region": "{{ st2kv.system.gone | decrypt_kv }}"}));
-        let err =
-            resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
+        let err = resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("key \"region\""), "{text}");
         assert!(text.contains("pack \"examples\""), "{text}");
@@ -548,16 +539,14 @@ mod tests {
         );
         // A secret item whose value is not sealed.
         let values = map(json!({"api_key": "{{ st2kv.system.region }}", "api_secret": "s"}));
-        let err =
-            resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
+        let err = resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Render { field, .. } if field == "api_key"),
             "{err}"
         );
         // A stored value the schema no longer accepts.
         let values = map(json!({"api_key": "k", "api_secret": "s", "port": "twenty-two"}));
-        let err =
-            resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
+        let err = resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
         assert!(err.to_string().contains("port: must be integer"), "{err}");
     }
 

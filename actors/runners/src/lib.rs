@@ -42,8 +42,9 @@ pub struct OutputChunk {
     pub data: String,
 }
 
-/// Everything a runner needs to run one execution.
-#[derive(Debug, Clone)]
+/// Everything a runner needs to run one execution. `Debug` shows the
+/// config's keys only: its secret items are decrypted.
+#[derive(Clone)]
 pub struct RunRequest {
     pub execution_id: String,
     /// The action, with its parameter specs (positions, types) and
@@ -63,6 +64,19 @@ pub struct RunRequest {
     pub output: Option<mpsc::UnboundedSender<OutputChunk>>,
     /// Cancelled when the execution is cancelled or the node shuts down.
     pub cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for RunRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRequest")
+            .field("execution_id", &self.execution_id)
+            .field("action", &self.action)
+            .field("pack_path", &self.pack_path)
+            .field("parameters", &self.parameters)
+            .field("config_keys", &self.config.keys().collect::<Vec<_>>())
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What StackStorm tells every action process about its run
@@ -162,4 +176,39 @@ pub fn registry() -> HashMap<&'static str, Arc<dyn Runner>> {
         Arc::new(PythonScript),
     ];
     runners.into_iter().map(|r| (r.name(), r)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_neither_config_values_nor_the_token() {
+        let action: ActionDef = serde_json::from_value(serde_json::json!({
+            "name": "a", "pack": "p", "runner_type": "python-script", "entry_point": "a.py"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let req = RunRequest {
+            execution_id: "e1".into(),
+            action,
+            pack_path: PathBuf::from("/packs/p"),
+            parameters: Map::new(),
+            config: serde_json::json!({"api_key": "opened-s3cret"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            env: ActionEnv {
+                auth_token: Some("t0k3n".into()),
+                ..ActionEnv::default()
+            },
+            output: None,
+            cancel: CancellationToken::new(),
+        };
+        let shown = format!("{req:?}");
+        assert!(shown.contains("api_key"), "{shown}");
+        assert!(
+            !shown.contains("opened-s3cret") && !shown.contains("t0k3n"),
+            "{shown}"
+        );
+    }
 }
