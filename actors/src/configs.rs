@@ -202,8 +202,9 @@ impl ConfigCache {
 }
 
 /// The config of `pack` as a run of `user` gets it (StackStorm's
-/// `ContentPackConfigLoader`): the stored values (none: `{}`) checked
-/// against the pack's current schema, rendered, decrypted, with defaults.
+/// `ContentPackConfigLoader`): the stored values checked against the
+/// pack's current schema, rendered, decrypted, with defaults (no stored
+/// values: the defaults alone).
 pub fn resolve(
     configs: &ConfigCache,
     catalog: &Catalog,
@@ -217,9 +218,9 @@ pub fn resolve(
         .get(pack)
         .and_then(|b| b.config_schema.clone())
         .unwrap_or_default();
-    let values = configs.get(pack).unwrap_or_default();
-    if values.is_empty() && schema.is_empty() {
+    let values = configs.get(pack);
+    if values.is_none() && schema.is_empty() {
         return Ok(Map::new());
     }
-    pack_config::resolve(pack, &schema, &values, user, renderer, kv)
+    pack_config::resolve(pack, &schema, values.as_ref(), user, renderer, kv)
 }

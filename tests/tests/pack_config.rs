@@ -155,6 +155,14 @@ async fn stackstorms_examples_schema_with_a_configs_directory() -> Result<()> {
     assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
     assert_eq!(all[0]["values"]["api_key"], "********");
 
+    // StackStorm's own Python action prints the config it was given.
+    let e = run(&node, "examples.print_config").await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(
+        e["result"]["stdout"],
+        "=========\n{'api_key': 'key-123', 'api_secret': 's3cret-456', 'region': 'us-east-1'}\n=========\n"
+    );
+
     // Only admins see secrets; the request is refused, not quietly masked.
     let observer = node.user("olive", "observer").await?;
     let (status, body) = node

@@ -230,23 +230,32 @@ fn mask_value(value: &Value, schema: Option<&Value>) -> Value {
     }
 }
 
-/// The config a run gets: `values` (as stored) checked against `schema`,
+/// The config a run gets: the stored `values` checked against `schema`,
 /// dynamic values rendered as `user` sees the datastore, secret items
-/// decrypted with the renderer's cipher, defaults filled.
+/// decrypted with the renderer's cipher, defaults filled. A pack with no
+/// stored config (`None`) gets its defaults, unchecked, as in StackStorm
+/// (a missing required item shows when the action reads it).
 pub fn resolve(
     pack: &str,
     schema: &Map<String, Value>,
-    values: &Map<String, Value>,
+    values: Option<&Map<String, Value>>,
     user: &str,
     renderer: &Renderer,
     kv: &dyn KeyValueLookup,
 ) -> Result<Map<String, Value>, ConfigError> {
-    if let Err(problems) = validate(values, schema) {
-        return Err(ConfigError::Invalid {
-            pack: pack.to_string(),
-            problems,
-        });
-    }
+    let none = Map::new();
+    let values = match values {
+        Some(values) => {
+            if let Err(problems) = validate(values, schema) {
+                return Err(ConfigError::Invalid {
+                    pack: pack.to_string(),
+                    problems,
+                });
+            }
+            values
+        }
+        None => &none,
+    };
     let resolver = Resolver {
         pack,
         ctx: json!({ "action_context": { "user": user } }),
@@ -499,7 +508,14 @@ mod tests {
             "private_key_path": "{{ st2kv.system.nothing }}",
             "auth": {"token": "{{ st2kv.system.key }}"}
         }));
-        let out = resolve("examples", &schema(), &values, "alice", &renderer, &kv);
+        let out = resolve(
+            "examples",
+            &schema(),
+            Some(&values),
+            "alice",
+            &renderer,
+            &kv,
+        );
         // A secret item takes no `decrypt_kv`; a non-secret one needs it.
         let Err(ConfigError::Invalid { problems, .. }) = out else {
             panic!("{out:?}")
@@ -513,7 +529,7 @@ mod tests {
             );
             s
         };
-        let out = resolve("examples", &schema, &values, "alice", &renderer, &kv).unwrap();
+        let out = resolve("examples", &schema, Some(&values), "alice", &renderer, &kv).unwrap();
         assert_eq!(
             Value::Object(out),
             json!({"api_key": "opened", "api_secret": "alice's", "region": "eu-west-1",
@@ -529,7 +545,7 @@ mod tests {
         let kv = Kv(cipher.clone());
         let values = map(json!({"api_key": "k", "api_secret": "s",
                                 "region": "{{ st2kv.system.gone | decrypt_kv }}"}));
-        let err = resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
+        let err = resolve("examples", &schema(), Some(&values), "u", &renderer, &kv).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("key \"region\""), "{text}");
         assert!(text.contains("pack \"examples\""), "{text}");
@@ -539,15 +555,22 @@ mod tests {
         );
         // A secret item whose value is not sealed.
         let values = map(json!({"api_key": "{{ st2kv.system.region }}", "api_secret": "s"}));
-        let err = resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
+        let err = resolve("examples", &schema(), Some(&values), "u", &renderer, &kv).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Render { field, .. } if field == "api_key"),
             "{err}"
         );
         // A stored value the schema no longer accepts.
         let values = map(json!({"api_key": "k", "api_secret": "s", "port": "twenty-two"}));
-        let err = resolve("examples", &schema(), &values, "u", &renderer, &kv).unwrap_err();
+        let err = resolve("examples", &schema(), Some(&values), "u", &renderer, &kv).unwrap_err();
         assert!(err.to_string().contains("port: must be integer"), "{err}");
+        // No stored config: the defaults, unchecked (a required item shows
+        // missing only when the action reads it).
+        let out = resolve("examples", &schema(), None, "u", &renderer, &kv).unwrap();
+        assert_eq!(
+            Value::Object(out),
+            json!({"region": "us-east-1", "port": 22, "auth": {"user": "stanley"}})
+        );
     }
 
     #[test]
