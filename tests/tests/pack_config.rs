@@ -319,6 +319,21 @@ async fn put_validates_stores_masks_and_writes_the_file() -> Result<()> {
             && fault_text.contains("api_key: is required"),
         "{body}"
     );
+    // A secret's value is not echoed back.
+    let (status, body) = node
+        .call(
+            &node.http,
+            Method::PUT,
+            "configs/cfgdemo",
+            Some(&json!({"api_key": 991177})),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        fault(&body).contains("api_key: must be string (the value is secret and not shown)")
+            && !body.to_string().contains("991177"),
+        "{body}"
+    );
     let (status, body) = node
         .call(
             &node.http,

@@ -124,6 +124,13 @@ pub fn validate(
                 )
             })
             .collect();
+    // A secret's value never shows in a message.
+    let root = json!({ "properties": schema });
+    for (field, message) in &mut problems {
+        if is_secret(&root, field) {
+            *message = without_value(message);
+        }
+    }
     for (name, item) in schema {
         let secret = item.get("secret") == Some(&Value::Bool(true));
         if let (true, Some(Value::String(s))) = (secret, values.get(name)) {
@@ -141,6 +148,36 @@ pub fn validate(
     } else {
         Err(problems)
     }
+}
+
+/// Whether the item at dotted `field` (or one containing it) is
+/// `secret: true`.
+fn is_secret(root: &Value, field: &str) -> bool {
+    let mut schema = Some(root);
+    for segment in field.split('.').filter(|s| !s.is_empty()) {
+        schema = schema.and_then(|s| match segment.parse::<usize>() {
+            Ok(i) if s.get("items").is_some() => item_schema(s, i),
+            _ => property_schema(s, segment),
+        });
+        if schema.is_some_and(|s| s.get("secret") == Some(&Value::Bool(true))) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A validation message with the offending value left out.
+fn without_value(message: &str) -> String {
+    let what = if let Some((kind, _)) = message.split_once(", got ") {
+        kind.to_string()
+    } else if message.contains(" is not one of ") {
+        "is not one of the allowed values".to_string()
+    } else if message == "is required" {
+        return message.to_string();
+    } else {
+        "does not satisfy the schema".to_string()
+    };
+    format!("{what} (the value is secret and not shown)")
 }
 
 /// Fills defaults for missing items; nested objects with properties are
@@ -459,6 +496,28 @@ mod tests {
         assert_eq!(fields, ["api_key", "auth.user", "port", "api_secret"]);
         assert!(problems[0].1.contains("must be string"), "{problems:?}");
         assert_eq!(problems[3].1, "is required");
+    }
+
+    #[test]
+    fn a_secret_value_never_shows_in_an_error() {
+        let problems = validate(
+            &map(json!({"api_key": 40417, "api_secret": "s", "auth": {"token": ["t0k3n"]}})),
+            &schema(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                (
+                    "api_key".to_string(),
+                    "must be string (the value is secret and not shown)".to_string()
+                ),
+                (
+                    "auth.token".to_string(),
+                    "must be string or null (the value is secret and not shown)".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]
