@@ -206,6 +206,25 @@ async fn stackstorms_examples_schema_with_a_configs_directory() -> Result<()> {
     let read: Value = serde_json::from_str(stdout.trim())?;
     assert_eq!(read["attributes"]["region"]["default"], "us-east-1");
     assert_eq!(read["values"]["api_key"], "********");
+
+    // The CLI's `st2 pack config` reads the schema first: a pack without
+    // one is reported as StackStorm reports it. (Its interactive form then
+    // needs an old prompt_toolkit, a client-side matter.)
+    let home = tempfile::tempdir()?;
+    let (ok, out, err) = squall_tests::st2(
+        &node,
+        home.path(),
+        &["login", "admin", "-p", &node.admin_password],
+    )
+    .await?;
+    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    let (ok, out, err) =
+        squall_tests::st2(&node, home.path(), &["pack", "config", "nosuchpack"]).await?;
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("Pack \"nosuchpack\" doesn't exist or doesn't have a config schema defined."),
+        "{out}{err}"
+    );
     Ok(())
 }
 
