@@ -18,6 +18,7 @@
 //! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
 //! | `keys` | KV | the datastore: see [`crate::keys`] |
 //! | `configs` | KV | `<pack>` → pack config values: see [`crate::configs`] |
+//! | `concurrency` | KV | concurrency policies' slots: see [`crate::policies`] |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -225,6 +226,11 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
             1,
         ),
         bucket(
+            crate::policies::CONCURRENCY_BUCKET,
+            "Concurrency policies' slots: executions holding one, executions waiting.",
+            1,
+        ),
+        bucket(
             auth::AUTH_BUCKET,
             "Users (hashed passwords) and API keys (hashed).",
             1,
@@ -285,6 +291,8 @@ pub struct BusHandles {
     pub enforcements: kv::Store,
     pub workflows: kv::Store,
     pub configs: kv::Store,
+    /// Concurrency policies' slots ([`crate::policies`]).
+    pub concurrency: kv::Store,
     pub triggers: stream::Stream,
     pub output: stream::Stream,
     /// Number of partitions, fixed when the cluster was created.
@@ -346,6 +354,7 @@ impl Bus {
             enforcements: kv(ENFORCEMENTS_BUCKET).await?,
             workflows: kv(WORKFLOWS_BUCKET).await?,
             configs: kv(crate::configs::CONFIGS_BUCKET).await?,
+            concurrency: kv(crate::policies::CONCURRENCY_BUCKET).await?,
             triggers,
             partitions,
             js,
@@ -694,8 +703,10 @@ impl Bus {
 
     /// Replaces an execution record if it is still at `revision`; returns
     /// the new revision, or `None` when someone else changed it first. A
-    /// workflow task's end, pause and resume also tell its workflow (every
-    /// such write passes here: runners, cancels, inquiries, expiry).
+    /// workflow task's end, pause and resume also tell its workflow, and an
+    /// end gives back the execution's concurrency slots and publishes its
+    /// `core.st2.generic.actiontrigger` (every such write passes here:
+    /// runners, cancels, inquiries, expiry, workflows).
     pub async fn update_execution(
         &self,
         record: &ExecutionRecord,
@@ -707,6 +718,7 @@ impl Bus {
             .await
         {
             Ok(rev) => {
+                crate::notifier::ended(self, record).await?;
                 // A workflow's task that ended, paused or resumed tells
                 // its workflow.
                 crate::workflows::notify_parent(self, record).await?;

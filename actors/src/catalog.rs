@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use squall_domain::criteria::CompiledCriteria;
 use squall_domain::model::{ActionDef, PackBundle, RuleDef, TriggerTypeDef};
+use squall_domain::policies::{self, Enforced};
 use squall_domain::template::CompiledValue;
 use squall_domain::{ids, triggers};
 use tokio::sync::watch;
@@ -68,6 +69,9 @@ pub struct Catalog {
     pub trigger_types: BTreeMap<String, TriggerTypeDef>,
     /// Enabled rules by trigger type reference.
     rules_by_type: HashMap<String, Vec<Arc<CatalogRule>>>,
+    /// Enabled policies by the action they apply to: (policy ref, what it
+    /// enforces), ordered by policy ref.
+    policies: HashMap<String, Vec<(String, Enforced)>>,
     /// The `content` bucket revision this snapshot reflects.
     pub revision: u64,
     /// The webhook triggers enabled rules listen to, by URL (the `url`
@@ -103,6 +107,14 @@ impl Catalog {
             for t in &bundle.trigger_types {
                 cat.trigger_types.insert(t.reference(), t.clone());
             }
+            for p in &bundle.policies {
+                if let Some(enforced) = policies::enforced(p) {
+                    cat.policies
+                        .entry(p.resource_ref.clone())
+                        .or_default()
+                        .push((p.reference(), enforced));
+                }
+            }
             for r in &bundle.rules {
                 let rule = Arc::new(CatalogRule::new(r.clone()));
                 if r.enabled {
@@ -122,8 +134,24 @@ impl Catalog {
                     .push(webhook);
             }
         }
+        for list in cat.policies.values_mut() {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+        }
         cat.packs = packs;
         cat
+    }
+
+    /// Whether the policy `policy_ref` is registered and enabled.
+    pub fn enforces(&self, policy_ref: &str) -> bool {
+        self.policies
+            .values()
+            .any(|list| list.iter().any(|(r, _)| r == policy_ref))
+    }
+
+    /// The enabled policies of action `action_ref`, by policy ref (empty
+    /// for most actions: one map lookup).
+    pub fn policies_for(&self, action_ref: &str) -> &[(String, Enforced)] {
+        self.policies.get(action_ref).map_or(&[], Vec::as_slice)
     }
 
     /// The webhook triggers registered at `url` (without surrounding

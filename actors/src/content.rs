@@ -98,10 +98,6 @@ pub async fn store_pack(
     tracing::info!(pack = %pack_ref, actions = bundle.actions.len(),
         rules = bundle.rules.len(), policies = bundle.policies.len(),
         changes = changes.len(), "pack registered");
-    for policy in &bundle.policies {
-        tracing::warn!(policy = %policy.reference(), policy_type = %policy.policy_type,
-            "policy registered and listed, but policies are not enforced yet");
-    }
     Ok((bundle, changes, revision))
 }
 

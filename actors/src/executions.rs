@@ -183,6 +183,9 @@ pub fn prepare(
         pool: pool_of(&def.tags)?,
         node: None,
         runner_loss: runner_loss_of(&def.tags)?,
+        notify: def.notify.clone(),
+        delay: None,
+        slots: Vec::new(),
     })
 }
 

@@ -10,6 +10,10 @@
 //! - [`inquiries`]: executions waiting on a person, and their expiry.
 //! - [`mirror`]: a bucket kept in memory by a watch.
 //! - [`runners`]: runner pools pulling the work queue.
+//! - [`policies`]: concurrency slots and retries (StackStorm's action
+//!   policies), enforced across the cluster.
+//! - [`notifier`]: what an execution's end announces (actiontrigger,
+//!   notify) and sets off (retry).
 //! - [`orphans`]: the sweep that requests again executions no runner
 //!   works on any more.
 //! - [`sensors`]: built-in timers.
@@ -37,7 +41,9 @@ pub mod lease;
 pub mod metrics;
 pub mod mirror;
 pub mod node;
+pub mod notifier;
 pub mod orphans;
+pub mod policies;
 pub mod pump;
 pub mod rules;
 pub mod runners;

@@ -102,6 +102,11 @@ pub async fn process(
     kv: &dyn KeyValueLookup,
 ) -> Result<(), EngineError> {
     let catalog = ctx.catalog.load();
+    // An execution's end: its notify and retry policy first, so both are
+    // stored before the instance is acknowledged.
+    if instance.trigger_type == squall_domain::notify::ACTION_TRIGGER {
+        crate::notifier::follow_up(ctx, &catalog, instance, kv).await?;
+    }
     for rule in catalog.rules_for(&instance.trigger_type, &instance.trigger_parameters) {
         // An event from before the rule was enabled (a timer's tick fired
         // late, a backlog) is not the rule's to act on.

@@ -13,6 +13,7 @@ use squall_domain::execution::{
     ExecutionRecord, RunnerLoss, Status, TriggerInstance, RECORD_VERSION,
 };
 use squall_domain::template::Renderer;
+use squall_domain::policies::Over;
 use squall_domain::{ids, time, triggers};
 use squall_runners::{ActionEnv, RunRequest, Runner as ActionRunner};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,7 @@ use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::{bus_err, EngineError};
 use crate::keys::KeyCache;
 use crate::metrics::LostRun;
+use crate::policies::Admission;
 use crate::timing::{ACK_WAIT, CHECK_AGAIN_AFTER, CLAIM_CHECK_TIMEOUT};
 
 /// How much longer than the action's timeout its API token lives: the
@@ -244,11 +246,24 @@ async fn run_request(
                 message: "execution requested but its record does not exist".into(),
             });
         };
+        // Waiting for a concurrency slot (no node claimed it): woken by a
+        // release or the policy sweep, it is admitted again.
+        let policy_delayed = record.status == Status::Delayed && record.node.is_none();
         match record.status {
             Status::Requested => {}
-            // Already finished: its workflow may not have heard (the node
-            // died between the two), so tell it again; repeats are dropped.
+            _ if policy_delayed => {}
+            // Already finished: its slots, actiontrigger and workflow may
+            // have been missed (the node died between the write and them),
+            // so do them again; repeats are dropped.
             s if s.is_completed() => {
+                // Ended before its claim (a cancel), it may hold slots its
+                // record does not list.
+                let catalog = ctx.catalog.load();
+                let limits =
+                    crate::policies::limits(catalog.policies_for(&record.action.action_ref));
+                let keys = crate::policies::keys(&limits, &record.parameters);
+                crate::policies::release(&ctx.bus, &record.id, &keys).await?;
+                crate::notifier::ended(&ctx.bus, &record).await?;
                 crate::workflows::notify_parent(&ctx.bus, &record).await?;
                 return Ok(Delivery::Done);
             }
@@ -282,7 +297,7 @@ async fn run_request(
         // A workflow task with `delay` is `delayed` until its time comes,
         // as in StackStorm (where the scheduler holds it); the claim is the
         // write of `delayed`, and nothing has run if its node dies.
-        if let Some(delay) = task_delay(&record) {
+        if let Some(delay) = task_delay(&record).filter(|_| !policy_delayed) {
             record.transition(Status::Delayed, time::now());
             let Some(r) = ctx.bus.update_execution(&record, rev).await? else {
                 return Ok(Delivery::LOOK_AGAIN);
@@ -307,6 +322,22 @@ async fn run_request(
                 return Ok(Delivery::Done);
             }
         }
+        // Concurrency policies: a slot of each, taken before the claim (an
+        // action without policies skips this: one map lookup).
+        let catalog = ctx.catalog.load();
+        let limits = crate::policies::limits(catalog.policies_for(&record.action.action_ref));
+        if !limits.is_empty() {
+            match crate::policies::admit(&ctx.bus, &record, &limits).await? {
+                Admission::Run(keys) => record.slots = keys,
+                Admission::Full {
+                    policy,
+                    threshold,
+                    over,
+                    key,
+                } => return over_threshold(ctx, record, rev, &policy, threshold, over, key).await,
+            }
+        }
+        drop(catalog);
         // The claim: scheduled and running in one compare-and-swap (the
         // log keeps both steps, as StackStorm's statuses do).
         let now = time::now();
@@ -315,6 +346,8 @@ async fn run_request(
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
             // Another runner claimed it first, it was canceled, or the
             // record carried by the request is no longer the stored one.
+            // The slots stay: they are the execution's, whoever claimed it
+            // (a canceled one gives them back when looked at again).
             return Ok(Delivery::LOOK_AGAIN);
         };
         if record.runner.name == crate::workflows::RUNNER {
@@ -334,6 +367,47 @@ async fn run_request(
     }
     .instrument(span)
     .await
+}
+
+/// An execution over a concurrency policy's threshold: `canceled` (its
+/// end, written like any other, announces it), or `delayed` with no node,
+/// waiting in the slot entry `key` to be requested again. Nothing ran.
+async fn over_threshold(
+    ctx: &RunnerContext,
+    mut record: ExecutionRecord,
+    rev: u64,
+    policy: &str,
+    threshold: u64,
+    over: Over,
+    key: String,
+) -> Result<Delivery, EngineError> {
+    let action = record.action.action_ref.clone();
+    match over {
+        Over::Cancel => {
+            record.slots = Vec::new();
+            record.result = json!({"error": format!(
+                "canceled by policy {policy}: {threshold} executions of {action} already run at once"
+            )});
+            record.transition(Status::Canceled, time::now());
+        }
+        Over::Delay => {
+            if record.status == Status::Delayed
+                && record.node.is_none()
+                && record.slots == [key.clone()]
+            {
+                return Ok(Delivery::Done);
+            }
+            record.node = None;
+            record.slots = vec![key];
+            record.transition(Status::Delayed, time::now());
+        }
+    }
+    if ctx.bus.update_execution(&record, rev).await?.is_none() {
+        return Ok(Delivery::LOOK_AGAIN);
+    }
+    tracing::info!(execution = %record.id, policy = %policy, status = %record.status,
+        "concurrency threshold of {threshold} reached");
+    Ok(Delivery::Done)
 }
 
 /// Whether runners, rather than the workflow engine, settle `record` while
@@ -442,12 +516,14 @@ pub async fn claim_is_alive(
     }
 }
 
-/// The `delay` of a workflow task's execution, in seconds.
+/// The `delay` of a workflow task's execution, or of the execution itself
+/// (a retry policy's), in seconds.
 fn task_delay(record: &ExecutionRecord) -> Option<f64> {
     record
         .context
         .get("orquesta")
         .and_then(|o| o["delay"].as_f64())
+        .or_else(|| record.delay.map(|ms| ms as f64 / 1000.0))
         .filter(|d| *d > 0.0)
 }
 

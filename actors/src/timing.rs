@@ -65,6 +65,9 @@ const _: () = assert!(STOP_GRACE.as_millis() < STOP_TIMEOUT.as_millis());
 
 /// How often a workflow partition reconciles its running workflows.
 pub const WORKFLOW_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often each API node looks for concurrency slots whose wake-up or
+/// release was lost (`policies::sweep`).
+pub const POLICY_SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often each API node sweeps for executions no runner works on.
 pub const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How often a node looks for inquiries past their `ttl`.

@@ -285,6 +285,10 @@ async fn serve_api(
         history.clone(),
         stop_api.clone(),
     )));
+    api_tasks.push(tokio::spawn(squall_actors::policies::sweep_until(
+        engine.shared.runners.clone(),
+        stop_api.clone(),
+    )));
     let state = ApiState::new(ApiContext {
         history,
         bus: bus.clone(),

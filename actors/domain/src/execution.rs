@@ -240,6 +240,18 @@ pub struct ExecutionRecord {
     /// What happens when its runner is lost mid-action.
     #[serde(default, skip_serializing_if = "RunnerLoss::is_default")]
     pub runner_loss: RunnerLoss,
+    /// StackStorm's `notify` (`on-complete`, `on-success`, `on-failure`):
+    /// the action's, as it was when the execution was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Value>,
+    /// Milliseconds to wait before running (StackStorm's `delay`; a retry
+    /// policy's `delay` sets it on the new execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<u64>,
+    /// Keys in the `concurrency` bucket whose entry lists this execution,
+    /// as holding a slot or waiting for one; released when it ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<String>,
 }
 
 /// What becomes of a run whose runner was lost (its node died) while the

@@ -11,6 +11,7 @@ pub mod execution;
 pub mod ids;
 pub mod loader;
 pub mod model;
+pub mod notify;
 pub mod orquesta;
 pub mod pack_config;
 pub mod params;

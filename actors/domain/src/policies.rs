@@ -1,8 +1,12 @@
-//! Policy types StackStorm defines, and the checks a policy's parameters
-//! must pass (`policies/*.yaml` in a pack).
+//! Policy types StackStorm defines, the checks a policy's parameters must
+//! pass (`policies/*.yaml` in a pack), and a registered policy read as what
+//! the engine enforces ([`Enforced`]).
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::model::PolicyDef;
 
 /// Kind of value a policy parameter takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -203,6 +207,114 @@ pub fn check_parameters(
     out
 }
 
+/// What happens to an execution over a concurrency threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// It waits, `delayed`, for a slot.
+    Delay,
+    /// It ends `canceled` without running.
+    Cancel,
+}
+
+/// Which outcome a retry policy re-runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    Failure,
+    Timeout,
+}
+
+/// A registered, enabled policy, as the engine enforces it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enforced {
+    /// `action.concurrency` (no `attributes`) or `action.concurrency.attr`.
+    Concurrency {
+        threshold: u64,
+        over: Over,
+        attributes: Vec<String>,
+    },
+    /// `action.retry`.
+    Retry {
+        on: RetryOn,
+        max_retry_count: u64,
+        /// Seconds before the new execution runs.
+        delay: f64,
+    },
+}
+
+/// What `def` enforces; `None` when disabled (or malformed, which the loader
+/// rejects before anything is stored).
+pub fn enforced(def: &PolicyDef) -> Option<Enforced> {
+    if !def.enabled {
+        return None;
+    }
+    let p = &def.parameters;
+    match def.policy_type.as_str() {
+        "action.concurrency" | "action.concurrency.attr" => Some(Enforced::Concurrency {
+            threshold: p.get("threshold")?.as_u64()?,
+            over: match p.get("action").and_then(Value::as_str) {
+                Some("cancel") => Over::Cancel,
+                _ => Over::Delay,
+            },
+            attributes: match def.policy_type.as_str() {
+                "action.concurrency.attr" => p
+                    .get("attributes")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        }),
+        "action.retry" => Some(Enforced::Retry {
+            on: match p.get("retry_on")?.as_str()? {
+                "timeout" => RetryOn::Timeout,
+                _ => RetryOn::Failure,
+            },
+            max_retry_count: p
+                .get("max_retry_count")
+                .and_then(Value::as_u64)
+                .unwrap_or(2),
+            delay: p.get("delay").and_then(Value::as_f64).unwrap_or(0.0),
+        }),
+        _ => None,
+    }
+}
+
+/// The key of the slot set a concurrency policy keeps for an execution
+/// with `parameters`: the policy's reference (characters a NATS key cannot
+/// hold become `_`), and for `action.concurrency.attr` a hash of the named
+/// parameters' values, so each distinct combination has its own slots (a
+/// parameter not given counts as `null`, as StackStorm's filter leaves it
+/// out).
+pub fn slot_key(
+    policy_ref: &str,
+    attributes: &[String],
+    parameters: &Map<String, Value>,
+) -> String {
+    let safe: String = policy_ref
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if attributes.is_empty() {
+        return safe;
+    }
+    let mut names: Vec<&String> = attributes.iter().collect();
+    names.sort();
+    names.dedup();
+    let values: Vec<Value> = names
+        .iter()
+        .map(|n| json!([n, parameters.get(n.as_str()).unwrap_or(&Value::Null)]))
+        .collect();
+    let digest = Sha256::digest(Value::Array(values).to_string().as_bytes());
+    format!("{safe}.{}", crate::hex_prefix(&digest, 8))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +324,69 @@ mod tests {
             panic!("not an object")
         };
         check_parameters(&lookup(kind).unwrap(), &map)
+    }
+
+    fn def(policy_type: &str, parameters: Value) -> PolicyDef {
+        PolicyDef {
+            name: "p".into(),
+            pack: "pk".into(),
+            description: String::new(),
+            enabled: true,
+            resource_ref: "pk.a".into(),
+            policy_type: policy_type.into(),
+            parameters: parameters.as_object().cloned().unwrap_or_default(),
+            metadata_file: String::new(),
+        }
+    }
+
+    #[test]
+    fn policies_read_as_what_is_enforced() {
+        assert_eq!(
+            enforced(&def("action.concurrency", json!({"threshold": 2}))),
+            Some(Enforced::Concurrency {
+                threshold: 2,
+                over: Over::Delay,
+                attributes: vec![]
+            })
+        );
+        assert_eq!(
+            enforced(&def(
+                "action.concurrency.attr",
+                json!({"threshold": 1, "action": "cancel", "attributes": ["host"]})
+            )),
+            Some(Enforced::Concurrency {
+                threshold: 1,
+                over: Over::Cancel,
+                attributes: vec!["host".into()]
+            })
+        );
+        assert_eq!(
+            enforced(&def(
+                "action.retry",
+                json!({"retry_on": "timeout", "max_retry_count": 3, "delay": 0.5})
+            )),
+            Some(Enforced::Retry {
+                on: RetryOn::Timeout,
+                max_retry_count: 3,
+                delay: 0.5
+            })
+        );
+        let mut off = def("action.concurrency", json!({"threshold": 2}));
+        off.enabled = false;
+        assert_eq!(enforced(&off), None);
+    }
+
+    #[test]
+    fn slot_keys_group_by_the_named_values_only() {
+        let params = |v: Value| v.as_object().cloned().unwrap();
+        let attrs = vec!["host".to_string()];
+        let a = slot_key("pk.limit", &attrs, &params(json!({"host": "a", "x": 1})));
+        let a2 = slot_key("pk.limit", &attrs, &params(json!({"x": 2, "host": "a"})));
+        let b = slot_key("pk.limit", &attrs, &params(json!({"host": "b"})));
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        assert!(a.starts_with("pk.limit."), "{a}");
+        assert_eq!(slot_key("pk.my limit", &[], &Map::new()), "pk.my_limit");
     }
 
     #[test]
