@@ -139,7 +139,7 @@ impl Pair {
     /// Runs `action` through node `i % 2`'s API; the new execution's id.
     async fn run(&self, i: usize, action: &str, parameters: Value) -> Result<String> {
         let body = json!({"action": action, "parameters": parameters});
-        let (status, created) = if i % 2 == 0 {
+        let (status, created) = if i.is_multiple_of(2) {
             self.first.post("executions", &body).await?
         } else {
             let r = self
