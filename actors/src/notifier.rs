@@ -183,7 +183,7 @@ fn notifications(
     spec: &Value,
     kv: &dyn KeyValueLookup,
 ) -> Vec<TriggerInstance> {
-    let vars = notify::template_context(record);
+    let vars = notify::template_context(record, masked_parameters(record));
     let at = record.end_timestamp.unwrap_or(record.start_timestamp);
     let mut out = Vec::new();
     for section in notify::sections(spec, &record.action.action_ref, record.status) {

@@ -10,7 +10,9 @@
 //! - are `requested` while their pool's queue is empty and idle (nothing
 //!   waits, nothing runs), so no message will ever bring them to a runner;
 //! - or are claimed (`delayed`, `scheduled`, `running`, `canceling`) by a
-//!   node that says it does not run them (or is gone);
+//!   node that says it does not run them (or is gone); an execution
+//!   `delayed` with no node waits for a concurrency slot, which the policy
+//!   sweep (`policies::sweep`) watches instead;
 //!
 //! and publishes their request again, with a message id derived from the
 //! record's state so that sweeping nodes request each state once. The
@@ -74,7 +76,12 @@ pub async fn sweep(
             .log
             .last()
             .map_or(record.start_timestamp, |e| e.timestamp);
-        if changed > now - QUIET_FOR || !crate::runners::settled_by_runners(&record) {
+        // Waiting for a concurrency slot is the policy sweep's to watch.
+        let policy_delayed = record.status == Status::Delayed && record.node.is_none();
+        if changed > now - QUIET_FOR
+            || !crate::runners::settled_by_runners(&record)
+            || policy_delayed
+        {
             continue;
         }
         let orphaned = if record.status == Status::Requested {

@@ -978,7 +978,8 @@ async fn run_task(
     }
 }
 
-/// Writes a workflow execution's end (once; later calls change nothing).
+/// Writes a workflow execution's end (once; later calls only announce the
+/// end again, in case a crash came between the write and its announcement).
 async fn finish_execution(
     bus: &Bus,
     id: &str,
@@ -996,7 +997,7 @@ async fn finish_execution(
             return Ok(());
         };
         if rec.status.is_completed() {
-            return Ok(());
+            return crate::notifier::ended(bus, &rec).await;
         }
         rec.result = result.clone();
         rec.transition(status, time::now());

@@ -279,9 +279,12 @@ async fn a_rule_is_tested_against_payloads_and_trigger_instances_without_effects
         .await?;
     assert_eq!(status, 202, "{body}");
     node.rules_idle().await?;
-    let (_, instances) = node.get("triggerinstances?limit=1").await?;
-    let instance = instances[0]["id"]
-        .as_str()
+    // The webhook's instance (the execution's actiontrigger may be newer).
+    let (_, instances) = node.get("triggerinstances?limit=5").await?;
+    let instance = instances
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["trigger_type"] == "core.st2.webhook"))
+        .and_then(|i| i["id"].as_str())
         .context("instance id")?
         .to_string();
     let out = squall(

@@ -451,8 +451,14 @@ async fn triggers_policies_and_re_emitted_instances() -> Result<()> {
         .await?;
     assert_eq!(fired.status(), 202);
     node.rules_idle().await?;
-    let (_, instances) = node.get("triggerinstances?limit=1").await?;
-    let original = instances[0]["id"].as_str().unwrap().to_string();
+    // The webhook's instance (the execution's actiontrigger may be newer).
+    let (_, instances) = node.get("triggerinstances?limit=5").await?;
+    let original = instances
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["trigger_type"] == "core.st2.webhook"))
+        .and_then(|i| i["id"].as_str())
+        .unwrap()
+        .to_string();
     let (status, body) = node
         .post(&format!("triggerinstances/{original}/re_emit"), &json!({}))
         .await?;

@@ -78,10 +78,11 @@ pub fn sections(notify: &Value, action_ref: &str, status: Status) -> Vec<Section
 }
 
 /// The variables `message` and `data` render with: StackStorm's
-/// `action_parameters`, `action_context` and `action_results`.
-pub fn template_context(record: &ExecutionRecord) -> Value {
+/// `action_parameters` (given `masked`, so a secret never reaches a
+/// trigger instance), `action_context` and `action_results`.
+pub fn template_context(record: &ExecutionRecord, masked: Map<String, Value>) -> Value {
     json!({
-        "action_parameters": record.parameters,
+        "action_parameters": masked,
         "action_context": record.context,
         "action_results": record.result,
     })
