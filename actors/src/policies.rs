@@ -469,3 +469,92 @@ pub fn retry_of(
         ..record.clone()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(status: Status, context: Value) -> ExecutionRecord {
+        let at = time::parse("2026-01-31T12:00:00Z").unwrap();
+        serde_json::from_value(json!({
+            "id": "679cbc40aaaaaaaaaaaaaaaa",
+            "action": {"ref": "pk.act", "name": "act", "pack": "pk", "runner_type": "local-shell-cmd"},
+            "runner": {"name": "local-shell-cmd"},
+            "status": status,
+            "parameters": {"cmd": "false"},
+            "context": context,
+            "start_timestamp": time::format(&at),
+            "end_timestamp": time::format(&at),
+            "slots": ["pk.limit"],
+            "node": "n1",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_retry_carries_stackstorms_context_and_the_delay() {
+        let first = ended(Status::Timeout, json!({"user": "ann"}));
+        let retry = retry_of(&first, "pk.retry", RetryOn::Timeout, 2, 1.5).unwrap();
+        assert_ne!(retry.id, first.id);
+        assert_eq!(retry.status, Status::Requested);
+        assert_eq!(retry.parameters, first.parameters);
+        assert_eq!(retry.delay, Some(1500));
+        assert!(retry.slots.is_empty() && retry.node.is_none() && retry.end_timestamp.is_none());
+        assert_eq!(retry.context["user"], "ann");
+        assert_eq!(
+            retry.context["policies"],
+            json!({"retry": {"applied_policy": "pk.retry", "retry_count": 1,
+                "retried_liveaction_id": first.id}})
+        );
+        let again = retry_of(&first, "pk.retry", RetryOn::Timeout, 2, 1.5).unwrap();
+        assert_eq!(again.id, retry.id, "the same end asks for the same retry");
+    }
+
+    #[test]
+    fn a_retry_stops_at_the_count_and_skips_other_outcomes_and_tasks() {
+        let counted = |n: u64| json!({"policies": {"retry": {"retry_count": n}}});
+        assert!(retry_of(
+            &ended(Status::Failed, counted(1)),
+            "p",
+            RetryOn::Failure,
+            2,
+            0.0
+        )
+        .is_some());
+        assert!(retry_of(
+            &ended(Status::Failed, counted(2)),
+            "p",
+            RetryOn::Failure,
+            2,
+            0.0
+        )
+        .is_none());
+        assert!(retry_of(
+            &ended(Status::Failed, json!({})),
+            "p",
+            RetryOn::Timeout,
+            2,
+            0.0
+        )
+        .is_none());
+        assert!(retry_of(
+            &ended(Status::Succeeded, json!({})),
+            "p",
+            RetryOn::Failure,
+            2,
+            0.0
+        )
+        .is_none());
+        let task = json!({"parent": {"execution_id": "679cbc40bbbbbbbbbbbbbbbb"}});
+        assert!(retry_of(&ended(Status::Failed, task), "p", RetryOn::Failure, 2, 0.0).is_none());
+        let retried = retry_of(
+            &ended(Status::Failed, json!({})),
+            "p",
+            RetryOn::Failure,
+            2,
+            0.0,
+        )
+        .unwrap();
+        assert_eq!(retried.delay, None);
+    }
+}

@@ -55,6 +55,16 @@ fn pack_files() -> Vec<(String, String)> {
             action("slow", "sleep 30", "  timeout:\n    default: 1\n"),
         ),
         ("actions/flaky.yaml".into(), action("flaky", "exit 3", "")),
+        ("actions/guarded.yaml".into(), action("guarded", "true", "")),
+        (
+            "policies/guarded.yaml".into(),
+            policy(
+                "guarded",
+                "lim.guarded",
+                "action.concurrency",
+                "  threshold: 1\n",
+            ),
+        ),
         (
             "policies/pair.yaml".into(),
             policy("pair", "lim.pair", "action.concurrency", "  threshold: 2\n"),
@@ -288,6 +298,48 @@ async fn an_attribute_threshold_counts_each_value_apart() -> Result<()> {
     assert_eq!(most_at_once(&b), 1, "one run of target b at a time");
     let both: Vec<_> = a.iter().chain(b.iter()).copied().collect();
     assert_eq!(most_at_once(&both), 2, "a and b ran side by side");
+    pair.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slot_whose_release_was_lost_is_freed_by_the_sweep() -> Result<()> {
+    let pair = Pair::start().await?;
+    // An execution that ended, still listed as holding the only slot: its
+    // node died between writing the end and giving the slot back.
+    let ended = pair.run(0, "lim.pair", json!({})).await?;
+    pair.first.finished(&ended).await?;
+    let bus = &pair.first.node.as_ref().context("node")?.bus;
+    let stale = squall_actors::policies::Slots {
+        v: 1,
+        policy: "lim.guarded".into(),
+        threshold: 1,
+        pool: "default".into(),
+        holders: vec![ended],
+        waiting: vec![],
+    };
+    bus.concurrency
+        .put("lim.guarded", serde_json::to_vec(&stale)?.into())
+        .await?;
+    let waiting = pair.run(1, "lim.guarded", json!({})).await?;
+    poll(Duration::from_secs(20), || async {
+        let (_, e) = pair.first.get(&format!("executions/{waiting}")).await?;
+        Ok((e["status"] == "delayed").then_some(()))
+    })
+    .await?;
+    // Nobody releases the slot: the sweep finds its holder ended.
+    let done = pair.first.finished(&waiting).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(went_through(&done, "delayed"));
+    poll(Duration::from_secs(10), || async {
+        Ok(bus
+            .concurrency
+            .get("lim.guarded")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
     pair.stop().await;
     Ok(())
 }
