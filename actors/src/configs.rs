@@ -2,9 +2,10 @@
 //! [`StoredConfig`]), written by registration (from `<configs dir>/<pack>.yaml`,
 //! as `st2ctl reload --register-configs` does) and by `PUT /configs/{pack}`,
 //! and [`ConfigCache`], each node's mirrored copy that runs read
-//! synchronously. [`resolve`] gives a run its config (rendered, secrets
-//! opened, defaults filled); the resolved config is handed to the runner
-//! and stored nowhere.
+//! synchronously. A literal value of a `secret: true` item is sealed with
+//! the cluster's datastore key before it is stored. [`resolve`] gives a
+//! run its config (rendered, secrets opened, defaults filled); the resolved
+//! config is handed to the runner and stored nowhere.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +19,7 @@ use squall_domain::loader::LoadErrors;
 use squall_domain::model::PackBundle;
 use squall_domain::pack_config::{self, ConfigError};
 use squall_domain::registration::Mode;
+use squall_domain::secrets::Cipher;
 use squall_domain::template::{KeyValueLookup, Renderer};
 
 use crate::bus::{from_bytes, to_bytes, Bus};
@@ -32,12 +34,16 @@ pub const CONFIGS_BUCKET: &str = "configs";
 pub const CONFIG_VERSION: u32 = 1;
 
 /// One pack's config values as stored: raw (dynamic values unrendered),
-/// with the schema's defaults filled when they were checked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// with the schema's defaults filled when they were checked, literal
+/// secrets sealed.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredConfig {
     #[serde(default)]
     pub v: u32,
     pub values: Map<String, Value>,
+    /// Paths of the values sealed with the datastore key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<Vec<String>>,
     /// SHA-256 of the config file these values came from (or that
     /// `PUT /configs` wrote): a node start takes the file again only when
     /// it changed since, so values set through the API survive restarts.
@@ -45,16 +51,59 @@ pub struct StoredConfig {
     pub file_digest: Option<String>,
 }
 
-/// Stores `values` as `pack`'s config; returns the bucket revision.
+impl fmt::Debug for StoredConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredConfig")
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredConfig {
+    /// The values with their sealed secrets opened.
+    pub fn open(
+        &self,
+        pack: &str,
+        cipher: Option<&Cipher>,
+    ) -> Result<Map<String, Value>, ConfigError> {
+        if self.sealed.is_empty() {
+            return Ok(self.values.clone());
+        }
+        let sealed_err = |field: String, message: String| ConfigError::Sealed {
+            pack: pack.to_string(),
+            field,
+            message,
+        };
+        let Some(cipher) = cipher else {
+            return Err(sealed_err(
+                self.sealed[0].join("."),
+                "no datastore key to open it with".into(),
+            ));
+        };
+        pack_config::unseal(&self.values, &self.sealed, cipher)
+            .map_err(|(field, e)| sealed_err(field, e.to_string()))
+    }
+}
+
+/// Stores `values` as `pack`'s config (checked against `schema`, whose
+/// secret items' literal values are sealed with `cipher`); returns the
+/// bucket revision.
 pub async fn put(
     bus: &Bus,
+    cipher: &Cipher,
     pack: &str,
-    values: Map<String, Value>,
+    schema: Option<&Map<String, Value>>,
+    values: &Map<String, Value>,
     file_digest: Option<String>,
 ) -> Result<u64, EngineError> {
+    let (values, sealed) = match schema {
+        Some(schema) => pack_config::seal(values, schema, cipher),
+        None => (values.clone(), Vec::new()),
+    };
     let stored = StoredConfig {
         v: CONFIG_VERSION,
         values,
+        sealed,
         file_digest,
     };
     bus.configs
@@ -64,11 +113,21 @@ pub async fn put(
 }
 
 /// A pack's config as its file gives it, checked against the pack's schema.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FileConfig {
     pub pack: String,
+    pub schema: Option<Map<String, Value>>,
     pub values: Map<String, Value>,
     pub digest: String,
+}
+
+impl fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("pack", &self.pack)
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads `<configs dir>/<pack>.yaml` for the pack in `dir`; `None` when
@@ -91,6 +150,7 @@ pub fn read_file(
     )?;
     Ok(values.map(|values| FileConfig {
         pack: pack.clone(),
+        schema: bundle.config_schema.clone(),
         values,
         digest: file_digest(&pack_config::config_file(configs_dir, pack)),
     }))
@@ -104,7 +164,12 @@ fn file_digest(file: &Path) -> String {
 /// explicit registration always takes the file; a node start only when the
 /// file changed since it was last taken (or nothing is stored). Returns
 /// whether it was stored.
-pub async fn store_file(bus: &Bus, file: FileConfig, mode: Mode) -> Result<bool, EngineError> {
+pub async fn store_file(
+    bus: &Bus,
+    cipher: &Cipher,
+    file: FileConfig,
+    mode: Mode,
+) -> Result<bool, EngineError> {
     if mode == Mode::Start {
         if let Some(stored) = get(bus, &file.pack).await? {
             if stored.file_digest.as_deref() == Some(file.digest.as_str()) {
@@ -112,7 +177,15 @@ pub async fn store_file(bus: &Bus, file: FileConfig, mode: Mode) -> Result<bool,
             }
         }
     }
-    put(bus, &file.pack, file.values, Some(file.digest)).await?;
+    put(
+        bus,
+        cipher,
+        &file.pack,
+        file.schema.as_ref(),
+        &file.values,
+        Some(file.digest),
+    )
+    .await?;
     tracing::info!(pack = %file.pack, "pack config registered from its file");
     Ok(true)
 }
@@ -185,19 +258,14 @@ impl ConfigCache {
         ))
     }
 
-    /// One pack's stored values.
-    pub fn get(&self, pack: &str) -> Option<Map<String, Value>> {
-        self.0.read().0.get(pack).map(|c| c.values.clone())
+    /// One pack's stored config (its literal secrets sealed).
+    pub fn get(&self, pack: &str) -> Option<StoredConfig> {
+        self.0.read().0.get(pack).cloned()
     }
 
     /// Every stored config, by pack.
-    pub fn all(&self) -> BTreeMap<String, Map<String, Value>> {
-        self.0
-            .read()
-            .0
-            .iter()
-            .map(|(pack, c)| (pack.clone(), c.values.clone()))
-            .collect()
+    pub fn all(&self) -> BTreeMap<String, StoredConfig> {
+        self.0.read().0.clone()
     }
 }
 
@@ -218,9 +286,10 @@ pub fn resolve(
         .get(pack)
         .and_then(|b| b.config_schema.clone())
         .unwrap_or_default();
-    let values = configs.get(pack);
-    if values.is_none() && schema.is_empty() {
-        return Ok(Map::new());
-    }
+    let values = match configs.get(pack) {
+        Some(stored) => Some(stored.open(pack, renderer.cipher())?),
+        None if schema.is_empty() => return Ok(Map::new()),
+        None => None,
+    };
     pack_config::resolve(pack, &schema, values.as_ref(), user, renderer, kv)
 }

@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use squall_domain::loader;
 use squall_domain::model::{PackBundle, PackMeta, BUNDLE_VERSION};
 use squall_domain::registration::{self, Change, Mode};
+use squall_domain::secrets::Cipher;
 use squall_domain::time;
 
 use crate::bus::{from_bytes, to_bytes, Bus};
@@ -38,7 +39,8 @@ pub struct Registered {
 }
 
 /// Loads the pack in `dir` and its config file from `configs_dir`
-/// (`<pack>.yaml`), validates all of it and, only if it is valid, merges
+/// (`<pack>.yaml`; literal secrets sealed with `cipher`), validates all of
+/// it and, only if it is valid, merges
 /// it into the stored pack as `mode` says
 /// ([`squall_domain::registration`]): content created through the API is
 /// never lost.
@@ -46,6 +48,7 @@ pub async fn register_pack(
     bus: &Bus,
     dir: &Path,
     configs_dir: Option<&Path>,
+    cipher: &Cipher,
     mode: Mode,
 ) -> Result<Registered, EngineError> {
     let bundle = loader::load_pack(dir)?;
@@ -53,7 +56,7 @@ pub async fn register_pack(
     let warnings = warn_of_workflow_problems(dir, &bundle);
     let (bundle, changes, _) = store_pack(bus, bundle, mode).await?;
     if let Some(config) = config {
-        crate::configs::store_file(bus, config, mode).await?;
+        crate::configs::store_file(bus, cipher, config, mode).await?;
     }
     Ok(Registered {
         bundle,

@@ -127,7 +127,7 @@ impl Node {
         let cipher = datastore_cipher(&cfg.datastore.key_file)?;
         let keys = Box::pin(KeyStore::open(&bus, cipher)).await?;
         if cfg.packs.register_on_start {
-            Box::pin(register_dirs(&bus, cfg)).await;
+            Box::pin(register_dirs(&bus, cfg, keys.cipher())).await;
         }
         let settings = NodeSettings {
             name: cfg.name.clone(),
@@ -179,7 +179,7 @@ impl Node {
 /// does: what the API changed stays, files changed since the last
 /// registration are taken. A broken pack is reported and skipped, the
 /// others still register.
-async fn register_dirs(bus: &Bus, cfg: &NodeConfig) {
+async fn register_dirs(bus: &Bus, cfg: &NodeConfig, cipher: &Cipher) {
     let dirs = match api::pack_dirs(&cfg.packs.dirs, &[]) {
         Ok(d) => d,
         Err(e) => {
@@ -189,7 +189,7 @@ async fn register_dirs(bus: &Bus, cfg: &NodeConfig) {
     };
     for dir in dirs {
         let configs = cfg.packs.configs_dir.as_deref();
-        if let Err(e) = content::register_pack(bus, &dir, configs, Mode::Start).await {
+        if let Err(e) = content::register_pack(bus, &dir, configs, cipher, Mode::Start).await {
             tracing::error!(pack = %dir.display(), error = %e, "pack not registered");
         }
     }

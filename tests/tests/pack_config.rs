@@ -403,6 +403,24 @@ async fn put_validates_stores_masks_and_writes_the_file() -> Result<()> {
     stored(&node, "cfgdemo", &values).await?;
     let (_, masked) = node.get("configs/cfgdemo").await?;
     assert_eq!(masked["values"]["api_key"], "********");
+    // At rest the literal secret is sealed.
+    let bus = node
+        .node
+        .as_ref()
+        .map(|n| n.bus.clone())
+        .context("stopped")?;
+    let raw = bus
+        .js
+        .get_key_value("configs")
+        .await?
+        .get("cfgdemo")
+        .await?
+        .context("no stored config")?;
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(
+        raw.contains("\"greeting\":\"hi\"") && !raw.contains("plain-secret"),
+        "{raw}"
+    );
     // Written where a registration reads it back.
     let file = std::fs::read_to_string(configs.path().join("cfgdemo.yaml"))?;
     assert!(file.contains("greeting: hi"), "{file}");

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use crate::loader::{self, LoadError};
+use crate::secrets::{Cipher, SecretError};
 use crate::template::{KeyValueLookup, Renderer};
 
 /// The schema file in a pack's root.
@@ -43,6 +44,14 @@ pub enum ConfigError {
         pack: String,
         /// `(dotted field, message)` for every problem.
         problems: Vec<(String, String)>,
+    },
+    /// A literal secret stored sealed could not be opened (the cluster's
+    /// datastore key changed, or this reader has none).
+    #[error("config for pack \"{pack}\": the secret item \"{field}\" cannot be opened: {message}")]
+    Sealed {
+        pack: String,
+        field: String,
+        message: String,
     },
     /// A dynamic value failed to render or decrypt.
     #[error(
@@ -426,6 +435,78 @@ pub fn parse_values(text: &str) -> Result<Map<String, Value>, (Option<usize>, St
     }
 }
 
+/// `values` with every literal string of a `secret: true` item (one with
+/// no Jinja markup; a template is a reference, not a secret) sealed with
+/// `cipher`, and the paths of the sealed values, for storing at rest.
+pub fn seal(
+    values: &Map<String, Value>,
+    schema: &Map<String, Value>,
+    cipher: &Cipher,
+) -> (Map<String, Value>, Vec<Vec<String>>) {
+    fn walk(
+        map: &mut Map<String, Value>,
+        schema: &Value,
+        at: &mut Vec<String>,
+        cipher: &Cipher,
+        sealed: &mut Vec<Vec<String>>,
+    ) {
+        for (key, value) in map.iter_mut() {
+            let Some(sub) = property_schema(schema, key) else {
+                continue;
+            };
+            at.push(key.clone());
+            let secret = sub.get("secret") == Some(&Value::Bool(true));
+            match value {
+                Value::String(s) if secret && !s.contains("{{") && !s.contains("{%") => {
+                    *s = cipher.encrypt(s);
+                    sealed.push(at.clone());
+                }
+                Value::Object(inner) => walk(inner, sub, at, cipher, sealed),
+                _ => {}
+            }
+            at.pop();
+        }
+    }
+    let mut out = values.clone();
+    let mut sealed = Vec::new();
+    let root = json!({ "properties": schema });
+    walk(&mut out, &root, &mut Vec::new(), cipher, &mut sealed);
+    (out, sealed)
+}
+
+/// `values` with the values at `sealed` paths opened again.
+pub fn unseal(
+    values: &Map<String, Value>,
+    sealed: &[Vec<String>],
+    cipher: &Cipher,
+) -> Result<Map<String, Value>, (String, SecretError)> {
+    fn open_at(
+        map: &mut Map<String, Value>,
+        path: &[String],
+        cipher: &Cipher,
+    ) -> Result<(), SecretError> {
+        match path {
+            [last] => {
+                if let Some(Value::String(s)) = map.get_mut(last) {
+                    *s = cipher.decrypt(s)?;
+                }
+            }
+            [first, rest @ ..] => {
+                if let Some(Value::Object(inner)) = map.get_mut(first) {
+                    open_at(inner, rest, cipher)?;
+                }
+            }
+            [] => {}
+        }
+        Ok(())
+    }
+    let mut out = values.clone();
+    for path in sealed {
+        open_at(&mut out, path, cipher).map_err(|e| (path.join("."), e))?;
+    }
+    Ok(out)
+}
+
 /// The text of a config file holding `values`.
 pub fn file_text(values: &Map<String, Value>) -> Result<String, String> {
     serde_yaml::to_string(values).map_err(|e| e.to_string())
@@ -448,7 +529,6 @@ fn error(file: &Path, line: Option<usize>, field: Option<String>, message: Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::Cipher;
     use crate::template::KvScope;
 
     /// StackStorm's `contrib/examples/config.schema.yaml`, plus a nested
@@ -518,6 +598,30 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn literal_secrets_are_sealed_at_rest_and_opened_again() {
+        let cipher = Cipher::from_hex(&Cipher::generate_hex()).unwrap();
+        let values = map(
+            json!({"api_key": "plain", "api_secret": "{{ st2kv.system.s }}",
+                                "region": "eu", "auth": {"token": "t0k3n", "user": "u"}}),
+        );
+        let (stored, sealed) = seal(&values, &schema(), &cipher);
+        assert_eq!(
+            sealed,
+            [
+                vec!["api_key".to_string()],
+                vec!["auth".into(), "token".into()]
+            ]
+        );
+        let text = Value::Object(stored.clone()).to_string();
+        assert!(!text.contains("plain") && !text.contains("t0k3n"), "{text}");
+        assert_eq!(stored["api_secret"], "{{ st2kv.system.s }}");
+        assert_eq!(stored["region"], "eu");
+        assert_eq!(unseal(&stored, &sealed, &cipher).unwrap(), values);
+        let other = Cipher::from_hex(&Cipher::generate_hex()).unwrap();
+        assert_eq!(unseal(&stored, &sealed, &other).unwrap_err().0, "api_key");
     }
 
     #[test]

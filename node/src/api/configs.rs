@@ -8,30 +8,33 @@ use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 use squall_actors::auth::Principal;
 use squall_actors::catalog::content_id;
-use squall_actors::configs;
+use squall_actors::configs::{self, StoredConfig};
 use squall_domain::model::PackBundle;
 use squall_domain::pack_config;
+use squall_domain::secrets::Cipher;
 
 use super::auth::ShowSecrets;
 use super::error::{ApiError, ApiQuery};
 use super::listing::{ListParams, Listed};
 use super::ApiState;
 
+/// `{id, pack, values}`: secrets masked, or (`show`) opened with `cipher`.
 fn config_view(
     pack: &str,
-    values: &Map<String, Value>,
+    stored: &StoredConfig,
     bundle: Option<&PackBundle>,
-    show: bool,
-) -> Value {
+    show: Option<&Cipher>,
+) -> Result<Value, ApiError> {
     let schema = bundle
         .and_then(|b| b.config_schema.clone())
         .unwrap_or_default();
-    let values = if show {
-        values.clone()
-    } else {
-        pack_config::mask(values, &schema)
+    let values = match show {
+        Some(cipher) => stored.open(pack, Some(cipher)).map_err(|e| {
+            ApiError::Internal(format!("{e}; was the datastore key file replaced?"))
+        })?,
+        None => pack_config::mask(&stored.values, &schema),
     };
-    json!({"id": content_id("config", pack), "pack": pack, "values": values})
+    Ok(json!({"id": content_id("config", pack), "pack": pack, "values": values}))
 }
 
 fn schema_view(pack: &str, schema: &Map<String, Value>) -> Value {
@@ -46,13 +49,13 @@ pub async fn list(
     ApiQuery(secrets): ApiQuery<ShowSecrets>,
 ) -> Result<Listed, ApiError> {
     let catalog = st.catalog.load();
-    let show = secrets.shown(&me);
+    let show = secrets.shown(&me).then(|| st.keys.cipher());
     list.respond(
         st.configs
             .all()
             .iter()
-            .map(|(pack, values)| config_view(pack, values, catalog.packs.get(pack), show))
-            .collect(),
+            .map(|(pack, stored)| config_view(pack, stored, catalog.packs.get(pack), show))
+            .collect::<Result<_, _>>()?,
     )
 }
 
@@ -65,17 +68,13 @@ pub async fn get_one(
 ) -> Result<Json<Value>, ApiError> {
     let catalog = st.catalog.load();
     let bundle = registered(&catalog.packs, &pack)?;
-    let values = st.configs.get(&pack).ok_or_else(|| {
+    let stored = st.configs.get(&pack).ok_or_else(|| {
         ApiError::NotFound(format!(
             "pack {pack:?} has no config; set one with PUT /api/v1/configs/{pack} or a {pack}.yaml in the configs directory"
         ))
     })?;
-    Ok(Json(config_view(
-        &pack,
-        &values,
-        Some(bundle),
-        secrets.shown(&me),
-    )))
+    let show = secrets.shown(&me).then(|| st.keys.cipher());
+    config_view(&pack, &stored, Some(bundle), show).map(Json)
 }
 
 /// `PUT /configs/{pack}`: the body is the values. They are checked against
@@ -118,14 +117,25 @@ pub async fn put(
         })?),
         None => None,
     };
-    configs::put(&st.bus, &pack, values.clone(), digest).await?;
-    tracing::info!(pack = %pack, user = %me.user, "pack config set through the API");
-    Ok(Json(config_view(
+    let cipher = st.keys.cipher();
+    configs::put(
+        &st.bus,
+        cipher,
         &pack,
+        bundle.config_schema.as_ref(),
         &values,
-        Some(bundle),
-        secrets.shown(&me),
-    )))
+        digest,
+    )
+    .await?;
+    tracing::info!(pack = %pack, user = %me.user, "pack config set through the API");
+    let stored = StoredConfig {
+        v: configs::CONFIG_VERSION,
+        values,
+        sealed: Vec::new(),
+        file_digest: None,
+    };
+    let show = secrets.shown(&me).then_some(cipher);
+    config_view(&pack, &stored, Some(bundle), show).map(Json)
 }
 
 /// `GET /config_schemas`: the schemas of every pack that has one.

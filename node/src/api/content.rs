@@ -415,7 +415,7 @@ pub async fn register_packs(
         warnings.extend(content::warn_of_workflow_problems(dir, &b));
         let (stored, changed, written) = content::store_pack(&st.bus, b, Mode::Explicit).await?;
         if let Some(config) = config {
-            configs::store_file(&st.bus, config, Mode::Explicit).await?;
+            configs::store_file(&st.bus, st.keys.cipher(), config, Mode::Explicit).await?;
         }
         revision = revision.max(written);
         actions += stored.actions.len();
