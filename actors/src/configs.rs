@@ -44,9 +44,10 @@ pub struct StoredConfig {
     /// Paths of the values sealed with the datastore key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sealed: Vec<Vec<String>>,
-    /// SHA-256 of the config file these values came from (or that
-    /// `PUT /configs` wrote): a node start takes the file again only when
-    /// it changed since, so values set through the API survive restarts.
+    /// SHA-256 of the config file last registered (`PUT /configs` keeps
+    /// it): a node start takes its file only when that differs, so a value
+    /// set through the API survives the restart of a node whose file was
+    /// not edited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_digest: Option<String>,
 }
@@ -191,20 +192,18 @@ pub async fn store_file(
 }
 
 /// Writes `values` to `<configs dir>/<pack>.yaml` (as StackStorm's
-/// `PUT /configs` does, so a later registration reads what the API set);
-/// returns the file's digest.
+/// `PUT /configs` does, so a later registration reads what the API set).
 pub fn write_file(
     configs_dir: &Path,
     pack: &str,
     values: &Map<String, Value>,
-) -> Result<String, std::io::Error> {
+) -> Result<(), std::io::Error> {
     std::fs::create_dir_all(configs_dir)?;
     let file = pack_config::config_file(configs_dir, pack);
     let text = pack_config::file_text(values).map_err(std::io::Error::other)?;
     let tmp = configs_dir.join(format!(".{pack}.yaml.tmp"));
     std::fs::write(&tmp, &text)?;
-    std::fs::rename(&tmp, &file)?;
-    Ok(hex::encode(Sha256::digest(text.as_bytes())))
+    std::fs::rename(&tmp, &file)
 }
 
 /// Reads one pack's stored config from the bucket.

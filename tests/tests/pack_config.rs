@@ -430,6 +430,39 @@ async fn put_validates_stores_masks_and_writes_the_file() -> Result<()> {
     let e = run(&node, "cfgdemo.show_config").await?;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(e["result"]["result"]["config"], values);
+
+    // A node start takes its file only when it differs from the one last
+    // registered: a value set through the API (here, as if on another
+    // node: this node's file is put back as registered) survives it.
+    let mut node = node;
+    let file = configs.path().join("cfgdemo.yaml");
+    let registered_text = std::fs::read_to_string(&file)?;
+    let (status, body) = node
+        .call(
+            &node.http,
+            Method::PUT,
+            "configs/cfgdemo",
+            Some(&json!({"api_key": "plain-secret", "greeting": "from the API"})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let from_api = json!({"api_key": "plain-secret", "greeting": "from the API",
+                          "region": "us-east-1", "retries": 3});
+    stored(&node, "cfgdemo", &from_api).await?;
+    assert!(std::fs::read_to_string(&file)?.contains("from the API"));
+    std::fs::write(&file, &registered_text)?;
+    node.restart().await?;
+    stored(&node, "cfgdemo", &from_api).await?;
+    // An edited file is taken.
+    node.stop().await;
+    std::fs::write(&file, "api_key: edited-secret\n")?;
+    node.restart().await?;
+    stored(
+        &node,
+        "cfgdemo",
+        &json!({"api_key": "edited-secret", "region": "us-east-1", "retries": 3}),
+    )
+    .await?;
     Ok(())
 }
 

@@ -108,15 +108,17 @@ pub async fn put(
         })?,
         None => values,
     };
-    let digest = match &st.configs_dir {
-        Some(dir) => Some(configs::write_file(dir, &pack, &values).map_err(|e| {
+    if let Some(dir) = &st.configs_dir {
+        configs::write_file(dir, &pack, &values).map_err(|e| {
             ApiError::Internal(format!(
                 "cannot write the config file of pack {pack:?} in {}: {e}",
                 dir.display()
             ))
-        })?),
-        None => None,
-    };
+        })?;
+    }
+    // The digest of the file last registered stays: other nodes' files
+    // were not edited, so their restarts keep this value.
+    let digest = st.configs.get(&pack).and_then(|c| c.file_digest);
     let cipher = st.keys.cipher();
     configs::put(
         &st.bus,
