@@ -12,8 +12,8 @@ use serde_json::json;
 use squall_domain::execution::{
     ExecutionRecord, RunnerLoss, Status, TriggerInstance, RECORD_VERSION,
 };
-use squall_domain::template::Renderer;
 use squall_domain::policies::Over;
+use squall_domain::template::Renderer;
 use squall_domain::{ids, time, triggers};
 use squall_runners::{ActionEnv, RunRequest, Runner as ActionRunner};
 use tokio_util::sync::CancellationToken;
