@@ -928,7 +928,49 @@ fn check_action(
             "must be a mapping of parameter names to definitions",
         ),
     }
+    match doc.get("notify").cloned() {
+        None | Some(Yaml::Null) => {
+            doc.map.remove("notify");
+        }
+        Some(Yaml::Mapping(notify)) => check_notify(&mut doc, &notify),
+        Some(_) => doc.problem(
+            "notify",
+            "must be a mapping of on-complete, on-success, on-failure",
+        ),
+    }
     doc.into_model()
+}
+
+/// StackStorm's notify schema: sections `on-complete`, `on-success`,
+/// `on-failure`, each `{message: string, data: mapping, routes: [string]}`
+/// (`channels`, the old name of `routes`, is accepted).
+fn check_notify(doc: &mut Doc<'_>, notify: &Mapping) {
+    const SECTIONS: &[&str] = &["on-complete", "on-success", "on-failure"];
+    const FIELDS: &[&str] = &["message", "data", "routes", "channels"];
+    doc.unknown_fields("notify", notify, SECTIONS);
+    for (key, section) in notify {
+        let at = format!("notify.{}", yaml_key(key));
+        let Yaml::Mapping(section) = section else {
+            doc.problem(&at, "must be a mapping with message, data and routes");
+            continue;
+        };
+        doc.unknown_fields(&at, section, FIELDS);
+        if section.get("message").is_some_and(|m| !m.is_string()) {
+            doc.problem(&format!("{at}.message"), "must be a string");
+        }
+        if section.get("data").is_some_and(|d| !d.is_mapping()) {
+            doc.problem(&format!("{at}.data"), "must be a mapping");
+        }
+        for list in ["routes", "channels"] {
+            let ok = section.get(list).is_none_or(|r| {
+                r.as_sequence()
+                    .is_some_and(|items| items.iter().all(Yaml::is_string))
+            });
+            if !ok {
+                doc.problem(&format!("{at}.{list}"), "must be a list of route names");
+            }
+        }
+    }
 }
 
 fn check_params(doc: &mut Doc<'_>, params: &Mapping) {
@@ -1648,6 +1690,35 @@ mod tests {
             .collect();
         assert_eq!(names, ["event", "watched"]);
         assert_eq!(bundle.trigger_types[1].metadata_file, "sensors/watch.yaml");
+    }
+
+    #[test]
+    fn notify_is_checked_against_stackstorms_schema() {
+        let action =
+            |notify: &str| format!("name: a\nrunner_type: local-shell-cmd\nnotify:\n{notify}");
+        let good = action("  on-failure:\n    message: m\n    data: {x: 1}\n    routes: [ops]\n");
+        let root = pack(&[("pack.yaml", PACK), ("actions/a.yaml", &good)]);
+        let bundle = load_pack(&root.path().join("ops")).unwrap();
+        assert_eq!(
+            bundle.actions[0].notify.as_ref().unwrap()["on-failure"]["routes"][0],
+            "ops"
+        );
+        let fields = |notify: &str| -> Vec<String> {
+            errors(&[("pack.yaml", PACK), ("actions/a.yaml", &action(notify))])
+                .into_iter()
+                .map(|e| e.field.unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(fields("  on-fail:\n    routes: [x]\n"), ["notify.on-fail"]);
+        assert_eq!(
+            fields("  on-success:\n    message: [1]\n    data: 2\n    routes: ops\n    via: x\n"),
+            [
+                "notify.on-success.via",
+                "notify.on-success.message",
+                "notify.on-success.data",
+                "notify.on-success.routes"
+            ]
+        );
     }
 
     #[test]
