@@ -188,6 +188,7 @@ fn empty_pack(pack_ref: &str) -> PackBundle {
         trigger_types: vec![],
         policies: vec![],
         config_schema: None,
+        sensors: vec![],
         registered: BTreeMap::new(),
     }
 }

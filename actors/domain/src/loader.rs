@@ -3,7 +3,7 @@
 //!
 //! A pack is read whole: `pack.yaml`, `actions/*.yaml`, `rules/*.yaml`,
 //! `triggers/*.yaml`, `policies/*.yaml` and the trigger types declared in
-//! `sensors/*.yaml`.
+//! `sensors/*.yaml` (the sensors and the trigger types they declare).
 //! Every file is checked and every problem collected, so a user fixes a
 //! broken pack in one pass instead of one error at a time; a pack with any
 //! error yields no [`PackBundle`] at all. `config.schema.yaml` is read and
@@ -27,7 +27,7 @@ use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::criteria;
 use crate::model::{
-    ActionDef, PackBundle, PackMeta, PolicyDef, RuleDef, TriggerTypeDef, BUNDLE_VERSION,
+    ActionDef, PackBundle, PackMeta, PolicyDef, RuleDef, SensorDef, TriggerTypeDef, BUNDLE_VERSION,
 };
 use crate::pack_config;
 use crate::runner_types;
@@ -288,15 +288,21 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             });
         }
     }
-    for file in yaml_files(&path.join("sensors"), &mut errs) {
-        if let Some(ts) = read_file(&file, &mut errs, |doc| {
-            check_sensor(pack_ref.as_deref(), doc)
+    let mut sensors = Vec::new();
+    let sensors_dir = path.join("sensors");
+    for file in yaml_files(&sensors_dir, &mut errs) {
+        if let Some((sensor, ts)) = read_file(&file, &mut errs, |doc| {
+            check_sensor(pack_ref.as_deref(), &sensors_dir, doc)
         }) {
             let file = metadata_file(&path, &file);
             trigger_types.extend(ts.into_iter().map(|t| TriggerTypeDef {
                 metadata_file: file.clone(),
                 ..t
             }));
+            sensors.push(SensorDef {
+                metadata_file: file,
+                ..sensor
+            });
         }
     }
 
@@ -334,6 +340,12 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
     check_unique(
         &mut errs,
         pack_root,
+        sensors.iter().map(|s| (&s.class_name, &s.metadata_file)),
+        "sensor",
+    );
+    check_unique(
+        &mut errs,
+        pack_root,
         trigger_types.iter().map(|t| (&t.name, &t.metadata_file)),
         "trigger type",
     );
@@ -348,6 +360,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             trigger_types,
             policies,
             config_schema,
+            sensors,
             registered: BTreeMap::new(),
         }),
         _ => Err(errs.finish()),
@@ -1539,7 +1552,16 @@ fn check_policy(pack: Option<&str>, mut doc: Doc<'_>) -> Result<PolicyDef, Vec<P
     doc.into_model()
 }
 
-fn check_sensor(pack: Option<&str>, mut doc: Doc<'_>) -> Result<Vec<TriggerTypeDef>, Vec<Problem>> {
+/// Shortest poll interval StackStorm accepts.
+const MIN_POLL_INTERVAL: u64 = 4;
+
+/// A sensor's metadata: the sensor, and the trigger types it declares.
+/// `dir` is the directory of the metadata file, where `entry_point` is.
+fn check_sensor(
+    pack: Option<&str>,
+    dir: &Path,
+    mut doc: Doc<'_>,
+) -> Result<(SensorDef, Vec<TriggerTypeDef>), Vec<Problem>> {
     let top = doc.map.clone();
     doc.unknown_fields("", &top, SENSOR_FIELDS);
     let trigger_types = match doc.get("trigger_types").cloned() {
@@ -1577,11 +1599,89 @@ fn check_sensor(pack: Option<&str>, mut doc: Doc<'_>) -> Result<Vec<TriggerTypeD
             })),
         }
     }
-    if doc.problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(doc.problems)
+    let class_name = match doc.str_field("class_name") {
+        Some(c) if is_python_name(c) => c.to_string(),
+        Some(c) => {
+            let c = c.to_string();
+            doc.problem("class_name", format!("{c:?} is not a Python class name"));
+            String::new()
+        }
+        None => {
+            doc.problem("class_name", "missing: the sensor's Python class");
+            String::new()
+        }
+    };
+    let entry_point = match doc.str_field("entry_point") {
+        Some(e) if dir.join(e).is_file() => e.to_string(),
+        Some(e) => {
+            let e = e.to_string();
+            doc.problem(
+                "entry_point",
+                format!("{e:?}: no such file next to the metadata file"),
+            );
+            String::new()
+        }
+        None => {
+            doc.problem(
+                "entry_point",
+                "missing: the .py file holding the sensor class",
+            );
+            String::new()
+        }
+    };
+    let poll_interval = match doc.get("poll_interval") {
+        None | Some(Yaml::Null) => None,
+        Some(v) => match v.as_f64() {
+            // StackStorm casts to an integer.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(n) if n >= MIN_POLL_INTERVAL as f64 => Some(n as u64),
+            Some(_) => {
+                doc.problem(
+                    "poll_interval",
+                    format!("Minimum possible poll_interval is {MIN_POLL_INTERVAL} seconds"),
+                );
+                None
+            }
+            None => {
+                doc.problem("poll_interval", "must be a number of seconds");
+                None
+            }
+        },
+    };
+    let enabled = match doc.get("enabled") {
+        None | Some(Yaml::Null) => true,
+        Some(Yaml::Bool(b)) => *b,
+        Some(_) => {
+            doc.problem("enabled", "must be true or false");
+            true
+        }
+    };
+    claim_pack(&mut doc, pack);
+    let sensor_pack = doc.str_field("pack").unwrap_or_default().to_string();
+    let description = doc.str_field("description").unwrap_or_default().to_string();
+    if !doc.problems.is_empty() {
+        return Err(doc.problems);
     }
+    let sensor = SensorDef {
+        class_name,
+        pack: sensor_pack,
+        description,
+        enabled,
+        entry_point,
+        poll_interval,
+        trigger_types: out.iter().map(TriggerTypeDef::reference).collect(),
+        metadata_file: String::new(),
+    };
+    Ok((sensor, out))
+}
+
+/// Whether `s` can name a Python class.
+fn is_python_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Reports names used by more than one file of the same kind.
@@ -1665,8 +1765,9 @@ mod tests {
             ("triggers/event.yaml", "name: event\npayload_schema:\n  type: object\n"),
             (
                 "sensors/watch.yaml",
-                "class_name: Watch\nentry_point: watch.py\ntrigger_types:\n  - name: watched\n    description: seen\n",
+                "class_name: Watch\nentry_point: watch.py\npoll_interval: 20\ntrigger_types:\n  - name: watched\n    description: seen\n",
             ),
+            ("sensors/watch.py", "class Watch: pass\n"),
             ("aliases/ignored.yaml", "anything: goes\n"),
             ("README.md", "not yaml"),
         ]);
@@ -1690,6 +1791,35 @@ mod tests {
             .collect();
         assert_eq!(names, ["event", "watched"]);
         assert_eq!(bundle.trigger_types[1].metadata_file, "sensors/watch.yaml");
+        let sensor = &bundle.sensors[0];
+        assert_eq!(sensor.reference(), "ops.Watch");
+        assert!(sensor.enabled);
+        assert_eq!(sensor.poll_interval, Some(20));
+        assert_eq!(sensor.trigger_types, ["ops.watched"]);
+        assert_eq!(
+            sensor.file(Path::new(&bundle.path)),
+            Path::new(&bundle.path).join("sensors/watch.py")
+        );
+    }
+
+    #[test]
+    fn sensor_metadata_is_checked() {
+        let errs = errors(&[
+            ("pack.yaml", PACK),
+            (
+                "sensors/s.yaml",
+                "class_name: 9S\nentry_point: gone.py\npoll_interval: 1\n",
+            ),
+            ("sensors/t.yaml", "entry_point: t.py\n"),
+            ("sensors/t.py", ""),
+        ]);
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(errs.len(), 4, "{shown:#?}");
+        assert!(shown[0].contains("s.yaml:1: class_name: \"9S\" is not a Python class name"));
+        assert!(shown[1].contains("s.yaml:2: entry_point: \"gone.py\": no such file"));
+        assert!(shown[2]
+            .contains("s.yaml:3: poll_interval: Minimum possible poll_interval is 4 seconds"));
+        assert!(shown[3].contains("t.yaml: class_name: missing"));
     }
 
     #[test]
@@ -1934,8 +2064,9 @@ mod tests {
             ("pack.yaml", PACK),
             (
                 "sensors/s.yaml",
-                "class_name: S\ntrigger_types:\n  - description: no name\n",
+                "class_name: S\nentry_point: s.py\ntrigger_types:\n  - description: no name\n",
             ),
+            ("sensors/s.py", ""),
         ]);
         assert!(e.message.contains("`name`"), "{e}");
         assert_eq!(e.field.as_deref(), Some("trigger_types.0"));

@@ -219,6 +219,44 @@ impl TriggerTypeDef {
     }
 }
 
+/// A sensor: metadata from `sensors/<name>.yaml`, the Python class the
+/// node runs in a process of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorDef {
+    /// The class in `entry_point`; the sensor's name.
+    pub class_name: String,
+    pub pack: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The `.py` file, relative to the directory of the metadata file.
+    pub entry_point: String,
+    /// Seconds between polls of a `PollingSensor`; `None` for the class's
+    /// own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<u64>,
+    /// References of the trigger types it dispatches.
+    #[serde(default)]
+    pub trigger_types: Vec<String>,
+    /// Path of the metadata file relative to the pack root.
+    #[serde(default)]
+    pub metadata_file: String,
+}
+
+impl SensorDef {
+    /// `pack.class_name`.
+    pub fn reference(&self) -> String {
+        format!("{}.{}", self.pack, self.class_name)
+    }
+
+    /// The `.py` file inside the pack directory `pack_dir`.
+    pub fn file(&self, pack_dir: &std::path::Path) -> std::path::PathBuf {
+        let meta = pack_dir.join(&self.metadata_file);
+        meta.parent().unwrap_or(pack_dir).join(&self.entry_point)
+    }
+}
+
 /// A policy: a rule about how an action's executions run (concurrency,
 /// retry). See [`crate::policies`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,6 +306,9 @@ pub struct PackBundle {
     /// ([`crate::pack_config`]); `None` when the pack has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_schema: Option<Map<String, Value>>,
+    /// The pack's sensors (always the files', like trigger types).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensors: Vec<SensorDef>,
     /// What the pack's files defined when it was last registered from
     /// disk: `actions/<name>` or `rules/<name>` → digest of the definition.
     /// A node start updates only what changed on disk since

@@ -338,6 +338,7 @@ mod tests {
             trigger_types: vec![],
             policies: vec![],
             config_schema: None,
+            sensors: vec![],
             registered: BTreeMap::new(),
         }
     }

@@ -11,6 +11,7 @@ mod noop;
 mod process;
 pub mod pylib;
 mod python;
+pub mod sensor;
 
 pub use inquirer::Inquirer;
 pub use local::{LocalShellCmd, LocalShellScript};

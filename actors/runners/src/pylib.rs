@@ -57,10 +57,26 @@ const FILES: &[(&str, &str)] = &[
         "st2common/util/isotime.py",
         include_str!("../python/st2common/util/isotime.py"),
     ),
+    (SENSOR_WRAPPER, include_str!("../python/sensor_wrapper.py")),
+    (
+        "st2reactor/__init__.py",
+        include_str!("../python/st2reactor/__init__.py"),
+    ),
+    (
+        "st2reactor/sensor/__init__.py",
+        include_str!("../python/st2reactor/sensor/__init__.py"),
+    ),
+    (
+        "st2reactor/sensor/base.py",
+        include_str!("../python/st2reactor/sensor/base.py"),
+    ),
 ];
 
 /// The action wrapper's file name in the installed directory.
 pub const ACTION_WRAPPER: &str = "python_action_wrapper.py";
+
+/// The sensor wrapper's file name in the installed directory.
+pub const SENSOR_WRAPPER: &str = "sensor_wrapper.py";
 
 /// Writes the files under `data_dir` unless this content is already there,
 /// and returns the directory. Safe to call from several tasks or processes
