@@ -63,6 +63,8 @@ pub const ENFORCEMENTS_BUCKET: &str = "enforcements";
 pub const CLUSTER_BUCKET: &str = "cluster";
 /// KV bucket: the last tick each interval timer fired.
 pub const TIMERS_BUCKET: &str = "timers";
+/// KV bucket of Python sensors' states, by sensor reference.
+pub const SENSORS_BUCKET: &str = "sensors";
 
 /// How long trigger instances are kept.
 pub const TRIGGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -204,6 +206,11 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
         bucket(
             TIMERS_BUCKET,
             "The last tick each interval timer fired, for its next owner.",
+            1,
+        ),
+        bucket(
+            SENSORS_BUCKET,
+            "Python sensors' states (running, restarting, failed...), by sensor reference.",
             1,
         ),
         kv::Config {

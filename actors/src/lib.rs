@@ -17,6 +17,7 @@
 //! - [`orphans`]: the sweep that requests again executions no runner
 //!   works on any more.
 //! - [`sensors`]: built-in timers.
+//! - [`sensor_host`]: Python pack sensors, a process each.
 //! - [`workflows`]: the Orquesta workflow engine, one partition actor per
 //!   partition.
 //! - [`cluster`]: membership heartbeats and partition leases.
@@ -47,6 +48,7 @@ pub mod policies;
 pub mod pump;
 pub mod rules;
 pub mod runners;
+pub mod sensor_host;
 pub mod sensors;
 pub mod timing;
 pub mod workflows;

@@ -26,6 +26,36 @@ pub const RUNNER_LOSSES: &str = "squall_runner_losses_total";
 /// Executions this node's sweep found orphaned and requested again.
 pub const ORPHANS_REQUESTED: &str = "squall_orphaned_executions_requested_total";
 
+/// Sensor dispatches, by outcome.
+pub const SENSOR_DISPATCHES: &str = "squall_sensor_dispatches_total";
+/// Sensor processes restarted after a crash.
+pub const SENSOR_RESTARTS: &str = "squall_sensor_restarts_total";
+/// Gauge: sensors running (past `setup()`) on this node.
+pub const SENSORS_RUNNING: &str = "squall_sensors_running";
+
+/// What became of a sensor's dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Published as a trigger instance.
+    Published,
+    /// Refused: unknown trigger, or a payload its type's schema rejects.
+    Rejected,
+    /// Not published: the node no longer held the sensor's partition.
+    Fenced,
+}
+
+impl Dispatch {
+    const ALL: [Dispatch; 3] = [Dispatch::Published, Dispatch::Rejected, Dispatch::Fenced];
+
+    fn label(self) -> &'static str {
+        match self {
+            Dispatch::Published => "published",
+            Dispatch::Rejected => "rejected",
+            Dispatch::Fenced => "fenced",
+        }
+    }
+}
+
 /// What became of a run whose runner was lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LostRun {
@@ -65,6 +95,10 @@ static RUNNING_N: AtomicU64 = AtomicU64::new(0);
 static STREAM_CLIENTS_N: AtomicU64 = AtomicU64::new(0);
 static LOST_N: [AtomicU64; LostRun::ALL.len()] = [const { AtomicU64::new(0) }; LostRun::ALL.len()];
 static ORPHANS_N: AtomicU64 = AtomicU64::new(0);
+static DISPATCHES_N: [AtomicU64; Dispatch::ALL.len()] =
+    [const { AtomicU64::new(0) }; Dispatch::ALL.len()];
+static SENSOR_RESTARTS_N: AtomicU64 = AtomicU64::new(0);
+static SENSORS_RUNNING_N: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one event-stream client for as long as it lives.
 #[derive(Debug)]
@@ -127,6 +161,25 @@ pub fn runner_lost(outcome: LostRun) {
 /// The sweep requested an orphaned execution again.
 pub fn orphan_requested() {
     ORPHANS_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A sensor dispatched a trigger, with this outcome.
+pub fn sensor_dispatch(outcome: Dispatch) {
+    DISPATCHES_N[outcome as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A crashed sensor is restarted.
+pub fn sensor_restarted() {
+    SENSOR_RESTARTS_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A sensor finished `setup()` (true) or, having done so, ended (false).
+pub fn sensor_running(up: bool) {
+    if up {
+        SENSORS_RUNNING_N.fetch_add(1, Ordering::Relaxed);
+    } else {
+        SENSORS_RUNNING_N.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Every metric in Prometheus' text exposition format.
@@ -209,6 +262,32 @@ pub fn render() -> String {
         vec![(String::new(), load(&ORPHANS_N))],
         "counter",
     );
+    counter(
+        SENSOR_DISPATCHES,
+        "Sensor dispatches on this node, by outcome.",
+        Dispatch::ALL
+            .iter()
+            .map(|o| {
+                (
+                    format!("{{outcome=\"{}\"}}", o.label()),
+                    load(&DISPATCHES_N[*o as usize]),
+                )
+            })
+            .collect(),
+        "counter",
+    );
+    counter(
+        SENSOR_RESTARTS,
+        "Sensor processes restarted after a crash on this node.",
+        vec![(String::new(), load(&SENSOR_RESTARTS_N))],
+        "counter",
+    );
+    counter(
+        SENSORS_RUNNING,
+        "Sensors running on this node.",
+        vec![(String::new(), load(&SENSORS_RUNNING_N))],
+        "gauge",
+    );
     out
 }
 
@@ -229,6 +308,9 @@ mod tests {
             EXECUTIONS_RUNNING,
             RUNNER_LOSSES,
             ORPHANS_REQUESTED,
+            SENSOR_DISPATCHES,
+            SENSOR_RESTARTS,
+            SENSORS_RUNNING,
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }

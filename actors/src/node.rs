@@ -5,7 +5,8 @@
 //! ├── ContentWatcher        content bucket → catalog
 //! ├── RulePartition(p)      one per owned rules partition
 //! ├── WorkflowPartition(p)  one per owned workflows partition
-//! ├── Timers(p)             one per owned sensors partition
+//! ├── Timers(p)             one per owned sensors partition: timers and
+//! │                         Python sensors (a process each)
 //! └── RunnerPool(pool)      one per served pool, one task per run
 //! ```
 //!
@@ -38,6 +39,7 @@ use crate::keys::{KeyCache, KeyStore};
 use crate::lease::LeaseValidity;
 use crate::rules::{self, RulePartition, RulesContext};
 use crate::runners::{CancelRegistry, RunnerContext, RunnerPool};
+use crate::sensor_host::HostContext;
 use crate::sensors::Timers;
 use crate::timing::{CALL_TIMEOUT, DRAIN_TIMEOUT, RESTART_DELAY, START_TIMEOUT, STOP_TIMEOUT};
 use crate::workflows::WorkflowPartition;
@@ -228,7 +230,12 @@ async fn spawn_child(
         Child::Timers(p) => Box::pin(Actor::spawn_linked(
             None,
             Timers,
-            (shared.bus.clone(), shared.catalog.clone(), *p),
+            (
+                shared.bus.clone(),
+                shared.catalog.clone(),
+                *p,
+                sensor_host(shared),
+            ),
             supervisor,
         ))
         .await?
@@ -236,6 +243,21 @@ async fn spawn_child(
         .get_cell(),
     };
     Ok(cell)
+}
+
+/// What the Python sensors of a sensors partition share. Their tasks are
+/// tracked with the node's runs, so shutdown waits for them to stop.
+fn sensor_host(shared: &Shared) -> HostContext {
+    HostContext {
+        bus: shared.bus.clone(),
+        catalog: shared.catalog.clone(),
+        auth: shared.runners.auth.clone(),
+        node: shared.settings.name.clone(),
+        data_dir: shared.settings.data_dir.clone(),
+        api_url: shared.runners.api_url.clone(),
+        lease: shared.lease.clone(),
+        tasks: shared.runners.in_flight.clone(),
+    }
 }
 
 impl Actor for NodeSupervisor {

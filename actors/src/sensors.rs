@@ -1,8 +1,10 @@
-//! Sensors built into the node. [`Timers`] fires StackStorm's timer
+//! The sensors partition actor. [`Timers`] fires StackStorm's timer
 //! triggers (`core.st2.IntervalTimer`, `DateTimer`, `CronTimer`, scheduled
 //! by [`Schedule`]) for every timer some enabled rule listens to, one
 //! actor per owned sensor partition: a timer belongs to the partition of
-//! its trigger reference, so exactly one node fires it.
+//! its trigger reference, so exactly one node fires it. The same actor
+//! runs the partition's Python pack sensors through its
+//! [`SensorHost`] (a sensor belongs to the partition of its reference).
 //!
 //! A tick's trigger instance id is derived from the trigger and the tick's
 //! time, and published with that id as `Nats-Msg-Id`: however many nodes
@@ -20,10 +22,11 @@ use squall_domain::schedule::Schedule;
 use squall_domain::{ids, triggers};
 use tokio::task::JoinHandle;
 
-use crate::bus::{Bus, TIMERS_BUCKET};
+use crate::bus::{Bus, SENSORS_BUCKET, TIMERS_BUCKET};
 use crate::catalog::{CatalogHandle, Trigger};
 use crate::error::bus_err;
 use crate::pump::Pump;
+use crate::sensor_host::{HostContext, SensorHost};
 
 /// The timer trigger types, and the names StackStorm tags their traces
 /// with.
@@ -82,6 +85,8 @@ pub struct TimerState {
     catalog: CatalogHandle,
     partition: u32,
     running: HashMap<String, JoinHandle<()>>,
+    /// The partition's Python sensors; dropping it stops them.
+    sensors: SensorHost,
     _pump: Pump,
 }
 
@@ -96,12 +101,12 @@ impl Drop for TimerState {
 impl Actor for Timers {
     type Msg = TimerMsg;
     type State = TimerState;
-    type Arguments = (Bus, CatalogHandle, u32);
+    type Arguments = (Bus, CatalogHandle, u32, HostContext);
 
     async fn pre_start(
         &self,
         myself: ActorRef<TimerMsg>,
-        (bus, catalog, partition): (Bus, CatalogHandle, u32),
+        (bus, catalog, partition, host): (Bus, CatalogHandle, u32, HostContext),
     ) -> Result<TimerState, ActorProcessingErr> {
         let changes = tokio_stream_of(catalog.subscribe());
         let fired = bus
@@ -109,6 +114,11 @@ impl Actor for Timers {
             .get_key_value(TIMERS_BUCKET)
             .await
             .map_err(|e| bus_err("open bucket timers", e))?;
+        let states = bus
+            .js
+            .get_key_value(SENSORS_BUCKET)
+            .await
+            .map_err(|e| bus_err("open bucket sensors", e))?;
         myself.cast(TimerMsg::CatalogChanged)?;
         Ok(TimerState {
             bus,
@@ -116,6 +126,7 @@ impl Actor for Timers {
             catalog,
             partition,
             running: HashMap::new(),
+            sensors: SensorHost::new(host, states, partition),
             _pump: Pump::start(
                 changes,
                 myself,
@@ -162,6 +173,7 @@ impl Actor for Timers {
                 );
             }
         }
+        state.sensors.reconcile(&catalog);
         Ok(())
     }
 }

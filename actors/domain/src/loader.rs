@@ -1473,7 +1473,8 @@ fn check_trigger_type(
 ) -> Result<TriggerTypeDef, Vec<Problem>> {
     let top = doc.map.clone();
     doc.unknown_fields(at, &top, TRIGGER_TYPE_FIELDS);
-    check_name(&mut doc);
+    // StackStorm's own trigger types have dots (`linux.file_watch.line`).
+    check_name_with(&mut doc, true);
     claim_pack(&mut doc, pack);
     for derived in ["id", "ref", "uid"] {
         doc.map.remove(derived);

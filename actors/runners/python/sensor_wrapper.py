@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
 SENSOR_METHODS = (
@@ -234,8 +235,42 @@ def die_with_node():
         os._exit(1)
 
 
-def stop(signum, frame):
-    raise SystemExit(0)
+class Stop(object):
+    """SIGTERM: the main thread raises SystemExit once, so cleanup() runs."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if not self.requested:
+            self.requested = True
+            raise SystemExit(0)
+
+
+def wake_main_thread_on_sigterm():
+    """Makes SIGTERM reach the main thread's Python code promptly.
+
+    Python runs signal handlers in the main thread, and only once it runs
+    Python code again: a signal that lands in another thread, or just
+    before the main thread enters a long sleep (a PollingSensor sleeps its
+    whole interval), would wait for the sleep to end. The handler writes
+    the signal to a wakeup pipe; a helper thread reading it re-sends
+    SIGTERM to the main thread until the process ends, which interrupts
+    whatever it waits on.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end)
+    main = threading.main_thread().ident
+
+    def poke():
+        while signal.SIGTERM not in os.read(read_end, 512):
+            pass
+        while True:
+            signal.pthread_kill(main, signal.SIGTERM)
+            time.sleep(0.1)
+
+    threading.Thread(target=poke, name="squall-sigterm", daemon=True).start()
 
 
 def main():
@@ -260,7 +295,8 @@ def main():
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log = logging.getLogger("SensorWrapper.%s.%s" % (args.pack, args.class_name))
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, Stop())
+    wake_main_thread_on_sigterm()
 
     sensor = None
     try:

@@ -196,8 +196,18 @@ impl SensorProcess {
         ok
     }
 
-    /// Sends `signal` to the sensor's process group.
-    pub fn signal(&self, signal: Signal) {
+    /// Asks the sensor to stop (SIGTERM to its process group): its
+    /// `cleanup()` runs and it exits.
+    pub fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Kills the sensor's process group.
+    pub fn kill(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    fn signal(&self, signal: Signal) {
         if let Ok(pgid) = i32::try_from(self.pid) {
             // The group may be gone already, which is what we want.
             let _ = killpg(Pid::from_raw(pgid), signal);
@@ -325,7 +335,7 @@ mod tests {
         while !seen.contains(&added) {
             seen.push(rx.recv().await.expect("an event"));
         }
-        process.signal(Signal::SIGTERM);
+        process.terminate();
         let rest = events_until_closed(rx).await;
         seen.extend(rest.iter().cloned());
         assert!(rest

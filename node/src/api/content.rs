@@ -81,7 +81,7 @@ pub struct ContentFilter {
 }
 
 impl ContentFilter {
-    fn keeps(&self, pack: &str, name: &str) -> bool {
+    pub fn keeps(&self, pack: &str, name: &str) -> bool {
         self.pack.as_deref().is_none_or(|p| p == pack)
             && self.name.as_deref().is_none_or(|n| n == name)
     }

@@ -18,6 +18,7 @@ mod keys;
 mod listing;
 mod query;
 mod rule_test;
+mod sensors;
 mod service_registry;
 mod stream;
 mod triggers;
@@ -156,6 +157,8 @@ pub fn app(state: ApiState) -> Router {
         .route("/config_schemas", get(configs::list_schemas))
         .route("/config_schemas/{pack}", get(configs::get_schema))
         .route("/triggertypes", get(content::list_trigger_types))
+        .route("/sensortypes", get(sensors::list))
+        .route("/sensortypes/{reference}", get(sensors::get_one))
         .route("/runnertypes", get(content::list_runner_types))
         .route("/runnertypes/{name}", get(content::get_runner_type))
         .route("/triggerinstances/{id}", get(triggers::get_instance))
