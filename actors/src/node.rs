@@ -256,6 +256,9 @@ fn sensor_host(shared: &Shared) -> HostContext {
         data_dir: shared.settings.data_dir.clone(),
         api_url: shared.runners.api_url.clone(),
         lease: shared.lease.clone(),
+        configs: shared.runners.configs.clone(),
+        renderer: shared.runners.renderer.clone(),
+        kv: shared.runners.kv.clone(),
         tasks: shared.runners.in_flight.clone(),
     }
 }

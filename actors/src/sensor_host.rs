@@ -5,7 +5,8 @@
 //! A sensor belongs to the partition of its reference, so it runs on the
 //! one node holding that partition's lease and moves with the lease. Its
 //! task:
-//! - starts the process with an API token of its own (user
+//! - starts the process with its pack's config (resolved as for the
+//!   system user) and an API token of its own (user
 //!   [`SENSOR_USER`], renewed every [`TOKEN_RENEW_EVERY`], revoked when the
 //!   process ends) for `sensor_service`'s datastore calls;
 //! - tells it `add_trigger` / `update_trigger` / `remove_trigger` as
@@ -25,6 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -32,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
 use squall_domain::model::SensorDef;
+use squall_domain::template::Renderer;
 use squall_domain::time::{self, Timestamp};
 use squall_domain::{ids, schema};
 use squall_runners::sensor::{SensorEvent, SensorProcess, SensorSpec, STOP_GRACE};
@@ -43,6 +46,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::catalog::{content_id, Catalog, CatalogHandle, Trigger};
+use crate::configs::{self, ConfigCache};
+use crate::keys::KeyCache;
 use crate::lease::LeaseValidity;
 use crate::metrics::{self, Dispatch};
 
@@ -144,6 +149,11 @@ pub struct HostContext {
     /// The v1 API root (`ST2_API_URL`).
     pub api_url: String,
     pub lease: LeaseValidity,
+    /// Pack configs (a sensor's `self.config`), rendered with the
+    /// datastore.
+    pub configs: ConfigCache,
+    pub renderer: Arc<Renderer>,
+    pub kv: KeyCache,
     /// Owns the sensor tasks: a stopping sensor outlives its partition's
     /// actor by its SIGTERM grace, and node shutdown waits for it.
     pub tasks: TaskTracker,
@@ -305,6 +315,24 @@ impl SensorTask {
     /// Starts the process and serves it until it ends or `stop`.
     async fn run_once(&mut self, stop: &CancellationToken) -> Ended {
         let def = &self.wanted.def;
+        // The pack's config, as the system user sees it (StackStorm's).
+        let config = match configs::resolve(
+            &self.ctx.configs,
+            &self.ctx.catalog.load(),
+            &def.pack,
+            crate::executions::SYSTEM_USER,
+            &self.ctx.renderer,
+            &self.ctx.kv,
+        ) {
+            Ok(config) => config,
+            Err(e) => {
+                return Ended::Crashed {
+                    error: e.to_string(),
+                    was_ready: false,
+                    ran: Duration::ZERO,
+                }
+            }
+        };
         let token = match self
             .ctx
             .auth
@@ -327,12 +355,13 @@ impl SensorTask {
             class_name: def.class_name.clone(),
             trigger_types: def.trigger_types.clone(),
             poll_interval: def.poll_interval,
+            config,
             env: BTreeMap::from([
                 ("ST2_API_URL".to_string(), self.ctx.api_url.clone()),
                 ("ST2_AUTH_TOKEN".to_string(), token.clone()),
             ]),
         };
-        let (mut process, events) = match SensorProcess::spawn(&spec) {
+        let (mut process, events) = match SensorProcess::spawn(&spec).await {
             Ok(p) => p,
             Err(e) => {
                 self.revoke(&token).await;

@@ -9,7 +9,8 @@
 #   returned, {"event": "dispatch", "trigger", "payload", "trace_tag"} for
 #   every sensor_service.dispatch(), {"event": "error", "message"} before a
 #   failure exit. The sensor's own prints (fd 1 included) go to stderr.
-# - stdin carries the node's commands: {"op": "add_trigger" |
+# - stdin carries the pack's config first, {"config": {...}}, then the
+#   node's commands: {"op": "add_trigger" |
 #   "update_trigger" | "remove_trigger", "trigger": {...}} and
 #   {"op": "token", "token": "..."} (a renewed API token). End of input
 #   means the node is gone: the sensor stops.
@@ -176,10 +177,18 @@ def load_class(file_path, class_name):
     return cls
 
 
-def instantiate(cls, service, poll_interval):
+def read_config():
+    """The first line on stdin: {"config": {...}}, the pack's config."""
+    line = sys.stdin.readline()
+    if not line:
+        raise Fatal("The node closed the pipe before sending the pack config")
+    return json.loads(line).get("config") or {}
+
+
+def instantiate(cls, service, config, poll_interval):
     from st2reactor.sensor.base import PollingSensor
 
-    kwargs = {"sensor_service": service, "config": {}}
+    kwargs = {"sensor_service": service, "config": config}
     if poll_interval is not None and issubclass(cls, PollingSensor):
         kwargs["poll_interval"] = poll_interval
     return cls(**kwargs)
@@ -300,9 +309,10 @@ def main():
 
     sensor = None
     try:
+        config = read_config()
         cls = load_class(args.file_path, args.class_name)
         service = SensorService(events, args.pack, args.class_name)
-        sensor = instantiate(cls, service, args.poll_interval)
+        sensor = instantiate(cls, service, config, args.poll_interval)
         set_up = threading.Event()
         Commands(sensor, service, set_up, log).start()
         sensor.setup()

@@ -5,8 +5,9 @@
 //! wrapper sets `PR_SET_PDEATHSIG` first thing).
 //!
 //! The pipes it inherits carry JSON lines: stdout its events
-//! ([`SensorEvent`]: ready, dispatch, error), stdin the node's commands
-//! (trigger changes, a renewed token), stderr its log. Knows processes,
+//! ([`SensorEvent`]: ready, dispatch, error), stdin its pack's config (the
+//! first line) and then the node's commands (trigger changes, a renewed
+//! token), stderr its log. Knows processes,
 //! not NATS: the engine publishes what a sensor dispatches.
 
 use std::collections::BTreeMap;
@@ -60,6 +61,9 @@ pub struct SensorSpec {
     pub class_name: String,
     pub trigger_types: Vec<String>,
     pub poll_interval: Option<u64>,
+    /// The pack's config (`self.config`), sent as the first line on stdin
+    /// (never on the command line, where `ps` shows it).
+    pub config: serde_json::Map<String, Value>,
     /// Added to the node's environment (`ST2_API_URL`, `ST2_AUTH_TOKEN`).
     pub env: BTreeMap<String, String>,
 }
@@ -108,7 +112,7 @@ pub struct SensorProcess {
 impl SensorProcess {
     /// Starts the sensor; its events arrive on the returned channel, which
     /// closes once the process has closed its output.
-    pub fn spawn(
+    pub async fn spawn(
         spec: &SensorSpec,
     ) -> Result<(SensorProcess, mpsc::Receiver<SensorEvent>), SensorError> {
         let dir = pylib::install(&spec.data_dir).map_err(|source| SensorError::Pylib {
@@ -175,7 +179,12 @@ impl SensorProcess {
             });
         }
         let stdin = child.stdin.take();
-        Ok((SensorProcess { child, stdin, pid }, rx))
+        let mut process = SensorProcess { child, stdin, pid };
+        // A process that died at once shows in its exit, not here.
+        process
+            .send(&serde_json::json!({"config": spec.config}))
+            .await;
+        Ok((process, rx))
     }
 
     /// The process id.
@@ -293,7 +302,7 @@ mod tests {
                  def poll(self):\n        \
                      self.n += 1\n        \
                      print('printed, not an event')\n        \
-                     self.sensor_service.dispatch('p.t', {'n': self.n}, trace_tag='t%d' % self.n)\n    \
+                     self.sensor_service.dispatch('p.t', {'n': self.n, 'greeting': self.config['greeting']}, trace_tag='t%d' % self.n)\n    \
                  def cleanup(self): self.sensor_service.get_logger('x').info('cleaned up')\n    \
                  def add_trigger(self, t): self.sensor_service.dispatch('p.added', t)\n    \
                  def update_trigger(self, t): pass\n    \
@@ -306,9 +315,10 @@ mod tests {
             class_name: "Poll".into(),
             trigger_types: vec!["p.t".into()],
             poll_interval: Some(60),
+            config: serde_json::from_value(json!({"greeting": "hi"})).expect("a map"),
             env: BTreeMap::new(),
         };
-        let (mut process, mut rx) = SensorProcess::spawn(&spec).expect("spawned");
+        let (mut process, mut rx) = SensorProcess::spawn(&spec).await.expect("spawned");
         let mut seen = Vec::new();
         while !seen
             .iter()
@@ -319,7 +329,7 @@ mod tests {
         assert!(seen.contains(&SensorEvent::Ready), "{seen:?}");
         assert!(seen.contains(&SensorEvent::Dispatch {
             trigger: "p.t".into(),
-            payload: json!({"n": 1}),
+            payload: json!({"n": 1, "greeting": "hi"}),
             trace_tag: Some("t1".into())
         }));
         assert!(
@@ -358,9 +368,10 @@ mod tests {
             class_name: "Missing".into(),
             trigger_types: vec![],
             poll_interval: None,
+            config: serde_json::Map::new(),
             env: BTreeMap::new(),
         };
-        let (mut process, rx) = SensorProcess::spawn(&spec).expect("spawned");
+        let (mut process, rx) = SensorProcess::spawn(&spec).await.expect("spawned");
         let events = events_until_closed(rx).await;
         assert!(
             events.iter().any(|e| matches!(e, SensorEvent::Error(m)
