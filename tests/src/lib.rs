@@ -203,10 +203,11 @@ impl TestNode {
         let nats = NatsServer::start()?;
         let dir = tempfile::tempdir()?;
         let mut config = test_config(&nats.url(), pack_dirs);
+        // A default `configure` may replace (a pack virtualenv made first).
+        config.data_dir = dir.path().join("data");
         configure(&mut config);
         config.auth.admin_password_file = dir.path().join("admin-password");
         config.datastore.key_file = dir.path().join("datastore.key");
-        config.data_dir = dir.path().join("data");
         let node = start_node(&config).await?;
         let addr = node.api_addr.context("API address")?;
         let root = format!("http://{addr}");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use squall_tests::cluster::{admin_client, spec_in, Api, NodeProcess};
+use squall_tests::cluster::{admin_client, free_port, spec_in, Api, NodeProcess};
 use squall_tests::{poll, repo_root, write_pack, NatsServer, TestNode};
 
 /// A directory of packs holding StackStorm's fixture pack `name`
@@ -501,5 +501,99 @@ async fn a_polling_sensor_moves_to_another_node_when_its_node_is_killed() -> Res
     })
     .await
     .context("the moved sensor dispatches")?;
+    Ok(())
+}
+
+/// Makes `<data dir>/virtualenvs/<pack>` with the pack's
+/// `requirements.txt`, as `packs.setup_virtualenv` does (real python3 and
+/// pip).
+fn pack_virtualenv(data_dir: &Path, pack_dir: &Path, pack: &str) -> Result<()> {
+    let venv = data_dir.join("virtualenvs").join(pack);
+    let status = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()?;
+    anyhow::ensure!(status.success(), "python3 -m venv failed");
+    let out = std::process::Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "-r"])
+        .arg(pack_dir.join("requirements.txt"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pip install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn hello_st2_s_sensor_keeps_its_count_in_the_datastore_and_fires_its_rule() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let packs = packs_with_fixture(dir.path(), "hello_st2")?;
+    let fixture = repo_root().join("tests/fixtures/st2-packs/hello_st2");
+    // HelloSensor imports eventlet, its pack's requirement: it runs in the
+    // pack's virtualenv, made before the node starts.
+    let data_dir = dir.path().join("data");
+    pack_virtualenv(&data_dir, &fixture, "hello_st2")?;
+    // The sensor calls the API back at the node's public URL: a real port.
+    let port = free_port()?;
+    let node = TestNode::start_with(vec![repo_root().join("packs"), packs], |c| {
+        c.data_dir = data_dir.clone();
+        c.api.listen = format!("127.0.0.1:{port}").parse().expect("an address");
+    })
+    .await?;
+    let key = "keys/hello_st2.HelloSensor:hello_st2.count";
+    let stored = |want: &'static str| {
+        let node = &node;
+        move || async move {
+            let (status, v) = node.get(key).await?;
+            Ok((status == 200 && v["value"] == want).then_some(v))
+        }
+    };
+    // The sensor reads the count (none yet), dispatches count 1 and
+    // stores it under its local prefix, then sleeps 60 s.
+    if let Err(e) = poll(Duration::from_secs(60), stored("1")).await {
+        let (_, sensor) = node.get("sensortypes/hello_st2.HelloSensor").await?;
+        anyhow::bail!("HelloSensor never stored its count ({e}): {sensor:#}");
+    }
+    let first = sensor_in_state(
+        &node,
+        "hello_st2.HelloSensor",
+        "running",
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await?;
+    let executions = poll(Duration::from_secs(60), || async {
+        let (_, list) = node
+            .get("executions?rule=hello_st2.on_hello_event1&limit=-1")
+            .await?;
+        Ok(list.as_array().filter(|l| !l.is_empty()).cloned())
+    })
+    .await?;
+    let done = node
+        .finished(executions[0]["id"].as_str().context("id")?)
+        .await?;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["parameters"]["greeting"], "Yo");
+
+    // Restarted, it reads the stored count back: get_value works.
+    let pid = first["pid"].as_u64().context("pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    poll(Duration::from_secs(60), stored("2"))
+        .await
+        .context("the restarted HelloSensor did not count on from the datastore")?;
+    let counts: Vec<Value> = instances_of(&node, "hello_st2.event1")
+        .await?
+        .iter()
+        .map(|i| i["payload"]["count"].clone())
+        .collect();
+    assert!(
+        counts.contains(&serde_json::json!(1)) && counts.contains(&serde_json::json!(2)),
+        "{counts:?}"
+    );
     Ok(())
 }
