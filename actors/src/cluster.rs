@@ -65,7 +65,8 @@ pub enum Role {
     Runners,
     /// Owns sensor partitions: the interval, date and cron timers
     /// (Squall's built-in sensors), each timer in the partition of its
-    /// trigger reference.
+    /// trigger reference, and the packs' Python sensors, each in the
+    /// partition of its reference.
     #[serde(alias = "timers")]
     Sensors,
 }
