@@ -73,7 +73,9 @@ const STDERR_TAIL: usize = 20;
 // The token is renewed well before it expires.
 const _: () = assert!(TOKEN_RENEW_EVERY.as_secs() * 2 <= DEFAULT_TOKEN_TTL.as_secs());
 
-/// A sensor's state as the `sensors` bucket holds it (wire format).
+/// A sensor's state as the `sensors` bucket holds it (wire format),
+/// written at each change of state, each rejected dispatch, and at most
+/// every few seconds as the sensor dispatches.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SensorStatus {
     #[serde(default)]
@@ -232,6 +234,7 @@ impl SensorHost {
                     ..SensorStatus::default()
                 },
                 stderr: VecDeque::new(),
+                stored_at: Instant::now(),
             };
             self.ctx.tasks.spawn(task.supervise(stop.clone()));
             self.running.insert(reference, (w, stop));
@@ -247,7 +250,12 @@ struct SensorTask {
     wanted: Wanted,
     status: SensorStatus,
     stderr: VecDeque<String>,
+    /// When the state was last written.
+    stored_at: Instant,
 }
+
+/// How often the dispatch counts of a running sensor are written at most.
+const COUNTS_EVERY: Duration = Duration::from_secs(5);
 
 /// How one run of the process ended.
 enum Ended {
@@ -579,9 +587,7 @@ impl SensorTask {
                     "Trigger payload validation failed and validation is enabled, not dispatching a trigger");
                 self.status.rejected += 1;
                 self.status.last_rejection = Some(format!("{trigger}: {reason}"));
-                let state = self.status.state.clone();
-                self.set_state(&state, self.status.last_error.clone(), None)
-                    .await;
+                self.store().await;
                 return;
             }
         };
@@ -596,6 +602,9 @@ impl SensorTask {
                 Ok(()) => {
                     metrics::sensor_dispatch(Dispatch::Published);
                     self.status.dispatched += 1;
+                    if self.stored_at.elapsed() >= COUNTS_EVERY {
+                        self.store().await;
+                    }
                     tracing::debug!(sensor = %self.reference, trigger_instance = %instance.id,
                         trigger = %instance.trigger, "sensor dispatched a trigger");
                     return;
@@ -615,16 +624,42 @@ impl SensorTask {
             self.status.last_error = error;
         }
         self.status.next_start_at = next;
+        self.store().await;
+    }
+
+    /// Writes the state. `stopped` is written only over this node's own
+    /// record: after a handover the next owner's may already be there.
+    async fn store(&mut self) {
         self.status.updated_at = time::now();
+        self.stored_at = Instant::now();
         let key = status_key(&self.reference);
-        let stored = match to_bytes(&self.status) {
-            Ok(bytes) => self
-                .bucket
+        let bytes = match to_bytes(&self.status) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(sensor = %self.reference, error = %e, "sensor state not stored");
+                return;
+            }
+        };
+        let stored = if self.status.state == "stopped" {
+            match self.bucket.entry(&key).await {
+                Ok(Some(entry)) => match from_bytes::<SensorStatus>(&key, &entry.value) {
+                    Ok(current) if current.node != self.ctx.node => return,
+                    _ => self
+                        .bucket
+                        .update(&key, bytes, entry.revision)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                },
+                Ok(None) => return,
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            self.bucket
                 .put(&key, bytes)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+                .map_err(|e| e.to_string())
         };
         if let Err(e) = stored {
             tracing::warn!(sensor = %self.reference, error = %e, "sensor state not stored");

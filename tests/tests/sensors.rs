@@ -165,6 +165,50 @@ async fn file_watch_sensor_fires_the_rule_of_its_trigger_for_each_appended_line(
         "a line of one file reaches only the rules of that file's trigger"
     );
 
+    // Disabling the rule drops its trigger: the sensor gets remove_trigger
+    // and stops tailing the file. A dispatch by the dropped trigger's ref
+    // would be rejected (no such trigger any more) and counted.
+    let (_, mut rule) = node.get("rules/watch.on_line").await?;
+    rule["enabled"] = Value::Bool(false);
+    let (status, body) = node
+        .call(
+            &node.http,
+            reqwest::Method::PUT,
+            "rules/watch.on_line",
+            Some(&rule),
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "disabling the rule: {status} {body}");
+    let trigger_ref = instance["trigger"]
+        .as_str()
+        .context("trigger ref")?
+        .to_string();
+    poll(Duration::from_secs(10), || async {
+        let (status, _) = node.get(&format!("triggers/{trigger_ref}")).await?;
+        Ok((status == 404).then_some(()))
+    })
+    .await?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&watched)?;
+        writeln!(f, "after the rule was disabled")?;
+    }
+    // The sensor reads its files every 0.1 s: two seconds without a
+    // dispatch is its answer.
+    let window = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < window {
+        let (_, v) = node.get("sensortypes/linux.FileWatchSensor").await?;
+        assert_eq!(v["rejected"], 0, "the sensor still watched the file: {v:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = instances_of(&node, &trigger_ref).await?;
+    assert!(
+        after
+            .iter()
+            .all(|i| i["payload"]["line"] != "after the rule was disabled"),
+        "{after:#?}"
+    );
+
     // Measured: dispatch (the instance's occurrence) → execution requested
     // → finished.
     let requested = millis_between(&instance["occurrence_time"], &done["start_timestamp"])?;
