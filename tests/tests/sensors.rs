@@ -121,16 +121,22 @@ async fn file_watch_sensor_fires_the_rule_of_its_trigger_for_each_appended_line(
     // The sensor tails from the end of the file once add_trigger reached
     // it: append until a line fires the rule.
     let mut appended = 0;
+    let written_at = std::sync::Mutex::new(std::collections::HashMap::new());
     let execution = poll(Duration::from_secs(60), || {
         appended += 1;
         let write = appended % 20 == 1;
         let watched = watched.clone();
         let node = &node;
+        let written_at = &written_at;
         async move {
             if write {
                 use std::io::Write;
                 let mut f = std::fs::OpenOptions::new().append(true).open(&watched)?;
                 writeln!(f, "line {appended}")?;
+                written_at
+                    .lock()
+                    .expect("lock")
+                    .insert(format!("line {appended}"), chrono::Utc::now());
             }
             let (_, list) = node.get("executions?rule=watch.on_line&limit=-1").await?;
             Ok(list.as_array().and_then(|l| l.last().cloned()))
@@ -213,8 +219,14 @@ async fn file_watch_sensor_fires_the_rule_of_its_trigger_for_each_appended_line(
     // → finished.
     let requested = millis_between(&instance["occurrence_time"], &done["start_timestamp"])?;
     let finished = millis_between(&instance["occurrence_time"], &done["end_timestamp"])?;
+    let line = instance["payload"]["line"].as_str().unwrap_or_default();
+    let written = written_at.lock().expect("lock").get(line).copied();
+    let appended_to_finished = match written {
+        Some(at) => millis_between(&Value::String(at.to_rfc3339()), &done["end_timestamp"])?,
+        None => anyhow::bail!("line {line:?} was never appended"),
+    };
     println!(
-        "sensor dispatch → execution requested: {requested} ms; → execution finished: {finished} ms"
+        "sensor dispatch → execution requested: {requested} ms; → execution finished: {finished} ms; line appended → execution finished: {appended_to_finished} ms"
     );
     Ok(())
 }
