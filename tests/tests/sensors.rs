@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use squall_tests::cluster::{admin_client, free_port, spec_in, Api, NodeProcess};
-use squall_tests::{poll, repo_root, write_pack, NatsServer, TestNode};
+use squall_tests::{poll, repo_root, st2, st2_json, write_pack, NatsServer, TestNode};
 
 /// A directory of packs holding StackStorm's fixture pack `name`
 /// (a link to it: the fixture stays unchanged).
@@ -441,6 +441,27 @@ async fn bad_sensors_and_bad_payloads_are_reported_and_counted() -> Result<()> {
         .context("the rejected dispatches metric")?
         .parse()?;
     assert!(rejected >= 2, "{metrics}");
+
+    // The official CLI reads the same.
+    let home = tempfile::tempdir()?;
+    let (ok, out, err) = st2(
+        &node,
+        home.path(),
+        &["login", "admin", "-p", &node.admin_password],
+    )
+    .await?;
+    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    let listed = st2_json(&node, home.path(), &["sensor", "list", "--pack", "faulty"]).await?;
+    let mut refs: Vec<&str> = listed
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter_map(|s| s["ref"].as_str())
+        .collect();
+    refs.sort_unstable();
+    assert_eq!(refs, ["faulty.Boom", "faulty.Nope", "faulty.Strict"]);
+    let one = st2_json(&node, home.path(), &["sensor", "get", "faulty.Boom"]).await?;
+    assert_eq!(one["state"], "failed", "{one:#}");
 
     let (status, missing) = node.get("sensortypes/faulty.Missing").await?;
     assert_eq!(status, 404, "{missing}");
