@@ -674,3 +674,91 @@ async fn hello_st2_s_sensor_keeps_its_count_in_the_datastore_and_fires_its_rule(
     );
     Ok(())
 }
+
+const STUBBORN: &str = r#"
+import time
+
+from st2reactor.sensor.base import Sensor
+
+
+class Stubborn(Sensor):
+    def setup(self):
+        pass
+
+    def run(self):
+        while True:
+            time.sleep(1)
+
+    def cleanup(self):
+        # Never finishes on its own: only SIGKILL ends it.
+        while True:
+            time.sleep(1)
+
+    def add_trigger(self, trigger):
+        pass
+
+    def update_trigger(self, trigger):
+        pass
+
+    def remove_trigger(self, trigger):
+        pass
+"#;
+
+#[tokio::test]
+async fn a_disabled_sensor_gets_sigterm_then_sigkill_after_its_grace() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let packs = dir.path().join("packs");
+    let yaml = "class_name: Stubborn\nentry_point: stubborn.py\n";
+    let pack = write_pack(
+        &packs,
+        "stubborn",
+        &[
+            (
+                "pack.yaml",
+                "name: stubborn\nversion: 1.0.0\ndescription: A sensor that will not stop.\nauthor: squall\n",
+            ),
+            ("sensors/stubborn.py", STUBBORN),
+            ("sensors/stubborn.yaml", yaml),
+        ],
+    )?;
+    let node = TestNode::start(vec![packs]).await?;
+    let running = sensor_in_state(
+        &node,
+        "stubborn.Stubborn",
+        "running",
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(running["pid"].as_u64().context("pid")?)?);
+
+    std::fs::write(
+        pack.join("sensors/stubborn.yaml"),
+        format!("{yaml}enabled: false\n"),
+    )?;
+    let (status, body) = node
+        .post(
+            "packs/register",
+            &serde_json::json!({"packs": ["stubborn"]}),
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "register: {status} {body}");
+    let asked = Instant::now();
+    let alive = || nix::sys::signal::kill(pid, None).is_ok();
+    // SIGTERM runs cleanup(), which hangs: the process lives on through
+    // the grace...
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(alive(), "killed before its 5 s grace");
+    // ...and is killed after it.
+    poll(Duration::from_secs(10), || async {
+        Ok((!alive()).then_some(()))
+    })
+    .await
+    .context("the sensor outlived its grace")?;
+    let took = asked.elapsed();
+    assert!(took >= Duration::from_secs(5), "killed after {took:?}");
+    let (_, view) = node.get("sensortypes/stubborn.Stubborn").await?;
+    assert_eq!(view["state"], "disabled", "{view:#}");
+    assert_eq!(view["enabled"], false);
+    Ok(())
+}
