@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use squall::node::Node;
-use squall_tests::{client_with_token, login, poll, start_node, write_pack, TestNode};
+use squall_tests::cluster::{admin_client, spec_in, Api, NodeProcess};
+use squall_tests::{client_with_token, login, poll, start_node, write_pack, NatsServer, TestNode};
 
 const PACK: &str =
     "ref: lim\nname: lim\ndescription: policy tests\nversion: 0.1.0\nauthor: tests\n";
@@ -352,6 +353,74 @@ async fn a_slot_whose_release_was_lost_is_freed_by_the_sweep() -> Result<()> {
     })
     .await?;
     pair.stop().await;
+    Ok(())
+}
+
+/// Starts a run of `action` through `api`; its execution id.
+async fn start_run(api: &Api, action: &str, parameters: Value) -> Result<String> {
+    let created: Value = api
+        .http
+        .post(format!("{}/executions", api.base))
+        .json(&json!({"action": action, "parameters": parameters}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    created["id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("{created}"))
+}
+
+#[tokio::test]
+async fn the_slot_of_a_run_whose_node_was_killed_goes_to_the_next_in_line() -> Result<()> {
+    // Real `squall node` processes: one is killed with SIGKILL mid-run.
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = spec_in(dir.path(), nats.url(), 1, 4);
+    spec.extra_packs.push(dir.path().join("packs"));
+    let files = pack_files();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_pack(&dir.path().join("packs"), "lim", &refs)?;
+    let mut nodes = vec![NodeProcess::start(&spec, "n1", "")?];
+    let mut apis = vec![admin_client(&spec, &nodes[0]).await?];
+    nodes.push(NodeProcess::start(&spec, "n2", "")?);
+    apis.push(admin_client(&spec, &nodes[1]).await?);
+
+    // `lim.guarded` has one slot: the first run holds it, the second waits.
+    let first = start_run(&apis[0], "lim.guarded", json!({"cmd": "sleep 120"})).await?;
+    let running = poll(Duration::from_secs(30), || async {
+        let e = apis[0].get(&format!("executions/{first}")).await?;
+        Ok((e["status"] == "running").then_some(e))
+    })
+    .await?;
+    let second = start_run(&apis[1], "lim.guarded", json!({"cmd": "true"})).await?;
+    poll(Duration::from_secs(30), || async {
+        let e = apis[1].get(&format!("executions/{second}")).await?;
+        Ok((e["status"] == "delayed").then_some(()))
+    })
+    .await?;
+
+    // The node running the first dies; its run is found lost after the
+    // request's ack wait, recorded abandoned, and its slot goes on.
+    let holder = usize::from(running["node"] != "n1");
+    nodes[holder].kill()?;
+    let survivor = &apis[1 - holder];
+    let abandoned = poll(Duration::from_secs(90), || async {
+        let e = survivor.get(&format!("executions/{first}")).await?;
+        Ok((e["status"] == "abandoned").then_some(e))
+    })
+    .await?;
+    let done = poll(Duration::from_secs(30), || async {
+        let e = survivor.get(&format!("executions/{second}")).await?;
+        Ok((e["status"] == "succeeded").then_some(e))
+    })
+    .await?;
+    let (started, _) = ran(&done).context("the second ran")?;
+    assert!(started >= at(&abandoned["end_timestamp"]), "{done}");
     Ok(())
 }
 
