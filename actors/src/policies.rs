@@ -136,7 +136,8 @@ async fn read(bus: &Bus, key: &str) -> Result<(Slots, Option<u64>), EngineError>
 }
 
 /// Writes `slots` over revision `rev` (`None`: the key never existed),
-/// deleting the entry when nobody is listed; false when someone else wrote
+/// deleting the entry when nobody is listed. The new revision (0 once
+/// deleted: nobody waits to be woken), or `None` when someone else wrote
 /// first.
 async fn write(
     bus: &Bus,
@@ -283,12 +284,7 @@ async fn wake(bus: &Bus, slots: &Slots, free: u64, rev: u64) -> Result<(), Engin
 }
 
 /// Publishes a request for execution `id` (read afresh by its runner).
-pub async fn request_again(
-    bus: &Bus,
-    id: &str,
-    pool: &str,
-    msg_id: &str,
-) -> Result<(), EngineError> {
+async fn request_again(bus: &Bus, id: &str, pool: &str, msg_id: &str) -> Result<(), EngineError> {
     let request = ExecutionRequest {
         v: 1,
         execution_id: id.to_string(),
