@@ -304,6 +304,9 @@ pub struct BusHandles {
     pub output: stream::Stream,
     /// Number of partitions, fixed when the cluster was created.
     pub partitions: u32,
+    /// Who reacts to an execution's end, as this node's catalog knows it
+    /// ([`crate::notifier::EndListeners`]); kept by the content watcher.
+    pub end_listeners: std::sync::RwLock<Arc<crate::notifier::EndListeners>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -364,9 +367,27 @@ impl Bus {
             concurrency: kv(crate::policies::CONCURRENCY_BUCKET).await?,
             triggers,
             partitions,
+            end_listeners: Default::default(),
             js,
             client,
         })))
+    }
+
+    /// Whether an ended `record`'s actiontrigger has anyone to react to it.
+    pub fn wants_end(&self, record: &ExecutionRecord) -> bool {
+        self.end_listeners
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .want(record)
+    }
+
+    /// Takes who reacts to ends from a new catalog.
+    pub fn set_end_listeners(&self, catalog: &crate::catalog::Catalog) {
+        let listeners = Arc::new(crate::notifier::EndListeners::of(catalog));
+        *self
+            .end_listeners
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = listeners;
     }
 
     /// The partition that owns a trigger instance or execution id.

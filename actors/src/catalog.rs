@@ -2,7 +2,7 @@
 //! rebuilt whenever a pack changes in the `content` bucket and swapped in
 //! atomically. Readers take an `Arc<Catalog>` and never block writers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -139,6 +139,23 @@ impl Catalog {
         }
         cat.packs = packs;
         cat
+    }
+
+    /// Whether some enabled rule listens to `trigger_type`.
+    pub fn listens_to(&self, trigger_type: &str) -> bool {
+        self.rules_by_type.contains_key(trigger_type)
+    }
+
+    /// The actions an enabled `action.retry` policy applies to.
+    pub fn retried_actions(&self) -> HashSet<String> {
+        self.policies
+            .iter()
+            .filter(|(_, list)| {
+                list.iter()
+                    .any(|(_, e)| matches!(e, Enforced::Retry { .. }))
+            })
+            .map(|(action, _)| action.clone())
+            .collect()
     }
 
     /// Whether the policy `policy_ref` is registered and enabled.

@@ -230,6 +230,7 @@ pub enum ContentMsg {
 /// State of [`ContentWatcher`].
 #[derive(Debug)]
 pub struct ContentState {
+    bus: Bus,
     packs: BTreeMap<String, PackBundle>,
     catalog: CatalogHandle,
     _pump: Pump,
@@ -251,6 +252,7 @@ impl Actor for ContentWatcher {
         let packs = load_all(&bus).await?;
         let mut snapshot = Catalog::build(packs.clone());
         snapshot.revision = last;
+        bus.set_end_listeners(&snapshot);
         catalog.store(snapshot);
         let watch = bus
             .content
@@ -259,6 +261,7 @@ impl Actor for ContentWatcher {
             .map_err(|e| bus_err("watch content", e))?;
         let pump = Pump::start(watch, myself, ContentMsg::Changed, ContentMsg::WatchEnded);
         Ok(ContentState {
+            bus,
             packs,
             catalog,
             _pump: pump,
@@ -287,6 +290,7 @@ impl Actor for ContentWatcher {
                 }
                 let mut snapshot = Catalog::build(state.packs.clone());
                 snapshot.revision = entry.revision;
+                state.bus.set_end_listeners(&snapshot);
                 state.catalog.store(snapshot);
                 tracing::debug!(pack = pack_ref, "catalog rebuilt");
                 Ok(())

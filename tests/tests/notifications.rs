@@ -219,3 +219,41 @@ async fn notify_on_failure_emits_a_rendered_notifytrigger_per_route() -> Result<
     assert!(none.is_empty(), "{none:?}");
     Ok(())
 }
+
+/// An end nothing reacts to is not announced (it would double every
+/// execution's trigger traffic for no effect); once a rule listens to the
+/// actiontrigger, every end is.
+#[tokio::test]
+async fn ends_are_announced_only_while_something_listens() -> Result<()> {
+    let node = TestNode::start(Vec::new()).await?;
+    let unheard = run(&node, "core.local", json!({"cmd": "true"})).await?;
+    let unheard_id = unheard["id"].as_str().context("id")?;
+
+    let (status, created) = node
+        .post(
+            "rules",
+            &json!({
+                "name": "on_any_end",
+                "pack": "core",
+                "enabled": true,
+                "trigger": {"type": "core.st2.generic.actiontrigger"},
+                "criteria": {"trigger.action_ref": {"type": "equals", "pattern": "core.noop"}},
+                "action": {"ref": "core.noop"},
+            }),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {created}");
+    let heard = run(&node, "core.local", json!({"cmd": "true"})).await?;
+    let heard_id = heard["id"].as_str().context("id")?;
+    poll(Duration::from_secs(10), || async {
+        let list = instances_about(&node, "core.st2.generic.actiontrigger", heard_id).await?;
+        Ok(list.into_iter().next())
+    })
+    .await?;
+    let before = instances_about(&node, "core.st2.generic.actiontrigger", unheard_id).await?;
+    assert!(
+        before.is_empty(),
+        "the end before any listener was not announced: {before:?}"
+    );
+    Ok(())
+}
