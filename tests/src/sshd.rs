@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +35,9 @@ pub struct TestUser {
 /// a sudoers entry that asks for it.
 pub fn test_user() -> Result<&'static TestUser> {
     static USER: OnceLock<TestUser> = OnceLock::new();
+    // Tests start in parallel: one of them sets the password, once.
+    static SETTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = SETTING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(user) = USER.get() {
         return Ok(user);
     }

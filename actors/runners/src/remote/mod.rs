@@ -551,12 +551,10 @@ async fn host_run(
                 dir = quote(remote_dir),
                 script = quote(remote_script),
             );
-            let copied = match lease.channel().await {
-                Ok(ch) => ssh::exec(ch, &upload, content, plan.timeout, cancel, None)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let copied = lease
+                .run(&upload, content, plan.timeout, cancel, None)
+                .await
+                .map_err(|e| e.to_string());
             match copied {
                 Ok(ran) if ran.end == End::Exited(0) => {}
                 Ok(ran) => {
@@ -579,20 +577,11 @@ async fn host_run(
     let outcome = run_command(&mut lease, plan, name, &body, cancel, output).await;
     if let Job::Script { remote_dir, .. } = job {
         let cleanup = format!("rm -rf {}", quote(remote_dir));
-        let removed = match lease.channel().await {
-            Ok(ch) => ssh::exec(
-                ch,
-                &cleanup,
-                b"",
-                plan.timeout,
-                &CancellationToken::new(),
-                None,
-            )
+        let removed = lease
+            .run(&cleanup, b"", plan.timeout, &CancellationToken::new(), None)
             .await
             .map_err(|e| e.to_string())
-            .map(|ran| ran.end),
-            Err(e) => Err(e.to_string()),
-        };
+            .map(|ran| ran.end);
         if removed != Ok(End::Exited(0)) {
             tracing::warn!(host = %name, dir = %remote_dir, result = ?removed,
                 "could not remove the remote script directory");
@@ -609,27 +598,10 @@ async fn run_command(
     cancel: &CancellationToken,
     output: Option<&mpsc::UnboundedSender<OutputChunk>>,
 ) -> HostOutcome {
-    let channel = match lease.channel().await {
-        Ok(ch) => ch,
-        Err(e) => {
-            return HostOutcome::error(
-                HostEnd::Failed,
-                format!("Failed executing command on host {name}: {e}"),
-                b"",
-                b"",
-            )
-        }
-    };
     let command = plan.command_line(body);
-    let ran = match ssh::exec(
-        channel,
-        &command,
-        &plan.stdin(),
-        plan.timeout,
-        cancel,
-        output,
-    )
-    .await
+    let ran = match lease
+        .run(&command, &plan.stdin(), plan.timeout, cancel, output)
+        .await
     {
         Ok(ran) => ran,
         Err(e) => {

@@ -171,6 +171,10 @@ pub(crate) enum SshError {
         target: Target,
         method: &'static str,
     },
+    #[error("{target} refused to run the command")]
+    ExecRefused { target: Target },
+    #[error("the connection to {target} closed before the command started")]
+    ClosedEarly { target: Target },
     #[error("SSH error with {target}: {source}")]
     Protocol {
         target: Target,
@@ -356,7 +360,7 @@ impl Pool {
             if let Some(conn) = self.inner.take_room(&key) {
                 return Ok(Lease {
                     conn,
-                    fresh: false,
+                    pooled: true,
                     key,
                     pool: self.inner.clone(),
                     login: login.clone(),
@@ -366,7 +370,7 @@ impl Pool {
         let conn = self.inner.open(&key, login).await?;
         Ok(Lease {
             conn,
-            fresh: true,
+            pooled: false,
             key,
             pool: self.inner.clone(),
             login: login.clone(),
@@ -549,7 +553,9 @@ impl PoolInner {
 /// connection to the pool (or closes it when the pool keeps none).
 pub(crate) struct Lease {
     conn: Arc<Conn>,
-    fresh: bool,
+    /// Taken from the pool rather than opened for this execution: it may
+    /// have broken while idle.
+    pooled: bool,
     key: PoolKey,
     pool: Arc<PoolInner>,
     login: Login,
@@ -564,31 +570,66 @@ impl Drop for Lease {
     }
 }
 
+/// Why one attempt at a command failed: before the server started it
+/// (safe to try again elsewhere) or after.
+enum Attempt {
+    NotStarted(SshError),
+    Failed(SshError),
+}
+
+impl Attempt {
+    fn into_error(self) -> SshError {
+        match self {
+            Attempt::NotStarted(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
 impl Lease {
-    /// Opens a session channel. A pooled connection that turns out to be
-    /// broken is dropped and replaced by a new one, once.
-    pub async fn channel(&mut self) -> Result<Channel<Msg>, SshError> {
-        match self.conn.handle.channel_open_session().await {
-            Ok(channel) => {
-                self.fresh = false;
-                Ok(channel)
-            }
-            Err(e) if self.fresh => Err(SshError::Ssh(e).at(&self.key.target)),
-            Err(e) => {
+    /// Runs `command` on a new channel (see [`exec`]). When a pooled
+    /// connection turns out to be broken before the command started, it is
+    /// dropped and the command tried once on a new connection.
+    pub async fn run(
+        &mut self,
+        command: &str,
+        stdin: &[u8],
+        limit: Option<Duration>,
+        cancel: &CancellationToken,
+        output: Option<&mpsc::UnboundedSender<OutputChunk>>,
+    ) -> Result<Ran, SshError> {
+        match self.attempt(command, stdin, limit, cancel, output).await {
+            Err(Attempt::NotStarted(e)) if self.pooled => {
                 tracing::debug!(host = %self.key.target, error = %e,
                     "pooled SSH connection is broken; reconnecting once");
                 self.pool.forget(&self.key, &self.conn);
                 let conn = self.pool.open(&self.key, &self.login).await?;
                 self.conn.sessions.fetch_sub(1, Ordering::SeqCst);
                 self.conn = conn;
-                self.fresh = true;
-                self.conn
-                    .handle
-                    .channel_open_session()
+                self.pooled = false;
+                self.attempt(command, stdin, limit, cancel, output)
                     .await
-                    .map_err(|e| SshError::Ssh(e).at(&self.key.target))
+                    .map_err(Attempt::into_error)
             }
+            other => other.map_err(Attempt::into_error),
         }
+    }
+
+    async fn attempt(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        limit: Option<Duration>,
+        cancel: &CancellationToken,
+        output: Option<&mpsc::UnboundedSender<OutputChunk>>,
+    ) -> Result<Ran, Attempt> {
+        let target = &self.key.target;
+        let channel = self
+            .conn
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| Attempt::NotStarted(SshError::Ssh(e).at(target)))?;
+        exec(channel, target, command, stdin, limit, cancel, output).await
     }
 }
 
@@ -612,23 +653,48 @@ pub(crate) struct Ran {
     pub stderr: Vec<u8>,
 }
 
-/// Runs `command` on `channel`, feeding `stdin` then closing it. On
-/// timeout or cancel the remote command is sent `SIGKILL` (OpenSSH's sshd
-/// signals the session's whole process group), output is read a little
-/// longer, and the channel is closed.
-pub(crate) async fn exec(
+/// Runs `command` on `channel` and waits for the server to confirm it
+/// started, then feeds `stdin` and closes it. On timeout or cancel the
+/// remote command is sent `SIGKILL` (OpenSSH's sshd signals the session's
+/// whole process group), output is read a little longer, and the channel
+/// is closed.
+async fn exec(
     mut channel: Channel<Msg>,
+    target: &Target,
     command: &str,
     stdin: &[u8],
     limit: Option<Duration>,
     cancel: &CancellationToken,
     output: Option<&mpsc::UnboundedSender<OutputChunk>>,
-) -> Result<Ran, russh::Error> {
-    channel.exec(true, command).await?;
-    if !stdin.is_empty() {
-        channel.data(stdin).await?;
+) -> Result<Ran, Attempt> {
+    let lost = |e: russh::Error| SshError::Ssh(e).at(target);
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| Attempt::NotStarted(lost(e)))?;
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Success) => break,
+            Some(ChannelMsg::Failure) => {
+                return Err(Attempt::Failed(SshError::ExecRefused {
+                    target: target.clone(),
+                }))
+            }
+            Some(ChannelMsg::Close) | None => {
+                return Err(Attempt::NotStarted(SshError::ClosedEarly {
+                    target: target.clone(),
+                }))
+            }
+            Some(_) => {}
+        }
     }
-    channel.eof().await?;
+    if !stdin.is_empty() {
+        channel
+            .data(stdin)
+            .await
+            .map_err(|e| Attempt::Failed(lost(e)))?;
+    }
+    channel.eof().await.map_err(|e| Attempt::Failed(lost(e)))?;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut status = None;
     let deadline = limit.map(|l| tokio::time::Instant::now() + l);
