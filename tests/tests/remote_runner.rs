@@ -473,6 +473,33 @@ async fn bad_input_fails_with_an_error_naming_the_field() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_bastion_host_carries_the_connection() -> Result<()> {
+    let rig = Rig::start(|_, _| {}).await?;
+    let e = rig
+        .run(
+            "remote.cmd",
+            json!({"hosts": rig.b.host(), "bastion_host": rig.a.host(), "cmd": "echo via",
+                   "private_key": rig.key.private}),
+        )
+        .await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"][rig.b.host()]["stdout"], "via", "{e}");
+
+    let dead = format!("127.0.0.1:{}", free_port()?);
+    let e = rig
+        .run(
+            "remote.cmd",
+            json!({"hosts": rig.b.host(), "bastion_host": dead, "cmd": "echo via",
+                   "private_key": rig.key.private}),
+        )
+        .await?;
+    assert_eq!(e["status"], "failed", "{e}");
+    let error = error_of(&e["result"][rig.b.host()]);
+    assert!(error.contains(&format!("cannot connect to {dead}")), "{error}");
+    Ok(())
+}
+
 /// The client port the remote host saw, which tells connections apart.
 async fn client_port(rig: &Rig) -> Result<String> {
     let e = rig
