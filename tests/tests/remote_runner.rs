@@ -496,7 +496,10 @@ async fn a_bastion_host_carries_the_connection() -> Result<()> {
         .await?;
     assert_eq!(e["status"], "failed", "{e}");
     let error = error_of(&e["result"][rig.b.host()]);
-    assert!(error.contains(&format!("cannot connect to {dead}")), "{error}");
+    assert!(
+        error.contains(&format!("cannot connect to {dead}")),
+        "{error}"
+    );
     Ok(())
 }
 
