@@ -224,7 +224,23 @@ impl Sshd {
     /// Kills the server's per-connection processes, as a network fault or
     /// a host restart would, and keeps the server listening.
     pub fn drop_connections(&self) -> Result<()> {
+        for pid in self.connection_pids()? {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(())
+    }
+
+    /// Connections open to this server now (its per-connection processes).
+    pub fn connections(&self) -> Result<usize> {
+        Ok(self.connection_pids()?.len())
+    }
+
+    fn connection_pids(&self) -> Result<Vec<i32>> {
         let me = self.child.id().to_string();
+        let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc")? {
             let path = entry?.path();
             let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
@@ -236,14 +252,11 @@ impl Sshd {
                 .and_then(|(_, rest)| rest.split(' ').nth(1));
             if ppid == Some(me.as_str()) {
                 if let Some(pid) = path.file_name().and_then(|n| n.to_str()?.parse().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    pids.push(pid);
                 }
             }
         }
-        Ok(())
+        Ok(pids)
     }
 
     /// Waits until the server answers with its SSH banner.

@@ -535,8 +535,20 @@ async fn connections_are_reused_and_a_broken_one_is_replaced() -> Result<()> {
     assert_ne!(after, first, "a dropped connection cannot carry a new run");
     assert_eq!(client_port(&rig).await?, after);
 
+    poll(Duration::from_secs(10), || async {
+        Ok((rig.a.connections()? == 1).then_some(()))
+    })
+    .await
+    .context("one pooled connection to the host")?;
+
+    // Without reuse, each run has its own connection, closed when it ends.
     let fresh = Rig::start(|ssh, _| ssh.pool_idle_timeout = 0).await?;
     assert_ne!(client_port(&fresh).await?, client_port(&fresh).await?);
+    poll(Duration::from_secs(10), || async {
+        Ok((fresh.a.connections()? == 0).then_some(()))
+    })
+    .await
+    .context("connections left open without reuse")?;
     Ok(())
 }
 
