@@ -310,5 +310,12 @@ mod tests {
         let local = lookup("local-shell-cmd").unwrap();
         assert_eq!(local.runner_parameters["timeout"].default, Some(json!(60)));
         assert!(local.runner_parameters["sudo_password"].secret);
+        let remote = lookup("remote-shell-cmd").unwrap();
+        assert!(remote.available);
+        for secret in ["password", "private_key", "passphrase", "sudo_password"] {
+            assert!(remote.runner_parameters[secret].secret, "{secret}");
+        }
+        assert!(remote.runner_parameters["hosts"].required);
+        assert!(remote.runner_parameters["parallel"].immutable);
     }
 }
