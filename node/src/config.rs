@@ -151,6 +151,67 @@ pub struct RunnersConfig {
     pub pools: Vec<String>,
     /// Executions run at once per pool (default 64).
     pub concurrency: i64,
+    /// How the remote runners log in to hosts.
+    pub ssh: SshConfig,
+}
+
+/// `runners.ssh`: the remote runners' SSH settings (StackStorm's
+/// `system_user` and `ssh_runner` sections).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// User when an action gives no `username` (default: the user the node
+    /// runs as).
+    pub user: Option<String>,
+    /// Private key when an action gives neither `password` nor
+    /// `private_key` (default: none).
+    pub key_file: Option<PathBuf>,
+    /// A known_hosts file checked besides the node user's
+    /// `~/.ssh/known_hosts`. A host key found in neither is refused.
+    pub known_hosts: Option<PathBuf>,
+    /// `false` accepts any host key (logging a warning): only for hosts
+    /// you cannot list in known_hosts (default `true`).
+    pub strict_host_key_checking: bool,
+    /// Seconds to connect and log in (default 60).
+    pub connect_timeout: u64,
+    /// Seconds an unused connection stays open for the next execution on
+    /// the same host, user and credentials; 0 closes it after each
+    /// execution (default 60).
+    pub pool_idle_timeout: u64,
+    /// Hosts a `parallel` execution talks to at once (default 50).
+    pub max_parallel: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        let d = squall_runners::SshSettings::default();
+        SshConfig {
+            user: d.user,
+            key_file: d.key_file,
+            known_hosts: None,
+            strict_host_key_checking: d.strict_host_key_checking,
+            connect_timeout: d.connect_timeout.as_secs(),
+            pool_idle_timeout: d.pool_idle_timeout.as_secs(),
+            max_parallel: d.max_parallel,
+        }
+    }
+}
+
+impl SshConfig {
+    /// The settings the runners are built with.
+    pub fn settings(&self) -> squall_runners::SshSettings {
+        let mut known_hosts = squall_runners::SshSettings::default().known_hosts;
+        known_hosts.extend(self.known_hosts.clone());
+        squall_runners::SshSettings {
+            user: self.user.clone(),
+            key_file: self.key_file.clone(),
+            known_hosts,
+            strict_host_key_checking: self.strict_host_key_checking,
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout),
+            pool_idle_timeout: std::time::Duration::from_secs(self.pool_idle_timeout),
+            max_parallel: self.max_parallel,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -216,6 +277,7 @@ impl Default for RunnersConfig {
         RunnersConfig {
             pools: vec![squall_domain::execution::DEFAULT_POOL.to_string()],
             concurrency: 64,
+            ssh: SshConfig::default(),
         }
     }
 }
@@ -272,6 +334,16 @@ impl NodeConfig {
         }
         if cfg.runners.concurrency < 1 {
             return Err(invalid("runners.concurrency must be at least 1".into()));
+        }
+        if cfg.runners.ssh.connect_timeout == 0 {
+            return Err(invalid(
+                "runners.ssh.connect_timeout must be at least 1 second".into(),
+            ));
+        }
+        if cfg.runners.ssh.max_parallel == 0 {
+            return Err(invalid(
+                "runners.ssh.max_parallel must be at least 1".into(),
+            ));
         }
         let max_ttl = squall_actors::auth::MAX_TOKEN_TTL.as_secs();
         if cfg.auth.token_ttl == 0 || cfg.auth.token_ttl > max_ttl {
@@ -341,6 +413,9 @@ mod tests {
         for bad in [
             "cluster:\n  partitions: 0\n",
             "runners:\n  concurrency: 0\n",
+            "runners:\n  ssh:\n    connect_timeout: 0\n",
+            "runners:\n  ssh:\n    max_parallel: 0\n",
+            "runners:\n  ssh:\n    strict_host_keys: false\n",
             "runners:\n  pools: ['a.b']\n",
             "nats:\n  replicas: 0\n",
             "roles: [api, cook]\n",

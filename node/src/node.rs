@@ -136,6 +136,7 @@ impl Node {
             runner_concurrency: cfg.runners.concurrency,
             roles: cfg.roles.clone(),
             data_dir: cfg.data_dir.clone(),
+            ssh: cfg.runners.ssh.settings(),
         };
         let engine = Box::pin(Engine::start(bus.clone(), settings, &keys, auth.clone())).await?;
         let stop_api = CancellationToken::new();

@@ -3,6 +3,7 @@
 //! in-process against it, and polling helpers with deadlines.
 
 pub mod cluster;
+pub mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

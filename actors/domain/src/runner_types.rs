@@ -85,10 +85,16 @@ fn remote_common() -> Vec<(&'static str, ParamSpec)> {
         ("env", p("object", None)),
         ("hosts", required("string")),
         ("kwarg_op", p("string", Some(json!("--")))),
-        ("parallel", p("boolean", Some(json!(false)))),
+        (
+            "parallel",
+            ParamSpec {
+                immutable: true,
+                ..p("boolean", Some(json!(false)))
+            },
+        ),
         ("passphrase", secret("string")),
         ("password", secret("string")),
-        ("port", p("integer", Some(json!(22)))),
+        ("port", p("integer", None)),
         ("private_key", secret("string")),
         ("sudo", p("boolean", Some(json!(false)))),
         ("sudo_password", secret("string")),
@@ -174,14 +180,14 @@ fn build() -> Vec<RunnerType> {
         rt(
             "remote-shell-cmd",
             "A remote execution runner that executes commands on remote hosts.",
-            false,
+            true,
             params(remote_cmd),
             None,
         ),
         rt(
             "remote-shell-script",
             "A remote execution runner that executes scripts on remote hosts.",
-            false,
+            true,
             params(remote_common()),
             None,
         ),
@@ -304,5 +310,12 @@ mod tests {
         let local = lookup("local-shell-cmd").unwrap();
         assert_eq!(local.runner_parameters["timeout"].default, Some(json!(60)));
         assert!(local.runner_parameters["sudo_password"].secret);
+        let remote = lookup("remote-shell-cmd").unwrap();
+        assert!(remote.available);
+        for secret in ["password", "private_key", "passphrase", "sudo_password"] {
+            assert!(remote.runner_parameters[secret].secret, "{secret}");
+        }
+        assert!(remote.runner_parameters["hosts"].required);
+        assert!(remote.runner_parameters["parallel"].immutable);
     }
 }

@@ -11,12 +11,14 @@ mod noop;
 mod process;
 pub mod pylib;
 mod python;
+mod remote;
 pub mod sensor;
 
 pub use inquirer::Inquirer;
 pub use local::{LocalShellCmd, LocalShellScript};
 pub use noop::Noop;
 pub use python::PythonScript;
+pub use remote::{RemoteShellCmd, RemoteShellScript, SshSettings};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -167,14 +169,18 @@ pub trait Runner: Send + Sync {
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome>;
 }
 
-/// Every runner this build can execute, by runner type name.
-pub fn registry() -> HashMap<&'static str, Arc<dyn Runner>> {
-    let runners: [Arc<dyn Runner>; 5] = [
+/// Every runner this build can execute, by runner type name. `ssh` is the
+/// node's configuration of the remote runners.
+pub fn registry(ssh: SshSettings) -> HashMap<&'static str, Arc<dyn Runner>> {
+    let (remote_cmd, remote_script) = remote::runners(ssh);
+    let runners: [Arc<dyn Runner>; 7] = [
         Arc::new(Noop),
         Arc::new(Inquirer),
         Arc::new(LocalShellCmd),
         Arc::new(LocalShellScript),
         Arc::new(PythonScript),
+        Arc::new(remote_cmd),
+        Arc::new(remote_script),
     ];
     runners.into_iter().map(|r| (r.name(), r)).collect()
 }

@@ -201,7 +201,7 @@ pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Res
 /// positional `true`/`false` is `1`/`0` and a positional null is `""`; a
 /// named `true` is a bare flag, and named `false`, null or empty values are
 /// left out.
-fn script_args(action: &ActionDef, params: &Map<String, Value>) -> Vec<String> {
+pub(crate) fn script_args(action: &ActionDef, params: &Map<String, Value>) -> Vec<String> {
     let is_runner_param = |name: &str| {
         runner_types::lookup(&action.runner_type)
             .is_some_and(|r| r.runner_parameters.contains_key(name))

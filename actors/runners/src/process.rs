@@ -211,7 +211,7 @@ fn outcome(end: End, stdout: String, stderr: String) -> RunOutcome {
 
 /// Output as StackStorm stores it: trailing newlines stripped, and parsed
 /// when it is JSON (`jsonify.json_loads`).
-fn shell_output(text: &str) -> Value {
+pub(crate) fn shell_output(text: &str) -> Value {
     let trimmed = text.trim_end_matches(['\n', '\r']);
     serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(trimmed.to_string()))
 }
