@@ -299,7 +299,7 @@ async fn a_script_is_uploaded_run_with_its_arguments_and_removed() -> Result<()>
             .context("stdout")?;
         assert_eq!(
             out,
-            format!("[web 3]\n[2]\n[--loud]\n[--mode=it's]\ndir=/tmp/{id}\npwd=/\npack=remote"),
+            format!("[--loud]\n[--mode=it's]\n[web 3]\n[2]\ndir=/tmp/{id}\npwd=/\npack=remote"),
             "{e}"
         );
     }

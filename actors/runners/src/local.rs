@@ -196,8 +196,9 @@ pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Res
 }
 
 /// The script's arguments from the action's own parameters (runner
-/// parameters excluded): those with a `position` first, in order, then the
-/// others as `<kwarg_op>name=value`, sorted by name. As in StackStorm, a
+/// parameters excluded): the named ones first as `<kwarg_op>name=value`,
+/// sorted by name, then those with a `position`, in order (StackStorm's
+/// `_get_script_arguments`). As in StackStorm, a
 /// positional `true`/`false` is `1`/`0` and a positional null is `""`; a
 /// named `true` is a bare flag, and named `false`, null or empty values are
 /// left out.
@@ -232,7 +233,8 @@ pub(crate) fn script_args(action: &ActionDef, params: &Map<String, Value>) -> Ve
             },
         }
     }
-    positional.into_values().chain(named).collect()
+    // StackStorm's `_get_script_arguments`: named, then positional.
+    named.into_iter().chain(positional.into_values()).collect()
 }
 
 fn serialize(value: &Value) -> String {
@@ -482,7 +484,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn script_gets_positional_then_named_arguments() {
+    async fn script_gets_named_then_positional_arguments() {
         let pack = script_pack("#!/bin/bash\nfor a in \"$@\"; do echo \"[$a]\"; done\n");
         let def = action(
             "local-shell-script",
@@ -509,7 +511,7 @@ mod tests {
         assert_eq!(out.status, Status::Succeeded, "{}", out.result);
         assert_eq!(
             out.result["stdout"],
-            "[web-3]\n[]\n[1]\n[--tags=a,b]\n[--verbose]\n[--zone=eu west]"
+            "[--tags=a,b]\n[--verbose]\n[--zone=eu west]\n[web-3]\n[]\n[1]"
         );
         let mode = std::fs::metadata(pack.path().join("actions/run.sh"))
             .unwrap()
