@@ -598,7 +598,10 @@ impl Engine {
             // StackStorm's `get_full_public_api_url`: the v1 API root.
             api_url: format!("{}/v1", settings.api_url),
             auth,
-            runners: Arc::new(squall_runners::registry(settings.ssh.clone())),
+            runners: Arc::new(squall_runners::registry(
+                settings.ssh.clone(),
+                &settings.data_dir,
+            )),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
             cancels: CancelRegistry::default(),

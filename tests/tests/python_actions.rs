@@ -4,9 +4,222 @@
 
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result};
-use serde_json::Value;
-use squall_tests::{login, repo_root, TestNode};
+use serde_json::{json, Value};
+use squall_tests::{login, poll, repo_root, write_pack, TestNode};
+
+/// An action's metadata: `python-script`, `<name>.py`, `params` (YAML
+/// mapping lines under `parameters:`).
+fn action_yaml(name: &str, params: &str) -> String {
+    format!(
+        "name: {name}\npack: pyacts\nrunner_type: python-script\nentry_point: {name}.py\nparameters:\n{params}"
+    )
+}
+
+/// The `pyacts` pack: one action per protocol case.
+fn pyacts(root: &Path) -> Result<PathBuf> {
+    let base = "from st2common.runners.base_action import Action\n\n";
+    let files: Vec<(String, String)> = vec![
+        ("pack.yaml".into(), "ref: pyacts\nname: pyacts\ndescription: Python protocol cases\nversion: 1.0.0\nauthor: ops\n".into()),
+        (
+            "actions/config_only.py".into(),
+            "class Legacy(object):\n    def __init__(self, config):\n        self.config = config\n\n    def run(self, who):\n        return 'hello %s, service %s' % (who, type(self.action_service).__name__)\n".into(),
+        ),
+        ("actions/config_only.yaml".into(), action_yaml("config_only", "  who:\n    type: string\n")),
+        (
+            "actions/refuse.py".into(),
+            format!("{base}class Refuse(Action):\n    def run(self):\n        return (False, {{'why': 'refused'}})\n"),
+        ),
+        ("actions/refuse.yaml".into(), action_yaml("refuse", "  {}\n")),
+        (
+            "actions/bad_status.py".into(),
+            format!("{base}class Bad(Action):\n    def run(self):\n        return ('maybe', 1)\n"),
+        ),
+        ("actions/bad_status.yaml".into(), action_yaml("bad_status", "  {}\n")),
+        (
+            "actions/garbage.py".into(),
+            format!("{base}import os, sys\n\nclass Garbage(Action):\n    def run(self):\n        sys.stdout.write('%%%% not a result {{\\n')\n        sys.stdout.flush()\n        os._exit(0)\n"),
+        ),
+        ("actions/garbage.yaml".into(), action_yaml("garbage", "  {}\n")),
+        (
+            "actions/big.py".into(),
+            format!("{base}import sys\n\nclass Big(Action):\n    def run(self, data):\n        return {{'length': len(data), 'stdin': '--stdin-parameters' in sys.argv}}\n"),
+        ),
+        ("actions/big.yaml".into(), action_yaml("big", "  data:\n    type: string\n")),
+        (
+            "actions/counter.py".into(),
+            format!("{base}class Counter(Action):\n    def run(self, step):\n        svc = self.action_service\n        before = svc.get_value('count')\n        count = int(before or 0) + step\n        svc.set_value('count', count)\n        svc.set_value('scratch', 'x')\n        names = sorted(kv.name for kv in svc.list_values())\n        deleted = svc.delete_value('scratch')\n        return {{'before': before, 'count': count, 'names': names, 'deleted': deleted, 'user': svc.get_user_info()['username']}}\n"),
+        ),
+        ("actions/counter.yaml".into(), action_yaml("counter", "  step:\n    type: integer\n")),
+        (
+            "actions/logs.py".into(),
+            format!("{base}class Logs(Action):\n    def run(self):\n        self.logger.debug('debug-line')\n        self.logger.info('info-line')\n        self.logger.warning('warning-line')\n        return True\n"),
+        ),
+        ("actions/logs.yaml".into(), action_yaml("logs", "  {}\n")),
+        (
+            "actions/spawner.py".into(),
+            format!("{base}import subprocess, time\n\nclass Spawner(Action):\n    def run(self):\n        child = subprocess.Popen(['sleep', '300'])\n        print('child', child.pid, flush=True)\n        time.sleep(300)\n"),
+        ),
+        ("actions/spawner.yaml".into(), action_yaml("spawner", "  {}\n")),
+    ];
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_pack(root, "pyacts", &files)
+}
+
+/// A node whose API listens where its public URL says (actions call it),
+/// with the repository's `core` pack and `extra` pack directories.
+async fn node_with_public_api(extra: Vec<PathBuf>) -> Result<TestNode> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut dirs = vec![repo_root().join("packs")];
+    dirs.extend(extra);
+    TestNode::start_with(dirs, |cfg| {
+        cfg.api.listen = format!("127.0.0.1:{port}").parse().expect("address");
+    })
+    .await
+}
+
+/// Runs `action` with `parameters` and waits for its end.
+async fn execute(node: &TestNode, action: &str, parameters: Value) -> Result<Value> {
+    let (status, body) = node
+        .post(
+            "executions",
+            &json!({"action": action, "parameters": parameters}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "running {action}: {status} {body}");
+    let id = body["id"].as_str().context("execution id")?;
+    let done = node.finished(id).await?;
+    Ok(done)
+}
+
+/// StackStorm's protocol through a node: legacy constructors, status
+/// pairs, a bad status, output without a result, parameters on stdin,
+/// log levels.
+#[tokio::test]
+async fn python_actions_follow_stackstorms_protocol() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    pyacts(packs.path())?;
+    let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+
+    let e = execute(&node, "pyacts.config_only", json!({"who": "ops"})).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["result"], "hello ops, service ActionService");
+    assert_eq!(e["result"]["exit_code"], 0);
+
+    let e = execute(&node, "pyacts.refuse", json!({})).await?;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert_eq!(e["result"]["result"], json!({"why": "refused"}));
+    assert_eq!(e["result"]["exit_code"], 0);
+
+    let e = execute(&node, "pyacts.bad_status", json!({})).await?;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert_eq!(e["result"]["exit_code"], 220);
+    let error = e["result"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("must either be True or False, got: maybe"),
+        "{e}"
+    );
+
+    let e = execute(&node, "pyacts.garbage", json!({})).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["result"], "None");
+    assert_eq!(e["result"]["stdout"], "%%%% not a result {\n");
+
+    let data = "y".repeat(300_000);
+    let e = execute(&node, "pyacts.big", json!({"data": data})).await?;
+    assert_eq!(e["status"], "succeeded", "{}", e["result"]["stderr"]);
+    assert_eq!(
+        e["result"]["result"],
+        json!({"length": 300_000, "stdin": true})
+    );
+
+    let e = execute(&node, "pyacts.logs", json!({"log_level": "WARNING"})).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let stderr = e["result"]["stderr"].as_str().unwrap_or_default();
+    assert!(
+        stderr.contains("actions.python.Logs: WARNING  warning-line"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("info-line") && !stderr.contains("debug-line"),
+        "{stderr}"
+    );
+    let e = execute(&node, "pyacts.logs", json!({})).await?;
+    let stderr = e["result"]["stderr"].as_str().unwrap_or_default();
+    assert!(
+        stderr.contains("debug-line") && stderr.contains("info-line"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// `action_service` reads and writes the datastore as the execution's
+/// user, under `<pack>.<Class>:`; what one run stores the next one reads.
+#[tokio::test]
+async fn action_service_state_persists_across_runs() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    pyacts(packs.path())?;
+    let node = node_with_public_api(vec![packs.path().to_path_buf()]).await?;
+
+    let first = execute(&node, "pyacts.counter", json!({"step": 2})).await?;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let r = &first["result"]["result"];
+    assert_eq!(r["before"], Value::Null, "{first}");
+    assert_eq!(r["count"], 2);
+    assert_eq!(
+        r["names"],
+        json!(["pyacts.Counter:count", "pyacts.Counter:scratch"])
+    );
+    assert_eq!(r["deleted"], true);
+    assert_eq!(r["user"], "admin");
+
+    let second = execute(&node, "pyacts.counter", json!({"step": 3})).await?;
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(second["result"]["result"]["before"], "2");
+    assert_eq!(second["result"]["result"]["count"], 5);
+    let (status, kv) = node.get("keys/pyacts.Counter:count").await?;
+    assert_eq!((status, &kv["value"]), (200, &json!("5")));
+    let (status, _) = node.get("keys/pyacts.Counter:scratch").await?;
+    assert_eq!(status, 404, "deleted by the action");
+    Ok(())
+}
+
+/// A timeout kills the action and every process it started (the process
+/// group), and the execution says so.
+#[tokio::test]
+async fn a_timeout_kills_the_actions_children() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    pyacts(packs.path())?;
+    let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let e = execute(&node, "pyacts.spawner", json!({"timeout": 2})).await?;
+    assert_eq!(e["status"], "timeout", "{e}");
+    assert_eq!(
+        e["result"]["error"],
+        "Action failed to complete in 2 seconds"
+    );
+    let pid: i32 = e["result"]["stdout"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .context("the action printed its child's pid")?;
+    // Killed: gone, or a zombie until init reaps it.
+    poll(Duration::from_secs(10), || async move {
+        let dead = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
+        });
+        Ok(dead.then_some(()))
+    })
+    .await
+    .with_context(|| format!("the action's child {pid} outlived the timeout"))?;
+    Ok(())
+}
 
 /// `st2common.services.datastore.DatastoreService` (the client behind
 /// `action_service` and `sensor_service`) against the node's `/keys` and

@@ -21,7 +21,7 @@ pub use python::PythonScript;
 pub use remote::{RemoteShellCmd, RemoteShellScript, SshSettings};
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -170,15 +170,16 @@ pub trait Runner: Send + Sync {
 }
 
 /// Every runner this build can execute, by runner type name. `ssh` is the
-/// node's configuration of the remote runners.
-pub fn registry(ssh: SshSettings) -> HashMap<&'static str, Arc<dyn Runner>> {
+/// node's configuration of the remote runners, `data_dir` the node's data
+/// directory (Python support files, pack virtualenvs).
+pub fn registry(ssh: SshSettings, data_dir: &Path) -> HashMap<&'static str, Arc<dyn Runner>> {
     let (remote_cmd, remote_script) = remote::runners(ssh);
     let runners: [Arc<dyn Runner>; 7] = [
         Arc::new(Noop),
         Arc::new(Inquirer),
         Arc::new(LocalShellCmd),
         Arc::new(LocalShellScript),
-        Arc::new(PythonScript),
+        Arc::new(PythonScript::new(data_dir.to_path_buf())),
         Arc::new(remote_cmd),
         Arc::new(remote_script),
     ];

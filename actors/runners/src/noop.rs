@@ -31,7 +31,7 @@ mod tests {
 
     #[tokio::test]
     async fn noop_succeeds_with_stackstorms_result() {
-        let runners = crate::registry(crate::SshSettings::default());
+        let runners = crate::registry(crate::SshSettings::default(), std::path::Path::new("data"));
         let req = crate::RunRequest {
             execution_id: "e".into(),
             action: squall_domain::model::ActionDef {
@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn the_registry_holds_every_available_runner() {
-        let runners = crate::registry(crate::SshSettings::default());
+        let runners = crate::registry(crate::SshSettings::default(), std::path::Path::new("data"));
         for rt in squall_domain::runner_types::all() {
             let here =
                 rt.available && !squall_domain::runner_types::ENGINE_RUNNERS.contains(&rt.name);

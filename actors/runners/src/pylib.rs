@@ -38,6 +38,14 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../python/st2common/runners/__init__.py"),
     ),
     (
+        "st2common/runners/base_action.py",
+        include_str!("../python/st2common/runners/base_action.py"),
+    ),
+    (
+        "st2common/runners/utils.py",
+        include_str!("../python/st2common/runners/utils.py"),
+    ),
+    (
         "st2common/services/__init__.py",
         include_str!("../python/st2common/services/__init__.py"),
     ),
@@ -137,5 +145,30 @@ mod tests {
             .expect("python dir")
             .count();
         assert_eq!(entries, 1, "no staging directory is left behind");
+    }
+
+    #[test]
+    fn every_python_file_of_the_source_tree_is_installed() {
+        fn walk(dir: &Path, root: &Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("readable").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, root, found);
+                } else if path.extension().is_some_and(|e| e == "py") {
+                    let rel = path.strip_prefix(root).expect("under root");
+                    found.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+        let mut on_disk = Vec::new();
+        walk(&root, &root, &mut on_disk);
+        on_disk.sort();
+        let mut listed: Vec<String> = FILES.iter().map(|(rel, _)| rel.to_string()).collect();
+        listed.sort();
+        assert_eq!(
+            on_disk, listed,
+            "pylib::FILES lists every file under python/"
+        );
     }
 }

@@ -1,16 +1,17 @@
 //! `python-script`: StackStorm's Python runner. The action's `entry_point`
-//! (a module under `actions/` defining one subclass of
-//! `st2common.runners.base_action.Action`) runs in `python3` through a
-//! small wrapper (`python_wrapper.py`) that provides that base class,
-//! calls `run(**parameters)` and prints the result between StackStorm's
-//! delimiters. The result is StackStorm's: `{result, stdout, stderr,
-//! exit_code, [error]}`; a `(bool, data)` return decides the status.
-//!
-//! Not provided: the pack's virtualenv (actions import from the system
-//! `python3`), pack config (`self.config` is `{}`), the datastore through
-//! `action_service`.
+//! (a module under `actions/`) runs in its pack's virtualenv
+//! (`<data dir>/virtualenvs/<pack>/bin/python`, else the system `python3`)
+//! through our `python_action_wrapper.py`, which speaks StackStorm's
+//! protocol: the class is chosen and constructed as StackStorm does
+//! (`config`, `action_service`), `run(**parameters)` is called and its
+//! result printed between StackStorm's delimiters. Parameters travel on the
+//! command line, or on stdin when they are large; the pack config always on
+//! stdin. The result is StackStorm's `{result, stdout, stderr, exit_code,
+//! [error]}`; a `(bool, data)` return decides the status.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
@@ -18,22 +19,41 @@ use squall_domain::execution::Status;
 use squall_domain::model::ActionDef;
 use squall_domain::runner_types;
 
-use crate::process::{self, End};
-use crate::{RunOutcome, RunRequest, Runner};
-
-/// The wrapper `python3 -c` runs.
-const WRAPPER: &str = include_str!("../python/python_action_wrapper.py");
+use crate::process::{self, End, Spec};
+use crate::{pylib, RunOutcome, RunRequest, Runner};
 
 /// What the wrapper prints around the action's result.
 const DELIMITER: &str = "%%%%%~=~=~=************=~=~=~%%%%";
 
-/// The wrapper's exit code when `run()` returned a status that is not a
-/// bool (StackStorm's `PYTHON_RUNNER_INVALID_ACTION_STATUS_EXIT_CODE`).
+/// The wrapper's exit code when `run()` returned a status that is neither a
+/// bool nor None (StackStorm's `PYTHON_RUNNER_INVALID_ACTION_STATUS_EXIT_CODE`).
 const INVALID_STATUS_EXIT_CODE: i64 = 220;
 
+/// Parameters at least this long (in characters, as StackStorm counts)
+/// go to the wrapper on stdin instead of the command line
+/// (StackStorm's `MAX_PARAM_LENGTH`).
+const MAX_PARAM_LENGTH: usize = 131_072 - 15;
+
+/// Timeout when the action gives none (the runner parameter's default).
+const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
+/// StackStorm's default `log_level`: the wrapper is told only of others.
+const DEFAULT_LOG_LEVEL: &str = "DEBUG";
+
 /// `python-script`.
-#[derive(Debug, Default)]
-pub struct PythonScript;
+#[derive(Debug)]
+pub struct PythonScript {
+    /// The node's data directory: the Python support files and the pack
+    /// virtualenvs live under it.
+    data_dir: PathBuf,
+}
+
+impl PythonScript {
+    /// The runner of a node whose data directory is `data_dir`.
+    pub fn new(data_dir: PathBuf) -> PythonScript {
+        PythonScript { data_dir }
+    }
+}
 
 impl Runner for PythonScript {
     fn name(&self) -> &'static str {
@@ -45,36 +65,183 @@ impl Runner for PythonScript {
     }
 
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome> {
+        let data_dir = self.data_dir.clone();
         Box::pin(async move {
-            let script = req.pack_path.join("actions").join(&req.action.entry_point);
-            if req.action.entry_point.is_empty() || !script.is_file() {
-                return failure(format!(
-                    "python action {} does not exist on this node",
-                    script.display()
-                ));
-            }
-            let request = json!({
-                "entry_point": script,
-                "pack_path": req.pack_path,
-                "config": req.config,
-                "parameters": action_parameters(&req.action, &req.parameters),
-            });
-            let mut spec = match crate::local::spec(
-                &req,
-                PathBuf::from("python3"),
-                vec!["-c".into(), WRAPPER.into()],
-            ) {
+            let spec = match prepare(&data_dir, &req) {
                 Ok(spec) => spec,
                 Err(e) => return failure(e),
             };
-            spec.stdin = Some(request.to_string());
-            spec.env.extend(req.env.client_vars());
             match process::execute(spec, req.output, req.cancel).await {
                 Ok(done) => outcome(done.end, &done.stdout, done.stderr),
                 Err(e) => failure(e),
             }
         })
     }
+}
+
+/// A pack's virtualenv directory (the shared contract:
+/// `<data dir>/virtualenvs/<pack>/bin/python` is its interpreter).
+pub fn virtualenv_dir(data_dir: &Path, pack: &str) -> PathBuf {
+    data_dir.join("virtualenvs").join(pack)
+}
+
+/// The process that runs the action: interpreter, wrapper command line,
+/// environment, stdin.
+fn prepare(data_dir: &Path, req: &RunRequest) -> Result<Spec, String> {
+    let script = req.pack_path.join("actions").join(&req.action.entry_point);
+    if req.action.entry_point.is_empty() || !script.is_file() {
+        return Err(format!(
+            "python action {} does not exist on this node",
+            script.display()
+        ));
+    }
+    let lib = pylib::install(data_dir).map_err(|e| {
+        format!(
+            "cannot write the Python support files under {}: {e}",
+            data_dir.display()
+        )
+    })?;
+    let p = &req.parameters;
+    let timeout = match p.get("timeout") {
+        None | Some(Value::Null) => Some(DEFAULT_TIMEOUT_SECS),
+        Some(Value::Number(n)) => n.as_i64().map(|t| t.max(0).unsigned_abs()),
+        Some(other) => {
+            return Err(format!(
+                "parameter `timeout` must be an integer, not {other}"
+            ))
+        }
+    }
+    .filter(|t| *t > 0)
+    .map(Duration::from_secs);
+    let log_level = match p.get("log_level") {
+        None | Some(Value::Null) => DEFAULT_LOG_LEVEL.to_string(),
+        Some(Value::String(l)) => l.to_uppercase(),
+        Some(other) => {
+            return Err(format!(
+                "parameter `log_level` must be a string, not {other}"
+            ))
+        }
+    };
+    let venv = virtualenv_dir(data_dir, &req.action.pack);
+    let venv_python = venv.join("bin").join("python");
+    let has_venv = venv_python.is_file();
+    let program = if has_venv {
+        venv_python
+    } else {
+        PathBuf::from("python3")
+    };
+
+    let parameters = Value::Object(action_parameters(&req.action, &req.parameters)).to_string();
+    let mut args = vec![
+        "-u".to_string(),
+        lib.join(pylib::ACTION_WRAPPER).display().to_string(),
+        format!("--pack={}", req.action.pack),
+        format!("--file-path={}", script.display()),
+    ];
+    let mut stdin = Map::new();
+    if parameters.chars().count() >= MAX_PARAM_LENGTH {
+        args.push("--stdin-parameters".into());
+        stdin.insert(
+            "parameters".into(),
+            serde_json::from_str(&parameters).unwrap_or_default(),
+        );
+    } else {
+        args.push(format!("--parameters={parameters}"));
+    }
+    if !req.config.is_empty() {
+        // On stdin, never the command line: config holds credentials.
+        args.push("--stdin-config".into());
+        stdin.insert("config".into(), Value::Object(req.config.clone()));
+    }
+    if log_level != DEFAULT_LOG_LEVEL {
+        args.push(format!("--log-level={log_level}"));
+    }
+
+    let mut env = BTreeMap::new();
+    let inherited_path = std::env::var("PATH").unwrap_or_default();
+    if has_venv {
+        env.insert(
+            "PATH".to_string(),
+            format!("{}/:{inherited_path}", venv.join("bin").display()),
+        );
+    }
+    env.insert(
+        "PYTHONPATH".to_string(),
+        python_path(&req.pack_path, has_venv.then_some(venv.as_path()), &lib),
+    );
+    match p.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(vars)) => {
+            for (k, v) in vars {
+                // StackStorm drops a `pythonpath` of any case: the runner
+                // owns the Python path.
+                if k.eq_ignore_ascii_case("pythonpath") {
+                    continue;
+                }
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                env.insert(k.clone(), v);
+            }
+        }
+        Some(other) => return Err(format!("parameter `env` must be an object, not {other}")),
+    }
+    let debug = p.get("debug").and_then(Value::as_bool).unwrap_or(false);
+    env.extend(req.env.vars(debug));
+    env.extend(req.env.client_vars());
+    Ok(Spec {
+        program,
+        args,
+        cwd: Some(req.pack_path.clone()),
+        env,
+        timeout,
+        stdin: (!stdin.is_empty()).then(|| Value::Object(stdin).to_string()),
+    })
+}
+
+/// StackStorm's `get_sandbox_python_path_for_python_action`: the pack's
+/// `lib/`, the virtualenv's library directories, the pack's
+/// `actions/lib`, the inherited PYTHONPATH, then our compatibility
+/// package (where StackStorm's own libraries would come).
+fn python_path(pack: &Path, venv: Option<&Path>, lib: &Path) -> String {
+    let mut parts = vec![pack.join("lib").display().to_string()];
+    if let Some(venv) = venv {
+        for dir in venv_lib_dirs(venv) {
+            parts.push(dir.display().to_string());
+            parts.push(dir.join("site-packages").display().to_string());
+        }
+    }
+    parts.push(pack.join("actions").join("lib").display().to_string());
+    if let Ok(inherited) = std::env::var("PYTHONPATH") {
+        parts.extend(
+            inherited
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string),
+        );
+    }
+    parts.push(lib.display().to_string());
+    parts.join(":")
+}
+
+/// The virtualenv's `lib/pythonX.Y` directories.
+fn venv_lib_dirs(venv: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(venv.join("lib"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("python"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }
 
 /// The parameters `run()` receives: the action's own, not the runner's,
@@ -92,6 +259,30 @@ fn action_parameters(action: &ActionDef, all: &Map<String, Value>) -> Map<String
     params.extend(all.iter().map(|(k, v)| (k.clone(), v.clone())));
     params.retain(|name, _| !is_runner_param(name));
     params
+}
+
+/// What the wrapper printed between the delimiters: (result, status).
+/// StackStorm's `_get_output_values`: no delimiter means the result is the
+/// string "None"; text that is not JSON (the wrapper's fallback, a Python
+/// repr) gives what follows `'result': `.
+fn printed_result(printed: Option<&str>) -> (Value, Option<bool>) {
+    let Some(printed) = printed.filter(|p| !p.is_empty()) else {
+        return (json!("None"), None);
+    };
+    match serde_json::from_str::<Value>(printed) {
+        Ok(Value::Object(mut printed)) => (
+            printed.remove("result").unwrap_or(Value::Null),
+            printed.get("status").and_then(Value::as_bool),
+        ),
+        Ok(other) => (other, None),
+        Err(_) => {
+            let result = printed
+                .lines()
+                .find_map(|line| line.split_once("'result': ").map(|(_, r)| r))
+                .map_or(Value::Null, |r| json!(r));
+            (result, None)
+        }
+    }
 }
 
 /// StackStorm's `python_runner._get_output_values` and
@@ -114,28 +305,34 @@ fn outcome(end: End, stdout: &str, stderr: String) -> RunOutcome {
         End::Canceled => (-9, Some("Action was canceled".to_string()), false, true),
     };
     let parts: Vec<&str> = stdout.split(DELIMITER).collect();
-    let (printed, stdout) = match parts.as_slice() {
-        [before, printed, after] => (Some(printed.trim()), format!("{before}{after}")),
-        _ => (None, stdout.to_string()),
+    let (printed, stdout, malformed) = match parts.as_slice() {
+        [_] => (None, stdout.to_string(), false),
+        [before, printed, after] => (Some(printed.trim()), format!("{before}{after}"), false),
+        _ => (None, stdout.to_string(), true),
     };
-    let (result, action_status) = match printed.map(serde_json::from_str::<Value>) {
-        Some(Ok(Value::Object(mut printed))) => (
-            printed.remove("result").unwrap_or(Value::Null),
-            printed.get("status").and_then(Value::as_bool),
-        ),
-        Some(Ok(other)) => (other, None),
-        Some(Err(_)) => (json!(printed.unwrap_or_default()), None),
-        None => (json!("None"), None),
-    };
+    let (result, action_status) = printed_result(printed);
     let status = if timed_out {
         Status::Timeout
     } else if canceled {
         Status::Canceled
-    } else if exit_code == 0 && action_status != Some(false) {
+    } else if exit_code == 0 && !malformed && action_status != Some(false) {
         Status::Succeeded
     } else {
         Status::Failed
     };
+    let error = error.or_else(|| {
+        if malformed {
+            Some(format!(
+                "the action's output holds the result delimiter {} times; expected it twice",
+                parts.len() - 1
+            ))
+        } else if exit_code == INVALID_STATUS_EXIT_CODE {
+            // StackStorm raises `ValueError(stderr)`: the wrapper's message.
+            Some(stderr.trim().to_string())
+        } else {
+            None
+        }
+    });
     let mut result = json!({
         "stdout": stdout,
         "stderr": stderr,
@@ -144,8 +341,6 @@ fn outcome(end: End, stdout: &str, stderr: String) -> RunOutcome {
     });
     if let Some(error) = error {
         result["error"] = json!(error);
-    } else if exit_code == INVALID_STATUS_EXIT_CODE {
-        result["error"] = json!("the action's run() returned a status that is not a bool");
     }
     RunOutcome { status, result }
 }
@@ -165,7 +360,7 @@ fn failure(error: String) -> RunOutcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use squall_domain::model::ParamSpec;
     use tokio_util::sync::CancellationToken;
 
@@ -181,12 +376,26 @@ mod tests {
         dir
     }
 
-    async fn run(files: &[(&str, &str)], declared: &[&str], parameters: Value) -> RunOutcome {
+    pub(super) async fn run(
+        files: &[(&str, &str)],
+        declared: &[&str],
+        parameters: Value,
+    ) -> RunOutcome {
+        run_with(files, declared, parameters, Map::new()).await
+    }
+
+    pub(super) async fn run_with(
+        files: &[(&str, &str)],
+        declared: &[&str],
+        parameters: Value,
+        config: Map<String, Value>,
+    ) -> RunOutcome {
         let dir = pack(files);
+        let data = tempfile::tempdir().expect("data dir");
         let Value::Object(parameters) = parameters else {
             panic!("parameters must be a dict")
         };
-        PythonScript
+        PythonScript::new(data.path().to_path_buf())
             .run(RunRequest {
                 execution_id: "e1".into(),
                 action: ActionDef {
@@ -207,7 +416,7 @@ mod tests {
                 },
                 pack_path: dir.path().to_path_buf(),
                 parameters,
-                config: Map::new(),
+                config,
                 env: crate::ActionEnv::default(),
                 output: None,
                 cancel: CancellationToken::new(),
@@ -286,5 +495,233 @@ mod tests {
         .await;
         assert_eq!(out.status, Status::Succeeded, "{}", out.result);
         assert_eq!(out.result["result"], json!([1, null]));
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    //! StackStorm's wrapper protocol, case by case.
+
+    use std::time::Instant;
+
+    use super::tests::{run, run_with};
+    use super::*;
+
+    const HEAD: &str = "from st2common.runners.base_action import Action\n\n";
+
+    fn act(body: &str) -> String {
+        format!("{HEAD}{body}")
+    }
+
+    fn stderr(out: &RunOutcome) -> &str {
+        out.result["stderr"].as_str().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn the_first_class_in_alphabetical_order_with_run_wins() {
+        let module = act(
+            "from collections import OrderedDict\n\nclass Zeta(Action):\n    def run(self):\n        return 'zeta'\n\nclass Base(Action):\n    pass\n\nclass Alpha(Action):\n    def run(self):\n        return 'alpha'\n",
+        );
+        let out = run(&[("actions/act.py", &module)], &[], json!({})).await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(out.result["result"], "alpha");
+    }
+
+    #[tokio::test]
+    async fn a_class_taking_only_config_gets_action_service_afterwards() {
+        let module = "class Plain(object):\n    def __init__(self, config):\n        self.config = config\n\n    def run(self):\n        return [self.config['x'], type(self.action_service).__name__]\n";
+        let out = run_with(
+            &[("actions/act.py", module)],
+            &[],
+            json!({}),
+            Map::from_iter([("x".to_string(), json!(7))]),
+        )
+        .await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(out.result["result"], json!([7, "ActionService"]));
+    }
+
+    #[tokio::test]
+    async fn a_missing_config_key_raises_stackstorms_value_error() {
+        let module = act("class C(Action):\n    def run(self):\n        try:\n            self.config['missing']\n        except ValueError as e:\n            return [self.config['present'], self.config.get('missing'), str(e)]\n");
+        let out = run_with(
+            &[("actions/act.py", &module)],
+            &[],
+            json!({}),
+            Map::from_iter([("present".to_string(), json!("yes"))]),
+        )
+        .await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(out.result["result"][0], "yes");
+        assert_eq!(out.result["result"][1], Value::Null);
+        let message = out.result["result"][2].as_str().unwrap_or_default();
+        assert!(
+            message.contains("Config for pack \"p\" is missing key \"missing\"."),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_module_without_an_action_class_fails_clearly() {
+        let out = run(
+            &[("actions/act.py", "def run():\n    return 1\n")],
+            &[],
+            json!({}),
+        )
+        .await;
+        assert_eq!(out.status, Status::Failed);
+        assert_eq!(out.result["result"], "None");
+        assert!(
+            stderr(&out).contains("Found no classes in plugin file")
+                && stderr(&out).contains("matching requirements."),
+            "{}",
+            out.result
+        );
+    }
+
+    #[tokio::test]
+    async fn an_import_error_names_the_file_and_the_missing_module() {
+        let module = act("import no_such_module_here\n\nclass C(Action):\n    def run(self):\n        return 1\n");
+        let out = run(&[("actions/act.py", &module)], &[], json!({})).await;
+        assert_eq!(out.status, Status::Failed);
+        let err = stderr(&out);
+        assert!(
+            err.contains("ModuleNotFoundError: Failed to load action class from file")
+                && err.contains("act.py")
+                && err.contains("no_such_module_here"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_status_neither_bool_nor_none_exits_220() {
+        let module = act("class C(Action):\n    def run(self):\n        return ('yes', 1)\n");
+        let out = run(&[("actions/act.py", &module)], &[], json!({})).await;
+        assert_eq!(out.status, Status::Failed);
+        assert_eq!(out.result["exit_code"], 220);
+        let error = out.result["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("must either be True or False, got: yes"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn returns_other_than_a_status_pair_are_the_result() {
+        for (ret, status, result) in [
+            ("(None, 'x')", Status::Succeeded, json!("x")),
+            ("(True, {'a': 1})", Status::Succeeded, json!({"a": 1})),
+            ("[False, 'x']", Status::Succeeded, json!([false, "x"])),
+            ("(1, 2, 3)", Status::Succeeded, json!([1, 2, 3])),
+            (
+                "(True, object)",
+                Status::Succeeded,
+                json!("<class 'object'>"),
+            ),
+        ] {
+            let module = act(&format!(
+                "class C(Action):\n    def run(self):\n        return {ret}\n"
+            ));
+            let out = run(&[("actions/act.py", &module)], &[], json!({})).await;
+            assert_eq!(out.status, status, "{ret}: {}", out.result);
+            assert_eq!(out.result["result"], result, "{ret}");
+        }
+    }
+
+    #[tokio::test]
+    async fn output_without_a_result_gives_the_string_none() {
+        let module = act("import os, sys\n\nclass C(Action):\n    def run(self):\n        sys.stdout.write('garbage {not json\\n')\n        sys.stdout.flush()\n        os._exit(0)\n");
+        let out = run(&[("actions/act.py", &module)], &[], json!({})).await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(out.result["result"], "None");
+        assert_eq!(out.result["stdout"], "garbage {not json\n");
+    }
+
+    #[tokio::test]
+    async fn large_parameters_travel_on_stdin() {
+        let module = act("import sys\n\nclass C(Action):\n    def run(self, big):\n        return [len(big), '--stdin-parameters' in sys.argv]\n");
+        let big = "x".repeat(200_000);
+        let out = run(
+            &[("actions/act.py", &module)],
+            &["big"],
+            json!({"big": big}),
+        )
+        .await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(out.result["result"], json!([200_000, true]));
+        let small = run(
+            &[("actions/act.py", &module)],
+            &["big"],
+            json!({"big": "x"}),
+        )
+        .await;
+        assert_eq!(small.result["result"], json!([1, false]));
+    }
+
+    #[tokio::test]
+    async fn log_level_filters_the_actions_logger() {
+        let module = act("class C(Action):\n    def run(self):\n        self.logger.debug('dbg-line')\n        self.logger.info('info-line')\n        self.logger.error('error-line')\n        return self.logger.name\n");
+        let quiet = run(
+            &[("actions/act.py", &module)],
+            &[],
+            json!({"log_level": "ERROR"}),
+        )
+        .await;
+        assert_eq!(quiet.result["result"], "actions.python.C");
+        assert!(stderr(&quiet).contains("actions.python.C: ERROR    error-line"));
+        assert!(!stderr(&quiet).contains("info-line") && !stderr(&quiet).contains("dbg-line"));
+        let all = run(
+            &[("actions/act.py", &module)],
+            &[],
+            json!({"log_level": "DEBUG"}),
+        )
+        .await;
+        assert!(stderr(&all).contains("dbg-line") && stderr(&all).contains("info-line"));
+    }
+
+    #[tokio::test]
+    async fn env_is_merged_without_pythonpath_and_st2_variables_win() {
+        let module = act("import os\n\nclass C(Action):\n    def run(self):\n        return [os.environ.get('FOO'), '/bad' in os.environ['PYTHONPATH'], os.environ['ST2_ACTION_PACK_NAME'], os.environ['ST2_API_URL'], os.getcwd()]\n");
+        let out = run(
+            &[("actions/act.py", &module)],
+            &[],
+            json!({"env": {"FOO": "bar", "PythonPath": "/bad", "ST2_ACTION_PACK_NAME": "other"}}),
+        )
+        .await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(out.result["result"][0], "bar");
+        assert_eq!(out.result["result"][1], false);
+        // The engine's ActionEnv (default here: empty pack and URL) wins.
+        assert_eq!(out.result["result"][2], "");
+        assert_eq!(out.result["result"][3], "");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_processes_the_action_started() {
+        let module = act("import subprocess, time\n\nclass C(Action):\n    def run(self):\n        child = subprocess.Popen(['sleep', '300'])\n        print('child', child.pid, flush=True)\n        time.sleep(300)\n");
+        let started = Instant::now();
+        let out = run(&[("actions/act.py", &module)], &[], json!({"timeout": 2})).await;
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(out.status, Status::Timeout, "{}", out.result);
+        assert_eq!(
+            out.result["error"],
+            "Action failed to complete in 2 seconds"
+        );
+        let pid: i32 = out.result["stdout"]
+            .as_str()
+            .and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .expect("the action printed its child's pid");
+        // Killed means gone, or a zombie until init reaps it.
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dead() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(dead(), "the action's child {pid} outlived the timeout");
     }
 }
