@@ -21,6 +21,7 @@ use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::catalog::{Catalog, CatalogHandle};
 use crate::error::{bus_err, EngineError};
 use crate::pump::Pump;
+use squall_runners::venv::Virtualenvs;
 
 /// Key of a pack in the `content` bucket.
 pub fn pack_key(pack_ref: &str) -> String {
@@ -40,8 +41,8 @@ pub struct Registered {
 
 /// Loads the pack in `dir` and its config file from `configs_dir`
 /// (`<pack>.yaml`; literal secrets sealed with `cipher`), validates all of
-/// it and, only if it is valid, merges
-/// it into the stored pack as `mode` says
+/// it, builds its virtualenv (when it has Python content) and, only if all
+/// succeeded, merges it into the stored pack as `mode` says
 /// ([`squall_domain::registration`]): content created through the API is
 /// never lost.
 pub async fn register_pack(
@@ -50,9 +51,11 @@ pub async fn register_pack(
     configs_dir: Option<&Path>,
     cipher: &Cipher,
     mode: Mode,
+    venvs: &Virtualenvs,
 ) -> Result<Registered, EngineError> {
     let bundle = loader::load_pack(dir)?;
     let config = crate::configs::read_file(configs_dir, dir, &bundle)?;
+    venvs.ensure(&bundle.pack.pack_ref, dir, true).await?;
     let warnings = warn_of_workflow_problems(dir, &bundle);
     let (bundle, changes, _) = store_pack(bus, bundle, mode).await?;
     if let Some(config) = config {

@@ -29,6 +29,9 @@ pub enum EngineError {
     /// A pack's config could not be resolved for a run.
     #[error(transparent)]
     PackConfig(#[from] squall_domain::pack_config::ConfigError),
+    /// A pack's virtualenv could not be built (pip's error inside).
+    #[error(transparent)]
+    Virtualenv(#[from] squall_runners::venv::VenvError),
 }
 
 impl EngineError {

@@ -51,6 +51,7 @@ pub mod runners;
 pub mod sensor_host;
 pub mod sensors;
 pub mod timing;
+pub mod virtualenvs;
 pub mod workflows;
 
 pub use error::EngineError;

@@ -63,6 +63,9 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     /// How the remote runners log in to hosts (`runners.ssh`).
     pub ssh: squall_runners::SshSettings,
+    /// The pack virtualenvs under `data_dir`, shared by registration, the
+    /// runners and the keeper that builds them when content changes.
+    pub virtualenvs: squall_runners::venv::Virtualenvs,
 }
 
 /// One child of the supervisor, as it can be (re)started.
@@ -571,6 +574,8 @@ pub struct Engine {
     pub cluster: ClusterView,
     leave: CancellationToken,
     coordinator: tokio::task::JoinHandle<()>,
+    /// Builds pack virtualenvs as content changes (runner nodes only).
+    virtualenvs: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Engine {
@@ -601,6 +606,7 @@ impl Engine {
             runners: Arc::new(squall_runners::registry(
                 settings.ssh.clone(),
                 &settings.data_dir,
+                &settings.virtualenvs,
             )),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
@@ -664,6 +670,13 @@ impl Engine {
             tracing::warn!(error = %e, "the first partitions were slow to start");
         }
         let cluster = coordinator.view();
+        let virtualenvs = shared.settings.roles.contains(&Role::Runners).then(|| {
+            tokio::spawn(crate::virtualenvs::keep(
+                shared.catalog.clone(),
+                shared.settings.virtualenvs.clone(),
+                shutdown.clone(),
+            ))
+        });
         let leave = CancellationToken::new();
         let coordinator = tokio::spawn(supervise_coordinator(
             coordinator,
@@ -681,6 +694,7 @@ impl Engine {
             cluster,
             leave,
             coordinator,
+            virtualenvs,
         })
     }
 
@@ -691,6 +705,9 @@ impl Engine {
         self.leave.cancel();
         let _ = self.coordinator.await;
         self.shutdown.cancel();
+        if let Some(keeper) = self.virtualenvs {
+            let _ = keeper.await;
+        }
         self.in_flight.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.in_flight.wait())
             .await

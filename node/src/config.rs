@@ -44,6 +44,43 @@ pub struct NodeConfig {
     /// `data`; `squall up` uses its data directory). Nothing here is the
     /// only copy of anything: a node rebuilds it from the cluster.
     pub data_dir: PathBuf,
+    pub virtualenvs: VirtualenvsConfig,
+}
+
+/// How pack virtualenvs (`<data_dir>/virtualenvs/<pack>`) are built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VirtualenvsConfig {
+    /// The interpreter whose `-m venv` makes them (default `python3`).
+    pub python: PathBuf,
+    /// Install requirements offline from this directory of wheels
+    /// (`pip --no-index --find-links`); default: the package index.
+    pub wheel_dir: Option<PathBuf>,
+    /// Let packs see the interpreter's own packages, StackStorm's default
+    /// (default true).
+    pub system_site_packages: bool,
+}
+
+impl Default for VirtualenvsConfig {
+    fn default() -> Self {
+        let d = squall_runners::venv::VenvSettings::default();
+        VirtualenvsConfig {
+            python: d.python,
+            wheel_dir: d.wheel_dir,
+            system_site_packages: d.system_site_packages,
+        }
+    }
+}
+
+impl VirtualenvsConfig {
+    /// The runners' settings.
+    pub fn settings(&self) -> squall_runners::venv::VenvSettings {
+        squall_runners::venv::VenvSettings {
+            python: self.python.clone(),
+            wheel_dir: self.wheel_dir.clone(),
+            system_site_packages: self.system_site_packages,
+        }
+    }
 }
 
 /// The datastore.
@@ -227,6 +264,7 @@ impl Default for NodeConfig {
             auth: AuthConfig::default(),
             datastore: DatastoreConfig::default(),
             data_dir: PathBuf::from("data"),
+            virtualenvs: VirtualenvsConfig::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use squall_actors::keys::KeyStore;
 use squall_actors::node::{Engine, NodeSettings};
 use squall_domain::registration::Mode;
 use squall_domain::secrets::Cipher;
+use squall_runners::venv::Virtualenvs;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -126,8 +127,9 @@ impl Node {
         Box::pin(bootstrap_admin(&auth, &cfg.auth.admin_password_file)).await?;
         let cipher = datastore_cipher(&cfg.datastore.key_file)?;
         let keys = Box::pin(KeyStore::open(&bus, cipher)).await?;
+        let virtualenvs = Virtualenvs::new(&cfg.data_dir, cfg.virtualenvs.settings());
         if cfg.packs.register_on_start {
-            Box::pin(register_dirs(&bus, cfg, keys.cipher())).await;
+            Box::pin(register_dirs(&bus, cfg, keys.cipher(), &virtualenvs)).await;
         }
         let settings = NodeSettings {
             name: cfg.name.clone(),
@@ -137,6 +139,7 @@ impl Node {
             roles: cfg.roles.clone(),
             data_dir: cfg.data_dir.clone(),
             ssh: cfg.runners.ssh.settings(),
+            virtualenvs,
         };
         let engine = Box::pin(Engine::start(bus.clone(), settings, &keys, auth.clone())).await?;
         let stop_api = CancellationToken::new();
@@ -180,7 +183,7 @@ impl Node {
 /// does: what the API changed stays, files changed since the last
 /// registration are taken. A broken pack is reported and skipped, the
 /// others still register.
-async fn register_dirs(bus: &Bus, cfg: &NodeConfig, cipher: &Cipher) {
+async fn register_dirs(bus: &Bus, cfg: &NodeConfig, cipher: &Cipher, venvs: &Virtualenvs) {
     let dirs = match api::pack_dirs(&cfg.packs.dirs, &[]) {
         Ok(d) => d,
         Err(e) => {
@@ -190,7 +193,8 @@ async fn register_dirs(bus: &Bus, cfg: &NodeConfig, cipher: &Cipher) {
     };
     for dir in dirs {
         let configs = cfg.packs.configs_dir.as_deref();
-        if let Err(e) = content::register_pack(bus, &dir, configs, cipher, Mode::Start).await {
+        if let Err(e) = content::register_pack(bus, &dir, configs, cipher, Mode::Start, venvs).await
+        {
             tracing::error!(pack = %dir.display(), error = %e, "pack not registered");
         }
     }
@@ -303,6 +307,7 @@ async fn serve_api(
         keys,
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),
         cluster: engine.cluster.clone(),
+        virtualenvs: engine.shared.settings.virtualenvs.clone(),
     });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port

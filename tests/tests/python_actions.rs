@@ -255,3 +255,104 @@ async fn the_datastore_client_speaks_the_keys_api() -> Result<()> {
     assert_eq!(status, 404, "the deleted key is gone");
     Ok(())
 }
+
+/// The `venvpack` pack: one action reporting what its interpreter sees,
+/// `requirements` as its requirements.txt.
+fn venvpack(root: &Path, requirements: &str) -> Result<PathBuf> {
+    write_pack(
+        root,
+        "venvpack",
+        &[
+            ("pack.yaml", "ref: venvpack\nname: venvpack\ndescription: a pack with requirements\nversion: 1.0.0\nauthor: ops\n"),
+            ("requirements.txt", requirements),
+            (
+                "actions/versions.py",
+                "import sys\n\nimport six\nimport tabulate\nfrom st2common.runners.base_action import Action\n\nclass Versions(Action):\n    def run(self):\n        return {'tabulate': tabulate.__version__, 'six': six.__version__, 'prefix': sys.prefix}\n",
+            ),
+            (
+                "actions/versions.yaml",
+                "name: versions\npack: venvpack\nrunner_type: python-script\nentry_point: versions.py\n",
+            ),
+        ],
+    )
+}
+
+/// A pack's requirements live in its own virtualenv, built with pip when
+/// the pack registers and again when its requirements change; a
+/// requirement that does not install fails the registration with pip's
+/// error (API and CLI), registers nothing, and the previous virtualenv
+/// stays in use.
+#[tokio::test]
+async fn pack_requirements_install_into_the_packs_virtualenv() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    let dir = venvpack(packs.path(), "tabulate==0.9.0\n")?;
+    pyacts(packs.path())?;
+    let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let venv = node.config.data_dir.join("virtualenvs").join("venvpack");
+
+    // Registered at start: the virtualenv is there before the first run.
+    assert!(venv.join("bin/python").is_file());
+    let e = execute(&node, "venvpack.versions", json!({})).await?;
+    assert_eq!(e["status"], "succeeded", "{}", e["result"]["stderr"]);
+    assert_eq!(e["result"]["result"]["tabulate"], "0.9.0");
+    assert_eq!(
+        e["result"]["result"]["prefix"],
+        json!(venv.display().to_string())
+    );
+
+    // Requirements that do not install: refused with pip's own error.
+    std::fs::write(
+        dir.join("requirements.txt"),
+        "tabulate==0.8.10\nsquall-no-such-package-anywhere==1.0\n",
+    )?;
+    let (status, body) = node
+        .post("packs/register", &json!({"packs": ["venvpack"]}))
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    let fault = body["faultstring"].as_str().unwrap_or_default();
+    assert!(
+        fault.contains("failed to install requirements from")
+            && fault.contains(
+                "No matching distribution found for squall-no-such-package-anywhere==1.0"
+            ),
+        "{fault}"
+    );
+    let home = tempfile::tempdir()?;
+    let token = login(&node.root, "admin", &node.admin_password).await?;
+    let cli = tokio::process::Command::new(squall_tests::st2_cli_binary()?)
+        .args(["pack", "register", "venvpack"])
+        .env("HOME", home.path())
+        .env("ST2_API_URL", format!("{}/v1", node.root))
+        .env("ST2_AUTH_TOKEN", &token)
+        .env_remove("ST2_API_KEY")
+        .output()
+        .await?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&cli.stdout),
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(!cli.status.success(), "{said}");
+    assert!(
+        said.contains("No matching distribution found for squall-no-such-package-anywhere"),
+        "{said}"
+    );
+    // The previous virtualenv is still the pack's, and runs.
+    let e = execute(&node, "venvpack.versions", json!({})).await?;
+    assert_eq!(e["status"], "succeeded", "{}", e["result"]["stderr"]);
+    assert_eq!(e["result"]["result"]["tabulate"], "0.9.0");
+    // Nothing else was disturbed.
+    let e = execute(&node, "pyacts.refuse", json!({})).await?;
+    assert_eq!(e["result"]["result"], json!({"why": "refused"}), "{e}");
+
+    // Changed requirements that install: a new virtualenv, swapped in.
+    std::fs::write(dir.join("requirements.txt"), "tabulate==0.8.10\n")?;
+    let (status, body) = node
+        .post("packs/register", &json!({"packs": ["venvpack"]}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let e = execute(&node, "venvpack.versions", json!({})).await?;
+    assert_eq!(e["status"], "succeeded", "{}", e["result"]["stderr"]);
+    assert_eq!(e["result"]["result"]["tabulate"], "0.8.10");
+    Ok(())
+}

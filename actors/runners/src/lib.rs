@@ -13,6 +13,7 @@ pub mod pylib;
 mod python;
 mod remote;
 pub mod sensor;
+pub mod venv;
 
 pub use inquirer::Inquirer;
 pub use local::{LocalShellCmd, LocalShellScript};
@@ -171,15 +172,19 @@ pub trait Runner: Send + Sync {
 
 /// Every runner this build can execute, by runner type name. `ssh` is the
 /// node's configuration of the remote runners, `data_dir` the node's data
-/// directory (Python support files, pack virtualenvs).
-pub fn registry(ssh: SshSettings, data_dir: &Path) -> HashMap<&'static str, Arc<dyn Runner>> {
+/// directory (Python support files), `venvs` its pack virtualenvs.
+pub fn registry(
+    ssh: SshSettings,
+    data_dir: &Path,
+    venvs: &venv::Virtualenvs,
+) -> HashMap<&'static str, Arc<dyn Runner>> {
     let (remote_cmd, remote_script) = remote::runners(ssh);
     let runners: [Arc<dyn Runner>; 7] = [
         Arc::new(Noop),
         Arc::new(Inquirer),
         Arc::new(LocalShellCmd),
         Arc::new(LocalShellScript),
-        Arc::new(PythonScript::new(data_dir.to_path_buf())),
+        Arc::new(PythonScript::new(data_dir.to_path_buf(), venvs.clone())),
         Arc::new(remote_cmd),
         Arc::new(remote_script),
     ];

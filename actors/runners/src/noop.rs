@@ -31,7 +31,11 @@ mod tests {
 
     #[tokio::test]
     async fn noop_succeeds_with_stackstorms_result() {
-        let runners = crate::registry(crate::SshSettings::default(), std::path::Path::new("data"));
+        let runners = crate::registry(
+            crate::SshSettings::default(),
+            std::path::Path::new("data"),
+            &crate::venv::Virtualenvs::new(std::path::Path::new("data"), Default::default()),
+        );
         let req = crate::RunRequest {
             execution_id: "e".into(),
             action: squall_domain::model::ActionDef {
@@ -64,7 +68,11 @@ mod tests {
 
     #[test]
     fn the_registry_holds_every_available_runner() {
-        let runners = crate::registry(crate::SshSettings::default(), std::path::Path::new("data"));
+        let runners = crate::registry(
+            crate::SshSettings::default(),
+            std::path::Path::new("data"),
+            &crate::venv::Virtualenvs::new(std::path::Path::new("data"), Default::default()),
+        );
         for rt in squall_domain::runner_types::all() {
             let here =
                 rt.available && !squall_domain::runner_types::ENGINE_RUNNERS.contains(&rt.name);

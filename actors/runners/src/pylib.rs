@@ -88,7 +88,7 @@ pub const SENSOR_WRAPPER: &str = "sensor_wrapper.py";
 
 /// Writes the files under `data_dir` unless this content is already there,
 /// and returns the directory. Safe to call from several tasks or processes
-/// at once: the files are written to a temporary directory renamed into
+/// at once: each call writes to its own temporary directory, renamed into
 /// place.
 pub fn install(data_dir: &Path) -> io::Result<PathBuf> {
     let root = data_dir.join("python");
@@ -97,7 +97,10 @@ pub fn install(data_dir: &Path) -> io::Result<PathBuf> {
         return Ok(dir);
     }
     std::fs::create_dir_all(&root)?;
-    let staging = root.join(format!(".staging-{}", std::process::id()));
+    // Unique per call: tasks of one process may install at once.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = root.join(format!(".staging-{}-{call}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
@@ -145,6 +148,21 @@ mod tests {
             .expect("python dir")
             .count();
         assert_eq!(entries, 1, "no staging directory is left behind");
+    }
+
+    #[test]
+    fn concurrent_installs_all_succeed() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let dirs: Vec<PathBuf> = std::thread::scope(|s| {
+            let installs: Vec<_> = (0..8).map(|_| s.spawn(|| install(data.path()))).collect();
+            installs
+                .into_iter()
+                .map(|t| t.join().expect("no panic").expect("installed"))
+                .collect()
+        });
+        assert!(dirs
+            .iter()
+            .all(|d| *d == dirs[0] && d.join(ACTION_WRAPPER).is_file()));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use squall_domain::model::ActionDef;
 use squall_domain::runner_types;
 
 use crate::process::{self, End, Spec};
+use crate::venv::Virtualenvs;
 use crate::{pylib, RunOutcome, RunRequest, Runner};
 
 /// What the wrapper prints around the action's result.
@@ -43,15 +44,16 @@ const DEFAULT_LOG_LEVEL: &str = "DEBUG";
 /// `python-script`.
 #[derive(Debug)]
 pub struct PythonScript {
-    /// The node's data directory: the Python support files and the pack
-    /// virtualenvs live under it.
+    /// The node's data directory: the Python support files live under it.
     data_dir: PathBuf,
+    /// The node's pack virtualenvs.
+    venvs: Virtualenvs,
 }
 
 impl PythonScript {
     /// The runner of a node whose data directory is `data_dir`.
-    pub fn new(data_dir: PathBuf) -> PythonScript {
-        PythonScript { data_dir }
+    pub fn new(data_dir: PathBuf, venvs: Virtualenvs) -> PythonScript {
+        PythonScript { data_dir, venvs }
     }
 }
 
@@ -66,8 +68,35 @@ impl Runner for PythonScript {
 
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome> {
         let data_dir = self.data_dir.clone();
+        let venvs = self.venvs.clone();
         Box::pin(async move {
-            let spec = match prepare(&data_dir, &req) {
+            let timeout = match run_timeout(&req.parameters) {
+                Ok(t) => t,
+                Err(e) => return failure(e),
+            };
+            // The pack's virtualenv is normally ready (built at
+            // registration and when content changes); an execution that
+            // comes while it builds waits for it, within its timeout.
+            let build = venvs.ready(&req.action.pack, &req.pack_path);
+            let limit = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let venv = tokio::select! {
+                built = build => match built {
+                    Ok(venv) => venv,
+                    Err(e) => return failure(e.to_string()),
+                },
+                () = limit => return outcome(
+                    End::TimedOut(timeout.map_or(0, |t| t.as_secs())),
+                    "",
+                    "the pack's virtualenv was still being built\n".to_string(),
+                ),
+                () = req.cancel.cancelled() => return outcome(End::Canceled, "", String::new()),
+            };
+            let spec = match prepare(&data_dir, &req, venv.as_deref(), timeout) {
                 Ok(spec) => spec,
                 Err(e) => return failure(e),
             };
@@ -79,15 +108,29 @@ impl Runner for PythonScript {
     }
 }
 
-/// A pack's virtualenv directory (the shared contract:
-/// `<data dir>/virtualenvs/<pack>/bin/python` is its interpreter).
-pub fn virtualenv_dir(data_dir: &Path, pack: &str) -> PathBuf {
-    data_dir.join("virtualenvs").join(pack)
+/// The run's `timeout` parameter; `None` when it has none (0 or less).
+fn run_timeout(p: &Map<String, Value>) -> Result<Option<Duration>, String> {
+    Ok(match p.get("timeout") {
+        None | Some(Value::Null) => Some(DEFAULT_TIMEOUT_SECS),
+        Some(Value::Number(n)) => n.as_i64().map(|t| t.max(0).unsigned_abs()),
+        Some(other) => {
+            return Err(format!(
+                "parameter `timeout` must be an integer, not {other}"
+            ))
+        }
+    }
+    .filter(|t| *t > 0)
+    .map(Duration::from_secs))
 }
 
-/// The process that runs the action: interpreter, wrapper command line,
-/// environment, stdin.
-fn prepare(data_dir: &Path, req: &RunRequest) -> Result<Spec, String> {
+/// The process that runs the action: interpreter (the pack's `venv` when
+/// it has one), wrapper command line, environment, stdin.
+fn prepare(
+    data_dir: &Path,
+    req: &RunRequest,
+    venv: Option<&Path>,
+    timeout: Option<Duration>,
+) -> Result<Spec, String> {
     let script = req.pack_path.join("actions").join(&req.action.entry_point);
     if req.action.entry_point.is_empty() || !script.is_file() {
         return Err(format!(
@@ -102,17 +145,6 @@ fn prepare(data_dir: &Path, req: &RunRequest) -> Result<Spec, String> {
         )
     })?;
     let p = &req.parameters;
-    let timeout = match p.get("timeout") {
-        None | Some(Value::Null) => Some(DEFAULT_TIMEOUT_SECS),
-        Some(Value::Number(n)) => n.as_i64().map(|t| t.max(0).unsigned_abs()),
-        Some(other) => {
-            return Err(format!(
-                "parameter `timeout` must be an integer, not {other}"
-            ))
-        }
-    }
-    .filter(|t| *t > 0)
-    .map(Duration::from_secs);
     let log_level = match p.get("log_level") {
         None | Some(Value::Null) => DEFAULT_LOG_LEVEL.to_string(),
         Some(Value::String(l)) => l.to_uppercase(),
@@ -122,14 +154,10 @@ fn prepare(data_dir: &Path, req: &RunRequest) -> Result<Spec, String> {
             ))
         }
     };
-    let venv = virtualenv_dir(data_dir, &req.action.pack);
-    let venv_python = venv.join("bin").join("python");
-    let has_venv = venv_python.is_file();
-    let program = if has_venv {
-        venv_python
-    } else {
-        PathBuf::from("python3")
-    };
+    let program = venv.map_or_else(
+        || PathBuf::from("python3"),
+        |v| v.join("bin").join("python"),
+    );
 
     let parameters = Value::Object(action_parameters(&req.action, &req.parameters)).to_string();
     let mut args = vec![
@@ -159,7 +187,7 @@ fn prepare(data_dir: &Path, req: &RunRequest) -> Result<Spec, String> {
 
     let mut env = BTreeMap::new();
     let inherited_path = std::env::var("PATH").unwrap_or_default();
-    if has_venv {
+    if let Some(venv) = venv {
         env.insert(
             "PATH".to_string(),
             format!("{}/:{inherited_path}", venv.join("bin").display()),
@@ -167,7 +195,7 @@ fn prepare(data_dir: &Path, req: &RunRequest) -> Result<Spec, String> {
     }
     env.insert(
         "PYTHONPATH".to_string(),
-        python_path(&req.pack_path, has_venv.then_some(venv.as_path()), &lib),
+        python_path(&req.pack_path, venv, &lib),
     );
     match p.get("env") {
         None | Some(Value::Null) => {}
@@ -376,6 +404,18 @@ pub(super) mod tests {
         dir
     }
 
+    /// One data directory and one set of virtualenvs for every test: the
+    /// test pack's virtualenv is built once (a fixed directory, so later
+    /// runs reuse it too; its digest keeps it correct).
+    fn shared_data() -> &'static (PathBuf, Virtualenvs) {
+        static SHARED: std::sync::OnceLock<(PathBuf, Virtualenvs)> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let data = std::env::temp_dir().join("squall-runners-tests-data");
+            let venvs = Virtualenvs::new(&data, crate::venv::VenvSettings::default());
+            (data, venvs)
+        })
+    }
+
     pub(super) async fn run(
         files: &[(&str, &str)],
         declared: &[&str],
@@ -391,11 +431,11 @@ pub(super) mod tests {
         config: Map<String, Value>,
     ) -> RunOutcome {
         let dir = pack(files);
-        let data = tempfile::tempdir().expect("data dir");
         let Value::Object(parameters) = parameters else {
             panic!("parameters must be a dict")
         };
-        PythonScript::new(data.path().to_path_buf())
+        let (data, venvs) = shared_data();
+        PythonScript::new(data.clone(), venvs.clone())
             .run(RunRequest {
                 execution_id: "e1".into(),
                 action: ActionDef {

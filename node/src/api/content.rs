@@ -408,6 +408,17 @@ pub async fn register_packs(
     if !errors.is_empty() {
         return Err(ApiError::BadRequest(errors.join("\n")));
     }
+    // Every pack's virtualenv is built before any pack is stored: a pack
+    // whose requirements do not install registers nothing, and the
+    // answer carries pip's error.
+    for (dir, (b, _)) in dirs.iter().zip(&bundles) {
+        if let Err(e) = st.virtualenvs.ensure(&b.pack.pack_ref, dir, true).await {
+            errors.push(e.to_string());
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest(errors.join("\n")));
+    }
     let packs = bundles.len();
     let (mut actions, mut rules, mut trigger_types) = (0, 0, 0);
     let (mut warnings, mut changes, mut revision) = (Vec::new(), Vec::new(), 0);

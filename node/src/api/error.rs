@@ -64,7 +64,8 @@ impl From<EngineError> for ApiError {
             EngineError::NotRunnable(_)
             | EngineError::Params(_)
             | EngineError::Pack(_)
-            | EngineError::PackConfig(_) => ApiError::BadRequest(e.to_string()),
+            | EngineError::PackConfig(_)
+            | EngineError::Virtualenv(_) => ApiError::BadRequest(e.to_string()),
             EngineError::Bus { .. } => ApiError::Unavailable(format!(
                 "the message bus is unavailable, try again shortly ({e})"
             )),

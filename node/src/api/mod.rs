@@ -88,6 +88,8 @@ pub struct ApiContext {
     pub token_ttl: Duration,
     /// The cluster's nodes as this node sees them.
     pub cluster: ClusterView,
+    /// This node's pack virtualenvs, built when a pack registers.
+    pub virtualenvs: squall_runners::venv::Virtualenvs,
 }
 
 /// The whole API as a router.
