@@ -59,6 +59,9 @@ pub struct VirtualenvsConfig {
     /// Let packs see the interpreter's own packages, StackStorm's default
     /// (default true).
     pub system_site_packages: bool,
+    /// Start Python actions from a warm fork server per pack (default
+    /// true); false starts a fresh interpreter for each.
+    pub fork_server: bool,
 }
 
 impl Default for VirtualenvsConfig {
@@ -68,6 +71,7 @@ impl Default for VirtualenvsConfig {
             python: d.python,
             wheel_dir: d.wheel_dir,
             system_site_packages: d.system_site_packages,
+            fork_server: d.fork_server,
         }
     }
 }
@@ -79,6 +83,7 @@ impl VirtualenvsConfig {
             python: self.python.clone(),
             wheel_dir: self.wheel_dir.clone(),
             system_site_packages: self.system_site_packages,
+            fork_server: self.fork_server,
         }
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Adding a runner means one module here and one line in [`registry`].
 
+mod forkserver;
 mod inquirer;
 mod local;
 mod noop;

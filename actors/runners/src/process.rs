@@ -11,7 +11,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 use squall_domain::execution::Status;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,8 @@ pub enum End {
     Exited(std::process::ExitStatus),
     TimedOut(u64),
     Canceled,
+    /// Its end could not be learnt (the wait failed); it was killed.
+    Lost(String),
 }
 
 /// A process that ran: how it ended and everything it printed.
@@ -59,6 +61,19 @@ pub async fn run(
         Ok(f) => outcome(f.end, f.stdout, f.stderr),
         Err(e) => failure(e),
     }
+}
+
+/// A started process, however it was started: its process group, its
+/// pipes, and how to learn its end.
+pub struct Launched {
+    /// The process group to kill on timeout or cancel.
+    pub pgid: Option<i32>,
+    pub stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    pub stdout: Box<dyn AsyncRead + Send + Unpin>,
+    pub stderr: Box<dyn AsyncRead + Send + Unpin>,
+    /// Resolves to the exit status. Dropping it must not leave a process
+    /// behind that the group kill would miss.
+    pub wait: futures::future::BoxFuture<'static, Result<std::process::ExitStatus, String>>,
 }
 
 /// Runs `spec` to its end; `Err` when it could not even start.
@@ -97,31 +112,64 @@ pub async fn execute(
         }
     };
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
-    if let (Some(input), Some(mut stdin)) = (spec.stdin, child.stdin.take()) {
+    let stdin = child
+        .stdin
+        .take()
+        .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>);
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("the process has no output pipes".into());
+    };
+    let launched = Launched {
+        pgid,
+        stdin,
+        stdout: Box::new(stdout),
+        stderr: Box::new(stderr),
+        wait: Box::pin(async move {
+            child
+                .wait()
+                .await
+                .map_err(|e| format!("could not wait for the process: {e}"))
+        }),
+    };
+    Ok(supervise(launched, spec.stdin, spec.timeout, output, cancel).await)
+}
+
+/// Feeds a started process its stdin, collects its output, and bounds it
+/// by `timeout` and `cancel` (killing its whole process group).
+pub async fn supervise(
+    launched: Launched,
+    stdin: Option<String>,
+    timeout: Option<Duration>,
+    output: Option<mpsc::UnboundedSender<OutputChunk>>,
+    cancel: CancellationToken,
+) -> Finished {
+    let Launched {
+        pgid,
+        stdin: pipe,
+        stdout,
+        stderr,
+        mut wait,
+    } = launched;
+    if let (Some(input), Some(mut pipe)) = (stdin, pipe) {
         // A process that never reads stdin must not block us: ignore errors.
-        let _ = stdin.write_all(format!("{input}\n").as_bytes()).await;
+        let _ = pipe.write_all(format!("{input}\n").as_bytes()).await;
+        let _ = pipe.shutdown().await;
     }
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(collect(s, OutputStream::Stdout, output.clone())));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(collect(s, OutputStream::Stderr, output)));
+    let stdout = tokio::spawn(collect(stdout, OutputStream::Stdout, output.clone()));
+    let stderr = tokio::spawn(collect(stderr, OutputStream::Stderr, output));
 
     let limit = async {
-        match spec.timeout {
+        match timeout {
             Some(t) => tokio::time::sleep(t).await,
             None => std::future::pending().await,
         }
     };
     let end = tokio::select! {
-        status = child.wait() => match status {
+        status = &mut wait => match status {
             Ok(s) => End::Exited(s),
-            Err(e) => return Err(format!("could not wait for the process: {e}")),
+            Err(e) => End::Lost(e),
         },
-        () = limit => End::TimedOut(spec.timeout.map_or(0, |t| t.as_secs())),
+        () = limit => End::TimedOut(timeout.map_or(0, |t| t.as_secs())),
         () = cancel.cancelled() => End::Canceled,
     };
     if !matches!(end, End::Exited(_)) {
@@ -129,13 +177,13 @@ pub async fn execute(
             // The group may already be gone; that is what we want anyway.
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
-        let _ = child.wait().await;
+        let _ = tokio::time::timeout(DRAIN_GRACE, wait).await;
     }
-    Ok(Finished {
+    Finished {
         end,
-        stdout: drain(stdout).await,
-        stderr: drain(stderr).await,
-    })
+        stdout: drain(Some(stdout)).await,
+        stderr: drain(Some(stderr)).await,
+    }
 }
 
 /// Reads a pipe to its end, forwarding each chunk.
@@ -195,6 +243,7 @@ fn outcome(end: End, stdout: String, stderr: String) -> RunOutcome {
             Some(format!("Action failed to complete in {secs} seconds")),
         ),
         End::Canceled => (Status::Canceled, -9, Some("Action was canceled".into())),
+        End::Lost(e) => (Status::Failed, -1, Some(e)),
     };
     let mut result = json!({
         "failed": status != Status::Succeeded,

@@ -18,6 +18,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../python/python_action_wrapper.py"),
     ),
     (
+        "python_fork_server.py",
+        include_str!("../python/python_fork_server.py"),
+    ),
+    (
         "st2common/__init__.py",
         include_str!("../python/st2common/__init__.py"),
     ),

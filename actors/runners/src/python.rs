@@ -19,6 +19,7 @@ use squall_domain::execution::Status;
 use squall_domain::model::ActionDef;
 use squall_domain::runner_types;
 
+use crate::forkserver::ForkServers;
 use crate::process::{self, End, Spec};
 use crate::venv::Virtualenvs;
 use crate::{pylib, RunOutcome, RunRequest, Runner};
@@ -48,12 +49,22 @@ pub struct PythonScript {
     data_dir: PathBuf,
     /// The node's pack virtualenvs.
     venvs: Virtualenvs,
+    /// Warm starts, unless the settings turn them off.
+    forks: Option<ForkServers>,
 }
 
 impl PythonScript {
     /// The runner of a node whose data directory is `data_dir`.
     pub fn new(data_dir: PathBuf, venvs: Virtualenvs) -> PythonScript {
-        PythonScript { data_dir, venvs }
+        let forks = venvs
+            .settings()
+            .fork_server
+            .then(|| ForkServers::new(&data_dir));
+        PythonScript {
+            data_dir,
+            venvs,
+            forks,
+        }
     }
 }
 
@@ -69,6 +80,7 @@ impl Runner for PythonScript {
     fn run(&self, req: RunRequest) -> BoxFuture<'static, RunOutcome> {
         let data_dir = self.data_dir.clone();
         let venvs = self.venvs.clone();
+        let forks = self.forks.clone();
         Box::pin(async move {
             let timeout = match run_timeout(&req.parameters) {
                 Ok(t) => t,
@@ -96,11 +108,32 @@ impl Runner for PythonScript {
                 ),
                 () = req.cancel.cancelled() => return outcome(End::Canceled, "", String::new()),
             };
-            let spec = match prepare(&data_dir, &req, venv.as_deref(), timeout) {
-                Ok(spec) => spec,
+            let (spec, lib) = match prepare(&data_dir, &req, venv.as_deref(), timeout) {
+                Ok(prepared) => prepared,
                 Err(e) => return failure(e),
             };
-            match process::execute(spec, req.output, req.cancel).await {
+            let warm = match &forks {
+                Some(forks) => match forks.launch(&spec, venv.as_deref(), &lib).await {
+                    Ok(launched) => Some(launched),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "python action starts cold");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let finished = match warm {
+                Some(launched) => Ok(process::supervise(
+                    launched,
+                    spec.stdin,
+                    spec.timeout,
+                    req.output,
+                    req.cancel,
+                )
+                .await),
+                None => process::execute(spec, req.output, req.cancel).await,
+            };
+            match finished {
                 Ok(done) => outcome(done.end, &done.stdout, done.stderr),
                 Err(e) => failure(e),
             }
@@ -130,7 +163,7 @@ fn prepare(
     req: &RunRequest,
     venv: Option<&Path>,
     timeout: Option<Duration>,
-) -> Result<Spec, String> {
+) -> Result<(Spec, PathBuf), String> {
     let script = req.pack_path.join("actions").join(&req.action.entry_point);
     if req.action.entry_point.is_empty() || !script.is_file() {
         return Err(format!(
@@ -218,14 +251,15 @@ fn prepare(
     let debug = p.get("debug").and_then(Value::as_bool).unwrap_or(false);
     env.extend(req.env.vars(debug));
     env.extend(req.env.client_vars());
-    Ok(Spec {
+    let spec = Spec {
         program,
         args,
         cwd: Some(req.pack_path.clone()),
         env,
         timeout,
         stdin: (!stdin.is_empty()).then(|| Value::Object(stdin).to_string()),
-    })
+    };
+    Ok((spec, lib))
 }
 
 /// StackStorm's `get_sandbox_python_path_for_python_action`: the pack's
@@ -331,6 +365,7 @@ fn outcome(end: End, stdout: &str, stderr: String) -> RunOutcome {
             false,
         ),
         End::Canceled => (-9, Some("Action was canceled".to_string()), false, true),
+        End::Lost(e) => (-1, Some(e), false, false),
     };
     let parts: Vec<&str> = stdout.split(DELIMITER).collect();
     let (printed, stdout, malformed) = match parts.as_slice() {
@@ -763,5 +798,74 @@ mod protocol_tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(dead(), "the action's child {pid} outlived the timeout");
+    }
+}
+
+#[cfg(test)]
+mod warm_start_tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    const PARENT: &str = "import os\nfrom st2common.runners.base_action import Action\n\nclass P(Action):\n    def run(self):\n        return [os.getppid(), os.getpgid(0) == os.getpid()]\n";
+
+    fn request(pack_dir: &Path, pack: &str) -> RunRequest {
+        RunRequest {
+            execution_id: "e1".into(),
+            action: serde_json::from_value(json!({
+                "name": "act", "pack": pack, "runner_type": "python-script", "entry_point": "act.py"
+            }))
+            .expect("action"),
+            pack_path: pack_dir.to_path_buf(),
+            parameters: Map::new(),
+            config: Map::new(),
+            env: crate::ActionEnv::default(),
+            output: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn actions_fork_from_one_warm_server_in_their_own_group() {
+        let data = tempfile::tempdir().expect("data");
+        let pack = tempfile::tempdir().expect("pack");
+        std::fs::create_dir_all(pack.path().join("actions")).expect("dirs");
+        std::fs::write(pack.path().join("actions/act.py"), PARENT).expect("write");
+        // The `core` pack has no virtualenv: no build for this test.
+        let runner = PythonScript::new(
+            data.path().to_path_buf(),
+            Virtualenvs::new(data.path(), crate::venv::VenvSettings::default()),
+        );
+        let first = runner.run(request(pack.path(), "core")).await;
+        let second = runner.run(request(pack.path(), "core")).await;
+        assert_eq!(first.status, Status::Succeeded, "{}", first.result);
+        let parent = first.result["result"][0].as_i64().unwrap_or_default();
+        assert_ne!(parent, i64::from(std::process::id()), "forked by a server");
+        assert_eq!(second.result["result"][0], parent, "the same server");
+        assert_eq!(first.result["result"][1], true, "its own process group");
+    }
+
+    #[tokio::test]
+    async fn without_the_fork_server_actions_start_cold() {
+        let data = tempfile::tempdir().expect("data");
+        let pack = tempfile::tempdir().expect("pack");
+        std::fs::create_dir_all(pack.path().join("actions")).expect("dirs");
+        std::fs::write(pack.path().join("actions/act.py"), PARENT).expect("write");
+        let settings = crate::venv::VenvSettings {
+            fork_server: false,
+            ..Default::default()
+        };
+        // The `core` pack has no virtualenv: no build for this test.
+        let out = PythonScript::new(
+            data.path().to_path_buf(),
+            Virtualenvs::new(data.path(), settings),
+        )
+        .run(request(pack.path(), "core"))
+        .await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(
+            out.result["result"][0],
+            i64::from(std::process::id()),
+            "a child of this process"
+        );
     }
 }

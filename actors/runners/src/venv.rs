@@ -53,6 +53,9 @@ pub struct VenvSettings {
     /// Let the pack see the interpreter's own packages, as StackStorm's
     /// default `--system-site-packages` does.
     pub system_site_packages: bool,
+    /// Start Python actions from a warm fork server per pack interpreter
+    /// (see `forkserver`), falling back to a cold start; false: always cold.
+    pub fork_server: bool,
 }
 
 impl Default for VenvSettings {
@@ -61,6 +64,7 @@ impl Default for VenvSettings {
             python: PathBuf::from("python3"),
             wheel_dir: None,
             system_site_packages: true,
+            fork_server: true,
         }
     }
 }
@@ -121,6 +125,11 @@ impl Virtualenvs {
                 interpreter: tokio::sync::OnceCell::new(),
             }),
         }
+    }
+
+    /// How they are built.
+    pub fn settings(&self) -> &VenvSettings {
+        &self.inner.settings
     }
 
     /// `<data dir>/virtualenvs/<pack>`, the pack's virtualenv.
