@@ -356,3 +356,108 @@ async fn pack_requirements_install_into_the_packs_virtualenv() -> Result<()> {
     assert_eq!(e["result"]["result"]["tabulate"], "0.8.10");
     Ok(())
 }
+
+/// StackStorm's own `examples` pack (`tests/fixtures/st2-examples`,
+/// unchanged): its Python actions that need neither config nor network run
+/// in the pack's virtualenv (built from its requirements.txt at
+/// registration) with the results StackStorm gives.
+#[tokio::test]
+async fn stackstorms_example_python_actions_run_unchanged() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(repo_root().join("packs/core"), root.path().join("core"))?;
+    let node = TestNode::start_with(
+        vec![
+            root.path().to_path_buf(),
+            repo_root().join("tests/fixtures/st2-examples"),
+        ],
+        |_| {},
+    )
+    .await?;
+    let venv = node.config.data_dir.join("virtualenvs").join("examples");
+
+    // pack lib/ on the path (`from environ import get_environ`).
+    let e = execute(&node, "examples.isprime", json!({"value": 7})).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["result"], true);
+    let e = execute(&node, "examples.isprime", json!({"value": 8})).await?;
+    assert_eq!(e["result"]["result"], false);
+
+    let e = execute(&node, "examples.object_return", json!({})).await?;
+    assert_eq!(
+        e["result"]["result"],
+        json!({"a": "b", "c": {"d": "e", "f": 1, "g": true}})
+    );
+    let e = execute(
+        &node,
+        "examples.json_string_to_object",
+        json!({"json_str": "{\"a\": [1, 2]}"}),
+    )
+    .await?;
+    assert_eq!(e["result"]["result"], json!({"a": [1, 2]}), "{e}");
+    let e = execute(
+        &node,
+        "examples.yaml_string_to_object",
+        json!({"yaml_str": "a: [1, 2]\n"}),
+    )
+    .await?;
+    assert_eq!(e["result"]["result"], json!({"a": [1, 2]}), "{e}");
+
+    // The pack's own interpreter: its virtualenv.
+    let e = execute(
+        &node,
+        "examples.python_runner_print_python_version",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let stdout = e["result"]["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.contains(&format!(
+            "Using Python executable: {}",
+            venv.join("bin/python").display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(e["result"]["result"], Value::Null);
+
+    // (status, result) pairs.
+    let e = execute(
+        &node,
+        "examples.forloop_increase_index_and_check_condition",
+        json!({"index": "2", "pagesize": "2", "input": {"a": 1, "b": 2}}),
+    )
+    .await?;
+    assert_eq!(
+        (&e["status"], &e["result"]["result"]),
+        (&json!("succeeded"), &json!(3)),
+        "{e}"
+    );
+    let e = execute(
+        &node,
+        "examples.forloop_increase_index_and_check_condition",
+        json!({"index": "2", "pagesize": "5", "input": {"a": 1}}),
+    )
+    .await?;
+    assert_eq!(
+        (&e["status"], &e["result"]["result"]),
+        (&json!("failed"), &json!("Breaking out of the loop")),
+        "{e}"
+    );
+
+    let e = execute(
+        &node,
+        "examples.python_runner_print_to_stdout_and_stderr",
+        json!({"count": 2, "sleep_delay": 0.01}),
+    )
+    .await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["stdout"], "stdout -> Line: 2\n", "{e}");
+    assert!(
+        e["result"]["stderr"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stderr -> Line: 1\n"),
+        "{e}"
+    );
+    Ok(())
+}

@@ -473,6 +473,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn installs_offline_from_a_wheel_directory() {
+        let wheels = tempfile::tempdir().expect("wheels");
+        let download = tokio::process::Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "-q", "-d"])
+            .arg(wheels.path())
+            .arg("tabulate==0.9.0")
+            .output()
+            .await
+            .expect("pip runs");
+        assert!(download.status.success(), "{download:?}");
+        let data = tempfile::tempdir().expect("data");
+        let venvs = Virtualenvs::new(
+            data.path(),
+            VenvSettings {
+                wheel_dir: Some(wheels.path().to_path_buf()),
+                ..VenvSettings::default()
+            },
+        );
+        let dir = pack(&[("requirements.txt", "tabulate==0.9.0\n")]);
+        let venv = venvs
+            .ensure("p", dir.path(), true)
+            .await
+            .expect("installed from the wheels")
+            .expect("wanted");
+        let probe = std::process::Command::new(venv.join("bin/python"))
+            .args(["-c", "import tabulate; print(tabulate.__version__)"])
+            .output()
+            .expect("runs");
+        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "0.9.0");
+        // The index is never asked: a package on PyPI but not among the
+        // wheels does not install.
+        std::fs::write(dir.path().join("requirements.txt"), "text-unidecode==1.3\n")
+            .expect("write");
+        let e = venvs
+            .ensure("p", dir.path(), true)
+            .await
+            .expect_err("offline");
+        assert!(e.to_string().contains("text-unidecode"), "{e}");
+    }
+
+    #[tokio::test]
     async fn builds_once_per_requirements_and_keeps_the_last_good_one() {
         let data = tempfile::tempdir().expect("data");
         let dir = pack(&[("actions/a.py", ""), ("requirements.txt", "six\n")]);
