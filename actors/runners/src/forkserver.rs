@@ -106,7 +106,7 @@ impl ForkServers {
         };
         let server = self.server(&key, spec, lib).await?;
         match start_child(&server, spec) {
-            Ok(started) => started.into_launched().await,
+            Ok(started) => started.into_launched(server).await,
             Err(e) => {
                 // The server is gone: the next run starts another.
                 self.inner.servers.lock().await.remove(&key);
@@ -256,8 +256,10 @@ fn start_child(server: &Server, spec: &Spec) -> Result<Started, String> {
 
 impl Started {
     /// Waits for the child's pid and wraps everything for
-    /// [`crate::process::supervise`].
-    async fn into_launched(self) -> Result<Launched, String> {
+    /// [`crate::process::supervise`]. The wait holds `server`, so a server
+    /// replaced meanwhile (its virtualenv rebuilt) lives until its last
+    /// action has ended.
+    async fn into_launched(self, server: Arc<Server>) -> Result<Launched, String> {
         self.conn
             .set_nonblocking(true)
             .map_err(|e| format!("fork server socket: {e}"))?;
@@ -287,6 +289,7 @@ impl Started {
             stdout: Box::new(stdout),
             stderr: Box::new(stderr),
             wait: Box::pin(async move {
+                let _server = server;
                 let line = lines
                     .next_line()
                     .await
