@@ -1,6 +1,7 @@
 //! `python-script`: StackStorm's Python runner. The action's `entry_point`
 //! (a module under `actions/`) runs in its pack's virtualenv
-//! (`<data dir>/virtualenvs/<pack>/bin/python`, else the system `python3`)
+//! (`<data dir>/virtualenvs/<pack>/bin/python`, else the node's configured
+//! interpreter, `python3` by default)
 //! through our `python_action_wrapper.py`, which speaks StackStorm's
 //! protocol: the class is chosen and constructed as StackStorm does
 //! (`config`, `action_service`), `run(**parameters)` is called and its
@@ -108,7 +109,8 @@ impl Runner for PythonScript {
                 ),
                 () = req.cancel.cancelled() => return outcome(End::Canceled, "", String::new()),
             };
-            let (spec, lib) = match prepare(&data_dir, &req, venv.as_deref(), timeout) {
+            let python = venvs.settings().python.clone();
+            let (spec, lib) = match prepare(&data_dir, &req, &python, venv.as_deref(), timeout) {
                 Ok(prepared) => prepared,
                 Err(e) => return failure(e),
             };
@@ -157,10 +159,12 @@ fn run_timeout(p: &Map<String, Value>) -> Result<Option<Duration>, String> {
 }
 
 /// The process that runs the action: interpreter (the pack's `venv` when
-/// it has one), wrapper command line, environment, stdin.
+/// it has one, else `python`, the node's configured interpreter), wrapper
+/// command line, environment, stdin.
 fn prepare(
     data_dir: &Path,
     req: &RunRequest,
+    python: &Path,
     venv: Option<&Path>,
     timeout: Option<Duration>,
 ) -> Result<(Spec, PathBuf), String> {
@@ -187,10 +191,7 @@ fn prepare(
             ))
         }
     };
-    let program = venv.map_or_else(
-        || PathBuf::from("python3"),
-        |v| v.join("bin").join("python"),
-    );
+    let program = venv.map_or_else(|| python.to_path_buf(), |v| v.join("bin").join("python"));
 
     let parameters = Value::Object(action_parameters(&req.action, &req.parameters)).to_string();
     let mut args = vec![
