@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod bus;
 pub mod catalog;
+pub mod chains;
 pub mod cluster;
 pub mod configs;
 pub mod consumer;

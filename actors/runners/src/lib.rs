@@ -5,6 +5,7 @@
 //!
 //! Adding a runner means one module here and one line in [`registry`].
 
+mod http;
 mod inquirer;
 mod local;
 mod noop;
@@ -13,12 +14,15 @@ pub mod pylib;
 mod python;
 mod remote;
 pub mod sensor;
+mod winrm;
 
+pub use http::HttpRequest;
 pub use inquirer::Inquirer;
 pub use local::{LocalShellCmd, LocalShellScript};
 pub use noop::Noop;
 pub use python::PythonScript;
 pub use remote::{RemoteShellCmd, RemoteShellScript, SshSettings};
+pub use winrm::WinRm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -173,7 +177,7 @@ pub trait Runner: Send + Sync {
 /// node's configuration of the remote runners.
 pub fn registry(ssh: SshSettings) -> HashMap<&'static str, Arc<dyn Runner>> {
     let (remote_cmd, remote_script) = remote::runners(ssh);
-    let runners: [Arc<dyn Runner>; 7] = [
+    let runners: [Arc<dyn Runner>; 8] = [
         Arc::new(Noop),
         Arc::new(Inquirer),
         Arc::new(LocalShellCmd),
@@ -181,8 +185,16 @@ pub fn registry(ssh: SshSettings) -> HashMap<&'static str, Arc<dyn Runner>> {
         Arc::new(PythonScript),
         Arc::new(remote_cmd),
         Arc::new(remote_script),
+        Arc::new(HttpRequest::default()),
     ];
-    runners.into_iter().map(|r| (r.name(), r)).collect()
+    let winrm = winrm::NAMES
+        .into_iter()
+        .map(|name| Arc::new(WinRm(name)) as Arc<dyn Runner>);
+    runners
+        .into_iter()
+        .chain(winrm)
+        .map(|r| (r.name(), r))
+        .collect()
 }
 
 #[cfg(test)]
