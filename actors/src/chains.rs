@@ -231,8 +231,9 @@ pub async fn handle_event(
                     .filter(|run| ids::derived(&record.start, &[&record.id, run]) == *execution_id)
                 else {
                     // An end already taken into account.
+                    let status = record.state.status;
                     cache_keep(cache, record, revision);
-                    return Ok(Some(Status::Running));
+                    return Ok(Some(status));
                 };
                 let status = status.unwrap_or(if *succeeded {
                     Status::Succeeded

@@ -3,7 +3,8 @@
 //! against the semantics of StackStorm's runner (`action_chain_runner.py`:
 //! a chain ends with its last node's status; a failed node follows its
 //! `on-failure`, or ends the chain `failed`; an action that does not exist
-//! stops the chain with a top-level `error`); publish and vars; children as
+//! stops the chain with a top-level `error`; a definition naming a node it
+//! does not define fails before anything runs); publish and vars; children as
 //! real executions; a chain surviving its node's restart; bad definitions.
 
 use std::path::PathBuf;
@@ -109,30 +110,29 @@ async fn stackstorms_example_chains_run_unchanged() -> Result<()> {
     assert_eq!(stdout_of(&e, 1), "c2 c1, input hi");
     assert_eq!(stdout_of(&e, 2), "c3 c2 c1, input hi");
 
-    // echochain_task_failure: c2 fails and names no on-failure: the chain
-    // ends failed there.
-    let e = run(&node, "examples.echochain_task_failure", json!({})).await?;
-    assert_eq!(e["status"], "failed", "{e}");
-    assert_eq!(task_names(&e), ["c1", "c2"]);
-    assert_eq!(e["result"]["tasks"][1]["state"], "failed");
-    assert_eq!(
-        e["result"]["tasks"][1]["result"]["stderr"],
-        "all aboard the fail boat"
-    );
-    assert!(e["result"].get("error").is_none(), "{e}");
-
-    // echochain_top_level_failure: c2 names an action that does not exist:
-    // the chain stops with an error naming the task and the action.
-    let e = run(&node, "examples.echochain_top_level_failure", json!({})).await?;
-    assert_eq!(e["status"], "failed", "{e}");
-    assert_eq!(task_names(&e), ["c1"]);
-    let error = e["result"]["error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with(
-            "Failed to run task \"c2\". Action with reference \"core.invalid-action\" doesn't exist."
-        ),
-        "{e}"
-    );
+    // echochain_task_failure and echochain_top_level_failure both name a
+    // node `c4` they do not define (c1's on-failure): StackStorm's runner
+    // checks the definition before it starts (`ChainHolder.validate`) and
+    // fails with this error, nothing run; so does Squall.
+    for action in [
+        "examples.echochain_task_failure",
+        "examples.echochain_top_level_failure",
+    ] {
+        let e = run(&node, action, json!({})).await?;
+        assert_eq!(e["status"], "failed", "{e}");
+        assert_eq!(
+            e["result"]["error"],
+            "Unable to find node with name \"c4\" referenced in \"on-failure\" in task \"c1\".",
+            "{e}"
+        );
+        let (_, children) = node
+            .get(&format!(
+                "executions?parent={}",
+                e["id"].as_str().unwrap_or_default()
+            ))
+            .await?;
+        assert_eq!(children, json!([]), "{action}");
+    }
 
     // chain-sequential: `params` (the old name), publish carried forward.
     let e = run(&node, "examples.chain-sequential", json!({})).await?;

@@ -272,6 +272,27 @@ async fn stackstorms_core_pack_registers_and_winrm_fails_clearly() -> Result<()>
         assert_eq!(status, 200, "{runner}: {rt}");
     }
 
+    // core.announcement reaches the clients of the event stream.
+    let stream = node
+        .http
+        .get(format!("{}/stream/v1/stream", node.root))
+        .send()
+        .await?;
+    assert_eq!(stream.status().as_u16(), 200);
+    let e = run(
+        &node,
+        "core.announcement",
+        json!({"message": {"text": "deploy done"}}),
+    )
+    .await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(
+        e["result"]["output"],
+        json!({"message": {"text": "deploy done"}})
+    );
+    let announced = announcement(stream).await?;
+    assert_eq!(announced, json!({"message": {"text": "deploy done"}}));
+
     let e = run(
         &node,
         "core.winrm_cmd",
@@ -285,4 +306,27 @@ async fn stackstorms_core_pack_registers_and_winrm_fails_clearly() -> Result<()>
         "{e}"
     );
     Ok(())
+}
+
+/// The data of the first `st2.announcement__general` event on `stream`.
+async fn announcement(mut stream: reqwest::Response) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = String::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .context("no announcement in time")??
+            .context("the stream ended")?;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.contains("event: st2.announcement__general") {
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .context("no data")?;
+                return Ok(serde_json::from_str(data)?);
+            }
+        }
+    }
 }

@@ -611,7 +611,7 @@ chain:
             "x1",
             &run,
             Status::Failed,
-            json!({}),
+            json!({"stdout": ""}),
         );
         let (run, _) = run_of(&cmds);
         assert_eq!(run, "c3.2");

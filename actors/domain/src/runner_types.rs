@@ -130,9 +130,10 @@ fn winrm_common(with_cmd: bool) -> Vec<(&'static str, ParamSpec)> {
     v
 }
 
-/// Runner types the engine runs itself (not a runner in `squall-runners`):
-/// workflows (Orquesta and ActionChain).
-pub const ENGINE_RUNNERS: [&str; 2] = ["orquesta", "action-chain"];
+/// Runner types the engine provides itself (not a runner in
+/// `squall-runners`): workflows (Orquesta and ActionChain), and
+/// `announcement`, which publishes on the bus.
+pub const ENGINE_RUNNERS: [&str; 3] = ["orquesta", "action-chain", "announcement"];
 
 /// Every runner type Squall knows, available or not (built once).
 pub fn all() -> &'static [RunnerType] {
@@ -257,7 +258,7 @@ fn build() -> Vec<RunnerType> {
         rt(
             "announcement",
             "A runner for emitting an announcement event on the stream.",
-            false,
+            true,
             params(vec![
                 ("experimental", p("boolean", Some(json!(false)))),
                 ("route", p("string", Some(json!("general")))),
