@@ -530,7 +530,7 @@ chain:
 "#;
 
     fn run_of(commands: &[ChainCommand]) -> (String, Map<String, Value>) {
-        match &commands[..] {
+        match commands {
             [ChainCommand::Run {
                 run_id, parameters, ..
             }] => (run_id.clone(), parameters.clone()),
