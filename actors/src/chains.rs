@@ -391,6 +391,7 @@ async fn run_node(
     parameters: Map<String, Value>,
     node: Value,
 ) -> Result<Result<(), (bool, String)>, EngineError> {
+    let node_value = node.clone();
     let spec = ExecutionSpec {
         action_ref: action.to_string(),
         parameters,
@@ -407,9 +408,13 @@ async fn run_node(
         ]),
         ..ExecutionSpec::default()
     };
+    let notify = node_notify(chain, &node_value);
     let catalog = ctx.catalog.load();
-    match executions::prepare(&catalog, &ctx.renderer, &ctx.kv, spec) {
-        Ok(record) => {
+    match executions::prepare(&catalog, &ctx.renderer, &ctx.kv, &ctx.configs, spec) {
+        Ok(mut record) => {
+            if let Some(notify) = notify {
+                record.notify = notify;
+            }
             executions::submit(&ctx.bus, record).await?;
             Ok(Ok(()))
         }
@@ -417,6 +422,26 @@ async fn run_node(
         Err(e @ EngineError::UnknownAction(_)) => Ok(Err((true, e.to_string()))),
         Err(e) => Ok(Err((false, e.to_string()))),
     }
+}
+
+/// The notify settings of a node's execution, as StackStorm's runner
+/// picks them: none for a node named in `skip_notify`, else the node's
+/// own `notify`, else the chain's; `None`: keep the action's.
+fn node_notify(chain: &ExecutionRecord, node: &Value) -> Option<Option<Value>> {
+    let name = node.get("name").and_then(Value::as_str).unwrap_or_default();
+    let skipped = chain
+        .parameters
+        .get("skip_notify")
+        .and_then(Value::as_array)
+        .is_some_and(|skip| skip.iter().any(|n| n.as_str() == Some(name)));
+    if skipped {
+        return Some(None);
+    }
+    node.get("notify")
+        .filter(|n| !n.is_null())
+        .cloned()
+        .or_else(|| chain.notify.clone())
+        .map(Some)
 }
 
 /// What the partition's sweep needs of workflow `id` when it is a chain

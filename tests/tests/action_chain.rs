@@ -164,6 +164,9 @@ chain:
     ref: core.local
     parameters:
       cmd: "echo broke >&2; exit 3"
+    notify:
+      on-failure:
+        routes: [ops]
     on-success: never
     on-failure: recover
   - name: never
@@ -239,6 +242,16 @@ async fn chains_publish_branch_and_fail_clearly() -> Result<()> {
     assert_eq!(
         e["result"]["published"],
         json!({"said": "hello world 3", "doubled": 4})
+    );
+    // A node's `notify` goes to its execution.
+    let bus = node.node.as_ref().context("node")?.bus.clone();
+    let breaks = e["result"]["tasks"][1]["execution_id"]
+        .as_str()
+        .context("breaks' execution")?;
+    let (record, _) = bus.execution(breaks).await?.context("breaks' record")?;
+    assert_eq!(
+        record.notify,
+        Some(json!({"on-failure": {"routes": ["ops"]}}))
     );
 
     // An action that does not exist: the chain fails naming task and action.
