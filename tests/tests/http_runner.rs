@@ -272,6 +272,17 @@ async fn stackstorms_core_pack_registers_and_winrm_fails_clearly() -> Result<()>
         assert_eq!(status, 200, "{runner}: {rt}");
     }
 
+    // Core's own actions run as shipped.
+    let e = run(&node, "core.uuid", json!({})).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let uuid = e["result"]["result"].as_str().unwrap_or_default();
+    assert_eq!((uuid.len(), uuid.matches('-').count()), (36, 4), "{e}");
+    let e = run(&node, "core.echo", json!({"message": "from core"})).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["stdout"], "from core");
+    let e = run(&node, "core.error", json!({"message": "to stderr"})).await?;
+    assert_eq!(e["result"]["stderr"], "to stderr", "{e}");
+
     // core.announcement reaches the clients of the event stream.
     let stream = node
         .http
