@@ -188,6 +188,18 @@ chain:
     ref: chains.does_not_exist
 "#;
 
+const SLOW_CHAIN: &str = r#"
+chain:
+  - name: wait
+    ref: core.local
+    parameters:
+      cmd: "sleep 30"
+    on-success: never
+    on-failure: never
+  - name: never
+    ref: core.noop
+"#;
+
 const BROKEN_CHAIN: &str = r#"
 chain:
   - name: only
@@ -220,6 +232,7 @@ async fn chains_publish_branch_and_fail_clearly() -> Result<()> {
     let vars = chain_action("vars", "  who:\n    type: string\n    default: world\n");
     let missing = chain_action("missing", "  {}\n");
     let broken = chain_action("broken", "  {}\n");
+    let slow = chain_action("slow", "  {}\n");
     let (node, _packs) = start(&[
         ("pack.yaml", "name: chains\nversion: 0.1.0\n"),
         ("actions/vars.yaml", &vars),
@@ -228,6 +241,8 @@ async fn chains_publish_branch_and_fail_clearly() -> Result<()> {
         ("actions/chains/missing.yaml", MISSING_CHAIN),
         ("actions/broken.yaml", &broken),
         ("actions/chains/broken.yaml", BROKEN_CHAIN),
+        ("actions/slow.yaml", &slow),
+        ("actions/chains/slow.yaml", SLOW_CHAIN),
     ])
     .await?;
 
@@ -279,6 +294,38 @@ async fn chains_publish_branch_and_fail_clearly() -> Result<()> {
         ))
         .await?;
     assert_eq!(children, json!([]));
+
+    // Cancel: the running node is canceled, nothing more starts, and the
+    // chain ends `canceled`.
+    let (status, body) = node
+        .post("executions", &json!({"action": "chains.slow"}))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().context("id")?.to_string();
+    let child = poll(Duration::from_secs(30), || async {
+        let (_, list) = node.get(&format!("executions?parent={id}")).await?;
+        let running = list[0]["status"] == "running";
+        Ok(running
+            .then(|| list[0]["id"].as_str().map(str::to_string))
+            .flatten())
+    })
+    .await?;
+    let (status, body) = node
+        .call(
+            &node.http.clone(),
+            reqwest::Method::DELETE,
+            &format!("executions/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let e = node.finished(&id).await?;
+    assert_eq!(e["status"], "canceled", "{e}");
+    assert_eq!(task_names(&e), ["wait"]);
+    let (_, c) = node.get(&format!("executions/{child}")).await?;
+    assert_eq!(c["status"], "canceled", "{c}");
+    let (_, children) = node.get(&format!("executions?parent={id}")).await?;
+    assert_eq!(children.as_array().map(Vec::len), Some(1), "{children}");
     Ok(())
 }
 
