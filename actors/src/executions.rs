@@ -344,7 +344,7 @@ async fn change_pause(
 
 /// Tells whoever runs `rec` to stop: its runner's node, or its workflow.
 async fn ask_to_stop(bus: &Bus, rec: &ExecutionRecord) -> Result<(), EngineError> {
-    if rec.runner.name == crate::workflows::RUNNER {
+    if crate::workflows::is_workflow_runner(&rec.runner.name) {
         let event = crate::workflows::FlowEvent::Cancel;
         return crate::workflows::publish(bus, &rec.id, &format!("wfcancel-{}", rec.id), event)
             .await;

@@ -26,9 +26,11 @@
 //! Invariant: nothing is acknowledged on JetStream before its effect is
 //! persisted, and every effect's id derives from its cause.
 
+pub mod announce;
 pub mod auth;
 pub mod bus;
 pub mod catalog;
+pub mod chains;
 pub mod cluster;
 pub mod configs;
 pub mod consumer;

@@ -603,11 +603,17 @@ impl Engine {
             // StackStorm's `get_full_public_api_url`: the v1 API root.
             api_url: format!("{}/v1", settings.api_url),
             auth,
-            runners: Arc::new(squall_runners::registry(
-                settings.ssh.clone(),
-                &settings.data_dir,
-                &settings.virtualenvs,
-            )),
+            runners: Arc::new({
+                let mut runners = squall_runners::registry(
+                    settings.ssh.clone(),
+                    &settings.data_dir,
+                    &settings.virtualenvs,
+                );
+                let announce: Arc<dyn squall_runners::Runner> =
+                    Arc::new(crate::announce::Announcement::new(bus.client.clone()));
+                runners.insert(announce.name(), announce);
+                runners
+            }),
             shutdown: shutdown.clone(),
             in_flight: in_flight.clone(),
             cancels: CancelRegistry::default(),

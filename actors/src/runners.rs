@@ -350,7 +350,7 @@ async fn run_request(
             // (a canceled one gives them back when looked at again).
             return Ok(Delivery::LOOK_AGAIN);
         };
-        if record.runner.name == crate::workflows::RUNNER {
+        if crate::workflows::is_workflow_runner(&record.runner.name) {
             // The workflow engine runs it from here and records its end.
             let definition = workflow_definition(ctx, &record);
             crate::workflows::start(&ctx.bus, &record, definition).await?;
@@ -414,7 +414,7 @@ async fn over_threshold(
 /// it waits: a workflow that started (`running`, `canceling`) is the
 /// engine's.
 pub fn settled_by_runners(record: &ExecutionRecord) -> bool {
-    record.runner.name != crate::workflows::RUNNER
+    !crate::workflows::is_workflow_runner(&record.runner.name)
         || !matches!(record.status, Status::Running | Status::Canceling)
 }
 

@@ -39,6 +39,12 @@ use crate::timing::{ACK_WAIT, RETRY_DELAY, WORKFLOW_SWEEP_EVERY};
 /// The runner type whose executions are workflows.
 pub const RUNNER: &str = "orquesta";
 
+/// Whether executions of runner `name` run on the workflow engine
+/// (Orquesta workflows and ActionChains) rather than on a runner.
+pub fn is_workflow_runner(name: &str) -> bool {
+    name == RUNNER || name == crate::chains::RUNNER
+}
+
 /// Events a partition may hold unacknowledged.
 const MAX_IN_FLIGHT: i64 = 256;
 
@@ -58,6 +64,11 @@ pub fn consumer_name(partition: u32) -> String {
 pub enum FlowEvent {
     /// Its execution was claimed: run it.
     Start {
+        definition: String,
+        input: Map<String, Value>,
+    },
+    /// An ActionChain's execution was claimed: run it ([`crate::chains`]).
+    StartChain {
         definition: String,
         input: Map<String, Value>,
     },
@@ -86,6 +97,9 @@ pub enum FlowEvent {
         /// It was canceled: as in Orquesta, that cancels the workflow.
         #[serde(default)]
         canceled: bool,
+        /// Its final status (a chain tells `timeout` from `failed`).
+        #[serde(default)]
+        status: Option<Status>,
         result: Value,
     },
 }
@@ -139,9 +153,23 @@ pub async fn notify_parent(bus: &Bus, record: &ExecutionRecord) -> Result<(), En
     // Every write passes here: read, do not copy, the context.
     let orquesta = record.context.get("orquesta");
     let field = |name: &str| orquesta.and_then(|o| o.get(name)).and_then(Value::as_str);
-    let (Some(workflow_id), Some(run_id)) = (field("workflow_execution_id"), field("task_id"))
-    else {
-        return Ok(());
+    // A chain's node: its chain is its parent; the chain matches the end
+    // by execution id.
+    let chain = || {
+        let node = record.context.get("chain")?.get("name")?.as_str()?;
+        let parent = record
+            .context
+            .get("parent")?
+            .get("execution_id")?
+            .as_str()?;
+        Some((parent, node))
+    };
+    let (workflow_id, run_id) = match (field("workflow_execution_id"), field("task_id")) {
+        (Some(workflow), Some(run)) => (workflow, run),
+        _ => match chain() {
+            Some(found) => found,
+            None => return Ok(()),
+        },
     };
     let (run_id, execution_id, n) = (run_id.to_string(), record.id.clone(), record.log.len());
     let (event, msg_id) = match record.status {
@@ -151,6 +179,7 @@ pub async fn notify_parent(bus: &Bus, record: &ExecutionRecord) -> Result<(), En
                 execution_id,
                 succeeded: s == Status::Succeeded,
                 canceled: s == Status::Canceled,
+                status: Some(s),
                 result: record.result.clone(),
             },
             format!("wfdone-{}", record.id),
@@ -194,11 +223,16 @@ pub async fn start(
 ) -> Result<(), EngineError> {
     match definition {
         Ok(definition) => {
-            let event = FlowEvent::Start {
-                definition,
-                input: record.parameters.clone(),
+            let input = record.parameters.clone();
+            let event = if record.runner.name == crate::chains::RUNNER {
+                FlowEvent::StartChain { definition, input }
+            } else {
+                FlowEvent::Start { definition, input }
             };
             publish(bus, &record.id, &format!("wfstart-{}", record.id), event).await
+        }
+        Err(message) if record.runner.name == crate::chains::RUNNER => {
+            end_execution(bus, &record.id, Status::Failed, json!({ "error": message })).await
         }
         Err(message) => {
             finish_execution(
@@ -288,6 +322,8 @@ pub struct WorkflowPartition {
 #[derive(Debug)]
 struct PartitionMemory {
     cache: RecordCache,
+    /// The same for ActionChains.
+    chains: crate::chains::ChainCache,
     /// The running workflows of this partition, stored under
     /// [`active_key`] whenever one starts (finished ones leave at the next
     /// sweep), so the sweep finds them after a restart or a takeover.
@@ -306,6 +342,7 @@ impl WorkflowPartition {
             partition,
             memory: tokio::sync::Mutex::new(PartitionMemory {
                 cache: RecordCache::default(),
+                chains: crate::chains::ChainCache::default(),
                 active,
             }),
         })
@@ -342,17 +379,17 @@ impl Handler for WorkflowPartition {
         let mut memory = self.memory.lock().await;
         let memory = &mut *memory;
         let span = tracing::info_span!("workflow", workflow = %event.workflow_id);
-        let handled = tracing::Instrument::instrument(
-            handle_event(&self.ctx, &mut memory.cache, &event),
-            span,
-        )
-        .await;
+        let handled =
+            tracing::Instrument::instrument(handle_any(&self.ctx, &mut *memory, &event), span)
+                .await;
         let handled = match handled {
             // A workflow that starts is recorded as running before its
             // start is acknowledged.
-            Ok(Some(s))
-                if matches!(event.event, FlowEvent::Start { .. })
-                    && !s.is_finished()
+            Ok(Some(running))
+                if matches!(
+                    event.event,
+                    FlowEvent::Start { .. } | FlowEvent::StartChain { .. }
+                ) && running
                     && memory.active.insert(event.workflow_id.clone()) =>
             {
                 self.store_active(&memory.active).await
@@ -383,6 +420,30 @@ impl Handler for WorkflowPartition {
     }
 }
 
+/// Hands `event` to the chain engine when its workflow is an ActionChain,
+/// else to Orquesta's; whether the workflow still runs afterwards
+/// (`None`: it has no record).
+async fn handle_any(
+    ctx: &WorkflowContext,
+    memory: &mut PartitionMemory,
+    event: &FlowEventMsg,
+) -> Result<Option<bool>, EngineError> {
+    let id = &event.workflow_id;
+    let chain = match &event.event {
+        FlowEvent::StartChain { .. } => true,
+        FlowEvent::Start { .. } => false,
+        _ if memory.cache.0.contains_key(id) => false,
+        _ if memory.chains.contains_key(id) => true,
+        _ => crate::chains::is_chain(&ctx.bus, id).await?,
+    };
+    if chain {
+        let status = crate::chains::handle_event(ctx, &mut memory.chains, event).await?;
+        return Ok(status.map(|s| !s.is_completed()));
+    }
+    let status = handle_event(ctx, &mut memory.cache, event).await?;
+    Ok(status.map(|s| !s.is_finished()))
+}
+
 /// Reconciles the partition's running workflows with their tasks'
 /// records: a task whose record says it ended (or paused) without its
 /// workflow having heard — its writer died between the write and the
@@ -396,6 +457,23 @@ async fn sweep(
     let before = memory.active.len();
     let mut finished = Vec::new();
     for id in &memory.active {
+        if !memory.cache.0.contains_key(id) {
+            if let Some((ended, waited)) =
+                crate::chains::sweep_view(bus, &memory.chains, id).await?
+            {
+                if ended {
+                    finished.push(id.clone());
+                } else if let Some(child) = waited {
+                    match bus.execution(&child).await? {
+                        Some((record, _)) if record.status.is_completed() => {
+                            notify_parent(bus, &record).await?;
+                        }
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+        }
         let record = match memory.cache.0.get(id) {
             Some((record, _)) => Some(record.state.clone()),
             None => read_entry::<WorkflowRecord>(bus, id)
@@ -710,7 +788,7 @@ async fn handle_event(
         let flow = ctx.flow(&spec);
         let state = &mut record.state;
         let commands = match &event.event {
-            FlowEvent::Start { .. } => Vec::new(),
+            FlowEvent::Start { .. } | FlowEvent::StartChain { .. } => Vec::new(),
             FlowEvent::Cancel => conductor::cancel(&flow, state),
             FlowEvent::Pause => {
                 let mut commands = conductor::pause(&flow, state);
@@ -992,6 +1070,17 @@ async fn finish_execution(
         FlowStatus::Canceled => Status::Canceled,
         _ => return Ok(()),
     };
+    end_execution(bus, id, status, result).await
+}
+
+/// Writes the end of a workflow execution (Orquesta or ActionChain) with
+/// `status` (once; later calls change nothing).
+pub(crate) async fn end_execution(
+    bus: &Bus,
+    id: &str,
+    status: Status,
+    result: Value,
+) -> Result<(), EngineError> {
     for _ in 0..10 {
         let Some((mut rec, rev)) = bus.execution(id).await? else {
             return Ok(());

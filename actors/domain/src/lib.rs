@@ -6,6 +6,7 @@
 //! computation on values (the pack loader also reads files), so the whole
 //! crate is unit-tested in isolation.
 
+pub mod actionchain;
 pub mod criteria;
 pub mod execution;
 pub mod ids;

@@ -14,7 +14,8 @@ pub struct RunnerType {
     pub name: &'static str,
     pub description: &'static str,
     pub enabled: bool,
-    /// Whether this build of Squall can execute actions of this runner.
+    /// Whether this build of Squall accepts runs of this runner (the WinRM
+    /// runners' runs fail at once as not supported yet).
     #[serde(skip)]
     pub available: bool,
     pub runner_parameters: BTreeMap<String, ParamSpec>,
@@ -129,9 +130,10 @@ fn winrm_common(with_cmd: bool) -> Vec<(&'static str, ParamSpec)> {
     v
 }
 
-/// Runner types the engine runs itself (not a process runner in
-/// `squall-runners`): workflows.
-pub const ENGINE_RUNNERS: [&str; 1] = ["orquesta"];
+/// Runner types the engine provides itself (not a runner in
+/// `squall-runners`): workflows (Orquesta and ActionChain), and
+/// `announcement`, which publishes on the bus.
+pub const ENGINE_RUNNERS: [&str; 3] = ["orquesta", "action-chain", "announcement"];
 
 /// Every runner type Squall knows, available or not (built once).
 pub fn all() -> &'static [RunnerType] {
@@ -207,7 +209,7 @@ fn build() -> Vec<RunnerType> {
         rt(
             "http-request",
             "A HTTP client for running HTTP actions.",
-            false,
+            true,
             params(vec![
                 ("allow_redirects", p("boolean", Some(json!(false)))),
                 ("cookies", p("object", None)),
@@ -233,7 +235,7 @@ fn build() -> Vec<RunnerType> {
         rt(
             "action-chain",
             "A runner for launching linear action chains.",
-            false,
+            true,
             params(vec![
                 ("display_published", p("boolean", Some(json!(true)))),
                 ("skip_notify", p("array", Some(json!([])))),
@@ -256,7 +258,7 @@ fn build() -> Vec<RunnerType> {
         rt(
             "announcement",
             "A runner for emitting an announcement event on the stream.",
-            false,
+            true,
             params(vec![
                 ("experimental", p("boolean", Some(json!(false)))),
                 ("route", p("string", Some(json!("general")))),
@@ -266,21 +268,21 @@ fn build() -> Vec<RunnerType> {
         rt(
             "winrm-cmd",
             "A remote execution runner that executes commands on Windows hosts.",
-            false,
+            true,
             params(winrm_common(true)),
             None,
         ),
         rt(
             "winrm-ps-cmd",
             "A remote execution runner that executes PowerShell commands on Windows hosts.",
-            false,
+            true,
             params(winrm_common(true)),
             None,
         ),
         rt(
             "winrm-ps-script",
             "A remote execution runner that executes PowerShell scripts on Windows hosts.",
-            false,
+            true,
             params(winrm_common(false)),
             None,
         ),

@@ -6,6 +6,7 @@
 //! Adding a runner means one module here and one line in [`registry`].
 
 mod forkserver;
+mod http;
 mod inquirer;
 mod local;
 mod noop;
@@ -15,12 +16,15 @@ mod python;
 mod remote;
 pub mod sensor;
 pub mod venv;
+mod winrm;
 
+pub use http::HttpRequest;
 pub use inquirer::Inquirer;
 pub use local::{LocalShellCmd, LocalShellScript};
 pub use noop::Noop;
 pub use python::PythonScript;
 pub use remote::{RemoteShellCmd, RemoteShellScript, SshSettings};
+pub use winrm::WinRm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -180,7 +184,7 @@ pub fn registry(
     venvs: &venv::Virtualenvs,
 ) -> HashMap<&'static str, Arc<dyn Runner>> {
     let (remote_cmd, remote_script) = remote::runners(ssh);
-    let runners: [Arc<dyn Runner>; 7] = [
+    let runners: [Arc<dyn Runner>; 8] = [
         Arc::new(Noop),
         Arc::new(Inquirer),
         Arc::new(LocalShellCmd),
@@ -188,8 +192,16 @@ pub fn registry(
         Arc::new(PythonScript::new(data_dir.to_path_buf(), venvs.clone())),
         Arc::new(remote_cmd),
         Arc::new(remote_script),
+        Arc::new(HttpRequest::default()),
     ];
-    runners.into_iter().map(|r| (r.name(), r)).collect()
+    let winrm = winrm::NAMES
+        .into_iter()
+        .map(|name| Arc::new(WinRm(name)) as Arc<dyn Runner>);
+    runners
+        .into_iter()
+        .chain(winrm)
+        .map(|r| (r.name(), r))
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `GET /stream/v1/stream`: StackStorm's live event stream as Server-Sent
 //! Events. Execution changes come from a watch on the `executions` bucket
 //! (`st2.execution__create`, `st2.execution__update`), live output from the
-//! runners' `squall.output.*` subjects (`st2.execution.output__create`).
+//! runners' `squall.output.*` subjects (`st2.execution.output__create`),
+//! announcements from `squall.announce.>` (`st2.announcement__<route>`).
 //! Filters: `events`, `action_refs`, `execution_ids`, and
 //! `end_execution_id` (the stream ends once that execution has finished).
 //! `GET /stream/v1/executions/{id}/output` follows one execution's output
@@ -73,7 +74,7 @@ impl Filter {
 
 /// One thing that happened, before filtering.
 struct Happened {
-    event: &'static str,
+    event: String,
     execution_id: String,
     action_ref: String,
     data: Value,
@@ -88,7 +89,7 @@ fn from_record(record: &ExecutionRecord) -> Happened {
         UPDATE
     };
     Happened {
-        event,
+        event: event.to_string(),
         execution_id: record.id.clone(),
         action_ref: record.action.action_ref.clone(),
         data: view(record, false),
@@ -152,13 +153,35 @@ pub async fn stream(
         .filter_map(|msg| async move {
             let data: Value = serde_json::from_slice(&msg.payload).ok()?;
             Some(Happened {
-                event: OUTPUT,
+                event: OUTPUT.to_string(),
                 execution_id: data["execution_id"].as_str()?.to_string(),
                 action_ref: data["action_ref"].as_str().unwrap_or_default().to_string(),
                 data,
                 finished: false,
             })
         });
+    // Announcements belong to no execution or action.
+    let announcements = st
+        .bus
+        .client
+        .subscribe(squall_actors::announce::ALL_SUBJECTS)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot follow announcements: {e}")))?
+        .filter_map(|msg| async move {
+            let route = msg
+                .subject
+                .as_str()
+                .strip_prefix("squall.announce.")?
+                .to_string();
+            Some(Happened {
+                event: format!("st2.announcement__{route}"),
+                execution_id: String::new(),
+                action_ref: String::new(),
+                data: serde_json::from_slice(&msg.payload).ok()?,
+                finished: false,
+            })
+        });
+    let output = stream::select(output, announcements);
     // An end execution that has already finished: its last state, then
     // the end.
     let already = match end.as_deref() {
@@ -196,7 +219,7 @@ pub async fn stream(
             }
         },
     )
-    .filter(move |h| futures::future::ready(filter.keeps(h.event, &h.execution_id, &h.action_ref)))
+    .filter(move |h| futures::future::ready(filter.keeps(&h.event, &h.execution_id, &h.action_ref)))
     .map(|h| {
         Ok(Event::default()
             .event(h.event)
