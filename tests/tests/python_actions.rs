@@ -461,3 +461,50 @@ async fn stackstorms_example_python_actions_run_unchanged() -> Result<()> {
     );
     Ok(())
 }
+
+/// StackStorm's `core.inject_trigger`, unchanged: through
+/// `datastore_service.get_api_client()` it posts to `/webhooks/st2`, and
+/// the trigger it names fires its rules.
+#[tokio::test]
+async fn core_inject_trigger_fires_the_rules_of_the_trigger_it_names() -> Result<()> {
+    let packs = tempfile::tempdir()?;
+    write_pack(
+        packs.path(),
+        "injected",
+        &[
+            (
+                "pack.yaml",
+                "ref: injected\nname: injected\ndescription: inject tests\nversion: 1.0.0\nauthor: ops\n",
+            ),
+            (
+                "triggers/ping.yaml",
+                "name: ping\npack: injected\ndescription: a ping\npayload_schema:\n  type: object\n",
+            ),
+            (
+                "rules/on_ping.yaml",
+                "name: on_ping\npack: injected\nenabled: true\ntrigger:\n  type: injected.ping\naction:\n  ref: core.local\n  parameters:\n    cmd: \"echo pinged by {{ trigger.who }}\"\n",
+            ),
+        ],
+    )?;
+    let node = node_with_public_api(vec![packs.path().to_path_buf()]).await?;
+    let injected = execute(
+        &node,
+        "core.inject_trigger",
+        json!({"trigger": "injected.ping", "payload": {"who": "core.inject_trigger"}}),
+    )
+    .await?;
+    assert_eq!(injected["status"], "succeeded", "{injected}");
+    let reaction = poll(Duration::from_secs(30), || async {
+        let (_, list) = node.get("executions?action=core.local").await?;
+        Ok(list
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["rule"]["ref"] == "injected.on_ping"))
+            .cloned())
+    })
+    .await?;
+    let done = node
+        .finished(reaction["id"].as_str().context("id")?)
+        .await?;
+    assert_eq!(done["result"]["stdout"], "pinged by core.inject_trigger");
+    Ok(())
+}

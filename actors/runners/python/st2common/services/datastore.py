@@ -12,7 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["DatastoreService", "KeyValuePair", "DatastoreError"]
+__all__ = ["DatastoreService", "KeyValuePair", "DatastoreError", "ApiClient"]
 
 SYSTEM_SCOPE = "system"
 KEY_SEPARATOR = ":"
@@ -132,6 +132,12 @@ class DatastoreService(object):
             return False
         return True
 
+    def get_api_client(self):
+        """A client of the API as the same user, for what packs call
+        through st2client's `Client` (today `webhooks.post_generic_webhook`,
+        which StackStorm's core.inject_trigger uses)."""
+        return ApiClient(self)
+
     def _check_scope(self, scope):
         if scope != SYSTEM_SCOPE:
             raise ValueError("Scope %s is unsupported." % scope)
@@ -173,6 +179,27 @@ class DatastoreService(object):
         if not text:
             return None
         return json.loads(text)
+
+
+class ApiClient(object):
+    """The part of st2client's `Client` that packs use through
+    `datastore_service.get_api_client()`."""
+
+    def __init__(self, service):
+        self.webhooks = _Webhooks(service)
+
+
+class _Webhooks(object):
+    def __init__(self, service):
+        self._service = service
+
+    def post_generic_webhook(self, trigger, payload=None, trace_tag=None):
+        """POST /webhooks/st2: dispatches a trigger instance; answers the
+        API's echo of what was accepted."""
+        body = {"trigger": trigger, "payload": payload or {}}
+        if trace_tag:
+            body["trace_tag"] = trace_tag
+        return self._service._call("POST", "/webhooks/st2", body=body)
 
 
 def _quote(name):
