@@ -86,6 +86,8 @@ pub struct ExecutionSpec {
     /// Extra context merged into the record's `context`.
     pub context: Map<String, Value>,
     pub parent: Option<String>,
+    /// The caller's `notify`, in place of the action's.
+    pub notify: Option<Value>,
 }
 
 /// Builds the `requested` record for `spec`: the action must exist, be
@@ -183,7 +185,7 @@ pub fn prepare(
         pool: pool_of(&def.tags)?,
         node: None,
         runner_loss: runner_loss_of(&def.tags)?,
-        notify: def.notify.clone(),
+        notify: spec.notify.or_else(|| def.notify.clone()),
         delay: None,
         slots: Vec::new(),
     })

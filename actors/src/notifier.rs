@@ -160,9 +160,10 @@ fn masked_parameters(record: &ExecutionRecord) -> Map<String, Value> {
         .collect()
 }
 
-/// Applies the action's `notify` and retry policy to the execution an
-/// actiontrigger instance announces. Reads the record only when the action
-/// has either (most actions have neither: nothing is read).
+/// Applies the execution's `notify` (its action's, or the one it was run
+/// with) and its action's retry policy to the execution an actiontrigger
+/// instance announces. The record is read for each: an actiontrigger is
+/// published only when something reacts to it ([`EndListeners`]).
 pub async fn follow_up(
     ctx: &RulesContext,
     catalog: &Catalog,
@@ -177,18 +178,11 @@ pub async fn follow_up(
     ) else {
         return Ok(());
     };
-    let notifies = catalog
-        .actions
-        .get(action_ref)
-        .is_some_and(|a| a.def.notify.is_some());
     let retry = catalog
         .policies_for(action_ref)
         .iter()
-        .find(|(_, e)| matches!(e, Enforced::Retry { .. }));
-    let retry_applies = matches!(status, Status::Failed | Status::Timeout) && retry.is_some();
-    if !notifies && !retry_applies {
-        return Ok(());
-    }
+        .find(|(_, e)| matches!(e, Enforced::Retry { .. }))
+        .filter(|_| matches!(status, Status::Failed | Status::Timeout));
     // Records are never deleted: one not found is on a server that has not
     // caught up yet, so the instance comes back later.
     let Some((record, _)) = ctx.bus.execution(id).await? else {

@@ -257,3 +257,51 @@ async fn ends_are_announced_only_while_something_listens() -> Result<()> {
     );
     Ok(())
 }
+
+/// A `notify` given with `POST /executions` applies to that execution, in
+/// place of the action's; a malformed one is refused naming the field.
+#[tokio::test]
+async fn an_executions_own_notify_is_sent_and_a_bad_one_refused() -> Result<()> {
+    let node = TestNode::start(Vec::new()).await?;
+    let (status, created) = node
+        .post(
+            "executions",
+            &json!({
+                "action": "core.local",
+                "parameters": {"cmd": "echo fine"},
+                "notify": {"on-success": {
+                    "message": "{{ action_results.stdout }} on demand",
+                    "routes": ["pager"],
+                }},
+            }),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {created}");
+    let id = created["id"].as_str().context("id")?;
+    let note = poll(Duration::from_secs(30), || async {
+        let list = instances_about(&node, "core.st2.generic.notifytrigger", id).await?;
+        Ok(list.into_iter().next())
+    })
+    .await?;
+    assert_eq!(note["payload"]["message"], "fine on demand");
+    assert_eq!(note["payload"]["route"], "pager");
+
+    let (status, refused) = node
+        .post(
+            "executions",
+            &json!({
+                "action": "core.local",
+                "parameters": {"cmd": "true"},
+                "notify": {"on-succes": {"routes": ["pager"]}},
+            }),
+        )
+        .await?;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["faultstring"]
+            .as_str()
+            .is_some_and(|m| m.contains("on-succes")),
+        "{refused}"
+    );
+    Ok(())
+}

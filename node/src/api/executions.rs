@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use squall_actors::auth::{Principal, Role};
 use squall_actors::executions::{self, CancelOutcome, ExecutionSpec, PauseOutcome};
@@ -29,6 +29,47 @@ pub struct RunBody {
     user: Option<String>,
     #[serde(default)]
     context: Map<String, Value>,
+    /// StackStorm's `notify` for this execution, in place of the action's.
+    #[serde(default)]
+    notify: Option<NotifyBody>,
+}
+
+/// `notify` of `POST /executions`, in StackStorm's schema.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyBody {
+    #[serde(
+        rename = "on-complete",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    on_complete: Option<NotifySection>,
+    #[serde(
+        rename = "on-success",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    on_success: Option<NotifySection>,
+    #[serde(
+        rename = "on-failure",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    on_failure: Option<NotifySection>,
+}
+
+/// One section of `notify`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    routes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<String>>,
 }
 
 /// Runs an action: 201 with the `requested` execution.
@@ -74,6 +115,7 @@ pub async fn create(
         user: Some(body.user.unwrap_or(me.user)),
         context: body.context,
         parent,
+        notify: body.notify.map(|n| json!(n)),
         ..ExecutionSpec::default()
     };
     let record = executions::prepare(&catalog, &st.renderer, &st.kv, &st.configs, spec)?;
