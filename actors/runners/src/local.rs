@@ -129,12 +129,10 @@ fn make_executable(script: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Builds the process spec of a local process (both local runners and
-/// `python-script`): sudo wrapping, cwd,
-/// environment and timeout.
-pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Result<Spec, String> {
-    let p = &req.parameters;
-    let timeout = match p.get("timeout") {
+/// The runner parameter `timeout` (seconds; StackStorm's default when
+/// absent, none when 0 or less).
+pub(crate) fn timeout_param(p: &Map<String, Value>) -> Result<Option<Duration>, String> {
+    let secs = match p.get("timeout") {
         None | Some(Value::Null) => Some(DEFAULT_TIMEOUT_SECS),
         Some(Value::Number(n)) => n.as_i64(),
         Some(other) => {
@@ -142,15 +140,16 @@ pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Res
                 "parameter `timeout` must be an integer, not {other}"
             ))
         }
-    }
-    .filter(|t| *t > 0)
-    .map(|t| Duration::from_secs(t.unsigned_abs()));
-    let cwd = match p.get("cwd") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(c)) if c.is_empty() => None,
-        Some(Value::String(c)) => Some(PathBuf::from(c)),
-        Some(other) => return Err(format!("parameter `cwd` must be a string, not {other}")),
     };
+    Ok(secs
+        .filter(|t| *t > 0)
+        .map(|t| Duration::from_secs(t.unsigned_abs())))
+}
+
+/// The environment of an action's command: the `env` parameter (values
+/// as text), then StackStorm's `ST2_ACTION_*` variables, which win.
+pub(crate) fn env_param(req: &RunRequest) -> Result<BTreeMap<String, String>, String> {
+    let p = &req.parameters;
     let mut env = BTreeMap::new();
     match p.get("env") {
         None | Some(Value::Null) => {}
@@ -167,6 +166,22 @@ pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Res
     }
     let debug = p.get("debug").and_then(Value::as_bool).unwrap_or(false);
     env.extend(req.env.vars(debug));
+    Ok(env)
+}
+
+/// Builds the process spec of a local process (both local runners and
+/// `python-script`): sudo wrapping, cwd,
+/// environment and timeout.
+pub(crate) fn spec(req: &RunRequest, program: PathBuf, args: Vec<String>) -> Result<Spec, String> {
+    let p = &req.parameters;
+    let timeout = timeout_param(p)?;
+    let cwd = match p.get("cwd") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if c.is_empty() => None,
+        Some(Value::String(c)) => Some(PathBuf::from(c)),
+        Some(other) => return Err(format!("parameter `cwd` must be a string, not {other}")),
+    };
+    let env = env_param(req)?;
     let sudo = p.get("sudo").and_then(Value::as_bool).unwrap_or(false);
     let password = p
         .get("sudo_password")

@@ -29,9 +29,6 @@ use ssh::{End, Login, Pool, Secret, Target};
 use crate::process::shell_output;
 use crate::{OutputChunk, RunOutcome, RunRequest, Runner};
 
-/// Timeout when the action gives none (StackStorm's
-/// `REMOTE_RUNNER_DEFAULT_ACTION_TIMEOUT`).
-const DEFAULT_TIMEOUT_SECS: i64 = 60;
 /// Where scripts go when the action gives no `dir`.
 const DEFAULT_REMOTE_DIR: &str = "/tmp";
 /// How StackStorm tells key material from a path (`REMOTE_RUNNER_PRIVATE_KEY_HEADER`).
@@ -209,33 +206,8 @@ impl Plan {
                 split_host_port(&b, port).map_err(|e| format!("parameter `bastion_host`: {e}"))
             })
             .transpose()?;
-        let timeout = match p.get("timeout") {
-            None | Some(Value::Null) => Some(DEFAULT_TIMEOUT_SECS),
-            Some(Value::Number(n)) => n.as_i64(),
-            Some(other) => {
-                return Err(format!(
-                    "parameter `timeout` must be an integer, not {other}"
-                ))
-            }
-        }
-        .filter(|t| *t > 0)
-        .map(|t| Duration::from_secs(t.unsigned_abs()));
-        let mut env = BTreeMap::new();
-        match p.get("env") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(vars)) => {
-                for (k, v) in vars {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    env.insert(k.clone(), v);
-                }
-            }
-            Some(other) => return Err(format!("parameter `env` must be an object, not {other}")),
-        }
-        let debug = p.get("debug").and_then(Value::as_bool).unwrap_or(false);
-        env.extend(req.env.vars(debug));
+        let timeout = crate::local::timeout_param(p)?;
+        let env = crate::local::env_param(req)?;
         Ok(Plan {
             hosts,
             bastion,
