@@ -37,6 +37,27 @@ use crate::timing::{MIRROR_CATCH_UP, MIRROR_POLL};
 pub const AUTH_BUCKET: &str = "auth";
 /// KV bucket of access tokens.
 pub const TOKENS_BUCKET: &str = "tokens";
+
+/// The buckets this module keeps, as created with `replicas` replicas.
+pub fn buckets(replicas: usize) -> Vec<kv::Config> {
+    vec![
+        crate::bus::bucket(
+            AUTH_BUCKET,
+            "Users (hashed passwords) and API keys (hashed).",
+            1,
+            replicas,
+        ),
+        kv::Config {
+            max_age: MAX_TOKEN_TTL,
+            ..crate::bus::bucket(
+                TOKENS_BUCKET,
+                "Access tokens by hash; entries expire.",
+                1,
+                replicas,
+            )
+        },
+    ]
+}
 /// Longest life a token may be given; the bucket drops older entries.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Life of a token when the request names none (StackStorm's default).

@@ -1,6 +1,13 @@
-//! The bus: every JetStream stream and KV bucket Squall uses, defined in
-//! code and created idempotently, plus the few publish/read helpers the
-//! actors share.
+//! The bus: the transport every module shares — the NATS connection, the
+//! streams and buckets the node's [`Layout`] declares (created
+//! idempotently, each bucket opened once), typed buckets ([`Bucket`]),
+//! deduplicated publish, and the subjects of the spine. It knows no
+//! module of the engine: each module declares its own buckets (`auth`,
+//! `keys`, `cluster`, `configs`, `policies`, `sensors`...) and the node
+//! assembles them ([`crate::node::layout`]); what a record's write sets
+//! off belongs to the execution store ([`crate::store`]).
+//!
+//! The spine, declared here because every stage of an execution shares it:
 //!
 //! | name | kind | subjects / keys |
 //! | --- | --- | --- |
@@ -10,17 +17,13 @@
 //! | `WORKFLOWS` | work-queue stream | `squall.wf.<partition>.<workflow id>`: workflow events |
 //! | `workflows` | KV | `<workflow execution id>` → workflow state: see [`crate::workflows`] |
 //! | `content` | KV | `packs.<pack ref>` → [`PackBundle`](squall_domain::model::PackBundle) |
-//! | `executions` | KV | `<execution id>` → [`ExecutionRecord`] |
-//! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`] |
+//! | `executions` | KV | `<execution id>` → [`ExecutionRecord`](squall_domain::execution::ExecutionRecord) |
+//! | `enforcements` | KV | `<enforcement id>` → [`RuleEnforcement`](squall_domain::execution::RuleEnforcement) |
 //! | `cluster` | KV | `partitions` → the partition count fixed at creation |
-//! | `nodes` | KV, entries expire | `<node name>` → heartbeat: see [`crate::cluster`] |
-//! | `partitions` | KV | `<role>.<partition>` → lease: see [`crate::cluster`] |
-//! | `auth`, `tokens` | KV | users, API keys and tokens: see [`crate::auth`] |
-//! | `keys` | KV | the datastore: see [`crate::keys`] |
-//! | `configs` | KV | `<pack>` → pack config values: see [`crate::configs`] |
-//! | `concurrency` | KV | concurrency policies' slots: see [`crate::policies`] |
+//! | `timers`, `sensors` | KV | timers' last ticks, sensors' states: see [`crate::sensors`] |
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,16 +31,14 @@ use async_nats::jetstream::{self, kv, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use squall_domain::execution::{ExecutionRecord, RuleEnforcement, TriggerInstance};
+use squall_domain::execution::{ExecutionRecord, RuleEnforcement};
 use squall_domain::ids;
-use squall_domain::time::Timestamp;
+use squall_domain::notify::EndListeners;
 
-use crate::auth;
-use crate::cluster;
 use crate::error::{bus_err, EngineError};
-use crate::keys;
-use crate::timing::DUPLICATE_WINDOW;
+use crate::timing::{CONFLICT_ATTEMPTS, DUPLICATE_WINDOW};
 
 /// Stream of trigger instances.
 pub const TRIGGERS_STREAM: &str = "TRIGGERS";
@@ -85,7 +86,7 @@ pub async fn bucket_state(store: &kv::Store) -> Result<stream::State, EngineErro
 }
 
 /// How long listing a bucket's keys may take before it is given up.
-const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Header carrying W3C trace context across the bus.
 pub const TRACEPARENT: &str = "traceparent";
@@ -177,16 +178,23 @@ pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
     ]
 }
 
-/// The KV buckets, as created with `replicas` replicas.
-pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
-    let bucket = |name: &str, description: &str, history: i64| kv::Config {
+/// A bucket's configuration: file storage, `replicas` replicas, `history`
+/// values kept per key. Modules declare theirs with it.
+pub fn bucket(name: &str, description: &str, history: i64, replicas: usize) -> kv::Config {
+    kv::Config {
         bucket: name.into(),
         description: description.into(),
         history,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
-    };
+    }
+}
+
+/// The spine's buckets, as created with `replicas` replicas.
+pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
+    let bucket =
+        |name: &str, description: &str, history: i64| bucket(name, description, history, replicas);
     vec![
         kv::Config {
             max_value_size: MAX_PACK_BYTES,
@@ -213,66 +221,37 @@ pub fn kv_configs(replicas: usize) -> Vec<kv::Config> {
             "Python sensors' states (running, restarting, failed...), by sensor reference.",
             1,
         ),
-        kv::Config {
-            max_age: crate::timing::NODE_ENTRY_MAX_AGE,
-            ..bucket(
-                cluster::NODES_BUCKET,
-                "Node heartbeats: roles, pools, partitions owned.",
-                1,
-            )
-        },
-        bucket(
-            cluster::LEASES_BUCKET,
-            "Partition leases by role and partition (compare-and-swap only).",
-            1,
-        ),
-        bucket(keys::KEYS_BUCKET, "The datastore; secret values sealed.", 1),
-        bucket(
-            crate::configs::CONFIGS_BUCKET,
-            "Pack config values by pack.",
-            1,
-        ),
-        bucket(
-            crate::policies::CONCURRENCY_BUCKET,
-            "Concurrency policies' slots: executions holding one, executions waiting.",
-            1,
-        ),
-        bucket(
-            auth::AUTH_BUCKET,
-            "Users (hashed passwords) and API keys (hashed).",
-            1,
-        ),
-        kv::Config {
-            max_age: auth::MAX_TOKEN_TTL,
-            ..bucket(
-                auth::TOKENS_BUCKET,
-                "Access tokens by hash; entries expire.",
-                1,
-            )
-        },
     ]
 }
 
-/// A request to run an execution, as carried by the `EXECUTIONS` stream.
-/// The record in the `executions` bucket is the source of truth.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecutionRequest {
-    #[serde(default)]
-    pub v: u32,
-    pub execution_id: String,
-    /// The record as its creation stored it, with that revision, on the
-    /// first request only: a runner claims it with one compare-and-swap
-    /// without reading it first (a record changed since fails the swap and
-    /// is read afresh).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<Box<CreatedRecord>>,
+/// Every stream and bucket a node uses, as its modules declare them;
+/// [`Bus::open`] creates them all.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    pub streams: Vec<stream::Config>,
+    pub buckets: Vec<kv::Config>,
 }
 
-/// An execution record and the revision its creation returned.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CreatedRecord {
-    pub revision: u64,
-    pub record: ExecutionRecord,
+impl Layout {
+    /// The spine's streams and buckets, with `replicas` replicas.
+    pub fn spine(replicas: usize) -> Layout {
+        Layout {
+            streams: stream_configs(replicas),
+            buckets: kv_configs(replicas),
+        }
+    }
+
+    /// Adds a module's buckets.
+    pub fn with_buckets(mut self, buckets: impl IntoIterator<Item = kv::Config>) -> Layout {
+        self.buckets.extend(buckets);
+        self
+    }
+
+    /// Adds a module's streams.
+    pub fn with_streams(mut self, streams: impl IntoIterator<Item = stream::Config>) -> Layout {
+        self.streams.extend(streams);
+        self
+    }
 }
 
 /// Handles on every stream and bucket, shared by all actors of a node.
@@ -294,19 +273,18 @@ pub struct BusHandles {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub content: kv::Store,
-    pub executions: kv::Store,
-    pub enforcements: kv::Store,
+    pub executions: Bucket<ExecutionRecord>,
+    pub enforcements: Bucket<RuleEnforcement>,
     pub workflows: kv::Store,
-    pub configs: kv::Store,
-    /// Concurrency policies' slots ([`crate::policies`]).
-    pub concurrency: kv::Store,
     pub triggers: stream::Stream,
     pub output: stream::Stream,
+    /// Every declared bucket, opened once ([`Bus::bucket`]).
+    buckets: HashMap<String, kv::Store>,
     /// Number of partitions, fixed when the cluster was created.
     pub partitions: u32,
-    /// Who reacts to an execution's end, as this node's catalog knows it
-    /// ([`crate::notifier::EndListeners`]); kept by the content watcher.
-    pub end_listeners: std::sync::RwLock<Arc<crate::notifier::EndListeners>>,
+    /// Who reacts to an execution's end, as this node's catalog knows it;
+    /// kept by the content watcher.
+    pub end_listeners: std::sync::RwLock<Arc<EndListeners>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -318,37 +296,37 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Creates (or updates) every stream and bucket, then fixes or reads
-    /// the cluster's partition count. `partitions` is what this node asks
-    /// for; a cluster created with another count is an error.
+    /// Creates (or updates) every stream and bucket of `layout` and opens
+    /// the buckets, then fixes or reads the cluster's partition count.
+    /// `partitions` is what this node asks for; a cluster created with
+    /// another count is an error.
     pub async fn open(
         client: async_nats::Client,
-        replicas: usize,
+        layout: Layout,
         partitions: u32,
     ) -> Result<Bus, EngineError> {
         let js = jetstream::new(client.clone());
-        for cfg in stream_configs(replicas) {
+        for cfg in layout.streams {
             let name = cfg.name.clone();
             js.create_or_update_stream(cfg)
                 .await
                 .map_err(|e| bus_err(&format!("create stream {name}"), e))?;
         }
-        for cfg in kv_configs(replicas) {
+        let mut buckets = HashMap::new();
+        for cfg in layout.buckets {
             let name = cfg.bucket.clone();
-            js.create_or_update_key_value(cfg)
+            let store = js
+                .create_or_update_key_value(cfg)
                 .await
                 .map_err(|e| bus_err(&format!("create bucket {name}"), e))?;
+            buckets.insert(name, store);
         }
-        let kv = |name: &'static str| {
-            let js = js.clone();
-            async move {
-                js.get_key_value(name)
-                    .await
-                    .map_err(|e| bus_err(&format!("open bucket {name}"), e))
-            }
+        let kv = |name: &str| {
+            buckets.get(name).cloned().ok_or_else(|| {
+                EngineError::Config(format!("bucket {name} is not in the node's layout"))
+            })
         };
-        let cluster = kv(CLUSTER_BUCKET).await?;
-        let partitions = fix_partitions(&cluster, partitions).await?;
+        let partitions = fix_partitions(&kv(CLUSTER_BUCKET)?, partitions).await?;
         let triggers = js
             .get_stream(TRIGGERS_STREAM)
             .await
@@ -359,18 +337,24 @@ impl Bus {
             .map_err(|e| bus_err("open stream OUTPUT", e))?;
         Ok(Bus(Arc::new(BusHandles {
             output,
-            content: kv(CONTENT_BUCKET).await?,
-            executions: kv(EXECUTIONS_BUCKET).await?,
-            enforcements: kv(ENFORCEMENTS_BUCKET).await?,
-            workflows: kv(WORKFLOWS_BUCKET).await?,
-            configs: kv(crate::configs::CONFIGS_BUCKET).await?,
-            concurrency: kv(crate::policies::CONCURRENCY_BUCKET).await?,
+            content: kv(CONTENT_BUCKET)?,
+            executions: Bucket::new(kv(EXECUTIONS_BUCKET)?),
+            enforcements: Bucket::new(kv(ENFORCEMENTS_BUCKET)?),
+            workflows: kv(WORKFLOWS_BUCKET)?,
             triggers,
+            buckets,
             partitions,
             end_listeners: Default::default(),
             js,
             client,
         })))
+    }
+
+    /// A bucket the node's layout declared, opened when the bus was.
+    pub fn bucket(&self, name: &str) -> Result<&kv::Store, EngineError> {
+        self.buckets.get(name).ok_or_else(|| {
+            EngineError::Config(format!("bucket {name} is not in the node's layout"))
+        })
     }
 
     /// Whether an ended `record`'s actiontrigger has anyone to react to it.
@@ -381,9 +365,9 @@ impl Bus {
             .want(record)
     }
 
-    /// Takes who reacts to ends from a new catalog.
-    pub fn set_end_listeners(&self, catalog: &crate::catalog::Catalog) {
-        let listeners = Arc::new(crate::notifier::EndListeners::of(catalog));
+    /// Takes who reacts to ends (from a new catalog).
+    pub fn set_end_listeners(&self, listeners: EndListeners) {
+        let listeners = Arc::new(listeners);
         *self
             .end_listeners
             .write()
@@ -393,18 +377,6 @@ impl Bus {
     /// The partition that owns a trigger instance or execution id.
     pub fn partition_of(&self, id: &str) -> u32 {
         ids::partition_of(id, self.partitions)
-    }
-
-    /// Publishes a trigger instance to its partition; the instance id is the
-    /// `Nats-Msg-Id`, so publishing the same instance twice stores it once.
-    pub async fn publish_trigger(&self, instance: &TriggerInstance) -> Result<(), EngineError> {
-        let subject = trigger_subject(self.partition_of(&instance.id), &instance.id);
-        let payload = to_bytes(instance)?;
-        let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, traceparent(&instance.id).as_str());
-        publish(&self.js, subject, &instance.id, headers, payload).await?;
-        crate::metrics::trigger_published();
-        Ok(())
     }
 
     /// An execution's output chunks (the JSON bodies runners publish) with
@@ -460,191 +432,6 @@ impl Bus {
         }
     }
 
-    /// Reads one stored trigger instance by id, with whether its partition's
-    /// rules consumer has processed it.
-    pub async fn trigger_instance(
-        &self,
-        id: &str,
-    ) -> Result<Option<(TriggerInstance, bool)>, EngineError> {
-        if !ids::is_id(id) {
-            return Ok(None);
-        }
-        let partition = self.partition_of(id);
-        let msg = match self
-            .triggers
-            .direct_get_last_for_subject(trigger_subject(partition, id))
-            .await
-        {
-            Ok(msg) => msg,
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(bus_err("read trigger instance", e)),
-        };
-        let instance = from_bytes(id, &msg.payload)?;
-        let processed = match self
-            .triggers
-            .consumer_info(crate::rules::consumer_name(partition))
-            .await
-        {
-            Ok(info) => info.ack_floor.stream_sequence >= msg.sequence,
-            Err(_) => false,
-        };
-        Ok(Some((instance, processed)))
-    }
-
-    /// The newest trigger instances, newest first, skipping `offset`, with
-    /// whether each has been processed; and how many the stream holds.
-    pub async fn recent_trigger_instances(
-        &self,
-        offset: usize,
-        limit: usize,
-    ) -> Result<(Vec<(TriggerInstance, bool)>, u64), EngineError> {
-        let mut stream = self.triggers.clone();
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| bus_err("trigger stream info", e))?
-            .state
-            .clone();
-        let mut floors = HashMap::new();
-        let mut out = Vec::new();
-        let mut skipped = 0;
-        let mut seq = state.last_sequence;
-        while seq >= state.first_sequence.max(1) && out.len() < limit {
-            let msg = match self.triggers.direct_get(seq).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
-                    seq -= 1;
-                    continue;
-                }
-                Err(e) => return Err(bus_err("read trigger instance", e)),
-            };
-            seq -= 1;
-            if skipped < offset {
-                skipped += 1;
-                continue;
-            }
-            let instance: TriggerInstance = from_bytes(&msg.subject, &msg.payload)?;
-            let partition = self.partition_of(&instance.id);
-            let floor = self.ack_floor(&mut floors, partition).await;
-            out.push((instance, floor >= msg.sequence));
-        }
-        Ok((out, state.messages))
-    }
-
-    /// The trigger instances `filter` keeps, newest first, skipping
-    /// `offset`, with whether each has been processed; and how many match.
-    /// One forward pass over the stream with an ordered consumer (batched
-    /// reads), keeping only the newest `offset + limit` matches in memory.
-    pub async fn find_trigger_instances(
-        &self,
-        filter: &TriggerInstanceFilter,
-        offset: usize,
-        limit: usize,
-    ) -> Result<(Vec<(TriggerInstance, bool)>, u64), EngineError> {
-        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-        let consumer = self
-            .triggers
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| bus_err("read trigger instances", e))?;
-        let stored = consumer.cached_info().num_pending;
-        let keep = offset.saturating_add(limit);
-        let mut newest = std::collections::VecDeque::new();
-        let mut total = 0u64;
-        if stored == 0 || keep == 0 {
-            return Ok((Vec::new(), 0));
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| bus_err("read trigger instances", e))?;
-        let mut floors = HashMap::new();
-        for _ in 0..stored {
-            let next = tokio::time::timeout(LIST_TIMEOUT, messages.next())
-                .await
-                .map_err(|_| bus_err("read trigger instances", "no answer in time; try again"))?;
-            let Some(msg) = next else { break };
-            let msg = msg.map_err(|e| bus_err("read trigger instances", e))?;
-            let seq = msg
-                .info()
-                .map_err(|e| bus_err("read trigger instances", e))?
-                .stream_sequence;
-            let instance: TriggerInstance = from_bytes(&msg.subject, &msg.payload)?;
-            if !filter.keeps(&instance) {
-                continue;
-            }
-            let partition = self.partition_of(&instance.id);
-            let floor = self.ack_floor(&mut floors, partition).await;
-            let processed = floor >= seq;
-            if filter.processed.is_some_and(|p| p != processed) {
-                continue;
-            }
-            total += 1;
-            newest.push_back((instance, processed));
-            if newest.len() > keep {
-                newest.pop_front();
-            }
-        }
-        let page = newest.into_iter().rev().skip(offset).take(limit).collect();
-        Ok((page, total))
-    }
-
-    /// The stream sequence up to which the rule partition `partition` has
-    /// processed trigger instances, read once per listing into `floors`.
-    async fn ack_floor(&self, floors: &mut HashMap<u32, u64>, partition: u32) -> u64 {
-        if let Some(f) = floors.get(&partition) {
-            return *f;
-        }
-        let f = self
-            .triggers
-            .consumer_info(crate::rules::consumer_name(partition))
-            .await
-            .map(|i| i.ack_floor.stream_sequence)
-            .unwrap_or(0);
-        floors.insert(partition, f);
-        f
-    }
-
-    /// Every rule enforcement id, newest first (ids begin with their
-    /// second).
-    /// A listing that does not finish within [`LIST_TIMEOUT`] (its consumer
-    /// stalled: a server went away) is an error to retry, not a hang.
-    pub async fn enforcement_ids(&self) -> Result<Vec<String>, EngineError> {
-        let list = async {
-            let mut keys = self
-                .enforcements
-                .keys()
-                .await
-                .map_err(|e| bus_err("list enforcements", e))?;
-            let mut ids = Vec::new();
-            while let Some(k) = keys.next().await {
-                ids.push(k.map_err(|e| bus_err("list enforcements", e))?);
-            }
-            Ok::<_, EngineError>(ids)
-        };
-        let mut ids = tokio::time::timeout(LIST_TIMEOUT, list)
-            .await
-            .map_err(|_| bus_err("list enforcements", "no answer in time; try again"))??;
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        Ok(ids)
-    }
-
-    /// One rule enforcement.
-    pub async fn enforcement(&self, id: &str) -> Result<Option<RuleEnforcement>, EngineError> {
-        match self
-            .enforcements
-            .get(id)
-            .await
-            .map_err(|e| bus_err("read enforcement", e))?
-        {
-            Some(bytes) => Ok(Some(from_bytes(id, &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
     /// Asks whichever node runs `execution_id` to stop it (core NATS: a
     /// node that is gone misses it, and its executions end `abandoned`).
     pub async fn request_cancel(&self, execution_id: &str) -> Result<(), EngineError> {
@@ -657,113 +444,128 @@ impl Bus {
             .await
             .map_err(|e| bus_err("publish cancel", e))
     }
+}
 
-    /// Requests a run of an execution whose record is already stored, with
-    /// `msg_id` as its `Nats-Msg-Id` (the execution id for the first
-    /// request): a repeat within the duplicate window is dropped. Its trace
-    /// is the record's (`context.trace_context`).
-    /// `created_revision` is the revision the record's creation returned,
-    /// for the first request.
-    pub async fn request_execution(
-        &self,
-        record: &ExecutionRecord,
-        msg_id: &str,
-        created_revision: Option<u64>,
-    ) -> Result<(), EngineError> {
-        let request = ExecutionRequest {
-            v: 1,
-            execution_id: record.id.clone(),
-            created: created_revision.map(|revision| {
-                Box::new(CreatedRecord {
-                    revision,
-                    record: record.clone(),
-                })
-            }),
-        };
-        let trace_id = record
-            .context
-            .get("trace_context")
-            .and_then(|t| t.get("id_"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(&record.id);
-        let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, traceparent(trace_id).as_str());
-        publish(
-            &self.js,
-            execution_subject(&record.pool),
-            msg_id,
-            headers,
-            to_bytes(&request)?,
-        )
-        .await
+/// A KV bucket whose values are `T`, as JSON. Reads give the value with
+/// its revision; writes are create-once, compare-and-swap, or [`modify`]
+/// (read, change, swap; retried on conflicts by one policy,
+/// [`CONFLICT_ATTEMPTS`]).
+///
+/// [`modify`]: Bucket::modify
+pub struct Bucket<T> {
+    store: kv::Store,
+    values: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Bucket<T> {
+    fn clone(&self) -> Self {
+        Bucket {
+            store: self.store.clone(),
+            values: PhantomData,
+        }
+    }
+}
+
+/// What a [`Bucket::modify`] step decides for the value it read.
+#[derive(Debug)]
+pub enum Change<T, R> {
+    /// Store this value (created when there was none), then answer `R`.
+    Write(T, R),
+    /// Store nothing; answer `R`.
+    Keep(R),
+}
+
+impl<T: Serialize + DeserializeOwned> Bucket<T> {
+    pub fn new(store: kv::Store) -> Bucket<T> {
+        Bucket {
+            store,
+            values: PhantomData,
+        }
     }
 
-    /// Reads an execution record and its revision.
-    pub async fn execution(&self, id: &str) -> Result<Option<(ExecutionRecord, u64)>, EngineError> {
-        if id.is_empty() || id.contains(['.', '*', '>', ' ']) {
-            return Ok(None);
-        }
+    /// The untyped bucket (for watches and key listings).
+    pub fn raw(&self) -> &kv::Store {
+        &self.store
+    }
+
+    /// The value of `key` and its revision; `None` when there is none (or
+    /// it was deleted).
+    pub async fn get(&self, key: &str) -> Result<Option<(T, u64)>, EngineError> {
         match self
-            .executions
-            .entry(id)
+            .store
+            .entry(key)
             .await
-            .map_err(|e| bus_err("read execution", e))?
+            .map_err(|e| bus_err(&format!("read {}", self.store.name), e))?
         {
             Some(e) if e.operation == kv::Operation::Put => {
-                Ok(Some((from_bytes(id, &e.value)?, e.revision)))
+                Ok(Some((from_bytes(key, &e.value)?, e.revision)))
             }
             _ => Ok(None),
         }
     }
 
-    /// Stores a new execution record and returns its revision; `None` when
-    /// one with that id exists.
-    pub async fn create_execution(
-        &self,
-        record: &ExecutionRecord,
-    ) -> Result<Option<u64>, EngineError> {
-        match self.executions.create(&record.id, to_bytes(record)?).await {
+    /// Stores `value` under a new `key` and returns its revision; `None`
+    /// when the key exists.
+    pub async fn create(&self, key: &str, value: &T) -> Result<Option<u64>, EngineError> {
+        match self.store.create(key, to_bytes(value)?).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(bus_err("create execution", e)),
+            Err(e) => Err(bus_err(&format!("create in {}", self.store.name), e)),
         }
     }
 
-    /// Replaces an execution record if it is still at `revision`; returns
-    /// the new revision, or `None` when someone else changed it first. A
-    /// workflow task's end, pause and resume also tell its workflow, and an
-    /// end gives back the execution's concurrency slots and publishes its
-    /// `core.st2.generic.actiontrigger` (every such write passes here:
-    /// runners, cancels, inquiries, expiry, workflows).
-    pub async fn update_execution(
+    /// Replaces `key` if it is still at `revision`; the new revision, or
+    /// `None` when someone changed it first.
+    pub async fn update(
         &self,
-        record: &ExecutionRecord,
+        key: &str,
+        value: &T,
         revision: u64,
     ) -> Result<Option<u64>, EngineError> {
-        match self
-            .executions
-            .update(&record.id, to_bytes(record)?, revision)
-            .await
-        {
-            Ok(rev) => {
-                crate::notifier::ended(self, record).await?;
-                // A workflow's task that ended, paused or resumed tells
-                // its workflow.
-                crate::workflows::notify_parent(self, record).await?;
-                Ok(Some(rev))
-            }
+        match self.store.update(key, to_bytes(value)?, revision).await {
+            Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(bus_err("update execution", e)),
+            Err(e) => Err(bus_err(&format!("update {}", self.store.name), e)),
         }
     }
 
-    /// Stores a rule enforcement (idempotent: same id, same content).
-    pub async fn put_enforcement(&self, enforcement: &RuleEnforcement) -> Result<(), EngineError> {
-        self.enforcements
-            .put(&enforcement.id, to_bytes(enforcement)?)
+    /// Stores `value` under `key` whatever was there.
+    pub async fn put(&self, key: &str, value: &T) -> Result<u64, EngineError> {
+        self.store
+            .put(key, to_bytes(value)?)
             .await
-            .map(|_| ())
-            .map_err(|e| bus_err("store enforcement", e))
+            .map_err(|e| bus_err(&format!("store in {}", self.store.name), e))
+    }
+
+    /// Reads `key`, lets `change` decide, and writes by compare-and-swap;
+    /// a conflict reads again and asks again, up to [`CONFLICT_ATTEMPTS`]
+    /// times (so `change` must be a pure function of what it is given).
+    pub async fn modify<R>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<T>) -> Change<T, R>,
+    ) -> Result<R, EngineError> {
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let (current, revision) = match self.get(key).await? {
+                Some((value, revision)) => (Some(value), Some(revision)),
+                None => (None, None),
+            };
+            let (value, answer) = match change(current) {
+                Change::Keep(answer) => return Ok(answer),
+                Change::Write(value, answer) => (value, answer),
+            };
+            let written = match revision {
+                Some(revision) => self.update(key, &value, revision).await?,
+                None => self.create(key, &value).await?,
+            };
+            if written.is_some() {
+                return Ok(answer);
+            }
+        }
+        Err(bus_err(
+            &format!("change {key} in {}", self.store.name),
+            "it kept changing underneath; try again",
+        ))
     }
 }
 
@@ -845,37 +647,6 @@ pub fn from_bytes<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Resu
     })
 }
 
-/// What a trigger-instance list may be narrowed to (StackStorm's
-/// `trigger`, `timestamp_gt`, `timestamp_lt` and `status` filters).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TriggerInstanceFilter {
-    /// The trigger's reference.
-    pub trigger: Option<String>,
-    /// Occurred strictly after this.
-    pub after: Option<Timestamp>,
-    /// Occurred strictly before this.
-    pub before: Option<Timestamp>,
-    /// Processed by its rules partition (`true`) or still pending.
-    pub processed: Option<bool>,
-}
-
-impl TriggerInstanceFilter {
-    /// Whether nothing is filtered.
-    pub fn is_empty(&self) -> bool {
-        *self == TriggerInstanceFilter::default()
-    }
-
-    /// Whether `instance` passes every filter but `processed` (which needs
-    /// the stream's state).
-    pub fn keeps(&self, instance: &TriggerInstance) -> bool {
-        self.trigger
-            .as_deref()
-            .is_none_or(|t| instance.trigger == t)
-            && self.after.is_none_or(|a| instance.occurrence_time > a)
-            && self.before.is_none_or(|b| instance.occurrence_time < b)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -893,46 +664,6 @@ mod tests {
         assert!(trig.allow_direct, "trigger instances are read by id");
         assert_eq!(trig.duplicate_window, DUPLICATE_WINDOW);
         assert!(kv_configs(1).iter().any(|b| b.bucket == EXECUTIONS_BUCKET));
-    }
-
-    #[test]
-    fn trigger_instance_filters_keep_what_they_name() {
-        let at = |s: &str| squall_domain::time::parse(s).unwrap();
-        let instance = TriggerInstance {
-            v: squall_domain::execution::RECORD_VERSION,
-            id: "6740f0aa0123456789abcdef".into(),
-            trigger: "examples.hook".into(),
-            trigger_type: "core.st2.webhook".into(),
-            trigger_parameters: serde_json::Map::new(),
-            payload: serde_json::json!({}),
-            occurrence_time: at("2026-01-01T12:00:00Z"),
-            trace_tag: None,
-        };
-        assert!(TriggerInstanceFilter::default().is_empty());
-        let f = |trigger: Option<&str>, after: Option<&str>, before: Option<&str>| {
-            TriggerInstanceFilter {
-                trigger: trigger.map(str::to_string),
-                after: after.map(at),
-                before: before.map(at),
-                processed: None,
-            }
-        };
-        assert!(f(Some("examples.hook"), None, None).keeps(&instance));
-        assert!(!f(Some("examples.other"), None, None).keeps(&instance));
-        assert!(f(
-            None,
-            Some("2026-01-01T11:59:59Z"),
-            Some("2026-01-01T12:00:01Z")
-        )
-        .keeps(&instance));
-        assert!(
-            !f(None, Some("2026-01-01T12:00:00Z"), None).keeps(&instance),
-            "strictly after"
-        );
-        assert!(
-            !f(None, None, Some("2026-01-01T12:00:00Z")).keeps(&instance),
-            "strictly before"
-        );
     }
 
     #[test]

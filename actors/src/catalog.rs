@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use squall_domain::criteria::CompiledCriteria;
 use squall_domain::model::{ActionDef, PackBundle, RuleDef, TriggerTypeDef};
+use squall_domain::notify::{EndListeners, ACTION_TRIGGER};
 use squall_domain::policies::{self, Enforced};
 use squall_domain::template::CompiledValue;
 use squall_domain::{ids, triggers};
@@ -144,6 +145,15 @@ impl Catalog {
     /// Whether some enabled rule listens to `trigger_type`.
     pub fn listens_to(&self, trigger_type: &str) -> bool {
         self.rules_by_type.contains_key(trigger_type)
+    }
+
+    /// Who reacts to executions' ends under this catalog.
+    pub fn end_listeners(&self) -> EndListeners {
+        EndListeners {
+            rules: self.listens_to(ACTION_TRIGGER),
+            retried: self.retried_actions(),
+            unknown: false,
+        }
     }
 
     /// The actions an enabled `action.retry` policy applies to.

@@ -9,7 +9,7 @@
 //! then the event is acknowledged. A node's execution id derives from the
 //! chain's id and the run id (`<node>.<n>`), so a replay never runs a node
 //! twice, and a node's end reaches the chain through
-//! [`crate::workflows::notify_parent`] like an Orquesta task's.
+//! [`crate::flow_events::notify_parent`] like an Orquesta task's.
 
 use std::collections::HashMap;
 
@@ -23,7 +23,8 @@ use squall_domain::{ids, time};
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
-use crate::workflows::{FlowEvent, FlowEventMsg, WorkflowContext};
+use crate::flow_events::{FlowEvent, FlowEventMsg};
+use crate::workflows::WorkflowContext;
 
 /// The runner type whose executions are action chains.
 pub const RUNNER: &str = "action-chain";

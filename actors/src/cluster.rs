@@ -51,6 +51,27 @@ pub const NODES_BUCKET: &str = "nodes";
 /// KV bucket of partition leases.
 pub const LEASES_BUCKET: &str = "partitions";
 
+/// The buckets this module keeps, as created with `replicas` replicas.
+pub fn buckets(replicas: usize) -> Vec<kv::Config> {
+    vec![
+        kv::Config {
+            max_age: crate::timing::NODE_ENTRY_MAX_AGE,
+            ..crate::bus::bucket(
+                NODES_BUCKET,
+                "Node heartbeats: roles, pools, partitions owned.",
+                1,
+                replicas,
+            )
+        },
+        crate::bus::bucket(
+            LEASES_BUCKET,
+            "Partition leases by role and partition (compare-and-swap only).",
+            1,
+            replicas,
+        ),
+    ]
+}
+
 /// What a node does. Every node keeps the catalog; the rest is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -30,6 +30,16 @@ use crate::mirror::{Mirror, Mirrored};
 /// The bucket of pack config values.
 pub const CONFIGS_BUCKET: &str = "configs";
 
+/// The bucket this module keeps, as created with `replicas` replicas.
+pub fn buckets(replicas: usize) -> Vec<kv::Config> {
+    vec![crate::bus::bucket(
+        CONFIGS_BUCKET,
+        "Pack config values by pack.",
+        1,
+        replicas,
+    )]
+}
+
 /// Version of the stored [`StoredConfig`] layout.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -107,7 +117,7 @@ pub async fn put(
         sealed,
         file_digest,
     };
-    bus.configs
+    bus.bucket(CONFIGS_BUCKET)?
         .put(pack, to_bytes(&stored)?)
         .await
         .map_err(|e| bus_err("store pack config", e))
@@ -209,7 +219,7 @@ pub fn write_file(
 /// Reads one pack's stored config from the bucket.
 pub async fn get(bus: &Bus, pack: &str) -> Result<Option<StoredConfig>, EngineError> {
     match bus
-        .configs
+        .bucket(CONFIGS_BUCKET)?
         .get(pack)
         .await
         .map_err(|e| bus_err("read pack config", e))?
@@ -253,7 +263,7 @@ impl ConfigCache {
     /// Starts mirroring the bucket; returns once its contents are loaded.
     pub async fn start(bus: &Bus) -> Result<ConfigCache, EngineError> {
         Ok(ConfigCache(
-            Mirrored::start(&bus.configs, CONFIGS_BUCKET).await?,
+            Mirrored::start(bus.bucket(CONFIGS_BUCKET)?, CONFIGS_BUCKET).await?,
         ))
     }
 

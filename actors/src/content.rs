@@ -255,7 +255,7 @@ impl Actor for ContentWatcher {
         let packs = load_all(&bus).await?;
         let mut snapshot = Catalog::build(packs.clone());
         snapshot.revision = last;
-        bus.set_end_listeners(&snapshot);
+        bus.set_end_listeners(snapshot.end_listeners());
         catalog.store(snapshot);
         let watch = bus
             .content
@@ -293,7 +293,7 @@ impl Actor for ContentWatcher {
                 }
                 let mut snapshot = Catalog::build(state.packs.clone());
                 snapshot.revision = entry.revision;
-                state.bus.set_end_listeners(&snapshot);
+                state.bus.set_end_listeners(snapshot.end_listeners());
                 state.catalog.store(snapshot);
                 tracing::debug!(pack = pack_ref, "catalog rebuilt");
                 Ok(())

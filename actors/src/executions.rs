@@ -329,11 +329,11 @@ async fn change_pause(
         rec.transition(to, time::now());
         if bus.update_execution(&rec, rev).await?.is_some() {
             let (event, name) = match to {
-                Status::Pausing => (crate::workflows::FlowEvent::Pause, "pause"),
-                _ => (crate::workflows::FlowEvent::Resume, "resume"),
+                Status::Pausing => (crate::flow_events::FlowEvent::Pause, "pause"),
+                _ => (crate::flow_events::FlowEvent::Resume, "resume"),
             };
             let msg_id = format!("wf{name}-{}-{}", rec.id, rec.log.len());
-            crate::workflows::publish(bus, &rec.id, &msg_id, event).await?;
+            crate::flow_events::publish(bus, &rec.id, &msg_id, event).await?;
             tracing::info!(execution = %id, user = %by, status = %to, "{name} requested");
             return Ok(PauseOutcome::Requested(Box::new(rec)));
         }
@@ -347,8 +347,8 @@ async fn change_pause(
 /// Tells whoever runs `rec` to stop: its runner's node, or its workflow.
 async fn ask_to_stop(bus: &Bus, rec: &ExecutionRecord) -> Result<(), EngineError> {
     if crate::workflows::is_workflow_runner(&rec.runner.name) {
-        let event = crate::workflows::FlowEvent::Cancel;
-        return crate::workflows::publish(bus, &rec.id, &format!("wfcancel-{}", rec.id), event)
+        let event = crate::flow_events::FlowEvent::Cancel;
+        return crate::flow_events::publish(bus, &rec.id, &format!("wfcancel-{}", rec.id), event)
             .await;
     }
     bus.request_cancel(&rec.id).await

@@ -401,7 +401,7 @@ pub async fn sweep_every<F, Fut>(
 
 /// Loads the history from the `executions` bucket and follows it.
 pub async fn start(bus: &Bus) -> Result<HistoryHandle, EngineError> {
-    Mirrored::start(&bus.executions, "executions").await
+    Mirrored::start(bus.executions.raw(), "executions").await
 }
 
 #[cfg(test)]

@@ -29,6 +29,16 @@ use crate::mirror::{Mirror, Mirrored};
 
 /// KV bucket of the datastore.
 pub const KEYS_BUCKET: &str = "keys";
+
+/// The bucket this module keeps, as created with `replicas` replicas.
+pub fn buckets(replicas: usize) -> Vec<kv::Config> {
+    vec![crate::bus::bucket(
+        KEYS_BUCKET,
+        "The datastore; secret values sealed.",
+        1,
+        replicas,
+    )]
+}
 /// Version of [`KeyRecord`].
 pub const KEY_RECORD_VERSION: u32 = 1;
 

@@ -1,7 +1,13 @@
 //! Squall's engine: the node's actors (ractor) wired to NATS JetStream.
 //!
-//! - [`bus`]: every stream and bucket, defined in code, and the shared
-//!   publish/read helpers.
+//! - [`bus`]: the transport — the connection, the streams and buckets every
+//!   module declares (created from the node's [`bus::Layout`]), typed
+//!   buckets, deduplicated publish.
+//! - [`store`]: the execution store — execution and enforcement records,
+//!   their lifecycle, and what a record's write sets off.
+//! - [`instances`]: trigger instances, published and read back.
+//! - [`flow_events`]: the workflow-events protocol, between the execution
+//!   store and the workflow engine.
 //! - [`content`]: pack registration and the catalog watcher.
 //! - [`rules`]: rule partitions — trigger in, enforcement and execution
 //!   request out.
@@ -37,8 +43,10 @@ pub mod consumer;
 pub mod content;
 pub mod error;
 pub mod executions;
+pub mod flow_events;
 pub mod history;
 pub mod inquiries;
+pub mod instances;
 pub mod keys;
 pub mod lease;
 pub mod metrics;
@@ -52,6 +60,7 @@ pub mod rules;
 pub mod runners;
 pub mod sensor_host;
 pub mod sensors;
+pub mod store;
 pub mod timing;
 pub mod virtualenvs;
 pub mod workflows;

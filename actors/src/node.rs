@@ -44,6 +44,17 @@ use crate::sensors::Timers;
 use crate::timing::{CALL_TIMEOUT, DRAIN_TIMEOUT, RESTART_DELAY, START_TIMEOUT, STOP_TIMEOUT};
 use crate::workflows::WorkflowPartition;
 
+/// Every stream and bucket a node uses: the spine ([`crate::bus`]) and
+/// each module's own buckets, with `replicas` replicas.
+pub fn layout(replicas: usize) -> crate::bus::Layout {
+    crate::bus::Layout::spine(replicas)
+        .with_buckets(crate::cluster::buckets(replicas))
+        .with_buckets(crate::keys::buckets(replicas))
+        .with_buckets(crate::configs::buckets(replicas))
+        .with_buckets(crate::policies::buckets(replicas))
+        .with_buckets(crate::auth::buckets(replicas))
+}
+
 /// What a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {

@@ -19,8 +19,6 @@
 //! when it ends, as in StackStorm (a rule matching its own action's
 //! actiontrigger loops there too).
 
-use std::collections::HashSet;
-
 use serde_json::{json, Map, Value};
 use squall_domain::execution::{ExecutionRecord, Status, TriggerInstance, RECORD_VERSION};
 use squall_domain::notify::{self, ACTION_TRIGGER, NOTIFY_TRIGGER};
@@ -34,54 +32,9 @@ use crate::catalog::Catalog;
 use crate::error::{bus_err, EngineError};
 use crate::rules::RulesContext;
 
-/// Who can react to an execution's end: its actiontrigger is published
-/// only when something would consume it. An instance nothing reads would
-/// double the trigger traffic of every execution (one more publish, one
-/// more delivery to a rule partition) for no effect.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndListeners {
-    /// Some enabled rule listens to `core.st2.generic.actiontrigger`.
-    pub rules: bool,
-    /// Actions with an `action.retry` policy (their retry is decided when
-    /// the actiontrigger is handled).
-    pub retried: HashSet<String>,
-    /// Nothing is known yet (no catalog loaded): every end is announced.
-    pub unknown: bool,
-}
-
-impl Default for EndListeners {
-    fn default() -> Self {
-        EndListeners {
-            rules: false,
-            retried: HashSet::new(),
-            unknown: true,
-        }
-    }
-}
-
-impl EndListeners {
-    /// What `catalog` makes react to ends.
-    pub fn of(catalog: &Catalog) -> EndListeners {
-        EndListeners {
-            rules: catalog.listens_to(ACTION_TRIGGER),
-            retried: catalog.retried_actions(),
-            unknown: false,
-        }
-    }
-
-    /// Whether `record`'s end is to be announced: a rule may match it,
-    /// its `notify` is sent, or its retry policy decides.
-    pub fn want(&self, record: &ExecutionRecord) -> bool {
-        self.unknown
-            || self.rules
-            || record.notify.is_some()
-            || self.retried.contains(&record.action.action_ref)
-    }
-}
-
 /// Gives back `record`'s concurrency slots when its status frees them,
 /// and publishes its actiontrigger when it has ended and something reacts
-/// to it ([`EndListeners`]). Idempotent.
+/// to it ([`EndListeners`](squall_domain::notify::EndListeners)). Idempotent.
 pub async fn ended(bus: &Bus, record: &ExecutionRecord) -> Result<(), EngineError> {
     if !record.slots.is_empty() && crate::policies::releases_at(record.status) {
         crate::policies::release(bus, &record.id, &record.slots).await?;
@@ -163,7 +116,7 @@ fn masked_parameters(record: &ExecutionRecord) -> Map<String, Value> {
 /// Applies the execution's `notify` (its action's, or the one it was run
 /// with) and its action's retry policy to the execution an actiontrigger
 /// instance announces. The record is read for each: an actiontrigger is
-/// published only when something reacts to it ([`EndListeners`]).
+/// published only when something reacts to it ([`EndListeners`](squall_domain::notify::EndListeners)).
 pub async fn follow_up(
     ctx: &RulesContext,
     catalog: &Catalog,

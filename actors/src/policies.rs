@@ -28,14 +28,25 @@ use squall_domain::execution::{ExecutionRecord, LogEntry, Status};
 use squall_domain::policies::{slot_key, Enforced, Over, RetryOn};
 use squall_domain::{ids, time};
 
-use crate::bus::{execution_subject, from_bytes, to_bytes, Bus, ExecutionRequest, TRACEPARENT};
+use crate::bus::{execution_subject, from_bytes, to_bytes, Bus, TRACEPARENT};
 use crate::error::{bus_err, EngineError};
 use crate::runners::RunnerContext;
+use crate::store::ExecutionRequest;
 use crate::timing::POLICY_SWEEP_EVERY;
 
 /// KV bucket of concurrency slots: `<policy ref>[.<values hash>]` →
 /// [`Slots`].
 pub const CONCURRENCY_BUCKET: &str = "concurrency";
+
+/// The bucket this module keeps, as created with `replicas` replicas.
+pub fn buckets(replicas: usize) -> Vec<kv::Config> {
+    vec![crate::bus::bucket(
+        CONCURRENCY_BUCKET,
+        "Concurrency policies' slots: executions holding one, executions waiting.",
+        1,
+        replicas,
+    )]
+}
 
 /// Compare-and-swap attempts on one entry before giving up (the request
 /// then comes back and tries again).
@@ -115,14 +126,14 @@ pub enum Admission {
     },
 }
 
-fn store(bus: &Bus) -> &kv::Store {
-    &bus.concurrency
+fn store(bus: &Bus) -> Result<&kv::Store, EngineError> {
+    bus.bucket(CONCURRENCY_BUCKET)
 }
 
 /// The entry of `key` (empty when there is none) and the key's last
 /// revision (a deletion's included; `None` when it never existed).
 async fn read(bus: &Bus, key: &str) -> Result<(Slots, Option<u64>), EngineError> {
-    match store(bus)
+    match store(bus)?
         .entry(key)
         .await
         .map_err(|e| bus_err("read concurrency slots", e))?
@@ -145,7 +156,7 @@ async fn write(
     slots: &Slots,
     rev: Option<u64>,
 ) -> Result<Option<u64>, EngineError> {
-    let kv = store(bus);
+    let kv = store(bus)?;
     if slots.holders.is_empty() && slots.waiting.is_empty() {
         let Some(rev) = rev else { return Ok(Some(0)) };
         return match kv.delete_expect_revision(key, Some(rev)).await {
@@ -320,7 +331,7 @@ pub async fn sweep(
     seen: &mut HashMap<String, u64>,
 ) -> Result<usize, EngineError> {
     let keys = tokio::time::timeout(LIST_TIMEOUT, async {
-        let mut keys = store(&ctx.bus)
+        let mut keys = store(&ctx.bus)?
             .keys()
             .await
             .map_err(|e| bus_err("list concurrency slots", e))?;

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
-use crate::bus::{execution_subject, Bus, ExecutionRequest, EXECUTIONS_STREAM};
+use crate::bus::{execution_subject, Bus, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
 use crate::configs::ConfigCache;
 use crate::consumer::{ConsumerSpec, Handler, Settle};
@@ -29,6 +29,7 @@ use crate::error::{bus_err, EngineError};
 use crate::keys::KeyCache;
 use crate::metrics::LostRun;
 use crate::policies::Admission;
+use crate::store::ExecutionRequest;
 use crate::timing::{ACK_WAIT, CHECK_AGAIN_AFTER, CLAIM_CHECK_TIMEOUT};
 
 /// How much longer than the action's timeout its API token lives: the
@@ -264,7 +265,7 @@ async fn run_request(
                 let keys = crate::policies::keys(&limits, &record.parameters);
                 crate::policies::release(&ctx.bus, &record.id, &keys).await?;
                 crate::notifier::ended(&ctx.bus, &record).await?;
-                crate::workflows::notify_parent(&ctx.bus, &record).await?;
+                crate::flow_events::notify_parent(&ctx.bus, &record).await?;
                 return Ok(Delivery::Done);
             }
             // A workflow that started belongs to the workflow engine; its

@@ -93,3 +93,8 @@ pub const MIRROR_POLL: Duration = Duration::from_millis(2);
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Attempts of one read-change-swap on a bucket entry before it is given
+/// up ([`crate::bus::Bucket::modify`]): conflicts come from concurrent
+/// writers of one key, which settle in a few rounds.
+pub const CONFLICT_ATTEMPTS: usize = 50;

@@ -122,7 +122,8 @@ impl Node {
         // Each step is boxed: unoptimised builds lay nested futures out on
         // the stack, and the whole start would not fit in a 2 MiB thread.
         let client = Box::pin(connect(cfg)).await?;
-        let bus = Box::pin(Bus::open(client, cfg.nats.replicas, cfg.cluster.partitions)).await?;
+        let layout = squall_actors::node::layout(cfg.nats.replicas);
+        let bus = Box::pin(Bus::open(client, layout, cfg.cluster.partitions)).await?;
         let auth = Box::pin(AuthStore::open(&bus)).await?;
         Box::pin(bootstrap_admin(&auth, &cfg.auth.admin_password_file)).await?;
         let cipher = datastore_cipher(&cfg.datastore.key_file)?;

@@ -75,7 +75,7 @@ impl Handler for Recorder {
 
 async fn bus(nats: &NatsServer) -> Result<Bus> {
     let client = async_nats::connect(nats.url()).await?;
-    Ok(Bus::open(client, 1, 4).await?)
+    Ok(Bus::open(client, squall_actors::node::layout(1), 4).await?)
 }
 
 fn spec(concurrency: usize, ack_wait: Duration) -> ConsumerSpec {

@@ -251,7 +251,7 @@ async fn a_threshold_holds_across_two_nodes_and_the_rest_wait_delayed() -> Resul
     let bus = &pair.first.node.as_ref().context("node")?.bus;
     poll(Duration::from_secs(10), || async {
         Ok(bus
-            .concurrency
+            .bucket(squall_actors::policies::CONCURRENCY_BUCKET)?
             .get("lim.pair")
             .await?
             .is_none()
@@ -330,7 +330,7 @@ async fn a_slot_whose_release_was_lost_is_freed_by_the_sweep() -> Result<()> {
         holders: vec![ended],
         waiting: vec![],
     };
-    bus.concurrency
+    bus.bucket(squall_actors::policies::CONCURRENCY_BUCKET)?
         .put("lim.guarded", serde_json::to_vec(&stale)?.into())
         .await?;
     let waiting = pair.run(1, "lim.guarded", json!({})).await?;
@@ -345,7 +345,7 @@ async fn a_slot_whose_release_was_lost_is_freed_by_the_sweep() -> Result<()> {
     assert!(went_through(&done, "delayed"));
     poll(Duration::from_secs(10), || async {
         Ok(bus
-            .concurrency
+            .bucket(squall_actors::policies::CONCURRENCY_BUCKET)?
             .get("lim.guarded")
             .await?
             .is_none()

@@ -497,7 +497,7 @@ async fn claim_for_ghost(bus: &Bus, id: &str, status: &str) -> Result<()> {
 /// JetStream does when a server restart forgot the earlier one (without the
 /// `Nats-Msg-Id` that would let the stream drop it).
 async fn request_again(bus: &Bus, id: &str) -> Result<()> {
-    let request = squall_actors::bus::ExecutionRequest {
+    let request = squall_actors::store::ExecutionRequest {
         v: 1,
         execution_id: id.to_string(),
         created: None,

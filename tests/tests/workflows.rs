@@ -669,16 +669,15 @@ async fn a_task_end_whose_report_was_lost_is_found_by_the_sweep_after_a_restart(
     // the workflow: the record is written without `Bus::update_execution`.
     let config = node.config.clone();
     let client = async_nats::connect(node.nats.url()).await?;
-    let bus = squall_actors::bus::Bus::open(client, 1, config.cluster.partitions).await?;
+    let layout = squall_actors::node::layout(1);
+    let bus = squall_actors::bus::Bus::open(client, layout, config.cluster.partitions).await?;
     let (mut answered, _) = bus.execution(&inquiry).await?.expect("the inquiry");
     answered.result = json!({"response": {"approved": true}});
     answered.transition(
         squall_domain::execution::Status::Succeeded,
         squall_domain::time::now(),
     );
-    bus.executions
-        .put(&inquiry, serde_json::to_vec(&answered)?.into())
-        .await?;
+    bus.executions.put(&inquiry, &answered).await?;
     // A restarted node's workflow partition reconciles on start.
     let restarted = squall_tests::start_node(&config).await?;
     let done = poll(Duration::from_secs(30), || async {

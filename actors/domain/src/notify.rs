@@ -5,6 +5,8 @@
 //! `notify` (`on-complete`, `on-success`, `on-failure`; one per route).
 //! Rendering `message` and `data` is the caller's (it has the datastore).
 
+use std::collections::HashSet;
+
 use serde_json::{json, Map, Value};
 
 use crate::execution::{ExecutionRecord, Status};
@@ -14,6 +16,42 @@ use crate::time::Timestamp;
 pub const ACTION_TRIGGER: &str = "core.st2.generic.actiontrigger";
 /// `core.st2.generic.notifytrigger`.
 pub const NOTIFY_TRIGGER: &str = "core.st2.generic.notifytrigger";
+
+/// Who can react to an execution's end: its actiontrigger is published
+/// only when something would consume it. An instance nothing reads would
+/// double the trigger traffic of every execution (one more publish, one
+/// more delivery to a rule partition) for no effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndListeners {
+    /// Some enabled rule listens to `core.st2.generic.actiontrigger`.
+    pub rules: bool,
+    /// Actions with an `action.retry` policy (their retry is decided when
+    /// the actiontrigger is handled).
+    pub retried: HashSet<String>,
+    /// Nothing is known yet (no catalog loaded): every end is announced.
+    pub unknown: bool,
+}
+
+impl Default for EndListeners {
+    fn default() -> Self {
+        EndListeners {
+            rules: false,
+            retried: HashSet::new(),
+            unknown: true,
+        }
+    }
+}
+
+impl EndListeners {
+    /// Whether `record`'s end is to be announced: a rule may match it,
+    /// its `notify` is sent, or its retry policy decides.
+    pub fn want(&self, record: &ExecutionRecord) -> bool {
+        self.unknown
+            || self.rules
+            || record.notify.is_some()
+            || self.retried.contains(&record.action.action_ref)
+    }
+}
 
 /// One `notify` section that applies to an ended execution.
 #[derive(Debug, Clone, PartialEq)]

@@ -135,6 +135,7 @@ pub async fn stream(
     let records = st
         .bus
         .executions
+        .raw()
         .watch_all()
         .await
         .map_err(|e| ApiError::Unavailable(format!("cannot watch executions: {e}")))?
@@ -312,6 +313,7 @@ pub async fn output(
     let watch = st
         .bus
         .executions
+        .raw()
         .watch(id.as_str())
         .await
         .map_err(|e| ApiError::Unavailable(format!("cannot watch execution {id}: {e}")))?

@@ -7,8 +7,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use squall_actors::bus::TriggerInstanceFilter;
 use squall_actors::catalog::{content_id, Trigger};
+use squall_actors::instances::TriggerInstanceFilter;
 use squall_domain::execution::{TriggerInstance, RECORD_VERSION};
 use squall_domain::{ids, time, triggers};
 
