@@ -538,29 +538,38 @@ impl<T: Serialize + DeserializeOwned> Bucket<T> {
     }
 
     /// Reads `key`, lets `change` decide, and writes by compare-and-swap;
-    /// a conflict reads again and asks again, up to [`CONFLICT_ATTEMPTS`]
-    /// times (so `change` must be a pure function of what it is given).
+    /// answers what `change` answered and the revision that holds the
+    /// result (0 when there is no entry). A conflict reads again and asks
+    /// again after a short random pause (writers racing on one key take
+    /// turns instead of colliding again at once), up to
+    /// [`CONFLICT_ATTEMPTS`] times: `change` must depend only on what it
+    /// is given.
     pub async fn modify<R>(
         &self,
         key: &str,
         mut change: impl FnMut(Option<T>) -> Change<T, R>,
-    ) -> Result<R, EngineError> {
-        for _ in 0..CONFLICT_ATTEMPTS {
+    ) -> Result<(R, u64), EngineError> {
+        for attempt in 0..CONFLICT_ATTEMPTS {
+            if attempt > 0 {
+                let pause = rand::random_range(1..=(2 * attempt).min(20) as u64);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
             let (current, revision) = match self.get(key).await? {
                 Some((value, revision)) => (Some(value), Some(revision)),
                 None => (None, None),
             };
             let (value, answer) = match change(current) {
-                Change::Keep(answer) => return Ok(answer),
+                Change::Keep(answer) => return Ok((answer, revision.unwrap_or(0))),
                 Change::Write(value, answer) => (value, answer),
             };
             let written = match revision {
                 Some(revision) => self.update(key, &value, revision).await?,
                 None => self.create(key, &value).await?,
             };
-            if written.is_some() {
-                return Ok(answer);
+            if let Some(revision) = written {
+                return Ok((answer, revision));
             }
+            tracing::debug!(bucket = %self.store.name, key, "changed underneath; retrying");
         }
         Err(bus_err(
             &format!("change {key} in {}", self.store.name),

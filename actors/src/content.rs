@@ -17,7 +17,7 @@ use squall_domain::registration::{self, Change, Mode};
 use squall_domain::secrets::Cipher;
 use squall_domain::time;
 
-use crate::bus::{from_bytes, to_bytes, Bus};
+use crate::bus::{from_bytes, Bucket, Bus, Change as BucketChange};
 use crate::catalog::{Catalog, CatalogHandle};
 use crate::error::{bus_err, EngineError};
 use crate::pump::Pump;
@@ -107,68 +107,32 @@ pub async fn store_pack(
     Ok((bundle, changes, revision))
 }
 
-/// How often a pack change is retried when others changed it first.
-const CAS_ATTEMPTS: u32 = 50;
-
 /// Changes one registered pack with `change`, atomically: the bundle is
-/// re-read and `change` re-applied if another writer got there first. A
-/// pack that is not registered starts empty (StackStorm's `default` pack
-/// holds API-made content that names no pack). Returns `change`'s answer
-/// and the bucket revision that holds the result (for
+/// re-read and `change` re-applied if another writer got there first
+/// ([`Bucket::modify`]). A pack that is not registered starts empty
+/// (StackStorm's `default` pack holds API-made content that names no
+/// pack). Returns `change`'s answer and the bucket revision that holds the
+/// result (for
 /// [`CatalogHandle::wait_for`](crate::catalog::CatalogHandle::wait_for)).
 pub async fn modify_pack<T, E>(
     bus: &Bus,
     pack_ref: &str,
     mut change: impl FnMut(&mut PackBundle) -> Result<T, E>,
 ) -> Result<Result<(T, u64), E>, EngineError> {
-    let key = pack_key(pack_ref);
-    for attempt in 0..CAS_ATTEMPTS {
-        if attempt > 0 {
-            // Writers racing on one pack take turns: a short random pause
-            // spreads them out instead of colliding again at once.
-            let pause = rand::random_range(1..=(2 * attempt).min(20) as u64);
-            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-        }
-        let entry = bus
-            .content
-            .entry(&key)
-            .await
-            .map_err(|e| bus_err("read pack", e))?;
-        let (mut bundle, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                (from_bytes::<PackBundle>(&key, &e.value)?, e.revision)
+    let packs: Bucket<PackBundle> = Bucket::new(bus.content.clone());
+    let (answer, revision) = packs
+        .modify(&pack_key(pack_ref), |current| {
+            let existed = current.is_some();
+            let mut bundle = current.unwrap_or_else(|| empty_pack(pack_ref));
+            let before = existed.then(|| bundle.clone());
+            match change(&mut bundle) {
+                Err(e) => BucketChange::Keep(Err(e)),
+                Ok(out) if before.as_ref() == Some(&bundle) => BucketChange::Keep(Ok(out)),
+                Ok(out) => BucketChange::Write(bundle, Ok(out)),
             }
-            Some(e) => (empty_pack(pack_ref), e.revision),
-            None => (empty_pack(pack_ref), 0),
-        };
-        let before = bundle.clone();
-        let out = match change(&mut bundle) {
-            Ok(out) => out,
-            Err(e) => return Ok(Err(e)),
-        };
-        if revision != 0 && bundle == before {
-            return Ok(Ok((out, revision)));
-        }
-        let bytes = to_bytes(&bundle)?;
-        let written = if revision == 0 {
-            bus.content
-                .create(&key, bytes)
-                .await
-                .map_err(|e| e.to_string())
-        } else {
-            bus.content
-                .update(&key, bytes, revision)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match written {
-            Ok(revision) => return Ok(Ok((out, revision))),
-            Err(e) => {
-                tracing::debug!(pack = pack_ref, error = %e, "pack changed underneath; retrying")
-            }
-        }
-    }
-    Err(bus_err("update pack", "too many concurrent changes"))
+        })
+        .await?;
+    Ok(answer.map(|out| (out, revision)))
 }
 
 fn empty_pack(pack_ref: &str) -> PackBundle {
