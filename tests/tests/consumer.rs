@@ -263,9 +263,7 @@ async fn a_typed_bucket_applies_concurrent_modifications_once_each() -> Result<(
     }
     let (value, revision) = counters.get("counter").await?.expect("the counter");
     assert_eq!(value, 80, "every increment applied once");
-    let (seen, kept_at) = counters
-        .modify("counter", |n| Change::<u64, _>::Keep(n))
-        .await?;
+    let (seen, kept_at) = counters.modify("counter", Change::<u64, _>::Keep).await?;
     assert_eq!((seen, kept_at), (Some(80), revision), "Keep writes nothing");
     assert_eq!(
         counters.create("counter", &1).await?,
