@@ -43,7 +43,7 @@ use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::lease::LeaseValidity;
 use crate::mirror::{Mirror, Mirrored};
-use crate::node::{Child, NodeMsg};
+use crate::supervision::{call_within, Child, NodeMsg};
 use crate::timing::{CALL_TIMEOUT, FENCE_MARGIN, HEARTBEAT_EVERY, HEARTBEAT_TIMEOUT, LEASE_TTL};
 
 /// KV bucket of node heartbeats.
@@ -691,7 +691,7 @@ impl Coordinator {
     async fn stop(&self, keys: &[(Role, u32)]) {
         let children: Vec<Child> = keys.iter().filter_map(|(r, p)| r.child(*p)).collect();
         let disown = |reply| NodeMsg::Disown(children, reply);
-        if let Err(e) = crate::node::call_within(&self.supervisor, CALL_TIMEOUT, disown).await {
+        if let Err(e) = call_within(&self.supervisor, CALL_TIMEOUT, disown).await {
             tracing::warn!(error = %e, "stopping partitions failed");
         }
     }

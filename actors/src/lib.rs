@@ -27,6 +27,8 @@
 //! - [`workflows`]: the Orquesta workflow engine, one partition actor per
 //!   partition.
 //! - [`cluster`]: membership heartbeats and partition leases.
+//! - [`supervision`]: what the supervisor and the coordinator say to each
+//!   other.
 //! - [`node`]: the supervisor that starts and restarts all of the above.
 //!
 //! Invariant: nothing is acknowledged on JetStream before its effect is
@@ -61,6 +63,7 @@ pub mod runners;
 pub mod sensor_host;
 pub mod sensors;
 pub mod store;
+pub mod supervision;
 pub mod timing;
 pub mod virtualenvs;
 pub mod workflows;

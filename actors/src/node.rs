@@ -19,9 +19,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use squall_domain::secrets::Cipher;
 use squall_domain::template::Renderer;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +40,7 @@ use crate::rules::{self, RulePartition, RulesContext};
 use crate::runners::{CancelRegistry, RunnerContext, RunnerPool};
 use crate::sensor_host::HostContext;
 use crate::sensors::Timers;
+use crate::supervision::{call_within, Child, NodeMsg};
 use crate::timing::{CALL_TIMEOUT, DRAIN_TIMEOUT, RESTART_DELAY, START_TIMEOUT, STOP_TIMEOUT};
 use crate::workflows::WorkflowPartition;
 
@@ -79,46 +79,9 @@ pub struct NodeSettings {
     pub virtualenvs: squall_runners::venv::Virtualenvs,
 }
 
-/// One child of the supervisor, as it can be (re)started.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Child {
-    Content,
-    Rules(u32),
-    Workflows(u32),
-    Runners(String),
-    Timers(u32),
-}
-
-impl Child {
-    /// Whether the child runs only while the node holds a lease.
-    fn partitioned(&self) -> bool {
-        matches!(
-            self,
-            Child::Rules(_) | Child::Workflows(_) | Child::Timers(_)
-        )
-    }
-}
-
 /// Supervises the node's actors.
 #[derive(Debug)]
 pub struct NodeSupervisor;
-
-/// Messages of [`NodeSupervisor`].
-#[derive(Debug)]
-pub enum NodeMsg {
-    Restart(Child),
-    /// Answered once every child has started (messages are handled only
-    /// after `post_start`, and in order after any `Own`).
-    Ready(RpcReplyPort<()>),
-    /// The node took a partition's lease: start its actor.
-    Own(Child),
-    /// The node gives up these partitions: answered once their actors
-    /// have stopped.
-    Disown(Vec<Child>, RpcReplyPort<()>),
-    /// The node can no longer vouch for its leases (its coordinator
-    /// failed): every partition actor stops; answered once they have.
-    Fence(RpcReplyPort<()>),
-}
 
 /// Everything the node's actors share.
 #[derive(Debug, Clone)]
@@ -507,23 +470,6 @@ async fn answer_runs(bus: &Bus, runs: &CancelRegistry, mut requests: RunRequests
                 }
             }
             _ => {}
-        }
-    }
-}
-
-/// Calls the supervisor, giving up after `timeout`.
-pub async fn call_within<T: Send + 'static>(
-    supervisor: &ActorRef<NodeMsg>,
-    timeout: Duration,
-    msg: impl FnOnce(RpcReplyPort<T>) -> NodeMsg,
-) -> Result<T, EngineError> {
-    match supervisor.call(msg, Some(timeout)).await {
-        Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
-        Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::Config(format!(
-            "the node's supervisor did not answer within {timeout:?}"
-        ))),
-        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-            Err(EngineError::Config("the node's supervisor is gone".into()))
         }
     }
 }
