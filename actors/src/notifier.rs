@@ -24,13 +24,12 @@ use squall_domain::execution::{ExecutionRecord, Status, TriggerInstance, RECORD_
 use squall_domain::notify::{self, ACTION_TRIGGER, NOTIFY_TRIGGER};
 use squall_domain::params::MASK;
 use squall_domain::policies::Enforced;
-use squall_domain::template::KeyValueLookup;
+use squall_domain::template::{KeyValueLookup, Renderer};
 use squall_domain::{ids, runner_types};
 
 use crate::bus::Bus;
 use crate::catalog::Catalog;
 use crate::error::{bus_err, EngineError};
-use crate::rules::RulesContext;
 
 /// Gives back `record`'s concurrency slots when its status frees them,
 /// and publishes its actiontrigger when it has ended and something reacts
@@ -118,7 +117,8 @@ fn masked_parameters(record: &ExecutionRecord) -> Map<String, Value> {
 /// instance announces. The record is read for each: an actiontrigger is
 /// published only when something reacts to it ([`EndListeners`](squall_domain::notify::EndListeners)).
 pub async fn follow_up(
-    ctx: &RulesContext,
+    bus: &Bus,
+    renderer: &Renderer,
     catalog: &Catalog,
     announced: &TriggerInstance,
     kv: &dyn KeyValueLookup,
@@ -138,15 +138,15 @@ pub async fn follow_up(
         .filter(|_| matches!(status, Status::Failed | Status::Timeout));
     // Records are never deleted: one not found is on a server that has not
     // caught up yet, so the instance comes back later.
-    let Some((record, _)) = ctx.bus.execution(id).await? else {
+    let Some((record, _)) = bus.execution(id).await? else {
         return Err(bus_err(
             "read an ended execution",
             format!("the record of {id} is not visible yet"),
         ));
     };
     if let Some(spec) = &record.notify {
-        for instance in notifications(ctx, &record, spec, kv) {
-            ctx.bus.publish_trigger(&instance).await?;
+        for instance in notifications(renderer, &record, spec, kv) {
+            bus.publish_trigger(&instance).await?;
         }
     }
     if let Some((
@@ -163,7 +163,7 @@ pub async fn follow_up(
         {
             tracing::info!(execution = %record.id, retry = %again.id, policy = %policy,
                 status = %record.status, "retrying the execution as its policy asks");
-            crate::executions::submit(&ctx.bus, again).await?;
+            crate::executions::submit(bus, again).await?;
         }
     }
     Ok(())
@@ -173,7 +173,7 @@ pub async fn follow_up(
 /// section that fires. A template that fails to render is sent as written
 /// (StackStorm logs it and goes on).
 fn notifications(
-    ctx: &RulesContext,
+    renderer: &Renderer,
     record: &ExecutionRecord,
     spec: &Value,
     kv: &dyn KeyValueLookup,
@@ -182,17 +182,13 @@ fn notifications(
     let at = record.end_timestamp.unwrap_or(record.start_timestamp);
     let mut out = Vec::new();
     for section in notify::sections(spec, &record.action.action_ref, record.status) {
-        let message = ctx
-            .renderer
+        let message = renderer
             .render_str(&section.message, &vars, kv)
             .unwrap_or_else(|e| {
                 tracing::warn!(execution = %record.id, error = %e, "notify message did not render");
                 section.message.clone()
             });
-        let data = match ctx
-            .renderer
-            .render_value(&Value::Object(section.data.clone()), &vars, kv)
-        {
+        let data = match renderer.render_value(&Value::Object(section.data.clone()), &vars, kv) {
             Ok(Value::Object(data)) => data,
             Ok(_) => section.data.clone(),
             Err(e) => {

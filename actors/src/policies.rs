@@ -29,8 +29,8 @@ use squall_domain::policies::{slot_key, Enforced, Over, RetryOn};
 use squall_domain::{ids, time};
 
 use crate::bus::{execution_subject, from_bytes, to_bytes, Bus, TRACEPARENT};
+use crate::catalog::CatalogHandle;
 use crate::error::{bus_err, EngineError};
-use crate::runners::RunnerContext;
 use crate::store::ExecutionRequest;
 use crate::timing::POLICY_SWEEP_EVERY;
 
@@ -327,11 +327,12 @@ pub fn releases_at(status: Status) -> bool {
 /// slots free (all of them when the policy is gone). Returns how many
 /// requests it sent.
 pub async fn sweep(
-    ctx: &RunnerContext,
+    bus: &Bus,
+    catalog: &CatalogHandle,
     seen: &mut HashMap<String, u64>,
 ) -> Result<usize, EngineError> {
     let keys = tokio::time::timeout(LIST_TIMEOUT, async {
-        let mut keys = store(&ctx.bus)?
+        let mut keys = store(bus)?
             .keys()
             .await
             .map_err(|e| bus_err("list concurrency slots", e))?;
@@ -346,7 +347,7 @@ pub async fn sweep(
     seen.retain(|k, _| keys.contains(k));
     let mut woken = 0;
     for key in keys {
-        let (slots, Some(rev)) = read(&ctx.bus, &key).await? else {
+        let (slots, Some(rev)) = read(bus, &key).await? else {
             continue;
         };
         if slots.waiting.is_empty() {
@@ -355,18 +356,18 @@ pub async fn sweep(
         }
         if seen.insert(key.clone(), rev) == Some(rev) {
             for holder in &slots.holders {
-                if let Some((record, _)) = ctx.bus.execution(holder).await? {
+                if let Some((record, _)) = bus.execution(holder).await? {
                     if releases_at(record.status) {
                         tracing::warn!(execution = %holder, slots = %key, "freeing the concurrency slot of an execution that ended");
-                        remove(&ctx.bus, &key, holder, true).await?;
+                        remove(bus, &key, holder, true).await?;
                     }
                 }
             }
         }
-        let (slots, Some(rev)) = read(&ctx.bus, &key).await? else {
+        let (slots, Some(rev)) = read(bus, &key).await? else {
             continue;
         };
-        let enforced = ctx.catalog.load().enforces(&slots.policy);
+        let enforced = catalog.load().enforces(&slots.policy);
         let mut free = if enforced {
             slots.threshold.saturating_sub(slots.holders.len() as u64)
         } else {
@@ -376,21 +377,16 @@ pub async fn sweep(
             if free == 0 {
                 break;
             }
-            match ctx.bus.execution(waiter).await? {
+            match bus.execution(waiter).await? {
                 Some((record, _))
                     if matches!(record.status, Status::Delayed | Status::Requested) =>
                 {
-                    request_again(
-                        &ctx.bus,
-                        waiter,
-                        &slots.pool,
-                        &format!("{waiter}.wake.{rev}"),
-                    )
-                    .await?;
+                    request_again(bus, waiter, &slots.pool, &format!("{waiter}.wake.{rev}"))
+                        .await?;
                     woken += 1;
                     free -= 1;
                 }
-                Some(_) => remove(&ctx.bus, &key, waiter, false).await?,
+                Some(_) => remove(bus, &key, waiter, false).await?,
                 None => {}
             }
         }
@@ -400,7 +396,11 @@ pub async fn sweep(
 
 /// Sweeps every [`POLICY_SWEEP_EVERY`] until `stop`; a failed sweep is
 /// logged and tried next period.
-pub async fn sweep_until(ctx: RunnerContext, stop: tokio_util::sync::CancellationToken) {
+pub async fn sweep_until(
+    bus: Bus,
+    catalog: CatalogHandle,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut seen = HashMap::new();
     let mut every = tokio::time::interval(POLICY_SWEEP_EVERY);
     loop {
@@ -408,7 +408,7 @@ pub async fn sweep_until(ctx: RunnerContext, stop: tokio_util::sync::Cancellatio
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        if let Err(e) = sweep(&ctx, &mut seen).await {
+        if let Err(e) = sweep(&bus, &catalog, &mut seen).await {
             tracing::warn!(error = %e, "concurrency policy sweep failed");
         }
     }

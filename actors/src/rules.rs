@@ -105,7 +105,7 @@ pub async fn process(
     // An execution's end: its notify and retry policy first, so both are
     // stored before the instance is acknowledged.
     if instance.trigger_type == squall_domain::notify::ACTION_TRIGGER {
-        crate::notifier::follow_up(ctx, &catalog, instance, kv).await?;
+        crate::notifier::follow_up(&ctx.bus, &ctx.renderer, &catalog, instance, kv).await?;
     }
     for rule in catalog.rules_for(&instance.trigger_type, &instance.trigger_parameters) {
         // An event from before the rule was enabled (a timer's tick fired

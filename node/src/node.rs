@@ -292,7 +292,8 @@ async fn serve_api(
         stop_api.clone(),
     )));
     api_tasks.push(tokio::spawn(squall_actors::policies::sweep_until(
-        engine.shared.runners.clone(),
+        bus.clone(),
+        engine.shared.catalog.clone(),
         stop_api.clone(),
     )));
     let state = ApiState::new(ApiContext {
