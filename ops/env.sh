@@ -56,3 +56,36 @@ ensure_sshd() {
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client sudo >/dev/null
 }
+
+ERRBOT_VERSION=6.2.1          # PyPI errbot: the chat bot of the ChatOps test
+ERR_STACKSTORM_VERSION=2.3.2  # PyPI err-stackstorm: its StackStorm plugin
+JINJA2_VERSION=3.1.6          # what StackStorm's chatops pack renders results with
+
+# ChatOps (tests/tests/chatops.rs). Errbot with err-stackstorm gets its own
+# virtualenv inside the project's, $VENV/errbot: err-stackstorm needs the
+# `sseclient` package, whose module has the same name as st2client's
+# `sseclient-py` (one would overwrite the other in a shared venv). The
+# project's venv gets jinja2: with st2client it is what StackStorm's own
+# interpreter gives the chatops pack (a system pack, run by the node's
+# interpreter), whose format_execution_result renders the result message.
+ensure_errbot() {
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  local have=""
+  have=$("$VENV/bin/pip" show jinja2 2>/dev/null | sed -n 's/^Version: //p')
+  if [ "$have" != "$JINJA2_VERSION" ]; then
+    echo "==> installing jinja2 $JINJA2_VERSION into $VENV (PyPI)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "jinja2==$JINJA2_VERSION"
+  fi
+  have=""
+  if [ -x "$VENV/errbot/bin/errbot" ]; then
+    have=$("$VENV/errbot/bin/pip" show err-stackstorm errbot 2>/dev/null | sed -n 's/^Version: //p' | tr '\n' ' ')
+  fi
+  if [ "$have" != "$ERR_STACKSTORM_VERSION $ERRBOT_VERSION " ]; then
+    echo "==> installing errbot $ERRBOT_VERSION and err-stackstorm $ERR_STACKSTORM_VERSION into $VENV/errbot (PyPI)"
+    [ -x "$VENV/errbot/bin/pip" ] || python3 -m venv "$VENV/errbot"
+    "$VENV/errbot/bin/pip" install --quiet --disable-pip-version-check \
+      "errbot==$ERRBOT_VERSION" "err-stackstorm==$ERR_STACKSTORM_VERSION"
+  fi
+  export SQUALL_ERRBOT="$VENV/errbot/bin/errbot"
+  export SQUALL_CHATOPS_PYTHON="$VENV/bin/python"
+}

@@ -3,7 +3,9 @@
 //! stream, as `st2.announcement__<route>`. It publishes on core NATS
 //! (`squall.announce.<route>`), which every node's `/stream` follows: an
 //! announcement reaches the clients connected at that moment, as in
-//! StackStorm, and is not stored.
+//! StackStorm, and is not stored. The event's data is StackStorm's
+//! announcement: `{payload: <the action's parameters>, trace_context}`,
+//! the shape chat bots read (`chatops.post_message` posts through it).
 
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
@@ -73,15 +75,15 @@ impl Runner for Announcement {
                     "route: {route:?} is not a route (words of letters, digits, _ or -, joined by dots)"
                 ));
             }
-            let data = Value::Object(payload.clone());
+            let data = json!({"payload": Value::Object(payload.clone()), "trace_context": null});
             if let Err(e) = client
                 .publish(subject(&route), data.to_string().into())
                 .await
             {
                 return failed(format!("the announcement could not be published: {e}"));
             }
-            let mut result = payload;
-            result.insert("output".into(), data);
+            let mut result = payload.clone();
+            result.insert("output".into(), Value::Object(payload));
             RunOutcome {
                 status: Status::Succeeded,
                 result: Value::Object(result),

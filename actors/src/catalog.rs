@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+use squall_domain::aliases::CompiledAlias;
 use squall_domain::criteria::CompiledCriteria;
 use squall_domain::model::{ActionDef, PackBundle, RuleDef, TriggerTypeDef};
 use squall_domain::notify::{EndListeners, ACTION_TRIGGER};
@@ -68,6 +69,8 @@ pub struct Catalog {
     pub actions: BTreeMap<String, CatalogAction>,
     pub rules: BTreeMap<String, Arc<CatalogRule>>,
     pub trigger_types: BTreeMap<String, TriggerTypeDef>,
+    /// Action aliases by reference, their formats compiled once.
+    pub aliases: BTreeMap<String, Arc<CompiledAlias>>,
     /// Enabled rules by trigger type reference.
     rules_by_type: HashMap<String, Vec<Arc<CatalogRule>>>,
     /// Enabled policies by the action they apply to: (policy ref, what it
@@ -107,6 +110,10 @@ impl Catalog {
             }
             for t in &bundle.trigger_types {
                 cat.trigger_types.insert(t.reference(), t.clone());
+            }
+            for a in &bundle.aliases {
+                cat.aliases
+                    .insert(a.reference(), Arc::new(CompiledAlias::new(a.clone())));
             }
             for p in &bundle.policies {
                 if let Some(enforced) = policies::enforced(p) {

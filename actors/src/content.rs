@@ -156,6 +156,7 @@ fn empty_pack(pack_ref: &str) -> PackBundle {
         policies: vec![],
         config_schema: None,
         sensors: vec![],
+        aliases: vec![],
         registered: BTreeMap::new(),
     }
 }

@@ -302,7 +302,10 @@ async fn stackstorms_core_pack_registers_and_winrm_fails_clearly() -> Result<()>
         json!({"message": {"text": "deploy done"}})
     );
     let announced = announcement(stream).await?;
-    assert_eq!(announced, json!({"message": {"text": "deploy done"}}));
+    assert_eq!(
+        announced,
+        json!({"payload": {"message": {"text": "deploy done"}}, "trace_context": null})
+    );
 
     let e = run(
         &node,

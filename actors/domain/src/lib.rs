@@ -7,6 +7,7 @@
 //! crate is unit-tested in isolation.
 
 pub mod actionchain;
+pub mod aliases;
 pub mod criteria;
 pub mod execution;
 pub mod ids;

@@ -7,9 +7,9 @@
 //! Every file is checked and every problem collected, so a user fixes a
 //! broken pack in one pass instead of one error at a time; a pack with any
 //! error yields no [`PackBundle`] at all. `config.schema.yaml` is read and
-//! checked in StackStorm's dialect (see [`crate::pack_config`]); other
-//! StackStorm content (aliases) is not read yet and does not stop a pack
-//! from loading.
+//! checked in StackStorm's dialect (see [`crate::pack_config`]), and
+//! `aliases/*.yaml`, whose format strings must compile and must not repeat
+//! another alias's of the same pack (see [`crate::aliases`]).
 //!
 //! User YAML is strict: unknown fields are errors (StackStorm's schemas
 //! forbid them too), while `pack.yaml` keeps extra fields as StackStorm
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use serde_yaml::{Mapping, Value as Yaml};
 
+use crate::aliases::{AliasDef, CompiledFormat};
 use crate::criteria;
 use crate::model::{
     ActionDef, PackBundle, PackMeta, PolicyDef, RuleDef, SensorDef, TriggerTypeDef, BUNDLE_VERSION,
@@ -318,7 +319,26 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
         }
     }
 
+    let mut aliases = Vec::new();
+    for file in yaml_files(&path.join("aliases"), &mut errs) {
+        if let Some(a) = read_file(&file, &mut errs, |doc| {
+            check_alias(pack_ref.as_deref(), doc)
+        }) {
+            aliases.push(AliasDef {
+                metadata_file: metadata_file(&path, &file),
+                ..a
+            });
+        }
+    }
+
     let pack_root = &path;
+    check_unique(
+        &mut errs,
+        pack_root,
+        aliases.iter().map(|a| (&a.name, &a.metadata_file)),
+        "alias",
+    );
+    check_alias_formats(&mut errs, pack_root, &aliases);
     check_unique(
         &mut errs,
         pack_root,
@@ -361,6 +381,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             policies,
             config_schema,
             sensors,
+            aliases,
             registered: BTreeMap::new(),
         }),
         _ => Err(errs.finish()),
@@ -377,6 +398,12 @@ pub fn parse_action(pack_dir: &Path, pack: &str, text: &str) -> Result<ActionDef
 /// `None` to take the document's own `pack` (default `default`).
 pub fn parse_rule(pack: Option<&str>, text: &str) -> Result<RuleDef, Vec<Problem>> {
     parse_doc(text, |doc| check_rule(pack, doc))
+}
+
+/// Parses one action alias document; `pack` is the pack it must belong
+/// to, or `None` to take the document's own `pack` (default `default`).
+pub fn parse_alias(pack: Option<&str>, text: &str) -> Result<AliasDef, Vec<Problem>> {
+    parse_doc(text, |doc| check_alias(pack, doc))
 }
 
 /// A problem in one document, without its file.
@@ -1712,6 +1739,199 @@ fn check_unique<'a>(
     }
 }
 
+// ---------------------------------------------------------------------------
+// Action aliases
+// ---------------------------------------------------------------------------
+
+/// Fields of StackStorm's action alias schema (`ActionAliasAPI`).
+const ALIAS_FIELDS: &[&str] = &[
+    "name",
+    "pack",
+    "description",
+    "enabled",
+    "action_ref",
+    "formats",
+    "ack",
+    "result",
+    "extra",
+    "immutable_parameters",
+    "metadata_file",
+    "id",
+    "ref",
+    "uid",
+];
+
+fn check_alias(pack: Option<&str>, mut doc: Doc<'_>) -> Result<AliasDef, Vec<Problem>> {
+    let top = doc.map.clone();
+    doc.unknown_fields("", &top, ALIAS_FIELDS);
+    check_name(&mut doc);
+    claim_pack(&mut doc, pack);
+    for derived in ["id", "ref", "uid"] {
+        doc.map.remove(derived);
+    }
+    match doc.get("action_ref") {
+        Some(Yaml::String(r))
+            if r.split_once('.')
+                .is_some_and(|(p, n)| !p.is_empty() && !n.is_empty()) => {}
+        Some(Yaml::String(r)) => {
+            let r = r.clone();
+            doc.problem(
+                "action_ref",
+                format!("{r:?} is not an action ref of the form pack.action"),
+            );
+        }
+        Some(_) => doc.problem("action_ref", "must be a string such as core.local"),
+        None => doc.problem("", "missing required field `action_ref`"),
+    }
+    let renderer = Renderer::new();
+    match doc.get("formats").cloned() {
+        Some(Yaml::Sequence(formats)) if !formats.is_empty() => {
+            for (i, f) in formats.iter().enumerate() {
+                check_alias_format(&mut doc, &format!("formats.{i}"), f);
+            }
+        }
+        Some(Yaml::Sequence(_)) => doc.problem("formats", "must list at least one format"),
+        Some(_) => doc.problem("formats", "must be a list of format strings"),
+        None => doc.problem("", "missing required field `formats`"),
+    }
+    for (section, allowed) in [
+        ("ack", &["enabled", "format", "extra", "append_url"][..]),
+        ("result", &["enabled", "format", "extra"][..]),
+    ] {
+        match doc.get(section).cloned() {
+            None | Some(Yaml::Null) => {
+                doc.map.remove(section);
+            }
+            Some(Yaml::Mapping(m)) => {
+                doc.unknown_fields(section, &m, allowed);
+                for flag in ["enabled", "append_url"] {
+                    if m.get(flag).is_some_and(|v| !v.is_bool()) {
+                        doc.problem(&format!("{section}.{flag}"), "must be true or false");
+                    }
+                }
+                match m.get("format") {
+                    None => {}
+                    Some(Yaml::String(t)) => {
+                        if let Err(e) = renderer.check_syntax(t) {
+                            doc.problem(
+                                &format!("{section}.format"),
+                                format!("template error: {e}"),
+                            );
+                        }
+                    }
+                    Some(_) => doc.problem(&format!("{section}.format"), "must be a string"),
+                }
+                if m.get("extra").is_some_and(|v| !v.is_mapping()) {
+                    doc.problem(&format!("{section}.extra"), "must be a mapping");
+                }
+            }
+            Some(_) => doc.problem(section, "must be a mapping"),
+        }
+    }
+    for section in ["extra", "immutable_parameters"] {
+        match doc.get(section).cloned() {
+            None | Some(Yaml::Null) => {
+                doc.map.remove(section);
+            }
+            Some(Yaml::Mapping(m)) => {
+                if section == "immutable_parameters" {
+                    for (k, v) in &m {
+                        check_templates(&mut doc, &join(section, &yaml_key(k)), v, &renderer);
+                    }
+                }
+            }
+            Some(_) => doc.problem(section, "must be a mapping"),
+        }
+    }
+    doc.into_model()
+}
+
+/// One entry of `formats`: a format string, or `{display, representation,
+/// match_multiple}`; every format string must compile.
+fn check_alias_format(doc: &mut Doc<'_>, at: &str, f: &Yaml) {
+    let check = |doc: &mut Doc<'_>, at: &str, text: &str| {
+        if let Err(e) = CompiledFormat::new(text) {
+            doc.problem(at, e.to_string());
+        }
+    };
+    match f {
+        Yaml::String(s) => check(doc, at, s),
+        Yaml::Mapping(m) => {
+            doc.unknown_fields(at, m, &["display", "representation", "match_multiple"]);
+            if m.get("display").is_some_and(|v| !v.is_string()) {
+                doc.problem(&join(at, "display"), "must be a string");
+            }
+            if m.get("match_multiple").is_some_and(|v| !v.is_bool()) {
+                doc.problem(&join(at, "match_multiple"), "must be true or false");
+            }
+            match m.get("representation") {
+                None | Some(Yaml::Null) if m.get("display").is_some() => {}
+                None | Some(Yaml::Null) => {
+                    doc.problem(at, "needs a `display` or a `representation`")
+                }
+                Some(Yaml::String(s)) => check(doc, &join(at, "representation"), s),
+                Some(Yaml::Sequence(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let at = format!("{at}.representation.{i}");
+                        match item.as_str() {
+                            Some(s) => check(doc, &at, s),
+                            None => doc.problem(&at, "must be a format string"),
+                        }
+                    }
+                }
+                Some(_) => doc.problem(
+                    &join(at, "representation"),
+                    "must be a format string or a list of them",
+                ),
+            }
+        }
+        _ => doc.problem(
+            at,
+            "must be a format string or a mapping with `display` and `representation`",
+        ),
+    }
+}
+
+/// Reports a format string that another alias of the pack already has:
+/// every command it matches would be ambiguous.
+fn check_alias_formats(errs: &mut Errors, pack_dir: &Path, aliases: &[AliasDef]) {
+    let mut seen: BTreeMap<String, &AliasDef> = BTreeMap::new();
+    for alias in aliases {
+        for p in alias.patterns() {
+            if p.representation.is_empty() {
+                continue;
+            }
+            let key = p
+                .representation
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            match seen.get(&key) {
+                Some(first) if first.name != alias.name => {
+                    let path = pack_dir.join(&alias.metadata_file);
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let field = format!("formats.{}", p.format_index);
+                    errs.push(
+                        &path,
+                        line_of(&text, &field),
+                        Some(field),
+                        format!(
+                            "format {:?} is also a format of alias {} ({}): every command it matches would be ambiguous",
+                            p.representation,
+                            first.reference(),
+                            first.metadata_file
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(key, alias);
+                }
+            }
+        }
+    }
+}
+
 /// `file` relative to the pack root, as StackStorm's `metadata_file`.
 fn metadata_file(pack_dir: &Path, file: &Path) -> String {
     file.strip_prefix(pack_dir)
@@ -1749,6 +1969,73 @@ mod tests {
     }
 
     #[test]
+    fn aliases_are_checked_with_file_line_and_field() {
+        let root = pack(&[
+            ("pack.yaml", PACK),
+            (
+                "aliases/run.yaml",
+                "name: run\naction_ref: core.local\nformats:\n  - display: run <cmd>\n    representation:\n      - run {{cmd}}\nack:\n  format: 'ran {{ execution.id }}'\n",
+            ),
+        ]);
+        let bundle = load_pack(&root.path().join("ops")).unwrap();
+        let alias = &bundle.aliases[0];
+        assert_eq!(
+            (
+                alias.reference(),
+                alias.metadata_file.as_str(),
+                alias.enabled
+            ),
+            ("ops.run".to_string(), "aliases/run.yaml", true)
+        );
+        assert_eq!(alias.patterns()[0].representation, "run {{cmd}}");
+
+        let errs = errors(&[
+            ("pack.yaml", PACK),
+            (
+                "aliases/a.yaml",
+                "name: a\naction_ref: core.local\nformats:\n  - run {{cmd}}\n  - broken {{x}} (\n",
+            ),
+            (
+                "aliases/b.yaml",
+                "name: b\naction_ref: core.local\ncolour: red\nformats:\n  - run {{command}}\n",
+            ),
+            (
+                "aliases/c.yaml",
+                "name: c\naction_ref: nodot\nformats:\n  - run  {{cmd}}\nack:\n  enabled: maybe\n",
+            ),
+        ]);
+        let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        let find = |needle: &str| {
+            shown
+                .iter()
+                .find(|e| e.contains(needle))
+                .unwrap_or_else(|| panic!("no error with {needle:?} in {shown:#?}"))
+        };
+        assert!(find("formats.1").starts_with("ops/aliases/a.yaml:5: formats.1: format string"));
+        assert!(find("colour").starts_with("ops/aliases/b.yaml:3: colour: unknown field"));
+        assert!(find("\"nodot\"").starts_with("ops/aliases/c.yaml:2: action_ref:"));
+        assert!(find("ack.enabled").starts_with("ops/aliases/c.yaml:6: ack.enabled:"));
+        assert_eq!(errs.len(), 4, "{shown:#?}");
+
+        // The same format in two aliases (whitespace aside): ambiguous.
+        let e = only_error(&[
+            ("pack.yaml", PACK),
+            (
+                "aliases/a.yaml",
+                "name: a\naction_ref: core.local\nformats:\n  - run {{cmd}}\n",
+            ),
+            (
+                "aliases/b.yaml",
+                "name: b\naction_ref: core.local\nformats:\n  - \"run   {{cmd}}\"\n",
+            ),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "ops/aliases/b.yaml:4: formats.0: format \"run   {{cmd}}\" is also a format of alias ops.a (aliases/a.yaml): every command it matches would be ambiguous"
+        );
+    }
+
+    #[test]
     fn loads_a_complete_pack() {
         let root = pack(&[
             ("pack.yaml", PACK),
@@ -1769,7 +2056,10 @@ mod tests {
                 "class_name: Watch\nentry_point: watch.py\npoll_interval: 20\ntrigger_types:\n  - name: watched\n    description: seen\n",
             ),
             ("sensors/watch.py", "class Watch: pass\n"),
-            ("aliases/ignored.yaml", "anything: goes\n"),
+            (
+                "aliases/hello.yaml",
+                "name: hello\naction_ref: ops.hello\nformats:\n  - greet {{who=world}}\n",
+            ),
             ("README.md", "not yaml"),
         ]);
         let bundle = load_pack(&root.path().join("ops")).unwrap();

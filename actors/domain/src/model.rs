@@ -309,6 +309,10 @@ pub struct PackBundle {
     /// The pack's sensors (always the files', like trigger types).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensors: Vec<SensorDef>,
+    /// The pack's action aliases (`aliases/*.yaml`, and those made through
+    /// the API), see [`crate::aliases`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<crate::aliases::AliasDef>,
     /// What the pack's files defined when it was last registered from
     /// disk: `actions/<name>` or `rules/<name>` → digest of the definition.
     /// A node start updates only what changed on disk since

@@ -28,6 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::aliases::AliasDef;
 use crate::model::{ActionDef, PackBundle, RuleDef};
 
 /// Why a pack is registered.
@@ -56,7 +57,7 @@ pub enum ChangeKind {
 /// One change registration made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// `action` or `rule`.
+    /// `action`, `rule` or `alias`.
     pub kind: &'static str,
     /// `pack.name`.
     pub reference: String,
@@ -92,8 +93,11 @@ impl Serialize for Change {
 
 /// An action or a rule, as registration sees it.
 pub trait Registrable: Clone + Serialize {
-    /// `action` or `rule`.
+    /// `action`, `rule` or `alias`.
     const KIND: &'static str;
+    /// The pack directory its files are in (`actions`, `rules`,
+    /// `aliases`).
+    const DIR: &'static str;
     fn name(&self) -> &str;
     fn reference(&self) -> String;
     /// The file that defines it; empty for content created through the API.
@@ -111,6 +115,7 @@ pub trait Registrable: Clone + Serialize {
 
 impl Registrable for ActionDef {
     const KIND: &'static str = "action";
+    const DIR: &'static str = "actions";
     fn name(&self) -> &str {
         &self.name
     }
@@ -128,6 +133,7 @@ impl Registrable for ActionDef {
 
 impl Registrable for RuleDef {
     const KIND: &'static str = "rule";
+    const DIR: &'static str = "rules";
     fn name(&self) -> &str {
         &self.name
     }
@@ -158,9 +164,27 @@ impl Registrable for RuleDef {
     }
 }
 
+impl Registrable for AliasDef {
+    const KIND: &'static str = "alias";
+    const DIR: &'static str = "aliases";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn reference(&self) -> String {
+        AliasDef::reference(self)
+    }
+    fn file(&self) -> &str {
+        &self.metadata_file
+    }
+    fn items(bundle: &mut PackBundle) -> &mut Vec<Self> {
+        &mut bundle.aliases
+    }
+    fn carry_state(&mut self, _: Option<&Self>, _: DateTime<Utc>) {}
+}
+
 /// Key of an item in [`PackBundle::registered`].
 fn registered_key<T: Registrable>(name: &str) -> String {
-    format!("{}s/{name}", T::KIND)
+    format!("{}/{name}", T::DIR)
 }
 
 /// Digest of a definition, to see whether its file changed.
@@ -200,10 +224,12 @@ pub fn merge(
     let mut out = disk.clone();
     out.actions = stored.actions.clone();
     out.rules = stored.rules.clone();
+    out.aliases = stored.aliases.clone();
     out.registered = BTreeMap::new();
     let mut changes = Vec::new();
     merge_items::<ActionDef>(stored, &disk, mode, now, &mut out, &mut changes);
     merge_items::<RuleDef>(stored, &disk, mode, now, &mut out, &mut changes);
+    merge_items::<AliasDef>(stored, &disk, mode, now, &mut out, &mut changes);
     (out, changes)
 }
 
@@ -339,6 +365,7 @@ mod tests {
             policies: vec![],
             config_schema: None,
             sensors: vec![],
+            aliases: vec![],
             registered: BTreeMap::new(),
         }
     }

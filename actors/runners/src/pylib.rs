@@ -69,6 +69,10 @@ const FILES: &[(&str, &str)] = &[
         "st2common/util/isotime.py",
         include_str!("../python/st2common/util/isotime.py"),
     ),
+    (
+        "st2common/util/jinja.py",
+        include_str!("../python/st2common/util/jinja.py"),
+    ),
     (SENSOR_WRAPPER, include_str!("../python/sensor_wrapper.py")),
     (
         "st2reactor/__init__.py",

@@ -56,6 +56,8 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
         // Testing a rule writes and runs nothing (secrets stay sealed for
         // all but admins).
         "rules" if path == "/rules/test" => Role::Observer,
+        // Matching a command against the aliases runs nothing.
+        "actionalias" if path == "/actionalias/match" => Role::Observer,
         // Who am I, and the timers rules use: anyone signed in may read.
         _ if reading => Role::Observer,
         _ => Role::Operator,

@@ -41,6 +41,10 @@ pub trait Editable: Registrable {
     fn view(&self) -> Value;
     /// The reference of the registered item with this id.
     fn reference_of_id(catalog: &Catalog, id: &str) -> Option<String>;
+    /// What the item may not be given the rest of the catalog.
+    fn check(&self, _catalog: &Catalog) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 impl Editable for RuleDef {
@@ -123,6 +127,7 @@ pub async fn create<T: Editable>(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let pack = body["pack"].as_str().unwrap_or(DEFAULT_PACK).to_string();
     let mut item: T = parse(&st, &body, &pack)?;
+    item.check(&st.catalog.load())?;
     item.carry_state(None, time::now());
     let ((), revision) = content::modify_pack(&st.bus, &pack, |bundle| {
         if T::items(bundle).iter().any(|r| r.name() == item.name()) {
@@ -196,6 +201,7 @@ pub async fn update<T: Editable>(
             T::KIND
         )));
     }
+    item.check(&st.catalog.load())?;
     let (stored, revision) = content::modify_pack(&st.bus, pack, |bundle| {
         match T::items(bundle).iter_mut().find(|r| r.name() == name) {
             Some(existing) => {

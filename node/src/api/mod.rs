@@ -5,6 +5,7 @@
 //! `/api`). Errors are `{"faultstring": "..."}` with a status code that says
 //! whose fault it is.
 
+mod aliases;
 pub mod auth;
 mod configs;
 mod content;
@@ -39,6 +40,7 @@ use squall_actors::cluster::ClusterView;
 use squall_actors::configs::ConfigCache;
 use squall_actors::history::HistoryHandle;
 use squall_actors::keys::{KeyCache, KeyStore};
+use squall_domain::aliases::AliasDef;
 use squall_domain::model::{ActionDef, RuleDef};
 use squall_domain::template::Renderer;
 
@@ -180,6 +182,23 @@ pub fn app(state: ApiState) -> Router {
                 .delete(auth::delete_api_key),
         )
         .route("/users", get(auth::list_users).post(auth::create_user))
+        .route(
+            "/actionalias",
+            get(aliases::list).post(edit::create::<AliasDef>),
+        )
+        .route("/actionalias/match", post(aliases::match_command))
+        .route("/actionalias/help", get(aliases::help))
+        .route(
+            "/actionalias/{reference}",
+            get(aliases::get_one)
+                .put(edit::update::<AliasDef>)
+                .delete(edit::delete::<AliasDef>),
+        )
+        .route("/aliasexecution", post(aliases::execute_named))
+        .route(
+            "/aliasexecution/match_and_execute",
+            post(aliases::match_and_execute),
+        )
         .route("/stream", get(stream::stream))
         .route("/service_registry/groups", get(service_registry::groups))
         .route(
