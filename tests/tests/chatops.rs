@@ -445,9 +445,14 @@ async fn a_chat_user_runs_aliases_through_a_real_errbot() -> Result<()> {
         .as_array()
         .context("a list")?
         .iter()
-        .filter_map(|a| a["name"].as_str())
+        .filter_map(|a| a["ref"].as_str())
         .collect();
-    for n in ["approve", "last_executions", "run_local", "run_on_hosts"] {
+    for n in [
+        "examples.approve",
+        "examples.last_executions",
+        "examples.run_local",
+        "examples.run_on_hosts",
+    ] {
         assert!(names.contains(&n), "{names:?}");
     }
     let got = st2_json(&node, &home, &["action-alias", "get", "examples.approve"]).await?;
