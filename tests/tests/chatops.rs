@@ -504,5 +504,42 @@ async fn a_chat_user_runs_aliases_through_a_real_errbot() -> Result<()> {
     )
     .await?;
     assert!(!ok && (out + &err).contains("many"), "wrong type via st2");
+
+    // An admin's credentials run the alias as the chat user it names;
+    // immutable parameters are rendered with the execution's context and
+    // cannot be given in the command.
+    let (status, created) = node
+        .post(
+            "actionalias",
+            &json!({"name": "who", "pack": "examples", "action_ref": "core.local",
+                    "formats": ["who runs this"],
+                    "immutable_parameters": {"cmd": "echo {{ api_user }} via {{ source_channel }}"},
+                    "ack": {"format": "{{ actionalias.ref }} as {{ execution.context.user }}"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{created}");
+    let (status, named) = node
+        .post(
+            "aliasexecution",
+            &json!({"name": "who", "format": "who runs this", "command": "who runs this",
+                    "user": "@bob", "source_channel": "ops-room"}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{named}");
+    assert_eq!(named["message"], "examples.who as @bob", "{named}");
+    let id = named["execution"]["id"].as_str().context("an execution")?;
+    let e = node.finished(id).await?;
+    assert_eq!(e["result"]["stdout"], "@bob via ops-room", "{e}");
+    let (status, refused) = node
+        .post(
+            "aliasexecution/match_and_execute",
+            &json!({"command": "who runs this cmd=reboot", "source_channel": "ops-room"}),
+        )
+        .await?;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        fault(&refused),
+        "Immutable arguments cannot be overriden: cmd"
+    );
     Ok(())
 }
