@@ -504,6 +504,26 @@ async fn a_chat_user_runs_aliases_through_a_real_errbot() -> Result<()> {
     )
     .await?;
     assert!(!ok && (out + &err).contains("many"), "wrong type via st2");
+    // The observer, through the CLI: refused, and says why.
+    let watcher_home = dir.path().join("watcher");
+    std::fs::create_dir_all(&watcher_home)?;
+    let (ok, out, err) = st2(
+        &node,
+        &watcher_home,
+        &["login", "watcher", "-p", "watcher-password"],
+    )
+    .await?;
+    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    let (ok, out, err) = st2(
+        &node,
+        &watcher_home,
+        &["action-alias", "execute", "run date"],
+    )
+    .await?;
+    assert!(
+        !ok && (out.clone() + &err).contains("has role observer"),
+        "{out}{err}"
+    );
 
     // An admin's credentials run the alias as the chat user it names;
     // immutable parameters are rendered with the execution's context and
