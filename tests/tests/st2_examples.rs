@@ -532,6 +532,16 @@ async fn stackstorms_examples_pack_registers_unchanged() -> Result<()> {
     assert_eq!(registered, files, "one action per metadata file");
     let (_, rules) = node.get("rules?pack=examples").await?;
     assert_eq!(rules.as_array().map(Vec::len), Some(6), "{rules}");
+    // Its action alias, and a command it matches.
+    let (status, m) = node
+        .post(
+            "actionalias/match",
+            &json!({"command": "run \"uname -a\" on web-1,web-2"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["actionalias"]["ref"], "examples.remote_shell_cmd", "{m}");
+    assert_eq!(m["representation"], "run {{cmd}} on {{hosts}}", "{m}");
     Ok(())
 }
 
