@@ -207,8 +207,6 @@ fn compile(pattern: &str) -> Regex {
 pub struct CompiledFormat {
     format: String,
     regex: Regex,
-    /// Parameter names in order of appearance.
-    names: Vec<String>,
     optional: Vec<(String, String)>,
     /// Literal text of the format (placeholders removed, whitespace
     /// ignored): how specific it is.
@@ -284,7 +282,6 @@ impl CompiledFormat {
         Ok(CompiledFormat {
             format: format.to_string(),
             regex,
-            names,
             optional,
             specificity: literal.chars().filter(|c| !c.is_whitespace()).count(),
         })
@@ -341,10 +338,14 @@ impl CompiledFormat {
         pairs: &[(String, String)],
         stream: &str,
     ) -> Result<Map<String, Value>, AliasError> {
+        // Every named group: the placeholders', and any the format's own
+        // regular expression names (`(?P<key>...)`), as StackStorm's
+        // `groupdict()`.
         let mut result: BTreeMap<String, Option<String>> = self
-            .names
-            .iter()
-            .map(|n| (n.clone(), caps.name(n).map(|m| m.as_str().to_string())))
+            .regex
+            .capture_names()
+            .flatten()
+            .map(|n| (n.to_string(), caps.name(n).map(|m| m.as_str().to_string())))
             .collect();
         for (name, default) in &self.optional {
             let matched = result
@@ -613,6 +614,170 @@ mod tests {
             AliasError::NoValue,
             "an empty command and empty defaults"
         );
+    }
+
+    /// StackStorm's own cases (test_action_alias_utils.py), verbatim.
+    #[test]
+    fn stackstorms_parser_cases() {
+        let cases = [
+            ("", "", json!({})),
+            ("", "a=foobar1", json!({"a": "foobar1"})),
+            (
+                "foo",
+                "foo a=\"foobar2 poonies bar\"",
+                json!({"a": "foobar2 poonies bar"}),
+            ),
+            (
+                "foo",
+                "foo a='foobar2 poonies bar'",
+                json!({"a": "foobar2 poonies bar"}),
+            ),
+            (
+                "foo",
+                "foo a={\"foobar2\": \"poonies\"}",
+                json!({"a": "{\"foobar2\": \"poonies\"}"}),
+            ),
+            (
+                "",
+                "a=foobar1 b=\"boobar2 3 4\" c='coobar3 4' d={\"a\": \"b\"}",
+                json!({"a": "foobar1", "b": "boobar2 3 4", "c": "coobar3 4", "d": "{\"a\": \"b\"}"}),
+            ),
+            (
+                "{{ captain }} is my captain",
+                "Malcolm Reynolds is my captain weirdo=\"River Tam\"",
+                json!({"captain": "Malcolm Reynolds", "weirdo": "River Tam"}),
+            ),
+            (
+                "skip {{a}} more skip {{b}} and skip more.",
+                "skip a1 more skip b1 and skip more.",
+                json!({"a": "a1", "b": "b1"}),
+            ),
+            (
+                "skip {{a}} more skip {{b}}",
+                "skip a1 more skip b1",
+                json!({"a": "a1", "b": "b1"}),
+            ),
+            (
+                "skip {{a}} more skip {{b}} and skip more.",
+                "skip \"a1 a2\" more skip b1 and skip more.",
+                json!({"a": "a1 a2", "b": "b1"}),
+            ),
+            (
+                "acl {{a}} {{b}} {{c}} {{d=1}}",
+                "acl \"a1 a2\" \"b1\" \"c1\"",
+                json!({"a": "a1 a2", "b": "b1", "c": "c1", "d": "1"}),
+            ),
+            ("acl {{a=test}}", "acl", json!({"a": "test"})),
+            (
+                "skip {{a}} more skip.",
+                "skip {\"a\": \"b\", \"c\": \"d\"} more skip.",
+                json!({"a": "{\"a\": \"b\", \"c\": \"d\"}"}),
+            ),
+            (
+                "skip {{a}} more skip {{b}}.",
+                "skip {\"a\": \"b\", \"c\": \"d\"} more skip x.",
+                json!({"a": "{\"a\": \"b\", \"c\": \"d\"}", "b": "x"}),
+            ),
+            (
+                "s {{a}} more {{ b }} more {{ c=99 }} more {{ d = 99 }}",
+                "s one more two more three more",
+                json!({"a": "one", "b": "two", "c": "three", "d": "99"}),
+            ),
+            (
+                "skip {{ a = value }} more",
+                "skip one more",
+                json!({"a": "one"}),
+            ),
+            (
+                "skip {{ a = value }} more",
+                "skip more",
+                json!({"a": "value"}),
+            ),
+            (
+                "two by two hands of {{ color = {{ colors.default_color }} }}",
+                "two by two hands of",
+                json!({"color": "{{ colors.default_color }}"}),
+            ),
+            (
+                "testing {{ a }}",
+                "testing value b=value2",
+                json!({"a": "value", "b": "value2"}),
+            ),
+            (
+                "testing {{ a=new }}",
+                "testing b=\"another value\"",
+                json!({"a": "new", "b": "another value"}),
+            ),
+            (
+                "testing {{ b=abc }} {{ c=xyz }}",
+                "testing newvalue d={\"1\": \"2\"} e=\"long value\"",
+                json!({"b": "newvalue", "c": "xyz", "d": "{\"1\": \"2\"}", "e": "long value"}),
+            ),
+            (
+                "skip {{d=test1}} more skip {{e=test1}}.",
+                "skip more skip",
+                json!({"d": "test1", "e": "test1"}),
+            ),
+            (
+                "skip {{d=test}} more skip {{e=test}}",
+                "skip ponies more skip",
+                json!({"d": "ponies", "e": "test"}),
+            ),
+            (
+                "{{ p0='http' }} g {{ p1=p }} a {{ url }} {{ p2={'a':'b'} }} {{ p3={{ e.i }} }}",
+                "g a http://google.com {{ execution.id }} p4='testing' p5={'a':'c'}",
+                json!({"p0": "http", "p1": "p", "url": "http://google.com", "p2": "{{ execution.id }}",
+                       "p3": "{{ e.i }}", "p4": "testing", "p5": "{'a':'c'}"}),
+            ),
+            (
+                "foo bar",
+                "foo bar pony1=foo pony2=bar",
+                json!({"pony1": "foo", "pony2": "bar"}),
+            ),
+            (
+                r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)",
+                "foo ASDF-1234",
+                json!({"issue_key": "ASDF-1234"}),
+            ),
+            (
+                r"foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)\s*$",
+                "foo ASDF-1234",
+                json!({"issue_key": "ASDF-1234"}),
+            ),
+            (
+                r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+) bar\s*$",
+                "foo ASDF-1234 bar",
+                json!({"issue_key": "ASDF-1234"}),
+            ),
+        ];
+        for (format, command, want) in cases {
+            assert_eq!(
+                extract(format, command).ok(),
+                Some(want),
+                "{format:?} / {command:?}"
+            );
+        }
+        for (format, command) in [
+            ("skip {{d}} more skip {{e}}.", ""),
+            ("foo bar ponies", "foo lulz ponies"),
+            (
+                r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)",
+                "bar foo ASDF-1234",
+            ),
+            (
+                r"foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)\s*$",
+                "foo ASDF-1234 bar",
+            ),
+            (
+                r"^\s*foo (?P<issue_key>[A-Z][A-Z0-9]+-[0-9]+)\s*$",
+                "bar ASDF-1234",
+            ),
+        ] {
+            assert!(
+                matches!(extract(format, command), Err(AliasError::NoMatch { .. })),
+                "{format:?} / {command:?}"
+            );
+        }
     }
 
     #[test]
