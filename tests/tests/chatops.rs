@@ -561,5 +561,34 @@ async fn a_chat_user_runs_aliases_through_a_real_errbot() -> Result<()> {
         fault(&refused),
         "Immutable arguments cannot be overriden: cmd"
     );
+
+    // An inquiry approved from the chat: core.ask waits, `approve <id>`
+    // answers it, the chat hears so.
+    let (status, asked) = node
+        .post(
+            "executions",
+            &json!({"action": "core.ask", "parameters": {}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{asked}");
+    let inquiry = asked["id"].as_str().context("an inquiry")?.to_string();
+    poll(Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{inquiry}")).await?;
+        Ok((e["status"] == "pending").then_some(()))
+    })
+    .await?;
+    let mark = bot.say(&format!("!st2 approve {inquiry}")).await?;
+    bot.expect(
+        mark,
+        &[
+            &format!("Approving inquiry {inquiry}."),
+            &format!("inquiry {inquiry} approved"),
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    let e = node.finished(&inquiry).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["response"], json!({"continue": true}), "{e}");
     Ok(())
 }
