@@ -562,6 +562,17 @@ async fn a_chat_user_runs_aliases_through_a_real_errbot() -> Result<()> {
         "Immutable arguments cannot be overriden: cmd"
     );
 
+    // Registering the pack from disk keeps the aliases made through the
+    // API (a merge, as for actions and rules).
+    let (status, registered) = node
+        .post("packs/register", &json!({"packs": ["examples"]}))
+        .await?;
+    assert_eq!(status, 200, "{registered}");
+    for alias in ["examples.who", "examples.ping", "examples.run_local"] {
+        let (status, got) = node.get(&format!("actionalias/{alias}")).await?;
+        assert_eq!(status, 200, "{alias}: {got}");
+    }
+
     // An inquiry approved from the chat: core.ask waits, `approve <id>`
     // answers it, the chat hears so.
     let (status, asked) = node
