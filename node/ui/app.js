@@ -5,6 +5,9 @@ import { api, whoami, whenUnauthorized } from './api.js';
 import { h, fill } from './dom.js';
 import { historyView } from './history.js';
 import { executionView } from './execution.js';
+import { actionsView, actionView } from './actions.js';
+import { rulesView } from './rules.js';
+import { inquiriesView } from './inquiries.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
@@ -19,7 +22,12 @@ function route() {
   if (!me) return showLogin();
   const hash = location.hash.replace(/^#/, '') || '/';
   const exec = hash.match(/^\/executions\/([^/?]+)/);
+  const action = hash.match(/^\/actions\/([^/?]+)/);
   if (exec) leave = executionView(main, me, decodeURIComponent(exec[1]));
+  else if (action) leave = actionView(main, me, decodeURIComponent(action[1]));
+  else if (hash.startsWith('/actions')) leave = actionsView(main, me);
+  else if (hash.startsWith('/rules')) leave = rulesView(main, me);
+  else if (hash.startsWith('/inquiries')) leave = inquiriesView(main, me);
   else leave = historyView(main, me);
   main.focus({ preventScroll: true });
 }

@@ -28,6 +28,11 @@ export function jsonTree(value, depth = 0) {
   return details;
 }
 
+/** Whether `a` is a later state of an execution than `b` (or `b` is none). */
+function newer(a, b) {
+  return !b || (a.log || []).length >= (b.log || []).length;
+}
+
 /** Renders execution `id` into `main`; returns its clean-up. */
 export function executionView(main, me, id) {
   const streams = [];
@@ -213,28 +218,49 @@ export function executionView(main, me, id) {
     streams.push(src);
     const onEvent = (ev) => {
       const got = JSON.parse(ev.data);
-      if (got.id === id) {
+      if (got.id === id && newer(got, ex)) {
+        const ended = FINAL.has(got.status) && !FINAL.has(ex?.status);
         ex = got;
         render();
-      } else if (got.parent === id) {
+        if (ended) reload().catch(() => {});
+      } else if (got.parent === id && newer(got, children.get(got.id))) {
         children.set(got.id, got);
         if (ex) renderTasks();
       }
     };
     src.addEventListener('st2.execution__create', onEvent);
     src.addEventListener('st2.execution__update', onEvent);
+    let opened = false;
+    src.onopen = () => {
+      if (opened) reload().catch(() => {});
+      opened = true;
+    };
+  }
+
+  /** Reads the execution and its children afresh (at start, after the
+   * stream reconnects, and when it ends, so no missed event lingers). */
+  async function reload() {
+    const got = await api(`executions/${encodeURIComponent(id)}`);
+    // A stream event may have brought a newer state meanwhile.
+    if (newer(got, ex)) ex = got;
+    if ((got.children || []).length) {
+      const kids = await api(`executions?parent=${encodeURIComponent(id)}&limit=-1&exclude_attributes=result`).catch(() => []);
+      for (const c of kids) if (newer(c, children.get(c.id))) children.set(c.id, c);
+    }
+    render();
   }
 
   followChanges();
   followOutput();
-  api(`executions/${encodeURIComponent(id)}`).then(async (got) => {
-    // A stream event may have brought a newer state meanwhile.
-    if (!ex || (got.log || []).length >= (ex.log || []).length) ex = got;
-    if ((got.children || []).length) {
-      const kids = await api(`executions?parent=${encodeURIComponent(id)}&limit=-1&exclude_attributes=result`).catch(() => []);
-      for (const c of kids) children.set(c.id, c);
-    }
-    render();
-  }).catch((e) => { message.textContent = e.message; });
-  return () => streams.forEach((s) => s.close());
+  reload().catch((e) => { message.textContent = e.message; });
+  // Events are the fast path; while it runs, a slow re-read every few
+  // seconds makes sure nothing missed lingers (a reconnect, a child that
+  // finished before the page opened).
+  const sweep = setInterval(() => {
+    if (ex && !FINAL.has(ex.status)) reload().catch(() => {});
+  }, 3000);
+  return () => {
+    clearInterval(sweep);
+    streams.forEach((s) => s.close());
+  };
 }

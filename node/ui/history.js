@@ -69,7 +69,7 @@ export function historyView(main, me) {
     try {
       const page = await api(query(rows.size));
       total = page.total ?? total;
-      for (const ex of page) place(ex);
+      for (const ex of page) place(ex, false);
       if (page.length < PAGE) done = true;
       count.textContent = `${rows.size} of ${Math.max(total, rows.size)} shown`;
       if (!performance.getEntriesByName('history-rendered').length) performance.mark('history-rendered');
@@ -98,7 +98,7 @@ export function historyView(main, me) {
     const cause = ex.rule
       ? h('span', {}, 'rule ', h('code', {}, ex.rule.ref || ex.rule.name))
       : h('span', { class: 'muted' }, 'manual');
-    return h('tr', { dataset: { id: ex.id, start: ex.start_timestamp } },
+    return h('tr', { dataset: { id: ex.id, start: ex.start_timestamp, steps: (ex.log || []).length } },
       h('td', {}, statusBadge(ex.status)),
       h('td', {}, h('a', { href: `#/executions/${ex.id}` }, ex.action?.ref || '?')),
       h('td', {}, when(ex.start_timestamp)),
@@ -108,18 +108,22 @@ export function historyView(main, me) {
       h('td', {}, h('code', { class: 'id' }, ex.id)));
   }
 
-  /** Puts `ex` in its place, newest first, replacing its old row. */
-  function place(ex) {
-    const fresh = row(ex);
+  /**
+   * Puts `ex` in its place, newest first, replacing its old row. A live
+   * event older than every row shown waits for its page instead.
+   */
+  function place(ex, live) {
     const old = rows.get(ex.id);
+    // A page may bring an older state than the stream already showed.
+    if (old && Number(old.dataset.steps) > (ex.log || []).length) return undefined;
+    const fresh = row(ex);
     rows.set(ex.id, fresh);
     if (old) return old.replaceWith(fresh);
     let before = null;
     for (const r of body.children) {
       if (r.dataset.start < ex.start_timestamp) { before = r; break; }
     }
-    if (!before && !done && body.children.length) {
-      // Older than everything shown: its page will bring it.
+    if (live && !before && !done && body.children.length) {
       rows.delete(ex.id);
       return undefined;
     }
@@ -136,7 +140,7 @@ export function historyView(main, me) {
       return;
     }
     const added = !rows.has(ex.id);
-    place(ex);
+    place(ex, true);
     if (added && rows.has(ex.id)) {
       total += 1;
       count.textContent = `${rows.size} of ${Math.max(total, rows.size)} shown`;

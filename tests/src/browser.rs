@@ -134,15 +134,31 @@ impl Browser {
 
     /// Polls `script` until it returns something truthy (not null, false,
     /// "" or 0), and returns that.
+    /// On a timeout the error shows the page's text, to see why.
     pub async fn wait_for(&self, what: &str, script: &str, timeout: Duration) -> Result<Value> {
-        poll(timeout, || async {
+        let waited = poll(timeout, || async {
             let v = self.eval(script, json!([])).await?;
             let truthy =
                 !matches!(&v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
             Ok(truthy.then_some(v))
         })
-        .await
-        .with_context(|| format!("waiting for {what}"))
+        .await;
+        match waited {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let page = self
+                    .eval(
+                        "return location.href + '\\n' + document.body.innerText",
+                        json!([]),
+                    )
+                    .await
+                    .unwrap_or_default();
+                Err(e.context(format!(
+                    "waiting for {what}; the page said:\n{}",
+                    page.as_str().unwrap_or_default()
+                )))
+            }
+        }
     }
 
     async fn element(&self, css: &str) -> Result<String> {
@@ -177,10 +193,20 @@ impl Browser {
 
     /// Clicks the element `css` names.
     pub async fn click(&self, css: &str) -> Result<()> {
-        let el = self.element(css).await?;
-        self.command("POST", &format!("/element/{el}/click"), json!({}))
-            .await?;
-        Ok(())
+        // A live page may redraw the element between finding and
+        // clicking it: find it again then.
+        let mut tries = 0;
+        loop {
+            let el = self.element(css).await?;
+            match self
+                .command("POST", &format!("/element/{el}/click"), json!({}))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 5 && format!("{e:#}").contains("stale element") => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Saves a PNG of the page at `path`.

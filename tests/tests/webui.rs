@@ -135,7 +135,8 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
     Ok(())
 }
 
-/// A three-task workflow whose middle task takes a while.
+/// A three-task workflow whose middle task takes a while, one that asks a
+/// person, and a webhook rule.
 fn workflow_pack(root: &std::path::Path) -> Result<()> {
     write_pack(
         root,
@@ -148,7 +149,19 @@ fn workflow_pack(root: &std::path::Path) -> Result<()> {
             ),
             (
                 "actions/workflows/three.yaml",
-                "version: 1.0\ntasks:\n  fetch:\n    action: core.local cmd=\"echo fetched\"\n    next:\n      - when: <% succeeded() %>\n        do: build\n  build:\n    action: core.local cmd=\"sleep 2; echo built\"\n    next:\n      - when: <% succeeded() %>\n        do: report\n  report:\n    action: core.noop\n",
+                "version: 1.0\ntasks:\n  fetch:\n    action: core.local cmd=\"echo fetched\"\n    next:\n      - when: <% succeeded() %>\n        do: build\n  build:\n    action: core.local cmd=\"sleep 4; echo built\"\n    next:\n      - when: <% succeeded() %>\n        do: report\n  report:\n    action: core.noop\n",
+            ),
+            (
+                "actions/approve.yaml",
+                "name: approve\nrunner_type: orquesta\nentry_point: workflows/approve.yaml\n",
+            ),
+            (
+                "actions/workflows/approve.yaml",
+                "version: 1.0\ntasks:\n  ask:\n    action: core.ask\n    next:\n      - when: <% succeeded() %>\n        do: finish\n  finish:\n    action: core.noop\n",
+            ),
+            (
+                "rules/on_hook.yaml",
+                "name: on_hook\npack: uiflows\nenabled: true\ntrigger:\n  type: core.st2.webhook\n  parameters:\n    url: uihook\naction:\n  ref: core.local\n  parameters:\n    cmd: echo hooked\n",
             ),
         ],
     )?;
@@ -164,6 +177,12 @@ async fn start(node: &TestNode, action: &str, parameters: Value) -> Result<Strin
         .await?;
     anyhow::ensure!(status == 201, "starting {action}: {status} {body}");
     Ok(body["id"].as_str().context("no id")?.to_string())
+}
+
+/// How many items `GET <path>` lists.
+async fn listed(node: &TestNode, path: &str) -> Result<usize> {
+    let (_, all) = node.get(path).await?;
+    Ok(all.as_array().map_or(0, Vec::len))
 }
 
 /// The text of the first element `css` names, or "".
@@ -408,6 +427,182 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     assert_eq!(arrows, 2);
     browser.screenshot(&shots.join("workflow.png")).await?;
 
+    // A webhook-triggered execution appears in the history without
+    // reload, caused by its rule.
+    browser.goto(&format!("{}/#/", node.root)).await?;
+    browser
+        .wait_for(
+            "the live stream",
+            "const l = document.getElementById('live'); return l && l.dataset.state === 'open';",
+            WAIT,
+        )
+        .await?;
+    let (status, body) = node.post("webhooks/uihook", &json!({"n": 1})).await?;
+    assert_eq!(status, 202, "{body}");
+    browser
+        .wait_for(
+            "the webhook's execution in the history",
+            "return [...document.querySelectorAll('#history-rows tr')].some(r => r.textContent.includes('uiflows.on_hook'));",
+            WAIT,
+        )
+        .await?;
+
+    // The rule disabled from its page: a webhook then starts nothing.
+    browser.goto(&format!("{}/#/rules", node.root)).await?;
+    let toggle = "[id=\"enable-uiflows.on_hook\"]";
+    browser
+        .wait_for(
+            "the rule's switch",
+            &format!("return document.querySelector({toggle:?})?.checked === true"),
+            WAIT,
+        )
+        .await?;
+    browser.click(toggle).await?;
+    browser
+        .wait_for("the rule disabled", &text_of("#rules-message"), WAIT)
+        .await?;
+    let (_, rule) = node.get("rules/uiflows.on_hook").await?;
+    assert_eq!(rule["enabled"], false, "{rule}");
+    let before = listed(&node, "executions?rule=uiflows.on_hook&limit=-1").await?;
+    let (status, _) = node.post("webhooks/uihook", &json!({"n": 2})).await?;
+    assert!(status == 202 || status == 404, "webhook answered {status}");
+    node.rules_idle().await?;
+    assert_eq!(
+        listed(&node, "executions?rule=uiflows.on_hook&limit=-1").await?,
+        before,
+        "a disabled rule started something"
+    );
+    browser.screenshot(&shots.join("rules.png")).await?;
+
+    // The run form from core.local's schema: a wrong type shows beside its
+    // field and sends nothing; a right one starts it and its output
+    // streams in.
+    browser
+        .goto(&format!("{}/#/actions/core.local", node.root))
+        .await?;
+    browser
+        .wait_for(
+            "the run form",
+            "return document.getElementById('p-cmd')",
+            WAIT,
+        )
+        .await?;
+    let required = browser
+        .eval(
+            "return document.querySelector('[data-field=\"cmd\"] label').textContent",
+            json!([]),
+        )
+        .await?;
+    assert!(
+        required.as_str().is_some_and(|t| t.contains('*')),
+        "cmd not marked required: {required}"
+    );
+    let ran_before = listed(&node, "executions?action=core.local&limit=-1").await?;
+    browser.type_into("#p-cmd", "echo from-the-form").await?;
+    browser.type_into("#p-timeout", "soon").await?;
+    browser.click("#run").await?;
+    let complaint = browser
+        .wait_for(
+            "the timeout field's error",
+            &text_of("#p-timeout-error"),
+            WAIT,
+        )
+        .await?;
+    assert!(
+        complaint
+            .as_str()
+            .is_some_and(|t| t.contains("must be an integer")),
+        "{complaint}"
+    );
+    browser
+        .screenshot(&shots.join("run-form-error.png"))
+        .await?;
+    assert_eq!(
+        listed(&node, "executions?action=core.local&limit=-1").await?,
+        ran_before,
+        "a wrong form was sent"
+    );
+    browser.type_into("#p-timeout", "30").await?;
+    browser.click("#run").await?;
+    browser
+        .wait_for(
+            "the new execution's output",
+            "return location.hash.startsWith('#/executions/') && document.getElementById('stdout')?.textContent.includes('from-the-form')",
+            WAIT,
+        )
+        .await?;
+    assert_eq!(
+        listed(&node, "executions?action=core.local&limit=-1").await?,
+        ran_before + 1
+    );
+
+    // A session that ends mid-page: the login opens over the page and
+    // what was typed stays.
+    browser.click("#rerun").await?;
+    browser
+        .type_into("#rerun-params", "{\"cmd\": \"echo kept-text\"}")
+        .await?;
+    browser
+        .eval(
+            "return fetch('/ui/logout', {method: 'POST'}).then(r => r.status)",
+            json!([]),
+        )
+        .await?;
+    browser.click("#rerun-form button[type=submit]").await?;
+    browser
+        .wait_for(
+            "the login over the page",
+            "return document.querySelector('.overlay #login-form')",
+            WAIT,
+        )
+        .await?;
+    browser.type_into("#password", &node.admin_password).await?;
+    browser.click("#login-submit").await?;
+    browser
+        .wait_for(
+            "the page back, as it was",
+            "return !document.querySelector('.overlay') && document.getElementById('rerun-params')?.value.includes('kept-text')",
+            WAIT,
+        )
+        .await?;
+
+    // An inquiry answered through the form from its schema: the workflow
+    // resumes.
+    let asking = start(&node, "uiflows.approve", json!({})).await?;
+    squall_tests::poll(WAIT, || async {
+        let (_, pending) = node.get("inquiries").await?;
+        Ok(pending
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+            .then_some(()))
+    })
+    .await?;
+    browser.goto(&format!("{}/#/inquiries", node.root)).await?;
+    let inquiry_form = "form[data-inquiry]";
+    browser
+        .wait_for(
+            "the pending inquiry's form",
+            &format!("return document.querySelector({inquiry_form:?})"),
+            WAIT,
+        )
+        .await?;
+    browser.screenshot(&shots.join("inquiry.png")).await?;
+    browser
+        .click(&format!("{inquiry_form} input[name=continue]"))
+        .await?;
+    browser
+        .click(&format!("{inquiry_form} button[type=submit]"))
+        .await?;
+    browser
+        .wait_for(
+            "the answer accepted",
+            "return document.body.textContent.includes('Answered; the workflow resumes.')",
+            WAIT,
+        )
+        .await?;
+    let done = node.finished(&asking).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
     // An observer sees the same pages without the buttons they cannot use.
     browser.click("#logout").await?;
     log_in(&browser, "watcher", "watcher-password").await?;
@@ -446,5 +641,82 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// A measurement, not a check (speed is never asserted): stores
+/// `SQUALL_UI_SEED` executions (default 100,000, through the load
+/// generator's webhook-noop rule), then prints how long the history takes
+/// to paint in Chromium and to scroll in five more pages. Run:
+/// `cargo test -p squall-tests --test webui -- --ignored --nocapture history_paint`
+#[tokio::test]
+#[ignore = "a measurement that stores 100,000 executions first"]
+async fn history_paint_with_a_large_history() -> Result<()> {
+    let seed: usize = std::env::var("SQUALL_UI_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let node = TestNode::start(vec![squall_tests::repo_root().join("loadtest/packs")]).await?;
+    let target = squall_loadtest::target::Target::connect(
+        &node.root,
+        "admin",
+        &node.admin_password,
+        Some(node.nats.url()),
+        None,
+    )
+    .await?;
+    let load = squall_loadtest::scenario::WebhookLoad {
+        url: "loadtest/noop".into(),
+        rule: Some("loadtest.webhook_noop".into()),
+        count: seed,
+        concurrency: 32,
+        rate: None,
+        generated_rules: None,
+    };
+    let seeded = std::time::Instant::now();
+    squall_loadtest::webhook::run(&target, &load, Duration::from_secs(3600)).await?;
+    let (_, one) = node.get("executions?limit=1").await?;
+    eprintln!(
+        "stored {seed} executions in {:.0} s (newest {})",
+        seeded.elapsed().as_secs_f64(),
+        one[0]["id"]
+    );
+    let browser = Browser::start().await?;
+    browser.goto(&format!("{}/", node.root)).await?;
+    log_in(&browser, "admin", &node.admin_password).await?;
+    browser
+        .wait_for("the role", &text_of("#role"), WAIT)
+        .await?;
+    for round in 0..3 {
+        browser.eval("location.reload()", json!([])).await?;
+        let timing = browser
+            .wait_for(
+                "the history's first page",
+                "const m = performance.getEntriesByName('history-rendered')[0]; \
+                 const p = performance.getEntriesByName('first-contentful-paint')[0]; \
+                 const n = performance.getEntriesByType('navigation')[0]; \
+                 return m && {history_rendered_ms: m.startTime, first_contentful_paint_ms: p ? p.startTime : null, \
+                              transferred_bytes: performance.getEntriesByType('resource').reduce((s, r) => s + r.transferSize, n.transferSize)};",
+                WAIT,
+            )
+            .await?;
+        eprintln!("round {round}: {timing}");
+    }
+    let scrolled = browser
+        .eval(
+            "const t0 = performance.now(); \
+             const want = document.querySelectorAll('#history-rows tr').length + 250; \
+             return new Promise((done) => { \
+               const step = () => { \
+                 window.scrollTo(0, document.body.scrollHeight); \
+                 if (document.querySelectorAll('#history-rows tr').length >= want) done(performance.now() - t0); \
+                 else setTimeout(step, 10); \
+               }; step(); });",
+            json!([]),
+        )
+        .await?;
+    eprintln!("five more pages by scrolling: {scrolled} ms");
+    let count = browser.eval(&text_of("#history-count"), json!([])).await?;
+    eprintln!("history says: {count}");
     Ok(())
 }

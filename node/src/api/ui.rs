@@ -50,6 +50,26 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../ui/dom.js"),
     ),
     (
+        "forms.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/forms.js"),
+    ),
+    (
+        "actions.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/actions.js"),
+    ),
+    (
+        "rules.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/rules.js"),
+    ),
+    (
+        "inquiries.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/inquiries.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../../ui/style.css"),
