@@ -1,8 +1,8 @@
 //! Failed-login throttling, per user and per client address, shared by
 //! every node through the `logins` bucket.
 //!
-//! Each password check first records an attempt (compare-and-swap, so
-//! parallel guesses on any node count one by one), then the caller reports
+//! Each password check first records an attempt ([`Bucket::modify`]:
+//! compare-and-swap, so parallel guesses on any node count one by one), then the caller reports
 //! success (the user's record is forgotten, the address's attempt taken
 //! back) or leaves the failure counted. Past a free number of failures a
 //! subject is held back, for [`FIRST_BACKOFF`] doubling with every further
@@ -21,7 +21,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use squall_domain::time::{self, Timestamp};
 
-use crate::bus::{from_bytes, to_bytes, Bus};
+use crate::bus::{Bucket, Bus, Change};
 use crate::error::{bus_err, EngineError};
 
 /// KV bucket of failed logins.
@@ -46,9 +46,6 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a lock lasts; also how long after its last failure a record
 /// is forgotten.
 pub const LOCK_TIME: Duration = Duration::from_secs(15 * 60);
-/// How often an attempt's compare-and-swap is retried when another
-/// attempt changed the record meanwhile.
-const CAS_TRIES: usize = 20;
 
 /// When a subject is held back and locked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,73 +175,32 @@ pub struct Attempt {
 }
 
 /// The cluster's failed logins.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LoginThrottle {
-    store: kv::Store,
+    bucket: Bucket<Failures>,
+}
+
+impl std::fmt::Debug for LoginThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginThrottle")
+    }
 }
 
 impl LoginThrottle {
-    /// Opens the bucket (created by [`Bus::open`]).
-    pub async fn open(bus: &Bus) -> Result<LoginThrottle, EngineError> {
-        let store = bus
-            .js
-            .get_key_value(LOGINS_BUCKET)
-            .await
-            .map_err(|e| bus_err("open bucket logins", e))?;
-        Ok(LoginThrottle { store })
-    }
-
-    async fn read(&self, subject: &Subject) -> Result<(Option<Failures>, u64), EngineError> {
-        let key = subject.key();
-        match self
-            .store
-            .entry(&key)
-            .await
-            .map_err(|e| bus_err("read logins", e))?
-        {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let f: Failures = from_bytes(&key, &e.value)?;
-                Ok((f.current(&time::now()), e.revision))
-            }
-            Some(e) => Ok((None, e.revision)),
-            None => Ok((None, 0)),
-        }
-    }
-
-    /// Changes a subject's record with `change` (given the current one),
-    /// compare-and-swap, retried while other attempts race.
-    async fn change(
-        &self,
-        subject: &Subject,
-        change: impl Fn(Option<Failures>) -> Option<Failures>,
-    ) -> Result<(), EngineError> {
-        let key = subject.key();
-        for _ in 0..CAS_TRIES {
-            let (current, revision) = self.read(subject).await?;
-            let written = match change(current) {
-                Some(f) => self
-                    .store
-                    .update(&key, to_bytes(&f)?, revision)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
-                None if revision == 0 => Ok(()),
-                None => self
-                    .store
-                    .delete_expect_revision(&key, Some(revision))
-                    .await
-                    .map_err(|e| e.kind() == kv::DeleteErrorKind::WrongLastRevision),
-            };
-            match written {
-                Ok(()) => return Ok(()),
-                Err(true) => continue,
-                Err(false) => break,
-            }
-        }
-        Err(EngineError::Bus {
-            op: format!("record a login attempt of {subject}"),
-            message: "the record kept changing or could not be written".into(),
+    /// The `logins` bucket (opened by [`Bus::open`]).
+    pub fn open(bus: &Bus) -> Result<LoginThrottle, EngineError> {
+        Ok(LoginThrottle {
+            bucket: Bucket::new(bus.bucket(LOGINS_BUCKET)?.clone()),
         })
+    }
+
+    async fn read(&self, subject: &Subject) -> Result<Option<Failures>, EngineError> {
+        let now = time::now();
+        Ok(self
+            .bucket
+            .get(&subject.key())
+            .await?
+            .and_then(|(f, _)| f.current(&now)))
     }
 
     /// Before a password check: refuses if `user` or `address` is held
@@ -259,7 +215,7 @@ impl LoginThrottle {
         subjects.extend(address.map(|a| Subject::Address(a.to_string())));
         let now = time::now();
         for subject in &subjects {
-            if let (Some(f), _) = self.read(subject).await? {
+            if let Some(f) = self.read(subject).await? {
                 if let Some(until) = f.until.filter(|u| *u > now) {
                     return Ok(Err(Refusal {
                         locked: f.count >= subject.limits().lock_after,
@@ -272,11 +228,14 @@ impl LoginThrottle {
         }
         for subject in &subjects {
             let limits = subject.limits();
-            self.change(subject, |f| {
-                let count = f.map_or(0, |f| f.count).saturating_add(1);
-                Some(Failures::with_count(count, limits, time::now()))
-            })
-            .await?;
+            self.bucket
+                .modify(&subject.key(), |f| {
+                    let now = time::now();
+                    let count = f.and_then(|f| f.current(&now)).map_or(0, |f| f.count);
+                    let next = Failures::with_count(count.saturating_add(1), limits, now);
+                    Change::Write(next, ())
+                })
+                .await?;
         }
         Ok(Ok(Attempt { subjects }))
     }
@@ -285,14 +244,26 @@ impl LoginThrottle {
     /// forgotten and the address's attempt is taken back.
     pub async fn succeeded(&self, attempt: Attempt) -> Result<(), EngineError> {
         for subject in &attempt.subjects {
-            let limits = subject.limits();
-            let user = matches!(subject, Subject::User(_));
-            self.change(subject, |f| {
-                let f = f?;
-                let count = f.count.saturating_sub(1);
-                (!user && count > 0).then(|| Failures::with_count(count, limits, f.last))
-            })
-            .await?;
+            match subject {
+                Subject::User(_) => {
+                    self.bucket
+                        .raw()
+                        .purge(subject.key())
+                        .await
+                        .map_err(|e| bus_err("forget failed logins", e))?;
+                }
+                Subject::Address(_) => {
+                    let limits = subject.limits();
+                    self.bucket
+                        .modify(&subject.key(), |f| match f {
+                            Some(f) if f.count > 0 => {
+                                Change::Write(Failures::with_count(f.count - 1, limits, f.last), ())
+                            }
+                            _ => Change::Keep(()),
+                        })
+                        .await?;
+                }
+            }
         }
         Ok(())
     }
@@ -300,7 +271,8 @@ impl LoginThrottle {
     /// Every subject with recent failures.
     pub async fn list(&self) -> Result<Vec<(Subject, Failures)>, EngineError> {
         let mut keys = self
-            .store
+            .bucket
+            .raw()
             .keys()
             .await
             .map_err(|e| bus_err("list logins", e))?;
@@ -310,7 +282,7 @@ impl LoginThrottle {
             let Some(subject) = Subject::from_key(&key) else {
                 continue;
             };
-            if let (Some(f), _) = self.read(&subject).await? {
+            if let Some(f) = self.read(&subject).await? {
                 out.push((subject, f));
             }
         }
@@ -320,11 +292,11 @@ impl LoginThrottle {
     /// Forgets a subject's failures, lifting any hold; false if it had
     /// none.
     pub async fn clear(&self, subject: &Subject) -> Result<bool, EngineError> {
-        let (current, _) = self.read(subject).await?;
-        if current.is_none() {
+        if self.read(subject).await?.is_none() {
             return Ok(false);
         }
-        self.store
+        self.bucket
+            .raw()
             .purge(subject.key())
             .await
             .map_err(|e| bus_err("clear logins", e))?;
