@@ -7,6 +7,9 @@ import { api, may } from './api.js';
 import { h, fill, statusBadge, when, duration, FINAL } from './dom.js';
 import { drawGraph } from './graph.js';
 
+/** Runners whose executions have children (tasks). */
+const WORKFLOW_RUNNERS = new Set(['orquesta', 'action-chain']);
+
 /** Longest output kept on the page per stream; the rest is a download. */
 const OUTPUT_KEEP = 256 * 1024;
 
@@ -243,7 +246,8 @@ export function executionView(main, me, id) {
     const got = await api(`executions/${encodeURIComponent(id)}`);
     // A stream event may have brought a newer state meanwhile.
     if (newer(got, ex)) ex = got;
-    if ((got.children || []).length) {
+    // A running workflow's record may not list its newest children yet.
+    if ((got.children || []).length || WORKFLOW_RUNNERS.has(got.runner?.name)) {
       const kids = await api(`executions?parent=${encodeURIComponent(id)}&limit=-1&exclude_attributes=result`).catch(() => []);
       for (const c of kids) if (newer(c, children.get(c.id))) children.set(c.id, c);
     }

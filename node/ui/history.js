@@ -148,7 +148,12 @@ export function historyView(main, me) {
   };
   stream.addEventListener('st2.execution__create', onEvent);
   stream.addEventListener('st2.execution__update', onEvent);
-  stream.onopen = () => { live.textContent = '● live'; live.dataset.state = 'open'; };
+  // What changed before the stream (re)connected is read once more.
+  stream.onopen = () => {
+    live.textContent = '● live';
+    live.dataset.state = 'open';
+    api(query(0)).then((page) => page.forEach((ex) => place(ex, true))).catch(() => {});
+  };
   stream.onerror = () => { live.textContent = 'reconnecting…'; live.dataset.state = 'error'; };
 
   const io = new IntersectionObserver((entries) => {
