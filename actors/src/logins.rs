@@ -319,7 +319,8 @@ mod tests {
         assert_eq!(hold(4), None);
         assert_eq!(hold(5), Some(30));
         assert_eq!(hold(6), Some(60));
-        assert_eq!(hold(9), Some(240));
+        assert_eq!(hold(8), Some(240));
+        assert_eq!(hold(9), Some(480));
         assert_eq!(hold(10), Some(900));
         assert_eq!(hold(40), Some(900));
     }
