@@ -10,6 +10,9 @@ import { drawGraph } from './graph.js';
 /** Runners whose executions have children (tasks). */
 const WORKFLOW_RUNNERS = new Set(['orquesta', 'action-chain']);
 
+/** Longest string a result shows whole. */
+const LONG_STRING = 64 * 1024;
+
 /** Longest output kept on the page per stream; the rest is a download. */
 const OUTPUT_KEEP = 256 * 1024;
 
@@ -17,6 +20,11 @@ const OUTPUT_KEEP = 256 * 1024;
 export function jsonTree(value, depth = 0) {
   if (value === null || typeof value !== 'object') {
     const cls = value === null ? 'null' : typeof value;
+    if (typeof value === 'string' && value.length > LONG_STRING) {
+      // A huge value (a whole output) would freeze the page: its tail.
+      return h('span', { class: 'j-string' }, JSON.stringify(`…${value.slice(-LONG_STRING)}`),
+        h('span', { class: 'muted' }, ` (the last ${LONG_STRING} of ${value.length} characters)`));
+    }
     return h('span', { class: `j-${cls}` }, JSON.stringify(value));
   }
   const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);

@@ -384,6 +384,31 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     );
     browser.screenshot(&shots.join("execution.png")).await?;
 
+    // A large output: the page keeps its tail and offers all of it.
+    let big = start(
+        &node,
+        "core.local",
+        json!({"cmd": "head -c 3000000 /dev/zero | tr '\\0' x; echo END-MARK"}),
+    )
+    .await?;
+    node.finished(&big).await?;
+    browser
+        .goto(&format!("{}/#/executions/{big}", node.root))
+        .await?;
+    let tail = browser
+        .wait_for(
+            "the output's tail and the download link",
+            "const n = document.querySelector('#output-note a[download]'); \
+             const o = document.getElementById('stdout').textContent; \
+             return n && o.includes('END-MARK') && o.length;",
+            WAIT,
+        )
+        .await?;
+    assert!(
+        tail.as_u64().is_some_and(|n| n <= 256 * 1024),
+        "kept {tail} characters"
+    );
+
     // A running one streams its output and is cancelled from the page.
     let slow = start(
         &node,
