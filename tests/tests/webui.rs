@@ -76,6 +76,35 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
         .await?;
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.headers().get("Retry-After").is_some());
+    // The UI's cookie: HttpOnly, SameSite=Strict, Secure behind HTTPS.
+    let r = reqwest::Client::new()
+        .post(format!("{}/ui/login", node.root))
+        .header("X-Forwarded-Proto", "https")
+        .json(&json!({"username": "olga", "password": "olga-password"}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .context("no cookie")?
+        .to_str()?
+        .to_string();
+    for part in [
+        "auth-token=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Secure",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(part), "{part} missing: {cookie}");
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/ui/login", node.root))
+        .json(&json!({"username": "olga", "password": "olga-password", "extra": 1}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 400, "unknown fields are refused");
     // Other users are not held back by bob's failures.
     login(&node.root, "olga", "olga-password").await?;
 

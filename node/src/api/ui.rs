@@ -134,6 +134,7 @@ pub struct LoginBody {
 async fn login(
     State(st): State<ApiState>,
     client: ClientAddr,
+    request_headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
     if body.username.is_empty() || body.password.is_empty() {
@@ -144,8 +145,9 @@ async fn login(
     let user = check_login(&st, &body.username, &body.password, &client).await?;
     let (value, token) = st.auth.issue_token(&user.name, st.token_ttl).await?;
     let cookie = format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        st.token_ttl.as_secs()
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        st.token_ttl.as_secs(),
+        secure(&request_headers)
     );
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -161,6 +163,21 @@ async fn login(
     Ok((StatusCode::OK, headers, Json(body)).into_response())
 }
 
+/// `; Secure` when the page came over HTTPS through a proxy that says so
+/// (`X-Forwarded-Proto: https`), so the browser never sends the cookie in
+/// the clear.
+fn secure(headers: &HeaderMap) -> &'static str {
+    let https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    if https {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
 /// Revokes the cookie's token (on every node) and clears the cookie.
 async fn logout(State(st): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let token = headers
@@ -172,7 +189,10 @@ async fn logout(State(st): State<ApiState>, headers: HeaderMap) -> Result<Respon
     if let Some(token) = token {
         st.auth.revoke_token(&token).await?;
     }
-    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let clear = format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure(&headers)
+    );
     Ok((
         StatusCode::OK,
         [(header::SET_COOKIE, clear)],
