@@ -89,3 +89,18 @@ ensure_errbot() {
   export SQUALL_ERRBOT="$VENV/errbot/bin/errbot"
   export SQUALL_CHATOPS_PYTHON="$VENV/bin/python"
 }
+
+# Debian's Chromium and its WebDriver, for the web UI tests
+# (tests/tests/webui.rs drive a headless Chromium through chromedriver).
+ensure_chromium() {
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "the web UI tests need Chromium and chromedriver (apt-get install chromium chromium-driver, as root)" >&2
+    return 1
+  fi
+  echo "==> installing chromium and chromium-driver (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+}

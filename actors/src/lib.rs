@@ -51,6 +51,7 @@ pub mod inquiries;
 pub mod instances;
 pub mod keys;
 pub mod lease;
+pub mod logins;
 pub mod metrics;
 pub mod mirror;
 pub mod node;

@@ -53,6 +53,7 @@ pub fn layout(replicas: usize) -> crate::bus::Layout {
         .with_buckets(crate::configs::buckets(replicas))
         .with_buckets(crate::policies::buckets(replicas))
         .with_buckets(crate::auth::buckets(replicas))
+        .with_buckets(crate::logins::buckets(replicas))
 }
 
 /// What a node runs.

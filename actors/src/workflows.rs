@@ -985,3 +985,11 @@ async fn set_status(bus: &Bus, id: &str, status: FlowStatus) -> Result<(), Engin
         "too many concurrent changes",
     ))
 }
+
+/// The definition workflow execution `id` runs, as it was when it started
+/// (`None` if it never started).
+pub async fn definition_of(bus: &Bus, id: &str) -> Result<Option<String>, EngineError> {
+    Ok(read_entry::<WorkflowRecord>(bus, id)
+        .await?
+        .map(|(record, _)| record.definition))
+}

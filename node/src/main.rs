@@ -159,6 +159,23 @@ enum Command {
         #[command(subcommand)]
         command: ActionCommand,
     },
+    /// Failed-login holds (admins only).
+    Lockout {
+        #[command(subcommand)]
+        command: LockoutCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LockoutCommand {
+    /// Users and client addresses with recent failed logins.
+    List,
+    /// Lift a hold: `squall lockout clear user alice` or `... address 10.0.0.7`.
+    Clear {
+        /// `user` or `address`.
+        kind: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -768,6 +785,27 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                         .call(Method::DELETE, &format!("apikeys/{id}"), None)
                         .await?;
                     println!("API key {id} deleted");
+                }
+            }
+            Ok(true)
+        }
+        Command::Lockout { command } => {
+            match command {
+                LockoutCommand::List => {
+                    let cols = [
+                        ("kind", "/kind"),
+                        ("name", "/name"),
+                        ("failures", "/failures"),
+                        ("last_failure", "/last_failure"),
+                        ("held_until", "/held_until"),
+                    ];
+                    cli::list_table(&client, "lockouts", &cols, args.json).await?;
+                }
+                LockoutCommand::Clear { kind, name } => {
+                    client
+                        .call(Method::DELETE, &format!("lockouts/{kind}/{name}"), None)
+                        .await?;
+                    println!("failed logins of {kind} {name} forgotten; it may log in again");
                 }
             }
             Ok(true)

@@ -305,6 +305,7 @@ async fn serve_api(
         pack_dirs: cfg.packs.dirs.clone(),
         configs_dir: cfg.packs.configs_dir.clone(),
         configs: engine.shared.configs.clone(),
+        logins: squall_actors::logins::LoginThrottle::open(bus)?,
         auth,
         keys,
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),

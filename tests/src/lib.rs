@@ -2,6 +2,7 @@
 //! (port chosen by the OS, temporary store, killed on drop), nodes started
 //! in-process against it, and polling helpers with deadlines.
 
+pub mod browser;
 pub mod cluster;
 pub mod sshd;
 

@@ -7,9 +7,10 @@
 //! accepts them. [`required_role`] is the one table of what each role may
 //! do.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -19,6 +20,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use squall_actors::auth::{ApiKey, AuthError, Principal, Role, Token, User, MAX_TOKEN_TTL};
+use squall_actors::logins::{Refusal, Subject};
 use squall_domain::{ids, time};
 
 use super::error::{ApiError, ApiJson, ApiQuery};
@@ -43,7 +45,7 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
     let reading = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     match first {
         // As in StackStorm: the service registry is for admins.
-        "users" | "service_registry" => Role::Admin,
+        "users" | "service_registry" | "lockouts" => Role::Admin,
         _ if asks_for_secrets => Role::Admin,
         // Whose secrets may be opened is checked by the datastore handlers.
         _ if flag("decrypt") => Role::Operator,
@@ -176,6 +178,7 @@ pub struct TokenBody {
 /// `POST /auth/v1/tokens` with HTTP Basic credentials: 201 and a token.
 pub async fn create_token(
     State(st): State<ApiState>,
+    client: ClientAddr,
     headers: HeaderMap,
     raw: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -203,13 +206,115 @@ pub async fn create_token(
             )))
         }
     };
-    let Some(user) = st.auth.check_password(&user, &password).await? else {
-        return Err(ApiError::Unauthorized(
-            "Invalid or missing credentials".into(),
-        ));
-    };
+    let user = login(&st, &user, &password, &client).await?;
     let (value, token) = st.auth.issue_token(&user.name, ttl).await?;
     Ok((StatusCode::CREATED, Json(token_view(&token, Some(&value)))))
+}
+
+/// The client's address as its connection shows it (absent when the
+/// router is called without a server, as unit tests do).
+pub type ClientAddr = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+/// Checks `name`'s password under the login throttle: refused with 429
+/// while the user or the client's address is held back after failures,
+/// 401 for a wrong password (counted), the user otherwise.
+pub(super) async fn login(
+    st: &ApiState,
+    name: &str,
+    password: &str,
+    client: &ClientAddr,
+) -> Result<User, ApiError> {
+    let address = client.as_ref().map(|Extension(c)| c.0.ip().to_string());
+    let attempt = match st.logins.begin(name, address.as_deref()).await? {
+        Ok(attempt) => attempt,
+        Err(refusal) => {
+            tracing::warn!(user = name, address = ?address, held = %refusal.subject, "login refused: too many failures");
+            return Err(refused(&refusal));
+        }
+    };
+    match st.auth.check_password(name, password).await? {
+        Some(user) => {
+            st.logins.succeeded(attempt).await?;
+            Ok(user)
+        }
+        None => {
+            tracing::warn!(user = name, address = ?address, "failed login");
+            Err(ApiError::Unauthorized(
+                "Invalid or missing credentials".into(),
+            ))
+        }
+    }
+}
+
+/// The 429 of a held-back login, saying why, until when and who can lift it.
+fn refused(refusal: &Refusal) -> ApiError {
+    let secs = refusal.retry_after();
+    let (kind, name) = match &refusal.subject {
+        Subject::User(n) => ("user", n.as_str()),
+        Subject::Address(a) => ("address", a.as_str()),
+    };
+    let why = if refusal.locked {
+        format!(
+            "{} is locked after {} failed logins; try again in {secs} s",
+            refusal.subject, refusal.failures
+        )
+    } else {
+        format!(
+            "too many failed logins for {} ({}); try again in {secs} s",
+            refusal.subject, refusal.failures
+        )
+    };
+    ApiError::TooManyRequests {
+        message: format!(
+            "{why}, or ask an admin to lift it (`squall lockout clear {kind} {name}`, or DELETE /api/v1/lockouts/{kind}/{name})"
+        ),
+        retry_after: secs,
+    }
+}
+
+/// `GET /lockouts` (admin): users and client addresses with recent failed
+/// logins, and until when each is held back.
+pub async fn list_lockouts(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let now = time::now();
+    let rows = st
+        .logins
+        .list()
+        .await?
+        .into_iter()
+        .map(|(subject, f)| {
+            let mut row = serde_json::to_value(&subject).unwrap_or(Value::Null);
+            row["failures"] = json!(f.count);
+            row["last_failure"] = json!(time::format(&f.last));
+            row["held_until"] = json!(f.until.filter(|u| *u > now).map(|u| time::format(&u)));
+            row
+        })
+        .collect();
+    Ok(Json(Value::Array(rows)))
+}
+
+/// `DELETE /lockouts/{kind}/{name}` (admin): forgets the failed logins of a
+/// user or a client address, lifting its hold. 204, or 404 if it had none.
+pub async fn clear_lockout(
+    State(st): State<ApiState>,
+    Extension(me): Extension<Principal>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let subject = match kind.as_str() {
+        "user" => Subject::User(name),
+        "address" => Subject::Address(name),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "kind: {other:?} is neither \"user\" nor \"address\""
+            )))
+        }
+    };
+    if !st.logins.clear(&subject).await? {
+        return Err(ApiError::NotFound(format!(
+            "{subject} has no recent failed logins"
+        )));
+    }
+    tracing::info!(subject = %subject, by = %me.user, "login lockout lifted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn token_view(token: &Token, value: Option<&str>) -> Value {
@@ -538,6 +643,8 @@ mod tests {
             (Method::GET, "/packs", "", Role::Observer),
             (Method::POST, "/packs/register", "", Role::Admin),
             (Method::GET, "/users", "", Role::Admin),
+            (Method::GET, "/lockouts", "", Role::Admin),
+            (Method::DELETE, "/lockouts/user/bob", "", Role::Admin),
             (Method::POST, "/users", "", Role::Admin),
             (Method::GET, "/apikeys", "", Role::Operator),
             (Method::GET, "/apikeys/abc", "", Role::Operator),

@@ -27,6 +27,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 429 with `Retry-After: retry_after` (seconds).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -53,7 +57,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, Json(json!({"faultstring": self.to_string()}))).into_response()
+        let body = Json(json!({"faultstring": self.to_string()}));
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            let retry = [(axum::http::header::RETRY_AFTER, retry_after.to_string())];
+            return (status, retry, body).into_response();
+        }
+        (status, body).into_response()
     }
 }
 

@@ -23,6 +23,7 @@ mod sensors;
 mod service_registry;
 mod stream;
 mod triggers;
+mod ui;
 mod workflows;
 
 use std::path::PathBuf;
@@ -85,6 +86,8 @@ pub struct ApiContext {
     /// Pack config values, mirrored.
     pub configs: ConfigCache,
     pub auth: AuthStore,
+    /// Failed logins, for throttling password guesses.
+    pub logins: squall_actors::logins::LoginThrottle,
     pub keys: KeyStore,
     /// Life of a token when the login names none.
     pub token_ttl: Duration,
@@ -112,6 +115,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/executions/{id}/children", get(executions::children))
         .route("/executions/{id}/output", get(executions::output))
         .route("/executions/{id}/re_run", post(executions::re_run))
+        .route("/executions/{id}/workflow", get(workflows::graph))
         .route("/inquiries", get(inquiries::list))
         .route(
             "/inquiries/{id}",
@@ -199,6 +203,11 @@ pub fn app(state: ApiState) -> Router {
             "/aliasexecution/match_and_execute",
             post(aliases::match_and_execute),
         )
+        .route("/lockouts", get(auth::list_lockouts))
+        .route(
+            "/lockouts/{kind}/{name}",
+            axum::routing::delete(auth::clear_lockout),
+        )
         .route("/stream", get(stream::stream))
         .route("/service_registry/groups", get(service_registry::groups))
         .route(
@@ -222,6 +231,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/auth/v1/tokens", post(auth::create_token))
         .route("/tokens", post(auth::create_token))
         .route("/metrics", get(metrics))
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(query::json_errors))
@@ -254,13 +264,18 @@ pub fn stream_app(state: ApiState) -> Router {
 
 /// The router as served: a trailing slash is ignored (`/rules/` is
 /// `/rules`), as StackStorm's API and clients expect.
+/// Each request carries its client's address (`ConnectInfo`), which
+/// login throttling counts failures by.
 pub fn into_service(
     app: Router,
-) -> axum::routing::IntoMakeService<tower_http::normalize_path::NormalizePath<Router>> {
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
+    tower_http::normalize_path::NormalizePath<Router>,
+    std::net::SocketAddr,
+> {
     use tower::Layer;
-    axum::ServiceExt::<axum::extract::Request>::into_make_service(
-        tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(app),
-    )
+    axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+        std::net::SocketAddr,
+    >(tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(app))
 }
 
 async fn version() -> Json<Value> {
