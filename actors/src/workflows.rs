@@ -770,9 +770,8 @@ async fn carry_out(
                     record.outbox.extend(more);
                 }
             }
-            Command::Cancel { run_id } => {
-                executions::cancel(&ctx.bus, &child_id(&run_id), "the workflow's cancel").await?;
-            }
+            Command::Cancel { run_id } => cancel_task(&ctx.bus, &child_id(&run_id)).await?,
+            Command::CancelParent => cancel_parent(&ctx.bus, &execution).await?,
             Command::Pause { run_id } => {
                 executions::pause(&ctx.bus, &child_id(&run_id), "the workflow's pause").await?;
             }
@@ -806,6 +805,41 @@ async fn carry_out(
         }
     }
     Err(bus_err("update workflow", "too many concurrent changes"))
+}
+
+/// Cancels a task run's execution if it is a workflow (which then cancels
+/// its own tasks the same way) or has not started; an action under way is
+/// left to end, as StackStorm's `task_cancelable` does: a running
+/// remediation step cut in half is worse than one that completes.
+async fn cancel_task(bus: &Bus, id: &str) -> Result<(), EngineError> {
+    let Some((child, _)) = bus.execution(id).await? else {
+        return Ok(());
+    };
+    let not_started = matches!(
+        child.status,
+        Status::Requested | Status::Scheduled | Status::Delayed | Status::Pending
+    );
+    if is_workflow_runner(&child.runner.name) || not_started {
+        executions::cancel(bus, id, "the workflow's cancel").await?;
+    }
+    Ok(())
+}
+
+/// Cancels the workflow `workflow` is a task of, unless it is already
+/// being canceled or has ended (StackStorm cascades a cancel up to the
+/// root; the parent's cancel reaches the other child workflows).
+async fn cancel_parent(bus: &Bus, workflow: &ExecutionRecord) -> Result<(), EngineError> {
+    let Some(parent) = &workflow.parent else {
+        return Ok(());
+    };
+    let Some((record, _)) = bus.execution(parent).await? else {
+        return Ok(());
+    };
+    let canceling = matches!(record.status, Status::Canceling | Status::Canceled);
+    if is_workflow_runner(&record.runner.name) && !canceling && !record.status.is_completed() {
+        executions::cancel(bus, parent, "its child workflow's cancel").await?;
+    }
+    Ok(())
 }
 
 /// Item executions read at once while gathering a `with` task's results.

@@ -32,8 +32,6 @@
 //! - need Orquesta's routes (a task reached on two branches runs on two
 //!   numbered routes, and `task(name, route=>n)` reads one):
 //!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`;
-//! - `orquesta-test-cancel*`, `orquesta-test-with-items` cancellations: on
-//!   cancel StackStorm lets running tasks finish, Squall stops them;
 //! - differ, known: `orquesta-fail-inspection` (Squall finds the syntax,
 //!   context and expression problems but not StackStorm's "action is not
 //!   registered" content check when the definition has other problems,
@@ -1054,5 +1052,79 @@ async fn a_delayed_task_waits_delayed_and_cancels() -> Result<()> {
         let done = reaches(&node, &id, "canceled").await?;
         assert_eq!(done["result"], json!({"output": null}));
     }
+    Ok(())
+}
+
+/// test_wiring_cancel.py test_cancellation and
+/// test_cancellation_cascade_up_to_workflow_with_other_subworkflow: a
+/// canceled workflow lets its running action finish (it stays `canceling`
+/// until then, and the action succeeds); canceling one of two child
+/// workflows cascades up to the parent and across to the other child.
+#[tokio::test]
+async fn cancel_lets_running_actions_finish_and_cascades_up_and_across() -> Result<()> {
+    let (node, _packs) = start().await?;
+    let dir = tempfile::tempdir()?;
+    let cancel = |id: String| {
+        let node = &node;
+        async move {
+            let r = node
+                .http
+                .delete(format!("{}/executions/{id}", node.base))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 200, "cancel {id}: {}", r.status());
+            anyhow::Ok(())
+        }
+    };
+
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "")?;
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-test-cancel",
+        &json!({"tempfile": file, "message": "foobar"}),
+    )
+    .await?;
+    let task1 = task_reaches(&node, &id, "task1", "running").await?;
+    cancel(id.clone()).await?;
+    reaches(&node, &id, "canceling").await?;
+    let (_, still) = node
+        .get(&format!(
+            "executions/{}",
+            task1["id"].as_str().context("id")?
+        ))
+        .await?;
+    assert_eq!(still["status"], "running", "the action is not killed");
+    std::fs::remove_file(&file)?;
+    let done = reaches(&node, &id, "canceled").await?;
+    assert_eq!(done["result"], json!({"output": null}));
+    task_reaches(&node, &id, "task1", "succeeded").await?;
+    assert!(
+        task_runs(&node, &id, "task2").await?.is_empty(),
+        "nothing new starts"
+    );
+
+    let file = dir.path().join("nested");
+    std::fs::write(&file, "")?;
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-test-cancel-subworkflows",
+        &json!({"file1": file, "file2": file}),
+    )
+    .await?;
+    let sub1 = task_reaches(&node, &id, "task1", "running").await?;
+    let sub2 = task_reaches(&node, &id, "task2", "running").await?;
+    let (sub1, sub2) = (
+        sub1["id"].as_str().context("id")?.to_string(),
+        sub2["id"].as_str().context("id")?.to_string(),
+    );
+    cancel(sub1.clone()).await?;
+    reaches(&node, &sub1, "canceling").await?;
+    reaches(&node, &id, "canceling").await?;
+    reaches(&node, &sub2, "canceling").await?;
+    std::fs::remove_file(&file)?;
+    reaches(&node, &sub1, "canceled").await?;
+    reaches(&node, &sub2, "canceled").await?;
+    reaches(&node, &id, "canceled").await?;
     Ok(())
 }

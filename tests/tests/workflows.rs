@@ -202,9 +202,17 @@ async fn with_items_runs_each_item_and_keeps_their_order() -> Result<()> {
     Ok(())
 }
 
+/// As in StackStorm, a canceled workflow lets its running action finish
+/// (it stays `canceling` until then) and starts nothing more.
 #[tokio::test]
-async fn canceling_a_workflow_stops_its_running_task_and_starts_nothing_more() -> Result<()> {
+async fn canceling_a_workflow_lets_its_running_task_finish_and_starts_nothing_more() -> Result<()> {
     let packs = tempfile::tempdir()?;
+    let flag = packs.path().join("flag");
+    std::fs::write(&flag, "")?;
+    let workflow = format!(
+        "version: 1.0\ntasks:\n  wait:\n    action: core.local cmd=\"while [ -e {} ]; do sleep 0.1; done\" timeout=300\n    next:\n      - do: after\n  after:\n    action: core.noop\n",
+        flag.display()
+    );
     write_pack(
         packs.path(),
         "long",
@@ -214,10 +222,7 @@ async fn canceling_a_workflow_stops_its_running_task_and_starts_nothing_more() -
                 "actions/wait.yaml",
                 "name: wait\nrunner_type: orquesta\nentry_point: workflows/wait.yaml\n",
             ),
-            (
-                "actions/workflows/wait.yaml",
-                "version: 1.0\ntasks:\n  sleep:\n    action: core.local cmd=\"sleep 120\" timeout=300\n    next:\n      - do: after\n  after:\n    action: core.noop\n",
-            ),
+            ("actions/workflows/wait.yaml", &workflow),
         ],
     )?;
     let node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
@@ -242,11 +247,14 @@ async fn canceling_a_workflow_stops_its_running_task_and_starts_nothing_more() -
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await?;
     assert_eq!(answer["status"], "canceling");
+    let task_id = task["id"].as_str().unwrap();
+    let (_, running) = node.get(&format!("executions/{task_id}")).await?;
+    assert_eq!(running["status"], "running", "not killed: {running}");
+    std::fs::remove_file(&flag)?;
     let done = node.finished(&id).await?;
     assert_eq!(done["status"], "canceled", "{done}");
-    let task_id = task["id"].as_str().unwrap();
-    let (_, stopped) = node.get(&format!("executions/{task_id}")).await?;
-    assert_eq!(stopped["status"], "canceled", "{stopped}");
+    let (_, ended) = node.get(&format!("executions/{task_id}")).await?;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
     let (_, kids) = node.get(&format!("executions/{id}/children")).await?;
     assert_eq!(
         kids.as_array().map(Vec::len),

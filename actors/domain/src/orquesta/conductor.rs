@@ -295,8 +295,14 @@ pub enum Command {
         /// Seconds to wait first.
         delay: Option<f64>,
     },
-    /// Stop task run `run_id` (the workflow is being canceled).
+    /// The workflow is being canceled: cancel task run `run_id` if it is
+    /// a workflow or has not started yet; an action under way runs to its
+    /// end (StackStorm's `task_cancelable`), and the workflow waits for it.
     Cancel { run_id: String },
+    /// The workflow is being canceled: so is the workflow it is a task of,
+    /// if any (StackStorm cascades a cancel up to the root, whose cancel
+    /// then reaches the other child workflows).
+    CancelParent,
     /// Pause task run `run_id` if it is a workflow (others run on).
     Pause { run_id: String },
     /// Resume task run `run_id` if it is a paused workflow.
@@ -1285,6 +1291,7 @@ pub fn cancel(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
         return commands;
     }
     state.status = FlowStatus::Canceling;
+    commands.push(Command::CancelParent);
     // Runs kept for the resume never started.
     let staged: Vec<String> = state.staged.drain(..).filter_map(run_id_of).collect();
     state.runs.retain(|r| !staged.contains(&r.id));

@@ -649,7 +649,8 @@ mod canceling {
         };
         conductor::task_finished(&Flow::new(&spec), &mut state, first_item, true, json!({}));
         let commands = conductor::cancel(&Flow::new(&spec), &mut state);
-        let stops: Vec<String> = commands
+        assert_eq!(commands[0], Command::CancelParent, "the cancel cascades up");
+        let stops: Vec<String> = commands[1..]
             .iter()
             .map(|c| match c {
                 Command::Cancel { run_id } => run_id.clone(),
@@ -857,9 +858,12 @@ mod pausing {
         let canceled = conductor::cancel(&flow, &mut state);
         assert_eq!(
             canceled,
-            vec![Command::Cancel {
-                run_id: "child.0".into()
-            }]
+            vec![
+                Command::CancelParent,
+                Command::Cancel {
+                    run_id: "child.0".into()
+                }
+            ]
         );
         assert!(
             state.runs.iter().all(|r| r.task != "a2"),
