@@ -126,6 +126,14 @@ pub fn prepare(
     let mut context = spec.context;
     context.insert("user".into(), json!(user));
     context.insert("pack".into(), json!(def.pack));
+    if runner.name == crate::workflows::RUNNER {
+        // StackStorm's id of the workflow execution behind an Orquesta
+        // action execution: its own, unless it continues another one (a
+        // re-run from tasks).
+        context
+            .entry("workflow_execution")
+            .or_insert_with(|| json!(id));
+    }
     if let Some(ti) = &spec.trigger_instance {
         context.insert(
             "trigger_instance".into(),

@@ -495,6 +495,10 @@ struct ReRun {
     original: String,
     #[serde(default)]
     tasks: Vec<String>,
+    /// With-items tasks whose items all run again (the others re-run only
+    /// their items that did not succeed).
+    #[serde(default)]
+    reset: Vec<String>,
 }
 
 /// The state a workflow starts in, and what to do first: from its input,
@@ -549,6 +553,7 @@ async fn begin(
         &ctx.flow(&spec),
         &original.state,
         &rerun.tasks,
+        &rerun.reset,
         runtime_context(ctx, execution),
     ) {
         Ok((state, commands)) => Ok(Ok((original.definition, state, commands))),
@@ -557,7 +562,7 @@ async fn begin(
 }
 
 /// Whether workflow execution `id` can be re-run from `tasks`: `Err(why)`
-/// when it cannot (it has not failed, a task is unknown or did not fail).
+/// when it cannot (it has not finished, or a task never ran).
 pub async fn check_rerun(
     bus: &Bus,
     id: &str,
@@ -576,7 +581,7 @@ pub async fn check_rerun(
             )))
         }
     };
-    Ok(conductor::rerun(&Flow::new(&spec), &record.state, tasks, Map::new()).map(|_| ()))
+    Ok(conductor::rerun(&Flow::new(&spec), &record.state, tasks, &[], Map::new()).map(|_| ()))
 }
 
 /// Applies one event and carries out what it decides.

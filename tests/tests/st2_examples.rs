@@ -24,11 +24,6 @@
 //! - `orquesta-test-pause-subworkflows` and the other pause cases that
 //!   pause or resume from the children: not written here yet (see
 //!   tests/workflows.rs for the engine's own);
-//! - test_rerun_task_of_workflow_already_succeeded: StackStorm re-runs a
-//!   task of a workflow that succeeded; Squall re-runs failed tasks only;
-//! - test_rerun_and_resume_with_items_task: without `reset`, StackStorm
-//!   runs only a with-items task's failed items again; Squall runs them
-//!   all (the re-run ignores `reset`);
 //! - need Orquesta's routes (a task reached on two branches runs on two
 //!   numbered routes, and `task(name, route=>n)` reads one):
 //!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`;
@@ -961,23 +956,34 @@ async fn pause_and_resume_as_stackstorms_wiring_tests_drive_them() -> Result<()>
     Ok(())
 }
 
-/// test_wiring_rerun.py test_rerun_workflow and test_rerun_task: a failed
+/// test_wiring_rerun.py test_rerun_workflow, test_rerun_task and
+/// test_rerun_task_of_workflow_already_succeeded: a failed
 /// workflow re-run whole, or from its failed task, succeeds once the cause
 /// is gone.
 #[tokio::test]
 async fn a_failed_example_reruns_whole_or_from_its_failed_task() -> Result<()> {
     let (node, _packs) = start().await?;
     let dir = tempfile::tempdir()?;
-    for tasks in [json!([]), json!(["task2"])] {
+    for (tasks, first_code) in [
+        (json!([]), "1"),
+        (json!(["task2"]), "1"),
+        (json!(["task2"]), "0"),
+    ] {
         let file = dir.path().join("code");
-        std::fs::write(&file, "1")?;
+        std::fs::write(&file, first_code)?;
         let (id, _) = create(
             &node,
             "examples.orquesta-test-rerun",
             &json!({"tempfile": file}),
         )
         .await?;
-        reaches(&node, &id, "failed").await?;
+        let first = finished(&node, &id).await?;
+        let want = if first_code == "1" {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        assert_eq!(first["status"], want);
         std::fs::write(&file, "0")?;
         let (status, again) = node
             .post(&format!("executions/{id}/re_run"), &json!({"tasks": tasks}))
@@ -985,6 +991,12 @@ async fn a_failed_example_reruns_whole_or_from_its_failed_task() -> Result<()> {
         assert_eq!(status, 201, "{again}");
         let again_id = again["id"].as_str().context("id")?;
         assert_ne!(again_id, id);
+        // test_rerun_workflow: a new workflow execution; test_rerun_task
+        // and _of_workflow_already_succeeded: the same one, continued.
+        let workflow_execution = &first["context"]["workflow_execution"];
+        assert_eq!(workflow_execution, &json!(id));
+        let same = again["context"]["workflow_execution"] == *workflow_execution;
+        assert_eq!(same, tasks != json!([]), "{again}");
         let done = reaches(&node, again_id, "succeeded").await?;
         assert_eq!(done["result"], json!({"output": null}), "{tasks}");
     }
@@ -992,36 +1004,37 @@ async fn a_failed_example_reruns_whole_or_from_its_failed_task() -> Result<()> {
 }
 
 /// test_wiring_rerun.py test_rerun_and_reset_with_items_task: re-running
-/// a with-items task with `reset` runs every item again.
+/// a with-items task with `reset` runs every item again, and
+/// test_rerun_and_resume_with_items_task: without it only the two items
+/// that failed run again.
 #[tokio::test]
-async fn a_with_items_example_reruns_every_item_when_reset() -> Result<()> {
+async fn a_with_items_example_reruns_every_item_when_reset_else_the_failed_ones() -> Result<()> {
     let (node, _packs) = start().await?;
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("code");
-    std::fs::write(&file, "1")?;
-    let (id, _) = create(
-        &node,
-        "examples.orquesta-test-rerun-with-items",
-        &json!({"tempfile": file}),
-    )
-    .await?;
-    reaches(&node, &id, "failed").await?;
-    std::fs::write(&file, "0")?;
-    let (status, again) = node
-        .post(
-            &format!("executions/{id}/re_run"),
-            &json!({"tasks": ["task1"], "reset": ["task1"]}),
+    for (reset, rerun) in [(json!(["task1"]), 4), (json!([]), 2)] {
+        let file = dir.path().join("code");
+        std::fs::write(&file, "1")?;
+        let (id, _) = create(
+            &node,
+            "examples.orquesta-test-rerun-with-items",
+            &json!({"tempfile": file}),
         )
         .await?;
-    assert_eq!(status, 201, "{again}");
-    let again_id = again["id"].as_str().context("id")?.to_string();
-    reaches(&node, &again_id, "succeeded").await?;
-    let runs = poll(Duration::from_secs(10), || async {
+        reaches(&node, &id, "failed").await?;
+        std::fs::write(&file, "0")?;
+        let (status, again) = node
+            .post(
+                &format!("executions/{id}/re_run"),
+                &json!({"tasks": ["task1"], "reset": reset}),
+            )
+            .await?;
+        assert_eq!(status, 201, "{again}");
+        let again_id = again["id"].as_str().context("id")?.to_string();
+        reaches(&node, &again_id, "succeeded").await?;
         let runs = task_runs(&node, &again_id, "task1").await?;
-        Ok((runs.len() == 4).then_some(runs))
-    })
-    .await?;
-    assert!(runs.iter().all(|r| r["status"] == "succeeded"));
+        assert_eq!(runs.len(), rerun, "reset {reset}: {runs:?}");
+        assert!(runs.iter().all(|r| r["status"] == "succeeded"));
+    }
     Ok(())
 }
 

@@ -587,8 +587,8 @@ async fn a_failed_workflow_re_runs_from_its_failed_task_with_its_context() -> Re
     assert_eq!(failed["status"], "failed", "{failed}");
     let id = failed["id"].as_str().unwrap();
     for (body, says) in [
-        (json!({"tasks": ["first"]}), "did not fail"),
-        (json!({"tasks": ["nope"]}), "not in the workflow"),
+        (json!({"tasks": ["last"]}), "never ran"),
+        (json!({"tasks": ["nope"]}), "never ran"),
         (json!({"tasks": ["check"], "reset": ["last"]}), "reset"),
     ] {
         let (status, err) = node.post(&format!("executions/{id}/re_run"), &body).await?;
@@ -604,6 +604,10 @@ async fn a_failed_workflow_re_runs_from_its_failed_task_with_its_context() -> Re
         .await?;
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["context"]["re_run"]["ref"], id);
+    assert_eq!(
+        again["context"]["workflow_execution"], failed["context"]["workflow_execution"],
+        "a re-run from tasks continues the same workflow execution"
+    );
     let again_id = again["id"].as_str().unwrap();
     let done = node.finished(again_id).await?;
     assert_eq!(done["status"], "succeeded", "{done}");

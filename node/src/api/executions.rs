@@ -480,12 +480,13 @@ fn pause_response(id: &str, outcome: PauseOutcome, what: &str) -> Result<Json<Va
 pub struct ReRunBody {
     #[serde(default)]
     parameters: Map<String, Value>,
-    /// Workflow tasks to re-run from (they must have failed); the new
-    /// workflow starts with the original's context and finished tasks.
+    /// Workflow tasks to re-run from (each must have run in the finished
+    /// workflow); the workflow execution continues with the original's
+    /// context and finished tasks.
     #[serde(default)]
     tasks: Vec<String>,
-    /// With-items tasks whose items all run again; Squall always re-runs
-    /// every item of a re-run task, so this is accepted and checked only.
+    /// With-items tasks whose items all run again; the others run again
+    /// only their items that did not succeed.
     #[serde(default)]
     reset: Vec<String>,
 }
@@ -539,20 +540,37 @@ pub async fn re_run(
         .filter(|(name, _)| !specs.get(*name).is_some_and(|s| s.immutable))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let context = rerun_context(&original, &id, &body);
     parameters.extend(body.parameters);
     let spec = ExecutionSpec {
         action_ref: original.action.action_ref.clone(),
         parameters,
         user: Some(me.user),
-        context: Map::from_iter([(
-            "re_run".to_string(),
-            json!({"ref": id, "tasks": body.tasks, "reset": body.reset}),
-        )]),
+        context,
         ..ExecutionSpec::default()
     };
     let record = executions::prepare(&catalog, &st.renderer, &st.kv, &st.configs, spec)?;
     let stored = executions::submit(&st.bus, record).await?;
     Ok((StatusCode::CREATED, Json(view(&stored, false))))
+}
+
+/// The context of a re-run of `original`: what to re-run and, for a
+/// re-run from tasks, the workflow execution it continues (a whole
+/// re-run is a new one).
+fn rerun_context(original: &ExecutionRecord, id: &str, body: &ReRunBody) -> Map<String, Value> {
+    let mut context = Map::from_iter([(
+        "re_run".to_string(),
+        json!({"ref": id, "tasks": body.tasks, "reset": body.reset}),
+    )]);
+    if !body.tasks.is_empty() {
+        let continued = original
+            .context
+            .get("workflow_execution")
+            .cloned()
+            .unwrap_or_else(|| json!(id));
+        context.insert("workflow_execution".to_string(), continued);
+    }
+    context
 }
 
 /// `DELETE /executions/{id}`: cancels. An execution that has not started

@@ -959,30 +959,31 @@ pub fn start(
     (state, commands)
 }
 
-/// Re-runs a failed workflow from `tasks` (StackStorm's `re_run` with
-/// `tasks`): the new workflow starts with the old one's context and
-/// finished runs, and runs the named tasks again; what they lead to runs
-/// as usual. `runtime` replaces the old run's `st2` context.
+/// Re-runs a finished workflow from `tasks` (StackStorm's `re_run` with
+/// `tasks`, Orquesta's `request_workflow_rerun`): the workflow continues
+/// with its context and finished runs, and runs the named tasks again
+/// (each must have run); what they lead to runs as usual. A `with` task
+/// named in `reset` runs all its items again; otherwise only the items
+/// that did not succeed run again, and the others keep their results.
+/// `runtime` replaces the old run's `st2` context.
 pub fn rerun(
     flow: &Flow<'_>,
     previous: &FlowState,
     tasks: &[String],
+    reset: &[String],
     runtime: Map<String, Value>,
 ) -> Result<(FlowState, Vec<Command>), String> {
-    if previous.status != FlowStatus::Failed {
+    if !previous.status.is_finished() {
         return Err(format!(
-            "only a failed workflow can be re-run from tasks; this one is {}",
+            "only a finished workflow can be re-run from tasks; this one is {}",
             json!(previous.status).as_str().unwrap_or_default()
         ));
     }
     for task in tasks {
-        if !flow.spec.tasks.contains_key(task) {
-            return Err(format!("task {task:?} is not in the workflow"));
-        }
-        let last = previous.runs.iter().rev().find(|r| &r.task == task);
-        if last.is_none_or(|r| r.status != TaskStatus::Failed) {
+        if !previous.runs.iter().any(|r| &r.task == task) {
             return Err(format!(
-                "task {task:?} did not fail in the workflow being re-run; only failed tasks can be re-run"
+                "task {task:?} never ran in the workflow being re-run (tasks that ran: {})",
+                ran_tasks(previous).join(", ")
             ));
         }
     }
@@ -997,10 +998,45 @@ pub fn rerun(
     state.ctx.extend(runtime);
     let mut commands = Vec::new();
     for task in tasks {
-        schedule(flow, &mut state, task, 0, None, &mut commands);
+        let kept = if reset.contains(task) {
+            BTreeMap::new()
+        } else {
+            succeeded_items(previous, task)
+        };
+        schedule_keeping(flow, &mut state, task, 0, None, kept, &mut commands);
     }
     settle(flow, &mut state, &mut commands);
     Ok((state, commands))
+}
+
+/// The names of the tasks that ran, in the order they first ran.
+fn ran_tasks(state: &FlowState) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for run in &state.runs {
+        if !names.contains(&run.task.as_str()) {
+            names.push(&run.task);
+        }
+    }
+    names
+}
+
+/// The results of the items that succeeded in `task`'s latest run, by
+/// index (none when it is not a `with` task).
+fn succeeded_items(state: &FlowState, task: &str) -> BTreeMap<usize, Value> {
+    let Some(run) = state.runs.iter().rev().find(|r| r.task == task) else {
+        return BTreeMap::new();
+    };
+    let Some(items) = &run.items else {
+        return BTreeMap::new();
+    };
+    let results = run.result.as_array();
+    (0..items.count)
+        .filter(|i| items.ended.contains(*i) && !items.failed.contains(*i))
+        .map(|i| {
+            let result = results.and_then(|r| r.get(i)).cloned();
+            (i, result.unwrap_or(Value::Null))
+        })
+        .collect()
 }
 
 /// The action, input and delay of one run of `def` (or of one item).
@@ -1089,13 +1125,43 @@ fn schedule(
     retry_delay: Option<f64>,
     commands: &mut Vec<Command>,
 ) {
+    schedule_keeping(
+        flow,
+        state,
+        task,
+        attempt,
+        retry_delay,
+        BTreeMap::new(),
+        commands,
+    );
+}
+
+/// [`schedule`], where a `with` task's items in `kept` (by index) do not
+/// run again: they end at once with the result given.
+fn schedule_keeping(
+    flow: &Flow<'_>,
+    state: &mut FlowState,
+    task: &str,
+    attempt: u32,
+    retry_delay: Option<f64>,
+    kept: BTreeMap<usize, Value>,
+    commands: &mut Vec<Command>,
+) {
     let Some(def) = flow.spec.tasks.get(task) else {
         return;
     };
     let n = state.counts.entry(task.to_string()).or_insert(0);
     let run_id = format!("{task}.{n}");
     *n += 1;
-    let items = items_of(flow, def, state);
+    let items = items_of(flow, def, state).map(|items| {
+        items.map(|mut items| {
+            let count = items.count;
+            items
+                .local
+                .extend(kept.into_iter().filter(|(i, _)| *i < count));
+            items
+        })
+    });
     let prepared = match &items {
         Ok(None) => prepare(def, &Scope::plain(flow, state).in_task(task)),
         Ok(Some(_)) => Ok((None, Value::Null, None)),
@@ -1163,7 +1229,7 @@ fn start_items(flow: &Flow<'_>, state: &mut FlowState, run_id: &str, commands: &
             return;
         }
         if items.ended_count == items.count || (items.failed() && items.in_flight() == 0) {
-            if items.local.len() == items.started {
+            if items.local.range(..items.started).count() == items.started {
                 // No item ran an execution: the results are all here.
                 let results = items
                     .results(run_id)
@@ -1196,6 +1262,15 @@ fn start_items(flow: &Flow<'_>, state: &mut FlowState, run_id: &str, commands: &
             return;
         }
         let index = items.started;
+        // A result already there for an item not started yet is one a
+        // re-run kept (the item succeeded before): it ends at once.
+        if let Some(kept) = items.local.get(&index).cloned() {
+            if let Some(items) = state.runs[i].items.as_mut() {
+                items.started += 1;
+            }
+            end_item(state, i, index, true, Some(kept));
+            continue;
+        }
         let value = items.values.get(index).cloned();
         let prepared = match &value {
             Some(value) => prepare(

@@ -693,7 +693,7 @@ mod pausing {
 
     use serde_json::{json, Map};
 
-    use super::super::conductor::{self, Command, Flow, FlowStatus, TaskStatus};
+    use super::super::conductor::{self, Command, Flow, FlowStatus, ItemResult, TaskStatus};
     use crate::template::{KeyValueLookup, KvScope, Renderer};
 
     fn spec(text: &str) -> super::super::spec::WorkflowSpec {
@@ -893,12 +893,20 @@ mod pausing {
                 ..
             })
         ));
-        let err = conductor::rerun(&flow, &state, &["first".into()], Map::new()).unwrap_err();
-        assert!(err.contains("did not fail"), "{err}");
-        let err = conductor::rerun(&flow, &state, &["nope".into()], Map::new()).unwrap_err();
-        assert!(err.contains("not in the workflow"), "{err}");
+        let (running, _) = conductor::start(&flow, &Map::new(), Map::new());
+        let err =
+            conductor::rerun(&flow, &running, &["first".into()], &[], Map::new()).unwrap_err();
+        assert!(err.contains("only a finished workflow"), "{err}");
+        let err = conductor::rerun(&flow, &state, &["third".into()], &[], Map::new()).unwrap_err();
+        assert!(err.contains("never ran"), "{err}");
+        let (_, from_first) =
+            conductor::rerun(&flow, &state, &["first".into()], &[], Map::new()).unwrap();
+        assert!(
+            matches!(from_first.first(), Some(Command::Run { run_id, .. }) if run_id == "first.1"),
+            "a task that succeeded runs again too: {from_first:?}"
+        );
         let (mut again, commands) =
-            conductor::rerun(&flow, &state, &["second".into()], Map::new()).unwrap();
+            conductor::rerun(&flow, &state, &["second".into()], &[], Map::new()).unwrap();
         let Some(Command::Run { run_id, input, .. }) = commands.first() else {
             panic!("{commands:?}")
         };
@@ -912,6 +920,88 @@ mod pausing {
                 status: FlowStatus::Succeeded,
                 result: json!({"output": {"got": "x"}})
             }]
+        );
+    }
+
+    /// StackStorm's re-run of a with-items task: without `reset` only the
+    /// items that failed run again, the others keep their results; with
+    /// it every item runs again. A workflow that succeeded re-runs too.
+    #[test]
+    fn rerun_of_items_runs_the_failed_ones_unless_reset() {
+        let s = spec("version: 1.0\ntasks:\n  each:\n    with: <% range(0, 4) %>\n    action: core.local cmd=<% item() %>\n");
+        let flow = Flow::new(&s);
+        let (mut state, started) = conductor::start(&flow, &Map::new(), Map::new());
+        assert_eq!(started.len(), 4);
+        for i in 0..4 {
+            let run = format!("each.0.{i}");
+            conductor::task_finished(&flow, &mut state, &run, i % 2 == 0, json!({}));
+        }
+        let results: Vec<_> = (0..4).map(|i| json!({"i": i})).collect();
+        let end = conductor::items_gathered(&flow, &mut state, "each.0", results);
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finish {
+                status: FlowStatus::Failed,
+                ..
+            })
+        ));
+        let run_ids = |commands: &[Command]| -> Vec<String> {
+            commands
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Run { run_id, .. } => Some(run_id.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (_, reset) = conductor::rerun(
+            &flow,
+            &state,
+            &["each".into()],
+            &["each".into()],
+            Map::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            run_ids(&reset),
+            ["each.1.0", "each.1.1", "each.1.2", "each.1.3"]
+        );
+        let (mut again, failed_only) =
+            conductor::rerun(&flow, &state, &["each".into()], &[], Map::new()).unwrap();
+        assert_eq!(run_ids(&failed_only), ["each.1.1", "each.1.3"]);
+        conductor::task_finished(&flow, &mut again, "each.1.1", true, json!({}));
+        let gather = conductor::task_finished(&flow, &mut again, "each.1.3", true, json!({}));
+        assert_eq!(
+            gather,
+            vec![Command::Gather {
+                run_id: "each.1".into()
+            }]
+        );
+        let run = again.runs.iter().find(|r| r.id == "each.1").unwrap();
+        let slots: Vec<_> = run.items.as_ref().unwrap().results("each.1").collect();
+        assert_eq!(
+            slots,
+            vec![
+                ItemResult::Local(&json!({"i": 0})),
+                ItemResult::Execution("each.1.1".into()),
+                ItemResult::Local(&json!({"i": 2})),
+                ItemResult::Execution("each.1.3".into()),
+            ]
+        );
+        let results = vec![json!({"i": 0}), json!(1), json!({"i": 2}), json!(3)];
+        let end = conductor::items_gathered(&flow, &mut again, "each.1", results);
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            })
+        ));
+        let (_, after_success) =
+            conductor::rerun(&flow, &again, &["each".into()], &[], Map::new()).unwrap();
+        assert!(
+            run_ids(&after_success).is_empty(),
+            "every item succeeded: none runs again"
         );
     }
 
