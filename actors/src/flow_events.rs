@@ -44,6 +44,9 @@ pub enum FlowEvent {
     TaskPaused {
         run_id: String,
         execution_id: String,
+        /// It is `pending` (an inquiry waits), not a paused workflow.
+        #[serde(default)]
+        pending: bool,
     },
     /// One of its paused task runs runs again.
     TaskResumed {
@@ -134,6 +137,7 @@ pub async fn notify_parent(bus: &Bus, record: &ExecutionRecord) -> Result<(), En
             FlowEvent::TaskPaused {
                 run_id,
                 execution_id,
+                pending: record.status == Status::Pending,
             },
             format!("wfpaused-{}-{n}", record.id),
         ),

@@ -670,6 +670,11 @@ async fn handle_event(
                 }
                 commands
             }
+            FlowEvent::TaskPaused {
+                run_id,
+                pending: true,
+                ..
+            } => conductor::task_pending(&flow, state, run_id),
             FlowEvent::TaskPaused { run_id, .. } => conductor::task_paused(&flow, state, run_id),
             FlowEvent::TaskResumed { run_id, .. } => conductor::task_resumed(&flow, state, run_id),
             FlowEvent::TaskDone {

@@ -21,9 +21,6 @@
 //! - `orquesta-ask-multiple-parameters`, `orquesta-test-pause-resume`: no
 //!   StackStorm integration test runs them, so there is no expectation to
 //!   compare;
-//! - `orquesta-test-pause-subworkflows` and the other pause cases that
-//!   pause or resume from the children: not written here yet (see
-//!   tests/workflows.rs for the engine's own);
 //! - need Orquesta's routes (a task reached on two branches runs on two
 //!   numbered routes, and `task(name, route=>n)` reads one):
 //!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`;
@@ -952,6 +949,69 @@ async fn pause_and_resume_as_stackstorms_wiring_tests_drive_them() -> Result<()>
     reaches(&node, &id, "paused").await?;
     set_status(&node, &task1_id, "resuming").await?;
     reaches(&node, &task1_id, "succeeded").await?;
+    reaches(&node, &id, "succeeded").await?;
+
+    // test_pause_from_1_of_2_subworkflows_and_resume_subworkflow_when_
+    // workflow_paused: a paused child leaves its parent and the other
+    // child running; the parent is paused once the other child is done,
+    // and resuming the child alone finishes everything.
+    let (file1, file2) = (dir.path().join("x"), dir.path().join("y"));
+    std::fs::write(&file1, "")?;
+    std::fs::write(&file2, "")?;
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-test-pause-subworkflows",
+        &json!({"file1": file1, "file2": file2}),
+    )
+    .await?;
+    let sub1 = task_reaches(&node, &id, "task1", "running").await?;
+    let sub2 = task_reaches(&node, &id, "task2", "running").await?;
+    let (sub1, sub2) = (
+        sub1["id"].as_str().context("id")?.to_string(),
+        sub2["id"].as_str().context("id")?.to_string(),
+    );
+    set_status(&node, &sub1, "pausing").await?;
+    std::fs::remove_file(&file1)?;
+    reaches(&node, &sub1, "paused").await?;
+    let (_, parent) = node.get(&format!("executions/{id}")).await?;
+    assert_eq!(parent["status"], "running", "{parent}");
+    let (_, other) = node.get(&format!("executions/{sub2}")).await?;
+    assert_eq!(other["status"], "running", "not asked to pause: {other}");
+    std::fs::remove_file(&file2)?;
+    reaches(&node, &sub2, "succeeded").await?;
+    reaches(&node, &id, "paused").await?;
+    set_status(&node, &sub1, "resuming").await?;
+    reaches(&node, &sub1, "succeeded").await?;
+    reaches(&node, &id, "succeeded").await?;
+
+    // test_with_items_pause_and_resume: the items under way finish, and
+    // the workflow is then `paused`, not over, until resumed.
+    let files = [dir.path().join("item0"), dir.path().join("item1")];
+    for f in &files {
+        std::fs::write(f, "")?;
+    }
+    let (id, _) = create(
+        &node,
+        "examples.orquesta-test-with-items",
+        &json!({"tempfiles": files}),
+    )
+    .await?;
+    poll(Duration::from_secs(30), || async {
+        Ok((task_runs(&node, &id, "task1").await?.len() == 2).then_some(()))
+    })
+    .await?;
+    set_status(&node, &id, "pausing").await?;
+    reaches(&node, &id, "pausing").await?;
+    for f in &files {
+        std::fs::remove_file(f)?;
+    }
+    reaches(&node, &id, "paused").await?;
+    let items = task_runs(&node, &id, "task1").await?;
+    assert!(
+        items.iter().all(|i| i["status"] == "succeeded"),
+        "{items:?}"
+    );
+    set_status(&node, &id, "resuming").await?;
     reaches(&node, &id, "succeeded").await?;
     Ok(())
 }

@@ -1434,6 +1434,12 @@ pub fn pause(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
 /// Resumes a pausing or paused workflow: paused child workflows are asked
 /// to resume and the runs decided meanwhile start.
 pub fn resume(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
+    resume_with(flow, state, true)
+}
+
+/// [`resume`]; `children`: also ask paused child workflows (and paused
+/// items) to resume.
+fn resume_with(flow: &Flow<'_>, state: &mut FlowState, children: bool) -> Vec<Command> {
     let mut commands = Vec::new();
     if !matches!(state.status, FlowStatus::Pausing | FlowStatus::Paused) {
         return commands;
@@ -1445,17 +1451,19 @@ pub fn resume(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
     let mut with_items = Vec::new();
     for run in &state.runs {
         match (&run.items, run.status) {
-            (None, TaskStatus::Paused) => commands.push(Command::Resume {
+            (None, TaskStatus::Paused) if children => commands.push(Command::Resume {
                 run_id: run.id.clone(),
             }),
             (Some(items), TaskStatus::Running) => {
-                commands.extend(
-                    (0..items.started)
-                        .filter(|i| items.paused.contains(*i))
-                        .map(|i| Command::Resume {
-                            run_id: format!("{}.{i}", run.id),
-                        }),
-                );
+                if children {
+                    commands.extend(
+                        (0..items.started)
+                            .filter(|i| items.paused.contains(*i))
+                            .map(|i| Command::Resume {
+                                run_id: format!("{}.{i}", run.id),
+                            }),
+                    );
+                }
                 with_items.push(run.id.clone());
             }
             _ => {}
@@ -1469,9 +1477,21 @@ pub fn resume(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
     commands
 }
 
-/// A task run's execution paused (a child workflow paused, or an inquiry
-/// waits for its answer): the workflow pauses too, as Orquesta's does.
+/// A task run's execution, a child workflow, paused: as in Orquesta the
+/// workflow runs on while other runs are active, and is `paused` once
+/// none is (the other branches are not asked to pause).
 pub fn task_paused(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<Command> {
+    if !mark_paused(state, run_id, true) {
+        return Vec::new();
+    }
+    let mut commands = Vec::new();
+    settle(flow, state, &mut commands);
+    commands
+}
+
+/// A task run's execution went `pending` (an inquiry waits for its
+/// answer): the workflow pauses, as StackStorm's does for an inquiry.
+pub fn task_pending(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<Command> {
     if !mark_paused(state, run_id, true) {
         return Vec::new();
     }
@@ -1483,12 +1503,14 @@ pub fn task_paused(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<
     commands
 }
 
-/// A paused task run's execution runs again: so does its workflow.
+/// A paused task run's execution runs again (a child workflow resumed on
+/// its own): a paused workflow runs again too, as Orquesta's does; its
+/// other paused children stay paused.
 pub fn task_resumed(flow: &Flow<'_>, state: &mut FlowState, run_id: &str) -> Vec<Command> {
     if !mark_paused(state, run_id, false) {
         return Vec::new();
     }
-    resume(flow, state)
+    resume_with(flow, state, false)
 }
 
 /// Marks task run (or item) `run_id` paused or running again; false when
@@ -1816,6 +1838,26 @@ fn arrive(flow: &Flow<'_>, state: &mut FlowState, task: &str, commands: &mut Vec
     }
 }
 
+/// Whether a run (or an item) is under way and not paused; runs staged
+/// for the resume do not count.
+fn active(state: &FlowState) -> bool {
+    let staged: Vec<&str> = state
+        .staged
+        .iter()
+        .filter_map(|c| match c {
+            Command::Run { run_id, .. } => Some(run_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    state.runs.iter().any(|r| {
+        r.status == TaskStatus::Running
+            && !staged.contains(&r.id.as_str())
+            && r.items
+                .as_ref()
+                .is_none_or(|i| i.active() > 0 || i.gathering)
+    })
+}
+
 /// Moves the workflow on when nothing it waits for is left: `paused` once
 /// a pausing workflow has nothing active, the end once nothing is
 /// unfinished. Once an error is recorded the workflow fails fast: runs
@@ -1878,25 +1920,11 @@ fn settle(flow: &Flow<'_>, state: &mut FlowState, commands: &mut Vec<Command>) {
         .runs
         .iter()
         .any(|r| matches!(r.status, TaskStatus::Running | TaskStatus::Paused));
-    if matches!(state.status, FlowStatus::Pausing | FlowStatus::Paused)
-        && (unfinished || !state.staged.is_empty())
-    {
-        let staged: Vec<&str> = state
-            .staged
-            .iter()
-            .filter_map(|c| match c {
-                Command::Run { run_id, .. } => Some(run_id.as_str()),
-                _ => None,
-            })
-            .collect();
-        let active = state.runs.iter().any(|r| {
-            r.status == TaskStatus::Running
-                && !staged.contains(&r.id.as_str())
-                && r.items
-                    .as_ref()
-                    .is_none_or(|i| i.active() > 0 || i.gathering)
-        });
-        if state.status == FlowStatus::Pausing && !active {
+    let pausing = matches!(state.status, FlowStatus::Pausing | FlowStatus::Paused);
+    // Orquesta: a pausing workflow whose last run ends is `paused`, not
+    // over (the resume ends it); a failure ends it.
+    if pausing && (unfinished || !state.staged.is_empty() || !state.failing()) {
+        if state.status == FlowStatus::Pausing && !active(state) {
             state.status = FlowStatus::Paused;
             commands.push(Command::Status {
                 status: FlowStatus::Paused,
@@ -1905,6 +1933,17 @@ fn settle(flow: &Flow<'_>, state: &mut FlowState, commands: &mut Vec<Command>) {
         return;
     }
     if unfinished {
+        // Orquesta: a running workflow with a paused run (a child
+        // workflow paused on its own) is `paused` once no other is active.
+        let paused = state.runs.iter().any(|r| {
+            r.status == TaskStatus::Paused || r.items.as_ref().is_some_and(|i| i.paused_count > 0)
+        });
+        if state.status == FlowStatus::Running && paused && !active(state) {
+            state.status = FlowStatus::Paused;
+            commands.push(Command::Status {
+                status: FlowStatus::Paused,
+            });
+        }
         return;
     }
     // Each output sees the ones before it (Orquesta renders them in order

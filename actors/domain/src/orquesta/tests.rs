@@ -767,12 +767,79 @@ mod pausing {
         ));
     }
 
+    /// test_wiring_pause_and_resume.py's pauses from one subworkflow: a
+    /// child workflow that pauses on its own leaves its workflow running
+    /// (nothing else is asked to pause) until no other run is active;
+    /// resuming the child runs the workflow again.
+    #[test]
+    fn a_child_paused_on_its_own_pauses_the_workflow_only_once_nothing_else_runs() {
+        let s = spec(TWO_BRANCHES);
+        let flow = Flow::new(&s);
+        let (mut state, _) = conductor::start(&flow, &Map::new(), Map::new());
+        assert_eq!(conductor::task_paused(&flow, &mut state, "child.0"), vec![]);
+        assert_eq!(state.status, FlowStatus::Running);
+        let after_a = conductor::task_finished(&flow, &mut state, "a.0", true, json!({}));
+        assert_eq!(runs(&after_a), vec!["a2.0"], "the other branch goes on");
+        let after_a2 = conductor::task_finished(&flow, &mut state, "a2.0", true, json!({}));
+        assert_eq!(
+            after_a2,
+            vec![Command::Status {
+                status: FlowStatus::Paused
+            }]
+        );
+        let resumed = conductor::task_resumed(&flow, &mut state, "child.0");
+        assert_eq!(
+            resumed,
+            vec![Command::Status {
+                status: FlowStatus::Running
+            }]
+        );
+        let end = conductor::task_finished(&flow, &mut state, "child.0", true, json!({}));
+        assert!(matches!(
+            end.last(),
+            Some(Command::Finish {
+                status: FlowStatus::Succeeded,
+                ..
+            })
+        ));
+    }
+
+    /// Orquesta: a pausing workflow whose last run ends is `paused`, and
+    /// the resume ends it.
+    #[test]
+    fn a_pausing_workflow_whose_last_run_ends_is_paused_until_resumed() {
+        let s = spec("version: 1.0\ntasks:\n  only:\n    action: core.noop\n");
+        let flow = Flow::new(&s);
+        let (mut state, _) = conductor::start(&flow, &Map::new(), Map::new());
+        conductor::pause(&flow, &mut state);
+        let ended = conductor::task_finished(&flow, &mut state, "only.0", true, json!({}));
+        assert_eq!(
+            ended,
+            vec![Command::Status {
+                status: FlowStatus::Paused
+            }]
+        );
+        let resumed = conductor::resume(&flow, &mut state);
+        assert_eq!(
+            resumed,
+            vec![
+                Command::Status {
+                    status: FlowStatus::Running
+                },
+                Command::Finish {
+                    status: FlowStatus::Succeeded,
+                    result: json!({"output": null})
+                }
+            ]
+        );
+    }
+
     #[test]
     fn a_pending_inquiry_pauses_the_workflow_and_its_answer_resumes_it() {
         let s = spec("version: 1.0\ntasks:\n  ask:\n    action: core.ask\n    next:\n      - when: <% succeeded() %>\n        publish: approved=<% result().response.approved %>\n        do: act\n  act:\n    action: core.noop\noutput:\n  - approved: <% ctx(approved) %>\n");
         let flow = Flow::new(&s);
         let (mut state, _) = conductor::start(&flow, &Map::new(), Map::new());
-        let pending = conductor::task_paused(&flow, &mut state, "ask.0");
+        let pending = conductor::task_pending(&flow, &mut state, "ask.0");
         assert_eq!(state.status, FlowStatus::Paused);
         assert_eq!(
             pending.last(),
