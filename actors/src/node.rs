@@ -165,8 +165,18 @@ async fn spawn_child(
                 kv: shared.kv.clone(),
                 configs: shared.configs.clone(),
                 cipher: shared.cipher.clone(),
-                // `ctx().st2.api_url`: the v1 API root, so `.../executions/<id>` works.
-                api_url: format!("{}/v1", shared.settings.api_url),
+                // `ctx().st2.api_url`: the v1 API root in StackStorm's layout
+                // (`<public url>/v1`, which the node serves as well as
+                // `/api/v1`), so `.../executions/<id>` works and workflows
+                // comparing it see StackStorm's URL.
+                api_url: format!(
+                    "{}/v1",
+                    shared
+                        .settings
+                        .api_url
+                        .strip_suffix("/api")
+                        .unwrap_or(&shared.settings.api_url)
+                ),
             };
             let handler = Arc::new(Box::pin(WorkflowPartition::open(ctx, *p)).await?);
             let args = (

@@ -574,7 +574,7 @@ async fn the_st2_runtime_context_names_the_execution_and_the_public_api() -> Res
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         done["result"],
-        json!({"output": {"callback": format!("{PUBLIC_URL}/api/v1/executions/{id}")}})
+        json!({"output": {"callback": format!("{PUBLIC_URL}/v1/executions/{id}")}})
     );
     Ok(())
 }

@@ -890,7 +890,8 @@ fn check_name(doc: &mut Doc<'_>) {
     check_name_with(doc, false);
 }
 
-/// Policies' names may hold dots (StackStorm's own `http.retry`).
+/// Policies' and rules' names may hold dots (StackStorm's own
+/// `http.retry`).
 fn check_name_with(doc: &mut Doc<'_>, dots_allowed: bool) {
     match doc.get("name") {
         Some(Yaml::String(n)) if n.trim().is_empty() => doc.problem("name", "must not be empty"),
@@ -1207,7 +1208,9 @@ fn check_schema_item(doc: &mut Doc<'_>, at: &str, spec: &Yaml) {
 fn check_rule(pack: Option<&str>, mut doc: Doc<'_>) -> Result<RuleDef, Vec<Problem>> {
     let top = doc.map.clone();
     doc.unknown_fields("", &top, RULE_FIELDS);
-    check_name(&mut doc);
+    // Rules' names may hold dots too (the `fixtures` pack of StackStorm's
+    // tests has `tests.interval_timer`): a ref splits at its first dot.
+    check_name_with(&mut doc, true);
     claim_pack(&mut doc, pack);
     for derived in ["id", "ref", "uid"] {
         doc.map.remove(derived);
@@ -2299,6 +2302,16 @@ mod tests {
             assert_eq!(e.field.as_deref().unwrap_or(""), *field, "{text}\n{e}");
             assert!(e.message.contains(needle), "{text}\n{e}");
         }
+    }
+
+    /// StackStorm's test `fixtures` pack names a rule `tests.interval_timer`:
+    /// its ref is `<pack>.tests.interval_timer`.
+    #[test]
+    fn a_rule_name_may_hold_dots() {
+        let text = "name: tests.interval_timer\ntrigger:\n  type: a.b\naction:\n  ref: core.noop\n";
+        let root = pack(&[("pack.yaml", PACK), ("rules/r.yaml", text)]);
+        let bundle = load_pack(&root.path().join("ops")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bundle.rules[0].reference(), "ops.tests.interval_timer");
     }
 
     #[test]
