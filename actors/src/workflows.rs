@@ -67,6 +67,80 @@ pub struct WorkflowRecord {
     /// Commands decided but perhaps not yet carried out.
     #[serde(default)]
     pub outbox: Vec<Command>,
+    /// Where the stored copy's parts are, when it is stored in parts.
+    #[serde(skip)]
+    parts: Option<Parts>,
+}
+
+/// A record bigger than [`PART_BYTES`] (a workflow passing large values)
+/// is stored in parts, `<id>.part.<generation>.<n>`, written before the
+/// record's own entry, which then holds only this (by compare-and-swap, as
+/// always). Each write uses a new generation, so a writer that loses the
+/// compare-and-swap never touches the parts of the one that won.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Parts {
+    generation: String,
+    count: usize,
+}
+
+/// The entry of a record stored in parts.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartsHead {
+    parts: Parts,
+}
+
+/// Bytes of a record stored in one entry at most, and of each part of a
+/// bigger one: well below NATS's default message limit (1 MiB).
+const PART_BYTES: usize = 512 * 1024;
+
+fn part_key(id: &str, parts: &Parts, n: usize) -> String {
+    format!("{id}.part.{}.{n}", parts.generation)
+}
+
+/// Deletes the parts of a stored copy that is no longer the record (the
+/// one replaced, or one that lost its compare-and-swap). Left behind, a
+/// part is only wasted space: a failure is logged, not returned.
+async fn drop_parts(bus: &Bus, id: &str, parts: &Parts) {
+    for n in 0..parts.count {
+        if let Err(e) = bus.workflows.purge(part_key(id, parts, n)).await {
+            tracing::warn!(workflow = %id, error = %e, "could not delete an old part of a workflow record");
+        }
+    }
+}
+
+/// Reads a workflow's record, from its parts when it is stored in parts.
+async fn read_record(bus: &Bus, id: &str) -> Result<Option<(WorkflowRecord, u64)>, EngineError> {
+    let Some((value, revision)) = read_entry::<Value>(bus, id).await? else {
+        return Ok(None);
+    };
+    if value.get("state").is_some() || value.get("parts").is_none() {
+        let record = serde_json::from_value(value).map_err(|e| EngineError::Corrupt {
+            key: id.to_string(),
+            message: e.to_string(),
+        })?;
+        return Ok(Some((record, revision)));
+    }
+    let head: PartsHead = serde_json::from_value(value).map_err(|e| EngineError::Corrupt {
+        key: id.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut bytes = Vec::new();
+    for n in 0..head.parts.count {
+        let key = part_key(id, &head.parts, n);
+        let part = bus
+            .workflows
+            .get(&key)
+            .await
+            .map_err(|e| bus_err("read workflow part", e))?
+            .ok_or_else(|| EngineError::Corrupt {
+                key: key.clone(),
+                message: "a part of the workflow record is missing".into(),
+            })?;
+        bytes.extend_from_slice(&part);
+    }
+    let mut record: WorkflowRecord = from_bytes(id, &bytes)?;
+    record.parts = Some(head.parts);
+    Ok(Some((record, revision)))
 }
 
 /// Called by the runner that claimed a workflow execution: reads its
@@ -332,9 +406,7 @@ async fn sweep(
         }
         let record = match memory.cache.0.get(id) {
             Some((record, _)) => Some(record.state.clone()),
-            None => read_entry::<WorkflowRecord>(bus, id)
-                .await?
-                .map(|(r, _)| r.state),
+            None => read_record(bus, id).await?.map(|(r, _)| r.state),
         };
         let Some(flow) = record.filter(|f| !f.status.is_finished()) else {
             finished.push(id.clone());
@@ -395,7 +467,7 @@ fn items_key(id: &str, run_id: &str) -> String {
 
 /// Reads a workflow's record and the item values of its `with` runs.
 async fn load(bus: &Bus, id: &str) -> Result<Option<(WorkflowRecord, u64)>, EngineError> {
-    let Some((mut record, revision)) = read_entry::<WorkflowRecord>(bus, id).await? else {
+    let Some((mut record, revision)) = read_record(bus, id).await? else {
         return Ok(None);
     };
     for run in &mut record.state.runs {
@@ -453,19 +525,43 @@ async fn store(
             items.values_stored = true;
         }
     }
-    let bytes = to_bytes(&*record)?;
-    if revision == 0 {
-        return match bus.workflows.create(&record.id, bytes).await {
-            Ok(r) => Ok(Some(r)),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(bus_err("store workflow", e)),
+    let mut bytes = to_bytes(&*record)?;
+    let mut parts = None;
+    if bytes.len() > PART_BYTES {
+        let new = Parts {
+            generation: ids::fresh(&time::now()),
+            count: bytes.len().div_ceil(PART_BYTES),
         };
+        for (n, chunk) in bytes.chunks(PART_BYTES).enumerate() {
+            bus.workflows
+                .put(part_key(&record.id, &new, n), chunk.to_vec().into())
+                .await
+                .map_err(|e| bus_err("store workflow part", e))?;
+        }
+        bytes = to_bytes(&PartsHead { parts: new.clone() })?;
+        parts = Some(new);
     }
-    match bus.workflows.update(&record.id, bytes, revision).await {
-        Ok(r) => Ok(Some(r)),
-        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
-        Err(e) => Err(bus_err("store workflow", e)),
+    let stored = if revision == 0 {
+        match bus.workflows.create(&record.id, bytes).await {
+            Ok(r) => Some(r),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => None,
+            Err(e) => return Err(bus_err("store workflow", e)),
+        }
+    } else {
+        match bus.workflows.update(&record.id, bytes, revision).await {
+            Ok(r) => Some(r),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
+            Err(e) => return Err(bus_err("store workflow", e)),
+        }
+    };
+    let stale = match stored {
+        Some(_) => std::mem::replace(&mut record.parts, parts),
+        None => parts,
+    };
+    if let Some(stale) = stale {
+        drop_parts(bus, &record.id, &stale).await;
     }
+    Ok(stored)
 }
 
 fn spec_of(definition: &str) -> Result<WorkflowSpec, Vec<Value>> {
@@ -568,7 +664,7 @@ pub async fn check_rerun(
     id: &str,
     tasks: &[String],
 ) -> Result<Result<(), String>, EngineError> {
-    let Some((record, _)) = read_entry::<WorkflowRecord>(bus, id).await? else {
+    let Some((record, _)) = read_record(bus, id).await? else {
         return Ok(Err(format!(
             "workflow execution {id} never started, so it has no tasks to re-run"
         )));
@@ -626,6 +722,7 @@ async fn handle_event(
                     definition,
                     state,
                     outbox,
+                    parts: None,
                 };
                 let Some(revision) = store(&ctx.bus, &mut record, 0).await? else {
                     continue;

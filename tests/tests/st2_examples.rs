@@ -1201,3 +1201,23 @@ async fn cancel_lets_running_actions_finish_and_cascades_up_and_across() -> Resu
     reaches(&node, &id, "canceled").await?;
     Ok(())
 }
+
+/// test_wiring_data_flow.py test_data_flow_big_data_size: a 100,000-char
+/// value copied through input, vars, publishes and output (its workflow's
+/// record passes NATS's 1 MiB message limit, so it is stored in parts)
+/// comes back intact.
+#[tokio::test]
+async fn a_large_value_flows_through_a_workflow_intact() -> Result<()> {
+    let (node, _packs) = start().await?;
+    let data: String = (0..100_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    let (id, _) = create(&node, "examples.orquesta-data-flow", &json!({"a1": data})).await?;
+    let done = finished(&node, &id).await?;
+    assert_eq!(done["status"], "succeeded");
+    assert!(
+        done["result"] == json!({"output": {"a5": data, "b5": data}}),
+        "the value changed on the way"
+    );
+    Ok(())
+}
