@@ -21,9 +21,6 @@
 //! - `orquesta-ask-multiple-parameters`, `orquesta-test-pause-resume`: no
 //!   StackStorm integration test runs them, so there is no expectation to
 //!   compare;
-//! - need Orquesta's routes (a task reached on two branches runs on two
-//!   numbered routes, and `task(name, route=>n)` reads one):
-//!   `orquesta-test-yaql-task-functions`, `orquesta-test-jinja-task-functions`;
 //! - differ, known: `orquesta-fail-inspection` (Squall finds the syntax,
 //!   context and expression problems but not StackStorm's "action is not
 //!   registered" content check when the definition has other problems,
@@ -109,6 +106,16 @@ fn cases() -> Vec<Case> {
         .map(|m| format!("{m}, resistance is futile!"))
         .collect();
     let json_str = r#"{"foo": {"bar": "foobar"}}"#;
+    // test_wiring_functions_task.py: `task()` with Orquesta's routes, and
+    // a boolean written into text as Python writes it.
+    let task_functions = json!({"output": {
+        "last_task4_result": "False",
+        "task9__1__parent": "task8__1",
+        "task9__2__parent": "task8__2",
+        "that_task_by_name": "task1",
+        "this_task_by_name": "task1",
+        "this_task_no_arg": "task1",
+    }});
     let json_obj = json!({"foo": {"bar": "foobar"}});
     let yaml_str = "foo:\n  bar: foobar\n";
     let data_functions = json!({
@@ -145,6 +152,18 @@ fn cases() -> Vec<Case> {
     });
     let message = "$%#&@#$!!!";
     vec![
+        case(
+            "examples.orquesta-test-yaql-task-functions",
+            json!({}),
+            "succeeded",
+            task_functions.clone(),
+        ),
+        case(
+            "examples.orquesta-test-jinja-task-functions",
+            json!({}),
+            "succeeded",
+            task_functions,
+        ),
         // test_wiring.py
         case(
             "examples.orquesta-sequential",

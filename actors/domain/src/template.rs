@@ -765,6 +765,12 @@ impl Object for KvNode {
 // Values: Python-style text and conversion to JSON
 // ---------------------------------------------------------------------------
 
+/// [`python_str`] of a JSON value: how Orquesta's YAQL writes a value
+/// into the text around its expression.
+pub(crate) fn python_text(value: &serde_json::Value) -> String {
+    python_str(&Value::from_serialize(value))
+}
+
 /// `str(value)` as Python writes it: strings as themselves, `None`,
 /// `True`/`False`, Python float repr, lists and dicts as Python literals.
 fn python_str(value: &Value) -> String {

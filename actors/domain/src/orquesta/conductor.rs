@@ -72,9 +72,17 @@ pub struct TaskRun {
     pub result: Value,
     /// 0 for the first run, then one more per retry.
     pub attempt: u32,
+    /// Orquesta's route: 0, or a branch a split task was reached on (see
+    /// [`FlowState::routes`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub route: usize,
     /// A `with` task's items and their progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Items>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A set of item indexes, one bit each: 10,000 items take 1,250 bytes.
@@ -273,6 +281,12 @@ pub struct FlowState {
     /// remediate and fail in one transition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run_on_fail: Vec<String>,
+    /// Orquesta's routes 1, 2, ...: a task reached by several transitions
+    /// without a join (a split) runs once per arrival, each on a route of
+    /// its own, named by the transitions (`<task>__t<n>`) that led there;
+    /// what follows it stays on that route. Route 0 is the start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Vec<String>>,
 }
 
 impl FlowState {
@@ -431,6 +445,8 @@ struct Scope<'a> {
     current: Option<(&'a TaskStatus, &'a Value)>,
     /// The current item, in a `with` task's input.
     item: Option<&'a Value>,
+    /// The route of the task being run or routed.
+    route: usize,
 }
 
 impl<'a> Scope<'a> {
@@ -441,6 +457,7 @@ impl<'a> Scope<'a> {
             task: None,
             current: None,
             item: None,
+            route: 0,
         }
     }
 
@@ -450,6 +467,11 @@ impl<'a> Scope<'a> {
             task: Some(task),
             ..self
         }
+    }
+
+    /// On route `route`.
+    fn on_route(self, route: usize) -> Scope<'a> {
+        Scope { route, ..self }
     }
 
     /// Inside a task's `next`, `retry`: its status and result are known.
@@ -466,6 +488,27 @@ impl<'a> Scope<'a> {
     }
 }
 
+impl Scope<'_> {
+    /// Orquesta's `task(name, route)`: without a name the current task,
+    /// without a route the current one (or the one it split from).
+    fn task(&self, name: Option<&Value>, route: Option<&Value>) -> Result<Value, String> {
+        let name = match (name, self.task) {
+            (Some(Value::String(name)), _) => name.as_str(),
+            (None | Some(Value::Null), Some(current)) => current,
+            (None | Some(Value::Null), None) => return Err("task() needs a task name here".into()),
+            (Some(other), _) => return Err(format!("task() takes a task name, not {other}")),
+        };
+        let route = match route {
+            None | Some(Value::Null) => self.route,
+            Some(r) => r
+                .as_u64()
+                .ok_or_else(|| format!("task() takes a route number, not {r}"))?
+                as usize,
+        };
+        task_record(self.state, name, route).ok_or_else(|| no_task_execution(name))
+    }
+}
+
 impl Host for Scope<'_> {
     /// `st2kv(key, decrypt => bool, default => value)` takes named
     /// arguments, as in Orquesta.
@@ -475,6 +518,9 @@ impl Host for Scope<'_> {
         args: &[Value],
         named: &Map<String, Value>,
     ) -> Option<Result<Value, String>> {
+        if name == "task" && !named.is_empty() {
+            return Some(self.task(args.first(), named.get("route")));
+        }
         if name != "st2kv" || named.is_empty() {
             return self.call(name, args);
         }
@@ -536,20 +582,7 @@ impl Host for Scope<'_> {
                 status,
                 Some(TaskStatus::Succeeded | TaskStatus::Failed)
             )),
-            "task" => {
-                let name = match (args.first(), self.task) {
-                    (Some(Value::String(name)), _) => name.as_str(),
-                    (None, Some(current)) => current,
-                    (None, None) => return Some(Err("task() needs a task name here".into())),
-                    (Some(other), _) => {
-                        return Some(Err(format!("task() takes a task name, not {other}")))
-                    }
-                };
-                match task_record(self.state, name) {
-                    Some(record) => record,
-                    None => return Some(Err(no_task_execution(name))),
-                }
-            }
+            "task" => return Some(self.task(args.first(), args.get(1))),
             "task_status" => {
                 let task = args.first().and_then(Value::as_str).unwrap_or_default();
                 self.state
@@ -567,8 +600,19 @@ impl Host for Scope<'_> {
 /// What `task(name)` gives, as st2's Orquesta runner builds it from the
 /// task's latest run: a `with` task's result is `{"items": [{status,
 /// result}, ...]}`.
-fn task_record(state: &FlowState, name: &str) -> Option<Value> {
-    let run = state.runs.iter().rev().find(|r| r.task == name)?;
+fn task_record(state: &FlowState, name: &str, route: usize) -> Option<Value> {
+    let ran = |route: usize| {
+        state
+            .runs
+            .iter()
+            .any(|r| r.task == name && r.route == route)
+    };
+    let route = resolve_route(&state.routes, route, ran)?;
+    let run = state
+        .runs
+        .iter()
+        .rev()
+        .find(|r| r.task == name && r.route == route)?;
     let result = match &run.items {
         // The items' results are the run's once gathered.
         Some(items) => {
@@ -596,10 +640,38 @@ fn task_record(state: &FlowState, name: &str) -> Option<Value> {
         "workflow_execution_id": workflow,
         "task_name": name,
         "task_id": name,
-        "route": 0,
+        "route": run.route,
         "result": result,
         "status": run.status,
     }))
+}
+
+/// What route `route` (`routes` holds routes 1, 2, ...) names.
+fn route_details(routes: &[Vec<String>], route: usize) -> &[String] {
+    match route {
+        0 => &[],
+        r => routes.get(r - 1).map_or(&[], Vec::as_slice),
+    }
+}
+
+/// The route on which a task `ran` as seen from `route`: `route` itself,
+/// else the latest earlier route that `route` split from (Orquesta's
+/// `task()` looks there for a task before the split).
+fn resolve_route(
+    routes: &[Vec<String>],
+    route: usize,
+    ran: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    if ran(route) {
+        return Some(route);
+    }
+    let current = route_details(routes, route);
+    let earlier = (0..route).rev().find(|prev| {
+        route_details(routes, *prev)
+            .iter()
+            .all(|t| current.contains(t))
+    })?;
+    resolve_route(routes, earlier, ran)
 }
 
 fn no_task_execution(name: &str) -> String {
@@ -713,26 +785,38 @@ fn render_jinja(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
         }),
     );
     // Built only when asked for: a `with` task's record holds every item.
-    let mut records: BTreeMap<String, Value> = BTreeMap::new();
+    let mut records: BTreeMap<(String, usize), Value> = BTreeMap::new();
     if v.as_str().is_some_and(|s| s.contains("task(")) {
         for run in &scope.state.runs {
-            if !records.contains_key(&run.task) {
-                if let Some(record) = task_record(scope.state, &run.task) {
-                    records.insert(run.task.clone(), record);
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                records.entry((run.task.clone(), run.route))
+            {
+                if let Some(record) = task_record(scope.state, &run.task, run.route) {
+                    slot.insert(record);
                 }
             }
         }
     }
-    let current = scope.task.map(str::to_string);
+    let (current, current_route) = (scope.task.map(str::to_string), scope.route);
+    let routes = scope.state.routes.clone();
     extra.insert(
         "task".into(),
-        J::from_function(move |name: Option<String>| -> Result<J, Error> {
-            let name = name.or_else(|| current.clone()).unwrap_or_default();
-            records
-                .get(&name)
-                .map(J::from_serialize)
-                .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, no_task_execution(&name)))
-        }),
+        J::from_function(
+            move |name: Option<String>, kwargs: minijinja::value::Kwargs| -> Result<J, Error> {
+                let name = name.or_else(|| current.clone()).unwrap_or_default();
+                let route = kwargs
+                    .get::<Option<usize>>("route")?
+                    .unwrap_or(current_route);
+                kwargs.assert_all_used()?;
+                let ran = |r: usize| records.contains_key(&(name.clone(), r));
+                resolve_route(&routes, route, ran)
+                    .and_then(|r| records.get(&(name.clone(), r)))
+                    .map(J::from_serialize)
+                    .ok_or_else(|| {
+                        Error::new(ErrorKind::InvalidOperation, no_task_execution(&name))
+                    })
+            },
+        ),
     );
     for name in ["json_parse", "json_dump", "yaml_parse", "yaml_dump"]
         .into_iter()
@@ -861,8 +945,8 @@ fn jinja_message(e: &crate::template::TemplateError) -> String {
     )
 }
 
-/// An error entry; one about a task names it and its route (always 0:
-/// Squall does not number routes).
+/// An error entry; one about a task names it and route 0 (the routes of
+/// splits are not named in errors).
 fn expression_error(message: String, task_id: Option<&str>) -> Value {
     let mut e = json!({"type": "error", "message": message});
     if let Some(t) = task_id {
@@ -906,6 +990,7 @@ pub fn start(
         staged: Vec::new(),
         remediated: 0,
         run_on_fail: Vec::new(),
+        routes: Vec::new(),
     };
     let mut commands = Vec::new();
     for (name, default) in &flow.spec.input {
@@ -953,7 +1038,7 @@ pub fn start(
         .cloned()
         .collect();
     for task in starts {
-        schedule(flow, &mut state, &task, 0, None, &mut commands);
+        schedule(flow, &mut state, &task, 0, None, 0, &mut commands);
     }
     settle(flow, &mut state, &mut commands);
     (state, commands)
@@ -1003,7 +1088,13 @@ pub fn rerun(
         } else {
             succeeded_items(previous, task)
         };
-        schedule_keeping(flow, &mut state, task, 0, None, kept, &mut commands);
+        let route = previous
+            .runs
+            .iter()
+            .rev()
+            .find(|r| &r.task == task)
+            .map_or(0, |r| r.route);
+        schedule_keeping(flow, &mut state, task, 0, None, route, kept, &mut commands);
     }
     settle(flow, &mut state, &mut commands);
     Ok((state, commands))
@@ -1123,6 +1214,7 @@ fn schedule(
     task: &str,
     attempt: u32,
     retry_delay: Option<f64>,
+    route: usize,
     commands: &mut Vec<Command>,
 ) {
     schedule_keeping(
@@ -1131,6 +1223,7 @@ fn schedule(
         task,
         attempt,
         retry_delay,
+        route,
         BTreeMap::new(),
         commands,
     );
@@ -1138,12 +1231,14 @@ fn schedule(
 
 /// [`schedule`], where a `with` task's items in `kept` (by index) do not
 /// run again: they end at once with the result given.
+#[allow(clippy::too_many_arguments)]
 fn schedule_keeping(
     flow: &Flow<'_>,
     state: &mut FlowState,
     task: &str,
     attempt: u32,
     retry_delay: Option<f64>,
+    route: usize,
     kept: BTreeMap<usize, Value>,
     commands: &mut Vec<Command>,
 ) {
@@ -1163,7 +1258,10 @@ fn schedule_keeping(
         })
     });
     let prepared = match &items {
-        Ok(None) => prepare(def, &Scope::plain(flow, state).in_task(task)),
+        Ok(None) => prepare(
+            def,
+            &Scope::plain(flow, state).in_task(task).on_route(route),
+        ),
         Ok(Some(_)) => Ok((None, Value::Null, None)),
         Err(e) => Err(e.clone()),
     };
@@ -1174,6 +1272,7 @@ fn schedule_keeping(
         status: TaskStatus::Running,
         result: Value::Null,
         attempt,
+        route,
         items: items.ok().flatten(),
     });
     match prepared {
@@ -1217,7 +1316,11 @@ fn start_items(flow: &Flow<'_>, state: &mut FlowState, run_id: &str, commands: &
     let Some(i) = state.runs.iter().position(|r| r.id == run_id) else {
         return;
     };
-    let (task, attempt) = (state.runs[i].task.clone(), state.runs[i].attempt);
+    let (task, attempt, route) = (
+        state.runs[i].task.clone(),
+        state.runs[i].attempt,
+        state.runs[i].route,
+    );
     let Some(def) = flow.spec.tasks.get(&task) else {
         return;
     };
@@ -1281,6 +1384,7 @@ fn start_items(flow: &Flow<'_>, state: &mut FlowState, run_id: &str, commands: &
                     task: Some(&task),
                     current: None,
                     item: Some(value),
+                    route,
                 },
             ),
             None => Err(format!("the value of item {index} was not loaded")),
@@ -1705,7 +1809,11 @@ fn finish_run(
     };
     state.runs[i].status = status;
     state.runs[i].result = result.clone();
-    let (task, attempt) = (state.runs[i].task.clone(), state.runs[i].attempt);
+    let (task, attempt, route) = (
+        state.runs[i].task.clone(),
+        state.runs[i].attempt,
+        state.runs[i].route,
+    );
     let def: TaskSpec = flow.spec.tasks.get(&task).cloned().unwrap_or_default();
     let failed = status == TaskStatus::Failed;
     if failed {
@@ -1718,7 +1826,9 @@ fn finish_run(
     }
     // `retry`: run the same task again while `when` holds.
     if let Some(retry) = &def.retry {
-        let scope = Scope::after(flow, state, &status, &result).in_task(&task);
+        let scope = Scope::after(flow, state, &status, &result)
+            .in_task(&task)
+            .on_route(route);
         let wanted = match &retry.when {
             Some(w) => render(&json!(w), &scope).map(|v| yaql::truthy(&v)),
             None => Ok(status == TaskStatus::Failed),
@@ -1728,7 +1838,7 @@ fn finish_run(
             (Ok(true), Ok(count)) if attempt < count => {
                 state.remediated += usize::from(failed);
                 let delay = retry.delay.as_ref().and_then(Value::as_f64);
-                schedule(flow, state, &task, attempt + 1, delay, commands);
+                schedule(flow, state, &task, attempt + 1, delay, route, commands);
                 return;
             }
             (Err(e), _) | (_, Err(e)) => state.errors.push(expression_error(e, Some(&task))),
@@ -1741,11 +1851,13 @@ fn finish_run(
     // A task named by several taken transitions is staged once: one run
     // (or one arrival at its join) per event, as in Orquesta.
     let mut staged: Vec<&str> = Vec::new();
-    for (route, t) in def.next.iter().enumerate() {
+    for (transition, t) in def.next.iter().enumerate() {
         let when = match &t.when {
             Some(w) => render(
                 &json!(w),
-                &Scope::after(flow, state, &status, &result).in_task(&task),
+                &Scope::after(flow, state, &status, &result)
+                    .in_task(&task)
+                    .on_route(route),
             )
             .map(|v| yaql::truthy(&v)),
             None => Ok(true),
@@ -1754,19 +1866,21 @@ fn finish_run(
             Ok(false) => continue,
             Ok(true) => {}
             Err(e) => {
-                transition_errors(state, &task, route, &t.next, &e);
+                transition_errors(state, &task, transition, &t.next, &e);
                 continue;
             }
         }
         for (name, v) in &t.publish {
             match render(
                 v,
-                &Scope::after(flow, state, &status, &result).in_task(&task),
+                &Scope::after(flow, state, &status, &result)
+                    .in_task(&task)
+                    .on_route(route),
             ) {
                 Ok(v) => {
                     state.ctx.insert(name.clone(), v);
                 }
-                Err(e) => transition_errors(state, &task, route, &t.next, &e),
+                Err(e) => transition_errors(state, &task, transition, &t.next, &e),
             }
         }
         for target in &t.next {
@@ -1779,14 +1893,15 @@ fn finish_run(
                 }
                 "retry" if attempt < ENGINE_RETRIES => {
                     state.remediated += usize::from(failed);
-                    schedule(flow, state, &task, attempt + 1, None, commands);
+                    schedule(flow, state, &task, attempt + 1, None, route, commands);
                     return;
                 }
                 next if !ENGINE_COMMANDS.contains(&next) => {
                     remediated |= failed;
                     if !staged.contains(&next) {
                         staged.push(next);
-                        arrive(flow, state, next, commands);
+                        let via = format!("{task}__t{transition}");
+                        arrive(flow, state, next, &via, route, commands);
                     }
                 }
                 _ => {}
@@ -1811,13 +1926,35 @@ fn finish_run(
     }
 }
 
-/// A transition arrives at `task`: run it, or count it toward its join.
-fn arrive(flow: &Flow<'_>, state: &mut FlowState, task: &str, commands: &mut Vec<Command>) {
+/// A transition (`via`, `<task>__t<n>`, taken on route `route`) arrives
+/// at `task`: run it, or count it toward its join.
+fn arrive(
+    flow: &Flow<'_>,
+    state: &mut FlowState,
+    task: &str,
+    via: &str,
+    route: usize,
+    commands: &mut Vec<Command>,
+) {
     let Some(def) = flow.spec.tasks.get(task) else {
         return;
     };
+    let inbound = flow
+        .spec
+        .tasks
+        .values()
+        .flat_map(|t| t.next.iter())
+        .filter(|n| n.next.iter().any(|x| x == task))
+        .count() as u32;
     match def.join {
-        None => schedule(flow, state, task, 0, None, commands),
+        None => {
+            let route = if inbound > 1 && !in_cycle(flow.spec, task) {
+                split_route(state, route, via)
+            } else {
+                route
+            };
+            schedule(flow, state, task, 0, None, route, commands)
+        }
         Some(join) => {
             let inbound = flow
                 .spec
@@ -1832,10 +1969,46 @@ fn arrive(flow: &Flow<'_>, state: &mut FlowState, task: &str, commands: &mut Vec
             let arrived = state.joins.entry(task.to_string()).or_insert(0);
             *arrived += 1;
             if *arrived == needed {
-                schedule(flow, state, task, 0, None, commands);
+                schedule(flow, state, task, 0, None, route, commands);
             }
         }
     }
+}
+
+/// The route a split task reached by `via` from route `route` runs on
+/// (Orquesta's `_evaluate_route`): `route` plus `via`, a new route unless
+/// `via` is already on it.
+fn split_route(state: &mut FlowState, route: usize, via: &str) -> usize {
+    let mut details = route_details(&state.routes, route).to_vec();
+    if details.iter().any(|t| t == via) {
+        return route;
+    }
+    details.push(via.to_string());
+    state.routes.push(details);
+    state.routes.len()
+}
+
+/// Whether `task` can reach itself (a loop): a split in a loop stays on
+/// its route, as in Orquesta.
+fn in_cycle(spec: &WorkflowSpec, task: &str) -> bool {
+    let next = |name: &str| -> Vec<String> {
+        spec.tasks
+            .get(name)
+            .map(|t| t.next.iter().flat_map(|n| n.next.iter().cloned()).collect())
+            .unwrap_or_default()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut queue = next(task);
+    while let Some(name) = queue.pop() {
+        if name == task {
+            return true;
+        }
+        if !seen.contains(&name) {
+            queue.extend(next(&name));
+            seen.push(name);
+        }
+    }
+    false
 }
 
 /// Whether a run (or an item) is under way and not paused; runs staged

@@ -286,7 +286,7 @@ mod conducting {
     fn drive(
         spec: &WorkflowSpec,
         input: Value,
-        outcome: impl Fn(&str, &Value, u32) -> (bool, Value),
+        outcome: impl FnMut(&str, &Value, u32) -> (bool, Value),
     ) -> (Vec<String>, FlowState, Command) {
         let Value::Object(input) = input else {
             panic!()
@@ -300,6 +300,37 @@ mod conducting {
             true,
             json!({"stdout": input.get("cmd").cloned().unwrap_or(Value::Null)}),
         )
+    }
+
+    /// test_wiring_functions_task.py: a task reached by two transitions
+    /// without a join runs on two routes (Orquesta's split), what follows
+    /// stays on its route, `task(name)` reads the current route's run (or
+    /// the one before the split), `task(name, route => n)` a given one; a
+    /// loop stays on its route.
+    #[test]
+    fn a_split_task_runs_once_per_route_and_task_reads_the_route() {
+        let s = spec("version: 1.0\ntasks:\n  first:\n    action: core.noop\n    next:\n      - do: [left, right]\n  left:\n    action: core.noop\n    next:\n      - do: shared\n  right:\n    action: core.noop\n    next:\n      - do: shared\n  shared:\n    action: core.noop\n    next:\n      - do: after\n  after:\n    action: core.local cmd=<% task(shared).task_id %>__<% task(shared).route %>/<% task(first).route %>\n  begin:\n    action: core.noop\n    next:\n      - do: again\n  again:\n    action: core.echo message=x\n    next:\n      - when: <% task(again).result.n < 2 %>\n        do: again\noutput:\n  - one: <% task(after, route => 1).result.stdout %>\n  - two: '{{ task(\"after\", route=2).result.stdout }}'\n  - loop: <% task(again).route %>\n");
+        let mut loops = 0;
+        let (ran, state, done) = drive(&s, json!({}), |action, input, _| match action {
+            "core.local" => ok(action, input, 0),
+            "core.echo" => {
+                loops += 1;
+                (true, json!({"n": loops}))
+            }
+            _ => (true, json!({})),
+        });
+        assert_eq!(loops, 2, "the loop ran twice");
+        assert_eq!(ran.iter().filter(|t| *t == "shared").count(), 2, "{ran:?}");
+        assert_eq!(
+            state.routes,
+            vec![vec!["left__t0".to_string()], vec!["right__t0".to_string()]]
+        );
+        let Command::Finish { result, .. } = done else {
+            panic!()
+        };
+        assert_eq!(result["output"]["one"], "shared__1/0");
+        assert_eq!(result["output"]["two"], "shared__2/0");
+        assert_eq!(result["output"]["loop"], 0, "a loop is no split");
     }
 
     #[test]

@@ -155,10 +155,9 @@ fn render_str(s: &str, data: &Value, host: &dyn Host) -> Result<Value, YaqlError
             position: e.position + consumed + start + 2,
             message: e.message,
         })?;
-        match value {
-            Value::String(text) => out.push_str(&text),
-            other => out.push_str(&other.to_string()),
-        }
+        // As Orquesta: Python's `str()` of the value (`False`, `None`,
+        // `{'a': 1}`).
+        out.push_str(&crate::template::python_text(&value));
         consumed += end + 2;
         rest = &rest[end + 2..];
     }

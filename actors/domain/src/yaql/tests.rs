@@ -233,3 +233,22 @@ fn render_keeps_types_and_interpolates() {
     let e = render(&json!("x <% $.n"), &data, &NoHost).unwrap_err();
     assert!(e.message.contains("closing"), "{e}");
 }
+
+/// Orquesta writes a value into the text around its expression with
+/// Python's `str()`: the task-functions test echoes `False`, not `false`.
+#[test]
+fn values_in_text_are_written_as_python_does() {
+    let text = |src: &str| render(&json!(src), &data(), &NoHost).unwrap();
+    assert_eq!(text("echo \"<% false %>\""), json!("echo \"False\""));
+    assert_eq!(text("<% null %>!"), json!("None!"));
+    assert_eq!(
+        text("cfg: <% $.cfg %>"),
+        json!("cfg: {'region': 'eu', 'size': 2}")
+    );
+    assert_eq!(text("<% 1 %> + <% 2.5 %>"), json!("1 + 2.5"));
+    assert_eq!(
+        text("<% false %>"),
+        json!(false),
+        "a whole expression keeps its type"
+    );
+}
