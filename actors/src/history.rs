@@ -1,21 +1,40 @@
-//! Execution history: every execution record summarised in memory, ordered
-//! by request time, so `GET /executions` pages and filters (status, action,
-//! rule, trigger instance, parent, user, time range) without reading the
-//! bucket. The newest [`CACHED_RECORDS`] records are also kept whole (as
-//! stored bytes), so the pages people look at most cost no bus round trip;
-//! older pages read their records from the `executions` bucket. Kept
-//! current by a [`Mirrored`] watch.
+//! Execution history: every execution record summarised in a compact
+//! in-memory index, so `GET /executions` pages and filters (status, action,
+//! runner, rule, trigger instance, trigger, trigger type, parent, user,
+//! time range) without reading the bucket.
+//!
+//! Each execution gets an ordinal; a summary row holds its time and its
+//! field values as interned symbols; every field value has a roaring
+//! bitmap of the ordinals that carry it, so a filter on several fields is
+//! an intersection of compressed bitmaps and `X-Total-Count` is the
+//! cardinality of the result. `by_time` holds the ordinals in request-time
+//! order for paging. The newest [`CACHED_RECORDS`] records are also kept
+//! whole (as stored bytes); older pages read their records from the
+//! `executions` bucket in one batched request ([`read_records`]).
+//!
+//! The index is kept current by a [`Mirrored`] watch. It can be saved to a
+//! snapshot file ([`History::snapshot`]) and loaded from one at start, so a
+//! restart replays only what changed since; a snapshot that is corrupt
+//! (checksum) or belongs to another bucket or a later revision is ignored
+//! and the bucket replayed. Until the index has caught up it says so
+//! ([`HistoryHandle::is_ready`]) and lists answer 503.
 
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use futures::StreamExt;
+use roaring::RoaringBitmap;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use squall_domain::execution::Status;
-use squall_domain::time::{serde_ts, Timestamp};
+use squall_domain::time::{serde_opt_ts, serde_ts, Timestamp};
 
 use crate::bus::Bus;
-use crate::error::EngineError;
+use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
 
 /// The fields of an execution record that lists filter on. Read from the
@@ -25,6 +44,8 @@ pub struct Summary {
     pub id: String,
     #[serde(with = "serde_ts")]
     pub start_timestamp: Timestamp,
+    #[serde(default, with = "serde_opt_ts")]
+    pub end_timestamp: Option<Timestamp>,
     pub status: Status,
     pub action: ActionRef,
     pub runner: RunnerName,
@@ -97,43 +118,6 @@ pub struct Filter {
     pub before: Option<Timestamp>,
 }
 
-impl Filter {
-    /// Whether `s` is shown.
-    pub fn keeps(&self, s: &Summary) -> bool {
-        fn eq(want: &Option<String>, have: Option<&str>) -> bool {
-            want.as_deref().is_none_or(|w| have == Some(w))
-        }
-        eq(&self.id, Some(&s.id))
-            && self.status.is_none_or(|st| st == s.status)
-            && eq(&self.action, Some(&s.action.action_ref))
-            && eq(&self.runner, Some(&s.runner.name))
-            && self.rule.as_deref().is_none_or(|r| {
-                s.rule
-                    .as_ref()
-                    .is_some_and(|rule| rule.reference == r || rule.id == r)
-            })
-            && eq(
-                &self.trigger_instance,
-                s.trigger_instance.as_ref().map(|t| t.id.as_str()),
-            )
-            && eq(
-                &self.trigger,
-                s.trigger_instance.as_ref().map(|t| t.trigger.as_str()),
-            )
-            && eq(
-                &self.trigger_type,
-                s.trigger_instance.as_ref().map(|t| t.trigger_type.as_str()),
-            )
-            && self
-                .parent
-                .as_ref()
-                .is_none_or(|p| p.as_deref() == s.parent.as_deref())
-            && eq(&self.user, s.user())
-            && self.after.is_none_or(|t| s.start_timestamp > t)
-            && self.before.is_none_or(|t| s.start_timestamp < t)
-    }
-}
-
 /// One page of a list: the ids shown, in order, and how many match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -141,13 +125,51 @@ pub struct Page {
     pub total: usize,
 }
 
-type Ordered = BTreeSet<(Timestamp, String)>;
-
 /// How many of the newest records a node keeps whole (about 1.5 KB each
 /// for a shell action's record).
 pub const CACHED_RECORDS: usize = 20_000;
 
-/// The fields lists filter on by equality, each with an index.
+/// Up to this many candidates, a page sorts the candidates rather than
+/// walking the time order.
+const SORT_LIMIT: u64 = 4096;
+
+/// An interned string.
+type Sym = u32;
+/// No value.
+const NO_SYM: Sym = Sym::MAX;
+
+/// Field values, each stored once.
+#[derive(Debug, Default)]
+struct Symbols {
+    by_text: HashMap<Box<str>, Sym>,
+    texts: Vec<Box<str>>,
+}
+
+impl Symbols {
+    fn intern(&mut self, text: &str) -> Sym {
+        if let Some(s) = self.by_text.get(text) {
+            return *s;
+        }
+        let s = self.texts.len() as Sym;
+        self.texts.push(text.into());
+        self.by_text.insert(text.into(), s);
+        s
+    }
+
+    fn intern_opt(&mut self, text: Option<&str>) -> Sym {
+        text.map_or(NO_SYM, |t| self.intern(t))
+    }
+
+    fn find(&self, text: &str) -> Option<Sym> {
+        self.by_text.get(text).copied()
+    }
+
+    fn text(&self, s: Sym) -> Option<&str> {
+        self.texts.get(s as usize).map(|t| &**t)
+    }
+}
+
+/// The low-cardinality fields lists filter on, each value with a bitmap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Field {
     Status,
@@ -155,69 +177,125 @@ enum Field {
     Runner,
     /// Indexed under both the rule's ref and its id.
     Rule,
-    TriggerInstance,
-    /// `""` for top-level executions.
-    Parent,
+    Trigger,
+    TriggerType,
     User,
 }
 
-/// The index entries of one execution.
-fn index_terms(s: &Summary) -> Vec<(Field, String)> {
-    let mut terms = vec![
-        (Field::Status, s.status.as_str().to_string()),
-        (Field::Action, s.action.action_ref.clone()),
-        (Field::Runner, s.runner.name.clone()),
-        (Field::Parent, s.parent.clone().unwrap_or_default()),
-    ];
-    if let Some(rule) = &s.rule {
-        terms.push((Field::Rule, rule.reference.clone()));
-        terms.push((Field::Rule, rule.id.clone()));
-    }
-    if let Some(t) = &s.trigger_instance {
-        terms.push((Field::TriggerInstance, t.id.clone()));
-    }
-    if let Some(user) = s.user() {
-        terms.push((Field::User, user.to_string()));
-    }
-    terms
+/// The ordinals of a value that few executions share (a trigger
+/// instance, a parent): one ordinal stored inline, more as a bitmap.
+#[derive(Debug)]
+enum Posting {
+    One(u32),
+    Many(RoaringBitmap),
 }
 
-impl Filter {
-    /// The indexed equality constraints, and whether they are all of it.
-    fn index_terms(&self) -> (Vec<(Field, String)>, bool) {
-        let mut terms = Vec::new();
-        let mut push = |field, value: &Option<String>| {
-            if let Some(v) = value {
-                terms.push((field, v.clone()));
+impl Posting {
+    fn add(&mut self, ord: u32) {
+        match self {
+            Posting::One(o) if *o == ord => {}
+            Posting::One(o) => *self = Posting::Many([*o, ord].into_iter().collect()),
+            Posting::Many(b) => {
+                b.insert(ord);
             }
-        };
-        push(Field::Status, &self.status.map(|s| s.as_str().to_string()));
-        push(Field::Action, &self.action);
-        push(Field::Runner, &self.runner);
-        push(Field::Rule, &self.rule);
-        push(Field::TriggerInstance, &self.trigger_instance);
-        push(
-            Field::Parent,
-            &self.parent.as_ref().map(|p| p.clone().unwrap_or_default()),
-        );
-        push(Field::User, &self.user);
-        let unindexed = self.id.is_some()
-            || self.trigger.is_some()
-            || self.trigger_type.is_some()
-            || self.after.is_some()
-            || self.before.is_some();
-        (terms, !unindexed)
+        }
     }
+
+    /// Removes `ord`; whether the posting is now empty.
+    fn remove(&mut self, ord: u32) -> bool {
+        match self {
+            Posting::One(o) => *o == ord,
+            Posting::Many(b) => {
+                b.remove(ord);
+                b.is_empty()
+            }
+        }
+    }
+
+    fn bitmap(&self) -> RoaringBitmap {
+        match self {
+            Posting::One(o) => [*o].into_iter().collect(),
+            Posting::Many(b) => b.clone(),
+        }
+    }
+}
+
+/// One execution, summarised.
+#[derive(Debug)]
+struct Row {
+    id: Box<str>,
+    start: Timestamp,
+    end: Option<Timestamp>,
+    status: Status,
+    action: Sym,
+    runner: Sym,
+    rule_ref: Sym,
+    rule_id: Sym,
+    trigger: Sym,
+    trigger_type: Sym,
+    user: Sym,
+    trigger_instance: Option<Box<str>>,
+    parent: Option<Box<str>>,
+}
+
+impl Row {
+    fn terms(&self, status: Sym) -> [(Field, Sym); 8] {
+        [
+            (Field::Status, status),
+            (Field::Action, self.action),
+            (Field::Runner, self.runner),
+            (Field::Rule, self.rule_ref),
+            (Field::Rule, self.rule_id),
+            (Field::Trigger, self.trigger),
+            (Field::TriggerType, self.trigger_type),
+            (Field::User, self.user),
+        ]
+    }
+}
+
+/// What retention needs to know of one execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub status: Status,
+    pub start: Timestamp,
+    pub end: Option<Timestamp>,
+    pub runner: String,
+    pub parent: Option<String>,
+}
+
+/// Which executions a purge removes (StackStorm's `st2-purge-executions`):
+/// finished ones requested and ended before `before`.
+#[derive(Debug, Clone)]
+pub struct PurgeFilter {
+    pub before: Timestamp,
+    pub action: Option<String>,
+    /// One finished status; `None`: any finished status.
+    pub status: Option<Status>,
 }
 
 /// Every execution, summarised and indexed; the newest also whole.
+#[derive(Debug)]
 pub struct History {
-    by_id: HashMap<String, Summary>,
-    order: Ordered,
-    indices: HashMap<(Field, String), Ordered>,
-    cached: HashMap<String, Bytes>,
-    cached_order: Ordered,
+    /// By ordinal. A deleted execution's row stays (out of every index)
+    /// until the next compaction.
+    rows: Vec<Row>,
+    ids: HashMap<Box<str>, u32>,
+    live: RoaringBitmap,
+    /// Ordinals by (request time, id), deleted ones included until the
+    /// next compaction. Unsorted while a load is under way.
+    by_time: Vec<u32>,
+    sorted: bool,
+    dead: usize,
+    symbols: Symbols,
+    terms: HashMap<(Field, Sym), RoaringBitmap>,
+    top_level: RoaringBitmap,
+    instances: HashMap<Box<str>, Posting>,
+    children: HashMap<Box<str>, Posting>,
+    cached: HashMap<u32, Bytes>,
+    cached_order: BTreeSet<(Timestamp, u32)>,
     cache_limit: usize,
+    /// The last bucket revision applied.
+    revision: u64,
 }
 
 impl Default for History {
@@ -230,71 +308,167 @@ impl History {
     /// An empty history keeping at most `cache_limit` records whole.
     pub fn with_cache(cache_limit: usize) -> History {
         History {
-            by_id: HashMap::new(),
-            order: Ordered::new(),
-            indices: HashMap::new(),
+            rows: Vec::new(),
+            ids: HashMap::new(),
+            live: RoaringBitmap::new(),
+            by_time: Vec::new(),
+            sorted: true,
+            dead: 0,
+            symbols: Symbols::default(),
+            terms: HashMap::new(),
+            top_level: RoaringBitmap::new(),
+            instances: HashMap::new(),
+            children: HashMap::new(),
             cached: HashMap::new(),
-            cached_order: Ordered::new(),
+            cached_order: BTreeSet::new(),
             cache_limit,
+            revision: 0,
         }
     }
 
     /// The stored bytes of a record, when it is among the newest.
     pub fn record_bytes(&self, id: &str) -> Option<Bytes> {
-        self.cached.get(id).cloned()
+        self.ids.get(id).and_then(|o| self.cached.get(o)).cloned()
     }
 
     /// Number of executions recorded.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.ids.len()
     }
 
     /// Whether no execution is recorded.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.ids.is_empty()
+    }
+
+    /// Whether execution `id` is recorded.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// The last bucket revision folded in.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// What retention needs to know of execution `id`.
+    pub fn info(&self, id: &str) -> Option<Info> {
+        let row = &self.rows[*self.ids.get(id)? as usize];
+        Some(Info {
+            status: row.status,
+            start: row.start,
+            end: row.end,
+            runner: self.symbols.text(row.runner).unwrap_or("").to_string(),
+            parent: row.parent.as_deref().map(str::to_string),
+        })
+    }
+
+    fn cmp_ord(&self, a: u32, b: u32) -> Ordering {
+        let (ra, rb) = (&self.rows[a as usize], &self.rows[b as usize]);
+        ra.start.cmp(&rb.start).then_with(|| ra.id.cmp(&rb.id))
+    }
+
+    /// The ordinals an equality filter keeps, before the time range;
+    /// `None` when a named value is unknown (nothing matches).
+    fn candidates(&self, filter: &Filter) -> Option<Cow<'_, RoaringBitmap>> {
+        let mut sets: Vec<Cow<'_, RoaringBitmap>> = Vec::new();
+        if let Some(id) = &filter.id {
+            sets.push(Cow::Owned(
+                [*self.ids.get(id.as_str())?].into_iter().collect(),
+            ));
+        }
+        let mut term = |field: Field, value: Option<&str>| -> Option<()> {
+            if let Some(v) = value {
+                let sym = self.symbols.find(v)?;
+                sets.push(Cow::Borrowed(self.terms.get(&(field, sym))?));
+            }
+            Some(())
+        };
+        term(Field::Status, filter.status.map(Status::as_str))?;
+        term(Field::Action, filter.action.as_deref())?;
+        term(Field::Runner, filter.runner.as_deref())?;
+        term(Field::Rule, filter.rule.as_deref())?;
+        term(Field::Trigger, filter.trigger.as_deref())?;
+        term(Field::TriggerType, filter.trigger_type.as_deref())?;
+        term(Field::User, filter.user.as_deref())?;
+        if let Some(t) = &filter.trigger_instance {
+            sets.push(Cow::Owned(self.instances.get(t.as_str())?.bitmap()));
+        }
+        match &filter.parent {
+            None => {}
+            Some(None) => sets.push(Cow::Borrowed(&self.top_level)),
+            Some(Some(p)) => sets.push(Cow::Owned(self.children.get(p.as_str())?.bitmap())),
+        }
+        sets.sort_by_key(|s| s.len());
+        let mut sets = sets.into_iter();
+        let Some(first) = sets.next() else {
+            return Some(Cow::Borrowed(&self.live));
+        };
+        Some(sets.fold(first, |acc, s| Cow::Owned(acc.into_owned() & &*s)))
     }
 
     /// The executions `filter` keeps, newest first unless `ascending`,
-    /// skipping `offset` and showing at most `limit`. Walks the smallest
-    /// index among the filter's equality constraints (everything when it
-    /// has none); a filter that is one indexed constraint costs only the
-    /// page.
+    /// skipping `offset` and showing at most `limit`, and how many it
+    /// keeps. Equality constraints intersect their bitmaps; a few
+    /// candidates are sorted, many are found by walking the time order.
     pub fn page(&self, filter: &Filter, ascending: bool, offset: usize, limit: usize) -> Page {
-        static EMPTY: Ordered = Ordered::new();
-        let (terms, all_indexed) = filter.index_terms();
-        let candidates = terms
-            .iter()
-            .map(|t| self.indices.get(t).unwrap_or(&EMPTY))
-            .min_by_key(|set| set.len())
-            .unwrap_or(&self.order);
-        let ordered: Box<dyn Iterator<Item = &(Timestamp, String)>> = if ascending {
-            Box::new(candidates.iter())
-        } else {
-            Box::new(candidates.iter().rev())
+        let Some(cand) = self.candidates(filter) else {
+            return Page {
+                ids: vec![],
+                total: 0,
+            };
         };
-        if all_indexed && terms.len() <= 1 {
-            let ids = ordered
-                .skip(offset)
-                .take(limit)
-                .map(|(_, id)| id.clone())
-                .collect();
+        let start = |o: u32| self.rows[o as usize].start;
+        let in_range = |t: Timestamp| {
+            filter.after.is_none_or(|a| t > a) && filter.before.is_none_or(|b| t < b)
+        };
+        let lo = filter
+            .after
+            .map_or(0, |a| self.by_time.partition_point(|o| start(*o) <= a));
+        let hi = filter.before.map_or(self.by_time.len(), |b| {
+            self.by_time.partition_point(|o| start(*o) < b)
+        });
+        let hi = hi.max(lo);
+        let span = (hi - lo) as u64;
+        if cand.len() <= SORT_LIMIT || cand.len().saturating_mul(16) < span {
+            let mut ords: Vec<u32> = cand.iter().filter(|o| in_range(start(*o))).collect();
+            ords.sort_unstable_by(|a, b| self.cmp_ord(*a, *b));
+            if !ascending {
+                ords.reverse();
+            }
+            return Page {
+                total: ords.len(),
+                ids: self.ids_of(ords.into_iter().skip(offset).take(limit)),
+            };
+        }
+        let slice = &self.by_time[lo..hi];
+        let walk: Box<dyn Iterator<Item = &u32>> = if ascending {
+            Box::new(slice.iter())
+        } else {
+            Box::new(slice.iter().rev())
+        };
+        let matching = walk.copied().filter(|o| cand.contains(*o));
+        if lo == 0 && hi == self.by_time.len() {
+            // The whole order: the count is the bitmap's.
+            let ids = self.ids_of(matching.skip(offset).take(limit));
             return Page {
                 ids,
-                total: candidates.len(),
+                total: cand.len() as usize,
             };
         }
         let mut ids = Vec::new();
         let mut total = 0;
-        for (_, id) in ordered {
-            if !self.by_id.get(id).is_some_and(|s| filter.keeps(s)) {
-                continue;
-            }
+        for o in matching {
             if total >= offset && ids.len() < limit {
-                ids.push(id.clone());
+                ids.push(self.rows[o as usize].id.to_string());
             }
             total += 1;
         }
         Page { ids, total }
+    }
+
+    fn ids_of(&self, ords: impl Iterator<Item = u32>) -> Vec<String> {
+        ords.map(|o| self.rows[o as usize].id.to_string()).collect()
     }
 
     /// The descendants of `id`, parents before their children, oldest
@@ -309,57 +483,230 @@ impl History {
         if depth == Some(0) || id.is_empty() {
             return;
         }
-        let key = (Field::Parent, id.to_string());
-        for (_, child) in self.indices.get(&key).into_iter().flatten() {
-            out.push(child.clone());
-            self.collect_children(child, depth.map(|d| d - 1), out);
-        }
-    }
-
-    /// The summary of one execution.
-    pub fn get(&self, id: &str) -> Option<&Summary> {
-        self.by_id.get(id)
-    }
-
-    fn remove(&mut self, id: &str) {
-        let Some(old) = self.by_id.remove(id) else {
+        let Some(posting) = self.children.get(id) else {
             return;
         };
-        let key = (old.start_timestamp, old.id.clone());
-        self.order.remove(&key);
-        if self.cached.remove(id).is_some() {
-            self.cached_order.remove(&key);
+        let mut ords: Vec<u32> = posting.bitmap().iter().collect();
+        ords.sort_unstable_by(|a, b| self.cmp_ord(*a, *b));
+        for o in ords {
+            let child = self.rows[o as usize].id.to_string();
+            out.push(child.clone());
+            self.collect_children(&child, depth.map(|d| d - 1), out);
         }
-        for term in index_terms(&old) {
-            if let Some(set) = self.indices.get_mut(&term) {
-                set.remove(&key);
-                if set.is_empty() {
-                    self.indices.remove(&term);
+    }
+
+    /// The oldest executions a purge of `filter` would remove as roots
+    /// (top-level, or whose parent is gone), after `cursor` (a previous
+    /// call's last id) in time order, at most `limit`. A root's
+    /// descendants go with it; retention checks them.
+    pub fn purgeable(
+        &self,
+        filter: &PurgeFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Vec<String> {
+        let from = match cursor.and_then(|c| self.ids.get(c)) {
+            Some(c) => self
+                .by_time
+                .partition_point(|o| self.cmp_ord(*o, *c).is_le()),
+            None => 0,
+        };
+        let action = filter.action.as_deref().map(|a| self.symbols.find(a));
+        if action == Some(None) {
+            return vec![];
+        }
+        self.by_time[from..]
+            .iter()
+            .map(|o| (*o, &self.rows[*o as usize]))
+            .take_while(|(_, r)| r.start < filter.before)
+            .filter(|(o, r)| {
+                self.live.contains(*o)
+                    && r.status.is_completed()
+                    && filter.status.is_none_or(|s| s == r.status)
+                    && r.end.is_some_and(|e| e < filter.before)
+                    && action.is_none_or(|a| a == Some(r.action))
+                    && r.parent
+                        .as_deref()
+                        .is_none_or(|p| !self.ids.contains_key(p))
+            })
+            .take(limit)
+            .map(|(_, r)| r.id.to_string())
+            .collect()
+    }
+
+    fn index(&mut self, o: u32) {
+        let row = &self.rows[o as usize];
+        let status = self.symbols.find(row.status.as_str()).unwrap_or(NO_SYM);
+        for term in row.terms(status) {
+            if term.1 != NO_SYM {
+                self.terms.entry(term).or_default().insert(o);
+            }
+        }
+        match &row.parent {
+            None => {
+                self.top_level.insert(o);
+            }
+            Some(p) => match self.children.get_mut(&**p) {
+                Some(posting) => posting.add(o),
+                None => {
+                    self.children.insert(p.clone(), Posting::One(o));
+                }
+            },
+        }
+        if let Some(t) = &row.trigger_instance {
+            match self.instances.get_mut(&**t) {
+                Some(posting) => posting.add(o),
+                None => {
+                    self.instances.insert(t.clone(), Posting::One(o));
                 }
             }
+        }
+        self.live.insert(o);
+    }
+
+    fn unindex(&mut self, o: u32) {
+        let row = &self.rows[o as usize];
+        let status = self.symbols.find(row.status.as_str()).unwrap_or(NO_SYM);
+        for term in row.terms(status) {
+            if let Some(set) = self.terms.get_mut(&term) {
+                set.remove(o);
+                if set.is_empty() {
+                    self.terms.remove(&term);
+                }
+            }
+        }
+        let drop_posting = |map: &mut HashMap<Box<str>, Posting>, key: &str| {
+            if map.get_mut(key).is_some_and(|p| p.remove(o)) {
+                map.remove(key);
+            }
+        };
+        match &row.parent {
+            None => {
+                self.top_level.remove(o);
+            }
+            Some(p) => drop_posting(&mut self.children, p),
+        }
+        if let Some(t) = &row.trigger_instance {
+            drop_posting(&mut self.instances, t);
+        }
+        self.live.remove(o);
+    }
+
+    fn row_of(&mut self, s: &Summary) -> Row {
+        let sym = &mut self.symbols;
+        sym.intern(s.status.as_str());
+        let instance = s.trigger_instance.as_ref();
+        Row {
+            id: s.id.as_str().into(),
+            start: s.start_timestamp,
+            end: s.end_timestamp,
+            status: s.status,
+            action: sym.intern(&s.action.action_ref),
+            runner: sym.intern(&s.runner.name),
+            rule_ref: sym.intern_opt(s.rule.as_ref().map(|r| r.reference.as_str())),
+            rule_id: sym.intern_opt(s.rule.as_ref().map(|r| r.id.as_str())),
+            trigger: sym.intern_opt(instance.map(|t| t.trigger.as_str())),
+            trigger_type: sym.intern_opt(instance.map(|t| t.trigger_type.as_str())),
+            user: sym.intern_opt(s.user()),
+            trigger_instance: instance.map(|t| t.id.as_str().into()),
+            parent: s.parent.as_deref().map(Into::into),
+        }
+    }
+
+    /// Removes execution `id`.
+    fn remove(&mut self, id: &str) {
+        let Some(o) = self.ids.remove(id) else {
+            return;
+        };
+        self.unindex(o);
+        if self.cached.remove(&o).is_some() {
+            self.cached_order.remove(&(self.rows[o as usize].start, o));
+        }
+        self.dead += 1;
+        if self.sorted && self.dead > 1024 && self.dead > self.ids.len() / 4 {
+            self.compact();
         }
     }
 
     fn insert(&mut self, summary: Summary, bytes: Bytes) {
-        self.remove(&summary.id);
-        let key = (summary.start_timestamp, summary.id.clone());
-        self.order.insert(key.clone());
-        for term in index_terms(&summary) {
-            self.indices.entry(term).or_default().insert(key.clone());
-        }
-        self.cached.insert(summary.id.clone(), bytes);
+        let row = self.row_of(&summary);
+        let o = match self.ids.get(summary.id.as_str()).copied() {
+            Some(o) if self.rows[o as usize].start == row.start => {
+                self.unindex(o);
+                self.rows[o as usize] = row;
+                o
+            }
+            existing => {
+                if existing.is_some() {
+                    self.remove(&summary.id);
+                }
+                let o = self.rows.len() as u32;
+                self.rows.push(row);
+                self.ids.insert(summary.id.as_str().into(), o);
+                if self.sorted {
+                    let at = self
+                        .by_time
+                        .partition_point(|x| self.cmp_ord(*x, o).is_lt());
+                    self.by_time.insert(at, o);
+                } else {
+                    self.by_time.push(o);
+                }
+                o
+            }
+        };
+        self.index(o);
+        let key = (summary.start_timestamp, o);
+        self.cached.insert(o, bytes);
         self.cached_order.insert(key);
         while self.cached_order.len() > self.cache_limit {
             if let Some((_, oldest)) = self.cached_order.pop_first() {
                 self.cached.remove(&oldest);
             }
         }
-        self.by_id.insert(summary.id.clone(), summary);
+    }
+
+    /// Drops deleted rows: renumbers the live ones in time order and
+    /// rebuilds every index.
+    fn compact(&mut self) {
+        let mut old: Vec<Option<Row>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut renumber = HashMap::with_capacity(self.ids.len());
+        for o in std::mem::take(&mut self.by_time) {
+            if self.live.contains(o) {
+                if let Some(row) = old[o as usize].take() {
+                    renumber.insert(o, self.rows.len() as u32);
+                    self.rows.push(row);
+                }
+            }
+        }
+        self.ids.clear();
+        self.live.clear();
+        self.terms.clear();
+        self.top_level.clear();
+        self.instances.clear();
+        self.children.clear();
+        self.dead = 0;
+        for o in 0..self.rows.len() as u32 {
+            self.ids.insert(self.rows[o as usize].id.clone(), o);
+            self.by_time.push(o);
+            self.index(o);
+        }
+        self.cached = std::mem::take(&mut self.cached)
+            .into_iter()
+            .filter_map(|(o, b)| Some((*renumber.get(&o)?, b)))
+            .collect();
+        self.cached_order = std::mem::take(&mut self.cached_order)
+            .into_iter()
+            .filter_map(|(t, o)| Some((t, *renumber.get(&o)?)))
+            .collect();
     }
 }
 
 impl Mirror for History {
     fn apply(&mut self, entry: &kv::Entry) {
+        self.revision = self.revision.max(entry.revision);
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<Summary>(&entry.value) {
                 Ok(summary) => self.insert(summary, entry.value.clone()),
@@ -369,6 +716,265 @@ impl Mirror for History {
             },
             kv::Operation::Delete | kv::Operation::Purge => self.remove(&entry.key),
         }
+    }
+
+    fn loading(&mut self) {
+        self.sorted = false;
+    }
+
+    fn loaded(&mut self) {
+        if !self.sorted {
+            let mut by_time = std::mem::take(&mut self.by_time);
+            by_time.sort_unstable_by(|a, b| self.cmp_ord(*a, *b));
+            self.by_time = by_time;
+            self.sorted = true;
+        }
+        if self.dead > 1024 && self.dead > self.ids.len() / 4 {
+            self.compact();
+        }
+    }
+}
+
+/// Why a snapshot cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(String),
+    #[error("snapshot is of another bucket (created {found}, the bucket {expected})")]
+    OtherBucket { found: String, expected: String },
+    #[error("snapshot is ahead of the bucket (revision {found}, the bucket ends at {last})")]
+    Ahead { found: u64, last: u64 },
+    #[error("snapshot: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const MAGIC: &[u8; 8] = b"SQHIST01";
+
+/// Little-endian writer of a snapshot.
+struct Out(Vec<u8>);
+
+impl Out {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+/// Reader of a snapshot, every read bounds-checked.
+struct In<'a>(&'a [u8]);
+
+impl<'a> In<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        if self.0.len() < n {
+            return Err(SnapshotError::Corrupt("truncated".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn i64(&mut self) -> Result<i64, SnapshotError> {
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+    fn str(&mut self) -> Result<&'a str, SnapshotError> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|e| SnapshotError::Corrupt(e.to_string()))
+    }
+    fn opt_str(&mut self) -> Result<Option<&'a str>, SnapshotError> {
+        match self.u8()? {
+            0 => Ok(None),
+            _ => self.str().map(Some),
+        }
+    }
+    fn sym(&mut self, count: usize) -> Result<Sym, SnapshotError> {
+        let s = self.u32()?;
+        if s != NO_SYM && s as usize >= count {
+            return Err(SnapshotError::Corrupt(format!("symbol {s} out of range")));
+        }
+        Ok(s)
+    }
+}
+
+fn micros(t: &Timestamp) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(m: i64) -> Result<Timestamp, SnapshotError> {
+    chrono::DateTime::from_timestamp_micros(m)
+        .ok_or_else(|| SnapshotError::Corrupt(format!("time {m} out of range")))
+}
+
+impl History {
+    /// The index as a snapshot file's bytes: its live rows in time order,
+    /// the revision it reflects and `bucket` (the identity of the bucket
+    /// it was built from), with a SHA-256 checksum. Records kept whole are
+    /// not saved.
+    pub fn snapshot(&self, bucket: &str) -> Vec<u8> {
+        let mut out = Out(Vec::with_capacity(64 + self.ids.len() * 96));
+        out.0.extend_from_slice(MAGIC);
+        out.u64(self.revision);
+        out.str(bucket);
+        out.u32(self.symbols.texts.len() as u32);
+        for t in &self.symbols.texts {
+            out.str(t);
+        }
+        out.u32(self.ids.len() as u32);
+        for o in &self.by_time {
+            if !self.live.contains(*o) {
+                continue;
+            }
+            let r = &self.rows[*o as usize];
+            out.str(&r.id);
+            out.i64(micros(&r.start));
+            out.i64(r.end.as_ref().map_or(i64::MIN, micros));
+            out.u8(Status::ALL.iter().position(|s| *s == r.status).unwrap_or(0) as u8);
+            for s in [
+                r.action,
+                r.runner,
+                r.rule_ref,
+                r.rule_id,
+                r.trigger,
+                r.trigger_type,
+                r.user,
+            ] {
+                out.u32(s);
+            }
+            out.opt_str(r.trigger_instance.as_deref());
+            out.opt_str(r.parent.as_deref());
+        }
+        let digest = Sha256::digest(&out.0);
+        out.0.extend_from_slice(&digest);
+        out.0
+    }
+
+    /// Reads a snapshot made by [`History::snapshot`], checking its
+    /// checksum and that it was made from `bucket` at a revision no later
+    /// than `last_revision` (the bucket's last now).
+    pub fn from_snapshot(
+        bytes: &[u8],
+        bucket: &str,
+        last_revision: u64,
+    ) -> Result<History, SnapshotError> {
+        if bytes.len() < MAGIC.len() + 32 {
+            return Err(SnapshotError::Corrupt("too short".into()));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err(SnapshotError::Corrupt("checksum mismatch".into()));
+        }
+        let mut r = In(body);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(SnapshotError::Corrupt("not a history snapshot".into()));
+        }
+        let revision = r.u64()?;
+        let found = r.str()?;
+        if found != bucket {
+            return Err(SnapshotError::OtherBucket {
+                found: found.into(),
+                expected: bucket.into(),
+            });
+        }
+        if revision > last_revision {
+            return Err(SnapshotError::Ahead {
+                found: revision,
+                last: last_revision,
+            });
+        }
+        let mut h = History::default();
+        h.revision = revision;
+        let nsyms = r.u32()? as usize;
+        for _ in 0..nsyms {
+            let t = r.str()?;
+            h.symbols.intern(t);
+        }
+        if h.symbols.texts.len() != nsyms {
+            return Err(SnapshotError::Corrupt("repeated symbol".into()));
+        }
+        let nrows = r.u32()?;
+        for _ in 0..nrows {
+            let id: Box<str> = r.str()?.into();
+            let start = from_micros(r.i64()?)?;
+            let end = match r.i64()? {
+                i64::MIN => None,
+                m => Some(from_micros(m)?),
+            };
+            let status = *Status::ALL
+                .get(r.u8()? as usize)
+                .ok_or_else(|| SnapshotError::Corrupt("unknown status".into()))?;
+            h.symbols.intern(status.as_str());
+            let mut syms = [0; 7];
+            for s in &mut syms {
+                *s = r.sym(h.symbols.texts.len())?;
+            }
+            let row = Row {
+                id: id.clone(),
+                start,
+                end,
+                status,
+                action: syms[0],
+                runner: syms[1],
+                rule_ref: syms[2],
+                rule_id: syms[3],
+                trigger: syms[4],
+                trigger_type: syms[5],
+                user: syms[6],
+                trigger_instance: r.opt_str()?.map(Into::into),
+                parent: r.opt_str()?.map(Into::into),
+            };
+            let o = h.rows.len() as u32;
+            if h.ids.insert(id, o).is_some() {
+                return Err(SnapshotError::Corrupt("repeated execution".into()));
+            }
+            if let Some(prev) = h.by_time.last() {
+                if (&h.rows[*prev as usize].start, &*h.rows[*prev as usize].id)
+                    >= (&row.start, &*row.id)
+                {
+                    return Err(SnapshotError::Corrupt("rows out of order".into()));
+                }
+            }
+            h.rows.push(row);
+            h.by_time.push(o);
+            h.index(o);
+        }
+        if !r.0.is_empty() {
+            return Err(SnapshotError::Corrupt("trailing bytes".into()));
+        }
+        Ok(h)
     }
 }
 
@@ -399,15 +1005,216 @@ pub async fn sweep_every<F, Fut>(
     }
 }
 
-/// Loads the history from the `executions` bucket and follows it.
-pub async fn start(bus: &Bus) -> Result<HistoryHandle, EngineError> {
-    Mirrored::start(bus.executions.raw(), "executions").await
+/// The identity of the `executions` bucket a snapshot must match: its
+/// stream's creation time (a bucket deleted and made again differs).
+async fn bucket_identity(bus: &Bus) -> Result<(String, u64), EngineError> {
+    let mut stream = bus.executions.raw().stream.clone();
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| bus_err("executions status", e))?;
+    Ok((
+        format!("{}:{}", info.config.name, info.created),
+        info.state.last_sequence,
+    ))
+}
+
+/// The snapshot file under a node's data directory.
+pub fn snapshot_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("history").join("executions.snapshot")
+}
+
+/// Starts the history: from the snapshot at `snapshot` when it is sound
+/// (then only what changed since is replayed), else from the whole
+/// bucket. Returns at once; the handle is ready when it has caught up.
+pub async fn start(bus: &Bus, snapshot: Option<&Path>) -> Result<HistoryHandle, EngineError> {
+    let (bucket, last) = bucket_identity(bus).await?;
+    let loaded = snapshot.and_then(|path| match std::fs::read(path) {
+        Ok(bytes) => match History::from_snapshot(&bytes, &bucket, last) {
+            Ok(h) => {
+                tracing::info!(path = %path.display(), executions = h.len(), revision = h.revision,
+                    "history loaded from its snapshot");
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "history snapshot not used; replaying the bucket");
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the history snapshot");
+            None
+        }
+    });
+    let history = loaded.unwrap_or_default();
+    let from = history.revision;
+    Ok(Mirrored::start_from(
+        &bus.executions,
+        "executions",
+        history,
+        from,
+    ))
+}
+
+/// Saves the history to `path` every `period` while it changes, and once
+/// more at `stop`. Written to a temporary file and renamed, so a crash
+/// leaves the previous snapshot.
+pub async fn keep_snapshots(
+    bus: Bus,
+    history: HistoryHandle,
+    path: PathBuf,
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut saved = None;
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            _ = every.tick() => false,
+        };
+        if history.is_ready() && saved != Some(history.read().revision()) {
+            match save_snapshot(&bus, &history, &path).await {
+                Ok(rev) => saved = Some(rev),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "saving the history snapshot failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Writes one snapshot of `history` to `path`; the revision it reflects.
+pub async fn save_snapshot(
+    bus: &Bus,
+    history: &HistoryHandle,
+    path: &Path,
+) -> Result<u64, EngineError> {
+    let (bucket, _) = bucket_identity(bus).await?;
+    let (bytes, rev) = {
+        let h = history.read();
+        (h.snapshot(&bucket), h.revision())
+    };
+    let path = path.to_path_buf();
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(|e| EngineError::Config(format!("snapshot writer: {e}")))?;
+    written.map_err(|e| EngineError::Config(format!("writing the history snapshot: {e}")))?;
+    Ok(rev)
+}
+
+/// The stored bytes of the records `ids` that exist, read from the
+/// `executions` bucket in one batched direct get (`multi_last`), however
+/// many there are; deleted ones are left out.
+pub async fn read_records(
+    bus: &Bus,
+    ids: &[String],
+) -> Result<HashMap<String, Bytes>, EngineError> {
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let prefix = format!("$KV.{}.", crate::bus::EXECUTIONS_BUCKET);
+    let subjects: Vec<String> = ids.iter().map(|id| format!("{prefix}{id}")).collect();
+    let request = serde_json::json!({ "multi_last": subjects, "batch": ids.len() });
+    let inbox = bus.client.new_inbox();
+    let mut replies = bus
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| bus_err("batched read", e))?;
+    bus.client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.KV_{}", crate::bus::EXECUTIONS_BUCKET),
+            inbox,
+            request.to_string().into(),
+        )
+        .await
+        .map_err(|e| bus_err("batched read", e))?;
+    let deadline = tokio::time::Instant::now() + crate::timing::CALL_TIMEOUT;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(bus_err(
+                    "batched read of execution records",
+                    "no answer in time",
+                ))
+            }
+        };
+        let headers = msg.headers.as_ref();
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        if msg.status.is_some_and(|s| s.as_u16() != 200) {
+            // 204: end of batch; 404: none of them exists.
+            break;
+        }
+        let Some(subject) = header("Nats-Subject") else {
+            continue;
+        };
+        let deleted = matches!(header("KV-Operation"), Some("DEL") | Some("PURGE"));
+        if let Some(id) = subject.strip_prefix(&prefix) {
+            if !deleted && !msg.payload.is_empty() {
+                out.insert(id.to_string(), msg.payload.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    impl Filter {
+        /// Whether `s` is shown: the brute-force reading of a filter.
+        fn keeps(&self, s: &Summary) -> bool {
+            fn eq(want: &Option<String>, have: Option<&str>) -> bool {
+                want.as_deref().is_none_or(|w| have == Some(w))
+            }
+            eq(&self.id, Some(&s.id))
+                && self.status.is_none_or(|st| st == s.status)
+                && eq(&self.action, Some(&s.action.action_ref))
+                && eq(&self.runner, Some(&s.runner.name))
+                && self.rule.as_deref().is_none_or(|r| {
+                    s.rule
+                        .as_ref()
+                        .is_some_and(|rule| rule.reference == r || rule.id == r)
+                })
+                && eq(
+                    &self.trigger_instance,
+                    s.trigger_instance.as_ref().map(|t| t.id.as_str()),
+                )
+                && eq(
+                    &self.trigger,
+                    s.trigger_instance.as_ref().map(|t| t.trigger.as_str()),
+                )
+                && eq(
+                    &self.trigger_type,
+                    s.trigger_instance.as_ref().map(|t| t.trigger_type.as_str()),
+                )
+                && self
+                    .parent
+                    .as_ref()
+                    .is_none_or(|p| p.as_deref() == s.parent.as_deref())
+                && eq(&self.user, s.user())
+                && self.after.is_none_or(|t| s.start_timestamp > t)
+                && self.before.is_none_or(|t| s.start_timestamp < t)
+        }
+    }
 
     fn record(id: &str, second: u32, status: &str, parent: Option<&str>) -> (Summary, Bytes) {
         let value = json!({
@@ -435,6 +1242,10 @@ mod tests {
         put(&mut h, record("c", 3, "succeeded", Some("a")));
         put(&mut h, record("d", 4, "running", Some("c")));
         h
+    }
+
+    fn start_of(h: &History, id: &str) -> Timestamp {
+        h.rows[h.ids[id] as usize].start
     }
 
     #[test]
@@ -474,8 +1285,8 @@ mod tests {
         };
         assert_eq!(h.page(&under_a, true, 0, 10).ids, vec!["c"]);
         let window = Filter {
-            after: Some(h.get("a").unwrap().start_timestamp),
-            before: Some(h.get("d").unwrap().start_timestamp),
+            after: Some(start_of(&h, "a")),
+            before: Some(start_of(&h, "d")),
             ..Filter::default()
         };
         assert_eq!(h.page(&window, true, 0, 10).ids, vec!["b", "c"]);
@@ -493,38 +1304,42 @@ mod tests {
         assert_eq!(h.descendants("a", Some(1)), vec!["c"]);
         put(&mut h, record("d", 4, "succeeded", Some("c")));
         assert_eq!(h.len(), 4);
-        assert_eq!(h.get("d").unwrap().status, Status::Succeeded);
+        assert_eq!(h.info("d").unwrap().status, Status::Succeeded);
         h.remove("c");
         assert_eq!(h.descendants("a", None), Vec::<String>::new());
         assert_eq!(h.page(&Filter::default(), true, 0, 10).total, 3);
     }
 
-    #[test]
-    fn indexed_pages_equal_a_full_scan() {
+    fn many(n: u32) -> (History, Vec<Summary>) {
         let statuses = ["succeeded", "failed", "running"];
         let actions = ["core.noop", "core.local", "x.y"];
         let mut h = History::with_cache(10);
-        for i in 0..300u32 {
+        let mut all = Vec::new();
+        for i in 0..n {
             let parent = (i % 7 == 0 && i > 0).then(|| format!("{:024}", i - 1));
             let value = json!({
                 "id": format!("{i:024}"),
-                "start_timestamp": format!("2026-01-01T00:{:02}:{:02}.000000Z", i / 60, i % 60),
+                // Some share a second: ties order by id.
+                "start_timestamp": format!("2026-01-01T{:02}:{:02}:{:02}.000000Z", i / 7200, i / 120 % 60, i / 2 % 60),
                 "status": statuses[(i % 3) as usize],
                 "action": {"ref": actions[(i / 3 % 3) as usize]},
                 "runner": {"name": "noop"},
                 "parent": parent,
                 "rule": (i % 2 == 0).then(|| json!({"id": "r1", "ref": "p.r"})),
+                "trigger_instance": (i % 4 == 0).then(|| json!({"id": format!("ti{}", i / 8), "trigger": "t", "trigger_type": if i % 3 == 0 { "tt1" } else { "tt2" }})),
                 "context": {"user": if i % 5 == 0 { "bob" } else { "alice" }},
             });
-            put(
-                &mut h,
-                (
-                    serde_json::from_value(value.clone()).unwrap(),
-                    Bytes::from(value.to_string()),
-                ),
-            );
+            let s: Summary = serde_json::from_value(value.clone()).unwrap();
+            all.push(s.clone());
+            put(&mut h, (s, Bytes::from(value.to_string())));
         }
+        (h, all)
+    }
+
+    fn check_against_brute_force(h: &History, all: &[Summary]) {
+        let at = |i: usize| all.get(i).map(|s| s.start_timestamp);
         let filters = [
+            Filter::default(),
             Filter {
                 action: Some("core.local".into()),
                 ..Filter::default()
@@ -541,6 +1356,7 @@ mod tests {
             Filter {
                 rule: Some("p.r".into()),
                 action: Some("x.y".into()),
+                user: Some("alice".into()),
                 ..Filter::default()
             },
             Filter {
@@ -557,34 +1373,146 @@ mod tests {
                 ..Filter::default()
             },
             Filter {
-                after: h.get(&format!("{:024}", 100)).map(|s| s.start_timestamp),
+                after: at(100),
                 action: Some("core.noop".into()),
                 ..Filter::default()
             },
+            Filter {
+                after: at(50),
+                before: at(all.len() - 40),
+                ..Filter::default()
+            },
+            Filter {
+                trigger_type: Some("tt1".into()),
+                trigger: Some("t".into()),
+                ..Filter::default()
+            },
+            Filter {
+                trigger_instance: Some("ti3".into()),
+                ..Filter::default()
+            },
+            Filter {
+                id: Some(format!("{:024}", 12)),
+                status: Some(Status::Succeeded),
+                ..Filter::default()
+            },
         ];
+        let live: Vec<&Summary> = all.iter().filter(|s| h.contains(&s.id)).collect();
         for filter in &filters {
-            for (ascending, offset, limit) in [(false, 0, 5), (true, 3, 7), (false, 40, 100)] {
-                let mut all: Vec<&Summary> = h.by_id.values().filter(|s| filter.keeps(s)).collect();
-                all.sort_by_key(|s| (s.start_timestamp, s.id.clone()));
+            for (ascending, offset, limit) in [
+                (false, 0, 5),
+                (true, 3, 7),
+                (false, 40, 100),
+                (true, 0, usize::MAX),
+                (false, 5000, 10),
+            ] {
+                let mut want: Vec<&&Summary> = live.iter().filter(|s| filter.keeps(s)).collect();
+                want.sort_by_key(|s| (s.start_timestamp, s.id.clone()));
                 if !ascending {
-                    all.reverse();
+                    want.reverse();
                 }
                 let expected = Page {
-                    ids: all
+                    ids: want
                         .iter()
                         .skip(offset)
                         .take(limit)
                         .map(|s| s.id.clone())
                         .collect(),
-                    total: all.len(),
+                    total: want.len(),
                 };
                 assert_eq!(
                     h.page(filter, ascending, offset, limit),
                     expected,
-                    "{filter:?}"
+                    "{filter:?} {ascending} {offset} {limit}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn indexed_pages_equal_a_brute_force_filter() {
+        // Small enough to sort, and large enough to walk the time order.
+        for n in [300, 12_000] {
+            let (mut h, all) = many(n);
+            check_against_brute_force(&h, &all);
+            for s in all.iter().filter(|s| s.id.ends_with('3')) {
+                h.remove(&s.id);
+            }
+            check_against_brute_force(&h, &all);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_a_damaged_one_is_refused() {
+        let (mut h, all) = many(3000);
+        for s in all.iter().take(100) {
+            h.remove(&s.id);
+        }
+        h.revision = 4242;
+        let bytes = h.snapshot("KV_executions:t1");
+        let back = History::from_snapshot(&bytes, "KV_executions:t1", 5000).unwrap();
+        assert_eq!(back.revision(), 4242);
+        assert_eq!(back.len(), h.len());
+        check_against_brute_force(&back, &all);
+        assert_eq!(
+            back.descendants(&all[6].id, None),
+            h.descendants(&all[6].id, None)
+        );
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 1;
+        assert!(matches!(
+            History::from_snapshot(&flipped, "KV_executions:t1", 5000),
+            Err(SnapshotError::Corrupt(_))
+        ));
+        assert!(matches!(
+            History::from_snapshot(&bytes[..bytes.len() - 1], "KV_executions:t1", 5000),
+            Err(SnapshotError::Corrupt(_))
+        ));
+        assert!(matches!(
+            History::from_snapshot(&bytes, "KV_executions:t2", 5000),
+            Err(SnapshotError::OtherBucket { .. })
+        ));
+        assert!(matches!(
+            History::from_snapshot(&bytes, "KV_executions:t1", 4000),
+            Err(SnapshotError::Ahead { .. })
+        ));
+    }
+
+    #[test]
+    fn purgeable_roots_are_old_finished_and_top_level_or_orphaned() {
+        let mut h = history();
+        let mut end = |id: &str, second: u32| {
+            let o = h.ids[id];
+            h.rows[o as usize].end = Some(
+                squall_domain::time::parse(&format!("2026-01-01T00:00:{second:02}Z")).unwrap(),
+            );
+        };
+        end("a", 5);
+        end("b", 2);
+        end("c", 3);
+        let before = squall_domain::time::parse("2026-01-01T00:00:10Z").unwrap();
+        let all = PurgeFilter {
+            before,
+            action: None,
+            status: None,
+        };
+        // c is a's child: it goes with a, not as a root; d runs.
+        assert_eq!(h.purgeable(&all, None, 10), vec!["a", "b"]);
+        assert_eq!(h.purgeable(&all, Some("a"), 10), vec!["b"]);
+        let early = PurgeFilter {
+            before: squall_domain::time::parse("2026-01-01T00:00:04Z").unwrap(),
+            ..all.clone()
+        };
+        // a ended after the cut.
+        assert_eq!(h.purgeable(&early, None, 10), vec!["b"]);
+        let failed = PurgeFilter {
+            status: Some(Status::Failed),
+            ..all.clone()
+        };
+        assert_eq!(h.purgeable(&failed, None, 10), vec!["b"]);
+        h.remove("a");
+        // c's parent is gone: c is a root now.
+        assert_eq!(h.purgeable(&all, None, 10), vec!["b", "c"]);
     }
 
     #[test]

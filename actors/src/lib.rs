@@ -30,6 +30,7 @@
 //! - [`supervision`]: what the supervisor and the coordinator say to each
 //!   other.
 //! - [`node`]: the supervisor that starts and restarts all of the above.
+//! - [`retention`]: the garbage collector and purges (StackStorm's TTLs).
 //!
 //! Invariant: nothing is acknowledged on JetStream before its effect is
 //! persisted, and every effect's id derives from its cause.
@@ -59,6 +60,7 @@ pub mod notifier;
 pub mod orphans;
 pub mod policies;
 pub mod pump;
+pub mod retention;
 pub mod rules;
 pub mod runners;
 pub mod sensor_host;

@@ -288,6 +288,7 @@ pub fn render() -> String {
         vec![(String::new(), load(&SENSORS_RUNNING_N))],
         "gauge",
     );
+    out.push_str(&crate::retention::render_metrics());
     out
 }
 

@@ -4,6 +4,7 @@
 //! execution history behind `GET /executions`) read the mirror, never the
 //! bucket; a write reaches the mirror milliseconds after it is stored.
 
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use async_nats::jetstream::kv;
@@ -18,11 +19,19 @@ use crate::timing::{REWATCH_DELAY, STALL_CHECK};
 pub trait Mirror: Default + Send + Sync + 'static {
     /// Folds one put, delete or purge into the state.
     fn apply(&mut self, entry: &kv::Entry);
+
+    /// A bulk load begins (entries arrive in revision order, many at once).
+    fn loading(&mut self) {}
+
+    /// The bulk load has caught up with the bucket.
+    fn loaded(&mut self) {}
 }
 
 /// The live copy of one bucket.
 pub struct Mirrored<M> {
     state: Arc<RwLock<M>>,
+    /// Whether the state has caught up with the bucket.
+    ready: Arc<AtomicBool>,
     _watch: Arc<AbortOnDrop>,
 }
 
@@ -30,8 +39,24 @@ impl<M> Clone for Mirrored<M> {
     fn clone(&self) -> Self {
         Mirrored {
             state: Arc::clone(&self.state),
+            ready: Arc::clone(&self.ready),
             _watch: Arc::clone(&self._watch),
         }
+    }
+}
+
+impl<M> std::fmt::Debug for Mirrored<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirrored")
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> Mirrored<M> {
+    /// Whether the state has caught up with the bucket.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(AtomicOrdering::Acquire)
     }
 }
 
@@ -69,56 +94,50 @@ impl<M: Mirror> Mirrored<M> {
                 None => break,
             }
         }
-        let kv = store.clone();
-        let live = Arc::clone(&state);
-        let task = tokio::spawn(async move {
-            let mut check =
-                tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
-            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The revision seen at the previous check: no progress since
-            // while the bucket has newer entries means a stalled watch.
-            let mut at_last_check = last_revision;
-            loop {
-                let stalled = loop {
-                    tokio::select! {
-                        entry = watch.next() => match entry {
-                            Some(Ok(entry)) => {
-                                last_revision = entry.revision;
-                                write(&live).apply(&entry);
-                            }
-                            Some(Err(e)) => tracing::warn!(bucket = what, error = %e, "watch error"),
-                            None => break false,
-                        },
-                        _ = check.tick() => {
-                            let behind = bucket_state(&kv)
-                                .await
-                                .is_ok_and(|s| s.last_sequence > last_revision);
-                            if behind && last_revision == at_last_check {
-                                break true;
-                            }
-                            at_last_check = last_revision;
-                        }
-                    }
-                };
-                if stalled {
-                    tracing::warn!(
-                        bucket = what,
-                        revision = last_revision,
-                        "watch stalled behind the bucket (a server went away?); watching again"
-                    );
-                } else {
-                    tokio::time::sleep(REWATCH_DELAY).await;
-                }
-                match kv.watch_all_from_revision(last_revision + 1).await {
-                    Ok(w) => watch = w,
-                    Err(e) => tracing::warn!(bucket = what, error = %e, "cannot watch; retrying"),
-                }
-            }
-        });
+        let task = tokio::spawn(follow(
+            store.clone(),
+            what,
+            Arc::clone(&state),
+            watch,
+            last_revision,
+        ));
         Ok(Mirrored {
             state,
+            ready: Arc::new(AtomicBool::new(true)),
             _watch: Arc::new(AbortOnDrop(task)),
         })
+    }
+
+    /// Starts from `initial`, which reflects the bucket up to revision
+    /// `after` (0: nothing), and returns at once: the entries since are
+    /// loaded in the background, and [`Mirrored::is_ready`] says when the
+    /// state has caught up with the bucket.
+    pub fn start_from(store: &kv::Store, what: &'static str, initial: M, after: u64) -> Self {
+        let state = Arc::new(RwLock::new(initial));
+        let ready = Arc::new(AtomicBool::new(false));
+        let kv = store.clone();
+        let live = Arc::clone(&state);
+        let caught_up = Arc::clone(&ready);
+        let task = tokio::spawn(async move {
+            let (watch, last) = loop {
+                match catch_up(&kv, what, &live, after).await {
+                    Ok(done) => break done,
+                    Err(e) => {
+                        tracing::warn!(bucket = what, error = %e, "loading failed; retrying");
+                        tokio::time::sleep(REWATCH_DELAY).await;
+                    }
+                }
+            };
+            write(&live).loaded();
+            caught_up.store(true, AtomicOrdering::Release);
+            tracing::info!(bucket = what, revision = last, "mirror loaded");
+            follow(kv, what, live, watch, last).await;
+        });
+        Mirrored {
+            state,
+            ready,
+            _watch: Arc::new(AbortOnDrop(task)),
+        }
     }
 
     /// The current state, for a short read.
@@ -129,4 +148,92 @@ impl<M: Mirror> Mirrored<M> {
 
 fn write<M>(state: &RwLock<M>) -> std::sync::RwLockWriteGuard<'_, M> {
     state.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Folds into `state` every entry after revision `after` up to the
+/// bucket's last; the watch (to follow on with) and the last revision.
+async fn catch_up<M: Mirror>(
+    kv: &kv::Store,
+    what: &'static str,
+    state: &RwLock<M>,
+    after: u64,
+) -> Result<(kv::Watch, u64), EngineError> {
+    let target = bucket_state(kv).await?.last_sequence;
+    let mut watch = if after == 0 {
+        kv.watch_with_history(">").await
+    } else {
+        kv.watch_all_from_revision(after + 1).await
+    }
+    .map_err(|e| bus_err(&format!("watch {what}"), e))?;
+    write(state).loading();
+    let mut last = after;
+    while last < target {
+        match tokio::time::timeout(STALL_CHECK, watch.next()).await {
+            Ok(Some(Ok(entry))) => {
+                last = entry.revision;
+                write(state).apply(&entry);
+                if entry.delta == 0 {
+                    break;
+                }
+            }
+            Ok(Some(Err(e))) => return Err(bus_err(&format!("watch {what}"), e)),
+            Ok(None) => break,
+            // Nothing more arrives: what was there is all loaded.
+            Err(_) => break,
+        }
+    }
+    Ok((watch, last))
+}
+
+/// Follows `watch` into `live` for ever, watching again from the last
+/// revision seen when the watch ends or stalls.
+async fn follow<M: Mirror>(
+    kv: kv::Store,
+    what: &'static str,
+    live: Arc<RwLock<M>>,
+    mut watch: kv::Watch,
+    mut last_revision: u64,
+) {
+    let mut check =
+        tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The revision seen at the previous check: no progress since
+    // while the bucket has newer entries means a stalled watch.
+    let mut at_last_check = last_revision;
+    loop {
+        let stalled = loop {
+            tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        last_revision = entry.revision;
+                        write(&live).apply(&entry);
+                    }
+                    Some(Err(e)) => tracing::warn!(bucket = what, error = %e, "watch error"),
+                    None => break false,
+                },
+                _ = check.tick() => {
+                    let behind = bucket_state(&kv)
+                        .await
+                        .is_ok_and(|s| s.last_sequence > last_revision);
+                    if behind && last_revision == at_last_check {
+                        break true;
+                    }
+                    at_last_check = last_revision;
+                }
+            }
+        };
+        if stalled {
+            tracing::warn!(
+                bucket = what,
+                revision = last_revision,
+                "watch stalled behind the bucket (a server went away?); watching again"
+            );
+        } else {
+            tokio::time::sleep(REWATCH_DELAY).await;
+        }
+        match kv.watch_all_from_revision(last_revision + 1).await {
+            Ok(w) => watch = w,
+            Err(e) => tracing::warn!(bucket = what, error = %e, "cannot watch; retrying"),
+        }
+    }
 }

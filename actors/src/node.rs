@@ -78,6 +78,9 @@ pub struct NodeSettings {
     /// The pack virtualenvs under `data_dir`, shared by registration, the
     /// runners and the keeper that builds them when content changes.
     pub virtualenvs: squall_runners::venv::Virtualenvs,
+    /// Garbage collection (StackStorm's `[garbagecollector]`), run by the
+    /// owner of sensors partition 0.
+    pub retention: crate::retention::Settings,
 }
 
 /// Supervises the node's actors.
@@ -101,6 +104,8 @@ pub struct Shared {
     /// Until when this node's partition leases hold (the coordinator's
     /// heartbeats extend it; partition consumers check it before acking).
     pub lease: LeaseValidity,
+    /// The execution history, on nodes that serve the API or collect.
+    pub history: Option<crate::history::HistoryHandle>,
 }
 
 /// State of [`NodeSupervisor`].
@@ -225,6 +230,7 @@ async fn spawn_child(
                 shared.catalog.clone(),
                 *p,
                 sensor_host(shared),
+                collector(shared),
             ),
             supervisor,
         ))
@@ -233,6 +239,19 @@ async fn spawn_child(
         .get_cell(),
     };
     Ok(cell)
+}
+
+/// The garbage collector a sensors partition actor runs (on partition 0),
+/// when retention is on and the node has the history.
+fn collector(shared: &Shared) -> Option<crate::retention::Collector> {
+    let settings = &shared.settings.retention;
+    settings.enabled().then_some(())?;
+    Some(crate::retention::Collector {
+        bus: shared.bus.clone(),
+        history: shared.history.clone()?,
+        settings: settings.clone(),
+        lease: shared.lease.clone(),
+    })
 }
 
 /// What the Python sensors of a sensors partition share. Their tasks are
@@ -551,12 +570,14 @@ impl Engine {
     /// Returns once the catalog holds all registered content and the node
     /// runs the partitions it could take at once (all of them when it is
     /// alone, or when the previous owner was this node's earlier life).
-    /// `auth` issues and revokes the actions' API tokens.
+    /// `auth` issues and revokes the actions' API tokens; `history` is the
+    /// node's execution history, if it keeps one.
     pub async fn start(
         bus: Bus,
         settings: NodeSettings,
         keys: &KeyStore,
         auth: AuthStore,
+        history: Option<crate::history::HistoryHandle>,
     ) -> Result<Engine, EngineError> {
         let kv = Box::pin(KeyCache::start(keys)).await?;
         let configs = Box::pin(ConfigCache::start(&bus)).await?;
@@ -601,6 +622,7 @@ impl Engine {
             settings,
             runners,
             lease: LeaseValidity::default(),
+            history,
         };
         let (supervisor, join) = Box::pin(Actor::spawn(None, NodeSupervisor, shared.clone()))
             .await

@@ -26,6 +26,7 @@ use crate::bus::{Bus, SENSORS_BUCKET, TIMERS_BUCKET};
 use crate::catalog::{CatalogHandle, Trigger};
 use crate::error::bus_err;
 use crate::pump::Pump;
+use crate::retention::Collector;
 use crate::sensor_host::{HostContext, SensorHost};
 
 /// The timer trigger types, and the names StackStorm tags their traces
@@ -87,6 +88,8 @@ pub struct TimerState {
     running: HashMap<String, JoinHandle<()>>,
     /// The partition's Python sensors; dropping it stops them.
     sensors: SensorHost,
+    /// The garbage collector, on partition 0 when retention is on.
+    collector: Option<JoinHandle<()>>,
     _pump: Pump,
 }
 
@@ -95,18 +98,27 @@ impl Drop for TimerState {
         for (_, task) in self.running.drain() {
             task.abort();
         }
+        if let Some(collector) = self.collector.take() {
+            collector.abort();
+        }
     }
 }
 
 impl Actor for Timers {
     type Msg = TimerMsg;
     type State = TimerState;
-    type Arguments = (Bus, CatalogHandle, u32, HostContext);
+    type Arguments = (Bus, CatalogHandle, u32, HostContext, Option<Collector>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<TimerMsg>,
-        (bus, catalog, partition, host): (Bus, CatalogHandle, u32, HostContext),
+        (bus, catalog, partition, host, collector): (
+            Bus,
+            CatalogHandle,
+            u32,
+            HostContext,
+            Option<Collector>,
+        ),
     ) -> Result<TimerState, ActorProcessingErr> {
         let changes = tokio_stream_of(catalog.subscribe());
         let fired = bus
@@ -127,6 +139,9 @@ impl Actor for Timers {
             partition,
             running: HashMap::new(),
             sensors: SensorHost::new(host, states, partition),
+            collector: collector
+                .filter(|_| partition == 0)
+                .map(|c| tokio::spawn(c.run())),
             _pump: Pump::start(
                 changes,
                 myself,

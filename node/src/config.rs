@@ -45,6 +45,85 @@ pub struct NodeConfig {
     /// only copy of anything: a node rebuilds it from the cluster.
     pub data_dir: PathBuf,
     pub virtualenvs: VirtualenvsConfig,
+    /// Retention, with StackStorm's `[garbagecollector]` names.
+    pub garbagecollector: GarbageCollectorConfig,
+}
+
+/// Retention (StackStorm's `[garbagecollector]` section, same names and
+/// meanings): each TTL is whole days, at least 1; absent keeps that kind
+/// of object for ever. Collected by one node of the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GarbageCollectorConfig {
+    /// Seconds between collection passes (default 600).
+    pub collection_interval: u64,
+    /// Seconds to wait between object types within a pass (default 2).
+    pub sleep_delay: f64,
+    /// Finished executions older than this (requested and ended), with
+    /// their output and workflow state; a workflow goes with its tasks.
+    pub action_executions_ttl: Option<u32>,
+    /// Execution output (the `OUTPUT` stream keeps 7 days regardless).
+    pub action_executions_output_ttl: Option<u32>,
+    pub trigger_instances_ttl: Option<u32>,
+    pub rule_enforcements_ttl: Option<u32>,
+}
+
+impl Default for GarbageCollectorConfig {
+    fn default() -> Self {
+        GarbageCollectorConfig {
+            collection_interval: 600,
+            sleep_delay: 2.0,
+            action_executions_ttl: None,
+            action_executions_output_ttl: None,
+            trigger_instances_ttl: None,
+            rule_enforcements_ttl: None,
+        }
+    }
+}
+
+impl GarbageCollectorConfig {
+    /// The collector's settings.
+    pub fn settings(&self) -> squall_actors::retention::Settings {
+        squall_actors::retention::Settings {
+            collection_interval: std::time::Duration::from_secs(self.collection_interval),
+            sleep_delay: std::time::Duration::from_secs_f64(self.sleep_delay),
+            action_executions_ttl: self.action_executions_ttl,
+            action_executions_output_ttl: self.action_executions_output_ttl,
+            trigger_instances_ttl: self.trigger_instances_ttl,
+            rule_enforcements_ttl: self.rule_enforcements_ttl,
+        }
+    }
+
+    /// The first setting that is out of range, as `field: problem`.
+    fn problem(&self) -> Option<String> {
+        let min = squall_actors::retention::MINIMUM_TTL_DAYS;
+        for (name, ttl) in [
+            ("action_executions_ttl", self.action_executions_ttl),
+            (
+                "action_executions_output_ttl",
+                self.action_executions_output_ttl,
+            ),
+            ("trigger_instances_ttl", self.trigger_instances_ttl),
+            ("rule_enforcements_ttl", self.rule_enforcements_ttl),
+        ] {
+            if ttl.is_some_and(|d| d < min) {
+                return Some(format!(
+                    "garbagecollector.{name}: the minimum TTL is {min} day, got {}",
+                    ttl.unwrap_or_default()
+                ));
+            }
+        }
+        if self.collection_interval == 0 {
+            return Some("garbagecollector.collection_interval must be at least 1 second".into());
+        }
+        if !(self.sleep_delay.is_finite() && self.sleep_delay >= 0.0) {
+            return Some(format!(
+                "garbagecollector.sleep_delay must be a number of seconds, got {}",
+                self.sleep_delay
+            ));
+        }
+        None
+    }
 }
 
 /// How pack virtualenvs (`<data_dir>/virtualenvs/<pack>`) are built.
@@ -270,6 +349,7 @@ impl Default for NodeConfig {
             datastore: DatastoreConfig::default(),
             data_dir: PathBuf::from("data"),
             virtualenvs: VirtualenvsConfig::default(),
+            garbagecollector: GarbageCollectorConfig::default(),
         }
     }
 }
@@ -398,6 +478,9 @@ impl NodeConfig {
         if cfg.nats.replicas == 0 || cfg.nats.replicas > 5 {
             return Err(invalid("nats.replicas must be between 1 and 5".into()));
         }
+        if let Some(problem) = cfg.garbagecollector.problem() {
+            return Err(invalid(problem));
+        }
         for pool in &cfg.runners.pools {
             if !squall_actors::executions::is_pool_name(pool) {
                 return Err(invalid(format!(
@@ -427,6 +510,39 @@ mod tests {
         assert_eq!(cfg.cluster.partitions, 64);
         assert_eq!(cfg.api.listen.port(), 9101);
         assert_eq!(cfg.runners.pools, vec!["default"]);
+    }
+
+    #[test]
+    fn garbage_collector_settings_are_days_at_least_one() {
+        let ok = NodeConfig::from_yaml(
+            "garbagecollector:\n  action_executions_ttl: 30\n  collection_interval: 60\n",
+            Path::new("n.yaml"),
+        )
+        .unwrap();
+        let s = ok.garbagecollector.settings();
+        assert_eq!(s.action_executions_ttl, Some(30));
+        assert!(s.enabled() && s.trigger_instances_ttl.is_none());
+        assert!(!NodeConfig::default().garbagecollector.settings().enabled());
+        for (yaml, needle) in [
+            ("garbagecollector:\n  trigger_instances_ttl: 7d\n", "line 2"),
+            (
+                "garbagecollector:\n  trigger_instances_ttl: 0\n",
+                "minimum TTL",
+            ),
+            ("garbagecollector:\n  action_executions_ttl: -3\n", "line 2"),
+            (
+                "garbagecollector:\n  purge_incomplete: true\n",
+                "purge_incomplete",
+            ),
+        ] {
+            let err = NodeConfig::from_yaml(yaml, Path::new("n.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(needle) && err.contains("n.yaml"),
+                "{yaml}: {err}"
+            );
+        }
     }
 
     #[test]

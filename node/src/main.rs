@@ -390,6 +390,20 @@ enum ExecutionCommand {
     },
     /// Follow an execution's live output until it ends.
     Tail { id: String },
+    /// Remove finished executions requested and ended before a time, with
+    /// their output; a workflow goes with its tasks (StackStorm's
+    /// `st2-purge-executions`; admins only).
+    Purge {
+        /// ISO 8601 time (e.g. 2026-01-31T00:00:00Z).
+        #[arg(long)]
+        before: String,
+        /// Only executions of this action.
+        #[arg(short = 'a', long)]
+        action: Option<String>,
+        /// Only executions that ended with this status.
+        #[arg(short = 's', long)]
+        status: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -603,6 +617,22 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
                 }
                 ExecutionCommand::Tail { id } => {
                     return Ok(cli::execution_tail(&client, &id).await?)
+                }
+                ExecutionCommand::Purge {
+                    before,
+                    action,
+                    status,
+                } => {
+                    let body = json!({"before": before, "action": action, "status": status});
+                    let v = client.post("executions/purge", &body).await?;
+                    if args.json {
+                        cli::show(&v, true);
+                    } else {
+                        println!(
+                            "{} executions purged ({} old workflows kept: part of them still runs)",
+                            v["deleted"], v["kept_running"]
+                        );
+                    }
                 }
             }
             Ok(true)

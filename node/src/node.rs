@@ -9,6 +9,7 @@ use squall_actors::auth::{self, AuthStore, Role, ADMIN_USER};
 use squall_actors::bus::Bus;
 use squall_actors::cluster;
 use squall_actors::content;
+use squall_actors::history::HistoryHandle;
 use squall_actors::keys::KeyStore;
 use squall_actors::node::{Engine, NodeSettings};
 use squall_domain::registration::Mode;
@@ -141,14 +142,50 @@ impl Node {
             data_dir: cfg.data_dir.clone(),
             ssh: cfg.runners.ssh.settings(),
             virtualenvs,
+            retention: cfg.garbagecollector.settings(),
         };
-        let engine = Box::pin(Engine::start(bus.clone(), settings, &keys, auth.clone())).await?;
-        let stop_api = CancellationToken::new();
-        let (addrs, api_tasks) = if cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api) {
-            Box::pin(serve_api(cfg, &bus, &engine, auth, keys, &stop_api)).await?
+        let serves_api = cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api);
+        let collects = settings.retention.enabled() && cfg.roles.contains(&cluster::Role::Sensors);
+        let snapshot = squall_actors::history::snapshot_path(&cfg.data_dir);
+        let history = if serves_api || collects {
+            let history = Box::pin(squall_actors::history::start(&bus, Some(&snapshot))).await?;
+            // A small history is ready at once; a large one keeps loading
+            // while lists answer 503 with Retry-After.
+            let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
+            while !history.is_ready() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some(history)
         } else {
-            ([None, None, None], Vec::new())
+            None
         };
+        let engine = Box::pin(Engine::start(
+            bus.clone(),
+            settings,
+            &keys,
+            auth.clone(),
+            history.clone(),
+        ))
+        .await?;
+        let stop_api = CancellationToken::new();
+        let (addrs, mut api_tasks) = match &history {
+            Some(history) if serves_api => {
+                Box::pin(serve_api(
+                    cfg, &bus, &engine, history, auth, keys, &stop_api,
+                ))
+                .await?
+            }
+            _ => ([None, None, None], Vec::new()),
+        };
+        if let Some(history) = history {
+            api_tasks.push(tokio::spawn(squall_actors::history::keep_snapshots(
+                bus.clone(),
+                history,
+                snapshot,
+                SNAPSHOT_EVERY,
+                stop_api.clone(),
+            )));
+        }
         let [api_addr, auth_addr, stream_addr] = addrs;
         tracing::info!(node = %cfg.name, api = ?api_addr, auth = ?auth_addr, stream = ?stream_addr,
             partitions = bus.partitions, "node ready");
@@ -266,6 +303,14 @@ pub fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(format!("{text}\n").as_bytes())
 }
 
+/// How long a start waits for the history to load before serving (lists
+/// answer 503 until it has).
+const HISTORY_WAIT: Duration = Duration::from_secs(3);
+
+/// How often the history index is saved for a fast restart (and once more
+/// at shutdown).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
+
 /// The API's listening addresses (api, auth, stream) and serving tasks.
 type ApiServers = ([Option<SocketAddr>; 3], Vec<tokio::task::JoinHandle<()>>);
 
@@ -274,13 +319,14 @@ async fn serve_api(
     cfg: &NodeConfig,
     bus: &Bus,
     engine: &Engine,
+    history: &HistoryHandle,
     auth: AuthStore,
     keys: KeyStore,
     stop_api: &CancellationToken,
 ) -> Result<ApiServers, NodeError> {
     let mut addrs = [None, None, None];
     let mut api_tasks = Vec::new();
-    let history = Box::pin(squall_actors::history::start(bus)).await?;
+    let history = history.clone();
     api_tasks.push(tokio::spawn(squall_actors::inquiries::sweep_until(
         bus.clone(),
         history.clone(),

@@ -588,7 +588,8 @@ async fn inquiries_wait_validate_answer_and_expire() -> Result<()> {
     let short = ask(&node, json!({"ttl": 1})).await?;
     let forever = ask(&node, json!({"ttl": 0})).await?;
     let bus = node.node.as_ref().unwrap().bus.clone();
-    let history = squall_actors::history::start(&bus).await?;
+    let history = node.node.as_ref().unwrap().engine().shared.history.clone();
+    let history = history.expect("an API node's history");
     let later = chrono::Utc::now() + chrono::Duration::minutes(2);
     assert_eq!(
         squall_actors::inquiries::open_ids(&history),

@@ -62,6 +62,10 @@ impl IntoResponse for ApiError {
             let retry = [(axum::http::header::RETRY_AFTER, retry_after.to_string())];
             return (status, retry, body).into_response();
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 is "try again shortly".
+            return (status, [(axum::http::header::RETRY_AFTER, "2")], body).into_response();
+        }
         (status, body).into_response()
     }
 }

@@ -239,6 +239,7 @@ pub async fn list(
     let limit = list.limit()?;
     let projection = list.projection()?;
     let filter = q.filter()?;
+    history_ready(&st)?;
     let page = st
         .history
         .read()
@@ -252,11 +253,21 @@ pub async fn list(
     Ok(Listed::new(items, page.total, limit))
 }
 
-/// How many records a page reads from the bucket at once.
-const READ_AHEAD: usize = 16;
+/// Lists wait until the history index has caught up with the bucket
+/// (after a start): answering from a partial index would be wrong.
+pub fn history_ready(st: &ApiState) -> Result<(), ApiError> {
+    if st.history.is_ready() {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(
+            "the execution history is loading after a start; try again in a few seconds".into(),
+        ))
+    }
+}
 
 /// The records of `ids`, in order: the newest from the history's copies,
-/// older ones from the bucket; ones deleted meanwhile are left out.
+/// the others from the bucket in one batched read; ones deleted meanwhile
+/// are left out.
 async fn read_records(st: &ApiState, ids: Vec<String>) -> Result<Vec<ExecutionRecord>, ApiError> {
     let cached: Vec<(String, Option<bytes::Bytes>)> = {
         let history = st.history.read();
@@ -267,25 +278,20 @@ async fn read_records(st: &ApiState, ids: Vec<String>) -> Result<Vec<ExecutionRe
             })
             .collect()
     };
-    let reads = futures::stream::iter(cached)
-        .map(|(id, bytes)| {
-            let bus = st.bus.clone();
-            async move {
-                if let Some(record) =
-                    bytes.and_then(|b| serde_json::from_slice::<ExecutionRecord>(&b).ok())
-                {
-                    return Ok(Some(record));
-                }
-                bus.execution(&id).await.map(|r| r.map(|(rec, _)| rec))
-            }
-        })
-        .buffered(READ_AHEAD)
-        .collect::<Vec<_>>()
-        .await;
-    let mut out = Vec::with_capacity(reads.len());
-    for read in reads {
-        if let Some(rec) = read? {
-            out.push(rec);
+    let missing: Vec<String> = cached
+        .iter()
+        .filter(|(_, b)| b.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut fetched = squall_actors::history::read_records(&st.bus, &missing).await?;
+    let mut out = Vec::with_capacity(cached.len());
+    for (id, bytes) in cached {
+        let Some(bytes) = bytes.or_else(|| fetched.remove(&id)) else {
+            continue;
+        };
+        match serde_json::from_slice::<ExecutionRecord>(&bytes) {
+            Ok(record) => out.push(record),
+            Err(e) => tracing::warn!(id = %id, error = %e, "unreadable execution record"),
         }
     }
     Ok(out)
@@ -318,7 +324,7 @@ pub async fn children(
     };
     let (known, ids) = {
         let history = st.history.read();
-        (history.get(&id).is_some(), history.descendants(&id, depth))
+        (history.contains(&id), history.descendants(&id, depth))
     };
     if !known && st.bus.execution(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("execution {id} not found")));

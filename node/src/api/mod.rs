@@ -17,6 +17,7 @@ mod executions;
 mod inquiries;
 mod keys;
 mod listing;
+mod purge;
 mod query;
 mod rule_test;
 mod sensors;
@@ -116,6 +117,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/executions/{id}/output", get(executions::output))
         .route("/executions/{id}/re_run", post(executions::re_run))
         .route("/executions/{id}/workflow", get(workflows::graph))
+        .route("/executions/purge", post(purge::executions))
+        .route("/triggerinstances/purge", post(purge::trigger_instances))
+        .route("/ruleenforcements/purge", post(purge::rule_enforcements))
         .route("/inquiries", get(inquiries::list))
         .route(
             "/inquiries/{id}",
