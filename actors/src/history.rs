@@ -915,8 +915,10 @@ impl History {
                 last: last_revision,
             });
         }
-        let mut h = History::default();
-        h.revision = revision;
+        let mut h = History {
+            revision,
+            ..History::default()
+        };
         let nsyms = r.u32()? as usize;
         for _ in 0..nsyms {
             let t = r.str()?;

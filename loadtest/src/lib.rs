@@ -8,11 +8,14 @@
 //! - [`target`]: the node under test, started by the tool or given by URL.
 //! - [`webhook`], [`api_list`], [`workflow`]: the kinds of load.
 //! - [`ceiling`]: publish + consume + KV put with no Squall logic.
+//! - [`history`]: the history benchmark (seeded history; memory, lists,
+//!   restart).
 //! - [`resources`]: CPU, RSS and stream sizes over a run.
 //! - [`report`]: statistics, the JSON result, the HTML report, comparison.
 
 pub mod api_list;
 pub mod ceiling;
+pub mod history;
 pub mod report;
 pub mod resources;
 pub mod scenario;

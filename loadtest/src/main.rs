@@ -30,6 +30,24 @@ enum Command {
     Compare { a: PathBuf, b: PathBuf },
     /// List the shipped scenarios.
     List,
+    /// The history benchmark: seed executions straight into the bucket of
+    /// a node it starts, then measure RSS per execution, lists under
+    /// concurrent clients, and restart to correct lists.
+    History {
+        /// Executions to seed.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds per list query.
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// The squall binary to start (default: next to this one).
+        #[arg(long)]
+        squall: Option<PathBuf>,
+        #[arg(long, env = "SQUALL_NATS_SERVER")]
+        nats_server: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +101,30 @@ async fn main() -> Result<()> {
                 let s = Scenario::load(&name)?;
                 println!("{name}: {}", s.goal.trim());
             }
+            Ok(())
+        }
+        Command::History {
+            count,
+            clients,
+            duration_s,
+            squall,
+            nats_server,
+        } => {
+            let squall = match squall {
+                Some(s) => s,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("no directory for this binary")?
+                    .join("squall"),
+            };
+            let mut node = ManagedNode::start(&squall, nats_server.as_deref(), &[]).await?;
+            let load = squall_loadtest::history::HistoryLoad {
+                count,
+                clients,
+                duration_s,
+            };
+            let run = squall_loadtest::history::run(&mut node, &load).await?;
+            print!("{}", run.summary());
             Ok(())
         }
         Command::Compare { a, b } => {

@@ -88,6 +88,8 @@ pub struct ManagedNode {
     child: Option<Child>,
     _data: tempfile::TempDir,
     pub target: Target,
+    /// How it was started, to start it again on the same data.
+    command: Vec<std::ffi::OsString>,
 }
 
 fn free_port() -> Result<u16, LoadError> {
@@ -123,6 +125,9 @@ impl ManagedNode {
         if let Some(n) = nats_server {
             cmd.arg("--nats-server").arg(n);
         }
+        let command: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
+            .chain(cmd.get_args().map(ToOwned::to_owned))
+            .collect();
         let child = cmd
             .spawn()
             .map_err(|e| LoadError::io(format!("starting {}", squall.display()), e))?;
@@ -136,18 +141,64 @@ impl ManagedNode {
                 pid: Some(pid),
             },
             _data: data,
+            command,
         };
         let root = format!("http://127.0.0.1:{api_port}");
+        node.log_in(&root, nats_port).await?;
+        Ok(node)
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
+    /// Stops the node (SIGTERM, waiting for its exit), runs `meanwhile`
+    /// on its data directory, and starts it again on the same data and
+    /// ports; returns once it answers a login.
+    pub async fn restart(
+        &mut self,
+        meanwhile: impl FnOnce(&Path) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        self.stop();
+        meanwhile(self._data.path())?;
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| LoadError::Setup("no command to restart".into()))?;
+        let child = Command::new(program)
+            .args(args)
+            .env("SQUALL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| LoadError::io("restarting squall up", e))?;
+        self.target.pid = Some(child.id());
+        self.child = Some(child);
+        let root = self.target.root.clone();
+        let nats_port = self
+            .target
+            .nats_url
+            .as_deref()
+            .and_then(|u| u.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| LoadError::Setup("no NATS port to restart with".into()))?;
+        self.log_in(&root, nats_port).await
+    }
+
+    async fn log_in(&mut self, root: &str, nats_port: u16) -> Result<(), LoadError> {
+        let node = self;
         let password_file = node._data.path().join("admin-password");
+        let pid = node.target.pid.unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(password) = std::fs::read_to_string(&password_file) {
                 let nats = Some(format!("nats://127.0.0.1:{nats_port}"));
                 if let Ok(t) =
-                    Target::connect(&root, "admin", password.trim(), nats, Some(pid)).await
+                    Target::connect(root, "admin", password.trim(), nats, Some(pid)).await
                 {
                     node.target = t;
-                    return Ok(node);
+                    return Ok(());
                 }
             }
             if let Some(Some(status)) = node.child.as_mut().map(|c| c.try_wait().ok().flatten()) {
@@ -165,6 +216,13 @@ impl ManagedNode {
 
 impl Drop for ManagedNode {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl ManagedNode {
+    /// SIGTERM, then SIGKILL after 10 s.
+    fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };

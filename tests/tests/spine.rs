@@ -679,7 +679,11 @@ async fn the_sweep_requests_again_what_no_runner_works_on() -> Result<()> {
     let node = TestNode::start(vec![dir.path().to_path_buf()]).await?;
     let engine = node.node.as_ref().unwrap().engine();
     let (bus, runners) = (engine.shared.bus.clone(), engine.shared.runners.clone());
-    let history = engine.shared.history.clone().expect("an API node's history");
+    let history = engine
+        .shared
+        .history
+        .clone()
+        .expect("an API node's history");
     let runs = || {
         std::fs::read_to_string(&marker)
             .unwrap_or_default()

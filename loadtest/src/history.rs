@@ -1,0 +1,309 @@
+//! The history benchmark (`squall-loadtest history`): seeds a large,
+//! realistic history straight into the `executions` bucket (many actions,
+//! statuses, rules, users, workflows with tasks), then measures what the
+//! node's history index costs and serves: RSS per indexed execution, list
+//! latency and rate under concurrent clients (first page, two broad
+//! filters, a deep offset), and the time from a restart to correct lists,
+//! with the index snapshot and without it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::report::Percentiles;
+use crate::target::{ManagedNode, Target};
+use crate::LoadError;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct HistoryLoad {
+    /// Executions to seed.
+    pub count: usize,
+    /// Clients listing at once.
+    pub clients: usize,
+    /// Seconds each list query runs.
+    pub duration_s: u64,
+}
+
+/// One list query's figures.
+#[derive(Debug, Clone)]
+pub struct ListFigures {
+    pub query: String,
+    pub latency_ms: Percentiles,
+    pub per_s: f64,
+    pub errors: usize,
+}
+
+/// What a history run measured.
+#[derive(Debug, Clone)]
+pub struct HistoryRun {
+    pub count: usize,
+    pub seed_secs: f64,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+    pub lists: Vec<ListFigures>,
+    /// Restart to a correct `X-Total-Count`, with the snapshot.
+    pub restart_snapshot_secs: f64,
+    /// The same, the snapshot removed (the bucket replayed).
+    pub restart_replay_secs: f64,
+}
+
+impl HistoryRun {
+    /// Node memory per indexed execution, in bytes.
+    pub fn bytes_per_execution(&self) -> f64 {
+        (self.rss_after_kb.saturating_sub(self.rss_before_kb) * 1024) as f64 / self.count as f64
+    }
+
+    /// A short text report.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "history: {} executions seeded in {:.1} s\nRSS {} MB -> {} MB: {:.0} bytes per execution\n",
+            self.count,
+            self.seed_secs,
+            self.rss_before_kb / 1024,
+            self.rss_after_kb / 1024,
+            self.bytes_per_execution()
+        );
+        for l in &self.lists {
+            out.push_str(&format!(
+                "GET executions?{}: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, {} errors\n",
+                l.query, l.per_s, l.latency_ms.p50, l.latency_ms.p99, l.errors
+            ));
+        }
+        out.push_str(&format!(
+            "restart to correct lists: {:.1} s with the snapshot, {:.1} s replaying the bucket\n",
+            self.restart_snapshot_secs, self.restart_replay_secs
+        ));
+        out
+    }
+}
+
+/// The node's resident memory, in kB.
+fn rss_kb(pid: u32) -> Result<u64, LoadError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| LoadError::io("reading the node's memory", e))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| LoadError::Setup("no VmRSS for the node".into()))
+}
+
+/// A small deterministic generator, so runs are comparable.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+/// The `i`th seeded record: 80 % succeeded, 50 actions, 10 users, a
+/// third from 20 rules, one in ten a task of a workflow; over 30 days.
+fn record(i: usize, rng: &mut Lcg, start: chrono::DateTime<chrono::Utc>) -> (String, Value) {
+    let statuses = ["succeeded", "succeeded", "succeeded", "succeeded", "failed"];
+    let secs = start.timestamp().clamp(0, u32::MAX as i64) as u32;
+    let id = format!("{secs:08x}{i:016x}");
+    let ts = start.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let end = (start + chrono::Duration::milliseconds(300))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let action = format!("pack{}.action{}", rng.next(5), rng.next(10));
+    let user = if rng.next(5) == 0 {
+        format!("user{}", rng.next(10))
+    } else {
+        "stanley".into()
+    };
+    let mut r = json!({
+        "v": 1,
+        "id": id,
+        "action": {"ref": action, "name": "action", "pack": "pack", "runner_type": "local-shell-cmd"},
+        "runner": {"name": "local-shell-cmd"},
+        "status": statuses[rng.next(statuses.len())],
+        "parameters": {"cmd": "echo 'hello from a seeded execution'"},
+        "result": {"stdout": "hello from a seeded execution", "stderr": "", "return_code": 0, "succeeded": true, "failed": false},
+        "context": {"user": user, "pack": "pack"},
+        "start_timestamp": ts,
+        "end_timestamp": end,
+        "log": [{"timestamp": ts, "status": "requested"}, {"timestamp": ts, "status": "scheduled"},
+                {"timestamp": ts, "status": "running"}, {"timestamp": end, "status": "succeeded"}],
+        "pool": "default",
+        "node": "seed",
+    });
+    if rng.next(3) == 0 {
+        let rule = rng.next(20);
+        r["rule"] = json!({"id": format!("rule{rule:020}"), "ref": format!("pack.rule{rule}"),
+            "name": format!("rule{rule}"), "pack": "pack", "uid": format!("rule:pack:rule{rule}")});
+        r["trigger_instance"] = json!({"id": format!("ti{i:022}"), "trigger": "core.st2.webhook",
+            "trigger_type": "core.st2.webhook", "occurrence_time": ts});
+    }
+    if !i.is_multiple_of(10) && rng.next(10) == 0 {
+        r["parent"] = json!(format!("{secs:08x}{:016x}", i - i % 10));
+    }
+    (id, r)
+}
+
+/// Writes `count` records into the bucket, many at once.
+async fn seed(nats_url: &str, count: usize) -> Result<(), LoadError> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .map_err(|e| LoadError::nats("connect", e))?;
+    let js = async_nats::jetstream::new(client);
+    let kv = js
+        .get_key_value("executions")
+        .await
+        .map_err(|e| LoadError::nats("open the executions bucket", e))?;
+    let mut rng = Lcg(42);
+    let first = chrono::Utc::now() - chrono::Duration::days(30);
+    let step = chrono::Duration::days(30).num_milliseconds() / count.max(1) as i64;
+    let records: Vec<(String, Value)> = (0..count)
+        .map(|i| {
+            record(
+                i,
+                &mut rng,
+                first + chrono::Duration::milliseconds(step * i as i64),
+            )
+        })
+        .collect();
+    let puts = futures::stream::iter(records.into_iter().map(|(id, r)| {
+        let kv = kv.clone();
+        async move { kv.put(id, r.to_string().into()).await }
+    }))
+    .buffer_unordered(256)
+    .collect::<Vec<_>>()
+    .await;
+    for p in puts {
+        p.map_err(|e| LoadError::nats("seed an execution", e))?;
+    }
+    Ok(())
+}
+
+/// Polls until lists answer with `count` stored; seconds it took.
+async fn until_listed(target: &Target, count: usize) -> Result<f64, LoadError> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(600);
+    loop {
+        if target.count("executions?limit=1").await.ok() == Some(count) {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            return Err(LoadError::Timeout(format!(
+                "the node never listed {count} executions"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `clients` clients repeat `query` for `duration`.
+async fn measure(target: &Target, query: &str, clients: usize, duration: Duration) -> ListFigures {
+    let url = target.api(&format!("executions?{query}"));
+    let start = Instant::now();
+    let end = start + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (http, url) = (target.http.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    let ok = match http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                        _ => false,
+                    };
+                    if ok {
+                        lat.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    ListFigures {
+        query: query.to_string(),
+        per_s: all.len() as f64 / start.elapsed().as_secs_f64(),
+        latency_ms: Percentiles::of(&all),
+        errors,
+    }
+}
+
+/// Seeds, measures, restarts: the whole benchmark on `node`.
+pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRun, LoadError> {
+    let pid = node
+        .target
+        .pid
+        .ok_or_else(|| LoadError::Setup("no node pid".into()))?;
+    let nats_url = node
+        .target
+        .nats_url
+        .clone()
+        .ok_or_else(|| LoadError::Setup("no NATS URL".into()))?;
+    let rss_before_kb = rss_kb(pid)?;
+    let seeding = Instant::now();
+    seed(&nats_url, load.count).await?;
+    until_listed(&node.target, load.count).await?;
+    let seed_secs = seeding.elapsed().as_secs_f64();
+    // Let the allocator settle, then read the memory the index holds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after_kb = rss_kb(pid)?;
+    let duration = Duration::from_secs(load.duration_s);
+    let mut lists = Vec::new();
+    for query in [
+        "limit=50".to_string(),
+        "limit=50&status=succeeded&user=stanley".to_string(),
+        format!("limit=50&offset={}", load.count / 2),
+    ] {
+        lists.push(measure(&node.target, &query, load.clients, duration).await);
+    }
+    // Timed from the new process's start: the stop (which saves the
+    // snapshot) is not part of it.
+    let mut started = Instant::now();
+    node.restart(|_| {
+        started = Instant::now();
+        Ok(())
+    })
+    .await?;
+    until_listed(&node.target, load.count).await?;
+    let restart_snapshot_secs = started.elapsed().as_secs_f64();
+    let mut started = Instant::now();
+    node.restart(|dir| {
+        let removed = remove_snapshot(dir);
+        started = Instant::now();
+        removed
+    })
+    .await?;
+    until_listed(&node.target, load.count).await?;
+    let restart_replay_secs = started.elapsed().as_secs_f64();
+    Ok(HistoryRun {
+        count: load.count,
+        seed_secs,
+        rss_before_kb,
+        rss_after_kb,
+        lists,
+        restart_snapshot_secs,
+        restart_replay_secs,
+    })
+}
+
+/// Removes the history snapshot of the node whose data is in `dir`.
+fn remove_snapshot(dir: &Path) -> Result<(), LoadError> {
+    let file = dir.join("history/executions.snapshot");
+    std::fs::remove_file(&file)
+        .map_err(|e| LoadError::io(format!("removing {}", file.display()), e))
+}
