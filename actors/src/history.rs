@@ -1053,7 +1053,7 @@ pub async fn start(bus: &Bus, snapshot: Option<&Path>) -> Result<HistoryHandle, 
     let history = loaded.unwrap_or_default();
     let from = history.revision;
     Ok(Mirrored::start_from(
-        &bus.executions,
+        bus.executions.raw(),
         "executions",
         history,
         from,

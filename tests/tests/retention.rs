@@ -93,7 +93,7 @@ async fn store(bus: &Bus, seeds: &[Seed]) -> Result<()> {
     let writes = futures::stream::iter(seeds.iter().map(|s| {
         let bus = bus.clone();
         let (id, bytes) = (s.id.clone(), s.record().to_string());
-        async move { bus.executions.put(id, bytes.into()).await }
+        async move { bus.executions.raw().put(id, bytes.into()).await }
     }))
     .buffer_unordered(64)
     .collect::<Vec<_>>()
@@ -285,7 +285,7 @@ async fn purges_and_the_collector_remove_what_they_should_and_nothing_else() -> 
         .publish("squall.trigger.0.x", instance.to_string().into())
         .await?
         .await?;
-    bus.enforcements.put("e1", "{}".into()).await?;
+    bus.enforcements.raw().put("e1", "{}".into()).await?;
     let now = time::format(&Utc::now());
     let (status, r) = node
         .post("triggerinstances/purge", &json!({"before": now}))
@@ -522,7 +522,7 @@ async fn the_index_agrees_with_a_brute_force_filter_across_restarts() -> Result<
 
     // Changes after that snapshot: deletions, updates, new records.
     for s in all.iter().step_by(25) {
-        bus.executions.purge(&s.id).await?;
+        bus.executions.raw().purge(&s.id).await?;
     }
     all = all
         .into_iter()
