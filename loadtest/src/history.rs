@@ -44,6 +44,9 @@ pub struct HistoryRun {
     pub rss_before_kb: u64,
     pub rss_after_kb: u64,
     pub lists: Vec<ListFigures>,
+    /// Restart to the node answering a login (nats-server and node up),
+    /// with the snapshot and without.
+    pub restart_up_secs: (f64, f64),
     /// Restart to a correct `X-Total-Count`, with the snapshot.
     pub restart_snapshot_secs: f64,
     /// The same, the snapshot removed (the bucket replayed).
@@ -73,8 +76,12 @@ impl HistoryRun {
             ));
         }
         out.push_str(&format!(
-            "restart to correct lists: {:.1} s with the snapshot, {:.1} s replaying the bucket\n",
-            self.restart_snapshot_secs, self.restart_replay_secs
+            "restart to correct lists: {:.1} s with the snapshot, {:.1} s replaying the bucket \
+             (of which to a login answered: {:.1} s and {:.1} s)\n",
+            self.restart_snapshot_secs,
+            self.restart_replay_secs,
+            self.restart_up_secs.0,
+            self.restart_up_secs.1
         ));
         out
     }
@@ -279,6 +286,7 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
         Ok(())
     })
     .await?;
+    let up_snapshot = started.elapsed().as_secs_f64();
     until_listed(&node.target, load.count).await?;
     let restart_snapshot_secs = started.elapsed().as_secs_f64();
     let mut started = Instant::now();
@@ -288,6 +296,7 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
         removed
     })
     .await?;
+    let up_replay = started.elapsed().as_secs_f64();
     until_listed(&node.target, load.count).await?;
     let restart_replay_secs = started.elapsed().as_secs_f64();
     Ok(HistoryRun {
@@ -296,6 +305,7 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
         rss_before_kb,
         rss_after_kb,
         lists,
+        restart_up_secs: (up_snapshot, up_replay),
         restart_snapshot_secs,
         restart_replay_secs,
     })
