@@ -221,7 +221,8 @@ impl Drop for ManagedNode {
 }
 
 impl ManagedNode {
-    /// SIGTERM, then SIGKILL after 10 s.
+    /// SIGTERM, then SIGKILL after 60 s (a node saves its history
+    /// snapshot as it stops).
     fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -232,7 +233,7 @@ impl ManagedNode {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if matches!(child.try_wait(), Ok(Some(_))) {
                 return;
