@@ -29,12 +29,15 @@
 //! - [`cluster`]: membership heartbeats and partition leases.
 //! - [`supervision`]: what the supervisor and the coordinator say to each
 //!   other.
+//! - [`audit`]: the AUDIT stream, its emitter and its exporters (Splunk
+//!   HEC, syslog).
 //! - [`node`]: the supervisor that starts and restarts all of the above.
 //!
 //! Invariant: nothing is acknowledged on JetStream before its effect is
 //! persisted, and every effect's id derives from its cause.
 
 pub mod announce;
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod catalog;

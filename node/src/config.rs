@@ -45,6 +45,9 @@ pub struct NodeConfig {
     /// only copy of anything: a node rebuilds it from the cluster.
     pub data_dir: PathBuf,
     pub virtualenvs: VirtualenvsConfig,
+    /// The audit trail: retention, size cap, exporters (Splunk HEC,
+    /// syslog).
+    pub audit: squall_actors::audit::AuditConfig,
 }
 
 /// How pack virtualenvs (`<data_dir>/virtualenvs/<pack>`) are built.
@@ -270,6 +273,7 @@ impl Default for NodeConfig {
             datastore: DatastoreConfig::default(),
             data_dir: PathBuf::from("data"),
             virtualenvs: VirtualenvsConfig::default(),
+            audit: squall_actors::audit::AuditConfig::default(),
         }
     }
 }
@@ -398,6 +402,7 @@ impl NodeConfig {
         if cfg.nats.replicas == 0 || cfg.nats.replicas > 5 {
             return Err(invalid("nats.replicas must be between 1 and 5".into()));
         }
+        cfg.audit.validate().map_err(invalid)?;
         for pool in &cfg.runners.pools {
             if !squall_actors::executions::is_pool_name(pool) {
                 return Err(invalid(format!(
@@ -463,6 +468,7 @@ mod tests {
             "nats:\n  replicas: 0\n",
             "roles: [api, cook]\n",
             "roles: []\n",
+            "audit:\n  retention_days: 0\n",
         ] {
             assert!(
                 NodeConfig::from_yaml(bad, Path::new("c.yaml")).is_err(),
@@ -483,6 +489,13 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        let err = NodeConfig::from_yaml(
+            "audit:\n  exporters:\n  - type: syslog\n    name: siem\n    adress: 'h:514'\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("c.yaml") && err.contains("adress"), "{err}");
         let host = NodeConfig::from_yaml("name: ip-10-0-0-1.ec2.internal\n", Path::new("c.yaml"));
         assert!(host.is_ok(), "{host:?}");
     }

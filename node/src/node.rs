@@ -59,6 +59,16 @@ pub struct Node {
     engine: Engine,
     stop_api: CancellationToken,
     api_tasks: Vec<tokio::task::JoinHandle<()>>,
+    audit: AuditTasks,
+}
+
+/// The audit emitter's publishing task and the exporters, stopped last so
+/// that the events of the shutdown itself are published.
+#[derive(Debug)]
+struct AuditTasks {
+    stop: CancellationToken,
+    publisher: tokio::task::JoinHandle<()>,
+    exporters: squall_actors::audit::Exporters,
 }
 
 /// Connects to the NATS servers of `cfg`.
@@ -124,6 +134,7 @@ impl Node {
         let client = Box::pin(connect(cfg)).await?;
         let layout = squall_actors::node::layout(cfg.nats.replicas);
         let bus = Box::pin(Bus::open(client, layout, cfg.cluster.partitions)).await?;
+        let audit = Box::pin(start_audit(&bus, cfg)).await?;
         let auth = Box::pin(AuthStore::open(&bus)).await?;
         Box::pin(bootstrap_admin(&auth, &cfg.auth.admin_password_file)).await?;
         let cipher = datastore_cipher(&cfg.datastore.key_file)?;
@@ -145,7 +156,16 @@ impl Node {
         let engine = Box::pin(Engine::start(bus.clone(), settings, &keys, auth.clone())).await?;
         let stop_api = CancellationToken::new();
         let (addrs, api_tasks) = if cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api) {
-            Box::pin(serve_api(cfg, &bus, &engine, auth, keys, &stop_api)).await?
+            Box::pin(serve_api(
+                cfg,
+                &bus,
+                &engine,
+                auth,
+                keys,
+                &stop_api,
+                &audit.exporters,
+            ))
+            .await?
         } else {
             ([None, None, None], Vec::new())
         };
@@ -160,6 +180,7 @@ impl Node {
             engine,
             stop_api,
             api_tasks,
+            audit,
         })
     }
 
@@ -176,8 +197,26 @@ impl Node {
             let _ = task.await;
         }
         self.engine.shutdown().await;
+        self.audit.stop.cancel();
+        self.audit.exporters.join().await;
+        let _ = self.audit.publisher.await;
         tracing::info!("node stopped");
     }
+}
+
+/// Creates the audit streams, starts the node's audit emitter and its
+/// exporters.
+async fn start_audit(bus: &Bus, cfg: &NodeConfig) -> Result<AuditTasks, NodeError> {
+    use squall_actors::audit;
+    audit::ensure_streams(&bus.js, &cfg.audit, cfg.nats.replicas).await?;
+    let stop = CancellationToken::new();
+    let publisher = bus.audit.start(bus.js.clone(), &cfg.name, stop.clone());
+    let exporters = audit::Exporters::start(&bus.js, &cfg.audit, &stop);
+    Ok(AuditTasks {
+        stop,
+        publisher,
+        exporters,
+    })
 }
 
 /// Registers every pack found in the configured directories, as a start
@@ -277,6 +316,7 @@ async fn serve_api(
     auth: AuthStore,
     keys: KeyStore,
     stop_api: &CancellationToken,
+    exporters: &squall_actors::audit::Exporters,
 ) -> Result<ApiServers, NodeError> {
     let mut addrs = [None, None, None];
     let mut api_tasks = Vec::new();
@@ -311,6 +351,13 @@ async fn serve_api(
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),
         cluster: engine.cluster.clone(),
         virtualenvs: engine.shared.settings.virtualenvs.clone(),
+        audit_exporters: exporters.states.clone(),
+        audit_destinations: cfg
+            .audit
+            .exporters
+            .iter()
+            .map(|e| e.name().to_string())
+            .collect(),
     });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port
