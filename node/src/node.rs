@@ -132,9 +132,10 @@ impl Node {
         // Each step is boxed: unoptimised builds lay nested futures out on
         // the stack, and the whole start would not fit in a 2 MiB thread.
         let client = Box::pin(connect(cfg)).await?;
-        let layout = squall_actors::node::layout(cfg.nats.replicas);
+        let layout = squall_actors::node::layout(cfg.nats.replicas)
+            .with_streams(squall_actors::audit::streams(&cfg.audit, cfg.nats.replicas));
         let bus = Box::pin(Bus::open(client, layout, cfg.cluster.partitions)).await?;
-        let audit = Box::pin(start_audit(&bus, cfg)).await?;
+        let audit = start_audit(&bus, cfg);
         let auth = Box::pin(AuthStore::open(&bus)).await?;
         Box::pin(bootstrap_admin(&auth, &cfg.auth.admin_password_file)).await?;
         let cipher = datastore_cipher(&cfg.datastore.key_file)?;
@@ -204,19 +205,18 @@ impl Node {
     }
 }
 
-/// Creates the audit streams, starts the node's audit emitter and its
-/// exporters.
-async fn start_audit(bus: &Bus, cfg: &NodeConfig) -> Result<AuditTasks, NodeError> {
+/// Starts the node's audit emitter and its exporters (the streams are in
+/// the node's layout).
+fn start_audit(bus: &Bus, cfg: &NodeConfig) -> AuditTasks {
     use squall_actors::audit;
-    audit::ensure_streams(&bus.js, &cfg.audit, cfg.nats.replicas).await?;
     let stop = CancellationToken::new();
     let publisher = bus.audit.start(bus.js.clone(), &cfg.name, stop.clone());
     let exporters = audit::Exporters::start(&bus.js, &cfg.audit, &stop);
-    Ok(AuditTasks {
+    AuditTasks {
         stop,
         publisher,
         exporters,
-    })
+    }
 }
 
 /// Registers every pack found in the configured directories, as a start

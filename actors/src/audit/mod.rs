@@ -31,7 +31,7 @@ use squall_domain::time::{self, Timestamp};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{bus_err, EngineError};
+use crate::error::EngineError;
 
 pub use config::AuditConfig;
 
@@ -391,22 +391,12 @@ pub fn dead_letter_config(cfg: &AuditConfig, replicas: usize) -> stream::Config 
     }
 }
 
-/// Creates (or updates) both audit streams.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    cfg: &AuditConfig,
-    replicas: usize,
-) -> Result<(), EngineError> {
-    for c in [
+/// Both audit streams, for the node's layout.
+pub fn streams(cfg: &AuditConfig, replicas: usize) -> Vec<stream::Config> {
+    vec![
         stream_config(cfg, replicas),
         dead_letter_config(cfg, replicas),
-    ] {
-        let name = c.name.clone();
-        js.create_or_update_stream(c)
-            .await
-            .map_err(|e| bus_err(&format!("create stream {name}"), e))?;
-    }
-    Ok(())
+    ]
 }
 
 /// A node's audit emitter, shared through the [`crate::bus::Bus`]. Until
