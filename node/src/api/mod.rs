@@ -23,6 +23,7 @@ mod rule_test;
 mod sensors;
 mod service_registry;
 mod stream;
+mod traces;
 mod triggers;
 mod ui;
 mod workflows;
@@ -226,6 +227,8 @@ pub fn app(state: ApiState) -> Router {
             get(keys::get_one).put(keys::set).delete(keys::delete),
         )
         .route("/audit/status", get(audit::status))
+        .route("/traces", get(traces::list))
+        .route("/traces/{id}", get(traces::get_one))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
