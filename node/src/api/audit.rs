@@ -47,7 +47,11 @@ fn act(method: &Method, path: &str, query: &str) -> Option<(String, Object)> {
         _ => "",
     };
     let (action, obj) = match (first, rest) {
-        ("tokens", None) if *method == Method::POST => ("auth.login".to_string(), object("token")),
+        ("tokens", None) | ("ui", Some("login")) if *method == Method::POST => {
+            ("auth.login".to_string(), object("token"))
+        }
+        // The web UI's pages and its logout are not acts on the trail.
+        ("ui", _) => return None,
         ("keys", _) if *method == Method::GET && decrypting => {
             ("key.decrypted".into(), object("key"))
         }
@@ -117,7 +121,9 @@ pub async fn record(State(st): State<ApiState>, req: Request, next: Next) -> Res
     let principal = resp.extensions().get::<Principal>().cloned();
     let act = act(&method, &path, &query);
     let (action, object) = match (status, act) {
-        (StatusCode::UNAUTHORIZED, Some((a, o))) if a == "auth.login" => {
+        (StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS, Some((a, o)))
+            if a == "auth.login" =>
+        {
             ("auth.login_failed".to_string(), o)
         }
         (StatusCode::UNAUTHORIZED, _) => (
@@ -139,7 +145,10 @@ pub async fn record(State(st): State<ApiState>, req: Request, next: Next) -> Res
     };
     let outcome = if status.is_success() {
         "success"
-    } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+    } else if matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+    ) {
         "denied"
     } else {
         "failure"
@@ -306,6 +315,8 @@ mod tests {
             Some("auth.login".into())
         );
         assert_eq!(a(Method::POST, "/tokens", ""), Some("auth.login".into()));
+        assert_eq!(a(Method::POST, "/ui/login", ""), Some("auth.login".into()));
+        assert_eq!(a(Method::POST, "/ui/logout", ""), None);
         assert_eq!(
             a(Method::GET, "/api/v1/keys/x", "decrypt=true"),
             Some("key.decrypted".into())
