@@ -103,4 +103,20 @@ ensure_chromium() {
   echo "==> installing chromium and chromium-driver (apt)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+# Debian's rsyslog, for the audit export test (tests/tests/audit.rs): it
+# starts its own unprivileged rsyslogd on a loopback port. Installed
+# through apt, when run as root or with sudo.
+ensure_rsyslog() {
+  if [ -x /usr/sbin/rsyslogd ]; then
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "the audit tests need rsyslog (apt-get install rsyslog, as root)" >&2; return 1; }
+    sudo="sudo"
+  fi
+  command -v apt-get >/dev/null || { echo "the audit tests need rsyslog (rsyslogd)" >&2; return 1; }
+  echo "==> installing rsyslog (apt)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rsyslog >/dev/null
 }

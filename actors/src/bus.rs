@@ -285,6 +285,8 @@ pub struct BusHandles {
     /// Who reacts to an execution's end, as this node's catalog knows it;
     /// kept by the content watcher.
     pub end_listeners: std::sync::RwLock<Arc<EndListeners>>,
+    /// The node's audit emitter (records nothing until started).
+    pub audit: crate::audit::Audit,
 }
 
 impl std::fmt::Debug for Bus {
@@ -345,6 +347,7 @@ impl Bus {
             buckets,
             partitions,
             end_listeners: Default::default(),
+            audit: Default::default(),
             js,
             client,
         })))

@@ -351,6 +351,38 @@ impl History {
         self.revision
     }
 
+    /// The indexed fields of execution `id`, as its record gives them.
+    pub fn summary(&self, id: &str) -> Option<Summary> {
+        let row = &self.rows[*self.ids.get(id)? as usize];
+        let text = |sym: Sym| self.symbols.text(sym).unwrap_or("").to_string();
+        let rule = (!text(row.rule_ref).is_empty()).then(|| Reference {
+            id: text(row.rule_id),
+            reference: text(row.rule_ref),
+        });
+        Some(Summary {
+            id: row.id.to_string(),
+            start_timestamp: row.start,
+            end_timestamp: row.end,
+            status: row.status,
+            action: ActionRef {
+                action_ref: text(row.action),
+            },
+            runner: RunnerName {
+                name: text(row.runner),
+            },
+            rule,
+            trigger_instance: row.trigger_instance.as_deref().map(|ti| InstanceRef {
+                id: ti.to_string(),
+                trigger: text(row.trigger),
+                trigger_type: text(row.trigger_type),
+            }),
+            parent: row.parent.as_deref().map(str::to_string),
+            context: UserContext {
+                user: (!text(row.user).is_empty()).then(|| text(row.user)),
+            },
+        })
+    }
+
     /// What retention needs to know of execution `id`.
     pub fn info(&self, id: &str) -> Option<Info> {
         let row = &self.rows[*self.ids.get(id)? as usize];

@@ -26,6 +26,7 @@ impl Bus {
         headers.insert(TRACEPARENT, traceparent(&instance.id).as_str());
         publish(&self.js, subject, &instance.id, headers, payload).await?;
         crate::metrics::trigger_published();
+        self.audit.emit(crate::audit::trigger_received(instance));
         Ok(())
     }
 

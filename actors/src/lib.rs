@@ -29,6 +29,8 @@
 //! - [`cluster`]: membership heartbeats and partition leases.
 //! - [`supervision`]: what the supervisor and the coordinator say to each
 //!   other.
+//! - [`audit`]: the AUDIT stream, its emitter and its exporters (Splunk
+//!   HEC, syslog).
 //! - [`node`]: the supervisor that starts and restarts all of the above.
 //! - [`retention`]: the garbage collector and purges (StackStorm's TTLs).
 //!
@@ -36,6 +38,7 @@
 //! persisted, and every effect's id derives from its cause.
 
 pub mod announce;
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod catalog;

@@ -289,7 +289,121 @@ pub fn render() -> String {
         "gauge",
     );
     out.push_str(&crate::retention::render_metrics());
+    render_audit(&mut out);
     out
+}
+
+/// Audit events this node published to the `AUDIT` stream.
+pub const AUDIT_PUBLISHED: &str = "squall_audit_events_published_total";
+/// Audit events dropped because the node's publish queue was full.
+pub const AUDIT_DROPPED: &str = "squall_audit_events_dropped_total";
+/// Audit events a destination refused for good, moved to `AUDIT_DLQ`
+/// (alert on any increase).
+pub const AUDIT_DEAD_LETTERED: &str = "squall_audit_dead_lettered_total";
+/// Gauge: audit events not yet confirmed by a destination.
+pub const AUDIT_EXPORT_LAG: &str = "squall_audit_export_lag";
+/// Gauge: age of the oldest audit event a destination has not confirmed.
+pub const AUDIT_EXPORT_OLDEST_AGE: &str = "squall_audit_export_oldest_age_seconds";
+/// Gauge: 1 while a destination's exporter is stopped by an error that
+/// needs a person (bad credentials, a misconfigured index).
+pub const AUDIT_EXPORTER_STOPPED: &str = "squall_audit_exporter_stopped";
+
+static AUDIT_PUBLISHED_N: AtomicU64 = AtomicU64::new(0);
+static AUDIT_DROPPED_N: AtomicU64 = AtomicU64::new(0);
+
+/// Per destination (a bounded set: the configured exporters).
+#[derive(Debug, Default, Clone, Copy)]
+struct AuditDestination {
+    dead_lettered: u64,
+    lag: u64,
+    oldest_age: f64,
+    stopped: bool,
+}
+
+static AUDIT_DESTINATIONS: std::sync::Mutex<std::collections::BTreeMap<String, AuditDestination>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn audit_destination(name: &str, f: impl FnOnce(&mut AuditDestination)) {
+    let mut all = AUDIT_DESTINATIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(all.entry(name.to_string()).or_default());
+}
+
+/// An audit event was stored on the stream.
+pub fn audit_published() {
+    AUDIT_PUBLISHED_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// An audit event was dropped (publish queue full).
+pub fn audit_dropped() {
+    AUDIT_DROPPED_N.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Destination `name` refused an event for good.
+pub fn audit_dead_lettered(name: &str) {
+    audit_destination(name, |d| d.dead_lettered += 1);
+}
+
+/// Destination `name`'s export lag and oldest unconfirmed event's age.
+pub fn audit_export(name: &str, lag: u64, oldest_age: std::time::Duration) {
+    audit_destination(name, |d| {
+        d.lag = lag;
+        d.oldest_age = oldest_age.as_secs_f64();
+    });
+}
+
+/// Destination `name`'s exporter stopped (true) or runs (false).
+pub fn audit_exporter_stopped(name: &str, stopped: bool) {
+    audit_destination(name, |d| d.stopped = stopped);
+}
+
+fn render_audit(out: &mut String) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP {AUDIT_PUBLISHED} Audit events this node stored on the AUDIT stream.\n\
+         # TYPE {AUDIT_PUBLISHED} counter\n{AUDIT_PUBLISHED} {}\n\
+         # HELP {AUDIT_DROPPED} Audit events dropped: the node's publish queue was full.\n\
+         # TYPE {AUDIT_DROPPED} counter\n{AUDIT_DROPPED} {}",
+        load(&AUDIT_PUBLISHED_N),
+        load(&AUDIT_DROPPED_N)
+    );
+    let all = AUDIT_DESTINATIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    for (name, help, kind, value) in [
+        (
+            AUDIT_DEAD_LETTERED,
+            "Audit events a destination refused for good (moved to AUDIT_DLQ).",
+            "counter",
+            (|d: &AuditDestination| d.dead_lettered as f64) as fn(&AuditDestination) -> f64,
+        ),
+        (
+            AUDIT_EXPORT_LAG,
+            "Audit events a destination has not confirmed yet.",
+            "gauge",
+            |d| d.lag as f64,
+        ),
+        (
+            AUDIT_EXPORT_OLDEST_AGE,
+            "Age of the oldest audit event a destination has not confirmed.",
+            "gauge",
+            |d| d.oldest_age,
+        ),
+        (
+            AUDIT_EXPORTER_STOPPED,
+            "1 while a destination's exporter is stopped by an error a person must fix.",
+            "gauge",
+            |d| f64::from(u8::from(d.stopped)),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (dest, d) in &all {
+            let _ = writeln!(out, "{name}{{destination=\"{dest}\"}} {}", value(d));
+        }
+    }
 }
 
 #[cfg(test)]

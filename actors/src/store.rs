@@ -126,7 +126,11 @@ impl Bus {
         &self,
         record: &ExecutionRecord,
     ) -> Result<Option<u64>, EngineError> {
-        self.executions.create(&record.id, record).await
+        let created = self.executions.create(&record.id, record).await?;
+        if created.is_some() {
+            self.audit.emit(crate::audit::execution_requested(record));
+        }
+        Ok(created)
     }
 
     /// Replaces an execution record if it is still at `revision`; returns
@@ -143,6 +147,9 @@ impl Bus {
         let Some(rev) = self.executions.update(&record.id, record, revision).await? else {
             return Ok(None);
         };
+        if let Some(event) = crate::audit::execution_changed(record) {
+            self.audit.emit(event);
+        }
         crate::notifier::ended(self, record).await?;
         // A workflow's task that ended, paused or resumed tells its workflow.
         crate::flow_events::notify_parent(self, record).await?;
@@ -151,10 +158,9 @@ impl Bus {
 
     /// Stores a rule enforcement (idempotent: same id, same content).
     pub async fn put_enforcement(&self, enforcement: &RuleEnforcement) -> Result<(), EngineError> {
-        self.enforcements
-            .put(&enforcement.id, enforcement)
-            .await
-            .map(|_| ())
+        self.enforcements.put(&enforcement.id, enforcement).await?;
+        self.audit.emit(crate::audit::rule_enforced(enforcement));
+        Ok(())
     }
 }
 

@@ -1063,6 +1063,54 @@ pub async fn node_list(client: &Client, as_json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `squall audit status`: the AUDIT stream, then one row per destination
+/// (lag, oldest unexported age, the exporter's state and last error).
+pub async fn audit_status(client: &Client, as_json: bool) -> Result<(), CliError> {
+    let (status, _) = client.get("audit/status").await?;
+    if as_json {
+        println!("{}", pretty(&status));
+        return Ok(());
+    }
+    let s = &status["stream"];
+    println!(
+        "AUDIT stream: {} events, {} bytes (keeps {} days, at most {} bytes; delete and purge denied: {}); dead-lettered: {}",
+        s["events"],
+        s["bytes"],
+        s["max_age_secs"].as_u64().unwrap_or(0) / 86_400,
+        s["max_bytes"],
+        s["deny_delete"].as_bool() == Some(true) && s["deny_purge"].as_bool() == Some(true),
+        status["dead_lettered"],
+    );
+    let rows: Vec<Vec<String>> = status["destinations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                field(d, "/destination"),
+                field(d, "/lag"),
+                d["oldest_unexported_age_secs"]
+                    .as_f64()
+                    .map(|a| format!("{a:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
+                field(d, "/exporter/state"),
+                field(d, "/exporter/error"),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "destination",
+            "lag",
+            "oldest unexported",
+            "exporter",
+            "error",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }

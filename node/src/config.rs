@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub virtualenvs: VirtualenvsConfig,
     /// Retention, with StackStorm's `[garbagecollector]` names.
     pub garbagecollector: GarbageCollectorConfig,
+    /// The audit trail: retention, size cap, exporters (Splunk HEC,
+    /// syslog).
+    pub audit: squall_actors::audit::AuditConfig,
 }
 
 /// Retention (StackStorm's `[garbagecollector]` section, same names and
@@ -350,6 +353,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("data"),
             virtualenvs: VirtualenvsConfig::default(),
             garbagecollector: GarbageCollectorConfig::default(),
+            audit: squall_actors::audit::AuditConfig::default(),
         }
     }
 }
@@ -481,6 +485,7 @@ impl NodeConfig {
         if let Some(problem) = cfg.garbagecollector.problem() {
             return Err(invalid(problem));
         }
+        cfg.audit.validate().map_err(invalid)?;
         for pool in &cfg.runners.pools {
             if !squall_actors::executions::is_pool_name(pool) {
                 return Err(invalid(format!(
@@ -579,6 +584,7 @@ mod tests {
             "nats:\n  replicas: 0\n",
             "roles: [api, cook]\n",
             "roles: []\n",
+            "audit:\n  retention_days: 0\n",
         ] {
             assert!(
                 NodeConfig::from_yaml(bad, Path::new("c.yaml")).is_err(),
@@ -599,6 +605,13 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        let err = NodeConfig::from_yaml(
+            "audit:\n  exporters:\n  - type: syslog\n    name: siem\n    adress: 'h:514'\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("c.yaml") && err.contains("adress"), "{err}");
         let host = NodeConfig::from_yaml("name: ip-10-0-0-1.ec2.internal\n", Path::new("c.yaml"));
         assert!(host.is_ok(), "{host:?}");
     }

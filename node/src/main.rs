@@ -164,6 +164,11 @@ enum Command {
         #[command(subcommand)]
         command: LockoutCommand,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +181,13 @@ enum LockoutCommand {
         kind: String,
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// The AUDIT stream and, per destination, export lag and the age of
+    /// the oldest event not yet confirmed.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -513,6 +525,12 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             ..
         } => {
             cli::node_list(&client, args.json).await?;
+            Ok(true)
+        }
+        Command::Audit {
+            command: AuditCommand::Status,
+        } => {
+            cli::audit_status(&client, args.json).await?;
             Ok(true)
         }
         Command::Node {

@@ -60,6 +60,16 @@ pub struct Node {
     engine: Engine,
     stop_api: CancellationToken,
     api_tasks: Vec<tokio::task::JoinHandle<()>>,
+    audit: AuditTasks,
+}
+
+/// The audit emitter's publishing task and the exporters, stopped last so
+/// that the events of the shutdown itself are published.
+#[derive(Debug)]
+struct AuditTasks {
+    stop: CancellationToken,
+    publisher: tokio::task::JoinHandle<()>,
+    exporters: squall_actors::audit::Exporters,
 }
 
 /// Connects to the NATS servers of `cfg`.
@@ -123,8 +133,10 @@ impl Node {
         // Each step is boxed: unoptimised builds lay nested futures out on
         // the stack, and the whole start would not fit in a 2 MiB thread.
         let client = Box::pin(connect(cfg)).await?;
-        let layout = squall_actors::node::layout(cfg.nats.replicas);
+        let layout = squall_actors::node::layout(cfg.nats.replicas)
+            .with_streams(squall_actors::audit::streams(&cfg.audit, cfg.nats.replicas));
         let bus = Box::pin(Bus::open(client, layout, cfg.cluster.partitions)).await?;
+        let audit = start_audit(&bus, cfg);
         let auth = Box::pin(AuthStore::open(&bus)).await?;
         Box::pin(bootstrap_admin(&auth, &cfg.auth.admin_password_file)).await?;
         let cipher = datastore_cipher(&cfg.datastore.key_file)?;
@@ -171,7 +183,14 @@ impl Node {
         let (addrs, mut api_tasks) = match &history {
             Some(history) if serves_api => {
                 Box::pin(serve_api(
-                    cfg, &bus, &engine, history, auth, keys, &stop_api,
+                    cfg,
+                    &bus,
+                    &engine,
+                    history,
+                    auth,
+                    keys,
+                    &stop_api,
+                    &audit.exporters,
                 ))
                 .await?
             }
@@ -197,6 +216,7 @@ impl Node {
             engine,
             stop_api,
             api_tasks,
+            audit,
         })
     }
 
@@ -213,7 +233,24 @@ impl Node {
             let _ = task.await;
         }
         self.engine.shutdown().await;
+        self.audit.stop.cancel();
+        self.audit.exporters.join().await;
+        let _ = self.audit.publisher.await;
         tracing::info!("node stopped");
+    }
+}
+
+/// Starts the node's audit emitter and its exporters (the streams are in
+/// the node's layout).
+fn start_audit(bus: &Bus, cfg: &NodeConfig) -> AuditTasks {
+    use squall_actors::audit;
+    let stop = CancellationToken::new();
+    let publisher = bus.audit.start(bus.js.clone(), &cfg.name, stop.clone());
+    let exporters = audit::Exporters::start(&bus.js, &cfg.audit, &stop);
+    AuditTasks {
+        stop,
+        publisher,
+        exporters,
     }
 }
 
@@ -323,6 +360,7 @@ async fn serve_api(
     auth: AuthStore,
     keys: KeyStore,
     stop_api: &CancellationToken,
+    exporters: &squall_actors::audit::Exporters,
 ) -> Result<ApiServers, NodeError> {
     let mut addrs = [None, None, None];
     let mut api_tasks = Vec::new();
@@ -357,6 +395,13 @@ async fn serve_api(
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),
         cluster: engine.cluster.clone(),
         virtualenvs: engine.shared.settings.virtualenvs.clone(),
+        audit_exporters: exporters.states.clone(),
+        audit_destinations: cfg
+            .audit
+            .exporters
+            .iter()
+            .map(|e| e.name().to_string())
+            .collect(),
     });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port

@@ -176,6 +176,8 @@ pub fn test_config(nats_url: &str, pack_dirs: Vec<PathBuf>) -> NodeConfig {
     cfg.api.stream_listen = Some("127.0.0.1:0".parse().expect("valid address"));
     cfg.cluster.partitions = 4;
     cfg.packs.dirs = pack_dirs;
+    // JetStream reserves a stream's cap on disk; test machines have little.
+    cfg.audit.max_bytes = 64 << 20;
     cfg
 }
 

@@ -45,7 +45,7 @@ pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
     let reading = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     match first {
         // As in StackStorm: the service registry is for admins.
-        "users" | "service_registry" | "lockouts" => Role::Admin,
+        "users" | "service_registry" | "lockouts" | "audit" => Role::Admin,
         _ if asks_for_secrets => Role::Admin,
         // Whose secrets may be opened is checked by the datastore handlers.
         _ if flag("decrypt") => Role::Operator,
@@ -97,9 +97,12 @@ pub async fn guard(
             req.uri().path()
         )));
     }
-    req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(principal.clone());
     req.extensions_mut().insert(how);
-    Ok(next.run(req).await)
+    let mut resp = next.run(req).await;
+    // For the audit trail: who made the request.
+    resp.extensions_mut().insert(principal);
+    Ok(resp)
 }
 
 /// How a request proved who it is, as `GET /user` reports it.

@@ -6,6 +6,7 @@
 //! whose fault it is.
 
 mod aliases;
+mod audit;
 pub mod auth;
 mod configs;
 mod content;
@@ -23,6 +24,7 @@ mod rule_test;
 mod sensors;
 mod service_registry;
 mod stream;
+mod traces;
 mod triggers;
 mod ui;
 mod workflows;
@@ -96,6 +98,11 @@ pub struct ApiContext {
     pub cluster: ClusterView,
     /// This node's pack virtualenvs, built when a pack registers.
     pub virtualenvs: squall_runners::venv::Virtualenvs,
+    /// The audit exporters this node runs, by destination.
+    pub audit_exporters:
+        std::collections::BTreeMap<String, squall_actors::audit::export::StateHandle>,
+    /// The audit destinations this node's config names.
+    pub audit_destinations: Vec<String>,
 }
 
 /// The whole API as a router.
@@ -223,6 +230,9 @@ pub fn app(state: ApiState) -> Router {
             "/keys/{*name}",
             get(keys::get_one).put(keys::set).delete(keys::delete),
         )
+        .route("/audit/status", get(audit::status))
+        .route("/traces", get(traces::list))
+        .route("/traces/{id}", get(traces::get_one))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -237,6 +247,10 @@ pub fn app(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .merge(ui::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(query::json_errors))
         .with_state(state)
@@ -270,6 +284,8 @@ pub fn stream_app(state: ApiState) -> Router {
 /// `/rules`), as StackStorm's API and clients expect.
 /// Each request carries its client's address (`ConnectInfo`), which
 /// login throttling counts failures by.
+/// `/rules`), as StackStorm's API and clients expect; the peer's address
+/// is kept for the audit trail.
 pub fn into_service(
     app: Router,
 ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<

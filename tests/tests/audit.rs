@@ -1,0 +1,649 @@
+//! The audit trail end to end: events from real acts (webhook, logins,
+//! datastore writes and decryption) and many more from the node's own
+//! emitter land on the `AUDIT` stream, which refuses purge and delete, and
+//! are exported to a real rsyslogd (killed and restarted midway: every
+//! audit id still arrives) and to a Splunk HEC receiver written here to
+//! the protocol (late and false indexer acks, 503 bursts, a refused event,
+//! a token that turns invalid): nothing lost, nothing acknowledged before
+//! the receiver confirmed it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use squall_actors::audit::config::{
+    AuditConfig, ExporterConfig, Facility, HecConfig, SyslogConfig, SyslogTransport,
+};
+use squall_actors::audit::{self, AuditEvent, Object};
+use squall_tests::{poll, TestNode};
+
+/// A real rsyslogd, unprivileged, with its own config: imtcp on a
+/// loopback port, every message's MSG written as a line to `out`.
+struct Rsyslog {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Rsyslog {
+    fn start(dir: &Path, port: u16) -> Result<Rsyslog> {
+        let out = dir.join("audit.log");
+        let conf = dir.join("rsyslog.conf");
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work)?;
+        std::fs::write(
+            &conf,
+            format!(
+                "global(workDirectory=\"{}\")\n\
+                 module(load=\"imtcp\")\n\
+                 input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
+                 template(name=\"msgonly\" type=\"string\" string=\"%msgid% %msg%\\n\")\n\
+                 *.* action(type=\"omfile\" file=\"{}\" template=\"msgonly\")\n",
+                work.display(),
+                out.display()
+            ),
+        )?;
+        let mut r = Rsyslog {
+            child: spawn_rsyslogd(dir, &conf)?,
+            dir: dir.to_path_buf(),
+            port,
+            out,
+        };
+        r.wait_listening()?;
+        Ok(r)
+    }
+
+    fn wait_listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("rsyslogd exited: {status}");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "rsyslogd did not listen in 15 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, then a new rsyslogd on the same port and file.
+    fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    fn start_again(&mut self) -> Result<()> {
+        self.child = spawn_rsyslogd(&self.dir, &self.dir.join("rsyslog.conf"))?;
+        self.wait_listening()
+    }
+
+    /// The JSON events written so far, with each one's MSGID.
+    fn events(&self) -> Vec<(String, Value)> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (msgid, msg) = l.split_once(' ')?;
+                let msg = msg.trim_start_matches('\u{feff}');
+                Some((msgid.to_string(), serde_json::from_str(msg).ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_rsyslogd(dir: &Path, conf: &Path) -> Result<Child> {
+    let bin = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .context("rsyslogd not found: run ops/test (it installs Debian's rsyslog)")?;
+    Command::new(bin)
+        .arg("-n")
+        .arg("-f")
+        .arg(conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting rsyslogd")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A synthetic event through the node's own emitter.
+fn synthetic(i: usize, data: Value) -> AuditEvent {
+    AuditEvent::new(
+        format!("test:{i}"),
+        "test.event",
+        Object {
+            kind: "test".into(),
+            id: Some(i.to_string()),
+            reference: None,
+        },
+        "success",
+    )
+    .with_data(data)
+}
+
+async fn audit_status(t: &TestNode) -> Result<Value> {
+    let (code, v) = t.get("audit/status").await?;
+    anyhow::ensure!(code == 200, "audit/status: {code} {v}");
+    Ok(v)
+}
+
+fn destination<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["destinations"]
+        .as_array()?
+        .iter()
+        .find(|d| d["destination"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_reach_rsyslog_through_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let mut rsyslog = Rsyslog::start(dir.path(), port)?;
+    let refused = free_port()?;
+    let syslog = |name: &str, port: u16| {
+        ExporterConfig::Syslog(SyslogConfig {
+            name: name.into(),
+            address: format!("127.0.0.1:{port}"),
+            transport: SyslogTransport::Tcp,
+            facility: Facility::Audit,
+            max_message_bytes: 8096,
+            resend_window_secs: 10,
+            batch_size: 500,
+            enterprise_number: None,
+        })
+    };
+    let t = TestNode::start_with(vec![squall_tests::repo_root().join("packs")], |c| {
+        c.audit = AuditConfig {
+            exporters: vec![syslog("siem", port), syslog("nowhere", refused)],
+            // Little disk on test machines: JetStream reserves the cap.
+            max_bytes: 32 << 20,
+            ..AuditConfig::default()
+        };
+    })
+    .await?;
+
+    // Real acts: a failed login, a secret written and read back decrypted,
+    // a webhook.
+    let bad = reqwest::Client::new()
+        .post(format!("{}/auth/v1/tokens", t.root))
+        .basic_auth("mallory", Some("guess"))
+        .send()
+        .await?;
+    assert_eq!(bad.status().as_u16(), 401);
+    let (code, _) = t
+        .call(
+            &t.http,
+            reqwest::Method::PUT,
+            "keys/db_pass",
+            Some(&json!({"name": "db_pass", "value": "hunter2-secret", "secret": true})),
+        )
+        .await?;
+    assert_eq!(code, 200);
+    let (code, _) = t.get("keys/db_pass?decrypt=true").await?;
+    assert_eq!(code, 200);
+    let (code, hook) = t
+        .post(
+            "webhooks/st2",
+            &json!({"trigger": "core.st2.webhook", "payload": {}}),
+        )
+        .await?;
+    anyhow::ensure!(code < 300, "webhook: {code} {hook}");
+
+    // The stream keeps what it holds: no purge, no delete.
+    let client = async_nats::connect(t.nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(audit::AUDIT_STREAM).await?;
+    assert!(stream.purge().await.is_err(), "AUDIT must refuse purge");
+    let first = poll(Duration::from_secs(10), || {
+        let mut stream = stream.clone();
+        async move {
+            let s = stream.info().await?.state.clone();
+            Ok((s.messages > 0).then_some(s.first_sequence))
+        }
+    })
+    .await?;
+    assert!(
+        stream.delete_message(first).await.is_err(),
+        "AUDIT must refuse delete"
+    );
+    assert!(stream.info().await?.state.messages > 0);
+
+    // 10,000 events, rsyslog killed and restarted midway.
+    let total = 10_000;
+    let bus = t.node.as_ref().context("node")?.bus.clone();
+    let started = Instant::now();
+    for i in 0..total / 2 {
+        bus.audit.emit(synthetic(
+            i,
+            json!({"n": i, "password": "p-should-not-leak"}),
+        ));
+    }
+    poll(Duration::from_secs(60), || {
+        let n = rsyslog.events().len();
+        async move { Ok((n >= 2_000).then_some(())) }
+    })
+    .await?;
+    rsyslog.kill()?;
+    for i in total / 2..total {
+        bus.audit.emit(synthetic(i, json!({"n": i})));
+    }
+    // The exporter finds the connection broken and retries meanwhile.
+    let status = poll(Duration::from_secs(30), || async {
+        let s = audit_status(&t).await?;
+        let retrying =
+            destination(&s, "siem").is_some_and(|d| d["exporter"]["state"] == "retrying");
+        Ok(retrying.then_some(s))
+    })
+    .await?;
+    let siem = destination(&status, "siem").context("siem")?;
+    assert!(siem["lag"].as_u64().unwrap_or(0) > 0, "{status}");
+    rsyslog.start_again()?;
+    // An event too big for one syslog message.
+    bus.audit
+        .emit(synthetic(total, json!({"big": "x".repeat(20_000)})));
+
+    let seen = poll(Duration::from_secs(120), || {
+        let events = rsyslog.events();
+        async move {
+            let ids: BTreeSet<String> = events
+                .iter()
+                .filter_map(|(_, e)| e["audit_id"].as_str().map(str::to_string))
+                .filter(|id| id.starts_with("test:"))
+                .collect();
+            Ok((ids.len() > total).then_some(events))
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    println!(
+        "audit export to rsyslog: {} events (with duplicates {}) in {:.1} s: {:.0} events/s, through a receiver restart",
+        total + 1,
+        seen.len(),
+        elapsed.as_secs_f64(),
+        (total + 1) as f64 / elapsed.as_secs_f64()
+    );
+    let by_id: HashMap<&str, &Value> = seen
+        .iter()
+        .filter_map(|(_, e)| Some((e["audit_id"].as_str()?, e)))
+        .collect();
+    for i in 0..total {
+        let e = by_id
+            .get(format!("test:{i}").as_str())
+            .context(format!("test:{i} lost"))?;
+        assert_eq!(e["data"]["n"], i);
+    }
+    // The oversized one arrived as one message, its data cut.
+    let big = by_id.get(format!("test:{total}").as_str()).context("big")?;
+    assert_eq!(big["truncated"], true, "{big}");
+    assert!(big["data"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("{\"big\":\"xxx")));
+
+    // The real acts, with actor and masked data.
+    let all: Vec<&Value> = seen.iter().map(|(_, e)| e).collect();
+    let find = |action: &str| all.iter().copied().find(|e| e["action"] == action);
+    let failed = find("auth.login_failed").context("no auth.login_failed")?;
+    assert_eq!(failed["actor"]["user"], "mallory");
+    assert_eq!(failed["actor"]["remote_addr"], "127.0.0.1");
+    assert_eq!(failed["outcome"]["status"], "denied");
+    let login = find("auth.login").context("no auth.login")?;
+    assert_eq!(login["actor"]["user"], "admin");
+    let written = find("key.updated").context("no key.updated")?;
+    assert_eq!(written["actor"]["user"], "admin");
+    assert_eq!(written["object"]["ref"], "db_pass");
+    let decrypted = find("key.decrypted").context("no key.decrypted")?;
+    assert_eq!(decrypted["actor"]["method"], "token");
+    let received = all
+        .iter()
+        .find(|e| e["action"] == "trigger.received" && e["object"]["ref"] == "core.st2.webhook")
+        .context("no trigger.received for the webhook")?;
+    assert_eq!(received["trace_id"].as_str().map(str::len), Some(32));
+    let (msgid, _) = seen
+        .iter()
+        .find(|(_, e)| e["action"] == "auth.login_failed")
+        .context("msgid")?;
+    assert_eq!(msgid, "auth.login_failed");
+    let text = std::fs::read_to_string(&rsyslog.out)?;
+    assert!(!text.contains("hunter2-secret"), "a secret reached syslog");
+    assert!(
+        !text.contains("p-should-not-leak"),
+        "a password reached syslog"
+    );
+
+    // The refusing host: its exporter retries, its lag is the whole trail,
+    // and it held nothing up.
+    let s = audit_status(&t).await?;
+    let nowhere = destination(&s, "nowhere").context("nowhere")?;
+    assert_eq!(nowhere["exporter"]["state"], "retrying", "{s}");
+    assert!(
+        nowhere["exporter"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect") && e.contains(&refused.to_string())),
+        "{s}"
+    );
+    assert!(nowhere["lag"].as_u64().unwrap_or(0) > total as u64, "{s}");
+    poll(Duration::from_secs(30), || async {
+        let s = audit_status(&t).await?;
+        Ok((destination(&s, "siem").is_some_and(|d| d["lag"] == 0)).then_some(()))
+    })
+    .await?;
+    let metrics = reqwest::get(format!("{}/metrics", t.root))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("squall_audit_export_lag{destination=\"nowhere\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// What the fake HEC does and has seen.
+#[derive(Default)]
+struct Hec {
+    token: String,
+    /// 503s still to answer before the next success.
+    busy: u32,
+    requests: u32,
+    next_ack: u64,
+    /// ack id → (stream seqs, audit ids, polls answered false so far,
+    /// never true).
+    pending: HashMap<u64, (Vec<u64>, Vec<String>, u32, bool)>,
+    indexed: BTreeSet<String>,
+    indexed_seqs: BTreeSet<u64>,
+    refused_requests: u32,
+    auth_failures: u32,
+}
+
+type Shared = Arc<Mutex<Hec>>;
+
+fn hec_error(status: StatusCode, code: i64, text: &str) -> axum::response::Response {
+    (status, Json(json!({"text": text, "code": code}))).into_response()
+}
+
+async fn hec_event(
+    State(hec): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let mut h = hec.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if auth != format!("Splunk {}", h.token) {
+        h.auth_failures += 1;
+        return hec_error(StatusCode::FORBIDDEN, 4, "Invalid token");
+    }
+    if headers.get("x-splunk-request-channel").is_none() {
+        return hec_error(StatusCode::BAD_REQUEST, 10, "Data channel is missing");
+    }
+    h.requests += 1;
+    // Bursts of 503: three in a row every 25 requests.
+    if h.requests % 25 == 3 {
+        h.busy = 3;
+    }
+    if h.busy > 0 {
+        h.busy -= 1;
+        return hec_error(StatusCode::SERVICE_UNAVAILABLE, 9, "Server is busy");
+    }
+    let mut seqs = Vec::new();
+    let mut ids = Vec::new();
+    for v in serde_json::Deserializer::from_slice(&body).into_iter::<Value>() {
+        let Ok(v) = v else {
+            return hec_error(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+        };
+        if v["event"]["data"]["poison"] == true {
+            h.refused_requests += 1;
+            return hec_error(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+        }
+        seqs.push(v["fields"]["stream_seq"].as_u64().unwrap_or(0));
+        ids.push(v["fields"]["audit_id"].as_str().unwrap_or("").to_string());
+    }
+    h.next_ack += 1;
+    let ack = h.next_ack;
+    // Every 5th batch is lost by the indexer: its ack never turns true.
+    let lost = ack % 5 == 0;
+    h.pending.insert(ack, (seqs, ids, 0, lost));
+    Json(json!({"text": "Success", "code": 0, "ackId": ack})).into_response()
+}
+
+async fn hec_ack(
+    State(hec): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    let mut h = hec.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if auth != format!("Splunk {}", h.token) {
+        return hec_error(StatusCode::FORBIDDEN, 4, "Invalid token");
+    }
+    let mut acks = serde_json::Map::new();
+    for id in body["acks"].as_array().into_iter().flatten() {
+        let Some(id) = id.as_u64() else { continue };
+        let mut done = false;
+        let mut indexed = None;
+        if let Some((seqs, ids, polls, lost)) = h.pending.get_mut(&id) {
+            // Late: false for the first two polls.
+            *polls += 1;
+            if *polls > 2 && !*lost {
+                done = true;
+                indexed = Some((seqs.clone(), ids.clone()));
+            }
+        }
+        if let Some((seqs, ids)) = indexed {
+            h.pending.remove(&id);
+            h.indexed_seqs.extend(seqs);
+            h.indexed.extend(ids);
+        }
+        acks.insert(id.to_string(), json!(done));
+    }
+    Json(json!({"acks": acks})).into_response()
+}
+
+/// Fails when the consumer acknowledged an event the receiver had not
+/// indexed (or dead-lettered).
+async fn nothing_acked_early(js: &async_nats::jetstream::Context, hec: &Shared) -> Result<u64> {
+    // The dead-lettered events' sequences count as settled.
+    let mut dead = BTreeSet::new();
+    let mut dlq = js.get_stream(audit::DEAD_LETTER_STREAM).await?;
+    let last = dlq.info().await?.state.last_sequence;
+    for seq in 1..=last {
+        if let Ok(m) = dlq.get_raw_message(seq).await {
+            let v: Value = serde_json::from_slice(&m.payload)?;
+            dead.insert(v["stream_seq"].as_u64().unwrap_or(0));
+        }
+    }
+    let stream = js.get_stream(audit::AUDIT_STREAM).await?;
+    let info = stream.consumer_info("audit-splunk").await?;
+    let floor = info.ack_floor.stream_sequence;
+    let first = stream.clone().info().await?.state.first_sequence;
+    let h = hec.lock().unwrap();
+    for seq in first..=floor {
+        anyhow::ensure!(
+            h.indexed_seqs.contains(&seq) || dead.contains(&seq),
+            "event {seq} was acknowledged but never indexed"
+        );
+    }
+    Ok(floor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_reach_splunk_hec_and_nothing_is_acked_early() -> Result<()> {
+    let hec: Shared = Arc::new(Mutex::new(Hec {
+        token: "good-token".into(),
+        ..Hec::default()
+    }));
+    let app = Router::new()
+        .route("/services/collector/event", post(hec_event))
+        .route("/services/collector/ack", post(hec_ack))
+        .with_state(hec.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut t = TestNode::start_with(vec![squall_tests::repo_root().join("packs")], |c| {
+        c.audit.max_bytes = 32 << 20;
+        c.audit.exporters = vec![ExporterConfig::SplunkHec(HecConfig {
+            name: "splunk".into(),
+            url: url.clone(),
+            token: "good-token".into(),
+            indexer_ack: true,
+            channel: None,
+            index: None,
+            sourcetype: "squall:audit".into(),
+            batch_size: 50,
+            ack_timeout_secs: 2,
+            request_timeout_secs: 5,
+        })];
+    })
+    .await?;
+    let client = async_nats::connect(t.nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+
+    let total = 2_000;
+    let poison = 777;
+    let bus = t.node.as_ref().context("node")?.bus.clone();
+    let started = Instant::now();
+    for i in 0..total {
+        let data = if i == poison {
+            json!({"poison": true})
+        } else {
+            json!({"n": i})
+        };
+        bus.audit.emit(synthetic(i, data));
+    }
+    let want: BTreeSet<String> = (0..total)
+        .filter(|i| *i != poison)
+        .map(|i| format!("test:{i}"))
+        .collect();
+    poll(Duration::from_secs(180), || {
+        let (hec, js, want) = (hec.clone(), js.clone(), want.clone());
+        async move {
+            nothing_acked_early(&js, &hec).await?;
+            let done = want.is_subset(&hec.lock().unwrap().indexed);
+            Ok(done.then_some(()))
+        }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    println!(
+        "audit export to HEC (indexer acks, 503 bursts, lost acks): {} events in {:.1} s: {:.0} events/s",
+        total,
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    {
+        let h = hec.lock().unwrap();
+        assert!(h.refused_requests > 0, "the poisoned event was never sent");
+        assert!(!h.indexed.contains(&format!("test:{poison}")));
+    }
+    // The refused event is in the dead-letter stream, and counted.
+    let dlq = js.get_stream(audit::DEAD_LETTER_STREAM).await?;
+    let m = dlq.get_raw_message(1).await?;
+    let v: Value = serde_json::from_slice(&m.payload)?;
+    assert_eq!(v["event"]["audit_id"], format!("test:{poison}"));
+    assert!(
+        v["reason"].as_str().is_some_and(|r| r.contains("code 6")),
+        "{v}"
+    );
+    let floor = poll(Duration::from_secs(30), || {
+        let (hec, js) = (hec.clone(), js.clone());
+        async move {
+            let floor = nothing_acked_early(&js, &hec).await?;
+            let last = js
+                .get_stream(audit::AUDIT_STREAM)
+                .await?
+                .clone()
+                .info()
+                .await?
+                .state
+                .last_sequence;
+            Ok((floor == last).then_some(floor))
+        }
+    })
+    .await?;
+    assert!(floor >= total as u64);
+    let metrics = reqwest::get(format!("{}/metrics", t.root))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("squall_audit_dead_lettered_total{destination=\"splunk\"} 1"),
+        "{metrics}"
+    );
+
+    // The token turns invalid: the exporter stops, acks nothing, says why.
+    hec.lock().unwrap().token = "rotated-token".into();
+    let more = 50;
+    for i in total..total + more {
+        bus.audit.emit(synthetic(i, json!({"n": i})));
+    }
+    let status = poll(Duration::from_secs(30), || async {
+        let s = audit_status(&t).await?;
+        let stopped =
+            destination(&s, "splunk").is_some_and(|d| d["exporter"]["state"] == "stopped");
+        Ok(stopped.then_some(s))
+    })
+    .await?;
+    let d = destination(&status, "splunk").context("splunk")?;
+    let error = d["exporter"]["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("credentials") && error.contains("Invalid token"),
+        "{status}"
+    );
+    assert!(
+        !error.contains("good-token"),
+        "the token leaked into the status"
+    );
+    assert_eq!(d["lag"].as_u64(), Some(more as u64), "{status}");
+    nothing_acked_early(&js, &hec).await?;
+    let metrics = reqwest::get(format!("{}/metrics", t.root))
+        .await?
+        .text()
+        .await?;
+    assert!(metrics.contains("squall_audit_exporter_stopped{destination=\"splunk\"} 1"));
+
+    // Fixed (the token is set right again) and restarted: the rest arrives.
+    hec.lock().unwrap().token = "good-token".into();
+    t.restart().await?;
+    let want: BTreeSet<String> = (total..total + more).map(|i| format!("test:{i}")).collect();
+    poll(Duration::from_secs(60), || {
+        let (hec, js, want) = (hec.clone(), js.clone(), want.clone());
+        async move {
+            nothing_acked_early(&js, &hec).await?;
+            Ok(want.is_subset(&hec.lock().unwrap().indexed).then_some(()))
+        }
+    })
+    .await?;
+    server.abort();
+    Ok(())
+}
