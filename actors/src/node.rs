@@ -101,6 +101,9 @@ pub struct Shared {
     /// Until when this node's partition leases hold (the coordinator's
     /// heartbeats extend it; partition consumers check it before acking).
     pub lease: LeaseValidity,
+    /// Installed packs' files: the `packs` object store and this node's
+    /// copies ([`crate::pack_files`]).
+    pub pack_files: crate::pack_files::PackFiles,
 }
 
 /// State of [`NodeSupervisor`].
@@ -121,7 +124,11 @@ async fn spawn_child(
         Child::Content => Box::pin(Actor::spawn_linked(
             None,
             ContentWatcher,
-            (shared.bus.clone(), shared.catalog.clone()),
+            (
+                shared.bus.clone(),
+                shared.catalog.clone(),
+                shared.pack_files.clone(),
+            ),
             supervisor,
         ))
         .await?
@@ -562,6 +569,8 @@ impl Engine {
         let configs = Box::pin(ConfigCache::start(&bus)).await?;
         let renderer = Arc::new(Renderer::with_cipher(keys.cipher().clone()));
         let catalog = CatalogHandle::default();
+        let pack_files =
+            Box::pin(crate::pack_files::PackFiles::open(&bus, &settings.data_dir)).await?;
         let shutdown = CancellationToken::new();
         let in_flight = TaskTracker::new();
         let runners = RunnerContext {
@@ -580,6 +589,15 @@ impl Engine {
                 let announce: Arc<dyn squall_runners::Runner> =
                     Arc::new(crate::announce::Announcement::new(bus.client.clone()));
                 runners.insert(announce.name(), announce);
+                let packs: Arc<dyn squall_runners::Runner> =
+                    Arc::new(crate::pack_install::PackManagement::new(
+                        bus.clone(),
+                        pack_files.clone(),
+                        settings.virtualenvs.clone(),
+                        catalog.clone(),
+                        &settings.data_dir,
+                    ));
+                runners.insert(packs.name(), packs);
                 runners
             }),
             shutdown: shutdown.clone(),
@@ -601,6 +619,7 @@ impl Engine {
             settings,
             runners,
             lease: LeaseValidity::default(),
+            pack_files,
         };
         let (supervisor, join) = Box::pin(Actor::spawn(None, NodeSupervisor, shared.clone()))
             .await
