@@ -2336,7 +2336,6 @@ mod tests {
                 "missing required field `version`",
             ),
             ("description: no name\nversion: 1.0.0\n", "", "`name`"),
-            ("name: packs\nversion: 1.0.0\n", "ref", "reserved"),
         ];
         for (text, field, needle) in cases {
             let e = only_error(&[("pack.yaml", text)]);

@@ -74,16 +74,17 @@ pub async fn install(
     ApiJson(body): ApiJson<InstallBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     need_packs(&body.packs)?;
+    // Sources that can never work are refused now; anything else (a
+    // missing directory, a bad ref) is for the install to find, on the
+    // node that runs it.
     for spec in &body.packs {
-        match parse_source(spec) {
-            Err(
-                e @ (InstallError::ExchangeName(_)
-                | InstallError::OwnerRepo(_)
-                | InstallError::BadSource(_)),
-            ) => return Err(ApiError::BadRequest(format!("packs: {e}"))),
-            // Anything else (a missing directory on this node, a bad ref)
-            // is for the install to find: the runner's node decides.
-            _ => {}
+        if let Err(
+            e @ (InstallError::ExchangeName(_)
+            | InstallError::OwnerRepo(_)
+            | InstallError::BadSource(_)),
+        ) = parse_source(spec)
+        {
+            return Err(ApiError::BadRequest(format!("packs: {e}")));
         }
     }
     let mut parameters = Map::new();
