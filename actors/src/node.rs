@@ -54,6 +54,7 @@ pub fn layout(replicas: usize) -> crate::bus::Layout {
         .with_buckets(crate::policies::buckets(replicas))
         .with_buckets(crate::auth::buckets(replicas))
         .with_buckets(crate::logins::buckets(replicas))
+        .with_streams(crate::pack_files::streams(replicas))
 }
 
 /// What a node runs.

@@ -22,6 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use async_nats::jetstream::object_store::{self, ObjectMetadata, ObjectStore};
+use async_nats::jetstream::stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -32,6 +33,23 @@ use crate::error::{bus_err, EngineError};
 
 /// The object store holding installed packs.
 pub const BUCKET: &str = "packs";
+
+/// The stream behind the `packs` object store, as JetStream's object
+/// store layout has it (`OBJ_<bucket>`: chunks and metadata subjects,
+/// roll-ups for metadata, direct gets), with `replicas` replicas.
+pub fn streams(replicas: usize) -> Vec<stream::Config> {
+    vec![stream::Config {
+        name: format!("OBJ_{BUCKET}"),
+        description: Some("Files of the packs installed with packs.install".into()),
+        subjects: vec![format!("$O.{BUCKET}.C.>"), format!("$O.{BUCKET}.M.>")],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    }]
+}
 
 /// Metadata key of an object's archive digest.
 const DIGEST_KEY: &str = "squall-digest";
@@ -90,32 +108,15 @@ impl std::fmt::Debug for PackFiles {
 }
 
 impl PackFiles {
-    /// Opens (creating it if needed, with as many replicas as the
-    /// `content` bucket) the `packs` object store; materialised packs go
-    /// under `<data_dir>/packs`.
+    /// Opens the `packs` object store (declared by [`streams`], created
+    /// with the node's layout); materialised packs go under
+    /// `<data_dir>/packs`.
     pub async fn open(bus: &Bus, data_dir: &Path) -> Result<PackFiles, EngineError> {
-        let store = match bus.js.get_object_store(BUCKET).await {
-            Ok(store) => store,
-            Err(_) => {
-                let replicas = bus
-                    .js
-                    .get_stream("KV_content")
-                    .await
-                    .map_err(|e| bus_err("read the content bucket", e))?
-                    .cached_info()
-                    .config
-                    .num_replicas;
-                bus.js
-                    .create_object_store(object_store::Config {
-                        bucket: BUCKET.into(),
-                        description: Some("Files of the packs installed with packs.install".into()),
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| bus_err("create the packs object store", e))?
-            }
-        };
+        let store = bus
+            .js
+            .get_object_store(BUCKET)
+            .await
+            .map_err(|e| bus_err("open the packs object store", e))?;
         Ok(PackFiles {
             store,
             root: data_dir.join("packs"),
