@@ -240,13 +240,15 @@ impl Actor for ContentWatcher {
         for bundle in packs.values_mut() {
             localise(&files, bundle).await;
         }
-        files.prune(
-            &packs
-                .values()
-                .filter(|b| b.files.is_some())
-                .map(|b| b.pack.pack_ref.clone())
-                .collect(),
-        );
+        files
+            .prune(
+                &packs
+                    .values()
+                    .filter(|b| b.files.is_some())
+                    .map(|b| b.pack.pack_ref.clone())
+                    .collect(),
+            )
+            .await;
         let mut snapshot = Catalog::build(packs.clone());
         snapshot.revision = last;
         bus.set_end_listeners(snapshot.end_listeners());
@@ -286,7 +288,7 @@ impl Actor for ContentWatcher {
                             .insert(pack_ref.to_string(), bundle)
                             .is_some_and(|old| old.files.is_some());
                         if was_installed && state.packs[pack_ref].files.is_none() {
-                            state.files.forget(pack_ref);
+                            state.files.forget(pack_ref).await;
                         }
                     }
                     kv::Operation::Delete | kv::Operation::Purge => {
@@ -295,7 +297,7 @@ impl Actor for ContentWatcher {
                             .remove(pack_ref)
                             .is_some_and(|b| b.files.is_some())
                         {
-                            state.files.forget(pack_ref);
+                            state.files.forget(pack_ref).await;
                         }
                     }
                 }

@@ -570,8 +570,12 @@ impl Engine {
         let configs = Box::pin(ConfigCache::start(&bus)).await?;
         let renderer = Arc::new(Renderer::with_cipher(keys.cipher().clone()));
         let catalog = CatalogHandle::default();
-        let pack_files =
-            Box::pin(crate::pack_files::PackFiles::open(&bus, &settings.data_dir)).await?;
+        let pack_files = Box::pin(crate::pack_files::PackFiles::open(
+            &bus,
+            &settings.data_dir,
+            settings.virtualenvs.clone(),
+        ))
+        .await?;
         let shutdown = CancellationToken::new();
         let in_flight = TaskTracker::new();
         let runners = RunnerContext {

@@ -28,6 +28,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 
+use squall_runners::venv::Virtualenvs;
+
 use crate::bus::Bus;
 use crate::error::{bus_err, EngineError};
 
@@ -97,6 +99,8 @@ struct Entry {
 pub struct PackFiles {
     store: ObjectStore,
     root: PathBuf,
+    /// The node's pack virtualenvs: an uninstalled pack's go with its files.
+    venvs: Virtualenvs,
 }
 
 impl std::fmt::Debug for PackFiles {
@@ -111,7 +115,11 @@ impl PackFiles {
     /// Opens the `packs` object store (declared by [`streams`], created
     /// with the node's layout); materialised packs go under
     /// `<data_dir>/packs`.
-    pub async fn open(bus: &Bus, data_dir: &Path) -> Result<PackFiles, EngineError> {
+    pub async fn open(
+        bus: &Bus,
+        data_dir: &Path,
+        venvs: Virtualenvs,
+    ) -> Result<PackFiles, EngineError> {
         let store = bus
             .js
             .get_object_store(BUCKET)
@@ -120,6 +128,7 @@ impl PackFiles {
         Ok(PackFiles {
             store,
             root: data_dir.join("packs"),
+            venvs,
         })
     }
 
@@ -215,8 +224,8 @@ impl PackFiles {
         Ok(link)
     }
 
-    /// Removes `pack`'s files from this node.
-    pub fn forget(&self, pack: &str) {
+    /// Removes `pack`'s files and virtualenv from this node.
+    pub async fn forget(&self, pack: &str) {
         let link = self.dir(pack);
         if link.is_symlink() {
             if let Err(e) = std::fs::remove_file(&link) {
@@ -224,12 +233,13 @@ impl PackFiles {
             }
         }
         self.remove_versions(pack, &BTreeSet::new());
-        tracing::info!(pack, "pack files removed");
+        self.venvs.remove(pack).await;
+        tracing::info!(pack, "pack files and virtualenv removed");
     }
 
     /// Removes the files of every pack but `installed` from this node (a
     /// node that was down while a pack was uninstalled).
-    pub fn prune(&self, installed: &BTreeSet<String>) {
+    pub async fn prune(&self, installed: &BTreeSet<String>) {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
         };
@@ -241,7 +251,7 @@ impl PackFiles {
             }
         }
         for pack in gone {
-            self.forget(&pack);
+            self.forget(&pack).await;
         }
     }
 

@@ -327,6 +327,10 @@ async fn st2_pack_install_installs_exchange_packs_from_git() -> Result<()> {
     assert!(ok, "st2 pack remove csv: {out}{err}");
     assert_eq!(version(&node, "csv").await?, None);
     assert!(!installed.exists(), "csv's files are removed");
+    assert!(
+        !node.config.data_dir.join("virtualenvs/csv").exists(),
+        "and its virtualenv"
+    );
     let (status, _) = node.get("actions/csv.parse").await?;
     assert_eq!(status, 404);
     Ok(())
