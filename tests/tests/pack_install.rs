@@ -409,19 +409,72 @@ async fn a_pack_installed_through_one_node_runs_on_another() -> Result<()> {
     assert!(stdout.contains("b-data/packs/travels"), "{stdout}");
     assert!(copy.join("actions/where.sh").is_file());
 
-    // Uninstalled through `b`: gone from `a`'s and `b`'s disks.
-    let (status, started) = post(&api_b, "packs/uninstall", json!({"packs": ["travels"]})).await?;
+    // A node that joins later gets the installed packs at its start: `a`
+    // leaves, `c` (the default pool now) runs an Exchange pack's Python
+    // action from its own copy, in a virtualenv it built itself.
+    let repos = tempfile::tempdir()?;
+    let csv = repo_of(repos.path(), "stackstorm-csv", &exchange("csv"), "1.0.0")?;
+    let (status, started) = post(
+        &api_b,
+        "packs/install",
+        json!({"packs": [format!("file://{}=1.0.0", csv.display())]}),
+    )
+    .await?;
     assert_eq!(status, 202, "{started}");
-    let removal = finished(
+    let install = finished(
         &api_b,
         started["execution_id"].as_str().unwrap_or_default().into(),
     )
     .await?;
-    assert_eq!(removal["status"], "succeeded", "{removal}");
+    assert_eq!(install["status"], "succeeded", "{install}\n{}", a.log());
+    let mut a = a;
+    a.stop()?;
+    let c = NodeProcess::start(&spec, "c", "")?;
+    let api_c = admin_client(&spec, &c).await?;
+    let (status, run) = post(
+        &api_c,
+        "executions",
+        json!({"action": "csv.parse", "parameters": {"data": "a,b"}}),
+    )
+    .await?;
+    assert_eq!(status, 201, "{run}");
+    let run = finished(&api_c, run["id"].as_str().unwrap_or_default().into()).await?;
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", c.log());
+    assert_eq!(run["result"]["result"], json!([["a", "b"]]));
+    assert!(dir
+        .path()
+        .join("c-data/virtualenvs/csv/bin/python")
+        .exists());
+
+    // Uninstalled through `b`: gone from the disks of the nodes up, and
+    // from `a`'s when it starts again.
+    for pack in ["travels", "csv"] {
+        let (status, started) = post(&api_b, "packs/uninstall", json!({"packs": [pack]})).await?;
+        assert_eq!(status, 202, "{started}");
+        let removal = finished(
+            &api_b,
+            started["execution_id"].as_str().unwrap_or_default().into(),
+        )
+        .await?;
+        assert_eq!(removal["status"], "succeeded", "{removal}");
+    }
+    let gone = |node: &str, pack: &str| {
+        !dir.path()
+            .join(format!("{node}-data/packs/{pack}"))
+            .exists()
+    };
     poll(Duration::from_secs(30), || async {
-        Ok((!copy.exists() && !dir.path().join("a-data/packs/travels").exists()).then_some(()))
+        Ok((gone("b", "travels") && gone("c", "travels") && gone("c", "csv")).then_some(()))
     })
     .await
     .context("the pack's files stayed on a node")?;
+    assert!(!gone("a", "csv"), "a was down: it still has csv");
+    let a = NodeProcess::start(&spec, "a", "")?;
+    admin_client(&spec, &a).await?;
+    poll(Duration::from_secs(30), || async {
+        Ok((gone("a", "travels") && gone("a", "csv")).then_some(()))
+    })
+    .await
+    .context("a kept the files of packs uninstalled while it was down")?;
     Ok(())
 }
