@@ -120,3 +120,19 @@ ensure_rsyslog() {
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rsyslog >/dev/null
 }
+
+# git, which `packs.install` runs to fetch packs (and the pack install
+# tests, tests/tests/pack_install.rs, to make repositories), through apt
+# when it is missing and this runs as root.
+ensure_git() {
+  if command -v git >/dev/null; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "installing packs needs git (apt-get install git, as root)" >&2
+    return 1
+  fi
+  echo "==> installing git (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git >/dev/null
+}

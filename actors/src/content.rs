@@ -20,6 +20,7 @@ use squall_domain::time;
 use crate::bus::{from_bytes, Bucket, Bus, Change as BucketChange};
 use crate::catalog::{Catalog, CatalogHandle};
 use crate::error::{bus_err, EngineError};
+use crate::pack_files::PackFiles;
 use crate::pump::Pump;
 use squall_runners::venv::Virtualenvs;
 
@@ -158,6 +159,7 @@ fn empty_pack(pack_ref: &str) -> PackBundle {
         sensors: vec![],
         aliases: vec![],
         registered: BTreeMap::new(),
+        files: None,
     }
 }
 
@@ -184,7 +186,23 @@ pub async fn load_all(bus: &Bus) -> Result<BTreeMap<String, PackBundle>, EngineE
     Ok(packs)
 }
 
-/// Keeps the node's catalog equal to the `content` bucket.
+/// Points an installed pack at this node's copy of its files, fetching
+/// them from the `packs` object store first when the node does not have
+/// them. A failure is logged: the pack's runs then fail on its missing
+/// files, and the next change of the pack (or a restart) tries again.
+async fn localise(files: &PackFiles, bundle: &mut PackBundle) {
+    let Some(digest) = bundle.files.clone() else {
+        return;
+    };
+    let pack = bundle.pack.pack_ref.clone();
+    bundle.path = files.dir(&pack).to_string_lossy().to_string();
+    if let Err(e) = files.materialise(&pack, &digest).await {
+        tracing::error!(pack, error = %e, "cannot put the installed pack's files on this node");
+    }
+}
+
+/// Keeps the node's catalog equal to the `content` bucket, and this node's
+/// copies of installed packs' files equal to the `packs` object store.
 #[derive(Debug)]
 pub struct ContentWatcher;
 
@@ -201,23 +219,36 @@ pub struct ContentState {
     bus: Bus,
     packs: BTreeMap<String, PackBundle>,
     catalog: CatalogHandle,
+    files: PackFiles,
     _pump: Pump,
 }
 
 impl Actor for ContentWatcher {
     type Msg = ContentMsg;
     type State = ContentState;
-    type Arguments = (Bus, CatalogHandle);
+    type Arguments = (Bus, CatalogHandle, PackFiles);
 
     async fn pre_start(
         &self,
         myself: ActorRef<ContentMsg>,
-        (bus, catalog): (Bus, CatalogHandle),
+        (bus, catalog, files): (Bus, CatalogHandle, PackFiles),
     ) -> Result<ContentState, ActorProcessingErr> {
         // Remember where the bucket is, load everything up to there, then
         // watch from that point on: nothing between the two is missed.
         let last = crate::bus::bucket_state(&bus.content).await?.last_sequence;
-        let packs = load_all(&bus).await?;
+        let mut packs = load_all(&bus).await?;
+        for bundle in packs.values_mut() {
+            localise(&files, bundle).await;
+        }
+        files
+            .prune(
+                &packs
+                    .values()
+                    .filter(|b| b.files.is_some())
+                    .map(|b| b.pack.pack_ref.clone())
+                    .collect(),
+            )
+            .await;
         let mut snapshot = Catalog::build(packs.clone());
         snapshot.revision = last;
         bus.set_end_listeners(snapshot.end_listeners());
@@ -232,6 +263,7 @@ impl Actor for ContentWatcher {
             bus,
             packs,
             catalog,
+            files,
             _pump: pump,
         })
     }
@@ -249,11 +281,24 @@ impl Actor for ContentWatcher {
                 };
                 match entry.operation {
                     kv::Operation::Put => {
-                        let bundle: PackBundle = from_bytes(&entry.key, &entry.value)?;
-                        state.packs.insert(pack_ref.to_string(), bundle);
+                        let mut bundle: PackBundle = from_bytes(&entry.key, &entry.value)?;
+                        localise(&state.files, &mut bundle).await;
+                        let was_installed = state
+                            .packs
+                            .insert(pack_ref.to_string(), bundle)
+                            .is_some_and(|old| old.files.is_some());
+                        if was_installed && state.packs[pack_ref].files.is_none() {
+                            state.files.forget(pack_ref).await;
+                        }
                     }
                     kv::Operation::Delete | kv::Operation::Purge => {
-                        state.packs.remove(pack_ref);
+                        if state
+                            .packs
+                            .remove(pack_ref)
+                            .is_some_and(|b| b.files.is_some())
+                        {
+                            state.files.forget(pack_ref).await;
+                        }
                     }
                 }
                 let mut snapshot = Catalog::build(state.packs.clone());

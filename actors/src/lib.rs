@@ -61,6 +61,8 @@ pub mod mirror;
 pub mod node;
 pub mod notifier;
 pub mod orphans;
+pub mod pack_files;
+pub mod pack_install;
 pub mod policies;
 pub mod pump;
 pub mod retention;

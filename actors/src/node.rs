@@ -54,6 +54,7 @@ pub fn layout(replicas: usize) -> crate::bus::Layout {
         .with_buckets(crate::policies::buckets(replicas))
         .with_buckets(crate::auth::buckets(replicas))
         .with_buckets(crate::logins::buckets(replicas))
+        .with_streams(crate::pack_files::streams(replicas))
 }
 
 /// What a node runs.
@@ -106,6 +107,9 @@ pub struct Shared {
     pub lease: LeaseValidity,
     /// The execution history, on nodes that serve the API or collect.
     pub history: Option<crate::history::HistoryHandle>,
+    /// Installed packs' files: the `packs` object store and this node's
+    /// copies ([`crate::pack_files`]).
+    pub pack_files: crate::pack_files::PackFiles,
 }
 
 /// State of [`NodeSupervisor`].
@@ -126,7 +130,11 @@ async fn spawn_child(
         Child::Content => Box::pin(Actor::spawn_linked(
             None,
             ContentWatcher,
-            (shared.bus.clone(), shared.catalog.clone()),
+            (
+                shared.bus.clone(),
+                shared.catalog.clone(),
+                shared.pack_files.clone(),
+            ),
             supervisor,
         ))
         .await?
@@ -583,6 +591,12 @@ impl Engine {
         let configs = Box::pin(ConfigCache::start(&bus)).await?;
         let renderer = Arc::new(Renderer::with_cipher(keys.cipher().clone()));
         let catalog = CatalogHandle::default();
+        let pack_files = Box::pin(crate::pack_files::PackFiles::open(
+            &bus,
+            &settings.data_dir,
+            settings.virtualenvs.clone(),
+        ))
+        .await?;
         let shutdown = CancellationToken::new();
         let in_flight = TaskTracker::new();
         let runners = RunnerContext {
@@ -601,6 +615,15 @@ impl Engine {
                 let announce: Arc<dyn squall_runners::Runner> =
                     Arc::new(crate::announce::Announcement::new(bus.client.clone()));
                 runners.insert(announce.name(), announce);
+                let packs: Arc<dyn squall_runners::Runner> =
+                    Arc::new(crate::pack_install::PackManagement::new(
+                        bus.clone(),
+                        pack_files.clone(),
+                        settings.virtualenvs.clone(),
+                        catalog.clone(),
+                        &settings.data_dir,
+                    ));
+                runners.insert(packs.name(), packs);
                 runners
             }),
             shutdown: shutdown.clone(),
@@ -623,6 +646,7 @@ impl Engine {
             runners,
             lease: LeaseValidity::default(),
             history,
+            pack_files,
         };
         let (supervisor, join) = Box::pin(Actor::spawn(None, NodeSupervisor, shared.clone()))
             .await

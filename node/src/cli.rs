@@ -963,6 +963,22 @@ pub async fn pack_register(
     Ok(())
 }
 
+/// `squall pack install` and `squall pack uninstall`: starts the
+/// `packs.install` (`packs.uninstall`) execution and follows it to its end,
+/// as `st2 pack install` does. False if it did not succeed.
+pub async fn pack_manage(
+    client: &Client,
+    path: &str,
+    body: &Value,
+    action: &str,
+    as_json: bool,
+) -> Result<bool, CliError> {
+    let started = client.post(path, body).await?;
+    let id = field(&started, "/execution_id");
+    let created = json!({"id": id, "action": {"ref": action}});
+    follow(client, &created, RunMode::Wait, as_json).await
+}
+
 fn field(v: &Value, pointer: &str) -> String {
     match v.pointer(pointer) {
         Some(Value::String(s)) => s.clone(),

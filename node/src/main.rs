@@ -424,6 +424,23 @@ enum PackCommand {
     Register { packs: Vec<String> },
     /// List registered packs.
     List,
+    /// Install packs for every node: git URLs, file:// URLs or paths of git
+    /// repositories (each optionally `=<ref>`), or plain directories.
+    Install {
+        #[arg(required = true)]
+        sources: Vec<String>,
+        /// Install even when the pack's python_versions exclude Python 3.
+        #[arg(long)]
+        force: bool,
+        /// Do not install the packs listed in pack.yaml's dependencies.
+        #[arg(long)]
+        skip_dependencies: bool,
+    },
+    /// Uninstall packs installed with `pack install`, from every node.
+    Uninstall {
+        #[arg(required = true)]
+        packs: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -660,6 +677,34 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
         } => {
             cli::pack_register(&client, &packs, args.json).await?;
             Ok(true)
+        }
+        Command::Pack {
+            command:
+                PackCommand::Install {
+                    sources,
+                    force,
+                    skip_dependencies,
+                },
+        } => {
+            let body =
+                json!({"packs": sources, "force": force, "skip_dependencies": skip_dependencies});
+            Ok(
+                cli::pack_manage(&client, "packs/install", &body, "packs.install", args.json)
+                    .await?,
+            )
+        }
+        Command::Pack {
+            command: PackCommand::Uninstall { packs },
+        } => {
+            let body = json!({ "packs": packs });
+            Ok(cli::pack_manage(
+                &client,
+                "packs/uninstall",
+                &body,
+                "packs.uninstall",
+                args.json,
+            )
+            .await?)
         }
         Command::Pack {
             command: PackCommand::List,

@@ -383,6 +383,7 @@ pub fn load_pack(dir: &Path) -> Result<PackBundle, LoadErrors> {
             sensors,
             aliases,
             registered: BTreeMap::new(),
+            files: None,
         }),
         _ => Err(errs.finish()),
     }
@@ -842,12 +843,6 @@ fn check_manifest(mut doc: Doc<'_>) -> Result<PackMeta, Vec<Problem>> {
                 format!("{text:?} is not a semantic version such as 1.0.0"),
             ),
         }
-        }
-    }
-    if let Some(Yaml::String(r)) = doc.get("ref") {
-        if matches!(r.as_str(), "packs") {
-            let r = r.clone();
-            doc.problem("ref", format!("{r:?} is reserved"));
         }
     }
     doc.into_model()
@@ -2341,7 +2336,6 @@ mod tests {
                 "missing required field `version`",
             ),
             ("description: no name\nversion: 1.0.0\n", "", "`name`"),
-            ("name: packs\nversion: 1.0.0\n", "ref", "reserved"),
         ];
         for (text, field, needle) in cases {
             let e = only_error(&[("pack.yaml", text)]);

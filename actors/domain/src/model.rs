@@ -319,4 +319,9 @@ pub struct PackBundle {
     /// ([`crate::registration`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registered: BTreeMap<String, String>,
+    /// For a pack installed with `packs.install`: the digest of its files
+    /// in the `packs` object store. Every node materialises them under its
+    /// own data dir and runs the pack from there, whatever `path` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
 }

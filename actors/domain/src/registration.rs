@@ -367,6 +367,7 @@ mod tests {
             sensors: vec![],
             aliases: vec![],
             registered: BTreeMap::new(),
+            files: None,
         }
     }
 

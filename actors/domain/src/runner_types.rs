@@ -132,8 +132,14 @@ fn winrm_common(with_cmd: bool) -> Vec<(&'static str, ParamSpec)> {
 
 /// Runner types the engine provides itself (not a runner in
 /// `squall-runners`): workflows (Orquesta and ActionChain), and
-/// `announcement`, which publishes on the bus.
-pub const ENGINE_RUNNERS: [&str; 3] = ["orquesta", "action-chain", "announcement"];
+/// `announcement`, which publishes on the bus, and `pack-management`
+/// (`packs.install`, `packs.uninstall`), which writes packs to the bus.
+pub const ENGINE_RUNNERS: [&str; 4] = [
+    "orquesta",
+    "action-chain",
+    "announcement",
+    "pack-management",
+];
 
 /// Every runner type Squall knows, available or not (built once).
 pub fn all() -> &'static [RunnerType] {
@@ -284,6 +290,13 @@ fn build() -> Vec<RunnerType> {
             "A remote execution runner that executes PowerShell scripts on Windows hosts.",
             true,
             params(winrm_common(false)),
+            None,
+        ),
+        rt(
+            "pack-management",
+            "Squall's runner of packs.install and packs.uninstall: installs packs from git or a directory for every node of the cluster, or removes them.",
+            true,
+            params(vec![]),
             None,
         ),
     ]

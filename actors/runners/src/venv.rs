@@ -210,6 +210,21 @@ impl Virtualenvs {
         }
     }
 
+    /// Removes `pack`'s virtualenv and every build of it, and forgets its
+    /// last failure: the pack was uninstalled.
+    pub async fn remove(&self, pack: &str) {
+        let lock = self.lock(pack);
+        let mut failed = lock.lock().await;
+        *failed = None;
+        let link = self.dir(pack);
+        if link.is_symlink() {
+            if let Err(e) = std::fs::remove_file(&link) {
+                tracing::warn!(pack, error = %e, "the virtualenv's link could not be removed");
+            }
+        }
+        remove_old_builds(&self.inner.root, pack, "", None).await;
+    }
+
     /// The pack's build lock, holding its last failed build.
     fn lock(&self, pack: &str) -> PackLock {
         let mut packs = self

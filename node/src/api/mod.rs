@@ -18,6 +18,7 @@ mod executions;
 mod inquiries;
 mod keys;
 mod listing;
+mod pack_install;
 mod purge;
 mod query;
 mod rule_test;
@@ -171,6 +172,8 @@ pub fn app(state: ApiState) -> Router {
         .route("/triggerinstances/{id}/re_emit", post(triggers::re_emit))
         .route("/triggertypes/{reference}", get(content::get_trigger_type))
         .route("/packs/register", post(content::register_packs))
+        .route("/packs/install", post(pack_install::install))
+        .route("/packs/uninstall", post(pack_install::uninstall))
         .route("/configs", get(configs::list))
         .route("/configs/{pack}", get(configs::get_one).put(configs::put))
         .route("/config_schemas", get(configs::list_schemas))
