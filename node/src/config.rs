@@ -45,6 +45,10 @@ pub struct NodeConfig {
     /// only copy of anything: a node rebuilds it from the cluster.
     pub data_dir: PathBuf,
     pub virtualenvs: VirtualenvsConfig,
+    /// How the log is written (`format: text | json`).
+    pub log: crate::telemetry::LogConfig,
+    /// OpenTelemetry export (off unless `endpoint` is set).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// How pack virtualenvs (`<data_dir>/virtualenvs/<pack>`) are built.
@@ -270,6 +274,8 @@ impl Default for NodeConfig {
             datastore: DatastoreConfig::default(),
             data_dir: PathBuf::from("data"),
             virtualenvs: VirtualenvsConfig::default(),
+            log: crate::telemetry::LogConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -375,6 +381,7 @@ impl NodeConfig {
         if cfg.roles.is_empty() {
             return Err(invalid("roles: a node needs at least one role".into()));
         }
+        cfg.telemetry.check().map_err(invalid)?;
         if cfg.runners.concurrency < 1 {
             return Err(invalid("runners.concurrency must be at least 1".into()));
         }
