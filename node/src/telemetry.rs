@@ -428,7 +428,9 @@ impl SpanProcessor for QueueProcessor {
 
 /// Exports queued spans in batches of up to `batch` until `closing`, then
 /// exports what is left. A batch the collector does not take within
-/// `timeout` is dropped and counted.
+/// `timeout` is dropped and counted, and the next export waits (250 ms,
+/// doubling to 5 s) so a collector that is down costs no busy loop; the
+/// queue meanwhile fills and drops.
 async fn export_spans(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<SpanData>,
@@ -437,7 +439,14 @@ async fn export_spans(
     timeout: Duration,
 ) {
     let mut closed = false;
+    let mut backoff = Duration::ZERO;
     loop {
+        if !backoff.is_zero() && !closed {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = closing.notified() => closed = true,
+            }
+        }
         let mut spans = Vec::with_capacity(batch);
         if !closed {
             tokio::select! {
@@ -470,7 +479,12 @@ async fn export_spans(
             }
         }
         let n = spans.len() as u64;
-        match tokio::time::timeout(timeout, exporter.export(spans)).await {
+        let exported = tokio::time::timeout(timeout, exporter.export(spans)).await;
+        backoff = match &exported {
+            Ok(Ok(())) => Duration::ZERO,
+            _ => (backoff * 2).clamp(Duration::from_millis(250), Duration::from_secs(5)),
+        };
+        match exported {
             Ok(Ok(())) => metrics::spans_exported(n),
             Ok(Err(e)) => {
                 metrics::spans_dropped(SpanDrop::ExportFailed, n);
