@@ -296,11 +296,20 @@ fn start_waiting<H: Handler>(myself: &ActorRef<ConsumerMsg>, state: &mut Consume
                 let lease = state.lease.clone();
                 let name = state.spec.name.clone();
                 let progress = state.spec.ack_wait / 3;
+                // The handler's spans continue the publisher's trace.
+                let parent = crate::telemetry::extract(msg.headers.as_ref());
                 Box::pin(async move {
                     let settle = match from_bytes::<H::Event>(&msg.subject, &msg.payload) {
                         Ok(event) => {
                             let delivered = msg.info().map_or(1, |i| i.delivered);
-                            keep_while(&msg, progress, handler.handle(event, delivered)).await
+                            let handled = handler.handle(event, delivered);
+                            match parent {
+                                Some(cx) => {
+                                    use opentelemetry::context::FutureExt;
+                                    keep_while(&msg, progress, handled.with_context(cx)).await
+                                }
+                                None => keep_while(&msg, progress, handled).await,
+                            }
                         }
                         Err(e) => Settle::Drop(format!("unreadable {}: {e}", H::WHAT)),
                     };

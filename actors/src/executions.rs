@@ -196,6 +196,7 @@ pub fn prepare(
         notify: spec.notify.or_else(|| def.notify.clone()),
         delay: None,
         slots: Vec::new(),
+        traceparent: None,
     })
 }
 
@@ -224,6 +225,33 @@ fn mentions_config_context(def: &ActionDef, given: &Map<String, Value>) -> bool 
 /// the work queue drops a repeat within its duplicate window and runners
 /// skip records that already moved on.
 pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecord, EngineError> {
+    let span = crate::telemetry::span(|| {
+        tracing::info_span!("execution.request", otel.kind = "producer",
+            messaging.system = "nats", squall.execution.id = %record.id,
+            squall.action.ref = %record.action.action_ref,
+            squall.runner.type = %record.runner.name,
+            squall.trace_tag = trace_tag(&record))
+    });
+    tracing::Instrument::instrument(submit_traced(bus, record), span).await
+}
+
+/// StackStorm's trace tag of an execution (`context.trace_context`).
+pub fn trace_tag(record: &ExecutionRecord) -> &str {
+    record
+        .context
+        .get("trace_context")
+        .and_then(|t| t.get("trace_tag"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+async fn submit_traced(
+    bus: &Bus,
+    mut record: ExecutionRecord,
+) -> Result<ExecutionRecord, EngineError> {
+    if record.traceparent.is_none() {
+        record.traceparent = crate::telemetry::current();
+    }
     let (stored, created) = match bus.create_execution(&record).await? {
         Some(revision) => (record, Some(revision)),
         None => match bus.execution(&record.id).await? {
@@ -233,7 +261,7 @@ pub async fn submit(bus: &Bus, record: ExecutionRecord) -> Result<ExecutionRecor
     };
     if stored.status == Status::Requested {
         bus.request_execution(&stored, &stored.id, created).await?;
-        crate::metrics::execution_requested();
+        crate::metrics::execution_requested(&stored.runner.name);
     }
     Ok(stored)
 }

@@ -85,13 +85,27 @@ pub async fn publish(
     msg_id: &str,
     event: FlowEvent,
 ) -> Result<(), EngineError> {
+    publish_traced(bus, workflow_id, msg_id, event, None).await
+}
+
+/// [`publish`], in the trace `traceparent` names (a task's, kept with its
+/// record) rather than the current span's.
+async fn publish_traced(
+    bus: &Bus,
+    workflow_id: &str,
+    msg_id: &str,
+    event: FlowEvent,
+    traceparent: Option<&str>,
+) -> Result<(), EngineError> {
     let msg = FlowEventMsg {
         v: 1,
         workflow_id: workflow_id.to_string(),
         event,
     };
     let subject = subject(bus.partition_of(workflow_id), workflow_id);
-    crate::bus::publish(&bus.js, subject, msg_id, HeaderMap::new(), to_bytes(&msg)?).await
+    let mut headers = HeaderMap::new();
+    crate::telemetry::inject(&mut headers, traceparent, workflow_id);
+    crate::bus::publish(&bus.js, subject, msg_id, headers, to_bytes(&msg)?).await
 }
 
 /// When `record` is a workflow's task run that has ended, paused (or gone
@@ -150,7 +164,14 @@ pub async fn notify_parent(bus: &Bus, record: &ExecutionRecord) -> Result<(), En
         ),
         _ => return Ok(()),
     };
-    publish(bus, workflow_id, &msg_id, event).await
+    publish_traced(
+        bus,
+        workflow_id,
+        &msg_id,
+        event,
+        record.traceparent.as_deref(),
+    )
+    .await
 }
 
 /// Whether `record` just went back to `running` after a pause.

@@ -10,10 +10,9 @@ use futures::StreamExt;
 use squall_domain::execution::TriggerInstance;
 use squall_domain::ids;
 use squall_domain::time::Timestamp;
+use tracing::Instrument;
 
-use crate::bus::{
-    from_bytes, publish, to_bytes, traceparent, trigger_subject, Bus, LIST_TIMEOUT, TRACEPARENT,
-};
+use crate::bus::{from_bytes, publish, to_bytes, trigger_subject, Bus, LIST_TIMEOUT};
 use crate::error::{bus_err, EngineError};
 
 impl Bus {
@@ -21,11 +20,22 @@ impl Bus {
     /// `Nats-Msg-Id`, so publishing the same instance twice stores it once.
     pub async fn publish_trigger(&self, instance: &TriggerInstance) -> Result<(), EngineError> {
         let subject = trigger_subject(self.partition_of(&instance.id), &instance.id);
-        let payload = to_bytes(instance)?;
-        let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, traceparent(&instance.id).as_str());
-        publish(&self.js, subject, &instance.id, headers, payload).await?;
-        crate::metrics::trigger_published();
+        let span = crate::telemetry::span(|| {
+            tracing::info_span!("trigger.publish", otel.kind = "producer",
+                messaging.system = "nats", messaging.destination.name = %subject,
+                squall.trigger.type = %instance.trigger_type,
+                squall.trigger_instance.id = %instance.id,
+                squall.trace_tag = instance.trace_tag.as_deref().unwrap_or(""))
+        });
+        async {
+            let payload = to_bytes(instance)?;
+            let mut headers = HeaderMap::new();
+            crate::telemetry::inject(&mut headers, None, &instance.id);
+            publish(&self.js, subject.clone(), &instance.id, headers, payload).await
+        }
+        .instrument(span)
+        .await?;
+        crate::metrics::trigger_published(&instance.trigger_type);
         self.audit.emit(crate::audit::trigger_received(instance));
         Ok(())
     }

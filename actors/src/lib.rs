@@ -72,6 +72,7 @@ pub mod sensor_host;
 pub mod sensors;
 pub mod store;
 pub mod supervision;
+pub mod telemetry;
 pub mod timing;
 pub mod virtualenvs;
 pub mod workflows;

@@ -28,7 +28,7 @@ use squall_domain::execution::{ExecutionRecord, LogEntry, Status};
 use squall_domain::policies::{slot_key, Enforced, Over, RetryOn};
 use squall_domain::{ids, time};
 
-use crate::bus::{execution_subject, from_bytes, to_bytes, Bus, TRACEPARENT};
+use crate::bus::{execution_subject, from_bytes, to_bytes, Bus};
 use crate::catalog::CatalogHandle;
 use crate::error::{bus_err, EngineError};
 use crate::store::ExecutionRequest;
@@ -302,7 +302,7 @@ async fn request_again(bus: &Bus, id: &str, pool: &str, msg_id: &str) -> Result<
         created: None,
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(TRACEPARENT, crate::bus::traceparent(id).as_str());
+    crate::telemetry::inject(&mut headers, None, id);
     crate::bus::publish(
         &bus.js,
         execution_subject(pool),

@@ -24,6 +24,7 @@ use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::EngineError;
 use crate::executions::{self, ExecutionSpec};
 use crate::keys::KeyCache;
+use crate::metrics::Evaluation;
 use crate::timing::{ACK_WAIT, RETRY_DELAY};
 
 /// Trigger instances a partition may hold unacknowledged.
@@ -74,8 +75,15 @@ impl Handler for RulePartition {
     const WHAT: &'static str = "trigger instances";
 
     async fn handle(self: Arc<Self>, instance: TriggerInstance, _delivered: i64) -> Settle {
-        let span = tracing::info_span!("trigger", trigger_instance = %instance.id,
-            trigger_type = %instance.trigger_type, partition = self.partition);
+        let span = if crate::telemetry::on() {
+            tracing::info_span!("trigger", otel.name = "rule.match", otel.kind = "consumer",
+                trigger_instance = %instance.id, trigger_type = %instance.trigger_type,
+                partition = self.partition,
+                squall.trace_tag = instance.trace_tag.as_deref().unwrap_or(""))
+        } else {
+            tracing::info_span!("trigger", trigger_instance = %instance.id,
+                trigger_type = %instance.trigger_type, partition = self.partition)
+        };
         match process(&self.ctx, &instance, &self.ctx.kv)
             .instrument(span)
             .await
@@ -116,14 +124,31 @@ pub async fn process(
             continue;
         }
         let matched = rule.criteria.matches(&instance.payload, &ctx.renderer, kv);
-        match matched {
-            Ok(false) => continue,
-            Ok(true) => enforce(ctx, &catalog, rule, instance, kv, None).await?,
-            Err(e) => {
-                let reason = format!("criteria of rule {} failed: {e}", rule.def.reference());
-                enforce(ctx, &catalog, rule, instance, kv, Some(reason)).await?
+        let failure = match matched {
+            Ok(false) => {
+                crate::metrics::rule_evaluated(Evaluation::NotMatched);
+                continue;
             }
-        }
+            Ok(true) => {
+                crate::metrics::rule_evaluated(Evaluation::Matched);
+                None
+            }
+            Err(e) => {
+                crate::metrics::rule_evaluated(Evaluation::Error);
+                Some(format!(
+                    "criteria of rule {} failed: {e}",
+                    rule.def.reference()
+                ))
+            }
+        };
+        let span = crate::telemetry::span(|| {
+            tracing::info_span!("rule.enforce", squall.rule.ref = %rule.def.reference(),
+                squall.trace_tag = instance.trace_tag.as_deref().unwrap_or(""),
+                squall.enforcement.id = tracing::field::Empty)
+        });
+        enforce(ctx, &catalog, rule, instance, kv, failure)
+            .instrument(span)
+            .await?;
     }
     Ok(())
 }
@@ -162,6 +187,8 @@ async fn enforce(
         failure_reason,
         enforced_at: time::now(),
     };
+    let span = tracing::Span::current();
+    span.record("squall.enforcement.id", enforcement.id.as_str());
     let Some(record) = record else {
         return ctx.bus.put_enforcement(&enforcement).await;
     };

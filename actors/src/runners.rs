@@ -220,7 +220,14 @@ async fn run_request(
     delivered: i64,
 ) -> Result<Delivery, EngineError> {
     let id = request.execution_id;
-    let span = tracing::info_span!("execution", execution = %id, node = %ctx.node);
+    let span = if crate::telemetry::on() {
+        tracing::info_span!("execution", otel.name = "execution.run",
+            otel.kind = "consumer", execution = %id, node = %ctx.node,
+            squall.execution.id = %id, squall.action.ref = tracing::field::Empty,
+            squall.runner.type = tracing::field::Empty, squall.trace_tag = tracing::field::Empty)
+    } else {
+        tracing::info_span!("execution", execution = %id, node = %ctx.node)
+    };
     async {
         // A first delivery carries the record as created: no read needed.
         let created = request
@@ -247,6 +254,12 @@ async fn run_request(
                 message: "execution requested but its record does not exist".into(),
             });
         };
+        if crate::telemetry::on() {
+            let span = tracing::Span::current();
+            span.record("squall.action.ref", record.action.action_ref.as_str());
+            span.record("squall.runner.type", record.runner.name.as_str());
+            span.record("squall.trace_tag", crate::executions::trace_tag(&record));
+        }
         // Waiting for a concurrency slot (no node claimed it): woken by a
         // release or the policy sweep, it is admitted again.
         let policy_delayed = record.status == Status::Delayed && record.node.is_none();
@@ -357,9 +370,20 @@ async fn run_request(
             crate::workflows::start(&ctx.bus, &record, definition).await?;
             return Ok(Delivery::Done);
         }
-        crate::metrics::execution_started();
-        let (status, result) = run_action(ctx, &record, cancel).await;
-        crate::metrics::execution_finished(status);
+        let queued = (now - record.start_timestamp).to_std().unwrap_or_default();
+        crate::metrics::execution_started(&record.runner.name, queued);
+        let began = std::time::Instant::now();
+        let process = crate::telemetry::span(|| {
+            tracing::info_span!("runner.process", squall.execution.id = %record.id,
+                squall.runner.type = %record.runner.name,
+                squall.execution.status = tracing::field::Empty)
+        });
+        let (status, result) = run_action(ctx, &record, cancel)
+            .instrument(process.clone())
+            .await;
+        process.record("squall.execution.status", status.as_str());
+        drop(process);
+        crate::metrics::execution_finished(&record.runner.name, status, began.elapsed());
         finish(ctx, &mut record, rev, status, result).await?;
         if status == Status::Pending {
             announce_inquiry(ctx, &record).await?;

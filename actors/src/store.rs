@@ -11,9 +11,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use squall_domain::execution::{ExecutionRecord, RuleEnforcement};
 
-use crate::bus::{
-    execution_subject, publish, to_bytes, traceparent, Bus, LIST_TIMEOUT, TRACEPARENT,
-};
+use crate::bus::{execution_subject, publish, to_bytes, Bus, LIST_TIMEOUT};
 use crate::error::{bus_err, EngineError};
 
 /// A request to run an execution, as carried by the `EXECUTIONS` stream.
@@ -101,7 +99,7 @@ impl Bus {
             .and_then(serde_json::Value::as_str)
             .unwrap_or(&record.id);
         let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, traceparent(trace_id).as_str());
+        crate::telemetry::inject(&mut headers, record.traceparent.as_deref(), trace_id);
         publish(
             &self.js,
             execution_subject(&record.pool),

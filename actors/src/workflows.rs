@@ -308,7 +308,12 @@ impl Handler for WorkflowPartition {
     async fn handle(self: Arc<Self>, event: FlowEventMsg, _delivered: i64) -> Settle {
         let mut memory = self.memory.lock().await;
         let memory = &mut *memory;
-        let span = tracing::info_span!("workflow", workflow = %event.workflow_id);
+        let span = if crate::telemetry::on() {
+            tracing::info_span!("workflow", otel.name = "workflow.event", otel.kind = "consumer",
+                workflow = %event.workflow_id, squall.execution.id = %event.workflow_id)
+        } else {
+            tracing::info_span!("workflow", workflow = %event.workflow_id)
+        };
         let handled =
             tracing::Instrument::instrument(handle_any(&self.ctx, &mut *memory, &event), span)
                 .await;
@@ -806,6 +811,21 @@ async fn handle_event(
                 None => continue,
             }
         }
+        if let FlowEvent::TaskDone {
+            execution_id,
+            succeeded,
+            status,
+            ..
+        } = &event.event
+        {
+            let status = status.unwrap_or(if *succeeded {
+                Status::Succeeded
+            } else {
+                Status::Failed
+            });
+            crate::metrics::workflow_task(status);
+            record_task_span(&ctx.bus, id, execution_id, status).await?;
+        }
         let revision = carry_out(ctx, &flow, &mut record, revision).await?;
         let status = record.state.status;
         cache.keep(record, revision);
@@ -1045,7 +1065,16 @@ async fn run_task(
     let catalog = ctx.catalog.load();
     match executions::prepare(&catalog, &ctx.renderer, &ctx.kv, &ctx.configs, spec) {
         Ok(record) => {
-            executions::submit(&ctx.bus, record).await?;
+            // The run's request hangs under its task's span.
+            let task = task_span(workflow, &record.id).and_then(|t| crate::telemetry::remote(&t));
+            let submitted = executions::submit(&ctx.bus, record);
+            match task {
+                Some(cx) => {
+                    use opentelemetry::context::FutureExt;
+                    submitted.with_context(cx).await?
+                }
+                None => submitted.await?,
+            };
             Ok(Ok(()))
         }
         Err(e) if e.is_retryable() => Err(e),
@@ -1070,6 +1099,69 @@ async fn finish_execution(
     end_execution(bus, id, status, result).await
 }
 
+/// The `traceparent` of workflow execution `workflow`'s `workflow.run`
+/// span: derived from its record's, so every node knows it, before the
+/// span is recorded at the workflow's end.
+fn workflow_span(workflow: &ExecutionRecord) -> Option<String> {
+    crate::telemetry::derived(
+        workflow.traceparent.as_deref()?,
+        &format!("workflow:{}", workflow.id),
+    )
+}
+
+/// The `traceparent` of the `workflow.task` span of the task run whose
+/// execution is `execution_id`, a child of its workflow's span.
+fn task_span(workflow: &ExecutionRecord, execution_id: &str) -> Option<String> {
+    crate::telemetry::derived(&workflow_span(workflow)?, &format!("task:{execution_id}"))
+}
+
+/// Records the `workflow.task` span of a task run that ended (when spans
+/// are on): from its request to now, under its workflow's span.
+async fn record_task_span(
+    bus: &Bus,
+    workflow_id: &str,
+    execution_id: &str,
+    status: Status,
+) -> Result<(), EngineError> {
+    if !crate::telemetry::on() {
+        return Ok(());
+    }
+    let (Some((workflow, _)), Some((task, _))) = (
+        bus.execution(workflow_id).await?,
+        bus.execution(execution_id).await?,
+    ) else {
+        return Ok(());
+    };
+    let (Some(parent), Some(me)) = (workflow_span(&workflow), task_span(&workflow, execution_id))
+    else {
+        return Ok(());
+    };
+    let name = task
+        .context
+        .get("orquesta")
+        .and_then(|o| o.get("task_name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    crate::telemetry::record(crate::telemetry::Finished {
+        name: "workflow.task",
+        traceparent: &me,
+        parent: &parent,
+        start: task.start_timestamp.into(),
+        attributes: vec![
+            opentelemetry::KeyValue::new("squall.task.name", name),
+            opentelemetry::KeyValue::new("squall.execution.id", execution_id.to_string()),
+            opentelemetry::KeyValue::new("squall.action.ref", task.action.action_ref.clone()),
+            opentelemetry::KeyValue::new("squall.execution.status", status.as_str()),
+            opentelemetry::KeyValue::new(
+                "squall.trace_tag",
+                crate::executions::trace_tag(&workflow).to_string(),
+            ),
+        ],
+    });
+    Ok(())
+}
+
 /// Writes the end of a workflow execution (Orquesta or ActionChain) with
 /// `status` (once; later calls change nothing).
 pub(crate) async fn end_execution(
@@ -1086,8 +1178,33 @@ pub(crate) async fn end_execution(
             return crate::notifier::ended(bus, &rec).await;
         }
         rec.result = result.clone();
-        rec.transition(status, time::now());
+        let now = time::now();
+        rec.transition(status, now);
         if bus.update_execution(&rec, rev).await?.is_some() {
+            crate::metrics::workflow_finished(
+                status,
+                (now - rec.start_timestamp).to_std().unwrap_or_default(),
+            );
+            if let (Some(me), Some(parent)) = (workflow_span(&rec), rec.traceparent.as_deref()) {
+                crate::telemetry::record(crate::telemetry::Finished {
+                    name: "workflow.run",
+                    traceparent: &me,
+                    parent,
+                    start: rec.start_timestamp.into(),
+                    attributes: vec![
+                        opentelemetry::KeyValue::new("squall.execution.id", id.to_string()),
+                        opentelemetry::KeyValue::new(
+                            "squall.action.ref",
+                            rec.action.action_ref.clone(),
+                        ),
+                        opentelemetry::KeyValue::new("squall.execution.status", status.as_str()),
+                        opentelemetry::KeyValue::new(
+                            "squall.trace_tag",
+                            crate::executions::trace_tag(&rec).to_string(),
+                        ),
+                    ],
+                });
+            }
             tracing::info!(workflow = %id, status = %status, "workflow finished");
             return Ok(());
         }

@@ -50,6 +50,10 @@ pub struct NodeConfig {
     /// The audit trail: retention, size cap, exporters (Splunk HEC,
     /// syslog).
     pub audit: squall_actors::audit::AuditConfig,
+    /// How the log is written (`format: text | json`).
+    pub log: crate::telemetry::LogConfig,
+    /// OpenTelemetry export (off unless `endpoint` is set).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Retention (StackStorm's `[garbagecollector]` section, same names and
@@ -354,6 +358,8 @@ impl Default for NodeConfig {
             virtualenvs: VirtualenvsConfig::default(),
             garbagecollector: GarbageCollectorConfig::default(),
             audit: squall_actors::audit::AuditConfig::default(),
+            log: crate::telemetry::LogConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -459,6 +465,7 @@ impl NodeConfig {
         if cfg.roles.is_empty() {
             return Err(invalid("roles: a node needs at least one role".into()));
         }
+        cfg.telemetry.check().map_err(invalid)?;
         if cfg.runners.concurrency < 1 {
             return Err(invalid("runners.concurrency must be at least 1".into()));
         }

@@ -8,3 +8,4 @@ pub mod cli;
 pub mod config;
 pub mod managed_nats;
 pub mod node;
+pub mod telemetry;

@@ -14,6 +14,7 @@ use squall::cli::{self, Client};
 use squall::config::NodeConfig;
 use squall::managed_nats::{self, ManagedNats};
 use squall::node::Node;
+use squall::telemetry::LogFormat;
 use squall_actors::cluster::Role;
 
 #[derive(Debug, Parser)]
@@ -36,6 +37,10 @@ struct Args {
     /// API key, instead of a token.
     #[arg(long, global = true, env = "SQUALL_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Log format of `squall up` and `squall node` (overrides node.yaml's
+    /// `log.format`): `text`, or `json` lines with trace and span ids.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -503,11 +508,11 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             packs_dirs,
             config,
         } => {
-            init_logging();
             let mut cfg = match config {
                 Some(path) => NodeConfig::from_file(&path)?,
                 None => NodeConfig::default(),
             };
+            let telemetry = init_telemetry(&mut cfg, args.log_format)?;
             cfg.api.listen = listen;
             cfg.api.auth_listen = Some(auth_listen);
             cfg.api.stream_listen = Some(stream_listen);
@@ -535,6 +540,7 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             wait_for_signal().await?;
             node.shutdown().await;
             nats.stop().await;
+            telemetry.shutdown().await;
             Ok(true)
         }
         Command::Node {
@@ -555,15 +561,16 @@ async fn dispatch(args: Args) -> anyhow::Result<bool> {
             config,
             roles,
         } => {
-            init_logging();
             let config = config.context("--config is required to run a node")?;
             let mut cfg = NodeConfig::from_file(&config)?;
+            let telemetry = init_telemetry(&mut cfg, args.log_format)?;
             if !roles.is_empty() {
                 cfg.roles = roles.into_iter().collect();
             }
             let node = Node::start(&cfg).await?;
             wait_for_signal().await?;
             node.shutdown().await;
+            telemetry.shutdown().await;
             Ok(true)
         }
         Command::Login {
@@ -1002,10 +1009,19 @@ fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SQUALL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+/// The log (`--log-format` over node.yaml's) and OpenTelemetry export.
+fn init_telemetry(
+    cfg: &mut NodeConfig,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<squall::telemetry::Telemetry> {
+    if let Some(format) = log_format {
+        cfg.log.format = format;
+    }
+    Ok(squall::telemetry::init(
+        &cfg.name,
+        &cfg.log,
+        &cfg.telemetry,
+    )?)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

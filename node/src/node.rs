@@ -380,6 +380,10 @@ async fn serve_api(
         engine.shared.catalog.clone(),
         stop_api.clone(),
     )));
+    api_tasks.push(tokio::spawn(squall_actors::metrics::watch_jetstream_until(
+        bus.clone(),
+        stop_api.clone(),
+    )));
     let state = ApiState::new(ApiContext {
         history,
         bus: bus.clone(),

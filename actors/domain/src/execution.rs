@@ -252,6 +252,11 @@ pub struct ExecutionRecord {
     /// as holding a slot or waiting for one; released when it ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slots: Vec<String>,
+    /// W3C `traceparent` of the span its work hangs under (its request),
+    /// when tracing was on as it was requested: every hop of its run, and
+    /// a workflow's tasks after any restart, continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What becomes of a run whose runner was lost (its node died) while the

@@ -241,7 +241,7 @@ pub fn app(state: ApiState) -> Router {
             state.clone(),
             auth::guard,
         ));
-    Router::new()
+    let router = Router::new()
         .nest("/stream/v1", stream_routes(&state))
         .nest("/api/v1", v1.clone())
         .nest("/v1", v1)
@@ -255,8 +255,8 @@ pub fn app(state: ApiState) -> Router {
             audit::record,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(query::json_errors))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(query::json_errors));
+    crate::telemetry::observe(router).with_state(state)
 }
 
 /// The event stream's routes (`/stream`, `/executions/{id}/output`).
