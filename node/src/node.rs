@@ -184,7 +184,6 @@ impl Node {
             Some(history) if serves_api => {
                 Box::pin(serve_api(
                     cfg,
-                    &bus,
                     &engine,
                     history,
                     auth,
@@ -354,7 +353,6 @@ type ApiServers = ([Option<SocketAddr>; 3], Vec<tokio::task::JoinHandle<()>>);
 /// Serves the API on the configured ports until `stop_api`.
 async fn serve_api(
     cfg: &NodeConfig,
-    bus: &Bus,
     engine: &Engine,
     history: &HistoryHandle,
     auth: AuthStore,
@@ -362,6 +360,7 @@ async fn serve_api(
     stop_api: &CancellationToken,
     exporters: &squall_actors::audit::Exporters,
 ) -> Result<ApiServers, NodeError> {
+    let bus = &engine.shared.bus;
     let mut addrs = [None, None, None];
     let mut api_tasks = Vec::new();
     let history = history.clone();
