@@ -103,6 +103,8 @@ ensure_chromium() {
   echo "==> installing chromium and chromium-driver (apt)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+}
+
 # Debian's rsyslog, for the audit export test (tests/tests/audit.rs): it
 # starts its own unprivileged rsyslogd on a loopback port. Installed
 # through apt, when run as root or with sudo.
