@@ -71,14 +71,14 @@ JINJA2_VERSION=3.1.6          # what StackStorm's chatops pack renders results w
 ensure_errbot() {
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
   local have=""
-  have=$("$VENV/bin/pip" show jinja2 2>/dev/null | sed -n 's/^Version: //p')
+  have=$("$VENV/bin/pip" show jinja2 2>/dev/null | sed -n 's/^Version: //p') || true
   if [ "$have" != "$JINJA2_VERSION" ]; then
     echo "==> installing jinja2 $JINJA2_VERSION into $VENV (PyPI)"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "jinja2==$JINJA2_VERSION"
   fi
   have=""
   if [ -x "$VENV/errbot/bin/errbot" ]; then
-    have=$("$VENV/errbot/bin/pip" show err-stackstorm errbot 2>/dev/null | sed -n 's/^Version: //p' | tr '\n' ' ')
+    have=$("$VENV/errbot/bin/pip" show err-stackstorm errbot 2>/dev/null | sed -n 's/^Version: //p' | tr '\n' ' ') || true
   fi
   if [ "$have" != "$ERR_STACKSTORM_VERSION $ERRBOT_VERSION " ]; then
     echo "==> installing errbot $ERRBOT_VERSION and err-stackstorm $ERR_STACKSTORM_VERSION into $VENV/errbot (PyPI)"
