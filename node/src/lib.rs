@@ -1,7 +1,7 @@
 //! The `squall` binary as a library: configuration, the managed
 //! nats-server of `squall up`, the node bootstrap, the REST API and the CLI.
-//! `main.rs` only parses the command line and calls in here, so tests start
-//! whole nodes in-process.
+//! The binary (`bin/squall/`) only parses the command line and calls in
+//! here, so tests start whole nodes in-process.
 
 pub mod api;
 pub mod cli;

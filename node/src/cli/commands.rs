@@ -1,223 +1,15 @@
-//! Client subcommands: talk to a node's REST API, print tables for people
-//! and JSON (`--json`) for scripts.
+//! The client commands: each one request (or a few) to the REST API and
+//! what it prints.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use thiserror::Error;
 
-/// Failures of a client command.
-#[derive(Debug, Error)]
-pub enum CliError {
-    #[error("cannot reach Squall at {url}: {message}. Is `squall up` running? (set SQUALL_URL or --url)")]
-    Unreachable { url: String, message: String },
-    #[error("{0}")]
-    Api(String),
-    #[error("{0}")]
-    Usage(String),
-}
-
-/// How the client proves who it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
-    Token(String),
-    ApiKey(String),
-    None,
-}
-
-/// Where the client talks to when nothing says otherwise.
-pub const DEFAULT_URL: &str = "http://127.0.0.1:9101";
-
-/// The client's settings file (YAML): `$SQUALL_CONFIG`, else
-/// `$XDG_CONFIG_HOME/squall/config.yaml` (`~/.config/squall/config.yaml`).
-/// Flags and environment variables win over it.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CliConfig {
-    /// API URL, e.g. `https://squall.example.com:9101`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// An access token.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// An API key (`squall apikey create`).
-    #[serde(default)]
-    pub api_key: Option<String>,
-}
-
-impl CliConfig {
-    /// Where the settings file is looked for.
-    pub fn path() -> Option<std::path::PathBuf> {
-        if let Some(p) = std::env::var_os("SQUALL_CONFIG") {
-            return Some(p.into());
-        }
-        config_dir().map(|d| d.join("config.yaml"))
-    }
-
-    /// The settings file's contents; none when it does not exist (unless
-    /// `SQUALL_CONFIG` names it). A broken file is an error naming it.
-    pub fn load() -> Result<CliConfig, CliError> {
-        let Some(path) = CliConfig::path() else {
-            return Ok(CliConfig::default());
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && std::env::var_os("SQUALL_CONFIG").is_none() =>
-            {
-                return Ok(CliConfig::default())
-            }
-            Err(e) => {
-                return Err(CliError::Usage(format!(
-                    "cannot read the client settings {}: {e}",
-                    path.display()
-                )))
-            }
-        };
-        CliConfig::parse(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
-    }
-
-    /// Parses a settings file's text; errors carry line and field.
-    pub fn parse(text: &str) -> Result<CliConfig, String> {
-        if text.trim().is_empty() {
-            return Ok(CliConfig::default());
-        }
-        serde_yaml::from_str(text).map_err(|e| match e.location() {
-            Some(at) => format!("line {}: {e}", at.line()),
-            None => e.to_string(),
-        })
-    }
-}
-
-impl Credentials {
-    /// From flags/env first, then the settings file, else the token
-    /// `squall login` saved.
-    pub fn resolve(
-        token: Option<String>,
-        api_key: Option<String>,
-        config: &CliConfig,
-    ) -> Credentials {
-        let token = token.or_else(|| config.token.clone());
-        let api_key = api_key.or_else(|| config.api_key.clone());
-        if let Some(t) = token.filter(|t| !t.is_empty()) {
-            return Credentials::Token(t);
-        }
-        if let Some(k) = api_key.filter(|k| !k.is_empty()) {
-            return Credentials::ApiKey(k);
-        }
-        saved_token_file()
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .map_or(Credentials::None, Credentials::Token)
-    }
-}
-
-/// `$XDG_CONFIG_HOME/squall` or `~/.config/squall`.
-fn config_dir() -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config"))
-        })?;
-    Some(base.join("squall"))
-}
-
-/// Where `squall login` keeps the token: `$XDG_CONFIG_HOME/squall/token`
-/// or `~/.config/squall/token`.
-pub fn saved_token_file() -> Option<std::path::PathBuf> {
-    config_dir().map(|d| d.join("token"))
-}
-
-/// A REST client for one node.
-#[derive(Debug, Clone)]
-pub struct Client {
-    base: String,
-    http: reqwest::Client,
-    credentials: Credentials,
-}
-
-impl Client {
-    /// A client for the API at `url` (e.g. `http://127.0.0.1:9101`).
-    pub fn new(url: &str, credentials: Credentials) -> Client {
-        Client {
-            base: url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-            credentials,
-        }
-    }
-
-    /// Adds this client's credentials to a request.
-    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.credentials {
-            Credentials::Token(t) => req.header("X-Auth-Token", t),
-            Credentials::ApiKey(k) => req.header("St2-Api-Key", k),
-            Credentials::None => req,
-        }
-    }
-
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(Value, Option<u64>), CliError> {
-        let req = self.authorize(req);
-        let resp = req.send().await.map_err(|e| CliError::Unreachable {
-            url: self.base.clone(),
-            message: e.to_string(),
-        })?;
-        let status = resp.status();
-        let total = resp
-            .headers()
-            .get("X-Total-Count")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = body
-                .get("faultstring")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| body.to_string());
-            if status == reqwest::StatusCode::UNAUTHORIZED {
-                return Err(CliError::Api(format!(
-                    "{status}: {msg}\nLog in with `squall login --user NAME` (squall up writes the admin's password to .squall/admin-password), or set SQUALL_AUTH_TOKEN or SQUALL_API_KEY"
-                )));
-            }
-            return Err(CliError::Api(format!("{status}: {msg}")));
-        }
-        Ok((body, total))
-    }
-
-    /// `GET /api/v1/<path>`.
-    pub async fn get(&self, path: &str) -> Result<(Value, Option<u64>), CliError> {
-        self.send(self.http.get(format!("{}/api/v1/{path}", self.base)))
-            .await
-    }
-
-    /// `POST /api/v1/<path>` with a JSON body.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    /// `<method> /api/v1/<path>`, with a JSON body if given.
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, CliError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}/api/v1/{path}", self.base));
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        self.send(req).await.map(|(v, _)| v)
-    }
-}
-
-/// One column of a listing: its header and where its value is.
-pub type Column = (&'static str, &'static str);
-
+use super::client::{saved_token_file, with_query, CliError, Client};
+use super::render::{
+    field, pretty, print_execution, print_executions, print_table, print_yaml, show, shown, Column,
+};
 /// `GET <path>` printed as a table of `columns`, or as JSON.
 pub async fn list_table(
     client: &Client,
@@ -239,15 +31,6 @@ pub async fn list_table(
     let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
     print_table(&headers, &rows);
     Ok(())
-}
-
-/// Prints one object: YAML for people, JSON for scripts.
-pub fn show(value: &Value, as_json: bool) {
-    if as_json {
-        println!("{}", pretty(value));
-    } else {
-        print_yaml(value, 0);
-    }
 }
 
 /// `squall execution tail`: prints an execution's output, from its start
@@ -662,44 +445,6 @@ pub async fn rule_test(
     Ok(matched)
 }
 
-/// A JSON value in a table cell: strings quoted, so that `"5"` and `5`
-/// and an empty string stay distinguishable.
-fn shown(v: &Value) -> String {
-    match v {
-        Value::Null => "null".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// What a shell reports for a command killed by `SIGPIPE` (128 + 13).
-const CLOSED_PIPE_EXIT: i32 = 141;
-
-/// Makes a client command end quietly, as Unix tools do, when whoever
-/// reads its output has gone (`squall execution list | head`): printing
-/// to a closed pipe panics in Rust, and this hook turns that panic into
-/// exit status 141 without a message. Other panics are reported as usual.
-pub fn exit_quietly_when_stdout_closes() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if stdout_closed() {
-            std::process::exit(CLOSED_PIPE_EXIT);
-        }
-        report(info);
-    }));
-}
-
-/// Whether standard output is a pipe nobody reads any more.
-fn stdout_closed() -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let stdout = std::io::stdout();
-    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
-    poll(&mut fds, PollTimeout::ZERO).is_ok()
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLERR))
-}
-
 fn is_completed(status: &str) -> bool {
     matches!(
         status,
@@ -733,19 +478,6 @@ pub struct ExecutionFilters {
     pub user: Option<String>,
     pub timestamp_gt: Option<String>,
     pub timestamp_lt: Option<String>,
-}
-
-/// `path?k=v&...` with the given pairs URL-encoded, `None`s left out.
-pub fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
-    let present: Vec<(&str, &str)> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
-        .collect();
-    if present.is_empty() {
-        return path.to_string();
-    }
-    let query = serde_urlencoded::to_string(&present).unwrap_or_default();
-    format!("{path}?{query}")
 }
 
 /// `squall execution list`.
@@ -802,59 +534,6 @@ pub async fn execution_children(
         print_executions(&list, Some(id));
     }
     Ok(())
-}
-
-/// Prints executions as a table; under `root`, ids are indented by depth
-/// as StackStorm's CLI shows a workflow's tasks. Returns how many.
-fn print_executions(list: &Value, root: Option<&str>) -> usize {
-    let items: Vec<&Value> = list.as_array().into_iter().flatten().collect();
-    let depth_of = |e: &Value| {
-        let mut depth = 0;
-        let mut parent = e["parent"].as_str();
-        while let Some(p) = parent.filter(|p| Some(*p) != root) {
-            depth += 1;
-            parent = items
-                .iter()
-                .find(|x| x["id"].as_str() == Some(p))
-                .and_then(|x| x["parent"].as_str());
-        }
-        depth
-    };
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|e| {
-            let indent = if root.is_some() {
-                "  ".repeat(depth_of(e))
-            } else {
-                String::new()
-            };
-            let mut row = vec![
-                format!("{indent}{}", field(e, "/id")),
-                field(e, "/action/ref"),
-                field(e, "/context/user"),
-                status_with_elapsed(e),
-                field(e, "/start_timestamp"),
-                field(e, "/end_timestamp"),
-            ];
-            if root.is_some() {
-                row.insert(1, field(e, "/context/orquesta/task_name"));
-            }
-            row
-        })
-        .collect();
-    let mut headers = vec![
-        "id",
-        "action.ref",
-        "context.user",
-        "status",
-        "start_timestamp",
-        "end_timestamp",
-    ];
-    if root.is_some() {
-        headers.insert(1, "task");
-    }
-    print_table(&headers, &rows);
-    rows.len()
 }
 
 /// `squall rule create FILE`: a rule from a YAML or JSON file, validated
@@ -979,50 +658,6 @@ pub async fn pack_manage(
     follow(client, &created, RunMode::Wait, as_json).await
 }
 
-fn field(v: &Value, pointer: &str) -> String {
-    match v.pointer(pointer) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
-fn status_with_elapsed(e: &Value) -> String {
-    let status = field(e, "/status");
-    match e.get("elapsed_seconds").and_then(Value::as_f64) {
-        Some(s) => format!("{status} ({s:.0}s elapsed)"),
-        None => status,
-    }
-}
-
-fn print_execution(exec: &Value, as_json: bool) {
-    if as_json {
-        println!("{}", pretty(exec));
-        return;
-    }
-    println!("id: {}", field(exec, "/id"));
-    println!("action.ref: {}", field(exec, "/action/ref"));
-    let params = exec.get("parameters").cloned().unwrap_or(json!({}));
-    if params.as_object().is_some_and(|p| !p.is_empty()) {
-        println!("parameters:");
-        print_yaml(&params, 2);
-    } else {
-        println!("parameters: None");
-    }
-    println!("status: {}", status_with_elapsed(exec));
-    println!("start_timestamp: {}", field(exec, "/start_timestamp"));
-    println!("end_timestamp: {}", field(exec, "/end_timestamp"));
-    println!("result:");
-    print_yaml(exec.get("result").unwrap_or(&Value::Null), 2);
-}
-
-fn print_yaml(v: &Value, indent: usize) {
-    let text = serde_yaml::to_string(v).unwrap_or_default();
-    for line in text.lines() {
-        println!("{:indent$}{line}", "");
-    }
-}
-
 /// `squall node list`: every live node once, merged from the service
 /// registry's groups (one per role).
 pub async fn node_list(client: &Client, as_json: bool) -> Result<(), CliError> {
@@ -1125,80 +760,4 @@ pub async fn audit_status(client: &Client, as_json: bool) -> Result<(), CliError
         &rows,
     );
     Ok(())
-}
-
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
-/// Prints rows under headers, columns padded to their widest cell.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
-    println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
-    for row in rows {
-        println!("{}", line(row.clone()));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn params_are_strings_unless_structured() {
-        let p = parse_params(&[
-            "cmd=echo a=b".into(),
-            "n=5".into(),
-            "env={\"A\":\"1\"}".into(),
-        ])
-        .unwrap();
-        assert_eq!(p["cmd"], json!("echo a=b"));
-        assert_eq!(p["n"], json!("5"));
-        assert_eq!(p["env"], json!({"A": "1"}));
-        assert!(parse_params(&["novalue".into()]).is_err());
-    }
-
-    #[test]
-    fn run_joins_the_words_after_the_pairs_into_cmd() {
-        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let p = run_params(&words(&["timeout=5", "ls", "-la", "a=b"])).unwrap();
-        assert_eq!(p["timeout"], json!("5"));
-        assert_eq!(p["cmd"], json!("ls -la a=b"));
-        let p = run_params(&words(&["cmd=date"])).unwrap();
-        assert_eq!(p["cmd"], json!("date"));
-        assert!(run_params(&[]).unwrap().is_empty());
-    }
-
-    #[test]
-    fn rule_test_arguments_need_exactly_one_of_each() {
-        use std::path::PathBuf;
-        assert_eq!(
-            TestEvent::from_args(Some("i".into()), None).unwrap(),
-            TestEvent::TriggerInstance("i".into())
-        );
-        assert!(TestEvent::from_args(Some("i".into()), Some(PathBuf::from("p"))).is_err());
-        assert!(TestEvent::from_args(None, None).is_err());
-        assert_eq!(
-            RuleToTest::from_args(None, Some(PathBuf::from("r.yaml"))).unwrap(),
-            RuleToTest::File("r.yaml".into())
-        );
-        assert!(RuleToTest::from_args(Some("a.b".into()), Some(PathBuf::from("f"))).is_err());
-        assert!(RuleToTest::from_args(None, None).is_err());
-    }
 }
