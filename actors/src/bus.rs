@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,6 +288,8 @@ pub struct BusHandles {
     pub end_listeners: std::sync::RwLock<Arc<EndListeners>>,
     /// The node's audit emitter (records nothing until started).
     pub audit: crate::audit::Audit,
+    /// The bus operations this node awaited, by kind.
+    pub ops: Arc<BusOps>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -337,11 +340,13 @@ impl Bus {
             .get_stream(OUTPUT_STREAM)
             .await
             .map_err(|e| bus_err("open stream OUTPUT", e))?;
+        let ops = Arc::new(BusOps::default());
         Ok(Bus(Arc::new(BusHandles {
             output,
             content: kv(CONTENT_BUCKET)?,
-            executions: Bucket::new(kv(EXECUTIONS_BUCKET)?),
-            enforcements: Bucket::new(kv(ENFORCEMENTS_BUCKET)?),
+            executions: Bucket::counted(kv(EXECUTIONS_BUCKET)?, &ops),
+            enforcements: Bucket::counted(kv(ENFORCEMENTS_BUCKET)?, &ops),
+            ops,
             workflows: kv(WORKFLOWS_BUCKET)?,
             triggers,
             buckets,
@@ -457,6 +462,8 @@ impl Bus {
 /// [`modify`]: Bucket::modify
 pub struct Bucket<T> {
     store: kv::Store,
+    /// Where its operations are counted, for a bucket of the spine.
+    ops: Option<Arc<BusOps>>,
     values: PhantomData<fn() -> T>,
 }
 
@@ -464,6 +471,7 @@ impl<T> Clone for Bucket<T> {
     fn clone(&self) -> Self {
         Bucket {
             store: self.store.clone(),
+            ops: self.ops.clone(),
             values: PhantomData,
         }
     }
@@ -482,7 +490,23 @@ impl<T: Serialize + DeserializeOwned> Bucket<T> {
     pub fn new(store: kv::Store) -> Bucket<T> {
         Bucket {
             store,
+            ops: None,
             values: PhantomData,
+        }
+    }
+
+    /// A bucket whose operations are counted in `ops`.
+    pub fn counted(store: kv::Store, ops: &Arc<BusOps>) -> Bucket<T> {
+        Bucket {
+            store,
+            ops: Some(ops.clone()),
+            values: PhantomData,
+        }
+    }
+
+    fn count(&self, op: BusOp) {
+        if let Some(ops) = &self.ops {
+            ops.count(op);
         }
     }
 
@@ -494,6 +518,7 @@ impl<T: Serialize + DeserializeOwned> Bucket<T> {
     /// The value of `key` and its revision; `None` when there is none (or
     /// it was deleted).
     pub async fn get(&self, key: &str) -> Result<Option<(T, u64)>, EngineError> {
+        self.count(BusOp::Get);
         match self
             .store
             .entry(key)
@@ -510,6 +535,7 @@ impl<T: Serialize + DeserializeOwned> Bucket<T> {
     /// Stores `value` under a new `key` and returns its revision; `None`
     /// when the key exists.
     pub async fn create(&self, key: &str, value: &T) -> Result<Option<u64>, EngineError> {
+        self.count(BusOp::Create);
         match self.store.create(key, to_bytes(value)?).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
@@ -525,6 +551,7 @@ impl<T: Serialize + DeserializeOwned> Bucket<T> {
         value: &T,
         revision: u64,
     ) -> Result<Option<u64>, EngineError> {
+        self.count(BusOp::Update);
         match self.store.update(key, to_bytes(value)?, revision).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
@@ -534,6 +561,7 @@ impl<T: Serialize + DeserializeOwned> Bucket<T> {
 
     /// Stores `value` under `key` whatever was there.
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, EngineError> {
+        self.count(BusOp::Put);
         self.store
             .put(key, to_bytes(value)?)
             .await
@@ -590,23 +618,107 @@ pub fn traceparent(cause_id: &str) -> String {
     format!("00-{}-{:0>16}-01", &trace[trace.len() - 32..], span)
 }
 
-pub(crate) async fn publish(
-    js: &jetstream::Context,
-    subject: String,
-    msg_id: &str,
-    headers: HeaderMap,
-    payload: Bytes,
-) -> Result<(), EngineError> {
-    let publish = jetstream::message::PublishMessage::build()
-        .payload(payload)
-        .headers(headers)
-        .message_id(msg_id);
-    js.send_publish(subject, publish)
-        .await
-        .map_err(|e| bus_err("publish", e))?
-        .await
-        .map_err(|e| bus_err("publish ack", e))?;
-    Ok(())
+impl Bus {
+    /// Publishes `payload` to a stream with `msg_id` as its `Nats-Msg-Id`
+    /// (a repeat within the duplicate window is dropped) and waits for the
+    /// stream's acknowledgement.
+    pub(crate) async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), EngineError> {
+        self.ops.count(BusOp::Publish);
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(headers)
+            .message_id(msg_id);
+        self.js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| bus_err("publish", e))?
+            .await
+            .map_err(|e| bus_err("publish ack", e))?;
+        Ok(())
+    }
+}
+
+/// Prometheus name of the bus operations a node awaited, by `op`.
+pub const BUS_OPERATIONS: &str = "squall_bus_operations_total";
+
+/// A kind of bus operation: one request to NATS whose answer is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusOp {
+    /// A deduplicated publish to a stream (trigger instance, execution
+    /// request, workflow event).
+    Publish,
+    /// A read of a spine bucket's entry.
+    Get,
+    /// A create (the key must not exist).
+    Create,
+    /// A compare-and-swap.
+    Update,
+    /// An unconditional put.
+    Put,
+}
+
+impl BusOp {
+    /// Every kind, in the order of [`BusOps`]' counters.
+    pub const ALL: [BusOp; 5] = [
+        BusOp::Publish,
+        BusOp::Get,
+        BusOp::Create,
+        BusOp::Update,
+        BusOp::Put,
+    ];
+
+    /// Its `op` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            BusOp::Publish => "publish",
+            BusOp::Get => "get",
+            BusOp::Create => "create",
+            BusOp::Update => "update",
+            BusOp::Put => "put",
+        }
+    }
+}
+
+/// The bus operations one node awaited, by kind: every publish, and every
+/// operation on the spine's `executions`, `enforcements` and `workflows`
+/// buckets — what an execution costs the bus. Per node (not a process
+/// global), so nodes sharing a process count apart. Rendered on
+/// `/metrics` as [`BUS_OPERATIONS`]; the load tool divides them by the
+/// executions of a run, so a regression in the count shows.
+#[derive(Debug, Default)]
+pub struct BusOps([AtomicU64; 5]);
+
+impl BusOps {
+    /// One more operation of kind `op`.
+    pub fn count(&self, op: BusOp) {
+        self.0[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Operations of kind `op` so far.
+    pub fn get(&self, op: BusOp) -> u64 {
+        self.0[op as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "# HELP {BUS_OPERATIONS} Bus operations this node awaited, by kind.\n# TYPE {BUS_OPERATIONS} counter\n"
+        );
+        for op in BusOp::ALL {
+            out.push_str(&format!(
+                "{BUS_OPERATIONS}{{op=\"{}\"}} {}\n",
+                op.label(),
+                self.get(op)
+            ));
+        }
+        out
+    }
 }
 
 async fn fix_partitions(cluster: &kv::Store, wanted: u32) -> Result<u32, EngineError> {

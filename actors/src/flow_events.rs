@@ -105,7 +105,7 @@ async fn publish_traced(
     let subject = subject(bus.partition_of(workflow_id), workflow_id);
     let mut headers = HeaderMap::new();
     crate::telemetry::inject(&mut headers, traceparent, workflow_id);
-    crate::bus::publish(&bus.js, subject, msg_id, headers, to_bytes(&msg)?).await
+    bus.publish(subject, msg_id, headers, to_bytes(&msg)?).await
 }
 
 /// When `record` is a workflow's task run that has ended, paused (or gone

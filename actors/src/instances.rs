@@ -12,7 +12,7 @@ use squall_domain::ids;
 use squall_domain::time::Timestamp;
 use tracing::Instrument;
 
-use crate::bus::{from_bytes, publish, to_bytes, trigger_subject, Bus, LIST_TIMEOUT};
+use crate::bus::{from_bytes, to_bytes, trigger_subject, Bus, LIST_TIMEOUT};
 use crate::error::{bus_err, EngineError};
 
 impl Bus {
@@ -31,7 +31,8 @@ impl Bus {
             let payload = to_bytes(instance)?;
             let mut headers = HeaderMap::new();
             crate::telemetry::inject(&mut headers, None, &instance.id);
-            publish(&self.js, subject.clone(), &instance.id, headers, payload).await
+            self.publish(subject.clone(), &instance.id, headers, payload)
+                .await
         }
         .instrument(span)
         .await?;

@@ -303,8 +303,7 @@ async fn request_again(bus: &Bus, id: &str, pool: &str, msg_id: &str) -> Result<
     };
     let mut headers = async_nats::HeaderMap::new();
     crate::telemetry::inject(&mut headers, None, id);
-    crate::bus::publish(
-        &bus.js,
+    bus.publish(
         execution_subject(pool),
         msg_id,
         headers,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use squall_domain::execution::{ExecutionRecord, RuleEnforcement};
 
-use crate::bus::{execution_subject, publish, to_bytes, Bus, LIST_TIMEOUT};
+use crate::bus::{execution_subject, to_bytes, Bus, LIST_TIMEOUT};
 use crate::error::{bus_err, EngineError};
 
 /// A request to run an execution, as carried by the `EXECUTIONS` stream.
@@ -100,8 +100,7 @@ impl Bus {
             .unwrap_or(&record.id);
         let mut headers = HeaderMap::new();
         crate::telemetry::inject(&mut headers, record.traceparent.as_deref(), trace_id);
-        publish(
-            &self.js,
+        self.publish(
             execution_subject(&record.pool),
             msg_id,
             headers,

@@ -5,13 +5,16 @@
 //! `start` event instead of running a process. Every event of a workflow
 //! goes to `squall.wf.<partition>.<workflow id>` on the `WORKFLOWS` stream;
 //! one [`WorkflowPartition`] actor per partition consumes them in order.
-//! For each event it loads the workflow's record from the `workflows`
-//! bucket, applies the pure [`conductor`], stores the new state together
-//! with the commands it produced (the outbox) by compare-and-swap, carries
-//! the commands out, then empties the outbox and acknowledges. Commands
-//! are idempotent — a task run's execution id derives from the workflow id
-//! and the run id — so a crash anywhere replays them without running a
-//! task twice. A task's final record publishes a `task done` event to its
+//! For each event it takes the workflow's record from its memory (or the
+//! `workflows` bucket), applies the pure [`conductor`], carries out the
+//! commands it produced, then stores the new state with one
+//! compare-and-swap and acknowledges. Commands are idempotent — a task
+//! run's execution id derives from the workflow id and the run id — so a
+//! crash before the write replays the event, which decides the same
+//! commands again, without running a task twice. (A record stored with a
+//! non-empty `outbox`, by an older version, has it carried out first.)
+//! A definition is parsed and inspected once per partition and content
+//! ([`SpecCache`]), not per event. A task's final record publishes a `task done` event to its
 //! workflow (from [`Bus::update_execution`], through
 //! [`crate::flow_events`]); nothing polls.
 
@@ -29,7 +32,7 @@ use squall_domain::orquesta::{self, WorkflowSpec};
 use squall_domain::secrets::Cipher;
 use squall_domain::{ids, runner_types, time};
 
-use crate::bus::{from_bytes, to_bytes, Bus, WORKFLOWS_STREAM};
+use crate::bus::{from_bytes, to_bytes, Bus, BusOp, WORKFLOWS_STREAM};
 use crate::consumer::{ConsumerSpec, Handler, Settle};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
@@ -127,6 +130,7 @@ async fn read_record(bus: &Bus, id: &str) -> Result<Option<(WorkflowRecord, u64)
     let mut bytes = Vec::new();
     for n in 0..head.parts.count {
         let key = part_key(id, &head.parts, n);
+        bus.ops.count(BusOp::Get);
         let part = bus
             .workflows
             .get(&key)
@@ -214,9 +218,40 @@ fn active_key(partition: u32) -> String {
 /// Workflow records as this partition last stored them, with their
 /// revisions: an event on a workflow in progress neither reads its record
 /// nor its items' values back. A record someone else changed since fails
-/// its compare-and-swap and is read afresh.
+/// its compare-and-swap and is read afresh. Beside them, each workflow's
+/// execution record as first read (what commands use of it — id, start,
+/// user, parent, trace — never changes), and the parsed definitions.
 #[derive(Debug, Default)]
-struct RecordCache(HashMap<String, (WorkflowRecord, u64)>);
+struct RecordCache {
+    records: HashMap<String, (WorkflowRecord, u64)>,
+    executions: HashMap<String, Arc<ExecutionRecord>>,
+    specs: SpecCache,
+}
+
+/// Definitions parsed and inspected, by their text (the content is the
+/// key: a workflow keeps the definition it started with, so two versions
+/// of one action are two entries). Bounded: cleared when full.
+#[derive(Debug, Default)]
+struct SpecCache(HashMap<String, Arc<WorkflowSpec>>);
+
+/// Definitions a partition keeps parsed at most.
+const CACHED_SPECS: usize = 256;
+
+impl SpecCache {
+    /// The parsed definition, or Orquesta's inspection errors (not kept:
+    /// a workflow with them fails at its start).
+    fn get(&mut self, definition: &str) -> Result<Arc<WorkflowSpec>, Vec<Value>> {
+        if let Some(spec) = self.0.get(definition) {
+            return Ok(spec.clone());
+        }
+        let spec = Arc::new(spec_of(definition)?);
+        if self.0.len() >= CACHED_SPECS {
+            self.0.clear();
+        }
+        self.0.insert(definition.to_string(), spec.clone());
+        Ok(spec)
+    }
+}
 
 /// Workflows a partition keeps in memory at most (in-flight ones; finished
 /// ones leave at once).
@@ -224,17 +259,40 @@ const CACHED_RECORDS: usize = 4096;
 
 impl RecordCache {
     fn take(&mut self, id: &str) -> Option<(WorkflowRecord, u64)> {
-        self.0.remove(id)
+        self.records.remove(id)
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.records.contains_key(id)
     }
 
     fn keep(&mut self, record: WorkflowRecord, revision: u64) {
         if record.state.status.is_finished() {
+            self.executions.remove(&record.id);
             return;
         }
-        if self.0.len() >= CACHED_RECORDS {
-            self.0.clear();
+        if self.records.len() >= CACHED_RECORDS {
+            self.records.clear();
+            self.executions.clear();
         }
-        self.0.insert(record.id.clone(), (record, revision));
+        self.records.insert(record.id.clone(), (record, revision));
+    }
+
+    /// Workflow `id`'s execution record: from memory, else read once.
+    async fn execution(
+        &mut self,
+        bus: &Bus,
+        id: &str,
+    ) -> Result<Arc<ExecutionRecord>, EngineError> {
+        if let Some(execution) = self.executions.get(id) {
+            return Ok(execution.clone());
+        }
+        let Some((execution, _)) = bus.execution(id).await? else {
+            return Err(bus_err("read workflow execution", "not visible yet"));
+        };
+        let execution = Arc::new(execution);
+        self.executions.insert(id.to_string(), execution.clone());
+        Ok(execution)
     }
 }
 
@@ -291,6 +349,7 @@ impl WorkflowPartition {
     }
 
     async fn store_active(&self, active: &BTreeSet<String>) -> Result<(), EngineError> {
+        self.ctx.bus.ops.count(BusOp::Put);
         self.ctx
             .bus
             .workflows
@@ -367,7 +426,7 @@ async fn handle_any(
     let chain = match &event.event {
         FlowEvent::StartChain { .. } => true,
         FlowEvent::Start { .. } => false,
-        _ if memory.cache.0.contains_key(id) => false,
+        _ if memory.cache.contains(id) => false,
         _ if memory.chains.contains_key(id) => true,
         _ => crate::chains::is_chain(&ctx.bus, id).await?,
     };
@@ -392,7 +451,7 @@ async fn sweep(
     let before = memory.active.len();
     let mut finished = Vec::new();
     for id in &memory.active {
-        if !memory.cache.0.contains_key(id) {
+        if !memory.cache.contains(id) {
             if let Some((ended, waited)) =
                 crate::chains::sweep_view(bus, &memory.chains, id).await?
             {
@@ -409,7 +468,7 @@ async fn sweep(
                 continue;
             }
         }
-        let record = match memory.cache.0.get(id) {
+        let record = match memory.cache.records.get(id) {
             Some((record, _)) => Some(record.state.clone()),
             None => read_record(bus, id).await?.map(|(r, _)| r.state),
         };
@@ -499,6 +558,7 @@ async fn read_entry<T: serde::de::DeserializeOwned>(
     bus: &Bus,
     key: &str,
 ) -> Result<Option<(T, u64)>, EngineError> {
+    bus.ops.count(BusOp::Get);
     match bus
         .workflows
         .entry(key)
@@ -523,6 +583,7 @@ async fn store(
     use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
     for run in &mut record.state.runs {
         if let Some(items) = run.items.as_mut().filter(|i| !i.values_stored) {
+            bus.ops.count(BusOp::Put);
             bus.workflows
                 .put(items_key(&record.id, &run.id), to_bytes(&items.values)?)
                 .await
@@ -538,6 +599,7 @@ async fn store(
             count: bytes.len().div_ceil(PART_BYTES),
         };
         for (n, chunk) in bytes.chunks(PART_BYTES).enumerate() {
+            bus.ops.count(BusOp::Put);
             bus.workflows
                 .put(part_key(&record.id, &new, n), chunk.to_vec().into())
                 .await
@@ -546,6 +608,11 @@ async fn store(
         bytes = to_bytes(&PartsHead { parts: new.clone() })?;
         parts = Some(new);
     }
+    bus.ops.count(if revision == 0 {
+        BusOp::Create
+    } else {
+        BusOp::Update
+    });
     let stored = if revision == 0 {
         match bus.workflows.create(&record.id, bytes).await {
             Ok(r) => Some(r),
@@ -606,6 +673,7 @@ struct ReRun {
 /// or, for a re-run from tasks, from the failed workflow it re-runs.
 async fn begin(
     ctx: &WorkflowContext,
+    specs: &mut SpecCache,
     execution: &ExecutionRecord,
     definition: &str,
     input: &Map<String, Value>,
@@ -617,7 +685,7 @@ async fn begin(
         .and_then(|r| serde_json::from_value(r.clone()).ok())
         .filter(|r: &ReRun| !r.tasks.is_empty());
     let Some(rerun) = rerun else {
-        let spec = match spec_of(definition) {
+        let spec = match specs.get(definition) {
             Ok(s) => s,
             Err(errors) => return Ok(Err(errors)),
         };
@@ -646,7 +714,7 @@ async fn begin(
             rerun.original
         ));
     };
-    let spec = match spec_of(&original.definition) {
+    let spec = match specs.get(&original.definition) {
         Ok(s) => s,
         Err(errors) => return Ok(Err(errors)),
     };
@@ -699,16 +767,17 @@ async fn handle_event(
             Some(found) => Some(found),
             None => load(&ctx.bus, id).await?,
         };
-        let (mut record, mut revision) = match (found, &event.event) {
+        // Whether the record must be written: it is new, or an event
+        // changed it (a start that finds its record changes nothing).
+        let mut write = !matches!(event.event, FlowEvent::Start { .. });
+        let (mut record, revision) = match (found, &event.event) {
             (Some(found), _) => found,
             (None, FlowEvent::Start { definition, input }) => {
                 // A start is published only for a stored execution: one not
                 // found was read from a server not caught up yet; retry.
-                let Some((execution, _)) = ctx.bus.execution(id).await? else {
-                    return Err(bus_err("read workflow execution", "not visible yet"));
-                };
+                let execution = cache.execution(&ctx.bus, id).await?;
                 let (definition, state, outbox) =
-                    match begin(ctx, &execution, definition, input).await? {
+                    match begin(ctx, &mut cache.specs, &execution, definition, input).await? {
                         Ok(begun) => begun,
                         Err(errors) => {
                             finish_execution(
@@ -721,7 +790,8 @@ async fn handle_event(
                             return Ok(Some(FlowStatus::Failed));
                         }
                     };
-                let mut record = WorkflowRecord {
+                write = true;
+                let record = WorkflowRecord {
                     v: 1,
                     id: id.clone(),
                     definition,
@@ -729,10 +799,7 @@ async fn handle_event(
                     outbox,
                     parts: None,
                 };
-                let Some(revision) = store(&ctx.bus, &mut record, 0).await? else {
-                    continue;
-                };
-                (record, revision)
+                (record, 0)
             }
             (None, FlowEvent::Cancel) => {
                 // Canceled before it started: nothing ran.
@@ -745,7 +812,7 @@ async fn handle_event(
                 return Ok(None);
             }
         };
-        let Ok(spec) = spec_of(&record.definition) else {
+        let Ok(spec) = cache.specs.get(&record.definition) else {
             return Ok(Some(record.state.status));
         };
         let flow = ctx.flow(&spec);
@@ -803,14 +870,24 @@ async fn handle_event(
                 commands
             }
         };
-        // Stored even without commands: an item's end alone is progress.
-        if !matches!(event.event, FlowEvent::Start { .. }) {
-            record.outbox.extend(commands);
+        record.outbox.extend(commands);
+        if !record.outbox.is_empty() {
+            write = true;
+            let execution = cache.execution(&ctx.bus, id).await?;
+            carry_out(ctx, &flow, &mut record, &execution).await?;
+        }
+        // One write per event, after its commands: stored even without
+        // commands (an item's end alone is progress). Losing the
+        // compare-and-swap, or a crash before it, replays the event from
+        // the stored state: the same commands, repeated idempotently.
+        let revision = if write {
             match store(&ctx.bus, &mut record, revision).await? {
-                Some(r) => revision = r,
+                Some(r) => r,
                 None => continue,
             }
-        }
+        } else {
+            revision
+        };
         if let FlowEvent::TaskDone {
             execution_id,
             succeeded,
@@ -826,7 +903,6 @@ async fn handle_event(
             crate::metrics::workflow_task(status);
             record_task_span(&ctx.bus, id, execution_id, status).await?;
         }
-        let revision = carry_out(ctx, &flow, &mut record, revision).await?;
         let status = record.state.status;
         cache.keep(record, revision);
         return Ok(Some(status));
@@ -857,19 +933,14 @@ fn runtime_context(ctx: &WorkflowContext, execution: &ExecutionRecord) -> Map<St
 /// Carries out the outbox until it is empty (a task whose execution cannot
 /// even be requested — an unknown action, bad parameters — fails at once,
 /// and gathered item results end their task, either of which may decide
-/// more), then stores the emptied outbox; returns the record's revision.
+/// more); the caller stores the record afterwards. `execution` is the
+/// workflow's execution record.
 async fn carry_out(
     ctx: &WorkflowContext,
     flow: &Flow<'_>,
     record: &mut WorkflowRecord,
-    revision: u64,
-) -> Result<u64, EngineError> {
-    if record.outbox.is_empty() {
-        return Ok(revision);
-    }
-    let Some((execution, _)) = ctx.bus.execution(&record.id).await? else {
-        return Err(bus_err("read workflow execution", "not visible yet"));
-    };
+    execution: &ExecutionRecord,
+) -> Result<(), EngineError> {
     let child_id =
         |run_id: &str| ids::derived(&execution.start_timestamp, &[&execution.id, run_id]);
     let mut i = 0;
@@ -918,20 +989,7 @@ async fn carry_out(
         i += 1;
     }
     record.outbox.clear();
-    // Usually nobody wrote since this event's own write; otherwise the
-    // latest revision is read (this partition is the record's only writer).
-    if let Some(r) = store(&ctx.bus, record, revision).await? {
-        return Ok(r);
-    }
-    for _ in 0..10 {
-        let Some((_, latest)) = read_entry::<Value>(&ctx.bus, &record.id).await? else {
-            return Ok(revision);
-        };
-        if let Some(r) = store(&ctx.bus, record, latest).await? {
-            return Ok(r);
-        }
-    }
-    Err(bus_err("update workflow", "too many concurrent changes"))
+    Ok(())
 }
 
 /// Cancels a task run's execution if it is a workflow (which then cancels

@@ -87,6 +87,7 @@ pub async fn run(
 ) -> Result<Report, LoadError> {
     let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let timeout = Duration::from_secs(scenario.timeout_s);
+    let ops_before = target.bus_ops().await?;
     let sampler = target.pid.map(resources::Sampler::start);
     let outcome = match &scenario.load {
         Load::Webhook(w) => {
@@ -99,6 +100,8 @@ pub async fn run(
         Some(s) => s.finish().await,
         None => Vec::new(),
     };
+    let bus_ops =
+        report::BusOpsPerCompletion::of(&ops_before, &target.bus_ops().await?, outcome.completions);
     let (streams, ceiling) = match &target.nats_url {
         Some(url) => {
             let streams = resources::stream_sizes(url).await?;
@@ -122,5 +125,6 @@ pub async fn run(
         ceiling,
         resources,
         streams,
+        bus_ops,
     })
 }

@@ -319,6 +319,44 @@ pub struct Report {
     pub ceiling: Option<Ceiling>,
     pub resources: Vec<Sample>,
     pub streams: Vec<StreamSize>,
+    /// The node's bus operations during the load, per completion.
+    #[serde(default)]
+    pub bus_ops: Option<BusOpsPerCompletion>,
+}
+
+/// What the node's `squall_bus_operations_total` grew by during a run,
+/// divided by the run's completions (executions, or workflows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BusOpsPerCompletion {
+    /// Every kind together.
+    pub total: f64,
+    /// By kind (`publish`, `get`, `create`, `update`, `put`).
+    pub by_op: std::collections::BTreeMap<String, f64>,
+}
+
+impl BusOpsPerCompletion {
+    /// The growth from `before` to `after` (counters by kind) over
+    /// `completions`; `None` without completions.
+    pub fn of(
+        before: &std::collections::BTreeMap<String, u64>,
+        after: &std::collections::BTreeMap<String, u64>,
+        completions: usize,
+    ) -> Option<BusOpsPerCompletion> {
+        if completions == 0 {
+            return None;
+        }
+        let by_op: std::collections::BTreeMap<String, f64> = after
+            .iter()
+            .map(|(op, n)| {
+                let grown = n.saturating_sub(before.get(op).copied().unwrap_or(0));
+                (op.clone(), grown as f64 / completions as f64)
+            })
+            .collect();
+        Some(BusOpsPerCompletion {
+            total: by_op.values().sum(),
+            by_op,
+        })
+    }
 }
 
 impl Report {
@@ -357,10 +395,37 @@ impl Report {
         {
             let _ = write!(line, " node_rss_max_mb={max:.0}");
         }
+        if let Some(ms) = self.cpu_ms_per_completion() {
+            let _ = write!(line, " cpu_ms_per_{}={ms:.3}", unit.trim_end_matches('s'));
+        }
+        if let Some(ops) = &self.bus_ops {
+            let _ = write!(
+                line,
+                " bus_ops_per_{}={:.2}",
+                unit.trim_end_matches('s'),
+                ops.total
+            );
+        }
         if o.timed_out {
             line.push_str(" TIMED_OUT");
         }
         line
+    }
+
+    /// CPU time of the node and its nats-server together (from the
+    /// samples: percent of a core × the sampling interval), in ms per
+    /// completion; `None` without samples or completions.
+    pub fn cpu_ms_per_completion(&self) -> Option<f64> {
+        if self.resources.is_empty() || self.outcome.completions == 0 {
+            return None;
+        }
+        let mut cpu_s = 0.0;
+        let mut t = 0.0;
+        for s in &self.resources {
+            cpu_s += (s.node_cpu_pct + s.nats_cpu_pct) / 100.0 * (s.t - t);
+            t = s.t;
+        }
+        Some(cpu_s * 1000.0 / self.outcome.completions as f64)
     }
 
     /// Writes `<dir>/<scenario>-<date>.json` and `.html`; returns both paths.
@@ -602,6 +667,12 @@ pub fn compare(a: &Report, b: &Report) -> String {
             .fold(0f64, f64::max)
     };
     row("node_rss_max_mb", rss(a), rss(b));
+    if let (Some(ca), Some(cb)) = (a.cpu_ms_per_completion(), b.cpu_ms_per_completion()) {
+        row("cpu_ms_per_completion", ca, cb);
+    }
+    if let (Some(oa), Some(ob)) = (&a.bus_ops, &b.bus_ops) {
+        row("bus_ops_per_completion", oa.total, ob.total);
+    }
     out
 }
 

@@ -9,6 +9,19 @@ use serde_json::Value;
 
 use crate::LoadError;
 
+/// The `squall_bus_operations_total{op="..."} N` lines of a Prometheus
+/// text exposition, by `op`.
+pub fn parse_bus_ops(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("squall_bus_operations_total{op=\"")?;
+            let (op, rest) = rest.split_once('"')?;
+            let n = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((op.to_string(), n))
+        })
+        .collect()
+}
+
 /// A logged-in client of one node, and what the tool knows about it.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -64,6 +77,20 @@ impl Target {
             nats_url,
             pid,
         })
+    }
+
+    /// The node's `squall_bus_operations_total` counters, by `op` (none
+    /// from a node that does not export them).
+    pub async fn bus_ops(&self) -> Result<std::collections::BTreeMap<String, u64>, LoadError> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.root))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(parse_bus_ops(&text))
     }
 
     /// The number a list reports in `X-Total-Count`.

@@ -68,6 +68,32 @@ async fn a_smoke_run_counts_executions_and_writes_its_report() -> Result<()> {
         report.streams
     );
     assert!(!report.resources.is_empty() || o.per_s > 0.0);
+    // The node's own count of bus operations, per execution: the trigger
+    // published, the record created and the enforcement put (at once),
+    // the request published, the claim and the final record.
+    let ops = report
+        .bus_ops
+        .as_ref()
+        .expect("the node exports its bus operations");
+    let by_op: Vec<(&str, f64)> = ops.by_op.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        by_op,
+        [
+            ("create", 1.0),
+            ("get", 0.0),
+            ("publish", 2.0),
+            ("put", 1.0),
+            ("update", 2.0)
+        ],
+        "{}",
+        report.summary()
+    );
+    assert_eq!(ops.total, 6.0);
+    assert!(
+        report.summary().contains(" bus_ops_per_execution=6.00"),
+        "{}",
+        report.summary()
+    );
 
     let dir = tempfile::tempdir()?;
     let (json_path, html_path) = report.write(dir.path())?;

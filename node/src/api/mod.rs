@@ -323,8 +323,10 @@ async fn openapi_json() -> Json<Value> {
     Json(openapi().clone())
 }
 
-async fn metrics() -> String {
-    squall_actors::metrics::render()
+async fn metrics(axum::extract::State(st): axum::extract::State<ApiState>) -> String {
+    let mut out = squall_actors::metrics::render();
+    out.push_str(&st.bus.ops.render());
+    out
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
