@@ -316,6 +316,10 @@ struct PartitionMemory {
     /// [`active_key`] whenever one starts (finished ones leave at the next
     /// sweep), so the sweep finds them after a restart or a takeover.
     active: BTreeSet<String>,
+    /// A sweep's reads are under way.
+    sweeping: bool,
+    /// What the last sweep found finished, for the next tick to remove.
+    swept_finished: Vec<String>,
 }
 
 impl WorkflowPartition {
@@ -332,6 +336,8 @@ impl WorkflowPartition {
                 cache: RecordCache::default(),
                 chains: crate::chains::ChainCache::default(),
                 active,
+                sweeping: false,
+                swept_finished: Vec::new(),
             }),
         })
     }
@@ -405,12 +411,41 @@ impl Handler for WorkflowPartition {
     }
 
     /// Reconciles first (a predecessor may have died mid-way), then every
-    /// [`WORKFLOW_SWEEP_EVERY`].
+    /// [`WORKFLOW_SWEEP_EVERY`]. The tick only takes the workflows the last
+    /// sweep found finished out of the running set and copies what the next
+    /// sweep needs; the sweep's reads run on a task of their own, so the
+    /// partition's events never wait for them (the consumer handles one
+    /// event or tick at a time).
     async fn tick(self: Arc<Self>) {
         let mut memory = self.memory.lock().await;
-        if let Err(e) = sweep(&self, &mut memory).await {
-            tracing::warn!(partition = self.partition, error = %e, "workflow sweep failed; next one retries");
+        let finished = std::mem::take(&mut memory.swept_finished);
+        let before = memory.active.len();
+        for id in finished {
+            memory.active.remove(&id);
         }
+        if memory.active.len() != before {
+            if let Err(e) = self.store_active(&memory.active).await {
+                tracing::warn!(partition = self.partition, error = %e, "running workflows not stored; next sweep retries");
+            }
+        }
+        if memory.sweeping {
+            return;
+        }
+        memory.sweeping = true;
+        let snapshot = SweepSnapshot::of(&memory);
+        drop(memory);
+        let partition = self.clone();
+        tokio::spawn(async move {
+            let swept = sweep(&partition.ctx.bus, snapshot).await;
+            let mut memory = partition.memory.lock().await;
+            memory.sweeping = false;
+            match swept {
+                Ok(finished) => memory.swept_finished = finished,
+                Err(e) => {
+                    tracing::warn!(partition = partition.partition, error = %e, "workflow sweep failed; next one retries");
+                }
+            }
+        });
     }
 }
 
@@ -438,22 +473,45 @@ async fn handle_any(
     Ok(status.map(|s| !s.is_finished()))
 }
 
+/// What a sweep needs of a partition's memory: the running workflows, and
+/// the states of those it keeps in memory.
+struct SweepSnapshot {
+    active: Vec<String>,
+    flows: HashMap<String, FlowState>,
+    chains: crate::chains::ChainCache,
+}
+
+impl SweepSnapshot {
+    fn of(memory: &PartitionMemory) -> SweepSnapshot {
+        let mut flows = HashMap::new();
+        let mut chains = crate::chains::ChainCache::new();
+        for id in &memory.active {
+            if let Some((record, _)) = memory.cache.records.get(id) {
+                flows.insert(id.clone(), record.state.clone());
+            } else if let Some(chain) = memory.chains.get(id) {
+                chains.insert(id.clone(), chain.clone());
+            }
+        }
+        SweepSnapshot {
+            active: memory.active.iter().cloned().collect(),
+            flows,
+            chains,
+        }
+    }
+}
+
 /// Reconciles the partition's running workflows with their tasks'
 /// records: a task whose record says it ended (or paused) without its
 /// workflow having heard — its writer died between the write and the
 /// publish — is reported again (same message ids: a report that was not
-/// lost changes nothing). Finished workflows leave the running set.
-async fn sweep(
-    partition: &WorkflowPartition,
-    memory: &mut PartitionMemory,
-) -> Result<(), EngineError> {
-    let bus = &partition.ctx.bus;
-    let before = memory.active.len();
+/// lost changes nothing). Returns the workflows that finished, to leave
+/// the running set.
+async fn sweep(bus: &Bus, snapshot: SweepSnapshot) -> Result<Vec<String>, EngineError> {
     let mut finished = Vec::new();
-    for id in &memory.active {
-        if !memory.cache.contains(id) {
+    for id in &snapshot.active {
+        if !snapshot.flows.contains_key(id) {
             if let Some((ended, waited)) =
-                crate::chains::sweep_view(bus, &memory.chains, id).await?
+                crate::chains::sweep_view(bus, &snapshot.chains, id).await?
             {
                 if ended {
                     finished.push(id.clone());
@@ -468,8 +526,8 @@ async fn sweep(
                 continue;
             }
         }
-        let record = match memory.cache.records.get(id) {
-            Some((record, _)) => Some(record.state.clone()),
+        let record = match snapshot.flows.get(id) {
+            Some(state) => Some(state.clone()),
             None => read_record(bus, id).await?.map(|(r, _)| r.state),
         };
         let Some(flow) = record.filter(|f| !f.status.is_finished()) else {
@@ -494,13 +552,7 @@ async fn sweep(
             }
         }
     }
-    for id in finished {
-        memory.active.remove(&id);
-    }
-    if memory.active.len() != before {
-        partition.store_active(&memory.active).await?;
-    }
-    Ok(())
+    Ok(finished)
 }
 
 /// Task runs (items included) a workflow still waits on, with what it

@@ -548,6 +548,24 @@ impl Report {
                 c.per_s, c.messages, c.squall_fraction * 100.0
             );
         }
+        if let Some(ops) = &self.bus_ops {
+            let _ = write!(
+                h,
+                "<h2>Bus operations</h2><p>The node's own count (<code>squall_bus_operations_total</code>), \
+                 per completion: <b>{:.2}</b></p><table><tr><th>operation</th><th>per completion</th></tr>",
+                ops.total
+            );
+            for (op, n) in &ops.by_op {
+                let _ = write!(h, "<tr><td>{}</td><td>{n:.2}</td></tr>", esc(op));
+            }
+            h.push_str("</table>");
+        }
+        if let Some(ms) = self.cpu_ms_per_completion() {
+            let _ = write!(
+                h,
+                "<p>CPU of the node and its nats-server together: <b>{ms:.3} ms</b> per completion.</p>"
+            );
+        }
         if !self.streams.is_empty() {
             h.push_str("<h2>Streams after the run</h2><table><tr><th>stream</th><th>messages</th><th>bytes</th></tr>");
             for s in &self.streams {
