@@ -1007,7 +1007,7 @@ async fn carry_out(
                 delay,
             } => {
                 if let Err(message) = run_task(
-                    ctx, &execution, &run_id, &task, &action, input, attempt, delay,
+                    ctx, execution, &run_id, &task, &action, input, attempt, delay,
                 )
                 .await?
                 {
@@ -1021,7 +1021,7 @@ async fn carry_out(
                 }
             }
             Command::Cancel { run_id } => cancel_task(&ctx.bus, &child_id(&run_id)).await?,
-            Command::CancelParent => cancel_parent(&ctx.bus, &execution).await?,
+            Command::CancelParent => cancel_parent(&ctx.bus, execution).await?,
             Command::Pause { run_id } => {
                 executions::pause(&ctx.bus, &child_id(&run_id), "the workflow's pause").await?;
             }
@@ -1029,7 +1029,7 @@ async fn carry_out(
                 executions::resume(&ctx.bus, &child_id(&run_id), "the workflow's resume").await?;
             }
             Command::Gather { run_id } => {
-                let results = gather(ctx, &execution, &record.state, &run_id).await?;
+                let results = gather(ctx, execution, &record.state, &run_id).await?;
                 let more = conductor::items_gathered(flow, &mut record.state, &run_id, results);
                 record.outbox.extend(more);
             }
