@@ -405,6 +405,8 @@ async fn serve_api(
             .iter()
             .map(|e| e.name().to_string())
             .collect(),
+        instances: squall_actors::rule_history::InstanceHistory::start(bus),
+        enforcements: squall_actors::rule_history::start_enforcements(bus),
     });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port
