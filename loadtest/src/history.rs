@@ -70,6 +70,9 @@ pub struct HistoryRun {
     /// Of each restart, until the nats-server said it was ready (from its
     /// log), when it did.
     pub nats_ready_secs: (Option<f64>, Option<f64>),
+    /// How long each stop took (`squall up` saving the snapshot and
+    /// stopping its nats-server).
+    pub stop_secs: (f64, f64),
     pub retention: Option<RetentionFigures>,
 }
 
@@ -105,6 +108,10 @@ impl HistoryRun {
             self.restart_up_secs.1,
             secs(self.nats_ready_secs.0),
             secs(self.nats_ready_secs.1),
+        ));
+        out.push_str(&format!(
+            "the stops before them took {:.1} s and {:.1} s\n",
+            self.stop_secs.0, self.stop_secs.1
         ));
         if let Some(r) = &self.retention {
             out.push_str(&format!(
@@ -313,6 +320,7 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
     }
     // Timed from the new process's start: the stop (which saves the
     // snapshot) is not part of it.
+    let stopping = Instant::now();
     let mut started = Instant::now();
     let mut wall = chrono::Local::now();
     node.restart(|_| {
@@ -321,10 +329,12 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
         Ok(())
     })
     .await?;
+    let stop_snapshot = (started - stopping).as_secs_f64();
     let up_snapshot = started.elapsed().as_secs_f64();
     until_listed(&node.target, load.count).await?;
     let restart_snapshot_secs = started.elapsed().as_secs_f64();
     let nats_snapshot = nats_ready_secs(node.data_dir(), wall);
+    let stopping = Instant::now();
     let mut started = Instant::now();
     node.restart(|dir| {
         let removed = remove_snapshot(dir);
@@ -333,6 +343,7 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
         removed
     })
     .await?;
+    let stop_replay = (started - stopping).as_secs_f64();
     let up_replay = started.elapsed().as_secs_f64();
     until_listed(&node.target, load.count).await?;
     let restart_replay_secs = started.elapsed().as_secs_f64();
@@ -352,6 +363,7 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
         restart_snapshot_secs,
         restart_replay_secs,
         nats_ready_secs: (nats_snapshot, nats_replay),
+        stop_secs: (stop_snapshot, stop_replay),
         retention,
     })
 }
