@@ -134,19 +134,19 @@ pub const CACHED_RECORDS: usize = 20_000;
 const SORT_LIMIT: u64 = 4096;
 
 /// An interned string.
-type Sym = u32;
+pub(crate) type Sym = u32;
 /// No value.
-const NO_SYM: Sym = Sym::MAX;
+pub(crate) const NO_SYM: Sym = Sym::MAX;
 
 /// Field values, each stored once.
 #[derive(Debug, Default)]
-struct Symbols {
+pub(crate) struct Symbols {
     by_text: HashMap<Box<str>, Sym>,
     texts: Vec<Box<str>>,
 }
 
 impl Symbols {
-    fn intern(&mut self, text: &str) -> Sym {
+    pub(crate) fn intern(&mut self, text: &str) -> Sym {
         if let Some(s) = self.by_text.get(text) {
             return *s;
         }
@@ -160,11 +160,11 @@ impl Symbols {
         text.map_or(NO_SYM, |t| self.intern(t))
     }
 
-    fn find(&self, text: &str) -> Option<Sym> {
+    pub(crate) fn find(&self, text: &str) -> Option<Sym> {
         self.by_text.get(text).copied()
     }
 
-    fn text(&self, s: Sym) -> Option<&str> {
+    pub(crate) fn text(&self, s: Sym) -> Option<&str> {
         self.texts.get(s as usize).map(|t| &**t)
     }
 }
@@ -185,13 +185,13 @@ enum Field {
 /// The ordinals of a value that few executions share (a trigger
 /// instance, a parent): one ordinal stored inline, more as a bitmap.
 #[derive(Debug)]
-enum Posting {
+pub(crate) enum Posting {
     One(u32),
     Many(RoaringBitmap),
 }
 
 impl Posting {
-    fn add(&mut self, ord: u32) {
+    pub(crate) fn add(&mut self, ord: u32) {
         match self {
             Posting::One(o) if *o == ord => {}
             Posting::One(o) => *self = Posting::Many([*o, ord].into_iter().collect()),
@@ -202,7 +202,7 @@ impl Posting {
     }
 
     /// Removes `ord`; whether the posting is now empty.
-    fn remove(&mut self, ord: u32) -> bool {
+    pub(crate) fn remove(&mut self, ord: u32) -> bool {
         match self {
             Posting::One(o) => *o == ord,
             Posting::Many(b) => {
@@ -212,10 +212,18 @@ impl Posting {
         }
     }
 
-    fn bitmap(&self) -> RoaringBitmap {
+    pub(crate) fn bitmap(&self) -> RoaringBitmap {
         match self {
             Posting::One(o) => [*o].into_iter().collect(),
             Posting::Many(b) => b.clone(),
+        }
+    }
+
+    /// The ordinals, borrowed when they are a bitmap already.
+    pub(crate) fn ordinals(&self) -> Cow<'_, RoaringBitmap> {
+        match self {
+            Posting::One(o) => Cow::Owned([*o].into_iter().collect()),
+            Posting::Many(b) => Cow::Borrowed(b),
         }
     }
 }
@@ -296,6 +304,8 @@ pub struct History {
     cache_limit: usize,
     /// The last bucket revision applied.
     revision: u64,
+    /// The revision of the snapshot this was loaded from.
+    loaded_revision: Option<u64>,
 }
 
 impl Default for History {
@@ -323,6 +333,7 @@ impl History {
             cached_order: BTreeSet::new(),
             cache_limit,
             revision: 0,
+            loaded_revision: None,
         }
     }
 
@@ -963,6 +974,7 @@ impl History {
         }
         let mut h = History {
             revision,
+            loaded_revision: Some(revision),
             ..History::default()
         };
         let nsyms = r.u32()? as usize;
@@ -974,6 +986,11 @@ impl History {
             return Err(SnapshotError::Corrupt("repeated symbol".into()));
         }
         let nrows = r.u32()?;
+        // Bounded by what the bytes can hold (at least 30 bytes a row).
+        let expected = (nrows as usize).min(r.0.len() / 30);
+        h.rows.reserve(expected);
+        h.ids.reserve(expected);
+        h.by_time.reserve(expected);
         for _ in 0..nrows {
             let id: Box<str> = r.str()?.into();
             let start = from_micros(r.i64()?)?;
@@ -1074,36 +1091,47 @@ pub fn snapshot_path(data_dir: &Path) -> PathBuf {
 
 /// Starts the history: from the snapshot at `snapshot` when it is sound
 /// (then only what changed since is replayed), else from the whole
-/// bucket. Returns at once; the handle is ready when it has caught up.
+/// bucket. Returns at once (the snapshot is read on a blocking thread);
+/// the handle is ready when it has caught up.
 pub async fn start(bus: &Bus, snapshot: Option<&Path>) -> Result<HistoryHandle, EngineError> {
     let (bucket, last) = bucket_identity(bus).await?;
-    let loaded = snapshot.and_then(|path| match std::fs::read(path) {
-        Ok(bytes) => match History::from_snapshot(&bytes, &bucket, last) {
-            Ok(h) => {
-                tracing::info!(path = %path.display(), executions = h.len(), revision = h.revision,
-                    "history loaded from its snapshot");
-                Some(h)
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e,
-                    "history snapshot not used; replaying the bucket");
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the history snapshot");
-            None
-        }
-    });
-    let history = loaded.unwrap_or_default();
-    let from = history.revision;
-    Ok(Mirrored::start_from(
+    let path = snapshot.map(Path::to_path_buf);
+    Ok(Mirrored::start_with(
         bus.executions.raw(),
         "executions",
-        history,
-        from,
+        move || {
+            let history = path
+                .and_then(|path| load_snapshot(&path, &bucket, last))
+                .unwrap_or_default();
+            let from = history.revision;
+            (history, from)
+        },
     ))
+}
+
+/// The history saved at `path`, when it is there and sound.
+fn load_snapshot(path: &Path, bucket: &str, last: u64) -> Option<History> {
+    let started = std::time::Instant::now();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the history snapshot");
+            return None;
+        }
+    };
+    match History::from_snapshot(&bytes, bucket, last) {
+        Ok(h) => {
+            tracing::info!(path = %path.display(), executions = h.len(), revision = h.revision,
+                took_ms = started.elapsed().as_millis() as u64, "history loaded from its snapshot");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e,
+                "history snapshot not used; replaying the bucket");
+            None
+        }
+    }
 }
 
 /// Saves the history to `path` every `period` while it changes, and once
@@ -1124,7 +1152,13 @@ pub async fn keep_snapshots(
             () = stop.cancelled() => true,
             _ = every.tick() => false,
         };
-        if history.is_ready() && saved != Some(history.read().revision()) {
+        // A start that loaded the snapshot and found nothing new since
+        // has nothing to write.
+        let (revision, loaded) = {
+            let h = history.read();
+            (h.revision(), h.loaded_revision)
+        };
+        if history.is_ready() && saved != Some(revision) && loaded != Some(revision) {
             match save_snapshot(&bus, &history, &path).await {
                 Ok(rev) => saved = Some(rev),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e,
@@ -1170,13 +1204,30 @@ pub async fn read_records(
     bus: &Bus,
     ids: &[String],
 ) -> Result<HashMap<String, Bytes>, EngineError> {
-    let mut out = HashMap::new();
-    if ids.is_empty() {
-        return Ok(out);
-    }
     let prefix = format!("$KV.{}.", crate::bus::EXECUTIONS_BUCKET);
     let subjects: Vec<String> = ids.iter().map(|id| format!("{prefix}{id}")).collect();
-    let request = serde_json::json!({ "multi_last": subjects, "batch": ids.len() });
+    let stream = format!("KV_{}", crate::bus::EXECUTIONS_BUCKET);
+    Ok(read_last(bus, &stream, &subjects)
+        .await?
+        .into_iter()
+        .filter_map(|(subject, bytes)| Some((subject.strip_prefix(&prefix)?.to_string(), bytes)))
+        .collect())
+}
+
+/// The last message of each of `subjects` in `stream` (a stream with
+/// direct gets allowed), by subject, in one batched direct get
+/// (`multi_last`); subjects with none, or whose last is a KV delete or
+/// purge marker, are left out.
+pub async fn read_last(
+    bus: &Bus,
+    stream: &str,
+    subjects: &[String],
+) -> Result<HashMap<String, Bytes>, EngineError> {
+    let mut out = HashMap::new();
+    if subjects.is_empty() {
+        return Ok(out);
+    }
+    let request = serde_json::json!({ "multi_last": subjects, "batch": subjects.len() });
     let inbox = bus.client.new_inbox();
     let mut replies = bus
         .client
@@ -1185,7 +1236,7 @@ pub async fn read_records(
         .map_err(|e| bus_err("batched read", e))?;
     bus.client
         .publish_with_reply(
-            format!("$JS.API.DIRECT.GET.KV_{}", crate::bus::EXECUTIONS_BUCKET),
+            format!("$JS.API.DIRECT.GET.{stream}"),
             inbox,
             request.to_string().into(),
         )
@@ -1198,7 +1249,7 @@ pub async fn read_records(
             Ok(None) => break,
             Err(_) => {
                 return Err(bus_err(
-                    "batched read of execution records",
+                    &format!("batched read of {stream}"),
                     "no answer in time",
                 ))
             }
@@ -1213,10 +1264,8 @@ pub async fn read_records(
             continue;
         };
         let deleted = matches!(header("KV-Operation"), Some("DEL") | Some("PURGE"));
-        if let Some(id) = subject.strip_prefix(&prefix) {
-            if !deleted && !msg.payload.is_empty() {
-                out.insert(id.to_string(), msg.payload.clone());
-            }
+        if !deleted && !msg.payload.is_empty() {
+            out.insert(subject.to_string(), msg.payload.clone());
         }
     }
     Ok(out)

@@ -113,12 +113,33 @@ impl<M: Mirror> Mirrored<M> {
     /// loaded in the background, and [`Mirrored::is_ready`] says when the
     /// state has caught up with the bucket.
     pub fn start_from(store: &kv::Store, what: &'static str, initial: M, after: u64) -> Self {
-        let state = Arc::new(RwLock::new(initial));
+        Mirrored::start_with(store, what, move || (initial, after))
+    }
+
+    /// Like [`Mirrored::start_from`], with the initial state and its
+    /// revision made by `load` on a blocking thread (reading a snapshot),
+    /// so the caller goes on meanwhile; not ready before `load` is done.
+    pub fn start_with(
+        store: &kv::Store,
+        what: &'static str,
+        load: impl FnOnce() -> (M, u64) + Send + 'static,
+    ) -> Self {
+        let state: Arc<RwLock<M>> = Arc::default();
         let ready = Arc::new(AtomicBool::new(false));
         let kv = store.clone();
         let live = Arc::clone(&state);
         let caught_up = Arc::clone(&ready);
         let task = tokio::spawn(async move {
+            let after = match tokio::task::spawn_blocking(load).await {
+                Ok((initial, after)) => {
+                    *write(&live) = initial;
+                    after
+                }
+                Err(e) => {
+                    tracing::warn!(bucket = what, error = %e, "loading the initial state failed; replaying the bucket");
+                    0
+                }
+            };
             let (watch, last) = loop {
                 match catch_up(&kv, what, &live, after).await {
                     Ok(done) => break done,
@@ -143,6 +164,12 @@ impl<M: Mirror> Mirrored<M> {
     /// The current state, for a short read.
     pub fn read(&self) -> RwLockReadGuard<'_, M> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state, for a change no bucket entry reports (what a stream
+    /// purge or an age limit removed).
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, M> {
+        write(&self.state)
     }
 }
 

@@ -4,7 +4,9 @@
 //! node's history index costs and serves: RSS per indexed execution, list
 //! latency and rate under concurrent clients (first page, two broad
 //! filters, a deep offset), and the time from a restart to correct lists,
-//! with the index snapshot and without it.
+//! with the index snapshot and without it (and of that, how long the
+//! nats-server took to recover its store); optionally, how much a purge of
+//! old executions slows concurrent webhook-noop traffic.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +27,20 @@ pub struct HistoryLoad {
     pub clients: usize,
     /// Seconds each list query runs.
     pub duration_s: u64,
+    /// Executions a purge removes while webhook-noop traffic runs (0: no
+    /// retention measurement). The node must have the loadtest pack.
+    pub retention: usize,
+}
+
+/// How a purge of old executions affected webhook-noop throughput.
+#[derive(Debug, Clone)]
+pub struct RetentionFigures {
+    pub deleted: u64,
+    pub purge_secs: f64,
+    /// Executions/s of webhook-noop before the purge.
+    pub baseline_per_s: f64,
+    /// Executions/s of webhook-noop while the purge ran.
+    pub during_per_s: f64,
 }
 
 /// One list query's figures.
@@ -51,6 +67,13 @@ pub struct HistoryRun {
     pub restart_snapshot_secs: f64,
     /// The same, the snapshot removed (the bucket replayed).
     pub restart_replay_secs: f64,
+    /// Of each restart, until the nats-server said it was ready (from its
+    /// log), when it did.
+    pub nats_ready_secs: (Option<f64>, Option<f64>),
+    /// How long each stop took (`squall up` saving the snapshot and
+    /// stopping its nats-server).
+    pub stop_secs: (f64, f64),
+    pub retention: Option<RetentionFigures>,
 }
 
 impl HistoryRun {
@@ -75,14 +98,31 @@ impl HistoryRun {
                 l.query, l.per_s, l.latency_ms.p50, l.latency_ms.p99, l.errors
             ));
         }
+        let secs = |s: Option<f64>| s.map_or("?".to_string(), |s| format!("{s:.1}"));
         out.push_str(&format!(
             "restart to correct lists: {:.1} s with the snapshot, {:.1} s replaying the bucket \
-             (of which to a login answered: {:.1} s and {:.1} s)\n",
+             (of which to a login answered: {:.1} s and {:.1} s; to the nats-server ready: {} s and {} s)\n",
             self.restart_snapshot_secs,
             self.restart_replay_secs,
             self.restart_up_secs.0,
-            self.restart_up_secs.1
+            self.restart_up_secs.1,
+            secs(self.nats_ready_secs.0),
+            secs(self.nats_ready_secs.1),
         ));
+        out.push_str(&format!(
+            "the stops before them took {:.1} s and {:.1} s\n",
+            self.stop_secs.0, self.stop_secs.1
+        ));
+        if let Some(r) = &self.retention {
+            out.push_str(&format!(
+                "purge of {} executions took {:.1} s; webhook-noop {:.0}/s before, {:.0}/s during: {:.0} % slower\n",
+                r.deleted,
+                r.purge_secs,
+                r.baseline_per_s,
+                r.during_per_s,
+                (1.0 - r.during_per_s / r.baseline_per_s.max(f64::MIN_POSITIVE)) * 100.0
+            ));
+        }
         out
     }
 }
@@ -280,25 +320,39 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
     }
     // Timed from the new process's start: the stop (which saves the
     // snapshot) is not part of it.
+    let stopping = Instant::now();
     let mut started = Instant::now();
+    let mut wall = chrono::Local::now();
     node.restart(|_| {
         started = Instant::now();
+        wall = chrono::Local::now();
         Ok(())
     })
     .await?;
+    let stop_snapshot = (started - stopping).as_secs_f64();
     let up_snapshot = started.elapsed().as_secs_f64();
     until_listed(&node.target, load.count).await?;
     let restart_snapshot_secs = started.elapsed().as_secs_f64();
+    let nats_snapshot = nats_ready_secs(node.data_dir(), wall);
+    let stopping = Instant::now();
     let mut started = Instant::now();
     node.restart(|dir| {
         let removed = remove_snapshot(dir);
         started = Instant::now();
+        wall = chrono::Local::now();
         removed
     })
     .await?;
+    let stop_replay = (started - stopping).as_secs_f64();
     let up_replay = started.elapsed().as_secs_f64();
     until_listed(&node.target, load.count).await?;
     let restart_replay_secs = started.elapsed().as_secs_f64();
+    let nats_replay = nats_ready_secs(node.data_dir(), wall);
+    let retention = if load.retention > 0 {
+        Some(retention(&node.target, load).await?)
+    } else {
+        None
+    };
     Ok(HistoryRun {
         count: load.count,
         seed_secs,
@@ -308,6 +362,117 @@ pub async fn run(node: &mut ManagedNode, load: &HistoryLoad) -> Result<HistoryRu
         restart_up_secs: (up_snapshot, up_replay),
         restart_snapshot_secs,
         restart_replay_secs,
+        nats_ready_secs: (nats_snapshot, nats_replay),
+        stop_secs: (stop_snapshot, stop_replay),
+        retention,
+    })
+}
+
+/// Seconds from `since` to the first "Server is ready" the managed
+/// nats-server logged after it, in `dir/nats-server.log`.
+fn nats_ready_secs(dir: &Path, since: chrono::DateTime<chrono::Local>) -> Option<f64> {
+    use chrono::TimeZone;
+    let log = std::fs::read_to_string(dir.join("nats-server.log")).ok()?;
+    log.lines()
+        .filter(|l| l.contains("Server is ready"))
+        .filter_map(|l| {
+            // `[pid] 2026/12/06 03:30:00.123456 [INF] Server is ready`
+            let stamp: String = l
+                .split_whitespace()
+                .skip(1)
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let naive =
+                chrono::NaiveDateTime::parse_from_str(&stamp, "%Y/%m/%d %H:%M:%S%.f").ok()?;
+            chrono::Local.from_local_datetime(&naive).single()
+        })
+        .find(|t| *t >= since - chrono::Duration::milliseconds(1))
+        .map(|t| (t - since).num_microseconds().unwrap_or(0) as f64 / 1e6)
+}
+
+/// Webhooks per closed-loop round of the retention measurement.
+const ROUND: usize = 3000;
+
+/// `ROUND` webhook-noop webhooks, 32 in flight; executions per second
+/// from the first send until all of them have finished.
+async fn webhook_noop_round(target: &Target) -> Result<f64, LoadError> {
+    let done = "executions?limit=1&action=core.noop&status=succeeded";
+    let before = target.count(done).await?;
+    let start = Instant::now();
+    let url = target.api("webhooks/loadtest/noop");
+    let sent = futures::stream::iter(0..ROUND)
+        .map(|n| {
+            let (http, url) = (target.http.clone(), url.clone());
+            async move {
+                http.post(&url)
+                    .json(&json!({ "n": n }))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .buffer_unordered(32)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    let deadline = start + Duration::from_secs(300);
+    while target.count(done).await? < before + sent {
+        if Instant::now() > deadline {
+            return Err(LoadError::Timeout(format!(
+                "{sent} webhook-noop executions did not finish within 300 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(sent as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Webhook-noop throughput before and while a purge removes the oldest
+/// `load.retention` seeded executions.
+async fn retention(target: &Target, load: &HistoryLoad) -> Result<RetentionFigures, LoadError> {
+    // Warm up, then the baseline.
+    webhook_noop_round(target).await?;
+    let mut baseline = Vec::new();
+    for _ in 0..2 {
+        baseline.push(webhook_noop_round(target).await?);
+    }
+    let baseline_per_s = baseline.iter().sum::<f64>() / baseline.len() as f64;
+    // The seeds are evenly spread from 30 days ago: the cut after the
+    // first `retention` of them.
+    let first = chrono::Utc::now() - chrono::Duration::days(30);
+    let step = chrono::Duration::days(30).num_milliseconds() / load.count.max(1) as i64;
+    let cut = first + chrono::Duration::milliseconds(step * load.retention as i64 - 1);
+    let body = json!({ "before": cut.to_rfc3339_opts(chrono::SecondsFormat::Micros, true) });
+    let purge_started = Instant::now();
+    let (http, url) = (target.http.clone(), target.api("executions/purge"));
+    let purge = tokio::spawn(async move {
+        let r = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+        let v: Value = r.json().await?;
+        Ok::<_, reqwest::Error>((v["deleted"].as_u64().unwrap_or(0), Instant::now()))
+    });
+    let mut during = Vec::new();
+    while !purge.is_finished() {
+        during.push(webhook_noop_round(target).await?);
+    }
+    let (deleted, purge_ended) = purge
+        .await
+        .map_err(|e| LoadError::Setup(format!("the purge task failed: {e}")))??;
+    let during_per_s = if during.is_empty() {
+        0.0
+    } else {
+        during.iter().sum::<f64>() / during.len() as f64
+    };
+    Ok(RetentionFigures {
+        deleted,
+        purge_secs: (purge_ended - purge_started).as_secs_f64(),
+        baseline_per_s,
+        during_per_s,
     })
 }
 

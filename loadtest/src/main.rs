@@ -42,6 +42,11 @@ enum Command {
         /// Seconds per list query.
         #[arg(long, default_value_t = 10)]
         duration_s: u64,
+        /// Then purge this many of the oldest seeded executions while
+        /// webhook-noop traffic runs, and compare its throughput with
+        /// before (0: skip).
+        #[arg(long, default_value_t = 0)]
+        retention: usize,
         /// The squall binary to start (default: next to this one).
         #[arg(long)]
         squall: Option<PathBuf>,
@@ -107,6 +112,7 @@ async fn main() -> Result<()> {
             count,
             clients,
             duration_s,
+            retention,
             squall,
             nats_server,
         } => {
@@ -117,11 +123,14 @@ async fn main() -> Result<()> {
                     .context("no directory for this binary")?
                     .join("squall"),
             };
-            let mut node = ManagedNode::start(&squall, nats_server.as_deref(), &[]).await?;
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let packs = [root.join("../packs"), root.join("packs")];
+            let mut node = ManagedNode::start(&squall, nats_server.as_deref(), &packs).await?;
             let load = squall_loadtest::history::HistoryLoad {
                 count,
                 clients,
                 duration_s,
+                retention,
             };
             let run = squall_loadtest::history::run(&mut node, &load).await?;
             print!("{}", run.summary());

@@ -160,17 +160,11 @@ impl Node {
         let collects = settings.retention.enabled() && cfg.roles.contains(&cluster::Role::Sensors);
         let snapshot = squall_actors::history::snapshot_path(&cfg.data_dir);
         let history = if serves_api || collects {
-            let history = Box::pin(squall_actors::history::start(&bus, Some(&snapshot))).await?;
-            // A small history is ready at once; a large one keeps loading
-            // while lists answer 503 with Retry-After.
-            let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
-            while !history.is_ready() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Some(history)
+            Some(Box::pin(squall_actors::history::start(&bus, Some(&snapshot))).await?)
         } else {
             None
         };
+        let loading_since = tokio::time::Instant::now();
         let engine = Box::pin(Engine::start(
             bus.clone(),
             settings,
@@ -180,6 +174,15 @@ impl Node {
         ))
         .await?;
         let stop_api = CancellationToken::new();
+        if let Some(history) = &history {
+            // The history loaded while the engine started: a small one is
+            // ready now; a large one keeps loading while lists answer 503
+            // with Retry-After.
+            let deadline = loading_since + HISTORY_WAIT;
+            while !history.is_ready() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let (addrs, mut api_tasks) = match &history {
             Some(history) if serves_api => {
                 Box::pin(serve_api(
@@ -405,6 +408,8 @@ async fn serve_api(
             .iter()
             .map(|e| e.name().to_string())
             .collect(),
+        instances: squall_actors::rule_history::InstanceHistory::start(bus),
+        enforcements: squall_actors::rule_history::start_enforcements(bus),
     });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port

@@ -322,6 +322,7 @@ pub async fn children(
             )))
         }
     };
+    history_ready(&st)?;
     let (known, ids) = {
         let history = st.history.read();
         (history.contains(&id), history.descendants(&id, depth))

@@ -104,6 +104,10 @@ pub struct ApiContext {
         std::collections::BTreeMap<String, squall_actors::audit::export::StateHandle>,
     /// The audit destinations this node's config names.
     pub audit_destinations: Vec<String>,
+    /// Trigger instances, indexed for their list.
+    pub instances: squall_actors::rule_history::InstanceHistory,
+    /// Rule enforcements, indexed for their list.
+    pub enforcements: squall_actors::rule_history::EnforcementHistory,
 }
 
 /// The whole API as a router.
