@@ -123,6 +123,26 @@ ensure_rsyslog() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rsyslog >/dev/null
 }
 
+# rsyslog's TLS (gtls) and RELP input modules, which the audit tests'
+# syslog-over-TLS and RELP receivers load (Debian's rsyslog-gnutls and
+# rsyslog-relp), and openssl for their throwaway certificates.
+ensure_rsyslog_modules() {
+  local dir=/usr/lib/x86_64-linux-gnu/rsyslog
+  [ -d "$dir" ] || dir=$(dirname "$(find /usr/lib -name imtcp.so -path '*rsyslog*' 2>/dev/null | head -n1)")
+  if [ -f "$dir/lmnsd_gtls.so" ] && [ -f "$dir/imrelp.so" ] && command -v openssl >/dev/null; then
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "the audit tests need rsyslog-gnutls, rsyslog-relp and openssl (apt-get install, as root)" >&2; return 1; }
+    sudo="sudo"
+  fi
+  command -v apt-get >/dev/null || { echo "the audit tests need rsyslog's gtls and relp modules" >&2; return 1; }
+  echo "==> installing rsyslog-gnutls, rsyslog-relp and openssl (apt)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rsyslog-gnutls rsyslog-relp openssl >/dev/null
+}
+
 # git, which `packs.install` runs to fetch packs (and the pack install
 # tests, tests/tests/pack_install.rs, to make repositories), through apt
 # when it is missing and this runs as root.

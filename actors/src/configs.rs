@@ -229,9 +229,10 @@ pub async fn get(bus: &Bus, pack: &str) -> Result<Option<StoredConfig>, EngineEr
     }
 }
 
-/// A node's live copy of the `configs` bucket.
+/// A node's live copy of the `configs` bucket, with the node's audit
+/// emitter (opening a config's secrets for a run is audited).
 #[derive(Clone)]
-pub struct ConfigCache(Mirrored<ConfigEntries>);
+pub struct ConfigCache(Mirrored<ConfigEntries>, crate::audit::Audit);
 
 impl fmt::Debug for ConfigCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -264,6 +265,7 @@ impl ConfigCache {
     pub async fn start(bus: &Bus) -> Result<ConfigCache, EngineError> {
         Ok(ConfigCache(
             Mirrored::start(bus.bucket(CONFIGS_BUCKET)?, CONFIGS_BUCKET).await?,
+            bus.audit.clone(),
         ))
     }
 
@@ -296,9 +298,23 @@ pub fn resolve(
         .and_then(|b| b.config_schema.clone())
         .unwrap_or_default();
     let values = match configs.get(pack) {
-        Some(stored) => Some(stored.open(pack, renderer.cipher())?),
+        Some(stored) => {
+            let opened = stored.open(pack, renderer.cipher())?;
+            if !stored.sealed.is_empty() {
+                let items: Vec<String> = stored.sealed.iter().map(|p| p.join(".")).collect();
+                crate::audit::decrypt::config_opened(&configs.1, pack, &items, user);
+            }
+            Some(opened)
+        }
         None if schema.is_empty() => return Ok(Map::new()),
         None => None,
     };
-    pack_config::resolve(pack, &schema, values.as_ref(), user, renderer, kv)
+    let who = || crate::audit::decrypt::For {
+        user: user.to_string(),
+        purpose: "pack_config",
+        ..Default::default()
+    };
+    crate::audit::decrypt::within(who, || {
+        pack_config::resolve(pack, &schema, values.as_ref(), user, renderer, kv)
+    })
 }

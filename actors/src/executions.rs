@@ -146,18 +146,34 @@ pub fn prepare(
     if let Some(r) = &spec.rule {
         context.insert("rule".into(), json!({"id": r.id, "name": r.name}));
     }
-    let config_context = if mentions_config_context(def, &spec.parameters) {
-        Value::Object(crate::configs::resolve(
-            configs, catalog, &def.pack, &user, renderer, kv,
-        )?)
-    } else {
-        json!({})
+    // Secrets opened while rendering are audited for this execution.
+    let who = crate::audit::decrypt::For {
+        user: user.clone(),
+        execution: Some(id.clone()),
+        action: Some(def.reference()),
+        purpose: "parameters",
     };
-    let render_ctx = json!({
-        "action_context": Value::Object(context.clone()),
-        "config_context": config_context,
-    });
-    let parameters = params::resolve(runner, def, &spec.parameters, &render_ctx, renderer, kv)?;
+    let parameters = crate::audit::decrypt::audited(who, || {
+        let config_context = if mentions_config_context(def, &spec.parameters) {
+            Value::Object(crate::configs::resolve(
+                configs, catalog, &def.pack, &user, renderer, kv,
+            )?)
+        } else {
+            json!({})
+        };
+        let render_ctx = json!({
+            "action_context": Value::Object(context.clone()),
+            "config_context": config_context,
+        });
+        Ok::<_, EngineError>(params::resolve(
+            runner,
+            def,
+            &spec.parameters,
+            &render_ctx,
+            renderer,
+            kv,
+        )?)
+    })?;
     Ok(ExecutionRecord {
         v: RECORD_VERSION,
         id,

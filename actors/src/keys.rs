@@ -289,7 +289,9 @@ impl KeyStore {
 /// rendering is synchronous, so it reads a [`Mirrored`] copy of the `keys`
 /// bucket. A change reaches it milliseconds after the write.
 #[derive(Clone)]
-pub struct KeyCache(Mirrored<KeyEntries>);
+/// With the node's audit emitter: a secret handed to a template is noted,
+/// so that decrypting it there is audited ([`crate::audit::decrypt`]).
+pub struct KeyCache(Mirrored<KeyEntries>, crate::audit::Audit);
 
 impl fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -323,23 +325,29 @@ impl Mirror for KeyEntries {
 impl KeyCache {
     /// Starts mirroring `store`'s bucket; returns once the current contents
     /// are loaded.
-    pub async fn start(store: &KeyStore) -> Result<KeyCache, EngineError> {
-        Ok(KeyCache(Mirrored::start(&store.kv, "keys").await?))
+    pub async fn start(
+        store: &KeyStore,
+        audit: crate::audit::Audit,
+    ) -> Result<KeyCache, EngineError> {
+        Ok(KeyCache(Mirrored::start(&store.kv, "keys").await?, audit))
     }
 }
 
 impl KeyValueLookup for KeyCache {
     fn get(&self, scope: KvScope, name: &str) -> Option<String> {
-        let scope = match scope {
+        let key = match &scope {
             KvScope::System => Scope::System,
-            KvScope::User(u) => Scope::User(u),
+            KvScope::User(u) => Scope::User(u.clone()),
         };
-        self.0
-            .read()
+        let entries = self.0.read();
+        let record = entries
             .0
-            .get(&(scope, name.to_string()))
-            .filter(|r| !r.expired(&time::now()))
-            .map(|r| r.value.clone())
+            .get(&(key, name.to_string()))
+            .filter(|r| !r.expired(&time::now()))?;
+        if record.secret {
+            crate::audit::decrypt::kv_read(&self.1, &scope, name, &record.value);
+        }
+        Some(record.value.clone())
     }
 }
 

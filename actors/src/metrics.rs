@@ -178,6 +178,9 @@ struct Instruments {
     orphans: Counter<u64>,
     dispatches: Counter<u64>,
     sensor_restarts: Counter<u64>,
+    audit_published: Counter<u64>,
+    audit_dropped: Counter<u64>,
+    audit_dead_lettered: Counter<u64>,
 }
 
 static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
@@ -314,6 +317,21 @@ fn build<R: MetricReader>(reader: Option<R>) -> Instruments {
             "{restart}",
             "Sensor processes restarted after a crash on this node.",
         ),
+        audit_published: counter(
+            "squall.audit.events.published",
+            "{event}",
+            "Audit events this node stored on the AUDIT stream.",
+        ),
+        audit_dropped: counter(
+            "squall.audit.events.dropped",
+            "{event}",
+            "Audit events dropped: the node's publish queue was full.",
+        ),
+        audit_dead_lettered: counter(
+            "squall.audit.dead_lettered",
+            "{event}",
+            "Audit events a destination refused for good (moved to AUDIT_DLQ).",
+        ),
         provider,
         registry,
     };
@@ -323,6 +341,8 @@ fn build<R: MetricReader>(reader: Option<R>) -> Instruments {
     i.triggers_processed.add(0, &[]);
     i.orphans.add(0, &[]);
     i.sensor_restarts.add(0, &[]);
+    i.audit_published.add(0, &[]);
+    i.audit_dropped.add(0, &[]);
     for outcome in [
         Evaluation::Matched,
         Evaluation::NotMatched,
@@ -435,6 +455,66 @@ fn register_gauges(meter: &Meter) {
         "Spans the collector accepted.",
         || vec![(SPANS_N[3].load(Ordering::Relaxed), "")],
     );
+    register_audit_gauges(meter);
+    register_retention(meter);
+}
+
+/// Per audit destination: lag, oldest unconfirmed event's age, stopped.
+fn register_audit_gauges(meter: &Meter) {
+    let each = |f: &mut dyn FnMut(KeyValue, &AuditDestination)| {
+        let all = AUDIT_DESTINATIONS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (name, d) in all {
+            f(KeyValue::new("destination", name), &d);
+        }
+    };
+    meter
+        .u64_observable_gauge("squall.audit.export.lag")
+        .with_unit("{event}")
+        .with_description("Audit events a destination has not confirmed yet.")
+        .with_callback(move |o| each(&mut |dest, d| o.observe(d.lag, &[dest])))
+        .build();
+    meter
+        .f64_observable_gauge("squall.audit.export.oldest_age")
+        .with_unit("s")
+        .with_description("Age of the oldest audit event a destination has not confirmed.")
+        .with_callback(move |o| each(&mut |dest, d| o.observe(d.oldest_age, &[dest])))
+        .build();
+    meter
+        .u64_observable_gauge("squall.audit.exporter.stopped")
+        .with_description(
+            "1 while a destination's exporter is stopped by an error a person must fix.",
+        )
+        .with_callback(move |o| each(&mut |dest, d| o.observe(u64::from(d.stopped), &[dest])))
+        .build();
+}
+
+/// Garbage collection and purges ([`crate::retention::counts`]).
+fn register_retention(meter: &Meter) {
+    meter
+        .u64_observable_counter("squall.retention.passes")
+        .with_unit("{pass}")
+        .with_description("Garbage collection passes run by this node.")
+        .with_callback(|o| o.observe(crate::retention::counts().passes, &[]))
+        .build();
+    meter
+        .u64_observable_counter("squall.retention.removed")
+        .with_unit("{object}")
+        .with_description("Objects removed by garbage collection and purges on this node, by kind.")
+        .with_callback(|o| {
+            for (kind, n) in crate::retention::counts().removed {
+                o.observe(n, &[KeyValue::new("kind", kind)]);
+            }
+        })
+        .build();
+    meter
+        .f64_observable_gauge("squall.retention.last_pass")
+        .with_unit("s")
+        .with_description("How long this node's last garbage collection pass took.")
+        .with_callback(|o| o.observe(crate::retention::counts().last_pass.as_secs_f64(), &[]))
+        .build();
 }
 
 /// The label of runner type `name` (a registered runner's name, else
@@ -641,8 +721,6 @@ pub fn render() -> String {
     if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
         tracing::error!(error = %e, "metrics could not be rendered");
     }
-    out.push_str(&crate::retention::render_metrics());
-    render_audit(&mut out);
     out
 }
 
@@ -661,13 +739,9 @@ pub const AUDIT_EXPORT_OLDEST_AGE: &str = "squall_audit_export_oldest_age_second
 /// needs a person (bad credentials, a misconfigured index).
 pub const AUDIT_EXPORTER_STOPPED: &str = "squall_audit_exporter_stopped";
 
-static AUDIT_PUBLISHED_N: AtomicU64 = AtomicU64::new(0);
-static AUDIT_DROPPED_N: AtomicU64 = AtomicU64::new(0);
-
 /// Per destination (a bounded set: the configured exporters).
 #[derive(Debug, Default, Clone, Copy)]
 struct AuditDestination {
-    dead_lettered: u64,
     lag: u64,
     oldest_age: f64,
     stopped: bool,
@@ -685,17 +759,27 @@ fn audit_destination(name: &str, f: impl FnOnce(&mut AuditDestination)) {
 
 /// An audit event was stored on the stream.
 pub fn audit_published() {
-    AUDIT_PUBLISHED_N.fetch_add(1, Ordering::Relaxed);
+    get().audit_published.add(1, &[]);
 }
 
 /// An audit event was dropped (publish queue full).
 pub fn audit_dropped() {
-    AUDIT_DROPPED_N.fetch_add(1, Ordering::Relaxed);
+    get().audit_dropped.add(1, &[]);
+}
+
+/// Destination `name`'s exporter started: its series exist from now on.
+pub fn audit_destination_started(name: &str) {
+    audit_destination(name, |_| {});
+    get()
+        .audit_dead_lettered
+        .add(0, &[KeyValue::new("destination", name.to_string())]);
 }
 
 /// Destination `name` refused an event for good.
 pub fn audit_dead_lettered(name: &str) {
-    audit_destination(name, |d| d.dead_lettered += 1);
+    get()
+        .audit_dead_lettered
+        .add(1, &[KeyValue::new("destination", name.to_string())]);
 }
 
 /// Destination `name`'s export lag and oldest unconfirmed event's age.
@@ -709,55 +793,6 @@ pub fn audit_export(name: &str, lag: u64, oldest_age: std::time::Duration) {
 /// Destination `name`'s exporter stopped (true) or runs (false).
 pub fn audit_exporter_stopped(name: &str, stopped: bool) {
     audit_destination(name, |d| d.stopped = stopped);
-}
-
-fn render_audit(out: &mut String) {
-    use std::fmt::Write as _;
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP {AUDIT_PUBLISHED} Audit events this node stored on the AUDIT stream.\n\
-         # TYPE {AUDIT_PUBLISHED} counter\n{AUDIT_PUBLISHED} {}\n\
-         # HELP {AUDIT_DROPPED} Audit events dropped: the node's publish queue was full.\n\
-         # TYPE {AUDIT_DROPPED} counter\n{AUDIT_DROPPED} {}",
-        load(&AUDIT_PUBLISHED_N),
-        load(&AUDIT_DROPPED_N)
-    );
-    let all = AUDIT_DESTINATIONS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    for (name, help, kind, value) in [
-        (
-            AUDIT_DEAD_LETTERED,
-            "Audit events a destination refused for good (moved to AUDIT_DLQ).",
-            "counter",
-            (|d: &AuditDestination| d.dead_lettered as f64) as fn(&AuditDestination) -> f64,
-        ),
-        (
-            AUDIT_EXPORT_LAG,
-            "Audit events a destination has not confirmed yet.",
-            "gauge",
-            |d| d.lag as f64,
-        ),
-        (
-            AUDIT_EXPORT_OLDEST_AGE,
-            "Age of the oldest audit event a destination has not confirmed.",
-            "gauge",
-            |d| d.oldest_age,
-        ),
-        (
-            AUDIT_EXPORTER_STOPPED,
-            "1 while a destination's exporter is stopped by an error a person must fix.",
-            "gauge",
-            |d| f64::from(u8::from(d.stopped)),
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (dest, d) in &all {
-            let _ = writeln!(out, "{name}{{destination=\"{dest}\"}} {}", value(d));
-        }
-    }
 }
 
 #[cfg(test)]
@@ -781,6 +816,11 @@ mod tests {
         sensor_dispatch(Dispatch::Rejected);
         sensor_restarted();
         spans_dropped(SpanDrop::QueueFull, 2);
+        audit_published();
+        audit_destination_started("siem");
+        audit_dead_lettered("siem");
+        audit_export("siem", 7, Duration::from_millis(1500));
+        audit_exporter_stopped("siem", true);
         let text = render();
         for name in [
             TRIGGERS_PUBLISHED,
@@ -804,6 +844,15 @@ mod tests {
             SPANS_QUEUED,
             SPANS_DROPPED,
             SPANS_EXPORTED,
+            AUDIT_PUBLISHED,
+            AUDIT_DROPPED,
+            AUDIT_DEAD_LETTERED,
+            AUDIT_EXPORT_LAG,
+            AUDIT_EXPORT_OLDEST_AGE,
+            AUDIT_EXPORTER_STOPPED,
+            "squall_retention_passes_total",
+            "squall_retention_removed_total",
+            "squall_retention_last_pass_seconds",
         ] {
             let family = name.strip_suffix("_total").unwrap_or(name);
             assert!(
@@ -820,6 +869,16 @@ mod tests {
         );
         assert!(text.contains("squall_runner_losses_total{outcome=\"rerun\"} 1"));
         assert!(text.contains("squall_telemetry_spans_dropped_total{reason=\"queue_full\"} 2"));
+        for line in [
+            "squall_audit_dead_lettered_total{destination=\"siem\"} 1",
+            "squall_audit_export_lag{destination=\"siem\"} 7",
+            "squall_audit_export_oldest_age_seconds{destination=\"siem\"} 1.5",
+            "squall_audit_exporter_stopped{destination=\"siem\"} 1",
+            "squall_retention_removed_total{kind=\"executions\"} 0",
+            "squall_retention_passes_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
         assert!(text.contains("squall_execution_queue_time_seconds_bucket{runner=\"local-shell-cmd\",le=\"0.005\"} 1"), "{text}");
     }
 }

@@ -587,7 +587,7 @@ impl Engine {
         auth: AuthStore,
         history: Option<crate::history::HistoryHandle>,
     ) -> Result<Engine, EngineError> {
-        let kv = Box::pin(KeyCache::start(keys)).await?;
+        let kv = Box::pin(KeyCache::start(keys, bus.audit.clone())).await?;
         let configs = Box::pin(ConfigCache::start(&bus)).await?;
         let renderer = Arc::new(Renderer::with_cipher(keys.cipher().clone()));
         let catalog = CatalogHandle::default();

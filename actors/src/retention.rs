@@ -115,41 +115,32 @@ fn count(removed: &Removed) {
     REMOVED_ENFORCEMENTS.fetch_add(removed.rule_enforcements, Ordering::Relaxed);
 }
 
-/// Retention's metrics in Prometheus' text format:
-/// `squall_retention_passes_total`, `squall_retention_removed_total{kind}`
-/// (by collection passes and manual purges on this node) and
-/// `squall_retention_last_pass_seconds`.
-pub fn render_metrics() -> String {
+/// Retention's counts on this node, observed by the node's metrics
+/// ([`crate::metrics`]: `squall_retention_passes_total`,
+/// `squall_retention_removed_total{kind}` (by collection passes and
+/// manual purges) and `squall_retention_last_pass_seconds`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub passes: u64,
+    /// Removed, by kind: `executions`, `output_messages`,
+    /// `trigger_instances`, `rule_enforcements`.
+    pub removed: [(&'static str, u64); 4],
+    pub last_pass: std::time::Duration,
+}
+
+/// The counts now.
+pub fn counts() -> Counts {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut out = String::new();
-    out.push_str(
-        "# HELP squall_retention_passes_total Garbage collection passes run by this node.\n",
-    );
-    out.push_str("# TYPE squall_retention_passes_total counter\n");
-    out.push_str(&format!(
-        "squall_retention_passes_total {}\n",
-        load(&PASSES)
-    ));
-    out.push_str("# HELP squall_retention_removed_total Objects removed by garbage collection and purges on this node, by kind.\n");
-    out.push_str("# TYPE squall_retention_removed_total counter\n");
-    for (kind, n) in [
-        ("executions", &REMOVED_EXECUTIONS),
-        ("output_messages", &REMOVED_OUTPUT),
-        ("trigger_instances", &REMOVED_TRIGGER_INSTANCES),
-        ("rule_enforcements", &REMOVED_ENFORCEMENTS),
-    ] {
-        out.push_str(&format!(
-            "squall_retention_removed_total{{kind=\"{kind}\"}} {}\n",
-            load(n)
-        ));
+    Counts {
+        passes: load(&PASSES),
+        removed: [
+            ("executions", load(&REMOVED_EXECUTIONS)),
+            ("output_messages", load(&REMOVED_OUTPUT)),
+            ("trigger_instances", load(&REMOVED_TRIGGER_INSTANCES)),
+            ("rule_enforcements", load(&REMOVED_ENFORCEMENTS)),
+        ],
+        last_pass: std::time::Duration::from_millis(load(&LAST_PASS_MS)),
     }
-    out.push_str("# HELP squall_retention_last_pass_seconds How long this node's last garbage collection pass took.\n");
-    out.push_str("# TYPE squall_retention_last_pass_seconds gauge\n");
-    out.push_str(&format!(
-        "squall_retention_last_pass_seconds {:.3}\n",
-        load(&LAST_PASS_MS) as f64 / 1000.0
-    ));
-    out
 }
 
 /// Removes the executions `filter` names (StackStorm's

@@ -216,14 +216,24 @@ fn prepare(
     summary: &RuleSummary,
     execution_id: String,
 ) -> Result<Result<ExecutionRecord, String>, EngineError> {
-    let spec = match execution_spec(
-        &ctx.renderer,
-        &rule.def,
-        &rule.parameters,
-        instance,
-        kv,
-        summary,
-    ) {
+    // Secrets the rule's parameters decrypt are audited for the execution.
+    let who = crate::audit::decrypt::For {
+        user: executions::SYSTEM_USER.to_string(),
+        execution: Some(execution_id.clone()),
+        action: None,
+        purpose: "rule_parameters",
+    };
+    let spec = crate::audit::decrypt::audited(who, || {
+        execution_spec(
+            &ctx.renderer,
+            &rule.def,
+            &rule.parameters,
+            instance,
+            kv,
+            summary,
+        )
+    });
+    let spec = match spec {
         Ok(spec) => ExecutionSpec {
             id: Some(execution_id),
             ..spec

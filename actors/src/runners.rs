@@ -606,14 +606,23 @@ async fn run_action(
     // Only Python actions get their pack's config, as in StackStorm. It is
     // resolved per run (the datastore may have changed) and stored nowhere.
     let config = if record.runner.name == "python-script" {
-        match crate::configs::resolve(
-            &ctx.configs,
-            &catalog,
-            &record.action.pack,
-            execution_user(record),
-            &ctx.renderer,
-            &ctx.kv,
-        ) {
+        // Its secrets opened are audited for this execution.
+        let who = || crate::audit::decrypt::For {
+            user: execution_user(record).to_string(),
+            execution: Some(record.id.clone()),
+            action: Some(record.action.action_ref.clone()),
+            purpose: "pack_config",
+        };
+        match crate::audit::decrypt::within(who, || {
+            crate::configs::resolve(
+                &ctx.configs,
+                &catalog,
+                &record.action.pack,
+                execution_user(record),
+                &ctx.renderer,
+                &ctx.kv,
+            )
+        }) {
             Ok(config) => config,
             Err(e) => return (Status::Failed, json!({"error": e.to_string()})),
         }

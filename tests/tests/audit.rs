@@ -21,7 +21,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use squall_actors::audit::config::{
-    AuditConfig, ExporterConfig, Facility, HecConfig, SyslogConfig, SyslogTransport,
+    AuditConfig, ExporterConfig, Facility, HecConfig, SyslogConfig, SyslogTls, SyslogTransport,
 };
 use squall_actors::audit::{self, AuditEvent, Object};
 use squall_tests::{poll, TestNode};
@@ -38,11 +38,11 @@ struct Rsyslog {
 impl Rsyslog {
     fn start(dir: &Path, port: u16) -> Result<Rsyslog> {
         let out = dir.join("audit.log");
-        let conf = dir.join("rsyslog.conf");
         let work = dir.join("work");
         std::fs::create_dir_all(&work)?;
-        std::fs::write(
-            &conf,
+        Rsyslog::with_config(
+            dir,
+            port,
             format!(
                 "global(workDirectory=\"{}\")\n\
                  module(load=\"imtcp\")\n\
@@ -52,7 +52,16 @@ impl Rsyslog {
                 work.display(),
                 out.display()
             ),
-        )?;
+            out,
+        )
+    }
+
+    /// rsyslogd with config `conf`, listening (at least) on `port`,
+    /// writing `out`.
+    fn with_config(dir: &Path, port: u16, conf: String, out: PathBuf) -> Result<Rsyslog> {
+        let conf_path = dir.join("rsyslog.conf");
+        std::fs::write(&conf_path, conf)?;
+        let conf = conf_path;
         let mut r = Rsyslog {
             child: spawn_rsyslogd(dir, &conf)?,
             dir: dir.to_path_buf(),
@@ -89,15 +98,20 @@ impl Rsyslog {
 
     /// The JSON events written so far, with each one's MSGID.
     fn events(&self) -> Vec<(String, Value)> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let (msgid, msg) = l.split_once(' ')?;
-                let msg = msg.trim_start_matches('\u{feff}');
-                Some((msgid.to_string(), serde_json::from_str(msg).ok()?))
-            })
-            .collect()
+        events_in(&self.out)
     }
+}
+
+/// The JSON events written to `path` (`%msgid% %msg%` lines).
+fn events_in(path: &Path) -> Vec<(String, Value)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (msgid, msg) = l.split_once(' ')?;
+            let msg = msg.trim_start_matches('\u{feff}');
+            Some((msgid.to_string(), serde_json::from_str(msg).ok()?))
+        })
+        .collect()
 }
 
 impl Drop for Rsyslog {
@@ -170,6 +184,8 @@ async fn audit_events_reach_rsyslog_through_a_restart() -> Result<()> {
             name: name.into(),
             address: format!("127.0.0.1:{port}"),
             transport: SyslogTransport::Tcp,
+            tls: None,
+            relp_window: 128,
             facility: Facility::Audit,
             max_message_bytes: 8096,
             resend_window_secs: 10,
@@ -206,6 +222,16 @@ async fn audit_events_reach_rsyslog_through_a_restart() -> Result<()> {
     assert_eq!(code, 200);
     let (code, _) = t.get("keys/db_pass?decrypt=true").await?;
     assert_eq!(code, 200);
+    // A template decrypting it for an execution's parameters.
+    let (code, run) = t
+        .post(
+            "executions",
+            &json!({"action": "core.echo",
+                    "parameters": {"message": "{{ st2kv.system.db_pass | decrypt_kv }}"}}),
+        )
+        .await?;
+    assert_eq!(code, 201, "{run}");
+    let run_id = run["id"].as_str().context("execution id")?.to_string();
     let (code, hook) = t
         .post(
             "webhooks/st2",
@@ -316,8 +342,20 @@ async fn audit_events_reach_rsyslog_through_a_restart() -> Result<()> {
     let written = find("key.updated").context("no key.updated")?;
     assert_eq!(written["actor"]["user"], "admin");
     assert_eq!(written["object"]["ref"], "db_pass");
-    let decrypted = find("key.decrypted").context("no key.decrypted")?;
-    assert_eq!(decrypted["actor"]["method"], "token");
+    let decrypted = all
+        .iter()
+        .find(|e| e["action"] == "key.decrypted" && e["actor"]["method"] == "token")
+        .context("no key.decrypted through the API")?;
+    assert_eq!(decrypted["object"]["ref"], "db_pass");
+    let in_template = all
+        .iter()
+        .find(|e| e["action"] == "key.decrypted" && e["data"]["execution"] == run_id.as_str())
+        .context("no key.decrypted for the execution's template")?;
+    assert_eq!(in_template["actor"]["user"], "admin", "{in_template}");
+    assert_eq!(in_template["object"]["ref"], "db_pass");
+    assert_eq!(in_template["data"]["via"], "parameters");
+    assert_eq!(in_template["data"]["scope"], "st2kv.system");
+    assert_eq!(in_template["data"]["action"], "core.echo");
     let received = all
         .iter()
         .find(|e| e["action"] == "trigger.received" && e["object"]["ref"] == "core.st2.webhook")
@@ -360,6 +398,240 @@ async fn audit_events_reach_rsyslog_through_a_restart() -> Result<()> {
         metrics.contains("squall_audit_export_lag{destination=\"nowhere\"}"),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A throwaway CA `<ca>.pem` and, signed by it, `<name>.pem`/`<name>.key`
+/// for each of `names` (valid for 127.0.0.1).
+fn certificates(dir: &Path, ca: &str, names: &[&str]) -> Result<()> {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj"];
+    let subject = format!("/CN=squall test {ca}");
+    args.push(&subject);
+    let (key, cert) = (format!("{ca}.key"), format!("{ca}.pem"));
+    args.extend(ec);
+    args.extend(["-keyout", &key, "-out", &cert]);
+    openssl(dir, &args)?;
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )?;
+    for name in names {
+        let (k, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut args = vec![
+            "req",
+            "-new",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &k,
+            "-out",
+            &csr,
+        ];
+        args.extend(ec);
+        openssl(dir, &args)?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &cert,
+                "-CAkey",
+                &key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                &pem,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_reach_rsyslog_over_tls_and_relp_with_receipts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    certificates(d, "ca", &["server", "client"])?;
+    certificates(d, "otherca", &[])?;
+    let (tls_port, relp_port) = (free_port()?, free_port()?);
+    let work = d.join("work");
+    std::fs::create_dir_all(&work)?;
+    let (tls_out, relp_out) = (d.join("tls.log"), d.join("relp.log"));
+    // TLS that wants a client certificate from our CA; RELP in plain TCP.
+    // The main queue is direct, so a RELP answer means the line was
+    // written (rsyslog answers once its ruleset ran).
+    let conf = format!(
+        "global(workDirectory=\"{work}\" \
+           DefaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+           DefaultNetstreamDriverCertFile=\"{d}/server.pem\" \
+           DefaultNetstreamDriverKeyFile=\"{d}/server.key\")\n\
+         main_queue(queue.type=\"Direct\")\n\
+         module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" \
+           StreamDriver.Authmode=\"x509/certvalid\")\n\
+         module(load=\"imrelp\")\n\
+         template(name=\"msgonly\" type=\"string\" string=\"%msgid% %msg%\\n\")\n\
+         ruleset(name=\"tls\") {{ action(type=\"omfile\" file=\"{tls}\" template=\"msgonly\") }}\n\
+         ruleset(name=\"relp\") {{ action(type=\"omfile\" file=\"{relp}\" template=\"msgonly\") }}\n\
+         input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{tls_port}\" ruleset=\"tls\")\n\
+         input(type=\"imrelp\" address=\"127.0.0.1\" port=\"{relp_port}\" ruleset=\"relp\")\n",
+        work = work.display(),
+        d = d.display(),
+        tls = tls_out.display(),
+        relp = relp_out.display(),
+    );
+    let mut rsyslog = Rsyslog::with_config(d, relp_port, conf, relp_out.clone())?;
+    let syslog = |name: &str, port: u16, transport, tls| {
+        ExporterConfig::Syslog(SyslogConfig {
+            name: name.into(),
+            address: format!("127.0.0.1:{port}"),
+            transport,
+            tls,
+            relp_window: 128,
+            facility: Facility::Audit,
+            max_message_bytes: 8096,
+            resend_window_secs: 10,
+            batch_size: 500,
+            enterprise_number: None,
+        })
+    };
+    let tls = |ca: &str, client: bool| SyslogTls {
+        ca_file: d.join(format!("{ca}.pem")),
+        cert_file: client.then(|| d.join("client.pem")),
+        key_file: client.then(|| d.join("client.key")),
+        server_name: None,
+    };
+    let t = TestNode::start_with(vec![], |c| {
+        c.audit = AuditConfig {
+            exporters: vec![
+                syslog("tls", tls_port, SyslogTransport::Tls, Some(tls("ca", true))),
+                syslog("relp", relp_port, SyslogTransport::Relp, None),
+                // A receiver whose certificate our CA did not sign.
+                syslog(
+                    "untrusted",
+                    tls_port,
+                    SyslogTransport::Tls,
+                    Some(tls("otherca", true)),
+                ),
+            ],
+            max_bytes: 32 << 20,
+            ..AuditConfig::default()
+        };
+    })
+    .await?;
+    let bus = t.node.as_ref().context("node")?.bus.clone();
+    let total = 6_000;
+    let started = Instant::now();
+    for i in 0..total / 2 {
+        bus.audit.emit(synthetic(i, json!({"n": i})));
+    }
+    poll(Duration::from_secs(60), || {
+        let n = events_in(&relp_out).len();
+        async move { Ok((n >= 1_000).then_some(())) }
+    })
+    .await?;
+    // Killed mid-stream: what RELP had not had answered is sent again.
+    rsyslog.kill()?;
+    for i in total / 2..total {
+        bus.audit.emit(synthetic(i, json!({"n": i})));
+    }
+    poll(Duration::from_secs(30), || async {
+        let s = audit_status(&t).await?;
+        let retrying =
+            destination(&s, "relp").is_some_and(|d| d["exporter"]["state"] == "retrying");
+        Ok(retrying.then_some(()))
+    })
+    .await?;
+    rsyslog.start_again()?;
+    let ids = |path: &Path| -> BTreeSet<String> {
+        events_in(path)
+            .into_iter()
+            .filter_map(|(_, e)| e["audit_id"].as_str().map(str::to_string))
+            .filter(|id| id.starts_with("test:"))
+            .collect()
+    };
+    let want: BTreeSet<String> = (0..total).map(|i| format!("test:{i}")).collect();
+    poll(Duration::from_secs(120), || {
+        let got = ids(&relp_out);
+        let want = want.clone();
+        async move { Ok(want.is_subset(&got).then_some(())) }
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let lines = events_in(&relp_out).len();
+    println!(
+        "audit export over RELP: {total} events in {:.1} s ({:.0} events/s) through a receiver kill; {} lines written ({} resent)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        lines,
+        lines.saturating_sub(total),
+    );
+    // TLS with a client certificate: every event (the resend window
+    // covers the kill, as over TCP).
+    poll(Duration::from_secs(120), || {
+        let got = ids(&tls_out);
+        let want = want.clone();
+        async move { Ok(want.is_subset(&got).then_some(())) }
+    })
+    .await?;
+    let relp_lag = poll(Duration::from_secs(30), || async {
+        let s = audit_status(&t).await?;
+        Ok(destination(&s, "relp")
+            .is_some_and(|d| d["lag"] == 0)
+            .then_some(s))
+    })
+    .await?;
+    // The untrusted receiver: retried, never written to, the reason shown.
+    let untrusted = destination(&relp_lag, "untrusted").context("untrusted")?;
+    assert_eq!(untrusted["exporter"]["state"], "retrying", "{relp_lag}");
+    assert!(
+        untrusted["exporter"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLS handshake failed")),
+        "{relp_lag}"
+    );
+    assert!(untrusted["lag"].as_u64().unwrap_or(0) >= total as u64);
+
+    // Everything confirmed by `rsp 200` is acknowledged; nothing waits.
+    let js = async_nats::jetstream::new(async_nats::connect(t.nats.url()).await?);
+    let info = js
+        .get_stream(audit::AUDIT_STREAM)
+        .await?
+        .consumer_info(audit::export::consumer_name("relp"))
+        .await?;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
     Ok(())
 }
 
@@ -521,6 +793,7 @@ async fn audit_events_reach_splunk_hec_and_nothing_is_acked_early() -> Result<()
             index: None,
             sourcetype: "squall:audit".into(),
             batch_size: 50,
+            in_flight: 4,
             ack_timeout_secs: 2,
             request_timeout_secs: 5,
         })];

@@ -162,6 +162,40 @@ async fn stackstorms_examples_schema_with_a_configs_directory() -> Result<()> {
         e["result"]["stdout"],
         "=========\n{'api_key': 'key-123', 'api_secret': 's3cret-456', 'region': 'us-east-1'}\n=========\n"
     );
+    // Opening the config's secrets for the run is on the audit trail:
+    // which items, for which execution and user, never the values.
+    let run_id = e["id"].as_str().context("execution id")?.to_string();
+    let js = async_nats::jetstream::new(async_nats::connect(node.nats.url()).await?);
+    let opened = poll(Duration::from_secs(20), || {
+        let (js, run_id) = (js.clone(), run_id.clone());
+        async move {
+            let mut stream = js.get_stream("AUDIT").await?;
+            let last = stream.info().await?.state.last_sequence;
+            let mut found = Vec::new();
+            for seq in 1..=last {
+                let Ok(m) = stream.get_raw_message(seq).await else {
+                    continue;
+                };
+                if m.subject.as_str() == "squall.audit.pack_config.decrypted" {
+                    let text = String::from_utf8_lossy(&m.payload).to_string();
+                    found.push(serde_json::from_str::<Value>(&text)?);
+                }
+            }
+            found.retain(|ev| ev["data"]["execution"] == run_id.as_str());
+            Ok((found.len() >= 2).then_some(found))
+        }
+    })
+    .await?;
+    let items: std::collections::BTreeSet<&str> = opened
+        .iter()
+        .filter_map(|ev| ev["data"]["item"].as_str())
+        .collect();
+    assert_eq!(items, ["api_key", "api_secret"].into(), "{opened:?}");
+    for ev in &opened {
+        assert_eq!(ev["actor"]["user"], "admin", "{ev}");
+        assert_eq!(ev["object"]["kind"], "pack_config");
+        assert!(!ev.to_string().contains("s3cret-456"), "{ev}");
+    }
 
     // Only admins see secrets; the request is refused, not quietly masked.
     let observer = node.user("olive", "observer").await?;

@@ -28,6 +28,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::{json, Value};
+use squall_actors::audit::config::{ExporterConfig, Facility, SyslogConfig, SyslogTransport};
 use squall_tests::cluster::free_port;
 use squall_tests::{
     client_with_token, login, nats_server_binary, poll, repo_root, squall_binary, write_pack,
@@ -527,16 +528,37 @@ async fn a_remediation_is_one_trace_across_nats_hops_and_a_restart() -> Result<(
     // Metrics went over OTLP too.
     let pushed = sink.metrics();
     assert!(pushed.contains("squall.executions.finished"), "{pushed:?}");
-    assert!(
-        pushed.contains("http.server.request.duration"),
-        "{pushed:?}"
-    );
+    for name in [
+        "http.server.request.duration",
+        "squall.audit.events.published",
+        "squall.retention.passes",
+    ] {
+        assert!(pushed.contains(name), "{name} not pushed: {pushed:?}");
+    }
     Ok(())
 }
 
 #[tokio::test]
 async fn metrics_count_what_ran_and_the_dashboard_asks_only_for_them() -> Result<()> {
-    let node = TestNode::start(vec![repo_root().join("loadtest/packs")]).await?;
+    // An audit destination nobody listens on: its lag and oldest age are
+    // series the dashboard's audit panels read.
+    let refused = free_port()?;
+    let node = TestNode::start_with(vec![repo_root().join("loadtest/packs")], |c| {
+        c.audit.max_bytes = 32 << 20;
+        c.audit.exporters = vec![ExporterConfig::Syslog(SyslogConfig {
+            name: "siem".into(),
+            address: format!("127.0.0.1:{refused}"),
+            transport: SyslogTransport::Tcp,
+            tls: None,
+            relp_window: 128,
+            facility: Facility::Audit,
+            max_message_bytes: 8096,
+            resend_window_secs: 10,
+            batch_size: 500,
+            enterprise_number: None,
+        })];
+    })
+    .await?;
     const HOOKS: usize = 10;
     for _ in 0..HOOKS {
         let (status, body) = node.post("webhooks/loadtest/noop", &json!({})).await?;
@@ -569,6 +591,11 @@ async fn metrics_count_what_ran_and_the_dashboard_asks_only_for_them() -> Result
             .await?;
         let samples = parse_metrics(&text);
         let settled = text.contains("squall_jetstream_consumer_pending{")
+            && sum(
+                &samples,
+                "squall_audit_export_lag",
+                &[("destination", "siem")],
+            ) > 0.0
             && sum(&samples, "squall_executions_finished_total", &[]) == (HOOKS + 3) as f64;
         Ok(settled.then_some(text))
     })
@@ -705,7 +732,17 @@ async fn metrics_count_what_ran_and_the_dashboard_asks_only_for_them() -> Result
             checked += found;
         }
     }
-    assert!(checked >= 20, "{checked} selectors");
+    assert!(checked >= 24, "{checked} selectors");
+    // The audit and retention metrics are instruments like the rest.
+    for name in [
+        "squall_audit_export_oldest_age_seconds",
+        "squall_audit_exporter_stopped",
+        "squall_audit_dead_lettered_total",
+        "squall_audit_events_published_total",
+        "squall_retention_passes_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
+    }
     Ok(())
 }
 

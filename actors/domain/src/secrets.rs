@@ -74,13 +74,55 @@ impl Cipher {
             .aead
             .decrypt(Nonce::from_slice(nonce), body)
             .map_err(|_| SecretError::NotOurs)?;
-        String::from_utf8(plain).map_err(|_| SecretError::NotOurs)
+        let plain = String::from_utf8(plain).map_err(|_| SecretError::NotOurs)?;
+        OPENED.with_borrow_mut(|opened| {
+            if let Some(opened) = opened {
+                opened.push(sealed.trim().to_string());
+            }
+        });
+        Ok(plain)
     }
+}
+
+thread_local! {
+    /// The sealed values opened on this thread within [`track`].
+    static OPENED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns, with its result, the sealed values (never the
+/// plain ones) that [`Cipher::decrypt`] opened meanwhile on this thread:
+/// what a caller audits. Nested calls each see their own.
+pub fn track<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    let outer = OPENED.replace(Some(Vec::new()));
+    let result = f();
+    let opened = OPENED.replace(outer).unwrap_or_default();
+    OPENED.with_borrow_mut(|o| {
+        if let Some(o) = o {
+            o.extend(opened.iter().cloned());
+        }
+    });
+    (result, opened)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn track_reports_the_sealed_values_opened_within() {
+        let c = Cipher::from_hex(&Cipher::generate_hex()).unwrap();
+        let (a, b) = (c.encrypt("one"), c.encrypt("two"));
+        assert_eq!(c.decrypt(&a).unwrap(), "one");
+        let ((), outer) = track(|| {
+            c.decrypt(&a).unwrap();
+            let (plain, inner) = track(|| c.decrypt(&b).unwrap());
+            assert_eq!(plain, "two");
+            assert_eq!(inner, vec![b.clone()]);
+            assert!(c.decrypt("00").is_err());
+        });
+        assert_eq!(outer, vec![a.clone(), b.clone()]);
+        assert!(!outer.iter().any(|s| s.contains("one") || s.contains("two")));
+    }
 
     #[test]
     fn round_trips_and_never_repeats() {

@@ -84,7 +84,8 @@ impl AuditConfig {
 pub enum ExporterConfig {
     /// Splunk's HTTP Event Collector.
     SplunkHec(HecConfig),
-    /// A syslog receiver (RFC 5424 over TCP, octet counting).
+    /// A syslog receiver (RFC 5424 over TCP or TLS with octet counting,
+    /// or over RELP).
     Syslog(SyslogConfig),
 }
 
@@ -119,10 +120,15 @@ pub struct HecConfig {
     pub index: Option<String>,
     #[serde(default = "default_sourcetype")]
     pub sourcetype: String,
-    /// Events per request (default 500; one request is in flight at a
-    /// time, so this and the indexer's ack latency bound the rate).
+    /// Events per request (default 500).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Batches posted and awaiting their indexer ack at once (default 4):
+    /// with the ack latency, this and `batch_size` bound the rate. Each
+    /// event is still acknowledged on the stream only once its own batch
+    /// is confirmed.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
     /// Seconds to wait for an indexer ack before sending again (default
     /// 120, below Splunk's channel idle cleanup).
     #[serde(default = "default_ack_timeout")]
@@ -146,6 +152,12 @@ impl HecConfig {
         if self.batch_size == 0 || self.batch_size > 10_000 {
             return Err(format!("{at}.batch_size must be between 1 and 10000"));
         }
+        if self.in_flight == 0 || self.in_flight > 64 {
+            return Err(format!(
+                "{at}.in_flight must be between 1 and 64, got {}",
+                self.in_flight
+            ));
+        }
         if self.ack_timeout_secs == 0 || self.request_timeout_secs == 0 {
             return Err(format!(
                 "{at}: ack_timeout_secs and request_timeout_secs must be at least 1"
@@ -159,8 +171,34 @@ impl HecConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyslogTransport {
-    /// Plain TCP, RFC 6587 octet counting.
+    /// Plain TCP, RFC 6587 octet counting: no receipts (the resend window
+    /// covers a reconnect).
     Tcp,
+    /// TLS (RFC 5425), octet counting: no receipts either.
+    Tls,
+    /// RELP: each message is acknowledged by the receiver (`rsp 200`), and
+    /// only then on the stream. Over TLS when `ca_file` is set.
+    Relp,
+}
+
+/// TLS settings of a syslog destination.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogTls {
+    /// PEM file of the certificate authorities the receiver's
+    /// certificate must chain to.
+    pub ca_file: std::path::PathBuf,
+    /// PEM certificate (chain) this node presents, for receivers that
+    /// require client certificates; with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name the receiver's certificate must carry; default: the host
+    /// of `address` (an IP address is checked against IP SANs).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Syslog facility of the events.
@@ -211,6 +249,14 @@ pub struct SyslogConfig {
     pub address: String,
     #[serde(default = "default_transport")]
     pub transport: SyslogTransport,
+    /// TLS: required for `transport: tls`, optional for `relp` (RELP over
+    /// TLS), refused for `tcp`.
+    #[serde(default)]
+    pub tls: Option<SyslogTls>,
+    /// RELP only: messages sent and not yet acknowledged at most
+    /// (default 128, librelp's window).
+    #[serde(default = "default_relp_window")]
+    pub relp_window: usize,
     #[serde(default = "default_facility")]
     pub facility: Facility,
     /// Largest message (after the length prefix) in octets, default 8096:
@@ -253,10 +299,51 @@ impl SyslogConfig {
         if self.batch_size == 0 || self.batch_size > 10_000 {
             return Err(format!("{at}.batch_size must be between 1 and 10000"));
         }
+        match (&self.transport, &self.tls) {
+            (SyslogTransport::Tls, None) => {
+                return Err(format!(
+                    "{at}.tls: transport tls needs a tls section with ca_file"
+                ))
+            }
+            (SyslogTransport::Tcp, Some(_)) => return Err(format!(
+                "{at}.tls: transport tcp is plain; use transport: tls (or relp) with a tls section"
+            )),
+            _ => {}
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(format!(
+                    "{at}.tls: cert_file and key_file go together (a client certificate and its key)"
+                ));
+            }
+            for (field, path) in [
+                ("ca_file", Some(&tls.ca_file)),
+                ("cert_file", tls.cert_file.as_ref()),
+                ("key_file", tls.key_file.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    if !path.is_file() {
+                        return Err(format!(
+                            "{at}.tls.{field}: {} is not a readable file",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }
+        if self.relp_window == 0 || self.relp_window > 1024 {
+            return Err(format!(
+                "{at}.relp_window must be between 1 and 1024, got {}",
+                self.relp_window
+            ));
+        }
         Ok(())
     }
 }
 
+fn default_relp_window() -> usize {
+    128
+}
 fn yes() -> bool {
     true
 }
@@ -265,6 +352,9 @@ fn default_sourcetype() -> String {
 }
 fn default_batch() -> usize {
     500
+}
+fn default_in_flight() -> usize {
+    4
 }
 fn default_ack_timeout() -> u64 {
     120
@@ -327,9 +417,17 @@ mod tests {
             ("exporters:\n- {type: syslog, name: s, address: 'h:1', max_message_bytes: 10}", "max_message_bytes"),
             ("exporters:\n- {type: splunk_hec, name: s, url: 'ftp://x', token: t}", "exporters[0].url"),
             ("exporters:\n- {type: splunk_hec, name: s, url: 'http://x', token: ''}", "token"),
+            ("exporters:\n- {type: splunk_hec, name: s, url: 'http://x', token: t, in_flight: 0}", "exporters[0].in_flight"),
             ("exporters:\n- {type: syslog, name: s, address: 'h:1'}\n- {type: syslog, name: s, address: 'h:2'}", "used twice"),
             ("exporters:\n- {type: syslog, name: s, address: 'h:1', colour: red}", "colour"),
             ("exporters:\n- {type: kafka, name: s}", "kafka"),
+            ("exporters:\n- {type: syslog, name: s, address: 'h:1', transport: tls}", "exporters[0].tls"),
+            ("exporters:\n- {type: syslog, name: s, address: 'h:1', transport: udp}", "udp"),
+            ("exporters:\n- {type: syslog, name: s, address: 'h:1', transport: relp, tls: {ca_file: /nonexistent/ca.pem}}", "exporters[0].tls.ca_file"),
+            ("exporters:\n- {type: syslog, name: s, address: 'h:1', transport: tcp, tls: {ca_file: /etc/hostname}}", "exporters[0].tls"),
+            ("exporters:\n- {type: syslog, name: s, address: 'h:1', transport: relp, tls: {ca_file: /etc/hostname, cert_file: /etc/hostname}}", "key_file go together"),
+            ("exporters:\n- {type: syslog, name: s, address: 'h:1', transport: relp, relp_window: 0}", "relp_window"),
+            ("exporters:\n- {type: syslog, name: s, address: 'h:1', transport: relp, tls: {ca_file: /etc/hostname, pin: x}}", "pin"),
             ("retention: 3", "retention"),
         ] {
             let err = parse(yaml).unwrap_err();

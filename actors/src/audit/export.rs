@@ -161,12 +161,16 @@ pub struct ExportSettings {
     pub ack_wait: Duration,
 }
 
-/// Runs destination `settings.name` until `stop`: returns `Err` with the
-/// reason when the sink failed fatally (nothing of that batch acked).
+/// Runs destination `settings.name` until `stop` with one delivery loop
+/// per sink in `sinks` (each fetches its own batches from the one durable
+/// consumer, so that many batches are in flight): returns `Err` with the
+/// reason when a sink failed fatally (nothing of that batch acked; the
+/// other loops end with it, their batches unacked and so delivered again
+/// later).
 pub async fn run<S: Sink>(
     js: jetstream::Context,
     settings: ExportSettings,
-    mut sink: S,
+    sinks: Vec<S>,
     state: StateHandle,
     stop: CancellationToken,
 ) -> Result<(), EngineError> {
@@ -176,6 +180,7 @@ pub async fn run<S: Sink>(
         .await
         .map_err(|e| bus_err("open stream AUDIT", e))?;
     let durable = consumer_name(&name);
+    let in_flight = sinks.len().max(1);
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &durable,
@@ -185,26 +190,56 @@ pub async fn run<S: Sink>(
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: settings.ack_wait,
                 max_deliver: -1,
-                max_ack_pending: (settings.batch_size * 4) as i64,
+                max_ack_pending: (settings.batch_size * in_flight.max(2) * 2) as i64,
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| bus_err(&format!("create consumer {durable}"), e))?;
     set_state(&state, |s| s.state = "running".into());
+    crate::metrics::audit_destination_started(&name);
     crate::metrics::audit_exporter_stopped(&name, false);
-    let mut last_lag = tokio::time::Instant::now() - Duration::from_secs(60);
-    while !stop.is_cancelled() {
-        if last_lag.elapsed() >= Duration::from_secs(2) {
-            last_lag = tokio::time::Instant::now();
-            if let Ok(Some(l)) = lag(&js, &name).await {
-                crate::metrics::audit_export(
-                    &name,
-                    l.lag,
-                    Duration::from_secs_f64(l.oldest_unexported_age_secs),
-                );
-            }
+    let loops = sinks
+        .into_iter()
+        .map(|sink| deliver_loop(&js, &settings, &consumer, sink, &state, &stop));
+    futures::future::try_join_all(loops).await.map(|_| ())
+}
+
+/// Refreshes destination `name`'s lag and oldest unconfirmed age (the
+/// `squall_audit_export_*` gauges) every two seconds until `stop`,
+/// whatever its delivery loops are doing (a receiver that is down is when
+/// the lag matters most).
+pub async fn watch_lag(js: jetstream::Context, name: String, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
         }
+        if let Ok(Some(l)) = lag(&js, &name).await {
+            crate::metrics::audit_export(
+                &name,
+                l.lag,
+                Duration::from_secs_f64(l.oldest_unexported_age_secs),
+            );
+        }
+    }
+}
+
+/// One delivery loop: fetch a batch, deliver it, ack what was confirmed,
+/// retry the rest with back-off.
+async fn deliver_loop<S: Sink>(
+    js: &jetstream::Context,
+    settings: &ExportSettings,
+    consumer: &consumer::PullConsumer,
+    mut sink: S,
+    state: &StateHandle,
+    stop: &CancellationToken,
+) -> Result<(), EngineError> {
+    let js = js.clone();
+    let name = settings.name.clone();
+    let state = state.clone();
+    while !stop.is_cancelled() {
         let fetched = consumer
             .fetch()
             .max_messages(settings.batch_size)

@@ -6,7 +6,9 @@
 //! this exporter's channel (`X-Splunk-Request-Channel`). With indexer
 //! acknowledgement the batch counts as delivered only once
 //! `POST /services/collector/ack` answers `true` for its `ackId`; an ack
-//! still false after `ack_timeout_secs` sends the batch again.
+//! still false after `ack_timeout_secs` sends the batch again. Clones of
+//! the sink, one per delivery loop, keep `in_flight` batches posted and
+//! awaiting their acks at once on the same channel.
 //!
 //! Answers: 429, 503, other 5xx and network errors are retried (honouring
 //! `Retry-After`); codes 5, 6, 12, 13 and 15 (bad data) split the batch
@@ -21,8 +23,9 @@ use serde_json::{json, Value};
 use super::config::HecConfig;
 use super::export::{Fate, Pending, Sink, SinkError};
 
-/// A Splunk HEC.
-#[derive(Debug)]
+/// A Splunk HEC. Clones share the HTTP client and the channel: one per
+/// batch in flight.
+#[derive(Debug, Clone)]
 pub struct HecSink {
     cfg: HecConfig,
     client: reqwest::Client,

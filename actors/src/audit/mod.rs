@@ -8,12 +8,16 @@
 //!   the event for a task that publishes with many acks in flight and
 //!   retries with the same id until the stream has it.
 //! - [`config`]: the `audit` section of node.yaml.
+//! - [`decrypt`]: audits the secrets the engine opens in templates and
+//!   pack configs.
 //! - [`export`]: the exporter loop (one durable consumer per destination),
-//!   with its sinks [`hec`] and [`syslog`].
+//!   with its sinks [`hec`] and [`syslog`] (TCP, TLS, or [`relp`]).
 
 pub mod config;
+pub mod decrypt;
 pub mod export;
 pub mod hec;
+pub mod relp;
 pub mod syslog;
 
 use std::sync::{Arc, OnceLock};
@@ -576,6 +580,11 @@ impl Exporters {
             let name = dest.name().to_string();
             let state = export::StateHandle::default();
             out.states.insert(name.clone(), state.clone());
+            out.tasks.push(tokio::spawn(export::watch_lag(
+                js.clone(),
+                name.clone(),
+                stop.clone(),
+            )));
             let (js, stop, dest) = (js.clone(), stop.clone(), dest.clone());
             out.tasks.push(tokio::spawn(async move {
                 let ran = match dest {
@@ -587,8 +596,12 @@ impl Exporters {
                                 h.ack_timeout_secs + 2 * h.request_timeout_secs + 30,
                             ),
                         };
+                        let in_flight = h.in_flight;
                         match hec::HecSink::new(h) {
-                            Ok(sink) => export::run(js, settings, sink, state, stop).await,
+                            Ok(sink) => {
+                                let sinks = vec![sink; in_flight];
+                                export::run(js, settings, sinks, state, stop).await
+                            }
                             Err(e) => Err(EngineError::Config(format!(
                                 "audit destination {name}: {e}"
                             ))),
@@ -600,7 +613,8 @@ impl Exporters {
                             batch_size: s.batch_size,
                             ack_wait: Duration::from_secs(60),
                         };
-                        export::run(js, settings, syslog::SyslogSink::new(s), state, stop).await
+                        let sink = syslog::SyslogSink::new(s);
+                        export::run(js, settings, vec![sink], state, stop).await
                     }
                 };
                 if let Err(e) = ran {
