@@ -543,7 +543,11 @@ async fn metrics_count_what_ran_and_the_dashboard_asks_only_for_them() -> Result
     // An audit destination nobody listens on: its lag and oldest age are
     // series the dashboard's audit panels read.
     let refused = free_port()?;
-    let node = TestNode::start_with(vec![repo_root().join("loadtest/packs")], |c| {
+    let packs = vec![
+        repo_root().join("packs"),
+        repo_root().join("loadtest/packs"),
+    ];
+    let node = TestNode::start_with(packs, |c| {
         c.audit.max_bytes = 32 << 20;
         c.audit.exporters = vec![ExporterConfig::Syslog(SyslogConfig {
             name: "siem".into(),
@@ -569,7 +573,8 @@ async fn metrics_count_what_ran_and_the_dashboard_asks_only_for_them() -> Result
         .await?;
     assert_eq!(status, 201, "{flow}");
     let flow_id = flow["id"].as_str().context("execution id")?.to_string();
-    assert_eq!(node.finished(&flow_id).await?["status"], "succeeded");
+    let done = node.finished(&flow_id).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
     // Every execution: the hooks' plus the workflow's three tasks.
     let executions = poll(Duration::from_secs(60), || async {
         let all = node.executions().await?;

@@ -305,9 +305,11 @@ impl SyslogConfig {
                     "{at}.tls: transport tls needs a tls section with ca_file"
                 ))
             }
-            (SyslogTransport::Tcp, Some(_)) => return Err(format!(
+            (SyslogTransport::Tcp, Some(_)) => {
+                return Err(format!(
                 "{at}.tls: transport tcp is plain; use transport: tls (or relp) with a tls section"
-            )),
+            ))
+            }
             _ => {}
         }
         if let Some(tls) = &self.tls {
