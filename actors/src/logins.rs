@@ -5,10 +5,12 @@
 //! compare-and-swap, so parallel guesses on any node count one by one), then the caller reports
 //! success (the user's record is forgotten, the address's attempt taken
 //! back) or leaves the failure counted. Past a free number of failures a
-//! subject is held back, for [`FIRST_BACKOFF`] doubling with every further
-//! failure; past [`Limits::lock_after`] failures it is locked for
-//! [`LOCK_TIME`]. While held back, attempts are refused without checking
-//! the password. An admin lifts a hold with [`LoginThrottle::clear`].
+//! subject is held back, for [`Throttling::first_backoff`] seconds doubling
+//! with every further failure; past [`Limits::lock_after`] failures it is
+//! locked for [`Throttling::lock_time`] seconds. While held back, attempts
+//! are refused without checking the password. An admin lifts a hold with
+//! [`LoginThrottle::clear`]. The numbers are node.yaml's
+//! `auth.login_throttling` ([`Throttling`]).
 //!
 //! | bucket | key | value |
 //! | --- | --- | --- |
@@ -41,18 +43,14 @@ pub fn buckets(replicas: usize) -> Vec<kv::Config> {
     }]
 }
 
-/// The first hold after the free failures; each further failure doubles it.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a lock lasts; also how long after its last failure a record
-/// is forgotten.
-pub const LOCK_TIME: Duration = Duration::from_secs(15 * 60);
-
 /// When a subject is held back and locked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Failures allowed before the first back-off.
     pub free: u32,
-    /// Failures after which the subject is locked for [`LOCK_TIME`].
+    /// Failures after which the subject is locked for
+    /// [`Throttling::lock_time`].
     pub lock_after: u32,
 }
 
@@ -67,6 +65,94 @@ pub const ADDRESS_LIMITS: Limits = Limits {
     free: 20,
     lock_after: 50,
 };
+
+/// node.yaml's `auth.login_throttling`: the limits per user and per
+/// client address, and how long holds last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Throttling {
+    /// Per user name.
+    pub user: Limits,
+    /// Per client address.
+    pub address: Limits,
+    /// Seconds of the first hold after the free failures; each further
+    /// failure doubles it (default 30).
+    pub first_backoff: u64,
+    /// Seconds a lock lasts; also how long after its last failure a
+    /// record is forgotten (default 900).
+    pub lock_time: u64,
+}
+
+impl Default for Throttling {
+    fn default() -> Self {
+        Throttling {
+            user: USER_LIMITS,
+            address: ADDRESS_LIMITS,
+            first_backoff: 30,
+            lock_time: 15 * 60,
+        }
+    }
+}
+
+impl Throttling {
+    /// What is wrong with these settings, naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, l) in [("user", self.user), ("address", self.address)] {
+            if l.lock_after == 0 || l.free > l.lock_after {
+                return Err(format!(
+                    "auth.login_throttling.{name}: lock_after ({}) must be at least 1 and at least free ({})",
+                    l.lock_after, l.free
+                ));
+            }
+        }
+        if self.first_backoff == 0 || self.first_backoff > self.lock_time {
+            return Err(format!(
+                "auth.login_throttling.first_backoff ({} s) must be at least 1 and at most lock_time ({} s)",
+                self.first_backoff, self.lock_time
+            ));
+        }
+        if self.lock_time > LOGINS_MAX_AGE.as_secs() {
+            return Err(format!(
+                "auth.login_throttling.lock_time ({} s) must be at most {} s (a day: the bucket forgets after that)",
+                self.lock_time,
+                LOGINS_MAX_AGE.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
+    fn limits(&self, subject: &Subject) -> Limits {
+        match subject {
+            Subject::User(_) => self.user,
+            Subject::Address(_) => self.address,
+        }
+    }
+
+    fn lock(&self) -> Duration {
+        Duration::from_secs(self.lock_time)
+    }
+
+    /// With `count` failures of a subject held to `limits`, its record
+    /// from `now`.
+    fn failures(&self, count: u32, limits: Limits, now: Timestamp) -> Failures {
+        let hold = if count >= limits.lock_after {
+            Some(self.lock())
+        } else if count >= limits.free {
+            Some(
+                Duration::from_secs(self.first_backoff)
+                    .saturating_mul(1 << (count - limits.free).min(16))
+                    .min(self.lock()),
+            )
+        } else {
+            None
+        };
+        Failures {
+            count,
+            last: now,
+            until: hold.map(|h| now + chrono::Duration::from_std(h).unwrap_or_default()),
+        }
+    }
+}
 
 /// Who failed: a user name or a client address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,13 +177,6 @@ impl Subject {
             "user" => Some(Subject::User(name)),
             "address" => Some(Subject::Address(name)),
             _ => None,
-        }
-    }
-
-    fn limits(&self) -> Limits {
-        match self {
-            Subject::User(_) => USER_LIMITS,
-            Subject::Address(_) => ADDRESS_LIMITS,
         }
     }
 }
@@ -125,27 +204,11 @@ pub struct Failures {
 
 impl Failures {
     /// The record as it stands at `now`: forgotten once it is older than
-    /// [`LOCK_TIME`] and no longer holding anything back.
-    fn current(self, now: &Timestamp) -> Option<Failures> {
-        let quiet = self.last + chrono::Duration::from_std(LOCK_TIME).unwrap_or_default();
+    /// `forget` and no longer holding anything back.
+    fn current(self, now: &Timestamp, forget: Duration) -> Option<Failures> {
+        let quiet = self.last + chrono::Duration::from_std(forget).unwrap_or_default();
         let held = self.until.is_some_and(|u| u > *now);
         (held || quiet > *now).then_some(self)
-    }
-
-    /// With `count` failures, the hold from `now` as `limits` set it.
-    fn with_count(count: u32, limits: Limits, now: Timestamp) -> Failures {
-        let hold = if count >= limits.lock_after {
-            Some(LOCK_TIME)
-        } else if count >= limits.free {
-            Some(FIRST_BACKOFF.saturating_mul(1 << (count - limits.free).min(16)))
-        } else {
-            None
-        };
-        Failures {
-            count,
-            last: now,
-            until: hold.map(|h| now + chrono::Duration::from_std(h).unwrap_or_default()),
-        }
     }
 }
 
@@ -178,6 +241,7 @@ pub struct Attempt {
 #[derive(Clone)]
 pub struct LoginThrottle {
     bucket: Bucket<Failures>,
+    settings: Throttling,
 }
 
 impl std::fmt::Debug for LoginThrottle {
@@ -187,10 +251,11 @@ impl std::fmt::Debug for LoginThrottle {
 }
 
 impl LoginThrottle {
-    /// The `logins` bucket (opened by [`Bus::open`]).
-    pub fn open(bus: &Bus) -> Result<LoginThrottle, EngineError> {
+    /// The `logins` bucket (opened by [`Bus::open`]), held to `settings`.
+    pub fn open(bus: &Bus, settings: Throttling) -> Result<LoginThrottle, EngineError> {
         Ok(LoginThrottle {
             bucket: Bucket::new(bus.bucket(LOGINS_BUCKET)?.clone()),
+            settings,
         })
     }
 
@@ -200,7 +265,7 @@ impl LoginThrottle {
             .bucket
             .get(&subject.key())
             .await?
-            .and_then(|(f, _)| f.current(&now)))
+            .and_then(|(f, _)| f.current(&now, self.settings.lock())))
     }
 
     /// Before a password check: refuses if `user` or `address` is held
@@ -218,7 +283,7 @@ impl LoginThrottle {
             if let Some(f) = self.read(subject).await? {
                 if let Some(until) = f.until.filter(|u| *u > now) {
                     return Ok(Err(Refusal {
-                        locked: f.count >= subject.limits().lock_after,
+                        locked: f.count >= self.settings.limits(subject).lock_after,
                         subject: subject.clone(),
                         until,
                         failures: f.count,
@@ -226,13 +291,16 @@ impl LoginThrottle {
                 }
             }
         }
+        let settings = self.settings;
         for subject in &subjects {
-            let limits = subject.limits();
+            let limits = settings.limits(subject);
             self.bucket
                 .modify(&subject.key(), |f| {
                     let now = time::now();
-                    let count = f.and_then(|f| f.current(&now)).map_or(0, |f| f.count);
-                    let next = Failures::with_count(count.saturating_add(1), limits, now);
+                    let count = f
+                        .and_then(|f| f.current(&now, settings.lock()))
+                        .map_or(0, |f| f.count);
+                    let next = settings.failures(count.saturating_add(1), limits, now);
                     Change::Write(next, ())
                 })
                 .await?;
@@ -253,11 +321,12 @@ impl LoginThrottle {
                         .map_err(|e| bus_err("forget failed logins", e))?;
                 }
                 Subject::Address(_) => {
-                    let limits = subject.limits();
+                    let settings = self.settings;
+                    let limits = settings.limits(subject);
                     self.bucket
                         .modify(&subject.key(), |f| match f {
                             Some(f) if f.count > 0 => {
-                                Change::Write(Failures::with_count(f.count - 1, limits, f.last), ())
+                                Change::Write(settings.failures(f.count - 1, limits, f.last), ())
                             }
                             _ => Change::Keep(()),
                         })
@@ -311,8 +380,9 @@ mod tests {
     #[test]
     fn holds_grow_then_lock() {
         let now = time::now();
+        let t = Throttling::default();
         let hold = |count| {
-            Failures::with_count(count, USER_LIMITS, now)
+            t.failures(count, USER_LIMITS, now)
                 .until
                 .map(|u| (u - now).num_seconds())
         };
@@ -329,13 +399,63 @@ mod tests {
     fn old_records_are_forgotten_unless_holding() {
         let now = time::now();
         let long_ago = now - chrono::Duration::hours(1);
-        let old = Failures::with_count(3, USER_LIMITS, long_ago);
-        assert_eq!(old.current(&now), None);
-        let recent = Failures::with_count(3, USER_LIMITS, now);
-        assert!(recent.current(&now).is_some());
-        let mut held = Failures::with_count(12, USER_LIMITS, long_ago);
+        let t = Throttling::default();
+        let old = t.failures(3, USER_LIMITS, long_ago);
+        assert_eq!(old.current(&now, t.lock()), None);
+        let recent = t.failures(3, USER_LIMITS, now);
+        assert!(recent.current(&now, t.lock()).is_some());
+        let mut held = t.failures(12, USER_LIMITS, long_ago);
         held.until = Some(now + chrono::Duration::minutes(1));
-        assert!(held.current(&now).is_some());
+        assert!(held.current(&now, t.lock()).is_some());
+    }
+
+    #[test]
+    fn settings_are_checked_and_holds_capped() {
+        let mut t = Throttling::default();
+        assert_eq!(t.check(), Ok(()));
+        t.user = Limits {
+            free: 3,
+            lock_after: 20,
+        };
+        t.first_backoff = 10;
+        t.lock_time = 60;
+        let now = time::now();
+        let hold = |count| {
+            t.failures(count, t.user, now)
+                .until
+                .map(|u| (u - now).num_seconds())
+        };
+        assert_eq!((hold(2), hold(3), hold(4)), (None, Some(10), Some(20)));
+        assert_eq!(hold(9), Some(60), "a back-off never outlasts a lock");
+        for (bad, field) in [
+            (
+                Throttling {
+                    user: Limits {
+                        free: 6,
+                        lock_after: 5,
+                    },
+                    ..Throttling::default()
+                },
+                "login_throttling.user",
+            ),
+            (
+                Throttling {
+                    first_backoff: 0,
+                    ..Throttling::default()
+                },
+                "first_backoff",
+            ),
+            (
+                Throttling {
+                    lock_time: 2 * 86_400,
+                    ..Throttling::default()
+                },
+                "lock_time",
+            ),
+        ] {
+            let err = bad.check().unwrap_err();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

@@ -204,6 +204,10 @@ pub struct AuthConfig {
     /// node finds the cluster without users (default `admin-password`;
     /// `squall up` uses `<data dir>/admin-password`).
     pub admin_password_file: PathBuf,
+    /// Failed-login throttling: `user` and `address` limits (`free`
+    /// failures, then back-off; locked at `lock_after`), `first_backoff`
+    /// and `lock_time` in seconds.
+    pub login_throttling: squall_actors::logins::Throttling,
 }
 
 impl Default for AuthConfig {
@@ -211,6 +215,7 @@ impl Default for AuthConfig {
         AuthConfig {
             token_ttl: 86_400,
             admin_password_file: PathBuf::from("admin-password"),
+            login_throttling: squall_actors::logins::Throttling::default(),
         }
     }
 }
@@ -486,6 +491,7 @@ impl NodeConfig {
                 cfg.auth.token_ttl
             )));
         }
+        cfg.auth.login_throttling.check().map_err(invalid)?;
         if cfg.nats.replicas == 0 || cfg.nats.replicas > 5 {
             return Err(invalid("nats.replicas must be between 1 and 5".into()));
         }
@@ -619,6 +625,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("c.yaml") && err.contains("adress"), "{err}");
+        for (yaml, needle) in [
+            (
+                "auth:\n  login_throttling:\n    user: {free: 5, lock_afer: 10}\n",
+                "lock_afer",
+            ),
+            (
+                "auth:\n  login_throttling:\n    address: {free: 9, lock_after: 3}\n",
+                "auth.login_throttling.address",
+            ),
+            (
+                "auth:\n  login_throttling:\n    first_backoff: -1\n",
+                "line 3",
+            ),
+        ] {
+            let err = NodeConfig::from_yaml(yaml, Path::new("c.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("c.yaml") && err.contains(needle), "{err}");
+        }
+        let tuned = NodeConfig::from_yaml(
+            "auth:\n  login_throttling:\n    user: {free: 3, lock_after: 6}\n    lock_time: 600\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(tuned.auth.login_throttling.user.free, 3);
+        assert_eq!(tuned.auth.login_throttling.address.free, 20);
+        assert_eq!(tuned.auth.login_throttling.first_backoff, 30);
         let host = NodeConfig::from_yaml("name: ip-10-0-0-1.ec2.internal\n", Path::new("c.yaml"));
         assert!(host.is_ok(), "{host:?}");
     }

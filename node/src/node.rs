@@ -395,7 +395,7 @@ async fn serve_api(
         pack_dirs: cfg.packs.dirs.clone(),
         configs_dir: cfg.packs.configs_dir.clone(),
         configs: engine.shared.configs.clone(),
-        logins: squall_actors::logins::LoginThrottle::open(bus)?,
+        logins: squall_actors::logins::LoginThrottle::open(bus, cfg.auth.login_throttling)?,
         auth,
         keys,
         token_ttl: Duration::from_secs(cfg.auth.token_ttl),

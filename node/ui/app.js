@@ -1,18 +1,28 @@
 // The app shell: login, the header with the user and role, and routing by
-// the URL's hash (#/ history, #/executions/<id> one execution).
+// the URL's hash (#/ history, #/executions/<id> one execution, #/rules/<ref>
+// one rule, and so on for actions, packs, trigger instances, datastore).
 
 import { api, whoami, whenUnauthorized } from './api.js';
 import { h, fill } from './dom.js';
 import { historyView } from './history.js';
 import { executionView } from './execution.js';
 import { actionsView, actionView } from './actions.js';
-import { rulesView } from './rules.js';
+import { rulesView, ruleView } from './rules.js';
 import { inquiriesView } from './inquiries.js';
+import { packsView, packView } from './packs.js';
+import { instancesView, instanceView } from './triggers.js';
+import { keysView } from './keys.js';
 
 const main = document.getElementById('main');
 const top = document.getElementById('top');
 const who = document.getElementById('who');
 let me = null;
+/** Views of one item by the hash's first part (`#/rules/<ref>`)… */
+const ONE = { executions: executionView, actions: actionView, rules: ruleView, packs: packView,
+  triggerinstances: instanceView };
+/** …and of lists (`#/rules`). */
+const LIST = { actions: actionsView, rules: rulesView, inquiries: inquiriesView, packs: packsView,
+  triggerinstances: instancesView, keys: keysView };
 /** The current view's clean-up (closes its event streams). */
 let leave = () => {};
 
@@ -21,14 +31,9 @@ function route() {
   leave = () => {};
   if (!me) return showLogin();
   const hash = location.hash.replace(/^#/, '') || '/';
-  const exec = hash.match(/^\/executions\/([^/?]+)/);
-  const action = hash.match(/^\/actions\/([^/?]+)/);
-  if (exec) leave = executionView(main, me, decodeURIComponent(exec[1]));
-  else if (action) leave = actionView(main, me, decodeURIComponent(action[1]));
-  else if (hash.startsWith('/actions')) leave = actionsView(main, me);
-  else if (hash.startsWith('/rules')) leave = rulesView(main, me);
-  else if (hash.startsWith('/inquiries')) leave = inquiriesView(main, me);
-  else leave = historyView(main, me);
+  const [, page, item] = hash.match(/^\/([a-z]*)(?:\/([^?]+))?/) || [];
+  const view = (item ? ONE : LIST)[page] || historyView;
+  leave = view(main, me, item && decodeURIComponent(item));
   main.focus({ preventScroll: true });
 }
 

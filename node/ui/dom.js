@@ -74,3 +74,19 @@ export function fill(el, ...children) {
   for (const c of children.flat()) if (c) el.append(c);
   return el;
 }
+
+/** A `<dt>`/`<dd>` pair for a `<dl class="facts">`; a dash when empty. */
+export function fact(label, value) {
+  return [h('dt', {}, label), h('dd', {}, value || h('span', { class: 'muted' }, '—'))];
+}
+
+/** A table in its scrolling wrapper: column titles, then rows (`<tr>`s). */
+export function table(columns, rows, attrs = {}) {
+  return h('div', { class: 'table-wrap' }, h('table', attrs,
+    h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c)))), rows));
+}
+
+/** A key name as a path under `/keys/`, each part escaped. */
+export function keyPath(name) {
+  return name.split('/').map(encodeURIComponent).join('/');
+}

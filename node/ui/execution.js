@@ -4,7 +4,7 @@
 // pause/resume and re-run for operators.
 
 import { api, may } from './api.js';
-import { h, fill, statusBadge, when, duration, FINAL } from './dom.js';
+import { h, fill, fact, table, statusBadge, when, duration, FINAL } from './dom.js';
 import { drawGraph } from './graph.js';
 
 /** Runners whose executions have children (tasks). */
@@ -81,9 +81,10 @@ export function executionView(main, me, id) {
       fact('User', ex.context?.user),
       fact('Started', when(ex.start_timestamp)),
       fact('Ended', when(ex.end_timestamp)),
-      ex.rule && fact('Rule', h('a', { href: `#/?rule=${encodeURIComponent(ex.rule.ref)}` }, ex.rule.ref)),
+      ex.rule && fact('Rule', h('a', { href: `#/rules/${encodeURIComponent(ex.rule.ref)}` }, ex.rule.ref)),
       ex.trigger_instance && fact('Trigger instance',
-        h('span', {}, h('code', {}, ex.trigger_instance.id), ` (${ex.trigger_instance.trigger}, ${when(ex.trigger_instance.occurrence_time)})`)),
+        h('span', {}, h('a', { href: `#/triggerinstances/${encodeURIComponent(ex.trigger_instance.id)}` }, h('code', {}, ex.trigger_instance.id)),
+          ` (${ex.trigger_instance.trigger}, ${when(ex.trigger_instance.occurrence_time)})`)),
       ex.parent && fact('Parent', h('a', { href: `#/executions/${ex.parent}` }, ex.parent)),
       (ex.children || []).length > 0 && fact('Children', String(ex.children.length)));
     const log = ex.log || [];
@@ -102,10 +103,6 @@ export function executionView(main, me, id) {
       : jsonTree(ex.result));
     renderActions();
     renderTasks();
-  }
-
-  function fact(label, value) {
-    return [h('dt', {}, label), h('dd', {}, value || h('span', { class: 'muted' }, '—'))];
   }
 
   function renderActions() {
@@ -181,9 +178,7 @@ export function executionView(main, me, id) {
     tasks.hidden = false;
     if (!graphAsked) {
       tasks.append(h('h2', {}, 'Tasks'), h('div', { id: 'task-graph', class: 'graph' }),
-        h('table', { class: 'tasks' }, h('thead', {}, h('tr', {},
-          ['Task', 'Status', 'Started', 'Took', 'Execution'].map((c) => h('th', { scope: 'col' }, c)))),
-        h('tbody', { id: 'task-rows' })));
+        table(['Task', 'Status', 'Started', 'Took', 'Execution'], h('tbody', { id: 'task-rows' }), { class: 'tasks stack' }));
       graphAsked = api(`executions/${encodeURIComponent(id)}/workflow`)
         .then((g) => { graph = g; }, (e) => { graph = { error: e.message }; });
     }

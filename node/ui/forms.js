@@ -94,15 +94,70 @@ function field(spec, prefix) {
       case 'object': {
         let v;
         try { v = JSON.parse(text); } catch (e) { return { error: `must be JSON: ${e.message}` }; }
-        const isArray = Array.isArray(v);
-        const isObject = v !== null && typeof v === 'object' && !isArray;
-        if (type === 'array' && !isArray) return { error: 'must be a JSON array' };
-        if (type === 'object' && !isObject) return { error: 'must be a JSON object' };
-        return { value: v };
+        const wrong = schemaError(v, { ...spec, type }, spec.name);
+        return wrong ? { error: wrong } : { value: v };
       }
       default:
         return { value: text };
     }
   };
+  // JSON editors say what is wrong while it is typed.
+  if (type === 'array' || type === 'object') {
+    input.addEventListener('input', () => {
+      const got = read();
+      error.textContent = got.error || '';
+      input.setAttribute('aria-invalid', got.error ? 'true' : 'false');
+    });
+  }
   return { row, input, error, read, spec };
+}
+
+/** The JSON type name of `v`. */
+function typeOf(v) {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'array';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'integer' : 'number';
+  return typeof v;
+}
+
+/**
+ * What is wrong with `v` against the JSON schema `spec` (its type or
+ * types, enum, items, properties, required, additionalProperties), as
+ * "at <path>: …", or null when nothing is.
+ */
+export function schemaError(v, spec, path) {
+  const at = path ? `${path}: ` : '';
+  const types = [].concat(spec?.type ?? []);
+  const got = typeOf(v);
+  if (types.length && !types.some((t) => t === got || (t === 'number' && got === 'integer'))) {
+    return `${at}must be ${types.map((t) => (/^[aeiou]/.test(t) ? `an ${t}` : `a ${t}`)).join(' or ')}, not ${got === 'array' || got === 'object' ? `an ${got}` : JSON.stringify(v)}`;
+  }
+  if (Array.isArray(spec?.enum) && !spec.enum.some((e) => JSON.stringify(e) === JSON.stringify(v))) {
+    return `${at}must be one of ${spec.enum.map((e) => JSON.stringify(e)).join(', ')}`;
+  }
+  if (got === 'array' && spec?.items && typeof spec.items === 'object') {
+    for (let i = 0; i < v.length; i += 1) {
+      const wrong = schemaError(v[i], spec.items, `${path}[${i}]`);
+      if (wrong) return wrong;
+    }
+  }
+  if (got === 'object') {
+    for (const name of spec?.required && Array.isArray(spec.required) ? spec.required : []) {
+      if (!(name in v)) return `${at}needs the key ${JSON.stringify(name)}`;
+    }
+    const props = spec?.properties || {};
+    for (const [k, item] of Object.entries(v)) {
+      const where = path ? `${path}.${k}` : k;
+      if (props[k]) {
+        const wrong = schemaError(item, props[k], where);
+        if (wrong) return wrong;
+      } else if (spec?.additionalProperties === false) {
+        return `${where}: is not one of the keys ${Object.keys(props).join(', ')}`;
+      } else if (spec?.additionalProperties && typeof spec.additionalProperties === 'object') {
+        const wrong = schemaError(item, spec.additionalProperties, where);
+        if (wrong) return wrong;
+      }
+    }
+  }
+  return null;
 }

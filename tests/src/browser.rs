@@ -209,6 +209,45 @@ impl Browser {
         }
     }
 
+    /// Presses and releases `key` (a WebDriver key code such as
+    /// [`Browser::TAB`]) on whatever has the focus, as a keyboard would.
+    pub async fn press(&self, key: &str) -> Result<()> {
+        self.command(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key},
+                {"type": "keyUp", "value": key},
+            ]}]}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// WebDriver's Tab key.
+    pub const TAB: &'static str = "\u{E004}";
+    /// WebDriver's Enter key.
+    pub const ENTER: &'static str = "\u{E007}";
+
+    /// Makes the page `width`×`height` CSS pixels as a phone's screen is
+    /// (Chrome's device emulation); `None` goes back to the window's size.
+    pub async fn viewport(&self, size: Option<(u32, u32)>) -> Result<()> {
+        let (cmd, params) = match size {
+            Some((width, height)) => (
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": true}),
+            ),
+            None => ("Emulation.clearDeviceMetricsOverride", json!({})),
+        };
+        self.command(
+            "POST",
+            "/goog/cdp/execute",
+            json!({"cmd": cmd, "params": params}),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Saves a PNG of the page at `path`.
     pub async fn screenshot(&self, path: &Path) -> Result<()> {
         let png = self.command("GET", "/screenshot", json!({})).await?;

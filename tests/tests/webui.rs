@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
+use squall_actors::logins::Limits;
 use squall_tests::browser::Browser;
 use squall_tests::{login, write_pack, TestNode};
 
@@ -37,7 +38,20 @@ async fn try_login(
 
 #[tokio::test]
 async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()> {
-    let node = TestNode::start(vec![]).await?;
+    // The limits come from node.yaml's auth.login_throttling.
+    let node = TestNode::start_with(vec![squall_tests::repo_root().join("packs")], |c| {
+        let t = &mut c.auth.login_throttling;
+        t.user = Limits {
+            free: 4,
+            lock_after: 8,
+        };
+        t.address = Limits {
+            free: 10,
+            lock_after: 30,
+        };
+        t.first_backoff = 20;
+    })
+    .await?;
     let observer = node.user("olga", "observer").await?;
     let (status, _) = node
         .post(
@@ -47,19 +61,19 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
         .await?;
     assert_eq!(status, 201);
 
-    // Five wrong passwords are plain 401s.
-    for _ in 0..5 {
+    // Four wrong passwords are plain 401s.
+    for _ in 0..4 {
         let (status, retry, body) = try_login(&node, "bob", "guess").await?;
         assert_eq!(status, 401, "{body}");
         assert_eq!(retry, None);
     }
-    // The sixth attempt is refused before the password is looked at, even
+    // The fifth attempt is refused before the password is looked at, even
     // the right one, with how long to wait and who can lift it.
     for password in ["guess", "bob-password"] {
         let (status, retry, body) = try_login(&node, "bob", password).await?;
         assert_eq!(status, 429, "{body}");
         let retry = retry.context("429 without Retry-After")?;
-        assert!((1..=30).contains(&retry), "Retry-After {retry}");
+        assert!((1..=20).contains(&retry), "Retry-After {retry}");
         let msg = fault(&body);
         assert!(
             msg.contains("too many failed logins for user \"bob\""),
@@ -123,7 +137,7 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
         .flatten()
         .find(|r| r["kind"] == "user" && r["name"] == "bob")
         .with_context(|| format!("bob is not listed: {list}"))?;
-    assert_eq!(bob["failures"], 5, "{bob}");
+    assert_eq!(bob["failures"], 4, "{bob}");
     assert!(bob["held_until"].is_string(), "{bob}");
     let (status, body) = node
         .call(&node.http, Method::DELETE, "lockouts/user/bob", None)
@@ -143,7 +157,7 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
     assert_eq!(status, 201, "{body}");
 
     // Failures against many names from one address hold the address back.
-    for i in 0..15 {
+    for i in 0..6 {
         let (status, _, body) = try_login(&node, &format!("nobody{i}"), "guess").await?;
         assert_eq!(status, 401, "{body}");
     }
@@ -191,7 +205,8 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
 }
 
 /// A three-task workflow whose middle task takes a while, one that asks a
-/// person, and a webhook rule.
+/// person, one whose first task fails until a file exists, an action with
+/// array and object parameters, and a webhook rule.
 fn workflow_pack(root: &std::path::Path) -> Result<()> {
     write_pack(
         root,
@@ -213,6 +228,18 @@ fn workflow_pack(root: &std::path::Path) -> Result<()> {
             (
                 "actions/workflows/approve.yaml",
                 "version: 1.0\ntasks:\n  ask:\n    action: core.ask\n    next:\n      - when: <% succeeded() %>\n        do: finish\n  finish:\n    action: core.noop\n",
+            ),
+            (
+                "actions/flaky.yaml",
+                "name: flaky\nrunner_type: orquesta\nentry_point: workflows/flaky.yaml\nparameters:\n  path:\n    type: string\n    required: true\n",
+            ),
+            (
+                "actions/workflows/flaky.yaml",
+                "version: 1.0\ninput:\n  - path\ntasks:\n  check:\n    action: core.local\n    input:\n      cmd: test -f <% ctx().path %> && echo found\n    next:\n      - when: <% succeeded() %>\n        do: finish\n  finish:\n    action: core.noop\n",
+            ),
+            (
+                "actions/typed.yaml",
+                "name: typed\nrunner_type: noop\nentry_point: ''\nparameters:\n  hosts:\n    type: array\n    items:\n      type: string\n    required: true\n  opts:\n    type: object\n    properties:\n      retries:\n        type: integer\n",
             ),
             (
                 "rules/on_hook.yaml",
@@ -245,13 +272,162 @@ fn text_of(css: &str) -> String {
     format!("const e = document.querySelector({css:?}); return e ? e.textContent : '';")
 }
 
+/// Signs in through the login form, submitting it with Enter.
 async fn log_in(browser: &Browser, user: &str, password: &str) -> Result<()> {
     browser
         .wait_for("the login form", &text_of("#login-title"), WAIT)
         .await?;
     browser.type_into("#username", user).await?;
-    browser.type_into("#password", password).await?;
-    browser.click("#login-submit").await
+    browser
+        .type_into("#password", &format!("{password}{}", Browser::ENTER))
+        .await
+}
+
+/// The browser on one node's UI, with the steps every check repeats.
+struct Page<'a> {
+    browser: &'a Browser,
+    root: String,
+    shots: std::path::PathBuf,
+}
+
+impl Page<'_> {
+    /// Opens `#/<path>` (or `/` for "").
+    async fn open(&self, path: &str) -> Result<()> {
+        self.browser.goto(&format!("{}/#/{path}", self.root)).await
+    }
+
+    /// Waits until `script` returns something truthy.
+    async fn wait(&self, what: &str, script: &str) -> Result<Value> {
+        self.browser.wait_for(what, script, WAIT).await
+    }
+
+    /// Waits until the element `css` names has text, and returns it.
+    async fn text(&self, what: &str, css: &str) -> Result<String> {
+        let got = self.wait(what, &text_of(css)).await?;
+        Ok(got.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits until the element `css` names has some text containing `part`.
+    async fn text_has(&self, what: &str, css: &str, part: &str) -> Result<()> {
+        let script = format!(
+            "const e = document.querySelector({css:?}); return !!e && e.textContent.includes({part:?});"
+        );
+        self.wait(what, &script).await.map(drop)
+    }
+
+    /// [`Page::text_has`] for each `(what, css, part)`, in order.
+    async fn texts_have(&self, checks: &[(&str, &str, &str)]) -> Result<()> {
+        for (what, css, part) in checks {
+            self.text_has(what, css, part).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the element `css` names says `status` (`data-status`).
+    async fn status(&self, what: &str, css: &str, status: &str) -> Result<()> {
+        let script = format!(
+            "const e = document.querySelector({css:?}); return !!e && e.dataset.status === {status:?};"
+        );
+        self.wait(what, &script).await.map(drop)
+    }
+
+    /// Waits until the history follows the event stream.
+    async fn live(&self) -> Result<()> {
+        self.wait(
+            "the history's live stream",
+            "const l = document.getElementById('live'); return !!l && l.dataset.state === 'open';",
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Waits until the execution page shows `status`.
+    async fn execution_is(&self, status: &str) -> Result<()> {
+        self.status(
+            &format!("the execution {status}"),
+            "#exec-status .status",
+            status,
+        )
+        .await
+    }
+
+    /// Runs `script` in the page.
+    async fn js(&self, script: &str) -> Result<Value> {
+        self.browser.eval(script, json!([])).await
+    }
+
+    async fn shot(&self, name: &str) -> Result<()> {
+        self.browser
+            .screenshot(&self.shots.join(format!("{name}.png")))
+            .await
+    }
+
+    /// Buttons and switches in the page's content other than search
+    /// forms' (what an observer must not see).
+    async fn writing_controls(&self) -> Result<u64> {
+        let n = self
+            .js(
+                "return [...document.querySelectorAll('main button, main input[role=switch]')] \
+                 .filter(b => !b.closest('form[role=search]')).length",
+            )
+            .await?;
+        n.as_u64().context("not a count")
+    }
+
+    /// At a phone's 390×844 the page does not scroll sideways, nor does
+    /// any table; saves a screenshot as `name`.
+    async fn fits_a_phone(&self, name: &str) -> Result<()> {
+        self.browser.viewport(Some((390, 844))).await?;
+        let widths = self
+            .js("const d = document.documentElement; \
+                 return {page: d.scrollWidth, view: innerWidth, \
+                         tables: [...document.querySelectorAll('.table-wrap')] \
+                           .filter(w => w.scrollWidth > w.clientWidth + 1).length};")
+            .await?;
+        self.shot(name).await?;
+        self.browser.viewport(None).await?;
+        assert_eq!(widths["view"], 390, "{widths}");
+        assert!(
+            widths["page"].as_u64() <= widths["view"].as_u64() && widths["tables"] == 0,
+            "{name} scrolls sideways at 390 px: {widths}"
+        );
+        Ok(())
+    }
+
+    /// Presses Tab until every visible control of the page has had the
+    /// focus, each with a visible focus ring; returns how many there are.
+    async fn tab_through(&self, what: &str) -> Result<usize> {
+        let controls = self
+            .js("const all = [...document.querySelectorAll('a[href], button, input, select, textarea, summary, [tabindex=\"0\"]')] \
+                   .filter(e => !e.disabled && e.getClientRects().length); \
+                 all.forEach((e, i) => { e.dataset.kb = i; }); \
+                 document.activeElement?.blur(); \
+                 return all.length;")
+            .await?
+            .as_u64()
+            .context("no count")? as usize;
+        let mut reached = std::collections::BTreeSet::new();
+        for _ in 0..controls * 2 + 4 {
+            self.browser.press(Browser::TAB).await?;
+            let at = self
+                .js("const e = document.activeElement; \
+                     if (!e || e.dataset.kb === undefined) return null; \
+                     const s = getComputedStyle(e); \
+                     return [Number(e.dataset.kb), s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2, e.outerHTML.slice(0, 80)];")
+                .await?;
+            if let Some(n) = at[0].as_u64() {
+                assert_eq!(at[1], true, "{what}: no visible focus on {}", at[2]);
+                reached.insert(n as usize);
+            }
+            if reached.len() == controls {
+                return Ok(controls);
+            }
+        }
+        let missed = self
+            .js("return [...document.querySelectorAll('[data-kb]')].map(e => e.outerHTML.slice(0, 80))")
+            .await?;
+        anyhow::bail!("{what}: Tab reached {reached:?} of {controls} controls: {missed}")
+    }
 }
 
 #[tokio::test]
@@ -263,6 +439,11 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     let shots = node.dir.path().join("screenshots");
     std::fs::create_dir_all(&shots)?;
     let browser = Browser::start().await?;
+    let page = Page {
+        browser: &browser,
+        root: node.root.clone(),
+        shots: shots.clone(),
+    };
 
     // Assets are compiled in and the page loads with no other origin.
     let index = reqwest::get(format!("{}/", node.root)).await?;
@@ -273,33 +454,19 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
         .context("no CSP")?;
     assert!(csp.to_str()?.contains("default-src 'self'"));
 
-    browser.goto(&format!("{}/", node.root)).await?;
+    page.open("").await?;
     // A wrong password says so; the sixth is throttled, visibly.
     for _ in 0..5 {
         log_in(&browser, "watcher", "not-it").await?;
-        browser
-            .wait_for("the wrong-password message", &text_of("#login-error"), WAIT)
+        page.text("the wrong-password message", "#login-error")
             .await?;
-        browser
-            .eval(
-                "document.getElementById('login-error').textContent = ''",
-                json!([]),
-            )
+        page.js("document.getElementById('login-error').textContent = ''")
             .await?;
     }
     log_in(&browser, "watcher", "not-it").await?;
-    let throttled = browser
-        .wait_for("the throttling message", &text_of("#login-error"), WAIT)
-        .await?;
-    assert!(
-        throttled
-            .as_str()
-            .is_some_and(|t| t.contains("too many failed logins")),
-        "{throttled}"
-    );
-    browser
-        .screenshot(&shots.join("login-throttled.png"))
-        .await?;
+    let throttled = page.text("the throttling message", "#login-error").await?;
+    assert!(throttled.contains("too many failed logins"), "{throttled}");
+    page.shot("login-throttled").await?;
     let (status, _) = node
         .call(&node.http, Method::DELETE, "lockouts/user/watcher", None)
         .await?;
@@ -308,19 +475,10 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     // The admin signs in; the role is shown; the token never reaches a
     // script (HttpOnly cookie).
     log_in(&browser, "admin", &node.admin_password).await?;
-    let role = browser
-        .wait_for("the role", &text_of("#role"), WAIT)
-        .await?;
-    assert_eq!(role, "admin");
-    let cookies = browser.eval("return document.cookie", json!([])).await?;
+    assert_eq!(page.text("the role", "#role").await?, "admin");
+    let cookies = page.js("return document.cookie").await?;
     assert_eq!(cookies, "", "the token cookie is visible to scripts");
-    browser
-        .wait_for(
-            "the live stream",
-            "const l = document.getElementById('live'); return l && l.dataset.state === 'open';",
-            WAIT,
-        )
-        .await?;
+    page.live().await?;
 
     // An execution started through the API appears without reload, and
     // its status changes live.
@@ -330,88 +488,49 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
         json!({"cmd": "echo hello-from-ui; echo oops >&2"}),
     )
     .await?;
-    browser
-        .wait_for(
-            "the new execution's row to say succeeded",
-            &format!(
-                "const r = document.querySelector('#history-rows tr[data-id=\"{echo}\"] .status'); \
-                 return r && r.dataset.status === 'succeeded';"
-            ),
-            WAIT,
-        )
+    let echo_row = format!("#history-rows tr[data-id=\"{echo}\"] .status");
+    page.status("the new execution's row", &echo_row, "succeeded")
         .await?;
-    let first = browser
-        .eval(
-            "return document.querySelector('#history-rows tr').dataset.id",
-            json!([]),
-        )
+    let first = page
+        .js("return document.querySelector('#history-rows tr').dataset.id")
         .await?;
     assert_eq!(first, json!(echo), "the newest execution is first");
     // Status is readable without colour: a word, not only a colour.
-    let word = browser
-        .eval(
-            &format!("return document.querySelector('#history-rows tr[data-id=\"{echo}\"] .status').textContent"),
-            json!([]),
-        )
-        .await?;
-    assert!(
-        word.as_str().is_some_and(|w| w.contains("succeeded")),
-        "{word}"
-    );
-    browser.screenshot(&shots.join("history.png")).await?;
+    let word = page.text("the status word", &echo_row).await?;
+    assert!(word.contains("succeeded"), "{word}");
+    page.shot("history").await?;
+    page.fits_a_phone("history-phone").await?;
 
     // First paint of the history, as the browser measured it.
-    browser.eval("location.reload()", json!([])).await?;
-    let timing = browser
-        .wait_for(
+    page.js("location.reload()").await?;
+    let timing = page
+        .wait(
             "the history's first page",
             "const m = performance.getEntriesByName('history-rendered')[0]; \
              const p = performance.getEntriesByName('first-contentful-paint')[0]; \
              return m && {rendered: m.startTime, fcp: p ? p.startTime : null};",
-            WAIT,
         )
         .await?;
     eprintln!("history timing (ms since navigation start): {timing}");
 
     // The execution page: result, both output streams, timing, no
     // secrets.
-    browser
-        .goto(&format!("{}/#/executions/{echo}", node.root))
-        .await?;
-    let stdout = browser
-        .wait_for("stdout", &text_of("#stdout"), WAIT)
-        .await?;
-    assert!(
-        stdout.as_str().is_some_and(|s| s.contains("hello-from-ui")),
-        "{stdout}"
-    );
-    let stderr = browser
-        .wait_for("stderr", &text_of("#stderr"), WAIT)
-        .await?;
-    assert!(
-        stderr.as_str().is_some_and(|s| s.contains("oops")),
-        "{stderr}"
-    );
-    let result = browser
-        .wait_for("the result tree", &text_of("#exec-result details"), WAIT)
-        .await?;
-    assert!(
-        result
-            .as_str()
-            .is_some_and(|s| s.contains("\"return_code\"")),
-        "{result}"
-    );
-    let steps = browser
-        .eval(
-            "return document.querySelectorAll('#exec-timing li').length",
-            json!([]),
-        )
+    page.open(&format!("executions/{echo}")).await?;
+    page.texts_have(&[
+        ("stdout", "#stdout", "hello-from-ui"),
+        ("stderr", "#stderr", "oops"),
+        ("the result tree", "#exec-result details", "\"return_code\""),
+    ])
+    .await?;
+    let steps = page
+        .js("return document.querySelectorAll('#exec-timing li').length")
         .await?;
     assert!(
         steps.as_u64().is_some_and(|n| n >= 2),
         "timing rows: {steps}"
     );
-    browser.screenshot(&shots.join("execution.png")).await?;
+    page.shot("execution").await?;
+    page.fits_a_phone("execution-phone").await?;
 
     // A large output: the page keeps its tail and offers all of it.
     let big = start(
@@ -421,16 +540,13 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     )
     .await?;
     node.finished(&big).await?;
-    browser
-        .goto(&format!("{}/#/executions/{big}", node.root))
-        .await?;
-    let tail = browser
-        .wait_for(
+    page.open(&format!("executions/{big}")).await?;
+    let tail = page
+        .wait(
             "the output's tail and the download link",
             "const n = document.querySelector('#output-note a[download]'); \
              const o = document.getElementById('stdout').textContent; \
              return n && o.includes('END-MARK') && o.length;",
-            WAIT,
         )
         .await?;
     assert!(
@@ -445,158 +561,264 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
         json!({"cmd": "echo started-slow; sleep 60"}),
     )
     .await?;
-    browser
-        .goto(&format!("{}/#/executions/{slow}", node.root))
-        .await?;
-    browser
-        .wait_for(
-            "the slow one's live output",
-            "return document.getElementById('stdout').textContent.includes('started-slow')",
-            WAIT,
-        )
+    page.open(&format!("executions/{slow}")).await?;
+    page.text_has("the slow one's live output", "#stdout", "started-slow")
         .await?;
     browser.click("#cancel").await?;
-    browser
-        .wait_for(
-            "the page to show it canceled",
-            "const s = document.querySelector('#exec-status .status'); return s && s.dataset.status === 'canceled';",
-            WAIT,
-        )
-        .await?;
+    page.execution_is("canceled").await?;
     let (_, slow_now) = node.get(&format!("executions/{slow}")).await?;
     assert_eq!(slow_now["status"], "canceled");
 
     // A workflow: its graph from the definition, tasks coloured and
-    // labelled by status, live.
+    // labelled by status, live; paused and resumed from the page.
     let flow = start(&node, "uiflows.three", json!({})).await?;
-    browser
-        .goto(&format!("{}/#/executions/{flow}", node.root))
-        .await?;
-    let tasks = browser
-        .wait_for(
+    page.open(&format!("executions/{flow}")).await?;
+    let tasks = page
+        .wait(
             "three tasks in the graph",
             "const t = [...document.querySelectorAll('#task-graph g.task')].map(g => g.dataset.task); return t.length === 3 && t;",
-            WAIT,
         )
         .await?;
     assert_eq!(tasks, json!(["fetch", "build", "report"]));
-    browser
-        .wait_for(
-            "build running",
-            "const g = document.querySelector('#task-graph g[data-task=\"build\"]'); return g && g.dataset.status === 'running';",
-            WAIT,
-        )
+    page.status(
+        "build running",
+        "#task-graph g[data-task=\"build\"]",
+        "running",
+    )
+    .await?;
+    page.shot("workflow-running").await?;
+    browser.click("#pause").await?;
+    // It pauses once the running task is done, before the next starts.
+    page.execution_is("paused").await?;
+    let report = page
+        .js("return document.querySelector('#task-graph g[data-task=\"report\"]').dataset.status")
         .await?;
-    browser
-        .screenshot(&shots.join("workflow-running.png"))
-        .await?;
-    browser
-        .wait_for(
-            "every task succeeded, labelled in words",
-            "const g = [...document.querySelectorAll('#task-graph g.task')]; \
-             return g.length === 3 && g.every(t => t.dataset.status === 'succeeded' && t.textContent.includes('succeeded'));",
-            WAIT,
-        )
-        .await?;
-    let arrows = browser
-        .eval(
-            "return document.querySelectorAll('#task-graph path.edge').length",
-            json!([]),
-        )
+    assert_eq!(report, "not-run", "a paused workflow went on");
+    page.shot("workflow-paused").await?;
+    browser.click("#resume").await?;
+    page.wait(
+        "every task succeeded, labelled in words",
+        "const g = [...document.querySelectorAll('#task-graph g.task')]; \
+         return g.length === 3 && g.every(t => t.dataset.status === 'succeeded' && t.textContent.includes('succeeded'));",
+    )
+    .await?;
+    let arrows = page
+        .js("return document.querySelectorAll('#task-graph path.edge').length")
         .await?;
     assert_eq!(arrows, 2);
-    browser.screenshot(&shots.join("workflow.png")).await?;
+    page.execution_is("succeeded").await?;
+    page.shot("workflow").await?;
+
+    // A failed workflow re-run from its failed task, once what it
+    // checks is there: the task runs again and the workflow succeeds.
+    let flag = node.dir.path().join("flag");
+    let flaky = start(
+        &node,
+        "uiflows.flaky",
+        json!({"path": flag.display().to_string()}),
+    )
+    .await?;
+    page.open(&format!("executions/{flaky}")).await?;
+    page.execution_is("failed").await?;
+    page.status(
+        "the failed task in the list",
+        "#task-rows tr[data-task=\"check\"] .status",
+        "failed",
+    )
+    .await?;
+    std::fs::write(&flag, "here")?;
+    browser.click("#rerun").await?;
+    browser.click("#rerun-failed").await?;
+    browser.click("#rerun-form button[type=submit]").await?;
+    let again = page
+        .wait(
+            "the re-run's page",
+            &format!(
+                "const m = location.hash.match(/executions\\/([^/?]+)/); return m && m[1] !== {flaky:?} && m[1];"
+            ),
+        )
+        .await?;
+    let again = again.as_str().context("no id")?.to_string();
+    page.execution_is("succeeded").await?;
+    let (_, rerun) = node.get(&format!("executions/{again}")).await?;
+    assert_eq!(
+        rerun["context"]["re_run"]["tasks"],
+        json!(["check"]),
+        "{rerun}"
+    );
+    assert_eq!(rerun["status"], "succeeded", "{rerun}");
 
     // A webhook-triggered execution appears in the history without
     // reload, caused by its rule.
-    browser.goto(&format!("{}/#/", node.root)).await?;
-    browser
-        .wait_for(
-            "the live stream",
-            "const l = document.getElementById('live'); return l && l.dataset.state === 'open';",
-            WAIT,
-        )
-        .await?;
+    page.open("").await?;
+    page.live().await?;
     let (status, body) = node.post("webhooks/uihook", &json!({"n": 1})).await?;
     assert_eq!(status, 202, "{body}");
-    browser
-        .wait_for(
-            "the webhook's execution in the history",
-            "return [...document.querySelectorAll('#history-rows tr')].some(r => r.textContent.includes('uiflows.on_hook'));",
-            WAIT,
-        )
-        .await?;
+    page.text_has(
+        "the webhook's execution in the history",
+        "#history-rows",
+        "uiflows.on_hook",
+    )
+    .await?;
 
-    // The rule disabled from its page: a webhook then starts nothing.
-    browser.goto(&format!("{}/#/rules", node.root)).await?;
-    let toggle = "[id=\"enable-uiflows.on_hook\"]";
-    browser
-        .wait_for(
-            "the rule's switch",
-            &format!("return document.querySelector({toggle:?})?.checked === true"),
-            WAIT,
-        )
+    // Packs: the list, one pack's page, registering from the pack
+    // directories.
+    page.open("packs").await?;
+    page.text_has("the pack list", "#pack-rows", "uiflows")
         .await?;
-    browser.click(toggle).await?;
     browser
-        .wait_for("the rule disabled", &text_of("#rules-message"), WAIT)
+        .type_into("#register-packs", &format!("uiflows{}", Browser::ENTER))
+        .await?;
+    page.text_has(
+        "the registration's answer",
+        "#register-message",
+        "Registered 1 pack(s)",
+    )
+    .await?;
+    page.open("packs/uiflows").await?;
+    page.texts_have(&[
+        ("the pack's actions", "#pack-actions", "uiflows.three"),
+        ("the pack's rules", "#pack-rules", "uiflows.on_hook"),
+    ])
+    .await?;
+    page.shot("pack").await?;
+
+    // A rule's page: its trigger, criteria and action; disabled there, a
+    // webhook then starts nothing.
+    page.open("rules/uiflows.on_hook").await?;
+    page.texts_have(&[
+        ("the rule's trigger", "#rule-detail", "uihook"),
+        ("the rule's action", "#rule-detail", "echo hooked"),
+    ])
+    .await?;
+    let toggle = "[id=\"enable-uiflows.on_hook\"]";
+    page.wait(
+        "the rule's switch",
+        &format!("return document.querySelector({toggle:?})?.checked === true"),
+    )
+    .await?;
+    browser.click(toggle).await?;
+    page.text_has("the rule disabled", "#rules-message", "disabled")
         .await?;
     let (_, rule) = node.get("rules/uiflows.on_hook").await?;
     assert_eq!(rule["enabled"], false, "{rule}");
+    page.shot("rule").await?;
+    page.open("rules").await?;
+    page.text_has(
+        "the list saying so",
+        "tr[data-rule=\"uiflows.on_hook\"]",
+        "disabled",
+    )
+    .await?;
     let before = listed(&node, "executions?rule=uiflows.on_hook&limit=-1").await?;
     let (status, _) = node.post("webhooks/uihook", &json!({"n": 2})).await?;
     assert!(status == 202 || status == 404, "webhook answered {status}");
+
+    // The first webhook's trigger instance: payload, what it set off,
+    // re-emitted from the page.
+    let (_, hooks) = node.get("triggerinstances?limit=-1").await?;
+    let hook = hooks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["payload"]["body"]["n"] == 1)
+        .with_context(|| format!("no instance of the first webhook: {hooks}"))?;
+    let hook = hook["id"].as_str().context("no id")?.to_string();
+    page.open("triggerinstances").await?;
+    page.text_has("the instance list", "#instance-rows", &hook)
+        .await?;
+    page.open(&format!("triggerinstances/{hook}")).await?;
+    page.texts_have(&[
+        ("the payload", "#instance-payload", "\"n\""),
+        (
+            "the enforcement",
+            "#instance-enforcements",
+            "uiflows.on_hook",
+        ),
+    ])
+    .await?;
+    browser.click("#re-emit").await?;
+    let resent = page.text("the re-emitted instance", "#re-emitted").await?;
+    let (status, copy) = node.get(&format!("triggerinstances/{resent}")).await?;
+    assert_eq!(status, 200, "{copy}");
+    assert_eq!(copy["payload"]["__context"]["original_id"], json!(hook));
+    assert_eq!(copy["payload"]["body"]["n"], 1, "{copy}");
+    page.shot("trigger-instance").await?;
     node.rules_idle().await?;
     assert_eq!(
         listed(&node, "executions?rule=uiflows.on_hook&limit=-1").await?,
         before,
         "a disabled rule started something"
     );
-    browser.screenshot(&shots.join("rules.png")).await?;
+
+    // The datastore: set with Enter, a secret sealed until asked for,
+    // deleted; every control reached by Tab, with a visible focus.
+    page.open("keys").await?;
+    page.wait("the key form", "return document.getElementById('key-name')")
+        .await?;
+    browser.type_into("#key-name", "ui.plain").await?;
+    browser
+        .type_into("#key-value", &format!("plain-value{}", Browser::ENTER))
+        .await?;
+    page.text_has("the plain key", "#key-rows", "plain-value")
+        .await?;
+    browser.type_into("#key-name", "ui.secret").await?;
+    browser.type_into("#key-value", "hunter2").await?;
+    browser.click("#key-secret").await?;
+    browser.click("#key-set").await?;
+    let secret_row = "tr[data-key=\"ui.secret\"]";
+    let sealed = page.text("the secret's row", secret_row).await?;
+    assert!(
+        sealed.contains("(secret)") && !sealed.contains("hunter2"),
+        "{sealed}"
+    );
+    let (_, stored) = node.get("keys/ui.secret").await?;
+    assert_eq!(stored["encrypted"], true, "{stored}");
+    browser.click(&format!("{secret_row} button.show")).await?;
+    page.text_has("the secret, asked for", secret_row, "hunter2")
+        .await?;
+    browser.click(&format!("{secret_row} button.show")).await?;
+    page.wait(
+        "the secret sealed again",
+        &format!("return !document.querySelector({secret_row:?}).textContent.includes('hunter2')"),
+    )
+    .await?;
+    let controls = page.tab_through("the datastore page").await?;
+    assert!(controls > 15, "only {controls} controls");
+    page.shot("datastore").await?;
+    browser
+        .click("tr[data-key=\"ui.plain\"] button.delete")
+        .await?;
+    page.wait(
+        "the plain key gone",
+        "return !document.querySelector('tr[data-key=\"ui.plain\"]')",
+    )
+    .await?;
+    let (status, _) = node.get("keys/ui.plain").await?;
+    assert_eq!(status, 404);
 
     // The run form from core.local's schema: a wrong type shows beside its
     // field and sends nothing; a right one starts it and its output
     // streams in.
-    browser
-        .goto(&format!("{}/#/actions/core.local", node.root))
+    page.open("actions/core.local").await?;
+    page.wait("the run form", "return document.getElementById('p-cmd')")
         .await?;
-    browser
-        .wait_for(
-            "the run form",
-            "return document.getElementById('p-cmd')",
-            WAIT,
-        )
-        .await?;
-    let required = browser
-        .eval(
-            "return document.querySelector('[data-field=\"cmd\"] label').textContent",
-            json!([]),
-        )
+    let required = page
+        .text("cmd's label", "[data-field=\"cmd\"] label")
         .await?;
     assert!(
-        required.as_str().is_some_and(|t| t.contains('*')),
+        required.contains('*'),
         "cmd not marked required: {required}"
     );
     let ran_before = listed(&node, "executions?action=core.local&limit=-1").await?;
     browser.type_into("#p-cmd", "echo from-the-form").await?;
     browser.type_into("#p-timeout", "soon").await?;
     browser.click("#run").await?;
-    let complaint = browser
-        .wait_for(
-            "the timeout field's error",
-            &text_of("#p-timeout-error"),
-            WAIT,
-        )
+    let complaint = page
+        .text("the timeout field's error", "#p-timeout-error")
         .await?;
-    assert!(
-        complaint
-            .as_str()
-            .is_some_and(|t| t.contains("must be an integer")),
-        "{complaint}"
-    );
-    browser
-        .screenshot(&shots.join("run-form-error.png"))
-        .await?;
+    assert!(complaint.contains("must be an integer"), "{complaint}");
+    page.shot("run-form-error").await?;
     assert_eq!(
         listed(&node, "executions?action=core.local&limit=-1").await?,
         ran_before,
@@ -604,16 +826,66 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     );
     browser.type_into("#p-timeout", "30").await?;
     browser.click("#run").await?;
-    browser
-        .wait_for(
-            "the new execution's output",
-            "return location.hash.startsWith('#/executions/') && document.getElementById('stdout')?.textContent.includes('from-the-form')",
-            WAIT,
-        )
-        .await?;
+    page.wait(
+        "the new execution's output",
+        "return location.hash.startsWith('#/executions/') && document.getElementById('stdout')?.textContent.includes('from-the-form')",
+    )
+    .await?;
     assert_eq!(
         listed(&node, "executions?action=core.local&limit=-1").await?,
         ran_before + 1
+    );
+
+    // Arrays and objects are JSON checked against their schema while
+    // typed; Run refuses until they are right.
+    page.open("actions/uiflows.typed").await?;
+    page.wait(
+        "the typed form",
+        "return document.getElementById('p-hosts')",
+    )
+    .await?;
+    browser.type_into("#p-hosts", "[\"web1\", 3]").await?;
+    page.text_has(
+        "the item's error, while typing",
+        "#p-hosts-error",
+        "hosts[1]: must be a string, not 3",
+    )
+    .await?;
+    browser.type_into("#p-opts", "{\"retries\": \"x\"").await?;
+    page.text_has("the JSON error", "#p-opts-error", "must be JSON")
+        .await?;
+    browser.click("#run").await?;
+    page.text_has("the refusal", "#run-error", "nothing was sent")
+        .await?;
+    page.shot("run-form-json-error").await?;
+    assert_eq!(
+        listed(&node, "executions?action=uiflows.typed&limit=-1").await?,
+        0
+    );
+    browser
+        .type_into("#p-hosts", "[\"web1\", \"web2\"]")
+        .await?;
+    browser.type_into("#p-opts", "{\"retries\": \"x\"}").await?;
+    page.text_has(
+        "the property's error",
+        "#p-opts-error",
+        "opts.retries: must be an integer",
+    )
+    .await?;
+    browser.type_into("#p-opts", "{\"retries\": 2}").await?;
+    let controls = page.tab_through("the run form").await?;
+    assert!(controls > 10, "only {controls} controls");
+    browser.click("#run").await?;
+    page.wait(
+        "the typed run's page",
+        "return location.hash.startsWith('#/executions/')",
+    )
+    .await?;
+    page.execution_is("succeeded").await?;
+    let (_, typed) = node.get("executions?action=uiflows.typed&limit=-1").await?;
+    assert_eq!(
+        typed[0]["parameters"],
+        json!({"hosts": ["web1", "web2"], "opts": {"retries": 2}})
     );
 
     // A session that ends mid-page: the login opens over the page and
@@ -622,29 +894,21 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     browser
         .type_into("#rerun-params", "{\"cmd\": \"echo kept-text\"}")
         .await?;
-    browser
-        .eval(
-            "return fetch('/ui/logout', {method: 'POST'}).then(r => r.status)",
-            json!([]),
-        )
+    page.js("return fetch('/ui/logout', {method: 'POST'}).then(r => r.status)")
         .await?;
     browser.click("#rerun-form button[type=submit]").await?;
-    browser
-        .wait_for(
-            "the login over the page",
-            "return document.querySelector('.overlay #login-form')",
-            WAIT,
-        )
-        .await?;
+    page.wait(
+        "the login over the page",
+        "return document.querySelector('.overlay #login-form')",
+    )
+    .await?;
     browser.type_into("#password", &node.admin_password).await?;
     browser.click("#login-submit").await?;
-    browser
-        .wait_for(
-            "the page back, as it was",
-            "return !document.querySelector('.overlay') && document.getElementById('rerun-params')?.value.includes('kept-text')",
-            WAIT,
-        )
-        .await?;
+    page.wait(
+        "the page back, as it was",
+        "return !document.querySelector('.overlay') && document.getElementById('rerun-params')?.value.includes('kept-text')",
+    )
+    .await?;
 
     // An inquiry answered through the form from its schema: the workflow
     // resumes.
@@ -657,60 +921,60 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
             .then_some(()))
     })
     .await?;
-    browser.goto(&format!("{}/#/inquiries", node.root)).await?;
+    page.open("inquiries").await?;
     let inquiry_form = "form[data-inquiry]";
-    browser
-        .wait_for(
-            "the pending inquiry's form",
-            &format!("return document.querySelector({inquiry_form:?})"),
-            WAIT,
-        )
-        .await?;
-    browser.screenshot(&shots.join("inquiry.png")).await?;
+    page.wait(
+        "the pending inquiry's form",
+        &format!("return document.querySelector({inquiry_form:?})"),
+    )
+    .await?;
+    page.shot("inquiry").await?;
     browser
         .click(&format!("{inquiry_form} input[name=continue]"))
         .await?;
     browser
         .click(&format!("{inquiry_form} button[type=submit]"))
         .await?;
-    browser
-        .wait_for(
-            "the answer accepted",
-            "return document.body.textContent.includes('Answered; the workflow resumes.')",
-            WAIT,
-        )
-        .await?;
+    page.text_has(
+        "the answer accepted",
+        "main",
+        "Answered; the workflow resumes.",
+    )
+    .await?;
     let done = node.finished(&asking).await?;
     assert_eq!(done["status"], "succeeded", "{done}");
 
     // An observer sees the same pages without the buttons they cannot use.
     browser.click("#logout").await?;
     log_in(&browser, "watcher", "watcher-password").await?;
-    browser
-        .wait_for(
-            "the observer's role",
-            "const r = document.getElementById('role'); return r && r.textContent === 'observer';",
-            WAIT,
+    page.text_has("the observer's role", "#role", "observer")
+        .await?;
+    for (path, ready) in [
+        (format!("executions/{slow}"), "#exec-status .status"),
+        ("rules/uiflows.on_hook".to_string(), "#rule-detail dl"),
+        ("rules".to_string(), "#rule-rows tr"),
+        ("packs".to_string(), "#pack-rows tr"),
+        ("packs/uiflows".to_string(), "#pack-actions li"),
+        (format!("triggerinstances/{hook}"), "#instance-payload"),
+        ("keys".to_string(), "tr[data-key=\"ui.secret\"]"),
+    ] {
+        page.open(&path).await?;
+        page.wait(
+            &format!("{path} to render"),
+            &format!("return document.querySelector({ready:?})"),
         )
         .await?;
-    browser
-        .goto(&format!("{}/#/executions/{slow}", node.root))
+        assert_eq!(
+            page.writing_controls().await?,
+            0,
+            "an observer sees buttons on {path}"
+        );
+    }
+    let sealed = page
+        .text("the sealed secret", "tr[data-key=\"ui.secret\"]")
         .await?;
-    browser
-        .wait_for(
-            "the page to render",
-            "return document.querySelector('#exec-status .status')",
-            WAIT,
-        )
-        .await?;
-    let buttons = browser
-        .eval(
-            "return document.querySelectorAll('main button').length",
-            json!([]),
-        )
-        .await?;
-    assert_eq!(buttons, 0, "an observer sees buttons");
-    browser.screenshot(&shots.join("observer.png")).await?;
+    assert!(!sealed.contains("hunter2"), "{sealed}");
+    page.shot("observer").await?;
     eprintln!("screenshots in {}", shots.display());
     if let Ok(keep) = std::env::var("SQUALL_UI_SCREENSHOTS") {
         for entry in std::fs::read_dir(&shots)? {
@@ -745,16 +1009,21 @@ async fn history_paint_with_a_large_history() -> Result<()> {
         None,
     )
     .await?;
-    let load = squall_loadtest::scenario::WebhookLoad {
-        url: "loadtest/noop".into(),
-        rule: Some("loadtest.webhook_noop".into()),
-        count: seed,
-        concurrency: 32,
-        rate: None,
-        generated_rules: None,
-    };
     let seeded = std::time::Instant::now();
-    squall_loadtest::webhook::run(&target, &load, Duration::from_secs(3600)).await?;
+    // In rounds of 10,000: each round reads back only its own executions.
+    let mut stored = 0;
+    while stored < seed {
+        let load = squall_loadtest::scenario::WebhookLoad {
+            url: "loadtest/noop".into(),
+            rule: Some("loadtest.webhook_noop".into()),
+            count: (seed - stored).min(10_000),
+            concurrency: 32,
+            rate: None,
+            generated_rules: None,
+        };
+        squall_loadtest::webhook::run(&target, &load, Duration::from_secs(3600)).await?;
+        stored += load.count;
+    }
     let (_, one) = node.get("executions?limit=1").await?;
     eprintln!(
         "stored {seed} executions in {:.0} s (newest {})",
@@ -762,41 +1031,44 @@ async fn history_paint_with_a_large_history() -> Result<()> {
         one[0]["id"]
     );
     let browser = Browser::start().await?;
-    browser.goto(&format!("{}/", node.root)).await?;
+    let page = Page {
+        browser: &browser,
+        root: node.root.clone(),
+        shots: node.dir.path().to_path_buf(),
+    };
+    page.open("").await?;
     log_in(&browser, "admin", &node.admin_password).await?;
-    browser
-        .wait_for("the role", &text_of("#role"), WAIT)
-        .await?;
+    page.text("the role", "#role").await?;
     for round in 0..3 {
-        browser.eval("location.reload()", json!([])).await?;
-        let timing = browser
-            .wait_for(
+        page.js("location.reload()").await?;
+        let timing = page
+            .wait(
                 "the history's first page",
                 "const m = performance.getEntriesByName('history-rendered')[0]; \
                  const p = performance.getEntriesByName('first-contentful-paint')[0]; \
                  const n = performance.getEntriesByType('navigation')[0]; \
                  return m && {history_rendered_ms: m.startTime, first_contentful_paint_ms: p ? p.startTime : null, \
                               transferred_bytes: performance.getEntriesByType('resource').reduce((s, r) => s + r.transferSize, n.transferSize)};",
-                WAIT,
             )
             .await?;
         eprintln!("round {round}: {timing}");
     }
-    let scrolled = browser
-        .eval(
-            "const t0 = performance.now(); \
-             const want = document.querySelectorAll('#history-rows tr').length + 250; \
-             return new Promise((done) => { \
-               const step = () => { \
-                 window.scrollTo(0, document.body.scrollHeight); \
-                 if (document.querySelectorAll('#history-rows tr').length >= want) done(performance.now() - t0); \
-                 else setTimeout(step, 10); \
-               }; step(); });",
-            json!([]),
-        )
+    let want = page
+        .js("return document.querySelectorAll('#history-rows tr').length + 250")
         .await?;
+    let scrolling = std::time::Instant::now();
+    // Each look scrolls to the bottom, as a reader holding End would.
+    page.wait(
+        "five more pages",
+        &format!(
+            "window.scrollTo(0, document.body.scrollHeight); \
+             return document.querySelectorAll('#history-rows tr').length >= {want};"
+        ),
+    )
+    .await?;
+    let scrolled = scrolling.elapsed().as_millis();
     eprintln!("five more pages by scrolling: {scrolled} ms");
-    let count = browser.eval(&text_of("#history-count"), json!([])).await?;
+    let count = page.text("the count", "#history-count").await?;
     eprintln!("history says: {count}");
     Ok(())
 }

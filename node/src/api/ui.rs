@@ -70,6 +70,21 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../ui/inquiries.js"),
     ),
     (
+        "packs.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/packs.js"),
+    ),
+    (
+        "triggers.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/triggers.js"),
+    ),
+    (
+        "keys.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/keys.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../../ui/style.css"),
