@@ -27,7 +27,7 @@ use crate::flow_events::{FlowEvent, FlowEventMsg};
 use crate::workflows::WorkflowContext;
 
 /// The runner type whose executions are action chains.
-pub const RUNNER: &str = "action-chain";
+pub use crate::flow_events::CHAIN_RUNNER as RUNNER;
 
 /// The `kind` that tells a chain's record from an Orquesta workflow's.
 const KIND: &str = "action-chain";

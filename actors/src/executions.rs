@@ -126,7 +126,7 @@ pub fn prepare(
     let mut context = spec.context;
     context.insert("user".into(), json!(user));
     context.insert("pack".into(), json!(def.pack));
-    if runner.name == crate::workflows::RUNNER {
+    if runner.name == crate::flow_events::ORQUESTA_RUNNER {
         // StackStorm's id of the workflow execution behind an Orquesta
         // action execution: its own, unless it continues another one (a
         // re-run from tasks).
@@ -369,7 +369,7 @@ async fn change_pause(
         let Some((mut rec, rev)) = bus.execution(id).await? else {
             return Ok(PauseOutcome::NotFound);
         };
-        if rec.runner.name != crate::workflows::RUNNER {
+        if rec.runner.name != crate::flow_events::ORQUESTA_RUNNER {
             return Ok(PauseOutcome::NotAWorkflow(rec.runner.name));
         }
         if already.contains(&rec.status) {
@@ -398,7 +398,7 @@ async fn change_pause(
 
 /// Tells whoever runs `rec` to stop: its runner's node, or its workflow.
 async fn ask_to_stop(bus: &Bus, rec: &ExecutionRecord) -> Result<(), EngineError> {
-    if crate::workflows::is_workflow_runner(&rec.runner.name) {
+    if crate::flow_events::is_workflow_runner(&rec.runner.name) {
         let event = crate::flow_events::FlowEvent::Cancel;
         return crate::flow_events::publish(bus, &rec.id, &format!("wfcancel-{}", rec.id), event)
             .await;

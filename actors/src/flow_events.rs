@@ -14,6 +14,19 @@ use squall_domain::execution::{ExecutionRecord, Status};
 use crate::bus::{to_bytes, Bus};
 use crate::error::EngineError;
 
+/// The runner type whose executions are Orquesta workflows.
+pub const ORQUESTA_RUNNER: &str = "orquesta";
+
+/// The runner type whose executions are ActionChains.
+pub const CHAIN_RUNNER: &str = "action-chain";
+
+/// Whether executions of runner `name` run on the workflow engine
+/// (Orquesta workflows and ActionChains) rather than on a runner: they
+/// are the ones this protocol's events are about.
+pub fn is_workflow_runner(name: &str) -> bool {
+    name == ORQUESTA_RUNNER || name == CHAIN_RUNNER
+}
+
 /// Subject of a workflow's events.
 pub fn subject(partition: u32, workflow_id: &str) -> String {
     format!("squall.wf.{partition}.{workflow_id}")

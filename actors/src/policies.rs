@@ -24,14 +24,13 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use squall_domain::execution::{ExecutionRecord, LogEntry, Status};
+use squall_domain::execution::{ExecutionRecord, ExecutionRequest, LogEntry, Status};
 use squall_domain::policies::{slot_key, Enforced, Over, RetryOn};
 use squall_domain::{ids, time};
 
 use crate::bus::{execution_subject, from_bytes, to_bytes, Bus};
 use crate::catalog::CatalogHandle;
 use crate::error::{bus_err, EngineError};
-use crate::store::ExecutionRequest;
 use crate::timing::POLICY_SWEEP_EVERY;
 
 /// KV bucket of concurrency slots: `<policy ref>[.<values hash>]` →

@@ -40,14 +40,9 @@ use crate::flow_events::{notify_parent, publish, FlowEvent, FlowEventMsg};
 use crate::keys::KeyCache;
 use crate::timing::{ACK_WAIT, RETRY_DELAY, WORKFLOW_SWEEP_EVERY};
 
+pub use crate::flow_events::is_workflow_runner;
 /// The runner type whose executions are workflows.
-pub const RUNNER: &str = "orquesta";
-
-/// Whether executions of runner `name` run on the workflow engine
-/// (Orquesta workflows and ActionChains) rather than on a runner.
-pub fn is_workflow_runner(name: &str) -> bool {
-    name == RUNNER || name == crate::chains::RUNNER
-}
+pub use crate::flow_events::ORQUESTA_RUNNER as RUNNER;
 
 /// Events a partition may hold unacknowledged.
 const MAX_IN_FLIGHT: i64 = 256;

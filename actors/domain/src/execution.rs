@@ -318,6 +318,28 @@ impl ExecutionRecord {
     }
 }
 
+/// A request to run an execution, as carried by the `EXECUTIONS` stream.
+/// The record in the `executions` bucket is the source of truth.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutionRequest {
+    #[serde(default)]
+    pub v: u32,
+    pub execution_id: String,
+    /// The record as its creation stored it, with that revision, on the
+    /// first request only: a runner claims it with one compare-and-swap
+    /// without reading it first (a record changed since fails the swap and
+    /// is read afresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Box<CreatedRecord>>,
+}
+
+/// An execution record and the revision its creation returned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedRecord {
+    pub revision: u64,
+    pub record: ExecutionRecord,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
