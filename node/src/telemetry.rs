@@ -8,20 +8,22 @@
 //! ever `try_send`s to, drained by one task that exports batches. A full
 //! queue (the collector is slow or down) drops the span and counts it
 //! (`squall_telemetry_spans_dropped_total{reason="queue_full"}`), as does a
-//! batch the collector did not accept (`reason="export_failed"`).
+//! batch the collector did not accept (`reason="export_failed"`). While the
+//! queue is full, new spans are not sampled at all ([`Saturable`]), so a
+//! collector that is down costs the hot path less than one that is up.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry::trace::{Link, SpanId, SpanKind, TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider, SpanData, SpanExporter,
-    SpanProcessor,
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SamplingResult, SdkTracerProvider,
+    ShouldSample, SpanData, SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use serde::Deserialize;
@@ -223,16 +225,15 @@ pub fn init(
         .build();
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource.clone())
-        .with_id_generator(KnownIds::default())
-        .with_sampler(Sampler::ParentBased(Box::new(
-            if telemetry.endpoint.is_some() {
-                Sampler::TraceIdRatioBased(telemetry.sampling_ratio)
-            } else {
-                // JSON logs without export: ids, nothing recorded.
-                Sampler::AlwaysOff
-            },
-        )));
+        .with_id_generator(KnownIds::default());
+    let ratio = if telemetry.endpoint.is_some() {
+        Sampler::TraceIdRatioBased(telemetry.sampling_ratio)
+    } else {
+        // JSON logs without export: ids, nothing recorded.
+        Sampler::AlwaysOff
+    };
     let mut export = None;
+    let mut queue = None;
     if let Some(endpoint) = &telemetry.endpoint {
         let timeout = Duration::from_millis(telemetry.export_timeout_ms);
         let exporter_err = |signal, e: &dyn fmt::Display| TelemetryError::Exporter {
@@ -249,6 +250,7 @@ pub fn init(
             .map_err(|e| exporter_err("spans", &e))?;
         exporter.set_resource(&resource);
         let (tx, rx) = mpsc::channel(telemetry.queue_size);
+        queue = Some(tx.clone());
         let closing = Arc::new(Notify::new());
         let task = tokio::spawn(export_spans(
             exporter,
@@ -277,7 +279,12 @@ pub fn init(
             }
         }
     }
-    let provider = builder.build();
+    let provider = builder
+        .with_sampler(Saturable {
+            inner: Sampler::ParentBased(Box::new(ratio)),
+            queue,
+        })
+        .build();
     opentelemetry::global::set_tracer_provider(provider.clone());
     // Only Squall's own spans: never the exporter's HTTP/2 and gRPC ones
     // (they would feed back into the queue), nor the actor framework's
@@ -395,6 +402,41 @@ impl IdGenerator for KnownIds {
 
     fn new_span_id(&self) -> SpanId {
         squall_actors::telemetry::take_span_id().unwrap_or_else(|| self.0.new_span_id())
+    }
+}
+
+/// The configured sampler, except while the export queue is full (the
+/// collector is down or slow): then a new span is not sampled at all, so
+/// the hot path builds no span data only to drop it at its end; each such
+/// span counts as dropped (`queue_full`). Its context says "not sampled",
+/// so the nodes downstream do not record its children either. Once the
+/// export task has taken spans from the queue, sampling resumes.
+#[derive(Debug, Clone)]
+struct Saturable {
+    inner: Sampler,
+    queue: Option<mpsc::Sender<SpanData>>,
+}
+
+impl ShouldSample for Saturable {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        if self.queue.as_ref().is_some_and(|q| q.capacity() == 0) {
+            metrics::spans_dropped(SpanDrop::QueueFull, 1);
+            return SamplingResult {
+                decision: SamplingDecision::Drop,
+                attributes: Vec::new(),
+                trace_state: Default::default(),
+            };
+        }
+        self.inner
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
     }
 }
 
