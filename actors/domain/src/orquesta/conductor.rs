@@ -945,13 +945,12 @@ fn jinja_message(e: &crate::template::TemplateError) -> String {
     )
 }
 
-/// An error entry; one about a task names it and route 0 (the routes of
-/// splits are not named in errors).
-fn expression_error(message: String, task_id: Option<&str>) -> Value {
+/// An error entry; one about a task names it and the route it ran on.
+fn expression_error(message: String, task: Option<(&str, usize)>) -> Value {
     let mut e = json!({"type": "error", "message": message});
-    if let Some(t) = task_id {
+    if let Some((t, route)) = task {
         e["task_id"] = json!(t);
-        e["route"] = json!(0);
+        e["route"] = json!(route);
     }
     e
 }
@@ -959,7 +958,13 @@ fn expression_error(message: String, task_id: Option<&str>) -> Value {
 /// The errors of transition `index` of `task`: Orquesta evaluates a
 /// transition once per task it names (`continue` when it names none), so
 /// it logs one entry per target, each with its `<target>__t<index>`.
-fn transition_errors(state: &mut FlowState, task: &str, index: usize, targets: &[String], e: &str) {
+fn transition_errors(
+    state: &mut FlowState,
+    (task, route): (&str, usize),
+    index: usize,
+    targets: &[String],
+    e: &str,
+) {
     let continue_ = ["continue".to_string()];
     let targets = if targets.is_empty() {
         &continue_[..]
@@ -967,7 +972,7 @@ fn transition_errors(state: &mut FlowState, task: &str, index: usize, targets: &
         targets
     };
     for target in targets {
-        let mut entry = expression_error(e.to_string(), Some(task));
+        let mut entry = expression_error(e.to_string(), Some((task, route)));
         entry["task_transition_id"] = json!(format!("{target}__t{index}"));
         state.errors.push(entry);
     }
@@ -1301,7 +1306,7 @@ fn schedule_keeping(
         // As in Orquesta, a task that cannot be rendered fails with the
         // error alone: no transition is taken.
         Err(e) => {
-            state.errors.push(expression_error(e, Some(task)));
+            state.errors.push(expression_error(e, Some((task, route))));
             if let Some(run) = state.runs.iter_mut().find(|r| r.id == run_id) {
                 run.status = TaskStatus::Failed;
             }
@@ -1404,7 +1409,7 @@ fn start_items(flow: &Flow<'_>, state: &mut FlowState, run_id: &str, commands: &
             }),
             Ok((None, _, _)) => end_item(state, i, index, true, Some(Value::Null)),
             Err(e) => {
-                state.errors.push(expression_error(e, Some(&task)));
+                state.errors.push(expression_error(e, Some((&task, route))));
                 end_item(state, i, index, false, Some(Value::Null));
             }
         }
@@ -1841,7 +1846,9 @@ fn finish_run(
                 schedule(flow, state, &task, attempt + 1, delay, route, commands);
                 return;
             }
-            (Err(e), _) | (_, Err(e)) => state.errors.push(expression_error(e, Some(&task))),
+            (Err(e), _) | (_, Err(e)) => {
+                state.errors.push(expression_error(e, Some((&task, route))))
+            }
             _ => {}
         }
     }
@@ -1866,7 +1873,7 @@ fn finish_run(
             Ok(false) => continue,
             Ok(true) => {}
             Err(e) => {
-                transition_errors(state, &task, transition, &t.next, &e);
+                transition_errors(state, (&task, route), transition, &t.next, &e);
                 continue;
             }
         }
@@ -1880,7 +1887,7 @@ fn finish_run(
                 Ok(v) => {
                     state.ctx.insert(name.clone(), v);
                 }
-                Err(e) => transition_errors(state, &task, transition, &t.next, &e),
+                Err(e) => transition_errors(state, (&task, route), transition, &t.next, &e),
             }
         }
         for target in &t.next {
