@@ -436,7 +436,7 @@ async fn triggers_policies_and_re_emitted_instances() -> Result<()> {
     assert_eq!(warnings.len(), 1, "{body}");
     let warning = warnings[0].as_str().unwrap_or_default();
     assert!(
-        warning.starts_with("shaky/actions/workflows/flow.yaml:6: tasks.a.next.0.do:")
+        warning.starts_with("shaky/actions/workflows/flow.yaml:6: tasks.a.next[0].do:")
             && warning.contains("nowhere"),
         "{warning}"
     );
