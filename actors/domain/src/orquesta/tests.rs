@@ -1274,3 +1274,79 @@ fn inspection_errors_are_stackstorms() {
         ]
     );
 }
+
+/// Syntax errors in jsonschema's words at Orquesta's paths; expression
+/// and context errors as Orquesta's evaluators word them.
+#[test]
+fn syntax_expression_and_context_errors_in_orquestas_words() {
+    let text = "version: 1.0\nvars:\n  - a: 1\n    b: 2\ntasks:\n  t:\n    action: core.noop\n    colour: red\n    size: 2\n    retry:\n      when: <% failed() %>\n    next:\n      - do: 5\n        publish: [1]\n      - when: <% ctx().__secret %> {{ 1 }}\n      - when: <% 1 ~ 2 %>\n        publish:\n          - x: <% ctx().__secret %>\n";
+    let found: Vec<(String, String, String)> = issues(text)
+        .into_iter()
+        .map(|i| (i.spec_path, i.schema_path, i.message))
+        .collect();
+    let task = "properties.tasks.patternProperties.^\\w+$";
+    let next = format!("{task}.properties.next.items");
+    let expected = vec![
+        (
+            "tasks.t.next[1].when".to_string(),
+            format!("{next}.properties.when"),
+            "Expression with multiple types is not supported.".to_string(),
+        ),
+        (
+            "tasks.t.next[2].when".to_string(),
+            format!("{next}.properties.when"),
+            "Lexical error: illegal character '~' at position 2".to_string(),
+        ),
+        (
+            "tasks.t".to_string(),
+            format!("{task}.additionalProperties"),
+            "Additional properties are not allowed ('colour', 'size' were unexpected)".to_string(),
+        ),
+        (
+            "tasks.t.next[0].do".to_string(),
+            format!("{next}.properties.do.oneOf"),
+            "5 is not valid under any of the given schemas".to_string(),
+        ),
+        (
+            "tasks.t.next[0].publish".to_string(),
+            format!("{next}.properties.publish.oneOf"),
+            "[1] is not valid under any of the given schemas".to_string(),
+        ),
+        (
+            "tasks.t.retry".to_string(),
+            format!("{task}.properties.retry.required"),
+            "'count' is a required property".to_string(),
+        ),
+        (
+            "vars[0]".to_string(),
+            "properties.vars.items.maxProperties".to_string(),
+            "{'a': 1, 'b': 2} has too many properties".to_string(),
+        ),
+    ];
+    let context: Vec<&(String, String, String)> = found
+        .iter()
+        .filter(|(_, _, m)| m.starts_with("Variable"))
+        .collect();
+    assert_eq!(
+        context,
+        vec![
+            &(
+                "tasks.t.next[2].publish[0]".to_string(),
+                format!("{next}.properties.publish"),
+                "Variable \"__secret\" that is prefixed with double underscores is considered a private variable and cannot be referenced.".to_string(),
+            ),
+            &(
+                "tasks.t.next[2].publish[0]".to_string(),
+                format!("{next}.properties.publish"),
+                "Variable \"__secret\" is referenced before assignment.".to_string(),
+            ),
+        ],
+        "{found:#?}"
+    );
+    let rest: Vec<(String, String, String)> = found
+        .iter()
+        .filter(|(_, _, m)| !m.starts_with("Variable"))
+        .cloned()
+        .collect();
+    assert_eq!(rest, expected, "{found:#?}");
+}
