@@ -21,6 +21,9 @@ pub struct WorkflowSpec {
     pub vars: Vec<(String, Value)>,
     pub output: Vec<(String, Value)>,
     pub tasks: BTreeMap<String, TaskSpec>,
+    /// The task names in the order the definition lists them (the order
+    /// StackStorm checks and reports their contents in).
+    pub task_order: Vec<String>,
 }
 
 /// One task.
@@ -340,6 +343,7 @@ pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
         .map(|v| r.pairs("output", "properties.output", v, false))
         .unwrap_or_default();
     let mut tasks = BTreeMap::new();
+    let mut task_order = Vec::new();
     match get("tasks") {
         Some(Yaml::Mapping(m)) if !m.is_empty() => {
             for (name, body) in m {
@@ -360,6 +364,7 @@ pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
                         format!("The task name \"{name}\" is reserved with special function."),
                     ));
                 }
+                task_order.push(name.clone());
                 tasks.insert(name, read_task(&mut r, &at, body));
             }
         }
@@ -378,6 +383,7 @@ pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
         vars,
         output,
         tasks,
+        task_order,
     };
     (Some(spec), r.issues)
 }
