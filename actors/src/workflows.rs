@@ -683,23 +683,13 @@ async fn store(
     Ok(stored)
 }
 
+/// The spec of a stored definition; Orquesta's inspection errors in
+/// StackStorm's shape when it has any.
 fn spec_of(definition: &str) -> Result<WorkflowSpec, Vec<Value>> {
     let (spec, issues) = orquesta::inspect(definition);
     match spec {
         Some(spec) if issues.is_empty() => Ok(spec),
-        // Orquesta's inspection errors: type, message, spec_path, and the
-        // expression with its language.
-        _ => Err(issues
-            .into_iter()
-            .map(|i| {
-                let mut e = json!({"type": i.kind, "message": i.message, "spec_path": i.spec_path});
-                if let Some(x) = i.expression {
-                    e["language"] = json!(if x.contains("<%") { "yaql" } else { "jinja" });
-                    e["expression"] = json!(x);
-                }
-                e
-            })
-            .collect()),
+        _ => Err(orquesta::inspection_errors(&issues, Vec::new())),
     }
 }
 
@@ -732,23 +722,30 @@ async fn begin(
         .and_then(|r| serde_json::from_value(r.clone()).ok())
         .filter(|r: &ReRun| !r.tasks.is_empty());
     let Some(rerun) = rerun else {
+        // StackStorm inspects the definition and checks the tasks' actions
+        // and inputs before the workflow starts, and reports both at once.
+        let catalog = ctx.catalog.load();
+        let contents = |spec: &WorkflowSpec| {
+            orquesta::check_contents(spec, |reference| {
+                let action = &catalog.actions.get(reference)?.def;
+                let mut params = runner_types::lookup(&action.runner_type)
+                    .map(|r| r.runner_parameters.clone())
+                    .unwrap_or_default();
+                params.extend(action.parameters.clone());
+                Some(params)
+            })
+        };
         let spec = match specs.get(definition) {
             Ok(s) => s,
-            Err(errors) => return Ok(Err(errors)),
+            Err(_) => {
+                let (spec, issues) = orquesta::inspect(definition);
+                let found = spec.as_ref().map_or_else(Vec::new, contents);
+                return Ok(Err(orquesta::inspection_errors(&issues, found)));
+            }
         };
-        // StackStorm checks the tasks' actions and inputs before the
-        // workflow starts.
-        let catalog = ctx.catalog.load();
-        let contents = orquesta::check_contents(&spec, |reference| {
-            let action = &catalog.actions.get(reference)?.def;
-            let mut params = runner_types::lookup(&action.runner_type)
-                .map(|r| r.runner_parameters.clone())
-                .unwrap_or_default();
-            params.extend(action.parameters.clone());
-            Some(params)
-        });
-        if !contents.is_empty() {
-            return Ok(Err(contents));
+        let found = contents(&spec);
+        if !found.is_empty() {
+            return Ok(Err(orquesta::inspection_errors(&[], found)));
         }
         let (state, commands) =
             conductor::start(&ctx.flow(&spec), input, runtime_context(ctx, execution));

@@ -436,7 +436,7 @@ async fn triggers_policies_and_re_emitted_instances() -> Result<()> {
     assert_eq!(warnings.len(), 1, "{body}");
     let warning = warnings[0].as_str().unwrap_or_default();
     assert!(
-        warning.starts_with("shaky/actions/workflows/flow.yaml:6: tasks.a.next.0.do:")
+        warning.starts_with("shaky/actions/workflows/flow.yaml:6: tasks.a.next[0].do:")
             && warning.contains("nowhere"),
         "{warning}"
     );
@@ -776,9 +776,13 @@ async fn workflows_are_inspected_through_the_api() -> Result<()> {
         .iter()
         .map(|i| i["type"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(kinds, vec!["semantic", "context"], "{found}");
-    assert_eq!(found[0]["spec_path"], "tasks.a.next.0.do");
-    assert_eq!(found[0]["line"], 7);
+    assert_eq!(kinds, vec!["context", "semantic"], "{found}");
+    assert_eq!(found[1]["spec_path"], "tasks.a.next[0].do");
+    assert_eq!(
+        found[1]["schema_path"],
+        "properties.tasks.patternProperties.^\\w+$.properties.next.items.properties.do"
+    );
+    assert_eq!(found[1]["line"], 7);
     let (status, body) = inspect("").await?;
     assert_eq!(status, 400, "{body}");
     Ok(())

@@ -21,13 +21,9 @@
 //! - `orquesta-ask-multiple-parameters`, `orquesta-test-pause-resume`: no
 //!   StackStorm integration test runs them, so there is no expectation to
 //!   compare;
-//! - differ, known: `orquesta-fail-inspection` (Squall finds the syntax,
-//!   context and expression problems but not StackStorm's "action is not
-//!   registered" content check when the definition has other problems,
-//!   and spells `spec_path` its own way without `schema_path`); and
-//!   Squall's one workflow context is not Orquesta's per-branch contexts
-//!   (a publish on one branch is visible on another), which no example
-//!   here shows.
+//! - differ, known: Squall's one workflow context is not Orquesta's
+//!   per-branch contexts (a publish on one branch is visible on another),
+//!   which no example here shows.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -411,6 +407,43 @@ fn cases() -> Vec<Case> {
                     "message": "Action \"core.echo\" has unexpected input \"messages\".",
                     "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.input.patternProperties.^\\w+$",
                     "spec_path": "tasks.task3.input.messages",
+                },
+            ], "output": null}),
+        ),
+        // test_inspection_error: Orquesta's syntax, expression and context
+        // errors with StackStorm's content errors, before anything runs.
+        case(
+            "examples.orquesta-fail-inspection",
+            json!({}),
+            "failed",
+            json!({"errors": [
+                {
+                    "type": "content",
+                    "message": "The action \"std.noop\" is not registered in the database.",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.action",
+                    "spec_path": "tasks.task3.action",
+                },
+                {
+                    "type": "context",
+                    "language": "yaql",
+                    "expression": "<% ctx().foobar %>",
+                    "message": "Variable \"foobar\" is referenced before assignment.",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.input",
+                    "spec_path": "tasks.task1.input",
+                },
+                {
+                    "type": "expression",
+                    "language": "yaql",
+                    "expression": "<% <% succeeded() %>",
+                    "message": "Parse error: unexpected '<' at position 0 of expression '<% succeeded()'",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.next.items.properties.when",
+                    "spec_path": "tasks.task2.next[0].when",
+                },
+                {
+                    "type": "syntax",
+                    "message": "[{'cmd': 'echo <% ctx().macro %>'}] is not valid under any of the given schemas",
+                    "schema_path": "properties.tasks.patternProperties.^\\w+$.properties.input.oneOf",
+                    "spec_path": "tasks.task2.input",
                 },
             ], "output": null}),
         ),

@@ -223,7 +223,7 @@ fn a_workflow_with_inspection_errors_registers_and_its_problems_are_reported() {
         Path::new("ops/actions/workflows/flow.yaml")
     );
     assert_eq!(warnings[0].line, Some(6));
-    assert_eq!(warnings[0].field.as_deref(), Some("tasks.a.next.0.do"));
+    assert_eq!(warnings[0].field.as_deref(), Some("tasks.a.next[0].do"));
     assert!(
         warnings[0].message.contains("\"b\" is not defined"),
         "{warnings:?}"

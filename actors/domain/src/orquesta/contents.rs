@@ -14,7 +14,7 @@ use crate::model::ParamSpec;
 const SCHEMA_PATH: &str = "properties.tasks.patternProperties.^\\w+$";
 
 /// The content errors of `spec`, in StackStorm's shape and order (by
-/// `schema_path`, then task). `parameters` gives an action's parameters,
+/// `schema_path`, then the tasks in the definition's order). `parameters` gives an action's parameters,
 /// its runner's included, or `None` when it is not registered.
 pub fn check_contents(
     spec: &WorkflowSpec,
@@ -23,7 +23,11 @@ pub fn check_contents(
     let mut errors = Vec::new();
     let action_schema = format!("{SCHEMA_PATH}.properties.action");
     let input_schema = format!("{SCHEMA_PATH}.properties.input");
-    for (task, def) in &spec.tasks {
+    for (task, def) in spec
+        .task_order
+        .iter()
+        .filter_map(|t| spec.tasks.get_key_value(t))
+    {
         let Some(action) = def.action.as_deref() else {
             continue;
         };
@@ -103,7 +107,7 @@ mod tests {
     #[test]
     fn checks_references_registration_and_inputs_as_stackstorm() {
         let (spec, issues) = super::super::inspect(
-            "version: 1.0\ntasks:\n  a:\n    action: echo\n  b:\n    action: core.nope\n  c:\n    action: core.echo messages=hi\n  d:\n    action: <% ctx().x %>\n  e:\n    action: core.echo message=hi\n",
+            "version: 1.0\ntasks:\n  a:\n    action: echo\n  c:\n    action: core.echo messages=hi\n  z:\n    action: core.gone\n  b:\n    action: core.nope\n  d:\n    action: <% ctx().x %>\n  e:\n    action: core.echo message=hi\n",
         );
         let spec = spec.unwrap_or_else(|| panic!("{issues:?}"));
         let errors = check_contents(&spec, |r| {
@@ -117,14 +121,15 @@ mod tests {
             messages,
             vec![
                 "The action reference \"echo\" is not formatted correctly.",
+                "The action \"core.gone\" is not registered in the database.",
                 "The action \"core.nope\" is not registered in the database.",
                 "Action \"core.echo\" is missing required input \"message\".",
                 "Action \"core.echo\" has unexpected input \"messages\".",
             ]
         );
-        assert_eq!(errors[3]["spec_path"], "tasks.c.input.messages");
+        assert_eq!(errors[4]["spec_path"], "tasks.c.input.messages");
         assert_eq!(
-            errors[3]["schema_path"],
+            errors[4]["schema_path"],
             "properties.tasks.patternProperties.^\\w+$.properties.input.patternProperties.^\\w+$"
         );
     }

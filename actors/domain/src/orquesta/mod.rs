@@ -11,7 +11,7 @@ pub mod spec;
 use std::collections::{BTreeSet, VecDeque};
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::template::Renderer;
 use crate::yaql::{self, Expr};
@@ -19,51 +19,111 @@ pub use contents::check_contents;
 pub use spec::{Join, Retry, TaskSpec, Transition, WithItems, WorkflowSpec, ENGINE_COMMANDS};
 
 /// What kind of problem an [`Issue`] is, with Orquesta's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IssueKind {
-    Syntax,
-    Expression,
     Context,
+    Expression,
     Semantic,
+    Syntax,
 }
 
-/// One problem in a workflow definition.
+/// One problem in a workflow definition, in Orquesta's shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Issue {
     #[serde(rename = "type")]
     pub kind: IssueKind,
     pub message: String,
-    /// Dotted path in the definition (`tasks.t1.next.0.do`).
+    /// Orquesta's path in the definition (`tasks.t1.next[0].do`); empty
+    /// for the whole definition.
     pub spec_path: String,
+    /// Orquesta's path in its JSON schema
+    /// (`properties.tasks.patternProperties.^\w+$.properties.next.items.properties.do`).
+    pub schema_path: String,
     /// 1-based line in the definition, when it can be found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+    /// The expression of a context or expression issue.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expression: Option<String>,
+    /// Its language (`yaql`, `jinja`; none when it mixes both).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<&'static str>,
 }
 
 impl Issue {
     pub(crate) fn new(
         kind: IssueKind,
-        path: impl Into<String>,
+        spec_path: impl Into<String>,
+        schema_path: impl Into<String>,
         message: impl Into<String>,
     ) -> Issue {
         Issue {
             kind,
             message: message.into(),
-            spec_path: path.into(),
+            spec_path: spec_path.into(),
+            schema_path: schema_path.into(),
             line: None,
             expression: None,
+            language: None,
         }
     }
+
+    /// The entry StackStorm's workflow service gives for it (its
+    /// `format_inspection_result`): `type`, `message`, `spec_path` and
+    /// `schema_path` (`null` when empty), and for context and expression
+    /// issues the `expression` and its `language`.
+    pub fn to_st2(&self) -> Value {
+        let path = |p: &str| {
+            if p.is_empty() {
+                Value::Null
+            } else {
+                Value::String(p.to_string())
+            }
+        };
+        let mut e = json!({
+            "type": self.kind,
+            "message": self.message,
+            "spec_path": path(&self.spec_path),
+            "schema_path": path(&self.schema_path),
+        });
+        if matches!(self.kind, IssueKind::Context | IssueKind::Expression) {
+            e["language"] = json!(self.language);
+            e["expression"] = json!(self.expression);
+        }
+        e
+    }
 }
+
+/// The errors StackStorm reports when a workflow fails inspection before
+/// it starts (st2's `workflows.inspect`): Orquesta's issues and the
+/// content errors of [`check_contents`], sorted by type, then schema path
+/// (a stable sort: Orquesta's own order, by spec path, and the content
+/// errors' task order stay within one schema path).
+pub fn inspection_errors(issues: &[Issue], contents: Vec<Value>) -> Vec<Value> {
+    let mut errors: Vec<Value> = issues.iter().map(Issue::to_st2).collect();
+    errors.extend(contents);
+    errors.sort_by(|a, b| {
+        let key = |e: &Value| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["schema_path"].as_str().unwrap_or_default().to_string(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    errors
+}
+
+/// Orquesta's schema path of a task (`tasks.<name>`).
+pub(crate) const TASK_SCHEMA: &str = "properties.tasks.patternProperties.^\\w+$";
 
 /// Names the runtime sets in every workflow's context.
 const RUNTIME_NAMES: [&str; 2] = ["st2", "parent"];
 
 /// Reads and inspects a workflow definition: the spec when it could be
-/// read, and every problem found (none means it is valid).
+/// read, and every problem found (none means it is valid), in Orquesta's
+/// order: by type, schema path, then spec path.
 pub fn inspect(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
     let (spec, mut issues) = spec::read(text);
     if let Some(spec) = &spec {
@@ -72,13 +132,19 @@ pub fn inspect(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
     }
     for issue in &mut issues {
         if issue.line.is_none() {
-            issue.line = crate::loader::line_of(text, &issue.spec_path);
+            // `next[0].do` is the YAML path `next.0.do`.
+            let field = issue.spec_path.replace('[', ".").replace(']', "");
+            issue.line = crate::loader::line_of(text, &field);
         }
     }
+    issues.sort_by(|a, b| {
+        (a.kind, &a.schema_path, &a.spec_path).cmp(&(b.kind, &b.schema_path, &b.spec_path))
+    });
     (spec, issues)
 }
 
 fn check_semantics(spec: &WorkflowSpec, issues: &mut Vec<Issue>) {
+    let do_schema = format!("{TASK_SCHEMA}.properties.next.items.properties.do");
     let mut targets = BTreeSet::new();
     for (name, task) in &spec.tasks {
         for (i, t) in task.next.iter().enumerate() {
@@ -91,11 +157,9 @@ fn check_semantics(spec: &WorkflowSpec, issues: &mut Vec<Issue>) {
                 } else {
                     issues.push(Issue::new(
                         IssueKind::Semantic,
-                        format!("tasks.{name}.next.{i}.do"),
-                        format!(
-                            "task {target:?} is not defined (tasks: {})",
-                            spec.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
+                        format!("tasks.{name}.next[{i}].do"),
+                        do_schema.clone(),
+                        format!("The task \"{target}\" is not defined."),
                     ));
                 }
             }
@@ -110,7 +174,9 @@ fn check_semantics(spec: &WorkflowSpec, issues: &mut Vec<Issue>) {
         issues.push(Issue::new(
             IssueKind::Semantic,
             "tasks",
-            "no task can start the workflow: every task is the target of a transition",
+            "properties.tasks",
+            "Unable to identify any tasks to start the workflow. If the workflow has a loop, \
+             please add a task that serves as an entry point (or lead) into the loop.",
         ));
         return;
     }
@@ -129,97 +195,165 @@ fn check_semantics(spec: &WorkflowSpec, issues: &mut Vec<Issue>) {
         issues.push(Issue::new(
             IssueKind::Semantic,
             format!("tasks.{name}"),
-            format!("task {name:?} can never run: no path from a start task reaches it"),
+            TASK_SCHEMA,
+            format!("The task \"{name}\" can never run: no path from a start task reaches it."),
         ));
     }
 }
 
-/// Every string in `v` with its path below `at`.
-fn strings<'v>(v: &'v Value, at: &str, out: &mut Vec<(String, &'v str)>) {
+/// Every string in `v`.
+fn strings<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
     match v {
-        Value::String(s) => out.push((at.to_string(), s)),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                strings(item, &format!("{at}.{i}"), out);
-            }
-        }
-        Value::Object(m) => {
-            for (k, item) in m {
-                strings(item, &format!("{at}.{k}"), out);
-            }
-        }
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+        Value::Object(m) => m.iter().for_each(|(k, i)| {
+            out.push(k);
+            strings(i, out);
+        }),
         _ => {}
     }
 }
 
-/// Every expression-bearing string of the workflow, with its path.
-fn all_strings(spec: &WorkflowSpec) -> Vec<(String, String)> {
-    let mut out: Vec<(String, &str)> = Vec::new();
-    for (i, (name, default)) in spec.input.iter().enumerate() {
+/// One string of the workflow that may hold expressions, with where
+/// Orquesta reports its problems: expression errors at the property
+/// (`spec_path`, `schema_path`), context errors at `ctx_path` (a list's
+/// item; none where Orquesta does not check the context, as in `retry`).
+struct Checked {
+    spec_path: String,
+    schema_path: String,
+    ctx_path: Option<String>,
+    text: String,
+}
+
+/// Every expression-bearing string of the workflow, in Orquesta's order
+/// of evaluation.
+fn all_strings(spec: &WorkflowSpec) -> Vec<Checked> {
+    let mut out = Vec::new();
+    let mut add = |spec_path: &str, schema_path: &str, ctx_path: Option<String>, v: &Value| {
+        let mut found = Vec::new();
+        strings(v, &mut found);
+        out.extend(found.into_iter().map(|text| Checked {
+            spec_path: spec_path.to_string(),
+            schema_path: schema_path.to_string(),
+            ctx_path: ctx_path.clone(),
+            text: text.to_string(),
+        }));
+    };
+    for (i, (_, default)) in spec.input.iter().enumerate() {
         if let Some(d) = default {
-            strings(d, &format!("input.{i}.{name}"), &mut out);
+            add("input", "properties.input", Some(format!("input[{i}]")), d);
         }
     }
     for (section, pairs) in [("vars", &spec.vars), ("output", &spec.output)] {
-        for (i, (name, v)) in pairs.iter().enumerate() {
-            strings(v, &format!("{section}.{i}.{name}"), &mut out);
+        for (i, (_, v)) in pairs.iter().enumerate() {
+            let schema = format!("properties.{section}");
+            add(section, &schema, Some(format!("{section}[{i}]")), v);
         }
     }
-    let mut owned: Vec<(String, String)> =
-        out.into_iter().map(|(p, s)| (p, s.to_string())).collect();
     for (name, task) in &spec.tasks {
         let at = format!("tasks.{name}");
-        let mut found: Vec<(String, &str)> = Vec::new();
-        strings(&task.input, &format!("{at}.input"), &mut found);
-        for (field, v) in [("delay", &task.delay)] {
-            if let Some(v) = v {
-                strings(v, &format!("{at}.{field}"), &mut found);
-            }
-        }
-        owned.extend(found.into_iter().map(|(p, s)| (p, s.to_string())));
-        if let Some(a) = &task.action {
-            owned.push((format!("{at}.action"), a.clone()));
+        let mut prop = |path: &str, v: &Value, context: bool| {
+            let spec_path = format!("{at}.{path}");
+            let schema = format!(
+                "{TASK_SCHEMA}.properties.{}",
+                path.replace('.', ".properties.")
+            );
+            add(&spec_path, &schema, context.then(|| spec_path.clone()), v);
+        };
+        if let Some(v) = &task.delay {
+            prop("delay", v, true);
         }
         if let Some(w) = &task.with {
-            owned.push((format!("{at}.with.items"), w.items.clone()));
-            if let Some(Value::String(c)) = &w.concurrency {
-                owned.push((format!("{at}.with.concurrency"), c.clone()));
+            prop("with.items", &Value::String(w.items.clone()), true);
+            if let Some(c) = &w.concurrency {
+                prop("with.concurrency", c, true);
             }
         }
+        if let Some(a) = &task.action {
+            prop("action", &Value::String(a.clone()), true);
+        }
+        prop("input", &task.input, true);
         if let Some(r) = &task.retry {
             if let Some(w) = &r.when {
-                owned.push((format!("{at}.retry.when"), w.clone()));
+                prop("retry.when", &Value::String(w.clone()), false);
             }
-            for (field, v) in [("count", Some(&r.count)), ("delay", r.delay.as_ref())] {
-                if let Some(Value::String(s)) = v {
-                    owned.push((format!("{at}.retry.{field}"), s.clone()));
-                }
+            prop("retry.count", &r.count, false);
+            if let Some(d) = &r.delay {
+                prop("retry.delay", d, false);
             }
         }
         for (i, t) in task.next.iter().enumerate() {
+            let next = format!("{at}.next[{i}]");
+            let schema = format!("{TASK_SCHEMA}.properties.next.items.properties");
             if let Some(w) = &t.when {
-                owned.push((format!("{at}.next.{i}.when"), w.clone()));
+                let path = format!("{next}.when");
+                add(
+                    &path,
+                    &format!("{schema}.when"),
+                    Some(path.clone()),
+                    &Value::String(w.clone()),
+                );
             }
-            for (j, (pname, v)) in t.publish.iter().enumerate() {
-                let mut found = Vec::new();
-                strings(v, &format!("{at}.next.{i}.publish.{j}.{pname}"), &mut found);
-                owned.extend(found.into_iter().map(|(p, s)| (p, s.to_string())));
+            for (j, (_, v)) in t.publish.iter().enumerate() {
+                add(
+                    &format!("{next}.publish"),
+                    &format!("{schema}.publish"),
+                    Some(format!("{next}.publish[{j}]")),
+                    v,
+                );
             }
         }
     }
-    owned
+    out
 }
 
-/// The YAQL expressions (`<% %>`) of a string, with their offsets.
-fn yaql_parts(s: &str) -> Result<Vec<(usize, &str)>, usize> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(start) = s[from..].find("<%").map(|i| i + from) {
-        let end = s[start..].find("%>").map(|i| i + start).ok_or(start)?;
-        out.push((start + 2, &s[start + 2..end]));
-        from = end + 2;
+/// YAQL's and Jinja's expressions in a text, as Orquesta finds them.
+fn find_all<'t>(re: &str, text: &'t str) -> Vec<&'t str> {
+    regex::Regex::new(re)
+        .expect("valid regex")
+        .find_iter(text)
+        .map(|m| m.as_str())
+        .collect()
+}
+
+/// A YAQL parse error as YAQL words it (`Parse error: unexpected '<' at
+/// position 0 of expression '...'`); `expr` is the expression without its
+/// delimiters.
+fn yaql_parse_message(expr: &str, e: &yaql::YaqlError) -> String {
+    let rest = expr.get(e.position..).unwrap_or_default();
+    let Some(c) = rest.chars().next() else {
+        return "Parse error: unexpected end of statement".to_string();
+    };
+    if e.message.starts_with("unexpected character") || e.message == "unterminated string" {
+        // YAQL's parser reads tokens as it goes: a grammar error before the
+        // bad character is what it reports.
+        if let Err(earlier) = yaql::parse::parse(&expr[..e.position]) {
+            if earlier.position < e.position {
+                return yaql_parse_message(expr, &earlier);
+            }
+        }
+        return format!(
+            "Lexical error: illegal character '{c}' at position {}",
+            e.position
+        );
     }
-    Ok(out)
+    let token: String = if c.is_alphanumeric() || c == '_' || c == '$' {
+        let word = rest[c.len_utf8()..]
+            .find(|x: char| !(x.is_alphanumeric() || x == '_'))
+            .map_or(rest, |end| &rest[..end + c.len_utf8()]);
+        word.to_string()
+    } else if c == '\'' || c == '"' {
+        rest[1..].split(c).next().unwrap_or_default().to_string()
+    } else {
+        ["<=", ">=", "!=", "=~", "!~", "=>", "?.", "->"]
+            .into_iter()
+            .find(|op| rest.starts_with(op))
+            .map_or_else(|| c.to_string(), str::to_string)
+    };
+    format!(
+        "Parse error: unexpected '{token}' at position {} of expression '{expr}'",
+        e.position
+    )
 }
 
 /// Context variables a YAQL expression reads: `ctx().x`, `ctx(x)`,
@@ -306,55 +440,80 @@ fn check_expressions(spec: &WorkflowSpec, issues: &mut Vec<Issue>) {
         }
     }
     let renderer = Renderer::new();
-    for (path, s) in all_strings(spec) {
-        let has_yaql = s.contains("<%");
-        let has_jinja = s.contains("{{") || s.contains("{%");
-        let issue = |kind, message: String| Issue {
-            expression: Some(s.clone()),
-            ..Issue::new(kind, path.clone(), message)
+    for c in all_strings(spec) {
+        let yaql_exprs = find_all(r"<%.*?%>", &c.text);
+        let jinja_exprs = find_all(r"\{\{.*?\}\}|\{%.*?%\}", &c.text);
+        let issue = |kind, language, expression: &str, message: String| Issue {
+            expression: Some(expression.to_string()),
+            language,
+            ..Issue::new(kind, c.spec_path.clone(), c.schema_path.clone(), message)
         };
-        if has_yaql && has_jinja {
+        if !yaql_exprs.is_empty() && !jinja_exprs.is_empty() {
             issues.push(issue(
                 IssueKind::Expression,
-                "YAQL (<% %>) and Jinja ({{ }}) cannot be mixed in one value".into(),
+                None,
+                &c.text,
+                "Expression with multiple types is not supported.".into(),
             ));
             continue;
         }
-        let mut refs = BTreeSet::new();
-        if has_yaql {
-            match yaql_parts(&s) {
-                Err(at) => issues.push(issue(
+        // Each expression with the variables it reads.
+        let mut reads: Vec<(&'static str, &str, BTreeSet<String>)> = Vec::new();
+        for expr in yaql_exprs {
+            let stripped = expr.trim_matches(|c| matches!(c, '<' | '%' | '>')).trim();
+            match yaql::parse::parse(stripped) {
+                Ok(e) => {
+                    let mut refs = BTreeSet::new();
+                    yaql_refs(&e, false, &mut refs);
+                    reads.push(("yaql", expr, refs));
+                }
+                Err(e) => issues.push(issue(
                     IssueKind::Expression,
-                    format!("`<%` at position {at} has no closing `%>`"),
+                    Some("yaql"),
+                    expr,
+                    yaql_parse_message(stripped, &e),
                 )),
-                Ok(parts) => {
-                    for (offset, part) in parts {
-                        match yaql::parse::parse(part) {
-                            Ok(e) => yaql_refs(&e, false, &mut refs),
-                            Err(e) => issues.push(issue(
-                                IssueKind::Expression,
-                                format!(
-                                    "YAQL error at position {}: {}",
-                                    e.position + offset,
-                                    e.message
-                                ),
-                            )),
-                        }
-                    }
+            }
+        }
+        if !jinja_exprs.is_empty() {
+            if let Err(e) = renderer.check_syntax(&c.text) {
+                issues.push(issue(
+                    IssueKind::Expression,
+                    Some("jinja"),
+                    &c.text,
+                    e.to_string(),
+                ));
+            }
+            for expr in jinja_exprs {
+                let mut refs = BTreeSet::new();
+                jinja_refs(expr, &mut refs);
+                reads.push(("jinja", expr, refs));
+            }
+        }
+        let Some(ctx_path) = &c.ctx_path else {
+            continue;
+        };
+        for (language, expr, refs) in reads {
+            for name in refs {
+                let mut problems = Vec::new();
+                if name.starts_with("__") {
+                    problems.push(format!(
+                        "Variable \"{name}\" that is prefixed with double underscores is \
+                         considered a private variable and cannot be referenced."
+                    ));
+                }
+                if !defined.contains(&name) {
+                    problems.push(format!(
+                        "Variable \"{name}\" is referenced before assignment."
+                    ));
+                }
+                for message in problems {
+                    issues.push(Issue {
+                        spec_path: ctx_path.clone(),
+                        ..issue(IssueKind::Context, Some(language), expr, message)
+                    });
                 }
             }
-        }
-        if has_jinja {
-            match renderer.check_syntax(&s) {
-                Ok(()) => jinja_refs(&s, &mut refs),
-                Err(e) => issues.push(issue(IssueKind::Expression, format!("Jinja error: {e}"))),
-            }
-        }
-        for name in refs.difference(&defined) {
-            issues.push(issue(
-                IssueKind::Context,
-                format!("variable {name:?} is used but never set (by input, vars or a publish)"),
-            ));
         }
     }
 }

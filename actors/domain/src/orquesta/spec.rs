@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use serde_yaml::Value as Yaml;
 
-use super::{Issue, IssueKind};
+use super::{Issue, IssueKind, TASK_SCHEMA};
 
 /// A whole workflow.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,9 @@ pub struct WorkflowSpec {
     pub vars: Vec<(String, Value)>,
     pub output: Vec<(String, Value)>,
     pub tasks: BTreeMap<String, TaskSpec>,
+    /// The task names in the order the definition lists them (the order
+    /// StackStorm checks and reports their contents in).
+    pub task_order: Vec<String>,
 }
 
 /// One task.
@@ -76,7 +79,17 @@ pub struct Transition {
 /// Task names the engine reserves as commands.
 pub const ENGINE_COMMANDS: [&str; 4] = ["continue", "fail", "noop", "retry"];
 
-const TOP_KEYS: [&str; 6] = ["version", "description", "input", "vars", "output", "tasks"];
+/// The top-level keys, Orquesta's metadata (`name`, `tags`) included.
+const TOP_KEYS: [&str; 8] = [
+    "version",
+    "description",
+    "input",
+    "vars",
+    "output",
+    "tasks",
+    "name",
+    "tags",
+];
 const TASK_KEYS: [&str; 7] = ["action", "input", "next", "join", "with", "retry", "delay"];
 const NEXT_KEYS: [&str; 3] = ["when", "publish", "do"];
 
@@ -84,42 +97,110 @@ fn to_json(y: &Yaml) -> Value {
     serde_json::to_value(y).unwrap_or(Value::Null)
 }
 
+/// Python's `repr()` of a value, as jsonschema quotes an instance in its
+/// messages (`[{'cmd': 'echo'}]`).
+fn py_repr(v: &Value) -> String {
+    // Inside a list a string is written as its repr; drop the brackets.
+    let text = crate::template::python_text(&Value::Array(vec![v.clone()]));
+    text[1..text.len() - 1].to_string()
+}
+
+/// Collects syntax issues worded as the JSON schema validator Orquesta
+/// uses (jsonschema, Draft 4) words them.
 struct Reader {
     issues: Vec<Issue>,
 }
 
 impl Reader {
-    fn syntax(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    fn syntax(
+        &mut self,
+        path: impl Into<String>,
+        schema: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.issues
-            .push(Issue::new(IssueKind::Syntax, path, message));
+            .push(Issue::new(IssueKind::Syntax, path, schema, message));
     }
 
-    fn unknown_keys(&mut self, at: &str, map: &serde_yaml::Mapping, allowed: &[&str]) {
-        for k in map.keys() {
-            let name = k.as_str().unwrap_or_default();
-            if !allowed.contains(&name) {
-                self.syntax(
-                    join(at, name),
-                    format!("unknown key {name:?} (allowed: {})", allowed.join(", ")),
-                );
-            }
+    /// `5 is not of type 'string'`.
+    fn not_of_type(&mut self, path: &str, schema: &str, v: &Yaml, ty: &str) {
+        let message = format!("{} is not of type '{ty}'", py_repr(&to_json(v)));
+        self.syntax(path, join(schema, "type"), message);
+    }
+
+    /// A value that matches none of a `oneOf`.
+    fn none_of(&mut self, path: &str, schema: &str, v: &Yaml) {
+        let message = format!(
+            "{} is not valid under any of the given schemas",
+            py_repr(&to_json(v))
+        );
+        self.syntax(path, join(schema, "oneOf"), message);
+    }
+
+    fn unknown_keys(
+        &mut self,
+        at: &str,
+        schema: &str,
+        map: &serde_yaml::Mapping,
+        allowed: &[&str],
+    ) {
+        let extra: Vec<String> = map
+            .keys()
+            .map(|k| k.as_str().unwrap_or_default())
+            .filter(|name| !allowed.contains(name))
+            .map(|name| py_repr(&Value::String(name.to_string())))
+            .collect();
+        if extra.is_empty() {
+            return;
         }
+        let verb = if extra.len() == 1 { "was" } else { "were" };
+        self.syntax(
+            at,
+            join(schema, "additionalProperties"),
+            format!(
+                "Additional properties are not allowed ({} {verb} unexpected)",
+                extra.join(", ")
+            ),
+        );
     }
 
-    /// A list of one-key dicts (`vars`, `output`, `publish`).
-    fn pairs(&mut self, at: &str, v: &Yaml) -> Vec<(String, Value)> {
+    /// A list of one-key dicts (`vars`, `output`, `publish`). Where it is
+    /// one choice of a `oneOf` (`publish`), any problem is one error on
+    /// the whole value.
+    fn pairs(&mut self, at: &str, schema: &str, v: &Yaml, one_of: bool) -> Vec<(String, Value)> {
         let Yaml::Sequence(items) = v else {
-            self.syntax(at, "must be a list of one-key dicts (- name: value)");
+            if one_of {
+                self.none_of(at, schema, v);
+            } else {
+                self.not_of_type(at, schema, v, "array");
+            }
             return Vec::new();
         };
         let mut out = Vec::new();
+        let items_schema = join(schema, "items");
         for (i, item) in items.iter().enumerate() {
             match item {
                 Yaml::Mapping(m) if m.len() == 1 => {
                     let (k, v) = m.iter().next().expect("one entry");
                     out.push((k.as_str().unwrap_or_default().to_string(), to_json(v)));
                 }
-                _ => self.syntax(format!("{at}.{i}"), "must be a dict with exactly one key"),
+                _ if one_of => {
+                    self.none_of(at, schema, v);
+                    return Vec::new();
+                }
+                Yaml::Mapping(m) => {
+                    let (check, problem) = if m.is_empty() {
+                        ("minProperties", "does not have enough properties")
+                    } else {
+                        ("maxProperties", "has too many properties")
+                    };
+                    self.syntax(
+                        format!("{at}[{i}]"),
+                        join(&items_schema, check),
+                        format!("{} {problem}", py_repr(&to_json(item))),
+                    );
+                }
+                _ => self.not_of_type(&format!("{at}[{i}]"), &items_schema, item, "object"),
             }
         }
         out
@@ -203,26 +284,30 @@ pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
     let doc: Yaml = match serde_yaml::from_str(text) {
         Ok(d) => d,
         Err(e) => {
-            let mut issue = Issue::new(IssueKind::Syntax, "", format!("not valid YAML: {e}"));
+            let mut issue = Issue::new(IssueKind::Syntax, "", "", format!("not valid YAML: {e}"));
             issue.line = e.location().map(|l| l.line());
             return (None, vec![issue]);
         }
     };
     let Yaml::Mapping(top) = doc else {
-        r.syntax("", "a workflow must be a dict with `version` and `tasks`");
+        r.not_of_type("", "", &doc, "object");
         return (None, r.issues);
     };
-    r.unknown_keys("", &top, &TOP_KEYS);
+    r.unknown_keys("", "", &top, &TOP_KEYS);
     let get = |k: &str| top.get(Yaml::String(k.into()));
     let version = match get("version") {
         Some(Yaml::Number(n)) if n.as_f64() == Some(1.0) => "1.0".to_string(),
         Some(Yaml::String(s)) if s == "1.0" => s.clone(),
         Some(other) => {
-            r.syntax("version", format!("must be 1.0, not {}", to_json(other)));
+            r.syntax(
+                "version",
+                "properties.version",
+                format!("must be 1.0, not {}", to_json(other)),
+            );
             String::new()
         }
         None => {
-            r.syntax("version", "is required (version: 1.0)");
+            r.syntax("", "required", "'version' is a required property");
             String::new()
         }
     };
@@ -244,21 +329,21 @@ pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
                                 Some(to_json(v)),
                             ));
                         }
-                        _ => r.syntax(
-                            format!("input.{i}"),
-                            "must be a name or a one-key dict (name: default)",
-                        ),
+                        _ => r.none_of(&format!("input[{i}]"), "properties.input.items", item),
                     }
                 }
             }
-            _ => r.syntax("input", "must be a list of names or one-key dicts"),
+            _ => r.not_of_type("input", "properties.input", v, "array"),
         }
     }
-    let vars = get("vars").map(|v| r.pairs("vars", v)).unwrap_or_default();
+    let vars = get("vars")
+        .map(|v| r.pairs("vars", "properties.vars", v, false))
+        .unwrap_or_default();
     let output = get("output")
-        .map(|v| r.pairs("output", v))
+        .map(|v| r.pairs("output", "properties.output", v, false))
         .unwrap_or_default();
     let mut tasks = BTreeMap::new();
+    let mut task_order = Vec::new();
     match get("tasks") {
         Some(Yaml::Mapping(m)) if !m.is_empty() => {
             for (name, body) in m {
@@ -267,20 +352,29 @@ pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
                 if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
                     r.syntax(
                         &at,
-                        format!("task name {name:?} must be letters, digits and _"),
+                        "properties.tasks.patternProperties",
+                        format!("The task name \"{name}\" must be letters, digits and _."),
                     );
                 }
                 if ENGINE_COMMANDS.contains(&name.as_str()) {
-                    r.syntax(
+                    r.issues.push(Issue::new(
+                        IssueKind::Semantic,
                         &at,
-                        format!("{name:?} is an engine command and cannot name a task"),
-                    );
+                        TASK_SCHEMA,
+                        format!("The task name \"{name}\" is reserved with special function."),
+                    ));
                 }
+                task_order.push(name.clone());
                 tasks.insert(name, read_task(&mut r, &at, body));
             }
         }
-        Some(_) => r.syntax("tasks", "must be a dict of at least one task"),
-        None => r.syntax("tasks", "is required"),
+        Some(Yaml::Mapping(_)) => r.syntax(
+            "tasks",
+            "properties.tasks.minProperties",
+            "{} does not have enough properties",
+        ),
+        Some(other) => r.not_of_type("tasks", "properties.tasks", other, "object"),
+        None => r.syntax("", "required", "'tasks' is a required property"),
     }
     let spec = WorkflowSpec {
         version,
@@ -289,6 +383,7 @@ pub fn read(text: &str) -> (Option<WorkflowSpec>, Vec<Issue>) {
         vars,
         output,
         tasks,
+        task_order,
     };
     (Some(spec), r.issues)
 }
@@ -302,11 +397,12 @@ fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
         Yaml::Mapping(m) => m,
         Yaml::Null => return task,
         _ => {
-            r.syntax(at, "a task must be a dict");
+            r.not_of_type(at, TASK_SCHEMA, body, "object");
             return task;
         }
     };
-    r.unknown_keys(at, m, &TASK_KEYS);
+    let prop = |name: &str| format!("{TASK_SCHEMA}.properties.{name}");
+    r.unknown_keys(at, TASK_SCHEMA, m, &TASK_KEYS);
     let get = |k: &str| m.get(Yaml::String(k.into()));
     if let Some(action) = get("action") {
         match action.as_str() {
@@ -320,18 +416,17 @@ fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
                         task.action = Some(reference.to_string());
                         match inline_params(params) {
                             Ok(pairs) => task.input = Value::Object(pairs.into_iter().collect()),
-                            Err(e) => {
-                                r.syntax(join(at, "action"), format!("inline parameters: {e}"))
-                            }
+                            Err(e) => r.syntax(
+                                join(at, "action"),
+                                prop("action"),
+                                format!("inline parameters: {e}"),
+                            ),
                         }
                     }
                     _ => task.action = Some(text.to_string()),
                 }
             }
-            None => r.syntax(
-                join(at, "action"),
-                "must be an action ref (pack.name) or an expression",
-            ),
+            None => r.not_of_type(&join(at, "action"), &prop("action"), action, "string"),
         }
     }
     if let Some(input) = get("input") {
@@ -346,10 +441,12 @@ fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
                 _ => task.input = Value::String(s.clone()),
             },
             Yaml::Null => {}
-            _ => r.syntax(
-                join(at, "input"),
-                "must be a dict of parameters or an expression",
-            ),
+            _ => {
+                r.none_of(&join(at, "input"), &prop("input"), input);
+                // Kept as written: StackStorm's content checks skip an
+                // input that is not a dict.
+                task.input = to_json(input);
+            }
         }
     }
     if let Some(next) = get("next") {
@@ -357,13 +454,10 @@ fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
             Yaml::Sequence(items) => {
                 for (i, item) in items.iter().enumerate() {
                     task.next
-                        .push(read_transition(r, &format!("{at}.next.{i}"), item));
+                        .push(read_transition(r, &format!("{at}.next[{i}]"), item));
                 }
             }
-            _ => r.syntax(
-                join(at, "next"),
-                "must be a list of transitions ({when, publish, do})",
-            ),
+            _ => r.not_of_type(&join(at, "next"), &prop("next"), next, "array"),
         }
     }
     task.join = match get("join") {
@@ -373,10 +467,7 @@ fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
             u32::try_from(n.as_u64().unwrap_or(1)).unwrap_or(u32::MAX),
         )),
         Some(other) => {
-            r.syntax(
-                join(at, "join"),
-                format!("must be `all` or a positive count, not {}", to_json(other)),
-            );
+            r.none_of(&join(at, "join"), &prop("join"), other);
             None
         }
     };
@@ -384,35 +475,43 @@ fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
         None => None,
         Some(Yaml::String(s)) => read_items(r, &join(at, "with"), s, None),
         Some(Yaml::Mapping(w)) => {
-            r.unknown_keys(&join(at, "with"), w, &["items", "concurrency"]);
+            r.unknown_keys(
+                &join(at, "with"),
+                &prop("with"),
+                w,
+                &["items", "concurrency"],
+            );
             match w.get(Yaml::String("items".into())).and_then(Yaml::as_str) {
                 Some(items) => read_items(
                     r,
-                    &join(at, "with.items"),
+                    &join(at, "with"),
                     items,
                     w.get(Yaml::String("concurrency".into())).map(to_json),
                 ),
                 None => {
                     r.syntax(
-                        join(at, "with.items"),
-                        "is required (e.g. x in <% ctx(list) %>)",
+                        join(at, "with"),
+                        format!("{}.required", prop("with")),
+                        "'items' is a required property",
                     );
                     None
                 }
             }
         }
-        Some(_) => {
-            r.syntax(
-                join(at, "with"),
-                "must be `x in <% ... %>` or {items, concurrency}",
-            );
+        Some(other) => {
+            r.not_of_type(&join(at, "with"), &prop("with"), other, "object");
             None
         }
     };
     task.retry = match get("retry") {
         None => None,
         Some(Yaml::Mapping(rm)) => {
-            r.unknown_keys(&join(at, "retry"), rm, &["when", "count", "delay"]);
+            r.unknown_keys(
+                &join(at, "retry"),
+                &prop("retry"),
+                rm,
+                &["when", "count", "delay"],
+            );
             let g = |k: &str| rm.get(Yaml::String(k.into()));
             match g("count") {
                 Some(count) => Some(Retry {
@@ -421,13 +520,17 @@ fn read_task(r: &mut Reader, at: &str, body: &Yaml) -> TaskSpec {
                     delay: g("delay").map(to_json),
                 }),
                 None => {
-                    r.syntax(join(at, "retry.count"), "is required");
+                    r.syntax(
+                        join(at, "retry"),
+                        format!("{}.required", prop("retry")),
+                        "'count' is a required property",
+                    );
                     None
                 }
             }
         }
-        Some(_) => {
-            r.syntax(join(at, "retry"), "must be a dict {when, count, delay}");
+        Some(other) => {
+            r.not_of_type(&join(at, "retry"), &prop("retry"), other, "object");
             None
         }
     };
@@ -458,8 +561,12 @@ fn read_items(
         .any(|v| v.is_empty() || !v.chars().all(|c| c.is_alphanumeric() || c == '_'))
     {
         r.syntax(
-            at,
-            format!("{text:?}: item names must be words, as in `x in <% ... %>`"),
+            format!("{at}.items"),
+            format!("{TASK_SCHEMA}.properties.with.properties.items.pattern"),
+            format!(
+                "{} does not match 'x in <expression>' (item names must be words)",
+                py_repr(&Value::String(text.to_string()))
+            ),
         );
         return None;
     }
@@ -471,11 +578,13 @@ fn read_items(
 }
 
 fn read_transition(r: &mut Reader, at: &str, v: &Yaml) -> Transition {
+    let schema = format!("{TASK_SCHEMA}.properties.next.items");
     let Yaml::Mapping(m) = v else {
-        r.syntax(at, "a transition must be a dict {when, publish, do}");
+        r.not_of_type(at, &schema, v, "object");
         return Transition::default();
     };
-    r.unknown_keys(at, m, &NEXT_KEYS);
+    r.unknown_keys(at, &schema, m, &NEXT_KEYS);
+    let prop = |name: &str| format!("{schema}.properties.{name}");
     let g = |k: &str| m.get(Yaml::String(k.into()));
     let when = match g("when") {
         None => None,
@@ -487,11 +596,11 @@ fn read_transition(r: &mut Reader, at: &str, v: &Yaml) -> Transition {
         Some(Yaml::String(s)) => match inline_params(s) {
             Ok(p) => p,
             Err(e) => {
-                r.syntax(join(at, "publish"), e);
+                r.syntax(join(at, "publish"), prop("publish"), e);
                 Vec::new()
             }
         },
-        Some(p) => r.pairs(&join(at, "publish"), p),
+        Some(p) => r.pairs(&join(at, "publish"), &prop("publish"), p, true),
     };
     let next = match g("do") {
         None => vec!["continue".to_string()],
@@ -504,11 +613,8 @@ fn read_transition(r: &mut Reader, at: &str, v: &Yaml) -> Transition {
             .iter()
             .filter_map(|i| i.as_str().map(str::to_string))
             .collect(),
-        Some(_) => {
-            r.syntax(
-                join(at, "do"),
-                "must be a task name, a comma list or a list of names",
-            );
+        Some(other) => {
+            r.none_of(&join(at, "do"), &prop("do"), other);
             Vec::new()
         }
     };

@@ -89,7 +89,7 @@ fn every_problem_is_reported_at_once() {
         .map(|i| (i.kind, i.spec_path.as_str()))
         .collect();
     assert!(
-        summary.contains(&(IssueKind::Syntax, "tasks.a.colour")),
+        summary.contains(&(IssueKind::Syntax, "tasks.a")),
         "{found:#?}"
     );
     assert!(
@@ -97,29 +97,55 @@ fn every_problem_is_reported_at_once() {
         "{found:#?}"
     );
     assert!(
-        summary.contains(&(IssueKind::Semantic, "tasks.a.next.0.do")),
+        summary.contains(&(IssueKind::Semantic, "tasks.a.next[0].do")),
         "{found:#?}"
     );
     assert!(
-        summary.contains(&(IssueKind::Expression, "tasks.b.next.0.when")),
+        summary.contains(&(IssueKind::Expression, "tasks.b.next[0].when")),
         "{found:#?}"
     );
-    let colour = found
+    let colour = found.iter().find(|i| i.spec_path == "tasks.a").unwrap();
+    assert_eq!(
+        colour.message,
+        "Additional properties are not allowed ('colour' was unexpected)"
+    );
+    assert_eq!(
+        colour.schema_path,
+        "properties.tasks.patternProperties.^\\w+$.additionalProperties"
+    );
+    assert_eq!(colour.line, Some(3));
+    let join = found
         .iter()
-        .find(|i| i.spec_path == "tasks.a.colour")
+        .find(|i| i.spec_path == "tasks.c.join")
         .unwrap();
-    assert_eq!(colour.line, Some(5));
+    assert_eq!(
+        join.message,
+        "'sometimes' is not valid under any of the given schemas"
+    );
     let bad_do = found
         .iter()
-        .find(|i| i.spec_path == "tasks.a.next.0.do")
+        .find(|i| i.spec_path == "tasks.a.next[0].do")
         .unwrap();
-    assert!(bad_do.message.contains("\"nowhere\""), "{bad_do:?}");
+    assert_eq!(bad_do.message, "The task \"nowhere\" is not defined.");
+    assert_eq!(bad_do.line, Some(7));
     let bad_expr = found
         .iter()
         .find(|i| i.kind == IssueKind::Expression)
         .unwrap();
-    assert!(bad_expr.message.contains("position"), "{bad_expr:?}");
+    assert_eq!(
+        bad_expr.message, "Parse error: unexpected end of statement",
+        "{bad_expr:?}"
+    );
+    assert_eq!(
+        bad_expr.expression.as_deref(),
+        Some("<% ctx().missing + %>")
+    );
     assert_eq!(bad_expr.line, Some(11));
+    // Sorted as Orquesta sorts: by type, schema path, spec path.
+    let kinds: Vec<IssueKind> = found.iter().map(|i| i.kind).collect();
+    let mut sorted = kinds.clone();
+    sorted.sort();
+    assert_eq!(kinds, sorted);
 }
 
 #[test]
@@ -135,7 +161,17 @@ fn undefined_variables_are_context_errors_but_lambdas_are_not() {
         .filter(|i| i.kind == IssueKind::Context)
         .map(|i| i.message.split('"').nth(1).unwrap_or_default())
         .collect();
-    assert_eq!(names, vec!["also_nope", "nope", "gone"], "{found:#?}");
+    assert_eq!(names, vec!["nope", "also_nope", "gone"], "{found:#?}");
+    let gone = found.last().unwrap();
+    assert_eq!(
+        (gone.spec_path.as_str(), gone.expression.as_deref()),
+        ("tasks.b.input", Some("{{ ctx().gone }}"))
+    );
+    assert_eq!(gone.language, Some("jinja"));
+    assert_eq!(
+        gone.message,
+        "Variable \"gone\" is referenced before assignment."
+    );
 }
 
 #[test]
@@ -149,19 +185,34 @@ fn unreachable_tasks_and_cycles_without_an_entry() {
         "version: 1.0\ntasks:\n  a:\n    next:\n      - do: b\n  b:\n    next:\n      - do: a\n";
     let found = issues(text);
     assert_eq!(found.len(), 1, "{found:#?}");
-    assert!(found[0].message.contains("no task can start"));
+    assert!(found[0]
+        .message
+        .starts_with("Unable to identify any tasks to start"));
 }
 
 #[test]
 fn top_level_shapes() {
     let found = issues("tasks: {}\nversion: 2\nextra: 1\n");
     let paths: Vec<&str> = found.iter().map(|i| i.spec_path.as_str()).collect();
-    assert_eq!(paths, vec!["extra", "version", "tasks"], "{found:#?}");
+    assert_eq!(paths, vec!["", "tasks", "version"], "{found:#?}");
+    assert_eq!(
+        found[0].message,
+        "Additional properties are not allowed ('extra' was unexpected)"
+    );
+    assert_eq!(found[1].message, "{} does not have enough properties");
+    assert_eq!(found[0].to_st2()["spec_path"], Value::Null);
     let found = issues("version: 1.0\ntasks:\n  a: [\n");
     assert_eq!(found[0].kind, IssueKind::Syntax);
     assert!(found[0].line.is_some(), "{found:#?}");
     let found = issues("version: 1.0\ntasks:\n  fail:\n    action: core.noop\n");
-    assert!(found[0].message.contains("engine command"), "{found:#?}");
+    assert_eq!(
+        (found[0].kind, found[0].message.as_str()),
+        (
+            IssueKind::Semantic,
+            "The task name \"fail\" is reserved with special function."
+        ),
+        "{found:#?}"
+    );
 }
 
 #[test]
@@ -331,6 +382,26 @@ mod conducting {
         assert_eq!(result["output"]["one"], "shared__1/0");
         assert_eq!(result["output"]["two"], "shared__2/0");
         assert_eq!(result["output"]["loop"], 0, "a loop is no split");
+    }
+
+    #[test]
+    fn errors_name_the_route_their_task_ran_on() {
+        let s = spec("version: 1.0\ntasks:\n  first:\n    action: core.noop\n    next:\n      - do: [left, right]\n  left:\n    action: core.noop\n    next:\n      - do: shared\n  right:\n    action: core.noop\n    next:\n      - do: shared\n  shared:\n    action: core.noop\n    next:\n      - when: <% result().value %>\n        do: after\n  after:\n    action: core.noop\n");
+        let (_, _, done) = drive(&s, json!({}), |_, _, _| (true, json!({})));
+        let Command::Finish { status, result } = done else {
+            panic!()
+        };
+        assert_eq!(status, FlowStatus::Failed);
+        let message = "YaqlEvaluationException: Unable to resolve key 'value' in expression '<% result().value %>' from context.";
+        let mut errors = result["errors"].as_array().cloned().unwrap_or_default();
+        errors.sort_by_key(|e| e["route"].as_u64());
+        assert_eq!(
+            errors,
+            vec![
+                json!({"type": "error", "message": message, "task_id": "shared", "route": 1, "task_transition_id": "after__t0"}),
+                json!({"type": "error", "message": message, "task_id": "shared", "route": 2, "task_transition_id": "after__t0"}),
+            ]
+        );
     }
 
     #[test]
@@ -1144,4 +1215,138 @@ mod pausing {
             "{message}"
         );
     }
+}
+
+/// StackStorm's `examples.orquesta-fail-inspection`, whose errors its
+/// wiring test `test_inspection_error` states exactly.
+#[test]
+fn inspection_errors_are_stackstorms() {
+    let text = "version: 1.0\n\ndescription: A basic sequential workflow.\n\nvars:\n  - macro: polo\n\ntasks:\n  task1:\n    action: core.local cmd=<% ctx().foobar %>\n    next:\n      - when: <% succeeded() %>\n        do:\n          - task2\n  task2:\n    action: core.local\n    input:\n        - cmd: echo <% ctx().macro %>\n    next:\n      - when: <% <% succeeded() %>\n        do: task3\n  task3:\n    action: std.noop\n";
+    let (spec, issues) = inspect(text);
+    let contents = check_contents(&spec.unwrap(), |r| {
+        (r == "core.local").then(|| {
+            [("cmd", true)]
+                .into_iter()
+                .map(|(n, required)| {
+                    (
+                        n.to_string(),
+                        crate::model::ParamSpec {
+                            required,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect()
+        })
+    });
+    let task = "properties.tasks.patternProperties.^\\w+$";
+    assert_eq!(
+        inspection_errors(&issues, contents),
+        vec![
+            json!({
+                "type": "content",
+                "message": "The action \"std.noop\" is not registered in the database.",
+                "schema_path": format!("{task}.properties.action"),
+                "spec_path": "tasks.task3.action",
+            }),
+            json!({
+                "type": "context",
+                "language": "yaql",
+                "expression": "<% ctx().foobar %>",
+                "message": "Variable \"foobar\" is referenced before assignment.",
+                "schema_path": format!("{task}.properties.input"),
+                "spec_path": "tasks.task1.input",
+            }),
+            json!({
+                "type": "expression",
+                "language": "yaql",
+                "expression": "<% <% succeeded() %>",
+                "message": "Parse error: unexpected '<' at position 0 of expression '<% succeeded()'",
+                "schema_path": format!("{task}.properties.next.items.properties.when"),
+                "spec_path": "tasks.task2.next[0].when",
+            }),
+            json!({
+                "type": "syntax",
+                "message": "[{'cmd': 'echo <% ctx().macro %>'}] is not valid under any of the given schemas",
+                "schema_path": format!("{task}.properties.input.oneOf"),
+                "spec_path": "tasks.task2.input",
+            }),
+        ]
+    );
+}
+
+/// Syntax errors in jsonschema's words at Orquesta's paths; expression
+/// and context errors as Orquesta's evaluators word them.
+#[test]
+fn syntax_expression_and_context_errors_in_orquestas_words() {
+    let text = "version: 1.0\nvars:\n  - a: 1\n    b: 2\ntasks:\n  t:\n    action: core.noop\n    colour: red\n    size: 2\n    retry:\n      when: <% failed() %>\n    next:\n      - do: 5\n        publish: [1]\n      - when: <% ctx().__secret %> {{ 1 }}\n      - when: <% 1 ~ 2 %>\n        publish:\n          - x: <% ctx().__secret %>\n";
+    let found: Vec<(String, String, String)> = issues(text)
+        .into_iter()
+        .map(|i| (i.spec_path, i.schema_path, i.message))
+        .collect();
+    let task = "properties.tasks.patternProperties.^\\w+$";
+    let next = format!("{task}.properties.next.items");
+    let expected = vec![
+        (
+            "tasks.t.next[1].when".to_string(),
+            format!("{next}.properties.when"),
+            "Expression with multiple types is not supported.".to_string(),
+        ),
+        (
+            "tasks.t.next[2].when".to_string(),
+            format!("{next}.properties.when"),
+            "Lexical error: illegal character '~' at position 2".to_string(),
+        ),
+        (
+            "tasks.t".to_string(),
+            format!("{task}.additionalProperties"),
+            "Additional properties are not allowed ('colour', 'size' were unexpected)".to_string(),
+        ),
+        (
+            "tasks.t.next[0].do".to_string(),
+            format!("{next}.properties.do.oneOf"),
+            "5 is not valid under any of the given schemas".to_string(),
+        ),
+        (
+            "tasks.t.next[0].publish".to_string(),
+            format!("{next}.properties.publish.oneOf"),
+            "[1] is not valid under any of the given schemas".to_string(),
+        ),
+        (
+            "tasks.t.retry".to_string(),
+            format!("{task}.properties.retry.required"),
+            "'count' is a required property".to_string(),
+        ),
+        (
+            "vars[0]".to_string(),
+            "properties.vars.items.maxProperties".to_string(),
+            "{'a': 1, 'b': 2} has too many properties".to_string(),
+        ),
+    ];
+    let context: Vec<&(String, String, String)> = found
+        .iter()
+        .filter(|(_, _, m)| m.starts_with("Variable"))
+        .collect();
+    assert_eq!(
+        context,
+        vec![
+            &(
+                "tasks.t.next[2].publish[0]".to_string(),
+                format!("{next}.properties.publish"),
+                "Variable \"__secret\" that is prefixed with double underscores is considered a private variable and cannot be referenced.".to_string(),
+            ),
+            &(
+                "tasks.t.next[2].publish[0]".to_string(),
+                format!("{next}.properties.publish"),
+                "Variable \"__secret\" is referenced before assignment.".to_string(),
+            ),
+        ],
+        "{found:#?}"
+    );
+    let rest: Vec<(String, String, String)> = found
+        .iter()
+        .filter(|(_, _, m)| !m.starts_with("Variable"))
+        .cloned()
+        .collect();
+    assert_eq!(rest, expected, "{found:#?}");
 }
