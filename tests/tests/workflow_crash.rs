@@ -1,7 +1,7 @@
 //! Durability: a real `squall node` process is killed with SIGKILL in the
 //! middle of a workflow (a task waiting on a person; a with-items fan-out
-//! under way), started again, and the workflow finishes with no task run
-//! twice.
+//! under way; workflows canceling, pausing, paused and re-run from a task),
+//! started again, and the workflow finishes with no task run twice.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,13 +23,18 @@ impl Drop for NodeProcess {
     }
 }
 
-fn start_node(config: &Path) -> Result<NodeProcess> {
+/// Starts a node whose warnings go to the end of `log`.
+fn start_node(config: &Path, log: &Path) -> Result<NodeProcess> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let child = Command::new(squall_binary()?)
         .args(["node", "--config"])
         .arg(config)
         .env("SQUALL_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()?;
     Ok(NodeProcess(child))
 }
@@ -97,7 +102,7 @@ impl Cluster {
 
     /// Starts the node and logs in once it answers.
     async fn start(&self) -> Result<(NodeProcess, reqwest::Client)> {
-        let node = start_node(&self.config)?;
+        let node = start_node(&self.config, &self.dir.path().join("node.log"))?;
         let token = poll(Duration::from_secs(60), || async {
             let Ok(password) = std::fs::read_to_string(self.dir.path().join("admin-password"))
             else {
@@ -118,7 +123,6 @@ impl Cluster {
             .await?)
     }
 
-    /// Waits until execution `id` has ended.
     /// Waits for the workflow's end. Work cut off by a kill waits out the
     /// ack wait (30 s) before another run takes it, and on a loaded
     /// machine some of it a second time: hence the generous deadline.
@@ -130,6 +134,125 @@ impl Cluster {
         })
         .await
     }
+
+    /// Sends `body` to `path` and returns the answer's status and JSON.
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut request = http.request(method, format!("{}/{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer = request.send().await?;
+        let status = answer.status().as_u16();
+        Ok((status, answer.json().await?))
+    }
+
+    /// Starts `action` with `parameters`; its execution id.
+    async fn run(&self, http: &reqwest::Client, action: &str, parameters: Value) -> Result<String> {
+        let body = json!({"action": action, "parameters": parameters});
+        let (status, created) = self
+            .send(http, reqwest::Method::POST, "executions", Some(body))
+            .await?;
+        anyhow::ensure!(status == 201, "{action}: {status} {created}");
+        Ok(created["id"].as_str().context("execution id")?.to_string())
+    }
+
+    /// Asks workflow `id` to become `status` (`pausing`, `resuming`) and
+    /// checks the answer.
+    async fn control(&self, http: &reqwest::Client, id: &str, status: &str) -> Result<()> {
+        let (code, body) = self
+            .send(
+                http,
+                reqwest::Method::PUT,
+                &format!("executions/{id}"),
+                Some(json!({"status": status})),
+            )
+            .await?;
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (200, Some(status)),
+            "{body}"
+        );
+        Ok(())
+    }
+
+    /// The record of `id` once its status is no longer one of `passing`
+    /// (the same deadline as [`Cluster::finished`]); the node's log on a
+    /// timeout.
+    async fn settles(&self, http: &reqwest::Client, id: &str, passing: &[&str]) -> Result<Value> {
+        poll(Duration::from_secs(150), || async {
+            let e = self.get(http, &format!("executions/{id}")).await?;
+            let status = e["status"].as_str().context("status")?;
+            Ok((!passing.contains(&status)).then_some(e))
+        })
+        .await
+        .with_context(|| format!("{id} stays {passing:?}; node log:\n{}", self.log()))
+    }
+
+    /// The task executions of workflow `id`, in the order they started.
+    async fn tasks(&self, http: &reqwest::Client, id: &str) -> Result<Vec<Value>> {
+        let kids = self
+            .get(http, &format!("executions/{id}/children?depth=1"))
+            .await?;
+        Ok(kids.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until task `task` of workflow `id` is `status`.
+    async fn task_reaches(
+        &self,
+        http: &reqwest::Client,
+        id: &str,
+        task: &str,
+        status: &str,
+    ) -> Result<()> {
+        poll(Duration::from_secs(60), || async {
+            let tasks = self.tasks(http, id).await?;
+            Ok(tasks
+                .iter()
+                .any(|t| t["context"]["orquesta"]["task_name"] == task && t["status"] == status)
+                .then_some(()))
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "{id}: task {task} never {status}; node log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// What the node processes have logged.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+}
+
+/// Each task's name and status, in the order they started.
+fn names(tasks: &[Value]) -> Vec<(String, String)> {
+    tasks
+        .iter()
+        .map(|t| {
+            (
+                t["context"]["orquesta"]["task_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                t["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 fn kill9(node: NodeProcess) -> Result<()> {
@@ -303,6 +426,246 @@ async fn a_with_items_workflow_killed_mid_flight_ends_with_no_item_run_twice() -
     } else {
         assert_eq!(done["status"], "failed", "{done}");
     }
+    drop(cluster.nats);
+    Ok(())
+}
+
+/// Waits up to 5 minutes for the file `ctx(gate)` (so a copy orphaned by
+/// a killed node ends on its own), failing at once without `ctx(ready)`.
+const HOLD: &str = "\"test -f <% ctx(ready) %> && for i in $(seq 3000); do test -f <% ctx(gate) %> && exit 0; sleep 0.1; done; exit 1\"";
+
+/// A task lost with its node runs again (the hold only waits on a file).
+const WAIT_ACTION: &str = "name: wait\nrunner_type: local-shell-cmd\nparameters:\n  cmd:\n    type: string\n    required: true\ntags:\n  - name: squall.runner_loss\n    value: rerun\n";
+
+const STAGED_ACTION: &str = "name: staged\nrunner_type: orquesta\nentry_point: workflows/staged.yaml\nparameters:\n  log:\n    type: string\n    required: true\n  ready:\n    type: string\n    required: true\n  gate:\n    type: string\n    required: true\n";
+
+/// `prepare`, then `hold` until its gate opens, then `finish`.
+fn staged_flow() -> String {
+    format!(
+        "version: 1.0
+input:
+  - log
+  - ready
+  - gate
+tasks:
+  prepare:
+    action: core.local
+    input:
+      cmd: \"echo prepare >> <% ctx(log) %>\"
+    next:
+      - when: <% succeeded() %>
+        do: hold
+  hold:
+    action: states.wait
+    input:
+      cmd: {HOLD}
+      timeout: 600
+    next:
+      - when: <% succeeded() %>
+        do: finish
+  finish:
+    action: core.local
+    input:
+      cmd: \"echo finish >> <% ctx(log) %>\"
+"
+    )
+}
+
+const SLOW_ACTION: &str = "name: slow\nrunner_type: orquesta\nentry_point: workflows/slow.yaml\nparameters:\n  log:\n    type: string\n    required: true\n  ready:\n    type: string\n    required: true\n  gate:\n    type: string\n    required: true\n";
+
+/// `slow` (an action lost with its node is `abandoned`), then `after`
+/// whatever `slow`'s end.
+fn slow_flow() -> String {
+    format!(
+        "version: 1.0
+input:
+  - log
+  - ready
+  - gate
+tasks:
+  slow:
+    action: core.local
+    input:
+      cmd: {HOLD}
+      timeout: 600
+    next:
+      - do: after
+  after:
+    action: core.local
+    input:
+      cmd: \"echo after >> <% ctx(log) %>\"
+"
+    )
+}
+
+/// One kill covers four workflows: one `canceling`, one `pausing`, one
+/// `paused` and one re-run from its failed task; after the restart each
+/// ends as it would have without the kill.
+#[tokio::test]
+async fn workflows_canceling_pausing_paused_or_re_run_survive_their_node_being_killed() -> Result<()>
+{
+    let staged = staged_flow();
+    let slow = slow_flow();
+    let cluster = Cluster::new(
+        "states",
+        &[
+            ("pack.yaml", "name: states\nversion: 0.1.0\n"),
+            ("actions/wait.yaml", WAIT_ACTION),
+            ("actions/staged.yaml", STAGED_ACTION),
+            ("actions/workflows/staged.yaml", &staged),
+            ("actions/slow.yaml", SLOW_ACTION),
+            ("actions/workflows/slow.yaml", &slow),
+        ],
+    )?;
+    let (node, http) = cluster.start().await?;
+    let file = |name: &str| cluster.dir.path().join(name);
+    let ready = file("ready");
+    std::fs::write(&ready, "")?;
+    let params = |name: &str, ready: &Path| {
+        json!({
+            "log": file(&format!("{name}.log")),
+            "ready": ready,
+            "gate": file(&format!("{name}.gate")),
+        })
+    };
+    let canceling = cluster
+        .run(&http, "states.slow", params("canceling", &ready))
+        .await?;
+    let pausing = cluster
+        .run(&http, "states.staged", params("pausing", &ready))
+        .await?;
+    let paused = cluster
+        .run(&http, "states.staged", params("paused", &ready))
+        .await?;
+    // `hold` fails at once: its `ready` file is missing.
+    let failed = cluster
+        .run(
+            &http,
+            "states.staged",
+            params("re-run", &file("re-run.ready")),
+        )
+        .await?;
+
+    let ended = cluster
+        .settles(&http, &failed, &["requested", "scheduled", "running"])
+        .await?;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    std::fs::write(file("re-run.ready"), "")?;
+    let (status, again) = cluster
+        .send(
+            &http,
+            reqwest::Method::POST,
+            &format!("executions/{failed}/re_run"),
+            Some(json!({"tasks": ["hold"]})),
+        )
+        .await?;
+    assert_eq!(status, 201, "{again}");
+    let re_run = again["id"].as_str().context("re-run id")?.to_string();
+
+    cluster
+        .task_reaches(&http, &canceling, "slow", "running")
+        .await?;
+    for id in [&pausing, &paused, &re_run] {
+        cluster.task_reaches(&http, id, "hold", "running").await?;
+    }
+    let (code, body) = cluster
+        .send(
+            &http,
+            reqwest::Method::DELETE,
+            &format!("executions/{canceling}"),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("canceling")),
+        "{body}"
+    );
+    cluster.control(&http, &pausing, "pausing").await?;
+    cluster.control(&http, &paused, "pausing").await?;
+    std::fs::write(file("paused.gate"), "")?;
+    let e = cluster
+        .settles(&http, &paused, &["pausing", "running"])
+        .await?;
+    assert_eq!(e["status"], "paused", "{e}");
+
+    // Kill the node with each workflow where it should be.
+    for (id, status) in [
+        (&canceling, "canceling"),
+        (&pausing, "pausing"),
+        (&paused, "paused"),
+        (&re_run, "running"),
+    ] {
+        let e = cluster.get(&http, &format!("executions/{id}")).await?;
+        assert_eq!(e["status"], status, "before the kill: {e}");
+    }
+    kill9(node)?;
+
+    let (_node, http) = cluster.start().await?;
+    std::fs::write(file("pausing.gate"), "")?;
+    std::fs::write(file("re-run.gate"), "")?;
+
+    // Canceling: the lost `slow` is abandoned, the workflow canceled.
+    let e = cluster.settles(&http, &canceling, &["canceling"]).await?;
+    assert_eq!(e["status"], "canceled", "{e}");
+    assert_eq!(
+        names(&cluster.tasks(&http, &canceling).await?),
+        owned(&[("slow", "abandoned")])
+    );
+    // The orphaned `slow` process may end now.
+    std::fs::write(file("canceling.gate"), "")?;
+
+    // Pausing: `hold`, lost, runs again; the workflow pauses after it.
+    let e = cluster
+        .settles(&http, &pausing, &["pausing", "running"])
+        .await?;
+    assert_eq!(e["status"], "paused", "{e}");
+    for id in [&pausing, &paused] {
+        cluster.control(&http, id, "resuming").await?;
+    }
+    for id in [&pausing, &paused, &re_run] {
+        let e = cluster.settles(&http, id, &["resuming", "running"]).await?;
+        assert_eq!(e["status"], "succeeded", "{e}");
+    }
+
+    // Every task ran once; only the holds cut off by the kill were run
+    // again, by the same execution.
+    let lost = |tasks: &[Value], task: &str| {
+        tasks
+            .iter()
+            .find(|t| t["context"]["orquesta"]["task_name"] == task)
+            .map(|t| t["context"]["runner_losses"].clone())
+            .unwrap_or_default()
+    };
+    let all = [
+        ("prepare", "succeeded"),
+        ("hold", "succeeded"),
+        ("finish", "succeeded"),
+    ];
+    let tasks = cluster.tasks(&http, &pausing).await?;
+    assert_eq!(names(&tasks), owned(&all));
+    assert_eq!(lost(&tasks, "hold"), json!(["crash-test"]));
+    let tasks = cluster.tasks(&http, &paused).await?;
+    assert_eq!(names(&tasks), owned(&all));
+    assert_eq!(lost(&tasks, "hold"), Value::Null);
+    let tasks = cluster.tasks(&http, &re_run).await?;
+    assert_eq!(
+        names(&tasks),
+        owned(&all[1..]),
+        "`prepare` is not run again"
+    );
+    assert_eq!(lost(&tasks, "hold"), json!(["crash-test"]));
+    for name in ["pausing", "paused", "re-run"] {
+        let log = std::fs::read_to_string(file(&format!("{name}.log")))?;
+        assert_eq!(log, "prepare\nfinish\n", "{name}");
+    }
+
+    // The canceled workflow never started `after`.
+    assert_eq!(
+        names(&cluster.tasks(&http, &canceling).await?),
+        owned(&[("slow", "abandoned")])
+    );
+    assert!(!file("canceling.log").exists());
     drop(cluster.nats);
     Ok(())
 }
