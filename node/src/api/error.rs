@@ -54,7 +54,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A 503 is transient (the index loading, the bus away) and the
+        // client is told to retry: a warning, not an error to page on.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "request refused for now");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
         let body = Json(json!({"faultstring": self.to_string()}));

@@ -13,6 +13,12 @@ mod dispatch;
 use args::{Args, Command};
 use dispatch::dispatch;
 
+/// The node allocates and frees JSON values on every event; glibc's
+/// malloc took about 29 % of its CPU at the peak and fragmented under
+/// load (see loadtest/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if !matches!(
