@@ -11,6 +11,7 @@
 //! - [`history`]: the history benchmark (seeded history; memory, lists,
 //!   restart).
 //! - [`resources`]: CPU, RSS and stream sizes over a run.
+//! - [`telemetry`]: runs with OpenTelemetry export off, live or down.
 //! - [`report`]: statistics, the JSON result, the HTML report, comparison.
 
 pub mod api_list;
@@ -20,6 +21,7 @@ pub mod report;
 pub mod resources;
 pub mod scenario;
 pub mod target;
+pub mod telemetry;
 pub mod webhook;
 pub mod workflow;
 
@@ -76,6 +78,9 @@ use target::Target;
 pub struct RunOptions {
     /// Messages for the ceiling run (none when 0 or without a NATS URL).
     pub ceiling_messages: usize,
+    /// The telemetry the node was started with, to report on (none: not
+    /// reported).
+    pub telemetry: Option<telemetry::Telemetry>,
 }
 
 /// Runs `scenario` against `target`: the load, resources sampled while it
@@ -87,7 +92,8 @@ pub async fn run(
 ) -> Result<Report, LoadError> {
     let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let timeout = Duration::from_secs(scenario.timeout_s);
-    let ops_before = target.bus_ops().await?;
+    let metrics_before = target.metrics().await?;
+    let spans_before = opts.telemetry.as_ref().map(|t| t.spans_received());
     let sampler = target.pid.map(resources::Sampler::start);
     let outcome = match &scenario.load {
         Load::Webhook(w) => {
@@ -100,8 +106,12 @@ pub async fn run(
         Some(s) => s.finish().await,
         None => Vec::new(),
     };
-    let bus_ops =
-        report::BusOpsPerCompletion::of(&ops_before, &target.bus_ops().await?, outcome.completions);
+    let metrics_after = target.metrics().await?;
+    let bus_ops = report::BusOpsPerCompletion::of(
+        &target::parse_bus_ops(&metrics_before),
+        &target::parse_bus_ops(&metrics_after),
+        outcome.completions,
+    );
     let (streams, ceiling) = match &target.nats_url {
         Some(url) => {
             let streams = resources::stream_sizes(url).await?;
@@ -115,6 +125,18 @@ pub async fn run(
         }
         None => (Vec::new(), None),
     };
+    let telemetry = match &opts.telemetry {
+        Some(t) => Some(
+            t.figures(
+                target,
+                &metrics_before,
+                spans_before.unwrap_or(0),
+                outcome.completions,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     Ok(Report {
         scenario: scenario.name.clone(),
         goal: scenario.goal.clone(),
@@ -126,5 +148,6 @@ pub async fn run(
         resources,
         streams,
         bus_ops,
+        telemetry,
     })
 }

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use squall_loadtest::report::{self, Report};
 use squall_loadtest::scenario::{self, Load, Scenario};
 use squall_loadtest::target::{ManagedNode, Target};
+use squall_loadtest::telemetry::{Mode, Telemetry};
 use squall_loadtest::RunOptions;
 
 #[derive(Debug, Parser)]
@@ -96,6 +97,11 @@ struct RunArgs {
     /// Where the JSON and HTML go.
     #[arg(long, default_value = "loadtest/results")]
     out: PathBuf,
+    /// The started node's OpenTelemetry export: `off`, `live` (every span
+    /// to a receiver this tool runs) or `down` (to a port nobody listens
+    /// on); reported with the spans received and dropped.
+    #[arg(long, value_enum)]
+    telemetry: Option<Mode>,
 }
 
 #[tokio::main]
@@ -125,7 +131,8 @@ async fn main() -> Result<()> {
             };
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
             let packs = [root.join("../packs"), root.join("packs")];
-            let mut node = ManagedNode::start(&squall, nats_server.as_deref(), &packs).await?;
+            let mut node =
+                ManagedNode::start(&squall, nats_server.as_deref(), &packs, None).await?;
             let load = squall_loadtest::history::HistoryLoad {
                 count,
                 clients,
@@ -159,6 +166,7 @@ async fn main() -> Result<()> {
                 duration_s,
                 ceiling,
                 out,
+                telemetry,
             } = *args;
             let mut scenario = Scenario::load(&scenario)?;
             match &mut scenario.load {
@@ -177,7 +185,14 @@ async fn main() -> Result<()> {
                 }
             }
             let managed;
+            let telemetry = match telemetry {
+                Some(mode) => Some(Telemetry::start(mode).await?),
+                None => None,
+            };
             let target = match url {
+                Some(_) if telemetry.is_some() => anyhow::bail!(
+                    "--telemetry configures the node the tool starts; a node given by --url keeps its own telemetry settings"
+                ),
                 Some(url) => {
                     let password = std::fs::read_to_string(&password_file)
                         .with_context(|| format!("reading {}", password_file.display()))?;
@@ -193,7 +208,14 @@ async fn main() -> Result<()> {
                     };
                     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
                     let packs = [root.join("../packs"), root.join("packs")];
-                    managed = ManagedNode::start(&squall, nats_server.as_deref(), &packs).await?;
+                    let config = telemetry.as_ref().and_then(Telemetry::node_config);
+                    managed = ManagedNode::start(
+                        &squall,
+                        nats_server.as_deref(),
+                        &packs,
+                        config.as_deref(),
+                    )
+                    .await?;
                     managed.target.clone()
                 }
             };
@@ -202,6 +224,7 @@ async fn main() -> Result<()> {
                 &scenario,
                 &RunOptions {
                     ceiling_messages: ceiling,
+                    telemetry,
                 },
             )
             .await?;

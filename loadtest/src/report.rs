@@ -322,6 +322,10 @@ pub struct Report {
     /// The node's bus operations during the load, per completion.
     #[serde(default)]
     pub bus_ops: Option<BusOpsPerCompletion>,
+    /// Where the node's OpenTelemetry export went, and what came of it
+    /// (none: not part of the run).
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::Figures>,
 }
 
 /// What the node's `squall_bus_operations_total` grew by during a run,
@@ -404,6 +408,16 @@ impl Report {
                 " bus_ops_per_{}={:.2}",
                 unit.trim_end_matches('s'),
                 ops.total
+            );
+        }
+        if let Some(t) = &self.telemetry {
+            let _ = write!(
+                line,
+                " telemetry={} spans_per_{}={:.2} spans_dropped={}",
+                t.mode.as_str(),
+                unit.trim_end_matches('s'),
+                t.spans_per_completion,
+                t.spans_dropped.values().sum::<u64>()
             );
         }
         if o.timed_out {
@@ -566,6 +580,22 @@ impl Report {
                 "<p>CPU of the node and its nats-server together: <b>{ms:.3} ms</b> per completion.</p>"
             );
         }
+        if let Some(t) = &self.telemetry {
+            let _ = write!(
+                h,
+                "<h2>Telemetry</h2><p>OpenTelemetry export <b>{}</b>: {} spans received ({:.2} per completion).</p>",
+                t.mode.as_str(),
+                t.spans_received,
+                t.spans_per_completion
+            );
+            if !t.spans_dropped.is_empty() {
+                h.push_str("<table><tr><th>spans dropped by the node</th><th>count</th></tr>");
+                for (reason, n) in &t.spans_dropped {
+                    let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(reason));
+                }
+                h.push_str("</table>");
+            }
+        }
         if !self.streams.is_empty() {
             h.push_str("<h2>Streams after the run</h2><table><tr><th>stream</th><th>messages</th><th>bytes</th></tr>");
             for s in &self.streams {
@@ -690,6 +720,13 @@ pub fn compare(a: &Report, b: &Report) -> String {
     }
     if let (Some(oa), Some(ob)) = (&a.bus_ops, &b.bus_ops) {
         row("bus_ops_per_completion", oa.total, ob.total);
+    }
+    if let (Some(ta), Some(tb)) = (&a.telemetry, &b.telemetry) {
+        row(
+            "spans_per_completion",
+            ta.spans_per_completion,
+            tb.spans_per_completion,
+        );
     }
     out
 }

@@ -12,12 +12,23 @@ use crate::LoadError;
 /// The `squall_bus_operations_total{op="..."} N` lines of a Prometheus
 /// text exposition, by `op`.
 pub fn parse_bus_ops(text: &str) -> std::collections::BTreeMap<String, u64> {
+    parse_counter(text, "squall_bus_operations_total", "op")
+}
+
+/// The `<metric>{<label>="..."} N` lines of a Prometheus text exposition
+/// (a counter with one label), by the label's value.
+pub fn parse_counter(
+    text: &str,
+    metric: &str,
+    label: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    let prefix = format!("{metric}{{{label}=\"");
     text.lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix("squall_bus_operations_total{op=\"")?;
-            let (op, rest) = rest.split_once('"')?;
+            let rest = l.strip_prefix(prefix.as_str())?;
+            let (value, rest) = rest.split_once('"')?;
             let n = rest.rsplit(' ').next()?.parse().ok()?;
-            Some((op.to_string(), n))
+            Some((value.to_string(), n))
         })
         .collect()
 }
@@ -79,18 +90,16 @@ impl Target {
         })
     }
 
-    /// The node's `squall_bus_operations_total` counters, by `op` (none
-    /// from a node that does not export them).
-    pub async fn bus_ops(&self) -> Result<std::collections::BTreeMap<String, u64>, LoadError> {
-        let text = self
+    /// The node's Prometheus text (`/metrics`).
+    pub async fn metrics(&self) -> Result<String, LoadError> {
+        Ok(self
             .http
             .get(format!("{}/metrics", self.root))
             .send()
             .await?
             .error_for_status()?
             .text()
-            .await?;
-        Ok(parse_bus_ops(&text))
+            .await?)
     }
 
     /// The number a list reports in `X-Total-Count`.
@@ -119,7 +128,8 @@ pub struct ManagedNode {
     command: Vec<std::ffi::OsString>,
 }
 
-fn free_port() -> Result<u16, LoadError> {
+/// A free loopback port.
+pub(crate) fn free_port() -> Result<u16, LoadError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -127,12 +137,14 @@ fn free_port() -> Result<u16, LoadError> {
 }
 
 impl ManagedNode {
-    /// Starts `squall up` (binary `squall`) with `pack_dirs`, on loopback,
+    /// Starts `squall up` (binary `squall`) with `pack_dirs` and, when
+    /// given, `config` (node.yaml text, passed as `--config`), on loopback,
     /// and logs in as its first admin.
     pub async fn start(
         squall: &Path,
         nats_server: Option<&Path>,
         pack_dirs: &[PathBuf],
+        config: Option<&str>,
     ) -> Result<ManagedNode, LoadError> {
         let data = tempfile::tempdir().map_err(|e| LoadError::io("temp dir", e))?;
         let (nats_port, api_port) = (free_port()?, free_port()?);
@@ -151,6 +163,12 @@ impl ManagedNode {
         }
         if let Some(n) = nats_server {
             cmd.arg("--nats-server").arg(n);
+        }
+        if let Some(yaml) = config {
+            let file = data.path().join("loadtest-node.yaml");
+            std::fs::write(&file, yaml)
+                .map_err(|e| LoadError::io(format!("writing {}", file.display()), e))?;
+            cmd.arg("--config").arg(file);
         }
         let command: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
             .chain(cmd.get_args().map(ToOwned::to_owned))

@@ -6,9 +6,10 @@ use anyhow::Result;
 use serde_json::json;
 use squall_loadtest::report::Report;
 use squall_loadtest::scenario::{GeneratedRules, Load, Scenario};
-use squall_loadtest::target::Target;
+use squall_loadtest::target::{ManagedNode, Target};
+use squall_loadtest::telemetry::{Mode, Telemetry};
 use squall_loadtest::RunOptions;
-use squall_tests::{repo_root, TestNode};
+use squall_tests::{nats_server_binary, repo_root, squall_binary, TestNode};
 
 async fn target(node: &TestNode) -> Result<Target> {
     Ok(Target::connect(
@@ -35,6 +36,7 @@ async fn a_smoke_run_counts_executions_and_writes_its_report() -> Result<()> {
         &scenario,
         &RunOptions {
             ceiling_messages: 300,
+            ..RunOptions::default()
         },
     )
     .await?;
@@ -109,6 +111,52 @@ async fn a_smoke_run_counts_executions_and_writes_its_report() -> Result<()> {
         "{line}"
     );
     assert!(squall_loadtest::report::compare(&report, &back).contains("1.00"));
+    Ok(())
+}
+
+/// `--telemetry live`: the started node sends every span to the tool's own
+/// receiver, and the report says how many arrived, how many the node says
+/// it exported (the two agree) and how many it dropped.
+#[tokio::test]
+async fn a_live_telemetry_run_reports_the_spans_its_receiver_got() -> Result<()> {
+    let telemetry = Telemetry::start(Mode::Live).await?;
+    let config = telemetry.node_config().expect("live sets an endpoint");
+    let root = repo_root();
+    let node = ManagedNode::start(
+        &squall_binary()?,
+        Some(&nats_server_binary()?),
+        &[root.join("packs"), root.join("loadtest/packs")],
+        Some(&config),
+    )
+    .await?;
+    let mut scenario = Scenario::load("webhook-noop")?;
+    if let Load::Webhook(w) = &mut scenario.load {
+        w.count = 20;
+        w.concurrency = 4;
+    }
+    let report = squall_loadtest::run(
+        &node.target,
+        &scenario,
+        &RunOptions {
+            ceiling_messages: 0,
+            telemetry: Some(telemetry),
+        },
+    )
+    .await?;
+    assert_eq!(report.outcome.completions, 20, "{}", report.summary());
+    let t = report.telemetry.as_ref().expect("telemetry figures");
+    assert_eq!(t.mode, Mode::Live);
+    // Each execution has at least its trigger, rule and execution spans.
+    assert!(t.spans_per_completion >= 3.0, "{t:?}");
+    assert_eq!(t.spans_received, t.spans_exported, "{t:?}");
+    assert_eq!(t.spans_dropped.values().sum::<u64>(), 0, "{t:?}");
+    assert!(
+        report
+            .summary()
+            .contains(" telemetry=live spans_per_execution="),
+        "{}",
+        report.summary()
+    );
     Ok(())
 }
 
