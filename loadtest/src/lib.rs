@@ -12,9 +12,12 @@
 //!   restart).
 //! - [`resources`]: CPU, RSS and stream sizes over a run.
 //! - [`telemetry`]: runs with OpenTelemetry export off, live or down.
+//! - [`audit_export`]: the audit trail's export rate, to a syslog
+//!   receiver the tool runs.
 //! - [`report`]: statistics, the JSON result, the HTML report, comparison.
 
 pub mod api_list;
+pub mod audit_export;
 pub mod ceiling;
 pub mod history;
 pub mod report;
@@ -81,6 +84,9 @@ pub struct RunOptions {
     /// The telemetry the node was started with, to report on (none: not
     /// reported).
     pub telemetry: Option<telemetry::Telemetry>,
+    /// The syslog receiver the node exports its audit trail to, to report
+    /// on (none: not reported).
+    pub audit_export: Option<audit_export::AuditExport>,
 }
 
 /// Runs `scenario` against `target`: the load, resources sampled while it
@@ -102,6 +108,7 @@ pub async fn run(
         Load::ApiList(a) => Outcome::of_api_list(&api_list::run(target, a, timeout).await?),
         Load::Workflow(w) => Outcome::of_workflows(&workflow::run(target, w, timeout).await?),
     };
+    let load_end = std::time::Instant::now();
     let resources = match sampler {
         Some(s) => s.finish().await,
         None => Vec::new(),
@@ -112,6 +119,11 @@ pub async fn run(
         &target::parse_bus_ops(&metrics_after),
         outcome.completions,
     );
+    // Before the ceiling run, which would compete with the export.
+    let audit_export = match &opts.audit_export {
+        Some(a) => Some(a.figures(load_end, target.nats_url.as_deref()).await?),
+        None => None,
+    };
     let (streams, ceiling) = match &target.nats_url {
         Some(url) => {
             let streams = resources::stream_sizes(url).await?;
@@ -149,5 +161,6 @@ pub async fn run(
         streams,
         bus_ops,
         telemetry,
+        audit_export,
     })
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use squall_loadtest::audit_export::AuditExport;
 use squall_loadtest::report::{self, Report};
 use squall_loadtest::scenario::{self, Load, Scenario};
 use squall_loadtest::target::{ManagedNode, Target};
@@ -102,6 +103,10 @@ struct RunArgs {
     /// on); reported with the spans received and dropped.
     #[arg(long, value_enum)]
     telemetry: Option<Mode>,
+    /// The started node exports its audit trail to a syslog (TCP) receiver
+    /// this tool runs; reported with the export rate.
+    #[arg(long)]
+    audit_export: bool,
 }
 
 #[tokio::main]
@@ -167,6 +172,7 @@ async fn main() -> Result<()> {
                 ceiling,
                 out,
                 telemetry,
+                audit_export,
             } = *args;
             let mut scenario = Scenario::load(&scenario)?;
             match &mut scenario.load {
@@ -189,9 +195,13 @@ async fn main() -> Result<()> {
                 Some(mode) => Some(Telemetry::start(mode).await?),
                 None => None,
             };
+            let audit_export = match audit_export {
+                true => Some(AuditExport::start().await?),
+                false => None,
+            };
             let target = match url {
-                Some(_) if telemetry.is_some() => anyhow::bail!(
-                    "--telemetry configures the node the tool starts; a node given by --url keeps its own telemetry settings"
+                Some(_) if telemetry.is_some() || audit_export.is_some() => anyhow::bail!(
+                    "--telemetry and --audit-export configure the node the tool starts; a node given by --url keeps its own settings"
                 ),
                 Some(url) => {
                     let password = std::fs::read_to_string(&password_file)
@@ -208,7 +218,15 @@ async fn main() -> Result<()> {
                     };
                     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
                     let packs = [root.join("../packs"), root.join("packs")];
-                    let config = telemetry.as_ref().and_then(Telemetry::node_config);
+                    let config = [
+                        telemetry.as_ref().and_then(Telemetry::node_config),
+                        audit_export.as_ref().map(AuditExport::node_config),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .concat();
+                    let config = (!config.is_empty()).then_some(config);
                     managed = ManagedNode::start(
                         &squall,
                         nats_server.as_deref(),
@@ -225,6 +243,7 @@ async fn main() -> Result<()> {
                 &RunOptions {
                     ceiling_messages: ceiling,
                     telemetry,
+                    audit_export,
                 },
             )
             .await?;

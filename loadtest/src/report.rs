@@ -326,6 +326,10 @@ pub struct Report {
     /// (none: not part of the run).
     #[serde(default)]
     pub telemetry: Option<crate::telemetry::Figures>,
+    /// The audit trail's export to the tool's syslog receiver (none: not
+    /// part of the run).
+    #[serde(default)]
+    pub audit_export: Option<crate::audit_export::Figures>,
 }
 
 /// What the node's `squall_bus_operations_total` grew by during a run,
@@ -418,6 +422,13 @@ impl Report {
                 unit.trim_end_matches('s'),
                 t.spans_per_completion,
                 t.spans_dropped.values().sum::<u64>()
+            );
+        }
+        if let Some(a) = &self.audit_export {
+            let _ = write!(
+                line,
+                " audit_exported={} audit_export_per_s={:.0} audit_trailed_s={:.1}",
+                a.events_received, a.per_s, a.trailed_load_s
             );
         }
         if o.timed_out {
@@ -578,6 +589,17 @@ impl Report {
             let _ = write!(
                 h,
                 "<p>CPU of the node and its nats-server together: <b>{ms:.3} ms</b> per completion.</p>"
+            );
+        }
+        if let Some(a) = &self.audit_export {
+            let stored = a
+                .events_stored
+                .map_or(String::new(), |s| format!(" of {s} stored"));
+            let _ = write!(
+                h,
+                "<h2>Audit export</h2><p>To a syslog receiver over TCP: <b>{}</b> events{stored}, \
+                 <b>{:.0}/s</b> from the first arrival to the last, the last {:.1} s after the load ended.</p>",
+                a.events_received, a.per_s, a.trailed_load_s
             );
         }
         if let Some(t) = &self.telemetry {

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use serde_json::json;
+use squall_loadtest::audit_export::AuditExport;
 use squall_loadtest::report::Report;
 use squall_loadtest::scenario::{GeneratedRules, Load, Scenario};
 use squall_loadtest::target::{ManagedNode, Target};
@@ -114,13 +115,16 @@ async fn a_smoke_run_counts_executions_and_writes_its_report() -> Result<()> {
     Ok(())
 }
 
-/// `--telemetry live`: the started node sends every span to the tool's own
-/// receiver, and the report says how many arrived, how many the node says
-/// it exported (the two agree) and how many it dropped.
+/// `--telemetry live --audit-export`: the started node sends every span to
+/// the tool's own OTLP receiver and its audit trail to the tool's syslog
+/// receiver; the report says how many spans arrived, how many the node
+/// says it exported (the two agree) and dropped, and how many audit events
+/// arrived (every stored one).
 #[tokio::test]
-async fn a_live_telemetry_run_reports_the_spans_its_receiver_got() -> Result<()> {
+async fn a_run_reports_the_spans_and_audit_events_its_receivers_got() -> Result<()> {
     let telemetry = Telemetry::start(Mode::Live).await?;
-    let config = telemetry.node_config().expect("live sets an endpoint");
+    let audit = AuditExport::start().await?;
+    let config = telemetry.node_config().expect("live sets an endpoint") + &audit.node_config();
     let root = repo_root();
     let node = ManagedNode::start(
         &squall_binary()?,
@@ -140,6 +144,7 @@ async fn a_live_telemetry_run_reports_the_spans_its_receiver_got() -> Result<()>
         &RunOptions {
             ceiling_messages: 0,
             telemetry: Some(telemetry),
+            audit_export: Some(audit),
         },
     )
     .await?;
