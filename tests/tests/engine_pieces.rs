@@ -1,0 +1,156 @@
+//! The engine's pieces on their own against a real nats-server, without a
+//! node around them: a rule partition's enforcement of one trigger
+//! instance (idempotent by derived ids, failures recorded, non-matches
+//! leaving nothing).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use squall_actors::bus::{Bus, EXECUTIONS_STREAM};
+use squall_actors::catalog::{Catalog, CatalogHandle};
+use squall_actors::configs::ConfigCache;
+use squall_actors::keys::{KeyCache, KeyStore};
+use squall_actors::rules::{self, RulesContext};
+use squall_domain::execution::{EnforcementStatus, Status, TriggerInstance};
+use squall_domain::model::PackBundle;
+use squall_domain::secrets::Cipher;
+use squall_domain::template::Renderer;
+use squall_domain::{ids, time, triggers};
+use squall_tests::{repo_root, NatsServer};
+
+async fn bus(nats: &NatsServer) -> Result<Bus> {
+    let client = async_nats::connect(nats.url()).await?;
+    Ok(Bus::open(client, squall_actors::node::layout(1), 4).await?)
+}
+
+/// The repository's `core` pack and a pack `t` with `rules`.
+fn catalog(rules: Vec<Value>) -> Result<Catalog> {
+    let core = squall_domain::loader::load_pack(&repo_root().join("packs/core"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t: PackBundle = serde_json::from_value(json!({
+        "pack": {"ref": "t", "name": "t", "version": "1.0.0"},
+        "path": "/packs/t",
+        "rules": rules,
+    }))?;
+    Ok(Catalog::build(BTreeMap::from([
+        ("core".to_string(), core),
+        ("t".to_string(), t),
+    ])))
+}
+
+/// A webhook rule on `hook` whose criteria want `body.n > 1`, running
+/// `core.noop`.
+fn rule(name: &str, criteria: Value) -> Value {
+    json!({
+        "name": name, "pack": "t", "enabled": true,
+        "trigger": {"type": triggers::WEBHOOK, "parameters": {"url": "hook"}},
+        "criteria": criteria,
+        "action": {"ref": "core.noop", "parameters": {}},
+    })
+}
+
+async fn context(bus: &Bus, catalog: Catalog) -> Result<RulesContext> {
+    let keys = KeyStore::open(bus, Cipher::from_hex(&Cipher::generate_hex())?).await?;
+    let handle = CatalogHandle::default();
+    handle.store(catalog);
+    Ok(RulesContext {
+        bus: bus.clone(),
+        catalog: handle,
+        renderer: Arc::new(Renderer::new()),
+        kv: KeyCache::start(&keys, bus.audit.clone()).await?,
+        configs: ConfigCache::start(bus).await?,
+    })
+}
+
+fn webhook(id: &str, body: Value) -> TriggerInstance {
+    TriggerInstance {
+        v: 1,
+        id: id.to_string(),
+        trigger: triggers::WEBHOOK.to_string(),
+        trigger_type: triggers::WEBHOOK.to_string(),
+        trigger_parameters: json!({"url": "hook"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        payload: json!({"body": body, "headers": {}}),
+        occurrence_time: time::now(),
+        trace_tag: None,
+    }
+}
+
+async fn requests_queued(bus: &Bus) -> Result<u64> {
+    Ok(bus
+        .js
+        .get_stream(EXECUTIONS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages)
+}
+
+#[tokio::test]
+async fn a_rule_partition_enforces_each_match_once_and_records_failures() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let ctx = context(
+        &bus,
+        catalog(vec![
+            rule(
+                "wants_big",
+                json!({"trigger.body.n": {"type": "gt", "pattern": 1}}),
+            ),
+            // A regex that does not compile: the enforcement fails, named.
+            rule(
+                "broken",
+                json!({"trigger.body.s": {"type": "regex", "pattern": "(unclosed"}}),
+            ),
+        ])?,
+    )
+    .await?;
+
+    // A match: one record (`requested`, its id derived from instance and
+    // rule), one request on the work queue, one enforcement; processing
+    // the same instance again (a redelivery) changes nothing.
+    let instance = webhook("ti-1", json!({"n": 5, "s": "x"}));
+    rules::process(&ctx, &instance, &ctx.kv).await?;
+    rules::process(&ctx, &instance, &ctx.kv).await?;
+    let at = instance.occurrence_time;
+    let id = ids::derived(&at, &["execution", "ti-1", "t.wants_big"]);
+    let (record, _) = bus.execution(&id).await?.expect("the execution's record");
+    assert_eq!(record.status, Status::Requested);
+    assert_eq!(record.action.action_ref, "core.noop");
+    assert_eq!(
+        record.rule.as_ref().map(|r| r.rule_ref.as_str()),
+        Some("t.wants_big")
+    );
+    assert_eq!(requests_queued(&bus).await?, 1);
+    let enforced = ids::derived(&at, &["enforcement", "ti-1", "t.wants_big"]);
+    let e = bus.enforcement(&enforced).await?.expect("an enforcement");
+    assert_eq!(e.status, EnforcementStatus::Succeeded);
+    assert_eq!(e.execution_id.as_deref(), Some(id.as_str()));
+    let failed = ids::derived(&at, &["enforcement", "ti-1", "t.broken"]);
+    let f = bus
+        .enforcement(&failed)
+        .await?
+        .expect("a failed enforcement");
+    assert_eq!(f.status, EnforcementStatus::Failed);
+    assert_eq!(f.execution_id, None);
+    let reason = f.failure_reason.unwrap_or_default();
+    assert!(reason.contains("t.broken"), "{reason}");
+    assert_eq!(bus.enforcement_ids().await?.len(), 2);
+
+    // No match: no record, no request; only the broken rule's failure.
+    let small = webhook("ti-2", json!({"n": 0, "s": "x"}));
+    rules::process(&ctx, &small, &ctx.kv).await?;
+    let at = small.occurrence_time;
+    let none = ids::derived(&at, &["execution", "ti-2", "t.wants_big"]);
+    assert!(bus.execution(&none).await?.is_none());
+    assert_eq!(requests_queued(&bus).await?, 1);
+    let not_enforced = ids::derived(&at, &["enforcement", "ti-2", "t.wants_big"]);
+    assert!(bus.enforcement(&not_enforced).await?.is_none());
+    assert_eq!(bus.enforcement_ids().await?.len(), 3);
+    Ok(())
+}
