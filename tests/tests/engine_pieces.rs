@@ -1,19 +1,24 @@
 //! The engine's pieces on their own against a real nats-server, without a
 //! node around them: a rule partition's enforcement of one trigger
 //! instance (idempotent by derived ids, failures recorded, non-matches
-//! leaving nothing).
+//! leaving nothing), and a runner pool's claim and run of the request it
+//! made (straight to `running` in one compare-and-swap, a redelivery
+//! running nothing again).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use squall_actors::bus::{Bus, EXECUTIONS_STREAM};
+use squall_actors::auth::AuthStore;
+use squall_actors::bus::{Bus, BusOp, EXECUTIONS_STREAM};
 use squall_actors::catalog::{Catalog, CatalogHandle};
 use squall_actors::configs::ConfigCache;
+use squall_actors::consumer::{Handler, Settle};
 use squall_actors::keys::{KeyCache, KeyStore};
 use squall_actors::rules::{self, RulesContext};
-use squall_domain::execution::{EnforcementStatus, Status, TriggerInstance};
+use squall_actors::runners::{CancelRegistry, RunnerContext, RunnerPool};
+use squall_domain::execution::{EnforcementStatus, ExecutionRequest, Status, TriggerInstance};
 use squall_domain::model::PackBundle;
 use squall_domain::secrets::Cipher;
 use squall_domain::template::Renderer;
@@ -152,5 +157,94 @@ async fn a_rule_partition_enforces_each_match_once_and_records_failures() -> Res
     let not_enforced = ids::derived(&at, &["enforcement", "ti-2", "t.wants_big"]);
     assert!(bus.enforcement(&not_enforced).await?.is_none());
     assert_eq!(bus.enforcement_ids().await?.len(), 3);
+    Ok(())
+}
+
+/// The first request on the work queue.
+async fn first_request(bus: &Bus) -> Result<ExecutionRequest> {
+    let mut stream = bus.js.get_stream(EXECUTIONS_STREAM).await?;
+    let first = stream.info().await?.state.first_sequence;
+    let raw = stream.get_raw_message(first).await?;
+    Ok(serde_json::from_slice(&raw.payload)?)
+}
+
+#[tokio::test]
+async fn a_runner_claims_straight_to_running_and_a_redelivery_runs_nothing() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let rules_ctx = context(
+        &bus,
+        catalog(vec![rule(
+            "always",
+            json!({"trigger.body.n": {"type": "exists"}}),
+        )])?,
+    )
+    .await?;
+    let instance = webhook("ti-run", json!({"n": 1}));
+    rules::process(&rules_ctx, &instance, &rules_ctx.kv).await?;
+    let request = first_request(&bus).await?;
+    assert!(
+        request.created.is_some(),
+        "the first request carries the record"
+    );
+
+    let data = tempfile::tempdir()?;
+    let venvs = squall_runners::venv::Virtualenvs::new(data.path(), Default::default());
+    let pool = Arc::new(RunnerPool {
+        ctx: RunnerContext {
+            bus: bus.clone(),
+            catalog: rules_ctx.catalog.clone(),
+            node: "n1".into(),
+            api_url: "http://127.0.0.1:9/v1".into(),
+            auth: AuthStore::open(&bus).await?,
+            runners: Arc::new(squall_runners::registry(
+                Default::default(),
+                data.path(),
+                &venvs,
+            )),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            in_flight: tokio_util::task::TaskTracker::new(),
+            cancels: CancelRegistry::default(),
+            renderer: rules_ctx.renderer.clone(),
+            kv: rules_ctx.kv.clone(),
+            configs: rules_ctx.configs.clone(),
+        },
+    });
+
+    // First delivery: no read, one swap to `running`, one final swap.
+    let (gets, updates) = (bus.ops.get(BusOp::Get), bus.ops.get(BusOp::Update));
+    let settle = pool.clone().handle(request.clone(), 1).await;
+    assert!(matches!(settle, Settle::Done), "{settle:?}");
+    assert_eq!(bus.ops.get(BusOp::Get) - gets, 0);
+    assert_eq!(bus.ops.get(BusOp::Update) - updates, 2);
+    let (record, revision) = bus
+        .execution(&request.execution_id)
+        .await?
+        .expect("the record");
+    assert_eq!(record.status, Status::Succeeded);
+    assert_eq!(record.node.as_deref(), Some("n1"));
+    // `scheduled` is logged as StackStorm's clients expect it, in the
+    // same swap as `running` (two updates in all, counted above).
+    let statuses: Vec<Status> = record.log.iter().map(|e| e.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            Status::Requested,
+            Status::Scheduled,
+            Status::Running,
+            Status::Succeeded
+        ]
+    );
+
+    // Delivered again (an ack lost): the record says it ended, so nothing
+    // runs and nothing is written.
+    let settle = pool.clone().handle(request.clone(), 2).await;
+    assert!(matches!(settle, Settle::Done), "{settle:?}");
+    let (again, rev_again) = bus
+        .execution(&request.execution_id)
+        .await?
+        .expect("the record");
+    assert_eq!(rev_again, revision);
+    assert_eq!(again.log.len(), 4);
     Ok(())
 }
