@@ -1,0 +1,116 @@
+//! Sweeps: reconcile a partition's running workflows with their tasks'
+//! records, reporting again a task end its workflow never heard.
+
+use std::collections::HashMap;
+
+use squall_domain::execution::Status;
+use squall_domain::ids;
+use squall_domain::orquesta::conductor::{FlowState, TaskStatus};
+
+use super::partition::PartitionMemory;
+use super::record::read_record;
+use crate::bus::Bus;
+use crate::error::EngineError;
+use crate::flow_events::notify_parent;
+
+/// What a sweep needs of a partition's memory: the running workflows, and
+/// the states of those it keeps in memory.
+pub(super) struct SweepSnapshot {
+    active: Vec<String>,
+    flows: HashMap<String, FlowState>,
+    chains: crate::chains::ChainCache,
+}
+
+impl SweepSnapshot {
+    pub(super) fn of(memory: &PartitionMemory) -> SweepSnapshot {
+        let mut flows = HashMap::new();
+        let mut chains = crate::chains::ChainCache::new();
+        for id in &memory.active {
+            if let Some((record, _)) = memory.cache.records.get(id) {
+                flows.insert(id.clone(), record.state.clone());
+            } else if let Some(chain) = memory.chains.get(id) {
+                chains.insert(id.clone(), chain.clone());
+            }
+        }
+        SweepSnapshot {
+            active: memory.active.iter().cloned().collect(),
+            flows,
+            chains,
+        }
+    }
+}
+
+/// Reconciles the partition's running workflows with their tasks'
+/// records: a task whose record says it ended (or paused) without its
+/// workflow having heard — its writer died between the write and the
+/// publish — is reported again (same message ids: a report that was not
+/// lost changes nothing). Returns the workflows that finished, to leave
+/// the running set.
+pub(super) async fn sweep(bus: &Bus, snapshot: SweepSnapshot) -> Result<Vec<String>, EngineError> {
+    let mut finished = Vec::new();
+    for id in &snapshot.active {
+        if !snapshot.flows.contains_key(id) {
+            if let Some((ended, waited)) =
+                crate::chains::sweep_view(bus, &snapshot.chains, id).await?
+            {
+                if ended {
+                    finished.push(id.clone());
+                } else if let Some(child) = waited {
+                    match bus.execution(&child).await? {
+                        Some((record, _)) if record.status.is_completed() => {
+                            notify_parent(bus, &record).await?;
+                        }
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+        }
+        let record = match snapshot.flows.get(id) {
+            Some(state) => Some(state.clone()),
+            None => read_record(bus, id).await?.map(|(r, _)| r.state),
+        };
+        let Some(flow) = record.filter(|f| !f.status.is_finished()) else {
+            finished.push(id.clone());
+            continue;
+        };
+        let Some((workflow, _)) = bus.execution(id).await? else {
+            finished.push(id.clone());
+            continue;
+        };
+        for (run_id, waiting) in outstanding_runs(&flow) {
+            let child = ids::derived(&workflow.start_timestamp, &[&workflow.id, &run_id]);
+            let Some((record, _)) = bus.execution(&child).await? else {
+                continue;
+            };
+            // Ended, or paused while its workflow thinks it runs.
+            let unheard = record.status.is_completed()
+                || (waiting == TaskStatus::Running
+                    && matches!(record.status, Status::Paused | Status::Pending));
+            if unheard {
+                notify_parent(bus, &record).await?;
+            }
+        }
+    }
+    Ok(finished)
+}
+
+/// Task runs (items included) a workflow still waits on, with what it
+/// believes of each (items count as paused: only their end is reported).
+pub(super) fn outstanding_runs(flow: &FlowState) -> Vec<(String, TaskStatus)> {
+    let mut runs = Vec::new();
+    for run in &flow.runs {
+        if !matches!(run.status, TaskStatus::Running | TaskStatus::Paused) {
+            continue;
+        }
+        match &run.items {
+            Some(items) => runs.extend(
+                items
+                    .in_flight_indexes()
+                    .map(|i| (format!("{}.{i}", run.id), TaskStatus::Paused)),
+            ),
+            None => runs.push((run.id.clone(), run.status)),
+        }
+    }
+    runs
+}
