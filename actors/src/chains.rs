@@ -23,8 +23,8 @@ use squall_domain::{ids, time};
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
+use crate::flow_common::{end_execution, WorkflowContext};
 use crate::flow_events::{FlowEvent, FlowEventMsg};
-use crate::workflows::WorkflowContext;
 
 /// The runner type whose executions are action chains.
 pub use crate::flow_events::CHAIN_RUNNER as RUNNER;
@@ -163,13 +163,8 @@ pub async fn handle_event(
                 let spec = match ChainSpec::parse(definition, &name) {
                     Ok(spec) => spec,
                     Err(error) => {
-                        crate::workflows::end_execution(
-                            &ctx.bus,
-                            id,
-                            Status::Failed,
-                            json!({ "error": error }),
-                        )
-                        .await?;
+                        end_execution(&ctx.bus, id, Status::Failed, json!({ "error": error }))
+                            .await?;
                         return Ok(Some(Status::Failed));
                     }
                 };
@@ -197,7 +192,7 @@ pub async fn handle_event(
                 (record, revision)
             }
             (None, FlowEvent::Cancel) => {
-                crate::workflows::end_execution(
+                end_execution(
                     &ctx.bus,
                     id,
                     Status::Canceled,
@@ -361,7 +356,7 @@ async fn carry_out(
                 executions::cancel(&ctx.bus, &child, "the chain's cancel").await?;
             }
             ChainCommand::Finish { status, result } => {
-                crate::workflows::end_execution(&ctx.bus, &record.id, status, result).await?;
+                end_execution(&ctx.bus, &record.id, status, result).await?;
             }
         }
         i += 1;

@@ -49,6 +49,7 @@ pub mod consumer;
 pub mod content;
 pub mod error;
 pub mod executions;
+pub mod flow_common;
 pub mod flow_events;
 pub mod history;
 pub mod inquiries;

@@ -14,9 +14,6 @@ const KNOWN: &[&[&str]] = &[
     // `bus` holds the node's audit emitter, whose events and counters sit
     // above it.
     &["audit", "bus", "history", "metrics", "mirror", "retention"],
-    // ActionChains run on the workflow partitions (`workflows` dispatches
-    // to `chains`) and use their context and end write back.
-    &["chains", "workflows"],
 ];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;

@@ -8,6 +8,7 @@ use squall_domain::time;
 
 use crate::bus::Bus;
 use crate::error::{bus_err, EngineError};
+use crate::flow_common::{end_execution, workflow_span};
 
 /// Writes a workflow execution's end (once; later calls only announce the
 /// end again, in case a crash came between the write and its announcement).
@@ -24,16 +25,6 @@ pub(super) async fn finish_execution(
         _ => return Ok(()),
     };
     end_execution(bus, id, status, result).await
-}
-
-/// The `traceparent` of workflow execution `workflow`'s `workflow.run`
-/// span: derived from its record's, so every node knows it, before the
-/// span is recorded at the workflow's end.
-pub(super) fn workflow_span(workflow: &ExecutionRecord) -> Option<String> {
-    crate::telemetry::derived(
-        workflow.traceparent.as_deref()?,
-        &format!("workflow:{}", workflow.id),
-    )
 }
 
 /// The `traceparent` of the `workflow.task` span of the task run whose
@@ -87,56 +78,6 @@ pub(super) async fn record_task_span(
         ],
     });
     Ok(())
-}
-
-/// Writes the end of a workflow execution (Orquesta or ActionChain) with
-/// `status` (once; later calls change nothing).
-pub(crate) async fn end_execution(
-    bus: &Bus,
-    id: &str,
-    status: Status,
-    result: Value,
-) -> Result<(), EngineError> {
-    for _ in 0..10 {
-        let Some((mut rec, rev)) = bus.execution(id).await? else {
-            return Ok(());
-        };
-        if rec.status.is_completed() {
-            return crate::notifier::ended(bus, &rec).await;
-        }
-        rec.result = result.clone();
-        let now = time::now();
-        rec.transition(status, now);
-        if bus.update_execution(&rec, rev).await?.is_some() {
-            crate::metrics::workflow_finished(
-                status,
-                (now - rec.start_timestamp).to_std().unwrap_or_default(),
-            );
-            if let (Some(me), Some(parent)) = (workflow_span(&rec), rec.traceparent.as_deref()) {
-                crate::telemetry::record(crate::telemetry::Finished {
-                    name: "workflow.run",
-                    traceparent: &me,
-                    parent,
-                    start: rec.start_timestamp.into(),
-                    attributes: vec![
-                        opentelemetry::KeyValue::new("squall.execution.id", id.to_string()),
-                        opentelemetry::KeyValue::new(
-                            "squall.action.ref",
-                            rec.action.action_ref.clone(),
-                        ),
-                        opentelemetry::KeyValue::new("squall.execution.status", status.as_str()),
-                        opentelemetry::KeyValue::new(
-                            "squall.trace_tag",
-                            crate::executions::trace_tag(&rec).to_string(),
-                        ),
-                    ],
-                });
-            }
-            tracing::info!(workflow = %id, status = %status, "workflow finished");
-            return Ok(());
-        }
-    }
-    Err(bus_err("finish workflow", "too many concurrent changes"))
 }
 
 /// Writes a workflow execution's pause or resume: `pausing`, `paused`, or

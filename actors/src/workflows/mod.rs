@@ -38,18 +38,16 @@ use serde_json::{json, Map};
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::orquesta::conductor::{self, Flow, FlowStatus};
 use squall_domain::orquesta::WorkflowSpec;
-use squall_domain::secrets::Cipher;
 
 use crate::bus::Bus;
 use crate::error::EngineError;
+use crate::flow_common::end_execution;
 use crate::flow_events::{publish, FlowEvent};
-use crate::keys::KeyCache;
-
 use cache::spec_of;
 use end::finish_execution;
 use record::{read_entry, read_record};
 
-pub(crate) use end::end_execution;
+pub use crate::flow_common::WorkflowContext;
 
 pub use crate::flow_events::is_workflow_runner;
 /// The runner type whose executions are workflows.
@@ -94,25 +92,6 @@ pub async fn start(
             .await
         }
     }
-}
-
-/// Everything a workflow partition needs.
-#[derive(Debug, Clone)]
-pub struct WorkflowContext {
-    pub bus: Bus,
-    pub catalog: crate::catalog::CatalogHandle,
-    /// Renders task actions' parameters.
-    pub renderer: std::sync::Arc<squall_domain::template::Renderer>,
-    /// Renders the workflows' own Jinja (`use_none`'s marker kept, as
-    /// Orquesta keeps it).
-    pub expressions: std::sync::Arc<squall_domain::template::Renderer>,
-    pub kv: KeyCache,
-    /// Pack configs, for `config_context` in task actions' parameters.
-    pub configs: crate::configs::ConfigCache,
-    /// Opens secrets for `st2kv(key, decrypt=true)`.
-    pub cipher: Cipher,
-    /// The public API URL, for `ctx().st2.api_url`.
-    pub api_url: String,
 }
 
 impl WorkflowContext {
