@@ -287,7 +287,7 @@ pub struct BusHandles {
     /// kept by the content watcher.
     pub end_listeners: std::sync::RwLock<Arc<EndListeners>>,
     /// The node's audit emitter (records nothing until started).
-    pub audit: crate::audit::Audit,
+    pub audit: crate::audit_event::Audit,
     /// The bus operations this node awaited, by kind.
     pub ops: Arc<BusOps>,
 }

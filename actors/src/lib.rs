@@ -39,6 +39,7 @@
 
 pub mod announce;
 pub mod audit;
+pub mod audit_event;
 pub mod auth;
 pub mod bus;
 pub mod catalog;

@@ -20,31 +20,29 @@ pub mod hec;
 pub mod relp;
 pub mod syslog;
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use squall_domain::execution::{
     EnforcementStatus, ExecutionRecord, RuleEnforcement, Status, TriggerInstance,
 };
-use squall_domain::time::{self, Timestamp};
+use squall_domain::time;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::EngineError;
 
+use crate::audit_event::Emitter;
+pub use crate::audit_event::{Actor, Audit, AuditEvent, Object, Outcome, SCHEMA};
 pub use config::AuditConfig;
 
 /// The stream of audit events.
 pub const AUDIT_STREAM: &str = "AUDIT";
 /// Events an exporter's receiver refused for good, with the reason.
 pub const DEAD_LETTER_STREAM: &str = "AUDIT_DLQ";
-/// Version of [`AuditEvent`]'s layout.
-pub const SCHEMA: u32 = 1;
 /// What replaces a secret value in an event's data.
 pub const MASKED: &str = "********";
 /// Events waiting to be published on one node; beyond, an event is
@@ -60,110 +58,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// the levels: `squall.audit.execution.finished`).
 pub fn subject(action: &str) -> String {
     format!("squall.audit.{action}")
-}
-
-/// Who did it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Actor {
-    /// The user (StackStorm's `context.user`), when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// How: `token`, `api_key`, `password`, `rule`, `webhook`, `system`...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    /// The client's address (`X-Forwarded-For` first), for API acts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_addr: Option<String>,
-}
-
-/// What it was done to.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Object {
-    /// `execution`, `trigger_instance`, `rule_enforcement`, `key`, `user`,
-    /// `api_key`, `action`, `rule`, `pack`, `inquiry`, `token`...
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// A reference (`pack.name`) or name, when the object has one.
-    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
-    pub reference: Option<String>,
-}
-
-/// How it went.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// `success`, `failure`, `denied`, or the object's new status.
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// One audit event as stored on the stream and exported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    pub schema: u32,
-    /// Deterministic: the same act always gets the same id (the stream's
-    /// `Nats-Msg-Id`, and the exporters' `audit_id`).
-    pub audit_id: String,
-    #[serde(with = "squall_domain::time::serde_ts")]
-    pub time: Timestamp,
-    /// The node that recorded it.
-    pub node: String,
-    /// `<object kind>.<verb>`: `execution.finished`, `auth.login_failed`...
-    pub action: String,
-    pub actor: Actor,
-    pub object: Object,
-    pub outcome: Outcome,
-    /// The W3C trace id of the work (as in the `traceparent` headers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// StackStorm's trace tag, when the cause had one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_tag: Option<String>,
-    /// Details, secrets masked ([`mask_secrets`]).
-    #[serde(default)]
-    pub data: Value,
-}
-
-impl AuditEvent {
-    /// An event of `action` on `object` with its deterministic `audit_id`;
-    /// the node and time are filled in by [`Audit::emit`] when left empty.
-    pub fn new(audit_id: impl Into<String>, action: &str, object: Object, status: &str) -> Self {
-        AuditEvent {
-            schema: SCHEMA,
-            audit_id: audit_id.into(),
-            time: time::now(),
-            node: String::new(),
-            action: action.to_string(),
-            actor: Actor::default(),
-            object,
-            outcome: Outcome {
-                status: status.to_string(),
-                reason: None,
-            },
-            trace_id: None,
-            trace_tag: None,
-            data: Value::Null,
-        }
-    }
-
-    /// With `actor`.
-    pub fn by(mut self, actor: Actor) -> Self {
-        self.actor = actor;
-        self
-    }
-
-    /// With a reason for the outcome.
-    pub fn because(mut self, reason: Option<String>) -> Self {
-        self.outcome.reason = reason;
-        self
-    }
-
-    /// With `data` (masked when emitted).
-    pub fn with_data(mut self, data: Value) -> Self {
-        self.data = data;
-        self
-    }
 }
 
 /// Names whose values are secrets wherever they appear in an event's data
@@ -401,24 +295,6 @@ pub fn streams(cfg: &AuditConfig, replicas: usize) -> Vec<stream::Config> {
         stream_config(cfg, replicas),
         dead_letter_config(cfg, replicas),
     ]
-}
-
-/// A node's audit emitter, shared through the [`crate::bus::Bus`]. Until
-/// [`Audit::start`] it records nothing (a bus opened by a tool or a test).
-#[derive(Clone, Default)]
-pub struct Audit(Arc<OnceLock<Emitter>>);
-
-impl std::fmt::Debug for Audit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Audit")
-            .field("started", &self.0.get().is_some())
-            .finish()
-    }
-}
-
-struct Emitter {
-    node: String,
-    tx: mpsc::Sender<AuditEvent>,
 }
 
 impl Audit {
