@@ -58,10 +58,7 @@ pub fn buckets(replicas: usize) -> Vec<kv::Config> {
         },
     ]
 }
-/// Longest life a token may be given; the bucket drops older entries.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Life of a token when the request names none (StackStorm's default).
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+pub use crate::timing::{DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL};
 /// Role of an action's token when its execution's user has no account:
 /// the system user, as whom rules run actions. Whoever may write rules may
 /// run actions, and no more.

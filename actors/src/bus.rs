@@ -39,7 +39,7 @@ use squall_domain::ids;
 use squall_domain::notify::EndListeners;
 
 use crate::error::{bus_err, EngineError};
-use crate::timing::{CONFLICT_ATTEMPTS, DUPLICATE_WINDOW};
+use crate::timing::{CONFLICT_ATTEMPTS, DUPLICATE_WINDOW, OUTPUT_RETENTION, TRIGGER_RETENTION};
 
 /// Stream of trigger instances.
 pub const TRIGGERS_STREAM: &str = "TRIGGERS";
@@ -47,8 +47,6 @@ pub const TRIGGERS_STREAM: &str = "TRIGGERS";
 pub const EXECUTIONS_STREAM: &str = "EXECUTIONS";
 /// Stream of executions' output chunks, as runners produce them.
 pub const OUTPUT_STREAM: &str = "OUTPUT";
-/// How long output chunks are kept (the final result keeps all output).
-pub const OUTPUT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most bytes of output chunks kept; the oldest go first.
 pub const OUTPUT_MAX_BYTES: i64 = 1 << 30;
 /// Work-queue stream of workflow events, partitioned by workflow id.
@@ -68,8 +66,6 @@ pub const TIMERS_BUCKET: &str = "timers";
 /// KV bucket of Python sensors' states, by sensor reference.
 pub const SENSORS_BUCKET: &str = "sensors";
 
-/// How long trigger instances are kept.
-pub const TRIGGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Largest value the content bucket accepts (one whole pack).
 pub const MAX_PACK_BYTES: i32 = 8 * 1024 * 1024;
 
@@ -86,8 +82,7 @@ pub async fn bucket_state(store: &kv::Store) -> Result<stream::State, EngineErro
         .clone())
 }
 
-/// How long listing a bucket's keys may take before it is given up.
-pub(crate) const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) use crate::timing::LIST_TIMEOUT;
 
 /// Header carrying W3C trace context across the bus.
 pub const TRACEPARENT: &str = "traceparent";

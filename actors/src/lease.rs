@@ -46,5 +46,6 @@ impl LeaseValidity {
     }
 }
 
-/// A hundred years: "never", as an `Instant` can hold it.
+/// A hundred years: "never", as an `Instant` can hold it. Local: not a
+/// timing but how this module writes "no deadline".
 const UNBOUNDED: Duration = Duration::from_secs(100 * 365 * 24 * 3600);

@@ -28,8 +28,7 @@ use crate::error::{bus_err, EngineError};
 
 /// KV bucket of failed logins.
 pub const LOGINS_BUCKET: &str = "logins";
-/// How long the bucket keeps a record at all.
-pub const LOGINS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+pub use crate::timing::LOGINS_MAX_AGE;
 /// The buckets this module keeps, as created with `replicas` replicas.
 pub fn buckets(replicas: usize) -> Vec<kv::Config> {
     vec![kv::Config {

@@ -5,7 +5,7 @@
 //! though: a lone NATS server killed before it wrote its state may forget
 //! a request, or keep an acknowledgement whose final record it lost. Such
 //! a record would wait forever. Every API node therefore looks, every
-//! [`ORPHAN_SWEEP_EVERY`], for records unchanged for [`QUIET_FOR`] that:
+//! [`ORPHAN_SWEEP_EVERY`], for records unchanged for [`ORPHAN_QUIET_FOR`] that:
 //!
 //! - are `requested` while their pool's queue is empty and idle (nothing
 //!   waits, nothing runs), so no message will ever bring them to a runner;
@@ -28,12 +28,7 @@ use crate::bus::EXECUTIONS_STREAM;
 use crate::error::{bus_err, EngineError};
 use crate::history::{Filter, HistoryHandle};
 use crate::runners::{claim_is_alive, consumer_name, RunnerContext};
-use crate::timing::ORPHAN_SWEEP_EVERY;
-
-/// How long a record must have stayed unchanged before the sweep looks at
-/// it: well past the ack wait (30 s) and the question to its node (5 s),
-/// after which a redelivered request would have settled it.
-pub const QUIET_FOR: chrono::Duration = chrono::Duration::seconds(120);
+use crate::timing::{ORPHAN_QUIET_FOR, ORPHAN_SWEEP_EVERY};
 
 /// Records read per sweep at most (the rest wait for the next sweep).
 const READS_PER_SWEEP: usize = 1000;
@@ -59,7 +54,7 @@ pub async fn sweep(
         .flat_map(|status| {
             let filter = Filter {
                 status: Some(*status),
-                before: Some(now - QUIET_FOR),
+                before: Some(now - ORPHAN_QUIET_FOR),
                 ..Filter::default()
             };
             history.read().page(&filter, true, 0, READS_PER_SWEEP).ids
@@ -78,7 +73,7 @@ pub async fn sweep(
             .map_or(record.start_timestamp, |e| e.timestamp);
         // Waiting for a concurrency slot is the policy sweep's to watch.
         let policy_delayed = record.status == Status::Delayed && record.node.is_none();
-        if changed > now - QUIET_FOR
+        if changed > now - ORPHAN_QUIET_FOR
             || !crate::runners::settled_by_runners(&record)
             || policy_delayed
         {

@@ -35,6 +35,7 @@ use crate::catalog::CatalogHandle;
 use crate::content::{pack_key, store_pack, warn_of_workflow_problems};
 use crate::error::EngineError;
 use crate::pack_files::{self, FilesError, PackFiles};
+use crate::timing::CATALOG_WAIT;
 
 /// How deep dependencies of dependencies go (StackStorm's `nested`).
 const MAX_NESTING: usize = 10;
@@ -42,9 +43,6 @@ const MAX_NESTING: usize = 10;
 /// Default time an install may take (StackStorm's `timeout` of
 /// `packs.install`).
 const DEFAULT_TIMEOUT: u64 = 600;
-
-/// How long the install waits for this node's catalog to show its result.
-const CATALOG_WAIT: Duration = Duration::from_secs(10);
 
 /// Packs StackStorm refuses to remove (`SYSTEM_PACK_NAMES`).
 const SYSTEM_PACKS: &[&str] = &["core", "packs", "linux", "chatops"];

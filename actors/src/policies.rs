@@ -18,7 +18,6 @@
 //! not released (a crash between the two).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
@@ -31,7 +30,7 @@ use squall_domain::{ids, time};
 use crate::bus::{execution_subject, from_bytes, to_bytes, Bus};
 use crate::catalog::CatalogHandle;
 use crate::error::{bus_err, EngineError};
-use crate::timing::POLICY_SWEEP_EVERY;
+use crate::timing::{LIST_TIMEOUT, POLICY_SWEEP_EVERY};
 
 /// KV bucket of concurrency slots: `<policy ref>[.<values hash>]` →
 /// [`Slots`].
@@ -50,9 +49,6 @@ pub fn buckets(replicas: usize) -> Vec<kv::Config> {
 /// Compare-and-swap attempts on one entry before giving up (the request
 /// then comes back and tries again).
 const CAS_ATTEMPTS: usize = 100;
-
-/// How long listing the bucket's keys may take.
-const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One slot set: who runs, who waits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

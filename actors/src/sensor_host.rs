@@ -43,35 +43,25 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
+use crate::auth::AuthStore;
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::catalog::{content_id, Catalog, CatalogHandle, Trigger};
 use crate::configs::{self, ConfigCache};
 use crate::keys::KeyCache;
 use crate::lease::LeaseValidity;
 use crate::metrics::{self, Dispatch};
+use crate::timing::{
+    COUNTS_EVERY, DEFAULT_TOKEN_TTL, FIRST_BACKOFF, HEALTHY_AFTER, MAX_BACKOFF, TOKEN_RENEW_EVERY,
+};
 
 /// The user a sensor's API token belongs to (StackStorm's sensor service
 /// user).
 pub const SENSOR_USER: &str = "sensor_service";
-/// How often a running sensor gets a fresh token (it lives
-/// [`DEFAULT_TOKEN_TTL`]).
-pub const TOKEN_RENEW_EVERY: Duration = Duration::from_secs(12 * 3600);
-/// First restart delay; doubled after each failure in a row.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest restart delay.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// A sensor that ran this long after `setup()` starts its back-off afresh
-/// when it next crashes.
-const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// Failed starts in a row (never reaching `setup()`'s end) after which a
 /// sensor shows `failed` (it is still retried every [`MAX_BACKOFF`]).
 pub const FAILED_AFTER: u32 = 3;
 /// Lines of a sensor's stderr kept for its state.
 const STDERR_TAIL: usize = 20;
-
-// The token is renewed well before it expires.
-const _: () = assert!(TOKEN_RENEW_EVERY.as_secs() * 2 <= DEFAULT_TOKEN_TTL.as_secs());
 
 /// A sensor's state as the `sensors` bucket holds it (wire format),
 /// written at each change of state, each rejected dispatch, and at most
@@ -253,9 +243,6 @@ struct SensorTask {
     /// When the state was last written.
     stored_at: Instant,
 }
-
-/// How often the dispatch counts of a running sensor are written at most.
-const COUNTS_EVERY: Duration = Duration::from_secs(5);
 
 /// How one run of the process ended.
 enum Ended {

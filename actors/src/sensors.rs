@@ -28,6 +28,7 @@ use crate::error::bus_err;
 use crate::pump::Pump;
 use crate::retention::Collector;
 use crate::sensor_host::{HostContext, SensorHost};
+use crate::timing::{TIMER_CATCH_UP, TIMER_RESUME_WINDOW};
 
 /// The timer trigger types, and the names StackStorm tags their traces
 /// with.
@@ -193,14 +194,6 @@ impl Actor for Timers {
     }
 }
 
-/// How far back a late timer (or a timer's new owner) still fires the
-/// ticks it missed.
-const CATCH_UP: chrono::Duration = chrono::Duration::seconds(60);
-
-/// How far back a timer's new owner fires the ticks its previous owner did
-/// not (a takeover takes seconds).
-const RESUME_WINDOW: chrono::Duration = chrono::Duration::seconds(20);
-
 /// Key of a timer's last fired tick in the `timers` bucket.
 fn fired_key(reference: &str) -> String {
     reference
@@ -223,7 +216,7 @@ fn fired_key(reference: &str) -> String {
 ///   with the same instance id, which JetStream and the rules drop);
 /// - a loop woken late (a busy node) fires the ticks it missed at once,
 ///   with their own times, and a tick whose publish fails is retried;
-/// - only ticks older than [`CATCH_UP`] are given up, with a warning.
+/// - only ticks older than [`TIMER_CATCH_UP`] are given up, with a warning.
 ///
 /// A `DateTimer` ends after its one tick.
 async fn fire(bus: Bus, fired: kv::Store, trigger: Trigger, schedule: Schedule) {
@@ -240,7 +233,7 @@ async fn fire(bus: Bus, fired: kv::Store, trigger: Trigger, schedule: Schedule) 
     let now = Utc::now();
     // A takeover's gap is seconds; after a longer stop (the whole cluster
     // down) the missed ticks are not fired in a burst.
-    let resume_from = now - RESUME_WINDOW;
+    let resume_from = now - TIMER_RESUME_WINDOW;
     let from = last.map_or(now, |last| last.max(resume_from));
     // Nor are ticks from before any rule listened (a rule just created or
     // enabled again starts a fresh schedule, as in StackStorm): only a
@@ -250,7 +243,7 @@ async fn fire(bus: Bus, fired: kv::Store, trigger: Trigger, schedule: Schedule) 
     let mut due = schedule.next_after(from);
     while let Some(at) = due {
         let now = Utc::now();
-        let oldest = now - CATCH_UP;
+        let oldest = now - TIMER_CATCH_UP;
         if at <= oldest {
             let next = schedule.next_after(oldest);
             tracing::warn!(trigger = %trigger.reference, missed = %at,

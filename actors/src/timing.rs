@@ -98,3 +98,83 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// up ([`crate::bus::Bucket::modify`]): conflicts come from concurrent
 /// writers of one key, which settle in a few rounds.
 pub const CONFLICT_ATTEMPTS: usize = 50;
+
+// Tokens (`auth`, `sensor_host`).
+
+/// Longest life a token may be given; the `tokens` bucket drops older
+/// entries. A week: a leaked token stops working within it, and a client
+/// (or a long action) may still keep one across days.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Life of a token when the request names none: StackStorm's default
+/// `token_ttl`, so st2 clients see the lifetimes they expect.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often a running sensor gets a fresh token: half its life, so a
+/// failed renewal still leaves a whole period to try again.
+pub const TOKEN_RENEW_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+// The token is renewed well before it expires.
+const _: () = assert!(TOKEN_RENEW_EVERY.as_secs() * 2 <= DEFAULT_TOKEN_TTL.as_secs());
+
+// Python sensors (`sensor_host`).
+
+/// First restart delay of a crashed sensor; doubled after each failure in
+/// a row. A second: a sensor that fails at once does not spin, and one
+/// that hit a passing fault is back quickly.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest restart delay: a sensor broken for good is retried once a
+/// minute, so it comes back within a minute of being fixed.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A sensor that ran this long after `setup()` starts its back-off afresh
+/// when it next crashes: half a minute of running means the fault is not
+/// in its start, so a later crash is a new one.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// How often the dispatch counts of a running sensor are written at most:
+/// one write per sensor every few seconds, whatever its trigger rate.
+pub const COUNTS_EVERY: Duration = Duration::from_secs(5);
+
+// Timers (`sensors`).
+
+/// How far back a late timer (or a timer's new owner) still fires the
+/// ticks it missed: a minute covers a restart or a takeover; older ticks
+/// are given up (with a warning) rather than fired in a burst.
+pub const TIMER_CATCH_UP: chrono::Duration = chrono::Duration::seconds(60);
+/// How far back a timer's new owner fires the ticks its previous owner did
+/// not: a takeover takes seconds (`LEASE_TTL` and a heartbeat), so 20 s
+/// covers it without re-firing what the old owner did.
+pub const TIMER_RESUME_WINDOW: chrono::Duration = chrono::Duration::seconds(20);
+
+// A takeover fits in the resume window.
+const _: () = assert!(LEASE_TTL.as_secs() + HEARTBEAT_EVERY.as_secs() < 20);
+
+// Orphaned executions (`orphans`).
+
+/// How long a record must have stayed unchanged before the orphan sweep
+/// looks at it: well past the ack wait (30 s) and the question to its
+/// node (5 s), after which a redelivered request would have settled it.
+pub const ORPHAN_QUIET_FOR: chrono::Duration = chrono::Duration::seconds(120);
+
+const _: () = assert!(ACK_WAIT.as_secs() + CLAIM_CHECK_TIMEOUT.as_secs() < 120);
+
+// Retention of the spine (`bus`, `logins`).
+
+/// How long output chunks are kept (the final result keeps all output):
+/// a week, as long as trigger instances, for following a run's output
+/// after the fact.
+pub const OUTPUT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long trigger instances are kept: a week, as output, for
+/// re-emitting and tracing what a rule saw.
+pub const TRIGGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long the `logins` bucket keeps a failed-login record at all: a day,
+/// the longest lock a configuration may set.
+pub const LOGINS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+// Waits on the bus (`bus`, `store`, `policies`, `pack_install`).
+
+/// How long listing a bucket's keys (or a stream's subjects) may take
+/// before it is given up: a few seconds holds hundreds of thousands of
+/// keys, and a caller (an API request) must not hang on a stalled server.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pack install waits for this node's catalog to show its
+/// result: a watch delivers it in milliseconds; ten seconds allows a
+/// loaded node, and a timeout is reported, not hidden.
+pub const CATALOG_WAIT: Duration = Duration::from_secs(10);

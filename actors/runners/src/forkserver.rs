@@ -34,6 +34,8 @@ use crate::process::{Launched, Spec};
 pub const SERVER_SCRIPT: &str = "python_fork_server.py";
 
 /// How long a server may take to say it is ready.
+/// Local to the runner crate, which sits below the engine and does not
+/// see `squall_actors::timing`; only this module uses it.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest unix socket path the kernel takes (`sun_path` is 108 bytes).
@@ -74,6 +76,8 @@ struct Inner {
 }
 
 /// How long after a failed start a server is not tried again.
+/// Local to the runner crate, which sits below the engine and does not
+/// see `squall_actors::timing`; only this module uses it.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl ForkServers {

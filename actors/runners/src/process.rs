@@ -20,6 +20,8 @@ use crate::{OutputChunk, OutputStream, RunOutcome};
 
 /// How long output is still read after the process group was killed, in
 /// case a process outside the group holds the pipes open.
+/// Local to the runner crate, which sits below the engine and does not
+/// see `squall_actors::timing`; only this module uses it.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// What to run and under which limits.

@@ -26,6 +26,8 @@ use crate::pylib;
 
 /// How long a sensor has to stop after SIGTERM before it is killed
 /// (StackStorm's `PROCESS_EXIT_TIMEOUT`).
+/// Local to the runner crate, which sits below the engine and does not
+/// see `squall_actors::timing`; the sensor host reads it from here.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Events (and log lines) a sensor may have queued before the node reads

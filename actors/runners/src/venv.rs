@@ -35,6 +35,8 @@ const SYSTEM_PACKS: &[&str] = &["core", "packs", "linux", "chatops"];
 const READY_MARKER: &str = ".squall-venv";
 
 /// Longest a `venv` or `pip` step may take.
+/// Local to the runner crate, which sits below the engine and does not
+/// see `squall_actors::timing`; only this module uses it.
 const STEP_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Bumped when the way virtualenvs are built changes, so every one is

@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use super::syslog::Conn;
 
 /// How long an answer may take before the session counts as broken.
+/// Local to this RELP client: a property of the protocol session, which
+/// nothing else in the engine waits on.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest transaction number; the next one is 1 again.
 const MAX_TXNR: u64 = 999_999_999;

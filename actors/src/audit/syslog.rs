@@ -42,7 +42,8 @@ pub type Conn = Box<dyn Stream>;
 const SEVERITY: u8 = 5;
 /// Byte order mark opening a UTF-8 MSG (RFC 5424 6.4).
 const BOM: &str = "\u{feff}";
-/// How long a connection attempt may take.
+/// How long a connection attempt may take. Local to this syslog client
+/// (and its RELP sessions): only a receiver's connection waits on it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Formats one event as an RFC 5424 message (no framing) of at most

@@ -148,7 +148,8 @@ pub async fn create<T: Editable>(
 }
 
 /// How long a content change may take to reach this node's catalog before
-/// the API answers anyway (the change is stored either way).
+/// the API answers anyway (the change is stored either way). Local to
+/// the API's content edits: a bound on one answer, not on the engine.
 const VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Waits until this node's catalog holds a change stored at `revision`, so

@@ -29,7 +29,9 @@ const CREATE: &str = "st2.execution__create";
 const UPDATE: &str = "st2.execution__update";
 const OUTPUT: &str = "st2.execution.output__create";
 
-/// How often an idle stream sends a heartbeat comment.
+/// How often an idle stream sends a heartbeat comment. Local to the
+/// `/stream` endpoint: part of its server-sent-events protocol, which
+/// keeps proxies from closing an idle connection.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Query of `GET /stream`: comma-separated lists.

@@ -27,6 +27,8 @@ use crate::{OutputChunk, OutputStream};
 const SESSIONS_PER_CONNECTION: usize = 8;
 
 /// How long output is still read after the remote command was killed.
+/// Local to the runner crate, which sits below the engine and does not
+/// see `squall_actors::timing`; only this module uses it.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// The node's SSH settings for the remote runners (`runners.ssh` in the
