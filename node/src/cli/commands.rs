@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::client::{saved_token_file, with_query, CliError, Client};
@@ -30,6 +31,35 @@ pub async fn list_table(
         .collect();
     let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
     print_table(&headers, &rows);
+    Ok(())
+}
+
+/// `squall <kind> get`: the object at `path`, shown.
+pub async fn get_show(client: &Client, path: &str, as_json: bool) -> Result<(), CliError> {
+    let (v, _) = client.get(path).await?;
+    show(&v, as_json);
+    Ok(())
+}
+
+/// `squall <kind> delete`: deletes the object at `path`.
+pub async fn delete(client: &Client, path: &str) -> Result<(), CliError> {
+    client.call(Method::DELETE, path, None).await?;
+    Ok(())
+}
+
+/// `squall execution pause|resume`: asks execution `id` to go to `status`
+/// (`pausing` or `resuming`) and shows the answer.
+pub async fn execution_set_status(
+    client: &Client,
+    id: &str,
+    status: &str,
+    as_json: bool,
+) -> Result<(), CliError> {
+    let body = json!({ "status": status });
+    let v = client
+        .call(Method::PUT, &format!("executions/{id}"), Some(&body))
+        .await?;
+    show(&v, as_json);
     Ok(())
 }
 
@@ -313,16 +343,33 @@ impl RuleToTest {
         reference: Option<String>,
         file: Option<std::path::PathBuf>,
     ) -> Result<RuleToTest, CliError> {
-        match (reference, file) {
-            (Some(reference), None) => Ok(RuleToTest::Registered(reference)),
-            (None, Some(file)) => Ok(RuleToTest::File(file)),
-            (Some(_), Some(_)) => Err(CliError::Usage(
-                "give a rule's ref or --rule-file, not both".into(),
-            )),
-            (None, None) => Err(CliError::Usage(
-                "give the rule to test: its ref, or --rule-file FILE".into(),
-            )),
-        }
+        Ok(
+            match exactly_one(
+                reference,
+                file,
+                "give a rule's ref or --rule-file, not both",
+                "give the rule to test: its ref, or --rule-file FILE",
+            )? {
+                Ok(reference) => RuleToTest::Registered(reference),
+                Err(file) => RuleToTest::File(file),
+            },
+        )
+    }
+}
+
+/// Exactly one of two arguments: the first as `Ok`, the second as `Err`;
+/// both or neither is a usage error saying `both` or `neither`.
+fn exactly_one<A, B>(
+    a: Option<A>,
+    b: Option<B>,
+    both: &str,
+    neither: &str,
+) -> Result<Result<A, B>, CliError> {
+    match (a, b) {
+        (Some(a), None) => Ok(Ok(a)),
+        (None, Some(b)) => Ok(Err(b)),
+        (Some(_), Some(_)) => Err(CliError::Usage(both.into())),
+        (None, None) => Err(CliError::Usage(neither.into())),
     }
 }
 
@@ -341,16 +388,17 @@ impl TestEvent {
         trigger_instance: Option<String>,
         payload: Option<std::path::PathBuf>,
     ) -> Result<TestEvent, CliError> {
-        match (trigger_instance, payload) {
-            (Some(id), None) => Ok(TestEvent::TriggerInstance(id)),
-            (None, Some(file)) => Ok(TestEvent::PayloadFile(file)),
-            (Some(_), Some(_)) => Err(CliError::Usage(
-                "give either --trigger-instance or --payload, not both".into(),
-            )),
-            (None, None) => Err(CliError::Usage(
-                "give --trigger-instance ID or --payload FILE to test the rule against".into(),
-            )),
-        }
+        Ok(
+            match exactly_one(
+                trigger_instance,
+                payload,
+                "give either --trigger-instance or --payload, not both",
+                "give --trigger-instance ID or --payload FILE to test the rule against",
+            )? {
+                Ok(id) => TestEvent::TriggerInstance(id),
+                Err(file) => TestEvent::PayloadFile(file),
+            },
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use reqwest::Method;
 use serde_json::json;
-use squall::cli::{self, Client};
+use squall::cli::{self, Client, Column};
 use squall::config::NodeConfig;
 use squall::managed_nats::{self, ManagedNats};
 use squall::node::Node;
@@ -163,18 +163,10 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
                     cli::execution_cancel(&client, &id, args.json).await?
                 }
                 ExecutionCommand::Pause { id } => {
-                    let body = json!({"status": "pausing"});
-                    let v = client
-                        .call(Method::PUT, &format!("executions/{id}"), Some(&body))
-                        .await?;
-                    cli::show(&v, args.json);
+                    cli::execution_set_status(&client, &id, "pausing", args.json).await?;
                 }
                 ExecutionCommand::Resume { id } => {
-                    let body = json!({"status": "resuming"});
-                    let v = client
-                        .call(Method::PUT, &format!("executions/{id}"), Some(&body))
-                        .await?;
-                    cli::show(&v, args.json);
+                    cli::execution_set_status(&client, &id, "resuming", args.json).await?;
                 }
                 ExecutionCommand::ReRun {
                     id,
@@ -252,12 +244,7 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
         Command::Pack {
             command: PackCommand::List,
         } => {
-            let cols = [
-                ("ref", "/ref"),
-                ("version", "/version"),
-                ("description", "/description"),
-            ];
-            cli::list_table(&client, "packs", &cols, args.json).await?;
+            cli::list_table(&client, "packs", PACKS_COLUMNS, args.json).await?;
             Ok(true)
         }
         Command::Key { command } => {
@@ -267,18 +254,11 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
         Command::Rule { command } => {
             match command {
                 RuleCommand::List { pack } => {
-                    let cols = [
-                        ("ref", "/ref"),
-                        ("enabled", "/enabled"),
-                        ("trigger", "/trigger/type"),
-                        ("action", "/action/ref"),
-                    ];
                     let path = cli::with_query("rules", &[("pack", pack)]);
-                    cli::list_table(&client, &path, &cols, args.json).await?;
+                    cli::list_table(&client, &path, RULES_COLUMNS, args.json).await?;
                 }
                 RuleCommand::Get { reference } => {
-                    let (v, _) = client.get(&format!("rules/{reference}")).await?;
-                    cli::show(&v, args.json);
+                    cli::get_show(&client, &format!("rules/{reference}"), args.json).await?;
                 }
                 RuleCommand::Create { file } => cli::rule_create(&client, &file, args.json).await?,
                 RuleCommand::Enable { reference } => {
@@ -288,9 +268,7 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
                     cli::rule_set_enabled(&client, &reference, false, args.json).await?
                 }
                 RuleCommand::Delete { reference } => {
-                    client
-                        .call(Method::DELETE, &format!("rules/{reference}"), None)
-                        .await?;
+                    cli::delete(&client, &format!("rules/{reference}")).await?;
                     println!("rule {reference} deleted");
                 }
                 RuleCommand::Test {
@@ -309,30 +287,16 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
         Command::Trigger {
             command: ListOnly::List,
         } => {
-            let cols = [
-                ("ref", "/ref"),
-                ("type", "/type"),
-                ("parameters", "/parameters"),
-            ];
-            cli::list_table(&client, "triggers", &cols, args.json).await?;
+            cli::list_table(&client, "triggers", TRIGGERS_COLUMNS, args.json).await?;
             Ok(true)
         }
         Command::Inquiry { command } => {
             match command {
                 InquiryCommand::List => {
-                    let cols = [
-                        ("id", "/id"),
-                        ("route", "/route"),
-                        ("ttl", "/ttl"),
-                        ("users", "/users"),
-                        ("roles", "/roles"),
-                        ("asked", "/start_timestamp"),
-                    ];
-                    cli::list_table(&client, "inquiries", &cols, args.json).await?;
+                    cli::list_table(&client, "inquiries", INQUIRIES_COLUMNS, args.json).await?;
                 }
                 InquiryCommand::Get { id } => {
-                    let (v, _) = client.get(&format!("inquiries/{id}")).await?;
-                    cli::show(&v, args.json);
+                    cli::get_show(&client, &format!("inquiries/{id}"), args.json).await?;
                 }
                 InquiryCommand::Respond {
                     id,
@@ -348,23 +312,16 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
         Command::TriggerInstance { command } => {
             match command {
                 TriggerInstanceCommand::List { limit } => {
-                    let cols = [
-                        ("id", "/id"),
-                        ("trigger", "/trigger"),
-                        ("occurrence_time", "/occurrence_time"),
-                        ("status", "/status"),
-                    ];
                     cli::list_table(
                         &client,
                         &format!("triggerinstances?limit={limit}"),
-                        &cols,
+                        TRIGGERINSTANCES_COLUMNS,
                         args.json,
                     )
                     .await?;
                 }
                 TriggerInstanceCommand::Get { id } => {
-                    let (v, _) = client.get(&format!("triggerinstances/{id}")).await?;
-                    cli::show(&v, args.json);
+                    cli::get_show(&client, &format!("triggerinstances/{id}"), args.json).await?;
                 }
             }
             Ok(true)
@@ -372,24 +329,14 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
         Command::Webhook {
             command: ListOnly::List,
         } => {
-            let cols = [
-                ("url", "/parameters/url"),
-                ("type", "/type"),
-                ("rule", "/rule"),
-            ];
-            cli::list_table(&client, "webhooks", &cols, args.json).await?;
+            cli::list_table(&client, "webhooks", WEBHOOKS_COLUMNS, args.json).await?;
             Ok(true)
         }
         Command::Action { command } => {
             match command {
                 ActionCommand::List { pack } => {
-                    let cols = [
-                        ("ref", "/ref"),
-                        ("pack", "/pack"),
-                        ("description", "/description"),
-                    ];
                     let path = cli::with_query("actions", &[("pack", pack)]);
-                    cli::list_table(&client, &path, &cols, args.json).await?;
+                    cli::list_table(&client, &path, ACTIONS_COLUMNS, args.json).await?;
                 }
                 ActionCommand::Get { reference } => {
                     cli::action_get(&client, &reference, args.json).await?
@@ -408,18 +355,10 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
                     cli::show(&v, args.json);
                 }
                 ApikeyCommand::List => {
-                    let cols = [
-                        ("id", "/id"),
-                        ("user", "/user"),
-                        ("created_at", "/created_at"),
-                        ("enabled", "/enabled"),
-                    ];
-                    cli::list_table(&client, "apikeys", &cols, args.json).await?;
+                    cli::list_table(&client, "apikeys", APIKEYS_COLUMNS, args.json).await?;
                 }
                 ApikeyCommand::Delete { id } => {
-                    client
-                        .call(Method::DELETE, &format!("apikeys/{id}"), None)
-                        .await?;
+                    cli::delete(&client, &format!("apikeys/{id}")).await?;
                     println!("API key {id} deleted");
                 }
             }
@@ -428,19 +367,10 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
         Command::Lockout { command } => {
             match command {
                 LockoutCommand::List => {
-                    let cols = [
-                        ("kind", "/kind"),
-                        ("name", "/name"),
-                        ("failures", "/failures"),
-                        ("last_failure", "/last_failure"),
-                        ("held_until", "/held_until"),
-                    ];
-                    cli::list_table(&client, "lockouts", &cols, args.json).await?;
+                    cli::list_table(&client, "lockouts", LOCKOUTS_COLUMNS, args.json).await?;
                 }
                 LockoutCommand::Clear { kind, name } => {
-                    client
-                        .call(Method::DELETE, &format!("lockouts/{kind}/{name}"), None)
-                        .await?;
+                    cli::delete(&client, &format!("lockouts/{kind}/{name}")).await?;
                     println!("failed logins of {kind} {name} forgotten; it may log in again");
                 }
             }
@@ -475,25 +405,19 @@ async fn key_command(client: &Client, command: KeyCommand, as_json: bool) -> any
                 path.push_str(if path.contains('?') { "&" } else { "?" });
                 path.push_str(&format!("prefix={p}"));
             }
-            let cols = [
-                ("name", "/name"),
-                ("value", "/value"),
-                ("secret", "/secret"),
-                ("scope", "/scope"),
-                ("user", "/user"),
-                ("expire_timestamp", "/expire_timestamp"),
-            ];
-            cli::list_table(client, &path, &cols, as_json).await?;
+            cli::list_table(client, &path, KEYS_COLUMNS, as_json).await?;
         }
         KeyCommand::Get {
             name,
             scope,
             decrypt,
         } => {
-            let (v, _) = client
-                .get(&format!("keys/{name}{}", scope_query(&scope, decrypt)))
-                .await?;
-            cli::show(&v, as_json);
+            cli::get_show(
+                client,
+                &format!("keys/{name}{}", scope_query(&scope, decrypt)),
+                as_json,
+            )
+            .await?;
         }
         KeyCommand::Set {
             name,
@@ -515,13 +439,11 @@ async fn key_command(client: &Client, command: KeyCommand, as_json: bool) -> any
             cli::show(&v, as_json);
         }
         KeyCommand::Delete { name, scope } => {
-            client
-                .call(
-                    Method::DELETE,
-                    &format!("keys/{name}{}", scope_query(&scope, false)),
-                    None,
-                )
-                .await?;
+            cli::delete(
+                client,
+                &format!("keys/{name}{}", scope_query(&scope, false)),
+            )
+            .await?;
             println!("key {name} deleted");
         }
     }
@@ -570,3 +492,84 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     Ok(())
 }
+
+/// Columns of the `packs` list.
+const PACKS_COLUMNS: &[Column] = &[
+    ("ref", "/ref"),
+    ("version", "/version"),
+    ("description", "/description"),
+];
+
+/// Columns of the `rules` list.
+const RULES_COLUMNS: &[Column] = &[
+    ("ref", "/ref"),
+    ("enabled", "/enabled"),
+    ("trigger", "/trigger/type"),
+    ("action", "/action/ref"),
+];
+
+/// Columns of the `triggers` list.
+const TRIGGERS_COLUMNS: &[Column] = &[
+    ("ref", "/ref"),
+    ("type", "/type"),
+    ("parameters", "/parameters"),
+];
+
+/// Columns of the `inquiries` list.
+const INQUIRIES_COLUMNS: &[Column] = &[
+    ("id", "/id"),
+    ("route", "/route"),
+    ("ttl", "/ttl"),
+    ("users", "/users"),
+    ("roles", "/roles"),
+    ("asked", "/start_timestamp"),
+];
+
+/// Columns of the `triggerinstances` list.
+const TRIGGERINSTANCES_COLUMNS: &[Column] = &[
+    ("id", "/id"),
+    ("trigger", "/trigger"),
+    ("occurrence_time", "/occurrence_time"),
+    ("status", "/status"),
+];
+
+/// Columns of the `webhooks` list.
+const WEBHOOKS_COLUMNS: &[Column] = &[
+    ("url", "/parameters/url"),
+    ("type", "/type"),
+    ("rule", "/rule"),
+];
+
+/// Columns of the `actions` list.
+const ACTIONS_COLUMNS: &[Column] = &[
+    ("ref", "/ref"),
+    ("pack", "/pack"),
+    ("description", "/description"),
+];
+
+/// Columns of the `apikeys` list.
+const APIKEYS_COLUMNS: &[Column] = &[
+    ("id", "/id"),
+    ("user", "/user"),
+    ("created_at", "/created_at"),
+    ("enabled", "/enabled"),
+];
+
+/// Columns of the `lockouts` list.
+const LOCKOUTS_COLUMNS: &[Column] = &[
+    ("kind", "/kind"),
+    ("name", "/name"),
+    ("failures", "/failures"),
+    ("last_failure", "/last_failure"),
+    ("held_until", "/held_until"),
+];
+
+/// Columns of the `keys` list.
+const KEYS_COLUMNS: &[Column] = &[
+    ("name", "/name"),
+    ("value", "/value"),
+    ("secret", "/secret"),
+    ("scope", "/scope"),
+    ("user", "/user"),
+    ("expire_timestamp", "/expire_timestamp"),
+];
