@@ -39,20 +39,12 @@ pub(super) fn check_alias(pack: Option<&str>, mut doc: Doc<'_>) -> Result<AliasD
     for derived in ["id", "ref", "uid"] {
         doc.map.remove(derived);
     }
-    match doc.get("action_ref") {
-        Some(Yaml::String(r))
-            if r.split_once('.')
-                .is_some_and(|(p, n)| !p.is_empty() && !n.is_empty()) => {}
-        Some(Yaml::String(r)) => {
-            let r = r.clone();
-            doc.problem(
-                "action_ref",
-                format!("{r:?} is not an action ref of the form pack.action"),
-            );
-        }
-        Some(_) => doc.problem("action_ref", "must be a string such as core.local"),
-        None => doc.problem("", "missing required field `action_ref`"),
-    }
+    let action_ref = doc.get("action_ref").cloned();
+    doc.action_ref(
+        "action_ref",
+        action_ref.as_ref(),
+        ("", "missing required field `action_ref`"),
+    );
     let renderer = Renderer::new();
     match doc.get("formats").cloned() {
         Some(Yaml::Sequence(formats)) if !formats.is_empty() => {

@@ -80,6 +80,23 @@ impl Doc<'_> {
         });
     }
 
+    /// Checks `value`, the action reference at `field`: a string of the
+    /// form `pack.action`. None is the problem `missing` (its field and
+    /// message).
+    pub(super) fn action_ref(&mut self, field: &str, value: Option<&Yaml>, missing: (&str, &str)) {
+        match value {
+            Some(Yaml::String(r))
+                if r.split_once('.')
+                    .is_some_and(|(p, n)| !p.is_empty() && !n.is_empty()) => {}
+            Some(Yaml::String(r)) => self.problem(
+                field,
+                format!("{r:?} is not an action ref of the form pack.action"),
+            ),
+            Some(_) => self.problem(field, "must be a string such as core.local"),
+            None => self.problem(missing.0, missing.1),
+        }
+    }
+
     pub(super) fn get(&self, key: &str) -> Option<&Yaml> {
         self.map.get(key)
     }

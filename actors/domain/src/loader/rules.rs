@@ -78,20 +78,11 @@ pub(super) fn check_rule(pack: Option<&str>, mut doc: Doc<'_>) -> Result<RuleDef
     match doc.get("action").cloned() {
         Some(Yaml::Mapping(a)) => {
             doc.unknown_fields("action", &a, &["ref", "parameters"]);
-            match a.get("ref") {
-                Some(Yaml::String(r))
-                    if r.split_once('.')
-                        .is_some_and(|(p, n)| !p.is_empty() && !n.is_empty()) => {}
-                Some(Yaml::String(r)) => {
-                    let r = r.clone();
-                    doc.problem(
-                        "action.ref",
-                        format!("{r:?} is not an action ref of the form pack.action"),
-                    );
-                }
-                Some(_) => doc.problem("action.ref", "must be a string such as core.local"),
-                None => doc.problem("action", "missing required field `ref`"),
-            }
+            doc.action_ref(
+                "action.ref",
+                a.get("ref"),
+                ("action", "missing required field `ref`"),
+            );
             match a.get("parameters") {
                 None | Some(Yaml::Null) | Some(Yaml::Mapping(_)) => {}
                 Some(_) => doc.problem("action.parameters", "must be a mapping"),

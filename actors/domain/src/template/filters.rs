@@ -157,6 +157,24 @@ fn compile(pattern: &str, flags: RegexFlags) -> Result<fancy_regex::Regex, Error
     python_regex(pattern, flags).map_err(|e| invalid(format!("invalid regex {pattern:?}: {e}")))
 }
 
+/// The regex of a `regex_*` filter: `pattern`, with its `ignorecase`
+/// argument (positional or keyword), once every keyword argument is used;
+/// `anchored` for `re.match`.
+fn filter_regex(
+    pattern: &str,
+    ignorecase: Option<bool>,
+    kwargs: &Kwargs,
+    anchored: bool,
+) -> Result<fancy_regex::Regex, Error> {
+    let flags = RegexFlags {
+        anchored,
+        ignore_case: arg(ignorecase, kwargs, "ignorecase")?.unwrap_or(false),
+        dot_all: false,
+    };
+    kwargs.assert_all_used()?;
+    compile(pattern, flags)
+}
+
 fn regex_failed(e: fancy_regex::Error) -> Error {
     invalid(format!("regex: {e}"))
 }
@@ -168,13 +186,7 @@ fn regex_match(
     ignorecase: Option<bool>,
     kwargs: Kwargs,
 ) -> Result<bool, Error> {
-    let flags = RegexFlags {
-        anchored: true,
-        ignore_case: arg(ignorecase, &kwargs, "ignorecase")?.unwrap_or(false),
-        dot_all: false,
-    };
-    kwargs.assert_all_used()?;
-    compile(pattern, flags)?
+    filter_regex(pattern, ignorecase, &kwargs, true)?
         .is_match(&python_str(&value))
         .map_err(regex_failed)
 }
@@ -186,12 +198,7 @@ fn regex_search(
     ignorecase: Option<bool>,
     kwargs: Kwargs,
 ) -> Result<bool, Error> {
-    let flags = RegexFlags {
-        ignore_case: arg(ignorecase, &kwargs, "ignorecase")?.unwrap_or(false),
-        ..RegexFlags::default()
-    };
-    kwargs.assert_all_used()?;
-    compile(pattern, flags)?
+    filter_regex(pattern, ignorecase, &kwargs, false)?
         .is_match(&python_str(&value))
         .map_err(regex_failed)
 }
@@ -205,12 +212,7 @@ fn regex_replace(
     ignorecase: Option<bool>,
     kwargs: Kwargs,
 ) -> Result<String, Error> {
-    let flags = RegexFlags {
-        ignore_case: arg(ignorecase, &kwargs, "ignorecase")?.unwrap_or(false),
-        ..RegexFlags::default()
-    };
-    kwargs.assert_all_used()?;
-    let regex = compile(pattern, flags)?;
+    let regex = filter_regex(pattern, ignorecase, &kwargs, false)?;
     let pieces = parse_replacement(replacement, &regex)?;
     let text = python_str(&value);
     let mut out = String::new();
@@ -316,12 +318,7 @@ fn regex_substring(
     kwargs: Kwargs,
 ) -> Result<Value, Error> {
     let index = arg(result_index, &kwargs, "result_index")?.unwrap_or(0);
-    let flags = RegexFlags {
-        ignore_case: arg(ignorecase, &kwargs, "ignorecase")?.unwrap_or(false),
-        ..RegexFlags::default()
-    };
-    kwargs.assert_all_used()?;
-    let regex = compile(pattern, flags)?;
+    let regex = filter_regex(pattern, ignorecase, &kwargs, false)?;
     let text = python_str(&value);
     let groups = regex.captures_len() - 1;
     let mut found = Vec::new();
