@@ -1,9 +1,11 @@
 //! The engine's pieces on their own against a real nats-server, without a
 //! node around them: a rule partition's enforcement of one trigger
 //! instance (idempotent by derived ids, failures recorded, non-matches
-//! leaving nothing), and a runner pool's claim and run of the request it
+//! leaving nothing), a runner pool's claim and run of the request it
 //! made (straight to `running` in one compare-and-swap, a redelivery
-//! running nothing again).
+//! running nothing again), and a workflow partition driving a workflow to
+//! its end with every event delivered again, to itself and to a new
+//! partition (a takeover), each task still running once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,13 +13,16 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde_json::{json, Value};
 use squall_actors::auth::AuthStore;
-use squall_actors::bus::{Bus, BusOp, EXECUTIONS_STREAM};
+use squall_actors::bus::{Bus, BusOp, EXECUTIONS_BUCKET, EXECUTIONS_STREAM, WORKFLOWS_STREAM};
 use squall_actors::catalog::{Catalog, CatalogHandle};
 use squall_actors::configs::ConfigCache;
 use squall_actors::consumer::{Handler, Settle};
+use squall_actors::executions::{self, ExecutionSpec};
+use squall_actors::flow_events::FlowEventMsg;
 use squall_actors::keys::{KeyCache, KeyStore};
 use squall_actors::rules::{self, RulesContext};
 use squall_actors::runners::{CancelRegistry, RunnerContext, RunnerPool};
+use squall_actors::workflows::{WorkflowContext, WorkflowPartition};
 use squall_domain::execution::{EnforcementStatus, ExecutionRequest, Status, TriggerInstance};
 use squall_domain::model::PackBundle;
 use squall_domain::secrets::Cipher;
@@ -160,6 +165,27 @@ async fn a_rule_partition_enforces_each_match_once_and_records_failures() -> Res
     Ok(())
 }
 
+/// A runner pool of node `n1` with every built-in runner.
+async fn runner_pool(ctx: &RulesContext, data: &std::path::Path) -> Result<Arc<RunnerPool>> {
+    let venvs = squall_runners::venv::Virtualenvs::new(data, Default::default());
+    Ok(Arc::new(RunnerPool {
+        ctx: RunnerContext {
+            bus: ctx.bus.clone(),
+            catalog: ctx.catalog.clone(),
+            node: "n1".into(),
+            api_url: "http://127.0.0.1:9/v1".into(),
+            auth: AuthStore::open(&ctx.bus).await?,
+            runners: Arc::new(squall_runners::registry(Default::default(), data, &venvs)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            in_flight: tokio_util::task::TaskTracker::new(),
+            cancels: CancelRegistry::default(),
+            renderer: ctx.renderer.clone(),
+            kv: ctx.kv.clone(),
+            configs: ctx.configs.clone(),
+        },
+    }))
+}
+
 /// The first request on the work queue.
 async fn first_request(bus: &Bus) -> Result<ExecutionRequest> {
     let mut stream = bus.js.get_stream(EXECUTIONS_STREAM).await?;
@@ -189,27 +215,7 @@ async fn a_runner_claims_straight_to_running_and_a_redelivery_runs_nothing() -> 
     );
 
     let data = tempfile::tempdir()?;
-    let venvs = squall_runners::venv::Virtualenvs::new(data.path(), Default::default());
-    let pool = Arc::new(RunnerPool {
-        ctx: RunnerContext {
-            bus: bus.clone(),
-            catalog: rules_ctx.catalog.clone(),
-            node: "n1".into(),
-            api_url: "http://127.0.0.1:9/v1".into(),
-            auth: AuthStore::open(&bus).await?,
-            runners: Arc::new(squall_runners::registry(
-                Default::default(),
-                data.path(),
-                &venvs,
-            )),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            in_flight: tokio_util::task::TaskTracker::new(),
-            cancels: CancelRegistry::default(),
-            renderer: rules_ctx.renderer.clone(),
-            kv: rules_ctx.kv.clone(),
-            configs: rules_ctx.configs.clone(),
-        },
-    });
+    let pool = runner_pool(&rules_ctx, data.path()).await?;
 
     // First delivery: no read, one swap to `running`, one final swap.
     let (gets, updates) = (bus.ops.get(BusOp::Get), bus.ops.get(BusOp::Update));
@@ -246,5 +252,141 @@ async fn a_runner_claims_straight_to_running_and_a_redelivery_runs_nothing() -> 
         .expect("the record");
     assert_eq!(rev_again, revision);
     assert_eq!(again.log.len(), 4);
+    Ok(())
+}
+
+/// A durable pull consumer on all of `stream`.
+async fn reader(bus: &Bus, stream: &str) -> Result<async_nats::jetstream::consumer::PullConsumer> {
+    Ok(bus
+        .js
+        .get_stream(stream)
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(format!("test-{stream}")),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// The payloads waiting on `consumer` (a short wait when none), acked.
+async fn take(consumer: &async_nats::jetstream::consumer::PullConsumer) -> Result<Vec<Vec<u8>>> {
+    use futures::StreamExt;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(64)
+        .expires(std::time::Duration::from_millis(100))
+        .messages()
+        .await?;
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push(m.payload.to_vec());
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_workflow_partition_runs_each_task_once_however_often_its_events_come() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let flows = squall_domain::loader::load_pack(&repo_root().join("loadtest/packs/loadtest"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut packs = catalog(vec![])?.packs;
+    packs.insert("loadtest".into(), flows);
+    let cat = Catalog::build(packs);
+    let rules_ctx = context(&bus, cat).await?;
+    let data = tempfile::tempdir()?;
+    let pool = runner_pool(&rules_ctx, data.path()).await?;
+    let keys = KeyStore::open(&bus, Cipher::from_hex(&Cipher::generate_hex())?).await?;
+    let wf_ctx = WorkflowContext {
+        bus: bus.clone(),
+        catalog: rules_ctx.catalog.clone(),
+        renderer: rules_ctx.renderer.clone(),
+        expressions: Arc::new(Renderer::new().keeping_none_marker()),
+        kv: rules_ctx.kv.clone(),
+        configs: rules_ctx.configs.clone(),
+        cipher: keys.cipher().clone(),
+        api_url: "http://127.0.0.1:9/v1".into(),
+    };
+    let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
+
+    let record = executions::prepare(
+        &rules_ctx.catalog.load(),
+        &rules_ctx.renderer,
+        &rules_ctx.kv,
+        &rules_ctx.configs,
+        ExecutionSpec {
+            action_ref: "loadtest.flow3".into(),
+            ..ExecutionSpec::default()
+        },
+    )?;
+    let workflow = executions::submit(&bus, record).await?.id;
+
+    // The node's two loops, by hand: requests to the runner pool, events
+    // to the partition, each event handled twice by it and once more by
+    // a partition that has just taken over.
+    let requests = reader(&bus, EXECUTIONS_STREAM).await?;
+    let events = reader(&bus, WORKFLOWS_STREAM).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        for request in take(&requests).await? {
+            let request: ExecutionRequest = serde_json::from_slice(&request)?;
+            let settle = pool.clone().handle(request, 1).await;
+            assert!(matches!(settle, Settle::Done), "{settle:?}");
+        }
+        for event in take(&events).await? {
+            let event: FlowEventMsg = serde_json::from_slice(&event)?;
+            for handler in [
+                partition.clone(),
+                partition.clone(),
+                Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?),
+            ] {
+                let settle = handler.handle(event.clone(), 1).await;
+                assert!(matches!(settle, Settle::Done), "{settle:?}");
+            }
+        }
+        let (record, _) = bus.execution(&workflow).await?.expect("the workflow");
+        if record.status.is_completed() {
+            break record.status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the workflow is still {:?}",
+            record.status
+        );
+    };
+    assert_eq!(status, Status::Succeeded);
+    let mut tasks = Vec::new();
+    let mut keys = bus.bucket(EXECUTIONS_BUCKET)?.keys().await?;
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let (record, _) = bus.execution(&key?).await?.expect("a record");
+        if record.parent.as_deref() == Some(workflow.as_str()) {
+            tasks.push(record);
+        }
+    }
+    // One record per task, each claimed and run once: requested,
+    // scheduled, running, succeeded.
+    let mut names: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            t.context["orquesta"]["task_name"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["one", "three", "two"], "{tasks:?}");
+    for task in &tasks {
+        assert_eq!(task.status, Status::Succeeded);
+        assert_eq!(task.log.len(), 4, "{:?}", task.log);
+    }
+    assert_eq!(
+        requests_queued(&bus).await?,
+        0,
+        "every request was settled once"
+    );
     Ok(())
 }
