@@ -236,6 +236,17 @@ impl Mirror for Entries {
     }
 }
 
+/// A token record for `user`, valid for `ttl` from now.
+fn new_token(user: &str, ttl: Duration, role: Option<Role>) -> Token {
+    let now = time::now();
+    Token {
+        id: ids::fresh(&now),
+        user: user.to_string(),
+        expiry: now + chrono::Duration::from_std(ttl).unwrap_or_default(),
+        role,
+    }
+}
+
 /// The users, tokens and API keys of a cluster.
 ///
 /// Requests are authenticated from in-memory mirrors of the two buckets,
@@ -440,11 +451,22 @@ impl AuthStore {
         user: &str,
         ttl: Duration,
     ) -> Result<(String, Token), EngineError> {
-        let role = match self.user(user).await? {
-            Some(_) => None,
-            None => Some(SYSTEM_USER_ROLE),
-        };
-        self.store_token(user, ttl, role).await
+        if self.mirrored_users.read().0.contains_key(&user_key(user)) {
+            return self.store_token(user, ttl, None).await;
+        }
+        // Not in the mirror: no account, or one made elsewhere a moment
+        // ago. The token is stored with the system role while the bucket
+        // is asked, at once; an account found there has the token
+        // rewritten without the role before anyone is given it.
+        let value = random_secret();
+        let mut token = new_token(user, ttl, Some(SYSTEM_USER_ROLE));
+        let (stored, account) = tokio::join!(self.put_token(&value, &token), self.user(user));
+        stored?;
+        if account?.is_some() {
+            token.role = None;
+            self.put_token(&value, &token).await?;
+        }
+        Ok((value, token))
     }
 
     async fn store_token(
@@ -454,18 +476,18 @@ impl AuthStore {
         role: Option<Role>,
     ) -> Result<(String, Token), EngineError> {
         let value = random_secret();
-        let now = time::now();
-        let token = Token {
-            id: ids::fresh(&now),
-            user: user.to_string(),
-            expiry: now + chrono::Duration::from_std(ttl).unwrap_or_default(),
-            role,
-        };
+        let token = new_token(user, ttl, role);
+        self.put_token(&value, &token).await?;
+        Ok((value, token))
+    }
+
+    /// Stores `token` under the digest of its `value`.
+    async fn put_token(&self, value: &str, token: &Token) -> Result<(), EngineError> {
         self.tokens
-            .put(digest(&value), to_bytes(&token)?)
+            .put(digest(value), to_bytes(token)?)
             .await
             .map_err(|e| bus_err("store token", e))?;
-        Ok((value, token))
+        Ok(())
     }
 
     /// Deletes a token: it is refused from now on (every node's mirror

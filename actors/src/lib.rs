@@ -37,6 +37,7 @@
 //! Invariant: nothing is acknowledged on JetStream before its effect is
 //! persisted, and every effect's id derives from its cause.
 
+pub mod action_tokens;
 pub mod announce;
 pub mod audit;
 pub mod audit_event;

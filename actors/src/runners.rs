@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth::{AuthStore, DEFAULT_TOKEN_TTL};
+use crate::action_tokens;
+use crate::auth::AuthStore;
 use crate::bus::{execution_subject, Bus, EXECUTIONS_STREAM};
 use crate::catalog::CatalogHandle;
 use crate::configs::ConfigCache;
@@ -30,12 +31,7 @@ use crate::keys::KeyCache;
 use crate::metrics::LostRun;
 use crate::policies::Admission;
 use crate::store::ExecutionRequest;
-use crate::timing::{ACK_WAIT, CHECK_AGAIN_AFTER, CLAIM_CHECK_TIMEOUT};
-
-/// How much longer than the action's timeout its API token lives: the
-/// token outlasts every run the timeout allows, and is revoked when the
-/// run ends anyway.
-const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+use crate::timing::{ACK_WAIT, CHECK_AGAIN_AFTER, CLAIM_CHECK_TIMEOUT, OUTPUT_BATCH_WINDOW};
 
 /// Durable consumer name of a runner pool.
 pub fn consumer_name(pool: &str) -> String {
@@ -357,6 +353,21 @@ async fn run_request(
         let now = time::now();
         record.transition(Status::Scheduled, now);
         record.transition(Status::Running, now);
+        // The action's API token is stored while the claim is written (a
+        // token never handed out is revoked when `token` drops).
+        let token = ctx
+            .runners
+            .get(record.runner.name.as_str())
+            .filter(|runner| runner.calls_api())
+            .map(|_| {
+                let ttl = action_tokens::ttl(&record.parameters);
+                action_tokens::Pending::start(
+                    &ctx.auth,
+                    &ctx.in_flight,
+                    execution_user(&record),
+                    ttl,
+                )
+            });
         let Some(rev) = ctx.bus.update_execution(&record, rev).await? else {
             // Another runner claimed it first, it was canceled, or the
             // record carried by the request is no longer the stored one.
@@ -378,7 +389,7 @@ async fn run_request(
                 squall.runner.type = %record.runner.name,
                 squall.execution.status = tracing::field::Empty)
         });
-        let (status, result) = run_action(ctx, &record, cancel)
+        let (status, result) = run_action(ctx, &record, cancel, token)
             .instrument(process.clone())
             .await;
         process.record("squall.execution.status", status.as_str());
@@ -589,6 +600,7 @@ async fn run_action(
     ctx: &RunnerContext,
     record: &ExecutionRecord,
     cancel: CancellationToken,
+    token: Option<action_tokens::Pending>,
 ) -> (Status, serde_json::Value) {
     let catalog = ctx.catalog.load();
     let Some(action) = catalog.actions.get(&record.action.action_ref) else {
@@ -629,8 +641,8 @@ async fn run_action(
     } else {
         serde_json::Map::new()
     };
-    let token = if runner.calls_api() {
-        match issue_action_token(ctx, record).await {
+    let token = match token {
+        Some(pending) => match pending.issued().await {
             Ok(token) => Some(token),
             Err(e) => {
                 return (
@@ -638,15 +650,14 @@ async fn run_action(
                     json!({"error": format!("could not issue the action's API token: {e}")}),
                 )
             }
-        }
-    } else {
-        None
+        },
+        None => None,
     };
     let env = ActionEnv {
         pack: record.action.pack.clone(),
         execution_id: record.id.clone(),
         api_url: ctx.api_url.clone(),
-        auth_token: token.clone(),
+        auth_token: token.as_ref().map(|t| t.value().to_string()),
     };
     // Only runners that start a process write output; in-process ones
     // (noop, inquirer) get no forwarder.
@@ -668,11 +679,9 @@ async fn run_action(
     });
     // The consumer reports progress on the request while the run lasts.
     let outcome = run.await;
-    if let Some(token) = token {
-        if let Err(e) = ctx.auth.revoke_token(&token).await {
-            tracing::warn!(error = %e, "the action's API token could not be revoked; it expires on its own");
-        }
-    }
+    // The process has ended: its token is revoked in the background,
+    // while the output is flushed and the final record written.
+    drop(token);
     // The runner has dropped its sender: every chunk is out before the
     // final record is written.
     if let Some(forwarder) = forwarder {
@@ -691,24 +700,6 @@ async fn run_action(
     (outcome.status, outcome.result)
 }
 
-/// A token for the action to call the API back with, as the execution's
-/// user, living as long as the action may run plus [`TOKEN_MARGIN`]
-/// (StackStorm's service token TTL when it has no timeout).
-async fn issue_action_token(
-    ctx: &RunnerContext,
-    record: &ExecutionRecord,
-) -> Result<String, EngineError> {
-    let user = execution_user(record);
-    let ttl = record
-        .parameters
-        .get("timeout")
-        .and_then(serde_json::Value::as_u64)
-        .filter(|t| *t > 0)
-        .map_or(DEFAULT_TOKEN_TTL, |t| Duration::from_secs(t) + TOKEN_MARGIN);
-    let (token, _) = ctx.auth.issue_action_token(user, ttl).await?;
-    Ok(token)
-}
-
 /// The user an execution runs as.
 fn execution_user(record: &ExecutionRecord) -> &str {
     record
@@ -718,10 +709,19 @@ fn execution_user(record: &ExecutionRecord) -> &str {
         .unwrap_or(crate::executions::SYSTEM_USER)
 }
 
-/// Publishes an execution's output chunks, as they come, on
-/// `squall.output.<id>`: live viewers (`/stream`) follow the subject, and
-/// the `OUTPUT` stream keeps the chunks for `/executions/{id}/output`. The
-/// result keeps the whole output too.
+/// Most output one `OUTPUT` message carries: a batch is published once
+/// this much has gathered, even within [`OUTPUT_BATCH_WINDOW`].
+const OUTPUT_BATCH_BYTES: usize = 64 * 1024;
+
+/// Publishes an execution's output on `squall.output.<id>`: live viewers
+/// (`/stream`) follow the subject, and the `OUTPUT` stream keeps it for
+/// `/executions/{id}/output`. The result keeps the whole output too.
+///
+/// At most one message per [`OUTPUT_BATCH_WINDOW`]: the first chunk goes
+/// out at once, and the chunks of one stream that arrive within a window
+/// of the last publish go out together (in order; a chunk of the other
+/// stream starts the next message), so chatty output is not a publish per
+/// line. The output's end flushes at once.
 fn forward_output(
     ctx: &RunnerContext,
     record: &ExecutionRecord,
@@ -738,11 +738,34 @@ fn forward_output(
         record.runner.name.clone(),
     );
     let task = tokio::spawn(async move {
-        // Acks are awaited once the output ends, so chunks flow without a
+        // Acks are awaited once the output ends, so batches flow without a
         // round trip each, yet all are stored before the final record.
         let mut acks = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            let output_type = match chunk.stream {
+        let mut next = None;
+        let mut published: Option<tokio::time::Instant> = None;
+        loop {
+            let first = match next.take() {
+                Some(chunk) => chunk,
+                None => match rx.recv().await {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            let (stream, mut data) = (first.stream, first.data);
+            // A window already over still takes what is queued.
+            let until =
+                published.map_or_else(tokio::time::Instant::now, |at| at + OUTPUT_BATCH_WINDOW);
+            while data.len() < OUTPUT_BATCH_BYTES {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(chunk)) if chunk.stream == stream => data.push_str(&chunk.data),
+                    Ok(Some(chunk)) => {
+                        next = Some(chunk);
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let output_type = match stream {
                 squall_runners::OutputStream::Stdout => "stdout",
                 squall_runners::OutputStream::Stderr => "stderr",
             };
@@ -751,17 +774,18 @@ fn forward_output(
                 "action_ref": action_ref,
                 "runner_ref": runner_ref,
                 "output_type": output_type,
-                "data": chunk.data,
+                "data": data,
                 "timestamp": time::format(&time::now()),
             });
+            published = Some(tokio::time::Instant::now());
             match js.publish(subject.clone(), body.to_string().into()).await {
                 Ok(ack) => acks.push(ack),
-                Err(e) => tracing::warn!(error = %e, "output chunk not published"),
+                Err(e) => tracing::warn!(error = %e, "output not published"),
             }
         }
         for ack in acks {
             if let Err(e) = ack.await {
-                tracing::warn!(error = %e, "output chunk not stored");
+                tracing::warn!(error = %e, "output not stored");
             }
         }
     });

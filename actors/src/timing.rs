@@ -178,3 +178,20 @@ pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// result: a watch delivers it in milliseconds; ten seconds allows a
 /// loaded node, and a timeout is reported, not hidden.
 pub const CATALOG_WAIT: Duration = Duration::from_secs(10);
+
+// Action tokens (`action_tokens`).
+
+/// Waits between attempts to revoke an action's API token after its run
+/// (one attempt, then one after each): a token never revoked still expires
+/// at its TTL. They fit within [`DRAIN_TIMEOUT`], so shutdown waits for them.
+pub const TOKEN_REVOKE_RETRIES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
+
+// Action output (`runners`).
+
+/// How long a run's output chunks gather before they are published as one
+/// `OUTPUT` message: what a live viewer waits at most for a line.
+pub const OUTPUT_BATCH_WINDOW: Duration = Duration::from_millis(20);

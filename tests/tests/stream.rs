@@ -130,3 +130,77 @@ async fn end_execution_id_closes_the_stream_and_events_filter() -> Result<()> {
     );
     Ok(())
 }
+
+/// Chatty output goes out in batches (at most one message per short
+/// window), yet every line arrives, in order, live and stored.
+#[tokio::test]
+async fn chatty_output_is_batched_yet_complete_and_in_order() -> Result<()> {
+    let node = TestNode::start(vec![]).await?;
+    let script = "import sys, time\n\
+                  for i in range(1, 501):\n    \
+                  print(f'line{i}', flush=True)\n    \
+                  time.sleep(0.001)\n    \
+                  if i == 250: print('half', file=sys.stderr, flush=True)\n";
+    let (status, run) = node
+        .post(
+            "executions",
+            &json!({"action": "core.local", "parameters": {
+                "cmd": format!("python3 -c \"{script}\"")}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().context("id")?.to_string();
+    let done = node.finished(&id).await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let expected: String = (1..=500).map(|i| format!("line{i}\n")).collect();
+    let stored = node
+        .http
+        .get(format!(
+            "{}/executions/{id}/output?output_type=stdout",
+            node.base
+        ))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(stored, expected);
+
+    // The stream replays the stored messages: fewer than the lines, and
+    // their data, joined, is the output in order.
+    let resp = node
+        .http
+        .get(format!("{}/v1/executions/{id}/output", node.stream_root()?))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?;
+    let events = read_events(resp, |_| false).await?;
+    let chunks: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|(n, _)| n == "st2.execution.output__create")
+        .map(|(_, d)| {
+            (
+                d["output_type"].as_str().unwrap_or(""),
+                d["data"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let stdout: String = chunks
+        .iter()
+        .filter(|(t, _)| *t == "stdout")
+        .map(|(_, d)| *d)
+        .collect();
+    assert_eq!(stdout, expected);
+    let stderr: Vec<&str> = chunks
+        .iter()
+        .filter(|(t, _)| *t == "stderr")
+        .map(|(_, d)| *d)
+        .collect();
+    assert_eq!(stderr, ["half\n"]);
+    assert!(
+        chunks.len() < 250,
+        "{} messages for 501 lines: not batched",
+        chunks.len()
+    );
+    Ok(())
+}

@@ -467,6 +467,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn output_read_before_an_escaped_process_holds_the_pipe_is_kept() {
+        // The background process leaves the group and keeps stdout open:
+        // the run ends after the drain grace, with what was printed.
+        let started = Instant::now();
+        let out = cmd(json!({"cmd": "echo before; setsid sleep 4 & echo after"})).await;
+        assert_eq!(out.status, Status::Succeeded, "{}", out.result);
+        assert_eq!(out.result["stdout"], "before\nafter");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn large_output_does_not_deadlock_and_streams() {
         let mut req = request(
             action("local-shell-cmd", "", &[]),

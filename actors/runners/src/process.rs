@@ -157,44 +157,64 @@ pub async fn supervise(
         let _ = pipe.write_all(format!("{input}\n").as_bytes()).await;
         let _ = pipe.shutdown().await;
     }
-    let stdout = tokio::spawn(collect(stdout, OutputStream::Stdout, output.clone()));
-    let stderr = tokio::spawn(collect(stderr, OutputStream::Stderr, output));
-
-    let limit = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
+    // Both pipes are read on this task, while the process is waited for
+    // (a task each would cost two spawns per run).
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let end = {
+        let reading = async {
+            tokio::join!(
+                collect(stdout, OutputStream::Stdout, output.clone(), &mut out),
+                collect(stderr, OutputStream::Stderr, output, &mut err)
+            )
+        };
+        tokio::pin!(reading);
+        let limit = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(limit);
+        let mut read = false;
+        let end = loop {
+            tokio::select! {
+                status = &mut wait => break match status {
+                    Ok(s) => End::Exited(s),
+                    Err(e) => End::Lost(e),
+                },
+                _ = &mut reading, if !read => read = true,
+                () = &mut limit => break End::TimedOut(timeout.map_or(0, |t| t.as_secs())),
+                () = cancel.cancelled() => break End::Canceled,
+            }
+        };
+        if !matches!(end, End::Exited(_)) {
+            if let Some(pgid) = pgid {
+                // The group may already be gone; that is what we want anyway.
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let _ = tokio::time::timeout(DRAIN_GRACE, wait).await;
         }
-    };
-    let end = tokio::select! {
-        status = &mut wait => match status {
-            Ok(s) => End::Exited(s),
-            Err(e) => End::Lost(e),
-        },
-        () = limit => End::TimedOut(timeout.map_or(0, |t| t.as_secs())),
-        () = cancel.cancelled() => End::Canceled,
-    };
-    if !matches!(end, End::Exited(_)) {
-        if let Some(pgid) = pgid {
-            // The group may already be gone; that is what we want anyway.
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        // A process outside the group may hold the pipes open: what was
+        // read by then is kept.
+        if !read {
+            let _ = tokio::time::timeout(DRAIN_GRACE, &mut reading).await;
         }
-        let _ = tokio::time::timeout(DRAIN_GRACE, wait).await;
-    }
+        end
+    };
     Finished {
         end,
-        stdout: drain(Some(stdout)).await,
-        stderr: drain(Some(stderr)).await,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
     }
 }
 
-/// Reads a pipe to its end, forwarding each chunk.
+/// Reads a pipe to its end into `all`, forwarding each chunk.
 async fn collect(
     mut pipe: impl AsyncRead + Unpin,
     stream: OutputStream,
     output: Option<mpsc::UnboundedSender<OutputChunk>>,
-) -> Vec<u8> {
-    let mut all = Vec::new();
+    all: &mut Vec<u8>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match pipe.read(&mut buf).await {
@@ -209,20 +229,6 @@ async fn collect(
                 }
                 all.extend_from_slice(&buf[..n]);
             }
-        }
-    }
-    all
-}
-
-async fn drain(task: Option<tokio::task::JoinHandle<Vec<u8>>>) -> String {
-    let Some(mut task) = task else {
-        return String::new();
-    };
-    match tokio::time::timeout(DRAIN_GRACE, &mut task).await {
-        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-        _ => {
-            task.abort();
-            String::new()
         }
     }
 }
