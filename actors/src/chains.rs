@@ -20,6 +20,7 @@ use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::time::Timestamp;
 use squall_domain::{ids, time};
 
+use crate::audit::decrypt;
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
@@ -110,6 +111,14 @@ async fn store(bus: &Bus, record: &ChainRecord, revision: u64) -> Result<Option<
     }
 }
 
+/// What a chain's rendering (its `vars`, its nodes' parameters) is
+/// audited as: the secrets it opens are the chain execution's.
+const PURPOSE: &str = "chain_parameters";
+
+fn audited_for(execution: &ExecutionRecord) -> decrypt::For {
+    decrypt::For::execution(execution, PURPOSE)
+}
+
 fn env<'a>(ctx: &'a WorkflowContext) -> ChainEnv<'a> {
     ChainEnv {
         renderer: &ctx.renderer,
@@ -169,13 +178,15 @@ pub async fn handle_event(
                     }
                 };
                 let (params, display) = chain_input(input);
-                let (state, outbox) = actionchain::start(
-                    &spec,
-                    &env(ctx),
-                    params,
-                    parent_context(&execution),
-                    display,
-                );
+                let (state, outbox) = decrypt::audited(audited_for(&execution), || {
+                    actionchain::start(
+                        &spec,
+                        &env(ctx),
+                        params,
+                        parent_context(&execution),
+                        display,
+                    )
+                });
                 let record = ChainRecord {
                     v: 1,
                     kind: KIND.into(),
@@ -238,15 +249,25 @@ pub async fn handle_event(
                 } else {
                     Status::Failed
                 });
-                actionchain::task_finished(
-                    &spec,
-                    &env(ctx),
-                    state,
-                    execution_id,
-                    &run_id,
-                    status,
-                    result.clone(),
-                )
+                // The chain's user, as its children get it.
+                let user = state.parent.get("user").and_then(Value::as_str);
+                let who = decrypt::For {
+                    user: user.unwrap_or(executions::SYSTEM_USER).to_string(),
+                    execution: Some(record.id.clone()),
+                    action: Some(record.name.clone()),
+                    purpose: PURPOSE,
+                };
+                decrypt::audited(who, || {
+                    actionchain::task_finished(
+                        &spec,
+                        &env(ctx),
+                        state,
+                        execution_id,
+                        &run_id,
+                        status,
+                        result.clone(),
+                    )
+                })
             }
             // A chain does not pause (StackStorm pauses one only through
             // its running workflow child): a child waiting on an inquiry
@@ -340,14 +361,16 @@ async fn carry_out(
                 )
                 .await?
                 {
-                    let more = actionchain::run_failed_to_start(
-                        spec,
-                        &env(ctx),
-                        &mut record.state,
-                        &run_id,
-                        unknown,
-                        &message,
-                    );
+                    let more = decrypt::audited(audited_for(&execution), || {
+                        actionchain::run_failed_to_start(
+                            spec,
+                            &env(ctx),
+                            &mut record.state,
+                            &run_id,
+                            unknown,
+                            &message,
+                        )
+                    });
                     record.outbox.extend(more);
                 }
             }

@@ -145,7 +145,11 @@ pub async fn follow_up(
         ));
     };
     if let Some(spec) = &record.notify {
-        for instance in notifications(renderer, &record, spec, kv) {
+        // Secrets its templates open are audited for the execution.
+        let who = crate::audit::decrypt::For::execution(&record, "notify");
+        let instances =
+            crate::audit::decrypt::audited(who, || notifications(renderer, &record, spec, kv));
+        for instance in instances {
             bus.publish_trigger(&instance).await?;
         }
     }

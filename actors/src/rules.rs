@@ -123,7 +123,11 @@ pub async fn process(
                 "trigger instance occurred before the rule was enabled; not enforced");
             continue;
         }
-        let matched = rule.criteria.matches(&instance.payload, &ctx.renderer, kv);
+        let evaluate = || rule.criteria.matches(&instance.payload, &ctx.renderer, kv);
+        let matched = match rule.criteria.reads_datastore() {
+            true => crate::audit::decrypt::criteria(&rule.def.reference(), &instance.id, evaluate),
+            false => evaluate(),
+        };
         let failure = match matched {
             Ok(false) => {
                 crate::metrics::rule_evaluated(Evaluation::NotMatched);

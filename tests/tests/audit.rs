@@ -926,3 +926,163 @@ async fn audit_events_reach_splunk_hec_and_nothing_is_acked_early() -> Result<()
     server.abort();
     Ok(())
 }
+
+/// Every `key.decrypted` event on the `AUDIT` stream so far, and the text
+/// of the whole stream (to check no plaintext is anywhere on it).
+async fn decryptions(js: &async_nats::jetstream::Context) -> Result<(Vec<Value>, String)> {
+    let mut stream = js.get_stream("AUDIT").await?;
+    let last = stream.info().await?.state.last_sequence;
+    let (mut found, mut text) = (Vec::new(), String::new());
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let payload = String::from_utf8_lossy(&m.payload).to_string();
+        if m.subject.as_str() == "squall.audit.key.decrypted" {
+            found.push(serde_json::from_str::<Value>(&payload)?);
+        }
+        text.push_str(&payload);
+    }
+    Ok((found, text))
+}
+
+/// The decryption event `via` `via` for execution `execution` (or rule
+/// criteria: `execution` null) whose data also has `field` = `value`.
+fn decryption<'a>(events: &'a [Value], via: &str, field: &str, value: &str) -> Option<&'a Value> {
+    events
+        .iter()
+        .find(|e| e["data"]["via"] == via && e["data"][field] == value)
+}
+
+/// Secrets the workflow engine opens by itself are audited: an Orquesta
+/// task input reading `st2kv(key, decrypt=true)` in YAQL and in Jinja
+/// (a system key and the user's own key), an ActionChain node's
+/// `decrypt_kv` parameter, and a rule's criteria comparing with a secret.
+/// Each is a `key.decrypted` event naming the user, the execution (or
+/// rule and trigger instance), the task and the key; the plaintext is
+/// nowhere on the stream nor in the API's masked parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result<()> {
+    const PLAIN: &str = "wf-s3cret-9f1";
+    const MINE: &str = "mine-s3cret-4c7";
+    let packs = tempfile::tempdir()?;
+    squall_tests::write_pack(
+        packs.path(),
+        "vault",
+        &[
+            ("pack.yaml", "name: vault\nversion: 0.1.0\n"),
+            (
+                "actions/use.yaml",
+                "name: use\nrunner_type: noop\nparameters:\n  password:\n    type: string\n    secret: true\n",
+            ),
+            (
+                "actions/flow.yaml",
+                "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\n",
+            ),
+            (
+                "actions/workflows/flow.yaml",
+                "version: 1.0\ntasks:\n  by_yaql:\n    action: vault.use\n    input:\n      password: <% st2kv('system.db_pass', decrypt => true) %>\n    next:\n      - do: by_jinja\n  by_jinja:\n    action: vault.use\n    input:\n      password: \"{{ st2kv('system.db_pass', decrypt=true) }}{{ st2kv('api_token', decrypt=true) }}\"\noutput:\n  - done: true\n",
+            ),
+            (
+                "actions/chain.yaml",
+                "name: chain\nrunner_type: action-chain\nentry_point: chains/chain.yaml\n",
+            ),
+            (
+                "actions/chains/chain.yaml",
+                "chain:\n  - name: open\n    ref: vault.use\n    params:\n      password: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\n",
+            ),
+            (
+                "rules/guard.yaml",
+                "name: guard\npack: vault\nenabled: true\ntrigger:\n  type: core.st2.webhook\n  parameters:\n    url: guard\ncriteria:\n  trigger.body.pw:\n    type: nequals\n    pattern: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\naction:\n  ref: core.noop\n",
+            ),
+        ],
+    )?;
+    let t = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    for (name, value, scope) in [("db_pass", PLAIN, "system"), ("api_token", MINE, "user")] {
+        let (code, body) = t
+            .call(
+                &t.http,
+                reqwest::Method::PUT,
+                &format!("keys/{name}"),
+                Some(&json!({"name": name, "value": value, "secret": true, "scope": scope})),
+            )
+            .await?;
+        assert_eq!(code, 200, "{body}");
+    }
+    let mut ran = Vec::new();
+    for action in ["vault.flow", "vault.chain"] {
+        let (code, created) = t
+            .post("executions", &json!({"action": action, "parameters": {}}))
+            .await?;
+        assert_eq!(code, 201, "{created}");
+        let id = created["id"].as_str().context("execution id")?.to_string();
+        let done = t.finished(&id).await?;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        ran.push(id);
+    }
+    let (code, hook) = t.post("webhooks/guard", &json!({"pw": "a guess"})).await?;
+    anyhow::ensure!(code < 300, "webhook: {code} {hook}");
+    let (flow, chain) = (ran[0].as_str(), ran[1].as_str());
+
+    let js = async_nats::jetstream::new(async_nats::connect(t.nats.url()).await?);
+    let (events, text) = poll(Duration::from_secs(30), || async {
+        let (events, text) = decryptions(&js).await?;
+        let all = decryption(&events, "workflow_expression", "task", "by_yaql").is_some()
+            && decryption(&events, "workflow_expression", "task", "by_jinja").is_some()
+            && decryption(&events, "chain_parameters", "execution", chain).is_some()
+            && decryption(&events, "rule_criteria", "rule", "vault.guard").is_some();
+        Ok(all.then_some((events, text)))
+    })
+    .await
+    .context("the workflow's, chain's and rule's decryptions on the AUDIT stream")?;
+
+    // Orquesta, both languages: the workflow's user, execution, action,
+    // task and key.
+    for task in ["by_yaql", "by_jinja"] {
+        let e = decryption(&events, "workflow_expression", "task", task).context(task)?;
+        assert_eq!(e["actor"]["user"], "admin", "{e}");
+        assert_eq!(e["actor"]["method"], "execution", "{e}");
+        assert_eq!(e["data"]["execution"], flow, "{e}");
+        assert_eq!(e["data"]["action"], "vault.flow", "{e}");
+        assert_eq!(e["object"]["kind"], "key", "{e}");
+        assert_eq!(e["object"]["ref"], "db_pass", "{e}");
+        assert_eq!(e["data"]["scope"], "st2kv.system", "{e}");
+    }
+    let own = events
+        .iter()
+        .find(|e| e["data"]["via"] == "workflow_expression" && e["object"]["ref"] == "api_token")
+        .context("the user's own key opened in Jinja")?;
+    assert_eq!(own["data"]["scope"], "st2kv.user", "{own}");
+    assert_eq!(own["data"]["owner"], "admin", "{own}");
+    assert_eq!(own["data"]["task"], "by_jinja", "{own}");
+    // ActionChain: the chain's execution and action.
+    let e = decryption(&events, "chain_parameters", "execution", chain).context("chain")?;
+    assert_eq!(e["actor"]["user"], "admin", "{e}");
+    assert_eq!(e["data"]["action"], "vault.chain", "{e}");
+    assert_eq!(e["object"]["ref"], "db_pass", "{e}");
+    // Rule criteria: the rule, for the trigger instance, as the system.
+    let e = decryption(&events, "rule_criteria", "rule", "vault.guard").context("criteria")?;
+    assert_eq!(e["actor"]["user"], "stanley", "{e}");
+    assert_eq!(e["object"]["ref"], "db_pass", "{e}");
+    assert!(e["data"]["trigger_instance"].is_string(), "{e}");
+
+    // The values themselves: nowhere on the stream, masked in the API.
+    for secret in [PLAIN, MINE] {
+        assert!(!text.contains(secret), "a secret reached the AUDIT stream");
+    }
+    for parent in [flow, chain] {
+        let (code, children) = t.get(&format!("executions/{parent}/children")).await?;
+        assert_eq!(code, 200, "{children}");
+        let children = children.as_array().cloned().unwrap_or_default();
+        assert!(!children.is_empty(), "{parent} has no children");
+        for child in &children {
+            assert_eq!(child["parameters"]["password"], "********", "{child}");
+        }
+        let (_, record) = t.get(&format!("executions/{parent}")).await?;
+        let shown = format!("{record}{}", Value::Array(children));
+        for secret in [PLAIN, MINE] {
+            assert!(!shown.contains(secret), "a secret in {parent}'s API output");
+        }
+    }
+    Ok(())
+}

@@ -201,6 +201,8 @@ pub fn matches(
 #[derive(Debug, Clone)]
 pub struct CompiledCriteria {
     criteria: Vec<Result<CompiledCriterion, CriteriaError>>,
+    /// Whether a pattern mentions `st2kv` (may read the datastore).
+    reads_datastore: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -229,7 +231,18 @@ impl CompiledCriteria {
                 .iter()
                 .map(|(key, criterion)| CompiledCriterion::compile(key, criterion))
                 .collect(),
+            reads_datastore: criteria.values().any(|c| {
+                c.pattern
+                    .as_ref()
+                    .is_some_and(|p| p.to_string().contains("st2kv"))
+            }),
         }
+    }
+
+    /// Whether evaluating may read the datastore (a pattern mentions
+    /// `st2kv`): what the engine audits secrets opened in.
+    pub fn reads_datastore(&self) -> bool {
+        self.reads_datastore
     }
 
     /// Whether `payload` satisfies every criterion, as [`matches`] decides.

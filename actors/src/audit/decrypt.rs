@@ -1,9 +1,11 @@
 //! Auditing the secrets the engine opens by itself: a datastore secret
 //! decrypted inside a template (`{{ st2kv.system.x | decrypt_kv }}` in an
-//! action's or a rule's parameters) and a pack config's secret items
-//! opened for a run. Each becomes a `key.decrypted` or
-//! `pack_config.decrypted` event naming who (the execution's user), which
-//! execution and action, and which key or item; never the value.
+//! action's or a rule's parameters, a rule's criteria, an ActionChain's
+//! parameters, a notification) or an Orquesta expression
+//! (`st2kv('x', decrypt=true)`), and a pack config's secret items opened
+//! for a run. Each becomes a `key.decrypted` or `pack_config.decrypted`
+//! event naming who (the execution's user), which execution and action
+//! (or rule and trigger instance), and which key or item; never the value.
 //!
 //! Rendering is synchronous, so a scope is a thread-local: [`audited`]
 //! opens one around the work, [`kv_read`] (from the key cache) notes each
@@ -14,6 +16,8 @@
 use std::cell::RefCell;
 
 use serde_json::json;
+use squall_domain::execution::ExecutionRecord;
+use squall_domain::orquesta::conductor::SecretScope;
 use squall_domain::template::KvScope;
 
 use super::{Actor, Audit, AuditEvent, Object};
@@ -31,6 +35,70 @@ pub struct For {
     pub purpose: &'static str,
 }
 
+impl For {
+    /// For execution `record`: its user, id and action.
+    pub fn execution(record: &ExecutionRecord, purpose: &'static str) -> For {
+        For {
+            user: record
+                .context
+                .get("user")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(crate::executions::SYSTEM_USER)
+                .to_string(),
+            execution: Some(record.id.clone()),
+            action: Some(record.action.action_ref.clone()),
+            purpose,
+        }
+    }
+}
+
+/// Where inside the work of a [`For`] secrets are opened, when that says
+/// more than the execution does (or there is none).
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// The expressions of a workflow's task.
+    Task(String),
+    /// A rule's criteria, evaluated for a trigger instance.
+    Criteria {
+        rule: String,
+        trigger_instance: String,
+    },
+}
+
+impl Part {
+    /// What the part adds to the event's id and data.
+    fn describe(&self, data: &mut serde_json::Value) -> String {
+        match self {
+            Part::Task(task) => {
+                data["task"] = json!(task);
+                task.clone()
+            }
+            Part::Criteria {
+                rule,
+                trigger_instance,
+            } => {
+                data["rule"] = json!(rule);
+                data["trigger_instance"] = json!(trigger_instance);
+                format!("{trigger_instance}:{rule}")
+            }
+        }
+    }
+}
+
+/// Audits what a workflow's expressions open (`st2kv(key, decrypt=true)`,
+/// `st2kv.system.x | decrypt_kv`) for the workflow execution it holds:
+/// the conductor evaluates each expression that reads the datastore
+/// inside [`SecretScope::around`], which opens a scope naming the
+/// execution's user, id and action, and the task.
+pub struct Workflow<'a>(pub &'a ExecutionRecord);
+
+impl SecretScope for Workflow<'_> {
+    fn around(&self, task: Option<&str>, evaluate: &mut dyn FnMut()) {
+        let who = For::execution(self.0, "workflow_expression");
+        audited_in(who, task.map(|t| Part::Task(t.to_string())), evaluate);
+    }
+}
+
 struct Read {
     sealed: String,
     scope: KvScope,
@@ -40,6 +108,7 @@ struct Read {
 
 struct Scope {
     who: For,
+    part: Option<Part>,
     reads: Vec<Read>,
 }
 
@@ -50,8 +119,14 @@ thread_local! {
 /// Runs `f` in a scope for `who`: every datastore secret it decrypts is
 /// audited once `f` returns.
 pub fn audited<R>(who: For, f: impl FnOnce() -> R) -> R {
+    audited_in(who, None, f)
+}
+
+/// [`audited`], for `part` of `who`'s work.
+pub fn audited_in<R>(who: For, part: Option<Part>, f: impl FnOnce() -> R) -> R {
     let outer = SCOPE.replace(Some(Scope {
         who,
+        part,
         reads: Vec::new(),
     }));
     let (result, opened) = squall_domain::secrets::track(f);
@@ -76,6 +151,7 @@ pub fn audited<R>(who: For, f: impl FnOnce() -> R) -> R {
         };
         let event = event(
             &scope.who,
+            scope.part.as_ref(),
             "key.decrypted",
             &key,
             Object {
@@ -88,6 +164,22 @@ pub fn audited<R>(who: For, f: impl FnOnce() -> R) -> R {
         read.audit.emit(event);
     }
     result
+}
+
+/// Runs `f`, the evaluation of rule `rule`'s criteria for trigger
+/// instance `trigger_instance`, in a scope for the system user (rules act
+/// as it).
+pub fn criteria<R>(rule: &str, trigger_instance: &str, f: impl FnOnce() -> R) -> R {
+    let who = For {
+        user: crate::executions::SYSTEM_USER.to_string(),
+        purpose: "rule_criteria",
+        ..For::default()
+    };
+    let part = Part::Criteria {
+        rule: rule.to_string(),
+        trigger_instance: trigger_instance.to_string(),
+    };
+    audited_in(who, Some(part), f)
 }
 
 /// Runs `f` in the current scope, or else in one for `who()`.
@@ -117,16 +209,20 @@ pub fn kv_read(audit: &Audit, scope: &KvScope, name: &str, sealed: &str) {
 /// `pack`'s config secret items `items` (dotted paths) were opened for
 /// `user` (or for the current scope's execution, if any).
 pub fn config_opened(audit: &Audit, pack: &str, items: &[String], user: &str) {
-    let who = SCOPE
-        .with_borrow(|s| s.as_ref().map(|s| s.who.clone()))
-        .unwrap_or_else(|| For {
-            user: user.to_string(),
-            purpose: "pack_config",
-            ..For::default()
+    let (who, part) = SCOPE
+        .with_borrow(|s| s.as_ref().map(|s| (s.who.clone(), s.part.clone())))
+        .unwrap_or_else(|| {
+            let who = For {
+                user: user.to_string(),
+                purpose: "pack_config",
+                ..For::default()
+            };
+            (who, None)
         });
     for item in items {
         let event = event(
             &who,
+            part.as_ref(),
             "pack_config.decrypted",
             &format!("{pack}:{item}"),
             Object {
@@ -142,16 +238,23 @@ pub fn config_opened(audit: &Audit, pack: &str, items: &[String], user: &str) {
 
 fn event(
     who: &For,
+    part: Option<&Part>,
     action: &str,
     what: &str,
     object: Object,
     mut data: serde_json::Value,
 ) -> AuditEvent {
-    // One event per execution, purpose and key (a retried preparation
-    // is the same act); without an execution, one per act.
-    let id = match &who.execution {
-        Some(execution) => format!("decrypt:{execution}:{}:{what}", who.purpose),
-        None => format!(
+    let part = part.map(|p| p.describe(&mut data));
+    // One event per execution, purpose, part and key (a retried
+    // preparation, a re-evaluation, is the same act); without an
+    // execution, one per part and key, or else one per act.
+    let id = match (&who.execution, part) {
+        (Some(execution), None) => format!("decrypt:{execution}:{}:{what}", who.purpose),
+        (Some(execution), Some(part)) => {
+            format!("decrypt:{execution}:{}:{part}:{what}", who.purpose)
+        }
+        (None, Some(part)) => format!("decrypt:{part}:{}:{what}", who.purpose),
+        (None, None) => format!(
             "decrypt:{}:{what}",
             squall_domain::ids::fresh(&squall_domain::time::now())
         ),

@@ -72,8 +72,12 @@ pub(super) async fn begin(
         if !found.is_empty() {
             return Ok(Err(orquesta::inspection_errors(&[], found)));
         }
-        let (state, commands) =
-            conductor::start(&ctx.flow(&spec), input, runtime_context(ctx, execution));
+        let audit = crate::audit::decrypt::Workflow(execution);
+        let (state, commands) = conductor::start(
+            &ctx.flow(&spec, &audit),
+            input,
+            runtime_context(ctx, execution),
+        );
         return Ok(Ok((definition.to_string(), state, commands)));
     };
     // The re-run continues the original: its definition and its state.
@@ -88,7 +92,7 @@ pub(super) async fn begin(
         Err(errors) => return Ok(Err(errors)),
     };
     match conductor::rerun(
-        &ctx.flow(&spec),
+        &ctx.flow(&spec, &crate::audit::decrypt::Workflow(execution)),
         &original.state,
         &rerun.tasks,
         &rerun.reset,
@@ -161,7 +165,9 @@ pub(super) async fn handle_event(
         let Ok(spec) = cache.specs.get(&record.definition) else {
             return Ok(Some(record.state.status));
         };
-        let flow = ctx.flow(&spec);
+        let execution = cache.execution(&ctx.bus, id).await?;
+        let audit = crate::audit::decrypt::Workflow(&execution);
+        let flow = ctx.flow(&spec, &audit);
         let state = &mut record.state;
         let commands = match &event.event {
             FlowEvent::Start { .. } | FlowEvent::StartChain { .. } => Vec::new(),
@@ -219,7 +225,6 @@ pub(super) async fn handle_event(
         record.outbox.extend(commands);
         if !record.outbox.is_empty() {
             write = true;
-            let execution = cache.execution(&ctx.bus, id).await?;
             carry_out(ctx, &flow, &mut record, &execution).await?;
         }
         // One write per event, after its commands: stored even without

@@ -95,13 +95,20 @@ pub async fn start(
 }
 
 impl WorkflowContext {
-    /// `spec` with this node's datastore for `st2kv()`.
-    fn flow<'a>(&'a self, spec: &'a WorkflowSpec) -> Flow<'a> {
-        Flow::new(spec).with_datastore(
-            &self.expressions,
-            Arc::new(self.kv.clone()),
-            Some(self.cipher.clone()),
-        )
+    /// `spec` with this node's datastore for `st2kv()`; the secrets its
+    /// expressions open are audited for `audit`'s workflow execution.
+    fn flow<'a>(
+        &'a self,
+        spec: &'a WorkflowSpec,
+        audit: &'a crate::audit::decrypt::Workflow<'_>,
+    ) -> Flow<'a> {
+        Flow::new(spec)
+            .with_datastore(
+                &self.expressions,
+                Arc::new(self.kv.clone()),
+                Some(self.cipher.clone()),
+            )
+            .with_secret_scope(audit)
     }
 }
 

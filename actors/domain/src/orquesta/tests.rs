@@ -1215,6 +1215,53 @@ mod pausing {
             "{message}"
         );
     }
+
+    /// Records what [`SecretScope::around`] saw: the task of each
+    /// evaluation and the sealed values opened inside it.
+    #[derive(Default)]
+    struct Around(std::sync::Mutex<Vec<(Option<String>, Vec<String>)>>);
+
+    impl conductor::SecretScope for Around {
+        fn around(&self, task: Option<&str>, evaluate: &mut dyn FnMut()) {
+            let ((), opened) = crate::secrets::track(evaluate);
+            self.0
+                .lock()
+                .unwrap()
+                .push((task.map(str::to_string), opened));
+        }
+    }
+
+    #[test]
+    fn st2kv_decrypt_is_evaluated_inside_the_secret_scope() {
+        struct Sealed(String);
+        impl KeyValueLookup for Sealed {
+            fn get(&self, _: KvScope, name: &str) -> Option<String> {
+                (name == "pw").then(|| self.0.clone())
+            }
+        }
+        let cipher =
+            crate::secrets::Cipher::from_hex(&crate::secrets::Cipher::generate_hex()).unwrap();
+        let sealed = cipher.encrypt("s3cret");
+        let renderer = Renderer::new();
+        let mut runtime = Map::new();
+        runtime.insert("st2".into(), json!({"user": "ops"}));
+        let s = spec("version: 1.0\nvars:\n  - plain: <% 1 + 1 %>\ntasks:\n  t:\n    action: core.echo\n    input:\n      a: <% st2kv('system.pw', decrypt => true) %>\n      b: \"{{ st2kv('system.pw', decrypt=true) }}\"\n      c: <% ctx().plain %>\n");
+        let around = Around::default();
+        let flow = Flow::new(&s)
+            .with_datastore(&renderer, Arc::new(Sealed(sealed.clone())), Some(cipher))
+            .with_secret_scope(&around);
+        let (_, commands) = conductor::start(&flow, &Map::new(), runtime);
+        let Some(Command::Run { input, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(input, &json!({"a": "s3cret", "b": "s3cret", "c": 2}));
+        // One evaluation, the task's input (the vars read no datastore),
+        // opening the secret twice.
+        assert_eq!(
+            *around.0.lock().unwrap(),
+            vec![(Some("t".to_string()), vec![sealed.clone(), sealed])]
+        );
+    }
 }
 
 /// StackStorm's `examples.orquesta-fail-inspection`, whose errors its

@@ -350,6 +350,17 @@ pub struct Flow<'a> {
     renderer: &'a Renderer,
     kv: Arc<dyn KeyValueLookup>,
     cipher: Option<Cipher>,
+    secrets: Option<&'a dyn SecretScope>,
+}
+
+/// What runs each evaluation of a workflow's expressions that reads the
+/// datastore (mentions `st2kv`), so that the one who built the [`Flow`]
+/// can account for the secrets opened inside: the engine audits them
+/// (squall-actors' `audit::decrypt`), this crate knows nothing of audit.
+pub trait SecretScope: Sync {
+    /// Runs `evaluate` (once), an evaluation of task `task`'s expressions
+    /// (`None`: the workflow's own `input`, `vars` or `output`).
+    fn around(&self, task: Option<&str>, evaluate: &mut dyn FnMut());
 }
 
 static PLAIN: std::sync::LazyLock<Renderer> = std::sync::LazyLock::new(Renderer::new);
@@ -362,6 +373,16 @@ impl<'a> Flow<'a> {
             renderer: &PLAIN,
             kv: Arc::new(NoKeyValues),
             cipher: None,
+            secrets: None,
+        }
+    }
+
+    /// Expressions that read the datastore are evaluated inside
+    /// `secrets` ([`SecretScope::around`]).
+    pub fn with_secret_scope(self, secrets: &'a dyn SecretScope) -> Flow<'a> {
+        Flow {
+            secrets: Some(secrets),
+            ..self
         }
     }
 

@@ -317,8 +317,33 @@ pub(super) fn no_task_execution(name: &str) -> String {
 }
 
 /// Evaluates the expressions in `v`: YAQL (`<% %>`) or Jinja (`{{ }}`),
-/// one language per string, with Orquesta's functions.
+/// one language per string, with Orquesta's functions; inside the flow's
+/// [`SecretScope`] when they may read the datastore.
 pub(super) fn render(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
+    let Some(secrets) = scope.flow.secrets.filter(|_| reads_datastore(v)) else {
+        return evaluate(v, scope);
+    };
+    let mut out = None;
+    secrets.around(scope.task, &mut || out = Some(evaluate(v, scope)));
+    out.unwrap_or_else(|| {
+        Err("the engine did not evaluate an expression reading the datastore".into())
+    })
+}
+
+/// Whether an expression in `v` may read the datastore: only `st2kv`
+/// does (`st2kv()` in both languages, `st2kv.system.x` in Jinja).
+fn reads_datastore(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("st2kv"),
+        Value::Array(items) => items.iter().any(reads_datastore),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, item)| k.contains("st2kv") || reads_datastore(item)),
+        _ => false,
+    }
+}
+
+fn evaluate(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
     match v {
         Value::String(s) if s.contains("<%") => {
             yaql::render(v, &Value::Object(scope.state.ctx.clone()), scope)
@@ -327,17 +352,17 @@ pub(super) fn render(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
         Value::String(s) if crate::template::is_template(s) => render_jinja(v, scope),
         Value::Array(items) => items
             .iter()
-            .map(|i| render(i, scope))
+            .map(|i| evaluate(i, scope))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Array),
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, item) in m {
-                let key = match render(&Value::String(k.clone()), scope)? {
+                let key = match evaluate(&Value::String(k.clone()), scope)? {
                     Value::String(s) => s,
                     other => other.to_string(),
                 };
-                out.insert(key, render(item, scope)?);
+                out.insert(key, evaluate(item, scope)?);
             }
             Ok(Value::Object(out))
         }
