@@ -954,13 +954,14 @@ fn decryption<'a>(events: &'a [Value], via: &str, field: &str, value: &str) -> O
         .find(|e| e["data"]["via"] == via && e["data"][field] == value)
 }
 
-/// Secrets the workflow engine opens by itself are audited: an Orquesta
-/// task input reading `st2kv(key, decrypt=true)` in YAQL and in Jinja
-/// (a system key and the user's own key), an ActionChain node's
-/// `decrypt_kv` parameter, and a rule's criteria comparing with a secret.
-/// Each is a `key.decrypted` event naming the user, the execution (or
-/// rule and trigger instance), the task and the key; the plaintext is
-/// nowhere on the stream nor in the API's masked parameters.
+/// Secrets the engine opens by itself are audited: an Orquesta task
+/// input reading `st2kv(key, decrypt=true)` in YAQL and in Jinja (a
+/// system key and the user's own key), an ActionChain node's `decrypt_kv`
+/// parameter, a rule's criteria comparing with a secret, a notify
+/// message, an alias's immutable parameters and the rule tester. Each is
+/// a `key.decrypted` event naming the user, the execution (or rule and
+/// trigger instance), the task and the key; the plaintext is nowhere on
+/// the stream nor in the API's masked parameters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result<()> {
     const PLAIN: &str = "wf-s3cret-9f1";
@@ -990,6 +991,10 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
             (
                 "actions/chains/chain.yaml",
                 "chain:\n  - name: open\n    ref: vault.use\n    params:\n      password: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\n",
+            ),
+            (
+                "aliases/open.yaml",
+                "name: open\npack: vault\naction_ref: vault.use\nformats:\n  - open the vault\nimmutable_parameters:\n  password: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\n",
             ),
             (
                 "rules/guard.yaml",
@@ -1022,6 +1027,36 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
     }
     let (code, hook) = t.post("webhooks/guard", &json!({"pw": "a guess"})).await?;
     anyhow::ensure!(code < 300, "webhook: {code} {hook}");
+    // A notify message comparing with a secret (not showing it).
+    let (code, created) = t
+        .post(
+            "executions",
+            &json!({"action": "core.noop", "notify": {"on-success": {
+                "message": "{{ (st2kv.system.db_pass | decrypt_kv) == 'x' }}",
+                "routes": ["pager"]}}}),
+        )
+        .await?;
+    assert_eq!(code, 201, "{created}");
+    let notified = created["id"].as_str().context("notified run")?.to_string();
+    // Through the API: an alias's immutable parameters, the rule tester.
+    let (code, by_alias) = t
+        .post(
+            "aliasexecution",
+            &json!({"name": "open", "format": "open the vault", "command": "open the vault",
+                    "source_channel": "ops-room"}),
+        )
+        .await?;
+    assert_eq!(code, 201, "{by_alias}");
+    let aliased = by_alias["execution"]["id"].as_str().context("alias run")?;
+    assert_eq!(t.finished(aliased).await?["status"], "succeeded");
+    let (code, tested) = t
+        .post(
+            "rules/test",
+            &json!({"rule": "vault.guard", "payload": {"pw": "a guess"}}),
+        )
+        .await?;
+    assert_eq!(code, 200, "{tested}");
+    assert_eq!(tested["matched"], true, "{tested}");
     let (flow, chain) = (ran[0].as_str(), ran[1].as_str());
 
     let js = async_nats::jetstream::new(async_nats::connect(t.nats.url()).await?);
@@ -1030,7 +1065,10 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
         let all = decryption(&events, "workflow_expression", "task", "by_yaql").is_some()
             && decryption(&events, "workflow_expression", "task", "by_jinja").is_some()
             && decryption(&events, "chain_parameters", "execution", chain).is_some()
-            && decryption(&events, "rule_criteria", "rule", "vault.guard").is_some();
+            && decryption(&events, "rule_criteria", "rule", "vault.guard").is_some()
+            && decryption(&events, "alias_parameters", "action", "vault.use").is_some()
+            && decryption(&events, "notify", "execution", &notified).is_some()
+            && events.iter().any(|e| e["data"]["via"] == "rule_test");
         Ok(all.then_some((events, text)))
     })
     .await
@@ -1065,11 +1103,29 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
     assert_eq!(e["actor"]["user"], "stanley", "{e}");
     assert_eq!(e["object"]["ref"], "db_pass", "{e}");
     assert!(e["data"]["trigger_instance"].is_string(), "{e}");
+    let e = decryption(&events, "notify", "execution", &notified).context("notify")?;
+    assert_eq!(e["actor"]["user"], "admin", "{e}");
+    assert_eq!(e["data"]["action"], "core.noop", "{e}");
+    // The API's: the caller.
+    let e = decryption(&events, "alias_parameters", "action", "vault.use").context("alias")?;
+    assert_eq!(e["actor"]["user"], "admin", "{e}");
+    assert_eq!(e["object"]["ref"], "db_pass", "{e}");
+    let e = events
+        .iter()
+        .find(|e| e["data"]["via"] == "rule_test")
+        .context("rule test")?;
+    assert_eq!(e["actor"]["user"], "admin", "{e}");
+    assert_eq!(e["object"]["ref"], "db_pass", "{e}");
 
     // The values themselves: nowhere on the stream, masked in the API.
     for secret in [PLAIN, MINE] {
         assert!(!text.contains(secret), "a secret reached the AUDIT stream");
     }
+    let (_, alias_run) = t.get(&format!("executions/{aliased}")).await?;
+    assert_eq!(
+        alias_run["parameters"]["password"], "********",
+        "{alias_run}"
+    );
     for parent in [flow, chain] {
         let (code, children) = t.get(&format!("executions/{parent}/children")).await?;
         assert_eq!(code, 200, "{children}");

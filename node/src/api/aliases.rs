@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use squall_actors::audit::decrypt;
 use squall_actors::auth::{Principal, Role};
 use squall_actors::catalog::{content_id, Catalog};
 use squall_actors::executions::{self, ExecutionSpec};
@@ -361,14 +362,21 @@ async fn execute(
     });
     let immutable = match &alias.immutable_parameters {
         Some(p) if !p.is_empty() => {
-            let rendered = st
-                .renderer
-                .render_value(
+            // What it opens is audited as the user's, for the action.
+            let who = decrypt::For {
+                user: user.clone(),
+                action: Some(alias.action_ref.clone()),
+                purpose: "alias_parameters",
+                ..Default::default()
+            };
+            let rendered = decrypt::audited(who, || {
+                st.renderer.render_value(
                     &Value::Object(p.clone()),
                     &Value::Object(context.clone()),
                     &st.kv,
                 )
-                .map_err(|e| ApiError::BadRequest(format!("immutable_parameters: {e}")))?;
+            })
+            .map_err(|e| ApiError::BadRequest(format!("immutable_parameters: {e}")))?;
             rendered.as_object().cloned().unwrap_or_default()
         }
         _ => Map::new(),
@@ -432,7 +440,8 @@ async fn execute(
             "actionalias": alias_view(alias),
         });
         if let Some(ack) = &alias.ack {
-            render_ack(st, ack, &mut result);
+            let who = decrypt::For::execution(&stored, "alias_ack");
+            decrypt::audited(who, || render_ack(st, ack, &mut result));
         }
         results.push(result);
     }

@@ -86,15 +86,23 @@ pub async fn test(
     } else {
         &*SEALED
     };
-    Ok(Json(rules::test_rule(
-        &catalog,
-        renderer,
-        &st.kv,
-        &st.configs,
-        &rule,
-        &rule_id,
-        event,
-    )))
+    // What it opens is audited as the caller's (`rule_test`).
+    let who = squall_actors::audit::decrypt::For {
+        user: me.user.clone(),
+        purpose: "rule_test",
+        ..Default::default()
+    };
+    Ok(Json(squall_actors::audit::decrypt::audited(who, || {
+        rules::test_rule(
+            &catalog,
+            renderer,
+            &st.kv,
+            &st.configs,
+            &rule,
+            &rule_id,
+            event,
+        )
+    })))
 }
 
 /// A rule definition checked as a pack's rule file is (a missing `pack`
