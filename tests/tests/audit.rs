@@ -990,7 +990,7 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
             ),
             (
                 "actions/chains/chain.yaml",
-                "chain:\n  - name: open\n    ref: vault.use\n    params:\n      password: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\n",
+                "chain:\n  - name: first\n    ref: vault.use\n    params:\n      password: plain\n    on-success: open\n  - name: open\n    ref: vault.use\n    params:\n      password: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\n",
             ),
             (
                 "aliases/open.yaml",
