@@ -274,3 +274,74 @@ fn event(
         })
         .with_data(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Object {
+        Object {
+            kind: "key".into(),
+            id: None,
+            reference: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn a_part_names_itself_in_the_id_and_the_data() {
+        let workflow = For {
+            user: "alice".into(),
+            execution: Some("wf1".into()),
+            action: Some("p.flow".into()),
+            purpose: "workflow_expression",
+        };
+        let task = Part::Task("fetch".into());
+        let e = event(
+            &workflow,
+            Some(&task),
+            "key.decrypted",
+            "system:pw",
+            key("pw"),
+            json!({"scope": "st2kv.system"}),
+        );
+        assert_eq!(
+            e.audit_id,
+            "decrypt:wf1:workflow_expression:fetch:system:pw"
+        );
+        assert_eq!(e.data["task"], "fetch");
+        assert_eq!(e.data["execution"], "wf1");
+        assert_eq!(e.actor.user.as_deref(), Some("alice"));
+        // Without a part, the id it always had.
+        let plain = event(
+            &workflow,
+            None,
+            "key.decrypted",
+            "system:pw",
+            key("pw"),
+            json!({}),
+        );
+        assert_eq!(plain.audit_id, "decrypt:wf1:workflow_expression:system:pw");
+        // Criteria have no execution: the trigger instance and rule.
+        let criteria = Part::Criteria {
+            rule: "p.guard".into(),
+            trigger_instance: "ti1".into(),
+        };
+        let system = For {
+            user: crate::executions::SYSTEM_USER.into(),
+            purpose: "rule_criteria",
+            ..For::default()
+        };
+        let e = event(
+            &system,
+            Some(&criteria),
+            "key.decrypted",
+            "system:pw",
+            key("pw"),
+            json!({}),
+        );
+        assert_eq!(e.audit_id, "decrypt:ti1:p.guard:rule_criteria:system:pw");
+        assert_eq!(e.data["rule"], "p.guard");
+        assert_eq!(e.data["trigger_instance"], "ti1");
+        assert_eq!(e.actor.method.as_deref(), Some("system"));
+    }
+}
