@@ -29,13 +29,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use roaring::RoaringBitmap;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use squall_domain::execution::Status;
 use squall_domain::time::{serde_opt_ts, serde_ts, Timestamp};
 
 use crate::bus::Bus;
 use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
+pub use crate::snapshot::SnapshotError;
+use crate::snapshot::{self, bitmap_of, In, Origin, Out};
 
 /// The fields of an execution record that lists filter on. Read from the
 /// stored record, skipping everything else (results can be large).
@@ -166,6 +167,33 @@ impl Symbols {
 
     pub(crate) fn text(&self, s: Sym) -> Option<&str> {
         self.texts.get(s as usize).map(|t| &**t)
+    }
+
+    /// How many values are interned.
+    pub(crate) fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// Writes the table to a snapshot.
+    pub(crate) fn save(&self, out: &mut Out) {
+        out.u32(self.texts.len() as u32);
+        for t in &self.texts {
+            out.str(t);
+        }
+    }
+
+    /// Reads a table [`Symbols::save`] wrote.
+    pub(crate) fn load(r: &mut In<'_>) -> Result<Symbols, SnapshotError> {
+        let mut symbols = Symbols::default();
+        let n = r.u32()? as usize;
+        for _ in 0..n {
+            let t = r.str()?;
+            symbols.intern(t);
+        }
+        if symbols.texts.len() != n {
+            return Err(SnapshotError::Corrupt("repeated symbol".into()));
+        }
+        Ok(symbols)
     }
 }
 
@@ -603,20 +631,10 @@ impl History {
             None => {
                 self.top_level.insert(o);
             }
-            Some(p) => match self.children.get_mut(&**p) {
-                Some(posting) => posting.add(o),
-                None => {
-                    self.children.insert(p.clone(), Posting::One(o));
-                }
-            },
+            Some(p) => add_posting(&mut self.children, p, o),
         }
         if let Some(t) = &row.trigger_instance {
-            match self.instances.get_mut(&**t) {
-                Some(posting) => posting.add(o),
-                None => {
-                    self.instances.insert(t.clone(), Posting::One(o));
-                }
-            }
+            add_posting(&mut self.instances, t, o);
         }
         self.live.insert(o);
     }
@@ -792,124 +810,28 @@ impl Mirror for History {
     }
 }
 
-/// Why a snapshot cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("snapshot is corrupt: {0}")]
-    Corrupt(String),
-    #[error("snapshot is of another bucket (created {found}, the bucket {expected})")]
-    OtherBucket { found: String, expected: String },
-    #[error("snapshot is ahead of the bucket (revision {found}, the bucket ends at {last})")]
-    Ahead { found: u64, last: u64 },
-    #[error("snapshot: {0}")]
-    Io(#[from] std::io::Error),
-}
-
+/// The kind of a history snapshot file.
 const MAGIC: &[u8; 8] = b"SQHIST01";
 
-/// Little-endian writer of a snapshot.
-struct Out(Vec<u8>);
-
-impl Out {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn str(&mut self, s: &str) {
-        self.u32(s.len() as u32);
-        self.0.extend_from_slice(s.as_bytes());
-    }
-    fn opt_str(&mut self, s: Option<&str>) {
-        match s {
-            Some(s) => {
-                self.u8(1);
-                self.str(s);
-            }
-            None => self.u8(0),
-        }
-    }
-}
-
-/// Reader of a snapshot, every read bounds-checked.
-struct In<'a>(&'a [u8]);
-
-impl<'a> In<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
-        if self.0.len() < n {
-            return Err(SnapshotError::Corrupt("truncated".into()));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, SnapshotError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, SnapshotError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, SnapshotError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn i64(&mut self) -> Result<i64, SnapshotError> {
-        Ok(i64::from_le_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn str(&mut self) -> Result<&'a str, SnapshotError> {
-        let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?).map_err(|e| SnapshotError::Corrupt(e.to_string()))
-    }
-    fn opt_str(&mut self) -> Result<Option<&'a str>, SnapshotError> {
-        match self.u8()? {
-            0 => Ok(None),
-            _ => self.str().map(Some),
-        }
-    }
-    fn sym(&mut self, count: usize) -> Result<Sym, SnapshotError> {
-        let s = self.u32()?;
-        if s != NO_SYM && s as usize >= count {
-            return Err(SnapshotError::Corrupt(format!("symbol {s} out of range")));
-        }
-        Ok(s)
-    }
-}
-
-fn micros(t: &Timestamp) -> i64 {
-    t.timestamp_micros()
-}
-
-fn from_micros(m: i64) -> Result<Timestamp, SnapshotError> {
-    chrono::DateTime::from_timestamp_micros(m)
-        .ok_or_else(|| SnapshotError::Corrupt(format!("time {m} out of range")))
-}
+/// The fields with a bitmap per value, in [`Row::terms`]' order.
+const FIELDS: [Field; 7] = [
+    Field::Status,
+    Field::Action,
+    Field::Runner,
+    Field::Rule,
+    Field::Trigger,
+    Field::TriggerType,
+    Field::User,
+];
 
 impl History {
     /// The index as a snapshot file's bytes: its live rows in time order,
-    /// the revision it reflects and `bucket` (the identity of the bucket
-    /// it was built from), with a SHA-256 checksum. Records kept whole are
-    /// not saved.
-    pub fn snapshot(&self, bucket: &str) -> Vec<u8> {
-        let mut out = Out(Vec::with_capacity(64 + self.ids.len() * 96));
-        out.0.extend_from_slice(MAGIC);
-        out.u64(self.revision);
-        out.str(bucket);
-        out.u32(self.symbols.texts.len() as u32);
-        for t in &self.symbols.texts {
-            out.str(t);
-        }
+    /// taken at `origin` (the bucket it was built from, and the revision
+    /// it reflects: [`History::revision`]). Records kept whole are not
+    /// saved.
+    pub fn snapshot(&self, origin: &Origin) -> Vec<u8> {
+        let mut out = Out::new(MAGIC, origin, self.ids.len() * 96);
+        self.symbols.save(&mut out);
         out.u32(self.ids.len() as u32);
         for o in &self.by_time {
             if !self.live.contains(*o) {
@@ -917,8 +839,8 @@ impl History {
             }
             let r = &self.rows[*o as usize];
             out.str(&r.id);
-            out.i64(micros(&r.start));
-            out.i64(r.end.as_ref().map_or(i64::MIN, micros));
+            out.time(&r.start);
+            out.opt_time(r.end.as_ref());
             out.u8(Status::ALL.iter().position(|s| *s == r.status).unwrap_or(0) as u8);
             for s in [
                 r.action,
@@ -934,77 +856,46 @@ impl History {
             out.opt_str(r.trigger_instance.as_deref());
             out.opt_str(r.parent.as_deref());
         }
-        let digest = Sha256::digest(&out.0);
-        out.0.extend_from_slice(&digest);
-        out.0
+        out.finish()
     }
 
     /// Reads a snapshot made by [`History::snapshot`], checking its
-    /// checksum and that it was made from `bucket` at a revision no later
-    /// than `last_revision` (the bucket's last now).
-    pub fn from_snapshot(
-        bytes: &[u8],
-        bucket: &str,
-        last_revision: u64,
-    ) -> Result<History, SnapshotError> {
-        if bytes.len() < MAGIC.len() + 32 {
-            return Err(SnapshotError::Corrupt("too short".into()));
-        }
-        let (body, sum) = bytes.split_at(bytes.len() - 32);
-        if Sha256::digest(body).as_slice() != sum {
-            return Err(SnapshotError::Corrupt("checksum mismatch".into()));
-        }
-        let mut r = In(body);
-        if r.take(MAGIC.len())? != MAGIC {
-            return Err(SnapshotError::Corrupt("not a history snapshot".into()));
-        }
-        let revision = r.u64()?;
-        let found = r.str()?;
-        if found != bucket {
-            return Err(SnapshotError::OtherBucket {
-                found: found.into(),
-                expected: bucket.into(),
-            });
-        }
-        if revision > last_revision {
-            return Err(SnapshotError::Ahead {
-                found: revision,
-                last: last_revision,
-            });
-        }
+    /// checksum and its shape; where it was taken is for the caller to
+    /// check ([`Origin::check`]). The rows come in time order, so each
+    /// field value's ordinals come ascending and its bitmap is built in
+    /// one go.
+    pub fn decode(bytes: &[u8]) -> Result<(History, Origin), SnapshotError> {
+        let (mut r, origin) = In::open(bytes, MAGIC)?;
         let mut h = History {
-            revision,
-            loaded_revision: Some(revision),
+            revision: origin.seq,
+            loaded_revision: Some(origin.seq),
+            symbols: Symbols::load(&mut r)?,
             ..History::default()
         };
-        let nsyms = r.u32()? as usize;
-        for _ in 0..nsyms {
-            let t = r.str()?;
-            h.symbols.intern(t);
-        }
-        if h.symbols.texts.len() != nsyms {
-            return Err(SnapshotError::Corrupt("repeated symbol".into()));
-        }
+        let status_syms: Vec<Sym> = Status::ALL
+            .iter()
+            .map(|s| h.symbols.intern(s.as_str()))
+            .collect();
+        let count = h.symbols.texts.len();
         let nrows = r.u32()?;
         // Bounded by what the bytes can hold (at least 30 bytes a row).
-        let expected = (nrows as usize).min(r.0.len() / 30);
+        let expected = (nrows as usize).min(r.remaining() / 30);
         h.rows.reserve(expected);
         h.ids.reserve(expected);
-        h.by_time.reserve(expected);
-        for _ in 0..nrows {
+        // The ordinals of each (field, symbol), ascending.
+        let mut postings: Vec<Vec<u32>> = vec![Vec::new(); FIELDS.len() * count];
+        let mut top_level = Vec::with_capacity(expected);
+        for o in 0..nrows {
             let id: Box<str> = r.str()?.into();
-            let start = from_micros(r.i64()?)?;
-            let end = match r.i64()? {
-                i64::MIN => None,
-                m => Some(from_micros(m)?),
-            };
+            let start = r.time()?;
+            let end = r.opt_time()?;
+            let status_at = r.u8()? as usize;
             let status = *Status::ALL
-                .get(r.u8()? as usize)
+                .get(status_at)
                 .ok_or_else(|| SnapshotError::Corrupt("unknown status".into()))?;
-            h.symbols.intern(status.as_str());
             let mut syms = [0; 7];
             for s in &mut syms {
-                *s = r.sym(h.symbols.texts.len())?;
+                *s = r.sym(count)?;
             }
             let row = Row {
                 id: id.clone(),
@@ -1021,25 +912,61 @@ impl History {
                 trigger_instance: r.opt_str()?.map(Into::into),
                 parent: r.opt_str()?.map(Into::into),
             };
-            let o = h.rows.len() as u32;
-            if h.ids.insert(id, o).is_some() {
-                return Err(SnapshotError::Corrupt("repeated execution".into()));
-            }
-            if let Some(prev) = h.by_time.last() {
-                if (&h.rows[*prev as usize].start, &*h.rows[*prev as usize].id)
-                    >= (&row.start, &*row.id)
-                {
+            if let Some(prev) = h.rows.last() {
+                if (&prev.start, &*prev.id) >= (&row.start, &*row.id) {
                     return Err(SnapshotError::Corrupt("rows out of order".into()));
                 }
             }
+            if h.ids.insert(id, o).is_some() {
+                return Err(SnapshotError::Corrupt("repeated execution".into()));
+            }
+            for (field, sym) in row.terms(status_syms[status_at]) {
+                if sym != NO_SYM {
+                    postings[field as usize * count + sym as usize].push(o);
+                }
+            }
+            match &row.parent {
+                None => top_level.push(o),
+                Some(p) => add_posting(&mut h.children, p, o),
+            }
+            if let Some(t) = &row.trigger_instance {
+                add_posting(&mut h.instances, t, o);
+            }
             h.rows.push(row);
-            h.by_time.push(o);
-            h.index(o);
         }
-        if !r.0.is_empty() {
-            return Err(SnapshotError::Corrupt("trailing bytes".into()));
+        r.end()?;
+        for (at, ords) in postings.into_iter().enumerate() {
+            if !ords.is_empty() {
+                let key = (FIELDS[at / count], (at % count) as Sym);
+                h.terms.insert(key, bitmap_of(ords));
+            }
         }
+        h.top_level = bitmap_of(top_level);
+        h.live.insert_range(0..nrows);
+        h.by_time = (0..nrows).collect();
+        Ok((h, origin))
+    }
+
+    /// [`History::decode`], then [`Origin::check`] against `bucket`,
+    /// whose last revision is `last_revision`.
+    pub fn from_snapshot(
+        bytes: &[u8],
+        bucket: &str,
+        last_revision: u64,
+    ) -> Result<History, SnapshotError> {
+        let (h, origin) = History::decode(bytes)?;
+        origin.check(bucket, last_revision)?;
         Ok(h)
+    }
+}
+
+/// Adds ordinal `o` to `key`'s posting in `map`.
+fn add_posting(map: &mut HashMap<Box<str>, Posting>, key: &str, o: u32) {
+    match map.get_mut(key) {
+        Some(posting) => posting.add(o),
+        None => {
+            map.insert(key.into(), Posting::One(o));
+        }
     }
 }
 
@@ -1070,18 +997,11 @@ pub async fn sweep_every<F, Fut>(
     }
 }
 
-/// The identity of the `executions` bucket a snapshot must match: its
-/// stream's creation time (a bucket deleted and made again differs).
+/// The identity of the `executions` bucket a snapshot must match, and
+/// its last revision.
 async fn bucket_identity(bus: &Bus) -> Result<(String, u64), EngineError> {
-    let mut stream = bus.executions.raw().stream.clone();
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| bus_err("executions status", e))?;
-    Ok((
-        format!("{}:{}", info.config.name, info.created),
-        info.state.last_sequence,
-    ))
+    let now = snapshot::origin_of(&bus.executions.raw().stream).await?;
+    Ok((now.stream, now.seq))
 }
 
 /// The snapshot file under a node's data directory.
@@ -1089,19 +1009,43 @@ pub fn snapshot_path(data_dir: &Path) -> PathBuf {
     data_dir.join("history").join("executions.snapshot")
 }
 
-/// Starts the history: from the snapshot at `snapshot` when it is sound
-/// (then only what changed since is replayed), else from the whole
-/// bucket. Returns at once (the snapshot is read on a blocking thread);
-/// the handle is ready when it has caught up.
-pub async fn start(bus: &Bus, snapshot: Option<&Path>) -> Result<HistoryHandle, EngineError> {
+/// A history snapshot being read and decoded on a blocking thread,
+/// started before the bus is open so it overlaps the rest of a start;
+/// [`start`] checks it against the bucket.
+#[derive(Debug)]
+pub struct Preload(tokio::task::JoinHandle<Option<(History, Origin)>>);
+
+/// Starts reading and decoding the snapshot at `path`.
+pub fn preload(path: &Path) -> Preload {
+    let path = path.to_path_buf();
+    Preload(tokio::task::spawn_blocking(move || load_snapshot(&path)))
+}
+
+/// Starts the history: from the `preloaded` snapshot when it is sound and
+/// of this bucket (then only what changed since is replayed), else from
+/// the whole bucket. Returns at once; the handle is ready when it has
+/// caught up.
+pub async fn start(bus: &Bus, preloaded: Option<Preload>) -> Result<HistoryHandle, EngineError> {
     let (bucket, last) = bucket_identity(bus).await?;
-    let path = snapshot.map(Path::to_path_buf);
     Ok(Mirrored::start_with(
         bus.executions.raw(),
         "executions",
-        move || {
-            let history = path
-                .and_then(|path| load_snapshot(&path, &bucket, last))
+        async move {
+            let decoded = match preloaded {
+                Some(Preload(task)) => task.await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "reading the history snapshot failed");
+                    None
+                }),
+                None => None,
+            };
+            let history = decoded
+                .and_then(|(h, origin)| match origin.check(&bucket, last) {
+                    Ok(()) => Some(h),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history snapshot not used; replaying the bucket");
+                        None
+                    }
+                })
                 .unwrap_or_default();
             let from = history.revision;
             (history, from)
@@ -1110,21 +1054,14 @@ pub async fn start(bus: &Bus, snapshot: Option<&Path>) -> Result<HistoryHandle, 
 }
 
 /// The history saved at `path`, when it is there and sound.
-fn load_snapshot(path: &Path, bucket: &str, last: u64) -> Option<History> {
+fn load_snapshot(path: &Path) -> Option<(History, Origin)> {
     let started = std::time::Instant::now();
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the history snapshot");
-            return None;
-        }
-    };
-    match History::from_snapshot(&bytes, bucket, last) {
-        Ok(h) => {
+    let bytes = snapshot::read_file(path)?;
+    match History::decode(&bytes) {
+        Ok((h, origin)) => {
             tracing::info!(path = %path.display(), executions = h.len(), revision = h.revision,
-                took_ms = started.elapsed().as_millis() as u64, "history loaded from its snapshot");
-            Some(h)
+                took_ms = started.elapsed().as_millis() as u64, "history snapshot decoded");
+            Some((h, origin))
         }
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e,
@@ -1144,31 +1081,23 @@ pub async fn keep_snapshots(
     period: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut saved = None;
-    let mut every = tokio::time::interval(period);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            () = stop.cancelled() => true,
-            _ = every.tick() => false,
-        };
+    snapshot::keep(period, stop, "executions", |saved| {
         // A start that loaded the snapshot and found nothing new since
         // has nothing to write.
         let (revision, loaded) = {
             let h = history.read();
             (h.revision(), h.loaded_revision)
         };
-        if history.is_ready() && saved != Some(revision) && loaded != Some(revision) {
-            match save_snapshot(&bus, &history, &path).await {
-                Ok(rev) => saved = Some(rev),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e,
-                    "saving the history snapshot failed"),
+        let changed = history.is_ready() && saved != Some(revision) && loaded != Some(revision);
+        let (bus, history, path) = (bus.clone(), history.clone(), path.clone());
+        async move {
+            if !changed {
+                return Ok(None);
             }
+            save_snapshot(&bus, &history, &path).await.map(Some)
         }
-        if stopping {
-            return;
-        }
-    }
+    })
+    .await;
 }
 
 /// Writes one snapshot of `history` to `path`; the revision it reflects.
@@ -1180,25 +1109,18 @@ pub async fn save_snapshot(
     let (bucket, _) = bucket_identity(bus).await?;
     let (bytes, rev) = {
         let h = history.read();
-        (h.snapshot(&bucket), h.revision())
+        let origin = Origin {
+            stream: bucket,
+            seq: h.revision(),
+        };
+        (h.snapshot(&origin), origin.seq)
     };
-    let path = path.to_path_buf();
-    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::rename(&tmp, &path)
-    })
-    .await
-    .map_err(|e| EngineError::Config(format!("snapshot writer: {e}")))?;
-    written.map_err(|e| EngineError::Config(format!("writing the history snapshot: {e}")))?;
+    snapshot::save(path, bytes).await?;
     Ok(rev)
 }
 
 /// The stored bytes of the records `ids` that exist, read from the
-/// `executions` bucket in one batched direct get (`multi_last`), however
+/// `executions` bucket in batched direct gets ([`read_last`]), however
 /// many there are; deleted ones are left out.
 pub async fn read_records(
     bus: &Bus,
@@ -1214,11 +1136,40 @@ pub async fn read_records(
         .collect())
 }
 
+/// Subjects one batched read asks for: a request naming them all stays
+/// far below the server's payload limit (1 MiB by default), which a page
+/// of every execution (`limit=-1`) would pass.
+const READ_BATCH: usize = 1000;
+
+/// Batched reads in flight at once for one request.
+const READS_IN_FLIGHT: usize = 4;
+
 /// The last message of each of `subjects` in `stream` (a stream with
-/// direct gets allowed), by subject, in one batched direct get
-/// (`multi_last`); subjects with none, or whose last is a KV delete or
-/// purge marker, are left out.
+/// direct gets allowed), by subject, in batched direct gets (`multi_last`,
+/// [`READ_BATCH`] subjects each); subjects with none, or whose last is a
+/// KV delete or purge marker, are left out.
 pub async fn read_last(
+    bus: &Bus,
+    stream: &str,
+    subjects: &[String],
+) -> Result<HashMap<String, Bytes>, EngineError> {
+    let mut batches = subjects.chunks(READ_BATCH);
+    let mut reads = futures::stream::FuturesUnordered::new();
+    let mut out = HashMap::with_capacity(subjects.len());
+    loop {
+        while reads.len() < READS_IN_FLIGHT {
+            let Some(batch) = batches.next() else { break };
+            reads.push(read_batch(bus, stream, batch));
+        }
+        match reads.next().await {
+            Some(read) => out.extend(read?),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// One batched direct get of `subjects`' last messages.
+async fn read_batch(
     bus: &Bus,
     stream: &str,
     subjects: &[String],
@@ -1546,7 +1497,10 @@ mod tests {
             h.remove(&s.id);
         }
         h.revision = 4242;
-        let bytes = h.snapshot("KV_executions:t1");
+        let bytes = h.snapshot(&Origin {
+            stream: "KV_executions:t1".into(),
+            seq: h.revision,
+        });
         let back = History::from_snapshot(&bytes, "KV_executions:t1", 5000).unwrap();
         assert_eq!(back.revision(), 4242);
         assert_eq!(back.len(), h.len());
@@ -1567,7 +1521,7 @@ mod tests {
         ));
         assert!(matches!(
             History::from_snapshot(&bytes, "KV_executions:t2", 5000),
-            Err(SnapshotError::OtherBucket { .. })
+            Err(SnapshotError::OtherStream { .. })
         ));
         assert!(matches!(
             History::from_snapshot(&bytes, "KV_executions:t1", 4000),

@@ -79,13 +79,7 @@ impl Bus {
         offset: usize,
         limit: usize,
     ) -> Result<(Vec<(TriggerInstance, bool)>, u64), EngineError> {
-        let mut stream = self.triggers.clone();
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| bus_err("trigger stream info", e))?
-            .state
-            .clone();
+        let state = stream_state(&self.triggers).await?;
         let mut floors = HashMap::new();
         let mut out = Vec::new();
         let mut skipped = 0;
@@ -188,6 +182,17 @@ impl Bus {
         floors.insert(partition, f);
         f
     }
+}
+
+/// The state of the `TRIGGERS` stream (first and last sequence, count).
+pub async fn stream_state(triggers: &stream::Stream) -> Result<stream::State, EngineError> {
+    Ok(triggers
+        .clone()
+        .info()
+        .await
+        .map_err(|e| bus_err("trigger stream info", e))?
+        .state
+        .clone())
 }
 
 /// What a trigger-instance list may be narrowed to (StackStorm's

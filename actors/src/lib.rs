@@ -75,6 +75,7 @@ pub mod rules;
 pub mod runners;
 pub mod sensor_host;
 pub mod sensors;
+pub mod snapshot;
 pub mod store;
 pub mod supervision;
 pub mod telemetry;

@@ -4,11 +4,12 @@
 //! execution history behind `GET /executions`) read the mirror, never the
 //! bucket; a write reaches the mirror milliseconds after it is stored.
 
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
+use tokio::sync::watch;
 
 use crate::bus::bucket_state;
 use crate::error::{bus_err, EngineError};
@@ -31,7 +32,9 @@ pub trait Mirror: Default + Send + Sync + 'static {
 pub struct Mirrored<M> {
     state: Arc<RwLock<M>>,
     /// Whether the state has caught up with the bucket.
-    ready: Arc<AtomicBool>,
+    ready: watch::Receiver<bool>,
+    /// The last revision folded into the state.
+    applied: watch::Receiver<u64>,
     _watch: Arc<AbortOnDrop>,
 }
 
@@ -39,7 +42,8 @@ impl<M> Clone for Mirrored<M> {
     fn clone(&self) -> Self {
         Mirrored {
             state: Arc::clone(&self.state),
-            ready: Arc::clone(&self.ready),
+            ready: self.ready.clone(),
+            applied: self.applied.clone(),
             _watch: Arc::clone(&self._watch),
         }
     }
@@ -56,8 +60,30 @@ impl<M> std::fmt::Debug for Mirrored<M> {
 impl<M> Mirrored<M> {
     /// Whether the state has caught up with the bucket.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(AtomicOrdering::Acquire)
+        *self.ready.borrow()
     }
+
+    /// Waits until the state has caught up with the bucket.
+    pub async fn ready(&self) {
+        // An error: the loading task is gone (the mirror is being
+        // dropped), so nothing is left to wait for.
+        let _ = self.ready.clone().wait_for(|r| *r).await;
+    }
+
+    /// Waits until the state holds revision `revision` (a bucket's last
+    /// when a request came), at most `limit`.
+    pub async fn reach(&self, revision: u64, limit: Duration) {
+        reach(&self.applied, revision, limit).await;
+    }
+}
+
+/// Waits until `applied` (a sequence folded in, announced as each is)
+/// reaches `target`, at most `limit`: a sequence the stream no longer
+/// holds never comes, so the wait is bounded, not an error.
+pub async fn reach(applied: &watch::Receiver<u64>, target: u64, limit: Duration) {
+    let mut applied = applied.clone();
+    // Err: the follower is gone; Elapsed: the limit. Either way, go on.
+    let _ = tokio::time::timeout(limit, applied.wait_for(|a| *a >= target)).await;
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -73,6 +99,7 @@ impl<M: Mirror> Mirrored<M> {
     /// current contents are in the mirror. `what` names the bucket in logs.
     pub async fn start(store: &kv::Store, what: &'static str) -> Result<Self, EngineError> {
         let state: Arc<RwLock<M>> = Arc::default();
+        let (applied_tx, applied) = watch::channel(0);
         let mut watch = store
             .watch_with_history(">")
             .await
@@ -94,16 +121,19 @@ impl<M: Mirror> Mirrored<M> {
                 None => break,
             }
         }
+        applied_tx.send_replace(last_revision);
         let task = tokio::spawn(follow(
             store.clone(),
             what,
             Arc::clone(&state),
             watch,
             last_revision,
+            applied_tx,
         ));
         Ok(Mirrored {
             state,
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: watch::channel(true).1,
+            applied,
             _watch: Arc::new(AbortOnDrop(task)),
         })
     }
@@ -113,35 +143,28 @@ impl<M: Mirror> Mirrored<M> {
     /// loaded in the background, and [`Mirrored::is_ready`] says when the
     /// state has caught up with the bucket.
     pub fn start_from(store: &kv::Store, what: &'static str, initial: M, after: u64) -> Self {
-        Mirrored::start_with(store, what, move || (initial, after))
+        Mirrored::start_with(store, what, async move { (initial, after) })
     }
 
     /// Like [`Mirrored::start_from`], with the initial state and its
-    /// revision made by `load` on a blocking thread (reading a snapshot),
+    /// revision given by `load` (a snapshot decoded on a blocking thread),
     /// so the caller goes on meanwhile; not ready before `load` is done.
     pub fn start_with(
         store: &kv::Store,
         what: &'static str,
-        load: impl FnOnce() -> (M, u64) + Send + 'static,
+        load: impl std::future::Future<Output = (M, u64)> + Send + 'static,
     ) -> Self {
         let state: Arc<RwLock<M>> = Arc::default();
-        let ready = Arc::new(AtomicBool::new(false));
+        let (caught_up, ready) = watch::channel(false);
+        let (applied_tx, applied) = watch::channel(0);
         let kv = store.clone();
         let live = Arc::clone(&state);
-        let caught_up = Arc::clone(&ready);
         let task = tokio::spawn(async move {
-            let after = match tokio::task::spawn_blocking(load).await {
-                Ok((initial, after)) => {
-                    *write(&live) = initial;
-                    after
-                }
-                Err(e) => {
-                    tracing::warn!(bucket = what, error = %e, "loading the initial state failed; replaying the bucket");
-                    0
-                }
-            };
+            let (initial, after) = load.await;
+            *write(&live) = initial;
+            applied_tx.send_replace(after);
             let (watch, last) = loop {
-                match catch_up(&kv, what, &live, after).await {
+                match catch_up(&kv, what, &live, after, &applied_tx).await {
                     Ok(done) => break done,
                     Err(e) => {
                         tracing::warn!(bucket = what, error = %e, "loading failed; retrying");
@@ -150,13 +173,14 @@ impl<M: Mirror> Mirrored<M> {
                 }
             };
             write(&live).loaded();
-            caught_up.store(true, AtomicOrdering::Release);
+            caught_up.send_replace(true);
             tracing::info!(bucket = what, revision = last, "mirror loaded");
-            follow(kv, what, live, watch, last).await;
+            follow(kv, what, live, watch, last, applied_tx).await;
         });
         Mirrored {
             state,
             ready,
+            applied,
             _watch: Arc::new(AbortOnDrop(task)),
         }
     }
@@ -184,6 +208,7 @@ async fn catch_up<M: Mirror>(
     what: &'static str,
     state: &RwLock<M>,
     after: u64,
+    applied: &watch::Sender<u64>,
 ) -> Result<(kv::Watch, u64), EngineError> {
     let target = bucket_state(kv).await?.last_sequence;
     let mut watch = if after == 0 {
@@ -199,6 +224,7 @@ async fn catch_up<M: Mirror>(
             Ok(Some(Ok(entry))) => {
                 last = entry.revision;
                 write(state).apply(&entry);
+                applied.send_replace(last);
                 if entry.delta == 0 {
                     break;
                 }
@@ -220,6 +246,7 @@ async fn follow<M: Mirror>(
     live: Arc<RwLock<M>>,
     mut watch: kv::Watch,
     mut last_revision: u64,
+    applied: watch::Sender<u64>,
 ) {
     let mut check =
         tokio::time::interval_at(tokio::time::Instant::now() + STALL_CHECK, STALL_CHECK);
@@ -234,6 +261,7 @@ async fn follow<M: Mirror>(
                     Some(Ok(entry)) => {
                         last_revision = entry.revision;
                         write(&live).apply(&entry);
+                        applied.send_replace(last_revision);
                     }
                     Some(Err(e)) => tracing::warn!(bucket = what, error = %e, "watch error"),
                     None => break false,

@@ -19,6 +19,7 @@ use roaring::RoaringBitmap;
 use squall_domain::time::Timestamp;
 
 use crate::history::{Posting, Sym, Symbols, NO_SYM};
+use crate::snapshot::{bitmap_of, In, Origin, Out, SnapshotError};
 
 /// How many fields an index filters on, at most.
 pub const FIELDS: usize = 4;
@@ -412,6 +413,89 @@ impl RecordIndex {
     }
 }
 
+impl RecordIndex {
+    /// The index as a snapshot file's bytes of kind `magic`, taken at
+    /// `origin` (the stream's identity and the last sequence folded in):
+    /// the symbols and the live rows in stream order.
+    pub fn snapshot(&self, magic: &[u8; 8], origin: &Origin) -> Vec<u8> {
+        let mut out = Out::new(magic, origin, self.ids.len() * 64);
+        self.symbols.save(&mut out);
+        out.u32(self.ids.len() as u32);
+        for o in &self.live {
+            let row = &self.rows[o as usize];
+            out.str(&row.id);
+            out.time(&row.time);
+            out.u64(row.seq);
+            for s in row.syms {
+                out.u32(s);
+            }
+        }
+        out.finish()
+    }
+
+    /// Reads a snapshot of kind `magic` made by [`RecordIndex::snapshot`],
+    /// checking its checksum and shape; where it was taken is for the
+    /// caller to check ([`Origin::check`]). Rows come in stream order, so
+    /// each value's ordinals come ascending and its posting is built in
+    /// one go.
+    pub fn decode(bytes: &[u8], magic: &[u8; 8]) -> Result<(RecordIndex, Origin), SnapshotError> {
+        let (mut r, origin) = In::open(bytes, magic)?;
+        let mut index = RecordIndex {
+            symbols: Symbols::load(&mut r)?,
+            ..RecordIndex::default()
+        };
+        let count = index.symbols.len();
+        let nrows = r.u32()?;
+        // Bounded by what the bytes can hold (at least 36 bytes a row).
+        let expected = (nrows as usize).min(r.remaining() / 36);
+        index.rows.reserve(expected);
+        index.ids.reserve(expected);
+        let mut postings: Vec<Vec<u32>> = vec![Vec::new(); FIELDS * count];
+        for o in 0..nrows {
+            let id: Box<str> = r.str()?.into();
+            let time = r.time()?;
+            let seq = r.u64()?;
+            let mut syms = [NO_SYM; FIELDS];
+            for s in &mut syms {
+                *s = r.sym(count)?;
+            }
+            if index.rows.last().is_some_and(|prev| prev.seq >= seq) {
+                return Err(SnapshotError::Corrupt("rows out of order".into()));
+            }
+            if index.ids.insert(id.clone(), o).is_some() {
+                return Err(SnapshotError::Corrupt("repeated record".into()));
+            }
+            for (f, s) in syms.iter().enumerate() {
+                if *s != NO_SYM {
+                    postings[f * count + *s as usize].push(o);
+                }
+            }
+            index.rows.push(Row {
+                id,
+                time,
+                seq,
+                syms,
+            });
+        }
+        r.end()?;
+        for (at, ords) in postings.into_iter().enumerate() {
+            let posting = match ords.as_slice() {
+                [] => continue,
+                [one] => Posting::One(*one),
+                _ => Posting::Many(bitmap_of(ords)),
+            };
+            index
+                .postings
+                .insert(((at / count) as u8, (at % count) as Sym), posting);
+        }
+        index.live.insert_range(0..nrows);
+        let mut by_time: Vec<u32> = (0..nrows).collect();
+        by_time.sort_unstable_by(|a, b| index.cmp_ord(*a, *b));
+        index.by_time = by_time;
+        Ok((index, origin))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,6 +636,20 @@ mod tests {
                 idx.remove(&r.id);
             }
             check(&idx, &recs, &mut rng);
+            // A snapshot gives the same answers; a damaged one is refused.
+            let origin = Origin {
+                stream: "S:1".into(),
+                seq,
+            };
+            let bytes = idx.snapshot(b"SQTEST01", &origin);
+            let (back, at) = RecordIndex::decode(&bytes, b"SQTEST01").unwrap();
+            assert_eq!((at, back.len()), (origin, idx.len()));
+            check(&back, &recs, &mut rng);
+            let mut flipped = bytes.clone();
+            flipped[bytes.len() / 3] ^= 1;
+            assert!(RecordIndex::decode(&flipped, b"SQTEST01").is_err());
+            assert!(RecordIndex::decode(&bytes, b"SQOTHER1").is_err());
+            let mut idx = back;
             // A purge below a sequence: what was stored before it goes.
             let first = n as u64 / 2;
             assert!(idx.stale_before(first));

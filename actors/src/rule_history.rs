@@ -19,8 +19,9 @@
 //! the request is listed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv;
@@ -29,15 +30,17 @@ use roaring::RoaringBitmap;
 use serde::Deserialize;
 use squall_domain::execution::{RuleEnforcement, TriggerInstance};
 use squall_domain::time::{serde_ts, Timestamp};
+use tokio::sync::watch;
 
 use crate::bus::{
     bucket_state, from_bytes, trigger_subject, Bus, ENFORCEMENTS_BUCKET, TRIGGERS_STREAM,
 };
 use crate::error::{bus_err, EngineError};
 use crate::history::read_last;
-use crate::instances::TriggerInstanceFilter;
-use crate::mirror::{Mirror, Mirrored};
+use crate::instances::{stream_state, TriggerInstanceFilter};
+use crate::mirror::{reach, Mirror, Mirrored};
 use crate::record_index::{Entry, Query, RecordIndex};
+use crate::snapshot::{self, Origin};
 use crate::timing::{REWATCH_DELAY, STALL_CHECK};
 
 /// The trigger-instance index's fields.
@@ -74,7 +77,9 @@ pub struct InstanceHistory {
     state: Arc<RwLock<RecordIndex>>,
     ready: Arc<AtomicBool>,
     /// The last stream sequence folded in.
-    applied: Arc<AtomicU64>,
+    applied: watch::Receiver<u64>,
+    /// The sequence of the snapshot it was loaded from.
+    loaded: Arc<OnceLock<u64>>,
     _follow: Arc<AbortOnDrop>,
 }
 
@@ -97,21 +102,34 @@ pub struct InstanceList {
 }
 
 impl InstanceHistory {
-    /// Starts following the stream from its start; returns at once.
-    pub fn start(bus: &Bus) -> InstanceHistory {
+    /// Starts following the stream: from the snapshot at `snapshot` when
+    /// it is sound and of this stream (then only what came since is
+    /// read), else from the stream's start; returns at once.
+    pub fn start(bus: &Bus, snapshot: Option<PathBuf>) -> InstanceHistory {
         let state = Arc::new(RwLock::new(RecordIndex::default()));
         let ready = Arc::new(AtomicBool::new(false));
-        let applied = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(follow_instances(
-            bus.triggers.clone(),
-            Arc::clone(&state),
-            Arc::clone(&ready),
-            Arc::clone(&applied),
-        ));
+        let (applied_tx, applied) = watch::channel(0);
+        let loaded = Arc::new(OnceLock::new());
+        let stream = bus.triggers.clone();
+        let (live, caught_up, loaded_at) =
+            (Arc::clone(&state), Arc::clone(&ready), Arc::clone(&loaded));
+        let task = tokio::spawn(async move {
+            let mut next = 1;
+            if let Some(path) = snapshot {
+                if let Some((index, seq)) = load_index(&stream, path, INSTANCES_MAGIC).await {
+                    *live.write().unwrap_or_else(PoisonError::into_inner) = index;
+                    applied_tx.send_replace(seq);
+                    let _ = loaded_at.set(seq);
+                    next = seq + 1;
+                }
+            }
+            follow_instances(stream, live, caught_up, applied_tx, next).await;
+        });
         InstanceHistory {
             state,
             ready,
             applied,
+            loaded,
             _follow: Arc::new(AbortOnDrop(task)),
         }
     }
@@ -137,18 +155,9 @@ impl InstanceHistory {
         bus: &Bus,
         list: &InstanceList,
     ) -> Result<(Vec<(TriggerInstance, bool)>, usize), EngineError> {
-        let mut stream = bus.triggers.clone();
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| bus_err("trigger stream info", e))?
-            .state
-            .clone();
+        let state = stream_state(&bus.triggers).await?;
         let first = state.first_sequence;
-        catch_up_to(state.last_sequence, || {
-            self.applied.load(AtomicOrdering::Acquire)
-        })
-        .await;
+        reach(&self.applied, state.last_sequence, CATCH_UP).await;
         if self.read().stale_before(first) {
             self.write().forget_before(first);
         }
@@ -215,16 +224,6 @@ impl InstanceHistory {
 /// when the list was asked for (so a record stored just before is shown).
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Waits until `applied()` reaches `last` (a stream's last sequence), at
-/// most [`CATCH_UP`]; a sequence the stream no longer holds never comes,
-/// so the wait is bounded, not an error.
-async fn catch_up_to(last: u64, applied: impl Fn() -> u64) {
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    while applied() < last && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-}
-
 /// Reads the ack floors of the rules partitions `partitions` not yet in
 /// `floors`, at once; a partition without a consumer has processed
 /// nothing.
@@ -252,16 +251,16 @@ async fn fetch_floors(bus: &Bus, floors: &mut HashMap<u32, u64>, partitions: &[u
     floors.extend(read);
 }
 
-/// Follows the `TRIGGERS` stream into `state` for ever: loads what it
-/// holds (then `ready`), and goes on from the last sequence seen after an
-/// error.
+/// Follows the `TRIGGERS` stream into `state` for ever from sequence
+/// `next`: loads what it holds (then `ready`), and goes on from the last
+/// sequence seen after an error.
 async fn follow_instances(
     stream: async_nats::jetstream::stream::Stream,
     state: Arc<RwLock<RecordIndex>>,
     ready: Arc<AtomicBool>,
-    applied: Arc<AtomicU64>,
+    applied: watch::Sender<u64>,
+    mut next: u64,
 ) {
-    let mut next = 1;
     loop {
         if let Err(e) = follow_from(&stream, &state, &ready, &applied, &mut next).await {
             tracing::warn!(stream = TRIGGERS_STREAM, error = %e, "following trigger instances failed; again shortly");
@@ -274,17 +273,11 @@ async fn follow_from(
     stream: &async_nats::jetstream::stream::Stream,
     state: &RwLock<RecordIndex>,
     ready: &AtomicBool,
-    applied: &AtomicU64,
+    applied: &watch::Sender<u64>,
     next: &mut u64,
 ) -> Result<(), EngineError> {
     let write = || state.write().unwrap_or_else(PoisonError::into_inner);
-    let info = stream
-        .clone()
-        .info()
-        .await
-        .map_err(|e| bus_err("trigger stream info", e))?
-        .state
-        .clone();
+    let info = stream_state(stream).await?;
     *next = (*next).max(info.first_sequence);
     let loaded = |state: &RwLock<RecordIndex>| {
         if !ready.load(AtomicOrdering::Acquire) {
@@ -345,17 +338,22 @@ async fn follow_from(
                 tracing::warn!(subject = %msg.subject, error = %e, "unreadable trigger instance")
             }
         }
-        applied.store(seq, AtomicOrdering::Release);
+        applied.send_replace(seq);
         if seq >= info.last_sequence {
             loaded(state);
         }
     }
 }
 
-/// The enforcement index, kept by the bucket's mirror, and the last
-/// revision it folded in.
+/// The enforcement index, kept by the bucket's mirror.
 #[derive(Debug, Default)]
-pub struct Enforcements(RecordIndex, u64);
+pub struct Enforcements {
+    index: RecordIndex,
+    /// The last revision folded in.
+    revision: u64,
+    /// The revision of the snapshot it was loaded from.
+    loaded: Option<u64>,
+}
 
 /// The fields of an enforcement its index keeps.
 #[derive(Debug, Deserialize)]
@@ -379,11 +377,11 @@ struct RuleIds {
 
 impl Mirror for Enforcements {
     fn apply(&mut self, entry: &kv::Entry) {
-        self.1 = self.1.max(entry.revision);
+        self.revision = self.revision.max(entry.revision);
         match entry.operation {
             kv::Operation::Put => {
                 match serde_json::from_slice::<EnforcementSummary>(&entry.value) {
-                    Ok(s) => self.0.insert(Entry {
+                    Ok(s) => self.index.insert(Entry {
                         id: &s.id,
                         time: s.enforced_at,
                         seq: entry.revision,
@@ -399,30 +397,156 @@ impl Mirror for Enforcements {
                     }
                 }
             }
-            kv::Operation::Delete | kv::Operation::Purge => self.0.remove(&entry.key),
+            kv::Operation::Delete | kv::Operation::Purge => self.index.remove(&entry.key),
         }
     }
 
     fn loading(&mut self) {
-        self.0.loading();
+        self.index.loading();
     }
 
     fn loaded(&mut self) {
-        self.0.loaded();
+        self.index.loaded();
     }
 }
 
 /// The node's index of the `enforcements` bucket.
 pub type EnforcementHistory = Mirrored<Enforcements>;
 
-/// Starts following the `enforcements` bucket; returns at once.
-pub fn start_enforcements(bus: &Bus) -> EnforcementHistory {
-    Mirrored::start_from(
-        bus.enforcements.raw(),
-        "enforcements",
-        Enforcements::default(),
-        0,
+/// Starts following the `enforcements` bucket, from the snapshot at
+/// `snapshot` when it is sound and of this bucket (then only what changed
+/// since is replayed); returns at once.
+pub fn start_enforcements(bus: &Bus, snapshot: Option<PathBuf>) -> EnforcementHistory {
+    let stream = bus.enforcements.raw().stream.clone();
+    Mirrored::start_with(bus.enforcements.raw(), "enforcements", async move {
+        let loaded = match snapshot {
+            Some(path) => load_index(&stream, path, ENFORCEMENTS_MAGIC).await,
+            None => None,
+        };
+        match loaded {
+            Some((index, revision)) => (
+                Enforcements {
+                    index,
+                    revision,
+                    loaded: Some(revision),
+                },
+                revision,
+            ),
+            None => (Enforcements::default(), 0),
+        }
+    })
+}
+
+/// The kinds of the two indexes' snapshot files.
+const INSTANCES_MAGIC: &[u8; 8] = b"SQTRIG01";
+const ENFORCEMENTS_MAGIC: &[u8; 8] = b"SQENFO01";
+
+/// The snapshot files of the trigger-instance and enforcement indexes
+/// under a node's data directory.
+pub fn snapshot_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("history");
+    (
+        dir.join("triggerinstances.snapshot"),
+        dir.join("enforcements.snapshot"),
     )
+}
+
+/// The index saved at `path` (a snapshot of kind `magic`) and the
+/// sequence it reflects, when it is sound and was taken from `stream` as
+/// it is now (not another stream of that name, not ahead of it).
+async fn load_index(
+    stream: &async_nats::jetstream::stream::Stream,
+    path: PathBuf,
+    magic: &'static [u8; 8],
+) -> Option<(RecordIndex, u64)> {
+    let now = match snapshot::origin_of(stream).await {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check an index snapshot; rebuilding the index");
+            return None;
+        }
+    };
+    let shown = path.display().to_string();
+    let decoded = tokio::task::spawn_blocking(move || {
+        snapshot::read_file(&path).map(|bytes| RecordIndex::decode(&bytes, magic))
+    })
+    .await
+    .ok()
+    .flatten()?;
+    match decoded.and_then(|(index, origin)| {
+        origin.check(&now.stream, now.seq)?;
+        Ok((index, origin.seq))
+    }) {
+        Ok((index, seq)) => {
+            tracing::info!(path = %shown, records = index.len(), seq, "index loaded from its snapshot");
+            Some((index, seq))
+        }
+        Err(e) => {
+            tracing::warn!(path = %shown, error = %e, "index snapshot not used; rebuilding the index");
+            None
+        }
+    }
+}
+
+/// Saves both indexes to their snapshot files under `data_dir` every
+/// `period` while they change, and once more at `stop`.
+pub async fn keep_snapshots(
+    bus: Bus,
+    instances: InstanceHistory,
+    enforcements: EnforcementHistory,
+    data_dir: PathBuf,
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let (instances_path, enforcements_path) = snapshot_paths(&data_dir);
+    let triggers = bus.triggers.clone();
+    let saving_instances = snapshot::keep(period, stop.clone(), "triggerinstances", |saved| {
+        let seq = *instances.applied.borrow();
+        let changed =
+            instances.is_ready() && saved != Some(seq) && instances.loaded.get() != Some(&seq);
+        let (instances, triggers, path) =
+            (instances.clone(), triggers.clone(), instances_path.clone());
+        async move {
+            if !changed {
+                return Ok(None);
+            }
+            let stream = snapshot::origin_of(&triggers).await?.stream;
+            let bytes = instances
+                .read()
+                .snapshot(INSTANCES_MAGIC, &Origin { stream, seq });
+            snapshot::save(&path, bytes).await.map(|()| Some(seq))
+        }
+    });
+    let bucket = bus.enforcements.raw().stream.clone();
+    let saving_enforcements = snapshot::keep(period, stop, "enforcements", |saved| {
+        let (revision, loaded) = {
+            let e = enforcements.read();
+            (e.revision, e.loaded)
+        };
+        let changed =
+            enforcements.is_ready() && saved != Some(revision) && loaded != Some(revision);
+        let (enforcements, bucket, path) = (
+            enforcements.clone(),
+            bucket.clone(),
+            enforcements_path.clone(),
+        );
+        async move {
+            if !changed {
+                return Ok(None);
+            }
+            let stream = snapshot::origin_of(&bucket).await?.stream;
+            let (bytes, seq) = {
+                let e = enforcements.read();
+                let origin = Origin {
+                    stream,
+                    seq: e.revision,
+                };
+                (e.index.snapshot(ENFORCEMENTS_MAGIC, &origin), origin.seq)
+            };
+            snapshot::save(&path, bytes).await.map(|()| Some(seq))
+        }
+    });
+    futures::join!(saving_instances, saving_enforcements);
 }
 
 /// Which enforcements a list shows (StackStorm's `rule_ref`, `rule_id`,
@@ -468,9 +592,9 @@ pub async fn enforcement_page(
 ) -> Result<(Vec<RuleEnforcement>, usize), EngineError> {
     let state = bucket_state(bus.enforcements.raw()).await?;
     let first = state.first_sequence;
-    catch_up_to(state.last_sequence, || history.read().1).await;
-    if history.read().0.stale_before(first) {
-        history.write().0.forget_before(first);
+    history.reach(state.last_sequence, CATCH_UP).await;
+    if history.read().index.stale_before(first) {
+        history.write().index.forget_before(first);
     }
     let mut query = Query {
         after: list.after,
@@ -484,7 +608,7 @@ pub async fn enforcement_page(
     query.fields[INSTANCE] = list.trigger_instance.as_deref();
     let page = history
         .read()
-        .0
+        .index
         .page(&query, list.ascending, list.offset, list.limit);
     let prefix = format!("$KV.{ENFORCEMENTS_BUCKET}.");
     let subjects: Vec<String> = page

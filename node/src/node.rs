@@ -127,11 +127,37 @@ pub async fn connect(cfg: &NodeConfig) -> Result<async_nats::Client, NodeError> 
     Ok(client)
 }
 
+/// What a node reads of its data directory before it connects: the
+/// history snapshot, decoded on a blocking thread meanwhile.
+#[derive(Debug)]
+pub struct Preloaded(Option<squall_actors::history::Preload>);
+
 impl Node {
+    /// Starts decoding what `cfg`'s node will need of its data directory,
+    /// so that it overlaps whatever comes before [`Node::start_preloaded`]
+    /// (`squall up` starting its nats-server).
+    pub fn preload(cfg: &NodeConfig) -> Preloaded {
+        let serves_api = cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api);
+        let collects = cfg.garbagecollector.settings().enabled()
+            && cfg.roles.contains(&cluster::Role::Sensors);
+        let snapshot = squall_actors::history::snapshot_path(&cfg.data_dir);
+        Preloaded((serves_api || collects).then(|| squall_actors::history::preload(&snapshot)))
+    }
+
     /// Starts a node: streams and buckets, packs, actors, API.
     pub async fn start(cfg: &NodeConfig) -> Result<Node, NodeError> {
+        Box::pin(Node::start_preloaded(cfg, Node::preload(cfg))).await
+    }
+
+    /// [`Node::start`] with what [`Node::preload`] began.
+    pub async fn start_preloaded(
+        cfg: &NodeConfig,
+        preloaded: Preloaded,
+    ) -> Result<Node, NodeError> {
         // Each step is boxed: unoptimised builds lay nested futures out on
         // the stack, and the whole start would not fit in a 2 MiB thread.
+        let serves_api = cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api);
+        let snapshot = squall_actors::history::snapshot_path(&cfg.data_dir);
         let client = Box::pin(connect(cfg)).await?;
         let layout = squall_actors::node::layout(cfg.nats.replicas)
             .with_streams(squall_actors::audit::streams(&cfg.audit, cfg.nats.replicas));
@@ -156,13 +182,11 @@ impl Node {
             virtualenvs,
             retention: cfg.garbagecollector.settings(),
         };
-        let serves_api = cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api);
-        let collects = settings.retention.enabled() && cfg.roles.contains(&cluster::Role::Sensors);
-        let snapshot = squall_actors::history::snapshot_path(&cfg.data_dir);
-        let history = if serves_api || collects {
-            Some(Box::pin(squall_actors::history::start(&bus, Some(&snapshot))).await?)
-        } else {
-            None
+        let history = match preloaded.0 {
+            Some(preloaded) => {
+                Some(Box::pin(squall_actors::history::start(&bus, Some(preloaded))).await?)
+            }
+            None => None,
         };
         let loading_since = tokio::time::Instant::now();
         let engine = Box::pin(Engine::start(
@@ -178,10 +202,7 @@ impl Node {
             // The history loaded while the engine started: a small one is
             // ready now; a large one keeps loading while lists answer 503
             // with Retry-After.
-            let deadline = loading_since + HISTORY_WAIT;
-            while !history.is_ready() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let _ = tokio::time::timeout_at(loading_since + HISTORY_WAIT, history.ready()).await;
         }
         let (addrs, mut api_tasks) = match &history {
             Some(history) if serves_api => {
@@ -386,6 +407,20 @@ async fn serve_api(
         bus.clone(),
         stop_api.clone(),
     )));
+    let (instances_snapshot, enforcements_snapshot) =
+        squall_actors::rule_history::snapshot_paths(&cfg.data_dir);
+    let instances =
+        squall_actors::rule_history::InstanceHistory::start(bus, Some(instances_snapshot));
+    let enforcements =
+        squall_actors::rule_history::start_enforcements(bus, Some(enforcements_snapshot));
+    api_tasks.push(tokio::spawn(squall_actors::rule_history::keep_snapshots(
+        bus.clone(),
+        instances.clone(),
+        enforcements.clone(),
+        cfg.data_dir.clone(),
+        SNAPSHOT_EVERY,
+        stop_api.clone(),
+    )));
     let state = ApiState::new(ApiContext {
         history,
         bus: bus.clone(),
@@ -408,8 +443,8 @@ async fn serve_api(
             .iter()
             .map(|e| e.name().to_string())
             .collect(),
-        instances: squall_actors::rule_history::InstanceHistory::start(bus),
-        enforcements: squall_actors::rule_history::start_enforcements(bus),
+        instances: instances.clone(),
+        enforcements: enforcements.clone(),
     });
     // One API, also on StackStorm's auth port so that clients
     // configured for StackStorm's layout find it; its stream port

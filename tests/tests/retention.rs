@@ -568,6 +568,53 @@ async fn the_index_agrees_with_a_brute_force_filter_across_restarts() -> Result<
     wait_total(&node, all.len()).await?;
     check_queries(&node, &all, &mut rng, 20, "from a corrupt snapshot").await?;
 
+    // The load held: the snapshot is a FIFO that is read only once this
+    // test writes the saved snapshot into it, so until then the index is
+    // certainly loading, and every list or trace the history serves must
+    // answer 503 with Retry-After (never a partial answer).
+    node.stop().await;
+    let saved = std::fs::read(&snapshot)?;
+    std::fs::remove_file(&snapshot)?;
+    let made = std::process::Command::new("mkfifo")
+        .arg(&snapshot)
+        .status()?;
+    anyhow::ensure!(made.success(), "mkfifo {}: {made}", snapshot.display());
+    node.restart().await?;
+    let first = &all[0].id;
+    for path in [
+        "executions?limit=3".to_string(),
+        format!("executions/{first}/children"),
+        "traces".to_string(),
+        format!("traces/{first}"),
+    ] {
+        let r = node
+            .http
+            .get(format!("{}/{path}", node.base))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let retry = r.headers().get("Retry-After").cloned();
+        let body: Value = r.json().await?;
+        assert_eq!(status, 503, "{path} while the index loads: {body}");
+        assert!(retry.is_some(), "{path}: 503 without Retry-After");
+        assert!(
+            body["faultstring"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("loading"),
+            "{path}: {body}"
+        );
+    }
+    let fifo = snapshot.clone();
+    let writer = std::thread::spawn(move || std::fs::write(&fifo, &saved));
+    wait_total(&node, all.len()).await?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the snapshot writer panicked"))??;
+    check_queries(&node, &all, &mut rng, 10, "after a held load").await?;
+    let (code, _) = node.get("traces?limit=1").await?;
+    assert_eq!(code, 200, "traces once loaded");
+
     // No snapshot and more to replay: until the index has loaded, a list
     // says so (503 with Retry-After) or is right, never a partial page.
     node.stop().await;
@@ -966,9 +1013,18 @@ async fn instance_and_enforcement_lists_agree_with_a_brute_force_filter() -> Res
     )
     .await?;
 
-    // A restart rebuilds both from their streams; lists are right from
-    // the first answer (read from the streams until the indexes load).
+    // A restart loads both from the snapshots the stop saved (and reads
+    // only what came since); lists are right from the first answer (read
+    // from the streams until the indexes load).
     node.restart().await?;
+    let (instances_file, enforcements_file) =
+        squall_actors::rule_history::snapshot_paths(&node.config.data_dir);
+    assert!(instances_file.is_file(), "no {}", instances_file.display());
+    assert!(
+        enforcements_file.is_file(),
+        "no {}",
+        enforcements_file.display()
+    );
     check_list(
         &node,
         "ruleenforcements",

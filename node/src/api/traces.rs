@@ -8,7 +8,9 @@
 //! an execution requested without one, that execution. Its rules and
 //! executions are the executions the instance caused (the history index's
 //! `trigger_instance` filter) and their descendants, each with StackStorm's
-//! `caused_by`.
+//! `caused_by`. While the index loads after a start, both answer 503
+//! with `Retry-After`, as execution lists do: a partial index would give
+//! partial traces.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +23,7 @@ use squall_domain::execution::TriggerInstance;
 use squall_domain::time::{self, Timestamp};
 
 use super::error::{ApiError, ApiQuery};
+use super::executions::history_ready;
 use super::listing::{ListParams, Listed};
 use super::ApiState;
 
@@ -202,6 +205,7 @@ pub async fn get_one(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    history_ready(&st)?;
     let not_found = || ApiError::NotFound(format!("Resource with a id of \"{id}\" not found"));
     let root = if st.bus.trigger_instance(&id).await?.is_some() {
         Root::Instance(id.clone())
@@ -225,6 +229,7 @@ pub async fn list(
     ApiQuery(list): ApiQuery<ListParams>,
     ApiQuery(q): ApiQuery<TraceQuery>,
 ) -> Result<Listed, ApiError> {
+    history_ready(&st)?;
     let mut roots = Vec::new();
     if let Some(ti) = &q.trigger_instance {
         roots.push(Root::Instance(ti.clone()));

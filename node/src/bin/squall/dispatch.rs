@@ -61,9 +61,11 @@ pub(super) async fn dispatch(args: Args) -> anyhow::Result<bool> {
             }
             let binary = managed_nats::locate(nats_server.as_deref())?;
             let started = std::time::Instant::now();
+            // The history snapshot decodes while the nats-server recovers.
+            let preloaded = Node::preload(&cfg);
             let nats = ManagedNats::start(binary, nats_port, &data_dir).await?;
             cfg.nats.url = nats.url();
-            let node = match Node::start(&cfg).await {
+            let node = match Node::start_preloaded(&cfg, preloaded).await {
                 Ok(n) => n,
                 Err(e) => {
                     nats.stop().await;
