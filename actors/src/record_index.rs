@@ -5,7 +5,8 @@
 //! intersects postings (`X-Total-Count` is the cardinality), a page is
 //! sorted or walked in time order, and only the page's records are read.
 //! The execution history ([`crate::history`]) is the same idea with more
-//! fields, a whole-record cache and a snapshot.
+//! fields and a whole-record cache. Both are saved to snapshot files
+//! ([`crate::snapshot`]) so a restart reads only what came since.
 //!
 //! Ordinals follow stream sequences (an update is a new ordinal), so the
 //! records a stream purge or its age limit removed, which no watch

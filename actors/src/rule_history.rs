@@ -4,9 +4,11 @@
 //! [`RecordIndex`] apiece, so a list filters and counts in memory and reads
 //! only its page's records, in one batched direct get.
 //!
-//! Trigger instances are followed with an ordered consumer from the
-//! stream's start ([`InstanceHistory`]); enforcements with the bucket's
-//! mirror ([`EnforcementHistory`]). Neither stream reports what its age
+//! Trigger instances are followed with an ordered consumer
+//! ([`InstanceHistory`]); enforcements with the bucket's mirror
+//! ([`EnforcementHistory`]). Both are saved to snapshot files
+//! ([`keep_snapshots`]) and start from them when they match the stream,
+//! else from the stream's start. Neither stream reports what its age
 //! limit or a retention purge removed, so each list first reads the
 //! stream's first sequence and drops what lies below it. A trigger
 //! instance is `processed` once its rules partition's consumer has
