@@ -511,6 +511,17 @@ async fn check_queries(
     Ok(())
 }
 
+/// Writes its bytes into the FIFO at its path when dropped, from a thread
+/// of its own (the write waits for the reader), so dropping never blocks.
+struct Feed(std::path::PathBuf, Vec<u8>);
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let (path, bytes) = (self.0.clone(), std::mem::take(&mut self.1));
+        std::thread::spawn(move || std::fs::write(path, bytes));
+    }
+}
+
 #[tokio::test]
 async fn the_index_agrees_with_a_brute_force_filter_across_restarts() -> Result<()> {
     let mut node = TestNode::start_with(vec![], |_| {}).await?;
@@ -579,6 +590,9 @@ async fn the_index_agrees_with_a_brute_force_filter_across_restarts() -> Result<
         .arg(&snapshot)
         .status()?;
     anyhow::ensure!(made.success(), "mkfifo {}: {made}", snapshot.display());
+    // Fed when dropped, so a failed assertion below still releases the
+    // node's reader (whose thread the runtime waits for at the end).
+    let feed = Feed(snapshot.clone(), saved);
     node.restart().await?;
     let first = &all[0].id;
     for path in [
@@ -605,12 +619,8 @@ async fn the_index_agrees_with_a_brute_force_filter_across_restarts() -> Result<
             "{path}: {body}"
         );
     }
-    let fifo = snapshot.clone();
-    let writer = std::thread::spawn(move || std::fs::write(&fifo, &saved));
+    drop(feed);
     wait_total(&node, all.len()).await?;
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the snapshot writer panicked"))??;
     check_queries(&node, &all, &mut rng, 10, "after a held load").await?;
     let (code, _) = node.get("traces?limit=1").await?;
     assert_eq!(code, 200, "traces once loaded");
