@@ -15,12 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::AuthStore;
 use crate::error::EngineError;
-use crate::timing::{DEFAULT_TOKEN_TTL, TOKEN_REVOKE_RETRIES};
-
-/// How much longer than the action's timeout its API token lives: the
-/// token outlasts every run the timeout allows, and is revoked when the
-/// run ends anyway.
-pub const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+use crate::timing::{DEFAULT_TOKEN_TTL, TOKEN_MARGIN, TOKEN_REVOKE_RETRIES};
 
 /// How long an action's token lives: its `timeout` parameter (seconds)
 /// plus [`TOKEN_MARGIN`], or StackStorm's service token TTL without one.

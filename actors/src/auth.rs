@@ -31,7 +31,7 @@ use squall_domain::time::{self, Timestamp};
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
-use crate::timing::{MIRROR_CATCH_UP, MIRROR_POLL};
+use crate::timing::MIRROR_CATCH_UP;
 
 /// KV bucket of users and API keys.
 pub const AUTH_BUCKET: &str = "auth";
@@ -304,20 +304,14 @@ impl AuthStore {
     /// `revision` or later (`None`: holds it no more), so that a change
     /// made here holds for this node's very next request.
     async fn mirrored(&self, key: &str, revision: Option<u64>) {
-        let caught_up = || {
-            let mirror = self.mirrored_users.read();
+        let caught_up = self.mirrored_users.until(MIRROR_CATCH_UP, |mirror| {
             match (mirror.0.get(key), revision) {
                 (Some((seen, _)), Some(wanted)) => *seen >= wanted,
                 (None, None) => true,
                 _ => false,
             }
-        };
-        let wait = async {
-            while !caught_up() {
-                tokio::time::sleep(MIRROR_POLL).await;
-            }
-        };
-        if tokio::time::timeout(MIRROR_CATCH_UP, wait).await.is_err() {
+        });
+        if !caught_up.await {
             tracing::warn!(key, "an auth change was slow to reach this node's mirror");
         }
     }

@@ -16,9 +16,7 @@ use crate::catalog::Catalog;
 use crate::configs::ConfigCache;
 use crate::error::EngineError;
 
-/// The user executions run as when no one in particular started them
-/// (StackStorm's system user).
-pub const SYSTEM_USER: &str = "stanley";
+pub use squall_domain::execution::SYSTEM_USER;
 
 /// The action tag that sends an action's runs to a runner pool:
 /// `tags: [{name: squall.pool, value: gpu}]` runs it only on nodes serving

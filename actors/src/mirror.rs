@@ -190,6 +190,14 @@ impl<M: Mirror> Mirrored<M> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Waits until `done` holds of the state, checked now and after each
+    /// entry folded in, at most `limit`; whether it came to hold.
+    pub async fn until(&self, limit: Duration, done: impl Fn(&M) -> bool) -> bool {
+        let mut applied = self.applied.clone();
+        let held = tokio::time::timeout(limit, applied.wait_for(|_| done(&self.read()))).await;
+        matches!(held, Ok(Ok(_)))
+    }
+
     /// The state, for a change no bucket entry reports (what a stream
     /// purge or an age limit removed).
     pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, M> {

@@ -42,8 +42,6 @@ use crate::lease::LeaseValidity;
 const BATCH_ROOTS: usize = 200;
 /// Deletions in flight at once.
 const IN_FLIGHT: usize = 16;
-/// Pause between batches.
-const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 /// StackStorm's `[garbagecollector]` settings. A TTL of `None` keeps
 /// that kind of object for ever (StackStorm's default for all of them
@@ -193,7 +191,7 @@ pub async fn purge_executions(
         for r in results {
             removed.executions += r?;
         }
-        tokio::time::sleep(BATCH_PAUSE).await;
+        tokio::time::sleep(crate::timing::PURGE_BATCH_PAUSE).await;
     }
     count(&Removed {
         executions: removed.executions,

@@ -159,7 +159,12 @@ impl InstanceHistory {
     ) -> Result<(Vec<(TriggerInstance, bool)>, usize), EngineError> {
         let state = stream_state(&bus.triggers).await?;
         let first = state.first_sequence;
-        reach(&self.applied, state.last_sequence, CATCH_UP).await;
+        reach(
+            &self.applied,
+            state.last_sequence,
+            crate::timing::LIST_CATCH_UP,
+        )
+        .await;
         if self.read().stale_before(first) {
             self.write().forget_before(first);
         }
@@ -221,10 +226,6 @@ impl InstanceHistory {
         Ok((out, page.total))
     }
 }
-
-/// How long a list waits for its index to reach what the stream held
-/// when the list was asked for (so a record stored just before is shown).
-const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads the ack floors of the rules partitions `partitions` not yet in
 /// `floors`, at once; a partition without a consumer has processed
@@ -594,7 +595,9 @@ pub async fn enforcement_page(
 ) -> Result<(Vec<RuleEnforcement>, usize), EngineError> {
     let state = bucket_state(bus.enforcements.raw()).await?;
     let first = state.first_sequence;
-    history.reach(state.last_sequence, CATCH_UP).await;
+    history
+        .reach(state.last_sequence, crate::timing::LIST_CATCH_UP)
+        .await;
     if history.read().index.stale_before(first) {
         history.write().index.forget_before(first);
     }

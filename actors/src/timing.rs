@@ -86,8 +86,6 @@ pub const STALL_CHECK: Duration = Duration::from_secs(3);
 /// How long a node waits for its own change to reach its mirror (auth:
 /// a key disabled here stops working here with the next request).
 pub const MIRROR_CATCH_UP: Duration = Duration::from_secs(1);
-/// How often it looks meanwhile.
-pub const MIRROR_POLL: Duration = Duration::from_millis(2);
 
 // Publishing (`bus`).
 
@@ -195,3 +193,29 @@ pub const TOKEN_REVOKE_RETRIES: [Duration; 3] = [
 /// How long a run's output chunks gather before they are published as one
 /// `OUTPUT` message: what a live viewer waits at most for a line.
 pub const OUTPUT_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+// Held here since the branches that added them landed.
+
+/// How long a stopping node keeps publishing the audit events it has
+/// queued: long enough for a backlog of a few thousand at the emitter's
+/// pace, short enough not to hold up a shutdown the supervisor waits for.
+pub const AUDIT_DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How much longer than the action's timeout its API token lives: the
+/// token outlasts every run the timeout allows, and is revoked when the
+/// run ends anyway.
+pub const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// Pause between a purge's batches of deletions, so the collector leaves
+/// the bus to the hot path (measured in loadtest/README.md's retention
+/// figures).
+pub const PURGE_BATCH_PAUSE: Duration = Duration::from_millis(20);
+/// How long a start waits for the history to load before serving (lists
+/// answer 503 until it has): a snapshot's load fits in it on a small
+/// machine, and a longer load serves the rest of the API meanwhile.
+pub const HISTORY_WAIT: Duration = Duration::from_secs(3);
+/// How often the list indexes are saved for a fast restart (and once more
+/// at shutdown): a minute's records are what a restart replays.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
+/// How long a list waits for its index to reach what the stream held when
+/// the list was asked for (so a record stored just before is shown): the
+/// index follows within milliseconds; a second allows a loaded node.
+pub const LIST_CATCH_UP: Duration = Duration::from_secs(1);

@@ -202,7 +202,11 @@ impl Node {
             // The history loaded while the engine started: a small one is
             // ready now; a large one keeps loading while lists answer 503
             // with Retry-After.
-            let _ = tokio::time::timeout_at(loading_since + HISTORY_WAIT, history.ready()).await;
+            let _ = tokio::time::timeout_at(
+                loading_since + squall_actors::timing::HISTORY_WAIT,
+                history.ready(),
+            )
+            .await;
         }
         let (addrs, mut api_tasks) = match &history {
             Some(history) if serves_api => {
@@ -224,7 +228,7 @@ impl Node {
                 bus.clone(),
                 history,
                 snapshot,
-                SNAPSHOT_EVERY,
+                squall_actors::timing::SNAPSHOT_EVERY,
                 stop_api.clone(),
             )));
         }
@@ -363,14 +367,6 @@ pub fn write_secret_file(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(format!("{text}\n").as_bytes())
 }
 
-/// How long a start waits for the history to load before serving (lists
-/// answer 503 until it has).
-const HISTORY_WAIT: Duration = Duration::from_secs(3);
-
-/// How often the history index is saved for a fast restart (and once more
-/// at shutdown).
-const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
-
 /// The API's listening addresses (api, auth, stream) and serving tasks.
 type ApiServers = ([Option<SocketAddr>; 3], Vec<tokio::task::JoinHandle<()>>);
 
@@ -418,7 +414,7 @@ async fn serve_api(
         instances.clone(),
         enforcements.clone(),
         cfg.data_dir.clone(),
-        SNAPSHOT_EVERY,
+        squall_actors::timing::SNAPSHOT_EVERY,
         stop_api.clone(),
     )));
     let state = ApiState::new(ApiContext {

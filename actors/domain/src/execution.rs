@@ -9,6 +9,10 @@ use serde_json::{Map, Value};
 
 use crate::time::{serde_opt_ts, serde_ts, Timestamp};
 
+/// The user executions run as when no one in particular started them
+/// (StackStorm's system user).
+pub const SYSTEM_USER: &str = "stanley";
+
 /// Layout version of the records in this module.
 pub const RECORD_VERSION: u32 = 1;
 

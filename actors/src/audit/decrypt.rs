@@ -43,7 +43,7 @@ impl For {
                 .context
                 .get("user")
                 .and_then(serde_json::Value::as_str)
-                .unwrap_or(crate::executions::SYSTEM_USER)
+                .unwrap_or(squall_domain::execution::SYSTEM_USER)
                 .to_string(),
             execution: Some(record.id.clone()),
             action: Some(record.action.action_ref.clone()),
@@ -171,7 +171,7 @@ pub fn audited_in<R>(who: For, part: Option<Part>, f: impl FnOnce() -> R) -> R {
 /// as it).
 pub fn criteria<R>(rule: &str, trigger_instance: &str, f: impl FnOnce() -> R) -> R {
     let who = For {
-        user: crate::executions::SYSTEM_USER.to_string(),
+        user: squall_domain::execution::SYSTEM_USER.to_string(),
         purpose: "rule_criteria",
         ..For::default()
     };
@@ -327,7 +327,7 @@ mod tests {
             trigger_instance: "ti1".into(),
         };
         let system = For {
-            user: crate::executions::SYSTEM_USER.into(),
+            user: squall_domain::execution::SYSTEM_USER.into(),
             purpose: "rule_criteria",
             ..For::default()
         };

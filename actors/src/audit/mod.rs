@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::EngineError;
+use crate::timing::AUDIT_DRAIN_GRACE;
 
 use crate::audit_event::Emitter;
 pub use crate::audit_event::{Actor, Audit, AuditEvent, Object, Outcome, SCHEMA};
@@ -51,8 +52,6 @@ pub const MASKED: &str = "********";
 pub const QUEUE_CAPACITY: usize = 100_000;
 /// Publishes awaiting their stream ack at once.
 const MAX_IN_FLIGHT: usize = 512;
-/// How long a stopping node keeps publishing what is queued.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Subject of an event: `squall.audit.<action>` (the action's dots make
 /// the levels: `squall.audit.execution.finished`).
@@ -355,7 +354,7 @@ async fn publish_loop(
         let room = in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             () = stop.cancelled(), if draining.is_none() => {
-                draining = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                draining = Some(tokio::time::Instant::now() + AUDIT_DRAIN_GRACE);
                 rx.close();
             }
             event = rx.recv(), if room => match event {
@@ -363,7 +362,7 @@ async fn publish_loop(
                 None if in_flight.is_empty() => return,
                 None => {
                     if draining.is_none() {
-                        draining = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+                        draining = Some(tokio::time::Instant::now() + AUDIT_DRAIN_GRACE);
                     }
                 }
             },
