@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use squall_loadtest::audit_export::AuditExport;
+use squall_loadtest::audit_export::{AuditExport, Receiver};
 use squall_loadtest::report::{self, Report};
 use squall_loadtest::scenario::{self, Load, Scenario};
 use squall_loadtest::target::{ManagedNode, Target};
@@ -103,10 +103,11 @@ struct RunArgs {
     /// on); reported with the spans received and dropped.
     #[arg(long, value_enum)]
     telemetry: Option<Mode>,
-    /// The started node exports its audit trail to a syslog (TCP) receiver
-    /// this tool runs; reported with the export rate.
-    #[arg(long)]
-    audit_export: bool,
+    /// The started node exports its audit trail to a receiver this tool
+    /// runs (`syslog` over TCP, or `hec`, a Splunk HTTP Event Collector
+    /// with indexer acknowledgement); reported with the export rate.
+    #[arg(long, value_enum)]
+    audit_export: Option<Receiver>,
 }
 
 #[tokio::main]
@@ -196,8 +197,8 @@ async fn main() -> Result<()> {
                 None => None,
             };
             let audit_export = match audit_export {
-                true => Some(AuditExport::start().await?),
-                false => None,
+                Some(receiver) => Some(AuditExport::start(receiver).await?),
+                None => None,
             };
             let target = match url {
                 Some(_) if telemetry.is_some() || audit_export.is_some() => anyhow::bail!(

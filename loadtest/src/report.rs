@@ -597,8 +597,12 @@ impl Report {
                 .map_or(String::new(), |s| format!(" of {s} stored"));
             let _ = write!(
                 h,
-                "<h2>Audit export</h2><p>To a syslog receiver over TCP: <b>{}</b> events{stored}, \
+                "<h2>Audit export</h2><p>To the tool's {} receiver: <b>{}</b> events{stored}, \
                  <b>{:.0}/s</b> from the first arrival to the last, the last {:.1} s after the load ended.</p>",
+                match a.receiver {
+                    crate::audit_export::Receiver::Syslog => "syslog (TCP)",
+                    crate::audit_export::Receiver::Hec => "Splunk HEC",
+                },
                 a.events_received, a.per_s, a.trailed_load_s
             );
         }

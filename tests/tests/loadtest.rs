@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use serde_json::json;
-use squall_loadtest::audit_export::AuditExport;
+use squall_loadtest::audit_export::{AuditExport, Receiver};
 use squall_loadtest::report::Report;
 use squall_loadtest::scenario::{GeneratedRules, Load, Scenario};
 use squall_loadtest::target::{ManagedNode, Target};
@@ -123,7 +123,7 @@ async fn a_smoke_run_counts_executions_and_writes_its_report() -> Result<()> {
 #[tokio::test]
 async fn a_run_reports_the_spans_and_audit_events_its_receivers_got() -> Result<()> {
     let telemetry = Telemetry::start(Mode::Live).await?;
-    let audit = AuditExport::start().await?;
+    let audit = AuditExport::start(Receiver::Syslog).await?;
     let config = telemetry.node_config().expect("live sets an endpoint") + &audit.node_config();
     let root = repo_root();
     let node = ManagedNode::start(
