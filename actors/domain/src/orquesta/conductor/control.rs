@@ -36,17 +36,7 @@ pub fn cancel(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
             }),
         }
     }
-    // A `with` task with nothing in flight will hear of nothing more.
-    for run in &mut state.runs {
-        if run.status == TaskStatus::Running
-            && run
-                .items
-                .as_ref()
-                .is_some_and(|i| i.in_flight() == 0 && !i.gathering)
-        {
-            run.status = TaskStatus::Failed;
-        }
-    }
+    fail_idle_with_tasks(state);
     settle(flow, state, &mut commands);
     commands
 }

@@ -435,17 +435,7 @@ pub(super) fn settle(flow: &Flow<'_>, state: &mut FlowState, commands: &mut Vec<
             }
         }
         state.runs.retain(|r| !dropped.contains(&r.id));
-        // A `with` task with nothing in flight will start nothing more.
-        for run in &mut state.runs {
-            if run.status == TaskStatus::Running
-                && run
-                    .items
-                    .as_ref()
-                    .is_some_and(|i| i.in_flight() == 0 && !i.gathering)
-            {
-                run.status = TaskStatus::Failed;
-            }
-        }
+        fail_idle_with_tasks(state);
     }
     let unfinished = state
         .runs
@@ -515,4 +505,19 @@ pub(super) fn settle(flow: &Flow<'_>, state: &mut FlowState, commands: &mut Vec<
     };
     state.status = status;
     commands.push(Command::Finish { status, result });
+}
+
+/// Fails each running `with` task that has no item in flight: it will hear
+/// of nothing more and start nothing more.
+pub(super) fn fail_idle_with_tasks(state: &mut FlowState) {
+    for run in &mut state.runs {
+        if run.status == TaskStatus::Running
+            && run
+                .items
+                .as_ref()
+                .is_some_and(|i| i.in_flight() == 0 && !i.gathering)
+        {
+            run.status = TaskStatus::Failed;
+        }
+    }
 }
