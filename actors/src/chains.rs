@@ -178,7 +178,7 @@ pub async fn handle_event(
                     }
                 };
                 let (params, display) = chain_input(input);
-                let (state, outbox) = decrypt::audited(audited_for(&execution), || {
+                let (state, outbox) = decrypt::audited(&ctx.kv, audited_for(&execution), || {
                     actionchain::start(
                         &spec,
                         &env(ctx),
@@ -257,7 +257,7 @@ pub async fn handle_event(
                     action: Some(record.name.clone()),
                     purpose: PURPOSE,
                 };
-                decrypt::audited(who, || {
+                decrypt::audited(&ctx.kv, who, || {
                     actionchain::task_finished(
                         &spec,
                         &env(ctx),
@@ -361,7 +361,7 @@ async fn carry_out(
                 )
                 .await?
                 {
-                    let more = decrypt::audited(audited_for(&execution), || {
+                    let more = decrypt::audited(&ctx.kv, audited_for(&execution), || {
                         actionchain::run_failed_to_start(
                             spec,
                             &env(ctx),

@@ -20,7 +20,7 @@ use squall_domain::model::PackBundle;
 use squall_domain::pack_config::{self, ConfigError};
 use squall_domain::registration::Mode;
 use squall_domain::secrets::Cipher;
-use squall_domain::template::{KeyValueLookup, Renderer};
+use squall_domain::template::Renderer;
 
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::catalog::Catalog;
@@ -290,7 +290,7 @@ pub fn resolve(
     pack: &str,
     user: &str,
     renderer: &Renderer,
-    kv: &dyn KeyValueLookup,
+    kv: &crate::keys::KeyCache,
 ) -> Result<Map<String, Value>, ConfigError> {
     let schema = catalog
         .packs
@@ -299,7 +299,9 @@ pub fn resolve(
         .unwrap_or_default();
     let values = match configs.get(pack) {
         Some(stored) => {
-            let opened = stored.open(pack, renderer.cipher())?;
+            // Audited below as the config's items, not as datastore keys.
+            let opened =
+                crate::audit::decrypt::self_audited(|| stored.open(pack, renderer.cipher()))?;
             if !stored.sealed.is_empty() {
                 let items: Vec<String> = stored.sealed.iter().map(|p| p.join(".")).collect();
                 crate::audit::decrypt::config_opened(&configs.1, pack, &items, user);
@@ -314,7 +316,7 @@ pub fn resolve(
         purpose: "pack_config",
         ..Default::default()
     };
-    crate::audit::decrypt::within(who, || {
+    crate::audit::decrypt::within(kv, who, || {
         pack_config::resolve(pack, &schema, values.as_ref(), user, renderer, kv)
     })
 }

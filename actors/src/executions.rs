@@ -8,7 +8,7 @@ use squall_domain::execution::{
     TriggerInstanceSummary, DEFAULT_POOL, RECORD_VERSION,
 };
 use squall_domain::model::ActionDef;
-use squall_domain::template::{KeyValueLookup, Renderer};
+use squall_domain::template::Renderer;
 use squall_domain::{ids, params, runner_types, time};
 
 use crate::bus::Bus;
@@ -95,7 +95,7 @@ pub struct ExecutionSpec {
 pub fn prepare(
     catalog: &Catalog,
     renderer: &Renderer,
-    kv: &dyn KeyValueLookup,
+    kv: &crate::keys::KeyCache,
     configs: &ConfigCache,
     spec: ExecutionSpec,
 ) -> Result<ExecutionRecord, EngineError> {
@@ -144,34 +144,39 @@ pub fn prepare(
     if let Some(r) = &spec.rule {
         context.insert("rule".into(), json!({"id": r.id, "name": r.name}));
     }
-    // Secrets opened while rendering are audited for this execution.
+    // Secrets opened while rendering are audited for this execution, or
+    // for the work this preparation is part of (the rule tester's preview).
     let who = crate::audit::decrypt::For {
         user: user.clone(),
         execution: Some(id.clone()),
         action: Some(def.reference()),
         purpose: "parameters",
     };
-    let parameters = crate::audit::decrypt::audited(who, || {
-        let config_context = if mentions_config_context(def, &spec.parameters) {
-            Value::Object(crate::configs::resolve(
-                configs, catalog, &def.pack, &user, renderer, kv,
+    let parameters = crate::audit::decrypt::within(
+        kv,
+        || who,
+        || {
+            let config_context = if mentions_config_context(def, &spec.parameters) {
+                Value::Object(crate::configs::resolve(
+                    configs, catalog, &def.pack, &user, renderer, kv,
+                )?)
+            } else {
+                json!({})
+            };
+            let render_ctx = json!({
+                "action_context": Value::Object(context.clone()),
+                "config_context": config_context,
+            });
+            Ok::<_, EngineError>(params::resolve(
+                runner,
+                def,
+                &spec.parameters,
+                &render_ctx,
+                renderer,
+                kv,
             )?)
-        } else {
-            json!({})
-        };
-        let render_ctx = json!({
-            "action_context": Value::Object(context.clone()),
-            "config_context": config_context,
-        });
-        Ok::<_, EngineError>(params::resolve(
-            runner,
-            def,
-            &spec.parameters,
-            &render_ctx,
-            renderer,
-            kv,
-        )?)
-    })?;
+        },
+    )?;
     Ok(ExecutionRecord {
         v: RECORD_VERSION,
         id,

@@ -331,6 +331,29 @@ impl KeyCache {
     ) -> Result<KeyCache, EngineError> {
         Ok(KeyCache(Mirrored::start(&store.kv, "keys").await?, audit))
     }
+
+    /// The node's audit emitter, which decryptions in templates report to.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.1
+    }
+
+    /// The secret key whose stored (sealed) value is `sealed`, if one is:
+    /// what a value opened away from its key was. A scan, for the rare
+    /// decryption of a value not read where it is opened.
+    pub fn holder(&self, sealed: &str) -> Option<(KvScope, String)> {
+        let entries = self.0.read();
+        entries
+            .0
+            .iter()
+            .find(|(_, r)| r.secret && r.value.trim() == sealed)
+            .map(|((scope, name), _)| {
+                let scope = match scope {
+                    Scope::System => KvScope::System,
+                    Scope::User(u) => KvScope::User(u.clone()),
+                };
+                (scope, name.clone())
+            })
+    }
 }
 
 impl KeyValueLookup for KeyCache {
@@ -345,7 +368,7 @@ impl KeyValueLookup for KeyCache {
             .get(&(key, name.to_string()))
             .filter(|r| !r.expired(&time::now()))?;
         if record.secret {
-            crate::audit::decrypt::kv_read(&self.1, &scope, name, &record.value);
+            crate::audit::decrypt::kv_read(&scope, name, &record.value);
         }
         Some(record.value.clone())
     }

@@ -121,7 +121,7 @@ pub async fn follow_up(
     renderer: &Renderer,
     catalog: &Catalog,
     announced: &TriggerInstance,
-    kv: &dyn KeyValueLookup,
+    kv: &crate::keys::KeyCache,
 ) -> Result<(), EngineError> {
     let payload = &announced.payload;
     let (Some(id), Some(action_ref), Some(status)) = (
@@ -148,7 +148,7 @@ pub async fn follow_up(
         // Secrets its templates open are audited for the execution.
         let who = crate::audit::decrypt::For::execution(&record, "notify");
         let instances =
-            crate::audit::decrypt::audited(who, || notifications(renderer, &record, spec, kv));
+            crate::audit::decrypt::audited(kv, who, || notifications(renderer, &record, spec, kv));
         for instance in instances {
             bus.publish_trigger(&instance).await?;
         }

@@ -107,7 +107,7 @@ impl Handler for RulePartition {
 pub async fn process(
     ctx: &RulesContext,
     instance: &TriggerInstance,
-    kv: &dyn KeyValueLookup,
+    kv: &KeyCache,
 ) -> Result<(), EngineError> {
     let catalog = ctx.catalog.load();
     // An execution's end: its notify and retry policy first, so both are
@@ -124,8 +124,10 @@ pub async fn process(
             continue;
         }
         let evaluate = || rule.criteria.matches(&instance.payload, &ctx.renderer, kv);
-        let matched = match rule.criteria.reads_datastore() {
-            true => crate::audit::decrypt::criteria(&rule.def.reference(), &instance.id, evaluate),
+        let matched = match rule.criteria.may_open_secrets() {
+            true => {
+                crate::audit::decrypt::criteria(kv, &rule.def.reference(), &instance.id, evaluate)
+            }
             false => evaluate(),
         };
         let failure = match matched {
@@ -162,7 +164,7 @@ async fn enforce(
     catalog: &crate::catalog::Catalog,
     rule: &CatalogRule,
     instance: &TriggerInstance,
-    kv: &dyn KeyValueLookup,
+    kv: &KeyCache,
     criteria_failure: Option<String>,
 ) -> Result<(), EngineError> {
     let rule_ref = rule.def.reference();
@@ -216,7 +218,7 @@ fn prepare(
     catalog: &crate::catalog::Catalog,
     rule: &CatalogRule,
     instance: &TriggerInstance,
-    kv: &dyn KeyValueLookup,
+    kv: &KeyCache,
     summary: &RuleSummary,
     execution_id: String,
 ) -> Result<Result<ExecutionRecord, String>, EngineError> {
@@ -227,7 +229,7 @@ fn prepare(
         action: None,
         purpose: "rule_parameters",
     };
-    let spec = crate::audit::decrypt::audited(who, || {
+    let spec = crate::audit::decrypt::audited(kv, who, || {
         execution_spec(
             &ctx.renderer,
             &rule.def,
@@ -354,7 +356,7 @@ pub struct ActionPreview {
 pub fn test_rule(
     catalog: &crate::catalog::Catalog,
     renderer: &Renderer,
-    kv: &dyn KeyValueLookup,
+    kv: &KeyCache,
     configs: &ConfigCache,
     rule: &RuleDef,
     rule_id: &str,

@@ -625,7 +625,7 @@ async fn run_action(
             action: Some(record.action.action_ref.clone()),
             purpose: "pack_config",
         };
-        match crate::audit::decrypt::within(who, || {
+        match crate::audit::decrypt::within(&ctx.kv, who, || {
             crate::configs::resolve(
                 &ctx.configs,
                 &catalog,

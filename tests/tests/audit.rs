@@ -939,6 +939,16 @@ async fn audit_events_reach_splunk_hec_and_nothing_is_acked_early() -> Result<()
 /// Every `key.decrypted` event on the `AUDIT` stream so far, and the text
 /// of the whole stream (to check no plaintext is anywhere on it).
 async fn decryptions(js: &async_nats::jetstream::Context) -> Result<(Vec<Value>, String)> {
+    audit_events(js, "key.decrypted").await
+}
+
+/// Every `action` event on the `AUDIT` stream so far, and the text of the
+/// whole stream.
+async fn audit_events(
+    js: &async_nats::jetstream::Context,
+    action: &str,
+) -> Result<(Vec<Value>, String)> {
+    let subject = format!("squall.audit.{action}");
     let mut stream = js.get_stream("AUDIT").await?;
     let last = stream.info().await?.state.last_sequence;
     let (mut found, mut text) = (Vec::new(), String::new());
@@ -947,7 +957,7 @@ async fn decryptions(js: &async_nats::jetstream::Context) -> Result<(Vec<Value>,
             continue;
         };
         let payload = String::from_utf8_lossy(&m.payload).to_string();
-        if m.subject.as_str() == "squall.audit.key.decrypted" {
+        if m.subject.as_str() == subject {
             found.push(serde_json::from_str::<Value>(&payload)?);
         }
         text.push_str(&payload);
@@ -1006,8 +1016,12 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
                 "name: open\npack: vault\naction_ref: vault.use\nformats:\n  - open the vault\nimmutable_parameters:\n  password: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\n",
             ),
             (
+                "actions/defaulted.yaml",
+                "name: defaulted\nrunner_type: noop\nparameters:\n  password:\n    type: string\n    secret: true\n    default: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\n",
+            ),
+            (
                 "rules/guard.yaml",
-                "name: guard\npack: vault\nenabled: true\ntrigger:\n  type: core.st2.webhook\n  parameters:\n    url: guard\ncriteria:\n  trigger.body.pw:\n    type: nequals\n    pattern: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\naction:\n  ref: core.noop\n",
+                "name: guard\npack: vault\nenabled: true\ntrigger:\n  type: core.st2.webhook\n  parameters:\n    url: guard\ncriteria:\n  trigger.body.pw:\n    type: nequals\n    pattern: \"{{ st2kv.system.db_pass | decrypt_kv }}\"\naction:\n  ref: vault.defaulted\n",
             ),
         ],
     )?;
@@ -1125,6 +1139,19 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
         .context("rule test")?;
     assert_eq!(e["actor"]["user"], "admin", "{e}");
     assert_eq!(e["object"]["ref"], "db_pass", "{e}");
+    // Every execution an event names exists: the tester's preview of the
+    // action's parameters is the tester's, not a run that never was.
+    for e in &events {
+        if let Some(id) = e["data"]["execution"].as_str() {
+            // An enforcement's event may come just before its record.
+            poll(Duration::from_secs(10), || async {
+                let (code, _) = t.get(&format!("executions/{id}")).await?;
+                Ok((code == 200).then_some(()))
+            })
+            .await
+            .with_context(|| format!("no execution {id}, named by {e}"))?;
+        }
+    }
 
     // The values themselves: nowhere on the stream, masked in the API.
     for secret in [PLAIN, MINE] {
@@ -1148,6 +1175,142 @@ async fn secrets_opened_by_workflows_chains_and_criteria_are_audited() -> Result
         for secret in [PLAIN, MINE] {
             assert!(!shown.contains(secret), "a secret in {parent}'s API output");
         }
+    }
+    Ok(())
+}
+
+/// A secret opened away from where it was read is audited too. A workflow
+/// reads a secret key without decrypting it into its context and opens
+/// it in a later task (`ctx().sealed | decrypt_kv`): a decryption of that
+/// key (`origin: carried`). A sealed value given as input whose key has
+/// since changed is opened: a decryption of an unknown key, named by a
+/// digest (`origin: unknown`). A pack config's secret item opened for an
+/// action's parameters is audited once, as the config's item, not again
+/// as an unknown key. No plaintext reaches the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_opened_away_from_their_key_are_audited() -> Result<()> {
+    const NOW: &str = "carried-s3cret-2b8";
+    const BEFORE: &str = "before-s3cret-6d1";
+    const CONFIG: &str = "cfg-s3cret-31e";
+    let packs = tempfile::tempdir()?;
+    squall_tests::write_pack(
+        packs.path(),
+        "carry",
+        &[
+            ("pack.yaml", "name: carry\nversion: 0.1.0\n"),
+            (
+                "config.schema.yaml",
+                "api_key:\n  type: string\n  secret: true\n",
+            ),
+            (
+                "actions/use.yaml",
+                "name: use\nrunner_type: noop\nparameters:\n  password:\n    type: string\n    secret: true\n",
+            ),
+            (
+                "actions/configured.yaml",
+                "name: configured\nrunner_type: noop\nparameters:\n  key:\n    type: string\n    secret: true\n    default: \"{{ config_context.api_key }}\"\n",
+            ),
+            (
+                "actions/flow.yaml",
+                "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\nparameters:\n  given:\n    type: string\n",
+            ),
+            (
+                "actions/workflows/flow.yaml",
+                "version: 1.0\ninput:\n  - given\nvars:\n  - sealed: <% st2kv('system.db_pass') %>\ntasks:\n  open:\n    action: carry.use\n    input:\n      password: \"{{ ctx().sealed | decrypt_kv }}\"\n    next:\n      - do: open_given\n  open_given:\n    action: carry.use\n    input:\n      password: \"{{ ctx().given | decrypt_kv }}\"\n",
+            ),
+        ],
+    )?;
+    let t = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let put_key = |value: &'static str| {
+        let t = &t;
+        async move {
+            let (code, body) = t
+                .call(
+                    &t.http,
+                    reqwest::Method::PUT,
+                    "keys/db_pass",
+                    Some(&json!({"name": "db_pass", "value": value, "secret": true})),
+                )
+                .await?;
+            anyhow::ensure!(code == 200, "{body}");
+            Ok(())
+        }
+    };
+    // The sealed text of the key's first value, then a second value: no
+    // key holds the first sealed text any more.
+    put_key(BEFORE).await?;
+    let (code, first) = t.get("keys/db_pass").await?;
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["encrypted"], true, "{first}");
+    let before = first["value"].as_str().context("sealed value")?.to_string();
+    put_key(NOW).await?;
+    let (code, body) = t
+        .call(
+            &t.http,
+            reqwest::Method::PUT,
+            "configs/carry",
+            Some(&json!({"api_key": CONFIG})),
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+
+    let mut ran = Vec::new();
+    for (action, parameters) in [
+        ("carry.flow", json!({"given": before})),
+        ("carry.configured", json!({})),
+    ] {
+        let (code, created) = t
+            .post(
+                "executions",
+                &json!({"action": action, "parameters": parameters}),
+            )
+            .await?;
+        assert_eq!(code, 201, "{created}");
+        let id = created["id"].as_str().context("execution id")?.to_string();
+        let done = t.finished(&id).await?;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        ran.push(id);
+    }
+    let (flow, configured) = (ran[0].as_str(), ran[1].as_str());
+
+    let js = async_nats::jetstream::new(async_nats::connect(t.nats.url()).await?);
+    let (events, text) = poll(Duration::from_secs(30), || async {
+        let (events, text) = decryptions(&js).await?;
+        let (config, _) = audit_events(&js, "pack_config.decrypted").await?;
+        let all = decryption(&events, "workflow_expression", "task", "open").is_some()
+            && decryption(&events, "workflow_expression", "task", "open_given").is_some()
+            && config.iter().any(|e| e["data"]["execution"] == configured);
+        Ok(all.then_some((events, text)))
+    })
+    .await
+    .context("the carried, unknown and config decryptions on the AUDIT stream")?;
+
+    // Carried in the context: the key it came from.
+    let e = decryption(&events, "workflow_expression", "task", "open").context("open")?;
+    assert_eq!(e["data"]["execution"], flow, "{e}");
+    assert_eq!(e["actor"]["user"], "admin", "{e}");
+    assert_eq!(e["object"]["ref"], "db_pass", "{e}");
+    assert_eq!(e["data"]["scope"], "st2kv.system", "{e}");
+    assert_eq!(e["data"]["origin"], "carried", "{e}");
+    // Given from outside, its key since changed: unknown, by digest.
+    let e = decryption(&events, "workflow_expression", "task", "open_given").context("given")?;
+    assert_eq!(e["data"]["execution"], flow, "{e}");
+    assert_eq!(e["data"]["origin"], "unknown", "{e}");
+    assert_eq!(e["object"]["kind"], "key", "{e}");
+    assert!(e["object"]["ref"].is_null(), "{e}");
+    let digest = e["data"]["sealed_sha256"].as_str().context("digest")?;
+    assert_eq!(digest.len(), 16, "{e}");
+    // Reading the key into the context (no decrypt) opened nothing: the
+    // workflow's decryptions are those two.
+    let of_flow = events.iter().filter(|e| e["data"]["execution"] == flow);
+    assert_eq!(of_flow.count(), 2, "{events:?}");
+    // The config's item: audited as such, not again as a key.
+    assert!(
+        !events.iter().any(|e| e["data"]["execution"] == configured),
+        "a pack config's item reported as a key too: {events:?}"
+    );
+    for secret in [NOW, BEFORE, CONFIG] {
+        assert!(!text.contains(secret), "a secret reached the AUDIT stream");
     }
     Ok(())
 }

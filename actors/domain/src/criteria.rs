@@ -201,8 +201,9 @@ pub fn matches(
 #[derive(Debug, Clone)]
 pub struct CompiledCriteria {
     criteria: Vec<Result<CompiledCriterion, CriteriaError>>,
-    /// Whether a pattern mentions `st2kv` (may read the datastore).
-    reads_datastore: bool,
+    /// Whether a pattern may open a secret
+    /// ([`crate::template::may_open_secrets`]).
+    may_open_secrets: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -231,18 +232,18 @@ impl CompiledCriteria {
                 .iter()
                 .map(|(key, criterion)| CompiledCriterion::compile(key, criterion))
                 .collect(),
-            reads_datastore: criteria.values().any(|c| {
+            may_open_secrets: criteria.values().any(|c| {
                 c.pattern
                     .as_ref()
-                    .is_some_and(|p| p.to_string().contains("st2kv"))
+                    .is_some_and(|p| crate::template::may_open_secrets(&p.to_string()))
             }),
         }
     }
 
-    /// Whether evaluating may read the datastore (a pattern mentions
-    /// `st2kv`): what the engine audits secrets opened in.
-    pub fn reads_datastore(&self) -> bool {
-        self.reads_datastore
+    /// Whether evaluating may open a secret (a pattern reads the
+    /// datastore or decrypts): what the engine audits secrets opened in.
+    pub fn may_open_secrets(&self) -> bool {
+        self.may_open_secrets
     }
 
     /// Whether `payload` satisfies every criterion, as [`matches`] decides.
@@ -1714,6 +1715,23 @@ mod tests {
             "criteria {spec:?} on {payload}"
         );
         reference
+    }
+
+    #[test]
+    fn criteria_that_may_open_a_secret_are_known_when_compiled() {
+        let compiled = |pattern: &str| {
+            let criteria: Criteria = serde_json::from_value(
+                json!({"trigger.pw": {"type": "equals", "pattern": pattern}}),
+            )
+            .unwrap();
+            CompiledCriteria::compile(&criteria).may_open_secrets()
+        };
+        assert!(compiled("{{ st2kv.system.pw | decrypt_kv }}"));
+        assert!(compiled("{{ st2kv.system.region }}"));
+        // A sealed value the event carries, opened in the pattern.
+        assert!(compiled("{{ trigger.sealed | decrypt_kv }}"));
+        assert!(!compiled("{{ trigger.expected }}"));
+        assert!(!compiled("plain"));
     }
 
     #[test]

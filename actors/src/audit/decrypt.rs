@@ -2,25 +2,37 @@
 //! decrypted inside a template (`{{ st2kv.system.x | decrypt_kv }}` in an
 //! action's or a rule's parameters, a rule's criteria, an ActionChain's
 //! parameters, a notification) or an Orquesta expression
-//! (`st2kv('x', decrypt=true)`), and a pack config's secret items opened
-//! for a run. Each becomes a `key.decrypted` or `pack_config.decrypted`
-//! event naming who (the execution's user), which execution and action
-//! (or rule and trigger instance), and which key or item; never the value.
+//! (`st2kv('x', decrypt=true)`, `{{ ctx().sealed | decrypt_kv }}`), and a
+//! pack config's secret items opened for a run. Each becomes a
+//! `key.decrypted` or `pack_config.decrypted` event naming who (the
+//! execution's user), which execution and action (or rule and trigger
+//! instance), and which key or item; never the value.
 //!
 //! Rendering is synchronous, so a scope is a thread-local: [`audited`]
 //! opens one around the work, [`kv_read`] (from the key cache) notes each
 //! secret value handed to a template still sealed, and the cipher reports
-//! what it opened ([`squall_domain::secrets::track`]); a value opened that
-//! was read in the scope is a decryption of that key.
+//! what it opened ([`squall_domain::secrets::track`]). Every value opened
+//! in a scope is audited once:
+//! - read in the scope: a decryption of that key (`origin: read`);
+//! - not read there but some key holds it (a sealed value carried in a
+//!   workflow's context, a parameter, a trigger's payload): a decryption
+//!   of that key (`origin: carried`);
+//! - held by no key (since changed or deleted): a decryption of an unknown
+//!   key, named by a digest of the sealed text (`origin: unknown`);
+//! - opened by code that audits it itself ([`self_audited`]: a pack
+//!   config's items) or by a scope inside this one: not again.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use squall_domain::execution::ExecutionRecord;
 use squall_domain::orquesta::conductor::SecretScope;
 use squall_domain::template::KvScope;
 
 use super::{Actor, Audit, AuditEvent, Object};
+use crate::keys::KeyCache;
 
 /// Whom the work inside a scope is for.
 #[derive(Debug, Clone, Default)]
@@ -86,16 +98,24 @@ impl Part {
 }
 
 /// Audits what a workflow's expressions open (`st2kv(key, decrypt=true)`,
-/// `st2kv.system.x | decrypt_kv`) for the workflow execution it holds:
-/// the conductor evaluates each expression that reads the datastore
-/// inside [`SecretScope::around`], which opens a scope naming the
-/// execution's user, id and action, and the task.
-pub struct Workflow<'a>(pub &'a ExecutionRecord);
+/// `st2kv.system.x | decrypt_kv`, `ctx().sealed | decrypt_kv`) for the
+/// workflow execution it holds: the conductor evaluates each expression
+/// that may open a secret inside [`SecretScope::around`], which opens a
+/// scope naming the execution's user, id and action, and the task.
+pub struct Workflow<'a> {
+    pub execution: &'a ExecutionRecord,
+    pub kv: &'a KeyCache,
+}
 
 impl SecretScope for Workflow<'_> {
     fn around(&self, task: Option<&str>, evaluate: &mut dyn FnMut()) {
-        let who = For::execution(self.0, "workflow_expression");
-        audited_in(who, task.map(|t| Part::Task(t.to_string())), evaluate);
+        let who = For::execution(self.execution, "workflow_expression");
+        audited_in(
+            self.kv,
+            who,
+            task.map(|t| Part::Task(t.to_string())),
+            evaluate,
+        );
     }
 }
 
@@ -103,73 +123,127 @@ struct Read {
     sealed: String,
     scope: KvScope,
     name: String,
-    audit: Audit,
 }
 
 struct Scope {
     who: For,
     part: Option<Part>,
     reads: Vec<Read>,
+    /// Sealed values opened in the scope that are audited already.
+    claimed: BTreeSet<String>,
 }
 
 thread_local! {
     static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` in a scope for `who`: every datastore secret it decrypts is
-/// audited once `f` returns.
-pub fn audited<R>(who: For, f: impl FnOnce() -> R) -> R {
-    audited_in(who, None, f)
+/// Runs `f` in a scope for `who`: every secret it decrypts is audited
+/// once `f` returns, through `kv`'s audit emitter (`kv` also tells which
+/// key holds a value opened without being read in the scope).
+pub fn audited<R>(kv: &KeyCache, who: For, f: impl FnOnce() -> R) -> R {
+    audited_in(kv, who, None, f)
 }
 
 /// [`audited`], for `part` of `who`'s work.
-pub fn audited_in<R>(who: For, part: Option<Part>, f: impl FnOnce() -> R) -> R {
+pub fn audited_in<R>(kv: &KeyCache, who: For, part: Option<Part>, f: impl FnOnce() -> R) -> R {
     let outer = SCOPE.replace(Some(Scope {
         who,
         part,
         reads: Vec::new(),
+        claimed: BTreeSet::new(),
     }));
     let (result, opened) = squall_domain::secrets::track(f);
-    let Some(scope) = SCOPE.replace(outer) else {
+    let scope = SCOPE.replace(outer);
+    // What this scope audits, an enclosing one must not audit again.
+    claim(&opened);
+    let Some(scope) = scope else {
         return result;
     };
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     for sealed in opened {
-        let Some(read) = scope.reads.iter().find(|r| r.sealed == sealed) else {
-            continue;
-        };
-        let (scope_name, owner) = match &read.scope {
-            KvScope::System => ("st2kv.system", None),
-            KvScope::User(u) => ("st2kv.user", Some(u.as_str())),
-        };
-        if !seen.insert((scope_name, owner.map(str::to_string), read.name.clone())) {
+        if scope.claimed.contains(&sealed) {
             continue;
         }
-        let key = match owner {
-            Some(u) => format!("user:{u}:{}", read.name),
-            None => format!("system:{}", read.name),
+        let (what, object, data) = match opened_key(&scope.reads, kv, &sealed) {
+            Some((origin, key_scope, name)) => {
+                let (scope_name, owner) = match &key_scope {
+                    KvScope::System => ("st2kv.system", None),
+                    KvScope::User(u) => ("st2kv.user", Some(u.as_str())),
+                };
+                let what = match owner {
+                    Some(u) => format!("user:{u}:{name}"),
+                    None => format!("system:{name}"),
+                };
+                let data = json!({"scope": scope_name, "owner": owner, "origin": origin});
+                (what, Some(name), data)
+            }
+            None => {
+                // No key holds it any more: named by what was opened,
+                // which tells nothing of the value.
+                let digest = hex::encode(&Sha256::digest(sealed.as_bytes())[..8]);
+                let data = json!({"scope": null, "owner": null, "origin": "unknown",
+                    "sealed_sha256": digest});
+                (format!("sealed:{digest}"), None, data)
+            }
+        };
+        if !seen.insert(what.clone()) {
+            continue;
+        }
+        let object = Object {
+            kind: "key".into(),
+            id: None,
+            reference: object,
         };
         let event = event(
             &scope.who,
             scope.part.as_ref(),
             "key.decrypted",
-            &key,
-            Object {
-                kind: "key".into(),
-                id: None,
-                reference: Some(read.name.clone()),
-            },
-            json!({"scope": scope_name, "owner": owner}),
+            &what,
+            object,
+            data,
         );
-        read.audit.emit(event);
+        kv.audit().emit(event);
     }
+    result
+}
+
+/// The key a value opened in a scope is the secret of, and how the scope
+/// came by it: `read` from the datastore there, or `carried` from
+/// elsewhere (a key holds it still).
+fn opened_key(
+    reads: &[Read],
+    kv: &KeyCache,
+    sealed: &str,
+) -> Option<(&'static str, KvScope, String)> {
+    if let Some(read) = reads.iter().find(|r| r.sealed == sealed) {
+        return Some(("read", read.scope.clone(), read.name.clone()));
+    }
+    kv.holder(sealed)
+        .map(|(scope, name)| ("carried", scope, name))
+}
+
+/// Marks `opened` as audited in the current scope, if any.
+fn claim(opened: &[String]) {
+    SCOPE.with_borrow_mut(|s| {
+        if let Some(s) = s {
+            s.claimed.extend(opened.iter().cloned());
+        }
+    });
+}
+
+/// Runs `f`, which opens secrets and audits them itself (a pack config's
+/// items, [`config_opened`]): the scope it runs in does not report them
+/// again.
+pub fn self_audited<R>(f: impl FnOnce() -> R) -> R {
+    let (result, opened) = squall_domain::secrets::track(f);
+    claim(&opened);
     result
 }
 
 /// Runs `f`, the evaluation of rule `rule`'s criteria for trigger
 /// instance `trigger_instance`, in a scope for the system user (rules act
 /// as it).
-pub fn criteria<R>(rule: &str, trigger_instance: &str, f: impl FnOnce() -> R) -> R {
+pub fn criteria<R>(kv: &KeyCache, rule: &str, trigger_instance: &str, f: impl FnOnce() -> R) -> R {
     let who = For {
         user: squall_domain::execution::SYSTEM_USER.to_string(),
         purpose: "rule_criteria",
@@ -179,28 +253,28 @@ pub fn criteria<R>(rule: &str, trigger_instance: &str, f: impl FnOnce() -> R) ->
         rule: rule.to_string(),
         trigger_instance: trigger_instance.to_string(),
     };
-    audited_in(who, Some(part), f)
+    audited_in(kv, who, Some(part), f)
 }
 
 /// Runs `f` in the current scope, or else in one for `who()`.
-pub fn within<R>(who: impl FnOnce() -> For, f: impl FnOnce() -> R) -> R {
+pub fn within<R>(kv: &KeyCache, who: impl FnOnce() -> For, f: impl FnOnce() -> R) -> R {
     if SCOPE.with_borrow(Option::is_some) {
         f()
     } else {
-        audited(who(), f)
+        audited(kv, who(), f)
     }
 }
 
 /// The key cache handed `scope`/`name`'s sealed value to a template:
-/// remembered, so that opening it in this scope is audited.
-pub fn kv_read(audit: &Audit, scope: &KvScope, name: &str, sealed: &str) {
+/// remembered, so that opening it in this scope is audited as a
+/// decryption of that key.
+pub fn kv_read(scope: &KvScope, name: &str, sealed: &str) {
     SCOPE.with_borrow_mut(|s| {
         if let Some(s) = s {
             s.reads.push(Read {
                 sealed: sealed.trim().to_string(),
                 scope: scope.clone(),
                 name: name.to_string(),
-                audit: audit.clone(),
             });
         }
     });

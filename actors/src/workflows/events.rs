@@ -72,7 +72,10 @@ pub(super) async fn begin(
         if !found.is_empty() {
             return Ok(Err(orquesta::inspection_errors(&[], found)));
         }
-        let audit = crate::audit::decrypt::Workflow(execution);
+        let audit = crate::audit::decrypt::Workflow {
+            execution,
+            kv: &ctx.kv,
+        };
         let (state, commands) = conductor::start(
             &ctx.flow(&spec, &audit),
             input,
@@ -92,7 +95,13 @@ pub(super) async fn begin(
         Err(errors) => return Ok(Err(errors)),
     };
     match conductor::rerun(
-        &ctx.flow(&spec, &crate::audit::decrypt::Workflow(execution)),
+        &ctx.flow(
+            &spec,
+            &crate::audit::decrypt::Workflow {
+                execution,
+                kv: &ctx.kv,
+            },
+        ),
         &original.state,
         &rerun.tasks,
         &rerun.reset,
@@ -166,7 +175,10 @@ pub(super) async fn handle_event(
             return Ok(Some(record.state.status));
         };
         let execution = cache.execution(&ctx.bus, id).await?;
-        let audit = crate::audit::decrypt::Workflow(&execution);
+        let audit = crate::audit::decrypt::Workflow {
+            execution: &execution,
+            kv: &ctx.kv,
+        };
         let flow = ctx.flow(&spec, &audit);
         let state = &mut record.state;
         let commands = match &event.event {

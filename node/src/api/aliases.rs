@@ -369,7 +369,7 @@ async fn execute(
                 purpose: "alias_parameters",
                 ..Default::default()
             };
-            let rendered = decrypt::audited(who, || {
+            let rendered = decrypt::audited(&st.kv, who, || {
                 st.renderer.render_value(
                     &Value::Object(p.clone()),
                     &Value::Object(context.clone()),
@@ -441,7 +441,7 @@ async fn execute(
         });
         if let Some(ack) = &alias.ack {
             let who = decrypt::For::execution(&stored, "alias_ack");
-            decrypt::audited(who, || render_ack(st, ack, &mut result));
+            decrypt::audited(&st.kv, who, || render_ack(st, ack, &mut result));
         }
         results.push(result);
     }

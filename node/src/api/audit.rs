@@ -18,6 +18,7 @@ use squall_actors::audit::{self, Actor, Object};
 use squall_actors::auth::Principal;
 
 use super::error::ApiError;
+use super::query::query_flag;
 use super::ApiState;
 
 /// What an API request stands for in the trail, if anything.
@@ -30,11 +31,8 @@ fn act(method: &Method, path: &str, query: &str) -> Option<(String, Object)> {
     let mut parts = path.trim_matches('/').splitn(2, '/');
     let first = parts.next().unwrap_or("");
     let rest = parts.next().filter(|r| !r.is_empty());
-    let decrypting = query.split('&').any(|kv| {
-        kv.split_once('=').is_some_and(|(k, v)| {
-            k == "decrypt" && matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
-        })
-    });
+    let decrypting = query_flag(query, "decrypt");
+    let showing_secrets = query_flag(query, "show_secrets");
     let object = |kind: &str| Object {
         kind: kind.into(),
         id: None,
@@ -54,6 +52,15 @@ fn act(method: &Method, path: &str, query: &str) -> Option<(String, Object)> {
         ("ui", _) => return None,
         ("keys", _) if *method == Method::GET && decrypting => {
             ("key.decrypted".into(), object("key"))
+        }
+        // Secrets shown to an admin: a pack config's opened, or a record's
+        // secret parameters unmasked.
+        ("configs", _) if *method == Method::GET && showing_secrets => {
+            ("pack_config.decrypted".into(), object("pack_config"))
+        }
+        (kind, _) if *method == Method::GET && showing_secrets => {
+            let kind = kind.trim_end_matches('s');
+            (format!("{kind}.secrets_shown"), object(kind))
         }
         (_, _) if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) => return None,
         // The trigger instance is the webhook's record (`trigger.received`).
@@ -322,6 +329,23 @@ mod tests {
             Some("key.decrypted".into())
         );
         assert_eq!(a(Method::GET, "/api/v1/keys/x", ""), None);
+        // Every spelling the handler honours.
+        assert_eq!(
+            a(Method::GET, "/api/v1/keys", "scope=all&decrypt=y"),
+            Some("key.decrypted".into())
+        );
+        assert_eq!(
+            a(Method::GET, "/api/v1/configs/p", "show_secrets=True"),
+            Some("pack_config.decrypted".into())
+        );
+        assert_eq!(
+            a(Method::GET, "/api/v1/executions", "limit=5&show_secrets=1"),
+            Some("execution.secrets_shown".into())
+        );
+        assert_eq!(
+            a(Method::GET, "/api/v1/executions", "show_secrets=no"),
+            None
+        );
         assert_eq!(
             a(Method::PUT, "/api/v1/keys/x", ""),
             Some("key.updated".into())

@@ -25,7 +25,7 @@ use squall_domain::{ids, time};
 
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::listing::{ListParams, Listed};
-use super::query::{flag, parse_flag};
+use super::query::{flag, query_flag};
 use super::ApiState;
 
 /// StackStorm's answer when no credentials came with a request.
@@ -34,12 +34,7 @@ const NO_CREDENTIALS: &str = "Unauthorized - One of Token or API key required.";
 /// The least role that may make this request. `path` is inside the v1
 /// prefix (`/executions`), `query` the raw query string.
 pub fn required_role(method: &Method, path: &str, query: &str) -> Role {
-    let flag = |name: &str| {
-        query.split('&').any(|kv| {
-            kv.split_once('=')
-                .is_some_and(|(k, v)| k == name && parse_flag(v) == Some(true))
-        })
-    };
+    let flag = |name: &str| query_flag(query, name);
     let asks_for_secrets = flag("show_secrets");
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let reading = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);

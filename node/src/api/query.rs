@@ -21,6 +21,15 @@ pub fn parse_flag(value: &str) -> Option<bool> {
     }
 }
 
+/// Whether the raw query string `query` sets flag `name` true (in any of
+/// [`parse_flag`]'s spellings), as the handler reading it will.
+pub fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, v)| k == name && parse_flag(v) == Some(true))
+    })
+}
+
 /// Serde helper for an optional boolean query parameter:
 /// `#[serde(default, deserialize_with = "flag")]`.
 pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {

@@ -92,17 +92,21 @@ pub async fn test(
         purpose: "rule_test",
         ..Default::default()
     };
-    Ok(Json(squall_actors::audit::decrypt::audited(who, || {
-        rules::test_rule(
-            &catalog,
-            renderer,
-            &st.kv,
-            &st.configs,
-            &rule,
-            &rule_id,
-            event,
-        )
-    })))
+    Ok(Json(squall_actors::audit::decrypt::audited(
+        &st.kv,
+        who,
+        || {
+            rules::test_rule(
+                &catalog,
+                renderer,
+                &st.kv,
+                &st.configs,
+                &rule,
+                &rule_id,
+                event,
+            )
+        },
+    )))
 }
 
 /// A rule definition checked as a pack's rule file is (a missing `pack`

@@ -1262,6 +1262,86 @@ mod pausing {
             vec![(Some("t".to_string()), vec![sealed.clone(), sealed])]
         );
     }
+
+    #[test]
+    fn decrypt_kv_of_a_carried_value_is_evaluated_inside_the_secret_scope() {
+        let cipher =
+            crate::secrets::Cipher::from_hex(&crate::secrets::Cipher::generate_hex()).unwrap();
+        let sealed = cipher.encrypt("s3cret");
+        let renderer = Renderer::with_cipher(cipher.clone());
+        let s = spec("version: 1.0\ninput:\n  - sealed\ntasks:\n  t:\n    action: core.echo\n    input:\n      a: \"{{ ctx().sealed | decrypt_kv }}\"\n      b: \"{{ ctx().sealed }}\"\n");
+        let around = Around::default();
+        let flow = Flow::new(&s)
+            .with_datastore(&renderer, Arc::new(Keys), Some(cipher))
+            .with_secret_scope(&around);
+        let mut given = Map::new();
+        given.insert("sealed".into(), json!(sealed));
+        let (_, commands) = conductor::start(&flow, &given, Map::new());
+        let Some(Command::Run { input, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(input, &json!({"a": "s3cret", "b": sealed}));
+        // No `st2kv` in sight, yet the opening is inside the scope.
+        assert_eq!(
+            *around.0.lock().unwrap(),
+            vec![(Some("t".to_string()), vec![sealed])]
+        );
+    }
+
+    #[test]
+    fn st2kv_reads_the_keys_of_the_user_the_workflow_started_as() {
+        struct Tokens;
+        impl KeyValueLookup for Tokens {
+            fn get(&self, scope: KvScope, name: &str) -> Option<String> {
+                match (scope, name) {
+                    (KvScope::User(u), "token") => Some(format!("token-of-{u}")),
+                    _ => None,
+                }
+            }
+        }
+        let renderer = Renderer::new();
+        let mut runtime = Map::new();
+        runtime.insert("st2".into(), json!({"user": "ops"}));
+        // An input and a var named `st2` replace the context's `st2`...
+        let s = spec("version: 1.0\ninput:\n  - st2\nvars:\n  - st2: {user: root}\ntasks:\n  t:\n    action: core.echo\n    input:\n      a: <% st2kv('token') %>\n      b: \"{{ st2kv('token') }}\"\n      c: <% ctx().st2.user %>\n");
+        let flow = Flow::new(&s).with_datastore(&renderer, Arc::new(Tokens), None);
+        let mut given = Map::new();
+        given.insert("st2".into(), json!({"user": "admin"}));
+        let (state, commands) = conductor::start(&flow, &given, runtime);
+        let Some(Command::Run { input, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        // ...but not whose keys `st2kv()` reads.
+        assert_eq!(
+            input,
+            &json!({"a": "token-of-ops", "b": "token-of-ops", "c": "root"})
+        );
+        assert_eq!(state.user, "ops");
+        // A state stored before the user was kept reads it from the context.
+        let mut stored = serde_json::to_value(&state).unwrap();
+        stored.as_object_mut().unwrap().remove("user");
+        stored["ctx"]["st2"] = json!({"user": "old"});
+        stored["status"] = json!("succeeded");
+        let old: conductor::FlowState = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.user, "");
+        let (_, commands) = conductor::rerun(&flow, &old, &["t".into()], &[], Map::new()).unwrap();
+        let Some(Command::Run { input, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(input["a"], "token-of-old");
+        // A re-run is the re-running user's.
+        let mut finished = state.clone();
+        finished.status = FlowStatus::Succeeded;
+        let mut again = Map::new();
+        again.insert("st2".into(), json!({"user": "ann"}));
+        let (rerun, commands) =
+            conductor::rerun(&flow, &finished, &["t".into()], &[], again).unwrap();
+        assert_eq!(rerun.user, "ann");
+        let Some(Command::Run { input, .. }) = commands.first() else {
+            panic!("{commands:?}")
+        };
+        assert_eq!(input["a"], "token-of-ann");
+    }
 }
 
 /// StackStorm's `examples.orquesta-fail-inspection`, whose errors its

@@ -434,6 +434,13 @@ pub const ORQUESTA_FUNCTIONS: &[&str] = &[
     "dirname",
 ];
 
+/// Whether evaluating `text` may open a secret: it reads the datastore
+/// (`st2kv`, which `decrypt=true` opens) or decrypts a value it is given
+/// (`decrypt_kv`). What the engine audits the secrets opened in.
+pub fn may_open_secrets(text: &str) -> bool {
+    text.contains("st2kv") || text.contains("decrypt_kv")
+}
+
 /// Whether `text` holds Jinja markup (`{{`, `{%` or `{#`).
 pub fn is_template(text: &str) -> bool {
     text.contains("{{") || text.contains("{%") || text.contains("{#")

@@ -299,6 +299,11 @@ pub struct FlowState {
     /// what follows it stays on that route. Route 0 is the start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Vec<String>>,
+    /// The user the workflow runs as (`st2.user` of the context it started
+    /// with), whose keys `st2kv()` reads. Kept apart from the context,
+    /// which an input, a var or a publish named `st2` may overwrite.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
 }
 
 impl FlowState {

@@ -39,8 +39,12 @@ pub(super) fn st2kv(
         .map_err(|e| format!("st2kv(\"{key}\", decrypt=true): {e}; is the item secret?"))
 }
 
-/// The workflow's user (`ctx().st2.user`), whose keys `st2kv()` reads.
+/// The workflow's user, whose keys `st2kv()` reads. A state stored
+/// before it kept its user has it only in its context (`ctx().st2.user`).
 pub(super) fn user_of(state: &FlowState) -> &str {
+    if !state.user.is_empty() {
+        return &state.user;
+    }
     state
         .ctx
         .get("st2")
@@ -318,9 +322,9 @@ pub(super) fn no_task_execution(name: &str) -> String {
 
 /// Evaluates the expressions in `v`: YAQL (`<% %>`) or Jinja (`{{ }}`),
 /// one language per string, with Orquesta's functions; inside the flow's
-/// [`SecretScope`] when they may read the datastore.
+/// [`SecretScope`] when they may open a secret.
 pub(super) fn render(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
-    let Some(secrets) = scope.flow.secrets.filter(|_| reads_datastore(v)) else {
+    let Some(secrets) = scope.flow.secrets.filter(|_| may_open_secrets(v)) else {
         return evaluate(v, scope);
     };
     let mut out = None;
@@ -330,15 +334,15 @@ pub(super) fn render(v: &Value, scope: &Scope<'_>) -> Result<Value, String> {
     })
 }
 
-/// Whether an expression in `v` may read the datastore: only `st2kv`
-/// does (`st2kv()` in both languages, `st2kv.system.x` in Jinja).
-fn reads_datastore(v: &Value) -> bool {
+/// Whether an expression in `v` may open a secret: `st2kv()` (both
+/// languages), `st2kv.system.x` or `| decrypt_kv` (Jinja).
+fn may_open_secrets(v: &Value) -> bool {
     match v {
-        Value::String(s) => s.contains("st2kv"),
-        Value::Array(items) => items.iter().any(reads_datastore),
+        Value::String(s) => crate::template::may_open_secrets(s),
+        Value::Array(items) => items.iter().any(may_open_secrets),
         Value::Object(m) => m
             .iter()
-            .any(|(k, item)| k.contains("st2kv") || reads_datastore(item)),
+            .any(|(k, item)| crate::template::may_open_secrets(k) || may_open_secrets(item)),
         _ => false,
     }
 }

@@ -12,6 +12,7 @@ pub fn start(
 ) -> (FlowState, Vec<Command>) {
     let mut state = FlowState {
         status: FlowStatus::Running,
+        user: runtime_user(&runtime).unwrap_or_default(),
         ctx: runtime,
         runs: Vec::new(),
         joins: BTreeMap::new(),
@@ -110,6 +111,9 @@ pub fn rerun(
         run_on_fail: Vec::new(),
         ..previous.clone()
     };
+    if let Some(user) = runtime_user(&runtime) {
+        state.user = user;
+    }
     state.ctx.extend(runtime);
     let mut commands = Vec::new();
     for task in tasks {
@@ -128,6 +132,15 @@ pub fn rerun(
     }
     settle(flow, &mut state, &mut commands);
     Ok((state, commands))
+}
+
+/// The user a run's `st2` context names.
+fn runtime_user(runtime: &Map<String, Value>) -> Option<String> {
+    runtime
+        .get("st2")
+        .and_then(|s| s.get("user"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// The names of the tasks that ran, in the order they first ran.
