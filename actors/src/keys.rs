@@ -331,16 +331,16 @@ impl KeyCache {
     ) -> Result<KeyCache, EngineError> {
         Ok(KeyCache(Mirrored::start(&store.kv, "keys").await?, audit))
     }
+}
 
-    /// The node's audit emitter, which decryptions in templates report to.
-    pub fn audit(&self) -> &crate::audit::Audit {
+impl crate::audit::decrypt::KeyOwners for KeyCache {
+    fn audit(&self) -> &crate::audit::Audit {
         &self.1
     }
 
-    /// The secret key whose stored (sealed) value is `sealed`, if one is:
-    /// what a value opened away from its key was. A scan, for the rare
-    /// decryption of a value not read where it is opened.
-    pub fn holder(&self, sealed: &str) -> Option<(KvScope, String)> {
+    /// A scan, for the rare decryption of a value not read where it is
+    /// opened.
+    fn holder(&self, sealed: &str) -> Option<(KvScope, String)> {
         let entries = self.0.read();
         entries
             .0

@@ -128,20 +128,30 @@ pub async fn connect(cfg: &NodeConfig) -> Result<async_nats::Client, NodeError> 
 }
 
 /// What a node reads of its data directory before it connects: the
-/// history snapshot, decoded on a blocking thread meanwhile.
+/// history snapshot (where it is, and, when the node keeps a history, its
+/// contents decoded on a blocking thread meanwhile).
 #[derive(Debug)]
-pub struct Preloaded(Option<squall_actors::history::Preload>);
+pub struct Preloaded {
+    snapshot: PathBuf,
+    history: Option<squall_actors::history::Preload>,
+}
+
+/// Whether `cfg`'s node answers the REST API.
+fn serves_api(cfg: &NodeConfig) -> bool {
+    cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api)
+}
 
 impl Node {
     /// Starts decoding what `cfg`'s node will need of its data directory,
     /// so that it overlaps whatever comes before [`Node::start_preloaded`]
     /// (`squall up` starting its nats-server).
     pub fn preload(cfg: &NodeConfig) -> Preloaded {
-        let serves_api = cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api);
         let collects = cfg.garbagecollector.settings().enabled()
             && cfg.roles.contains(&cluster::Role::Sensors);
         let snapshot = squall_actors::history::snapshot_path(&cfg.data_dir);
-        Preloaded((serves_api || collects).then(|| squall_actors::history::preload(&snapshot)))
+        let history =
+            (serves_api(cfg) || collects).then(|| squall_actors::history::preload(&snapshot));
+        Preloaded { snapshot, history }
     }
 
     /// Starts a node: streams and buckets, packs, actors, API.
@@ -156,8 +166,7 @@ impl Node {
     ) -> Result<Node, NodeError> {
         // Each step is boxed: unoptimised builds lay nested futures out on
         // the stack, and the whole start would not fit in a 2 MiB thread.
-        let serves_api = cfg.api.enabled && cfg.roles.contains(&cluster::Role::Api);
-        let snapshot = squall_actors::history::snapshot_path(&cfg.data_dir);
+        let Preloaded { snapshot, history } = preloaded;
         let client = Box::pin(connect(cfg)).await?;
         let layout = squall_actors::node::layout(cfg.nats.replicas)
             .with_streams(squall_actors::audit::streams(&cfg.audit, cfg.nats.replicas));
@@ -182,7 +191,7 @@ impl Node {
             virtualenvs,
             retention: cfg.garbagecollector.settings(),
         };
-        let history = match preloaded.0 {
+        let history = match history {
             Some(preloaded) => {
                 Some(Box::pin(squall_actors::history::start(&bus, Some(preloaded))).await?)
             }
@@ -209,7 +218,7 @@ impl Node {
             .await;
         }
         let (addrs, mut api_tasks) = match &history {
-            Some(history) if serves_api => {
+            Some(history) if serves_api(cfg) => {
                 Box::pin(serve_api(
                     cfg,
                     &engine,

@@ -32,7 +32,6 @@ use squall_domain::orquesta::conductor::SecretScope;
 use squall_domain::template::KvScope;
 
 use super::{Actor, Audit, AuditEvent, Object};
-use crate::keys::KeyCache;
 
 /// Whom the work inside a scope is for.
 #[derive(Debug, Clone, Default)]
@@ -97,6 +96,16 @@ impl Part {
     }
 }
 
+/// What auditing a decryption needs of the datastore: where to report it,
+/// and which key a sealed value is the secret of. The node's key cache
+/// ([`crate::keys::KeyCache`]) is it.
+pub trait KeyOwners: Sync {
+    /// The node's audit emitter.
+    fn audit(&self) -> &Audit;
+    /// The secret key whose stored (sealed) value is `sealed`, if one is.
+    fn holder(&self, sealed: &str) -> Option<(KvScope, String)>;
+}
+
 /// Audits what a workflow's expressions open (`st2kv(key, decrypt=true)`,
 /// `st2kv.system.x | decrypt_kv`, `ctx().sealed | decrypt_kv`) for the
 /// workflow execution it holds: the conductor evaluates each expression
@@ -104,7 +113,7 @@ impl Part {
 /// scope naming the execution's user, id and action, and the task.
 pub struct Workflow<'a> {
     pub execution: &'a ExecutionRecord,
-    pub kv: &'a KeyCache,
+    pub kv: &'a dyn KeyOwners,
 }
 
 impl SecretScope for Workflow<'_> {
@@ -140,12 +149,12 @@ thread_local! {
 /// Runs `f` in a scope for `who`: every secret it decrypts is audited
 /// once `f` returns, through `kv`'s audit emitter (`kv` also tells which
 /// key holds a value opened without being read in the scope).
-pub fn audited<R>(kv: &KeyCache, who: For, f: impl FnOnce() -> R) -> R {
+pub fn audited<R>(kv: &dyn KeyOwners, who: For, f: impl FnOnce() -> R) -> R {
     audited_in(kv, who, None, f)
 }
 
 /// [`audited`], for `part` of `who`'s work.
-pub fn audited_in<R>(kv: &KeyCache, who: For, part: Option<Part>, f: impl FnOnce() -> R) -> R {
+pub fn audited_in<R>(kv: &dyn KeyOwners, who: For, part: Option<Part>, f: impl FnOnce() -> R) -> R {
     let outer = SCOPE.replace(Some(Scope {
         who,
         part,
@@ -212,7 +221,7 @@ pub fn audited_in<R>(kv: &KeyCache, who: For, part: Option<Part>, f: impl FnOnce
 /// elsewhere (a key holds it still).
 fn opened_key(
     reads: &[Read],
-    kv: &KeyCache,
+    kv: &dyn KeyOwners,
     sealed: &str,
 ) -> Option<(&'static str, KvScope, String)> {
     if let Some(read) = reads.iter().find(|r| r.sealed == sealed) {
@@ -243,7 +252,12 @@ pub fn self_audited<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `f`, the evaluation of rule `rule`'s criteria for trigger
 /// instance `trigger_instance`, in a scope for the system user (rules act
 /// as it).
-pub fn criteria<R>(kv: &KeyCache, rule: &str, trigger_instance: &str, f: impl FnOnce() -> R) -> R {
+pub fn criteria<R>(
+    kv: &dyn KeyOwners,
+    rule: &str,
+    trigger_instance: &str,
+    f: impl FnOnce() -> R,
+) -> R {
     let who = For {
         user: squall_domain::execution::SYSTEM_USER.to_string(),
         purpose: "rule_criteria",
@@ -257,7 +271,7 @@ pub fn criteria<R>(kv: &KeyCache, rule: &str, trigger_instance: &str, f: impl Fn
 }
 
 /// Runs `f` in the current scope, or else in one for `who()`.
-pub fn within<R>(kv: &KeyCache, who: impl FnOnce() -> For, f: impl FnOnce() -> R) -> R {
+pub fn within<R>(kv: &dyn KeyOwners, who: impl FnOnce() -> For, f: impl FnOnce() -> R) -> R {
     if SCOPE.with_borrow(Option::is_some) {
         f()
     } else {
