@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use squall_domain::ids;
 use squall_domain::time::{self, Timestamp};
 
-use crate::bus::{from_bytes, to_bytes, Bus};
+use crate::bus::{from_bytes, to_bytes, Bus, BusOp, BusOps};
 use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
 use crate::timing::MIRROR_CATCH_UP;
@@ -260,6 +260,8 @@ pub struct AuthStore {
     tokens: kv::Store,
     mirrored_users: Mirrored<Entries>,
     mirrored_tokens: Mirrored<Entries>,
+    /// The bus's count of awaited operations: tokens stored and revoked.
+    ops: std::sync::Arc<BusOps>,
 }
 
 impl fmt::Debug for AuthStore {
@@ -284,6 +286,7 @@ impl AuthStore {
             mirrored_tokens: Mirrored::start(&tokens, TOKENS_BUCKET).await?,
             users,
             tokens,
+            ops: bus.ops.clone(),
         })
     }
 
@@ -477,6 +480,7 @@ impl AuthStore {
 
     /// Stores `token` under the digest of its `value`.
     async fn put_token(&self, value: &str, token: &Token) -> Result<(), EngineError> {
+        self.ops.count(BusOp::Put);
         self.tokens
             .put(digest(value), to_bytes(token)?)
             .await
@@ -487,6 +491,7 @@ impl AuthStore {
     /// Deletes a token: it is refused from now on (every node's mirror
     /// hears of it within milliseconds).
     pub async fn revoke_token(&self, value: &str) -> Result<(), EngineError> {
+        self.ops.count(BusOp::Delete);
         self.tokens
             .purge(digest(value))
             .await

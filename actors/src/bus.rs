@@ -656,16 +656,19 @@ pub enum BusOp {
     Update,
     /// An unconditional put.
     Put,
+    /// A purge (an action's API token revoked).
+    Delete,
 }
 
 impl BusOp {
     /// Every kind, in the order of [`BusOps`]' counters.
-    pub const ALL: [BusOp; 5] = [
+    pub const ALL: [BusOp; 6] = [
         BusOp::Publish,
         BusOp::Get,
         BusOp::Create,
         BusOp::Update,
         BusOp::Put,
+        BusOp::Delete,
     ];
 
     /// Its `op` label.
@@ -676,18 +679,20 @@ impl BusOp {
             BusOp::Create => "create",
             BusOp::Update => "update",
             BusOp::Put => "put",
+            BusOp::Delete => "delete",
         }
     }
 }
 
-/// The bus operations one node awaited, by kind: every publish, and every
-/// operation on the spine's `executions`, `enforcements` and `workflows`
-/// buckets — what an execution costs the bus. Per node (not a process
+/// The bus operations one node awaited, by kind: every publish (an
+/// action's output too), every operation on the spine's `executions`,
+/// `enforcements` and `workflows` buckets, and every token stored or
+/// revoked (an action's API token) — what an execution costs the bus. Per node (not a process
 /// global), so nodes sharing a process count apart. Rendered on
 /// `/metrics` as [`BUS_OPERATIONS`]; the load tool divides them by the
 /// executions of a run, so a regression in the count shows.
 #[derive(Debug, Default)]
-pub struct BusOps([AtomicU64; 5]);
+pub struct BusOps([AtomicU64; BusOp::ALL.len()]);
 
 impl BusOps {
     /// One more operation of kind `op`.

@@ -730,7 +730,7 @@ fn forward_output(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<squall_runners::OutputChunk>();
-    let js = ctx.bus.js.clone();
+    let (js, ops) = (ctx.bus.js.clone(), ctx.bus.ops.clone());
     let subject = crate::bus::output_subject(&record.id);
     let (id, action_ref, runner_ref) = (
         record.id.clone(),
@@ -778,6 +778,7 @@ fn forward_output(
                 "timestamp": time::format(&time::now()),
             });
             published = Some(tokio::time::Instant::now());
+            ops.count(crate::bus::BusOp::Publish);
             match js.publish(subject.clone(), body.to_string().into()).await {
                 Ok(ack) => acks.push(ack),
                 Err(e) => tracing::warn!(error = %e, "output not published"),

@@ -100,13 +100,15 @@ struct RunArgs {
     out: PathBuf,
     /// The started node's OpenTelemetry export: `off`, `live` (every span
     /// to a receiver this tool runs) or `down` (to a port nobody listens
-    /// on); reported with the spans received and dropped.
-    #[arg(long, value_enum)]
+    /// on); reported with the spans received and dropped. Not with --url:
+    /// a node given keeps its own settings.
+    #[arg(long, value_enum, conflicts_with = "url")]
     telemetry: Option<Mode>,
     /// The started node exports its audit trail to a receiver this tool
     /// runs (`syslog` over TCP, or `hec`, a Splunk HTTP Event Collector
-    /// with indexer acknowledgement); reported with the export rate.
-    #[arg(long, value_enum)]
+    /// with indexer acknowledgement); reported with the export rate. Not
+    /// with --url.
+    #[arg(long, value_enum, conflicts_with = "url")]
     audit_export: Option<Receiver>,
 }
 
@@ -201,9 +203,6 @@ async fn main() -> Result<()> {
                 None => None,
             };
             let target = match url {
-                Some(_) if telemetry.is_some() || audit_export.is_some() => anyhow::bail!(
-                    "--telemetry and --audit-export configure the node the tool starts; a node given by --url keeps its own settings"
-                ),
                 Some(url) => {
                     let password = std::fs::read_to_string(&password_file)
                         .with_context(|| format!("reading {}", password_file.display()))?;
@@ -263,5 +262,27 @@ async fn main() -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receivers_configure_only_a_node_the_tool_starts() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["squall-loadtest", "run", "webhook-noop"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv)
+        };
+        for option in [["--telemetry", "live"], ["--audit-export", "hec"]] {
+            let given = [&option[..], &["--url", "http://127.0.0.1:9101"]].concat();
+            let e = parse(&given).expect_err("a receiver with --url");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+            assert!(e.to_string().contains("--url"), "{e}");
+            assert!(parse(&option).is_ok(), "{option:?} alone");
+        }
+        assert!(parse(&["--url", "http://127.0.0.1:9101"]).is_ok());
     }
 }

@@ -338,7 +338,7 @@ pub struct Report {
 pub struct BusOpsPerCompletion {
     /// Every kind together.
     pub total: f64,
-    /// By kind (`publish`, `get`, `create`, `update`, `put`).
+    /// By kind (`publish`, `get`, `create`, `update`, `put`, `delete`).
     pub by_op: std::collections::BTreeMap<String, f64>,
 }
 

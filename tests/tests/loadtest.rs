@@ -83,6 +83,7 @@ async fn a_smoke_run_counts_executions_and_writes_its_report() -> Result<()> {
         by_op,
         [
             ("create", 1.0),
+            ("delete", 0.0),
             ("get", 0.0),
             ("publish", 2.0),
             ("put", 1.0),

@@ -748,6 +748,37 @@ async fn metrics_count_what_ran_and_the_dashboard_asks_only_for_them() -> Result
     ] {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
     }
+
+    // A shell action's bus operations are counted too: its API token
+    // stored and revoked, its output published.
+    let ops = |m: &[(String, BTreeMap<String, String>, f64)], op: &str| {
+        sum(m, "squall_bus_operations_total", &[("op", op)])
+    };
+    let (deleted, published) = (ops(&m, "delete"), ops(&m, "publish"));
+    assert_eq!(deleted, 0.0, "no token was revoked yet");
+    let (status, shell) = node
+        .post(
+            "executions",
+            &json!({"action": "core.local", "parameters": {"cmd": "echo counted"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{shell}");
+    let shell = node
+        .finished(shell["id"].as_str().context("execution id")?)
+        .await?;
+    assert_eq!(shell["status"], "succeeded", "{shell}");
+    // The revoke runs in the background once the process ended.
+    let after = poll(Duration::from_secs(30), || async {
+        let text = reqwest::get(format!("{}/metrics", node.root))
+            .await?
+            .text()
+            .await?;
+        let m = parse_metrics(&text);
+        Ok((ops(&m, "delete") == 1.0).then_some(m))
+    })
+    .await?;
+    // The request and the output at least.
+    assert!(ops(&after, "publish") >= published + 2.0, "{after:?}");
     Ok(())
 }
 
