@@ -258,9 +258,11 @@ pub async fn handle_event(
             FlowEvent::Resume => decrypt::audited(&ctx.kv, who, || {
                 actionchain::resume(&spec, &env(ctx), state)
             }),
-            FlowEvent::TaskPaused { pending, .. } => {
-                actionchain::task_paused(state, &run_id, *pending)
-            }
+            FlowEvent::TaskPaused {
+                execution_id,
+                pending,
+                ..
+            } => actionchain::task_paused(state, &run_id, execution_id, *pending),
             FlowEvent::TaskResumed { .. } => actionchain::task_resumed(state, &run_id),
             FlowEvent::TaskDone {
                 execution_id,
@@ -563,7 +565,7 @@ pub async fn sweep_view(
         SweepView {
             ended: r.state.status.is_completed(),
             waited: current.map(|c| ids::derived(&r.start, &[&r.id, &c.run_id])),
-            waited_paused: current.is_some_and(|c| c.paused),
+            waited_paused: current.is_some_and(|c| c.paused.is_some()),
         }
     }))
 }

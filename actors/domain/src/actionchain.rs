@@ -196,13 +196,18 @@ pub struct CurrentRun {
     pub run_id: String,
     pub node: String,
     pub created_at: String,
-    /// Its execution paused (a child chain or workflow) or waits
-    /// (`pending`).
+    /// Its execution paused (a child chain or workflow) or waits on a
+    /// person (`pending`).
     #[serde(default)]
-    pub paused: bool,
+    pub paused: Option<PausedRun>,
+}
+
+/// A node run whose execution paused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PausedRun {
+    pub execution_id: String,
     /// It waits on a person (an inquiry): resuming the chain cannot
     /// resume it, only an answer can.
-    #[serde(default)]
     pub pending: bool,
 }
 
@@ -348,7 +353,7 @@ pub fn task_finished(
     if state.canceling || status == Status::Canceled {
         return finish(state, Status::Canceled);
     }
-    let was_paused = current.paused;
+    let was_paused = current.paused.is_some();
     let next = match status {
         Status::Succeeded => {
             state.last = Status::Succeeded;
@@ -448,7 +453,7 @@ pub fn pause(state: &mut ChainState) -> Vec<ChainCommand> {
         return vec![status_command(state)];
     }
     match &state.current {
-        Some(current) if !current.paused => {
+        Some(current) if current.paused.is_none() => {
             let run_id = current.run_id.clone();
             state.status = Status::Pausing;
             vec![status_command(state), ChainCommand::Pause { run_id }]
@@ -471,7 +476,7 @@ pub fn resume(spec: &ChainSpec, env: &ChainEnv<'_>, state: &mut ChainState) -> V
         return vec![status_command(state)];
     }
     match &state.current {
-        Some(current) if current.pending => set_paused(state),
+        Some(current) if current.paused.as_ref().is_some_and(|p| p.pending) => set_paused(state),
         Some(current) => {
             let run_id = current.run_id.clone();
             state.status = Status::Running;
@@ -489,20 +494,28 @@ pub fn resume(spec: &ChainSpec, env: &ChainEnv<'_>, state: &mut ChainState) -> V
 
 /// The running node's execution paused (a child chain or workflow) or
 /// went `pending` (an inquiry waits): the chain is `paused` too, as
-/// StackStorm's is. A repeat changes nothing.
-pub fn task_paused(state: &mut ChainState, run_id: &str, pending: bool) -> Vec<ChainCommand> {
+/// StackStorm's is, its result listing that node as `paused` (or
+/// `pending`). A repeat changes nothing.
+pub fn task_paused(
+    state: &mut ChainState,
+    run_id: &str,
+    execution_id: &str,
+    pending: bool,
+) -> Vec<ChainCommand> {
     if state.status.is_completed() {
         return Vec::new();
     }
     let Some(current) = state
         .current
         .as_mut()
-        .filter(|c| c.run_id == run_id && !c.paused)
+        .filter(|c| c.run_id == run_id && c.paused.is_none())
     else {
         return Vec::new();
     };
-    current.paused = true;
-    current.pending = pending;
+    current.paused = Some(PausedRun {
+        execution_id: execution_id.to_string(),
+        pending,
+    });
     set_paused(state)
 }
 
@@ -516,12 +529,11 @@ pub fn task_resumed(state: &mut ChainState, run_id: &str) -> Vec<ChainCommand> {
     let Some(current) = state
         .current
         .as_mut()
-        .filter(|c| c.run_id == run_id && c.paused)
+        .filter(|c| c.run_id == run_id && c.paused.is_some())
     else {
         return Vec::new();
     };
-    current.paused = false;
-    current.pending = false;
+    current.paused = None;
     if state.status == Status::Paused && !state.held {
         state.status = Status::Running;
     }
@@ -606,8 +618,7 @@ fn advance(
         run_id: run_id.clone(),
         node: node.name.clone(),
         created_at: env.now.clone(),
-        paused: false,
-        pending: false,
+        paused: None,
     });
     let chain = serde_json::to_value(node).unwrap_or(Value::Null);
     vec![ChainCommand::Run {
@@ -671,9 +682,28 @@ fn finish(state: &mut ChainState, status: Status) -> Vec<ChainCommand> {
     }]
 }
 
-/// The chain's result as it stands.
+/// The chain's result as it stands (a node whose execution paused is
+/// listed last, as StackStorm lists it while the chain is paused).
 pub fn result(state: &ChainState) -> Value {
-    let mut result = json!({ "tasks": state.tasks });
+    let mut tasks = state.tasks.clone();
+    if let Some(current) = &state.current {
+        if let Some(paused) = &current.paused {
+            let status = if paused.pending {
+                Status::Pending
+            } else {
+                Status::Paused
+            };
+            tasks.push(task_entry(
+                &current.node,
+                Some(&paused.execution_id),
+                &current.created_at,
+                &current.created_at,
+                status,
+                Value::Null,
+            ));
+        }
+    }
+    let mut result = json!({ "tasks": tasks });
     if let Some(published) = &state.published {
         result["published"] = Value::Object(published.clone());
     }
@@ -1013,9 +1043,20 @@ chain:
         let env = env(&r);
         let (mut state, run) = started(&spec, &env);
         pause(&mut state);
-        let cmds = task_paused(&mut state, &run, false);
-        assert_eq!(status_of(&cmds[0]), Status::Paused);
-        assert!(task_paused(&mut state, &run, false).is_empty(), "a repeat");
+        let cmds = task_paused(&mut state, &run, "x1", false);
+        let [ChainCommand::Status {
+            status: Status::Paused,
+            result: Some(so_far),
+        }] = &cmds[..]
+        else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(so_far["tasks"][0]["state"], json!("paused"));
+        assert_eq!(so_far["tasks"][0]["execution_id"], json!("x1"));
+        assert!(
+            task_paused(&mut state, &run, "x1", false).is_empty(),
+            "a repeat"
+        );
         // Asked to pause again, a paused chain says so again.
         assert_eq!(status_of(&pause(&mut state)[0]), Status::Paused);
         let cmds = resume(&spec, &env, &mut state);
@@ -1050,7 +1091,7 @@ chain:
         // A child paused on its own pauses the chain; it running again
         // runs the chain again (nobody asked the chain to pause).
         let (mut state, run) = started(&spec, &env);
-        task_paused(&mut state, &run, false);
+        task_paused(&mut state, &run, "x1", false);
         assert_eq!(state.status, Status::Paused);
         assert_eq!(
             status_of(&task_resumed(&mut state, &run)[0]),
@@ -1059,7 +1100,7 @@ chain:
         assert_eq!(state.status, Status::Running);
         // ... but a chain a person paused stays paused.
         pause(&mut state);
-        task_paused(&mut state, &run, false);
+        task_paused(&mut state, &run, "x1", false);
         task_resumed(&mut state, &run);
         assert_eq!(state.status, Status::Paused);
     }
@@ -1070,7 +1111,7 @@ chain:
         let r = Renderer::new();
         let env = env(&r);
         let (mut state, run) = started(&spec, &env);
-        let cmds = task_paused(&mut state, &run, true);
+        let cmds = task_paused(&mut state, &run, "x1", true);
         assert_eq!(status_of(&cmds[0]), Status::Paused);
         // Resuming cannot answer it: the chain stays paused.
         let cmds = resume(&spec, &env, &mut state);
@@ -1123,7 +1164,7 @@ chain:
         // Paused on its child: the child is canceled, then the chain.
         let (mut state, run) = started(&spec, &env);
         pause(&mut state);
-        task_paused(&mut state, &run, false);
+        task_paused(&mut state, &run, "x1", false);
         assert_eq!(
             cancel(&mut state),
             [ChainCommand::Cancel {
@@ -1159,12 +1200,10 @@ chain:
         let obj = stored.as_object_mut().unwrap();
         obj.remove("held");
         obj.remove("staged");
-        for field in ["paused", "pending"] {
-            obj["current"].as_object_mut().unwrap().remove(field);
-        }
+        obj["current"].as_object_mut().unwrap().remove("paused");
         let read: ChainState = serde_json::from_value(stored).unwrap();
         assert!(!read.held && read.staged.is_none());
-        assert!(!read.current.unwrap().paused);
+        assert!(read.current.unwrap().paused.is_none());
     }
 
     #[test]
