@@ -957,7 +957,18 @@ chain:
         let (run, params) = run_of(&cmds[1..]);
         assert_eq!(run, "c2.2", "on-success, as if nothing had happened");
         assert_eq!(params["cmd"], json!("echo hi hi E"));
-        // A second resume starts nothing twice.
+        // The first node's end told again, or a second resume, starts
+        // nothing twice.
+        let replay = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            "c1.1",
+            Status::Succeeded,
+            json!({"stdout": "hi"}),
+        );
+        assert!(replay.is_empty(), "{replay:?}");
         let again = resume(&spec, &env, &mut state);
         assert_eq!(
             again,
