@@ -461,6 +461,27 @@ async fn a_chain_survives_its_node_restarting() -> Result<()> {
     Ok(())
 }
 
+/// An Orquesta workflow whose first task is StackStorm's pausable chain.
+const FLOW_ACTION: &str = "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\nparameters:\n  tempfile:\n    type: string\n  message:\n    type: string\n";
+
+const FLOW: &str = r#"
+version: 1.0
+input:
+  - tempfile
+  - message
+output:
+  - said: <% ctx().said %>
+tasks:
+  chain:
+    action: examples.chain-test-pause-resume
+    input:
+      tempfile: <% ctx().tempfile %>
+      message: <% ctx().message %>
+    next:
+      - when: <% succeeded() %>
+        publish: said=<% result().tasks[1].result.stdout %>
+"#;
+
 /// `PUT /executions/{id}` with `{"status": status}`.
 async fn set_status(node: &TestNode, id: &str, status: &str) -> Result<(u16, Value)> {
     node.call(
@@ -505,7 +526,12 @@ async fn running_child(node: &TestNode, id: &str) -> Result<String> {
 
 #[tokio::test]
 async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
-    let (mut node, packs) = start(&[("pack.yaml", "name: chains\nversion: 0.1.0\n")]).await?;
+    let (mut node, packs) = start(&[
+        ("pack.yaml", "name: chains\nversion: 0.1.0\n"),
+        ("actions/flow.yaml", FLOW_ACTION),
+        ("actions/workflows/flow.yaml", FLOW),
+    ])
+    .await?;
     let home = packs.path().join("home");
     std::fs::create_dir_all(&home)?;
     let (ok, out, err) = st2(
@@ -518,7 +544,8 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
 
     // Five chains from StackStorm's examples, each first node waiting on a
     // file of its own: plain, with a child chain, with a child Orquesta
-    // workflow, one to cancel once paused, one to cancel while pausing.
+    // workflow, one to cancel once paused, one to cancel while pausing;
+    // and an Orquesta workflow whose task is such a chain.
     let mut chains = Vec::new();
     for (name, action) in [
         ("plain", "examples.chain-test-pause-resume"),
@@ -528,6 +555,7 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
             "examples.chain-test-pause-resume-with-subworkflow",
         ),
         ("cancel-paused", "examples.chain-test-pause-resume"),
+        ("in-workflow", "chains.flow"),
         ("cancel-pausing", "examples.chain-test-pause-resume"),
     ] {
         let file = packs.path().join(name);
@@ -543,7 +571,8 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
         chains.push((body["id"].as_str().context("id")?.to_string(), file));
     }
     let ids: Vec<String> = chains.iter().map(|(id, _)| id.clone()).collect();
-    let [plain, subchain, subworkflow, cancel_paused, cancel_pausing] = &ids[..] else {
+    let [plain, subchain, subworkflow, cancel_paused, in_workflow, cancel_pausing] = &ids[..]
+    else {
         unreachable!()
     };
     let mut first = HashMap::new();
@@ -553,6 +582,7 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
     // The children of the child chain and workflow run too.
     let sub_task1 = running_child(&node, &first[subchain]).await?;
     running_child(&node, &first[subworkflow]).await?;
+    running_child(&node, &first[in_workflow]).await?;
 
     // Rejections, as clear as Orquesta's: a running chain does not resume,
     // and an action that is no workflow does not pause.
@@ -574,13 +604,21 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
     // the node runs on; a child chain or workflow is asked to pause too.
     let (ok, out, err) = st2(&node, &home, &["execution", "pause", plain]).await?;
     assert!(ok && out.contains("pausing"), "{out}{err}");
-    for id in [subchain, subworkflow, cancel_paused, cancel_pausing] {
+    for id in [
+        subchain,
+        subworkflow,
+        cancel_paused,
+        in_workflow,
+        cancel_pausing,
+    ] {
         let (status, body) = set_status(&node, id, "pausing").await?;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"], "pausing", "{body}");
     }
     reaches(&node, &first[subchain], "pausing").await?;
     reaches(&node, &first[subworkflow], "pausing").await?;
+    // A workflow's pause reaches its chain task the same way.
+    reaches(&node, &first[in_workflow], "pausing").await?;
     let (_, e) = node.get(&format!("executions/{task1}")).await?;
     assert_eq!(e["status"], "running", "the node is not stopped: {e}");
 
@@ -604,7 +642,7 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
 
     // The nodes end: every chain is `paused`, with its result so far, and
     // no next node has started.
-    for (id, file) in &chains[..4] {
+    for (id, file) in &chains[..5] {
         let (_, e) = node.get(&format!("executions/{id}")).await?;
         assert_eq!(e["status"], "pausing", "while its node runs: {e}");
         std::fs::remove_file(file)?;
@@ -627,6 +665,8 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
         assert_eq!(e["result"]["tasks"][0]["state"], "paused", "{e}");
         assert_eq!(e["result"]["tasks"][0]["execution_id"], json!(child));
     }
+    reaches(&node, &first[in_workflow], "paused").await?;
+    reaches(&node, in_workflow, "paused").await?;
     let (_, t) = node.get(&format!("executions/{sub_task1}")).await?;
     assert_eq!(t["status"], "succeeded", "{t}");
     // Asked again, a paused chain says it is paused.
@@ -650,7 +690,7 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
 
     // A pause survives the node restarting.
     node.restart().await?;
-    for id in [plain, subchain, subworkflow] {
+    for id in [plain, subchain, subworkflow, in_workflow] {
         let (_, e) = node.get(&format!("executions/{id}")).await?;
         assert_eq!(e["status"], "paused", "{e}");
     }
@@ -663,7 +703,7 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
         ok && (out.contains("resuming") || out.contains("running")),
         "{out}{err}"
     );
-    for id in [subchain, subworkflow] {
+    for id in [subchain, subworkflow, in_workflow] {
         let (status, body) = set_status(&node, id, "resuming").await?;
         assert_eq!(status, 200, "{body}");
     }
@@ -689,6 +729,9 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
     let sub = node.finished(&first[subworkflow]).await?;
     assert_eq!(sub["status"], "succeeded", "{sub}");
     assert_eq!(children(&node, &first[subworkflow]).await?.len(), 2);
+    let e = node.finished(in_workflow).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["output"]["said"], "in-workflow done", "{e}");
 
     // A chain that has ended neither pauses nor resumes.
     for (what, status) in [("pause", "pausing"), ("resume", "resuming")] {
