@@ -9,7 +9,12 @@
 //! then the event is acknowledged. A node's execution id derives from the
 //! chain's id and the run id (`<node>.<n>`), so a replay never runs a node
 //! twice, and a node's end reaches the chain through
-//! [`crate::flow_events::notify_parent`] like an Orquesta task's.
+//! [`crate::flow_events::notify_parent`] like an Orquesta task's, as do its
+//! pause (or `pending` inquiry) and its resume. Pause and resume reach the
+//! chain as the `pause` and `resume` events `PUT /executions/{id}` publishes
+//! ([`crate::executions::pause`]); the chain passes them on to its node
+//! through the same call, and writes its own `pausing`, `paused` and
+//! `running` from its outbox.
 
 use std::collections::HashMap;
 
@@ -221,10 +226,44 @@ pub async fn handle_event(
             Ok(spec) => spec,
             Err(_) => return Ok(Some(record.state.status)),
         };
+        // The run a node's event is about, when it is the one the chain
+        // waits on (else the event was already taken into account).
+        let current_run = |execution_id: &str| {
+            record
+                .state
+                .current
+                .as_ref()
+                .map(|c| c.run_id.clone())
+                .filter(|run| ids::derived(&record.start, &[&record.id, run]) == execution_id)
+        };
+        let run_id = match &event.event {
+            FlowEvent::TaskDone { execution_id, .. }
+            | FlowEvent::TaskPaused { execution_id, .. }
+            | FlowEvent::TaskResumed { execution_id, .. } => match current_run(execution_id) {
+                Some(run_id) => run_id,
+                None => {
+                    let status = record.state.status;
+                    cache_keep(cache, record, revision);
+                    return Ok(Some(status));
+                }
+            },
+            _ => String::new(),
+        };
+        let who = audited_as(&record);
         let state = &mut record.state;
         let commands = match &event.event {
-            FlowEvent::StartChain { .. } => Vec::new(),
+            FlowEvent::StartChain { .. } | FlowEvent::Start { .. } => Vec::new(),
             FlowEvent::Cancel => actionchain::cancel(state),
+            FlowEvent::Pause => actionchain::pause(state),
+            FlowEvent::Resume => decrypt::audited(&ctx.kv, who, || {
+                actionchain::resume(&spec, &env(ctx), state)
+            }),
+            FlowEvent::TaskPaused {
+                execution_id,
+                pending,
+                ..
+            } => actionchain::task_paused(state, &run_id, execution_id, *pending),
+            FlowEvent::TaskResumed { .. } => actionchain::task_resumed(state, &run_id),
             FlowEvent::TaskDone {
                 execution_id,
                 succeeded,
@@ -233,15 +272,6 @@ pub async fn handle_event(
                 result,
                 ..
             } => {
-                let current = state.current.as_ref().map(|c| c.run_id.clone());
-                let Some(run_id) = current
-                    .filter(|run| ids::derived(&record.start, &[&record.id, run]) == *execution_id)
-                else {
-                    // An end already taken into account.
-                    let status = record.state.status;
-                    cache_keep(cache, record, revision);
-                    return Ok(Some(status));
-                };
                 let status = status.unwrap_or(if *succeeded {
                     Status::Succeeded
                 } else if *canceled {
@@ -249,14 +279,6 @@ pub async fn handle_event(
                 } else {
                     Status::Failed
                 });
-                // The chain's user, as its children get it.
-                let user = state.parent.get("user").and_then(Value::as_str);
-                let who = decrypt::For {
-                    user: user.unwrap_or(executions::SYSTEM_USER).to_string(),
-                    execution: Some(record.id.clone()),
-                    action: Some(record.name.clone()),
-                    purpose: PURPOSE,
-                };
                 decrypt::audited(&ctx.kv, who, || {
                     actionchain::task_finished(
                         &spec,
@@ -269,14 +291,6 @@ pub async fn handle_event(
                     )
                 })
             }
-            // A chain does not pause (StackStorm pauses one only through
-            // its running workflow child): a child waiting on an inquiry
-            // keeps the chain running until it ends.
-            FlowEvent::Pause
-            | FlowEvent::Resume
-            | FlowEvent::TaskPaused { .. }
-            | FlowEvent::TaskResumed { .. }
-            | FlowEvent::Start { .. } => Vec::new(),
         };
         if !matches!(event.event, FlowEvent::StartChain { .. }) {
             if commands.is_empty() {
@@ -298,6 +312,18 @@ pub async fn handle_event(
     Err(bus_err("update chain", "too many concurrent changes"))
 }
 
+/// Whom a chain's rendering after its start is audited as: the chain's
+/// user, as its children get it.
+fn audited_as(record: &ChainRecord) -> decrypt::For {
+    let user = record.state.parent.get("user").and_then(Value::as_str);
+    decrypt::For {
+        user: user.unwrap_or(executions::SYSTEM_USER).to_string(),
+        execution: Some(record.id.clone()),
+        action: Some(record.name.clone()),
+        purpose: PURPOSE,
+    }
+}
+
 /// A chain record that never started, for a cancel before the start.
 fn empty_state() -> ChainState {
     ChainState {
@@ -313,6 +339,8 @@ fn empty_state() -> ChainState {
         last: Status::Canceled,
         error: None,
         canceling: false,
+        held: false,
+        staged: None,
     }
 }
 
@@ -378,6 +406,19 @@ async fn carry_out(
                 let child = ids::derived(&execution.start_timestamp, &[&execution.id, &run_id]);
                 executions::cancel(&ctx.bus, &child, "the chain's cancel").await?;
             }
+            // A child that is no chain or workflow, or not in a state to
+            // change, answers so; nothing more is asked of it.
+            ChainCommand::Pause { run_id } => {
+                let child = ids::derived(&execution.start_timestamp, &[&execution.id, &run_id]);
+                executions::pause(&ctx.bus, &child, "the chain's pause").await?;
+            }
+            ChainCommand::Resume { run_id } => {
+                let child = ids::derived(&execution.start_timestamp, &[&execution.id, &run_id]);
+                executions::resume(&ctx.bus, &child, "the chain's resume").await?;
+            }
+            ChainCommand::Status { status, result } => {
+                set_status(&ctx.bus, &record.id, status, result).await?;
+            }
             ChainCommand::Finish { status, result } => {
                 end_execution(&ctx.bus, &record.id, status, result).await?;
             }
@@ -397,6 +438,41 @@ async fn carry_out(
         }
     }
     Err(bus_err("update chain", "too many concurrent changes"))
+}
+
+/// Writes the chain execution's `pausing`, `paused` (with its result so
+/// far) or `running` again. An execution that has ended or is being
+/// canceled, or already says so, is left alone; a `resuming` one whose
+/// node still waits on a person goes back to `paused`.
+async fn set_status(
+    bus: &Bus,
+    id: &str,
+    to: Status,
+    result: Option<Value>,
+) -> Result<(), EngineError> {
+    let from: &[Status] = match to {
+        Status::Pausing => &[Status::Running],
+        Status::Paused => &[Status::Running, Status::Pausing, Status::Resuming],
+        Status::Running => &[Status::Pausing, Status::Paused, Status::Resuming],
+        _ => return Ok(()),
+    };
+    for _ in 0..10 {
+        let Some((mut rec, rev)) = bus.execution(id).await? else {
+            return Ok(());
+        };
+        if !from.contains(&rec.status) {
+            return Ok(());
+        }
+        if let Some(result) = &result {
+            rec.result = result.clone();
+        }
+        rec.transition(to, time::now());
+        if bus.update_execution(&rec, rev).await?.is_some() {
+            tracing::info!(chain = %id, status = %to, "chain status");
+            return Ok(());
+        }
+    }
+    Err(bus_err("set chain status", "too many concurrent changes"))
 }
 
 /// Requests one node's execution: `Ok(Err((unknown action, why)))` when it
@@ -463,24 +539,33 @@ fn node_notify(chain: &ExecutionRecord, node: &Value) -> Option<Option<Value>> {
         .map(Some)
 }
 
+/// What the partition's sweep needs of a chain.
+pub struct SweepView {
+    /// The chain has ended.
+    pub ended: bool,
+    /// The execution id of the node it waits on.
+    pub waited: Option<String>,
+    /// The chain knows that node paused (or waits on a person).
+    pub waited_paused: bool,
+}
+
 /// What the partition's sweep needs of workflow `id` when it is a chain
-/// (`None`: it is not): whether it has ended, and the execution id of the
-/// node it waits on.
+/// (`None`: it is not).
 pub async fn sweep_view(
     bus: &Bus,
     cache: &ChainCache,
     id: &str,
-) -> Result<Option<(bool, Option<String>)>, EngineError> {
+) -> Result<Option<SweepView>, EngineError> {
     let record = match cache.get(id) {
         Some((record, _)) => Some(record.clone()),
         None => load(bus, id).await?.map(|(r, _)| r),
     };
     Ok(record.map(|r| {
-        let waited = r
-            .state
-            .current
-            .as_ref()
-            .map(|c| ids::derived(&r.start, &[&r.id, &c.run_id]));
-        (r.state.status.is_completed(), waited)
+        let current = r.state.current.as_ref();
+        SweepView {
+            ended: r.state.status.is_completed(),
+            waited: current.map(|c| ids::derived(&r.start, &[&r.id, &c.run_id])),
+            waited_paused: current.is_some_and(|c| c.paused.is_some()),
+        }
     }))
 }

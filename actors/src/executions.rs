@@ -338,22 +338,25 @@ pub async fn cancel(bus: &Bus, id: &str, by: &str) -> Result<CancelOutcome, Engi
 pub enum PauseOutcome {
     /// Asked (or already under way): the record now.
     Requested(Box<ExecutionRecord>),
-    /// Only workflows pause; this execution runs on this runner.
+    /// Only workflows (Orquesta and ActionChains) pause; this execution
+    /// runs on this runner.
     NotAWorkflow(String),
     /// It cannot pause or resume from this status.
     Not(Status),
     NotFound,
 }
 
-/// Pauses a running workflow execution on behalf of `by`: it becomes
-/// `pausing`, and `paused` once its running tasks have ended or paused
-/// (child workflows pause too; actions run to their end).
+/// Pauses a running workflow or ActionChain execution on behalf of `by`:
+/// it becomes `pausing`, and `paused` once its running tasks (a chain's
+/// one node) have ended or paused (child workflows and chains pause too;
+/// actions run to their end).
 pub async fn pause(bus: &Bus, id: &str, by: &str) -> Result<PauseOutcome, EngineError> {
     change_pause(bus, id, by, Status::Pausing).await
 }
 
-/// Resumes a paused (or pausing) workflow execution on behalf of `by`: it
-/// becomes `resuming`, then `running` once its workflow has resumed.
+/// Resumes a paused (or pausing) workflow or ActionChain execution on
+/// behalf of `by`: it becomes `resuming`, then `running` once its workflow
+/// has resumed.
 pub async fn resume(bus: &Bus, id: &str, by: &str) -> Result<PauseOutcome, EngineError> {
     change_pause(bus, id, by, Status::Resuming).await
 }
@@ -372,7 +375,7 @@ async fn change_pause(
         let Some((mut rec, rev)) = bus.execution(id).await? else {
             return Ok(PauseOutcome::NotFound);
         };
-        if rec.runner.name != crate::flow_events::ORQUESTA_RUNNER {
+        if !crate::flow_events::is_workflow_runner(&rec.runner.name) {
             return Ok(PauseOutcome::NotAWorkflow(rec.runner.name));
         }
         if already.contains(&rec.status) {

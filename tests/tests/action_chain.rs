@@ -5,14 +5,19 @@
 //! `on-failure`, or ends the chain `failed`; an action that does not exist
 //! stops the chain with a top-level `error`; a definition naming a node it
 //! does not define fails before anything runs); publish and vars; children as
-//! real executions; a chain surviving its node's restart; bad definitions.
+//! real executions; a chain surviving its node's restart; bad definitions;
+//! pause and resume as `test_actionchain_pause_resume.py` and StackStorm's
+//! `chain-test-pause-resume*` and `chain-test-inquiry*` examples show them
+//! (the node under way ends, nothing more starts, the pause cascades to a
+//! child chain or workflow, an inquiry pauses the chain until answered).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use squall_tests::{poll, repo_root, write_pack, TestNode};
+use squall_tests::{poll, repo_root, st2, write_pack, TestNode};
 
 /// The repository's `core` pack, StackStorm's `examples` pack and a pack
 /// of our own chains.
@@ -348,16 +353,53 @@ async fn a_chain_survives_its_node_restarting() -> Result<()> {
     assert_eq!(status, 201, "{body}");
     let id = body["id"].as_str().context("id")?.to_string();
 
-    // The chain waits on a person; the node restarts meanwhile.
+    // StackStorm's chain-test-inquiry-parent: a chain whose child chain
+    // asks.
+    let (status, body) = node
+        .post(
+            "executions",
+            &json!({"action": "examples.chain-test-inquiry-parent"}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let parent = body["id"].as_str().context("id")?.to_string();
+
+    // A chain waiting on a person is `paused`, as StackStorm's is, and
+    // lists the node as `pending`; the node restarts meanwhile.
     let inquiry = poll(Duration::from_secs(30), || async {
         let (_, open) = node.get("inquiries").await?;
-        Ok(open[0]["id"].as_str().map(str::to_string))
+        Ok(open
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["parent"] == json!(id))
+            .and_then(|i| i["id"].as_str().map(str::to_string)))
     })
     .await?;
+    let paused = reaches(&node, &id, "paused").await?;
+    assert_eq!(task_names(&paused), ["before", "approve"]);
+    assert_eq!(paused["result"]["tasks"][1]["state"], "pending", "{paused}");
+    // Its parent chain pauses with it.
+    reaches(&node, &parent, "paused").await?;
+    let child = children(&node, &parent).await?;
+    let child = child[0]["id"].as_str().context("child chain")?.to_string();
+    reaches(&node, &child, "paused").await?;
     node.restart().await?;
-    let (status, running) = node.get(&format!("executions/{id}")).await?;
+    let (status, e) = node.get(&format!("executions/{id}")).await?;
     assert_eq!(status, 200);
-    assert_eq!(running["status"], "running", "{running}");
+    assert_eq!(e["status"], "paused", "{e}");
+    // Resuming cannot answer a person: the chain goes back to `paused`.
+    let (status, body) = set_status(&node, &id, "resuming").await?;
+    assert_eq!((status, body["status"].clone()), (200, json!("resuming")));
+    poll(Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{id}")).await?;
+        let log = e["log"].as_array().cloned().unwrap_or_default();
+        Ok(
+            (e["status"] == "paused" && log.iter().any(|l| l["status"] == "resuming"))
+                .then_some(()),
+        )
+    })
+    .await?;
     let answered = node
         .call(
             &node.http.clone(),
@@ -372,5 +414,333 @@ async fn a_chain_survives_its_node_restarting() -> Result<()> {
     assert_eq!(task_names(&e), ["before", "approve", "after"]);
     // Every node ran once.
     assert_eq!(std::fs::read_to_string(&log)?, "before\nafter\n");
+
+    // The answer to the child chain's inquiry resumes it, and its parent.
+    // The example's task2 reads `task1.result.response`, which an
+    // inquiry's result (`response` at its top) does not have: it fails to
+    // render, in StackStorm as here, and both chains fail on it.
+    let inquiry = children(&node, &child).await?[0]["id"]
+        .as_str()
+        .context("the child chain's inquiry")?
+        .to_string();
+    let answered = node
+        .call(
+            &node.http.clone(),
+            reqwest::Method::PUT,
+            &format!("inquiries/{inquiry}"),
+            Some(&json!({"response": {"secondfactor": "s3cret"}})),
+        )
+        .await?;
+    assert_eq!(answered.0, 200, "{}", answered.1);
+    for id in [&child, &parent] {
+        let e = node.finished(id).await?;
+        assert_eq!(e["status"], "failed", "{e}");
+        let statuses: Vec<&str> = e["log"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["status"].as_str())
+            .collect();
+        assert!(
+            statuses.ends_with(&["paused", "running", "failed"]),
+            "{statuses:?}"
+        );
+    }
+    let e = node.finished(&child).await?;
+    assert_eq!(task_names(&e), ["task1"]);
+    assert_eq!(
+        e["result"]["tasks"][0]["result"]["response"],
+        json!({"secondfactor": "s3cret"})
+    );
+    let error = e["result"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("Failed to run task \"task2\". Parameter rendering failed.")
+            && error.contains("task1.result.response"),
+        "{e}"
+    );
+    Ok(())
+}
+
+/// An Orquesta workflow whose first task is StackStorm's pausable chain.
+const FLOW_ACTION: &str = "name: flow\nrunner_type: orquesta\nentry_point: workflows/flow.yaml\nparameters:\n  tempfile:\n    type: string\n  message:\n    type: string\n";
+
+const FLOW: &str = r#"
+version: 1.0
+input:
+  - tempfile
+  - message
+output:
+  - said: <% ctx().said %>
+tasks:
+  chain:
+    action: examples.chain-test-pause-resume
+    input:
+      tempfile: <% ctx().tempfile %>
+      message: <% ctx().message %>
+    next:
+      - when: <% succeeded() %>
+        publish: said=<% result().tasks[1].result.stdout %>
+"#;
+
+/// `PUT /executions/{id}` with `{"status": status}`.
+async fn set_status(node: &TestNode, id: &str, status: &str) -> Result<(u16, Value)> {
+    node.call(
+        &node.http.clone(),
+        reqwest::Method::PUT,
+        &format!("executions/{id}"),
+        Some(&json!({ "status": status })),
+    )
+    .await
+}
+
+/// Waits until execution `id` is `status`, and returns it.
+async fn reaches(node: &TestNode, id: &str, status: &str) -> Result<Value> {
+    poll(Duration::from_secs(30), || async {
+        let (_, e) = node.get(&format!("executions/{id}")).await?;
+        Ok((e["status"] == status).then_some(e))
+    })
+    .await
+    .with_context(|| format!("execution {id} never became {status}"))
+}
+
+/// Execution `id`'s children, oldest first.
+async fn children(node: &TestNode, id: &str) -> Result<Vec<Value>> {
+    let (_, list) = node.get(&format!("executions?parent={id}")).await?;
+    let mut list = list.as_array().cloned().unwrap_or_default();
+    list.reverse();
+    Ok(list)
+}
+
+/// Waits until execution `id` has one child, `running`, and returns its id.
+async fn running_child(node: &TestNode, id: &str) -> Result<String> {
+    poll(Duration::from_secs(30), || async {
+        let list = children(node, id).await?;
+        Ok(match &list[..] {
+            [only] if only["status"] == "running" => only["id"].as_str().map(str::to_string),
+            _ => None,
+        })
+    })
+    .await
+    .with_context(|| format!("execution {id} never ran its first node"))
+}
+
+#[tokio::test]
+async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
+    let (mut node, packs) = start(&[
+        ("pack.yaml", "name: chains\nversion: 0.1.0\n"),
+        ("actions/flow.yaml", FLOW_ACTION),
+        ("actions/workflows/flow.yaml", FLOW),
+    ])
+    .await?;
+    let home = packs.path().join("home");
+    std::fs::create_dir_all(&home)?;
+    let (ok, out, err) = st2(
+        &node,
+        &home,
+        &["login", "admin", "-p", &node.admin_password],
+    )
+    .await?;
+    assert!(ok, "{out}{err}");
+
+    // Five chains from StackStorm's examples, each first node waiting on a
+    // file of its own: plain, with a child chain, with a child Orquesta
+    // workflow, one to cancel once paused, one to cancel while pausing;
+    // and an Orquesta workflow whose task is such a chain.
+    let mut chains = Vec::new();
+    for (name, action) in [
+        ("plain", "examples.chain-test-pause-resume"),
+        ("subchain", "examples.chain-test-pause-resume-with-subchain"),
+        (
+            "subworkflow",
+            "examples.chain-test-pause-resume-with-subworkflow",
+        ),
+        ("cancel-paused", "examples.chain-test-pause-resume"),
+        ("in-workflow", "chains.flow"),
+        ("cancel-pausing", "examples.chain-test-pause-resume"),
+    ] {
+        let file = packs.path().join(name);
+        std::fs::write(&file, "")?;
+        let (status, body) = node
+            .post(
+                "executions",
+                &json!({"action": action,
+                        "parameters": {"tempfile": file, "message": format!("{name} done")}}),
+            )
+            .await?;
+        assert_eq!(status, 201, "{body}");
+        chains.push((body["id"].as_str().context("id")?.to_string(), file));
+    }
+    let ids: Vec<String> = chains.iter().map(|(id, _)| id.clone()).collect();
+    let [plain, subchain, subworkflow, cancel_paused, in_workflow, cancel_pausing] = &ids[..]
+    else {
+        unreachable!()
+    };
+    let mut first = HashMap::new();
+    for id in &ids {
+        first.insert(id.clone(), running_child(&node, id).await?);
+    }
+    // The children of the child chain and workflow run too.
+    let sub_task1 = running_child(&node, &first[subchain]).await?;
+    running_child(&node, &first[subworkflow]).await?;
+    running_child(&node, &first[in_workflow]).await?;
+
+    // Rejections, as clear as Orquesta's: a running chain does not resume,
+    // and an action that is no workflow does not pause.
+    let (status, body) = set_status(&node, plain, "resuming").await?;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["faultstring"],
+        format!("execution {plain} is running; only a running workflow can pause and only a paused or pausing one can resume")
+    );
+    let task1 = &first[plain];
+    let (status, body) = set_status(&node, task1, "pausing").await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["faultstring"],
+        format!("status: execution {task1} runs on runner \"local-shell-cmd\", which cannot pause; only workflow executions can")
+    );
+
+    // `st2 execution pause`, and the API for the others: `pausing` while
+    // the node runs on; a child chain or workflow is asked to pause too.
+    let (ok, out, err) = st2(&node, &home, &["execution", "pause", plain]).await?;
+    assert!(ok && out.contains("pausing"), "{out}{err}");
+    for id in [
+        subchain,
+        subworkflow,
+        cancel_paused,
+        in_workflow,
+        cancel_pausing,
+    ] {
+        let (status, body) = set_status(&node, id, "pausing").await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "pausing", "{body}");
+    }
+    reaches(&node, &first[subchain], "pausing").await?;
+    reaches(&node, &first[subworkflow], "pausing").await?;
+    // A workflow's pause reaches its chain task the same way.
+    reaches(&node, &first[in_workflow], "pausing").await?;
+    let (_, e) = node.get(&format!("executions/{task1}")).await?;
+    assert_eq!(e["status"], "running", "the node is not stopped: {e}");
+
+    // Canceled while pausing: its node is canceled, then the chain.
+    let (status, body) = node
+        .call(
+            &node.http.clone(),
+            reqwest::Method::DELETE,
+            &format!("executions/{cancel_pausing}"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let e = node.finished(cancel_pausing).await?;
+    assert_eq!(e["status"], "canceled", "{e}");
+    assert_eq!(task_names(&e), ["task1"]);
+    let (_, c) = node
+        .get(&format!("executions/{}", first[cancel_pausing]))
+        .await?;
+    assert_eq!(c["status"], "canceled", "{c}");
+
+    // The nodes end: every chain is `paused`, with its result so far, and
+    // no next node has started.
+    for (id, file) in &chains[..5] {
+        let (_, e) = node.get(&format!("executions/{id}")).await?;
+        assert_eq!(e["status"], "pausing", "while its node runs: {e}");
+        std::fs::remove_file(file)?;
+    }
+    for id in [plain, subchain, subworkflow, cancel_paused] {
+        let e = reaches(&node, id, "paused").await?;
+        assert_eq!(task_names(&e), ["task1"], "{e}");
+        assert_eq!(children(&node, id).await?.len(), 1, "{id}");
+    }
+    let e = reaches(&node, plain, "paused").await?;
+    assert_eq!(e["result"]["tasks"][0]["state"], "succeeded", "{e}");
+    assert_eq!(e["result"]["published"], json!({}), "{e}");
+    // The child chain and workflow paused after their own first task; the
+    // chains list them as `paused`, as StackStorm's do.
+    for id in [subchain, subworkflow] {
+        let child = &first[id];
+        reaches(&node, child, "paused").await?;
+        assert_eq!(children(&node, child).await?.len(), 1, "{child}");
+        let e = reaches(&node, id, "paused").await?;
+        assert_eq!(e["result"]["tasks"][0]["state"], "paused", "{e}");
+        assert_eq!(e["result"]["tasks"][0]["execution_id"], json!(child));
+    }
+    reaches(&node, &first[in_workflow], "paused").await?;
+    reaches(&node, in_workflow, "paused").await?;
+    let (_, t) = node.get(&format!("executions/{sub_task1}")).await?;
+    assert_eq!(t["status"], "succeeded", "{t}");
+    // Asked again, a paused chain says it is paused.
+    let (status, body) = set_status(&node, plain, "pausing").await?;
+    assert_eq!((status, body["status"].clone()), (200, json!("paused")));
+
+    // Canceled once paused: at once, with what ran.
+    let (status, body) = node
+        .call(
+            &node.http.clone(),
+            reqwest::Method::DELETE,
+            &format!("executions/{cancel_paused}"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let e = node.finished(cancel_paused).await?;
+    assert_eq!(e["status"], "canceled", "{e}");
+    assert_eq!(task_names(&e), ["task1"]);
+    assert_eq!(children(&node, cancel_paused).await?.len(), 1);
+
+    // A pause survives the node restarting.
+    node.restart().await?;
+    for id in [plain, subchain, subworkflow, in_workflow] {
+        let (_, e) = node.get(&format!("executions/{id}")).await?;
+        assert_eq!(e["status"], "paused", "{e}");
+    }
+
+    // `st2 execution resume`, and the API: the chains go on with their
+    // next node as if nothing had happened; the resume goes down to the
+    // paused child chain and workflow.
+    let (ok, out, err) = st2(&node, &home, &["execution", "resume", plain]).await?;
+    assert!(
+        ok && (out.contains("resuming") || out.contains("running")),
+        "{out}{err}"
+    );
+    for id in [subchain, subworkflow, in_workflow] {
+        let (status, body) = set_status(&node, id, "resuming").await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    let e = node.finished(plain).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(task_names(&e), ["task1", "task2"]);
+    assert_eq!(stdout_of(&e, 1), "plain done");
+    assert_eq!(e["result"]["published"], json!({}));
+    assert_eq!(
+        children(&node, plain).await?.len(),
+        2,
+        "every node ran once"
+    );
+    for id in [subchain, subworkflow] {
+        let e = node.finished(id).await?;
+        assert_eq!(e["status"], "succeeded", "{e}");
+        assert_eq!(task_names(&e), ["task1", "task2"]);
+        assert_eq!(stdout_of(&e, 1), "foobar");
+    }
+    let sub = node.finished(&first[subchain]).await?;
+    assert_eq!(task_names(&sub), ["task1", "task2"]);
+    assert_eq!(stdout_of(&sub, 1), "subchain done");
+    let sub = node.finished(&first[subworkflow]).await?;
+    assert_eq!(sub["status"], "succeeded", "{sub}");
+    assert_eq!(children(&node, &first[subworkflow]).await?.len(), 2);
+    let e = node.finished(in_workflow).await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["result"]["output"]["said"], "in-workflow done", "{e}");
+
+    // A chain that has ended neither pauses nor resumes.
+    for (what, status) in [("pause", "pausing"), ("resume", "resuming")] {
+        let (code, body) = set_status(&node, plain, status).await?;
+        assert_eq!(code, 409, "{what}: {body}");
+        assert_eq!(
+            body["faultstring"],
+            format!("execution {plain} is succeeded; only a running workflow can pause and only a paused or pausing one can resume")
+        );
+    }
     Ok(())
 }

@@ -7,6 +7,14 @@
 //! node cannot start), and its result is StackStorm's: `{tasks,
 //! published}`, with `error` when the chain itself failed.
 //!
+//! A chain pauses as StackStorm's does: asked to pause, it is `pausing`
+//! while its node runs to its end (a child chain or workflow is asked to
+//! pause too), then `paused` with the next node staged; a node that pauses
+//! (a child paused, an inquiry `pending`) pauses the chain. Resuming runs
+//! the staged node (or asks the paused child to resume) as if nothing had
+//! happened. A chain paused only because its node was (nobody asked) runs
+//! again when that node runs again or ends: an answered inquiry resumes it.
+//!
 //! Like the Orquesta conductor, every function is state + event → new
 //! state + [`ChainCommand`]s; the engine stores the state with its
 //! commands before carrying them out (see `squall-actors`' `chains`).
@@ -138,7 +146,8 @@ impl ChainSpec {
 /// A chain's durable state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChainState {
-    /// `running` until the chain ends; then its final status.
+    /// `running` until the chain ends, `pausing` or `paused` between;
+    /// then its final status.
     pub status: Status,
     /// The chain action's own parameters.
     pub parameters: Map<String, Value>,
@@ -164,6 +173,20 @@ pub struct ChainState {
     /// A cancel was asked while a node ran.
     #[serde(default)]
     pub canceling: bool,
+    /// A pause was asked (by a person or the chain's parent): the chain
+    /// stays paused until it is resumed.
+    #[serde(default)]
+    pub held: bool,
+    /// A node ended while the chain was held: what runs when it resumes.
+    #[serde(default)]
+    pub staged: Option<Staged>,
+}
+
+/// What a held chain does when it resumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Staged {
+    /// The node to run (`None`: the chain ends with its last status).
+    pub next: Option<String>,
 }
 
 /// The node run in progress.
@@ -173,6 +196,19 @@ pub struct CurrentRun {
     pub run_id: String,
     pub node: String,
     pub created_at: String,
+    /// Its execution paused (a child chain or workflow) or waits on a
+    /// person (`pending`).
+    #[serde(default)]
+    pub paused: Option<PausedRun>,
+}
+
+/// A node run whose execution paused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PausedRun {
+    pub execution_id: String,
+    /// It waits on a person (an inquiry): resuming the chain cannot
+    /// resume it, only an answer can.
+    pub pending: bool,
 }
 
 /// What the engine must do.
@@ -191,6 +227,18 @@ pub enum ChainCommand {
     },
     /// Cancel the running child.
     Cancel { run_id: String },
+    /// Ask the running child to pause (it is only a chain or workflow
+    /// that can).
+    Pause { run_id: String },
+    /// Ask the child to resume (when it is a paused chain or workflow).
+    Resume { run_id: String },
+    /// Write the chain execution's status (`pausing`, `paused`,
+    /// `running`), and its result so far when it is `paused`.
+    Status {
+        status: Status,
+        #[serde(default)]
+        result: Option<Value>,
+    },
     /// Write the chain execution's end.
     Finish { status: Status, result: Value },
 }
@@ -224,6 +272,8 @@ pub fn start(
         last: Status::Failed,
         error: None,
         canceling: false,
+        held: false,
+        staged: None,
     };
     if let Some(vars) = spec.vars.as_ref().filter(|v| !v.is_empty()) {
         let ctx = Value::Object(state.parameters.clone());
@@ -303,6 +353,7 @@ pub fn task_finished(
     if state.canceling || status == Status::Canceled {
         return finish(state, Status::Canceled);
     }
+    let was_paused = current.paused.is_some();
     let next = match status {
         Status::Succeeded => {
             state.last = Status::Succeeded;
@@ -317,7 +368,7 @@ pub fn task_finished(
             node.on_failure.clone()
         }
     };
-    advance(spec, env, state, next.as_deref())
+    go_on(spec, env, state, next, was_paused)
 }
 
 /// The node run could not be requested. An action that does not exist
@@ -361,7 +412,148 @@ pub fn run_failed_to_start(
     ));
     state.last = Status::Failed;
     let next = node.on_failure.clone();
-    advance(spec, env, state, next.as_deref())
+    go_on(spec, env, state, next, false)
+}
+
+/// A node has ended and `next` follows: it runs, unless the chain is held
+/// (then it is staged and the chain is `paused`, as StackStorm's runner
+/// stops after the node a pause found running). A chain paused only by
+/// the node that ended (`was_paused`: an answered inquiry, a paused child
+/// that ended) runs again.
+fn go_on(
+    spec: &ChainSpec,
+    env: &ChainEnv<'_>,
+    state: &mut ChainState,
+    next: Option<String>,
+    was_paused: bool,
+) -> Vec<ChainCommand> {
+    if state.held {
+        state.staged = Some(Staged { next });
+        return set_paused(state);
+    }
+    let mut commands = Vec::new();
+    if was_paused && state.status == Status::Paused {
+        state.status = Status::Running;
+        commands.push(status_command(state));
+    }
+    commands.extend(advance(spec, env, state, next.as_deref()));
+    commands
+}
+
+/// Someone (a person, or the chain's parent) asked the chain to pause:
+/// nothing new starts; the node under way runs to its end, a child chain
+/// or workflow being asked to pause; the chain is `paused` once it has
+/// ended or paused. A chain already pausing or paused says so again.
+pub fn pause(state: &mut ChainState) -> Vec<ChainCommand> {
+    if state.status.is_completed() || state.canceling {
+        return Vec::new();
+    }
+    state.held = true;
+    if state.status != Status::Running {
+        return vec![status_command(state)];
+    }
+    match &state.current {
+        Some(current) if current.paused.is_none() => {
+            let run_id = current.run_id.clone();
+            state.status = Status::Pausing;
+            vec![status_command(state), ChainCommand::Pause { run_id }]
+        }
+        _ => set_paused(state),
+    }
+}
+
+/// Someone asked a pausing or paused chain to resume: the staged node
+/// runs (or the chain ends, when none follows), a paused child is asked to
+/// resume, and a node that is still running is waited on. A node waiting
+/// on a person keeps the chain `paused`: only the answer resumes it. A
+/// chain already running says so again.
+pub fn resume(spec: &ChainSpec, env: &ChainEnv<'_>, state: &mut ChainState) -> Vec<ChainCommand> {
+    if state.status.is_completed() || state.canceling {
+        return Vec::new();
+    }
+    state.held = false;
+    if state.status == Status::Running {
+        return vec![status_command(state)];
+    }
+    match &state.current {
+        Some(current) if current.paused.as_ref().is_some_and(|p| p.pending) => set_paused(state),
+        Some(current) => {
+            let run_id = current.run_id.clone();
+            state.status = Status::Running;
+            vec![status_command(state), ChainCommand::Resume { run_id }]
+        }
+        None => {
+            state.status = Status::Running;
+            let next = state.staged.take().and_then(|s| s.next);
+            let mut commands = vec![status_command(state)];
+            commands.extend(advance(spec, env, state, next.as_deref()));
+            commands
+        }
+    }
+}
+
+/// The running node's execution paused (a child chain or workflow) or
+/// went `pending` (an inquiry waits): the chain is `paused` too, as
+/// StackStorm's is, its result listing that node as `paused` (or
+/// `pending`). A repeat changes nothing.
+pub fn task_paused(
+    state: &mut ChainState,
+    run_id: &str,
+    execution_id: &str,
+    pending: bool,
+) -> Vec<ChainCommand> {
+    if state.status.is_completed() {
+        return Vec::new();
+    }
+    let Some(current) = state
+        .current
+        .as_mut()
+        .filter(|c| c.run_id == run_id && c.paused.is_none())
+    else {
+        return Vec::new();
+    };
+    current.paused = Some(PausedRun {
+        execution_id: execution_id.to_string(),
+        pending,
+    });
+    set_paused(state)
+}
+
+/// The paused node's execution runs again (a child resumed on its own):
+/// a chain paused only because of it runs again too; a held one stays
+/// paused. A repeat changes nothing.
+pub fn task_resumed(state: &mut ChainState, run_id: &str) -> Vec<ChainCommand> {
+    if state.status.is_completed() {
+        return Vec::new();
+    }
+    let Some(current) = state
+        .current
+        .as_mut()
+        .filter(|c| c.run_id == run_id && c.paused.is_some())
+    else {
+        return Vec::new();
+    };
+    current.paused = None;
+    if state.status == Status::Paused && !state.held {
+        state.status = Status::Running;
+    }
+    vec![status_command(state)]
+}
+
+/// The chain is `paused` (unless a cancel is under way).
+fn set_paused(state: &mut ChainState) -> Vec<ChainCommand> {
+    if !state.canceling {
+        state.status = Status::Paused;
+    }
+    vec![status_command(state)]
+}
+
+/// Writes the chain's status as it stands, with its result when paused.
+fn status_command(state: &ChainState) -> ChainCommand {
+    ChainCommand::Status {
+        status: state.status,
+        result: (state.status == Status::Paused).then(|| result(state)),
+    }
 }
 
 /// Someone asked to cancel the chain: the running node is canceled and the
@@ -426,6 +618,7 @@ fn advance(
         run_id: run_id.clone(),
         node: node.name.clone(),
         created_at: env.now.clone(),
+        paused: None,
     });
     let chain = serde_json::to_value(node).unwrap_or(Value::Null);
     vec![ChainCommand::Run {
@@ -482,15 +675,35 @@ fn fail(state: &mut ChainState, error: String) -> Vec<ChainCommand> {
 fn finish(state: &mut ChainState, status: Status) -> Vec<ChainCommand> {
     state.status = status;
     state.current = None;
+    state.staged = None;
     vec![ChainCommand::Finish {
         status,
         result: result(state),
     }]
 }
 
-/// The chain's result as it stands.
+/// The chain's result as it stands (a node whose execution paused is
+/// listed last, as StackStorm lists it while the chain is paused).
 pub fn result(state: &ChainState) -> Value {
-    let mut result = json!({ "tasks": state.tasks });
+    let mut tasks = state.tasks.clone();
+    if let Some(current) = &state.current {
+        if let Some(paused) = &current.paused {
+            let status = if paused.pending {
+                Status::Pending
+            } else {
+                Status::Paused
+            };
+            tasks.push(task_entry(
+                &current.node,
+                Some(&paused.execution_id),
+                &current.created_at,
+                &current.created_at,
+                status,
+                Value::Null,
+            ));
+        }
+    }
+    let mut result = json!({ "tasks": tasks });
     if let Some(published) = &state.published {
         result["published"] = Value::Object(published.clone());
     }
@@ -665,6 +878,343 @@ chain:
             json!("Failed to run task \"c1\". Action with reference \"core.local\" doesn't exist. no such action")
         );
         assert!(result.get("published").is_none());
+    }
+
+    fn status_of(command: &ChainCommand) -> Status {
+        match command {
+            ChainCommand::Status { status, .. } => *status,
+            other => panic!("expected a status, got {other:?}"),
+        }
+    }
+
+    fn started(spec: &ChainSpec, env: &ChainEnv<'_>) -> (ChainState, String) {
+        let (state, cmds) = start(
+            spec,
+            env,
+            Map::from_iter([("input1".to_string(), json!("hi"))]),
+            Map::from_iter([("execution_id".to_string(), json!("E"))]),
+            true,
+        );
+        let (run, _) = run_of(&cmds);
+        (state, run)
+    }
+
+    #[test]
+    fn a_paused_chain_stops_after_its_node_and_resumes_where_it_was() {
+        let spec = ChainSpec::parse(ECHO, "echo").unwrap();
+        let r = Renderer::new();
+        let env = env(&r);
+        let (mut state, run) = started(&spec, &env);
+
+        // Pausing: the running node is asked to pause (only a chain or a
+        // workflow can) and runs on.
+        let cmds = pause(&mut state);
+        assert_eq!(
+            cmds,
+            [
+                ChainCommand::Status {
+                    status: Status::Pausing,
+                    result: None
+                },
+                ChainCommand::Pause {
+                    run_id: run.clone()
+                }
+            ]
+        );
+        assert_eq!(state.status, Status::Pausing);
+        // A repeat says so again and asks nothing more.
+        assert_eq!(status_of(&pause(&mut state)[0]), Status::Pausing);
+        assert_eq!(pause(&mut state).len(), 1);
+
+        // The node ends: the chain is paused, nothing new runs, and its
+        // result so far goes with the status.
+        let cmds = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            &run,
+            Status::Succeeded,
+            json!({"stdout": "hi"}),
+        );
+        let [ChainCommand::Status {
+            status: Status::Paused,
+            result: Some(so_far),
+        }] = &cmds[..]
+        else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(so_far["tasks"][0]["name"], json!("c1"));
+        assert_eq!(so_far["published"], json!({"first": "hi"}));
+        assert_eq!(state.status, Status::Paused);
+        assert!(state.current.is_none());
+
+        // The pause is durable: the state as stored and read back resumes.
+        let mut state: ChainState =
+            serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
+        let cmds = resume(&spec, &env, &mut state);
+        assert_eq!(status_of(&cmds[0]), Status::Running);
+        let (run, params) = run_of(&cmds[1..]);
+        assert_eq!(run, "c2.2", "on-success, as if nothing had happened");
+        assert_eq!(params["cmd"], json!("echo hi hi E"));
+        // The first node's end told again, or a second resume, starts
+        // nothing twice.
+        let replay = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            "c1.1",
+            Status::Succeeded,
+            json!({"stdout": "hi"}),
+        );
+        assert!(replay.is_empty(), "{replay:?}");
+        let again = resume(&spec, &env, &mut state);
+        assert_eq!(
+            again,
+            [ChainCommand::Status {
+                status: Status::Running,
+                result: None
+            }]
+        );
+        let cmds = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x2",
+            &run,
+            Status::Succeeded,
+            json!({}),
+        );
+        let [ChainCommand::Finish { status, result }] = &cmds[..] else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(*status, Status::Succeeded);
+        assert_eq!(result["tasks"].as_array().map(Vec::len), Some(2));
+        assert_eq!(result["published"], json!({"first": "hi"}));
+        assert!(
+            pause(&mut state).is_empty(),
+            "an ended chain does not pause"
+        );
+    }
+
+    #[test]
+    fn a_pause_after_the_last_node_and_a_failure_route_are_kept_for_the_resume() {
+        let spec = ChainSpec::parse(ECHO, "echo").unwrap();
+        let r = Renderer::new();
+        let env = env(&r);
+        let (mut state, run) = started(&spec, &env);
+        pause(&mut state);
+        task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            &run,
+            Status::Failed,
+            json!({"stdout": ""}),
+        );
+        assert_eq!(state.status, Status::Paused);
+        let cmds = resume(&spec, &env, &mut state);
+        let (run, _) = run_of(&cmds[1..]);
+        assert_eq!(run, "c3.2", "on-failure");
+        // Paused after the last node: the resume ends the chain with the
+        // last node's status.
+        pause(&mut state);
+        let cmds = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x3",
+            &run,
+            Status::Succeeded,
+            json!({}),
+        );
+        assert_eq!(status_of(&cmds[0]), Status::Paused);
+        let cmds = resume(&spec, &env, &mut state);
+        assert!(matches!(
+            &cmds[..],
+            [
+                ChainCommand::Status {
+                    status: Status::Running,
+                    ..
+                },
+                ChainCommand::Finish {
+                    status: Status::Succeeded,
+                    ..
+                }
+            ]
+        ));
+    }
+
+    #[test]
+    fn a_paused_child_pauses_the_chain_and_the_resume_goes_down_to_it() {
+        let spec = ChainSpec::parse(ECHO, "echo").unwrap();
+        let r = Renderer::new();
+        let env = env(&r);
+        let (mut state, run) = started(&spec, &env);
+        pause(&mut state);
+        let cmds = task_paused(&mut state, &run, "x1", false);
+        let [ChainCommand::Status {
+            status: Status::Paused,
+            result: Some(so_far),
+        }] = &cmds[..]
+        else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(so_far["tasks"][0]["state"], json!("paused"));
+        assert_eq!(so_far["tasks"][0]["execution_id"], json!("x1"));
+        assert!(
+            task_paused(&mut state, &run, "x1", false).is_empty(),
+            "a repeat"
+        );
+        // Asked to pause again, a paused chain says so again.
+        assert_eq!(status_of(&pause(&mut state)[0]), Status::Paused);
+        let cmds = resume(&spec, &env, &mut state);
+        assert_eq!(
+            cmds,
+            [
+                ChainCommand::Status {
+                    status: Status::Running,
+                    result: None
+                },
+                ChainCommand::Resume {
+                    run_id: run.clone()
+                }
+            ]
+        );
+        assert_eq!(
+            status_of(&task_resumed(&mut state, &run)[0]),
+            Status::Running
+        );
+        assert!(task_resumed(&mut state, &run).is_empty(), "a repeat");
+        let cmds = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            &run,
+            Status::Succeeded,
+            json!({"stdout": "hi"}),
+        );
+        assert_eq!(run_of(&cmds).0, "c2.2");
+
+        // A child paused on its own pauses the chain; it running again
+        // runs the chain again (nobody asked the chain to pause).
+        let (mut state, run) = started(&spec, &env);
+        task_paused(&mut state, &run, "x1", false);
+        assert_eq!(state.status, Status::Paused);
+        assert_eq!(
+            status_of(&task_resumed(&mut state, &run)[0]),
+            Status::Running
+        );
+        assert_eq!(state.status, Status::Running);
+        // ... but a chain a person paused stays paused.
+        pause(&mut state);
+        task_paused(&mut state, &run, "x1", false);
+        task_resumed(&mut state, &run);
+        assert_eq!(state.status, Status::Paused);
+    }
+
+    #[test]
+    fn an_inquiry_pauses_the_chain_until_it_is_answered() {
+        let spec = ChainSpec::parse(ECHO, "echo").unwrap();
+        let r = Renderer::new();
+        let env = env(&r);
+        let (mut state, run) = started(&spec, &env);
+        let cmds = task_paused(&mut state, &run, "x1", true);
+        assert_eq!(status_of(&cmds[0]), Status::Paused);
+        // Resuming cannot answer it: the chain stays paused.
+        let cmds = resume(&spec, &env, &mut state);
+        assert_eq!(
+            cmds,
+            [ChainCommand::Status {
+                status: Status::Paused,
+                result: Some(result(&state))
+            }]
+        );
+        // The answer (the inquiry's end) runs the chain on.
+        let cmds = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            &run,
+            Status::Succeeded,
+            json!({"stdout": "yes"}),
+        );
+        assert_eq!(status_of(&cmds[0]), Status::Running);
+        assert_eq!(run_of(&cmds[1..]).0, "c2.2");
+        assert_eq!(state.status, Status::Running);
+    }
+
+    #[test]
+    fn a_paused_chain_cancels() {
+        let spec = ChainSpec::parse(ECHO, "echo").unwrap();
+        let r = Renderer::new();
+        let env = env(&r);
+        // Paused between nodes: canceled at once, with what ran.
+        let (mut state, run) = started(&spec, &env);
+        pause(&mut state);
+        task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            &run,
+            Status::Succeeded,
+            json!({"stdout": "hi"}),
+        );
+        let cmds = cancel(&mut state);
+        let [ChainCommand::Finish { status, result }] = &cmds[..] else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(*status, Status::Canceled);
+        assert_eq!(result["tasks"].as_array().map(Vec::len), Some(1));
+        assert!(resume(&spec, &env, &mut state).is_empty());
+        // Paused on its child: the child is canceled, then the chain.
+        let (mut state, run) = started(&spec, &env);
+        pause(&mut state);
+        task_paused(&mut state, &run, "x1", false);
+        assert_eq!(
+            cancel(&mut state),
+            [ChainCommand::Cancel {
+                run_id: run.clone()
+            }]
+        );
+        assert!(pause(&mut state).is_empty());
+        let cmds = task_finished(
+            &spec,
+            &env,
+            &mut state,
+            "x1",
+            &run,
+            Status::Canceled,
+            json!({"stdout": ""}),
+        );
+        assert!(matches!(
+            &cmds[..],
+            [ChainCommand::Finish {
+                status: Status::Canceled,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_record_stored_before_pauses_existed_still_reads() {
+        let spec = ChainSpec::parse(ECHO, "echo").unwrap();
+        let r = Renderer::new();
+        let env = env(&r);
+        let (state, _) = started(&spec, &env);
+        let mut stored = serde_json::to_value(&state).unwrap();
+        let obj = stored.as_object_mut().unwrap();
+        obj.remove("held");
+        obj.remove("staged");
+        obj["current"].as_object_mut().unwrap().remove("paused");
+        let read: ChainState = serde_json::from_value(stored).unwrap();
+        assert!(!read.held && read.staged.is_none());
+        assert!(read.current.unwrap().paused.is_none());
     }
 
     #[test]

@@ -50,14 +50,20 @@ pub(super) async fn sweep(bus: &Bus, snapshot: SweepSnapshot) -> Result<Vec<Stri
     let mut finished = Vec::new();
     for id in &snapshot.active {
         if !snapshot.flows.contains_key(id) {
-            if let Some((ended, waited)) =
-                crate::chains::sweep_view(bus, &snapshot.chains, id).await?
-            {
-                if ended {
+            if let Some(view) = crate::chains::sweep_view(bus, &snapshot.chains, id).await? {
+                if view.ended {
                     finished.push(id.clone());
-                } else if let Some(child) = waited {
+                } else if let Some(child) = view.waited {
                     match bus.execution(&child).await? {
-                        Some((record, _)) if record.status.is_completed() => {
+                        // Ended, or paused while its chain thinks it runs.
+                        Some((record, _))
+                            if record.status.is_completed()
+                                || (!view.waited_paused
+                                    && matches!(
+                                        record.status,
+                                        Status::Paused | Status::Pending
+                                    )) =>
+                        {
                             notify_parent(bus, &record).await?;
                         }
                         _ => {}
