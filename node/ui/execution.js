@@ -107,7 +107,7 @@ export function executionView(main, me, id) {
 
   function renderActions() {
     if (!may(me, 'operator')) return fill(actions);
-    const workflow = ex.runner?.name === 'orquesta';
+    const workflow = WORKFLOW_RUNNERS.has(ex.runner?.name);
     const button = (label, idAttr, fn) => h('button', { type: 'button', id: idAttr, onclick: fn }, label);
     return fill(actions,
       !FINAL.has(ex.status) && ex.status !== 'canceling'

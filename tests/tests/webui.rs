@@ -205,8 +205,9 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
 }
 
 /// A three-task workflow whose middle task takes a while, one that asks a
-/// person, one whose first task fails until a file exists, an action with
-/// array and object parameters, and a webhook rule.
+/// person, one whose first task fails until a file exists, an ActionChain
+/// whose first node takes a while, an action with array and object
+/// parameters, and a webhook rule.
 fn workflow_pack(root: &std::path::Path) -> Result<()> {
     write_pack(
         root,
@@ -236,6 +237,14 @@ fn workflow_pack(root: &std::path::Path) -> Result<()> {
             (
                 "actions/workflows/flaky.yaml",
                 "version: 1.0\ninput:\n  - path\ntasks:\n  check:\n    action: core.local\n    input:\n      cmd: test -f <% ctx().path %> && echo found\n    next:\n      - when: <% succeeded() %>\n        do: finish\n  finish:\n    action: core.noop\n",
+            ),
+            (
+                "actions/chain.yaml",
+                "name: chain\nrunner_type: action-chain\nentry_point: chains/chain.yaml\n",
+            ),
+            (
+                "actions/chains/chain.yaml",
+                "chain:\n  - name: slow\n    ref: core.local\n    params:\n      cmd: sleep 3; echo slow\n    on-success: last\n  - name: last\n    ref: core.noop\n",
             ),
             (
                 "actions/typed.yaml",
@@ -608,6 +617,24 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     assert_eq!(arrows, 2);
     page.execution_is("succeeded").await?;
     page.shot("workflow").await?;
+
+    // An ActionChain pauses and resumes from its page too.
+    let chain = start(&node, "uiflows.chain", json!({})).await?;
+    page.open(&format!("executions/{chain}")).await?;
+    page.execution_is("running").await?;
+    browser.click("#pause").await?;
+    // Paused once its running node is done, before the next starts.
+    page.execution_is("paused").await?;
+    browser.click("#resume").await?;
+    page.execution_is("succeeded").await?;
+    let (_, ran) = node.get(&format!("executions/{chain}")).await?;
+    let tasks: Vec<&str> = ran["result"]["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(tasks, ["slow", "last"], "{ran}");
 
     // A failed workflow re-run from its failed task, once what it
     // checks is there: the task runs again and the workflow succeeds.
