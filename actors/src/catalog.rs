@@ -71,8 +71,11 @@ pub struct Catalog {
     pub trigger_types: BTreeMap<String, TriggerTypeDef>,
     /// Action aliases by reference, their formats compiled once.
     pub aliases: BTreeMap<String, Arc<CompiledAlias>>,
-    /// Enabled rules by trigger type reference.
-    rules_by_type: HashMap<String, Vec<Arc<CatalogRule>>>,
+    /// Enabled rules by trigger type reference, grouped by their trigger
+    /// parameters (groups in order of their first rule, rules in catalog
+    /// order within a group): a trigger instance compares its parameters
+    /// once per distinct set, not once per rule.
+    rules_by_type: HashMap<String, Vec<RuleGroup>>,
     /// Enabled policies by the action they apply to: (policy ref, what it
     /// enforces), ordered by policy ref.
     policies: HashMap<String, Vec<(String, Enforced)>>,
@@ -83,6 +86,13 @@ pub struct Catalog {
     webhooks: HashMap<String, Vec<Trigger>>,
 }
 
+/// The enabled rules of one trigger type that share trigger parameters.
+#[derive(Debug)]
+struct RuleGroup {
+    parameters: Map<String, Value>,
+    rules: Vec<Arc<CatalogRule>>,
+}
+
 /// Stable id of a piece of content, derived from its kind and reference.
 pub fn content_id(kind: &str, reference: &str) -> String {
     ids::derived(&chrono::DateTime::UNIX_EPOCH, &[kind, reference])
@@ -91,6 +101,14 @@ pub fn content_id(kind: &str, reference: &str) -> String {
 impl Catalog {
     /// Builds the catalog from every registered pack.
     pub fn build(packs: BTreeMap<String, PackBundle>) -> Catalog {
+        Catalog::rebuild(packs, &Catalog::default())
+    }
+
+    /// Builds the catalog from every registered pack, taking each rule
+    /// whose definition is unchanged from `previous` as it is: a content
+    /// change compiles only the rules it changed (criteria regexes,
+    /// templates), not every rule again.
+    pub fn rebuild(packs: BTreeMap<String, PackBundle>, previous: &Catalog) -> Catalog {
         let mut cat = Catalog {
             trigger_types: triggers::builtin()
                 .into_iter()
@@ -124,14 +142,25 @@ impl Catalog {
                 }
             }
             for r in &bundle.rules {
-                let rule = Arc::new(CatalogRule::new(r.clone()));
+                let reference = r.reference();
+                let rule = match previous.rules.get(&reference) {
+                    Some(kept) if kept.def == *r => kept.clone(),
+                    _ => Arc::new(CatalogRule::new(r.clone())),
+                };
                 if r.enabled {
-                    cat.rules_by_type
-                        .entry(r.trigger.kind.clone())
-                        .or_default()
-                        .push(rule.clone());
+                    let groups = cat.rules_by_type.entry(r.trigger.kind.clone()).or_default();
+                    match groups
+                        .iter_mut()
+                        .find(|g| g.parameters == r.trigger.parameters)
+                    {
+                        Some(group) => group.rules.push(rule.clone()),
+                        None => groups.push(RuleGroup {
+                            parameters: r.trigger.parameters.clone(),
+                            rules: vec![rule.clone()],
+                        }),
+                    }
                 }
-                cat.rules.insert(r.reference(), rule);
+                cat.rules.insert(reference, rule);
             }
         }
         for webhook in cat.triggers_of_type(triggers::WEBHOOK) {
@@ -205,7 +234,9 @@ impl Catalog {
             .get(trigger_type)
             .into_iter()
             .flatten()
-            .filter(move |r| &r.def.trigger.parameters == parameters)
+            .find(move |g| &g.parameters == parameters)
+            .into_iter()
+            .flat_map(|g| &g.rules)
     }
 
     /// Every distinct trigger some enabled rule listens to, of any type.
@@ -219,7 +250,8 @@ impl Catalog {
     /// Every distinct trigger some enabled rule listens to, of one type.
     pub fn triggers_of_type(&self, trigger_type: &str) -> Vec<Trigger> {
         let mut out: Vec<Trigger> = Vec::new();
-        for r in self.rules_by_type.get(trigger_type).into_iter().flatten() {
+        let groups = self.rules_by_type.get(trigger_type).into_iter().flatten();
+        for r in groups.flat_map(|g| &g.rules) {
             match out.iter_mut().find(|t| t.reference == r.trigger_ref) {
                 Some(t) => {
                     t.listening_since = t.listening_since.min(r.def.enabled_since);
@@ -339,6 +371,101 @@ mod tests {
             .filter(|t| webhook_url(t) == Some("hook"))
             .collect();
         assert_eq!(cat.webhooks_at("hook"), scanned.as_slice());
+    }
+
+    fn with_trigger(name: &str, kind: &str, params: Value, enabled: bool) -> Value {
+        let mut r = rule(name, "", enabled);
+        r["trigger"] = json!({"type": kind, "parameters": params});
+        r
+    }
+
+    #[test]
+    fn rules_for_gives_exactly_the_rules_a_full_scan_gives() {
+        let kinds = [triggers::WEBHOOK, "core.st2.IntervalTimer", "p.custom"];
+        let params = [
+            json!({}),
+            json!({"url": "a"}),
+            json!({"url": "b"}),
+            json!({"url": "a", "x": 1}),
+            json!({"unit": "seconds", "delta": 5}),
+        ];
+        // Rules spread over every (type, parameters) pair, some disabled,
+        // interleaved so that groups are not contiguous in catalog order.
+        let rules: Vec<Value> = (0..60)
+            .map(|i| {
+                with_trigger(
+                    &format!("r{i:02}"),
+                    kinds[i % kinds.len()],
+                    params[(i * 7) % params.len()].clone(),
+                    i % 5 != 3,
+                )
+            })
+            .collect();
+        let cat = catalog(rules);
+        let bundle = &cat.packs["p"];
+        for kind in kinds {
+            for p in &params {
+                let p = p.as_object().unwrap();
+                let scanned: Vec<String> = bundle
+                    .rules
+                    .iter()
+                    .filter(|r| r.enabled && r.trigger.kind == kind && &r.trigger.parameters == p)
+                    .map(|r| r.reference())
+                    .collect();
+                let indexed: Vec<String> =
+                    cat.rules_for(kind, p).map(|r| r.def.reference()).collect();
+                assert_eq!(indexed, scanned, "{kind} {p:?}");
+            }
+            let distinct: Vec<_> = cat
+                .triggers_of_type(kind)
+                .into_iter()
+                .map(|t| t.parameters)
+                .collect();
+            let mut seen: Vec<Map<String, Value>> = Vec::new();
+            for r in bundle
+                .rules
+                .iter()
+                .filter(|r| r.enabled && r.trigger.kind == kind)
+            {
+                if !seen.contains(&r.trigger.parameters) {
+                    seen.push(r.trigger.parameters.clone());
+                }
+            }
+            assert_eq!(distinct, seen, "triggers of {kind}, in first-rule order");
+        }
+        assert_eq!(cat.rules_for("nope", &Map::new()).count(), 0);
+    }
+
+    #[test]
+    fn a_rebuild_compiles_only_the_rules_that_changed() {
+        let before = catalog(vec![rule("a", "hook", true), rule("b", "hook", true)]);
+        let mut changed = rule("b", "hook", true);
+        changed["criteria"] = json!({"trigger.body.n": {"type": "gt", "pattern": 5}});
+        let bundle: PackBundle = serde_json::from_value(json!({
+            "pack": {"ref": "p", "name": "p", "version": "1.0.0"},
+            "path": "/packs/p",
+            "rules": [rule("a", "hook", true), changed, rule("c", "hook", true)],
+        }))
+        .expect("bundle");
+        let after = Catalog::rebuild(BTreeMap::from([("p".to_string(), bundle)]), &before);
+        assert!(Arc::ptr_eq(&before.rules["p.a"], &after.rules["p.a"]));
+        assert!(!Arc::ptr_eq(&before.rules["p.b"], &after.rules["p.b"]));
+        let renderer = Renderer::new();
+        let n3 = json!({"body": {"n": 3}});
+        assert!(before.rules["p.b"]
+            .criteria
+            .matches(&n3, &renderer, &NoKeyValues)
+            .unwrap());
+        assert!(!after.rules["p.b"]
+            .criteria
+            .matches(&n3, &renderer, &NoKeyValues)
+            .unwrap());
+        let hook = json!({"url": "hook"});
+        let listening: Vec<_> = after
+            .rules_for(triggers::WEBHOOK, hook.as_object().unwrap())
+            .map(|r| r.def.name.clone())
+            .collect();
+        assert_eq!(listening, ["a", "b", "c"]);
     }
 
     #[test]

@@ -301,7 +301,7 @@ impl Actor for ContentWatcher {
                         }
                     }
                 }
-                let mut snapshot = Catalog::build(state.packs.clone());
+                let mut snapshot = Catalog::rebuild(state.packs.clone(), &state.catalog.load());
                 snapshot.revision = entry.revision;
                 state.bus.set_end_listeners(snapshot.end_listeners());
                 state.catalog.store(snapshot);

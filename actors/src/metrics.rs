@@ -554,11 +554,12 @@ pub fn trigger_processed() {
     get().triggers_processed.add(1, &[]);
 }
 
-/// A rule was evaluated against a trigger instance.
-pub fn rule_evaluated(outcome: Evaluation) {
+/// `count` rules were evaluated against a trigger instance with this
+/// outcome (the rule partition adds its non-matches once per instance).
+pub fn rules_evaluated(outcome: Evaluation, count: u64) {
     get()
         .rule_evaluations
-        .add(1, &[KeyValue::new("outcome", outcome.label())]);
+        .add(count, &[KeyValue::new("outcome", outcome.label())]);
 }
 
 /// A rule enforcement was written.
@@ -804,7 +805,7 @@ mod tests {
         execution_requested("local-shell-cmd");
         trigger_published("core.st2.webhook");
         trigger_processed();
-        rule_evaluated(Evaluation::Matched);
+        rules_evaluated(Evaluation::Matched, 1);
         enforcement(EnforcementStatus::Succeeded);
         execution_started("local-shell-cmd", Duration::from_millis(3));
         execution_finished("local-shell-cmd", Status::Timeout, Duration::from_millis(5));

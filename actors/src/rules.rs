@@ -115,6 +115,7 @@ pub async fn process(
     if instance.trigger_type == squall_domain::notify::ACTION_TRIGGER {
         crate::notifier::follow_up(&ctx.bus, &ctx.renderer, &catalog, instance, kv).await?;
     }
+    let mut not_matched = NotMatched(0);
     for rule in catalog.rules_for(&instance.trigger_type, &instance.trigger_parameters) {
         // An event from before the rule was enabled (a timer's tick fired
         // late, a backlog) is not the rule's to act on.
@@ -132,15 +133,15 @@ pub async fn process(
         };
         let failure = match matched {
             Ok(false) => {
-                crate::metrics::rule_evaluated(Evaluation::NotMatched);
+                not_matched.0 += 1;
                 continue;
             }
             Ok(true) => {
-                crate::metrics::rule_evaluated(Evaluation::Matched);
+                crate::metrics::rules_evaluated(Evaluation::Matched, 1);
                 None
             }
             Err(e) => {
-                crate::metrics::rule_evaluated(Evaluation::Error);
+                crate::metrics::rules_evaluated(Evaluation::Error, 1);
                 Some(format!(
                     "criteria of rule {} failed: {e}",
                     rule.def.reference()
@@ -157,6 +158,18 @@ pub async fn process(
             .await?;
     }
     Ok(())
+}
+
+/// Rules an instance did not match, added to the metric once, however
+/// the instance's processing ends (most rules do not match most events).
+struct NotMatched(u64);
+
+impl Drop for NotMatched {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            crate::metrics::rules_evaluated(Evaluation::NotMatched, self.0);
+        }
+    }
 }
 
 async fn enforce(

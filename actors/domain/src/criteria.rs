@@ -357,9 +357,9 @@ impl<'a> Scope<'a> {
     /// The first value `path` selects, `null` when none.
     fn find(&self, path: &JsonPath) -> &Value {
         let found = path
-            .find_in(self.name, self.value)
-            .unwrap_or_else(|| path.find(self.context()));
-        found.first().copied().unwrap_or(&Value::Null)
+            .first_in(self.name, self.value)
+            .unwrap_or_else(|| path.find(self.context()).first().copied());
+        found.unwrap_or(&Value::Null)
     }
 
     fn context(&self) -> &Value {

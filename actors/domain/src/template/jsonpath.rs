@@ -102,6 +102,41 @@ impl JsonPath {
     }
 }
 
+impl JsonPath {
+    /// The first value [`JsonPath::find_in`] selects (`Some(None)`: none),
+    /// without collecting the others; `None` for the path with no step. A
+    /// path of plain fields and indexes (most criteria keys) selects at
+    /// most one node per step and is followed without allocating.
+    pub fn first_in<'a>(&self, name: &str, value: &'a Json) -> Option<Option<&'a Json>> {
+        let (first, rest) = self.steps.split_first()?;
+        let plain = self
+            .steps
+            .iter()
+            .all(|s| !s.descend && !matches!(s.selector, Selector::Wildcard));
+        if !plain {
+            return self
+                .find_in(name, value)
+                .map(|found| found.first().copied());
+        }
+        let mut node = match &first.selector {
+            Selector::Field(field) if field == name => value,
+            _ => return Some(None),
+        };
+        for step in rest {
+            let next = match (&step.selector, node) {
+                (Selector::Field(field), Json::Object(map)) => map.get(field),
+                (Selector::Index(i), Json::Array(items)) => python_index(items, *i),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => return Some(None),
+            }
+        }
+        Some(Some(node))
+    }
+}
+
 /// Applies `steps` to every node of `current`, in order.
 fn walk<'a>(steps: &[Step], mut current: Vec<&'a Json>) -> Vec<&'a Json> {
     for step in steps {

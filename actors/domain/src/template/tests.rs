@@ -618,11 +618,22 @@ fn find_in_selects_what_find_selects_in_the_built_object() {
         "[*]",
         "$[*].c",
         "trigger.nope",
+        "trigger.a.b[5]",
+        "trigger.a[0]",
+        "trigger.c[0]",
+        "trigger.c[-2]",
+        "trigger.x-y.z",
     ] {
         let path = JsonPath::parse(path).unwrap();
         match path.find_in("trigger", &value) {
             Some(found) => assert_eq!(found, path.find(&root), "{path:?}"),
             None => assert_eq!(path.find(&root), vec![&root], "{path:?}"),
         }
+        assert_eq!(
+            path.first_in("trigger", &value),
+            path.find_in("trigger", &value)
+                .map(|found| found.first().copied()),
+            "first_in of {path:?}"
+        );
     }
 }
