@@ -104,10 +104,10 @@ impl Catalog {
         Catalog::rebuild(packs, &Catalog::default())
     }
 
-    /// Builds the catalog from every registered pack, taking each rule
-    /// whose definition is unchanged from `previous` as it is: a content
-    /// change compiles only the rules it changed (criteria regexes,
-    /// templates), not every rule again.
+    /// Builds the catalog from every registered pack, taking each rule and
+    /// alias whose definition is unchanged from `previous` as it is: a
+    /// content change compiles only the rules (criteria regexes, templates)
+    /// and aliases (format regexes) it changed, not every one again.
     pub fn rebuild(packs: BTreeMap<String, PackBundle>, previous: &Catalog) -> Catalog {
         let mut cat = Catalog {
             trigger_types: triggers::builtin()
@@ -130,8 +130,12 @@ impl Catalog {
                 cat.trigger_types.insert(t.reference(), t.clone());
             }
             for a in &bundle.aliases {
-                cat.aliases
-                    .insert(a.reference(), Arc::new(CompiledAlias::new(a.clone())));
+                let reference = a.reference();
+                let alias = match previous.aliases.get(&reference) {
+                    Some(kept) if kept.def == *a => kept.clone(),
+                    _ => Arc::new(CompiledAlias::new(a.clone())),
+                };
+                cat.aliases.insert(reference, alias);
             }
             for p in &bundle.policies {
                 if let Some(enforced) = policies::enforced(p) {
@@ -437,17 +441,42 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuild_compiles_only_the_rules_that_changed() {
-        let before = catalog(vec![rule("a", "hook", true), rule("b", "hook", true)]);
+    fn a_rebuild_compiles_only_the_rules_and_aliases_that_changed() {
         let mut changed = rule("b", "hook", true);
         changed["criteria"] = json!({"trigger.body.n": {"type": "gt", "pattern": 5}});
-        let bundle: PackBundle = serde_json::from_value(json!({
-            "pack": {"ref": "p", "name": "p", "version": "1.0.0"},
-            "path": "/packs/p",
-            "rules": [rule("a", "hook", true), changed, rule("c", "hook", true)],
-        }))
-        .expect("bundle");
-        let after = Catalog::rebuild(BTreeMap::from([("p".to_string(), bundle)]), &before);
+        let alias = |name: &str, format: &str| json!({"name": name, "pack": "p", "action_ref": "core.local", "formats": [format]});
+        let bundle = |rules: Vec<Value>, aliases: Vec<Value>| -> PackBundle {
+            serde_json::from_value(json!({
+                "pack": {"ref": "p", "name": "p", "version": "1.0.0"},
+                "path": "/packs/p",
+                "rules": rules,
+                "aliases": aliases,
+            }))
+            .expect("bundle")
+        };
+        let before = Catalog::build(BTreeMap::from([(
+            "p".to_string(),
+            bundle(
+                vec![rule("a", "hook", true), rule("b", "hook", true)],
+                vec![alias("x", "run {{cmd}}"), alias("y", "say {{what}}")],
+            ),
+        )]));
+        let after = Catalog::rebuild(
+            BTreeMap::from([(
+                "p".to_string(),
+                bundle(
+                    vec![rule("a", "hook", true), changed, rule("c", "hook", true)],
+                    vec![alias("x", "run {{cmd}}"), alias("y", "shout {{what}}")],
+                ),
+            )]),
+            &before,
+        );
+        assert!(Arc::ptr_eq(&before.aliases["p.x"], &after.aliases["p.x"]));
+        assert!(!Arc::ptr_eq(&before.aliases["p.y"], &after.aliases["p.y"]));
+        assert_eq!(
+            serde_json::to_value(&after.aliases["p.y"].def.formats).unwrap(),
+            json!(["shout {{what}}"])
+        );
         assert!(Arc::ptr_eq(&before.rules["p.a"], &after.rules["p.a"]));
         assert!(!Arc::ptr_eq(&before.rules["p.b"], &after.rules["p.b"]));
         let renderer = Renderer::new();
