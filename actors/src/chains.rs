@@ -92,9 +92,23 @@ async fn load(bus: &Bus, id: &str) -> Result<Option<(ChainRecord, u64)>, EngineE
     }
 }
 
-/// Whether workflow `id` is a chain (its record says so).
+/// Whether workflow `id` is a chain: its record says so or, before it
+/// has one (an event that came before its start), its execution's runner.
 pub async fn is_chain(bus: &Bus, id: &str) -> Result<bool, EngineError> {
-    Ok(load(bus, id).await?.is_some())
+    let entry = bus
+        .workflows
+        .entry(id)
+        .await
+        .map_err(|e| bus_err("read chain", e))?;
+    match entry {
+        Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+            Ok(is_chain_entry(&from_bytes::<Value>(id, &e.value)?))
+        }
+        _ => Ok(bus
+            .execution(id)
+            .await?
+            .is_some_and(|(execution, _)| execution.runner.name == RUNNER)),
+    }
 }
 
 /// Stores `record` over `revision` (0: create); `None` when someone else
@@ -173,6 +187,22 @@ pub async fn handle_event(
                 let Some((execution, _)) = ctx.bus.execution(id).await? else {
                     return Err(bus_err("read chain execution", "not visible yet"));
                 };
+                // A cancel, pause or resume may have come before the start
+                // (the runner's claim and its start are two steps): its
+                // event found no record, but the execution's status says
+                // what was asked.
+                match execution.status {
+                    s if s.is_completed() => {
+                        tracing::info!(chain = %id, status = %s, "start of a chain that already ended; nothing runs");
+                        return Ok(None);
+                    }
+                    Status::Canceling => {
+                        let result = actionchain::result(&empty_state());
+                        end_execution(&ctx.bus, id, Status::Canceled, result).await?;
+                        return Ok(Some(Status::Canceled));
+                    }
+                    _ => {}
+                }
                 let name = execution.action.action_ref.clone();
                 let spec = match ChainSpec::parse(definition, &name) {
                     Ok(spec) => spec,
@@ -183,15 +213,32 @@ pub async fn handle_event(
                     }
                 };
                 let (params, display) = chain_input(input);
-                let (state, outbox) = decrypt::audited(&ctx.kv, audited_for(&execution), || {
-                    actionchain::start(
-                        &spec,
-                        &env(ctx),
-                        params,
-                        parent_context(&execution),
-                        display,
-                    )
-                });
+                let held = matches!(execution.status, Status::Pausing | Status::Paused);
+                let begin = if held {
+                    actionchain::start_held
+                } else {
+                    actionchain::start
+                };
+                let (state, mut outbox) =
+                    decrypt::audited(&ctx.kv, audited_for(&execution), || {
+                        begin(
+                            &spec,
+                            &env(ctx),
+                            params,
+                            parent_context(&execution),
+                            display,
+                        )
+                    });
+                // Paused and resumed before the start: it runs, and says so.
+                if execution.status == Status::Resuming && state.status == Status::Running {
+                    outbox.insert(
+                        0,
+                        ChainCommand::Status {
+                            status: Status::Running,
+                            result: None,
+                        },
+                    );
+                }
                 let record = ChainRecord {
                     v: 1,
                     kind: KIND.into(),
@@ -218,6 +265,8 @@ pub async fn handle_event(
                 return Ok(Some(Status::Canceled));
             }
             (None, _) => {
+                // A pause or resume before the start: the start reads the
+                // execution's status, which the request wrote first.
                 tracing::warn!(chain = %id, "event for a chain with no record; dropped");
                 return Ok(None);
             }

@@ -390,3 +390,217 @@ async fn a_workflow_partition_runs_each_task_once_however_often_its_events_come(
     );
     Ok(())
 }
+
+/// The events `consumer` holds (a short wait when none), acked, decoded.
+async fn events_of(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+) -> Result<Vec<FlowEventMsg>> {
+    take(consumer)
+        .await?
+        .iter()
+        .map(|e| Ok(serde_json::from_slice(e)?))
+        .collect()
+}
+
+/// A runner's claim and its `start` are two steps: a pause, a resume or a
+/// cancel can land between them, and its event can be handled before the
+/// start, when the workflow has no record yet. Whatever the order, the
+/// end state is exact: held here by handling every other event first,
+/// and each start on a partition that has just taken over (a restart
+/// between the two). A workflow (and a chain) paused first starts
+/// `paused` with nothing started, and its resume runs it to its end, each
+/// task once; one paused and resumed first runs and says `running`; one
+/// canceled first ends `canceled` with nothing started, and a start
+/// delivered again changes none of it.
+#[tokio::test]
+async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let packs = tempfile::tempdir()?;
+    let chains = squall_tests::write_pack(
+        packs.path(),
+        "pr",
+        &[
+            ("pack.yaml", "name: pr\nversion: 0.1.0\n"),
+            (
+                "actions/two.yaml",
+                "name: two\nrunner_type: action-chain\nentry_point: chains/two.yaml\n",
+            ),
+            (
+                "actions/chains/two.yaml",
+                "chain:\n  - name: one\n    ref: core.noop\n    on-success: two\n  - name: two\n    ref: core.noop\n",
+            ),
+        ],
+    )?;
+    let mut cat = catalog(vec![])?.packs;
+    for (name, dir) in [
+        ("loadtest", repo_root().join("loadtest/packs/loadtest")),
+        ("pr", chains),
+    ] {
+        let pack = squall_domain::loader::load_pack(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cat.insert(name.into(), pack);
+    }
+    let rules_ctx = context(&bus, Catalog::build(cat)).await?;
+    let data = tempfile::tempdir()?;
+    let pool = runner_pool(&rules_ctx, data.path()).await?;
+    let keys = KeyStore::open(&bus, Cipher::from_hex(&Cipher::generate_hex())?).await?;
+    let wf_ctx = WorkflowContext {
+        bus: bus.clone(),
+        catalog: rules_ctx.catalog.clone(),
+        renderer: rules_ctx.renderer.clone(),
+        expressions: Arc::new(Renderer::new().keeping_none_marker()),
+        kv: rules_ctx.kv.clone(),
+        configs: rules_ctx.configs.clone(),
+        cipher: keys.cipher().clone(),
+        api_url: "http://127.0.0.1:9/v1".into(),
+    };
+    let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
+    let submit = |action: &str| {
+        let record = executions::prepare(
+            &rules_ctx.catalog.load(),
+            &rules_ctx.renderer,
+            &rules_ctx.kv,
+            &rules_ctx.configs,
+            ExecutionSpec {
+                action_ref: action.into(),
+                ..ExecutionSpec::default()
+            },
+        );
+        let bus = bus.clone();
+        async move { Ok::<_, anyhow::Error>(executions::submit(&bus, record?).await?.id) }
+    };
+    let flow_paused = submit("loadtest.flow3").await?;
+    let chain_paused = submit("pr.two").await?;
+    let flow_resumed = submit("loadtest.flow3").await?;
+    let chain_resumed = submit("pr.two").await?;
+    let flow_canceled = submit("loadtest.flow3").await?;
+    let chain_canceled = submit("pr.two").await?;
+
+    // Every claim: each execution is `running` and its start published.
+    let requests = reader(&bus, EXECUTIONS_STREAM).await?;
+    let events = reader(&bus, WORKFLOWS_STREAM).await?;
+    for request in take(&requests).await? {
+        let request: ExecutionRequest = serde_json::from_slice(&request)?;
+        let settle = pool.clone().handle(request, 1).await;
+        assert!(matches!(settle, Settle::Done), "{settle:?}");
+    }
+    // The requests land between each claim and its start.
+    for id in [&flow_paused, &chain_paused, &flow_resumed, &chain_resumed] {
+        let paused = executions::pause(&bus, id, "test").await?;
+        assert!(
+            matches!(paused, executions::PauseOutcome::Requested(_)),
+            "{paused:?}"
+        );
+    }
+    for id in [&flow_resumed, &chain_resumed] {
+        let resumed = executions::resume(&bus, id, "test").await?;
+        assert!(
+            matches!(resumed, executions::PauseOutcome::Requested(_)),
+            "{resumed:?}"
+        );
+    }
+    for id in [&flow_canceled, &chain_canceled] {
+        executions::cancel(&bus, id, "test").await?;
+    }
+    // Every other event first, then the starts, on a new partition.
+    let is_start = |e: &FlowEventMsg| {
+        matches!(
+            e.event,
+            squall_actors::flow_events::FlowEvent::Start { .. }
+                | squall_actors::flow_events::FlowEvent::StartChain { .. }
+        )
+    };
+    let (starts, others): (Vec<FlowEventMsg>, Vec<FlowEventMsg>) =
+        events_of(&events).await?.into_iter().partition(is_start);
+    assert_eq!((starts.len(), others.len()), (6, 8));
+    for event in others {
+        let settle = partition.clone().handle(event, 1).await;
+        assert!(matches!(settle, Settle::Done), "{settle:?}");
+    }
+    let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
+    for event in starts.iter().chain(&starts) {
+        let settle = partition.clone().handle(event.clone(), 1).await;
+        assert!(matches!(settle, Settle::Done), "{settle:?}");
+    }
+    let status = |id: String| {
+        let bus = bus.clone();
+        async move {
+            let (record, _) = bus.execution(&id).await?.expect("a record");
+            Ok::<_, anyhow::Error>(record.status)
+        }
+    };
+    let children = |id: String| {
+        let bus = bus.clone();
+        async move {
+            let mut found = Vec::new();
+            let mut keys = bus.bucket(EXECUTIONS_BUCKET)?.keys().await?;
+            while let Some(key) = futures::StreamExt::next(&mut keys).await {
+                let (record, _) = bus.execution(&key?).await?.expect("a record");
+                if record.parent.as_deref() == Some(id.as_str()) {
+                    found.push(record);
+                }
+            }
+            Ok::<_, anyhow::Error>(found)
+        }
+    };
+    for id in [&flow_paused, &chain_paused] {
+        assert_eq!(status(id.clone()).await?, Status::Paused, "{id}");
+        assert!(children(id.clone()).await?.is_empty(), "nothing started");
+    }
+    for id in [&flow_canceled, &chain_canceled] {
+        assert_eq!(status(id.clone()).await?, Status::Canceled, "{id}");
+        assert!(children(id.clone()).await?.is_empty(), "nothing started");
+    }
+    assert_eq!(status(flow_resumed.clone()).await?, Status::Running);
+    assert_eq!(status(chain_resumed.clone()).await?, Status::Running);
+    // Only the first tasks of the two that run were requested.
+    assert_eq!(
+        requests_queued(&bus).await?,
+        2,
+        "the resumed ones' first tasks"
+    );
+
+    // The paused ones resume; all four run to their end, each task once.
+    for id in [&flow_paused, &chain_paused] {
+        executions::resume(&bus, id, "test").await?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for request in take(&requests).await? {
+            let request: ExecutionRequest = serde_json::from_slice(&request)?;
+            let settle = pool.clone().handle(request, 1).await;
+            assert!(matches!(settle, Settle::Done), "{settle:?}");
+        }
+        for event in events_of(&events).await? {
+            let settle = partition.clone().handle(event, 1).await;
+            assert!(matches!(settle, Settle::Done), "{settle:?}");
+        }
+        let mut done = true;
+        for id in [&flow_paused, &chain_paused, &flow_resumed, &chain_resumed] {
+            done &= status(id.clone()).await?.is_completed();
+        }
+        if done {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "still running");
+    }
+    for (id, tasks) in [
+        (&flow_paused, 3),
+        (&chain_paused, 2),
+        (&flow_resumed, 3),
+        (&chain_resumed, 2),
+    ] {
+        assert_eq!(status(id.clone()).await?, Status::Succeeded, "{id}");
+        let ran = children(id.clone()).await?;
+        assert_eq!(ran.len(), tasks, "{id}: {ran:?}");
+        for task in &ran {
+            assert_eq!(task.status, Status::Succeeded);
+            assert_eq!(task.log.len(), 4, "{:?}", task.log);
+        }
+    }
+    for id in [&flow_canceled, &chain_canceled] {
+        assert_eq!(status(id.clone()).await?, Status::Canceled, "{id}");
+        assert!(children(id.clone()).await?.is_empty());
+    }
+    Ok(())
+}

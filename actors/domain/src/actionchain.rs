@@ -259,6 +259,48 @@ pub fn start(
     parent: Map<String, Value>,
     display_published: bool,
 ) -> (ChainState, Vec<ChainCommand>) {
+    let (mut state, failed) = begin(spec, env, parameters, parent, display_published);
+    if !failed.is_empty() {
+        return (state, failed);
+    }
+    let first = spec.default.clone();
+    let commands = advance(spec, env, &mut state, first.as_deref());
+    (state, commands)
+}
+
+/// [`start`] for a chain whose pause came before it started (its
+/// execution was `pausing` or `paused` when its start was handled): it is
+/// held and `paused` at once, its default node staged for the resume, as
+/// StackStorm's chain checks for a pause before each node. Its `vars`
+/// are rendered first, so a chain that cannot start fails now.
+pub fn start_held(
+    spec: &ChainSpec,
+    env: &ChainEnv<'_>,
+    parameters: Map<String, Value>,
+    parent: Map<String, Value>,
+    display_published: bool,
+) -> (ChainState, Vec<ChainCommand>) {
+    let (mut state, failed) = begin(spec, env, parameters, parent, display_published);
+    if !failed.is_empty() {
+        return (state, failed);
+    }
+    state.held = true;
+    state.staged = Some(Staged {
+        next: spec.default.clone(),
+    });
+    let commands = set_paused(&mut state);
+    (state, commands)
+}
+
+/// A new chain's state with its `vars` rendered, and the chain's end when
+/// it failed rendering them (else nothing).
+fn begin(
+    spec: &ChainSpec,
+    env: &ChainEnv<'_>,
+    parameters: Map<String, Value>,
+    parent: Map<String, Value>,
+    display_published: bool,
+) -> (ChainState, Vec<ChainCommand>) {
     let mut state = ChainState {
         status: Status::Running,
         parameters,
@@ -292,9 +334,7 @@ pub fn start(
             }
         }
     }
-    let first = spec.default.clone();
-    let commands = advance(spec, env, &mut state, first.as_deref());
-    (state, commands)
+    (state, Vec::new())
 }
 
 /// A node run ended with `status` and `result`.
@@ -897,6 +937,38 @@ chain:
         );
         let (run, _) = run_of(&cmds);
         (state, run)
+    }
+
+    #[test]
+    fn a_chain_paused_before_it_starts_is_held_and_runs_its_first_node_on_resume() {
+        let spec = ChainSpec::parse(ECHO, "echo").unwrap();
+        let r = Renderer::new();
+        let env = env(&r);
+        let input = Map::from_iter([("input1".to_string(), json!("hi"))]);
+        let (mut state, cmds) = start_held(&spec, &env, input.clone(), Map::new(), true);
+        assert_eq!(status_of(&cmds[0]), Status::Paused);
+        assert_eq!(cmds.len(), 1, "nothing runs: {cmds:?}");
+        assert!(state.held && state.current.is_none());
+        // Its own pause, repeated, changes nothing.
+        assert_eq!(pause(&mut state).len(), 1);
+        assert_eq!(state.status, Status::Paused);
+        let cmds = resume(&spec, &env, &mut state);
+        assert_eq!(status_of(&cmds[0]), Status::Running);
+        let (run, params) = run_of(&cmds[1..]);
+        assert_eq!(run, "c1.1");
+        assert_eq!(params["cmd"], json!("echo hi"));
+        // A chain whose vars cannot render fails at once, held or not.
+        let bad = ChainSpec::parse(
+            "vars: {x: \"{{ 1 / }}\"}\nchain:\n  - name: c1\n    ref: core.noop\n",
+            "bad",
+        )
+        .unwrap();
+        let (state, cmds) = start_held(&bad, &env, input, Map::new(), true);
+        assert_eq!(state.status, Status::Failed);
+        assert!(
+            matches!(cmds[..], [ChainCommand::Finish { .. }]),
+            "{cmds:?}"
+        );
     }
 
     #[test]

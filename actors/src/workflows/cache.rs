@@ -75,6 +75,18 @@ impl RecordCache {
         self.records.insert(record.id.clone(), (record, revision));
     }
 
+    /// Workflow `id`'s execution record read afresh (and kept): at its
+    /// start, whose status tells whether a pause, resume or cancel came
+    /// first.
+    pub(super) async fn fresh_execution(
+        &mut self,
+        bus: &Bus,
+        id: &str,
+    ) -> Result<Arc<ExecutionRecord>, EngineError> {
+        self.executions.remove(id);
+        self.execution(bus, id).await
+    }
+
     /// Workflow `id`'s execution record: from memory, else read once.
     pub(super) async fn execution(
         &mut self,

@@ -134,8 +134,29 @@ pub(super) async fn handle_event(
             (None, FlowEvent::Start { definition, input }) => {
                 // A start is published only for a stored execution: one not
                 // found was read from a server not caught up yet; retry.
-                let execution = cache.execution(&ctx.bus, id).await?;
-                let (definition, state, outbox) =
+                let execution = cache.fresh_execution(&ctx.bus, id).await?;
+                // A cancel, pause or resume may have come before the start
+                // (the runner's claim and its start are two steps): its
+                // event found no record, but the execution's status says
+                // what was asked.
+                match execution.status {
+                    s if s.is_completed() => {
+                        tracing::info!(workflow = %id, status = %s, "start of a workflow that already ended; nothing runs");
+                        return Ok(None);
+                    }
+                    Status::Canceling => {
+                        finish_execution(
+                            &ctx.bus,
+                            id,
+                            FlowStatus::Canceled,
+                            json!({"output": null}),
+                        )
+                        .await?;
+                        return Ok(Some(FlowStatus::Canceled));
+                    }
+                    _ => {}
+                }
+                let (definition, mut state, mut outbox) =
                     match begin(ctx, &mut cache.specs, &execution, definition, input).await? {
                         Ok(begun) => begun,
                         Err(errors) => {
@@ -149,6 +170,25 @@ pub(super) async fn handle_event(
                             return Ok(Some(FlowStatus::Failed));
                         }
                     };
+                match execution.status {
+                    Status::Pausing | Status::Paused => {
+                        if let Ok(spec) = cache.specs.get(&definition) {
+                            let audit = crate::audit::decrypt::Workflow {
+                                execution: &execution,
+                                kv: &ctx.kv,
+                            };
+                            let flow = ctx.flow(&spec, &audit);
+                            outbox = conductor::pause_at_start(&flow, &mut state, outbox);
+                        }
+                    }
+                    // Paused and resumed before the start: it runs, and says so.
+                    Status::Resuming if state.status == FlowStatus::Running => {
+                        outbox.push(Command::Status {
+                            status: FlowStatus::Running,
+                        });
+                    }
+                    _ => {}
+                }
                 write = true;
                 let record = WorkflowRecord {
                     v: 1,
@@ -167,6 +207,8 @@ pub(super) async fn handle_event(
                 return Ok(Some(FlowStatus::Canceled));
             }
             (None, _) => {
+                // A pause or resume before the start: the start reads the
+                // execution's status, which the request wrote first.
                 tracing::warn!(workflow = %id, "event for a workflow with no record; dropped");
                 return Ok(None);
             }

@@ -1,5 +1,6 @@
 //! Sweeps: reconcile a partition's running workflows with their tasks'
-//! records, reporting again a task end its workflow never heard.
+//! records, reporting again a task's end, pause or resume its workflow
+//! (Orquesta's or a chain) never heard.
 
 use std::collections::HashMap;
 
@@ -55,15 +56,9 @@ pub(super) async fn sweep(bus: &Bus, snapshot: SweepSnapshot) -> Result<Vec<Stri
                     finished.push(id.clone());
                 } else if let Some(child) = view.waited {
                     match bus.execution(&child).await? {
-                        // Ended, or paused while its chain thinks it runs.
-                        Some((record, _))
-                            if record.status.is_completed()
-                                || (!view.waited_paused
-                                    && matches!(
-                                        record.status,
-                                        Status::Paused | Status::Pending
-                                    )) =>
-                        {
+                        // Ended, paused while its chain thinks it runs, or
+                        // running while its chain thinks it paused.
+                        Some((record, _)) if unheard(&record.status, view.waited_paused) => {
                             notify_parent(bus, &record).await?;
                         }
                         _ => {}
@@ -89,11 +84,7 @@ pub(super) async fn sweep(bus: &Bus, snapshot: SweepSnapshot) -> Result<Vec<Stri
             let Some((record, _)) = bus.execution(&child).await? else {
                 continue;
             };
-            // Ended, or paused while its workflow thinks it runs.
-            let unheard = record.status.is_completed()
-                || (waiting == TaskStatus::Running
-                    && matches!(record.status, Status::Paused | Status::Pending));
-            if unheard {
+            if unheard(&record.status, waiting == TaskStatus::Paused) {
                 notify_parent(bus, &record).await?;
             }
         }
@@ -101,8 +92,23 @@ pub(super) async fn sweep(bus: &Bus, snapshot: SweepSnapshot) -> Result<Vec<Stri
     Ok(finished)
 }
 
+/// Whether a task run's execution in `status` changed unheard by its
+/// parent, which believes it `paused` (or else running): it ended, it
+/// paused (or waits on a person) while its parent thinks it runs, or it
+/// runs again while its parent thinks it paused. [`notify_parent`] tells
+/// which, with the message id the lost notice had, so a notice that was
+/// not lost changes nothing; the parent's conductor ignores a repeat.
+fn unheard(status: &Status, paused: bool) -> bool {
+    status.is_completed()
+        || match status {
+            Status::Paused | Status::Pending => !paused,
+            Status::Running => paused,
+            _ => false,
+        }
+}
+
 /// Task runs (items included) a workflow still waits on, with what it
-/// believes of each (items count as paused: only their end is reported).
+/// believes of each (an item is paused when its bit says so).
 pub(super) fn outstanding_runs(flow: &FlowState) -> Vec<(String, TaskStatus)> {
     let mut runs = Vec::new();
     for run in &flow.runs {
@@ -110,11 +116,14 @@ pub(super) fn outstanding_runs(flow: &FlowState) -> Vec<(String, TaskStatus)> {
             continue;
         }
         match &run.items {
-            Some(items) => runs.extend(
-                items
-                    .in_flight_indexes()
-                    .map(|i| (format!("{}.{i}", run.id), TaskStatus::Paused)),
-            ),
+            Some(items) => runs.extend(items.in_flight_indexes().map(|i| {
+                let status = if items.is_paused(i) {
+                    TaskStatus::Paused
+                } else {
+                    TaskStatus::Running
+                };
+                (format!("{}.{i}", run.id), status)
+            })),
             None => runs.push((run.id.clone(), run.status)),
         }
     }

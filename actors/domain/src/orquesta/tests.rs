@@ -869,6 +869,36 @@ mod pausing {
         ));
     }
 
+    /// A pause that came before the start: nothing starts, the workflow
+    /// is `paused` at once, and the resume starts what the start decided.
+    #[test]
+    fn a_workflow_paused_before_it_starts_starts_paused_and_resumes_from_its_first_tasks() {
+        let s = spec(TWO_BRANCHES);
+        let flow = Flow::new(&s);
+        let (mut state, started) = conductor::start(&flow, &Map::new(), Map::new());
+        let first = conductor::pause_at_start(&flow, &mut state, started);
+        assert_eq!(
+            first,
+            vec![Command::Status {
+                status: FlowStatus::Paused
+            }]
+        );
+        assert_eq!(state.status, FlowStatus::Paused);
+        assert!(conductor::pause(&flow, &mut state).is_empty());
+        let resumed = conductor::resume(&flow, &mut state);
+        assert_eq!(state.status, FlowStatus::Running);
+        assert_eq!(runs(&resumed), vec!["a.0", "child.0"]);
+        assert!(!resumed.iter().any(|c| matches!(c, Command::Resume { .. })));
+        // A workflow that failed at start ends as it would have.
+        let bad =
+            spec("version: 1.0\nvars:\n  - x: <% 1/0 %>\ntasks:\n  a:\n    action: core.noop\n");
+        let flow = Flow::new(&bad);
+        let (mut state, started) = conductor::start(&flow, &Map::new(), Map::new());
+        let ended = conductor::pause_at_start(&flow, &mut state, started.clone());
+        assert_eq!(ended, started);
+        assert_eq!(state.status, FlowStatus::Failed);
+    }
+
     /// test_wiring_pause_and_resume.py's pauses from one subworkflow: a
     /// child workflow that pauses on its own leaves its workflow running
     /// (nothing else is asked to pause) until no other run is active;

@@ -69,6 +69,29 @@ pub fn pause(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {
     commands
 }
 
+/// A workflow whose pause came before it started (its execution was
+/// `pausing` or `paused` when its start was handled): the runs its start
+/// decided (`commands`) are staged for the resume, as a pause would have
+/// staged them, and with nothing active it is `paused` at once. What is
+/// left of `commands` (a `paused` status, or the end of a workflow that
+/// failed or finished at start) is returned.
+pub fn pause_at_start(
+    flow: &Flow<'_>,
+    state: &mut FlowState,
+    commands: Vec<Command>,
+) -> Vec<Command> {
+    if state.status != FlowStatus::Running {
+        return commands;
+    }
+    let (runs, mut rest): (Vec<Command>, Vec<Command>) = commands
+        .into_iter()
+        .partition(|c| matches!(c, Command::Run { .. }));
+    state.status = FlowStatus::Pausing;
+    state.staged.extend(runs);
+    settle(flow, state, &mut rest);
+    rest
+}
+
 /// Resumes a pausing or paused workflow: paused child workflows are asked
 /// to resume and the runs decided meanwhile start.
 pub fn resume(flow: &Flow<'_>, state: &mut FlowState) -> Vec<Command> {

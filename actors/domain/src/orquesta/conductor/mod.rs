@@ -224,6 +224,12 @@ impl Items {
         (0..self.started).filter(|i| !self.ended.contains(*i))
     }
 
+    /// Whether item `index`'s execution is known paused (or waiting on a
+    /// person).
+    pub fn is_paused(&self, index: usize) -> bool {
+        self.paused.contains(index)
+    }
+
     /// Whether item `index` has started and not ended.
     fn is_in_flight(&self, index: usize) -> bool {
         index < self.started && !self.ended.contains(index)
