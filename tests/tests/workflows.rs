@@ -735,3 +735,148 @@ async fn a_task_past_its_timeout_is_stopped_and_its_workflow_handles_it() -> Res
     );
     Ok(())
 }
+
+/// A child workflow, `lost.child`, whose two tasks each wait for a file in
+/// `dir`, under an Orquesta parent and under a chain.
+fn lost_notice_pack(root: &std::path::Path) -> Result<()> {
+    let wait = |name: &str| {
+        format!("    action: core.local\n    input:\n      cmd: while [ ! -f <% ctx().dir %>/{name} ]; do sleep 0.05; done\n      timeout: 120\n")
+    };
+    write_pack(
+        root,
+        "lost",
+        &[
+            ("pack.yaml", "name: lost\nversion: 0.1.0\n"),
+            (
+                "actions/child.yaml",
+                "name: child\nrunner_type: orquesta\nentry_point: workflows/child.yaml\nparameters:\n  dir: {type: string, required: true}\n",
+            ),
+            (
+                "actions/workflows/child.yaml",
+                &format!(
+                    "version: 1.0\ninput:\n  - dir\ntasks:\n  first:\n{}    next:\n      - when: <% succeeded() %>\n        do: second\n  second:\n{}",
+                    wait("first"),
+                    wait("second")
+                ),
+            ),
+            (
+                "actions/parent.yaml",
+                "name: parent\nrunner_type: orquesta\nentry_point: workflows/parent.yaml\nparameters:\n  dir: {type: string, required: true}\n",
+            ),
+            (
+                "actions/workflows/parent.yaml",
+                "version: 1.0\ninput:\n  - dir\ntasks:\n  child:\n    action: lost.child\n    input:\n      dir: <% ctx().dir %>\n",
+            ),
+            (
+                "actions/chain.yaml",
+                "name: chain\nrunner_type: action-chain\nentry_point: chains/chain.yaml\nparameters:\n  dir: {type: string, required: true}\n",
+            ),
+            (
+                "actions/chains/chain.yaml",
+                "chain:\n  - name: child\n    ref: lost.child\n    parameters:\n      dir: \"{{ dir }}\"\n",
+            ),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A paused child resumed on its own tells its parent, which runs again.
+/// When that notice is lost (the child's `running` was written, and its
+/// writer died before telling the parent), the sweep finds the parent
+/// `paused` over a running child after the node restarts and tells it
+/// again: an Orquesta parent and a chain parent both run again while their
+/// child still runs, and end once it has, each task having run once.
+#[tokio::test]
+async fn a_child_resumed_whose_notice_was_lost_resumes_its_parent_after_a_restart() -> Result<()> {
+    use squall_domain::execution::Status;
+    let packs = tempfile::tempdir()?;
+    lost_notice_pack(packs.path())?;
+    let mut node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
+    let mut parents = Vec::new();
+    for action in ["lost.parent", "lost.chain"] {
+        let dir = packs.path().join(action);
+        std::fs::create_dir(&dir)?;
+        let (status, created) = node
+            .post(
+                "executions",
+                &json!({"action": action, "parameters": {"dir": dir.display().to_string()}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        let child = direct_child(&node, &id).await?;
+        poll(Duration::from_secs(30), || async {
+            Ok((tasks_of(&node, &child).await? == owned(&[("first", "running")])).then_some(()))
+        })
+        .await?;
+        parents.push((id, child, dir));
+    }
+    // Each child is paused on its own (not through its parent): it pauses
+    // once `first` has ended, and so does its parent.
+    for (id, child, dir) in &parents {
+        let (status, body) = node
+            .call(
+                &node.http,
+                reqwest::Method::PUT,
+                &format!("executions/{child}"),
+                Some(&json!({"status": "pausing"})),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        std::fs::write(dir.join("first"), "go")?;
+        reaches(&node, child, "paused").await?;
+        reaches(&node, id, "paused").await?;
+    }
+    node.stop().await;
+    // Each child is resumed, and its `running` written by a writer that
+    // dies before telling the parent: the record is written without
+    // `Bus::update_execution`.
+    let client = async_nats::connect(node.nats.url()).await?;
+    let layout = squall_actors::node::layout(1);
+    let bus = squall_actors::bus::Bus::open(client, layout, node.config.cluster.partitions).await?;
+    for (_, child, _) in &parents {
+        squall_actors::executions::resume(&bus, child, "test").await?;
+        let (mut running, _) = bus.execution(child).await?.expect("the child");
+        assert_eq!(running.status, Status::Resuming);
+        running.transition(Status::Running, squall_domain::time::now());
+        bus.executions.put(child, &running).await?;
+    }
+    // After the restart the parents run again while their children do.
+    node.restart().await?;
+    for (id, child, _) in &parents {
+        reaches(&node, id, "running").await?;
+        poll(Duration::from_secs(30), || async {
+            Ok((tasks_of(&node, child).await?
+                == owned(&[("first", "succeeded"), ("second", "running")]))
+            .then_some(()))
+        })
+        .await?;
+        let (_, parent) = node.get(&format!("executions/{id}")).await?;
+        assert_eq!(parent["status"], "running", "{parent}");
+    }
+    for (id, child, dir) in &parents {
+        std::fs::write(dir.join("second"), "go")?;
+        let done = node.finished(id).await?;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(
+            tasks_of(&node, child).await?,
+            owned(&[("first", "succeeded"), ("second", "succeeded")])
+        );
+        let (_, kids) = node
+            .get(&format!("executions/{id}/children?depth=1"))
+            .await?;
+        assert_eq!(kids.as_array().map(Vec::len), Some(1), "{kids}");
+    }
+    Ok(())
+}
+
+/// The id of `id`'s one direct child, once it has one.
+async fn direct_child(node: &TestNode, id: &str) -> Result<String> {
+    poll(Duration::from_secs(30), || async {
+        let (_, kids) = node
+            .get(&format!("executions/{id}/children?depth=1"))
+            .await?;
+        Ok(kids[0]["id"].as_str().map(str::to_string))
+    })
+    .await
+}
