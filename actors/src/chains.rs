@@ -267,7 +267,7 @@ pub async fn handle_event(
             (None, _) => {
                 // A pause or resume before the start: the start reads the
                 // execution's status, which the request wrote first.
-                tracing::warn!(chain = %id, "event for a chain with no record; dropped");
+                tracing::info!(chain = %id, "event for a chain with no record yet; its start reads what was asked from the execution");
                 return Ok(None);
             }
         };

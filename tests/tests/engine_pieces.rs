@@ -551,6 +551,12 @@ async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Resu
         assert_eq!(status(id.clone()).await?, Status::Canceled, "{id}");
         assert!(children(id.clone()).await?.is_empty(), "nothing started");
     }
+    // Each canceled with its own kind's result: the chain's cancel reached
+    // the chain engine though the chain had no record yet.
+    let (canceled, _) = bus.execution(&chain_canceled).await?.expect("the chain");
+    assert_eq!(canceled.result["tasks"], json!([]), "{}", canceled.result);
+    let (canceled, _) = bus.execution(&flow_canceled).await?.expect("the workflow");
+    assert_eq!(canceled.result, json!({"output": null}));
     assert_eq!(status(flow_resumed.clone()).await?, Status::Running);
     assert_eq!(status(chain_resumed.clone()).await?, Status::Running);
     // Only the first tasks of the two that run were requested.

@@ -209,7 +209,7 @@ pub(super) async fn handle_event(
             (None, _) => {
                 // A pause or resume before the start: the start reads the
                 // execution's status, which the request wrote first.
-                tracing::warn!(workflow = %id, "event for a workflow with no record; dropped");
+                tracing::info!(workflow = %id, "event for a workflow with no record yet; its start reads what was asked from the execution");
                 return Ok(None);
             }
         };
