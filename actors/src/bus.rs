@@ -527,6 +527,29 @@ impl<T: Serialize + DeserializeOwned> Bucket<T> {
         }
     }
 
+    /// [`Bucket::get`] answered by the stream's leader: never by a replica
+    /// that has not applied the latest write yet (a bucket's reads may be
+    /// served by any replica), for a read that must see a write
+    /// acknowledged before the message that led to it.
+    pub async fn get_from_leader(&self, key: &str) -> Result<Option<(T, u64)>, EngineError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        self.count(BusOp::Get);
+        let subject = format!("{}{key}", self.store.prefix);
+        match self
+            .store
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(m) if m.headers.get("KV-Operation").is_none() => {
+                Ok(Some((from_bytes(key, &m.payload)?, m.sequence)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(bus_err(&format!("read {}", self.store.name), e)),
+        }
+    }
+
     /// Stores `value` under a new `key` and returns its revision; `None`
     /// when the key exists.
     pub async fn create(&self, key: &str, value: &T) -> Result<Option<u64>, EngineError> {

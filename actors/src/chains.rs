@@ -184,7 +184,7 @@ pub async fn handle_event(
         let (mut record, mut revision) = match (found, &event.event) {
             (Some(found), _) => found,
             (None, FlowEvent::StartChain { definition, input }) => {
-                let Some((execution, _)) = ctx.bus.execution(id).await? else {
+                let Some((execution, _)) = ctx.bus.execution_from_leader(id).await? else {
                     return Err(bus_err("read chain execution", "not visible yet"));
                 };
                 // A cancel, pause or resume may have come before the start

@@ -96,6 +96,19 @@ impl Bus {
         self.executions.get(id).await
     }
 
+    /// [`Bus::execution`] read from the leader of the bucket's stream: it
+    /// sees every write acknowledged before (a workflow's start reads the
+    /// status a pause or cancel wrote before publishing its event).
+    pub async fn execution_from_leader(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ExecutionRecord, u64)>, EngineError> {
+        if !is_key(id) {
+            return Ok(None);
+        }
+        self.executions.get_from_leader(id).await
+    }
+
     /// Stores a new execution record and returns its revision; `None` when
     /// one with that id exists.
     pub async fn create_execution(

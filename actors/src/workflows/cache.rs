@@ -75,16 +75,20 @@ impl RecordCache {
         self.records.insert(record.id.clone(), (record, revision));
     }
 
-    /// Workflow `id`'s execution record read afresh (and kept): at its
-    /// start, whose status tells whether a pause, resume or cancel came
-    /// first.
+    /// Workflow `id`'s execution record read afresh from the leader (and
+    /// kept): at its start, whose status tells whether a pause, resume or
+    /// cancel came first.
     pub(super) async fn fresh_execution(
         &mut self,
         bus: &Bus,
         id: &str,
     ) -> Result<Arc<ExecutionRecord>, EngineError> {
-        self.executions.remove(id);
-        self.execution(bus, id).await
+        let Some((execution, _)) = bus.execution_from_leader(id).await? else {
+            return Err(bus_err("read workflow execution", "not visible yet"));
+        };
+        let execution = Arc::new(execution);
+        self.executions.insert(id.to_string(), execution.clone());
+        Ok(execution)
     }
 
     /// Workflow `id`'s execution record: from memory, else read once.
