@@ -129,3 +129,26 @@ pub(super) fn outstanding_runs(flow: &FlowState) -> Vec<(String, TaskStatus)> {
     }
     runs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_unheard_when_the_record_and_the_parent_disagree() {
+        for (status, paused, expected) in [
+            (Status::Succeeded, false, true),
+            (Status::Canceled, true, true),
+            (Status::Paused, false, true),
+            (Status::Pending, false, true),
+            (Status::Paused, true, false),
+            (Status::Pending, true, false),
+            (Status::Running, true, true),
+            (Status::Running, false, false),
+            (Status::Pausing, false, false),
+            (Status::Resuming, true, false),
+        ] {
+            assert_eq!(unheard(&status, paused), expected, "{status:?} {paused}");
+        }
+    }
+}

@@ -926,6 +926,11 @@ mod pausing {
                 status: FlowStatus::Running
             }]
         );
+        // The notice again (the sweep's, past the duplicate window): nothing.
+        assert_eq!(
+            conductor::task_resumed(&flow, &mut state, "child.0"),
+            vec![]
+        );
         let end = conductor::task_finished(&flow, &mut state, "child.0", true, json!({}));
         assert!(matches!(
             end.last(),
