@@ -14,7 +14,8 @@
 //! chain as the `pause` and `resume` events `PUT /executions/{id}` publishes
 //! ([`crate::executions::pause`]); the chain passes them on to its node
 //! through the same call, and writes its own `pausing`, `paused` and
-//! `running` from its outbox.
+//! `running` from its outbox. A pause, resume or cancel that came before
+//! the start is read from the execution's status when the chain starts.
 
 use std::collections::HashMap;
 
