@@ -30,7 +30,7 @@ use crate::audit::decrypt;
 use crate::bus::{from_bytes, to_bytes, Bus};
 use crate::error::{bus_err, EngineError};
 use crate::executions::{self, ExecutionSpec};
-use crate::flow_common::{end_execution, WorkflowContext};
+use crate::flow_common::{end_execution, write_own_status, WorkflowContext};
 use crate::flow_events::{FlowEvent, FlowEventMsg};
 
 /// The runner type whose executions are action chains.
@@ -506,23 +506,7 @@ async fn set_status(
         Status::Running => &[Status::Pausing, Status::Paused, Status::Resuming],
         _ => return Ok(()),
     };
-    for _ in 0..10 {
-        let Some((mut rec, rev)) = bus.execution(id).await? else {
-            return Ok(());
-        };
-        if !from.contains(&rec.status) {
-            return Ok(());
-        }
-        if let Some(result) = &result {
-            rec.result = result.clone();
-        }
-        rec.transition(to, time::now());
-        if bus.update_execution(&rec, rev).await?.is_some() {
-            tracing::info!(chain = %id, status = %to, "chain status");
-            return Ok(());
-        }
-    }
-    Err(bus_err("set chain status", "too many concurrent changes"))
+    write_own_status(bus, id, to, from, result.as_ref()).await
 }
 
 /// Requests one node's execution: `Ok(Err((unknown action, why)))` when it

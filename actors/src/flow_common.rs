@@ -91,3 +91,36 @@ pub(crate) async fn end_execution(
     }
     Err(bus_err("finish workflow", "too many concurrent changes"))
 }
+
+/// Writes a workflow's or chain's own status `to` (`pausing`, `paused`,
+/// `running` again), with `result` when given, if its execution is in one
+/// of `from`; in any other status (ended, being canceled, already `to`) it
+/// is left alone.
+pub(crate) async fn write_own_status(
+    bus: &Bus,
+    id: &str,
+    to: Status,
+    from: &[Status],
+    result: Option<&Value>,
+) -> Result<(), EngineError> {
+    for _ in 0..10 {
+        let Some((mut rec, rev)) = bus.execution(id).await? else {
+            return Ok(());
+        };
+        if !from.contains(&rec.status) {
+            return Ok(());
+        }
+        if let Some(result) = result {
+            rec.result = result.clone();
+        }
+        rec.transition(to, time::now());
+        if bus.update_execution(&rec, rev).await?.is_some() {
+            tracing::info!(execution = %id, status = %to, runner = %rec.runner.name, "workflow status");
+            return Ok(());
+        }
+    }
+    Err(bus_err(
+        "set workflow status",
+        "too many concurrent changes",
+    ))
+}

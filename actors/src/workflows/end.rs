@@ -4,10 +4,9 @@
 use serde_json::Value;
 use squall_domain::execution::{ExecutionRecord, Status};
 use squall_domain::orquesta::conductor::FlowStatus;
-use squall_domain::time;
 
 use crate::bus::Bus;
-use crate::error::{bus_err, EngineError};
+use crate::error::EngineError;
 use crate::flow_common::{end_execution, workflow_span};
 
 /// Writes a workflow execution's end (once; later calls only announce the
@@ -93,21 +92,5 @@ pub(super) async fn set_status(bus: &Bus, id: &str, status: FlowStatus) -> Resul
         ),
         _ => return Ok(()),
     };
-    for _ in 0..10 {
-        let Some((mut rec, rev)) = bus.execution(id).await? else {
-            return Ok(());
-        };
-        if !from.contains(&rec.status) {
-            return Ok(());
-        }
-        rec.transition(to, time::now());
-        if bus.update_execution(&rec, rev).await?.is_some() {
-            tracing::info!(workflow = %id, status = %to, "workflow status");
-            return Ok(());
-        }
-    }
-    Err(bus_err(
-        "set workflow status",
-        "too many concurrent changes",
-    ))
+    crate::flow_common::write_own_status(bus, id, to, from, None).await
 }
