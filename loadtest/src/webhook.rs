@@ -23,7 +23,7 @@ const STALL: Duration = Duration::from_secs(30);
 const GENERATED_PACK: &str = "loadtest_generated";
 
 /// The payload generated rules are matched against.
-fn criteria_payload() -> Value {
+pub fn criteria_payload() -> Value {
     json!({"n": 50, "host": "web-50", "service": "nginx", "tags": "prod,eu"})
 }
 
@@ -34,7 +34,7 @@ fn every(g: &GeneratedRules) -> Option<usize> {
 
 /// Rule `i` of `g`: an operator by `i % 8`, matching [`criteria_payload`]
 /// for one rule in every `100 / matching_percent`.
-fn generated_rule(i: usize, g: &GeneratedRules, url: &str) -> Value {
+pub fn generated_rule(i: usize, g: &GeneratedRules, url: &str) -> Value {
     let hit = every(g).is_some_and(|e| i.is_multiple_of(e));
     let (field, op, pattern) = match (i % 8, hit) {
         (0, true) => ("host", "equals", json!("web-50")),

@@ -3,10 +3,11 @@
 //! three templated action parameters, each the reference way (everything
 //! parsed and compiled for the event, as before rules were compiled) and
 //! the way the rule partition does it (compiled once); and one trigger
-//! checked against the 1,000 single-criterion rules of the loadtest's
-//! `criteria-heavy` scenario (`loadtest/src/webhook.rs`), compiled.
+//! checked against the 1,000 single-criterion rules of the
+//! `criteria-heavy` scenario (the rules [`webhook::generated_rule`] makes),
+//! compiled.
 //!
-//! `cargo run --release -p squall-domain --example rule_hot_path`
+//! `cargo run --release -p squall-loadtest --example rule_hot_path`
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use squall_domain::criteria::{self, CompiledCriteria, Criteria};
 use squall_domain::template::{CompiledValue, NoKeyValues, Renderer};
+use squall_loadtest::scenario::GeneratedRules;
+use squall_loadtest::webhook;
 
 /// How long each measurement runs.
 const RUN: Duration = Duration::from_secs(2);
@@ -93,15 +96,24 @@ fn main() {
         );
     });
 
-    // criteria-heavy: the same operators, fields and 1 % of matches as the
-    // rules `squall-loadtest` generates, against its webhook payload.
+    // criteria-heavy: the rules `squall-loadtest` generates (1 % match),
+    // against its webhook payload.
     let webhook = json!({
         "headers": {"Content-Type": "application/json", "Host": "127.0.0.1", "St2-Trace-Tag": "lt1-1"},
         "headers_lower": {"content-type": "application/json", "host": "127.0.0.1", "st2-trace-tag": "lt1-1"},
-        "body": {"n": 50, "host": "web-50", "service": "nginx", "tags": "prod,eu"},
+        "body": webhook::criteria_payload(),
     });
-    let rules: Vec<CompiledCriteria> = (0..1000)
-        .map(|i| CompiledCriteria::compile(&generated(i)))
+    let generated = GeneratedRules {
+        count: 1000,
+        matching_percent: 1.0,
+    };
+    let rules: Vec<CompiledCriteria> = (0..generated.count)
+        .map(|i| {
+            let rule = webhook::generated_rule(i, &generated, "bench");
+            let criteria: Criteria =
+                serde_json::from_value(rule["criteria"].clone()).expect("criteria");
+            CompiledCriteria::compile(&criteria)
+        })
         .collect();
     let hits = rules
         .iter()
@@ -122,37 +134,4 @@ fn main() {
         "1,000 criteria-heavy rules, compiled:          {triggers:>10.0} triggers/s ({:.1} µs each)",
         1e6 / triggers
     );
-}
-
-/// Rule `i` of the loadtest's generated 1,000 (one in 100 matches).
-fn generated(i: usize) -> Criteria {
-    let hit = i.is_multiple_of(100);
-    let (field, op, pattern) = match (i % 8, hit) {
-        (0, true) => ("host", "equals", json!("web-50")),
-        (0, false) => ("host", "equals", json!(format!("web-x{i}"))),
-        (1, true) => ("service", "iequals", json!("NGINX")),
-        (1, false) => ("service", "iequals", json!(format!("apache{i}"))),
-        (2, true) => ("tags", "contains", json!("prod")),
-        (2, false) => ("tags", "contains", json!(format!("staging{i}"))),
-        (3, true) => ("host", "regex", json!("^web-5\\d$")),
-        (3, false) => ("host", "regex", json!(format!("^db-{i}$"))),
-        (4, true) => ("n", "greaterthan", json!(10)),
-        (4, false) => ("n", "greaterthan", json!(1000 + i)),
-        (5, true) => ("n", "lessthan", json!(100)),
-        (5, false) => ("n", "lessthan", json!(-(i as i64))),
-        (6, true) => ("host", "startswith", json!("web")),
-        (6, false) => ("host", "startswith", json!(format!("db{i}"))),
-        (_, true) => ("service", "exists", Value::Null),
-        (_, false) => ("missing", "exists", Value::Null),
-    };
-    let key = if field == "missing" {
-        format!("trigger.body.missing{i}")
-    } else {
-        format!("trigger.body.{field}")
-    };
-    let mut criterion = json!({"type": op});
-    if !pattern.is_null() {
-        criterion["pattern"] = pattern;
-    }
-    serde_json::from_value(json!({ key: criterion })).expect("criteria")
 }
