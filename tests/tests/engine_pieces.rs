@@ -166,6 +166,22 @@ async fn a_rule_partition_enforces_each_match_once_and_records_failures() -> Res
 }
 
 /// A runner pool of node `n1` with every built-in runner.
+/// The workflow engine's context beside `rules`' (same catalog, key cache
+/// and configs; a datastore key of its own).
+async fn workflow_context(bus: &Bus, rules: &RulesContext) -> Result<WorkflowContext> {
+    let keys = KeyStore::open(bus, Cipher::from_hex(&Cipher::generate_hex())?).await?;
+    Ok(WorkflowContext {
+        bus: bus.clone(),
+        catalog: rules.catalog.clone(),
+        renderer: rules.renderer.clone(),
+        expressions: Arc::new(Renderer::new().keeping_none_marker()),
+        kv: rules.kv.clone(),
+        configs: rules.configs.clone(),
+        cipher: keys.cipher().clone(),
+        api_url: "http://127.0.0.1:9/v1".into(),
+    })
+}
+
 async fn runner_pool(ctx: &RulesContext, data: &std::path::Path) -> Result<Arc<RunnerPool>> {
     let venvs = squall_runners::venv::Virtualenvs::new(data, Default::default());
     Ok(Arc::new(RunnerPool {
@@ -299,17 +315,7 @@ async fn a_workflow_partition_runs_each_task_once_however_often_its_events_come(
     let rules_ctx = context(&bus, cat).await?;
     let data = tempfile::tempdir()?;
     let pool = runner_pool(&rules_ctx, data.path()).await?;
-    let keys = KeyStore::open(&bus, Cipher::from_hex(&Cipher::generate_hex())?).await?;
-    let wf_ctx = WorkflowContext {
-        bus: bus.clone(),
-        catalog: rules_ctx.catalog.clone(),
-        renderer: rules_ctx.renderer.clone(),
-        expressions: Arc::new(Renderer::new().keeping_none_marker()),
-        kv: rules_ctx.kv.clone(),
-        configs: rules_ctx.configs.clone(),
-        cipher: keys.cipher().clone(),
-        api_url: "http://127.0.0.1:9/v1".into(),
-    };
+    let wf_ctx = workflow_context(&bus, &rules_ctx).await?;
     let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
 
     let record = executions::prepare(
@@ -443,17 +449,7 @@ async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Resu
     let rules_ctx = context(&bus, Catalog::build(cat)).await?;
     let data = tempfile::tempdir()?;
     let pool = runner_pool(&rules_ctx, data.path()).await?;
-    let keys = KeyStore::open(&bus, Cipher::from_hex(&Cipher::generate_hex())?).await?;
-    let wf_ctx = WorkflowContext {
-        bus: bus.clone(),
-        catalog: rules_ctx.catalog.clone(),
-        renderer: rules_ctx.renderer.clone(),
-        expressions: Arc::new(Renderer::new().keeping_none_marker()),
-        kv: rules_ctx.kv.clone(),
-        configs: rules_ctx.configs.clone(),
-        cipher: keys.cipher().clone(),
-        api_url: "http://127.0.0.1:9/v1".into(),
-    };
+    let wf_ctx = workflow_context(&bus, &rules_ctx).await?;
     let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
     let submit = |action: &str| {
         let record = executions::prepare(
