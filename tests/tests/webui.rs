@@ -206,7 +206,7 @@ async fn failed_logins_back_off_then_lock_until_an_admin_lifts_it() -> Result<()
 
 /// A three-task workflow whose middle task takes a while, one that asks a
 /// person, one whose first task fails until a file exists, an ActionChain
-/// whose first node takes a while, an action with array and object
+/// whose first node waits for a file, an action with array and object
 /// parameters, and a webhook rule.
 fn workflow_pack(root: &std::path::Path) -> Result<()> {
     write_pack(
@@ -240,11 +240,11 @@ fn workflow_pack(root: &std::path::Path) -> Result<()> {
             ),
             (
                 "actions/chain.yaml",
-                "name: chain\nrunner_type: action-chain\nentry_point: chains/chain.yaml\n",
+                "name: chain\nrunner_type: action-chain\nentry_point: chains/chain.yaml\nparameters:\n  flag:\n    type: string\n    required: true\n",
             ),
             (
                 "actions/chains/chain.yaml",
-                "chain:\n  - name: slow\n    ref: core.local\n    params:\n      cmd: sleep 3; echo slow\n    on-success: last\n  - name: last\n    ref: core.noop\n",
+                "chain:\n  - name: slow\n    ref: core.local\n    params:\n      cmd: \"while [ ! -f {{ flag }} ]; do sleep 0.05; done; echo slow\"\n      timeout: 120\n    on-success: last\n  - name: last\n    ref: core.noop\n",
             ),
             (
                 "actions/typed.yaml",
@@ -619,11 +619,21 @@ async fn the_web_ui_in_headless_chromium() -> Result<()> {
     page.shot("workflow").await?;
 
     // An ActionChain pauses and resumes from its page too.
-    let chain = start(&node, "uiflows.chain", json!({})).await?;
+    let flags = tempfile::tempdir()?;
+    let flag = flags.path().join("slow-may-end");
+    let chain = start(
+        &node,
+        "uiflows.chain",
+        json!({"flag": flag.to_string_lossy()}),
+    )
+    .await?;
     page.open(&format!("executions/{chain}")).await?;
     page.execution_is("running").await?;
     browser.click("#pause").await?;
-    // Paused once its running node is done, before the next starts.
+    // Pausing while its node runs; paused once the node is done, before
+    // the next starts.
+    page.execution_is("pausing").await?;
+    std::fs::write(&flag, "")?;
     page.execution_is("paused").await?;
     browser.click("#resume").await?;
     page.execution_is("succeeded").await?;
