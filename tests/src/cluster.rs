@@ -12,18 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::{client_with_token, login, nats_server_binary, poll, repo_root, squall_binary};
+use crate::{
+    client_with_token, free_port, login, nats_server_binary, poll, repo_root, squall_binary,
+};
 
 /// The webhook the load posts to: the loadtest pack's rule runs
 /// `core.noop` for each.
 pub const WEBHOOK: &str = "loadtest/noop";
-
-/// A port the OS says is free now.
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// How the nodes of one test are configured.
 #[derive(Debug, Clone)]
@@ -447,28 +442,20 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `n` servers routed to each other; returns once each accepts
-    /// connections and JetStream has a meta leader.
+    /// connections and JetStream has a meta leader. A server that exits
+    /// before it listens (its port was taken meanwhile) has the whole
+    /// cluster started again on fresh ports, since every server's routes
+    /// name the others' ports.
     pub async fn start(n: usize) -> Result<NatsCluster> {
-        let dir = tempfile::tempdir()?;
-        let mut ports = Vec::new();
-        for _ in 0..n {
-            ports.push((free_port()?, free_port()?));
-        }
         let mut cluster = NatsCluster {
             servers: (0..n).map(|_| None).collect(),
-            ports,
-            dir,
+            ports: Vec::new(),
+            dir: tempfile::tempdir()?,
         };
-        for i in 0..n {
-            cluster.spawn(i)?;
-        }
-        for (client, _) in &cluster.ports {
-            poll(Duration::from_secs(15), || async {
-                Ok(std::net::TcpStream::connect(("127.0.0.1", *client))
-                    .ok()
-                    .map(|_| ()))
-            })
-            .await?;
+        let mut attempts = 0;
+        while !cluster.listen_on_fresh_ports().await? {
+            attempts += 1;
+            anyhow::ensure!(attempts < 3, "nats-server kept exiting at start");
         }
         let urls: Vec<String> = cluster.urls().split(',').map(str::to_string).collect();
         let client = async_nats::connect(urls).await?;
@@ -481,6 +468,58 @@ impl NatsCluster {
         Ok(cluster)
     }
 
+    /// Starts every server on new ports; false if one exited before it
+    /// accepted connections (the others are stopped then).
+    async fn listen_on_fresh_ports(&mut self) -> Result<bool> {
+        for i in 0..self.servers.len() {
+            self.kill(i)?;
+        }
+        self.ports = (0..self.servers.len())
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        for i in 0..self.servers.len() {
+            self.spawn(i)?;
+        }
+        for i in 0..self.servers.len() {
+            let client = self.ports[i].0;
+            let exited = poll(Duration::from_secs(15), || {
+                let exited = match self.servers[i].as_mut() {
+                    Some(child) => child.try_wait().map(|status| status.is_some()),
+                    None => Ok(true),
+                };
+                async move {
+                    if exited? {
+                        return Ok(Some(true));
+                    }
+                    Ok(std::net::TcpStream::connect(("127.0.0.1", client))
+                        .ok()
+                        .map(|_| false))
+                }
+            })
+            .await
+            .with_context(|| format!("nats-server s{i} never listened: {}", self.log_tail(i)))?;
+            if exited {
+                eprintln!("nats-server s{i} exited at start: {}", self.log_tail(i));
+                for j in 0..self.servers.len() {
+                    self.kill(j)?;
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The end of server `i`'s log, for an error message.
+    fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.log(i)).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("s{i}.log"))
+    }
+
     fn spawn(&mut self, i: usize) -> Result<()> {
         let (client, route) = self.ports[i];
         let routes: Vec<String> = self
@@ -490,6 +529,10 @@ impl NatsCluster {
             .filter(|(j, _)| *j != i)
             .map(|(_, (_, r))| format!("nats://127.0.0.1:{r}"))
             .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(i))?;
         let child = Command::new(nats_server_binary()?)
             .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
             .arg(client.to_string())
@@ -507,7 +550,7 @@ impl NatsCluster {
             .arg(self.dir.path().join(format!("s{i}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("starting nats-server")?;
         self.servers[i] = Some(child);

@@ -6,8 +6,12 @@ pub mod browser;
 pub mod cluster;
 pub mod sshd;
 
+use std::collections::hash_map::RandomState;
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +26,37 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// A loopback port nobody listens on now, for a server that must be told its
+/// port before it starts (cluster routes, a public URL, a port that must
+/// refuse). It is picked at random below the kernel's ephemeral range, so
+/// neither an outgoing connection nor a server bound to port 0 (both common
+/// while tests run in parallel) can take it before the server binds it; one
+/// test process never hands out the same port twice.
+pub fn free_port() -> Result<u16> {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (below / 2, below);
+    anyhow::ensure!(low >= 1024, "ephemeral range starts too low: {below}");
+    let mut given = GIVEN
+        .lock()
+        .map_err(|_| anyhow::anyhow!("port list poisoned"))?;
+    for _ in 0..1000 {
+        let random = RandomState::new().build_hasher().finish();
+        let port = low + (random % u64::from(high - low)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {low}..{high}")
 }
 
 /// The `squall` binary next to the test executable (`cargo build --bin

@@ -24,7 +24,7 @@ use squall_actors::audit::config::{
     AuditConfig, ExporterConfig, Facility, HecConfig, SyslogConfig, SyslogTls, SyslogTransport,
 };
 use squall_actors::audit::{self, AuditEvent, Object};
-use squall_tests::{poll, TestNode};
+use squall_tests::{free_port, poll, TestNode};
 
 /// A real rsyslogd, unprivileged, with its own config: imtcp on a
 /// loopback port, every message's MSG written as a line to `out`.
@@ -137,12 +137,6 @@ fn spawn_rsyslogd(dir: &Path, conf: &Path) -> Result<Child> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting rsyslogd")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A synthetic event through the node's own emitter.

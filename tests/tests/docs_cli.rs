@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use squall_tests::{
-    client_with_token, login, poll, repo_root, squall_binary, write_pack, TestNode,
+    client_with_token, free_port, login, poll, repo_root, squall_binary, write_pack, TestNode,
 };
 use tokio::process::Command;
 
@@ -39,14 +39,6 @@ fn stderr(out: &Output) -> String {
 
 async fn admin_token(node: &TestNode) -> Result<String> {
     login(&node.root, "admin", &node.admin_password).await
-}
-
-/// A port nobody listens on now, for a node whose public URL must be real
-/// (actions call it).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A node whose API listens where its public URL says.

@@ -13,8 +13,8 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 use squall::config::SshConfig;
-use squall_tests::sshd::{client_key, free_port, test_user, ClientKey, Sshd, TEST_USER};
-use squall_tests::{poll, write_pack, TestNode};
+use squall_tests::sshd::{client_key, test_user, ClientKey, Sshd, TEST_USER};
+use squall_tests::{free_port, poll, write_pack, TestNode};
 
 const PACK: &str =
     "ref: remote\nname: remote\ndescription: Remote runner tests\nversion: 0.1.0\nauthor: tests\n";

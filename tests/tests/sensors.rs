@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use squall_tests::cluster::{admin_client, free_port, spec_in, Api, NodeProcess};
-use squall_tests::{poll, repo_root, st2, st2_json, write_pack, NatsServer, TestNode};
+use squall_tests::cluster::{admin_client, spec_in, Api, NodeProcess};
+use squall_tests::{free_port, poll, repo_root, st2, st2_json, write_pack, NatsServer, TestNode};
 
 /// A directory of packs holding StackStorm's fixture pack `name`
 /// (a link to it: the fixture stays unchanged).

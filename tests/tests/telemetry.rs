@@ -29,10 +29,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::{json, Value};
 use squall_actors::audit::config::{ExporterConfig, Facility, SyslogConfig, SyslogTransport};
-use squall_tests::cluster::free_port;
 use squall_tests::{
-    client_with_token, login, nats_server_binary, poll, repo_root, squall_binary, write_pack,
-    NatsServer, TestNode,
+    client_with_token, free_port, login, nats_server_binary, poll, repo_root, squall_binary,
+    write_pack, NatsServer, TestNode,
 };
 
 /// One received span, ids in hex.

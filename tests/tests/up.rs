@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use squall_tests::{client_with_token, login, nats_server_binary, poll, repo_root, squall_binary};
+use squall_tests::{
+    client_with_token, free_port, login, nats_server_binary, poll, repo_root, squall_binary,
+};
 
 fn terminate(child: &Child) -> Result<()> {
     nix::sys::signal::kill(
@@ -37,12 +39,6 @@ impl Drop for StopOnDrop {
         }
         let _ = child.kill();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 #[tokio::test]
