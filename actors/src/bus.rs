@@ -671,7 +671,8 @@ pub enum BusOp {
     /// A deduplicated publish to a stream (trigger instance, execution
     /// request, workflow event).
     Publish,
-    /// A read of a spine bucket's entry.
+    /// A read of a spine bucket's entry, or one batched read of the last
+    /// entries of many keys.
     Get,
     /// A create (the key must not exist).
     Create,

@@ -1,7 +1,9 @@
 //! The engine's one consumer loop: [`Consumer`], an actor that reads a
 //! durable JetStream pull consumer, decodes each message, hands it to a
 //! [`Handler`] with bounded concurrency, and settles it as the handler says
-//! (acknowledge, deliver again after a delay, or drop).
+//! (acknowledge, deliver again after a delay, or drop). A handler that
+//! batches ([`Handler::BATCH`]) is handed the messages waiting in a row
+//! at once, and still settles each on its own.
 //!
 //! Rule partitions and workflow partitions are consumers with different
 //! handlers. What they share lives here, once:
@@ -75,6 +77,32 @@ pub trait Handler: Send + Sync + 'static {
         delivered: i64,
     ) -> impl Future<Output = Settle> + Send;
 
+    /// Messages waiting together that [`Handler::handle_batch`] may take at
+    /// once; 1 (the default) hands each to [`Handler::handle`].
+    const BATCH: usize = 1;
+
+    /// Handles messages that were waiting together, in delivery order,
+    /// with one settle per message in the same order. Called only when
+    /// [`Handler::BATCH`] is above 1 and more than one message waits; a
+    /// handler batches to share work between messages (one record write
+    /// for many events), never to change what each one does.
+    fn handle_batch(
+        self: Arc<Self>,
+        batch: Vec<Delivery<Self::Event>>,
+    ) -> impl Future<Output = Vec<Settle>> + Send {
+        async move {
+            let mut settles = Vec::with_capacity(batch.len());
+            for delivery in batch {
+                settles.push(
+                    self.clone()
+                        .handle(delivery.event, delivery.delivered)
+                        .await,
+                );
+            }
+            settles
+        }
+    }
+
     /// Every this often, and once at start, [`Handler::tick`] runs. It
     /// takes a handler slot like a message: with a concurrency of one it
     /// never overlaps a message.
@@ -86,6 +114,16 @@ pub trait Handler: Send + Sync + 'static {
     fn tick(self: Arc<Self>) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// One message of a batch: its event, how often it was delivered, and the
+/// trace context its publisher sent (the handler's spans for it continue
+/// that trace).
+#[derive(Debug)]
+pub struct Delivery<E> {
+    pub event: E,
+    pub delivered: i64,
+    pub parent: Option<opentelemetry::Context>,
 }
 
 /// Where a consumer reads.
@@ -282,39 +320,40 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> Option<String> {
         .or_else(|| payload.downcast_ref::<String>().cloned())
 }
 
-/// Starts waiting work while slots are free.
+/// Starts waiting work while slots are free. A handler that batches
+/// takes the messages waiting behind the first one too, up to its
+/// [`Handler::BATCH`].
 fn start_waiting<H: Handler>(myself: &ActorRef<ConsumerMsg>, state: &mut ConsumerState<H>) {
     while state.busy < state.spec.concurrency {
         let Some(work) = state.waiting.pop_front() else {
             return;
         };
-        let handler = state.handler.clone();
         let tick = matches!(work, Work::Tick);
         let job: futures::future::BoxFuture<'static, ()> = match work {
-            Work::Tick => Box::pin(handler.tick()),
-            Work::Message(msg) => {
-                let lease = state.lease.clone();
-                let name = state.spec.name.clone();
-                let progress = state.spec.ack_wait / 3;
-                // The handler's spans continue the publisher's trace.
-                let parent = crate::telemetry::extract(msg.headers.as_ref());
-                Box::pin(async move {
-                    let settle = match from_bytes::<H::Event>(&msg.subject, &msg.payload) {
-                        Ok(event) => {
-                            let delivered = msg.info().map_or(1, |i| i.delivered);
-                            let handled = handler.handle(event, delivered);
-                            match parent {
-                                Some(cx) => {
-                                    use opentelemetry::context::FutureExt;
-                                    keep_while(&msg, progress, handled.with_context(cx)).await
-                                }
-                                None => keep_while(&msg, progress, handled).await,
-                            }
+            Work::Tick => Box::pin(state.handler.clone().tick()),
+            Work::Message(first) => {
+                let mut batch = vec![*first];
+                while batch.len() < H::BATCH {
+                    match state.waiting.pop_front() {
+                        Some(Work::Message(msg)) => batch.push(*msg),
+                        Some(tick) => {
+                            state.waiting.push_front(tick);
+                            break;
                         }
-                        Err(e) => Settle::Drop(format!("unreadable {}: {e}", H::WHAT)),
-                    };
-                    settle_message(&name, &lease, &msg, settle).await;
-                })
+                        None => break,
+                    }
+                }
+                let handling = Handling {
+                    handler: state.handler.clone(),
+                    lease: state.lease.clone(),
+                    name: state.spec.name.clone(),
+                    progress: state.spec.ack_wait / 3,
+                };
+                if batch.len() == 1 {
+                    Box::pin(handling.one(batch.swap_remove(0)))
+                } else {
+                    Box::pin(handling.many(batch))
+                }
             }
         };
         let me = myself.clone();
@@ -333,19 +372,98 @@ fn start_waiting<H: Handler>(myself: &ActorRef<ConsumerMsg>, state: &mut Consume
     }
 }
 
-/// Runs `work`, reporting progress on `msg` every `progress` while it lasts.
-async fn keep_while(
-    msg: &jetstream::Message,
+/// What handling messages needs besides them.
+struct Handling<H> {
+    handler: Arc<H>,
+    lease: LeaseValidity,
+    name: String,
+    /// How often a message under way is reported in progress.
     progress: Duration,
-    work: impl Future<Output = Settle>,
-) -> Settle {
+}
+
+impl<H: Handler> Handling<H> {
+    /// Decodes, handles and settles one message.
+    async fn one(self, msg: jetstream::Message) {
+        let settle = match decode::<H>(&msg) {
+            Ok(Delivery {
+                event,
+                delivered,
+                parent,
+            }) => {
+                let handled = self.handler.handle(event, delivered);
+                match parent {
+                    Some(cx) => {
+                        use opentelemetry::context::FutureExt;
+                        keep_while(&[&msg], self.progress, handled.with_context(cx)).await
+                    }
+                    None => keep_while(&[&msg], self.progress, handled).await,
+                }
+            }
+            Err(settle) => settle,
+        };
+        settle_message(&self.name, &self.lease, &msg, settle).await;
+    }
+
+    /// Decodes the messages, hands the readable ones to the handler at
+    /// once, and settles each as it says (one it gave no answer for comes
+    /// back after the ack wait).
+    async fn many(self, msgs: Vec<jetstream::Message>) {
+        let mut settles: Vec<Option<Settle>> = vec![None; msgs.len()];
+        let mut batch = Vec::with_capacity(msgs.len());
+        let mut positions = Vec::with_capacity(msgs.len());
+        for (i, msg) in msgs.iter().enumerate() {
+            match decode::<H>(msg) {
+                Ok(delivery) => {
+                    batch.push(delivery);
+                    positions.push(i);
+                }
+                Err(settle) => settles[i] = Some(settle),
+            }
+        }
+        if !batch.is_empty() {
+            let all: Vec<&jetstream::Message> = msgs.iter().collect();
+            let handled = keep_while(&all, self.progress, self.handler.handle_batch(batch)).await;
+            for (i, settle) in positions.into_iter().zip(handled) {
+                settles[i] = Some(settle);
+            }
+        }
+        for (msg, settle) in msgs.iter().zip(settles) {
+            if let Some(settle) = settle {
+                settle_message(&self.name, &self.lease, msg, settle).await;
+            }
+        }
+    }
+}
+
+/// A message's event, or the settle of one that cannot be read.
+fn decode<H: Handler>(msg: &jetstream::Message) -> Result<Delivery<H::Event>, Settle> {
+    match from_bytes::<H::Event>(&msg.subject, &msg.payload) {
+        Ok(event) => Ok(Delivery {
+            event,
+            delivered: msg.info().map_or(1, |i| i.delivered),
+            // The handler's spans continue the publisher's trace.
+            parent: crate::telemetry::extract(msg.headers.as_ref()),
+        }),
+        Err(e) => Err(Settle::Drop(format!("unreadable {}: {e}", H::WHAT))),
+    }
+}
+
+/// Runs `work`, reporting progress on `msgs` every `progress` while it
+/// lasts.
+async fn keep_while<T>(
+    msgs: &[&jetstream::Message],
+    progress: Duration,
+    work: impl Future<Output = T>,
+) -> T {
     let mut work = std::pin::pin!(work);
     loop {
         tokio::select! {
             settle = &mut work => return settle,
             () = tokio::time::sleep(progress) => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::debug!(subject = %msg.subject, error = %e, "progress not reported");
+                for msg in msgs {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(subject = %msg.subject, error = %e, "progress not reported");
+                    }
                 }
             }
         }

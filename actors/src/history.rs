@@ -32,7 +32,7 @@ use serde::Deserialize;
 use squall_domain::execution::Status;
 use squall_domain::time::{serde_opt_ts, serde_ts, Timestamp};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusOp};
 use crate::error::{bus_err, EngineError};
 use crate::mirror::{Mirror, Mirrored};
 pub use crate::snapshot::SnapshotError;
@@ -1178,6 +1178,7 @@ async fn read_batch(
     if subjects.is_empty() {
         return Ok(out);
     }
+    bus.ops.count(BusOp::Get);
     let request = serde_json::json!({ "multi_last": subjects, "batch": subjects.len() });
     let inbox = bus.client.new_inbox();
     let mut replies = bus

@@ -1,6 +1,7 @@
 //! The engine's one consumer loop against a real nats-server: bounded
 //! concurrency, settling as the handler says, unreadable messages dropped,
-//! and nothing acknowledged once the node's leases lapsed.
+//! messages waiting in a row handed to a batching handler at once, and
+//! nothing acknowledged once the node's leases lapsed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use anyhow::Result;
 use ractor::Actor;
 use serde_json::Value;
 use squall_actors::bus::{Bus, TRIGGERS_STREAM};
-use squall_actors::consumer::{Consumer, ConsumerSpec, Handler, Settle};
+use squall_actors::consumer::{Consumer, ConsumerSpec, Delivery, Handler, Settle};
 use squall_actors::lease::LeaseValidity;
 use squall_tests::{poll, NatsServer};
 use tokio::sync::Semaphore;
@@ -244,6 +245,95 @@ async fn one_at_a_time_a_consumer_goes_on_past_every_message_even_a_panicking_on
     .await?;
     assert!(handler.times(0) >= 1);
     assert_eq!(handler.concurrency().1, 1, "one at a time");
+    actor.stop(None);
+    Ok(())
+}
+
+/// Takes the messages waiting in a row, up to 8 at once; each call waits
+/// for a permit of `gate`. Message 5 is not possible on its first try.
+#[derive(Debug)]
+struct Batcher {
+    batches: Mutex<Vec<Vec<(u64, i64)>>>,
+    gate: Semaphore,
+}
+
+impl Handler for Batcher {
+    type Event = Value;
+    const WHAT: &'static str = "test events";
+    const BATCH: usize = 8;
+
+    async fn handle(self: Arc<Self>, event: Value, delivered: i64) -> Settle {
+        let one = Delivery {
+            event,
+            delivered,
+            parent: None,
+        };
+        self.handle_batch(vec![one]).await.remove(0)
+    }
+
+    async fn handle_batch(self: Arc<Self>, batch: Vec<Delivery<Value>>) -> Vec<Settle> {
+        drop(self.gate.acquire().await);
+        let seen: Vec<(u64, i64)> = batch
+            .iter()
+            .map(|d| (d.event["n"].as_u64().unwrap_or(u64::MAX), d.delivered))
+            .collect();
+        self.batches.lock().unwrap().push(seen.clone());
+        seen.iter()
+            .map(|(n, delivered)| match (n, delivered) {
+                (5, 1) => Settle::Later(Duration::from_millis(100)),
+                _ => Settle::Done,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn one_at_a_time_a_batching_consumer_takes_the_waiting_messages_together() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let handler = Arc::new(Batcher {
+        batches: Mutex::new(Vec::new()),
+        gate: Semaphore::new(0),
+    });
+    let args = (
+        bus.clone(),
+        spec(1, Duration::from_secs(30)),
+        handler.clone(),
+        LeaseValidity::unbounded(),
+    );
+    let (actor, _) = Actor::spawn(None, Consumer::<Batcher>::default(), args).await?;
+    // The first message holds the handler while the rest arrive and wait,
+    // an unreadable one among them.
+    publish(&bus, 0, 10).await?;
+    bus.js
+        .publish("squall.trigger.0.junk", "not json".into())
+        .await?
+        .await?;
+    publish(&bus, 10, 20).await?;
+    poll(Duration::from_secs(10), || async {
+        Ok((pending(&bus).await? == (21, 0)).then_some(()))
+    })
+    .await?;
+    handler.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    settled(&bus).await?;
+
+    let batches = handler.batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().all(|b| !b.is_empty() && b.len() <= 8),
+        "{batches:?}"
+    );
+    assert!(
+        batches.iter().filter(|b| b.len() > 1).count() >= 2,
+        "waiting messages came one by one: {batches:?}"
+    );
+    let mut handled: Vec<(u64, i64)> = batches.concat();
+    handled.sort_unstable();
+    let mut expected: Vec<(u64, i64)> = (0..20).map(|n| (n, 1)).collect();
+    expected.insert(6, (5, 2));
+    assert_eq!(
+        handled, expected,
+        "each once, 5 again after its Later, the junk never"
+    );
     actor.stop(None);
     Ok(())
 }

@@ -16,14 +16,16 @@ use squall_actors::auth::AuthStore;
 use squall_actors::bus::{Bus, BusOp, EXECUTIONS_BUCKET, EXECUTIONS_STREAM, WORKFLOWS_STREAM};
 use squall_actors::catalog::{Catalog, CatalogHandle};
 use squall_actors::configs::ConfigCache;
-use squall_actors::consumer::{Handler, Settle};
+use squall_actors::consumer::{Delivery, Handler, Settle};
 use squall_actors::executions::{self, ExecutionSpec};
 use squall_actors::flow_events::FlowEventMsg;
 use squall_actors::keys::{KeyCache, KeyStore};
 use squall_actors::rules::{self, RulesContext};
 use squall_actors::runners::{CancelRegistry, RunnerContext, RunnerPool};
 use squall_actors::workflows::{WorkflowContext, WorkflowPartition};
-use squall_domain::execution::{EnforcementStatus, ExecutionRequest, Status, TriggerInstance};
+use squall_domain::execution::{
+    EnforcementStatus, ExecutionRecord, ExecutionRequest, Status, TriggerInstance,
+};
 use squall_domain::model::PackBundle;
 use squall_domain::secrets::Cipher;
 use squall_domain::template::Renderer;
@@ -364,14 +366,7 @@ async fn a_workflow_partition_runs_each_task_once_however_often_its_events_come(
         );
     };
     assert_eq!(status, Status::Succeeded);
-    let mut tasks = Vec::new();
-    let mut keys = bus.bucket(EXECUTIONS_BUCKET)?.keys().await?;
-    while let Some(key) = futures::StreamExt::next(&mut keys).await {
-        let (record, _) = bus.execution(&key?).await?.expect("a record");
-        if record.parent.as_deref() == Some(workflow.as_str()) {
-            tasks.push(record);
-        }
-    }
+    let tasks = children_of(&bus, &workflow).await?;
     // One record per task, each claimed and run once: requested,
     // scheduled, running, succeeded.
     let mut names: Vec<String> = tasks
@@ -525,27 +520,13 @@ async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Resu
             Ok::<_, anyhow::Error>(record.status)
         }
     };
-    let children = |id: String| {
-        let bus = bus.clone();
-        async move {
-            let mut found = Vec::new();
-            let mut keys = bus.bucket(EXECUTIONS_BUCKET)?.keys().await?;
-            while let Some(key) = futures::StreamExt::next(&mut keys).await {
-                let (record, _) = bus.execution(&key?).await?.expect("a record");
-                if record.parent.as_deref() == Some(id.as_str()) {
-                    found.push(record);
-                }
-            }
-            Ok::<_, anyhow::Error>(found)
-        }
-    };
     for id in [&flow_paused, &chain_paused] {
         assert_eq!(status(id.clone()).await?, Status::Paused, "{id}");
-        assert!(children(id.clone()).await?.is_empty(), "nothing started");
+        assert!(children_of(&bus, id).await?.is_empty(), "nothing started");
     }
     for id in [&flow_canceled, &chain_canceled] {
         assert_eq!(status(id.clone()).await?, Status::Canceled, "{id}");
-        assert!(children(id.clone()).await?.is_empty(), "nothing started");
+        assert!(children_of(&bus, id).await?.is_empty(), "nothing started");
     }
     // Each canceled with its own kind's result: the chain's cancel reached
     // the chain engine though the chain had no record yet.
@@ -593,7 +574,7 @@ async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Resu
         (&chain_resumed, 2),
     ] {
         assert_eq!(status(id.clone()).await?, Status::Succeeded, "{id}");
-        let ran = children(id.clone()).await?;
+        let ran = children_of(&bus, id).await?;
         assert_eq!(ran.len(), tasks, "{id}: {ran:?}");
         for task in &ran {
             assert_eq!(task.status, Status::Succeeded);
@@ -602,7 +583,128 @@ async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Resu
     }
     for id in [&flow_canceled, &chain_canceled] {
         assert_eq!(status(id.clone()).await?, Status::Canceled, "{id}");
-        assert!(children(id.clone()).await?.is_empty());
+        assert!(children_of(&bus, id).await?.is_empty());
     }
+    Ok(())
+}
+
+/// The executions whose parent is `parent`.
+async fn children_of(bus: &Bus, parent: &str) -> Result<Vec<ExecutionRecord>> {
+    let mut found = Vec::new();
+    let mut keys = bus.bucket(EXECUTIONS_BUCKET)?.keys().await?;
+    while let Some(key) = futures::StreamExt::next(&mut keys).await {
+        let (record, _) = bus.execution(&key?).await?.expect("a record");
+        if record.parent.as_deref() == Some(parent) {
+            found.push(record);
+        }
+    }
+    Ok(found)
+}
+
+/// Events that wait together reach the partition as one batch: the item
+/// ends of a with-items task are applied with one record write and their
+/// next items requested at once, and the batch delivered again (to the
+/// partition and to one that has just taken over) runs no item twice.
+#[tokio::test]
+async fn a_workflow_partition_applies_waiting_item_ends_at_once() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let bus = bus(&nats).await?;
+    let flows = squall_domain::loader::load_pack(&repo_root().join("loadtest/packs/loadtest"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut packs = catalog(vec![])?.packs;
+    packs.insert("loadtest".into(), flows);
+    let rules_ctx = context(&bus, Catalog::build(packs)).await?;
+    let data = tempfile::tempdir()?;
+    let pool = runner_pool(&rules_ctx, data.path()).await?;
+    let wf_ctx = workflow_context(&bus, &rules_ctx).await?;
+    let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
+    let record = executions::prepare(
+        &rules_ctx.catalog.load(),
+        &rules_ctx.renderer,
+        &rules_ctx.kv,
+        &rules_ctx.configs,
+        ExecutionSpec {
+            action_ref: "loadtest.items".into(),
+            parameters: serde_json::from_value(json!({"count": 30, "concurrency": 10}))?,
+            ..ExecutionSpec::default()
+        },
+    )?;
+    let workflow = executions::submit(&bus, record).await?.id;
+
+    let requests = reader(&bus, EXECUTIONS_STREAM).await?;
+    let events = reader(&bus, WORKFLOWS_STREAM).await?;
+    let deliveries = |events: &[FlowEventMsg]| {
+        events
+            .iter()
+            .map(|event| Delivery {
+                event: event.clone(),
+                delivered: 1,
+                parent: None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut batches = 0;
+    let mut last_batch = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        for request in take(&requests).await? {
+            let request: ExecutionRequest = serde_json::from_slice(&request)?;
+            let settle = pool.clone().handle(request, 1).await;
+            assert!(matches!(settle, Settle::Done), "{settle:?}");
+        }
+        let waiting = events_of(&events).await?;
+        if waiting.len() > 1 {
+            let (writes, requested) = (bus.ops.get(BusOp::Update), requests_queued(&bus).await?);
+            let settles = partition.clone().handle_batch(deliveries(&waiting)).await;
+            assert_eq!(settles, vec![Settle::Done; waiting.len()]);
+            let (record, _) = bus.execution(&workflow).await?.expect("the workflow");
+            // One write of the workflow's record (and, at its end, one of
+            // its execution's), not one per event.
+            let expected = if record.status.is_completed() { 2 } else { 1 };
+            assert_eq!(
+                bus.ops.get(BusOp::Update) - writes,
+                expected,
+                "{} item ends",
+                waiting.len()
+            );
+            // Each ended item makes room for the next, while items remain.
+            let more = requests_queued(&bus).await? - requested;
+            assert!(more <= waiting.len() as u64, "{more} requested");
+            // Delivered again: nothing changes, nothing is requested.
+            let settles = partition.clone().handle_batch(deliveries(&waiting)).await;
+            assert_eq!(settles, vec![Settle::Done; waiting.len()]);
+            assert_eq!(requests_queued(&bus).await? - requested, more);
+            batches += 1;
+            last_batch = waiting;
+        } else {
+            for event in waiting {
+                let settle = partition.clone().handle(event, 1).await;
+                assert!(matches!(settle, Settle::Done), "{settle:?}");
+            }
+        }
+        let (record, _) = bus.execution(&workflow).await?.expect("the workflow");
+        if record.status.is_completed() {
+            assert_eq!(record.status, Status::Succeeded, "{:?}", record.result);
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the workflow is still {:?}",
+            record.status
+        );
+    }
+    assert!(batches >= 3, "only {batches} batches");
+    // A partition that has just taken over gets the last batch again.
+    let takeover = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
+    let settles = takeover.handle_batch(deliveries(&last_batch)).await;
+    assert_eq!(settles, vec![Settle::Done; last_batch.len()]);
+
+    let items = children_of(&bus, &workflow).await?;
+    assert_eq!(items.len(), 30, "one execution per item");
+    for item in &items {
+        assert_eq!(item.status, Status::Succeeded);
+        assert_eq!(item.log.len(), 4, "run once: {:?}", item.log);
+    }
+    assert_eq!(requests_queued(&bus).await?, 0, "nothing requested again");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! commands it produced are carried out (task runs requested, cancels,
 //! pauses, item results gathered), then the record is stored once.
 
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use squall_domain::execution::{ExecutionRecord, Status};
@@ -112,13 +113,19 @@ pub(super) async fn begin(
     }
 }
 
-/// Applies one event and carries out what it decides.
-/// Returns the workflow's status afterwards (`None`: it has no record).
-pub(super) async fn handle_event(
+/// Applies events of one workflow, in order, carries out what they decide
+/// and stores the record once. A start, or any event for a workflow not
+/// cached, comes alone (the partition batches the task ends of a workflow
+/// it holds). Returns the workflow's status afterwards (`None`: it has no
+/// record).
+pub(super) async fn handle_events(
     ctx: &WorkflowContext,
     cache: &mut RecordCache,
-    event: &FlowEventMsg,
+    events: &[&FlowEventMsg],
 ) -> Result<Option<FlowStatus>, EngineError> {
+    let Some(event) = events.first() else {
+        return Ok(None);
+    };
     let id = &event.workflow_id;
     for attempt in 0..10 {
         let cached = if attempt == 0 { cache.take(id) } else { None };
@@ -222,61 +229,18 @@ pub(super) async fn handle_event(
             kv: &ctx.kv,
         };
         let flow = ctx.flow(&spec, &audit);
-        let state = &mut record.state;
-        let commands = match &event.event {
-            FlowEvent::Start { .. } | FlowEvent::StartChain { .. } => Vec::new(),
-            FlowEvent::Cancel => conductor::cancel(&flow, state),
-            FlowEvent::Pause => {
-                let mut commands = conductor::pause(&flow, state);
-                if commands.is_empty() && state.status.is_paused() {
-                    // Already pausing or paused: make sure the execution says so.
-                    commands.push(Command::Status {
-                        status: state.status,
-                    });
-                }
-                commands
+        for event in events {
+            let commands = decide(&flow, &mut record.state, &event.event);
+            let only_runs = commands.iter().all(|c| matches!(c, Command::Run { .. }));
+            record.outbox.extend(commands);
+            // Task runs requested together wait for the batch's last
+            // event; anything else is carried out before the next event
+            // is applied, as if each came alone.
+            if !only_runs {
+                write = true;
+                carry_out(ctx, &flow, &mut record, &execution).await?;
             }
-            FlowEvent::Resume => {
-                let mut commands = conductor::resume(&flow, state);
-                if commands.is_empty() && state.status == FlowStatus::Running {
-                    commands.push(Command::Status {
-                        status: FlowStatus::Running,
-                    });
-                }
-                commands
-            }
-            FlowEvent::TaskPaused {
-                run_id,
-                pending: true,
-                ..
-            } => conductor::task_pending(&flow, state, run_id),
-            FlowEvent::TaskPaused { run_id, .. } => conductor::task_paused(&flow, state, run_id),
-            FlowEvent::TaskResumed { run_id, .. } => conductor::task_resumed(&flow, state, run_id),
-            FlowEvent::TaskDone {
-                run_id,
-                succeeded,
-                canceled,
-                result,
-                ..
-            } => {
-                // A task canceled on its own cancels its workflow, as in
-                // Orquesta (one canceled with it changes nothing).
-                let mut commands = if *canceled {
-                    conductor::cancel(&flow, state)
-                } else {
-                    Vec::new()
-                };
-                commands.extend(conductor::task_finished(
-                    &flow,
-                    state,
-                    run_id,
-                    *succeeded,
-                    result.clone(),
-                ));
-                commands
-            }
-        };
-        record.outbox.extend(commands);
+        }
         if !record.outbox.is_empty() {
             write = true;
             carry_out(ctx, &flow, &mut record, &execution).await?;
@@ -293,26 +257,86 @@ pub(super) async fn handle_event(
         } else {
             revision
         };
-        if let FlowEvent::TaskDone {
-            execution_id,
-            succeeded,
-            status,
-            ..
-        } = &event.event
-        {
-            let status = status.unwrap_or(if *succeeded {
-                Status::Succeeded
-            } else {
-                Status::Failed
-            });
-            crate::metrics::workflow_task(status);
-            record_task_span(&ctx.bus, id, execution_id, status).await?;
+        for event in events {
+            if let FlowEvent::TaskDone {
+                execution_id,
+                succeeded,
+                status,
+                ..
+            } = &event.event
+            {
+                let status = status.unwrap_or(if *succeeded {
+                    Status::Succeeded
+                } else {
+                    Status::Failed
+                });
+                crate::metrics::workflow_task(status);
+                record_task_span(&ctx.bus, id, execution_id, status).await?;
+            }
         }
         let status = record.state.status;
         cache.keep(record, revision);
         return Ok(Some(status));
     }
     Err(bus_err("update workflow", "too many concurrent changes"))
+}
+
+/// What the conductor decides for one event of a workflow that has a
+/// record.
+fn decide(flow: &Flow<'_>, state: &mut FlowState, event: &FlowEvent) -> Vec<Command> {
+    match event {
+        FlowEvent::Start { .. } | FlowEvent::StartChain { .. } => Vec::new(),
+        FlowEvent::Cancel => conductor::cancel(flow, state),
+        FlowEvent::Pause => {
+            let mut commands = conductor::pause(flow, state);
+            if commands.is_empty() && state.status.is_paused() {
+                // Already pausing or paused: make sure the execution says so.
+                commands.push(Command::Status {
+                    status: state.status,
+                });
+            }
+            commands
+        }
+        FlowEvent::Resume => {
+            let mut commands = conductor::resume(flow, state);
+            if commands.is_empty() && state.status == FlowStatus::Running {
+                commands.push(Command::Status {
+                    status: FlowStatus::Running,
+                });
+            }
+            commands
+        }
+        FlowEvent::TaskPaused {
+            run_id,
+            pending: true,
+            ..
+        } => conductor::task_pending(flow, state, run_id),
+        FlowEvent::TaskPaused { run_id, .. } => conductor::task_paused(flow, state, run_id),
+        FlowEvent::TaskResumed { run_id, .. } => conductor::task_resumed(flow, state, run_id),
+        FlowEvent::TaskDone {
+            run_id,
+            succeeded,
+            canceled,
+            result,
+            ..
+        } => {
+            // A task canceled on its own cancels its workflow, as in
+            // Orquesta (one canceled with it changes nothing).
+            let mut commands = if *canceled {
+                conductor::cancel(flow, state)
+            } else {
+                Vec::new()
+            };
+            commands.extend(conductor::task_finished(
+                flow,
+                state,
+                run_id,
+                *succeeded,
+                result.clone(),
+            ));
+            commands
+        }
+    }
 }
 
 /// `ctx().st2` and friends, as Orquesta's runner sets them.
@@ -354,27 +378,55 @@ pub(super) async fn carry_out(
     let mut i = 0;
     while i < record.outbox.len() {
         match record.outbox[i].clone() {
-            Command::Run {
-                run_id,
-                task,
-                action,
-                input,
-                attempt,
-                delay,
-            } => {
-                if let Err(message) = run_task(
-                    ctx, execution, &run_id, &task, &action, input, attempt, delay,
-                )
-                .await?
-                {
-                    let more = conductor::run_failed_to_start(
-                        flow,
-                        &mut record.state,
-                        &run_id,
-                        json!({"error": message}),
-                    );
-                    record.outbox.extend(more);
+            Command::Run { .. } => {
+                // Task runs one after another are requested at once; what
+                // a run that cannot start decides comes after them all, as
+                // it would one by one (a request reads no state).
+                let runs: Vec<_> = record.outbox[i..]
+                    .iter()
+                    .map_while(|c| match c {
+                        Command::Run {
+                            run_id,
+                            task,
+                            action,
+                            input,
+                            attempt,
+                            delay,
+                        } => Some((
+                            run_id.clone(),
+                            task.clone(),
+                            action.clone(),
+                            input.clone(),
+                            *attempt,
+                            *delay,
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                i += runs.len();
+                let requested: Vec<_> = futures::stream::iter(runs)
+                    .map(|(run_id, task, action, input, attempt, delay)| async move {
+                        let outcome = run_task(
+                            ctx, execution, &run_id, &task, &action, input, attempt, delay,
+                        )
+                        .await;
+                        (run_id, outcome)
+                    })
+                    .buffered(RUN_CONCURRENCY)
+                    .collect()
+                    .await;
+                for (run_id, outcome) in requested {
+                    if let Err(message) = outcome? {
+                        let more = conductor::run_failed_to_start(
+                            flow,
+                            &mut record.state,
+                            &run_id,
+                            json!({"error": message}),
+                        );
+                        record.outbox.extend(more);
+                    }
                 }
+                continue;
             }
             Command::Cancel { run_id } => cancel_task(&ctx.bus, &child_id(&run_id)).await?,
             Command::CancelParent => cancel_parent(&ctx.bus, execution).await?,
@@ -399,6 +451,9 @@ pub(super) async fn carry_out(
     record.outbox.clear();
     Ok(())
 }
+
+/// Task runs requested at once while carrying out an outbox.
+const RUN_CONCURRENCY: usize = 64;
 
 /// Cancels a task run's execution if it is a workflow (which then cancels
 /// its own tasks the same way) or has not started; an action under way is
@@ -449,7 +504,7 @@ pub(super) async fn gather(
     state: &FlowState,
     run_id: &str,
 ) -> Result<Vec<Value>, EngineError> {
-    use futures::{StreamExt, TryStreamExt};
+    use futures::TryStreamExt;
     let Some(items) = state
         .runs
         .iter()

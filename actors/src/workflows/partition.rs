@@ -1,18 +1,19 @@
 //! One partition of the `WORKFLOWS` stream: the consumer's handler, which
 //! hands each event to Orquesta's engine or the chain engine, and starts
-//! the sweeps.
+//! the sweeps. Events that wait in a row are taken together: a run of task
+//! ends of one Orquesta workflow is applied with one record write.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::RecordCache;
-use super::events::handle_event;
+use super::events::handle_events;
 use super::record::read_entry;
 use super::sweep::{sweep, SweepSnapshot};
 use super::{consumer_name, WorkflowContext};
 use crate::bus::{to_bytes, BusOp, WORKFLOWS_STREAM};
-use crate::consumer::{ConsumerSpec, Handler, Settle};
+use crate::consumer::{ConsumerSpec, Delivery, Handler, Settle};
 use crate::error::{bus_err, EngineError};
 use crate::flow_events::{FlowEvent, FlowEventMsg};
 use crate::timing::{ACK_WAIT, RETRY_DELAY, WORKFLOW_SWEEP_EVERY};
@@ -20,14 +21,19 @@ use crate::timing::{ACK_WAIT, RETRY_DELAY, WORKFLOW_SWEEP_EVERY};
 /// Events a partition may hold unacknowledged.
 pub(super) const MAX_IN_FLIGHT: i64 = 256;
 
+/// Events waiting in a row that a partition takes at once: the task ends
+/// of one workflow among them are applied together, with one record write
+/// and their next tasks requested at once.
+const EVENT_BATCH: usize = 64;
+
 /// Key of the ids of a partition's running workflows.
 pub(super) fn active_key(partition: u32) -> String {
     format!("active.{partition}")
 }
 
 /// Drives one partition of the `WORKFLOWS` stream, as the handler of a
-/// [`Consumer`](crate::consumer::Consumer) that handles one event at a
-/// time (a workflow's events change one record, in order).
+/// [`Consumer`](crate::consumer::Consumer) that handles one event, or one
+/// batch, at a time (a workflow's events change one record, in order).
 #[derive(Debug)]
 pub struct WorkflowPartition {
     ctx: WorkflowContext,
@@ -95,22 +101,15 @@ impl WorkflowPartition {
     }
 }
 
-impl Handler for WorkflowPartition {
-    type Event = FlowEventMsg;
-    const WHAT: &'static str = "workflow events";
-
-    async fn handle(self: Arc<Self>, event: FlowEventMsg, _delivered: i64) -> Settle {
-        let mut memory = self.memory.lock().await;
-        let memory = &mut *memory;
-        let span = if crate::telemetry::on() {
-            tracing::info_span!("workflow", otel.name = "workflow.event", otel.kind = "consumer",
-                workflow = %event.workflow_id, squall.execution.id = %event.workflow_id)
-        } else {
-            tracing::info_span!("workflow", workflow = %event.workflow_id)
-        };
-        let handled =
-            tracing::Instrument::instrument(handle_any(&self.ctx, &mut *memory, &event), span)
-                .await;
+impl WorkflowPartition {
+    /// Handles one event, under a span continuing `parent`'s trace.
+    async fn handle_one(
+        &self,
+        memory: &mut PartitionMemory,
+        event: &FlowEventMsg,
+        parent: Option<opentelemetry::Context>,
+    ) -> Settle {
+        let handled = within_span(event, parent, handle_any(&self.ctx, memory, event)).await;
         let handled = match handled {
             // A workflow that starts is recorded as running before its
             // start is acknowledged.
@@ -126,13 +125,121 @@ impl Handler for WorkflowPartition {
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
-        match handled {
-            Ok(()) => Settle::Done,
-            Err(e) => {
-                tracing::warn!(workflow = %event.workflow_id, error = %e, "workflow event will be redelivered");
-                Settle::Later(RETRY_DELAY)
+        settle(event, handled)
+    }
+
+    /// Handles task ends of one cached Orquesta workflow together, under
+    /// the first one's span.
+    async fn handle_task_ends(
+        &self,
+        memory: &mut PartitionMemory,
+        ends: &[&Delivery<FlowEventMsg>],
+    ) -> Settle {
+        let events: Vec<&FlowEventMsg> = ends.iter().map(|d| &d.event).collect();
+        let first = events[0];
+        let handled = within_span(
+            first,
+            ends[0].parent.clone(),
+            handle_events(&self.ctx, &mut memory.cache, &events),
+        )
+        .await;
+        settle(first, handled.map(|_| ()))
+    }
+}
+
+/// Runs `work` for `event` under its `workflow.event` span, continuing
+/// `parent`'s trace.
+async fn within_span<T>(
+    event: &FlowEventMsg,
+    parent: Option<opentelemetry::Context>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    // The span is made inside the future, where `parent` is current.
+    let traced = async move {
+        let span = if crate::telemetry::on() {
+            tracing::info_span!("workflow", otel.name = "workflow.event", otel.kind = "consumer",
+                workflow = %event.workflow_id, squall.execution.id = %event.workflow_id)
+        } else {
+            tracing::info_span!("workflow", workflow = %event.workflow_id)
+        };
+        tracing::Instrument::instrument(work, span).await
+    };
+    match parent {
+        Some(cx) => opentelemetry::context::FutureExt::with_context(traced, cx).await,
+        None => traced.await,
+    }
+}
+
+/// Acknowledged when handled, else delivered again after a while.
+fn settle(event: &FlowEventMsg, handled: Result<(), EngineError>) -> Settle {
+    match handled {
+        Ok(()) => Settle::Done,
+        Err(e) => {
+            tracing::warn!(workflow = %event.workflow_id, error = %e, "workflow event will be redelivered");
+            Settle::Later(RETRY_DELAY)
+        }
+    }
+}
+
+impl Handler for WorkflowPartition {
+    type Event = FlowEventMsg;
+    const WHAT: &'static str = "workflow events";
+    const BATCH: usize = EVENT_BATCH;
+
+    async fn handle(self: Arc<Self>, event: FlowEventMsg, _delivered: i64) -> Settle {
+        let mut memory = self.memory.lock().await;
+        self.handle_one(&mut memory, &event, None).await
+    }
+
+    /// Each workflow's events in order, the workflows one after another;
+    /// a run of task ends of a workflow whose record the partition holds
+    /// is applied at once, anything else alone.
+    async fn handle_batch(self: Arc<Self>, batch: Vec<Delivery<FlowEventMsg>>) -> Vec<Settle> {
+        let mut memory = self.memory.lock().await;
+        let mut workflows: Vec<Vec<usize>> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, delivery) in batch.iter().enumerate() {
+            let at = *index
+                .entry(delivery.event.workflow_id.as_str())
+                .or_insert_with(|| {
+                    workflows.push(Vec::new());
+                    workflows.len() - 1
+                });
+            workflows[at].push(i);
+        }
+        let mut settles = vec![None; batch.len()];
+        for positions in workflows {
+            let mut k = 0;
+            while k < positions.len() {
+                let together = |memory: &PartitionMemory, p: &usize| {
+                    let event = &batch[*p].event;
+                    matches!(event.event, FlowEvent::TaskDone { .. })
+                        && memory.cache.contains(&event.workflow_id)
+                };
+                let run = positions[k..]
+                    .iter()
+                    .take_while(|p| together(&memory, p))
+                    .count()
+                    .max(1);
+                let settle = if run == 1 {
+                    let delivery = &batch[positions[k]];
+                    self.handle_one(&mut memory, &delivery.event, delivery.parent.clone())
+                        .await
+                } else {
+                    let ends: Vec<&Delivery<FlowEventMsg>> =
+                        positions[k..k + run].iter().map(|p| &batch[*p]).collect();
+                    self.handle_task_ends(&mut memory, &ends).await
+                };
+                for p in &positions[k..k + run] {
+                    settles[*p] = Some(settle.clone());
+                }
+                k += run;
             }
         }
+        settles
+            .into_iter()
+            .map(|s| s.unwrap_or(Settle::Later(RETRY_DELAY)))
+            .collect()
     }
 
     fn tick_every(&self) -> Option<Duration> {
@@ -198,6 +305,6 @@ pub(super) async fn handle_any(
         let status = crate::chains::handle_event(ctx, &mut memory.chains, event).await?;
         return Ok(status.map(|s| !s.is_completed()));
     }
-    let status = handle_event(ctx, &mut memory.cache, event).await?;
+    let status = handle_events(ctx, &mut memory.cache, &[event]).await?;
     Ok(status.map(|s| !s.is_finished()))
 }
