@@ -212,6 +212,44 @@ async fn first_request(bus: &Bus) -> Result<ExecutionRequest> {
     Ok(serde_json::from_slice(&raw.payload)?)
 }
 
+/// The repository's `core` pack and the loadtest pack (its workflows).
+fn with_loadtest_pack() -> Result<Catalog> {
+    let flows = squall_domain::loader::load_pack(&repo_root().join("loadtest/packs/loadtest"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut packs = catalog(vec![])?.packs;
+    packs.insert("loadtest".into(), flows);
+    Ok(Catalog::build(packs))
+}
+
+/// Requests a run of `action` with `parameters`; its execution id.
+async fn start(ctx: &RulesContext, action: &str, parameters: Value) -> Result<String> {
+    let record = executions::prepare(
+        &ctx.catalog.load(),
+        &ctx.renderer,
+        &ctx.kv,
+        &ctx.configs,
+        ExecutionSpec {
+            action_ref: action.into(),
+            parameters: serde_json::from_value(parameters)?,
+            ..ExecutionSpec::default()
+        },
+    )?;
+    Ok(executions::submit(&ctx.bus, record).await?.id)
+}
+
+/// Hands every request waiting on `requests` to `pool`, each run to its end.
+async fn run_requests(
+    pool: &Arc<RunnerPool>,
+    requests: &async_nats::jetstream::consumer::PullConsumer,
+) -> Result<()> {
+    for request in take(requests).await? {
+        let request: ExecutionRequest = serde_json::from_slice(&request)?;
+        let settle = pool.clone().handle(request, 1).await;
+        assert!(matches!(settle, Settle::Done), "{settle:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_runner_claims_straight_to_running_and_a_redelivery_runs_nothing() -> Result<()> {
     let nats = NatsServer::start()?;
@@ -309,28 +347,13 @@ async fn take(consumer: &async_nats::jetstream::consumer::PullConsumer) -> Resul
 async fn a_workflow_partition_runs_each_task_once_however_often_its_events_come() -> Result<()> {
     let nats = NatsServer::start()?;
     let bus = bus(&nats).await?;
-    let flows = squall_domain::loader::load_pack(&repo_root().join("loadtest/packs/loadtest"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut packs = catalog(vec![])?.packs;
-    packs.insert("loadtest".into(), flows);
-    let cat = Catalog::build(packs);
-    let rules_ctx = context(&bus, cat).await?;
+    let rules_ctx = context(&bus, with_loadtest_pack()?).await?;
     let data = tempfile::tempdir()?;
     let pool = runner_pool(&rules_ctx, data.path()).await?;
     let wf_ctx = workflow_context(&bus, &rules_ctx).await?;
     let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
 
-    let record = executions::prepare(
-        &rules_ctx.catalog.load(),
-        &rules_ctx.renderer,
-        &rules_ctx.kv,
-        &rules_ctx.configs,
-        ExecutionSpec {
-            action_ref: "loadtest.flow3".into(),
-            ..ExecutionSpec::default()
-        },
-    )?;
-    let workflow = executions::submit(&bus, record).await?.id;
+    let workflow = start(&rules_ctx, "loadtest.flow3", json!({})).await?;
 
     // The node's two loops, by hand: requests to the runner pool, events
     // to the partition, each event handled twice by it and once more by
@@ -339,11 +362,7 @@ async fn a_workflow_partition_runs_each_task_once_however_often_its_events_come(
     let events = reader(&bus, WORKFLOWS_STREAM).await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
-        for request in take(&requests).await? {
-            let request: ExecutionRequest = serde_json::from_slice(&request)?;
-            let settle = pool.clone().handle(request, 1).await;
-            assert!(matches!(settle, Settle::Done), "{settle:?}");
-        }
+        run_requests(&pool, &requests).await?;
         for event in take(&events).await? {
             let event: FlowEventMsg = serde_json::from_slice(&event)?;
             for handler in [
@@ -446,35 +465,17 @@ async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Resu
     let pool = runner_pool(&rules_ctx, data.path()).await?;
     let wf_ctx = workflow_context(&bus, &rules_ctx).await?;
     let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
-    let submit = |action: &str| {
-        let record = executions::prepare(
-            &rules_ctx.catalog.load(),
-            &rules_ctx.renderer,
-            &rules_ctx.kv,
-            &rules_ctx.configs,
-            ExecutionSpec {
-                action_ref: action.into(),
-                ..ExecutionSpec::default()
-            },
-        );
-        let bus = bus.clone();
-        async move { Ok::<_, anyhow::Error>(executions::submit(&bus, record?).await?.id) }
-    };
-    let flow_paused = submit("loadtest.flow3").await?;
-    let chain_paused = submit("pr.two").await?;
-    let flow_resumed = submit("loadtest.flow3").await?;
-    let chain_resumed = submit("pr.two").await?;
-    let flow_canceled = submit("loadtest.flow3").await?;
-    let chain_canceled = submit("pr.two").await?;
+    let flow_paused = start(&rules_ctx, "loadtest.flow3", json!({})).await?;
+    let chain_paused = start(&rules_ctx, "pr.two", json!({})).await?;
+    let flow_resumed = start(&rules_ctx, "loadtest.flow3", json!({})).await?;
+    let chain_resumed = start(&rules_ctx, "pr.two", json!({})).await?;
+    let flow_canceled = start(&rules_ctx, "loadtest.flow3", json!({})).await?;
+    let chain_canceled = start(&rules_ctx, "pr.two", json!({})).await?;
 
     // Every claim: each execution is `running` and its start published.
     let requests = reader(&bus, EXECUTIONS_STREAM).await?;
     let events = reader(&bus, WORKFLOWS_STREAM).await?;
-    for request in take(&requests).await? {
-        let request: ExecutionRequest = serde_json::from_slice(&request)?;
-        let settle = pool.clone().handle(request, 1).await;
-        assert!(matches!(settle, Settle::Done), "{settle:?}");
-    }
+    run_requests(&pool, &requests).await?;
     // The requests land between each claim and its start.
     for id in [&flow_paused, &chain_paused, &flow_resumed, &chain_resumed] {
         let paused = executions::pause(&bus, id, "test").await?;
@@ -549,11 +550,7 @@ async fn a_pause_resume_or_cancel_before_the_start_event_is_never_lost() -> Resu
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        for request in take(&requests).await? {
-            let request: ExecutionRequest = serde_json::from_slice(&request)?;
-            let settle = pool.clone().handle(request, 1).await;
-            assert!(matches!(settle, Settle::Done), "{settle:?}");
-        }
+        run_requests(&pool, &requests).await?;
         for event in events_of(&events).await? {
             let settle = partition.clone().handle(event, 1).await;
             assert!(matches!(settle, Settle::Done), "{settle:?}");
@@ -609,27 +606,17 @@ async fn children_of(bus: &Bus, parent: &str) -> Result<Vec<ExecutionRecord>> {
 async fn a_workflow_partition_applies_waiting_item_ends_at_once() -> Result<()> {
     let nats = NatsServer::start()?;
     let bus = bus(&nats).await?;
-    let flows = squall_domain::loader::load_pack(&repo_root().join("loadtest/packs/loadtest"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut packs = catalog(vec![])?.packs;
-    packs.insert("loadtest".into(), flows);
-    let rules_ctx = context(&bus, Catalog::build(packs)).await?;
+    let rules_ctx = context(&bus, with_loadtest_pack()?).await?;
     let data = tempfile::tempdir()?;
     let pool = runner_pool(&rules_ctx, data.path()).await?;
     let wf_ctx = workflow_context(&bus, &rules_ctx).await?;
     let partition = Arc::new(WorkflowPartition::open(wf_ctx.clone(), 0).await?);
-    let record = executions::prepare(
-        &rules_ctx.catalog.load(),
-        &rules_ctx.renderer,
-        &rules_ctx.kv,
-        &rules_ctx.configs,
-        ExecutionSpec {
-            action_ref: "loadtest.items".into(),
-            parameters: serde_json::from_value(json!({"count": 30, "concurrency": 10}))?,
-            ..ExecutionSpec::default()
-        },
-    )?;
-    let workflow = executions::submit(&bus, record).await?.id;
+    let workflow = start(
+        &rules_ctx,
+        "loadtest.items",
+        json!({"count": 30, "concurrency": 10}),
+    )
+    .await?;
 
     let requests = reader(&bus, EXECUTIONS_STREAM).await?;
     let events = reader(&bus, WORKFLOWS_STREAM).await?;
@@ -647,11 +634,7 @@ async fn a_workflow_partition_applies_waiting_item_ends_at_once() -> Result<()> 
     let mut last_batch = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        for request in take(&requests).await? {
-            let request: ExecutionRequest = serde_json::from_slice(&request)?;
-            let settle = pool.clone().handle(request, 1).await;
-            assert!(matches!(settle, Settle::Done), "{settle:?}");
-        }
+        run_requests(&pool, &requests).await?;
         let waiting = events_of(&events).await?;
         if waiting.len() > 1 {
             let (writes, requested) = (bus.ops.get(BusOp::Update), requests_queued(&bus).await?);
