@@ -69,6 +69,18 @@ for a in \"$@\"; do echo \"[$a]\"; done
 echo \"dir=$(dirname \"$0\")\"
 echo \"pwd=$(pwd)\"
 echo \"pack=$ST2_ACTION_PACK_NAME\"
+. \"$(dirname \"$0\")/lib/greet.sh\"
+greet
+\"$(dirname \"$0\")/lib/tool.sh\"
+echo \"data=$(cat \"$(dirname \"$0\")/lib/sub/data.txt\")\"
+";
+
+const BROKEN_LIB: &str = "
+name: broken_lib
+runner_type: remote-shell-script
+description: A script whose lib directory cannot be read.
+enabled: true
+entry_point: broken/run.sh
 ";
 
 /// A node, two sshd "hosts" that know the test keys, and the keys.
@@ -111,7 +123,26 @@ impl Rig {
                 ("actions/cmd_parallel.yaml", CMD_PARALLEL),
                 ("actions/script.yaml", SCRIPT),
                 ("actions/show_args.sh", SCRIPT_BODY),
+                // Beside the script: goes with it, modes kept.
+                (
+                    "actions/lib/greet.sh",
+                    "greet() { echo \"hello from lib\"; }\n",
+                ),
+                ("actions/lib/tool.sh", "#!/bin/sh\necho \"tool ran\"\n"),
+                ("actions/lib/sub/data.txt", "nested\n"),
+                ("actions/broken_lib.yaml", BROKEN_LIB),
+                ("actions/broken/run.sh", "#!/bin/sh\necho never\n"),
             ],
+        )?;
+        // A lib directory that cannot be packed: a link to nothing.
+        std::fs::create_dir_all(packs.join("remote/actions/broken/lib"))?;
+        std::os::unix::fs::symlink(
+            "/nonexistent/helper.sh",
+            packs.join("remote/actions/broken/lib/helper.sh"),
+        )?;
+        std::fs::set_permissions(
+            packs.join("remote/actions/lib/tool.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
         let mut ssh = SshConfig {
             user: Some(TEST_USER.to_string()),
@@ -282,7 +313,7 @@ async fn a_timeout_kills_the_remote_command() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_script_is_uploaded_run_with_its_arguments_and_removed() -> Result<()> {
+async fn a_script_and_its_lib_are_uploaded_run_with_its_arguments_and_removed() -> Result<()> {
     let rig = Rig::start(|_, _| {}).await?;
     let e = rig
         .run(
@@ -299,7 +330,10 @@ async fn a_script_is_uploaded_run_with_its_arguments_and_removed() -> Result<()>
             .context("stdout")?;
         assert_eq!(
             out,
-            format!("[--loud]\n[--mode=it's]\n[web 3]\n[2]\ndir=/tmp/{id}\npwd=/\npack=remote"),
+            format!(
+                "[--loud]\n[--mode=it's]\n[web 3]\n[2]\ndir=/tmp/{id}\npwd=/\npack=remote\n\
+                 hello from lib\ntool ran\ndata=nested"
+            ),
             "{e}"
         );
     }
@@ -460,6 +494,19 @@ async fn bad_input_fails_with_an_error_naming_the_field() -> Result<()> {
         let text = e["result"].to_string();
         assert!(text.contains(needle), "{params}: {e}");
     }
+    // A script whose lib directory cannot be packed runs nowhere.
+    let e = rig
+        .run(
+            "remote.broken_lib",
+            json!({"hosts": rig.a.host(), "private_key": rig.key.private}),
+        )
+        .await?;
+    assert_eq!(e["status"], "failed", "{e}");
+    let text = e["result"].to_string();
+    assert!(
+        text.contains("cannot pack") && text.contains("actions/broken/lib"),
+        "{e}"
+    );
     // `hosts` is required: the API refuses a run without it.
     let (status, body) = rig
         .node

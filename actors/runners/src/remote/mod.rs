@@ -6,6 +6,9 @@
 //! -c` when `sudo`); a script is first uploaded to `<dir>/<execution id>/`
 //! and run with the action's parameters as arguments, built as
 //! `local-shell-script` builds them, then the directory is removed. The
+//! `lib` directory beside the script, when there is one, goes with it to
+//! `<dir>/<execution id>/lib/` (as StackStorm copies it), so a script can
+//! source its helpers from `$(dirname "$0")/lib`. The
 //! result is keyed by host; the execution succeeds only when every host
 //! succeeded, and times out only when every host timed out.
 
@@ -117,6 +120,10 @@ impl Runner for RemoteShellScript {
                 Ok(c) => c,
                 Err(e) => return failure(format!("cannot read {}: {e}", local.display())),
             };
+            let libs = match lib_archive(&local) {
+                Ok(libs) => libs,
+                Err(e) => return failure(e),
+            };
             let dir = match optional_string(&req.parameters, "dir") {
                 Ok(dir) => dir.unwrap_or_else(|| DEFAULT_REMOTE_DIR.to_string()),
                 Err(e) => return failure(e),
@@ -126,6 +133,7 @@ impl Runner for RemoteShellScript {
                 remote_script: format!("{remote_dir}/{name}"),
                 remote_dir,
                 content,
+                libs,
                 args: crate::local::script_args(&req.action, &req.parameters),
             };
             match Plan::from_request(&req, pool.settings()) {
@@ -143,8 +151,27 @@ enum Job {
         remote_dir: String,
         remote_script: String,
         content: Vec<u8>,
+        /// The `lib` directory beside the script, as a tar archive.
+        libs: Option<Vec<u8>>,
         args: Vec<String>,
     },
+}
+
+/// The `lib` directory beside `script` as a tar archive of `lib/…` (modes
+/// kept, symbolic links followed), or `None` when there is none.
+fn lib_archive(script: &Path) -> Result<Option<Vec<u8>>, String> {
+    let Some(lib) = script
+        .parent()
+        .map(|d| d.join("lib"))
+        .filter(|d| d.is_dir())
+    else {
+        return Ok(None);
+    };
+    let unreadable = |e: std::io::Error| format!("cannot pack {}: {e}", lib.display());
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.follow_symlinks(true);
+    archive.append_dir_all("lib", &lib).map_err(unreadable)?;
+    archive.into_inner().map(Some).map_err(unreadable)
 }
 
 /// One host of `hosts`: as written (the result's key) and where it is.
@@ -516,6 +543,7 @@ async fn host_run(
             remote_dir,
             remote_script,
             content,
+            libs,
             args,
         } => {
             let upload = format!(
@@ -523,20 +551,27 @@ async fn host_run(
                 dir = quote(remote_dir),
                 script = quote(remote_script),
             );
-            let copied = lease
-                .run(&upload, content, plan.timeout, cancel, None)
-                .await
-                .map_err(|e| e.to_string());
-            match copied {
-                Ok(ran) if ran.end == End::Exited(0) => {}
-                Ok(ran) => {
-                    return failed(format!(
-                        "Failed copying the script to host {name} ({:?}): {}",
-                        ran.end,
-                        String::from_utf8_lossy(&ran.stderr).trim()
-                    ))
+            let mut copies = vec![(upload, &content[..], "the script")];
+            if let Some(libs) = libs {
+                let unpack = format!("umask 077 && cd {} && tar -xf -", quote(remote_dir));
+                copies.push((unpack, &libs[..], "the script's lib directory"));
+            }
+            for (command, input, what) in copies {
+                let copied = lease
+                    .run(&command, input, plan.timeout, cancel, None)
+                    .await
+                    .map_err(|e| e.to_string());
+                match copied {
+                    Ok(ran) if ran.end == End::Exited(0) => {}
+                    Ok(ran) => {
+                        return failed(format!(
+                            "Failed copying {what} to host {name} ({:?}): {}",
+                            ran.end,
+                            String::from_utf8_lossy(&ran.stderr).trim()
+                        ))
+                    }
+                    Err(e) => return failed(format!("Failed copying {what} to host {name}: {e}")),
                 }
-                Err(e) => return failed(format!("Failed copying the script to host {name}: {e}")),
             }
             let mut line = quote(remote_script);
             for arg in args {
