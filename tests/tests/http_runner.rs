@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use squall_tests::TestNode;
+use squall_tests::{st2, st2_json, TestNode};
 
 /// The server the actions call: JSON, text, auth, redirects, errors and a
 /// slow answer.
@@ -137,6 +137,86 @@ async fn core_http_makes_requests_as_stackstorm_does() -> Result<()> {
         e["result"]["body"],
         json!({"content_type": "application/json", "body": "{\"a\":1}"})
     );
+
+    // A file (StackStorm's `file_name` and `file_content`): POST by
+    // default, one multipart/form-data part named and filed as the file,
+    // typed when `file_content_type` says.
+    let e = run(
+        &node,
+        "core.http",
+        json!({"url": format!("{base}/echo"), "file_name": "report.txt",
+               "file_content": "disk 91% full\n", "file_content_type": "text/plain"}),
+    )
+    .await?;
+    assert_eq!(e["status"], "succeeded", "{e}");
+    let echoed = &e["result"]["body"];
+    let content_type = echoed["content_type"].as_str().unwrap_or_default();
+    assert!(
+        content_type.starts_with("multipart/form-data; boundary="),
+        "{e}"
+    );
+    let sent = echoed["body"].as_str().unwrap_or_default();
+    assert!(
+        sent.contains(
+            "Content-Disposition: form-data; name=\"report.txt\"; filename=\"report.txt\"\r\n\
+             Content-Type: text/plain\r\n\r\ndisk 91% full\n"
+        ),
+        "{e}"
+    );
+    // The official CLI's `@file_path=…` fills them from a file.
+    let home = tempfile::tempdir()?;
+    let (ok, out, err) = st2(
+        &node,
+        home.path(),
+        &["login", "admin", "-p", &node.admin_password],
+    )
+    .await?;
+    assert!(ok, "{out}{err}");
+    let upload = home.path().join("notes.txt");
+    std::fs::write(&upload, "from the CLI\n")?;
+    let run_cli = st2_json(
+        &node,
+        home.path(),
+        &[
+            "run",
+            "core.http",
+            &format!("url={base}/echo"),
+            &format!("@file_path={}", upload.display()),
+        ],
+    )
+    .await?;
+    assert_eq!(run_cli["status"], "succeeded", "{run_cli}");
+    let sent = run_cli["result"]["body"]["body"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        sent.contains("name=\"notes.txt\"; filename=\"notes.txt\"")
+            && sent.contains("from the CLI"),
+        "{run_cli}"
+    );
+    // A file and a body at once, or a content type that is none: refused,
+    // naming the parameter.
+    for (params, needle) in [
+        (
+            json!({"url": format!("{base}/echo"), "file_name": "a", "file_content": "x", "body": "y"}),
+            "body: a request with file_content",
+        ),
+        (
+            json!({"url": format!("{base}/echo"), "file_name": "a", "file_content": "x",
+                   "file_content_type": "not a type"}),
+            "file_content_type: \"not a type\" is not a content type",
+        ),
+    ] {
+        let e = run(&node, "core.http", params).await?;
+        assert_eq!(e["status"], "failed", "{e}");
+        assert!(
+            e["result"]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{e}"
+        );
+    }
 
     // Basic auth from username/password; the password is secret and
     // never shown.

@@ -54,8 +54,8 @@ enum HttpError {
     Param(&'static str, String),
     #[error("body: Request body ({0}) can't be parsed as JSON")]
     JsonBody(String),
-    #[error("file_name/file_content: file uploads are not supported yet")]
-    Upload,
+    #[error("body: a request with file_content is sent as multipart/form-data and cannot have a body too")]
+    BodyWithFile,
     #[error("could not build the HTTP client: {0}")]
     Client(String),
 }
@@ -167,9 +167,6 @@ fn prepare(
     if !whitelist.is_empty() && !whitelist.contains(&host) {
         return Err(HttpError::NotWhitelisted(raw_url.to_string()));
     }
-    if string_param(p, "file_name").is_some() && string_param(p, "file_content").is_some() {
-        return Err(HttpError::Upload);
-    }
     let timeout = match p.get("timeout") {
         None | Some(Value::Null) => DEFAULT_TIMEOUT,
         Some(v) => v
@@ -184,10 +181,14 @@ fn prepare(
         Some(Value::String(s)) if s.is_empty() => None,
         Some(v) => Some(text(v)),
     };
+    let file = upload(p)?;
+    if file.is_some() && body.is_some() {
+        return Err(HttpError::BodyWithFile);
+    }
     let method = match string_param(p, "method") {
         Some(m) => reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
             .map_err(|_| HttpError::Param("method", format!("{m:?} is not an HTTP method")))?,
-        None if body.is_some() => reqwest::Method::POST,
+        None if body.is_some() || file.is_some() => reqwest::Method::POST,
         None => reqwest::Method::GET,
     };
     let key = ClientKey {
@@ -281,11 +282,39 @@ fn prepare(
         };
         request = request.body(body);
     }
+    if let Some(form) = file {
+        request = request.multipart(form);
+    }
     Ok(Prepared {
         url,
         request,
         timeout,
     })
+}
+
+/// The file StackStorm's `file_name` and `file_content` upload (the `st2`
+/// CLI fills them from `@file_path=…`): one multipart/form-data part named
+/// and filed as `file_name`, typed `file_content_type` when given; `None`
+/// unless both are given, as in StackStorm.
+fn upload(p: &Map<String, Value>) -> Result<Option<reqwest::multipart::Form>, HttpError> {
+    let (Some(name), Some(content)) = (
+        string_param(p, "file_name"),
+        string_param(p, "file_content"),
+    ) else {
+        return Ok(None);
+    };
+    let mut part = reqwest::multipart::Part::text(content.to_string()).file_name(name.to_string());
+    if let Some(kind) = string_param(p, "file_content_type") {
+        part = part.mime_str(kind).map_err(|_| {
+            HttpError::Param(
+                "file_content_type",
+                format!("{kind:?} is not a content type"),
+            )
+        })?;
+    }
+    Ok(Some(
+        reqwest::multipart::Form::new().part(name.to_string(), part),
+    ))
 }
 
 fn client(
