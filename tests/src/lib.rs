@@ -425,6 +425,13 @@ pub async fn st2(node: &TestNode, home: &Path, args: &[&str]) -> Result<(bool, S
 }
 
 /// `st2 ... -j` parsed.
+/// Logs the `st2` CLI whose home is `home` in to `node` as the admin.
+pub async fn st2_login(node: &TestNode, home: &Path) -> Result<()> {
+    let (ok, out, err) = st2(node, home, &["login", "admin", "-p", &node.admin_password]).await?;
+    anyhow::ensure!(ok, "st2 login failed: {out}{err}");
+    Ok(())
+}
+
 pub async fn st2_json(node: &TestNode, home: &Path, args: &[&str]) -> Result<Value> {
     let mut all = args.to_vec();
     all.push("-j");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use squall_tests::{poll, repo_root, st2, write_pack, TestNode};
+use squall_tests::{poll, repo_root, st2, st2_login, write_pack, TestNode};
 
 /// The repository's `core` pack, StackStorm's `examples` pack and a pack
 /// of our own chains.
@@ -534,13 +534,7 @@ async fn chains_pause_resume_and_cancel_as_stackstorms_do() -> Result<()> {
     .await?;
     let home = packs.path().join("home");
     std::fs::create_dir_all(&home)?;
-    let (ok, out, err) = st2(
-        &node,
-        &home,
-        &["login", "admin", "-p", &node.admin_password],
-    )
-    .await?;
-    assert!(ok, "{out}{err}");
+    st2_login(&node, &home).await?;
 
     // Five chains from StackStorm's examples, each first node waiting on a
     // file of its own: plain, with a child chain, with a child Orquesta

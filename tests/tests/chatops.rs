@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
-use squall_tests::{poll, repo_root, st2, st2_json, TestNode};
+use squall_tests::{poll, repo_root, st2, st2_json, st2_login, TestNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -433,13 +433,7 @@ async fn a_chat_user_runs_aliases_through_a_real_errbot() -> Result<()> {
     // The official CLI: list, get, match, execute.
     let home = dir.path().join("st2home");
     std::fs::create_dir_all(&home)?;
-    let (ok, out, err) = st2(
-        &node,
-        &home,
-        &["login", "admin", "-p", &node.admin_password],
-    )
-    .await?;
-    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    st2_login(&node, &home).await?;
     let list = st2_json(&node, &home, &["action-alias", "list", "-p", "examples"]).await?;
     let names: Vec<&str> = list
         .as_array()

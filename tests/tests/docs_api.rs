@@ -3,20 +3,13 @@
 //! as the Python client writes them, `st2 whoami`, `st2 timer`, the
 //! trigger-instance filters, and pack metadata as StackStorm validates it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
 use squall_domain::time;
-use squall_tests::{poll, st2, st2_json, start_node, write_pack, TestNode};
-
-async fn st2_login(node: &TestNode, home: &Path) -> Result<()> {
-    let (ok, out, err) = st2(node, home, &["login", "admin", "-p", &node.admin_password]).await?;
-    anyhow::ensure!(ok, "st2 login failed: {out}{err}");
-    Ok(())
-}
+use squall_tests::{poll, st2, st2_json, st2_login, start_node, write_pack, TestNode};
 
 /// A client that sends `key` as `St2-Api-Key`.
 fn key_client(key: &str) -> Result<reqwest::Client> {

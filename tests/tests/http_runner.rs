@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use squall_tests::{st2, st2_json, TestNode};
+use squall_tests::{st2_json, st2_login, TestNode};
 
 /// The server the actions call: JSON, text, auth, redirects, errors and a
 /// slow answer.
@@ -165,13 +165,7 @@ async fn core_http_makes_requests_as_stackstorm_does() -> Result<()> {
     );
     // The official CLI's `@file_path=…` fills them from a file.
     let home = tempfile::tempdir()?;
-    let (ok, out, err) = st2(
-        &node,
-        home.path(),
-        &["login", "admin", "-p", &node.admin_password],
-    )
-    .await?;
-    assert!(ok, "{out}{err}");
+    st2_login(&node, home.path()).await?;
     let upload = home.path().join("notes.txt");
     std::fs::write(&upload, "from the CLI\n")?;
     let run_cli = st2_json(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use reqwest::Method;
 use serde_json::{json, Value};
-use squall_tests::{poll, repo_root, write_pack, TestNode};
+use squall_tests::{poll, repo_root, st2_login, write_pack, TestNode};
 
 fn fault(body: &Value) -> &str {
     body["faultstring"].as_str().unwrap_or_default()
@@ -245,13 +245,7 @@ async fn stackstorms_examples_schema_with_a_configs_directory() -> Result<()> {
     // one is reported as StackStorm reports it. (Its interactive form then
     // needs an old prompt_toolkit, a client-side matter.)
     let home = tempfile::tempdir()?;
-    let (ok, out, err) = squall_tests::st2(
-        &node,
-        home.path(),
-        &["login", "admin", "-p", &node.admin_password],
-    )
-    .await?;
-    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    st2_login(&node, home.path()).await?;
     let (ok, out, err) =
         squall_tests::st2(&node, home.path(), &["pack", "config", "nosuchpack"]).await?;
     assert!(!ok, "{out}{err}");

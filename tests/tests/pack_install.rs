@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use squall_tests::cluster::{admin_client, spec_in, NodeProcess};
 use squall_tests::{
-    login, poll, repo_root, squall_binary, st2, st2_json, write_pack, NatsServer, TestNode,
+    login, poll, repo_root, squall_binary, st2, st2_json, st2_login, write_pack, NatsServer,
+    TestNode,
 };
 
 /// Runs `git args...` in `dir`.
@@ -128,8 +129,7 @@ async fn st2_pack_install_installs_exchange_packs_from_git() -> Result<()> {
     let home = tempfile::tempdir()?;
     let home = home.path();
     let repos = tempfile::tempdir()?;
-    let (ok, out, err) = st2(&node, home, &["login", "admin", "-p", &node.admin_password]).await?;
-    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    st2_login(&node, home).await?;
 
     let csv = repo_of(repos.path(), "stackstorm-csv", &exchange("csv"), "1.0.0")?;
     let xml = repo_of(repos.path(), "stackstorm-xml", &exchange("xml"), "1.0.0")?;

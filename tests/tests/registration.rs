@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{json, Value};
-use squall_tests::{login, poll, squall_binary, st2, st2_json, write_pack, TestNode};
+use squall_tests::{login, poll, squall_binary, st2, st2_json, st2_login, write_pack, TestNode};
 
 const PACK_YAML: &str = "ref: mine\nname: mine\nversion: 1.0.0\nauthor: ops\n";
 
@@ -73,13 +73,7 @@ async fn api_content_and_edits_survive_registration_and_restarts() -> Result<()>
     let pack_dir = mine(packs.path())?;
     let mut node = TestNode::start(vec![packs.path().to_path_buf()]).await?;
     let home = tempfile::tempdir()?;
-    let (ok, out, err) = st2(
-        &node,
-        home.path(),
-        &["login", "admin", "-p", &node.admin_password],
-    )
-    .await?;
-    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    st2_login(&node, home.path()).await?;
 
     // A rule and an action made through the API in the pack that lives on
     // disk; the disk rule disabled with the official CLI.

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use squall_tests::cluster::{admin_client, spec_in, Api, NodeProcess};
-use squall_tests::{free_port, poll, repo_root, st2, st2_json, write_pack, NatsServer, TestNode};
+use squall_tests::{
+    free_port, poll, repo_root, st2_json, st2_login, write_pack, NatsServer, TestNode,
+};
 
 /// A directory of packs holding StackStorm's fixture pack `name`
 /// (a link to it: the fixture stays unchanged).
@@ -444,13 +446,7 @@ async fn bad_sensors_and_bad_payloads_are_reported_and_counted() -> Result<()> {
 
     // The official CLI reads the same.
     let home = tempfile::tempdir()?;
-    let (ok, out, err) = st2(
-        &node,
-        home.path(),
-        &["login", "admin", "-p", &node.admin_password],
-    )
-    .await?;
-    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    st2_login(&node, home.path()).await?;
     let listed = st2_json(&node, home.path(), &["sensor", "list", "--pack", "faulty"]).await?;
     let mut refs: Vec<&str> = listed
         .as_array()

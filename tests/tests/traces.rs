@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use squall_tests::{poll, st2, st2_json, write_pack, TestNode};
+use squall_tests::{poll, st2, st2_json, st2_login, write_pack, TestNode};
 
 const PACK: &str = "name: ops\nref: ops\ndescription: traces\nversion: 0.1.0\nauthor: tests\n";
 const RULE: &str = "name: on_deploy
@@ -89,8 +89,7 @@ async fn st2_trace_list_and_get_follow_a_webhook_through_a_workflow() -> Result<
 
     let home = tempfile::tempdir()?;
     let home = home.path();
-    let (ok, out, err) = st2(&node, home, &["login", "admin", "-p", &node.admin_password]).await?;
-    anyhow::ensure!(ok, "st2 login: {out}{err}");
+    st2_login(&node, home).await?;
 
     let all = st2_json(&node, home, &["trace", "list"]).await?;
     let ids: Vec<&str> = all
