@@ -83,12 +83,8 @@ impl RecordCache {
         bus: &Bus,
         id: &str,
     ) -> Result<Arc<ExecutionRecord>, EngineError> {
-        let Some((execution, _)) = bus.execution_from_leader(id).await? else {
-            return Err(bus_err("read workflow execution", "not visible yet"));
-        };
-        let execution = Arc::new(execution);
-        self.executions.insert(id.to_string(), execution.clone());
-        Ok(execution)
+        let found = bus.execution_from_leader(id).await?;
+        self.keep_execution(id, found)
     }
 
     /// Workflow `id`'s execution record: from memory, else read once.
@@ -100,7 +96,19 @@ impl RecordCache {
         if let Some(execution) = self.executions.get(id) {
             return Ok(execution.clone());
         }
-        let Some((execution, _)) = bus.execution(id).await? else {
+        let found = bus.execution(id).await?;
+        self.keep_execution(id, found)
+    }
+
+    /// Keeps the execution record just read for workflow `id`; one not
+    /// found is not visible yet (a start is published only for a stored
+    /// execution), so the event is retried.
+    fn keep_execution(
+        &mut self,
+        id: &str,
+        found: Option<(ExecutionRecord, u64)>,
+    ) -> Result<Arc<ExecutionRecord>, EngineError> {
+        let Some((execution, _)) = found else {
             return Err(bus_err("read workflow execution", "not visible yet"));
         };
         let execution = Arc::new(execution);

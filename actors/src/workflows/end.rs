@@ -33,23 +33,21 @@ pub(super) fn task_span(workflow: &ExecutionRecord, execution_id: &str) -> Optio
 }
 
 /// Records the `workflow.task` span of a task run that ended (when spans
-/// are on): from its request to now, under its workflow's span.
+/// are on): from its request to now, under the span of `workflow` (its
+/// execution record as the partition keeps it: the trace never changes).
 pub(super) async fn record_task_span(
     bus: &Bus,
-    workflow_id: &str,
+    workflow: &ExecutionRecord,
     execution_id: &str,
     status: Status,
 ) -> Result<(), EngineError> {
     if !crate::telemetry::on() {
         return Ok(());
     }
-    let (Some((workflow, _)), Some((task, _))) = (
-        bus.execution(workflow_id).await?,
-        bus.execution(execution_id).await?,
-    ) else {
+    let Some((task, _)) = bus.execution(execution_id).await? else {
         return Ok(());
     };
-    let (Some(parent), Some(me)) = (workflow_span(&workflow), task_span(&workflow, execution_id))
+    let (Some(parent), Some(me)) = (workflow_span(workflow), task_span(workflow, execution_id))
     else {
         return Ok(());
     };
@@ -72,7 +70,7 @@ pub(super) async fn record_task_span(
             opentelemetry::KeyValue::new("squall.execution.status", status.as_str()),
             opentelemetry::KeyValue::new(
                 "squall.trace_tag",
-                crate::executions::trace_tag(&workflow).to_string(),
+                crate::executions::trace_tag(workflow).to_string(),
             ),
         ],
     });

@@ -271,7 +271,7 @@ pub(super) async fn handle_events(
                     Status::Failed
                 });
                 crate::metrics::workflow_task(status);
-                record_task_span(&ctx.bus, id, execution_id, status).await?;
+                record_task_span(&ctx.bus, &execution, execution_id, status).await?;
             }
         }
         let status = record.state.status;

@@ -207,15 +207,16 @@ impl Handler for WorkflowPartition {
                 });
             workflows[at].push(i);
         }
+        // A task end of a workflow whose record is in memory.
+        let together = |memory: &PartitionMemory, p: &usize| {
+            let event = &batch[*p].event;
+            matches!(event.event, FlowEvent::TaskDone { .. })
+                && memory.cache.contains(&event.workflow_id)
+        };
         let mut settles = vec![None; batch.len()];
         for positions in workflows {
             let mut k = 0;
             while k < positions.len() {
-                let together = |memory: &PartitionMemory, p: &usize| {
-                    let event = &batch[*p].event;
-                    matches!(event.event, FlowEvent::TaskDone { .. })
-                        && memory.cache.contains(&event.workflow_id)
-                };
                 let run = positions[k..]
                     .iter()
                     .take_while(|p| together(&memory, p))
